@@ -1,0 +1,23 @@
+"""fastconv: fast convolution and pooling kernels for numpy arrays, written with Numba.
+
+The ops follow ``torch.nn.functional`` (NCHW input, OIHW weights)::
+
+    import numpy as np, fastconv
+    y = fastconv.conv2d(x, w, b, stride=1, padding=1)
+"""
+
+from .dispatch import available_algorithms
+from .functional import conv2d
+from .shapes import conv_output_size, receptive_field
+from .warmup import warmup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "available_algorithms",
+    "conv2d",
+    "conv_output_size",
+    "receptive_field",
+    "warmup",
+    "__version__",
+]

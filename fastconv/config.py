@@ -1,0 +1,71 @@
+"""Every tunable of fastconv in one place.
+
+Each value can be overridden by an environment variable of the same name with
+a ``FASTCONV_`` prefix, read once at import (for example
+``FASTCONV_IM2COL_TILE_BYTES=262144``). Kernels read their Numba flags from
+here, never from literals of their own.
+
+This module imports neither numpy nor numba.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get("FASTCONV_" + name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"FASTCONV_{name} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get("FASTCONV_" + name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"FASTCONV_{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"FASTCONV_{name} must be >= {minimum}, got {value}")
+    return value
+
+
+# --- Numba flags -------------------------------------------------------------
+
+#: Cache compiled kernels on disk (``cache=True``), so a new process loads
+#: them in milliseconds instead of compiling for seconds.
+CACHE: bool = _env_bool("CACHE", True)
+
+#: Run kernels on Numba's thread pool (``parallel=True`` and ``prange``).
+PARALLEL: bool = _env_bool("PARALLEL", True)
+
+#: LLVM fast-math flags. Reassociation and contraction let the sums over a
+#: window vectorise; the flags that assume no NaN/Inf are left out on purpose
+#: so that NaN and Inf propagate as in PyTorch.
+FASTMATH: frozenset[str] = (
+    frozenset({"reassoc", "contract", "nsz", "arcp"}) if _env_bool("FASTMATH", True) else frozenset()
+)
+
+# --- CPU kernel tiling ---------------------------------------------------------
+
+#: Bytes of the per-thread im2col buffer: a tile of whole output rows whose
+#: columns fit in L2 next to the weights.
+IM2COL_TILE_BYTES: int = _env_int("IM2COL_TILE_BYTES", 384 * 1024)
+
+#: Output channels one task of the direct kernel computes.
+DIRECT_BLOCK_K: int = _env_int("DIRECT_BLOCK_K", 8)
+
+# --- algorithm="auto" ------------------------------------------------------------
+
+#: conv2d: the direct kernel is chosen when one output value needs at most this
+#: many multiply-adds (C/groups * R * S): small-channel and depthwise layers,
+#: where a GEMM has too little depth to pay for building its columns.
+AUTO_DIRECT_MAX_DEPTH: int = _env_int("AUTO_DIRECT_MAX_DEPTH", 32)

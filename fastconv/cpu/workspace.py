@@ -1,0 +1,27 @@
+"""Reusable scratch buffers for kernels.
+
+A fresh buffer above glibc's mmap threshold page-faults on every call, which
+costs as much as a small convolution; kernels borrow one buffer per dtype and
+thread of the caller instead, grown when a larger one is needed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+_local = threading.local()
+
+
+def borrow(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array of ``shape``, valid until the next borrow
+    of the same dtype on this thread."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buffers = _local.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(dtype)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(max(size, 1), dtype=dtype)
+        buffers[dtype] = buffer
+    return buffer[:size].reshape(shape)

@@ -1,0 +1,93 @@
+"""The kernel registry and the choice of algorithm.
+
+Kernels register themselves under ``(op, device, algorithm)``::
+
+    @register("conv2d", "cpu", "im2col")
+    def _conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups): ...
+
+and each ``(op, device)`` registers one chooser that ``algorithm="auto"``
+asks for a name, given the problem's shapes. The public functions in
+:mod:`fastconv.functional` only call :func:`select`, so a new backend or a new
+algorithm (Winograd, a fused epilogue) is added by registering it, without
+editing the API.
+
+Backends are imported on first use, so ``import fastconv`` neither imports
+Numba nor compiles anything.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+#: The package that registers each device's kernels when imported.
+BACKENDS: dict[str, str] = {"cpu": "fastconv.cpu"}
+
+#: Every op that has kernels, with the device names it may run on.
+OPS: tuple[str, ...] = ("conv2d",)
+
+_KERNELS: dict[tuple[str, str, str], Callable[..., Any]] = {}
+_CHOOSERS: dict[tuple[str, str], Callable[..., str]] = {}
+_LOADED: set[str] = set()
+
+
+def register(op: str, device: str, algorithm: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``kernel`` as ``algorithm`` of ``op`` on ``device``."""
+    if algorithm == "auto":
+        raise ValueError("'auto' is reserved for the chooser and cannot name a kernel")
+
+    def decorate(kernel: Callable[..., Any]) -> Callable[..., Any]:
+        _KERNELS[op, device, algorithm] = kernel
+        return kernel
+
+    return decorate
+
+
+def register_chooser(op: str, device: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    """Decorator: register the function that ``algorithm="auto"`` asks for a name."""
+
+    def decorate(chooser: Callable[..., str]) -> Callable[..., str]:
+        _CHOOSERS[op, device] = chooser
+        return chooser
+
+    return decorate
+
+
+def _load(device: str) -> None:
+    if device in _LOADED:
+        return
+    if device not in BACKENDS:
+        raise ValueError(f"device must be one of {sorted(BACKENDS)}, got {device!r}")
+    importlib.import_module(BACKENDS[device])
+    _LOADED.add(device)
+
+
+def available_algorithms(op: str, device: str = "cpu") -> tuple[str, ...]:
+    """Names accepted as ``algorithm=`` for ``op`` on ``device``, ``"auto"`` first.
+
+    >>> available_algorithms("conv2d")
+    ('auto', 'direct', 'im2col', 'reference')
+    """
+    if op not in OPS:
+        raise ValueError(f"op must be one of {list(OPS)}, got {op!r}")
+    _load(device)
+    names = sorted(name for (o, d, name) in _KERNELS if o == op and d == device)
+    return ("auto", *names) if (op, device) in _CHOOSERS else tuple(names)
+
+
+def select(op: str, device: str, algorithm: str, **problem: Any) -> tuple[str, Callable[..., Any]]:
+    """Return ``(name, kernel)`` for ``algorithm`` (``"auto"`` asks the chooser).
+
+    ``problem`` holds the shapes and parameters the chooser decides on.
+    """
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm must be a str, got {algorithm!r}")
+    names = available_algorithms(op, device)
+    if algorithm not in names:
+        raise ValueError(
+            f"unknown algorithm {algorithm!r} for {op} on {device}; available: {', '.join(names)}"
+        )
+    if algorithm == "auto":
+        algorithm = _CHOOSERS[op, device](**problem)
+    return algorithm, _KERNELS[op, device, algorithm]
