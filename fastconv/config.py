@@ -58,7 +58,7 @@ FASTMATH: frozenset[str] = (
 
 #: Bytes of the per-thread im2col buffer: a tile of whole output rows whose
 #: columns fit in L2 next to the weights.
-IM2COL_TILE_BYTES: int = _env_int("IM2COL_TILE_BYTES", 384 * 1024)
+IM2COL_TILE_BYTES: int = _env_int("IM2COL_TILE_BYTES", 4 * 1024 * 1024)
 
 #: Output channels one task of the direct kernel computes.
 DIRECT_BLOCK_K: int = _env_int("DIRECT_BLOCK_K", 8)

@@ -24,11 +24,10 @@ from .windows import valid_range
 
 @kernel()
 def _im2col_tile(x, n, c_first, group_channels, kh, kw, row_first, row_last, out_w,
-                 stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, col):
-    """col[(c, r, s), (i - row_first) * out_w + j] = x_padded[n, c_first + c, i*sh + r*dh, j*sw + s*dw]
-    for output rows ``row_first <= i < row_last``."""
+                 stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, col, first_col, ld):
+    """col[(c, r, s) * ld + first_col + (i - row_first) * out_w + j]
+    = x_padded[n, c_first + c, i*sh + r*dh, j*sw + s*dw] for output rows ``row_first <= i < row_last``."""
     height, width = x.shape[2], x.shape[3]
-    n_cols = (row_last - row_first) * out_w
     for c in range(group_channels):
         plane = x[n, c_first + c]
         for r in range(kh):
@@ -37,83 +36,131 @@ def _im2col_tile(x, n, c_first, group_channels, kh, kw, row_first, row_last, out
                 offset = s * dilation_w - pad_left
                 lo, hi = valid_range(offset, stride_w, width, out_w)
                 for i in range(row_first, row_last):
-                    dst = col[q * n_cols + (i - row_first) * out_w : q * n_cols + (i - row_first + 1) * out_w]
+                    start = q * ld + first_col + (i - row_first) * out_w
                     row = i * stride_h - pad_top + r * dilation_h
                     if row < 0 or row >= height or lo >= hi:
-                        dst[:] = 0
+                        for j in range(out_w):
+                            col[start + j] = 0
                         continue
-                    dst[:lo] = 0
-                    dst[hi:] = 0
+                    for j in range(lo):
+                        col[start + j] = 0
+                    for j in range(hi, out_w):
+                        col[start + j] = 0
+                    dst = col[start + lo : start + hi]
                     taps = plane[row, lo * stride_w + offset :]
-                    for j in range(hi - lo):
-                        dst[lo + j] = taps[j * stride_w]
+                    if stride_w == 1:
+                        for j in range(hi - lo):
+                            dst[j] = taps[j]
+                    else:
+                        for j in range(hi - lo):
+                            dst[j] = taps[j * stride_w]
 
 
 @kernel(parallel=True)
 def _conv2d_forward_im2col(x, weight2d, bias, has_bias, out, kh, kw, stride_h, stride_w,
                            pad_top, pad_left, dilation_h, dilation_w, groups, tile_rows,
-                           workspace, gemm, set_blas_threads):
-    """out[n, g*Kg:(g+1)*Kg, tile] = weight2d[g] @ im2col(x[n, group g], tile), tile by tile."""
+                           tile_images, scratch, gemm, set_blas_threads):
+    """out[n, g*Kg:(g+1)*Kg, tile] = weight2d[g] @ im2col(x[n, group g], tile), tile by tile.
+
+    A tile is ``tile_rows`` output rows of one image, or ``tile_images`` whole
+    images side by side (small images, where one image is too narrow a GEMM);
+    the latter computes into scratch and scatters to ``out``.
+    """
     n_img, channels, height, width = x.shape
     out_channels, depth = weight2d.shape
     out_h, out_w = out.shape[2], out.shape[3]
+    plane = out_h * out_w
     group_channels = channels // groups
     per_group = out_channels // groups
     n_tiles = (out_h + tile_rows - 1) // tile_rows
-    n_tasks = n_img * groups * n_tiles
-    n_chunks = workspace.shape[0]
+    n_image_blocks = (n_img + tile_images - 1) // tile_images
+    n_tasks = n_image_blocks * groups * n_tiles
+    n_chunks = scratch.shape[0]
     plain_gemm = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1 and pad_top == 0
-                  and pad_left == 0 and out_h == height and out_w == width)
+                  and pad_left == 0 and out_h == height and out_w == width and tile_images == 1)
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
-        col = workspace[chunk]
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
-            n = task // (groups * n_tiles)
+            n_first = (task // (groups * n_tiles)) * tile_images
+            n_last = min(n_first + tile_images, n_img)
             g = (task // n_tiles) % groups
             row_first = (task % n_tiles) * tile_rows
             row_last = min(row_first + tile_rows, out_h)
             n_cols = (row_last - row_first) * out_w
+            ld = (n_last - n_first) * n_cols
+            k_first = g * per_group
+            col = scratch[chunk, : depth * ld]
             if plain_gemm:
-                b_ptr = blas.pointer(x, (n * channels + g * group_channels) * height * width
+                b_ptr = blas.pointer(x, (n_first * channels + g * group_channels) * height * width
                                      + row_first * width)
                 ldb = height * width
             else:
-                _im2col_tile(x, n, g * group_channels, group_channels, kh, kw, row_first,
-                             row_last, out_w, stride_h, stride_w, pad_top, pad_left,
-                             dilation_h, dilation_w, col)
+                for n in range(n_first, n_last):
+                    _im2col_tile(x, n, g * group_channels, group_channels, kh, kw, row_first,
+                                 row_last, out_w, stride_h, stride_w, pad_top, pad_left,
+                                 dilation_h, dilation_w, col, (n - n_first) * n_cols, ld)
                 b_ptr = blas.pointer(col, 0)
-                ldb = n_cols
-            k_first = g * per_group
-            gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, n_cols, depth, 1.0,
-                 blas.pointer(weight2d, k_first * depth), depth, b_ptr, ldb, 0.0,
-                 blas.pointer(out, (n * out_channels + k_first) * out_h * out_w + row_first * out_w),
-                 out_h * out_w)
-            if has_bias:
-                for k in range(k_first, k_first + per_group):
-                    out[n, k, row_first:row_last, :] += bias[k]
+                ldb = ld
+            if n_last - n_first == 1:
+                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, n_cols, depth, 1.0,
+                     blas.pointer(weight2d, k_first * depth), depth, b_ptr, ldb, 0.0,
+                     blas.pointer(out, (n_first * out_channels + k_first) * plane + row_first * out_w),
+                     plane)
+                if has_bias:
+                    for k in range(k_first, k_first + per_group):
+                        out[n_first, k, row_first:row_last, :] += bias[k]
+            else:
+                result = scratch[chunk, depth * ld : (depth + per_group) * ld]
+                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, ld, depth, 1.0,
+                     blas.pointer(weight2d, k_first * depth), depth, b_ptr, ldb, 0.0,
+                     blas.pointer(result, 0), ld)
+                for n in range(n_first, n_last):
+                    for k in range(per_group):
+                        b = bias[k_first + k] if has_bias else 0
+                        src = result[k * ld + (n - n_first) * plane : k * ld + (n - n_first + 1) * plane]
+                        dst = out[n, k_first + k].reshape(plane)
+                        for p in range(plane):
+                            dst[p] = src[p] + b
         set_blas_threads(saved_threads)
 
 
-def tile_rows_for(depth: int, out_h: int, out_w: int, item: int) -> int:
-    """Whole output rows per tile so that the tile's columns fill IM2COL_TILE_BYTES."""
-    return max(1, min(out_h, config.IM2COL_TILE_BYTES // max(1, depth * out_w * item)))
+def tiling(depth: int, per_group: int, n_img: int, out_h: int, out_w: int, item: int,
+           n_threads: int, plain_gemm: bool) -> tuple[int, int]:
+    """``(tile_rows, tile_images)`` whose columns fill about IM2COL_TILE_BYTES.
+
+    Whole output rows of one image, or, when a whole image is smaller than the
+    budget, several images (leaving at least one task per thread). A plain
+    GEMM reads the input in place and keeps to one image per task.
+    """
+    row_bytes = depth * out_w * item
+    tile_rows = max(1, min(out_h, config.IM2COL_TILE_BYTES // max(1, row_bytes)))
+    tile_images = 1
+    if tile_rows == out_h and not plain_gemm:
+        image_bytes = (depth + per_group) * out_h * out_w * item
+        tile_images = max(1, min(config.IM2COL_TILE_BYTES // image_bytes, -(-n_img // n_threads)))
+    return tile_rows, tile_images
 
 
 @register("conv2d", "cpu", "im2col")
 def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, *, gemm=None):
     """Host side of im2col + GEMM; ``gemm`` overrides the BLAS function pointer (tests)."""
-    n_img, _, _, _ = x.shape
+    n_img = x.shape[0]
     out_channels, group_channels, kh, kw = weight.shape
     out_h, out_w = out.shape[2], out.shape[3]
     depth = group_channels * kh * kw
-    tile_rows = tile_rows_for(depth, out_h, out_w, x.itemsize)
-    n_tasks = n_img * groups * (-(-out_h // tile_rows))
-    n_chunks = max(1, min(numba.get_num_threads(), n_tasks))
-    scratch = workspace.borrow((n_chunks, depth * tile_rows * out_w), x.dtype)
+    per_group = out_channels // groups
+    n_threads = numba.get_num_threads()
+    plain_gemm = (kh, kw, stride, padding) == (1, 1, (1, 1), ((0, 0), (0, 0)))
+    tile_rows, tile_images = tiling(depth, per_group, n_img, out_h, out_w, x.itemsize, n_threads,
+                                    plain_gemm)
+    n_tasks = -(-n_img // tile_images) * groups * (-(-out_h // tile_rows))
+    n_chunks = max(1, min(n_threads, n_tasks))
+    n_cols = tile_images * tile_rows * out_w
+    scratch = workspace.borrow((n_chunks, (depth + (per_group if tile_images > 1 else 0)) * n_cols), x.dtype)
     has_bias = bias is not None
     _conv2d_forward_im2col(
         x, weight.reshape(out_channels, depth), bias if has_bias else np.zeros(0, x.dtype),
         has_bias, out, kh, kw, stride[0], stride[1], padding[0][0], padding[1][0],
-        dilation[0], dilation[1], groups, tile_rows, scratch,
+        dilation[0], dilation[1], groups, tile_rows, tile_images, scratch,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
     )
