@@ -7,7 +7,7 @@ The ops follow ``torch.nn.functional`` (NCHW input, OIHW weights)::
 """
 
 from .dispatch import available_algorithms
-from .functional import conv2d
+from .functional import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .shapes import conv_output_size, receptive_field
 from .warmup import warmup
 
@@ -16,6 +16,9 @@ __version__ = "0.1.0"
 __all__ = [
     "available_algorithms",
     "conv2d",
+    "conv2d_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
     "conv_output_size",
     "receptive_field",
     "warmup",

@@ -25,7 +25,7 @@ from typing import Any
 BACKENDS: dict[str, str] = {"cpu": "fastconv.cpu"}
 
 #: Every op that has kernels, with the device names it may run on.
-OPS: tuple[str, ...] = ("conv2d",)
+OPS: tuple[str, ...] = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
 
 _KERNELS: dict[tuple[str, str, str], Callable[..., Any]] = {}
 _CHOOSERS: dict[tuple[str, str], Callable[..., str]] = {}

@@ -58,6 +58,14 @@ def pair(value: object, name: str, *, minimum: int = 1) -> tuple[int, int]:
     return items[0], items[1]  # type: ignore[return-value]
 
 
+def _one_axis(value: object, name: str) -> int:
+    """A positive int for a 1-D size; a pair is accepted only with equal entries."""
+    h, w = pair(value, name)
+    if h != w:
+        raise ValueError(f"{name} must be one positive int for an int size, got {value!r}")
+    return h
+
+
 def same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
     """``(before, after)`` padding that makes the output ``ceil(size / stride)`` long.
 
@@ -134,9 +142,7 @@ def output_length(
         return span // stride + 1
     out = -(-span // stride) + 1
     # PyTorch: the last window must start inside the input or its left padding.
-    if (out - 1) * stride >= size + padding[0]:
-        out -= 1
-    return out
+    return min(out, (size + padding[0] - 1) // stride + 1)
 
 
 def conv_output_size(
@@ -176,6 +182,8 @@ def conv_output_size(
     >>> conv_output_size(5, 2, stride=2, ceil_mode=True)
     3
     """
+    if isinstance(ceil_mode, str) or ceil_mode not in (True, False):
+        raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
     if isinstance(size, (tuple, list)):
         hw = pair(size, "size")
         k = pair(kernel_size, "kernel_size")
@@ -194,9 +202,9 @@ def conv_output_size(
     n = _as_int(size)
     if n is None or n < 1:
         raise ValueError(f"size must be a positive int or a pair of positive ints, got {size!r}")
-    k1 = pair(kernel_size, "kernel_size")[0]
-    s1 = pair(stride, "stride")[0]
-    d1 = pair(dilation, "dilation")[0]
+    k1 = _one_axis(kernel_size, "kernel_size")
+    s1 = _one_axis(stride, "stride")
+    d1 = _one_axis(dilation, "dilation")
     if isinstance(padding, str):
         p1 = padding2d(padding, (n, n), (k1, k1), (s1, s1), (d1, d1))[0]
     elif isinstance(padding, (tuple, list)):

@@ -22,7 +22,7 @@ from numba import prange
 
 from .. import config
 from ..dispatch import register
-from . import workspace
+from . import identities, workspace
 from ._jit import kernel
 
 
@@ -103,4 +103,125 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
         x, weight, bias if has_bias else np.zeros(0, x.dtype), has_bias, out,
         stride[0], stride[1], top, left, padded_h, padded_w, dilation[0], dilation[1],
         groups, block_k, scratch,
+    )
+
+
+@kernel(parallel=True)
+def _conv2d_grad_input_direct(grad_out, weight, grad_in, stride_h, stride_w, pad_top, pad_left,
+                              padded_h, padded_w, dilation_h, dilation_w, groups, scratch):
+    """grad_in[n, c] = sum_{k, r, s, i, j} weight[k, c, r, s] * grad_out[n, k, i, j] sent to
+    x_padded position (i*sh + r*dh, j*sw + s*dw), then cropped.
+
+    A task owns one input plane ``(n, c)``: it scatters into a zero-bordered
+    buffer of the padded plane, so no two tasks write the same memory.
+    """
+    n_img, channels, height, width = grad_in.shape
+    out_channels, group_channels, kh, kw = weight.shape
+    out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+    per_group = out_channels // groups
+    n_tasks = n_img * channels
+    n_chunks = scratch.shape[0]
+    for chunk in prange(n_chunks):
+        plane = scratch[chunk, : padded_h * padded_w]
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+            n = task // channels
+            c_in = task % channels
+            g = c_in // group_channels
+            c = c_in % group_channels
+            plane[:] = 0
+            for k in range(g * per_group, (g + 1) * per_group):
+                for r in range(kh):
+                    for s in range(kw):
+                        w = weight[k, c, r, s]
+                        for i in range(out_h):
+                            dst = plane[(i * stride_h + r * dilation_h) * padded_w + s * dilation_w :]
+                            src = grad_out[n, k, i]
+                            if stride_w == 1:
+                                for j in range(out_w):
+                                    dst[j] += w * src[j]
+                            else:
+                                for j in range(out_w):
+                                    dst[j * stride_w] += w * src[j]
+            for row in range(height):
+                src = plane[(row + pad_top) * padded_w + pad_left :]
+                dst = grad_in[n, c_in, row]
+                for j in range(width):
+                    dst[j] = src[j]
+
+
+@kernel(parallel=True)
+def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad_top, pad_left,
+                               padded_h, padded_w, dilation_h, dilation_w, groups, scratch):
+    """grad_weight[k, c, r, s] = sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, c_in, i*sh + r*dh, j*sw + s*dw].
+
+    A task owns one filter ``k`` (all its channels and taps), so the sums over
+    images and positions run in a fixed order and need no reduction buffers.
+    """
+    n_img, channels, height, width = x.shape
+    out_channels, group_channels, kh, kw = grad_weight.shape
+    out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+    per_group = out_channels // groups
+    n_chunks = scratch.shape[0]
+    for chunk in prange(n_chunks):
+        plane = scratch[chunk, : padded_h * padded_w]
+        plane[:] = 0
+        for k in range(chunk * out_channels // n_chunks, (chunk + 1) * out_channels // n_chunks):
+            g = k // per_group
+            grad_weight[k] = 0
+            for n in range(n_img):
+                for c in range(group_channels):
+                    source = x[n, g * group_channels + c]
+                    for row in range(height):
+                        dst = plane[(row + pad_top) * padded_w + pad_left :]
+                        src = source[row]
+                        for j in range(width):
+                            dst[j] = src[j]
+                    for r in range(kh):
+                        for s in range(kw):
+                            total = 0.0
+                            for i in range(out_h):
+                                taps = plane[(i * stride_h + r * dilation_h) * padded_w + s * dilation_w :]
+                                dy = grad_out[n, k, i]
+                                if stride_w == 1:
+                                    for j in range(out_w):
+                                        total += dy[j] * taps[j]
+                                else:
+                                    for j in range(out_w):
+                                        total += dy[j] * taps[j * stride_w]
+                            grad_weight[k, c, r, s] += total
+
+
+def _padded_scratch(x_shape, padding, n_tasks, dtype):
+    (top, bottom), (left, right) = padding
+    padded_h, padded_w = x_shape[2] + top + bottom, x_shape[3] + left + right
+    n_chunks = max(1, min(numba.get_num_threads(), n_tasks))
+    return padded_h, padded_w, workspace.borrow((n_chunks, padded_h * padded_w), dtype)
+
+
+@register("conv2d_grad_input", "cpu", "direct")
+def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilation, groups):
+    """grad_in = conv_transpose2d(grad_out, weight): with stride 1, the forward direct
+    kernel on flipped weights (see :mod:`.identities`); otherwise scatter loops."""
+    conv_pads = identities.grad_input_as_conv_padding(
+        grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
+    if conv_pads is not None:
+        conv2d_direct(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
+                      (1, 1), conv_pads, dilation, groups)
+        return
+    # windows reach at most padded row (out - 1) * stride + dilation * (k - 1) < H + pads
+    padded_h, padded_w, scratch = _padded_scratch(
+        grad_in.shape, padding, grad_in.shape[0] * grad_in.shape[1], grad_in.dtype)
+    _conv2d_grad_input_direct(
+        grad_out, weight, grad_in, stride[0], stride[1], padding[0][0], padding[1][0], padded_h,
+        padded_w, dilation[0], dilation[1], groups, scratch,
+    )
+
+
+@register("conv2d_grad_weight", "cpu", "direct")
+def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilation, groups):
+    """grad_weight = correlation of x with grad_out, by loops."""
+    padded_h, padded_w, scratch = _padded_scratch(x.shape, padding, grad_weight.shape[0], x.dtype)
+    _conv2d_grad_weight_direct(
+        x, grad_out, grad_weight, stride[0], stride[1], padding[0][0], padding[1][0], padded_h,
+        padded_w, dilation[0], dilation[1], groups, scratch,
     )

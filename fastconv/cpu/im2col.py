@@ -17,7 +17,7 @@ from numba import prange
 
 from .. import config
 from ..dispatch import register
-from . import blas, workspace
+from . import blas, identities, workspace
 from ._jit import kernel
 from .windows import valid_range
 
@@ -163,4 +163,168 @@ def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, *, ge
         has_bias, out, kh, kw, stride[0], stride[1], padding[0][0], padding[1][0],
         dilation[0], dilation[1], groups, tile_rows, tile_images, scratch,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
+    )
+
+
+@kernel()
+def _col2im_tile(col, first_col, ld, grad_in, n, c_first, group_channels, kh, kw, row_first,
+                 row_last, out_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w):
+    """The adjoint of :func:`_im2col_tile`: add every column entry back to the input
+    position it was copied from (padding positions are dropped)."""
+    height, width = grad_in.shape[2], grad_in.shape[3]
+    for c in range(group_channels):
+        plane = grad_in[n, c_first + c]
+        for r in range(kh):
+            for s in range(kw):
+                q = (c * kh + r) * kw + s
+                offset = s * dilation_w - pad_left
+                lo, hi = valid_range(offset, stride_w, width, out_w)
+                if lo >= hi:
+                    continue
+                for i in range(row_first, row_last):
+                    row = i * stride_h - pad_top + r * dilation_h
+                    if row < 0 or row >= height:
+                        continue
+                    src = col[q * ld + first_col + (i - row_first) * out_w + lo :]
+                    dst = plane[row, lo * stride_w + offset :]
+                    if stride_w == 1:
+                        for j in range(hi - lo):
+                            dst[j] += src[j]
+                    else:
+                        for j in range(hi - lo):
+                            dst[j * stride_w] += src[j]
+
+
+@kernel(parallel=True)
+def _conv2d_grad_input_col2im(grad_out, weight2d, grad_in, kh, kw, stride_h, stride_w, pad_top,
+                              pad_left, dilation_h, dilation_w, groups, tile_rows, scratch, gemm,
+                              set_blas_threads):
+    """grad_in[n, group g] = col2im(weight2d[g]^T @ grad_out[n, g]), tile by tile.
+
+    A task is one image and group, whose grad_in slice no other task touches,
+    so the scatter-adds of overlapping windows need no synchronisation.
+    """
+    n_img, channels = grad_in.shape[0], grad_in.shape[1]
+    out_channels, depth = weight2d.shape
+    out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+    plane = out_h * out_w
+    group_channels = channels // groups
+    per_group = out_channels // groups
+    n_tasks = n_img * groups
+    n_chunks = scratch.shape[0]
+    for chunk in prange(n_chunks):
+        saved_threads = set_blas_threads(1)
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+            n = task // groups
+            g = task % groups
+            grad_in[n, g * group_channels : (g + 1) * group_channels] = 0
+            for row_first in range(0, out_h, tile_rows):
+                row_last = min(row_first + tile_rows, out_h)
+                n_cols = (row_last - row_first) * out_w
+                col = scratch[chunk, : depth * n_cols]
+                gemm(blas.ROW_MAJOR, blas.TRANS, blas.NO_TRANS, depth, n_cols, per_group, 1.0,
+                     blas.pointer(weight2d, g * per_group * depth), depth,
+                     blas.pointer(grad_out, (n * out_channels + g * per_group) * plane
+                                  + row_first * out_w), plane,
+                     0.0, blas.pointer(col, 0), n_cols)
+                _col2im_tile(col, 0, n_cols, grad_in, n, g * group_channels, group_channels, kh,
+                             kw, row_first, row_last, out_w, stride_h, stride_w, pad_top,
+                             pad_left, dilation_h, dilation_w)
+        set_blas_threads(saved_threads)
+
+
+@kernel(parallel=True)
+def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, stride_w, pad_top,
+                               pad_left, dilation_h, dilation_w, groups, tile_rows, scratch,
+                               partial, gemm, set_blas_threads):
+    """grad_weight2d[g] = sum_n grad_out[n, g] @ im2col(x[n, group g])^T.
+
+    Each thread sums its tiles into its own ``partial[chunk]``; the partial sums
+    are added serially at the end (race-free, and the same order every run).
+    """
+    n_img, channels, height, width = x.shape
+    out_channels, depth = grad_weight2d.shape
+    out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+    plane = out_h * out_w
+    group_channels = channels // groups
+    per_group = out_channels // groups
+    n_tiles = (out_h + tile_rows - 1) // tile_rows
+    n_tasks = n_img * groups * n_tiles
+    n_chunks = scratch.shape[0]
+    plain_gemm = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1 and pad_top == 0
+                  and pad_left == 0 and out_h == height and out_w == width)
+    for chunk in prange(n_chunks):
+        saved_threads = set_blas_threads(1)
+        sums = partial[chunk]
+        sums[:] = 0
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+            n = task // (groups * n_tiles)
+            g = (task // n_tiles) % groups
+            row_first = (task % n_tiles) * tile_rows
+            row_last = min(row_first + tile_rows, out_h)
+            n_cols = (row_last - row_first) * out_w
+            if plain_gemm:
+                b_ptr = blas.pointer(x, (n * channels + g * group_channels) * height * width
+                                     + row_first * width)
+                ldb = height * width
+            else:
+                col = scratch[chunk, : depth * n_cols]
+                _im2col_tile(x, n, g * group_channels, group_channels, kh, kw, row_first,
+                             row_last, out_w, stride_h, stride_w, pad_top, pad_left,
+                             dilation_h, dilation_w, col, 0, n_cols)
+                b_ptr = blas.pointer(col, 0)
+                ldb = n_cols
+            gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, per_group, depth, n_cols, 1.0,
+                 blas.pointer(grad_out, (n * out_channels + g * per_group) * plane
+                              + row_first * out_w), plane,
+                 b_ptr, ldb, 1.0, blas.pointer(sums, g * per_group * depth), depth)
+        set_blas_threads(saved_threads)
+    grad_weight2d[:] = 0
+    for chunk in range(n_chunks):
+        grad_weight2d += partial[chunk]
+
+
+@register("conv2d_grad_input", "cpu", "im2col")
+def conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilation, groups, *,
+                             gemm=None):
+    """grad_in = conv_transpose2d(grad_out, weight): with stride 1, the forward im2col
+    kernel on flipped weights (see :mod:`.identities`); otherwise GEMM + col2im."""
+    kernel_size = weight.shape[2:]
+    conv_pads = identities.grad_input_as_conv_padding(
+        grad_in.shape[2:], grad_out.shape[2:], kernel_size, stride, padding, dilation)
+    if conv_pads is not None:
+        conv2d_im2col(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
+                      (1, 1), conv_pads, dilation, groups, gemm=gemm)
+        return
+    n_img, channels = grad_in.shape[:2]
+    out_channels, group_channels, kh, kw = weight.shape
+    out_h, out_w = grad_out.shape[2:]
+    depth = group_channels * kh * kw
+    tile_rows, _ = tiling(depth, 0, n_img, out_h, out_w, grad_out.itemsize, 1, True)
+    n_chunks = max(1, min(numba.get_num_threads(), n_img * groups))
+    scratch = workspace.borrow((n_chunks, depth * tile_rows * out_w), grad_out.dtype)
+    _conv2d_grad_input_col2im(
+        grad_out, weight.reshape(out_channels, depth), grad_in, kh, kw, stride[0], stride[1],
+        padding[0][0], padding[1][0], dilation[0], dilation[1], groups, tile_rows, scratch,
+        gemm if gemm is not None else blas.gemm_for(grad_out.dtype), blas.SET_THREADS_LOCAL,
+    )
+
+
+@register("conv2d_grad_weight", "cpu", "im2col")
+def conv2d_grad_weight_im2col(x, grad_out, grad_weight, stride, padding, dilation, groups, *,
+                              gemm=None):
+    """grad_weight = correlation of x with grad_out, as GEMMs on im2col tiles."""
+    n_img, _, height, width = x.shape
+    out_channels, group_channels, kh, kw = grad_weight.shape
+    out_h, out_w = grad_out.shape[2:]
+    depth = group_channels * kh * kw
+    tile_rows, _ = tiling(depth, 0, n_img, out_h, out_w, x.itemsize, 1, True)
+    n_tasks = n_img * groups * (-(-out_h // tile_rows))
+    n_chunks = max(1, min(numba.get_num_threads(), n_tasks))
+    scratch = workspace.borrow((n_chunks, depth * tile_rows * out_w), x.dtype)
+    partial = np.empty((n_chunks, out_channels, depth), x.dtype)
+    _conv2d_grad_weight_im2col(
+        x, grad_out, grad_weight.reshape(out_channels, depth), kh, kw, stride[0], stride[1],
+        padding[0][0], padding[1][0], dilation[0], dilation[1], groups, tile_rows, scratch,
+        partial, gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
     )

@@ -1,0 +1,60 @@
+"""conv2d forward on the layer suite of :mod:`fastconv.bench`: one group per
+layer (``conv2d|<id>``), one benchmark per implementation.
+
+The reference is too slow for whole layers; it is timed with ``auto`` beside it
+on the layer's reference batch, in its own group (``conv2d|<id>|N<batch>``).
+Under ``--benchmark-disable`` every case runs once, as a smoke test.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fastconv import bench
+
+IMPLEMENTATIONS = bench.implementation_names(include_torch=True)
+
+
+def _run(benchmark, case: bench.Layer, impl: str, group: str) -> None:
+    if impl == "torch":
+        pytest.importorskip("torch")
+    benchmark.group = group
+    fn = bench.prepare(case, impl)
+    if benchmark.disabled:
+        benchmark.pedantic(fn)  # one call, compilation included
+        return
+    per_call = bench.warm_up(fn)
+    benchmark.pedantic(fn, rounds=bench.calls_for(per_call), iterations=1)
+    benchmark.extra_info.update(
+        gflops=round(case.flops / benchmark.stats.stats.median / 1e9, 2),
+        flops=case.flops,
+        batch=case.batch,
+        algorithm=bench.algorithm_of(case, impl),
+    )
+
+
+@pytest.mark.parametrize(
+    "layer, impl",
+    [
+        pytest.param(layer, impl, id=f"{layer.id}-{impl}")
+        for layer in bench.LAYERS
+        for impl in IMPLEMENTATIONS
+        if impl != "reference"
+    ],
+)
+def test_conv2d(benchmark, layer, impl):
+    _run(benchmark, layer, impl, f"conv2d|{layer.id}")
+
+
+@pytest.mark.parametrize(
+    "layer, impl",
+    [
+        pytest.param(layer, impl, id=f"{layer.id}-{impl}")
+        for layer in bench.LAYERS
+        if layer.reference_batch is not None
+        for impl in ("reference", "auto")
+    ],
+)
+def test_conv2d_reference_batch(benchmark, layer, impl):
+    case = layer.reference_case()
+    _run(benchmark, case, impl, f"conv2d|{layer.id}|N{case.batch}")

@@ -1,0 +1,75 @@
+"""Argument checks shared by the public ops.
+
+Every message names the argument, the value received and the form expected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import shapes
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float_array(value: object, name: str) -> np.ndarray:
+    """``value`` as an ndarray of float32 or float64, or a TypeError saying why not."""
+    array = value if isinstance(value, np.ndarray) else None
+    if array is None:
+        try:
+            array = np.asarray(value)
+        except Exception:  # noqa: BLE001 - any failure means "not array-like"
+            raise TypeError(
+                f"{name} must be a numpy.ndarray of float32 or float64, got {type(value).__name__}"
+            ) from None
+        if array.dtype == object:
+            raise TypeError(
+                f"{name} must be a numpy.ndarray of float32 or float64, got {type(value).__name__}"
+            )
+    if array.dtype in _FLOATS:
+        return array
+    if array.dtype.kind == "f" and array.dtype.newbyteorder("=") in _FLOATS:
+        return array.astype(array.dtype.newbyteorder("="))  # byte-swapped float32/float64
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        hint = f"; convert it first, e.g. {name}.astype(np.float32)"
+    elif np.issubdtype(array.dtype, np.complexfloating):
+        hint = "; complex convolution is not supported, convolve real and imaginary parts separately"
+    else:
+        hint = f"; convert it first, e.g. {name}.astype(np.float32)"
+    raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}{hint}")
+
+
+def check_same_dtype(reference: np.ndarray, other: np.ndarray, name: str,
+                     reference_name: str = "input") -> None:
+    if other.dtype != reference.dtype:
+        raise TypeError(
+            f"{name} has dtype {other.dtype} but {reference_name} has dtype {reference.dtype}; "
+            f"mixed dtypes are not supported, cast one of them "
+            f"(e.g. {name}.astype(np.{reference.dtype}))"
+        )
+
+
+def check_out(out: object, shape: tuple[int, ...], dtype: np.dtype, inputs: tuple) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray of shape {shape} and dtype {dtype}, got {type(out).__name__}")
+    if out.shape != shape or out.dtype != dtype:
+        raise ValueError(
+            f"out must have shape {shape} and dtype {dtype}, got shape {out.shape} and dtype {out.dtype}"
+        )
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable, got a read-only array")
+    for other in inputs:
+        if other is not None and np.shares_memory(out, other):
+            raise ValueError("out must not share memory with an input")
+    return out
+
+
+def positive_int(value: object, name: str) -> int:
+    number = shapes._as_int(value)
+    if number is None:
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if number < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return number
+
+

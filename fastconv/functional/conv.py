@@ -1,0 +1,513 @@
+"""Convolution: forward, gradients, and transposed convolution."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import dispatch, shapes
+from ._checks import as_float_array, check_out, check_same_dtype, positive_int
+
+
+class _ConvGeometry(NamedTuple):
+    """A conv2d problem, normalised: ``x4`` is the C-contiguous 4-D input."""
+
+    x4: np.ndarray
+    unbatched: bool
+    weight_shape: tuple[int, int, int, int]
+    stride: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    dilation: tuple[int, int]
+    groups: int
+    out_channels: int
+    out_size: tuple[int, int]
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.x4.shape[0], self.out_channels, *self.out_size)
+
+    def result_shape(self, shape4: tuple[int, ...]) -> tuple[int, ...]:
+        """What the user sees of a 4-D shape: no batch axis for unbatched input."""
+        return shape4[1:] if self.unbatched else shape4
+
+    def batched(self, array: np.ndarray, name: str, shape4: tuple[int, ...], what: str) -> np.ndarray:
+        """``array`` (checked to have the user's view of ``shape4``) as a C-contiguous 4-D array."""
+        expected = self.result_shape(shape4)
+        if array.shape != expected:
+            raise ValueError(f"{name} must have the shape of {what}, {expected}, got {array.shape}")
+        return np.ascontiguousarray(array[None] if self.unbatched else array)
+
+    def unbatch(self, array: np.ndarray | None) -> np.ndarray | None:
+        return array[0] if array is not None and self.unbatched else array
+
+    def params(self) -> tuple:
+        """The trailing kernel arguments: stride, padding, dilation, groups."""
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def problem(self) -> dict:
+        """What a chooser decides on."""
+        return dict(input_shape=self.x4.shape, weight_shape=self.weight_shape,
+                    stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups, dtype=self.x4.dtype)
+
+
+def _float_arrays(**arrays: object) -> list:
+    """Each named argument as a float ndarray, all of the first one's dtype (a None bias
+    stays None)."""
+    converted = [None if a is None and name == "bias" else as_float_array(a, name)
+                 for name, a in arrays.items()]
+    first_name = next(iter(arrays))
+    for name, array in zip(list(arrays)[1:], converted[1:]):
+        if array is not None:
+            check_same_dtype(converted[0], array, name, first_name)
+    return converted
+
+
+def _contiguous(array: np.ndarray | None) -> np.ndarray | None:
+    return None if array is None else np.ascontiguousarray(array)
+
+
+def _conv_geometry(x, w, stride, padding, dilation, groups, *, input_name="input",
+                   weight_form="(K, C/groups, R, S)") -> _ConvGeometry:
+    """Validate a conv2d problem (input ``(N, C, H, W)`` or ``(C, H, W)``, weight
+    ``(K, C/groups, R, S)``) and normalise every argument form."""
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            f"{input_name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {x.shape}"
+        )
+    if w.ndim != 4:
+        raise ValueError(f"weight must be 4-D {weight_form}, got shape {w.shape}")
+    unbatched = x.ndim == 3
+    x4 = x[None] if unbatched else x
+    _, channels, height, width = x4.shape
+    out_channels, group_channels, kh, kw = w.shape
+    if 0 in x4.shape[1:]:
+        raise ValueError(f"{input_name} must have non-empty C, H and W, got shape {x.shape}")
+    if 0 in w.shape:
+        raise ValueError(f"weight must have no empty dimension, got shape {w.shape}")
+    groups = positive_int(groups, "groups")
+    if channels % groups or out_channels % groups:
+        raise ValueError(
+            f"groups={groups} must divide both the input channels C={channels} "
+            f"and the output channels K={out_channels} (weight {weight_form} = {w.shape})"
+        )
+    if group_channels * groups != channels:
+        raise ValueError(
+            f"weight.shape[1] must be C/groups = {channels}/{groups} = {channels // groups}, "
+            f"got weight of shape {w.shape} for {input_name} of shape {x.shape}"
+        )
+    stride2 = shapes.pair(stride, "stride")
+    dilation2 = shapes.pair(dilation, "dilation")
+    pads = shapes.padding2d(padding, (height, width), (kh, kw), stride2, dilation2)
+    out_h = shapes.output_length(height, kh, stride2[0], pads[0], dilation2[0])
+    out_w = shapes.output_length(width, kw, stride2[1], pads[1], dilation2[1])
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(
+            f"kernel of size {(kh, kw)} with dilation {dilation2} spans "
+            f"{(dilation2[0] * (kh - 1) + 1, dilation2[1] * (kw - 1) + 1)}, larger than the padded "
+            f"{input_name} {(height + sum(pads[0]), width + sum(pads[1]))} "
+            f"({input_name} {(height, width)}, padding {pads})"
+        )
+    return _ConvGeometry(np.ascontiguousarray(x4), unbatched, w.shape, stride2, pads, dilation2,
+                         groups, out_channels, (out_h, out_w))
+
+
+def _run(compute, shape4, geo, dtype, out=None):
+    """Call ``compute(target)`` on a C-contiguous 4-D array of ``shape4`` (``out``'s memory
+    where possible) and return the user's view of it (``out`` itself when given)."""
+    if out is not None and out.flags.c_contiguous:
+        target = out.reshape(shape4)
+    else:
+        target = np.empty(shape4, dtype=dtype)
+    if shape4[0]:
+        compute(target)
+    result = target[0] if geo.unbatched else target
+    if out is None:
+        return result
+    if not np.shares_memory(out, target):
+        out[...] = result
+    return out
+
+def conv2d(
+    input: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: object = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    *,
+    algorithm: str = "auto",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """2-D convolution (cross-correlation) of an image batch, as ``torch.nn.functional.conv2d``.
+
+    ``out[n, k, i, j] = bias[k] + sum_{c, r, s} weight[k, c, r, s] *
+    x_padded[n, g(k) * C/groups + c, i * stride_h + r * dilation_h, j * stride_w + s * dilation_w]``
+    where ``g(k) = k // (K / groups)`` is the group of output channel ``k``.
+
+    Shapes (N images, C input channels, K filters, R x S kernel):
+
+    - ``input``: ``(N, C, H, W)``, or ``(C, H, W)`` for one image (the output
+      then has no batch axis either).
+    - ``weight``: ``(K, C / groups, R, S)``.
+    - ``bias``: ``(K,)`` or None.
+    - output: ``(N, K, H_out, W_out)`` with
+      ``H_out = floor((H + pad_top + pad_bottom - dilation_h * (R - 1) - 1) / stride_h) + 1``
+      and likewise ``W_out`` (see :func:`fastconv.conv_output_size`).
+
+    Args:
+        input, weight, bias: float32 or float64 numpy arrays of one dtype,
+            which the output has too. Any memory layout is accepted (strided
+            views, Fortran order, read-only); inputs are never modified.
+        stride: int or ``(stride_h, stride_w)``, each >= 1.
+        padding: zeros added around the input: an int, ``(pad_h, pad_w)``,
+            ``((top, bottom), (left, right))``, ``"valid"`` (no padding) or
+            ``"same"``. ``"same"`` makes ``H_out = ceil(H / stride_h)``; the
+            padding total is split evenly and an odd extra pad goes to the
+            bottom/right. Unlike PyTorch, ``"same"`` is accepted with
+            stride > 1.
+        dilation: int or ``(dilation_h, dilation_w)``, each >= 1: spacing of
+            the kernel taps.
+        groups: splits C and K into ``groups`` independent convolutions; must
+            divide both. ``groups == C`` with ``K == C`` is depthwise.
+        algorithm: ``"auto"`` (chosen by shape), or one of
+            :func:`fastconv.available_algorithms` ``("conv2d")``:
+            ``"direct"``, ``"im2col"``, ``"reference"``.
+        out: optional array of the output's shape and dtype to write into.
+
+    Returns:
+        The output array (``out`` itself when given).
+
+    Raises:
+        TypeError: non-float, complex or mixed dtypes, non-array arguments.
+        ValueError: wrong shapes, channel/group mismatches, non-positive
+            stride or dilation, negative padding, a kernel larger than the
+            padded input, empty dimensions, a bad ``out``.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.ones((2, 1, 3, 3), dtype=np.float32)
+    >>> y = fastconv.conv2d(x, w, np.array([0.0, 1.0], np.float32), padding=1)
+    >>> y.shape
+    (1, 2, 4, 4)
+    >>> y[0, 0].tolist()
+    [[10.0, 18.0, 24.0, 18.0], [27.0, 45.0, 54.0, 39.0], [51.0, 81.0, 90.0, 63.0], [42.0, 66.0, 72.0, 50.0]]
+    """
+    x, w, b = _float_arrays(input=input, weight=weight, bias=bias)
+    geo = _conv_geometry(x, w, stride, padding, dilation, groups)
+    if b is not None and b.shape != (geo.out_channels,):
+        raise ValueError(f"bias must have shape (K,) = ({geo.out_channels},), got {b.shape}")
+    if out is not None:
+        check_out(out, geo.result_shape(geo.out_shape), x.dtype, (input, weight, bias))
+    _, kernel = dispatch.select("conv2d", "cpu", algorithm, **geo.problem())
+    return _run(
+        lambda target: kernel(geo.x4, _contiguous(w), _contiguous(b), target, *geo.params()),
+        geo.out_shape, geo, x.dtype, out,
+    )
+
+
+
+def _needs(**flags: object) -> tuple[bool, ...]:
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+    return tuple(bool(v) for v in flags.values())
+
+
+def _weight_grad(x4, dy4, weight_shape, geo, algorithm):
+    """conv2d's grad_weight: a correlation of its input x4 with its output gradient dy4."""
+    _, kernel = dispatch.select("conv2d_grad_weight", "cpu", algorithm, **geo.problem())
+    grad_weight = np.zeros(weight_shape, x4.dtype)
+    if x4.shape[0]:
+        kernel(x4, dy4, grad_weight, *geo.params())
+    return grad_weight
+
+
+def _bias_grad(dy4):
+    """grad_bias: dy4 summed over N, H, W."""
+    _, kernel = dispatch.select("conv2d_grad_bias", "cpu", "auto")
+    grad_bias = np.zeros(dy4.shape[1], dy4.dtype)
+    if dy4.shape[0]:
+        kernel(dy4, grad_bias)
+    return grad_bias
+
+
+def conv2d_backward(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    weight: np.ndarray,
+    stride: int | tuple[int, int] = 1,
+    padding: object = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    *,
+    needs_input_grad: bool = True,
+    needs_weight_grad: bool = True,
+    needs_bias_grad: bool = True,
+    algorithm: str = "auto",
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Gradients of :func:`conv2d` with respect to its input, weight and bias.
+
+    With ``y = conv2d(x, w, b, stride, padding, dilation, groups)`` and
+    ``grad_output = dL/dy``:
+
+    - ``grad_input = conv_transpose2d(grad_output, w, stride, padding, dilation, groups)``
+      cropped/extended to ``x``'s size: every output sends ``w * grad_output``
+      back to the window it read. With stride 1 that is a plain convolution
+      of ``grad_output`` with ``w`` flipped in space and its channels swapped,
+      padded by ``dilation * (R - 1) - padding``.
+    - ``grad_weight[k, c, r, s] = sum_{n,i,j} grad_output[n, k, i, j] *
+      x_padded[n, c', i*stride_h + r*dilation_h, j*stride_w + s*dilation_w]``:
+      a correlation of the input with ``grad_output``.
+    - ``grad_bias[k] = sum_{n,i,j} grad_output[n, k, i, j]``.
+
+    Shapes: ``grad_output`` ``(N, K, H_out, W_out)`` (or ``(K, H_out, W_out)``
+    with an unbatched input ``(C, H, W)``), ``input`` ``(N, C, H, W)``,
+    ``weight`` ``(K, C/groups, R, S)``; the gradients have the shapes of
+    ``input``, ``weight`` and ``(K,)``. ``stride``, ``padding``, ``dilation``
+    and ``groups`` take every form :func:`conv2d` accepts.
+
+    Args:
+        needs_input_grad, needs_weight_grad, needs_bias_grad: compute that
+            gradient; the ones not asked for are returned as None.
+        algorithm: for grad_input and grad_weight, as in :func:`conv2d`
+            (``available_algorithms("conv2d_grad_input")``). grad_weight sums
+            per-thread partial results in a fixed order: the same inputs give
+            the same bits on every run with the same thread count.
+
+    Returns:
+        ``(grad_input, grad_weight, grad_bias)``, None for each not asked for.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> x = np.ones((1, 1, 3, 3))
+    >>> w = np.ones((1, 1, 2, 2))
+    >>> gx, gw, gb = fastconv.conv2d_backward(np.ones((1, 1, 2, 2)), x, w)
+    >>> gx[0, 0].tolist()
+    [[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]
+    >>> gw[0, 0].tolist(), gb.tolist()
+    ([[4.0, 4.0], [4.0, 4.0]], [4.0])
+    """
+    dy, x, w = _float_arrays(grad_output=grad_output, input=input, weight=weight)
+    needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
+                   needs_bias_grad=needs_bias_grad)
+    geo = _conv_geometry(x, w, stride, padding, dilation, groups)
+    dy4 = geo.batched(dy, "grad_output", geo.out_shape, "conv2d's output")
+    w = np.ascontiguousarray(w)
+    grad_input = None
+    if needs[0]:
+        _, kernel = dispatch.select("conv2d_grad_input", "cpu", algorithm, **geo.problem())
+        grad_input = np.zeros(geo.x4.shape, x.dtype)
+        if geo.x4.shape[0]:
+            kernel(dy4, w, grad_input, *geo.params())
+    grad_weight = _weight_grad(geo.x4, dy4, w.shape, geo, algorithm) if needs[1] else None
+    grad_bias = _bias_grad(dy4) if needs[2] else None
+    return geo.unbatch(grad_input), grad_weight, grad_bias
+
+
+def _transpose_geometry(x, w, stride, padding, output_padding, groups, dilation, output_size):
+    """Validate a transposed convolution and describe it as the conv2d it is the adjoint of:
+    that conv2d's input is the transposed convolution's output."""
+    if x.ndim not in (3, 4):
+        raise ValueError(f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {x.shape}")
+    if w.ndim != 4:
+        raise ValueError(f"weight must be 4-D (C_in, C_out/groups, R, S), got shape {w.shape}")
+    unbatched = x.ndim == 3
+    x4 = x[None] if unbatched else x
+    n_img, in_channels, height, width = x4.shape
+    if 0 in x4.shape[1:]:
+        raise ValueError(f"input must have non-empty C_in, H and W, got shape {x.shape}")
+    if 0 in w.shape:
+        raise ValueError(f"weight must have no empty dimension, got shape {w.shape}")
+    groups = positive_int(groups, "groups")
+    if w.shape[0] != in_channels:
+        raise ValueError(
+            f"weight.shape[0] must be the input channels C_in={in_channels} "
+            f"(weight is (C_in, C_out/groups, R, S)), got weight of shape {w.shape}"
+        )
+    if in_channels % groups:
+        raise ValueError(f"groups={groups} must divide the input channels C_in={in_channels}")
+    if isinstance(padding, str):
+        raise ValueError(
+            "padding of conv_transpose2d must be an int, a pair (pad_h, pad_w) or "
+            f"((top, bottom), (left, right)), got {padding!r}"
+        )
+    kernel_size = w.shape[2:]
+    stride2 = shapes.pair(stride, "stride")
+    dilation2 = shapes.pair(dilation, "dilation")
+    pads = shapes.padding2d(padding, (height, width), kernel_size, stride2, dilation2)
+    extra = shapes.pair(output_padding, "output_padding", minimum=0)
+    smallest = [(n - 1) * s - p[0] - p[1] + d * (k - 1) + 1
+                for n, s, p, d, k in zip((height, width), stride2, pads, dilation2, kernel_size)]
+    if output_size is not None:
+        size = output_size
+        if isinstance(size, (tuple, list)) and len(size) == 4:
+            size = size[2:]
+        elif isinstance(size, (tuple, list)) and len(size) == 3:
+            size = size[1:]
+        out_size = shapes.pair(size, "output_size")
+        for a in range(2):
+            if not smallest[a] <= out_size[a] <= smallest[a] + stride2[a] - 1:
+                raise ValueError(
+                    f"output_size {tuple(output_size)} is not reachable: with this input, "
+                    f"stride, padding and kernel each output size must lie in "
+                    f"[{smallest[0]}, {smallest[0] + stride2[0] - 1}] x "
+                    f"[{smallest[1]}, {smallest[1] + stride2[1] - 1}]"
+                )
+    else:
+        for a in range(2):
+            if extra[a] >= max(stride2[a], dilation2[a]):
+                raise ValueError(
+                    f"output_padding must be smaller than stride or dilation in each dimension, "
+                    f"got output_padding={output_padding!r} with stride {stride2} and dilation "
+                    f"{dilation2}"
+                )
+        out_size = (smallest[0] + extra[0], smallest[1] + extra[1])
+    if min(out_size) <= 0:
+        raise ValueError(
+            f"conv_transpose2d output would be {out_size}: padding {pads} crops more than "
+            f"the {(smallest[0] + sum(pads[0]), smallest[1] + sum(pads[1]))} values the "
+            f"input of size {(height, width)} spreads to"
+        )
+    out_channels = w.shape[1] * groups
+    return _ConvGeometry(np.ascontiguousarray(x4), unbatched, w.shape, stride2, pads, dilation2,
+                         groups, out_channels, out_size)
+
+
+def conv_transpose2d(
+    input: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: object = 0,
+    output_padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    dilation: int | tuple[int, int] = 1,
+    *,
+    output_size: tuple[int, ...] | None = None,
+    algorithm: str = "auto",
+) -> np.ndarray:
+    """Transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose2d``.
+
+    The adjoint of :func:`conv2d`: each input value stamps
+    ``input[n, c, i, j] * weight[c]`` onto the output window starting at
+    ``(i * stride_h - pad_top, j * stride_w - pad_left)`` with taps
+    ``dilation`` apart; overlapping stamps add up; ``bias`` is added. It
+    upsamples by ``stride``, and equals ``grad_input`` of a ``conv2d`` with the
+    same weight and arguments.
+
+    Shapes (note the weight's layout, as in PyTorch):
+
+    - ``input``: ``(N, C_in, H, W)`` or ``(C_in, H, W)``.
+    - ``weight``: ``(C_in, C_out / groups, R, S)``.
+    - ``bias``: ``(C_out,)`` or None.
+    - output: ``(N, C_out, H_out, W_out)`` with
+      ``H_out = (H - 1) * stride_h - pad_top - pad_bottom + dilation_h * (R - 1) + output_padding_h + 1``.
+
+    Args:
+        stride, dilation: int or pair, each >= 1.
+        padding: int, ``(pad_h, pad_w)`` or ``((top, bottom), (left, right))``:
+            rows/columns cropped from the full stamped output.
+        output_padding: int or pair, each smaller than stride or dilation:
+            extra rows/columns at the bottom/right. Several ``conv2d`` input
+            sizes give the same output size when stride > 1; this picks one.
+        groups: must divide C_in.
+        output_size: ``(H_out, W_out)`` (a longer shape's last two entries);
+            overrides ``output_padding``; each must lie in
+            ``[H_min, H_min + stride - 1]``.
+        algorithm: ``"auto"`` or one of ``available_algorithms("conv2d_grad_input")``.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])        # (1, 1, 2, 2)
+    >>> w = np.ones((1, 1, 2, 2))
+    >>> fastconv.conv_transpose2d(x, w, stride=2)[0, 0].tolist()
+    [[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0], [3.0, 3.0, 4.0, 4.0], [3.0, 3.0, 4.0, 4.0]]
+    >>> fastconv.conv_transpose2d(x, w, stride=2, output_size=(5, 5)).shape
+    (1, 1, 5, 5)
+    """
+    x, w, b = _float_arrays(input=input, weight=weight, bias=bias)
+    geo = _transpose_geometry(x, w, stride, padding, output_padding, groups, dilation, output_size)
+    if b is not None and b.shape != (geo.out_channels,):
+        raise ValueError(
+            f"bias must have shape (C_out,) = ({geo.out_channels},), got {b.shape}"
+        )
+    _, kernel = dispatch.select("conv2d_grad_input", "cpu", algorithm, **geo.problem())
+    w = np.ascontiguousarray(w)
+
+    def compute(target):
+        kernel(geo.x4, w, target, *geo.params())
+        if b is not None:
+            target += b[None, :, None, None]
+
+    return _run(compute, geo.out_shape, geo, x.dtype)
+
+
+def conv_transpose2d_backward(
+    grad_output: np.ndarray,
+    input: np.ndarray,
+    weight: np.ndarray,
+    stride: int | tuple[int, int] = 1,
+    padding: object = 0,
+    output_padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    dilation: int | tuple[int, int] = 1,
+    *,
+    output_size: tuple[int, ...] | None = None,
+    needs_input_grad: bool = True,
+    needs_weight_grad: bool = True,
+    needs_bias_grad: bool = True,
+    algorithm: str = "auto",
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Gradients of :func:`conv_transpose2d` with respect to input, weight and bias.
+
+    A transposed convolution is conv2d's ``grad_input`` map, so its gradients
+    are conv2d's other maps: ``grad_input = conv2d(grad_output, weight,
+    stride, padding, dilation, groups)`` (the forward convolution), and
+    ``grad_weight[c, k, r, s] = sum_{n,i,j} input[n, c, i, j] *
+    grad_output_padded[n, k', i*stride_h + r*dilation_h, j*stride_w + s*dilation_w]``
+    (conv2d's weight gradient with ``grad_output`` as the input and ``input``
+    as the output gradient); ``grad_bias`` sums ``grad_output`` over N, H, W.
+
+    Shapes: ``grad_output`` has the shape of ``conv_transpose2d``'s output;
+    the gradients have the shapes of ``input``, ``weight`` and ``(C_out,)``.
+    Arguments as in :func:`conv_transpose2d`; ``needs_*`` as in
+    :func:`conv2d_backward`.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> x, w = np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2))
+    >>> gx, gw, gb = fastconv.conv_transpose2d_backward(np.ones((1, 1, 4, 4)), x, w, stride=2)
+    >>> gx[0, 0].tolist(), gw[0, 0].tolist(), gb.tolist()
+    ([[4.0, 4.0], [4.0, 4.0]], [[4.0, 4.0], [4.0, 4.0]], [16.0])
+    """
+    dy, x, w = _float_arrays(grad_output=grad_output, input=input, weight=weight)
+    needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
+                   needs_bias_grad=needs_bias_grad)
+    geo = _transpose_geometry(x, w, stride, padding, output_padding, groups, dilation, output_size)
+    dy4 = geo.batched(dy, "grad_output", geo.out_shape, "conv_transpose2d's output")
+    w = np.ascontiguousarray(w)
+    # conv2d's view of the same problem: its input is grad_output, its output the input
+    conv = geo._replace(x4=dy4, out_channels=w.shape[0], out_size=geo.x4.shape[2:])
+    grad_input = None
+    if needs[0]:
+        _, kernel = dispatch.select("conv2d", "cpu", algorithm, **conv.problem())
+        # a bigger conv2d output only where output_padding >= stride: crop it
+        full_h = shapes.output_length(dy4.shape[2], w.shape[2], geo.stride[0], geo.padding[0],
+                                      geo.dilation[0])
+        full_w = shapes.output_length(dy4.shape[3], w.shape[3], geo.stride[1], geo.padding[1],
+                                      geo.dilation[1])
+        full = np.empty((dy4.shape[0], w.shape[0], full_h, full_w), dy4.dtype)
+        if dy4.shape[0]:
+            kernel(dy4, w, None, full, *geo.params())
+        grad_input = np.ascontiguousarray(full[:, :, : geo.x4.shape[2], : geo.x4.shape[3]])
+    grad_weight = _weight_grad(dy4, geo.x4, w.shape, conv, algorithm) if needs[1] else None
+    grad_bias = _bias_grad(dy4) if needs[2] else None
+    return geo.unbatch(grad_input), grad_weight, grad_bias

@@ -1,0 +1,334 @@
+"""fastconv.conv2d: every algorithm x the case table x dtypes, against the reference
+(the spec) and against PyTorch (an independent oracle), plus memory layouts,
+``out=``, array-likes, empty batches and hypothesis-generated configurations."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import reference
+from tests.cases import (
+    CASE_IDS,
+    CONV2D_CASES,
+    DTYPES,
+    Conv2dCase,
+    expected_output_shape,
+    explicit_padding,
+    make_inputs,
+    tolerance,
+)
+
+#: Every registered algorithm, "auto" included: each is checked by name.
+ALGORITHMS = list(fastconv.available_algorithms("conv2d"))
+FAST_ALGORITHMS = [a for a in ALGORITHMS if a not in ("auto", "reference")]
+DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+
+
+def test_algorithm_list_is_not_empty():
+    # the matrix below would silently shrink if the registry lost a kernel
+    assert {"auto", "direct", "im2col", "reference"} <= set(ALGORITHMS)
+
+
+def assert_close(actual, expected, dtype):
+    np.testing.assert_allclose(actual, expected, **tolerance(dtype))
+
+
+def torch_conv2d(x, w, b, stride=1, padding=0, dilation=1, groups=1):
+    """``torch.nn.functional.conv2d`` on numpy arrays. Torch takes int, pair, "valid" and
+    stride-1 "same" itself; other forms (asymmetric, "same" with stride > 1) are
+    applied as explicit zero padding with np.pad, which is their documented meaning."""
+    torch = pytest.importorskip("torch")
+    x = np.array(x)
+    w = np.array(w)
+    stride_pair = tuple(stride) if isinstance(stride, (tuple, list)) else (stride, stride)
+    asymmetric = isinstance(padding, (tuple, list)) and any(
+        isinstance(p, (tuple, list)) for p in padding
+    )
+    if asymmetric or (padding == "same" and stride_pair != (1, 1)):
+        pads = explicit_padding(padding, x.shape[-2:], w.shape[-2:], stride, dilation)
+        x = np.pad(x, [(0, 0)] * (x.ndim - 2) + [tuple(p) for p in pads])
+        padding = 0
+    elif isinstance(padding, list):
+        padding = tuple(padding)
+    with warnings.catch_warnings():
+        # torch warns that stride-1 "same" with an even kernel copies the input
+        warnings.simplefilter("ignore", UserWarning)
+        y = torch.nn.functional.conv2d(
+            torch.from_numpy(x), torch.from_numpy(w),
+            None if b is None else torch.from_numpy(np.array(b)),
+            stride=stride_pair,
+            padding=padding,
+            dilation=tuple(dilation) if isinstance(dilation, (tuple, list)) else dilation,
+            groups=groups,
+        )
+    return y.numpy()
+
+
+# --- the case table -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_matches_reference(algorithm, case, dtype, rng):
+    x, w, b = make_inputs(case, dtype, rng)
+    y = fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm)
+    assert y.dtype == np.dtype(dtype)
+    assert y.shape == expected_output_shape(case)
+    assert_close(y, reference.conv2d(x, w, b, **case.kwargs), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_matches_torch(algorithm, case, dtype, rng):
+    x, w, b = make_inputs(case, dtype, rng)
+    expected = torch_conv2d(x, w, b, **case.kwargs)
+    y = fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm)
+    assert y.dtype == np.dtype(dtype)
+    assert y.shape == expected.shape
+    assert_close(y, expected, dtype)
+
+
+def test_torch_oracle_pads_same_with_stride_at_the_end():
+    # The oracle's own padding rule, checked once by hand: n=6, k=3, s=2 -> out 3,
+    # total (3-1)*2 + 3 - 6 = 1, so no pad on top/left and one on bottom/right.
+    assert explicit_padding("same", (6, 6), (3, 3), 2, 1) == ((0, 1), (0, 1))
+    x = np.arange(36.0).reshape(1, 1, 6, 6)
+    w = np.zeros((1, 1, 3, 3))
+    w[0, 0, 0, 0] = 1.0  # picks the window's top-left tap: x_padded[2i, 2j]
+    y = fastconv.conv2d(x, w, padding="same", stride=2)
+    np.testing.assert_array_equal(y[0, 0], x[0, 0, ::2, ::2])
+    np.testing.assert_array_equal(torch_conv2d(x, w, None, stride=2, padding="same"), y)
+
+
+# --- memory layouts and argument kinds --------------------------------------------
+
+LAYOUT_CASES = [c for c in CONV2D_CASES if c.id in ("3x3_s2_p1", "groups2", "pad_asym")]
+
+
+def _relayout(array: np.ndarray, layout: str, rng) -> np.ndarray:
+    """The same values as ``array`` in another memory layout."""
+    if layout == "strided":  # every other element of a larger array
+        big = rng.uniform(-1, 1, tuple(2 * n for n in array.shape)).astype(array.dtype)
+        view = big[tuple(slice(None, None, 2) for _ in array.shape)]
+        view[...] = array
+    elif layout == "transposed":  # C-order copy of the transpose, transposed back
+        axes = tuple(reversed(range(array.ndim)))
+        view = np.ascontiguousarray(array.transpose(axes)).transpose(axes)
+    elif layout == "fortran":
+        view = np.asfortranarray(array)
+    elif layout == "reversed":  # negative strides
+        view = np.ascontiguousarray(array[..., ::-1])[..., ::-1]
+    else:
+        raise AssertionError(layout)
+    assert np.array_equal(view, array)
+    if array.ndim > 1:
+        assert not view.flags.c_contiguous
+    return view
+
+
+@pytest.mark.parametrize("layout", ["strided", "transposed", "fortran", "reversed"])
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_any_memory_layout(algorithm, case, layout, rng):
+    dtype = np.float32
+    x, w, b = make_inputs(case, dtype, rng)
+    expected = reference.conv2d(x, w, b, **case.kwargs)
+    xv, wv = _relayout(x, layout, rng), _relayout(w, layout, rng)
+    bv = _relayout(b, "strided", rng) if b is not None else None
+    assert_close(fastconv.conv2d(xv, wv, bv, **case.kwargs, algorithm=algorithm), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_read_only_inputs(algorithm, dtype, rng):
+    case = next(c for c in CONV2D_CASES if c.id == "3x3_s2_p1")
+    x, w, b = make_inputs(case, dtype, rng)
+    expected = reference.conv2d(x, w, b, **case.kwargs)
+    for array in (x, w, b):
+        array.setflags(write=False)
+    y = fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm)
+    assert y.flags.writeable
+    assert_close(y, expected, dtype)
+
+
+@pytest.mark.parametrize("case", [c for c in CONV2D_CASES if c.id in
+                                  ("3x3_p1", "1x1", "depthwise_x2_s2", "unbatched_3x3")],
+                         ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_inputs_are_not_modified(algorithm, case, rng):
+    x, w, b = make_inputs(case, np.float64, rng)
+    copies = [a.copy() for a in (x, w, b)]
+    fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm)
+    out = np.empty(expected_output_shape(case))
+    fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm, out=out)
+    for before, after in zip(copies, (x, w, b)):
+        np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_output_is_a_fresh_array(algorithm, rng):
+    case = next(c for c in CONV2D_CASES if c.id == "1x1")
+    x, w, b = make_inputs(case, np.float32, rng)
+    y = fastconv.conv2d(x, w, b, algorithm=algorithm)
+    assert not np.shares_memory(y, x) and not np.shares_memory(y, w)
+    assert y.flags.c_contiguous and y.flags.writeable
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_output_dtype_follows_input(dtype, rng):
+    case = next(c for c in CONV2D_CASES if c.id == "3x3_p1")
+    x, w, b = make_inputs(case, dtype, rng)
+    for algorithm in ALGORITHMS:
+        assert fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm).dtype == dtype
+        assert fastconv.conv2d(x, w, **case.kwargs, algorithm=algorithm).dtype == dtype
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_array_likes(algorithm, rng):
+    case = next(c for c in CONV2D_CASES if c.id == "groups2")
+    x, w, b = make_inputs(case, np.float64, rng)
+    expected = reference.conv2d(x, w, b, **case.kwargs)
+    y = fastconv.conv2d(x.tolist(), w.tolist(), b.tolist(), **case.kwargs, algorithm=algorithm)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float64
+    assert_close(y, expected, np.float64)
+    # tuples, and a mix of lists and arrays
+    y = fastconv.conv2d(tuple(x.tolist()), w, tuple(b.tolist()), **case.kwargs,
+                        algorithm=algorithm)
+    assert_close(y, expected, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_empty_batch(algorithm, dtype):
+    x = np.zeros((0, 4, 9, 8), dtype)
+    w = np.ones((6, 2, 3, 3), dtype)
+    b = np.ones(6, dtype)
+    y = fastconv.conv2d(x, w, b, stride=2, padding=1, groups=2, algorithm=algorithm)
+    assert y.shape == (0, 6, 5, 4)
+    assert y.dtype == dtype
+    out = np.empty((0, 6, 5, 4), dtype)
+    assert fastconv.conv2d(x, w, b, stride=2, padding=1, groups=2, algorithm=algorithm,
+                           out=out) is out
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_nan_and_inf_propagate_like_the_definition(algorithm):
+    # config.FASTMATH leaves out the no-NaN/no-Inf flags so that they propagate
+    x = np.zeros((1, 2, 7, 7), np.float32)
+    x[0, 0, 1, 2] = np.nan
+    x[0, 1, 5, 5] = np.inf
+    w = np.ones((3, 2, 3, 3), np.float32)
+    w[1] = 0.0  # 0 * nan is nan, 0 * inf is nan
+    with np.errstate(invalid="ignore"):  # the reference's numpy warns on 0 * inf
+        y = fastconv.conv2d(x, w, padding=1, algorithm=algorithm)
+        expected = reference.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
+    assert np.isnan(y[0, 1, 1, 2]) and np.isinf(y[0, 0, 5, 5]) and y[0, 0, 3, 0] == 0
+
+
+# --- out= ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", [c for c in CONV2D_CASES if c.id in
+                                  ("3x3_s2_p1", "1x1", "depthwise_3x3", "unbatched_3x3",
+                                   "deep_c24")],
+                         ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_out_c_contiguous(algorithm, case, dtype, rng):
+    x, w, b = make_inputs(case, dtype, rng)
+    out = np.full(expected_output_shape(case), np.nan, dtype)  # stale values must not leak
+    y = fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm, out=out)
+    assert y is out
+    assert_close(out, reference.conv2d(x, w, b, **case.kwargs), dtype)
+
+
+@pytest.mark.parametrize("case", [c for c in CONV2D_CASES if c.id in
+                                  ("3x3_s2_p1", "unbatched_3x3")],
+                         ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_out_non_contiguous_view(algorithm, case, rng):
+    dtype = np.float64
+    x, w, b = make_inputs(case, dtype, rng)
+    shape = expected_output_shape(case)
+    sentinel = -12345.0
+    big = np.full((*shape[:-1], 2 * shape[-1]), sentinel, dtype)
+    out = big[..., 1::2]
+    assert not out.flags.c_contiguous
+    y = fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm, out=out)
+    assert y is out
+    assert_close(out, reference.conv2d(x, w, b, **case.kwargs), dtype)
+    assert np.all(big[..., 0::2] == sentinel), "wrote outside the out view"
+
+    transposed = np.full(shape[::-1], np.nan, dtype).T  # Fortran-ordered out
+    y = fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm, out=transposed)
+    assert y is transposed
+    assert_close(transposed, out, dtype)
+
+
+# --- hypothesis ---------------------------------------------------------------------
+
+
+@st.composite
+def conv2d_configs(draw):
+    """A random valid conv2d problem: shapes, every argument form, dtype and a data seed."""
+    groups = draw(st.integers(1, 3))
+    c = groups * draw(st.integers(1, 3))
+    k = groups * draw(st.integers(1, 3))
+    r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    dilation = draw(st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    pad = st.integers(0, 3)
+    padding = draw(st.one_of(
+        pad, st.tuples(pad, pad), st.tuples(st.tuples(pad, pad), st.tuples(pad, pad)),
+        st.sampled_from(["valid", "same"]),
+    ))
+    d_h, d_w = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+    if padding == "same":
+        min_h, min_w = 1, 1
+    else:
+        (top, bottom), (left, right) = explicit_padding(padding, (1, 1), (r, s), stride, dilation)
+        min_h = max(1, d_h * (r - 1) + 1 - top - bottom)
+        min_w = max(1, d_w * (s - 1) + 1 - left - right)
+    h = draw(st.integers(min_h, min_h + 8))
+    w = draw(st.integers(min_w, min_w + 8))
+    n = draw(st.sampled_from([None, 1, 2, 3]))
+    case = Conv2dCase("hypothesis", n, c, h, w, k, r, s, stride=stride, padding=padding,
+                      dilation=dilation, groups=groups, bias=draw(st.booleans()))
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return case, dtype, seed
+
+
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "reference"])
+@settings(max_examples=40, deadline=None)
+@given(config=conv2d_configs())
+def test_hypothesis_matches_reference(algorithm, config):
+    case, dtype, seed = config
+    x, w, b = make_inputs(case, dtype, np.random.default_rng(seed))
+    y = fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm)
+    assert y.dtype == np.dtype(dtype)
+    assert y.shape == expected_output_shape(case)
+    assert_close(y, reference.conv2d(x, w, b, **case.kwargs), dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(config=conv2d_configs())
+def test_hypothesis_reference_matches_torch(config):
+    """The spec itself, and the test's padding oracle, against PyTorch."""
+    case, dtype, seed = config
+    x, w, b = make_inputs(case, dtype, np.random.default_rng(seed))
+    expected = torch_conv2d(x, w, b, **case.kwargs)
+    for algorithm in ("reference", "auto"):
+        y = fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm)
+        assert y.shape == expected.shape
+        assert_close(y, expected, dtype)

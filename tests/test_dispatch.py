@@ -1,0 +1,275 @@
+"""The kernel registry and the choice of algorithm: which kernel runs, what it is
+given, how new algorithms plug in, warm-up, lazy imports and the BLAS fallback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import config, dispatch, reference
+from tests.cases import (
+    CONV2D_CASES,
+    DTYPES,
+    case_padding,
+    expected_output_shape,
+    make_inputs,
+    tolerance,
+)
+
+KERNEL_NAMES = [a for a in fastconv.available_algorithms("conv2d") if a != "auto"]
+
+
+def test_available_algorithms():
+    names = fastconv.available_algorithms("conv2d")
+    assert isinstance(names, tuple)
+    assert names[0] == "auto"
+    assert {"direct", "im2col", "reference"} <= set(names)
+    assert list(names[1:]) == sorted(names[1:])
+    assert len(set(names)) == len(names)
+    assert fastconv.available_algorithms("conv2d", device="cpu") == names
+
+
+def test_unknown_op_and_device():
+    with pytest.raises(ValueError, match=r"op must be one of \[.*'conv2d'.*\], got 'conv3d'"):
+        fastconv.available_algorithms("conv3d")
+    with pytest.raises(ValueError, match=r"device must be one of \['cpu'\], got 'tpu'"):
+        fastconv.available_algorithms("conv2d", device="tpu")
+
+
+@pytest.fixture
+def ran(monkeypatch):
+    """Wrap every registered conv2d kernel in a spy; the list collects the names that ran."""
+    fastconv.available_algorithms("conv2d")  # load the backend before patching it
+    calls: list[str] = []
+    for name in KERNEL_NAMES:
+        key = ("conv2d", "cpu", name)
+
+        def spy(*args, _name=name, _kernel=dispatch._KERNELS[key], **kwargs):
+            calls.append(_name)
+            return _kernel(*args, **kwargs)
+
+        monkeypatch.setitem(dispatch._KERNELS, key, spy)
+    return calls
+
+
+AUTO_CHOICES = [
+    # (id, input shape, weight shape, kwargs, expected kernel)
+    ("depthwise_3x3", (1, 32, 10, 10), (32, 1, 3, 3), dict(padding=1, groups=32), "direct"),
+    ("depthwise_x2_3x3", (1, 8, 9, 9), (16, 1, 3, 3), dict(stride=2, groups=8), "direct"),
+    ("c1_5x5", (2, 1, 12, 12), (6, 1, 5, 5), {}, "direct"),
+    ("c3_3x3", (1, 3, 9, 9), (4, 3, 3, 3), dict(padding=1), "direct"),
+    ("c64_3x3", (1, 64, 8, 8), (16, 64, 3, 3), dict(padding=1), "im2col"),
+    ("c64_1x1", (1, 64, 6, 6), (8, 64, 1, 1), {}, "im2col"),
+    ("c3_7x7_s2", (1, 3, 15, 15), (4, 3, 7, 7), dict(stride=2, padding=3), "im2col"),
+    ("grouped_c64_g2", (1, 64, 6, 6), (8, 32, 3, 3), dict(padding="same", groups=2), "im2col"),
+]
+
+
+@pytest.mark.parametrize("input_shape, weight_shape, kwargs, expected",
+                         [c[1:] for c in AUTO_CHOICES], ids=[c[0] for c in AUTO_CHOICES])
+def test_auto_choice(ran, input_shape, weight_shape, kwargs, expected, rng):
+    x = rng.uniform(-1, 1, input_shape).astype(np.float32)
+    w = rng.uniform(-1, 1, weight_shape).astype(np.float32)
+    y = fastconv.conv2d(x, w, **kwargs)
+    assert ran == [expected]
+    np.testing.assert_allclose(y, reference.conv2d(x, w, **kwargs), **tolerance(np.float32))
+
+
+@pytest.mark.parametrize("algorithm", KERNEL_NAMES)
+def test_explicit_algorithm_runs_only_that_kernel(ran, algorithm, rng):
+    x = rng.uniform(-1, 1, (1, 4, 6, 6)).astype(np.float32)
+    w = rng.uniform(-1, 1, (4, 1, 3, 3)).astype(np.float32)
+    fastconv.conv2d(x, w, groups=4, algorithm=algorithm)
+    assert ran == [algorithm]
+
+
+def _problem(weight_shape, groups=1):
+    return dict(input_shape=(1, weight_shape[1] * groups, 8, 8), weight_shape=weight_shape,
+                stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=groups,
+                dtype=np.dtype(np.float32))
+
+
+def test_select_returns_name_and_kernel():
+    name, kernel = dispatch.select("conv2d", "cpu", "auto", **_problem((32, 1, 3, 3), groups=32))
+    assert name == "direct"
+    assert kernel is dispatch._KERNELS["conv2d", "cpu", "direct"]
+    name, kernel = dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))
+    assert name == "im2col"
+    assert kernel is dispatch._KERNELS["conv2d", "cpu", "im2col"]
+    for algorithm in KERNEL_NAMES:
+        name, kernel = dispatch.select("conv2d", "cpu", algorithm, **_problem((16, 64, 3, 3)))
+        assert name == algorithm
+        assert kernel is dispatch._KERNELS["conv2d", "cpu", algorithm]
+    with pytest.raises(ValueError, match="unknown algorithm 'fft'"):
+        dispatch.select("conv2d", "cpu", "fft", **_problem((16, 64, 3, 3)))
+
+
+def test_auto_threshold_is_read_from_config(monkeypatch):
+    limit = config.AUTO_DIRECT_MAX_DEPTH
+    choose = lambda depth: dispatch.select(  # noqa: E731
+        "conv2d", "cpu", "auto", **_problem((4, depth, 1, 1)))[0]
+    assert choose(limit) == "direct"
+    assert choose(limit + 1) == "im2col"
+    monkeypatch.setattr(config, "AUTO_DIRECT_MAX_DEPTH", 0)
+    depthwise = _problem((32, 1, 3, 3), groups=32)
+    assert dispatch.select("conv2d", "cpu", "auto", **depthwise)[0] == "im2col"
+    monkeypatch.setattr(config, "AUTO_DIRECT_MAX_DEPTH", 10**6)
+    assert dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))[0] == "direct"
+
+
+def test_chooser_sees_the_normalised_problem(monkeypatch, rng):
+    fastconv.available_algorithms("conv2d")
+    seen = {}
+
+    def chooser(**problem):
+        seen.update(problem)
+        return "reference"
+
+    monkeypatch.setitem(dispatch._CHOOSERS, ("conv2d", "cpu"), chooser)
+    x = rng.uniform(-1, 1, (4, 7, 9)).astype(np.float64)  # unbatched
+    w = rng.uniform(-1, 1, (6, 2, 3, 2)).astype(np.float64)
+    y = fastconv.conv2d(x, w, stride=(2, 1), padding="same", dilation=2, groups=2)
+    assert seen == dict(input_shape=(1, 4, 7, 9), weight_shape=(6, 2, 3, 2), stride=(2, 1),
+                        padding=((2, 2), (1, 1)), dilation=(2, 2), groups=2,
+                        dtype=np.dtype(np.float64))
+    np.testing.assert_allclose(
+        y, reference.conv2d(x, w, stride=(2, 1), padding="same", dilation=2, groups=2),
+        **tolerance(np.float64))
+
+
+# --- registering a new algorithm ---------------------------------------------------------
+
+
+def test_registering_an_algorithm_makes_it_usable(rng):
+    fastconv.available_algorithms("conv2d")
+    received = []
+
+    def toy(x, weight, bias, out, stride, padding, dilation, groups):
+        received.append(dict(x=x, weight=weight, bias=bias, out=out, stride=stride,
+                             padding=padding, dilation=dilation, groups=groups))
+        out[...] = reference.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    key = ("conv2d", "cpu", "toy")
+    assert key not in dispatch._KERNELS
+    dispatch.register(*key)(toy)
+    try:
+        assert "toy" in fastconv.available_algorithms("conv2d")
+        x = rng.uniform(-1, 1, (3, 12, 11)).astype(np.float32)[:, ::2, :]  # strided, unbatched
+        w = np.asfortranarray(rng.uniform(-1, 1, (4, 3, 2, 3)).astype(np.float32))
+        b = rng.uniform(-1, 1, 4).astype(np.float32)
+        y = fastconv.conv2d(x, w, b, stride=2, padding=((1, 0), (0, 2)), algorithm="toy")
+        np.testing.assert_allclose(
+            y, reference.conv2d(x, w, b, stride=2, padding=((1, 0), (0, 2))),
+            **tolerance(np.float32))
+        (args,) = received
+        # kernels see C-contiguous 4-D arrays and plain ints only
+        assert args["x"].shape == (1, 3, 6, 11) and args["x"].flags.c_contiguous
+        assert args["weight"].flags.c_contiguous and args["bias"].flags.c_contiguous
+        assert args["out"].shape == (1, 4, 3, 6) and args["out"].flags.c_contiguous
+        assert args["stride"] == (2, 2) and args["dilation"] == (1, 1) and args["groups"] == 1
+        assert args["padding"] == ((1, 0), (0, 2))
+        assert all(type(v) is int for v in (*args["stride"], *args["dilation"], args["groups"],
+                                            *args["padding"][0], *args["padding"][1]))
+    finally:
+        del dispatch._KERNELS[key]
+    assert "toy" not in fastconv.available_algorithms("conv2d")
+    with pytest.raises(ValueError, match="unknown algorithm 'toy'"):
+        fastconv.conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 1, 1)), algorithm="toy")
+
+
+def test_auto_is_reserved():
+    with pytest.raises(ValueError, match="'auto' is reserved"):
+        dispatch.register("conv2d", "cpu", "auto")
+
+
+# --- warm-up and lazy import ---------------------------------------------------------------
+
+
+def test_warmup_returns_timings_per_algorithm():
+    timings = fastconv.warmup(dtypes=[np.float32])
+    fast = [a for a in KERNEL_NAMES if a != "reference"]
+    assert set(timings) == {f"conv2d/{a}/float32" for a in fast}
+    assert all(isinstance(t, float) and t >= 0 for t in timings.values())
+    both = fastconv.warmup(dtypes=(np.float32, "float64"))
+    assert set(both) == {f"conv2d/{a}/{d}" for a in fast for d in ("float32", "float64")}
+
+
+def test_warmup_rejects_other_dtypes():
+    with pytest.raises(TypeError, match="float32 or float64, got int32"):
+        fastconv.warmup(dtypes=[np.int32])
+
+
+def _fresh_python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, check=True)
+    return result.stdout.strip()
+
+
+def test_import_does_not_import_numba():
+    code = ("import sys, fastconv; "
+            "print('numba' in sys.modules, 'fastconv.cpu' in sys.modules); "
+            "fastconv.available_algorithms('conv2d'); "
+            "print('numba' in sys.modules)")
+    before, after = _fresh_python(code).splitlines()
+    assert before == "False False"
+    assert after == "True"  # the check above can fail: the backend does import numba
+
+
+# --- the BLAS fallback ---------------------------------------------------------------------
+
+FALLBACK_CASES = [c for c in CONV2D_CASES if c.id in (
+    "1x1", "3x3_s2_p1", "pad_asym", "same_s2_dil23", "groups2", "depthwise_x2_s2",
+    "groups3_1x1", "deep_c24", "unbatched_3x3",
+)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=[np.dtype(d).name for d in DTYPES])
+@pytest.mark.parametrize("case", FALLBACK_CASES, ids=lambda c: c.id)
+def test_im2col_with_fallback_gemm(case, dtype, rng):
+    from fastconv.cpu import blas, im2col
+
+    x, w, b = make_inputs(case, dtype, rng)
+    x4 = x if x.ndim == 4 else x[None]
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    shape = expected_output_shape(case)
+    out = np.full(shape if len(shape) == 4 else (1, *shape), np.nan, dtype)
+    im2col.conv2d_im2col(np.ascontiguousarray(x4), w, b, out, pair(case.stride),
+                         case_padding(case), pair(case.dilation), case.groups,
+                         gemm=blas.fallback_gemm_for(dtype))
+    np.testing.assert_allclose(out, reference.conv2d(x4, w, b, **case.kwargs), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=[np.dtype(d).name for d in DTYPES])
+@pytest.mark.parametrize("source", ["fallback", "numpy"])
+def test_gemm_matches_numpy(source, dtype, rng):
+    # The CBLAS contract, transposes and leading dimensions included, for the
+    # fallback and for the GEMM fastconv found in numpy's own BLAS.
+    from fastconv.cpu import blas
+
+    gemm = blas.fallback_gemm_for(dtype) if source == "fallback" else blas.gemm_for(dtype)
+    m, n, k = 5, 7, 4
+    for trans_a in (blas.NO_TRANS, blas.TRANS):
+        for trans_b in (blas.NO_TRANS, blas.TRANS):
+            for beta in (0.0, 0.5):
+                a = rng.uniform(-1, 1, (m, k) if trans_a == blas.NO_TRANS else (k, m)).astype(dtype)
+                b = rng.uniform(-1, 1, (k, n) if trans_b == blas.NO_TRANS else (n, k)).astype(dtype)
+                # matrices inside wider rows, to exercise lda, ldb, ldc
+                a_store = np.zeros((a.shape[0], a.shape[1] + 3), dtype)
+                a_store[:, : a.shape[1]] = a
+                b_store = np.zeros((b.shape[0], b.shape[1] + 2), dtype)
+                b_store[:, : b.shape[1]] = b
+                c_start = rng.uniform(-1, 1, (m, n)).astype(dtype)
+                c_store = np.full((m, n + 4), 99.0, dtype)
+                c_store[:, :n] = c_start if beta else np.nan  # beta = 0 ignores C
+                gemm(blas.ROW_MAJOR, trans_a, trans_b, m, n, k, 1.5,
+                     a_store.ctypes.data, a_store.shape[1], b_store.ctypes.data, b_store.shape[1],
+                     beta, c_store.ctypes.data, c_store.shape[1])
+                op_a = a if trans_a == blas.NO_TRANS else a.T
+                op_b = b if trans_b == blas.NO_TRANS else b.T
+                expected = 1.5 * op_a.astype(np.float64) @ op_b + (beta * c_start if beta else 0)
+                np.testing.assert_allclose(c_store[:, :n], expected, **tolerance(dtype))
+                assert np.all(c_store[:, n:] == 99.0), "wrote past n in a row of C"

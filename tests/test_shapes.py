@@ -1,0 +1,355 @@
+"""fastconv.shapes, conv_output_size and receptive_field: invariants over random
+arguments, every argument form, errors, and PyTorch's own output shapes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import shapes
+from tests.cases import explicit_padding
+
+size = fastconv.conv_output_size
+
+sizes = st.integers(1, 64)
+kernels = st.integers(1, 8)
+strides = st.integers(1, 5)
+pads = st.integers(0, 8)
+dilations = st.integers(1, 4)
+
+
+def effective(k: int, d: int) -> int:
+    """Span of a kernel of k taps, d apart."""
+    return d * (k - 1) + 1
+
+
+# --- one axis: floor mode -------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=sizes, k=kernels, s=strides, before=pads, after=pads, d=dilations)
+def test_floor_mode_invariant(n, k, s, before, after, d):
+    padded = n + before + after
+    if padded < effective(k, d):
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            size(n, k, stride=s, padding=(before, after), dilation=d)
+        return
+    out = size(n, k, stride=s, padding=(before, after), dilation=d)
+    assert isinstance(out, int) and out >= 1
+    # the last window fits, and one more stride would not
+    assert (out - 1) * s + effective(k, d) <= padded < out * s + effective(k, d)
+    # by counting window starts
+    assert out == sum(1 for start in range(padded) if start % s == 0
+                      and start + effective(k, d) <= padded)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=sizes, k=kernels, s=strides, p=pads, d=dilations)
+def test_int_padding_means_both_sides(n, k, s, p, d):
+    assume(n + 2 * p >= effective(k, d))
+    assert size(n, k, s, p, d) == size(n, k, s, (p, p), d) == size(n, k, s, [p, p], d)
+    assert size(n, k, s, p, d) == math.floor((n + 2 * p - effective(k, d)) / s) + 1
+
+
+# --- one axis: ceil mode -----------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=sizes, k=kernels, s=strides, before=pads, after=pads, d=dilations)
+def test_ceil_mode_rule(n, k, s, before, after, d):
+    eff = effective(k, d)
+    assume(after < eff)  # so every floor-mode window starts inside the input or left padding
+    padded = n + before + after
+    assume(padded >= eff)
+    floor_out = size(n, k, stride=s, padding=(before, after), dilation=d)
+    ceil_out = size(n, k, stride=s, padding=(before, after), dilation=d, ceil_mode=True)
+    assert ceil_out in (floor_out, floor_out + 1)
+    # the last window starts inside the input or its left padding
+    assert (ceil_out - 1) * s < n + before
+    # one extra, partial window exactly when floor mode leaves a remainder that a
+    # window starting inside the input or left padding can cover
+    extra = (padded - eff) % s != 0 and floor_out * s < n + before
+    assert ceil_out == floor_out + extra
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=sizes, k=kernels, s=strides, before=pads, after=pads, d=dilations)
+def test_ceil_mode_last_window_never_starts_in_right_padding(n, k, s, before, after, d):
+    # The documented rule, for any padding. Padding as wide as the window may be
+    # rejected instead (PyTorch's pooling allows at most half the window).
+    eff = effective(k, d)
+    assume(n + before + after >= eff)
+    try:
+        ceil_out = size(n, k, stride=s, padding=(before, after), dilation=d, ceil_mode=True)
+    except ValueError:
+        assert max(before, after) >= eff
+        return
+    assert (ceil_out - 1) * s < n + before
+
+
+def test_ceil_mode_with_right_padding_wider_than_the_window():
+    # n=1, k=1, padding (0, 2): floor mode has windows starting at 0, 1, 2; the last
+    # two start in the right padding, so ceil mode must drop them (-> 1) or reject.
+    try:
+        out = size(1, 1, padding=(0, 2), ceil_mode=True)
+    except ValueError:
+        return
+    assert out == 1
+
+
+def test_ceil_mode_examples():
+    assert size(5, 2, stride=2) == 2
+    assert size(5, 2, stride=2, ceil_mode=True) == 3
+    assert size(4, 2, stride=2, ceil_mode=True) == 2  # no remainder
+    assert size(6, 3, stride=2, padding=1, ceil_mode=True) == 4
+    # the window that would start in the right padding is dropped: n=5, p=1, k=2, s=2
+    # floor gives starts 0, 2, 4; ceil would add 6 >= 5 + 1 in the right padding
+    assert size(5, 2, stride=2, padding=1) == 3
+    assert size(5, 2, stride=2, padding=1, ceil_mode=True) == 3
+
+
+# --- "same" ------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=sizes, k=kernels, s=strides, d=dilations)
+def test_same_padding(n, k, s, d):
+    out = math.ceil(n / s)
+    assert size(n, k, stride=s, padding="same", dilation=d) == out
+    before, after = shapes.same_padding(n, k, s, d)
+    assert 0 <= before and after - before in (0, 1)  # the odd extra pad goes at the end
+    total = before + after
+    assert size(n, k, stride=s, padding=(before, after), dilation=d) == out
+    if total:  # and it is the least padding that does so
+        assert (n + total - 1 - effective(k, d)) // s + 1 < out
+    assert total == max(0, (out - 1) * s + effective(k, d) - n)
+    # the 2-D normaliser splits each axis the same way
+    assert shapes.padding2d("same", (n, 7), (k, 3), (s, 1), (d, 1))[0] == (before, after)
+
+
+def test_same_padding_examples():
+    assert shapes.same_padding(5, 3) == (1, 1)
+    assert shapes.same_padding(5, 4) == (1, 2)          # even kernel: extra at the end
+    assert shapes.same_padding(7, 4, stride=2) == (1, 2)
+    assert shapes.same_padding(6, 3, stride=2) == (0, 1)
+    assert shapes.same_padding(10, 1, stride=3) == (0, 0)
+    assert shapes.same_padding(11, 1, stride=3) == (0, 0)  # would be -1: clamped
+    assert shapes.same_padding(5, 3, dilation=2) == (2, 2)
+    assert size((5, 8), (3, 4), stride=(1, 3), padding="same") == (5, 3)
+    assert size(5, 3, padding="valid") == 3
+
+
+# --- 2-D forms ---------------------------------------------------------------------------
+
+padding_forms = st.one_of(
+    st.integers(0, 3),
+    st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    st.tuples(st.tuples(st.integers(0, 3), st.integers(0, 3)),
+              st.tuples(st.integers(0, 3), st.integers(0, 3))),
+    st.sampled_from(["valid", "same"]),
+)
+
+
+def int_or_pair(values):
+    return st.one_of(values, st.tuples(values, values))
+
+
+def as_pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hw=st.tuples(st.integers(1, 30), st.integers(1, 30)), k=int_or_pair(st.integers(1, 6)),
+       s=int_or_pair(st.integers(1, 4)), p=padding_forms, d=int_or_pair(st.integers(1, 3)))
+def test_pair_forms_are_two_axes(hw, k, s, p, d):
+    (top, bottom), (left, right) = explicit_padding(p, hw, k, s, d)
+    assert shapes.padding2d(p, hw, as_pair(k), as_pair(s), as_pair(d)) == ((top, bottom),
+                                                                           (left, right))
+    axes = [(hw[0], as_pair(k)[0], as_pair(s)[0], (top, bottom), as_pair(d)[0]),
+            (hw[1], as_pair(k)[1], as_pair(s)[1], (left, right), as_pair(d)[1])]
+    if any(n + sum(pp) < effective(kk, dd) for n, kk, _, pp, dd in axes):
+        with pytest.raises(ValueError):
+            size(hw, k, s, p, d)
+        return
+    expected = tuple(size(n, kk, ss, pp, dd) for n, kk, ss, pp, dd in axes)
+    assert size(hw, k, s, p, d) == expected
+    # lists and numpy integers are the same as tuples and ints
+    as_list = lambda v: [as_list(x) for x in v] if isinstance(v, tuple) else v  # noqa: E731
+    assert size(list(hw), as_list(k), as_list(s), as_list(p), as_list(d)) == expected
+    assert size(tuple(np.int64(v) for v in hw), k, s, p, d) == expected
+
+
+def test_pair_normaliser():
+    assert shapes.pair(3, "stride") == (3, 3)
+    assert shapes.pair((1, 2), "stride") == (1, 2)
+    assert shapes.pair([2, 1], "stride") == (2, 1)
+    assert shapes.pair(np.int64(2), "stride") == (2, 2)
+    assert shapes.pair((0, 1), "padding", minimum=0) == (0, 1)
+    assert all(type(v) is int for v in shapes.pair((np.int32(1), np.int64(2)), "stride"))
+    with pytest.raises(TypeError, match="stride.*True"):
+        shapes.pair(True, "stride")
+    with pytest.raises(ValueError, match=r"stride.*\(1,\)"):
+        shapes.pair((1,), "stride")
+    with pytest.raises(ValueError, match=r"stride.*positive.*\(1, 0\)"):
+        shapes.pair((1, 0), "stride")
+
+
+def test_padding2d_forms():
+    p2 = lambda p: shapes.padding2d(p, (9, 9), (3, 3), (1, 1), (1, 1))  # noqa: E731
+    assert p2(0) == p2("valid") == ((0, 0), (0, 0))
+    assert p2(2) == ((2, 2), (2, 2))
+    assert p2((2, 1)) == p2([2, 1]) == ((2, 2), (1, 1))
+    assert p2(((0, 1), (2, 3))) == p2([[0, 1], [2, 3]]) == ((0, 1), (2, 3))
+    assert p2("same") == ((1, 1), (1, 1))
+
+
+# --- conv2d agrees with conv_output_size ------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(hw=st.tuples(st.integers(1, 16), st.integers(1, 16)),
+       k=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       s=int_or_pair(st.integers(1, 3)), p=padding_forms, d=int_or_pair(st.integers(1, 3)))
+def test_conv2d_output_shape_is_conv_output_size(hw, k, s, p, d):
+    try:
+        expected = size(hw, k, s, p, d)
+    except ValueError:
+        expected = None
+    x = np.ones((2, 1, *hw), np.float32)
+    w = np.ones((3, 1, *k), np.float32)
+    if expected is None:
+        with pytest.raises(ValueError):
+            fastconv.conv2d(x, w, stride=s, padding=p, dilation=d)
+        return
+    assert fastconv.conv2d(x, w, stride=s, padding=p, dilation=d).shape == (2, 3, *expected)
+    assert fastconv.conv2d(x[0], w, stride=s, padding=p, dilation=d).shape == (3, *expected)
+
+
+# --- against PyTorch --------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 40), k=kernels, s=strides, p=st.integers(0, 4), d=dilations)
+def test_floor_mode_matches_torch_conv2d(n, k, s, p, d):
+    torch = pytest.importorskip("torch")
+    assume(n + 2 * p >= effective(k, d))
+    y = torch.nn.functional.conv2d(torch.zeros(1, 1, n, 1), torch.zeros(1, 1, k, 1),
+                                   stride=(s, 1), padding=(p, 0), dilation=(d, 1))
+    assert size(n, k, stride=s, padding=p, dilation=d) == y.shape[2]
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 40), k=kernels, s=strides, d=dilations, data=st.data())
+def test_ceil_mode_matches_torch_max_pool2d(n, k, s, d, data):
+    torch = pytest.importorskip("torch")
+    p = data.draw(st.integers(0, k // 2))  # torch's limit on pooling padding
+    assume(n + 2 * p >= effective(k, d))
+    for ceil_mode in (False, True):
+        y = torch.nn.functional.max_pool2d(torch.zeros(1, 1, n, 1), (k, 1), stride=(s, 1),
+                                           padding=(p, 0), dilation=(d, 1), ceil_mode=ceil_mode)
+        assert size(n, k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode) == y.shape[2]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+def test_same_matches_torch_for_stride_1():
+    torch = pytest.importorskip("torch")
+    for n in range(1, 12):
+        for k in range(1, 8):
+            for d in (1, 2, 3):
+                y = torch.nn.functional.conv2d(torch.zeros(1, 1, n, 1), torch.zeros(1, 1, k, 1),
+                                               padding="same", dilation=(d, 1))
+                assert size(n, k, padding="same", dilation=d) == y.shape[2] == n
+
+
+# --- receptive field ---------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.tuples(kernels, strides), st.tuples(kernels, strides, dilations)),
+                max_size=8))
+def test_receptive_field_is_the_walk_back(layers):
+    # RF_i = (RF_{i+1} - 1) * stride_i + span_i, from the output back to the input
+    field = 1
+    for layer in reversed(layers):
+        k, s = layer[0], layer[1]
+        d = layer[2] if len(layer) == 3 else 1
+        field = (field - 1) * s + effective(k, d)
+    assert fastconv.receptive_field(layers) == field
+    assert fastconv.receptive_field([list(layer) for layer in layers]) == field
+
+
+def test_receptive_field_examples():
+    assert fastconv.receptive_field([]) == 1
+    assert fastconv.receptive_field([(3, 1, 2)]) == 5
+    assert fastconv.receptive_field([(7, 2), (3, 2), (3, 1)]) == 7 + 2 * 2 + 2 * 4
+
+
+@pytest.mark.parametrize("layers, error, match", [
+    (None, TypeError, "layers must be a sequence"),
+    ("3,1", TypeError, "layers must be a sequence"),
+    (3, TypeError, "layers must be a sequence"),
+    ([(3,)], ValueError, r"layers\[0\].*\(3,\)"),
+    ([(3, 1), (3, 0)], ValueError, r"layers\[1\].*positive.*\(3, 0\)"),
+    ([(3, 1, 0)], ValueError, r"layers\[0\].*\(3, 1, 0\)"),
+    ([(3, 1, 1, 1)], ValueError, r"layers\[0\]"),
+    ([3], ValueError, r"layers\[0\].*got 3"),
+    ([(3.0, 1)], ValueError, r"layers\[0\].*3\.0"),
+    ([(True, 1)], ValueError, r"layers\[0\].*True"),
+    ([(-3, 1)], ValueError, r"layers\[0\].*-3"),
+])
+def test_receptive_field_errors(layers, error, match):
+    with pytest.raises(error, match=match):
+        fastconv.receptive_field(layers)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, kwargs, error, match", [
+    ((0, 3), {}, ValueError, r"size.*positive.*got 0"),
+    ((-4, 3), {}, ValueError, r"size.*got -4"),
+    ((True, 3), {}, (ValueError, TypeError), r"size.*got True"),
+    ((5.0, 3), {}, (ValueError, TypeError), r"size.*got 5\.0"),
+    (("5", 3), {}, (ValueError, TypeError), r"size.*got '5'"),
+    (((5,), 3), {}, ValueError, r"size.*pair.*\(5,\)"),
+    (((5, 5, 5), 3), {}, ValueError, r"size.*\(5, 5, 5\)"),
+    ((5, 0), {}, ValueError, r"kernel_size.*positive.*got 0"),
+    ((5, True), {}, TypeError, r"kernel_size.*True"),
+    (((5, 5), (3, 3, 3)), {}, ValueError, r"kernel_size.*\(3, 3, 3\)"),
+    ((5, 3), dict(stride=0), ValueError, r"stride.*positive.*got 0"),
+    ((5, 3), dict(stride=-1), ValueError, r"stride.*got -1"),
+    ((5, 3), dict(stride=1.5), TypeError, r"stride.*got 1\.5"),
+    (((5, 5), 3), dict(stride=(1, 0)), ValueError, r"stride.*\(1, 0\)"),
+    ((5, 3), dict(dilation=0), ValueError, r"dilation.*positive.*got 0"),
+    ((5, 3), dict(padding=-1), ValueError, r"padding.*non-negative.*got -1"),
+    ((5, 3), dict(padding=(1, -1)), ValueError, r"padding.*\(1, -1\)"),
+    ((5, 3), dict(padding=(1, 2, 3)), ValueError, r"padding.*\(1, 2, 3\)"),
+    ((5, 3), dict(padding=1.0), TypeError, r"padding.*1\.0"),
+    ((5, 3), dict(padding=None), TypeError, r"padding.*None"),
+    ((5, 3), dict(padding="full"), ValueError, r"padding.*'valid' or 'same'.*'full'"),
+    (((5, 5), 3), dict(padding=((1, 1),)), ValueError, r"padding.*\(\(1, 1\),\)"),
+    (((5, 5), 3), dict(padding=((0, -1), (0, 0))), ValueError, r"padding\[0\].*\(0, -1\)"),
+    (((5, 5), 3), dict(padding=((0, 0), (1, 2, 3))), ValueError, r"padding\[1\].*\(1, 2, 3\)"),
+    ((2, 3), {}, ValueError, r"kernel_size 3.*larger than the padded input 2"),
+    ((4, 3), dict(dilation=2), ValueError, r"dilation 2.*larger than the padded input 4"),
+    (((9, 4), 3), dict(dilation=(1, 2)), ValueError, r"larger than the padded input"),
+])
+def test_conv_output_size_errors(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        size(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=(3, 5)), dict(kernel_size=3, stride=(1, 2)),
+    dict(kernel_size=3, dilation=(2, 1)),
+])
+def test_one_axis_rejects_unequal_pairs(kwargs):
+    # An int size is one axis: a pair with two different values has no meaning
+    # there and must not be silently cut to its first element.
+    with pytest.raises((ValueError, TypeError)):
+        size(9, **kwargs)
