@@ -2,7 +2,7 @@
 
 Each value can be overridden by an environment variable of the same name with
 a ``FASTCONV_`` prefix, read once at import (for example
-``FASTCONV_IM2COL_TILE_BYTES=262144``). Kernels read their Numba flags from
+``FASTCONV_IM2COL_TILE_BYTES=2097152``). Kernels read their Numba flags from
 here, never from literals of their own.
 
 This module imports neither numpy nor numba.
@@ -58,7 +58,12 @@ FASTMATH: frozenset[str] = (
 
 #: Bytes of the per-thread im2col buffer: a tile of whole output rows whose
 #: columns fit in L2 next to the weights.
-IM2COL_TILE_BYTES: int = _env_int("IM2COL_TILE_BYTES", 4 * 1024 * 1024)
+IM2COL_TILE_BYTES: int = _env_int("IM2COL_TILE_BYTES", 1024 * 1024)
+
+#: Fewest GEMM columns (output positions) per im2col tile, taking precedence
+#: over the byte budget: deep layers with small images (N8 C256 14x14) need
+#: several images per tile to keep the GEMM efficient.
+IM2COL_MIN_COLUMNS: int = _env_int("IM2COL_MIN_COLUMNS", 512)
 
 #: Output channels one task of the direct kernel computes.
 DIRECT_BLOCK_K: int = _env_int("DIRECT_BLOCK_K", 8)

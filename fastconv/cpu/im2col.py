@@ -56,112 +56,168 @@ def _im2col_tile(x, n, c_first, group_channels, kh, kw, row_first, row_last, out
                             dst[j] = taps[j * stride_w]
 
 
+@kernel()
+def _im2col_tile_unit_stride(x, n, c_first, group_channels, kh, kw, row_first, row_last, out_w,
+                             pad_top, pad_left, pitch, dilation_h, dilation_w, rows, col,
+                             first_col, ld):
+    """Stride 1: output ``(i, j)`` gets column ``(i - row_first) * pitch + j``, with
+    ``pitch`` the padded width, so each tap's row of columns is one contiguous
+    slice of the padded input rows, copied in one loop. The ``pitch - out_w``
+    columns after each output row are junk, dropped when the result is stored.
+
+    ``rows`` receives the padded input rows the tile reads, one channel at a time.
+    """
+    height, width = x.shape[2], x.shape[3]
+    n_rows = row_last - row_first + dilation_h * (kh - 1)
+    n_cols = (row_last - row_first - 1) * pitch + out_w
+    for c in range(group_channels):
+        plane = x[n, c_first + c]
+        for t in range(n_rows):
+            dst = rows[t * pitch : (t + 1) * pitch]
+            source_row = row_first + t - pad_top
+            if source_row < 0 or source_row >= height:
+                for j in range(pitch):
+                    dst[j] = 0
+                continue
+            src = plane[source_row]
+            for j in range(pad_left):
+                dst[j] = 0
+            for j in range(width):
+                dst[pad_left + j] = src[j]
+            for j in range(pad_left + width, pitch):
+                dst[j] = 0
+        for r in range(kh):
+            for s in range(kw):
+                start = ((c * kh + r) * kw + s) * ld + first_col
+                dst = col[start : start + n_cols]
+                src = rows[r * dilation_h * pitch + s * dilation_w :]
+                for j in range(n_cols):
+                    dst[j] = src[j]
+
+
 @kernel(parallel=True)
 def _conv2d_forward_im2col(x, weight2d, bias, has_bias, out, kh, kw, stride_h, stride_w,
-                           pad_top, pad_left, dilation_h, dilation_w, groups, tile_rows,
+                           pad_top, pad_left, pitch, dilation_h, dilation_w, groups, tile_rows,
                            tile_images, scratch, gemm, set_blas_threads):
     """out[n, g*Kg:(g+1)*Kg, tile] = weight2d[g] @ im2col(x[n, group g], tile), tile by tile.
 
     A tile is ``tile_rows`` output rows of one image, or ``tile_images`` whole
-    images side by side (small images, where one image is too narrow a GEMM);
-    the latter computes into scratch and scatters to ``out``.
+    images side by side (small images, where one image is too narrow a GEMM).
+    Each thread builds the tile's columns in its slice of ``scratch``, runs
+    the GEMM into scratch too, and stores the result with the bias added.
+    Output row ``i`` of a tile starts at column ``(i - row_first) * pitch``:
+    ``pitch`` is the padded width for stride 1 (:func:`_im2col_tile_unit_stride`)
+    and ``out_w`` otherwise.
     """
     n_img, channels, height, width = x.shape
     out_channels, depth = weight2d.shape
     out_h, out_w = out.shape[2], out.shape[3]
-    plane = out_h * out_w
     group_channels = channels // groups
     per_group = out_channels // groups
     n_tiles = (out_h + tile_rows - 1) // tile_rows
     n_image_blocks = (n_img + tile_images - 1) // tile_images
     n_tasks = n_image_blocks * groups * n_tiles
     n_chunks = scratch.shape[0]
-    plain_gemm = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1 and pad_top == 0
-                  and pad_left == 0 and out_h == height and out_w == width and tile_images == 1)
+    unit_stride = stride_h == 1 and stride_w == 1
+    plain_gemm = (kh == 1 and kw == 1 and unit_stride and pad_top == 0 and pad_left == 0
+                  and out_h == height and out_w == width and tile_images == 1)
+    max_cols = tile_images * ((tile_rows - 1) * pitch + out_w)
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
+        col = scratch[chunk, : depth * max_cols]
+        result = scratch[chunk, depth * max_cols : (depth + per_group) * max_cols]
+        rows = scratch[chunk, (depth + per_group) * max_cols :]
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
             n_first = (task // (groups * n_tiles)) * tile_images
             n_last = min(n_first + tile_images, n_img)
             g = (task // n_tiles) % groups
             row_first = (task % n_tiles) * tile_rows
             row_last = min(row_first + tile_rows, out_h)
-            n_cols = (row_last - row_first) * out_w
+            n_cols = (row_last - row_first - 1) * pitch + out_w
             ld = (n_last - n_first) * n_cols
             k_first = g * per_group
-            col = scratch[chunk, : depth * ld]
             if plain_gemm:
                 b_ptr = blas.pointer(x, (n_first * channels + g * group_channels) * height * width
                                      + row_first * width)
                 ldb = height * width
             else:
                 for n in range(n_first, n_last):
-                    _im2col_tile(x, n, g * group_channels, group_channels, kh, kw, row_first,
-                                 row_last, out_w, stride_h, stride_w, pad_top, pad_left,
-                                 dilation_h, dilation_w, col, (n - n_first) * n_cols, ld)
+                    first_col = (n - n_first) * n_cols
+                    if unit_stride:
+                        _im2col_tile_unit_stride(x, n, g * group_channels, group_channels, kh, kw,
+                                                 row_first, row_last, out_w, pad_top, pad_left,
+                                                 pitch, dilation_h, dilation_w, rows, col,
+                                                 first_col, ld)
+                    else:
+                        _im2col_tile(x, n, g * group_channels, group_channels, kh, kw, row_first,
+                                     row_last, out_w, stride_h, stride_w, pad_top, pad_left,
+                                     dilation_h, dilation_w, col, first_col, ld)
                 b_ptr = blas.pointer(col, 0)
                 ldb = ld
-            if n_last - n_first == 1:
-                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, n_cols, depth, 1.0,
-                     blas.pointer(weight2d, k_first * depth), depth, b_ptr, ldb, 0.0,
-                     blas.pointer(out, (n_first * out_channels + k_first) * plane + row_first * out_w),
-                     plane)
-                if has_bias:
-                    for k in range(k_first, k_first + per_group):
-                        out[n_first, k, row_first:row_last, :] += bias[k]
-            else:
-                result = scratch[chunk, depth * ld : (depth + per_group) * ld]
-                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, ld, depth, 1.0,
-                     blas.pointer(weight2d, k_first * depth), depth, b_ptr, ldb, 0.0,
-                     blas.pointer(result, 0), ld)
-                for n in range(n_first, n_last):
-                    for k in range(per_group):
-                        b = bias[k_first + k] if has_bias else 0
-                        src = result[k * ld + (n - n_first) * plane : k * ld + (n - n_first + 1) * plane]
-                        dst = out[n, k_first + k].reshape(plane)
-                        for p in range(plane):
-                            dst[p] = src[p] + b
+            gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, ld, depth, 1.0,
+                 blas.pointer(weight2d, k_first * depth), depth, b_ptr, ldb, 0.0,
+                 blas.pointer(result, 0), ld)
+            for n in range(n_first, n_last):
+                for k in range(per_group):
+                    b = bias[k_first + k] if has_bias else 0
+                    for i in range(row_first, row_last):
+                        src = result[k * ld + (n - n_first) * n_cols + (i - row_first) * pitch :]
+                        dst = out[n, k_first + k, i]
+                        for j in range(out_w):
+                            dst[j] = src[j] + b
         set_blas_threads(saved_threads)
 
 
-def tiling(depth: int, per_group: int, n_img: int, out_h: int, out_w: int, item: int,
+def tiling(depth: int, per_group: int, n_img: int, out_h: int, pitch: int, item: int,
            n_threads: int, plain_gemm: bool) -> tuple[int, int]:
-    """``(tile_rows, tile_images)`` whose columns fill about IM2COL_TILE_BYTES.
+    """``(tile_rows, tile_images)`` whose columns and results fill about IM2COL_TILE_BYTES,
+    with at least IM2COL_MIN_COLUMNS columns where the image allows (a narrower
+    GEMM runs well below the machine's peak).
 
     Whole output rows of one image, or, when a whole image is smaller than the
     budget, several images (leaving at least one task per thread). A plain
     GEMM reads the input in place and keeps to one image per task.
     """
-    row_bytes = depth * out_w * item
-    tile_rows = max(1, min(out_h, config.IM2COL_TILE_BYTES // max(1, row_bytes)))
+    row_bytes = (depth + per_group) * pitch * item
+    tile_rows = max(config.IM2COL_TILE_BYTES // max(1, row_bytes),
+                    -(-config.IM2COL_MIN_COLUMNS // pitch))
+    tile_rows = max(1, min(out_h, tile_rows))
     tile_images = 1
     if tile_rows == out_h and not plain_gemm:
-        image_bytes = (depth + per_group) * out_h * out_w * item
-        tile_images = max(1, min(config.IM2COL_TILE_BYTES // image_bytes, -(-n_img // n_threads)))
+        tile_images = max(config.IM2COL_TILE_BYTES // (row_bytes * out_h),
+                          -(-config.IM2COL_MIN_COLUMNS // (pitch * out_h)))
+        tile_images = max(1, min(tile_images, -(-n_img // n_threads)))
+        # as many image blocks as a multiple of the thread count, so no thread idles
+        blocks = -(-n_img // tile_images)
+        blocks = -(-blocks // n_threads) * n_threads
+        tile_images = -(-n_img // blocks)
     return tile_rows, tile_images
 
 
 @register("conv2d", "cpu", "im2col")
 def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, *, gemm=None):
     """Host side of im2col + GEMM; ``gemm`` overrides the BLAS function pointer (tests)."""
-    n_img = x.shape[0]
+    n_img, _, _, width = x.shape
     out_channels, group_channels, kh, kw = weight.shape
     out_h, out_w = out.shape[2], out.shape[3]
     depth = group_channels * kh * kw
     per_group = out_channels // groups
     n_threads = numba.get_num_threads()
+    (top, _), (left, right) = padding
+    pitch = width + left + right if stride == (1, 1) else out_w
     plain_gemm = (kh, kw, stride, padding) == (1, 1, (1, 1), ((0, 0), (0, 0)))
-    tile_rows, tile_images = tiling(depth, per_group, n_img, out_h, out_w, x.itemsize, n_threads,
+    tile_rows, tile_images = tiling(depth, per_group, n_img, out_h, pitch, x.itemsize, n_threads,
                                     plain_gemm)
     n_tasks = -(-n_img // tile_images) * groups * (-(-out_h // tile_rows))
     n_chunks = max(1, min(n_threads, n_tasks))
-    n_cols = tile_images * tile_rows * out_w
-    scratch = workspace.borrow((n_chunks, (depth + (per_group if tile_images > 1 else 0)) * n_cols), x.dtype)
+    max_cols = tile_images * ((tile_rows - 1) * pitch + out_w)
+    rows = (tile_rows + dilation[0] * (kh - 1)) * pitch
+    scratch = workspace.borrow((n_chunks, (depth + per_group) * max_cols + rows), x.dtype)
     has_bias = bias is not None
     _conv2d_forward_im2col(
         x, weight.reshape(out_channels, depth), bias if has_bias else np.zeros(0, x.dtype),
-        has_bias, out, kh, kw, stride[0], stride[1], padding[0][0], padding[1][0],
-        dilation[0], dilation[1], groups, tile_rows, tile_images, scratch,
+        has_bias, out, kh, kw, stride[0], stride[1], top, left, pitch, dilation[0], dilation[1],
+        groups, tile_rows, tile_images, scratch,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
     )
 
