@@ -156,19 +156,33 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
 
     A task owns one filter ``k`` (all its channels and taps), so the sums over
     images and positions run in a fixed order and need no reduction buffers.
+    With stride 1, ``grad_out[n, k]`` is laid on the padded plane's row pitch
+    (zeros in the junk columns), so each tap is one dot product of two
+    contiguous slices, as in the forward kernel.
     """
     n_img, channels, height, width = x.shape
     out_channels, group_channels, kh, kw = grad_weight.shape
     out_h, out_w = grad_out.shape[2], grad_out.shape[3]
     per_group = out_channels // groups
     n_chunks = scratch.shape[0]
+    unit_stride = stride_h == 1 and stride_w == 1
+    plane_len = padded_h * padded_w
+    pitched_len = (out_h - 1) * padded_w + out_w
     for chunk in prange(n_chunks):
-        plane = scratch[chunk, : padded_h * padded_w]
+        plane = scratch[chunk, :plane_len]
+        pitched = scratch[chunk, plane_len : plane_len + pitched_len]
         plane[:] = 0
+        pitched[:] = 0
         for k in range(chunk * out_channels // n_chunks, (chunk + 1) * out_channels // n_chunks):
             g = k // per_group
             grad_weight[k] = 0
             for n in range(n_img):
+                if unit_stride:
+                    for i in range(out_h):
+                        dst = pitched[i * padded_w :]
+                        src = grad_out[n, k, i]
+                        for j in range(out_w):
+                            dst[j] = src[j]
                 for c in range(group_channels):
                     source = x[n, g * group_channels + c]
                     for row in range(height):
@@ -178,24 +192,27 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
                             dst[j] = src[j]
                     for r in range(kh):
                         for s in range(kw):
+                            shift = r * dilation_h * padded_w + s * dilation_w
                             total = 0.0
-                            for i in range(out_h):
-                                taps = plane[(i * stride_h + r * dilation_h) * padded_w + s * dilation_w :]
-                                dy = grad_out[n, k, i]
-                                if stride_w == 1:
-                                    for j in range(out_w):
-                                        total += dy[j] * taps[j]
-                                else:
+                            if unit_stride:
+                                taps = plane[shift : shift + pitched_len]
+                                for j in range(pitched_len):
+                                    total += pitched[j] * taps[j]
+                            else:
+                                for i in range(out_h):
+                                    taps = plane[i * stride_h * padded_w + shift :]
+                                    dy = grad_out[n, k, i]
                                     for j in range(out_w):
                                         total += dy[j] * taps[j * stride_w]
                             grad_weight[k, c, r, s] += total
 
 
-def _padded_scratch(x_shape, padding, n_tasks, dtype):
+def _padded_scratch(x_shape, padding, n_tasks, dtype, extra=0):
+    """Padded plane size and a per-thread scratch of one padded plane plus ``extra``."""
     (top, bottom), (left, right) = padding
     padded_h, padded_w = x_shape[2] + top + bottom, x_shape[3] + left + right
     n_chunks = max(1, min(numba.get_num_threads(), n_tasks))
-    return padded_h, padded_w, workspace.borrow((n_chunks, padded_h * padded_w), dtype)
+    return padded_h, padded_w, workspace.borrow((n_chunks, padded_h * padded_w + extra), dtype)
 
 
 @register("conv2d_grad_input", "cpu", "direct")
@@ -220,7 +237,10 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
 @register("conv2d_grad_weight", "cpu", "direct")
 def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilation, groups):
     """grad_weight = correlation of x with grad_out, by loops."""
-    padded_h, padded_w, scratch = _padded_scratch(x.shape, padding, grad_weight.shape[0], x.dtype)
+    out_h, out_w = grad_out.shape[2:]
+    pitched = (out_h - 1) * (x.shape[3] + sum(padding[1])) + out_w
+    padded_h, padded_w, scratch = _padded_scratch(x.shape, padding, grad_weight.shape[0], x.dtype,
+                                                  pitched)
     _conv2d_grad_weight_direct(
         x, grad_out, grad_weight, stride[0], stride[1], padding[0][0], padding[1][0], padded_h,
         padded_w, dilation[0], dilation[1], groups, scratch,
