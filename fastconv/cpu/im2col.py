@@ -291,12 +291,15 @@ def _conv2d_grad_input_col2im(grad_out, weight2d, grad_in, kh, kw, stride_h, str
 
 @kernel(parallel=True)
 def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, stride_w, pad_top,
-                               pad_left, dilation_h, dilation_w, groups, tile_rows, scratch,
+                               pad_left, pitch, dilation_h, dilation_w, groups, tile_rows, scratch,
                                partial, gemm, set_blas_threads):
     """grad_weight2d[g] = sum_n grad_out[n, g] @ im2col(x[n, group g])^T.
 
-    Each thread sums its tiles into its own ``partial[chunk]``; the partial sums
-    are added serially at the end (race-free, and the same order every run).
+    With stride 1 the columns are built on the padded row ``pitch`` as in the
+    forward kernel, and the tile of grad_out is copied onto the same pitch with
+    zeros in the junk columns, which therefore add nothing. Each thread sums
+    its tiles into its own ``partial[chunk]``; the partial sums are added
+    serially at the end (race-free, and the same order every run).
     """
     n_img, channels, height, width = x.shape
     out_channels, depth = grad_weight2d.shape
@@ -307,33 +310,54 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
     n_tiles = (out_h + tile_rows - 1) // tile_rows
     n_tasks = n_img * groups * n_tiles
     n_chunks = scratch.shape[0]
-    plain_gemm = (kh == 1 and kw == 1 and stride_h == 1 and stride_w == 1 and pad_top == 0
-                  and pad_left == 0 and out_h == height and out_w == width)
+    unit_stride = stride_h == 1 and stride_w == 1
+    plain_gemm = (kh == 1 and kw == 1 and unit_stride and pad_top == 0 and pad_left == 0
+                  and out_h == height and out_w == width)
+    max_cols = (tile_rows - 1) * pitch + out_w
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
         sums = partial[chunk]
         sums[:] = 0
+        col = scratch[chunk, : depth * max_cols]
+        pitched = scratch[chunk, depth * max_cols : (depth + per_group) * max_cols]
+        rows = scratch[chunk, (depth + per_group) * max_cols :]
+        if unit_stride:
+            pitched[:] = 0
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
             n = task // (groups * n_tiles)
             g = (task // n_tiles) % groups
             row_first = (task % n_tiles) * tile_rows
             row_last = min(row_first + tile_rows, out_h)
-            n_cols = (row_last - row_first) * out_w
+            n_cols = (row_last - row_first - 1) * pitch + out_w
+            a_ptr = blas.pointer(grad_out, (n * out_channels + g * per_group) * plane
+                                 + row_first * out_w)
+            lda = plane
             if plain_gemm:
                 b_ptr = blas.pointer(x, (n * channels + g * group_channels) * height * width
                                      + row_first * width)
                 ldb = height * width
+            elif unit_stride:
+                _im2col_tile_unit_stride(x, n, g * group_channels, group_channels, kh, kw,
+                                         row_first, row_last, out_w, pad_top, pad_left, pitch,
+                                         dilation_h, dilation_w, rows, col, 0, n_cols)
+                for k in range(per_group):
+                    for i in range(row_first, row_last):
+                        dst = pitched[k * n_cols + (i - row_first) * pitch :]
+                        src = grad_out[n, g * per_group + k, i]
+                        for j in range(out_w):
+                            dst[j] = src[j]
+                a_ptr = blas.pointer(pitched, 0)
+                lda = n_cols
+                b_ptr = blas.pointer(col, 0)
+                ldb = n_cols
             else:
-                col = scratch[chunk, : depth * n_cols]
                 _im2col_tile(x, n, g * group_channels, group_channels, kh, kw, row_first,
                              row_last, out_w, stride_h, stride_w, pad_top, pad_left,
                              dilation_h, dilation_w, col, 0, n_cols)
                 b_ptr = blas.pointer(col, 0)
                 ldb = n_cols
             gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, per_group, depth, n_cols, 1.0,
-                 blas.pointer(grad_out, (n * out_channels + g * per_group) * plane
-                              + row_first * out_w), plane,
-                 b_ptr, ldb, 1.0, blas.pointer(sums, g * per_group * depth), depth)
+                 a_ptr, lda, b_ptr, ldb, 1.0, blas.pointer(sums, g * per_group * depth), depth)
         set_blas_threads(saved_threads)
     grad_weight2d[:] = 0
     for chunk in range(n_chunks):
@@ -370,17 +394,23 @@ def conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilatio
 def conv2d_grad_weight_im2col(x, grad_out, grad_weight, stride, padding, dilation, groups, *,
                               gemm=None):
     """grad_weight = correlation of x with grad_out, as GEMMs on im2col tiles."""
-    n_img, _, height, width = x.shape
+    n_img, _, _, width = x.shape
     out_channels, group_channels, kh, kw = grad_weight.shape
     out_h, out_w = grad_out.shape[2:]
     depth = group_channels * kh * kw
-    tile_rows, _ = tiling(depth, 0, n_img, out_h, out_w, x.itemsize, 1, True)
+    per_group = out_channels // groups
+    (_, _), (left, right) = padding
+    pitch = width + left + right if stride == (1, 1) else out_w
+    tile_rows, _ = tiling(depth, per_group, n_img, out_h, pitch, x.itemsize, 1, True)
     n_tasks = n_img * groups * (-(-out_h // tile_rows))
     n_chunks = max(1, min(numba.get_num_threads(), n_tasks))
-    scratch = workspace.borrow((n_chunks, depth * tile_rows * out_w), x.dtype)
+    max_cols = (tile_rows - 1) * pitch + out_w
+    rows = (tile_rows + dilation[0] * (kh - 1)) * pitch
+    scratch = workspace.borrow((n_chunks, (depth + per_group) * max_cols + rows), x.dtype)
     partial = np.empty((n_chunks, out_channels, depth), x.dtype)
     _conv2d_grad_weight_im2col(
         x, grad_out, grad_weight.reshape(out_channels, depth), kh, kw, stride[0], stride[1],
-        padding[0][0], padding[1][0], dilation[0], dilation[1], groups, tile_rows, scratch,
-        partial, gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
+        padding[0][0], padding[1][0], pitch, dilation[0], dilation[1], groups, tile_rows,
+        scratch, partial, gemm if gemm is not None else blas.gemm_for(x.dtype),
+        blas.SET_THREADS_LOCAL,
     )
