@@ -95,10 +95,56 @@ def _im2col_tile_unit_stride(x, n, c_first, group_channels, kh, kw, row_first, r
                     dst[j] = src[j]
 
 
+@kernel()
+def _im2col_tile_strided(x, n, c_first, group_channels, kh, kw, row_first, row_last, out_w,
+                         stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
+                         phase_len, rows, col, first_col, ld):
+    """As :func:`_im2col_tile` for stride > 1, without gathers: the padded input rows
+    the tile reads are first split by column phase, ``rows[t, p, m] =
+    x_padded[row_first * sh + t, m * sw + p]``, so that tap ``s`` of output
+    column ``j`` (padded column ``j * sw + s * dw``) is element ``j + (s * dw) // sw``
+    of phase ``(s * dw) % sw``: each copy into ``col`` is contiguous.
+    """
+    height, width = x.shape[2], x.shape[3]
+    n_rows = (row_last - row_first - 1) * stride_h + dilation_h * (kh - 1) + 1
+    row_len = stride_w * phase_len
+    for c in range(group_channels):
+        plane = x[n, c_first + c]
+        for t in range(n_rows):
+            dst = rows[t * row_len : (t + 1) * row_len]
+            source_row = row_first * stride_h + t - pad_top
+            if source_row < 0 or source_row >= height:
+                for m in range(row_len):
+                    dst[m] = 0
+                continue
+            src = plane[source_row]
+            for p in range(stride_w):
+                phase = dst[p * phase_len : (p + 1) * phase_len]
+                lo, hi = valid_range(p - pad_left, stride_w, width, phase_len)
+                for m in range(lo):
+                    phase[m] = 0
+                taps = src[lo * stride_w + p - pad_left :]
+                for m in range(hi - lo):
+                    phase[lo + m] = taps[m * stride_w]
+                for m in range(hi, phase_len):
+                    phase[m] = 0
+        for r in range(kh):
+            for s in range(kw):
+                start = ((c * kh + r) * kw + s) * ld + first_col
+                p = (s * dilation_w) % stride_w
+                shift = (s * dilation_w) // stride_w
+                for i in range(row_first, row_last):
+                    t = (i - row_first) * stride_h + r * dilation_h
+                    src = rows[t * row_len + p * phase_len + shift :]
+                    dst = col[start + (i - row_first) * out_w : start + (i - row_first + 1) * out_w]
+                    for j in range(out_w):
+                        dst[j] = src[j]
+
+
 @kernel(parallel=True)
 def _conv2d_forward_im2col(x, weight2d, bias, has_bias, out, kh, kw, stride_h, stride_w,
-                           pad_top, pad_left, pitch, dilation_h, dilation_w, groups, tile_rows,
-                           tile_images, scratch, gemm, set_blas_threads):
+                           pad_top, pad_left, pitch, phase_len, dilation_h, dilation_w, groups,
+                           tile_rows, tile_images, scratch, gemm, set_blas_threads):
     """out[n, g*Kg:(g+1)*Kg, tile] = weight2d[g] @ im2col(x[n, group g], tile), tile by tile.
 
     A tile is ``tile_rows`` output rows of one image, or ``tile_images`` whole
@@ -149,9 +195,10 @@ def _conv2d_forward_im2col(x, weight2d, bias, has_bias, out, kh, kw, stride_h, s
                                                  pitch, dilation_h, dilation_w, rows, col,
                                                  first_col, ld)
                     else:
-                        _im2col_tile(x, n, g * group_channels, group_channels, kh, kw, row_first,
-                                     row_last, out_w, stride_h, stride_w, pad_top, pad_left,
-                                     dilation_h, dilation_w, col, first_col, ld)
+                        _im2col_tile_strided(x, n, g * group_channels, group_channels, kh, kw,
+                                             row_first, row_last, out_w, stride_h, stride_w,
+                                             pad_top, pad_left, dilation_h, dilation_w,
+                                             phase_len, rows, col, first_col, ld)
                 b_ptr = blas.pointer(col, 0)
                 ldb = ld
             gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, ld, depth, 1.0,
@@ -211,12 +258,16 @@ def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, *, ge
     n_tasks = -(-n_img // tile_images) * groups * (-(-out_h // tile_rows))
     n_chunks = max(1, min(n_threads, n_tasks))
     max_cols = tile_images * ((tile_rows - 1) * pitch + out_w)
-    rows = (tile_rows + dilation[0] * (kh - 1)) * pitch
+    # input rows a tile reads: padded rows, or (stride > 1) rows split into column phases
+    phase_len = -(-((out_w - 1) * stride[1] + dilation[1] * (kw - 1) + 1) // stride[1])
+    rows = max((tile_rows + dilation[0] * (kh - 1)) * pitch,
+               ((tile_rows - 1) * stride[0] + dilation[0] * (kh - 1) + 1) * stride[1] * phase_len)
     scratch = workspace.borrow((n_chunks, (depth + per_group) * max_cols + rows), x.dtype)
     has_bias = bias is not None
     _conv2d_forward_im2col(
         x, weight.reshape(out_channels, depth), bias if has_bias else np.zeros(0, x.dtype),
-        has_bias, out, kh, kw, stride[0], stride[1], top, left, pitch, dilation[0], dilation[1],
+        has_bias, out, kh, kw, stride[0], stride[1], top, left, pitch, phase_len, dilation[0],
+        dilation[1],
         groups, tile_rows, tile_images, scratch,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
     )
