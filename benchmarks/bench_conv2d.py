@@ -15,22 +15,16 @@ from fastconv import bench
 IMPLEMENTATIONS = bench.implementation_names(include_torch=True)
 
 
-def _run(benchmark, case: bench.Layer, impl: str, group: str) -> None:
-    if impl == "torch":
-        pytest.importorskip("torch")
+def _run(benchmark, time_call, case: bench.Layer, impl: str, group: str) -> None:
     benchmark.group = group
-    fn = bench.prepare(case, impl)
-    if benchmark.disabled:
-        benchmark.pedantic(fn)  # one call, compilation included
-        return
-    per_call = bench.warm_up(fn)
-    benchmark.pedantic(fn, rounds=bench.calls_for(per_call), iterations=1)
-    benchmark.extra_info.update(
-        gflops=round(case.flops / benchmark.stats.stats.median / 1e9, 2),
-        flops=case.flops,
-        batch=case.batch,
-        algorithm=bench.algorithm_of(case, impl),
-    )
+    median_s = time_call(bench.prepare(case, impl), impl)
+    if median_s is not None:
+        benchmark.extra_info.update(
+            gflops=round(case.flops / median_s / 1e9, 2),
+            flops=case.flops,
+            batch=case.batch,
+            algorithm=bench.algorithm_of(case, impl),
+        )
 
 
 @pytest.mark.parametrize(
@@ -42,8 +36,8 @@ def _run(benchmark, case: bench.Layer, impl: str, group: str) -> None:
         if impl != "reference"
     ],
 )
-def test_conv2d(benchmark, layer, impl):
-    _run(benchmark, layer, impl, f"conv2d|{layer.id}")
+def test_conv2d(benchmark, time_call, layer, impl):
+    _run(benchmark, time_call, layer, impl, f"conv2d|{layer.id}")
 
 
 @pytest.mark.parametrize(
@@ -55,6 +49,6 @@ def test_conv2d(benchmark, layer, impl):
         for impl in ("reference", "auto")
     ],
 )
-def test_conv2d_reference_batch(benchmark, layer, impl):
+def test_conv2d_reference_batch(benchmark, time_call, layer, impl):
     case = layer.reference_case()
-    _run(benchmark, case, impl, f"conv2d|{layer.id}|N{case.batch}")
+    _run(benchmark, time_call, case, impl, f"conv2d|{layer.id}|N{case.batch}")

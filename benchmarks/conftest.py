@@ -1,5 +1,7 @@
 """pytest-benchmark set-up shared by the benchmarks: the allocator state of
-``python -m fastconv bench`` and its machine description in the saved JSON."""
+``python -m fastconv bench``, its machine description in the saved JSON, the
+warm-up and timing of one benchmark (:func:`time_call`), and the op suite's
+benchmarks of a module's ``OPS`` (:func:`time_op`)."""
 
 from __future__ import annotations
 
@@ -16,3 +18,66 @@ def _warm_allocator() -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fastconv"] = bench.machine_info()
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``op_benchmark`` runs once per benchmark of its module's
+    ``OPS`` (:func:`fastconv.bench.op_benchmarks`): ``(case, impl, reduced)``."""
+    if "op_benchmark" in metafunc.fixturenames:
+        params = bench.op_benchmarks(metafunc.module.OPS)
+        metafunc.parametrize("op_benchmark", [param for _, *param in params],
+                             ids=[id for id, *_ in params])
+
+
+@pytest.fixture
+def time_call(benchmark):
+    """``time_call(fn, impl)``: benchmark ``fn``, ``impl``'s call, after a warm-up and
+    return its median in seconds; under ``--benchmark-disable`` call it once (the
+    compilation included) and return None. Skips where fastconv refuses the
+    algorithm ``impl`` on ``fn``'s problem (:func:`fastconv.bench.trace_dispatch`)."""
+
+    def run(fn, impl: str) -> float | None:
+        if impl == "torch":
+            pytest.importorskip("torch")
+        if impl not in ("reference", "torch"):
+            _, refused = bench.trace_dispatch(fn)
+            if refused is not None:
+                pytest.skip(refused)
+        if benchmark.disabled:
+            benchmark.pedantic(fn)
+            return None
+        per_call = bench.warm_up(fn)
+        benchmark.pedantic(fn, rounds=bench.calls_for(per_call), iterations=1)
+        return benchmark.stats.stats.median
+
+    return run
+
+
+@pytest.fixture
+def time_op(benchmark, time_call):
+    """``time_op(case, impl, reduced)``: :func:`time_call` on an op-suite case in the
+    group ``op|name`` (``op|name|N<batch>`` for the reference batch), with the rate in
+    ``extra_info`` (``gflops`` or ``gbps``).
+
+    Skips cases whose op this fastconv lacks, and, under ``--benchmark-disable``,
+    the reference on a reduced batch, which takes about a second."""
+
+    def run(case: bench.OpCase, impl: str, reduced: bool) -> None:
+        benchmark.group = case.id + (f"|N{case.batch}" if reduced else "")
+        if not case.available():
+            pytest.skip(f"fastconv has no {case.spec.function} yet")
+        if benchmark.disabled and impl == "reference" and reduced:
+            pytest.skip("the reference takes about a second here; run with --benchmark-only")
+        bound = case.bind()
+        fn = bound.prepare(impl)
+        median_s = time_call(fn, impl)
+        if median_s is not None:
+            flops = case.unit == "GFLOP/s"
+            benchmark.extra_info.update({
+                "gflops" if flops else "gbps": round(bound.work / median_s / 1e9, 2),
+                "flops" if flops else "bytes": bound.work,
+                "batch": case.batch,
+                "algorithm": case.probe(impl, fn)[0],
+            })
+
+    return run

@@ -7,7 +7,20 @@ The ops follow ``torch.nn.functional`` (NCHW input, OIHW weights)::
 """
 
 from .dispatch import available_algorithms
-from .functional import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
+from .functional import (
+    avg_pool2d,
+    avg_pool2d_backward,
+    conv2d,
+    conv2d_backward,
+    conv_transpose2d,
+    conv_transpose2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    max_unpool2d,
+    max_unpool2d_backward,
+    repeat_unpool2d,
+    repeat_unpool2d_backward,
+)
 from .shapes import conv_output_size, receptive_field
 from .warmup import warmup
 
@@ -19,6 +32,14 @@ __all__ = [
     "conv2d_backward",
     "conv_transpose2d",
     "conv_transpose2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "max_unpool2d",
+    "max_unpool2d_backward",
+    "repeat_unpool2d",
+    "repeat_unpool2d_backward",
     "conv_output_size",
     "receptive_field",
     "warmup",

@@ -44,17 +44,30 @@ def _parser() -> _Parser:
 
     run = commands.add_parser(
         "bench",
-        help="time conv2d on the layer suite against the reference and torch",
+        help="time conv2d (and the other ops) against the reference and torch",
         description=(
             "Time conv2d forward (float32, NCHW) on the standard layer suite: the slow reference, "
             "each fastconv algorithm, auto, and torch.nn.functional.conv2d. Prints a table of "
             "milliseconds and GFLOP/s with torch/auto ratios. Takes about a minute; compilation "
-            "is kept out of the timings (see --compile)."
+            "is kept out of the timings (see --compile). --suite ops times the other ops the "
+            "same way: conv2d's gradients on layers c, d and g, conv_transpose2d, pooling and "
+            "unpooling (GFLOP/s or GB/s), with a line per speed bar."
         ),
+    )
+    run.add_argument(
+        "--suite", choices=("conv2d", "ops", "all"), default="conv2d",
+        help="conv2d: the layer suite (default); ops: the op suite; all: both",
     )
     layers = ", ".join(f"{layer.id} ({layer.description})" for layer in bench.LAYERS)
     run.add_argument(
-        "--layers", metavar="IDS", help=f"comma-separated layer ids, default all: {layers}"
+        "--layers", metavar="IDS",
+        help=f"conv2d suite: comma-separated layer ids, default all: {layers}",
+    )
+    ops = ", ".join(dict.fromkeys(case.op for case in bench.OP_CASES))
+    run.add_argument(
+        "--cases", metavar="NAMES",
+        help=f"op suite: comma-separated ops (all their cases) or cases op|name such as "
+        f"'max_pool2d|3x3s2p1', default all; the ops: {ops}",
     )
     run.add_argument(
         "--algorithms", metavar="NAMES",
@@ -90,7 +103,10 @@ def _parser() -> _Parser:
 def _bench(args: argparse.Namespace) -> int:
     try:
         layers = bench.select_layers(args.layers)
-        implementations = bench.select_implementations(args.algorithms)
+        cases = bench.select_op_cases(args.cases)
+        implementations = (
+            None if args.algorithms is None else bench.select_implementations(args.algorithms)
+        )
     except ValueError as error:
         raise _UsageError(f"fastconv bench: error: {error}") from None
     if args.json is not None and not args.json.parent.is_dir():
@@ -100,12 +116,34 @@ def _bench(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"timing {message}", file=sys.stderr, flush=True)
 
-    rows = bench.run(
-        layers, implementations, quick=args.quick, repeat=args.repeat, progress=progress
-    )
+    rows: list[bench.Row] = []
+    op_rows: list[bench.OpRow] | None = None
+    if args.suite in ("conv2d", "all"):
+        conv_names = implementations
+        if conv_names is not None:
+            known = bench.implementation_names(include_torch=True)
+            conv_names = [name for name in conv_names if name in known]
+        rows = bench.run(
+            layers, conv_names, quick=args.quick, repeat=args.repeat, progress=progress
+        )
+    if args.suite in ("ops", "all"):
+        missing = sorted({case.spec.function for case in cases if not case.available()})
+        if missing:
+            print(f"fastconv bench: not timing {', '.join(missing)}: not in this fastconv yet",
+                  file=sys.stderr)
+        op_rows = bench.run_ops(
+            cases, implementations, quick=args.quick, repeat=args.repeat, progress=progress
+        )
     machine = bench.machine_info()
-    print(bench.format_table(rows, machine))
-    extra: dict[str, object] = {"settings": {"quick": args.quick, "repeat": args.repeat}}
+    if args.suite in ("conv2d", "all"):
+        print(bench.format_table(rows, machine))
+    if op_rows is not None:
+        if args.suite == "all":
+            print()
+        print(bench.format_op_table(op_rows, machine))
+    extra: dict[str, object] = {
+        "settings": {"suite": args.suite, "quick": args.quick, "repeat": args.repeat}
+    }
     if args.compile:
         progress("compilation, empty cache")
         cold = bench.cold_compile_time()
@@ -118,7 +156,7 @@ def _bench(args: argparse.Namespace) -> int:
         )
         extra["compile"] = {"cold": dataclasses.asdict(cold), "warm": dataclasses.asdict(warm)}
     if args.json is not None:
-        document = bench.rows_to_json(rows, machine, **extra)
+        document = bench.rows_to_json(rows, machine, op_rows=op_rows, **extra)
         try:
             args.json.write_text(document + "\n", encoding="utf-8")
         except OSError as error:

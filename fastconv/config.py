@@ -65,6 +65,10 @@ IM2COL_TILE_BYTES: int = _env_int("IM2COL_TILE_BYTES", 1024 * 1024)
 #: several images per tile to keep the GEMM efficient.
 IM2COL_MIN_COLUMNS: int = _env_int("IM2COL_MIN_COLUMNS", 512)
 
+#: Bytes of the per-thread Winograd buffers (transformed patches and products
+#: of a block of tile rows, 36 * (C + K) values per tile).
+WINOGRAD_TILE_BYTES: int = _env_int("WINOGRAD_TILE_BYTES", 2 * 1024 * 1024)
+
 #: Output channels one task of the direct kernel computes.
 DIRECT_BLOCK_K: int = _env_int("DIRECT_BLOCK_K", 8)
 

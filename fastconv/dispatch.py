@@ -25,23 +25,48 @@ from typing import Any
 BACKENDS: dict[str, str] = {"cpu": "fastconv.cpu"}
 
 #: Every op that has kernels, with the device names it may run on.
-OPS: tuple[str, ...] = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias")
+OPS: tuple[str, ...] = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
+                        "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+                        "max_unpool2d", "max_unpool2d_backward", "repeat_unpool2d",
+                        "repeat_unpool2d_backward")
 
 _KERNELS: dict[tuple[str, str, str], Callable[..., Any]] = {}
 _CHOOSERS: dict[tuple[str, str], Callable[..., str]] = {}
+_UNSUPPORTED: dict[tuple[str, str, str], Callable[..., str | None]] = {}
 _LOADED: set[str] = set()
 
 
-def register(op: str, device: str, algorithm: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: register ``kernel`` as ``algorithm`` of ``op`` on ``device``."""
+def register(
+    op: str,
+    device: str,
+    algorithm: str,
+    *,
+    unsupported: Callable[..., str | None] | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``kernel`` as ``algorithm`` of ``op`` on ``device``.
+
+    A kernel that handles only some problems (Winograd: 3x3, stride 1) passes
+    ``unsupported(**problem)``, which returns why it cannot run a problem, or
+    None if it can.
+    """
     if algorithm == "auto":
         raise ValueError("'auto' is reserved for the chooser and cannot name a kernel")
 
     def decorate(kernel: Callable[..., Any]) -> Callable[..., Any]:
         _KERNELS[op, device, algorithm] = kernel
+        if unsupported is not None:
+            _UNSUPPORTED[op, device, algorithm] = unsupported
+        else:
+            _UNSUPPORTED.pop((op, device, algorithm), None)
         return kernel
 
     return decorate
+
+
+def unsupported_reason(op: str, device: str, algorithm: str, **problem: Any) -> str | None:
+    """Why ``algorithm`` cannot run this problem, or None if it can."""
+    check = _UNSUPPORTED.get((op, device, algorithm))
+    return None if check is None else check(**problem)
 
 
 def register_chooser(op: str, device: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
@@ -67,7 +92,7 @@ def available_algorithms(op: str, device: str = "cpu") -> tuple[str, ...]:
     """Names accepted as ``algorithm=`` for ``op`` on ``device``, ``"auto"`` first.
 
     >>> available_algorithms("conv2d")
-    ('auto', 'direct', 'im2col', 'reference')
+    ('auto', 'direct', 'im2col', 'reference', 'winograd')
     """
     if op not in OPS:
         raise ValueError(f"op must be one of {list(OPS)}, got {op!r}")
@@ -90,4 +115,7 @@ def select(op: str, device: str, algorithm: str, **problem: Any) -> tuple[str, C
         )
     if algorithm == "auto":
         algorithm = _CHOOSERS[op, device](**problem)
+    reason = unsupported_reason(op, device, algorithm, **problem)
+    if reason is not None:
+        raise ValueError(f"algorithm {algorithm!r} cannot compute this {op}: {reason}")
     return algorithm, _KERNELS[op, device, algorithm]

@@ -193,3 +193,44 @@ def expected_output_shape(case: Conv2dCase) -> tuple[int, ...]:
                                  two(case.dilation))
     )
     return (case.k, *out) if case.n is None else (case.n, case.k, *out)
+
+
+def sum_tolerance(dtype: object, n_terms: int) -> dict[str, float]:
+    """:func:`tolerance` for values that each sum ``n_terms`` products, such as a weight
+    gradient (``N * H_out * W_out`` terms) or a bias gradient: the table's atol is set for
+    sums of up to CASES_MAX_DEPTH terms, and rounding grows with the length of the sum, so
+    atol grows in proportion beyond it."""
+    tol = tolerance(dtype)
+    return {"rtol": tol["rtol"], "atol": tol["atol"] * max(1.0, n_terms / CASES_MAX_DEPTH)}
+
+
+def supports(algorithm: str, case: Conv2dCase, op: str = "conv2d") -> bool:
+    """Whether ``algorithm`` computes ``case`` (Winograd: 3x3 kernels, stride and dilation 1
+    only; asking it for another problem is an error, tested in test_dispatch.py)."""
+    import fastconv
+    from fastconv import dispatch, shapes
+
+    if algorithm not in fastconv.available_algorithms(op):
+        return False
+    kernel = (case.r, case.s)
+    stride = shapes.pair(case.stride, "stride")
+    dilation = shapes.pair(case.dilation, "dilation")
+    padding = shapes.padding2d(case.padding, (case.h, case.w), kernel, stride, dilation)
+    return dispatch.unsupported_reason(
+        op, "cpu", algorithm, weight_shape=case.weight_shape, stride=stride, dilation=dilation,
+        padding=padding,
+    ) is None
+
+
+def algorithm_case_params(algorithms, cases):
+    """``pytest.param(algorithm, case)`` for every pair where the algorithm supports the case."""
+    import pytest
+
+    return [pytest.param(a, c, id=f"{a}-{c.id}") for a in algorithms for c in cases
+            if supports(a, c)]
+
+
+def case_for(algorithm: str, *ids: str) -> Conv2dCase:
+    """The first case among ``ids`` that ``algorithm`` supports."""
+    by_id = {case.id: case for case in CONV2D_CASES}
+    return next(by_id[i] for i in ids if supports(algorithm, by_id[i]))

@@ -191,11 +191,14 @@ def test_auto_is_reserved():
 
 def test_warmup_returns_timings_per_algorithm():
     timings = fastconv.warmup(dtypes=[np.float32])
-    fast = [a for a in KERNEL_NAMES if a != "reference"]
-    assert set(timings) == {f"conv2d/{a}/float32" for a in fast}
+    expected = {f"{op}/{a}/float32" for op in dispatch.OPS
+                for a in fastconv.available_algorithms(op) if a not in ("auto", "reference")}
+    assert set(timings) == expected
+    assert {"conv2d/direct/float32", "conv2d/im2col/float32", "max_pool2d/direct/float32",
+            "conv2d_grad_weight/im2col/float32"} <= expected
     assert all(isinstance(t, float) and t >= 0 for t in timings.values())
     both = fastconv.warmup(dtypes=(np.float32, "float64"))
-    assert set(both) == {f"conv2d/{a}/{d}" for a in fast for d in ("float32", "float64")}
+    assert set(both) == expected | {key.replace("float32", "float64") for key in expected}
 
 
 def test_warmup_rejects_other_dtypes():
@@ -273,3 +276,37 @@ def test_gemm_matches_numpy(source, dtype, rng):
                 expected = 1.5 * op_a.astype(np.float64) @ op_b + (beta * c_start if beta else 0)
                 np.testing.assert_allclose(c_store[:, :n], expected, **tolerance(dtype))
                 assert np.all(c_store[:, n:] == 99.0), "wrote past n in a row of C"
+
+
+# --- algorithms that handle only some problems ---------------------------------------------
+
+
+def test_winograd_refuses_what_it_cannot_compute():
+    x = np.zeros((1, 2, 8, 8), np.float32)
+    for w_shape, kwargs in [((2, 2, 5, 5), {}), ((2, 2, 3, 3), {"stride": 2}),
+                            ((2, 2, 3, 3), {"dilation": 2}), ((2, 2, 1, 3), {})]:
+        with pytest.raises(ValueError, match=r"algorithm 'winograd' cannot compute this conv2d: "
+                                             r"winograd needs a 3x3 kernel, stride 1 and dilation 1"):
+            fastconv.conv2d(x, np.zeros(w_shape, np.float32), **kwargs, algorithm="winograd")
+
+
+def test_unsupported_reason_names_nothing_for_supported_problems():
+    problem = dict(weight_shape=(4, 4, 3, 3), stride=(1, 1), dilation=(1, 1))
+    assert dispatch.unsupported_reason("conv2d", "cpu", "winograd", **problem) is None
+    assert dispatch.unsupported_reason("conv2d", "cpu", "im2col", **problem) is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=[np.dtype(d).name for d in DTYPES])
+@pytest.mark.parametrize("case", [c for c in CONV2D_CASES if c.id in ("3x3_p1", "groups2",
+                                                                      "unbatched_3x3")],
+                         ids=lambda c: c.id)
+def test_winograd_with_fallback_gemm(case, dtype, rng):
+    from fastconv.cpu import blas, winograd
+
+    x, w, b = make_inputs(case, dtype, rng)
+    x4 = x if x.ndim == 4 else x[None]
+    shape = expected_output_shape(case)
+    out = np.full(shape if len(shape) == 4 else (1, *shape), np.nan, dtype)
+    winograd.conv2d_winograd(np.ascontiguousarray(x4), w, b, out, (1, 1), case_padding(case),
+                             (1, 1), case.groups, gemm=blas.fallback_gemm_for(dtype))
+    np.testing.assert_allclose(out, reference.conv2d(x4, w, b, **case.kwargs), **tolerance(dtype))

@@ -238,9 +238,9 @@ ERRORS = {
     # --- algorithm ---
     "algorithm_unknown": case(
         ValueError,
-        r"unknown algorithm 'winograd' for conv2d on cpu; available: "
+        r"unknown algorithm 'fft' for conv2d on cpu; available: "
         + re.escape(", ".join(fastconv.available_algorithms("conv2d"))),
-        algorithm="winograd"),
+        algorithm="fft"),
     "algorithm_upper_case": case(
         ValueError, r"unknown algorithm 'DIRECT'.*available: auto, ", algorithm="DIRECT"),
     "algorithm_int": case(TypeError, r"algorithm must be a str, got 3", algorithm=3),

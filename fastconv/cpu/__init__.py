@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import config, reference
+from .. import config, reference, shapes
 from ..dispatch import register, register_chooser
-from . import direct, im2col, reductions  # noqa: F401  (registers the kernels)
+from . import direct, im2col, pool, reductions, winograd  # noqa: F401  (registers the kernels)
 
 
 @register("conv2d", "cpu", "reference")
@@ -47,4 +47,97 @@ def _choose_conv2d(*, weight_shape, **_):
 
 @register_chooser("conv2d_grad_bias", "cpu")
 def _choose_grad_bias(**_):
+    return "direct"
+
+
+# --- pooling and unpooling: the reference loops, and one choice (the direct loops) ---
+
+
+def _ceil_mode(x_shape, out_shape, kernel_size, stride, padding, dilation=(1, 1)):
+    """Whether ``out_shape`` needs ``ceil_mode`` (the windows and divisors are otherwise
+    the same, so that is all the reference needs to know)."""
+    return any(
+        out_shape[2 + a] != shapes.output_length(x_shape[2 + a], kernel_size[a], stride[a],
+                                                 (padding[a], padding[a]), dilation[a])
+        for a in range(2)
+    )
+
+
+def _first_bad(indices, plane_size):
+    """Flat position of the first index outside ``[0, plane_size)``, or -1: the report the
+    direct kernels make, for the reference loops, which assume valid indices."""
+    bad = np.flatnonzero((indices < 0) | (indices >= plane_size))
+    return int(bad[0]) if bad.size else -1
+
+
+@register("max_pool2d", "cpu", "reference")
+def _max_pool2d_reference(x, out, indices, kernel_size, stride, padding, dilation):
+    ceil = _ceil_mode(x.shape, out.shape, kernel_size, stride, padding, dilation)
+    out[...], where = reference.max_pool2d(x, kernel_size, stride, padding, dilation, ceil,
+                                           return_indices=True)
+    if indices is not None:
+        indices[...] = where
+
+
+@register("max_pool2d_backward", "cpu", "reference")
+def _max_pool2d_backward_reference(grad_out, indices, grad_in):
+    bad = _first_bad(indices, grad_in.shape[2] * grad_in.shape[3])
+    if bad < 0:
+        grad_in[...] = reference.max_pool2d_backward(grad_out, indices, grad_in.shape)
+    return bad
+
+
+@register("avg_pool2d", "cpu", "reference")
+def _avg_pool2d_reference(x, out, kernel_size, stride, padding, count_include_pad,
+                          divisor_override):
+    ceil = _ceil_mode(x.shape, out.shape, kernel_size, stride, padding)
+    out[...] = reference.avg_pool2d(x, kernel_size, stride, padding, ceil, count_include_pad,
+                                    divisor_override)
+
+
+@register("avg_pool2d_backward", "cpu", "reference")
+def _avg_pool2d_backward_reference(grad_out, grad_in, kernel_size, stride, padding,
+                                   count_include_pad, divisor_override):
+    ceil = _ceil_mode(grad_in.shape, grad_out.shape, kernel_size, stride, padding)
+    grad_in[...] = reference.avg_pool2d_backward(grad_out, grad_in.shape, kernel_size, stride,
+                                                 padding, ceil, count_include_pad,
+                                                 divisor_override)
+
+
+@register("max_unpool2d", "cpu", "reference")
+def _max_unpool2d_reference(x, indices, out):
+    bad = _first_bad(indices, out.shape[2] * out.shape[3])
+    if bad < 0:
+        out[...] = reference.max_unpool2d(x, indices, 1, output_size=out.shape)
+    return bad
+
+
+@register("max_unpool2d_backward", "cpu", "reference")
+def _max_unpool2d_backward_reference(grad_out, indices, grad_in):
+    bad = _first_bad(indices, grad_out.shape[2] * grad_out.shape[3])
+    if bad < 0:
+        grad_in[...] = reference.max_unpool2d_backward(grad_out, indices)
+    return bad
+
+
+@register("repeat_unpool2d", "cpu", "reference")
+def _repeat_unpool2d_reference(x, out, scale):
+    out[...] = reference.repeat_unpool2d(x, scale)
+
+
+@register("repeat_unpool2d_backward", "cpu", "reference")
+def _repeat_unpool2d_backward_reference(grad_out, grad_in, scale):
+    grad_in[...] = reference.repeat_unpool2d_backward(grad_out, scale)
+
+
+@register_chooser("max_pool2d", "cpu")
+@register_chooser("max_pool2d_backward", "cpu")
+@register_chooser("avg_pool2d", "cpu")
+@register_chooser("avg_pool2d_backward", "cpu")
+@register_chooser("max_unpool2d", "cpu")
+@register_chooser("max_unpool2d_backward", "cpu")
+@register_chooser("repeat_unpool2d", "cpu")
+@register_chooser("repeat_unpool2d_backward", "cpu")
+def _choose_pool(**_):
+    """Pooling has one fast path: the direct loops over each plane."""
     return "direct"

@@ -1,0 +1,607 @@
+"""Pooling and unpooling: JIT loops over the windows, one task per ``(n, c)`` plane.
+
+Kernels see the batch as a stack of planes ``(N * C, H, W)``. Pooling windows
+are separable: the rows of a window that lie inside the input
+(:func:`.windows.valid_range` per tap) are reduced into one padded row
+buffer, then kw shifted copies of that buffer are reduced, so every inner
+loop is a unit-stride loop over a row in L1 and the input is read once.
+Each task writes only its own plane, so every parallel loop is race-free by
+construction, the scatter-adds of overlapping windows in the backward
+passes included.
+
+Index arrays hold flat positions ``h * W + w`` within a plane, as in
+PyTorch. The kernels that read them check each index and report the first
+bad one per plane instead of writing out of bounds; the public functions
+turn that report into a ValueError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ..dispatch import register
+from ._jit import kernel
+from .windows import valid_range
+
+
+@kernel()
+def _tap_ranges(kernel_size, stride, pad, dilation, length, out_length):
+    """``lo[t], hi[t]``: the outputs whose tap ``t`` reads inside the input."""
+    lo = np.empty(kernel_size, np.int64)
+    hi = np.empty(kernel_size, np.int64)
+    for t in range(kernel_size):
+        lo[t], hi[t] = valid_range(t * dilation - pad, stride, length, out_length)
+    return lo, hi
+
+
+@kernel()
+def _window_sizes(out_length, length, kernel_size, stride, pad, count_include_pad, dtype):
+    """Per output, PyTorch's avg-pool divisor along one axis: the window clipped to the
+    padded input (``count_include_pad``) or to the input itself. In the data's dtype
+    (small ints are exact), so that the division is one of that dtype, as in PyTorch."""
+    sizes = np.empty(out_length, dtype)
+    for o in range(out_length):
+        start = o * stride - pad
+        end = min(start + kernel_size, length + pad)
+        if not count_include_pad:
+            start = max(start, 0)
+            end = min(end, length)
+        sizes[o] = end - start
+    return sizes
+
+
+@kernel()
+def _divisors(height, width, out_h, out_w, kh, kw, stride_h, stride_w, pad_h, pad_w,
+              count_include_pad, divisor_override, dtype):
+    """Row and column factors of the avg-pool divisor."""
+    if divisor_override > 0:
+        return np.full(out_h, divisor_override, dtype), np.ones(out_w, dtype)
+    return (_window_sizes(out_h, height, kh, stride_h, pad_h, count_include_pad, dtype),
+            _window_sizes(out_w, width, kw, stride_w, pad_w, count_include_pad, dtype))
+
+
+# --- row primitives: unit-stride loops that vectorise -----------------------------------
+#
+# Each ``_*_of(dst, a, b)`` has an in-place twin ``_*_into(dst, b)``: with dst and a
+# the same array LLVM's overlap check fails and the loop runs scalar.
+
+
+@kernel()
+def _copy(dst, src, count):
+    for q in range(count):
+        dst[q] = src[q]
+
+
+@kernel()
+def _max_of(dst, a, b, count):
+    """dst = max(a, b) elementwise; NaN wins, as in PyTorch's max-pool."""
+    for q in range(count):
+        u = a[q]
+        v = b[q]
+        dst[q] = v if (v > u) | (v != v) else u
+
+
+@kernel()
+def _max_into(dst, b, count):
+    for q in range(count):
+        u = dst[q]
+        v = b[q]
+        dst[q] = v if (v > u) | (v != v) else u
+
+
+@kernel()
+def _wins(v, k, b, kb):
+    """Whether tap ``(v, k)`` (value, flat position) beats ``(b, kb)`` in PyTorch's
+    row-major scan with ``take if v > best or isnan(v)``: a NaN beats any number and
+    an earlier NaN; a larger number wins; of equal numbers the earlier position."""
+    v_nan = v != v
+    b_nan = b != b
+    return (v_nan & (~b_nan | (k > kb))) | (~v_nan & ~b_nan & ((v > b) | ((v == b) & (k < kb))))
+
+
+@kernel()
+def _argmax_of(dst, dst_index, a, a_index, b, b_index, count):
+    for q in range(count):
+        u = a[q]
+        ku = a_index[q]
+        v = b[q]
+        kv = b_index[q]
+        take = _wins(v, kv, u, ku)
+        dst[q] = v if take else u
+        dst_index[q] = kv if take else ku
+
+
+@kernel()
+def _argmax_into(dst, dst_index, b, b_index, count):
+    for q in range(count):
+        u = dst[q]
+        ku = dst_index[q]
+        v = b[q]
+        kv = b_index[q]
+        take = _wins(v, kv, u, ku)
+        dst[q] = v if take else u
+        dst_index[q] = kv if take else ku
+
+
+@kernel()
+def _sum_of(dst, a, b, count):
+    for q in range(count):
+        dst[q] = a[q] + b[q]
+
+
+@kernel()
+def _add_into(dst, b, count):
+    for q in range(count):
+        dst[q] += b[q]
+
+
+@kernel()
+def _every(dst, src, count, stride):
+    """dst[j] = src[j * stride]; the common strides get a constant, so they vectorise."""
+    if stride == 1:
+        for j in range(count):
+            dst[j] = src[j]
+    elif stride == 2:
+        for j in range(count):
+            dst[j] = src[2 * j]
+    else:
+        for j in range(count):
+            dst[j] = src[j * stride]
+
+
+@kernel()
+def _every_divided(dst, src, count, stride, row_divisor, col_divisors):
+    """dst[j] = src[j * stride] / (row_divisor * col_divisors[j])."""
+    if stride == 1:
+        for j in range(count):
+            dst[j] = src[j] / (row_divisor * col_divisors[j])
+    elif stride == 2:
+        for j in range(count):
+            dst[j] = src[2 * j] / (row_divisor * col_divisors[j])
+    else:
+        for j in range(count):
+            dst[j] = src[j * stride] / (row_divisor * col_divisors[j])
+
+
+@kernel()
+def _padded_row_length(out_w, stride_w, kw, dilation_w, pad_w, width):
+    """Length of a row buffer that holds the input row at offset ``pad_w`` and every tap
+    of every window (a ceil_mode window may run past the right padding)."""
+    return max((out_w - 1) * stride_w + dilation_w * (kw - 1) + 1, pad_w + width)
+
+
+# --- the horizontal pass: one padded row of vertical results -> one output row ------------
+#
+# Windows of 2 or 3 taps at stride 2 (the common pooling layers) get one loop with
+# constant offsets (``_*_pairs``, ``_*_triples``); any other window reduces kw shifted
+# copies of the row at every start, then keeps every stride-th start. The kernels
+# choose in their own body: LLVM inlines these one-loop helpers, not a helper that
+# holds all the variants, and a call per row costs as much as the row.
+
+
+@kernel()
+def _horizontal_kind(kw, stride, dilation):
+    """2 or 3 for a window that the pair/triple loops handle, else 0 (generic)."""
+    return kw if dilation == 1 and stride == 2 and (kw == 2 or kw == 3) else 0
+
+
+@kernel()
+def _max_pairs(dst, column, count):
+    for j in range(count):
+        a = column[2 * j]
+        b = column[2 * j + 1]
+        dst[j] = b if (b > a) | (b != b) else a
+
+
+@kernel()
+def _max_triples(dst, column, count):
+    for j in range(count):
+        a = column[2 * j]
+        b = column[2 * j + 1]
+        c = column[2 * j + 2]
+        m = b if (b > a) | (b != b) else a
+        dst[j] = c if (c > m) | (c != c) else m
+
+
+@kernel()
+def _argmax_pairs(dst, dst_at, column, column_at, count):
+    for j in range(count):
+        a = column[2 * j]
+        ka = column_at[2 * j]
+        b = column[2 * j + 1]
+        kb = column_at[2 * j + 1]
+        take = _wins(b, kb, a, ka)
+        dst[j] = b if take else a
+        dst_at[j] = kb if take else ka
+
+
+@kernel()
+def _argmax_triples(dst, dst_at, column, column_at, count):
+    for j in range(count):
+        a = column[2 * j]
+        ka = column_at[2 * j]
+        b = column[2 * j + 1]
+        kb = column_at[2 * j + 1]
+        c = column[2 * j + 2]
+        kc = column_at[2 * j + 2]
+        take = _wins(b, kb, a, ka)
+        m = b if take else a
+        km = kb if take else ka
+        take = _wins(c, kc, m, km)
+        dst[j] = c if take else m
+        dst_at[j] = kc if take else km
+
+
+@kernel()
+def _mean_pairs(dst, column, count, row_divisor, col_divisors):
+    for j in range(count):
+        dst[j] = (column[2 * j] + column[2 * j + 1]) / (row_divisor * col_divisors[j])
+
+
+@kernel()
+def _mean_triples(dst, column, count, row_divisor, col_divisors):
+    for j in range(count):
+        total = column[2 * j] + column[2 * j + 1] + column[2 * j + 2]
+        dst[j] = total / (row_divisor * col_divisors[j])
+
+
+# --- pooling forward ------------------------------------------------------------------
+#
+# Separable windows: for output row i, reduce the window's input rows into a padded
+# row buffer (``column``, the vertical pass: unit-stride loops over input rows, which
+# read the input once), then reduce that row's windows (the horizontal pass, above).
+# Every buffer is one row and stays in L1.
+
+
+@kernel(parallel=True)
+def _max_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
+                               dilation_h, dilation_w):
+    """out[p, i, j] = max over taps (r, s) of x[p, i*sh + r*dh - ph, j*sw + s*dw - pw] inside
+    the input; NaN if the window holds one."""
+    planes, height, width = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    row_lo, row_hi = _tap_ranges(kh, stride_h, pad_h, dilation_h, height, out_h)
+    span = (out_w - 1) * stride_w + 1
+    length = _padded_row_length(out_w, stride_w, kw, dilation_w, pad_w, width)
+    kind = _horizontal_kind(kw, stride_w, dilation_w)
+    for p in prange(planes):
+        column = np.full(length, -np.inf, x.dtype)  # the padding stays -inf
+        inner = column[pad_w : pad_w + width]
+        window_max = np.empty(span, x.dtype)
+        for i in range(out_h):
+            seen = 0
+            for r in range(kh):
+                if row_lo[r] <= i < row_hi[r]:
+                    src = x[p, i * stride_h + r * dilation_h - pad_h]
+                    if seen == 0:
+                        first = src
+                    elif seen == 1:
+                        _max_of(inner, first, src, width)
+                    else:
+                        _max_into(inner, src, width)
+                    seen += 1
+            if seen == 1:
+                _copy(inner, first, width)
+            if kind == 2:
+                _max_pairs(out[p, i], column, out_w)
+            elif kind == 3:
+                _max_triples(out[p, i], column, out_w)
+            elif kw == 1:
+                _every(out[p, i], column, out_w, stride_w)
+            else:
+                _max_of(window_max, column, column[dilation_w:], span)
+                for s in range(2, kw):
+                    _max_into(window_max, column[s * dilation_w :], span)
+                _every(out[p, i], window_max, out_w, stride_w)
+
+
+@kernel(parallel=True)
+def _max_pool2d_indices_forward_direct(x, out, indices, kh, kw, stride_h, stride_w, pad_h,
+                                       pad_w, dilation_h, dilation_w, nowhere):
+    """The forward pass above, carrying each maximum's flat position ``h * W + w``; see
+    :func:`_wins`. The row buffers hold positions in the integer type of ``nowhere``,
+    its largest value, which the padding carries so that it never wins a tie."""
+    planes, height, width = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    row_lo, row_hi = _tap_ranges(kh, stride_h, pad_h, dilation_h, height, out_h)
+    span = (out_w - 1) * stride_w + 1
+    length = _padded_row_length(out_w, stride_w, kw, dilation_w, pad_w, width)
+    kind = _horizontal_kind(kw, stride_w, dilation_w)
+    for p in prange(planes):
+        column = np.full(length, -np.inf, x.dtype)
+        column_at = np.full(length, nowhere)
+        inner = column[pad_w : pad_w + width]
+        inner_at = column_at[pad_w : pad_w + width]
+        window_max = np.empty(span, x.dtype)
+        window_at = np.empty(span, column_at.dtype)
+        for i in range(out_h):
+            seen = 0
+            for r in range(kh):
+                if row_lo[r] <= i < row_hi[r]:
+                    row = i * stride_h + r * dilation_h - pad_h
+                    src = x[p, row]
+                    base = row * width
+                    if seen:  # a later row wins only if larger or NaN
+                        for q in range(width):
+                            v = src[q]
+                            u = inner[q]
+                            k = inner_at[q]
+                            take = (v > u) | (v != v)
+                            inner[q] = v if take else u
+                            inner_at[q] = base + q if take else k
+                    else:
+                        for q in range(width):
+                            inner[q] = src[q]
+                            inner_at[q] = base + q
+                    seen += 1
+            if kind == 2:
+                _argmax_pairs(out[p, i], indices[p, i], column, column_at, out_w)
+            elif kind == 3:
+                _argmax_triples(out[p, i], indices[p, i], column, column_at, out_w)
+            elif kw == 1:
+                _every(out[p, i], column, out_w, stride_w)
+                _every(indices[p, i], column_at, out_w, stride_w)
+            else:
+                _argmax_of(window_max, window_at, column, column_at, column[dilation_w:],
+                           column_at[dilation_w:], span)
+                for s in range(2, kw):
+                    _argmax_into(window_max, window_at, column[s * dilation_w :],
+                                 column_at[s * dilation_w :], span)
+                _every(out[p, i], window_max, out_w, stride_w)
+                _every(indices[p, i], window_at, out_w, stride_w)
+
+
+@register("max_pool2d", "cpu", "direct")
+def max_pool2d_direct(x, out, indices, kernel_size, stride, padding, dilation):
+    """Host side; ``x``, ``out`` and ``indices`` (or None) are C-contiguous 4-D arrays."""
+    window = (*kernel_size, *stride, *padding, *dilation)
+    if indices is None:
+        _max_pool2d_forward_direct(_planes(x), _planes(out), *window)
+    else:
+        # 32-bit positions vectorise alongside float32 values; a plane of 2**31 values
+        # needs 64
+        small = x.shape[2] * x.shape[3] < np.iinfo(np.int32).max
+        nowhere = np.int32(np.iinfo(np.int32).max) if small else np.int64(np.iinfo(np.int64).max)
+        _max_pool2d_indices_forward_direct(_planes(x), _planes(out), _planes(indices), *window,
+                                           nowhere)
+
+
+@kernel(parallel=True)
+def _avg_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
+                               count_include_pad, divisor_override):
+    """out[p, i, j] = sum of the window's taps inside the input / divisor[i, j], where the
+    divisor is ``divisor_override`` if > 0, else PyTorch's window size (separable:
+    rows x columns, see :func:`_window_sizes`)."""
+    planes, height, width = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    row_lo, row_hi = _tap_ranges(kh, stride_h, pad_h, 1, height, out_h)
+    row_div, col_div = _divisors(height, width, out_h, out_w, kh, kw, stride_h, stride_w,
+                                 pad_h, pad_w, count_include_pad, divisor_override, x.dtype)
+    span = (out_w - 1) * stride_w + 1
+    length = _padded_row_length(out_w, stride_w, kw, 1, pad_w, width)
+    kind = _horizontal_kind(kw, stride_w, 1)
+    for p in prange(planes):
+        column = np.zeros(length, x.dtype)  # the padding stays 0
+        inner = column[pad_w : pad_w + width]
+        window_sum = np.empty(span, x.dtype)
+        for i in range(out_h):
+            seen = 0
+            for r in range(kh):
+                if row_lo[r] <= i < row_hi[r]:
+                    src = x[p, i * stride_h + r - pad_h]
+                    if seen == 0:
+                        first = src
+                    elif seen == 1:
+                        _sum_of(inner, first, src, width)
+                    else:
+                        _add_into(inner, src, width)
+                    seen += 1
+            if seen == 1:
+                _copy(inner, first, width)
+            if kind == 2:
+                _mean_pairs(out[p, i], column, out_w, row_div[i], col_div)
+            elif kind == 3:
+                _mean_triples(out[p, i], column, out_w, row_div[i], col_div)
+            else:
+                if kw == 1:
+                    _copy(window_sum, column, span)
+                else:
+                    _sum_of(window_sum, column, column[1:], span)
+                    for s in range(2, kw):
+                        _add_into(window_sum, column[s:], span)
+                _every_divided(out[p, i], window_sum, out_w, stride_w, row_div[i], col_div)
+
+
+@register("avg_pool2d", "cpu", "direct")
+def avg_pool2d_direct(x, out, kernel_size, stride, padding, count_include_pad, divisor_override):
+    """Host side; ``divisor_override`` is None or a positive int."""
+    _avg_pool2d_forward_direct(_planes(x), _planes(out), *kernel_size, *stride, *padding,
+                               count_include_pad, divisor_override or 0)
+
+
+@kernel(parallel=True)
+def _avg_pool2d_backward_direct(grad_out, grad_in, kh, kw, stride_h, stride_w, pad_h, pad_w,
+                                count_include_pad, divisor_override):
+    """grad_in[p] = sum over windows (i, j) of grad_out[p, i, j] / divisor[i, j] sent to every
+    tap of the window inside the input.
+
+    The forward pass transposed, step by step: spread each output row's shares to the
+    window starts (the transpose of keeping every stride-th start), add them to the kw
+    taps of each window in a padded row (the horizontal sum), and add the input part of
+    that row to each of the window's input rows (the vertical sum)."""
+    planes, height, width = grad_in.shape
+    out_h, out_w = grad_out.shape[1], grad_out.shape[2]
+    row_lo, row_hi = _tap_ranges(kh, stride_h, pad_h, 1, height, out_h)
+    row_div, col_div = _divisors(height, width, out_h, out_w, kh, kw, stride_h, stride_w,
+                                 pad_h, pad_w, count_include_pad, divisor_override,
+                                 grad_in.dtype)
+    span = (out_w - 1) * stride_w + 1
+    length = _padded_row_length(out_w, stride_w, kw, 1, pad_w, width)
+    for p in prange(planes):
+        plane = grad_in[p]
+        for h in range(height):
+            for w in range(width):
+                plane[h, w] = 0
+        starts = np.zeros(span, grad_in.dtype)  # positions between the strided starts stay 0
+        column = np.empty(length, grad_in.dtype)
+        inner = column[pad_w : pad_w + width]
+        for i in range(out_h):
+            dy = grad_out[p, i]
+            for j in range(out_w):
+                starts[j * stride_w] = dy[j] / (row_div[i] * col_div[j])
+            _copy(column, starts, span)
+            for q in range(span, length):
+                column[q] = 0
+            for s in range(1, kw):
+                _add_into(column[s:], starts, span)
+            for r in range(kh):
+                if row_lo[r] <= i < row_hi[r]:
+                    _add_into(plane[i * stride_h + r - pad_h], inner, width)
+
+
+@register("avg_pool2d_backward", "cpu", "direct")
+def avg_pool2d_backward_direct(grad_out, grad_in, kernel_size, stride, padding,
+                               count_include_pad, divisor_override):
+    """Host side; ``grad_in`` is overwritten."""
+    _avg_pool2d_backward_direct(_planes(grad_out), _planes(grad_in), *kernel_size, *stride,
+                                *padding, count_include_pad, divisor_override or 0)
+
+
+@kernel(parallel=True)
+def _scatter_direct(values, indices, out, accumulate, first_bad):
+    """out[p] = 0, then out[p, indices[p, k]] += values[p, k] (``accumulate``: max-pool's
+    gradient, where a position that is the maximum of overlapping windows gets their sum)
+    or = values[p, k] in order of k (unpooling: a repeated index keeps the last value,
+    as in PyTorch). ``first_bad[p]``: position of the first index outside the plane, or -1;
+    such an index is skipped."""
+    planes, length = out.shape
+    for p in prange(planes):
+        plane = out[p]
+        for q in range(length):
+            plane[q] = 0
+        source = values[p]
+        where = indices[p]
+        bad = -1
+        for k in range(where.shape[0]):
+            q = where[k]
+            if 0 <= q < length:
+                plane[q] = plane[q] + source[k] if accumulate else source[k]
+            elif bad < 0:
+                bad = k
+        first_bad[p] = bad
+
+
+@kernel(parallel=True)
+def _max_unpool2d_backward_direct(grad_out, indices, grad_in, first_bad):
+    """grad_in[p, k] = grad_out[p, indices[p, k]]: a gather, the transpose of the unpooling
+    scatter. ``first_bad`` as in :func:`_scatter_direct`."""
+    planes, length = grad_out.shape
+    for p in prange(planes):
+        dy = grad_out[p]
+        where = indices[p]
+        dx = grad_in[p]
+        bad = -1
+        for k in range(where.shape[0]):
+            q = where[k]
+            if 0 <= q < length:
+                dx[k] = dy[q]
+            else:
+                dx[k] = 0
+                if bad < 0:
+                    bad = k
+        first_bad[p] = bad
+
+
+def _first_bad_index(run, indices_shape):
+    """Call ``run(first_bad)`` and return the flat position in the index array of the first
+    out-of-range index, or -1."""
+    planes = indices_shape[0] * indices_shape[1]
+    first_bad = np.empty(planes, np.int64)
+    run(first_bad)
+    bad_planes = np.flatnonzero(first_bad >= 0)
+    if bad_planes.size == 0:
+        return -1
+    p = bad_planes[0]
+    return int(p * (indices_shape[2] * indices_shape[3]) + first_bad[p])
+
+
+@register("max_pool2d_backward", "cpu", "direct")
+def max_pool2d_backward_direct(grad_out, indices, grad_in):
+    """Host side; returns the flat position of the first out-of-range index, or -1."""
+    return _first_bad_index(
+        lambda bad: _scatter_direct(_flat(grad_out), _flat(indices), _flat(grad_in), True, bad),
+        indices.shape)
+
+
+@register("max_unpool2d", "cpu", "direct")
+def max_unpool2d_direct(x, indices, out):
+    """Host side; returns the flat position of the first out-of-range index, or -1."""
+    return _first_bad_index(
+        lambda bad: _scatter_direct(_flat(x), _flat(indices), _flat(out), False, bad),
+        indices.shape)
+
+
+@register("max_unpool2d_backward", "cpu", "direct")
+def max_unpool2d_backward_direct(grad_out, indices, grad_in):
+    """Host side; returns the flat position of the first out-of-range index, or -1."""
+    return _first_bad_index(
+        lambda bad: _max_unpool2d_backward_direct(_flat(grad_out), _flat(indices),
+                                                  _flat(grad_in), bad),
+        indices.shape)
+
+
+@kernel(parallel=True)
+def _repeat_unpool2d_forward_direct(x, out, scale_h, scale_w):
+    """out[p, i*sh + a, j*sw + b] = x[p, i, j]: each value fills a sh x sw block."""
+    planes, height, width = x.shape
+    out_w = out.shape[2]
+    for p in prange(planes):
+        for i in range(height):
+            first = out[p, i * scale_h]
+            values = x[p, i]
+            for b in range(scale_w):
+                dst = first[b:]
+                for j in range(width):
+                    dst[j * scale_w] = values[j]
+            for a in range(1, scale_h):
+                copy = out[p, i * scale_h + a]
+                for q in range(out_w):
+                    copy[q] = first[q]
+
+
+@kernel(parallel=True)
+def _repeat_unpool2d_backward_direct(grad_out, grad_in, scale_h, scale_w):
+    """grad_in[p, i, j] = sum of grad_out over the block it was copied to."""
+    planes, height, width = grad_in.shape
+    for p in prange(planes):
+        for i in range(height):
+            total = grad_in[p, i]
+            for j in range(width):
+                total[j] = 0
+            for a in range(scale_h):
+                row = grad_out[p, i * scale_h + a]
+                for b in range(scale_w):
+                    src = row[b:]
+                    for j in range(width):
+                        total[j] += src[j * scale_w]
+
+
+@register("repeat_unpool2d", "cpu", "direct")
+def repeat_unpool2d_direct(x, out, scale):
+    _repeat_unpool2d_forward_direct(_planes(x), _planes(out), *scale)
+
+
+@register("repeat_unpool2d_backward", "cpu", "direct")
+def repeat_unpool2d_backward_direct(grad_out, grad_in, scale):
+    _repeat_unpool2d_backward_direct(_planes(grad_out), _planes(grad_in), *scale)
+
+
+def _planes(array):
+    """A C-contiguous ``(N, C, H, W)`` array as ``(N * C, H, W)`` (a view)."""
+    return array.reshape(-1, *array.shape[2:])
+
+
+def _flat(array):
+    """A C-contiguous ``(N, C, H, W)`` array as ``(N * C, H * W)`` (a view)."""
+    return array.reshape(array.shape[0] * array.shape[1], -1)

@@ -1,0 +1,596 @@
+"""Pooling and unpooling: max and average pooling, their gradients, and two unpoolings.
+
+Pooling slides the same windows as a convolution (:mod:`fastconv.shapes`
+sizes both), with a max or a mean in place of the weighted sum. Unpooling
+goes the other way: :func:`max_unpool2d` puts each value back where
+:func:`max_pool2d` found it, :func:`repeat_unpool2d` copies it into a block.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import dispatch, shapes
+from ._checks import as_float_array, positive_int
+
+
+class _Window(NamedTuple):
+    """A pooling window, normalised: pairs ``(h, w)`` and the output size."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    out_size: tuple[int, int]
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _batched(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    """``x`` (``(N, C, H, W)`` or ``(C, H, W)``) as a C-contiguous 4-D array, and whether
+    it was unbatched."""
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {x.shape}")
+    if 0 in x.shape[-3:]:
+        raise ValueError(f"{name} must have non-empty C, H and W, got shape {x.shape}")
+    unbatched = x.ndim == 3
+    return np.ascontiguousarray(x[None] if unbatched else x), unbatched
+
+
+def _input_shape(value: object, name: str = "input_shape") -> tuple[tuple[int, ...], bool]:
+    """A shape ``(N, C, H, W)`` or ``(C, H, W)`` as a 4-D shape, and whether it was 3-D."""
+    expected = f"{name} must be a shape (N, C, H, W) or (C, H, W) with N >= 0 and C, H, W >= 1"
+    if not isinstance(value, (tuple, list)) or len(value) not in (3, 4):
+        raise ValueError(f"{expected}, got {value!r}")
+    sizes = [shapes._as_int(v) for v in value]
+    if any(v is None for v in sizes):
+        raise TypeError(f"{expected}, got {value!r}")
+    if min(sizes[-3:]) < 1 or sizes[0] < 0:  # type: ignore[type-var,operator]
+        raise ValueError(f"{expected}, got {value!r}")
+    unbatched = len(sizes) == 3
+    return tuple([1] * unbatched + sizes), unbatched  # type: ignore[return-value]
+
+
+def _window(size: tuple[int, int], kernel_size: object, stride: object, padding: object,
+            dilation: object, ceil_mode: object, input_name: str = "input") -> _Window:
+    """Validate a pooling window over an input of ``size`` ``(H, W)``, as PyTorch does:
+    ``stride=None`` is ``kernel_size``, each pad is at most half the (undilated) kernel."""
+    kernel = shapes.pair(kernel_size, "kernel_size")
+    step = kernel if stride is None else shapes.pair(stride, "stride")
+    pad = shapes.pair(padding, "padding", minimum=0)
+    spacing = shapes.pair(dilation, "dilation")
+    ceil = _flag(ceil_mode, "ceil_mode")
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(
+            f"padding must be at most half of kernel_size (pad <= kernel_size // 2 on each axis, "
+            f"as in PyTorch), got padding={padding!r} with kernel_size={kernel}"
+        )
+    out = tuple(shapes.output_length(size[a], kernel[a], step[a], (pad[a], pad[a]), spacing[a],
+                                     ceil) for a in range(2))
+    if min(out) <= 0:
+        span = tuple(spacing[a] * (kernel[a] - 1) + 1 for a in range(2))
+        raise ValueError(
+            f"kernel_size {kernel} with dilation {spacing} spans {span}, larger than the padded "
+            f"{input_name} {(size[0] + 2 * pad[0], size[1] + 2 * pad[1])} "
+            f"({input_name} {size}, padding {pad})"
+        )
+    for a in range(2):
+        _check_windows_touch_input(size[a], kernel[a], step[a], pad[a], spacing[a], out[a],
+                                   "HW"[a], input_name)
+    return _Window(kernel, step, pad, spacing, out)  # type: ignore[arg-type]
+
+
+def _check_windows_touch_input(length, kernel, stride, pad, dilation, out_length, axis,
+                               input_name):
+    """With dilation a window can fall between the input's edge and the far padding; its
+    max would be -inf with no position to report (PyTorch returns an index outside the
+    plane), so such a window is an error."""
+    if dilation == 1:  # pad <= kernel // 2 keeps every plain window on the input
+        return
+    for o in range(out_length):
+        start = o * stride - pad
+        first = 0 if start >= 0 else -(start // dilation)  # first tap at or after 0
+        if first >= kernel or start + first * dilation >= length:
+            raise ValueError(
+                f"window {o} along {axis} reads only padding: its taps {start}, "
+                f"{start + dilation}, ... (kernel_size {kernel}, dilation {dilation}, padding "
+                f"{pad}) skip over the {input_name} of length {length}; reduce padding or dilation"
+            )
+
+
+def _index_array(value: object, name: str, shape: tuple[int, ...] | None = None,
+                 what: str = "") -> np.ndarray:
+    """``value`` as a C-contiguous int64 array (of ``shape``, with ``what`` naming it, if given)."""
+    try:
+        array = np.asarray(value)
+    except Exception:  # noqa: BLE001 - any failure means "not array-like"
+        array = np.asarray(None)
+    if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(
+            f"{name} must be an integer array (int64, as max_pool2d(..., return_indices=True) "
+            f"returns), got {type(value).__name__} of dtype {array.dtype}"
+        )
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"{name} must have the shape of {what}, {shape}, got {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _raise_bad_index(position: int, indices: np.ndarray, name: str, plane: tuple[int, int],
+                     what: str) -> None:
+    if position < 0:
+        return
+    where = np.unravel_index(position, indices.shape)
+    raise ValueError(
+        f"{name} holds {int(indices.flat[position])} at {tuple(int(i) for i in where)}, outside "
+        f"[0, {plane[0] * plane[1]}): each index must be a flat position h * W + w in a "
+        f"{plane[0]} x {plane[1]} plane of {what}"
+    )
+
+
+def _user_view(array: np.ndarray, unbatched: bool) -> np.ndarray:
+    return array[0] if unbatched else array
+
+
+def max_pool2d(
+    input: np.ndarray,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+    *,
+    algorithm: str = "auto",
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """2-D max pooling, as ``torch.nn.functional.max_pool2d``.
+
+    ``out[n, c, i, j] = max_{r, s} x[n, c, i * stride_h + r * dilation_h - pad_h,
+    j * stride_w + s * dilation_w - pad_w]`` over the taps inside the input
+    (the padding counts as -inf).
+
+    Shapes (N images, C channels, kernel ``kernel_h x kernel_w``):
+
+    - ``input``: ``(N, C, H, W)``, or ``(C, H, W)`` for one image (the output
+      then has no batch axis either).
+    - output and indices: ``(N, C, H_out, W_out)`` with
+      ``H_out = floor((H + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h) + 1``
+      (``ceil`` with ``ceil_mode``), and likewise ``W_out``; see
+      :func:`fastconv.conv_output_size`.
+
+    Args:
+        input: float32 or float64 array, any memory layout; never modified.
+        kernel_size: int or ``(kernel_h, kernel_w)``, each >= 1.
+        stride: int or pair, each >= 1; None (the default) means ``kernel_size``.
+        padding: int or ``(pad_h, pad_w)`` on both sides of each axis, each
+            at most ``kernel_size // 2`` (as in PyTorch).
+        dilation: int or pair, each >= 1: spacing of the window's taps.
+        ceil_mode: round the output size up, keeping a last, partial window
+            only where it starts inside the input or its left/top padding.
+        return_indices: also return where each maximum came from.
+        algorithm: ``"auto"`` or one of
+            :func:`fastconv.available_algorithms` ``("max_pool2d")``.
+
+    Returns:
+        The pooled array in the input's dtype; with ``return_indices``,
+        ``(output, indices)`` where ``indices`` (int64) holds the flat
+        position ``h * W + w`` of each maximum within its ``H x W`` plane,
+        PyTorch's format, ready for :func:`max_unpool2d` and
+        :func:`max_pool2d_backward`. Ties go to the first maximum in row-major
+        order over the window; a window holding NaN gives NaN, and its index
+        is the last NaN's (as PyTorch's CPU kernel does).
+
+    Raises:
+        TypeError: a non-float input, a non-int size, a non-bool flag.
+        ValueError: wrong input shape, non-positive kernel_size, stride or
+            dilation, negative padding or padding above half the kernel, a
+            window larger than the padded input, a dilated window that reads
+            only padding.
+
+    Example (2 x 2 max pooling of a 4 x 4 image, stride 1 and stride 2):
+
+    >>> import numpy as np, fastconv
+    >>> x = np.array([[1, 0, 1, 0], [2, 1, 3, 2], [1, 2, 0, 4], [2, 2, 3, 0]], np.float32)
+    >>> fastconv.max_pool2d(x[None], 2, stride=1)[0].tolist()
+    [[2.0, 3.0, 3.0], [2.0, 3.0, 4.0], [2.0, 3.0, 4.0]]
+    >>> y, indices = fastconv.max_pool2d(x[None], 2, return_indices=True)
+    >>> y[0].tolist(), indices[0].tolist()
+    ([[2.0, 3.0], [2.0, 4.0]], [[4, 6], [9, 11]])
+    """
+    x4, unbatched = _batched(as_float_array(input, "input"), "input")
+    win = _window(x4.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    with_indices = _flag(return_indices, "return_indices")
+    _, kernel = dispatch.select("max_pool2d", "cpu", algorithm, input_shape=x4.shape,
+                                window=win, dtype=x4.dtype)
+    out = np.empty((*x4.shape[:2], *win.out_size), x4.dtype)
+    indices = np.empty(out.shape, np.int64) if with_indices else None
+    if x4.shape[0]:
+        kernel(x4, out, indices, win.kernel_size, win.stride, win.padding, win.dilation)
+    if with_indices:
+        return _user_view(out, unbatched), _user_view(indices, unbatched)
+    return _user_view(out, unbatched)
+
+
+def max_pool2d_backward(
+    grad_output: np.ndarray,
+    indices: np.ndarray,
+    input_shape: tuple[int, ...],
+    *,
+    algorithm: str = "auto",
+) -> np.ndarray:
+    """Gradient of :func:`max_pool2d` with respect to its input.
+
+    Only the maximum of each window moved the output, so
+    ``grad_input[n, c].flat[indices[n, c, i, j]] += grad_output[n, c, i, j]``;
+    a position that is the maximum of several overlapping windows gets the
+    sum, every other position 0.
+
+    Shapes: ``grad_output`` and ``indices`` ``(N, C, H_out, W_out)`` (or
+    ``(C, H_out, W_out)``); ``input_shape`` ``(N, C, H, W)`` (or
+    ``(C, H, W)``), the shape of the pooled input and of the result.
+
+    Args:
+        grad_output: float32 or float64 array; the result has its dtype.
+        indices: integer array from ``max_pool2d(..., return_indices=True)``:
+            flat positions ``h * W + w``, each in ``[0, H * W)``.
+        input_shape: the pooled input's shape, with grad_output's N and C.
+        algorithm: ``"auto"`` or one of ``available_algorithms("max_pool2d_backward")``.
+
+    Raises:
+        TypeError: non-float grad_output, non-integer indices.
+        ValueError: mismatched shapes, an index outside ``[0, H * W)``.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> x = np.array([[[1.0, 5.0, 2.0], [0.0, 3.0, 4.0]]])      # (C, H, W) = (1, 2, 3)
+    >>> y, indices = fastconv.max_pool2d(x, 2, stride=1, return_indices=True)
+    >>> indices.tolist()
+    [[[1, 1]]]
+    >>> fastconv.max_pool2d_backward(np.ones_like(y), indices, x.shape).tolist()
+    [[[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]]
+    """
+    dy = as_float_array(grad_output, "grad_output")
+    dy4, unbatched = _batched(dy, "grad_output")
+    shape4, shape_unbatched = _input_shape(input_shape)
+    if shape_unbatched != unbatched or shape4[:2] != dy4.shape[:2]:
+        raise ValueError(
+            f"input_shape must have grad_output's {'C' if unbatched else 'N, C'} and be "
+            f"{'3' if unbatched else '4'}-D, got input_shape {tuple(input_shape)} for "
+            f"grad_output of shape {dy.shape}"
+        )
+    where = _index_array(indices, "indices", dy.shape, "grad_output")
+    where4 = where[None] if unbatched else where
+    _, kernel = dispatch.select("max_pool2d_backward", "cpu", algorithm, input_shape=shape4,
+                                dtype=dy4.dtype)
+    grad_input = np.empty(shape4, dy4.dtype)
+    if shape4[0]:
+        bad = kernel(dy4, where4, grad_input)
+        _raise_bad_index(bad, where4, "indices", shape4[2:], "the pooled input")
+    return _user_view(grad_input, unbatched)
+
+
+def avg_pool2d(
+    input: np.ndarray,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+    *,
+    algorithm: str = "auto",
+) -> np.ndarray:
+    """2-D average pooling, as ``torch.nn.functional.avg_pool2d``.
+
+    ``out[n, c, i, j] = sum_{r, s} x_padded[n, c, i * stride_h + r, j * stride_w + s] / divisor``
+    with zero padding, where ``divisor`` is, as in PyTorch:
+
+    - ``divisor_override`` when given;
+    - else, with ``count_include_pad`` (the default), the size of the window
+      clipped to the padded input: ``(h_end - h_start) * (w_end - w_start)``
+      with ``h_start = i * stride_h - pad_h`` and
+      ``h_end = min(h_start + kernel_h, H + pad_h)`` (only a ``ceil_mode``
+      window runs past the padding and is clipped);
+    - else the number of the window's taps inside the input.
+
+    Shapes: ``input`` ``(N, C, H, W)`` or ``(C, H, W)``; output
+    ``(N, C, H_out, W_out)`` with
+    ``H_out = floor((H + 2 * pad_h - kernel_h) / stride_h) + 1`` (``ceil``
+    with ``ceil_mode``; see :func:`max_pool2d`).
+
+    Args:
+        input: float32 or float64 array, any memory layout; never modified.
+        kernel_size: int or ``(kernel_h, kernel_w)``, each >= 1.
+        stride: int or pair, each >= 1; None (the default) means ``kernel_size``.
+        padding: int or ``(pad_h, pad_w)``, each at most ``kernel_size // 2``.
+        ceil_mode: round the output size up, as in :func:`max_pool2d`.
+        count_include_pad: count the zero padding in the divisor.
+        divisor_override: a positive int to divide every sum by, or None.
+        algorithm: ``"auto"`` or one of ``available_algorithms("avg_pool2d")``.
+
+    Raises:
+        TypeError, ValueError: as :func:`max_pool2d`, and for a
+        ``divisor_override`` that is not a positive int.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> x = np.array([[[1, 0, 1, 0], [2, 1, 3, 2], [1, 2, 0, 4], [2, 2, 3, 0]]], np.float64)
+    >>> fastconv.avg_pool2d(x, 2).tolist()
+    [[[1.0, 1.5], [1.75, 1.75]]]
+    >>> fastconv.avg_pool2d(x, 3, stride=2, padding=1)[0, 0].tolist()       # 4 / 9
+    [0.4444444444444444, 0.7777777777777778]
+    >>> fastconv.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)[0, 0].tolist()
+    [1.0, 1.1666666666666667]
+    """
+    x4, unbatched = _batched(as_float_array(input, "input"), "input")
+    win = _window(x4.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
+    include_pad = _flag(count_include_pad, "count_include_pad")
+    divisor = None if divisor_override is None else positive_int(divisor_override,
+                                                                  "divisor_override")
+    _, kernel = dispatch.select("avg_pool2d", "cpu", algorithm, input_shape=x4.shape,
+                                window=win, dtype=x4.dtype)
+    out = np.empty((*x4.shape[:2], *win.out_size), x4.dtype)
+    if x4.shape[0]:
+        kernel(x4, out, win.kernel_size, win.stride, win.padding, include_pad, divisor)
+    return _user_view(out, unbatched)
+
+
+def avg_pool2d_backward(
+    grad_output: np.ndarray,
+    input_shape: tuple[int, ...],
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+    *,
+    algorithm: str = "auto",
+) -> np.ndarray:
+    """Gradient of :func:`avg_pool2d` with respect to its input.
+
+    Each output was ``sum(window) / divisor``, so every tap of a window inside
+    the input receives ``grad_output[n, c, i, j] / divisor``; overlapping
+    windows add up. (The transposed average pooling: a transposed convolution
+    of ``grad_output / divisor`` with a kernel of ones.)
+
+    Shapes: ``grad_output`` ``(N, C, H_out, W_out)`` (or ``(C, H_out, W_out)``),
+    exactly avg_pool2d's output shape for ``input_shape`` ``(N, C, H, W)`` (or
+    ``(C, H, W)``), which is the result's shape. The other arguments are those
+    of the forward call, in every form :func:`avg_pool2d` accepts.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.avg_pool2d_backward(np.ones((1, 2, 2)), (1, 3, 3), 2, stride=1).tolist()
+    [[[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]]
+    """
+    dy = as_float_array(grad_output, "grad_output")
+    shape4, unbatched = _input_shape(input_shape)
+    win = _window(shape4[2:], kernel_size, stride, padding, 1, ceil_mode, "input_shape")
+    include_pad = _flag(count_include_pad, "count_include_pad")
+    divisor = None if divisor_override is None else positive_int(divisor_override,
+                                                                  "divisor_override")
+    expected = (*shape4[:2], *win.out_size)
+    if dy.shape != expected[unbatched:]:
+        raise ValueError(
+            f"grad_output must have the shape of avg_pool2d's output for input_shape "
+            f"{tuple(input_shape)}, {expected[unbatched:]}, got {dy.shape}"
+        )
+    dy4 = np.ascontiguousarray(dy[None] if unbatched else dy)
+    _, kernel = dispatch.select("avg_pool2d_backward", "cpu", algorithm, input_shape=shape4,
+                                window=win, dtype=dy.dtype)
+    grad_input = np.empty(shape4, dy.dtype)
+    if shape4[0]:
+        kernel(dy4, grad_input, win.kernel_size, win.stride, win.padding, include_pad, divisor)
+    return _user_view(grad_input, unbatched)
+
+
+def _unpool_size(size: tuple[int, int], kernel_size: object, stride: object, padding: object,
+                 output_size: object) -> tuple[int, int]:
+    """max_unpool2d's output size: PyTorch's default ``(H - 1) * stride - 2 * pad + kernel``,
+    or ``output_size``, which must lie strictly within ``stride`` of it."""
+    kernel = shapes.pair(kernel_size, "kernel_size")
+    step = kernel if stride is None else shapes.pair(stride, "stride")
+    pad = shapes.pair(padding, "padding", minimum=0)
+    default = tuple((size[a] - 1) * step[a] - 2 * pad[a] + kernel[a] for a in range(2))
+    if output_size is None:
+        if min(default) < 1:
+            raise ValueError(
+                f"max_unpool2d output would be {default}: padding {pad} crops more than the "
+                f"(H - 1) * stride + kernel_size values of an input of size {size}"
+            )
+        return default  # type: ignore[return-value]
+    form = "output_size must be (H_out, W_out) or a 3-D/4-D shape ending in them"
+    if not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 3, 4):
+        raise ValueError(f"{form}, got {output_size!r}")
+    out = shapes.pair(tuple(output_size[-2:]), "output_size[-2:]")
+    low = tuple(max(default[a] - step[a] + 1, 1) for a in range(2))
+    high = tuple(default[a] + step[a] - 1 for a in range(2))
+    if not all(low[a] <= out[a] <= high[a] for a in range(2)):
+        raise ValueError(
+            f"output_size {tuple(output_size)} is not reachable: from an input of size {size} "
+            f"with kernel_size {kernel}, stride {step} and padding {pad} each size must lie within "
+            f"stride of {default}, in [{low[0]}, {high[0]}] x [{low[1]}, {high[1]}]"
+        )
+    return out
+
+
+def max_unpool2d(
+    input: np.ndarray,
+    indices: np.ndarray,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    output_size: tuple[int, ...] | None = None,
+    *,
+    algorithm: str = "auto",
+) -> np.ndarray:
+    """Max unpooling, as ``torch.nn.functional.max_unpool2d``: the partial inverse of
+    :func:`max_pool2d`.
+
+    Each value goes back to the position its maximum was taken from and
+    every other position is 0:
+    ``out[n, c].flat[indices[n, c, i, j]] = input[n, c, i, j]``. Values are
+    placed in row-major order, so where two indices are equal the later
+    value stays (as in PyTorch).
+
+    Shapes: ``input`` and ``indices`` ``(N, C, H, W)`` (or ``(C, H, W)``);
+    output ``(N, C, H_out, W_out)`` with, by default,
+    ``H_out = (H - 1) * stride_h - 2 * pad_h + kernel_h`` (the size of the
+    pooled input, up to the rows the pooling dropped), likewise ``W_out``.
+
+    Args:
+        input: float32 or float64 array, any memory layout; never modified.
+        indices: integer array from ``max_pool2d(..., return_indices=True)``,
+            each in ``[0, H_out * W_out)``.
+        kernel_size, stride, padding: the pooling's, as in :func:`max_pool2d`
+            (``stride=None`` means ``kernel_size``); they only set the output size.
+        output_size: ``(H_out, W_out)``, or a longer shape whose last two
+            entries are; each must lie strictly within ``stride`` of the
+            default (PyTorch's rule). Use it to restore an odd input size.
+        algorithm: ``"auto"`` or one of ``available_algorithms("max_unpool2d")``.
+
+    Raises:
+        TypeError: non-float input, non-integer indices.
+        ValueError: mismatched shapes, an unreachable ``output_size``, an index
+            outside ``[0, H_out * W_out)``.
+
+    Example: unpooling puts each maximum back where it was found.
+
+    >>> import numpy as np, fastconv
+    >>> x = np.array([[[1, 0, 1, 0], [2, 1, 3, 2], [1, 2, 0, 4], [2, 2, 3, 0]]], np.float32)
+    >>> y, indices = fastconv.max_pool2d(x, 2, return_indices=True)
+    >>> fastconv.max_unpool2d(y, indices, 2)[0].tolist()
+    [[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 3.0, 0.0], [0.0, 2.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+    x = as_float_array(input, "input")
+    x4, unbatched = _batched(x, "input")
+    where = _index_array(indices, "indices", x.shape, "input")
+    where4 = where[None] if unbatched else where
+    out_size = _unpool_size(x4.shape[2:], kernel_size, stride, padding, output_size)
+    _, kernel = dispatch.select("max_unpool2d", "cpu", algorithm, input_shape=x4.shape,
+                                out_size=out_size, dtype=x4.dtype)
+    out = np.empty((*x4.shape[:2], *out_size), x4.dtype)
+    if x4.shape[0]:
+        bad = kernel(x4, where4, out)
+        _raise_bad_index(bad, where4, "indices", out_size, "the output")
+    return _user_view(out, unbatched)
+
+
+def max_unpool2d_backward(
+    grad_output: np.ndarray,
+    indices: np.ndarray,
+    *,
+    algorithm: str = "auto",
+) -> np.ndarray:
+    """Gradient of :func:`max_unpool2d` with respect to its input: a gather,
+    ``grad_input[n, c, i, j] = grad_output[n, c].flat[indices[n, c, i, j]]``.
+
+    Shapes: ``grad_output`` ``(N, C, H_out, W_out)`` (or ``(C, H_out, W_out)``),
+    the unpooled output's shape; ``indices`` ``(N, C, H, W)`` (or
+    ``(C, H, W)``), each in ``[0, H_out * W_out)``; the result has the shape of
+    ``indices`` and the dtype of ``grad_output``. As in PyTorch, every input
+    reads its position, also where two indices are equal.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> dy = np.arange(16.0).reshape(1, 4, 4)
+    >>> fastconv.max_unpool2d_backward(dy, np.array([[[4, 6], [9, 11]]])).tolist()
+    [[[4.0, 6.0], [9.0, 11.0]]]
+    """
+    dy = as_float_array(grad_output, "grad_output")
+    dy4, unbatched = _batched(dy, "grad_output")
+    where = _index_array(indices, "indices")
+    if where.ndim != dy.ndim or where.shape[:-2] != dy.shape[:-2] or 0 in where.shape[-2:]:
+        raise ValueError(
+            f"indices must be {dy.ndim}-D with grad_output's leading sizes {dy.shape[:-2]} "
+            f"and non-empty H, W ((N, C, H, W) or (C, H, W)), got shape {where.shape}"
+        )
+    where4 = where[None] if unbatched else where
+    _, kernel = dispatch.select("max_unpool2d_backward", "cpu", algorithm,
+                                input_shape=where4.shape, dtype=dy4.dtype)
+    grad_input = np.empty(where4.shape, dy4.dtype)
+    if where4.shape[0]:
+        bad = kernel(dy4, where4, grad_input)
+        _raise_bad_index(bad, where4, "indices", dy4.shape[2:], "grad_output")
+    return _user_view(grad_input, unbatched)
+
+
+def repeat_unpool2d(
+    input: np.ndarray,
+    scale: int | tuple[int, int],
+    *,
+    algorithm: str = "auto",
+) -> np.ndarray:
+    """Unpooling by simple repetition: each value fills a ``scale_h x scale_w`` block,
+    ``out[n, c, i * scale_h + a, j * scale_w + b] = input[n, c, i, j]``.
+
+    The same as nearest-neighbour upsampling by an integer factor
+    (``torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")``).
+
+    Shapes: ``input`` ``(N, C, H, W)`` (or ``(C, H, W)``); output
+    ``(N, C, H * scale_h, W * scale_w)``.
+
+    Args:
+        input: float32 or float64 array, any memory layout; never modified.
+        scale: int or ``(scale_h, scale_w)``, each >= 1.
+        algorithm: ``"auto"`` or one of ``available_algorithms("repeat_unpool2d")``.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.repeat_unpool2d(np.array([[[2.0, 3.0], [2.0, 4.0]]]), 2)[0].tolist()
+    [[2.0, 2.0, 3.0, 3.0], [2.0, 2.0, 3.0, 3.0], [2.0, 2.0, 4.0, 4.0], [2.0, 2.0, 4.0, 4.0]]
+    """
+    x4, unbatched = _batched(as_float_array(input, "input"), "input")
+    factor = shapes.pair(scale, "scale")
+    _, kernel = dispatch.select("repeat_unpool2d", "cpu", algorithm, input_shape=x4.shape,
+                                scale=factor, dtype=x4.dtype)
+    out = np.empty((*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1]), x4.dtype)
+    if x4.shape[0]:
+        kernel(x4, out, factor)
+    return _user_view(out, unbatched)
+
+
+def repeat_unpool2d_backward(
+    grad_output: np.ndarray,
+    scale: int | tuple[int, int],
+    *,
+    algorithm: str = "auto",
+) -> np.ndarray:
+    """Gradient of :func:`repeat_unpool2d`: each value's gradient is the sum of
+    ``grad_output`` over the block it was copied to.
+
+    Shapes: ``grad_output`` ``(N, C, H * scale_h, W * scale_w)`` (or without N),
+    whose height and width must be multiples of the scale; the result is
+    ``(N, C, H, W)``.
+
+    Example:
+
+    >>> import numpy as np, fastconv
+    >>> fastconv.repeat_unpool2d_backward(np.arange(16.0).reshape(1, 4, 4), 2).tolist()
+    [[[10.0, 18.0], [42.0, 50.0]]]
+    """
+    dy4, unbatched = _batched(as_float_array(grad_output, "grad_output"), "grad_output")
+    factor = shapes.pair(scale, "scale")
+    if dy4.shape[2] % factor[0] or dy4.shape[3] % factor[1]:
+        raise ValueError(
+            f"grad_output's height and width {dy4.shape[2:]} must be multiples of scale "
+            f"{factor}, got grad_output of shape {dy4.shape[unbatched:]}"
+        )
+    _, kernel = dispatch.select("repeat_unpool2d_backward", "cpu", algorithm,
+                                input_shape=dy4.shape, scale=factor, dtype=dy4.dtype)
+    grad_input = np.empty((*dy4.shape[:2], dy4.shape[2] // factor[0], dy4.shape[3] // factor[1]),
+                          dy4.dtype)
+    if dy4.shape[0]:
+        kernel(dy4, grad_input, factor)
+    return _user_view(grad_input, unbatched)

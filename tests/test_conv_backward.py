@@ -1,0 +1,458 @@
+"""fastconv.conv2d_backward: every algorithm x the case table x dtypes, against the reference
+(the spec) and against PyTorch autograd (an independent oracle), plus the needs_* flags,
+memory layouts, empty batches, finite differences, the adjoint identity with
+conv_transpose2d, determinism and hypothesis-generated configurations.
+
+Tolerances: grad_input sums at most C/groups * R * S products per value, as a forward
+output does, and uses :func:`tests.cases.tolerance`; grad_weight and grad_bias sum
+N * H_out * W_out terms per value and use :func:`tests.cases.sum_tolerance`, whose
+float32 atol grows with that count.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import fastconv
+from fastconv import config, reference
+from tests.cases import (
+    CASE_IDS,
+    CONV2D_CASES,
+    DTYPES,
+    Conv2dCase,
+    expected_output_shape,
+    explicit_padding,
+    make_inputs,
+    supports,
+    tolerance,
+)
+from tests.gradients import (
+    GRAD_NAMES,
+    NEEDS_FLAG_SETS,
+    NEEDS_FLAGS,
+    assert_grads_close,
+    assert_needs_respected,
+    flags_id,
+    numeric_gradient,
+)
+from tests.test_conv2d import _relayout, conv2d_configs
+
+#: The algorithms every kernel of the op has (Winograd has only some: tested on its own).
+ALGORITHMS = [a for a in fastconv.available_algorithms("conv2d_grad_input")
+              if a in fastconv.available_algorithms("conv2d_grad_weight")
+              and a in fastconv.available_algorithms("conv2d")]
+DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+
+
+def test_algorithm_lists():
+    # the matrix below would silently shrink if the registry lost a kernel
+    expected = {"auto", "direct", "im2col", "reference"}
+    assert expected <= set(ALGORITHMS)
+    assert set(fastconv.available_algorithms("conv2d_grad_weight")) == set(ALGORITHMS)
+
+
+def cases(*ids: str) -> list[Conv2dCase]:
+    table = {case.id: case for case in CONV2D_CASES}
+    return [table[i] for i in ids]
+
+
+def make_grad_output(case: Conv2dCase, dtype, rng) -> np.ndarray:
+    return rng.uniform(-1.0, 1.0, expected_output_shape(case)).astype(dtype)
+
+
+def torch_conv2d_grads(grad_output, x, w, stride=1, padding=0, dilation=1, groups=1):
+    """``(grad_input, grad_weight, grad_bias)`` of ``torch.nn.functional.conv2d`` by autograd.
+
+    Torch takes int, pair, "valid" and stride-1 "same" itself; other forms (asymmetric,
+    "same" with stride > 1) are applied to the input with np.pad, which is their
+    documented meaning, and the padded input's gradient is cropped back to the input.
+    """
+    torch = pytest.importorskip("torch")
+    x, w = np.array(x), np.array(w)
+    stride = tuple(stride) if isinstance(stride, (tuple, list)) else stride
+    dilation = tuple(dilation) if isinstance(dilation, (tuple, list)) else dilation
+    stride_pair = stride if isinstance(stride, tuple) else (stride, stride)
+    crop = (slice(None),) * x.ndim
+    asymmetric = isinstance(padding, (tuple, list)) and any(
+        isinstance(p, (tuple, list)) for p in padding
+    )
+    if asymmetric or (padding == "same" and stride_pair != (1, 1)):
+        (top, bottom), (left, right) = explicit_padding(padding, x.shape[-2:], w.shape[-2:],
+                                                        stride, dilation)
+        height, width = x.shape[-2:]
+        x = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(top, bottom), (left, right)])
+        crop = (Ellipsis, slice(top, top + height), slice(left, left + width))
+        padding = 0
+    elif isinstance(padding, list):
+        padding = tuple(padding)
+    tx = torch.from_numpy(x).requires_grad_()
+    tw = torch.from_numpy(w).requires_grad_()
+    tb = torch.zeros(w.shape[0], dtype=tx.dtype, requires_grad=True)
+    with warnings.catch_warnings():
+        # torch warns that stride-1 "same" with an even kernel copies the input
+        warnings.simplefilter("ignore", UserWarning)
+        y = torch.nn.functional.conv2d(tx, tw, tb, stride=stride, padding=padding,
+                                       dilation=dilation, groups=groups)
+    assert tuple(y.shape) == grad_output.shape
+    y.backward(torch.from_numpy(np.array(grad_output)))
+    return tx.grad.numpy()[crop], tw.grad.numpy(), tb.grad.numpy()
+
+
+# --- the case table -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_matches_reference(algorithm, case, dtype, rng):
+    x, w, _ = make_inputs(case, dtype, rng)
+    g = make_grad_output(case, dtype, rng)
+    grads = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
+    assert grads[0].shape == x.shape and grads[1].shape == w.shape and grads[2].shape == (case.k,)
+    assert_grads_close(grads, reference.conv2d_backward(g, x, w, **case.kwargs), dtype, g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_matches_torch(algorithm, case, dtype, rng):
+    x, w, _ = make_inputs(case, dtype, rng)
+    g = make_grad_output(case, dtype, rng)
+    expected = torch_conv2d_grads(g, x, w, **case.kwargs)
+    grads = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
+    assert_grads_close(grads, expected, dtype, g)
+
+
+def test_torch_oracle_crops_the_padded_gradient():
+    # The oracle's cropping, checked once by hand: a 1x1 kernel of weight 1 with
+    # asymmetric padding sends grad_output straight back to the input positions it
+    # read; padded positions are dropped.
+    x = np.zeros((1, 1, 3, 4))
+    w = np.ones((1, 1, 1, 1))
+    g = np.arange(5.0 * 5.0).reshape(1, 1, 5, 5)
+    gx, _, gb = torch_conv2d_grads(g, x, w, padding=((1, 1), (0, 1)))
+    np.testing.assert_array_equal(gx[0, 0], g[0, 0, 1:4, 0:4])
+    assert gb.tolist() == [g.sum()]
+    for algorithm in ALGORITHMS:
+        got = fastconv.conv2d_backward(g, x, w, padding=((1, 1), (0, 1)), algorithm=algorithm)
+        np.testing.assert_array_equal(got[0], gx)
+
+
+@pytest.mark.parametrize("case", cases("3x3_s2_p1", "same_s2_dil23", "groups2", "deep_c24",
+                                       "pad_asym_large_s2", "1x1_pad1"),
+                         ids=lambda c: c.id)
+def test_im2col_in_tiles_of_one_row(case, monkeypatch, rng):
+    # Small cases fit one im2col tile; a 1-byte budget makes every tile one output row,
+    # so the gradients' tile loops and their seams are exercised too.
+    monkeypatch.setattr(config, "IM2COL_TILE_BYTES", 1)
+    dtype = np.float64
+    x, w, _ = make_inputs(case, dtype, rng)
+    g = make_grad_output(case, dtype, rng)
+    grads = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm="im2col")
+    assert_grads_close(grads, reference.conv2d_backward(g, x, w, **case.kwargs), dtype, g)
+
+
+# --- needs_* flags ------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags", NEEDS_FLAG_SETS, ids=flags_id)
+@pytest.mark.parametrize("case", cases("3x3_s2_p1", "depthwise_x2_s2", "unbatched_3x3"),
+                         ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_needs_flags(algorithm, case, flags, rng):
+    x, w, _ = make_inputs(case, np.float64, rng)
+    g = make_grad_output(case, np.float64, rng)
+    got = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm,
+                                   **dict(zip(NEEDS_FLAGS, flags)))
+    assert_needs_respected(got, reference.conv2d_backward(g, x, w, **case.kwargs), flags)
+
+
+def test_needs_flags_accept_numpy_bools(rng):
+    case = cases("3x3_p1")[0]
+    x, w, _ = make_inputs(case, np.float64, rng)
+    g = make_grad_output(case, np.float64, rng)
+    gx, gw, gb = fastconv.conv2d_backward(g, x, w, **case.kwargs, needs_input_grad=np.bool_(False),
+                                          needs_weight_grad=np.bool_(True))
+    assert gx is None and gw is not None and gb is not None
+
+
+# --- memory layouts, read-only and untouched inputs ----------------------------------
+
+
+@pytest.mark.parametrize("layout", ["strided", "transposed", "fortran", "reversed"])
+@pytest.mark.parametrize("case", cases("3x3_s2_p1", "groups2", "pad_asym", "unbatched_3x3"),
+                         ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_any_memory_layout(algorithm, case, layout, rng):
+    dtype = np.float32
+    x, w, _ = make_inputs(case, dtype, rng)
+    g = make_grad_output(case, dtype, rng)
+    expected = reference.conv2d_backward(g, x, w, **case.kwargs)
+    views = [_relayout(a, layout, rng) for a in (g, x, w)]
+    grads = fastconv.conv2d_backward(*views, **case.kwargs, algorithm=algorithm)
+    assert_grads_close(grads, expected, dtype, g)
+    for grad in grads:
+        assert grad.flags.c_contiguous and grad.flags.writeable
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_read_only_inputs(algorithm, dtype, rng):
+    case = cases("3x3_s2_p1")[0]
+    x, w, _ = make_inputs(case, dtype, rng)
+    g = make_grad_output(case, dtype, rng)
+    expected = reference.conv2d_backward(g, x, w, **case.kwargs)
+    for array in (g, x, w):
+        array.setflags(write=False)
+    grads = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
+    assert_grads_close(grads, expected, dtype, g)
+    assert all(grad.flags.writeable for grad in grads)
+
+
+@pytest.mark.parametrize("case", cases("3x3_p1", "1x1", "depthwise_x2_s2", "unbatched_3x3",
+                                       "same_s2"),
+                         ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_inputs_are_not_modified(algorithm, case, rng):
+    x, w, _ = make_inputs(case, np.float64, rng)
+    g = make_grad_output(case, np.float64, rng)
+    copies = [a.copy() for a in (g, x, w)]
+    grads = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
+    for before, after in zip(copies, (g, x, w)):
+        np.testing.assert_array_equal(after, before)
+    for grad in grads:
+        assert not any(np.shares_memory(grad, a) for a in (g, x, w))
+
+
+# --- batch shapes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [c for c in CONV2D_CASES if c.n is None], ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_unbatched_is_batch_of_one(algorithm, case, rng):
+    dtype = np.float64
+    x, w, _ = make_inputs(case, dtype, rng)
+    g = make_grad_output(case, dtype, rng)
+    gx, gw, gb = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
+    assert gx.shape == x.shape == (case.c, case.h, case.w)
+    bx, bw, bb = fastconv.conv2d_backward(g[None], x[None], w, **case.kwargs,
+                                          algorithm=algorithm)
+    np.testing.assert_allclose(gx, bx[0], **tolerance(dtype))
+    np.testing.assert_allclose(gw, bw, **tolerance(dtype))
+    np.testing.assert_allclose(gb, bb, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_empty_batch(algorithm, dtype):
+    x = np.zeros((0, 4, 9, 8), dtype)
+    w = np.ones((6, 2, 3, 3), dtype)
+    g = np.zeros((0, 6, 5, 4), dtype)
+    gx, gw, gb = fastconv.conv2d_backward(g, x, w, stride=2, padding=1, groups=2,
+                                          algorithm=algorithm)
+    assert gx.shape == (0, 4, 9, 8) and gx.dtype == dtype
+    assert gw.shape == (6, 2, 3, 3) and gw.dtype == dtype
+    assert gb.shape == (6,) and gb.dtype == dtype
+    assert not gw.any() and not gb.any()
+
+
+# --- finite differences ---------------------------------------------------------------
+
+FD_CASES = [
+    Conv2dCase("fd_s2_p1", 2, 2, 5, 4, 3, 3, 2, stride=2, padding=1),
+    Conv2dCase("fd_asym_dil21", 1, 2, 5, 6, 2, 2, 3, padding=((1, 0), (0, 2)), dilation=(2, 1)),
+    Conv2dCase("fd_groups_same_s2", None, 4, 5, 5, 4, 3, 3, stride=2, padding="same", groups=2),
+    Conv2dCase("fd_s3_1x1", 1, 3, 7, 5, 2, 1, 1, stride=3),
+]
+
+
+@pytest.mark.parametrize("case", FD_CASES, ids=lambda c: c.id)
+def test_finite_differences(case, rng):
+    # L = sum(conv2d(x, w, b) * G) is linear in each of x, w and b, so central
+    # differences are exact but for rounding (~1e-16 * |L| / step).
+    x, w, b = make_inputs(case, np.float64, rng)
+    g = make_grad_output(case, np.float64, rng)
+
+    def loss():
+        return float(np.sum(reference.conv2d(x, w, b, **case.kwargs) * g))
+
+    numeric = [numeric_gradient(loss, a) for a in (x, w, b)]
+    for algorithm in ALGORITHMS:
+        grads = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
+        for name, a, e in zip(GRAD_NAMES, grads, numeric):
+            np.testing.assert_allclose(a, e, rtol=1e-7, atol=1e-9,
+                                       err_msg=f"{name} ({algorithm})")
+
+
+# --- the adjoint identity -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_adjoint_of_conv_transpose2d(algorithm, case, rng):
+    # <conv2d(x, w), y> == <x, conv_transpose2d(y, w)>: conv_transpose2d reads the
+    # same weight as (C_in = K, C_out / groups = C / groups, R, S), takes the padding
+    # as explicit pairs, and output_size picks x's size among those it can reach.
+    x, w, _ = make_inputs(case, np.float64, rng)
+    y = make_grad_output(case, np.float64, rng)
+    pads = explicit_padding(case.padding, (case.h, case.w), (case.r, case.s), case.stride,
+                            case.dilation)
+    forward = fastconv.conv2d(x, w, stride=case.stride, padding=case.padding,
+                              dilation=case.dilation, groups=case.groups, algorithm=algorithm)
+    back = fastconv.conv_transpose2d(y, w, stride=case.stride, padding=pads,
+                                     groups=case.groups, dilation=case.dilation,
+                                     output_size=x.shape[-2:], algorithm=algorithm)
+    assert back.shape == x.shape
+    lhs, rhs = np.vdot(forward, y), np.vdot(x, back)
+    scale = np.vdot(np.abs(forward), np.abs(y))
+    assert abs(lhs - rhs) <= 1e-12 * scale, (lhs, rhs)
+
+
+# --- determinism -------------------------------------------------------------------
+
+DETERMINISM_CASES = [
+    Conv2dCase("det_3x3", 4, 8, 12, 12, 8, 3, 3, padding=1),
+    Conv2dCase("det_groups_s2", 5, 6, 13, 11, 9, 3, 3, stride=2, padding=1, groups=3),
+]
+
+
+@pytest.mark.parametrize("case", DETERMINISM_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_same_bits_on_every_run(algorithm, case, rng):
+    dtype = np.float32
+    x, w, _ = make_inputs(case, dtype, rng)
+    g = make_grad_output(case, dtype, rng)
+    first = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
+    # another problem in between leaves other values in the shared scratch buffers
+    other = cases("deep_c24")[0]
+    ox, ow, _ = make_inputs(other, dtype, rng)
+    fastconv.conv2d_backward(make_grad_output(other, dtype, rng), ox, ow, **other.kwargs,
+                             algorithm=algorithm)
+    second = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
+    for name, a, b in zip(GRAD_NAMES, first, second):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+# --- bad arguments ------------------------------------------------------------------
+
+
+def base_arguments(rng, dtype=np.float32):
+    """Valid arguments: grad_output (1, 2, 4, 4), input (1, 4, 6, 6), weight (2, 4, 3, 3)."""
+    return {
+        "grad_output": rng.uniform(-1, 1, (1, 2, 4, 4)).astype(dtype),
+        "input": rng.uniform(-1, 1, (1, 4, 6, 6)).astype(dtype),
+        "weight": rng.uniform(-1, 1, (2, 4, 3, 3)).astype(dtype),
+    }
+
+
+F32, F64 = np.float32, np.float64
+SHAPE = r"grad_output must have the shape of conv2d's output, "
+ERRORS = {
+    "grad_output_spatial": (ValueError, SHAPE + r"\(1, 2, 4, 4\), got \(1, 2, 5, 5\)",
+                            {"grad_output": np.zeros((1, 2, 5, 5), F32)}),
+    "grad_output_channels": (ValueError, SHAPE + r"\(1, 2, 4, 4\), got \(1, 3, 4, 4\)",
+                             {"grad_output": np.zeros((1, 3, 4, 4), F32)}),
+    "grad_output_batch": (ValueError, SHAPE + r"\(1, 2, 4, 4\), got \(2, 2, 4, 4\)",
+                          {"grad_output": np.zeros((2, 2, 4, 4), F32)}),
+    "grad_output_unbatched_for_batched": (
+        ValueError, SHAPE + r"\(1, 2, 4, 4\), got \(2, 4, 4\)",
+        {"grad_output": np.zeros((2, 4, 4), F32)}),
+    "grad_output_batched_for_unbatched": (
+        ValueError, SHAPE + r"\(2, 4, 4\), got \(1, 2, 4, 4\)",
+        {"input": np.zeros((4, 6, 6), F32)}),
+    "grad_output_for_stride": (ValueError, SHAPE + r"\(1, 2, 2, 2\), got \(1, 2, 4, 4\)",
+                               {"stride": 2}),
+    "grad_output_int": (
+        TypeError, r"grad_output must have dtype float32 or float64, got int64.*grad_output\.astype",
+        {"grad_output": np.zeros((1, 2, 4, 4), np.int64)}),
+    "input_int": (TypeError, r"input must have dtype float32 or float64, got int32.*astype",
+                  {"input": np.zeros((1, 4, 6, 6), np.int32)}),
+    "grad_output_f64_input_f32": (
+        TypeError, r"input has dtype float32 but grad_output has dtype float64",
+        {"grad_output": np.zeros((1, 2, 4, 4), F64)}),
+    "weight_f64": (TypeError, r"weight has dtype float64 but grad_output has dtype float32",
+                   {"weight": np.zeros((2, 4, 3, 3), F64)}),
+    "grad_output_none": (TypeError, r"grad_output must be a numpy\.ndarray.*got NoneType",
+                         {"grad_output": None}),
+    "channel_mismatch": (ValueError, r"weight\.shape\[1\] must be C/groups = 4/2 = 2",
+                         {"groups": 2}),
+    "stride_0": (ValueError, r"stride must be an int or a pair of ints, each positive, got 0",
+                 {"stride": 0}),
+    "padding_string": (ValueError, r"padding must be .*; got unknown string 'full'",
+                       {"padding": "full"}),
+    "kernel_larger": (ValueError, r"larger than the padded input \(6, 6\)", {"dilation": 3}),
+    **{f"{name}_{label}": (TypeError, rf"{name} must be a bool, got {re.escape(repr(value))}",
+                           {name: value})
+       for name in NEEDS_FLAGS for label, value in (("int", 1), ("none", None), ("str", "yes"))},
+    "algorithm_unknown": (ValueError, r"unknown algorithm 'fft' for conv2d_grad_input",
+                          {"algorithm": "fft"}),
+    "algorithm_int": (TypeError, r"algorithm must be a str, got 3", {"algorithm": 3}),
+}
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_error(name, rng):
+    error, match, overrides = ERRORS[name]
+    kwargs = {**base_arguments(rng), **overrides}
+    before = {key: value.copy() for key, value in kwargs.items() if isinstance(value, np.ndarray)}
+    with pytest.raises(error, match=match):
+        fastconv.conv2d_backward(**kwargs)
+    for key, value in before.items():
+        np.testing.assert_array_equal(kwargs[key], value, err_msg=f"{key} was modified")
+
+
+def test_weight_gradient_algorithm_is_checked(rng):
+    # grad_weight alone still validates the algorithm name
+    with pytest.raises(ValueError, match=r"unknown algorithm 'winograd' for conv2d_grad_weight"):
+        fastconv.conv2d_backward(**base_arguments(rng), needs_input_grad=False,
+                                 algorithm="winograd")
+
+
+# --- hypothesis ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a != "reference"])
+@settings(max_examples=30, deadline=None)
+@given(config=conv2d_configs())
+def test_hypothesis_matches_reference(algorithm, config):
+    case, dtype, seed = config
+    data = np.random.default_rng(seed)
+    x, w, _ = make_inputs(case, dtype, data)
+    g = make_grad_output(case, dtype, data)
+    grads = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
+    assert_grads_close(grads, reference.conv2d_backward(g, x, w, **case.kwargs), dtype, g)
+
+
+# --- Winograd: grad_input only, for 3x3 stride-1 layers ---------------------------------------
+
+WINOGRAD_CASES = [c for c in CONV2D_CASES
+                  if supports("winograd", c, op="conv2d_grad_input")]
+
+
+def test_winograd_covers_some_cases():
+    assert len(WINOGRAD_CASES) >= 5
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: c.id)
+def test_winograd_grad_input(case, dtype, rng):
+    x, w, _ = make_inputs(case, dtype, rng)
+    dy = rng.uniform(-1, 1, expected_output_shape(case)).astype(dtype)
+    grad_input, grad_weight, grad_bias = fastconv.conv2d_backward(
+        dy, x, w, **case.kwargs, needs_weight_grad=False, needs_bias_grad=False,
+        algorithm="winograd")
+    assert grad_weight is None and grad_bias is None
+    expected = reference.conv2d_backward(dy, x, w, **case.kwargs)[0]
+    np.testing.assert_allclose(grad_input, expected, **tolerance(dtype))
+
+
+def test_winograd_has_no_weight_gradient():
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    w = np.zeros((2, 2, 3, 3), np.float32)
+    dy = np.zeros((1, 2, 6, 6), np.float32)
+    with pytest.raises(ValueError, match="unknown algorithm 'winograd' for conv2d_grad_weight"):
+        fastconv.conv2d_backward(dy, x, w, padding=1, algorithm="winograd")
