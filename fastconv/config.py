@@ -69,6 +69,10 @@ IM2COL_MIN_COLUMNS: int = _env_int("IM2COL_MIN_COLUMNS", 512)
 #: of a block of tile rows, 36 * (C + K) values per tile).
 WINOGRAD_TILE_BYTES: int = _env_int("WINOGRAD_TILE_BYTES", 2 * 1024 * 1024)
 
+#: Fewest tiles per Winograd block (the column count of its 36 GEMMs), taking
+#: precedence over the byte budget for deep layers.
+WINOGRAD_MIN_TILES: int = _env_int("WINOGRAD_MIN_TILES", 64)
+
 #: Output channels one task of the direct kernel computes.
 DIRECT_BLOCK_K: int = _env_int("DIRECT_BLOCK_K", 8)
 
@@ -78,3 +82,8 @@ DIRECT_BLOCK_K: int = _env_int("DIRECT_BLOCK_K", 8)
 #: many multiply-adds (C/groups * R * S): small-channel and depthwise layers,
 #: where a GEMM has too little depth to pay for building its columns.
 AUTO_DIRECT_MAX_DEPTH: int = _env_int("AUTO_DIRECT_MAX_DEPTH", 32)
+
+#: conv2d and its input gradient: Winograd is chosen for 3x3, stride-1 layers when
+#: both C/groups and K/groups are at least this (fewer channels do not pay for
+#: its input and output transforms).
+AUTO_WINOGRAD_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_MIN_CHANNELS", 16)

@@ -62,10 +62,16 @@ AUTO_CHOICES = [
     ("depthwise_x2_3x3", (1, 8, 9, 9), (16, 1, 3, 3), dict(stride=2, groups=8), "direct"),
     ("c1_5x5", (2, 1, 12, 12), (6, 1, 5, 5), {}, "direct"),
     ("c3_3x3", (1, 3, 9, 9), (4, 3, 3, 3), dict(padding=1), "direct"),
-    ("c64_3x3", (1, 64, 8, 8), (16, 64, 3, 3), dict(padding=1), "im2col"),
+    ("c64_3x3", (1, 64, 8, 8), (16, 64, 3, 3), dict(padding=1), "winograd"),
+    ("c64_k8_3x3", (1, 64, 8, 8), (8, 64, 3, 3), dict(padding=1), "im2col"),  # K < 16
+    ("c64_3x3_s2", (1, 64, 8, 8), (16, 64, 3, 3), dict(stride=2, padding=1), "im2col"),
+    ("c64_3x3_d2", (1, 64, 8, 8), (16, 64, 3, 3), dict(dilation=2, padding=2), "im2col"),
+    ("c64_5x5", (1, 64, 8, 8), (16, 64, 5, 5), dict(padding=2), "im2col"),
     ("c64_1x1", (1, 64, 6, 6), (8, 64, 1, 1), {}, "im2col"),
     ("c3_7x7_s2", (1, 3, 15, 15), (4, 3, 7, 7), dict(stride=2, padding=3), "im2col"),
     ("grouped_c64_g2", (1, 64, 6, 6), (8, 32, 3, 3), dict(padding="same", groups=2), "im2col"),
+    ("grouped_c64_k32_g2", (1, 64, 6, 6), (32, 32, 3, 3), dict(padding=1, groups=2),
+     "winograd"),
 ]
 
 
@@ -98,6 +104,9 @@ def test_select_returns_name_and_kernel():
     assert name == "direct"
     assert kernel is dispatch._KERNELS["conv2d", "cpu", "direct"]
     name, kernel = dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))
+    assert name == "winograd"
+    assert kernel is dispatch._KERNELS["conv2d", "cpu", "winograd"]
+    name, kernel = dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 5, 5)))
     assert name == "im2col"
     assert kernel is dispatch._KERNELS["conv2d", "cpu", "im2col"]
     for algorithm in KERNEL_NAMES:
@@ -108,7 +117,11 @@ def test_select_returns_name_and_kernel():
         dispatch.select("conv2d", "cpu", "fft", **_problem((16, 64, 3, 3)))
 
 
-def test_auto_threshold_is_read_from_config(monkeypatch):
+def test_auto_thresholds_are_read_from_config(monkeypatch):
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNELS", 10**6)
+    assert dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))[0] == "im2col"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNELS", 16)
+    assert dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))[0] == "winograd"
     limit = config.AUTO_DIRECT_MAX_DEPTH
     choose = lambda depth: dispatch.select(  # noqa: E731
         "conv2d", "cpu", "auto", **_problem((4, depth, 1, 1)))[0]

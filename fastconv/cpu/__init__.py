@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import config, reference, shapes
+from .. import config, dispatch, reference, shapes
 from ..dispatch import register, register_chooser
 from . import direct, im2col, pool, reductions, winograd  # noqa: F401  (registers the kernels)
 
@@ -31,18 +31,36 @@ def _conv2d_grad_weight_reference(x, grad_out, grad_weight, stride, padding, dil
                                                  groups)[1]
 
 
-@register_chooser("conv2d", "cpu")
-@register_chooser("conv2d_grad_input", "cpu")
-@register_chooser("conv2d_grad_weight", "cpu")
-def _choose_conv2d(*, weight_shape, **_):
-    """Direct loops when one output needs few multiply-adds, else im2col + GEMM.
-
-    The same rule serves the gradients: each is a convolution of the same depth.
-    """
-    _, group_channels, kh, kw = weight_shape
+def _choose_conv(op, weight_shape, problem):
+    """Direct loops when one output needs few multiply-adds; Winograd for 3x3 stride-1
+    layers with enough channels on both sides to amortise its transforms; else
+    im2col + GEMM. The gradients are convolutions of the same depth and follow
+    the same rule."""
+    out_channels, group_channels, kh, kw = weight_shape
     if group_channels * kh * kw <= config.AUTO_DIRECT_MAX_DEPTH:
         return "direct"
+    groups = problem.get("groups", 1)
+    if (min(group_channels, out_channels // groups) >= config.AUTO_WINOGRAD_MIN_CHANNELS
+            and "winograd" in dispatch.available_algorithms(op)
+            and dispatch.unsupported_reason(op, "cpu", "winograd", weight_shape=weight_shape,
+                                            **problem) is None):
+        return "winograd"
     return "im2col"
+
+
+@register_chooser("conv2d", "cpu")
+def _choose_conv2d(*, weight_shape, **problem):
+    return _choose_conv("conv2d", weight_shape, problem)
+
+
+@register_chooser("conv2d_grad_input", "cpu")
+def _choose_conv2d_grad_input(*, weight_shape, **problem):
+    return _choose_conv("conv2d_grad_input", weight_shape, problem)
+
+
+@register_chooser("conv2d_grad_weight", "cpu")
+def _choose_conv2d_grad_weight(*, weight_shape, **problem):
+    return _choose_conv("conv2d_grad_weight", weight_shape, problem)
 
 
 @register_chooser("conv2d_grad_bias", "cpu")

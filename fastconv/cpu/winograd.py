@@ -71,39 +71,55 @@ def unsupported(*, weight_shape, stride, dilation, **_) -> str | None:
 def _filter_transform(taps, g, transformed):
     """transformed[a * 6 + b, k, :] = sum_{r, s} G[a, r] G[b, s] taps[k, r * 3 + s, :]:
     ``G w G^T`` for every filter, vectorised over the input channels (``taps``
-    is the weight laid out as ``(K, 9, C/groups)``)."""
+    is the weight laid out as ``(K, 9, C/groups)``). A task takes a block of
+    filters and writes one of the 36 planes of ``transformed`` at a time, so
+    that it streams into one place, not 36 (their 4 KiB-aligned strides would
+    collide in the cache)."""
     out_channels, group_channels = taps.shape[0], taps.shape[2]
-    for k in prange(out_channels):
+    block = 8
+    for first in prange((out_channels + block - 1) // block):
         for a in range(ALPHA):
             for b in range(ALPHA):
-                dst = transformed[a * ALPHA + b, k]
-                for c in range(group_channels):
-                    dst[c] = 0
-                for r in range(3):
-                    for s in range(3):
-                        coefficient = g[a, r] * g[b, s]
-                        if coefficient != 0:
-                            src = taps[k, r * 3 + s]
-                            for c in range(group_channels):
-                                dst[c] += coefficient * src[c]
+                for k in range(first * block, min((first + 1) * block, out_channels)):
+                    dst = transformed[a * ALPHA + b, k]
+                    for c in range(group_channels):
+                        dst[c] = 0
+                    for r in range(3):
+                        for s in range(3):
+                            coefficient = g[a, r] * g[b, s]
+                            if coefficient != 0:
+                                src = taps[k, r * 3 + s]
+                                for c in range(group_channels):
+                                    dst[c] += coefficient * src[c]
 
 
 @kernel()
-def _apply_rows(matrix, source, n_in, target, n_out, n_cols, length):
-    """target[(o * n_cols + col) * length + t] = sum_i matrix[o, i] * source[(i * n_cols + col) * length + t]
-    for ``o < n_out``, ``col < n_cols``, ``t < length``: a small matrix applied to
-    rows of vectors, skipping its zeros."""
-    for o in range(n_out):
-        for col in range(n_cols):
-            dst = target[(o * n_cols + col) * length : (o * n_cols + col + 1) * length]
-            for t in range(length):
-                dst[t] = 0
-            for i in range(n_in):
-                coefficient = matrix[o, i]
-                if coefficient != 0:
-                    src = source[(i * n_cols + col) * length :]
-                    for t in range(length):
-                        dst[t] += coefficient * src[t]
+def _b_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, o4, o5, n, b_t):
+    """``o = B^T i`` on six vectors of length ``n``, one pass; the coefficients are read
+    from ``b_t`` so that they have the data's dtype (a float literal would promote
+    float32 arithmetic to float64)."""
+    four, five, two = b_t[0, 0], -b_t[0, 2], b_t[4, 1]
+    for t in range(n):
+        a0, a1, a2, a3, a4, a5 = i0[t], i1[t], i2[t], i3[t], i4[t], i5[t]
+        o0[t] = four * a0 - five * a2 + a4
+        o1[t] = a3 + a4 - four * (a1 + a2)
+        o2[t] = four * (a1 - a2) + a4 - a3
+        o3[t] = two * (a3 - a1) + a4 - a2
+        o4[t] = two * (a1 - a3) + a4 - a2
+        o5[t] = four * a1 - five * a3 + a5
+
+
+@kernel()
+def _a_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, n, a_t, offset):
+    """``o = A^T i + offset`` on six vectors of length ``n``, one pass."""
+    two, four, eight = a_t[1, 3], a_t[2, 3], a_t[3, 3]
+    for t in range(n):
+        a1, a2, a3, a4 = i1[t], i2[t], i3[t], i4[t]
+        plus12, minus12, plus34, minus34 = a1 + a2, a1 - a2, a3 + a4, a3 - a4
+        o0[t] = i0[t] + plus12 + plus34 + offset
+        o1[t] = minus12 + two * minus34 + offset
+        o2[t] = plus12 + four * plus34 + offset
+        o3[t] = minus12 + eight * minus34 + i5[t] + offset
 
 
 @kernel(parallel=True)
@@ -135,40 +151,62 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
             q_last = min(q_first + rows_per_block, n_tile_rows)
             n_tiles = (q_last - q_first) * tiles_w
             # input transform: V[a*6+b, c, t] = (B^T d B)[a, b] for the patch d of tile t
+            zero = a_t[0, 5]
             for c in range(channels):
                 for q in range(q_first, q_last):
                     n = q // tiles_h
                     top = (q % tiles_h) * TILE - pad_top
+                    first = (q - q_first) * tiles_w
                     for a in range(ALPHA):
                         row = top + a
-                        for u in range(ALPHA):
-                            start = (a * ALPHA + u) * n_tiles + (q - q_first) * tiles_w
-                            dst = patches[start : start + tiles_w]
-                            lo, hi = valid_range(u - pad_left, TILE, width, tiles_w)
-                            if row < 0 or row >= height or lo >= hi:
-                                for j in range(tiles_w):
-                                    dst[j] = 0
+                        # p[u][j] = x_padded[row, 4 j + u]: six phases of one row
+                        p0 = patches[(a * ALPHA) * n_tiles + first :]
+                        p1 = p0[n_tiles:]
+                        p2 = p0[2 * n_tiles :]
+                        p3 = p0[3 * n_tiles :]
+                        p4 = p0[4 * n_tiles :]
+                        p5 = p0[5 * n_tiles :]
+                        if row < 0 or row >= height:
+                            for j in range(tiles_w):
+                                p0[j] = p1[j] = p2[j] = p3[j] = p4[j] = p5[j] = zero
+                            continue
+                        source = x[n, c, row]
+                        # tiles whose six columns are all inside the input, then the rest
+                        inner_first = min((pad_left + TILE - 1) // TILE, tiles_w)
+                        inner_last = max(min((width - ALPHA + pad_left) // TILE + 1, tiles_w),
+                                         inner_first)
+                        taps = source[inner_first * TILE - pad_left :]
+                        for j in range(inner_last - inner_first):
+                            p0[inner_first + j] = taps[TILE * j]
+                            p1[inner_first + j] = taps[TILE * j + 1]
+                            p2[inner_first + j] = taps[TILE * j + 2]
+                            p3[inner_first + j] = taps[TILE * j + 3]
+                            p4[inner_first + j] = taps[TILE * j + 4]
+                            p5[inner_first + j] = taps[TILE * j + 5]
+                        for j in range(tiles_w):
+                            if inner_first <= j < inner_last:
                                 continue
-                            for j in range(lo):
-                                dst[j] = 0
-                            for j in range(hi, tiles_w):
-                                dst[j] = 0
-                            taps = x[n, c, row, lo * TILE + u - pad_left :]
-                            for j in range(hi - lo):
-                                dst[lo + j] = taps[j * TILE]
+                            for u in range(ALPHA):
+                                column = TILE * j + u - pad_left
+                                value = source[column] if 0 <= column < width else zero
+                                patches[(a * ALPHA + u) * n_tiles + first + j] = value
                 # rows: half[a', u] = sum_a B^T[a', a] patches[a, u]; then columns
-                _apply_rows(b_t, patches, ALPHA, half, ALPHA, ALPHA, n_tiles)
+                for u in range(ALPHA):
+                    src = patches[u * n_tiles :]
+                    dst = half[u * n_tiles :]
+                    step = ALPHA * n_tiles
+                    _b_transform(src, src[step:], src[2 * step :], src[3 * step :],
+                                 src[4 * step :], src[5 * step :], dst, dst[step:],
+                                 dst[2 * step :], dst[3 * step :], dst[4 * step :],
+                                 dst[5 * step :], n_tiles, b_t)
                 for a in range(ALPHA):
-                    for b in range(ALPHA):
-                        dst = v[((a * ALPHA + b) * channels + c) * n_tiles :]
-                        for t in range(n_tiles):
-                            dst[t] = 0
-                        for u in range(ALPHA):
-                            coefficient = b_t[b, u]
-                            if coefficient != 0:
-                                src = half[(a * ALPHA + u) * n_tiles :]
-                                for t in range(n_tiles):
-                                    dst[t] += coefficient * src[t]
+                    src = half[a * ALPHA * n_tiles :]
+                    dst = v[(a * ALPHA * channels + c) * n_tiles :]
+                    step = channels * n_tiles
+                    _b_transform(src, src[n_tiles:], src[2 * n_tiles :], src[3 * n_tiles :],
+                                 src[4 * n_tiles :], src[5 * n_tiles :], dst, dst[step:],
+                                 dst[2 * step :], dst[3 * step :], dst[4 * step :],
+                                 dst[5 * step :], n_tiles, b_t)
             # M[e] = U[e] @ V[e], per group
             for e in range(e_count):
                 for g in range(groups):
@@ -180,49 +218,52 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
                          0.0, blas.pointer(m, (e * out_channels + g * per_group) * n_tiles), n_tiles)
             # output transform: y = A^T M A per filter, stored with the bias
             for k in range(out_channels):
-                b_k = bias[k] if has_bias else 0
+                b_k = bias[k] if has_bias else zero
+                step = ALPHA * out_channels * n_tiles
+                for b in range(ALPHA):
+                    src = m[(b * out_channels + k) * n_tiles :]
+                    dst = half[b * n_tiles :]
+                    _a_transform(src, src[step:], src[2 * step :], src[3 * step :],
+                                 src[4 * step :], src[5 * step :], dst, dst[ALPHA * n_tiles :],
+                                 dst[2 * ALPHA * n_tiles :], dst[3 * ALPHA * n_tiles :], n_tiles,
+                                 a_t, zero)
                 for a in range(TILE):
-                    for b in range(ALPHA):
-                        dst = half[(a * ALPHA + b) * n_tiles : (a * ALPHA + b + 1) * n_tiles]
-                        for t in range(n_tiles):
-                            dst[t] = 0
-                        for i in range(ALPHA):
-                            coefficient = a_t[a, i]
-                            if coefficient != 0:
-                                src = m[((i * ALPHA + b) * out_channels + k) * n_tiles :]
-                                for t in range(n_tiles):
-                                    dst[t] += coefficient * src[t]
-                for a in range(TILE):
-                    for b in range(TILE):
-                        dst = patches[(a * TILE + b) * n_tiles : (a * TILE + b + 1) * n_tiles]
-                        for t in range(n_tiles):
-                            dst[t] = b_k
-                        for i in range(ALPHA):
-                            coefficient = a_t[b, i]
-                            if coefficient != 0:
-                                src = half[(a * ALPHA + i) * n_tiles :]
-                                for t in range(n_tiles):
-                                    dst[t] += coefficient * src[t]
+                    src = half[a * ALPHA * n_tiles :]
+                    dst = patches[a * TILE * n_tiles :]
+                    _a_transform(src, src[n_tiles:], src[2 * n_tiles :], src[3 * n_tiles :],
+                                 src[4 * n_tiles :], src[5 * n_tiles :], dst, dst[n_tiles:],
+                                 dst[2 * n_tiles :], dst[3 * n_tiles :], n_tiles, a_t, b_k)
+                full = out_w // TILE
                 for q in range(q_first, q_last):
                     n = q // tiles_h
                     for a in range(TILE):
                         row = (q % tiles_h) * TILE + a
                         if row >= out_h:
                             break
-                        for b in range(TILE):
-                            count = (out_w - b + TILE - 1) // TILE
-                            src = patches[(a * TILE + b) * n_tiles + (q - q_first) * tiles_w :]
-                            dst = out[n, k, row, b:]
-                            for j in range(count):
-                                dst[j * TILE] = src[j]
+                        y0 = patches[a * TILE * n_tiles + (q - q_first) * tiles_w :]
+                        y1 = y0[n_tiles:]
+                        y2 = y0[2 * n_tiles :]
+                        y3 = y0[3 * n_tiles :]
+                        dst = out[n, k, row]
+                        for j in range(full):
+                            dst[TILE * j] = y0[j]
+                            dst[TILE * j + 1] = y1[j]
+                            dst[TILE * j + 2] = y2[j]
+                            dst[TILE * j + 3] = y3[j]
+                        for b in range(out_w - TILE * full):
+                            dst[TILE * full + b] = y0[b * n_tiles + full]
         set_blas_threads(saved_threads)
 
 
 def transform_filters(weight: np.ndarray, groups: int) -> np.ndarray:
-    """``U = G w G^T`` for every filter, as ``(36, K, C/groups)``."""
+    """``U = G w G^T`` for every filter, as ``(36, K, C/groups)``, in a buffer that the
+    next call on this thread reuses."""
     out_channels, group_channels = weight.shape[:2]
-    taps = np.ascontiguousarray(weight.reshape(out_channels, group_channels, 9).transpose(0, 2, 1))
-    transformed = np.empty((ALPHA * ALPHA, out_channels, group_channels), weight.dtype)
+    # both buffers are reused across calls: fresh ones page-fault (5-10 MB for deep layers)
+    taps = workspace.borrow((out_channels, 9, group_channels), weight.dtype, "winograd taps")
+    np.copyto(taps, weight.reshape(out_channels, group_channels, 9).transpose(0, 2, 1))
+    transformed = workspace.borrow((ALPHA * ALPHA, out_channels, group_channels), weight.dtype,
+                                   "winograd filters")
     _filter_transform(taps, G.astype(weight.dtype), transformed)
     return transformed
 
@@ -236,7 +277,8 @@ def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, *, 
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
     n_threads = numba.get_num_threads()
     per_row = ALPHA * ALPHA * (channels + out_channels) * tiles_w * x.itemsize
-    rows_per_block = max(1, config.WINOGRAD_TILE_BYTES // per_row)
+    rows_per_block = max(1, config.WINOGRAD_TILE_BYTES // per_row,
+                         -(-config.WINOGRAD_MIN_TILES // tiles_w))
     # a multiple of the thread count in blocks, so that no thread idles
     n_blocks = -(-(n_img * tiles_h) // rows_per_block)
     n_blocks = -(-n_blocks // n_threads) * n_threads

@@ -14,14 +14,15 @@ import numpy as np
 _local = threading.local()
 
 
-def borrow(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def borrow(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np.ndarray:
     """An uninitialised C-contiguous array of ``shape``, valid until the next borrow
-    of the same dtype on this thread."""
+    of the same ``slot`` and dtype on this thread (a kernel that needs two buffers at
+    once borrows them from two slots)."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape))
     buffers = _local.__dict__.setdefault("buffers", {})
-    buffer = buffers.get(dtype)
+    buffer = buffers.get((slot, dtype))
     if buffer is None or buffer.size < size:
         buffer = np.empty(max(size, 1), dtype=dtype)
-        buffers[dtype] = buffer
+        buffers[slot, dtype] = buffer
     return buffer[:size].reshape(shape)
