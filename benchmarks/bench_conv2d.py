@@ -1,5 +1,6 @@
 """conv2d forward on the layer suite of :mod:`fastconv.bench`: one group per
-layer (``conv2d|<id>``), one benchmark per implementation.
+layer (``conv2d|<id>``), one benchmark per implementation that fastconv runs on
+the layer (none for ``winograd`` on a 5x5 layer: :func:`fastconv.bench.refusal`).
 
 The reference is too slow for whole layers; it is timed with ``auto`` beside it
 on the layer's reference batch, in its own group (``conv2d|<id>|N<batch>``).
@@ -33,7 +34,7 @@ def _run(benchmark, time_call, case: bench.Layer, impl: str, group: str) -> None
         pytest.param(layer, impl, id=f"{layer.id}-{impl}")
         for layer in bench.LAYERS
         for impl in IMPLEMENTATIONS
-        if impl != "reference"
+        if impl != "reference" and bench.refusal(layer, impl) is None
     ],
 )
 def test_conv2d(benchmark, time_call, layer, impl):

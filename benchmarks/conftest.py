@@ -22,7 +22,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_generate_tests(metafunc):
     """A test that takes ``op_benchmark`` runs once per benchmark of its module's
-    ``OPS`` (:func:`fastconv.bench.op_benchmarks`): ``(case, impl, reduced)``."""
+    ``OPS`` (:func:`fastconv.bench.op_benchmarks`): ``(case, impl, reduced)``, for each
+    implementation that fastconv runs on the case (:func:`fastconv.bench.refusal`)."""
     if "op_benchmark" in metafunc.fixturenames:
         params = bench.op_benchmarks(metafunc.module.OPS)
         metafunc.parametrize("op_benchmark", [param for _, *param in params],
@@ -33,16 +34,11 @@ def pytest_generate_tests(metafunc):
 def time_call(benchmark):
     """``time_call(fn, impl)``: benchmark ``fn``, ``impl``'s call, after a warm-up and
     return its median in seconds; under ``--benchmark-disable`` call it once (the
-    compilation included) and return None. Skips where fastconv refuses the
-    algorithm ``impl`` on ``fn``'s problem (:func:`fastconv.bench.trace_dispatch`)."""
+    compilation included) and return None."""
 
     def run(fn, impl: str) -> float | None:
         if impl == "torch":
             pytest.importorskip("torch")
-        if impl not in ("reference", "torch"):
-            _, refused = bench.trace_dispatch(fn)
-            if refused is not None:
-                pytest.skip(refused)
         if benchmark.disabled:
             benchmark.pedantic(fn)
             return None
@@ -77,7 +73,7 @@ def time_op(benchmark, time_call):
                 "gflops" if flops else "gbps": round(bound.work / median_s / 1e9, 2),
                 "flops" if flops else "bytes": bound.work,
                 "batch": case.batch,
-                "algorithm": case.probe(impl, fn)[0],
+                "algorithm": case.probe(impl, fn),
             })
 
     return run

@@ -136,6 +136,18 @@ class Layer:
         n, k, out_h, out_w = self.output_shape
         return 2 * n * k * out_h * out_w * (self.channels // self.groups) * self.kernel**2
 
+    def problem(self) -> dict[str, Any]:
+        """The problem fastconv's dispatcher decides ``conv2d`` on this layer on, as
+        :mod:`fastconv.functional` builds it (``_ConvGeometry.problem()``)."""
+        pad = (self.padding, self.padding)
+        return {"input_shape": self.input_shape, "weight_shape": self.weight_shape,
+                "stride": (self.stride, self.stride), "padding": (pad, pad),
+                "dilation": (1, 1), "groups": self.groups, "dtype": np.dtype(np.float32)}
+
+    def dispatched(self) -> tuple[tuple[str, dict[str, Any]], ...]:
+        """``(op, problem)`` of each algorithm choice a ``conv2d`` call on this layer makes."""
+        return (("conv2d", self.problem()),)
+
     def with_batch(self, batch: int) -> Layer:
         """The same layer on ``batch`` images."""
         return dataclasses.replace(self, batch=batch)
@@ -252,17 +264,33 @@ def prepare(layer: Layer, impl: str) -> Callable[[], object]:
     return lambda: fastconv.conv2d(x, w, b, **kwargs, algorithm=impl)
 
 
+def refusal(case: Layer | OpCase, impl: str) -> str | None:
+    """Why fastconv's dispatcher refuses ``impl`` on ``case`` (a :class:`Layer` or an
+    :class:`OpCase`), in its words, or None where it runs it. Decided from the problem
+    (:func:`fastconv.dispatch.unsupported_reason`) without calling anything: such a cell
+    is not timed (``-`` in the tables) and has no benchmark in ``benchmarks/``.
+
+    >>> refusal(LAYERS[1], "winograd")  # doctest: +ELLIPSIS
+    "algorithm 'winograd' cannot compute this conv2d: winograd needs a 3x3 kernel, ..."
+    >>> refusal(LAYERS[2], "winograd"), refusal(LAYERS[1], "auto")
+    (None, None)
+    """
+    if impl in ("reference", "torch"):
+        return None
+    for op, problem in case.dispatched():
+        if impl not in dispatch.available_algorithms(op):
+            return f"fastconv has no algorithm {impl!r} for {op}"
+        reason = dispatch.unsupported_reason(op, "cpu", impl, **problem)
+        if reason is not None:
+            return f"algorithm {impl!r} cannot compute this {op}: {reason}"
+    return None
+
+
 def algorithm_of(layer: Layer, impl: str) -> str:
     """The kernel that runs for ``impl``: the chooser's pick for ``auto``, else ``impl``."""
     if impl != "auto":
         return impl
-    pad = (layer.padding, layer.padding)
-    name, _ = dispatch.select(
-        "conv2d", "cpu", "auto",
-        input_shape=layer.input_shape, weight_shape=layer.weight_shape,
-        stride=(layer.stride, layer.stride), padding=(pad, pad), dilation=(1, 1),
-        groups=layer.groups, dtype=np.dtype(np.float32),
-    )
+    name, _ = dispatch.select("conv2d", "cpu", "auto", **layer.problem())
     return name
 
 
@@ -412,7 +440,7 @@ def run(
     progress: Callable[[str], None] | None = None,
 ) -> list[Row]:
     """Time ``implementations`` (default: all available) on ``layers``; algorithms
-    that cannot run a layer (:func:`trace_dispatch`) are left out.
+    that cannot run a layer (:func:`refusal`) are left out.
 
     ``quick``: two warm-up calls and ``QUICK_CALLS`` timed ones per cell, for
     smoke tests. ``repeat``: exactly this many timed calls per cell.
@@ -428,12 +456,12 @@ def run(
             for name in names:
                 if progress is not None:
                     progress(f"layer {layer.id} N={case.batch} {name}")
-                fn = prepare(case, name)
-                refused = None if name in ("reference", "torch") else trace_dispatch(fn)[1]
+                refused = refusal(case, name)
                 if refused is not None:
                     if progress is not None:
                         progress(f"layer {layer.id} {name}: not timed, {refused}")
                     continue
+                fn = prepare(case, name)
                 timing = _time_cell(fn, name, quick=quick, repeat=repeat, budget_s=budget_s)
                 timed.append(Row(
                     layer=layer.id, batch=case.batch, reduced=reduced, impl=name,
@@ -555,22 +583,33 @@ class OpCase:
             return ("auto",)
         return implementation_names(self.spec.algorithms, include_torch=include_torch)
 
+    def dispatched(self) -> tuple[tuple[str, dict[str, Any]], ...]:
+        """``(op, problem)`` of each algorithm choice that fastconv's call of this case makes
+        with the algorithm it is given, as :mod:`fastconv.functional` builds them; none for
+        pooling and unpooling (no algorithm of theirs refuses a problem)."""
+        if self.layer is None:
+            return ()
+        conv = self.layer.problem()
+        if self.op == "conv_transpose2d":
+            # grad_input's kernel on the layer's output, with the transposed convolution's
+            # weight (C_in, C_out/groups, R, S): the layer's weight
+            return (("conv2d_grad_input", {**conv, "input_shape": self.layer.output_shape}),)
+        if self.op == "conv_transpose2d_backward":
+            # grad_input is the layer's conv2d of grad_output, grad_weight its weight gradient
+            return (("conv2d", conv), ("conv2d_grad_weight", conv))
+        return ((self.spec.algorithms, conv),)
+
     def bind(self, seed: int = 0) -> Bound:
         """Make the inputs (seeded) and bind every implementation to them."""
         return self.spec.bind(self, np.random.default_rng(seed))
 
-    def probe(self, impl: str, fn: Callable[[], object]) -> tuple[str, str | None]:
-        """Call ``fn``, ``impl``'s call, once (not for the reference and torch): the
-        kernel that ran (for ``auto``, the dispatcher's picks, ``a+b`` where it picked
-        several) and None, or, where fastconv refuses ``impl`` on this case (an
-        algorithm for some shapes only), ``impl`` and the reason."""
-        if impl in ("reference", "torch"):
-            return impl, None
-        picked, refused = trace_dispatch(fn)
+    def probe(self, impl: str, fn: Callable[[], object]) -> str:
+        """The kernel that runs for ``impl``: for ``auto``, the dispatcher's picks in a
+        call of ``fn`` (``a+b`` where it picked several), else ``impl``."""
         if impl != "auto":
-            return impl, refused
-        ops = _PICKS.get(self.op, (self.spec.algorithms,))
-        return "+".join(dict.fromkeys(name for op, name in picked if op in ops)), refused
+            return impl
+        ops = [op for op, _ in self.dispatched()] or [self.spec.algorithms]
+        return "+".join(dict.fromkeys(name for op, name in trace_dispatch(fn) if op in ops))
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -897,43 +936,29 @@ def op_implementation_names(*, include_torch: bool | None = None) -> tuple[str, 
     return tuple(name for name in ("reference", *algorithms, "auto", "torch") if name in names)
 
 
-class _Refused(Exception):
-    """The dispatcher refused the algorithm it was asked for."""
-
-
-def trace_dispatch(fn: Callable[[], object]) -> tuple[list[tuple[str, str]], str | None]:
-    """Run ``fn`` once and return the ``(op, algorithm)`` the dispatcher picked, in
-    order, and None; or, where it refused an algorithm (one that cannot run the
-    problem), the picks before that and its reason, without running the kernel."""
+def trace_dispatch(fn: Callable[[], object]) -> list[tuple[str, str]]:
+    """Run ``fn`` once and return the ``(op, algorithm)`` the dispatcher picked, in order."""
     picked: list[tuple[str, str]] = []
     select = dispatch.select
 
     def spy(op: str, device: str, algorithm: str, **problem: Any):
-        try:
-            name, kernel = select(op, device, algorithm, **problem)
-        except ValueError as error:  # the algorithms asked for are all registered
-            raise _Refused(str(error)) from error
+        name, kernel = select(op, device, algorithm, **problem)
         picked.append((op, name))
         return name, kernel
 
     dispatch.select = spy  # the functional modules look it up on each call
     try:
         fn()
-    except _Refused as refusal:
-        return picked, str(refusal)
     finally:
         dispatch.select = select
-    return picked, None
-
-
-#: The dispatcher ops whose picks ``auto`` reports, per op of the suite.
-_PICKS = {"conv_transpose2d_backward": ("conv2d", "conv2d_grad_weight")}
+    return picked
 
 
 def op_benchmarks(ops: Iterable[str]) -> list[tuple[str, OpCase, str, bool]]:
     """``(id, case, implementation, reduced)`` for each pytest benchmark of ``ops``'
     cases: every implementation on the full case, and the reference beside ``auto`` on
-    its reference batch (``reduced``), as :func:`run_ops` times them.
+    its reference batch (``reduced``), as :func:`run_ops` times them; none where fastconv
+    refuses the implementation (:func:`refusal`).
 
     >>> [(id, reduced) for id, *_, reduced in op_benchmarks(["grad_input"])][-2:]
     [('grad_input-g-reference-N4', True), ('grad_input-g-auto-N4', True)]
@@ -946,7 +971,7 @@ def op_benchmarks(ops: Iterable[str]) -> list[tuple[str, OpCase, str, bool]]:
         for case, reduced, impls in batches(op_case, names):
             suffix = f"-N{case.batch}" if reduced else ""
             params += [(f"{case.op}-{case.name}-{impl}{suffix}", case, impl, reduced)
-                       for impl in impls]
+                       for impl in impls if refusal(case, impl) is None]
     return params
 
 
@@ -999,12 +1024,13 @@ def run_ops(
             for name in impls:
                 if progress is not None:
                     progress(f"{case.id} N={case.batch} {name}")
-                fn = bound.prepare(name)
-                algorithm, refused = case.probe(name, fn)
+                refused = refusal(case, name)
                 if refused is not None:
                     if progress is not None:
                         progress(f"{case.id} {name}: not timed, {refused}")
                     continue
+                fn = bound.prepare(name)
+                algorithm = case.probe(name, fn)
                 timing = _time_cell(fn, name, quick=quick, repeat=repeat, budget_s=budget_s)
                 timed.append(OpRow(
                     op=case.op, case=case.name, batch=case.batch, reduced=reduced, impl=name,

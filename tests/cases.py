@@ -234,3 +234,15 @@ def case_for(algorithm: str, *ids: str) -> Conv2dCase:
     """The first case among ``ids`` that ``algorithm`` supports."""
     by_id = {case.id: case for case in CONV2D_CASES}
     return next(by_id[i] for i in ids if supports(algorithm, by_id[i]))
+
+
+def general_algorithms(*ops: str) -> list[str]:
+    """The algorithms every one of ``ops`` has and that handle every problem (no
+    ``unsupported`` check: Winograd is tested on the cases it supports, on its own)."""
+    import fastconv
+    from fastconv import dispatch
+
+    names = [set(fastconv.available_algorithms(op)) for op in ops]
+    return [a for a in fastconv.available_algorithms(ops[0])
+            if all(a in n for n in names)
+            and not any((op, "cpu", a) in dispatch._UNSUPPORTED for op in ops)]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import fastconv as fastconv_package
-from fastconv import bench
+from fastconv import bench, dispatch
 from fastconv.__main__ import main
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -136,3 +136,37 @@ def test_main_returns_the_status(capsys):
     assert "unknown layer id" in capsys.readouterr().err
     assert main(["--version"]) == 0
     assert "fastconv" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "case", [*bench.LAYERS, *(case for case in bench.OP_CASES if case.layer is not None)],
+    ids=lambda case: f"conv2d|{case.id}" if isinstance(case, bench.Layer) else case.id,
+)
+def test_refusals_are_decided_on_the_problems_fastconv_dispatches(monkeypatch, case):
+    """bench.refusal decides on the (op, problem) pairs that fastconv's call passes to
+    the dispatcher (recorded here, with kernels that do nothing)."""
+    asked = []
+
+    def select(op, device, algorithm, **problem):
+        asked.append((op, problem))
+        return algorithm, lambda *args: None
+
+    call = (bench.prepare(case, "direct") if isinstance(case, bench.Layer)
+            else case.bind().prepare("direct"))
+    monkeypatch.setattr(dispatch, "select", select)
+    call()
+    ops = [op for op, _ in case.dispatched()]
+    assert [(op, problem) for op, problem in asked if op in ops] == list(case.dispatched())
+
+
+def test_refused_cells_are_neither_timed_nor_benchmarks():
+    """winograd computes 3x3 stride-1 layers only: layer b (5x5) and grad_input on layer g
+    (1x1) are '-' cells of the tables and have no pytest benchmark."""
+    (layer_b,) = bench.select_layers("b")
+    assert "winograd needs a 3x3 kernel" in bench.refusal(layer_b, "winograd")
+    assert bench.refusal(layer_b, "auto") is None
+    ids = [id for id, *_ in bench.op_benchmarks(["grad_input"])]
+    assert "grad_input-c-winograd" in ids
+    assert "grad_input-g-winograd" not in ids
+    rows = bench.run([layer_b], ["winograd", "auto"], quick=True)
+    assert [row.impl for row in rows] == ["auto"]

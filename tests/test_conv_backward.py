@@ -21,6 +21,7 @@ from hypothesis import given, settings
 import fastconv
 from fastconv import config, reference
 from tests.cases import (
+    general_algorithms,
     CASE_IDS,
     CONV2D_CASES,
     DTYPES,
@@ -28,6 +29,7 @@ from tests.cases import (
     expected_output_shape,
     explicit_padding,
     make_inputs,
+    sum_tolerance,
     supports,
     tolerance,
 )
@@ -42,10 +44,9 @@ from tests.gradients import (
 )
 from tests.test_conv2d import _relayout, conv2d_configs
 
-#: The algorithms every kernel of the op has (Winograd has only some: tested on its own).
-ALGORITHMS = [a for a in fastconv.available_algorithms("conv2d_grad_input")
-              if a in fastconv.available_algorithms("conv2d_grad_weight")
-              and a in fastconv.available_algorithms("conv2d")]
+#: The algorithms every kernel of the op has, for every problem (Winograd computes only
+#: 3x3 stride-1 problems: tested on those on its own).
+ALGORITHMS = general_algorithms("conv2d_grad_input", "conv2d_grad_weight", "conv2d")
 DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
 
 
@@ -53,7 +54,8 @@ def test_algorithm_lists():
     # the matrix below would silently shrink if the registry lost a kernel
     expected = {"auto", "direct", "im2col", "reference"}
     assert expected <= set(ALGORITHMS)
-    assert set(fastconv.available_algorithms("conv2d_grad_weight")) == set(ALGORITHMS)
+    assert set(fastconv.available_algorithms("conv2d_grad_weight")) == set(
+        fastconv.available_algorithms("conv2d_grad_input"))
 
 
 def cases(*ids: str) -> list[Conv2dCase]:
@@ -407,9 +409,9 @@ def test_error(name, rng):
 
 def test_weight_gradient_algorithm_is_checked(rng):
     # grad_weight alone still validates the algorithm name
-    with pytest.raises(ValueError, match=r"unknown algorithm 'winograd' for conv2d_grad_weight"):
+    with pytest.raises(ValueError, match=r"unknown algorithm 'fft' for conv2d_grad_weight"):
         fastconv.conv2d_backward(**base_arguments(rng), needs_input_grad=False,
-                                 algorithm="winograd")
+                                 algorithm="fft")
 
 
 # --- hypothesis ---------------------------------------------------------------------
@@ -427,7 +429,7 @@ def test_hypothesis_matches_reference(algorithm, config):
     assert_grads_close(grads, reference.conv2d_backward(g, x, w, **case.kwargs), dtype, g)
 
 
-# --- Winograd: grad_input only, for 3x3 stride-1 layers ---------------------------------------
+# --- Winograd: 3x3 stride-1 layers ------------------------------------------------------------
 
 WINOGRAD_CASES = [c for c in CONV2D_CASES
                   if supports("winograd", c, op="conv2d_grad_input")]
@@ -439,20 +441,31 @@ def test_winograd_covers_some_cases():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: c.id)
-def test_winograd_grad_input(case, dtype, rng):
+def test_winograd_gradients(case, dtype, rng):
     x, w, _ = make_inputs(case, dtype, rng)
     dy = rng.uniform(-1, 1, expected_output_shape(case)).astype(dtype)
-    grad_input, grad_weight, grad_bias = fastconv.conv2d_backward(
-        dy, x, w, **case.kwargs, needs_weight_grad=False, needs_bias_grad=False,
-        algorithm="winograd")
-    assert grad_weight is None and grad_bias is None
-    expected = reference.conv2d_backward(dy, x, w, **case.kwargs)[0]
-    np.testing.assert_allclose(grad_input, expected, **tolerance(dtype))
+    grads = fastconv.conv2d_backward(dy, x, w, **case.kwargs, algorithm="winograd")
+    expected = reference.conv2d_backward(dy, x, w, **case.kwargs)
+    n_terms = int(np.prod(expected_output_shape(case))) // case.k
+    np.testing.assert_allclose(grads[0], expected[0], **tolerance(dtype))
+    np.testing.assert_allclose(grads[1], expected[1], **sum_tolerance(dtype, n_terms))
+    np.testing.assert_allclose(grads[2], expected[2], **sum_tolerance(dtype, n_terms))
 
 
-def test_winograd_has_no_weight_gradient():
+def test_winograd_grad_weight_is_deterministic(rng):
+    case = WINOGRAD_CASES[0]
+    x, w, _ = make_inputs(case, np.float32, rng)
+    dy = rng.uniform(-1, 1, expected_output_shape(case)).astype(np.float32)
+    first = fastconv.conv2d_backward(dy, x, w, **case.kwargs, algorithm="winograd")[1]
+    fastconv.conv2d_backward(dy[..., ::-1].copy(), x, w, **case.kwargs, algorithm="winograd")
+    again = fastconv.conv2d_backward(dy, x, w, **case.kwargs, algorithm="winograd")[1]
+    assert np.array_equal(first, again)
+
+
+def test_winograd_refuses_strided_gradients():
     x = np.zeros((1, 2, 6, 6), np.float32)
     w = np.zeros((2, 2, 3, 3), np.float32)
-    dy = np.zeros((1, 2, 6, 6), np.float32)
-    with pytest.raises(ValueError, match="unknown algorithm 'winograd' for conv2d_grad_weight"):
-        fastconv.conv2d_backward(dy, x, w, padding=1, algorithm="winograd")
+    dy = np.zeros((1, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="algorithm 'winograd' cannot compute this "
+                                         "conv2d_grad_input: winograd needs a 3x3 kernel, stride 1"):
+        fastconv.conv2d_backward(dy, x, w, stride=2, padding=1, algorithm="winograd")

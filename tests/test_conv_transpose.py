@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import config, reference
 from tests.cases import (
+    general_algorithms,
     CONV2D_CASES,
     DTYPES,
     Padding,
@@ -39,10 +40,9 @@ from tests.gradients import (
 )
 from tests.test_conv2d import _relayout
 
-#: The algorithms every kernel of the op has (Winograd has only some: tested on its own).
-ALGORITHMS = [a for a in fastconv.available_algorithms("conv2d_grad_input")
-              if a in fastconv.available_algorithms("conv2d_grad_weight")
-              and a in fastconv.available_algorithms("conv2d")]
+#: The algorithms every kernel of the op has, for every problem (Winograd computes only
+#: 3x3 stride-1 problems: tested on those on its own).
+ALGORITHMS = general_algorithms("conv2d_grad_input", "conv2d_grad_weight", "conv2d")
 DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
 
 

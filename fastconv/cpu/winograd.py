@@ -1,5 +1,5 @@
-"""Winograd F(4x4, 3x3): 3x3, stride-1 convolution with 2.25 instead of 9
-multiplies per output and input channel (Lavin and Gray, 2016).
+"""Winograd F(4x4, 3x3): 3x3, stride-1 convolution and its gradients with 2.25
+instead of 9 multiplies per output and input channel (Lavin and Gray, 2016).
 
 For each 4x4 output tile, the 6x6 input patch ``d`` that covers it and each
 filter ``g``: ``y = A^T [(G g G^T) * (B^T d B)] A``, with ``*`` element-wise.
@@ -122,6 +122,73 @@ def _a_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, n, a_t, offset):
         o3[t] = minus12 + eight * minus34 + i5[t] + offset
 
 
+@kernel()
+def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left, b_t, patches,
+                     half, v):
+    """V[a*6+b, c, t] = (B^T d B)[a, b] for the 6x6 input patch d of each tile t of the
+    tile rows ``q_first <= q < q_last`` (V laid out ``(36, C, n_tiles)`` in ``v``):
+    each input row is split into its six column phases (tile j reads columns
+    4j .. 4j+5), then B^T is applied along the rows and the columns of all the
+    block's tiles at once."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    n_tiles = (q_last - q_first) * tiles_w
+    zero = b_t[0, 1]
+    for q in range(q_first, q_last):
+        n = q // tiles_h
+        top = (q % tiles_h) * TILE - pad_top
+        first = (q - q_first) * tiles_w
+        for a in range(ALPHA):
+            row = top + a
+            # p[u][j] = x_padded[row, 4 j + u]: six phases of one row
+            p0 = patches[(a * ALPHA) * n_tiles + first :]
+            p1 = p0[n_tiles:]
+            p2 = p0[2 * n_tiles :]
+            p3 = p0[3 * n_tiles :]
+            p4 = p0[4 * n_tiles :]
+            p5 = p0[5 * n_tiles :]
+            if row < 0 or row >= height:
+                for j in range(tiles_w):
+                    p0[j] = p1[j] = p2[j] = p3[j] = p4[j] = p5[j] = zero
+                continue
+            source = x[n, c, row]
+            # tiles whose six columns are all inside the input, then the rest
+            inner_first = min((pad_left + TILE - 1) // TILE, tiles_w)
+            inner_last = max(min((width - ALPHA + pad_left) // TILE + 1, tiles_w),
+                             inner_first)
+            taps = source[inner_first * TILE - pad_left :]
+            for j in range(inner_last - inner_first):
+                p0[inner_first + j] = taps[TILE * j]
+                p1[inner_first + j] = taps[TILE * j + 1]
+                p2[inner_first + j] = taps[TILE * j + 2]
+                p3[inner_first + j] = taps[TILE * j + 3]
+                p4[inner_first + j] = taps[TILE * j + 4]
+                p5[inner_first + j] = taps[TILE * j + 5]
+            for j in range(tiles_w):
+                if inner_first <= j < inner_last:
+                    continue
+                for u in range(ALPHA):
+                    column = TILE * j + u - pad_left
+                    value = source[column] if 0 <= column < width else zero
+                    patches[(a * ALPHA + u) * n_tiles + first + j] = value
+    # rows: half[a', u] = sum_a B^T[a', a] patches[a, u]; then columns
+    for u in range(ALPHA):
+        src = patches[u * n_tiles :]
+        dst = half[u * n_tiles :]
+        step = ALPHA * n_tiles
+        _b_transform(src, src[step:], src[2 * step :], src[3 * step :],
+                     src[4 * step :], src[5 * step :], dst, dst[step:],
+                     dst[2 * step :], dst[3 * step :], dst[4 * step :],
+                     dst[5 * step :], n_tiles, b_t)
+    for a in range(ALPHA):
+        src = half[a * ALPHA * n_tiles :]
+        dst = v[(a * ALPHA * channels + c) * n_tiles :]
+        step = channels * n_tiles
+        _b_transform(src, src[n_tiles:], src[2 * n_tiles :], src[3 * n_tiles :],
+                     src[4 * n_tiles :], src[5 * n_tiles :], dst, dst[step:],
+                     dst[2 * step :], dst[3 * step :], dst[4 * step :],
+                     dst[5 * step :], n_tiles, b_t)
+
+
 @kernel(parallel=True)
 def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_left, groups,
                              rows_per_block, b_t, a_t, scratch, gemm, set_blas_threads):
@@ -151,62 +218,9 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
             q_last = min(q_first + rows_per_block, n_tile_rows)
             n_tiles = (q_last - q_first) * tiles_w
             # input transform: V[a*6+b, c, t] = (B^T d B)[a, b] for the patch d of tile t
-            zero = a_t[0, 5]
             for c in range(channels):
-                for q in range(q_first, q_last):
-                    n = q // tiles_h
-                    top = (q % tiles_h) * TILE - pad_top
-                    first = (q - q_first) * tiles_w
-                    for a in range(ALPHA):
-                        row = top + a
-                        # p[u][j] = x_padded[row, 4 j + u]: six phases of one row
-                        p0 = patches[(a * ALPHA) * n_tiles + first :]
-                        p1 = p0[n_tiles:]
-                        p2 = p0[2 * n_tiles :]
-                        p3 = p0[3 * n_tiles :]
-                        p4 = p0[4 * n_tiles :]
-                        p5 = p0[5 * n_tiles :]
-                        if row < 0 or row >= height:
-                            for j in range(tiles_w):
-                                p0[j] = p1[j] = p2[j] = p3[j] = p4[j] = p5[j] = zero
-                            continue
-                        source = x[n, c, row]
-                        # tiles whose six columns are all inside the input, then the rest
-                        inner_first = min((pad_left + TILE - 1) // TILE, tiles_w)
-                        inner_last = max(min((width - ALPHA + pad_left) // TILE + 1, tiles_w),
-                                         inner_first)
-                        taps = source[inner_first * TILE - pad_left :]
-                        for j in range(inner_last - inner_first):
-                            p0[inner_first + j] = taps[TILE * j]
-                            p1[inner_first + j] = taps[TILE * j + 1]
-                            p2[inner_first + j] = taps[TILE * j + 2]
-                            p3[inner_first + j] = taps[TILE * j + 3]
-                            p4[inner_first + j] = taps[TILE * j + 4]
-                            p5[inner_first + j] = taps[TILE * j + 5]
-                        for j in range(tiles_w):
-                            if inner_first <= j < inner_last:
-                                continue
-                            for u in range(ALPHA):
-                                column = TILE * j + u - pad_left
-                                value = source[column] if 0 <= column < width else zero
-                                patches[(a * ALPHA + u) * n_tiles + first + j] = value
-                # rows: half[a', u] = sum_a B^T[a', a] patches[a, u]; then columns
-                for u in range(ALPHA):
-                    src = patches[u * n_tiles :]
-                    dst = half[u * n_tiles :]
-                    step = ALPHA * n_tiles
-                    _b_transform(src, src[step:], src[2 * step :], src[3 * step :],
-                                 src[4 * step :], src[5 * step :], dst, dst[step:],
-                                 dst[2 * step :], dst[3 * step :], dst[4 * step :],
-                                 dst[5 * step :], n_tiles, b_t)
-                for a in range(ALPHA):
-                    src = half[a * ALPHA * n_tiles :]
-                    dst = v[(a * ALPHA * channels + c) * n_tiles :]
-                    step = channels * n_tiles
-                    _b_transform(src, src[n_tiles:], src[2 * n_tiles :], src[3 * n_tiles :],
-                                 src[4 * n_tiles :], src[5 * n_tiles :], dst, dst[step:],
-                                 dst[2 * step :], dst[3 * step :], dst[4 * step :],
-                                 dst[5 * step :], n_tiles, b_t)
+                _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
+                                 b_t, patches, half, v)
             # M[e] = U[e] @ V[e], per group
             for e in range(e_count):
                 for g in range(groups):
@@ -217,6 +231,7 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
                          blas.pointer(v, (e * channels + g * group_channels) * n_tiles), n_tiles,
                          0.0, blas.pointer(m, (e * out_channels + g * per_group) * n_tiles), n_tiles)
             # output transform: y = A^T M A per filter, stored with the bias
+            zero = a_t[0, 5]
             for k in range(out_channels):
                 b_k = bias[k] if has_bias else zero
                 step = ALPHA * out_channels * n_tiles
@@ -276,13 +291,8 @@ def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, *, 
     out_h, out_w = out.shape[2:]
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
     n_threads = numba.get_num_threads()
-    per_row = ALPHA * ALPHA * (channels + out_channels) * tiles_w * x.itemsize
-    rows_per_block = max(1, config.WINOGRAD_TILE_BYTES // per_row,
-                         -(-config.WINOGRAD_MIN_TILES // tiles_w))
-    # a multiple of the thread count in blocks, so that no thread idles
-    n_blocks = -(-(n_img * tiles_h) // rows_per_block)
-    n_blocks = -(-n_blocks // n_threads) * n_threads
-    rows_per_block = -(-(n_img * tiles_h) // n_blocks)
+    rows_per_block = _rows_per_block(n_img, channels, out_channels, out_h, out_w, x.itemsize,
+                                     n_threads)
     n_chunks = max(1, min(n_threads, -(-(n_img * tiles_h) // rows_per_block)))
     max_tiles = rows_per_block * tiles_w
     scratch = workspace.borrow(
@@ -314,3 +324,183 @@ def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilat
         grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
     conv2d_winograd(grad_out, identities.transpose_flip(weight, groups), None, grad_in, (1, 1),
                     conv_pads, (1, 1), groups, gemm=gemm)
+
+
+# --- the weight gradient ------------------------------------------------------------------
+#
+# With Z = A dY A^T (A = (A^T)^T, 6x4) for each 4x4 tile dY of grad_output, the forward
+# formula y = A^T (U * V) A gives dL/dU = Z * V per tile, so
+# grad_weight[k, c] = G^T (sum over tiles of Z[k] * V[c]) G: per element e, the sum over
+# tiles is one GEMM, Z[e] (K x tiles) @ V[e]^T (tiles x C).
+
+
+@kernel()
+def _a_expand(i0, i1, i2, i3, o0, o1, o2, o3, o4, o5, n, a_t):
+    """``o = A i`` (A = (A^T)^T, 6x4) on four vectors of length ``n``, one pass."""
+    two, four, eight = a_t[1, 3], a_t[2, 3], a_t[3, 3]
+    for t in range(n):
+        y0, y1, y2, y3 = i0[t], i1[t], i2[t], i3[t]
+        even, odd = y0 + four * y2, y1 + four * y3
+        o0[t] = y0
+        o1[t] = y0 + y1 + y2 + y3
+        o2[t] = y0 - y1 + y2 - y3
+        o3[t] = even + two * odd
+        o4[t] = even - two * odd
+        o5[t] = y3
+
+
+@kernel()
+def _grad_output_transform(grad_out, k, q_first, q_last, tiles_h, tiles_w, a_t, patches, half,
+                           z):
+    """Z[a*6+b, k, t] = (A dY A^T)[a, b] for the 4x4 tile dY of ``grad_out[n, k]`` of each
+    tile t of the block (zeros past the output's edge); Z is ``(36, K, n_tiles)`` in ``z``."""
+    out_channels, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
+    n_tiles = (q_last - q_first) * tiles_w
+    zero = a_t[0, 5]
+    full = out_w // TILE
+    for q in range(q_first, q_last):
+        n = q // tiles_h
+        first = (q - q_first) * tiles_w
+        for a in range(TILE):
+            row = (q % tiles_h) * TILE + a
+            y0 = patches[a * TILE * n_tiles + first :]
+            y1 = y0[n_tiles:]
+            y2 = y0[2 * n_tiles :]
+            y3 = y0[3 * n_tiles :]
+            if row >= out_h:
+                for j in range(tiles_w):
+                    y0[j] = y1[j] = y2[j] = y3[j] = zero
+                continue
+            src = grad_out[n, k, row]
+            for j in range(full):
+                y0[j] = src[TILE * j]
+                y1[j] = src[TILE * j + 1]
+                y2[j] = src[TILE * j + 2]
+                y3[j] = src[TILE * j + 3]
+            for j in range(full, tiles_w):
+                for b in range(TILE):
+                    column = TILE * j + b
+                    value = src[column] if column < out_w else zero
+                    patches[(a * TILE + b) * n_tiles + first + j] = value
+    # rows: half[a', b] = sum_a A[a', a] dY[a, b]; then columns into Z
+    for b in range(TILE):
+        src = patches[b * n_tiles :]
+        dst = half[b * n_tiles :]
+        step = TILE * n_tiles
+        _a_expand(src, src[step:], src[2 * step :], src[3 * step :], dst, dst[step:],
+                  dst[2 * step :], dst[3 * step :], dst[4 * step :], dst[5 * step :], n_tiles, a_t)
+    for a in range(ALPHA):
+        src = half[a * TILE * n_tiles :]
+        dst = z[(a * ALPHA * out_channels + k) * n_tiles :]
+        step = out_channels * n_tiles
+        _a_expand(src, src[n_tiles:], src[2 * n_tiles :], src[3 * n_tiles :], dst, dst[step:],
+                  dst[2 * step :], dst[3 * step :], dst[4 * step :], dst[5 * step :], n_tiles,
+                  a_t)
+
+
+@kernel(parallel=True)
+def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_per_block, b_t,
+                                 a_t, scratch, partial, gemm, set_blas_threads):
+    """partial[chunk, e, k, c] = sum over the chunk's tiles of Z[e, k, t] * V[e, c, t]:
+    each thread sums its own blocks (race-free; the host adds the partial sums in a
+    fixed order)."""
+    n_img, channels = x.shape[0], x.shape[1]
+    out_channels, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
+    group_channels = channels // groups
+    per_group = out_channels // groups
+    tiles_h = (out_h + TILE - 1) // TILE
+    tiles_w = (out_w + TILE - 1) // TILE
+    n_tile_rows = n_img * tiles_h
+    n_blocks = (n_tile_rows + rows_per_block - 1) // rows_per_block
+    max_tiles = rows_per_block * tiles_w
+    n_chunks = scratch.shape[0]
+    e_count = ALPHA * ALPHA
+    for chunk in prange(n_chunks):
+        saved_threads = set_blas_threads(1)
+        v = scratch[chunk, : e_count * channels * max_tiles]
+        z = scratch[chunk, e_count * channels * max_tiles : e_count * (channels + out_channels) * max_tiles]
+        rest = scratch[chunk, e_count * (channels + out_channels) * max_tiles :]
+        patches = rest[: e_count * max_tiles]
+        half = rest[e_count * max_tiles : 2 * e_count * max_tiles]
+        sums = partial[chunk]
+        for e in range(e_count):
+            for k in range(out_channels):
+                for c in range(group_channels):
+                    sums[e, k, c] = 0
+        for block in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):
+            q_first = block * rows_per_block
+            q_last = min(q_first + rows_per_block, n_tile_rows)
+            n_tiles = (q_last - q_first) * tiles_w
+            for c in range(channels):
+                _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
+                                 b_t, patches, half, v)
+            for k in range(out_channels):
+                _grad_output_transform(grad_out, k, q_first, q_last, tiles_h, tiles_w, a_t,
+                                       patches, half, z)
+            for e in range(e_count):
+                for g in range(groups):
+                    gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, per_group, group_channels,
+                         n_tiles, 1.0,
+                         blas.pointer(z, (e * out_channels + g * per_group) * n_tiles), n_tiles,
+                         blas.pointer(v, (e * channels + g * group_channels) * n_tiles), n_tiles,
+                         1.0, blas.pointer(sums, (e * out_channels + g * per_group) * group_channels),
+                         group_channels)
+        set_blas_threads(saved_threads)
+
+
+@kernel(parallel=True)
+def _filter_transform_adjoint(partial, g, taps):
+    """taps[k, r*3 + s, :] = sum_{a, b} G[a, r] G[b, s] sum_chunk partial[chunk, a*6+b, k, :]:
+    ``G^T S G`` per filter, summed over the threads' partial sums in chunk order."""
+    n_chunks, out_channels, group_channels = partial.shape[0], partial.shape[2], partial.shape[3]
+    for k in prange(out_channels):
+        for r in range(3):
+            for s in range(3):
+                dst = taps[k, r * 3 + s]
+                for c in range(group_channels):
+                    dst[c] = 0
+                for chunk in range(n_chunks):
+                    for a in range(ALPHA):
+                        for b in range(ALPHA):
+                            coefficient = g[a, r] * g[b, s]
+                            if coefficient != 0:
+                                src = partial[chunk, a * ALPHA + b, k]
+                                for c in range(group_channels):
+                                    dst[c] += coefficient * src[c]
+
+
+def _rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads):
+    """Tile rows per block: the byte budget, at least WINOGRAD_MIN_TILES tiles, and a
+    multiple of the thread count in blocks."""
+    tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
+    per_row = ALPHA * ALPHA * (channels + out_channels) * tiles_w * item
+    rows_per_block = max(1, config.WINOGRAD_TILE_BYTES // per_row,
+                         -(-config.WINOGRAD_MIN_TILES // tiles_w))
+    n_blocks = -(-(n_img * tiles_h) // rows_per_block)
+    n_blocks = -(-n_blocks // n_threads) * n_threads
+    return -(-(n_img * tiles_h) // n_blocks)
+
+
+@register("conv2d_grad_weight", "cpu", "winograd", unsupported=unsupported)
+def conv2d_grad_weight_winograd(x, grad_out, grad_weight, stride, padding, dilation, groups, *,
+                                gemm=None):
+    """grad_weight of a 3x3 stride-1 convolution by Winograd F(4x4, 3x3)."""
+    n_img, channels = x.shape[:2]
+    out_channels, group_channels = grad_weight.shape[:2]
+    out_h, out_w = grad_out.shape[2:]
+    n_threads = numba.get_num_threads()
+    rows_per_block = _rows_per_block(n_img, channels, out_channels, out_h, out_w, x.itemsize,
+                                     n_threads)
+    n_chunks = max(1, min(n_threads, -(-(n_img * -(-out_h // TILE)) // rows_per_block)))
+    max_tiles = rows_per_block * -(-out_w // TILE)
+    scratch = workspace.borrow(
+        (n_chunks, ALPHA * ALPHA * (channels + out_channels + 2) * max_tiles), x.dtype)
+    partial = workspace.borrow((n_chunks, ALPHA * ALPHA, out_channels, group_channels), x.dtype,
+                               "winograd partial")
+    _conv2d_grad_weight_winograd(
+        x, grad_out, padding[0][0], padding[1][0], groups, rows_per_block, B_T.astype(x.dtype),
+        A_T.astype(x.dtype), scratch, partial,
+        gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL)
+    taps = workspace.borrow((out_channels, 9, group_channels), x.dtype, "winograd taps")
+    _filter_transform_adjoint(partial, G.astype(x.dtype), taps)
+    grad_weight[...] = taps.transpose(0, 2, 1).reshape(grad_weight.shape)
