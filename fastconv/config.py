@@ -51,7 +51,9 @@ PARALLEL: bool = _env_bool("PARALLEL", True)
 #: window vectorise; the flags that assume no NaN/Inf are left out on purpose
 #: so that NaN and Inf propagate as in PyTorch.
 FASTMATH: frozenset[str] = (
-    frozenset({"reassoc", "contract", "nsz", "arcp"}) if _env_bool("FASTMATH", True) else frozenset()
+    frozenset({"reassoc", "contract", "nsz", "arcp"})
+    if _env_bool("FASTMATH", True)
+    else frozenset()
 )
 
 # --- CPU kernel tiling ---------------------------------------------------------

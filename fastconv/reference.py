@@ -91,7 +91,8 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
     per_group = out_channels // groups
     for n in range(dy.shape[0]):
         for k in range(out_channels):
-            channels = slice((k // per_group) * group_channels, (k // per_group + 1) * group_channels)
+            channels = slice((k // per_group) * group_channels,
+                             (k // per_group + 1) * group_channels)
             for i in range(dy.shape[2]):
                 for j in range(dy.shape[3]):
                     rows, cols = _window(i, j, stride, dilation, (kh, kw))
@@ -104,7 +105,8 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, output_size=None):
-    """Transposed convolution of ``input (N, C_in, H, W)`` with ``weight (C_in, C_out/groups, R, S)``.
+    """Transposed convolution of ``input (N, C_in, H, W)``
+    with ``weight (C_in, C_out/groups, R, S)``.
 
     The lecture's deconvolution: each input value stamps ``input[n, c, i, j] *
     weight[c]`` onto the output window that starts at ``(i * stride, j * stride)``

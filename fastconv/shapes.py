@@ -66,7 +66,8 @@ def _one_axis(value: object, name: str) -> int:
     return h
 
 
-def same_padding(size: int, kernel_size: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
+def same_padding(size: int, kernel_size: int, stride: int = 1,
+                 dilation: int = 1) -> tuple[int, int]:
     """``(before, after)`` padding that makes the output ``ceil(size / stride)`` long.
 
     The total is split evenly; an odd extra pad goes after (bottom/right).
@@ -118,7 +119,9 @@ def padding2d(
     try:
         ph, pw = pair(padding, "padding", minimum=0)
     except (TypeError, ValueError) as err:
-        raise type(err)(f"padding must be {PADDING_FORMS}, each value >= 0; got {padding!r}") from None
+        raise type(err)(
+            f"padding must be {PADDING_FORMS}, each value >= 0; got {padding!r}"
+        ) from None
     return (ph, ph), (pw, pw)
 
 
@@ -155,8 +158,8 @@ def conv_output_size(
 ) -> IntOrPair:
     """Output size of a convolution or pooling window sliding over ``size``.
 
-    ``out = floor((size + pad_before + pad_after - dilation * (kernel_size - 1) - 1) / stride) + 1``,
-    with ``ceil`` instead of ``floor`` when ``ceil_mode`` is true (then, as in
+    ``out = floor((size + pad_before + pad_after - dilation * (kernel_size - 1) - 1)
+    / stride) + 1``, with ``ceil`` instead of ``floor`` when ``ceil_mode`` is true (then, as in
     PyTorch, a last window that would start in the right padding is dropped).
 
     Args:
@@ -234,8 +237,8 @@ def receptive_field(layers: Sequence[Sequence[int]]) -> int:
     """
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
         raise TypeError(
-            "layers must be a sequence of (kernel_size, stride) or (kernel_size, stride, dilation), "
-            f"got {layers!r}"
+            "layers must be a sequence of (kernel_size, stride) "
+            f"or (kernel_size, stride, dilation), got {layers!r}"
         )
     field, jump = 1, 1
     for i, layer in enumerate(layers):

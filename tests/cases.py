@@ -166,7 +166,7 @@ def explicit_padding(padding, size, kernel, stride, dilation):
         return (0, 0), (0, 0)
     if padding == "same":
         pads = []
-        for n, k, s, d in zip(size, two(kernel), two(stride), two(dilation)):
+        for n, k, s, d in zip(size, two(kernel), two(stride), two(dilation), strict=False):
             out = math.ceil(n / s)
             total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
             pads.append((total // 2, total - total // 2))
@@ -190,7 +190,7 @@ def expected_output_shape(case: Conv2dCase) -> tuple[int, ...]:
     out = tuple(
         (n + sum(p) - d * (k - 1) - 1) // s + 1
         for n, p, k, s, d in zip((case.h, case.w), pads, (case.r, case.s), two(case.stride),
-                                 two(case.dilation))
+                                 two(case.dilation), strict=False)
     )
     return (case.k, *out) if case.n is None else (case.n, case.k, *out)
 

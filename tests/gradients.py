@@ -24,7 +24,7 @@ def assert_grads_close(actual, expected, dtype, grad_output) -> None:
     up to N * H_out * W_out terms of ``grad_output``, with :func:`sum_tolerance`."""
     terms = grad_output.size // grad_output.shape[-3]
     tolerances = (tolerance(dtype), sum_tolerance(dtype, terms), sum_tolerance(dtype, terms))
-    for name, a, e, tol in zip(GRAD_NAMES, actual, expected, tolerances):
+    for name, a, e, tol in zip(GRAD_NAMES, actual, expected, tolerances, strict=False):
         assert a is not None, name
         assert a.dtype == np.dtype(dtype), name
         assert a.shape == e.shape, name
@@ -35,7 +35,7 @@ def assert_needs_respected(got, expected, flags) -> None:
     """``got`` is the triple computed with ``flags``: None where a flag is off, the
     float64 oracle's value elsewhere."""
     assert isinstance(got, tuple) and len(got) == 3
-    for name, wanted, a, e in zip(NEEDS_FLAGS, flags, got, expected):
+    for name, wanted, a, e in zip(NEEDS_FLAGS, flags, got, expected, strict=False):
         if wanted:
             assert a is not None, name
             np.testing.assert_allclose(a, e, **tolerance(np.float64), err_msg=name)

@@ -15,14 +15,14 @@ import fastconv
 from fastconv import reference
 from tests.cases import (
     CONV2D_CASES,
-    algorithm_case_params,
-    case_for,
-    supports,
     DTYPES,
     Conv2dCase,
+    algorithm_case_params,
+    case_for,
     expected_output_shape,
     explicit_padding,
     make_inputs,
+    supports,
     tolerance,
 )
 
@@ -167,7 +167,7 @@ def test_inputs_are_not_modified(algorithm, case, rng):
     fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm)
     out = np.empty(expected_output_shape(case))
     fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm, out=out)
-    for before, after in zip(copies, (x, w, b)):
+    for before, after in zip(copies, (x, w, b), strict=False):
         np.testing.assert_array_equal(after, before)
 
 

@@ -21,13 +21,13 @@ from hypothesis import given, settings
 import fastconv
 from fastconv import config, reference
 from tests.cases import (
-    general_algorithms,
     CASE_IDS,
     CONV2D_CASES,
     DTYPES,
     Conv2dCase,
     expected_output_shape,
     explicit_padding,
+    general_algorithms,
     make_inputs,
     sum_tolerance,
     supports,
@@ -169,7 +169,7 @@ def test_needs_flags(algorithm, case, flags, rng):
     x, w, _ = make_inputs(case, np.float64, rng)
     g = make_grad_output(case, np.float64, rng)
     got = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm,
-                                   **dict(zip(NEEDS_FLAGS, flags)))
+                                   **dict(zip(NEEDS_FLAGS, flags, strict=False)))
     assert_needs_respected(got, reference.conv2d_backward(g, x, w, **case.kwargs), flags)
 
 
@@ -224,7 +224,7 @@ def test_inputs_are_not_modified(algorithm, case, rng):
     g = make_grad_output(case, np.float64, rng)
     copies = [a.copy() for a in (g, x, w)]
     grads = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
-    for before, after in zip(copies, (g, x, w)):
+    for before, after in zip(copies, (g, x, w), strict=False):
         np.testing.assert_array_equal(after, before)
     for grad in grads:
         assert not any(np.shares_memory(grad, a) for a in (g, x, w))
@@ -285,7 +285,7 @@ def test_finite_differences(case, rng):
     numeric = [numeric_gradient(loss, a) for a in (x, w, b)]
     for algorithm in ALGORITHMS:
         grads = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
-        for name, a, e in zip(GRAD_NAMES, grads, numeric):
+        for name, a, e in zip(GRAD_NAMES, grads, numeric, strict=False):
             np.testing.assert_allclose(a, e, rtol=1e-7, atol=1e-9,
                                        err_msg=f"{name} ({algorithm})")
 
@@ -335,7 +335,7 @@ def test_same_bits_on_every_run(algorithm, case, rng):
     fastconv.conv2d_backward(make_grad_output(other, dtype, rng), ox, ow, **other.kwargs,
                              algorithm=algorithm)
     second = fastconv.conv2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
-    for name, a, b in zip(GRAD_NAMES, first, second):
+    for name, a, b in zip(GRAD_NAMES, first, second, strict=False):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
@@ -369,7 +369,8 @@ ERRORS = {
     "grad_output_for_stride": (ValueError, SHAPE + r"\(1, 2, 2, 2\), got \(1, 2, 4, 4\)",
                                {"stride": 2}),
     "grad_output_int": (
-        TypeError, r"grad_output must have dtype float32 or float64, got int64.*grad_output\.astype",
+        TypeError,
+        r"grad_output must have dtype float32 or float64, got int64.*grad_output\.astype",
         {"grad_output": np.zeros((1, 2, 4, 4), np.int64)}),
     "input_int": (TypeError, r"input must have dtype float32 or float64, got int32.*astype",
                   {"input": np.zeros((1, 4, 6, 6), np.int32)}),
@@ -467,5 +468,6 @@ def test_winograd_refuses_strided_gradients():
     w = np.zeros((2, 2, 3, 3), np.float32)
     dy = np.zeros((1, 2, 3, 3), np.float32)
     with pytest.raises(ValueError, match="algorithm 'winograd' cannot compute this "
-                                         "conv2d_grad_input: winograd needs a 3x3 kernel, stride 1"):
+                                         "conv2d_grad_input: winograd needs a 3x3 kernel, "
+                                         "stride 1"):
         fastconv.conv2d_backward(dy, x, w, stride=2, padding=1, algorithm="winograd")

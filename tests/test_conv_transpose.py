@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import config, reference
 from tests.cases import (
-    general_algorithms,
     CONV2D_CASES,
     DTYPES,
     Padding,
     explicit_padding,
+    general_algorithms,
     make_inputs,
     tolerance,
 )
@@ -105,7 +105,7 @@ class TransposeCase(NamedTuple):
         return tuple(
             (n - 1) * s - sum(p) + d * (k - 1) + 1
             for n, s, p, d, k in zip((self.h, self.w), _two(self.stride), self.pads,
-                                     _two(self.dilation), (self.r, self.s))
+                                     _two(self.dilation), (self.r, self.s), strict=False)
         )
 
     @property
@@ -114,7 +114,8 @@ class TransposeCase(NamedTuple):
         if self.output_size is not None:
             size = tuple(self.output_size[-2:])
         else:
-            size = tuple(m + op for m, op in zip(self.smallest, _two(self.output_padding)))
+            size = tuple(m + op for m, op in zip(self.smallest, _two(self.output_padding),
+                                                 strict=False))
         return (self.c_out, *size) if self.n is None else (self.n, self.c_out, *size)
 
 
@@ -241,7 +242,7 @@ def test_torch_oracle_crops_like_torch_for_symmetric_padding(rng):
     x, w, b, g = make_transpose_inputs(case, np.float64, rng)
     as_pairs = case._replace(padding=((1, 1), (1, 1)))
     for a, e in zip(torch_conv_transpose2d(as_pairs, x, w, b, g),
-                    torch_conv_transpose2d(case, x, w, b, g)):
+                    torch_conv_transpose2d(case, x, w, b, g), strict=False):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
 
 
@@ -383,7 +384,7 @@ def test_needs_flags(algorithm, flags, rng):
     case = transpose_cases("groups2_s2_op1_nobias")[0]
     x, w, _, g = make_transpose_inputs(case, np.float64, rng)
     got = fastconv.conv_transpose2d_backward(g, x, w, **case.kwargs, algorithm=algorithm,
-                                             **dict(zip(NEEDS_FLAGS, flags)))
+                                             **dict(zip(NEEDS_FLAGS, flags, strict=False)))
     assert_needs_respected(got, reference.conv_transpose2d_backward(g, x, w, **case.kwargs),
                            flags)
 
@@ -424,7 +425,7 @@ def test_read_only_and_untouched_inputs(algorithm, dtype, rng):
     for result in (y, *grads):
         assert result.flags.writeable
         assert not any(np.shares_memory(result, a) for a in (x, w, b, g))
-    for before, after in zip(copies, (x, w, b, g)):
+    for before, after in zip(copies, (x, w, b, g), strict=False):
         np.testing.assert_array_equal(after, before)
 
 
@@ -443,7 +444,7 @@ def test_unbatched_is_batch_of_one(algorithm, case, rng):
     assert grads[0].shape == x.shape
     bx, bw, bb = fastconv.conv_transpose2d_backward(g[None], x[None], w, **case.kwargs,
                                                     algorithm=algorithm)
-    for a, e in zip(grads, (bx[0], bw, bb)):
+    for a, e in zip(grads, (bx[0], bw, bb), strict=False):
         np.testing.assert_allclose(a, e, **tolerance(np.float64))
 
 
@@ -474,7 +475,7 @@ def test_same_bits_on_every_run(algorithm, rng):
     ox, ow, _, og = make_transpose_inputs(other, np.float32, rng)
     fastconv.conv_transpose2d_backward(og, ox, ow, **other.kwargs, algorithm=algorithm)
     second = fastconv.conv_transpose2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
-    for name, a, b in zip(GRAD_NAMES, first, second):
+    for name, a, b in zip(GRAD_NAMES, first, second, strict=False):
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
@@ -500,7 +501,7 @@ def test_finite_differences(case, rng):
     numeric = [numeric_gradient(loss, a) for a in (x, w, b)]
     for algorithm in ALGORITHMS:
         grads = fastconv.conv_transpose2d_backward(g, x, w, **case.kwargs, algorithm=algorithm)
-        for name, a, e in zip(GRAD_NAMES, grads, numeric):
+        for name, a, e in zip(GRAD_NAMES, grads, numeric, strict=False):
             np.testing.assert_allclose(a, e, rtol=1e-7, atol=1e-9,
                                        err_msg=f"{name} ({algorithm})")
 
@@ -716,12 +717,13 @@ def transpose_configs(draw):
     assume(min(case.smallest) >= 1)
     form = draw(st.sampled_from(["none", "output_padding", "output_size"]))
     if form == "output_padding":
-        limits = [max(a, b) - 1 for a, b in zip(_two(stride), _two(dilation))]
+        limits = [max(a, b) - 1 for a, b in zip(_two(stride), _two(dilation), strict=False)]
         case = case._replace(output_padding=(draw(st.integers(0, limits[0])),
                                              draw(st.integers(0, limits[1]))))
     elif form == "output_size":
         case = case._replace(output_size=tuple(
-            m + draw(st.integers(0, s_ - 1)) for m, s_ in zip(case.smallest, _two(stride))))
+            m + draw(st.integers(0, s_ - 1))
+            for m, s_ in zip(case.smallest, _two(stride), strict=False)))
     dtype = draw(st.sampled_from(DTYPES))
     seed = draw(st.integers(0, 2**32 - 1))
     return case, dtype, seed

@@ -299,7 +299,8 @@ def test_winograd_refuses_what_it_cannot_compute():
     for w_shape, kwargs in [((2, 2, 5, 5), {}), ((2, 2, 3, 3), {"stride": 2}),
                             ((2, 2, 3, 3), {"dilation": 2}), ((2, 2, 1, 3), {})]:
         with pytest.raises(ValueError, match=r"algorithm 'winograd' cannot compute this conv2d: "
-                                             r"winograd needs a 3x3 kernel, stride 1 and dilation 1"):
+                                             r"winograd needs a 3x3 kernel, "
+                                             r"stride 1 and dilation 1"):
             fastconv.conv2d(x, np.zeros(w_shape, np.float32), **kwargs, algorithm="winograd")
 
 

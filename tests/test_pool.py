@@ -278,7 +278,8 @@ def test_avg_pool2d_backward_is_the_finite_difference_gradient(case, rng):
         kwargs = dict(case.pool_kwargs, **options)
         x = uniform((1, *case.input_shape[-3:]) if case.n else case.input_shape, np.float64, rng)
         grad_output = uniform(fastconv.avg_pool2d(x, **kwargs).shape, np.float64, rng)
-        expected = numeric_gradient(lambda v: fastconv.avg_pool2d(v, **kwargs), x, grad_output)
+        expected = numeric_gradient(lambda v, kwargs=kwargs: fastconv.avg_pool2d(v, **kwargs), x,
+                                    grad_output)
         grad = fastconv.avg_pool2d_backward(grad_output, x.shape, **kwargs)
         np.testing.assert_allclose(grad, expected, rtol=1e-8, atol=1e-10)
 
@@ -307,8 +308,8 @@ def test_unpool_backwards_are_the_finite_difference_gradients(rng):
     for scale in (2, (3, 2)):
         small = uniform((1, 2, 3, 4), np.float64, rng)
         grad_output = uniform(fastconv.repeat_unpool2d(small, scale).shape, np.float64, rng)
-        expected = numeric_gradient(lambda v: fastconv.repeat_unpool2d(v, scale), small,
-                                    grad_output)
+        expected = numeric_gradient(lambda v, scale=scale: fastconv.repeat_unpool2d(v, scale),
+                                    small, grad_output)
         np.testing.assert_allclose(fastconv.repeat_unpool2d_backward(grad_output, scale),
                                    expected, rtol=1e-8, atol=1e-10)
 
@@ -499,7 +500,7 @@ def test_any_memory_layout_and_inputs_untouched(layout, rng):
         np.testing.assert_array_equal(
             fastconv.max_pool2d_backward(grad_pool, other, x.shape),
             expected["max_pool2d_backward"])
-    for view, before in zip(views, copies):
+    for view, before in zip(views, copies, strict=False):
         np.testing.assert_array_equal(view, before)
 
 
@@ -523,7 +524,7 @@ def test_inputs_are_not_modified(algorithm, rng):
     fastconv.max_unpool2d_backward(grad_unpool, indices, algorithm=algorithm)
     fastconv.repeat_unpool2d(x, 2, algorithm=algorithm)
     fastconv.repeat_unpool2d_backward(grad_unpool[..., :6, :4], 2, algorithm=algorithm)
-    for before, after in zip(copies, arrays):
+    for before, after in zip(copies, arrays, strict=False):
         np.testing.assert_array_equal(after, before)
 
 
@@ -704,7 +705,8 @@ ERRORS = {
     "mp_padding_negative": err(mp, ValueError, r"padding must be an int or a pair of ints, each "
                                r"non-negative, got -1", input=X, kernel_size=2, padding=-1),
     "mp_padding_over_half": err(mp, ValueError, r"padding must be at most half of kernel_size "
-                                r"\(pad <= kernel_size // 2.*got padding=2 with kernel_size=\(3, 3\)",
+                                r"\(pad <= kernel_size // 2.*got padding=2 "
+                                r"with kernel_size=\(3, 3\)",
                                 input=X, kernel_size=3, padding=2),
     "ap_padding_over_half_w": err(ap, ValueError, r"padding must be at most half of kernel_size"
                                   r".*got padding=\(1, 2\) with kernel_size=\(2, 3\)",

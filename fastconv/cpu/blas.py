@@ -63,7 +63,8 @@ def _numpy_openblas():
         except OSError:
             continue
         for prefix, suffix in _SYMBOLS:
-            if hasattr(library, f"{prefix}sgemm{suffix}") and hasattr(library, f"{prefix}dgemm{suffix}"):
+            if (hasattr(library, f"{prefix}sgemm{suffix}")
+                    and hasattr(library, f"{prefix}dgemm{suffix}")):
                 return library, prefix, suffix
     return None
 

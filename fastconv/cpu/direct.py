@@ -29,7 +29,8 @@ from ._jit import kernel
 @kernel(parallel=True)
 def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, pad_top, pad_left,
                            padded_h, padded_w, dilation_h, dilation_w, groups, block_k, scratch):
-    """out[n, k] = bias[k] + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]."""
+    """out[n, k] = bias[k]
+    + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]."""
     n_img, _, height, width = x.shape
     out_channels, group_channels, kh, kw = weight.shape
     out_h, out_w = out.shape[2], out.shape[3]
@@ -134,7 +135,8 @@ def _conv2d_grad_input_direct(grad_out, weight, grad_in, stride_h, stride_w, pad
                     for s in range(kw):
                         w = weight[k, c, r, s]
                         for i in range(out_h):
-                            dst = plane[(i * stride_h + r * dilation_h) * padded_w + s * dilation_w :]
+                            dst = plane[(i * stride_h + r * dilation_h) * padded_w
+                                        + s * dilation_w :]
                             src = grad_out[n, k, i]
                             if stride_w == 1:
                                 for j in range(out_w):
@@ -152,7 +154,8 @@ def _conv2d_grad_input_direct(grad_out, weight, grad_in, stride_h, stride_w, pad
 @kernel(parallel=True)
 def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad_top, pad_left,
                                padded_h, padded_w, dilation_h, dilation_w, groups, scratch):
-    """grad_weight[k, c, r, s] = sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, c_in, i*sh + r*dh, j*sw + s*dw].
+    """grad_weight[k, c, r, s]
+    = sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, c_in, i*sh + r*dh, j*sw + s*dw].
 
     A task owns one filter ``k`` (all its channels and taps), so the sums over
     images and positions run in a fixed order and need no reduction buffers.

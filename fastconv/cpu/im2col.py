@@ -26,7 +26,8 @@ from .windows import valid_range
 def _im2col_tile(x, n, c_first, group_channels, kh, kw, row_first, row_last, out_w,
                  stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w, col, first_col, ld):
     """col[(c, r, s) * ld + first_col + (i - row_first) * out_w + j]
-    = x_padded[n, c_first + c, i*sh + r*dh, j*sw + s*dw] for output rows ``row_first <= i < row_last``."""
+    = x_padded[n, c_first + c, i*sh + r*dh, j*sw + s*dw]
+    for output rows ``row_first <= i < row_last``."""
     height, width = x.shape[2], x.shape[3]
     for c in range(group_channels):
         plane = x[n, c_first + c]

@@ -29,7 +29,6 @@ from .. import config
 from ..dispatch import register
 from . import blas, identities, workspace
 from ._jit import kernel
-from .windows import valid_range
 
 #: B^T (6x6), G (6x3) and A^T (4x6) of F(4x4, 3x3).
 B_T = np.array([
@@ -209,7 +208,8 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
         v = scratch[chunk, : e_count * channels * max_tiles]
-        m = scratch[chunk, e_count * channels * max_tiles : e_count * (channels + out_channels) * max_tiles]
+        m = scratch[chunk, e_count * channels * max_tiles
+                    : e_count * (channels + out_channels) * max_tiles]
         rest = scratch[chunk, e_count * (channels + out_channels) * max_tiles :]
         patches = rest[: e_count * max_tiles]
         half = rest[e_count * max_tiles : 2 * e_count * max_tiles]
@@ -226,10 +226,12 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
                 for g in range(groups):
                     gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, n_tiles,
                          group_channels, 1.0,
-                         blas.pointer(transformed, (e * out_channels + g * per_group) * group_channels),
+                         blas.pointer(transformed,
+                                      (e * out_channels + g * per_group) * group_channels),
                          group_channels,
                          blas.pointer(v, (e * channels + g * group_channels) * n_tiles), n_tiles,
-                         0.0, blas.pointer(m, (e * out_channels + g * per_group) * n_tiles), n_tiles)
+                         0.0,
+                         blas.pointer(m, (e * out_channels + g * per_group) * n_tiles), n_tiles)
             # output transform: y = A^T M A per filter, stored with the bias
             zero = a_t[0, 5]
             for k in range(out_channels):
@@ -337,7 +339,7 @@ def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilat
 @kernel()
 def _a_expand(i0, i1, i2, i3, o0, o1, o2, o3, o4, o5, n, a_t):
     """``o = A i`` (A = (A^T)^T, 6x4) on four vectors of length ``n``, one pass."""
-    two, four, eight = a_t[1, 3], a_t[2, 3], a_t[3, 3]
+    two, four = a_t[1, 3], a_t[2, 3]
     for t in range(n):
         y0, y1, y2, y3 = i0[t], i1[t], i2[t], i3[t]
         even, odd = y0 + four * y2, y1 + four * y3
@@ -418,7 +420,8 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
         v = scratch[chunk, : e_count * channels * max_tiles]
-        z = scratch[chunk, e_count * channels * max_tiles : e_count * (channels + out_channels) * max_tiles]
+        z = scratch[chunk, e_count * channels * max_tiles
+                    : e_count * (channels + out_channels) * max_tiles]
         rest = scratch[chunk, e_count * (channels + out_channels) * max_tiles :]
         patches = rest[: e_count * max_tiles]
         half = rest[e_count * max_tiles : 2 * e_count * max_tiles]
@@ -443,7 +446,8 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
                          n_tiles, 1.0,
                          blas.pointer(z, (e * out_channels + g * per_group) * n_tiles), n_tiles,
                          blas.pointer(v, (e * channels + g * group_channels) * n_tiles), n_tiles,
-                         1.0, blas.pointer(sums, (e * out_channels + g * per_group) * group_channels),
+                         1.0,
+                         blas.pointer(sums, (e * out_channels + g * per_group) * group_channels),
                          group_channels)
         set_blas_threads(saved_threads)
 

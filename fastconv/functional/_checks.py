@@ -33,7 +33,8 @@ def as_float_array(value: object, name: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         hint = f"; convert it first, e.g. {name}.astype(np.float32)"
     elif np.issubdtype(array.dtype, np.complexfloating):
-        hint = "; complex convolution is not supported, convolve real and imaginary parts separately"
+        hint = ("; complex convolution is not supported, "
+                "convolve real and imaginary parts separately")
     else:
         hint = f"; convert it first, e.g. {name}.astype(np.float32)"
     raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}{hint}")
@@ -51,10 +52,14 @@ def check_same_dtype(reference: np.ndarray, other: np.ndarray, name: str,
 
 def check_out(out: object, shape: tuple[int, ...], dtype: np.dtype, inputs: tuple) -> np.ndarray:
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray of shape {shape} and dtype {dtype}, got {type(out).__name__}")
+        raise TypeError(
+            f"out must be a numpy.ndarray of shape {shape} and dtype {dtype}, "
+            f"got {type(out).__name__}"
+        )
     if out.shape != shape or out.dtype != dtype:
         raise ValueError(
-            f"out must have shape {shape} and dtype {dtype}, got shape {out.shape} and dtype {out.dtype}"
+            f"out must have shape {shape} and dtype {dtype}, "
+            f"got shape {out.shape} and dtype {out.dtype}"
         )
     if not out.flags.writeable:
         raise ValueError("out must be writeable, got a read-only array")

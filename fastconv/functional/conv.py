@@ -31,7 +31,8 @@ class _ConvGeometry(NamedTuple):
         """What the user sees of a 4-D shape: no batch axis for unbatched input."""
         return shape4[1:] if self.unbatched else shape4
 
-    def batched(self, array: np.ndarray, name: str, shape4: tuple[int, ...], what: str) -> np.ndarray:
+    def batched(self, array: np.ndarray, name: str, shape4: tuple[int, ...],
+                what: str) -> np.ndarray:
         """``array`` (checked to have the user's view of ``shape4``) as a C-contiguous 4-D array."""
         expected = self.result_shape(shape4)
         if array.shape != expected:
@@ -58,7 +59,7 @@ def _float_arrays(**arrays: object) -> list:
     converted = [None if a is None and name == "bias" else as_float_array(a, name)
                  for name, a in arrays.items()]
     first_name = next(iter(arrays))
-    for name, array in zip(list(arrays)[1:], converted[1:]):
+    for name, array in zip(list(arrays)[1:], converted[1:], strict=False):
         if array is not None:
             check_same_dtype(converted[0], array, name, first_name)
     return converted
@@ -194,8 +195,9 @@ def conv2d(
     >>> y = fastconv.conv2d(x, w, np.array([0.0, 1.0], np.float32), padding=1)
     >>> y.shape
     (1, 2, 4, 4)
-    >>> y[0, 0].tolist()
-    [[10.0, 18.0, 24.0, 18.0], [27.0, 45.0, 54.0, 39.0], [51.0, 81.0, 90.0, 63.0], [42.0, 66.0, 72.0, 50.0]]
+    >>> y[0, 0].tolist()  # doctest: +NORMALIZE_WHITESPACE
+    [[10.0, 18.0, 24.0, 18.0], [27.0, 45.0, 54.0, 39.0],
+     [51.0, 81.0, 90.0, 63.0], [42.0, 66.0, 72.0, 50.0]]
     """
     x, w, b = _float_arrays(input=input, weight=weight, bias=bias)
     geo = _conv_geometry(x, w, stride, padding, dilation, groups)
@@ -314,7 +316,8 @@ def _transpose_geometry(x, w, stride, padding, output_padding, groups, dilation,
     """Validate a transposed convolution and describe it as the conv2d it is the adjoint of:
     that conv2d's input is the transposed convolution's output."""
     if x.ndim not in (3, 4):
-        raise ValueError(f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {x.shape}")
+        raise ValueError(
+            f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {x.shape}")
     if w.ndim != 4:
         raise ValueError(f"weight must be 4-D (C_in, C_out/groups, R, S), got shape {w.shape}")
     unbatched = x.ndim == 3
@@ -343,7 +346,8 @@ def _transpose_geometry(x, w, stride, padding, output_padding, groups, dilation,
     pads = shapes.padding2d(padding, (height, width), kernel_size, stride2, dilation2)
     extra = shapes.pair(output_padding, "output_padding", minimum=0)
     smallest = [(n - 1) * s - p[0] - p[1] + d * (k - 1) + 1
-                for n, s, p, d, k in zip((height, width), stride2, pads, dilation2, kernel_size)]
+                for n, s, p, d, k in zip((height, width), stride2, pads, dilation2, kernel_size,
+                                         strict=False)]
     if output_size is not None:
         size = output_size
         if isinstance(size, (tuple, list)) and len(size) == 4:
@@ -407,7 +411,8 @@ def conv_transpose2d(
     - ``weight``: ``(C_in, C_out / groups, R, S)``.
     - ``bias``: ``(C_out,)`` or None.
     - output: ``(N, C_out, H_out, W_out)`` with
-      ``H_out = (H - 1) * stride_h - pad_top - pad_bottom + dilation_h * (R - 1) + output_padding_h + 1``.
+      ``H_out = (H - 1) * stride_h - pad_top - pad_bottom
+      + dilation_h * (R - 1) + output_padding_h + 1``.
 
     Args:
         stride, dilation: int or pair, each >= 1.
