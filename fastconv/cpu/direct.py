@@ -61,10 +61,33 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, p
                         dst[j] = src[j]
                 for kk in range(n_k):
                     a = acc[kk * acc_len : (kk + 1) * acc_len]
+                    w_k = weight[k_first + kk, c]
                     for r in range(kh):
+                        row_shift = r * dilation_h * padded_w
+                        if unit_stride and kw == 3:
+                            # a row of three taps in one pass: one load and store of a[j]
+                            t0 = plane[row_shift:]
+                            t1 = plane[row_shift + dilation_w :]
+                            t2 = plane[row_shift + 2 * dilation_w :]
+                            w0, w1, w2 = w_k[r, 0], w_k[r, 1], w_k[r, 2]
+                            for j in range(acc_len):
+                                a[j] += w0 * t0[j] + w1 * t1[j] + w2 * t2[j]
+                            continue
+                        if unit_stride and kw == 5:
+                            t0 = plane[row_shift:]
+                            t1 = plane[row_shift + dilation_w :]
+                            t2 = plane[row_shift + 2 * dilation_w :]
+                            t3 = plane[row_shift + 3 * dilation_w :]
+                            t4 = plane[row_shift + 4 * dilation_w :]
+                            w0, w1, w2, w3, w4 = (w_k[r, 0], w_k[r, 1], w_k[r, 2], w_k[r, 3],
+                                                  w_k[r, 4])
+                            for j in range(acc_len):
+                                a[j] += (w0 * t0[j] + w1 * t1[j] + w2 * t2[j] + w3 * t3[j]
+                                         + w4 * t4[j])
+                            continue
                         for s in range(kw):
-                            w = weight[k_first + kk, c, r, s]
-                            shift = r * dilation_h * padded_w + s * dilation_w
+                            w = w_k[r, s]
+                            shift = row_shift + s * dilation_w
                             if unit_stride:
                                 taps = plane[shift : shift + acc_len]
                                 for j in range(acc_len):
