@@ -37,7 +37,7 @@ def _positive_int(text: str) -> int:
 def _parser() -> _Parser:
     parser = _Parser(
         prog="fastconv",
-        description="fastconv: fast conv2d for numpy arrays, written with Numba.",
+        description="fastconv: fast convolution and pooling for numpy arrays, written with Numba.",
     )
     parser.add_argument("--version", action="version", version=f"fastconv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
