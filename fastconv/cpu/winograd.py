@@ -188,6 +188,19 @@ def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
                      dst[5 * step :], n_tiles, b_t)
 
 
+@kernel()
+def _block_buffers(scratch, channels, out_channels, max_tiles):
+    """One thread's scratch split into the block buffers: the transformed patches V
+    ``(36, C, tiles)``, the products M (or the transformed gradients Z) ``(36, K,
+    tiles)``, and two ``36 * tiles`` work buffers for the transforms."""
+    e_count = ALPHA * ALPHA
+    v_end = e_count * channels * max_tiles
+    m_end = v_end + e_count * out_channels * max_tiles
+    return (scratch[:v_end], scratch[v_end:m_end],
+            scratch[m_end : m_end + e_count * max_tiles],
+            scratch[m_end + e_count * max_tiles : m_end + 2 * e_count * max_tiles])
+
+
 @kernel(parallel=True)
 def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_left, groups,
                              rows_per_block, b_t, a_t, scratch, gemm, set_blas_threads):
@@ -207,12 +220,7 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
     e_count = ALPHA * ALPHA
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
-        v = scratch[chunk, : e_count * channels * max_tiles]
-        m = scratch[chunk, e_count * channels * max_tiles
-                    : e_count * (channels + out_channels) * max_tiles]
-        rest = scratch[chunk, e_count * (channels + out_channels) * max_tiles :]
-        patches = rest[: e_count * max_tiles]
-        half = rest[e_count * max_tiles : 2 * e_count * max_tiles]
+        v, m, patches, half = _block_buffers(scratch[chunk], channels, out_channels, max_tiles)
         for block in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):
             q_first = block * rows_per_block
             q_last = min(q_first + rows_per_block, n_tile_rows)
@@ -419,12 +427,7 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
     e_count = ALPHA * ALPHA
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
-        v = scratch[chunk, : e_count * channels * max_tiles]
-        z = scratch[chunk, e_count * channels * max_tiles
-                    : e_count * (channels + out_channels) * max_tiles]
-        rest = scratch[chunk, e_count * (channels + out_channels) * max_tiles :]
-        patches = rest[: e_count * max_tiles]
-        half = rest[e_count * max_tiles : 2 * e_count * max_tiles]
+        v, z, patches, half = _block_buffers(scratch[chunk], channels, out_channels, max_tiles)
         sums = partial[chunk]
         for e in range(e_count):
             for k in range(out_channels):
