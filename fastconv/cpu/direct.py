@@ -26,6 +26,18 @@ from . import identities, workspace
 from ._jit import kernel
 
 
+@kernel()
+def _to_pitch(buffer, rows, offset, pitch):
+    """buffer[offset + i * pitch + j] = rows[i, j]: a plane copied into a buffer of a
+    wider row pitch (the zero border or junk columns around it stay as they are)."""
+    height, width = rows.shape
+    for i in range(height):
+        dst = buffer[offset + i * pitch :]
+        src = rows[i]
+        for j in range(width):
+            dst[j] = src[j]
+
+
 @kernel(parallel=True)
 def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, pad_top, pad_left,
                            padded_h, padded_w, dilation_h, dilation_w, groups, block_k, scratch):
@@ -53,12 +65,8 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, p
             acc = scratch[chunk, plane_len : plane_len + n_k * acc_len]
             acc[:] = 0
             for c in range(group_channels):
-                source = x[n, g * group_channels + c]
-                for row in range(height):
-                    dst = plane[(row + pad_top) * padded_w + pad_left :]
-                    src = source[row]
-                    for j in range(width):
-                        dst[j] = src[j]
+                _to_pitch(plane, x[n, g * group_channels + c], pad_top * padded_w + pad_left,
+                          padded_w)
                 for kk in range(n_k):
                     a = acc[kk * acc_len : (kk + 1) * acc_len]
                     w_k = weight[k_first + kk, c]
@@ -204,18 +212,10 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
             grad_weight[k] = 0
             for n in range(n_img):
                 if unit_stride:
-                    for i in range(out_h):
-                        dst = pitched[i * padded_w :]
-                        src = grad_out[n, k, i]
-                        for j in range(out_w):
-                            dst[j] = src[j]
+                    _to_pitch(pitched, grad_out[n, k], 0, padded_w)
                 for c in range(group_channels):
-                    source = x[n, g * group_channels + c]
-                    for row in range(height):
-                        dst = plane[(row + pad_top) * padded_w + pad_left :]
-                        src = source[row]
-                        for j in range(width):
-                            dst[j] = src[j]
+                    _to_pitch(plane, x[n, g * group_channels + c],
+                              pad_top * padded_w + pad_left, padded_w)
                     for r in range(kh):
                         for s in range(kw):
                             shift = r * dilation_h * padded_w + s * dilation_w
