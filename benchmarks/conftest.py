@@ -11,8 +11,11 @@ from fastconv import bench
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _warm_allocator() -> None:
-    bench.configure_allocator()
+def _warm_allocator(request) -> None:
+    # only where timings are taken: the smoke run inside the test suite keeps the
+    # process's default allocator
+    if not request.config.getoption("benchmark_disable", False):
+        bench.configure_allocator()
 
 
 @pytest.hookimpl(optionalhook=True)
