@@ -175,7 +175,8 @@ def conv2d(
             divide both. ``groups == C`` with ``K == C`` is depthwise.
         algorithm: ``"auto"`` (chosen by shape), or one of
             :func:`fastconv.available_algorithms` ``("conv2d")``:
-            ``"direct"``, ``"im2col"``, ``"reference"``.
+            ``"direct"``, ``"im2col"``, ``"winograd"`` (3x3 kernels, stride and
+            dilation 1 only; another problem is a ValueError), ``"reference"``.
         out: optional array of the output's shape and dtype to write into.
 
     Returns:
@@ -277,9 +278,10 @@ def conv2d_backward(
         needs_input_grad, needs_weight_grad, needs_bias_grad: compute that
             gradient; the ones not asked for are returned as None.
         algorithm: for grad_input and grad_weight, as in :func:`conv2d`
-            (``available_algorithms("conv2d_grad_input")``). grad_weight sums
-            per-thread partial results in a fixed order: the same inputs give
-            the same bits on every run with the same thread count.
+            (``available_algorithms("conv2d_grad_input")``); grad_bias always
+            runs its one kernel. grad_weight sums per-thread partial results in
+            a fixed order: the same inputs give the same bits on every run with
+            the same thread count.
 
     Returns:
         ``(grad_input, grad_weight, grad_bias)``, None for each not asked for.
