@@ -246,3 +246,24 @@ def general_algorithms(*ops: str) -> list[str]:
     return [a for a in fastconv.available_algorithms(ops[0])
             if all(a in n for n in names)
             and not any((op, "cpu", a) in dispatch._UNSUPPORTED for op in ops)]
+
+
+def relayout(array: np.ndarray, layout: str, rng) -> np.ndarray:
+    """The same values as ``array`` in another memory layout."""
+    if layout == "strided":  # every other element of a larger array
+        big = rng.uniform(-1, 1, tuple(2 * n for n in array.shape)).astype(array.dtype)
+        view = big[tuple(slice(None, None, 2) for _ in array.shape)]
+        view[...] = array
+    elif layout == "transposed":  # C-order copy of the transpose, transposed back
+        axes = tuple(reversed(range(array.ndim)))
+        view = np.ascontiguousarray(array.transpose(axes)).transpose(axes)
+    elif layout == "fortran":
+        view = np.asfortranarray(array)
+    elif layout == "reversed":  # negative strides
+        view = np.ascontiguousarray(array[..., ::-1])[..., ::-1]
+    else:
+        raise AssertionError(layout)
+    assert np.array_equal(view, array)
+    if array.ndim > 1:
+        assert not view.flags.c_contiguous
+    return view

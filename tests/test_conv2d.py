@@ -22,6 +22,7 @@ from tests.cases import (
     expected_output_shape,
     explicit_padding,
     make_inputs,
+    relayout,
     supports,
     tolerance,
 )
@@ -113,35 +114,14 @@ def test_torch_oracle_pads_same_with_stride_at_the_end():
 LAYOUT_CASES = [c for c in CONV2D_CASES if c.id in ("3x3_s2_p1", "groups2", "pad_asym")]
 
 
-def _relayout(array: np.ndarray, layout: str, rng) -> np.ndarray:
-    """The same values as ``array`` in another memory layout."""
-    if layout == "strided":  # every other element of a larger array
-        big = rng.uniform(-1, 1, tuple(2 * n for n in array.shape)).astype(array.dtype)
-        view = big[tuple(slice(None, None, 2) for _ in array.shape)]
-        view[...] = array
-    elif layout == "transposed":  # C-order copy of the transpose, transposed back
-        axes = tuple(reversed(range(array.ndim)))
-        view = np.ascontiguousarray(array.transpose(axes)).transpose(axes)
-    elif layout == "fortran":
-        view = np.asfortranarray(array)
-    elif layout == "reversed":  # negative strides
-        view = np.ascontiguousarray(array[..., ::-1])[..., ::-1]
-    else:
-        raise AssertionError(layout)
-    assert np.array_equal(view, array)
-    if array.ndim > 1:
-        assert not view.flags.c_contiguous
-    return view
-
-
 @pytest.mark.parametrize("layout", ["strided", "transposed", "fortran", "reversed"])
 @pytest.mark.parametrize("algorithm, case", algorithm_case_params(ALGORITHMS, LAYOUT_CASES))
 def test_any_memory_layout(algorithm, case, layout, rng):
     dtype = np.float32
     x, w, b = make_inputs(case, dtype, rng)
     expected = reference.conv2d(x, w, b, **case.kwargs)
-    xv, wv = _relayout(x, layout, rng), _relayout(w, layout, rng)
-    bv = _relayout(b, "strided", rng) if b is not None else None
+    xv, wv = relayout(x, layout, rng), relayout(w, layout, rng)
+    bv = relayout(b, "strided", rng) if b is not None else None
     assert_close(fastconv.conv2d(xv, wv, bv, **case.kwargs, algorithm=algorithm), expected, dtype)
 
 

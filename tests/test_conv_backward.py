@@ -29,6 +29,7 @@ from tests.cases import (
     explicit_padding,
     general_algorithms,
     make_inputs,
+    relayout,
     sum_tolerance,
     supports,
     tolerance,
@@ -42,7 +43,7 @@ from tests.gradients import (
     flags_id,
     numeric_gradient,
 )
-from tests.test_conv2d import _relayout, conv2d_configs
+from tests.test_conv2d import conv2d_configs
 
 #: The algorithms every kernel of the op has, for every problem (Winograd computes only
 #: 3x3 stride-1 problems: tested on those on its own).
@@ -194,7 +195,7 @@ def test_any_memory_layout(algorithm, case, layout, rng):
     x, w, _ = make_inputs(case, dtype, rng)
     g = make_grad_output(case, dtype, rng)
     expected = reference.conv2d_backward(g, x, w, **case.kwargs)
-    views = [_relayout(a, layout, rng) for a in (g, x, w)]
+    views = [relayout(a, layout, rng) for a in (g, x, w)]
     grads = fastconv.conv2d_backward(*views, **case.kwargs, algorithm=algorithm)
     assert_grads_close(grads, expected, dtype, g)
     for grad in grads:

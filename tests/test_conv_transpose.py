@@ -27,6 +27,7 @@ from tests.cases import (
     explicit_padding,
     general_algorithms,
     make_inputs,
+    relayout,
     tolerance,
 )
 from tests.gradients import (
@@ -38,7 +39,6 @@ from tests.gradients import (
     flags_id,
     numeric_gradient,
 )
-from tests.test_conv2d import _relayout
 
 #: The algorithms every kernel of the op has, for every problem (Winograd computes only
 #: 3x3 stride-1 problems: tested on those on its own).
@@ -399,8 +399,8 @@ def test_needs_flags(algorithm, flags, rng):
 def test_any_memory_layout(algorithm, case, layout, rng):
     dtype = np.float32
     x, w, b, g = make_transpose_inputs(case, dtype, rng)
-    xv, wv, gv = (_relayout(a, layout, rng) for a in (x, w, g))
-    bv = _relayout(b, "strided", rng)
+    xv, wv, gv = (relayout(a, layout, rng) for a in (x, w, g))
+    bv = relayout(b, "strided", rng)
     y = fastconv.conv_transpose2d(xv, wv, bv, **case.kwargs, algorithm=algorithm)
     assert_output_close(y, reference.conv_transpose2d(x, w, b, **case.kwargs), dtype)
     assert y.flags.c_contiguous
