@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test bench
+.PHONY: test bench demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,15 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	touch $@
 
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[demo]'
+	touch $@
+
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest --benchmark-disable
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m fastconv bench
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/python -m fastconv demo

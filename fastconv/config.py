@@ -89,3 +89,20 @@ AUTO_DIRECT_MAX_DEPTH: int = _env_int("AUTO_DIRECT_MAX_DEPTH", 32)
 #: both C/groups and K/groups are at least this (fewer channels do not pay for
 #: its input and output transforms).
 AUTO_WINOGRAD_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_MIN_CHANNELS", 16)
+
+# --- CUDA launch sizes (read when a kernel is launched or, for tile shapes that
+# size shared memory, when the CUDA backend is first imported) ----------------------
+
+#: Threads per block of the one-dimensional (grid-stride) kernels.
+CUDA_THREADS: int = _env_int("CUDA_THREADS", 256)
+
+#: Most blocks one grid-stride launch uses; larger problems loop inside the kernel.
+CUDA_MAX_BLOCKS: int = _env_int("CUDA_MAX_BLOCKS", 65535)
+
+#: Implicit-GEMM conv2d: an output tile of CUDA_GEMM_TILE x CUDA_GEMM_TILE
+#: (output channels x output positions) per block, computed CUDA_GEMM_THREAD_TILE
+#: x CUDA_GEMM_THREAD_TILE values per thread, reading the reduction in chunks of
+#: CUDA_GEMM_TILE_K through shared memory.
+CUDA_GEMM_TILE: int = _env_int("CUDA_GEMM_TILE", 64)
+CUDA_GEMM_TILE_K: int = _env_int("CUDA_GEMM_TILE_K", 16)
+CUDA_GEMM_THREAD_TILE: int = _env_int("CUDA_GEMM_THREAD_TILE", 4)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 #: The package that registers each device's kernels when imported.
-BACKENDS: dict[str, str] = {"cpu": "fastconv.cpu"}
+BACKENDS: dict[str, str] = {"cpu": "fastconv.cpu", "cuda": "fastconv.cuda.backend"}
 
 #: Every op that has kernels, with the device names it may run on.
 OPS: tuple[str, ...] = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",

@@ -1,11 +1,28 @@
-"""Shared fixtures: a fresh, seeded random generator per test."""
+"""Shared fixtures: a fresh, seeded random generator per test.
+
+On a machine without an NVIDIA GPU the CUDA tests run under Numba's CUDA
+simulator: ``NUMBA_ENABLE_CUDASIM=1`` is set here, before anything imports
+``numba.cuda``, unless the environment already says otherwise. On a GPU machine
+the same tests run on the GPU.
+"""
 
 from __future__ import annotations
 
+import glob
+import os
 import zlib
 
-import numpy as np
-import pytest
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+    # the simulator runs every thread as Python: small tiles keep it quick, and
+    # several blocks per launch are still exercised
+    for name, value in (("CUDA_GEMM_TILE", "8"), ("CUDA_GEMM_TILE_K", "4"),
+                        ("CUDA_GEMM_THREAD_TILE", "2")):
+        os.environ.setdefault("FASTCONV_" + name, value)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture
