@@ -36,7 +36,7 @@ def test_available_algorithms():
 def test_unknown_op_and_device():
     with pytest.raises(ValueError, match=r"op must be one of \[.*'conv2d'.*\], got 'conv3d'"):
         fastconv.available_algorithms("conv3d")
-    with pytest.raises(ValueError, match=r"device must be one of \['cpu'\], got 'tpu'"):
+    with pytest.raises(ValueError, match=r"device must be one of \['cpu', 'cuda'\], got 'tpu'"):
         fastconv.available_algorithms("conv2d", device="tpu")
 
 

@@ -7,7 +7,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dispatch, shapes
-from ._checks import as_float_array, check_out, check_same_dtype, positive_int
+from ._checks import positive_int
+from ._place import Host, placement
 
 
 class _ConvGeometry(NamedTuple):
@@ -31,16 +32,13 @@ class _ConvGeometry(NamedTuple):
         """What the user sees of a 4-D shape: no batch axis for unbatched input."""
         return shape4[1:] if self.unbatched else shape4
 
-    def batched(self, array: np.ndarray, name: str, shape4: tuple[int, ...],
-                what: str) -> np.ndarray:
+    def batched(self, place: Host, array, name: str, shape4: tuple[int, ...], what: str):
         """``array`` (checked to have the user's view of ``shape4``) as a C-contiguous 4-D array."""
         expected = self.result_shape(shape4)
-        if array.shape != expected:
-            raise ValueError(f"{name} must have the shape of {what}, {expected}, got {array.shape}")
-        return np.ascontiguousarray(array[None] if self.unbatched else array)
-
-    def unbatch(self, array: np.ndarray | None) -> np.ndarray | None:
-        return array[0] if array is not None and self.unbatched else array
+        if tuple(array.shape) != expected:
+            raise ValueError(
+                f"{name} must have the shape of {what}, {expected}, got {tuple(array.shape)}")
+        return place.batched(array)
 
     def params(self) -> tuple:
         """The trailing kernel arguments: stride, padding, dilation, groups."""
@@ -53,37 +51,21 @@ class _ConvGeometry(NamedTuple):
                     groups=self.groups, dtype=self.x4.dtype)
 
 
-def _float_arrays(**arrays: object) -> list:
-    """Each named argument as a float ndarray, all of the first one's dtype (a None bias
-    stays None)."""
-    converted = [None if a is None and name == "bias" else as_float_array(a, name)
-                 for name, a in arrays.items()]
-    first_name = next(iter(arrays))
-    for name, array in zip(list(arrays)[1:], converted[1:], strict=False):
-        if array is not None:
-            check_same_dtype(converted[0], array, name, first_name)
-    return converted
-
-
-def _contiguous(array: np.ndarray | None) -> np.ndarray | None:
-    return None if array is None else np.ascontiguousarray(array)
-
-
-def _conv_geometry(x, w, stride, padding, dilation, groups, *, input_name="input",
+def _conv_geometry(place, x, w, stride, padding, dilation, groups, *, input_name="input",
                    weight_form="(K, C/groups, R, S)") -> _ConvGeometry:
     """Validate a conv2d problem (input ``(N, C, H, W)`` or ``(C, H, W)``, weight
     ``(K, C/groups, R, S)``) and normalise every argument form."""
-    if x.ndim not in (3, 4):
+    if len(x.shape) not in (3, 4):
         raise ValueError(
-            f"{input_name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {x.shape}"
+            f"{input_name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}"
         )
-    if w.ndim != 4:
-        raise ValueError(f"weight must be 4-D {weight_form}, got shape {w.shape}")
-    unbatched = x.ndim == 3
-    x4 = x[None] if unbatched else x
-    _, channels, height, width = x4.shape
+    if len(w.shape) != 4:
+        raise ValueError(f"weight must be 4-D {weight_form}, got shape {tuple(w.shape)}")
+    unbatched = len(x.shape) == 3
+    shape4 = (1, *x.shape) if unbatched else tuple(x.shape)
+    _, channels, height, width = shape4
     out_channels, group_channels, kh, kw = w.shape
-    if 0 in x4.shape[1:]:
+    if 0 in shape4[1:]:
         raise ValueError(f"{input_name} must have non-empty C, H and W, got shape {x.shape}")
     if 0 in w.shape:
         raise ValueError(f"weight must have no empty dimension, got shape {w.shape}")
@@ -110,25 +92,9 @@ def _conv_geometry(x, w, stride, padding, dilation, groups, *, input_name="input
             f"{input_name} {(height + sum(pads[0]), width + sum(pads[1]))} "
             f"({input_name} {(height, width)}, padding {pads})"
         )
-    return _ConvGeometry(np.ascontiguousarray(x4), unbatched, w.shape, stride2, pads, dilation2,
+    return _ConvGeometry(place.batched(x), unbatched, tuple(w.shape), stride2, pads, dilation2,
                          groups, out_channels, (out_h, out_w))
 
-
-def _run(compute, shape4, geo, dtype, out=None):
-    """Call ``compute(target)`` on a C-contiguous 4-D array of ``shape4`` (``out``'s memory
-    where possible) and return the user's view of it (``out`` itself when given)."""
-    if out is not None and out.flags.c_contiguous:
-        target = out.reshape(shape4)
-    else:
-        target = np.empty(shape4, dtype=dtype)
-    if shape4[0]:
-        compute(target)
-    result = target[0] if geo.unbatched else target
-    if out is None:
-        return result
-    if not np.shares_memory(out, target):
-        out[...] = result
-    return out
 
 def conv2d(
     input: np.ndarray,
@@ -141,6 +107,7 @@ def conv2d(
     *,
     algorithm: str = "auto",
     out: np.ndarray | None = None,
+    device: str | None = None,
 ) -> np.ndarray:
     """2-D convolution (cross-correlation) of an image batch, as ``torch.nn.functional.conv2d``.
 
@@ -159,9 +126,11 @@ def conv2d(
       and likewise ``W_out`` (see :func:`fastconv.conv_output_size`).
 
     Args:
-        input, weight, bias: float32 or float64 numpy arrays of one dtype,
-            which the output has too. Any memory layout is accepted (strided
-            views, Fortran order, read-only); inputs are never modified.
+        input, weight, bias: float32 or float64 arrays of one dtype, which
+            the output has too: numpy arrays, or GPU arrays (Numba device
+            arrays, CuPy arrays, PyTorch CUDA tensors), all on one side. Any
+            memory layout is accepted (strided views, Fortran order,
+            read-only); inputs are never modified.
         stride: int or ``(stride_h, stride_w)``, each >= 1.
         padding: zeros added around the input: an int, ``(pad_h, pad_w)``,
             ``((top, bottom), (left, right))``, ``"valid"`` (no padding) or
@@ -177,7 +146,14 @@ def conv2d(
             :func:`fastconv.available_algorithms` ``("conv2d")``:
             ``"direct"``, ``"im2col"``, ``"winograd"`` (3x3 kernels, stride and
             dilation 1 only; another problem is a ValueError), ``"reference"``.
-        out: optional array of the output's shape and dtype to write into.
+            On the GPU: ``"direct"``, ``"implicit_gemm"``, ``"reference"``.
+        out: optional array of the output's shape and dtype to write into
+            (on the GPU, a GPU array).
+        device: where to run. None (the default) follows the data: GPU
+            arrays run on the GPU (:mod:`fastconv.cuda`) and give a result of
+            the same kind (a PyTorch CUDA tensor in, one out), numpy arrays on
+            the CPU. ``"cpu"``; ``"cuda"`` or ``"cuda:N"`` copies numpy
+            arguments to the GPU and the result back.
 
     Returns:
         The output array (``out`` itself when given).
@@ -186,7 +162,11 @@ def conv2d(
         TypeError: non-float, complex or mixed dtypes, non-array arguments.
         ValueError: wrong shapes, channel/group mismatches, non-positive
             stride or dilation, negative padding, a kernel larger than the
-            padded input, empty dimensions, a bad ``out``.
+            padded input, empty dimensions, a bad ``out``, host and GPU
+            arrays mixed (with ``device=None``), a GPU array with
+            ``device="cpu"``, arrays on two GPUs.
+        RuntimeError: the GPU is asked for but :func:`fastconv.cuda.is_available`
+            is False.
 
     Example:
 
@@ -200,17 +180,19 @@ def conv2d(
     [[10.0, 18.0, 24.0, 18.0], [27.0, 45.0, 54.0, 39.0],
      [51.0, 81.0, 90.0, 63.0], [42.0, 66.0, 72.0, 50.0]]
     """
-    x, w, b = _float_arrays(input=input, weight=weight, bias=bias)
-    geo = _conv_geometry(x, w, stride, padding, dilation, groups)
-    if b is not None and b.shape != (geo.out_channels,):
-        raise ValueError(f"bias must have shape (K,) = ({geo.out_channels},), got {b.shape}")
-    if out is not None:
-        check_out(out, geo.result_shape(geo.out_shape), x.dtype, (input, weight, bias))
-    _, kernel = dispatch.select("conv2d", "cpu", algorithm, **geo.problem())
-    return _run(
-        lambda target: kernel(geo.x4, _contiguous(w), _contiguous(b), target, *geo.params()),
-        geo.out_shape, geo, x.dtype, out,
-    )
+    place = placement(device, input=input, weight=weight, bias=bias, out=out)
+    with place.active():
+        x, w, b = place.floats(input=input, weight=weight, bias=bias)
+        geo = _conv_geometry(place, x, w, stride, padding, dilation, groups)
+        if b is not None and tuple(b.shape) != (geo.out_channels,):
+            raise ValueError(
+                f"bias must have shape (K,) = ({geo.out_channels},), got {tuple(b.shape)}")
+        if out is not None:
+            place.check_out(out, geo.result_shape(geo.out_shape), x.dtype, (input, weight, bias))
+        _, kernel = dispatch.select("conv2d", place.device, algorithm, **geo.problem())
+        w, b = place.contiguous(w), place.contiguous(b)
+        return place.run(lambda target: kernel(geo.x4, w, b, target, *geo.params()),
+                         geo.out_shape, x.dtype, geo.unbatched, out)
 
 
 
@@ -221,19 +203,19 @@ def _needs(**flags: object) -> tuple[bool, ...]:
     return tuple(bool(v) for v in flags.values())
 
 
-def _weight_grad(x4, dy4, weight_shape, geo, algorithm):
+def _weight_grad(place, x4, dy4, weight_shape, geo, algorithm):
     """conv2d's grad_weight: a correlation of its input x4 with its output gradient dy4."""
-    _, kernel = dispatch.select("conv2d_grad_weight", "cpu", algorithm, **geo.problem())
-    grad_weight = np.zeros(weight_shape, x4.dtype)
+    _, kernel = dispatch.select("conv2d_grad_weight", place.device, algorithm, **geo.problem())
+    grad_weight = place.zeros(weight_shape, x4.dtype)
     if x4.shape[0]:
         kernel(x4, dy4, grad_weight, *geo.params())
     return grad_weight
 
 
-def _bias_grad(dy4):
+def _bias_grad(place, dy4):
     """grad_bias: dy4 summed over N, H, W."""
-    _, kernel = dispatch.select("conv2d_grad_bias", "cpu", "auto")
-    grad_bias = np.zeros(dy4.shape[1], dy4.dtype)
+    _, kernel = dispatch.select("conv2d_grad_bias", place.device, "auto")
+    grad_bias = place.zeros((dy4.shape[1],), dy4.dtype)
     if dy4.shape[0]:
         kernel(dy4, grad_bias)
     return grad_bias
@@ -252,6 +234,7 @@ def conv2d_backward(
     needs_weight_grad: bool = True,
     needs_bias_grad: bool = True,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Gradients of :func:`conv2d` with respect to its input, weight and bias.
 
@@ -281,7 +264,8 @@ def conv2d_backward(
             (``available_algorithms("conv2d_grad_input")``); grad_bias always
             runs its one kernel. grad_weight sums per-thread partial results in
             a fixed order: the same inputs give the same bits on every run with
-            the same thread count.
+            the same thread count (on the GPU: on every run).
+        device: as in :func:`conv2d`.
 
     Returns:
         ``(grad_input, grad_weight, grad_bias)``, None for each not asked for.
@@ -297,35 +281,42 @@ def conv2d_backward(
     >>> gw[0, 0].tolist(), gb.tolist()
     ([[4.0, 4.0], [4.0, 4.0]], [4.0])
     """
-    dy, x, w = _float_arrays(grad_output=grad_output, input=input, weight=weight)
-    needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
-                   needs_bias_grad=needs_bias_grad)
-    geo = _conv_geometry(x, w, stride, padding, dilation, groups)
-    dy4 = geo.batched(dy, "grad_output", geo.out_shape, "conv2d's output")
-    w = np.ascontiguousarray(w)
-    grad_input = None
-    if needs[0]:
-        _, kernel = dispatch.select("conv2d_grad_input", "cpu", algorithm, **geo.problem())
-        grad_input = np.zeros(geo.x4.shape, x.dtype)
-        if geo.x4.shape[0]:
-            kernel(dy4, w, grad_input, *geo.params())
-    grad_weight = _weight_grad(geo.x4, dy4, w.shape, geo, algorithm) if needs[1] else None
-    grad_bias = _bias_grad(dy4) if needs[2] else None
-    return geo.unbatch(grad_input), grad_weight, grad_bias
+    place = placement(device, grad_output=grad_output, input=input, weight=weight)
+    with place.active():
+        dy, x, w = place.floats(grad_output=grad_output, input=input, weight=weight)
+        needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
+                       needs_bias_grad=needs_bias_grad)
+        geo = _conv_geometry(place, x, w, stride, padding, dilation, groups)
+        dy4 = geo.batched(place, dy, "grad_output", geo.out_shape, "conv2d's output")
+        w = place.contiguous(w)
+        grad_input = None
+        if needs[0]:
+            _, kernel = dispatch.select("conv2d_grad_input", place.device, algorithm,
+                                        **geo.problem())
+            grad_input = place.zeros(geo.x4.shape, x.dtype)
+            if geo.x4.shape[0]:
+                kernel(dy4, w, grad_input, *geo.params())
+        grad_weight = (_weight_grad(place, geo.x4, dy4, tuple(w.shape), geo, algorithm)
+                       if needs[1] else None)
+        grad_bias = _bias_grad(place, dy4) if needs[2] else None
+        return (place.give(grad_input, geo.unbatched), place.give(grad_weight),
+                place.give(grad_bias))
 
 
-def _transpose_geometry(x, w, stride, padding, output_padding, groups, dilation, output_size):
+def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, dilation,
+                        output_size):
     """Validate a transposed convolution and describe it as the conv2d it is the adjoint of:
     that conv2d's input is the transposed convolution's output."""
-    if x.ndim not in (3, 4):
+    if len(x.shape) not in (3, 4):
         raise ValueError(
-            f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {x.shape}")
-    if w.ndim != 4:
-        raise ValueError(f"weight must be 4-D (C_in, C_out/groups, R, S), got shape {w.shape}")
-    unbatched = x.ndim == 3
-    x4 = x[None] if unbatched else x
-    n_img, in_channels, height, width = x4.shape
-    if 0 in x4.shape[1:]:
+            f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {tuple(x.shape)}")
+    if len(w.shape) != 4:
+        raise ValueError(
+            f"weight must be 4-D (C_in, C_out/groups, R, S), got shape {tuple(w.shape)}")
+    unbatched = len(x.shape) == 3
+    shape4 = (1, *x.shape) if unbatched else tuple(x.shape)
+    n_img, in_channels, height, width = shape4
+    if 0 in shape4[1:]:
         raise ValueError(f"input must have non-empty C_in, H and W, got shape {x.shape}")
     if 0 in w.shape:
         raise ValueError(f"weight must have no empty dimension, got shape {w.shape}")
@@ -381,7 +372,7 @@ def _transpose_geometry(x, w, stride, padding, output_padding, groups, dilation,
             f"input of size {(height, width)} spreads to"
         )
     out_channels = w.shape[1] * groups
-    return _ConvGeometry(np.ascontiguousarray(x4), unbatched, w.shape, stride2, pads, dilation2,
+    return _ConvGeometry(place.batched(x), unbatched, tuple(w.shape), stride2, pads, dilation2,
                          groups, out_channels, out_size)
 
 
@@ -397,6 +388,7 @@ def conv_transpose2d(
     *,
     output_size: tuple[int, ...] | None = None,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> np.ndarray:
     """Transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose2d``.
 
@@ -428,6 +420,7 @@ def conv_transpose2d(
             overrides ``output_padding``; each must lie in
             ``[H_min, H_min + stride - 1]``.
         algorithm: ``"auto"`` or one of ``available_algorithms("conv2d_grad_input")``.
+        device: as in :func:`conv2d`.
 
     Example:
 
@@ -439,21 +432,25 @@ def conv_transpose2d(
     >>> fastconv.conv_transpose2d(x, w, stride=2, output_size=(5, 5)).shape
     (1, 1, 5, 5)
     """
-    x, w, b = _float_arrays(input=input, weight=weight, bias=bias)
-    geo = _transpose_geometry(x, w, stride, padding, output_padding, groups, dilation, output_size)
-    if b is not None and b.shape != (geo.out_channels,):
-        raise ValueError(
-            f"bias must have shape (C_out,) = ({geo.out_channels},), got {b.shape}"
-        )
-    _, kernel = dispatch.select("conv2d_grad_input", "cpu", algorithm, **geo.problem())
-    w = np.ascontiguousarray(w)
+    place = placement(device, input=input, weight=weight, bias=bias)
+    with place.active():
+        x, w, b = place.floats(input=input, weight=weight, bias=bias)
+        geo = _transpose_geometry(place, x, w, stride, padding, output_padding, groups, dilation,
+                                  output_size)
+        if b is not None and tuple(b.shape) != (geo.out_channels,):
+            raise ValueError(
+                f"bias must have shape (C_out,) = ({geo.out_channels},), got {tuple(b.shape)}"
+            )
+        _, kernel = dispatch.select("conv2d_grad_input", place.device, algorithm,
+                                    **geo.problem())
+        w, b = place.contiguous(w), place.contiguous(b)
 
-    def compute(target):
-        kernel(geo.x4, w, target, *geo.params())
-        if b is not None:
-            target += b[None, :, None, None]
+        def compute(target):
+            kernel(geo.x4, w, target, *geo.params())
+            if b is not None:
+                place.add_channel_bias(target, b)
 
-    return _run(compute, geo.out_shape, geo, x.dtype)
+        return place.run(compute, geo.out_shape, x.dtype, geo.unbatched)
 
 
 def conv_transpose2d_backward(
@@ -471,6 +468,7 @@ def conv_transpose2d_backward(
     needs_weight_grad: bool = True,
     needs_bias_grad: bool = True,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Gradients of :func:`conv_transpose2d` with respect to input, weight and bias.
 
@@ -484,8 +482,8 @@ def conv_transpose2d_backward(
 
     Shapes: ``grad_output`` has the shape of ``conv_transpose2d``'s output;
     the gradients have the shapes of ``input``, ``weight`` and ``(C_out,)``.
-    Arguments as in :func:`conv_transpose2d`; ``needs_*`` as in
-    :func:`conv2d_backward`.
+    Arguments (``device`` too) as in :func:`conv_transpose2d`; ``needs_*`` as
+    in :func:`conv2d_backward`.
 
     Example:
 
@@ -495,26 +493,37 @@ def conv_transpose2d_backward(
     >>> gx[0, 0].tolist(), gw[0, 0].tolist(), gb.tolist()
     ([[4.0, 4.0], [4.0, 4.0]], [[4.0, 4.0], [4.0, 4.0]], [16.0])
     """
-    dy, x, w = _float_arrays(grad_output=grad_output, input=input, weight=weight)
-    needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
-                   needs_bias_grad=needs_bias_grad)
-    geo = _transpose_geometry(x, w, stride, padding, output_padding, groups, dilation, output_size)
-    dy4 = geo.batched(dy, "grad_output", geo.out_shape, "conv_transpose2d's output")
-    w = np.ascontiguousarray(w)
-    # conv2d's view of the same problem: its input is grad_output, its output the input
-    conv = geo._replace(x4=dy4, out_channels=w.shape[0], out_size=geo.x4.shape[2:])
-    grad_input = None
-    if needs[0]:
-        _, kernel = dispatch.select("conv2d", "cpu", algorithm, **conv.problem())
-        # a bigger conv2d output only where output_padding >= stride: crop it
-        full_h = shapes.output_length(dy4.shape[2], w.shape[2], geo.stride[0], geo.padding[0],
-                                      geo.dilation[0])
-        full_w = shapes.output_length(dy4.shape[3], w.shape[3], geo.stride[1], geo.padding[1],
-                                      geo.dilation[1])
-        full = np.empty((dy4.shape[0], w.shape[0], full_h, full_w), dy4.dtype)
-        if dy4.shape[0]:
-            kernel(dy4, w, None, full, *geo.params())
-        grad_input = np.ascontiguousarray(full[:, :, : geo.x4.shape[2], : geo.x4.shape[3]])
-    grad_weight = _weight_grad(dy4, geo.x4, w.shape, conv, algorithm) if needs[1] else None
-    grad_bias = _bias_grad(dy4) if needs[2] else None
-    return geo.unbatch(grad_input), grad_weight, grad_bias
+    place = placement(device, grad_output=grad_output, input=input, weight=weight)
+    with place.active():
+        dy, x, w = place.floats(grad_output=grad_output, input=input, weight=weight)
+        needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
+                       needs_bias_grad=needs_bias_grad)
+        geo = _transpose_geometry(place, x, w, stride, padding, output_padding, groups, dilation,
+                                  output_size)
+        dy4 = geo.batched(place, dy, "grad_output", geo.out_shape, "conv_transpose2d's output")
+        w = place.contiguous(w)
+        # conv2d's view of the same problem: its input is grad_output, its output the input
+        conv = geo._replace(x4=dy4, out_channels=w.shape[0], out_size=tuple(geo.x4.shape[2:]))
+        grad_input = None
+        if needs[0]:
+            _, kernel = dispatch.select("conv2d", place.device, algorithm, **conv.problem())
+            # a bigger conv2d output only where output_padding >= stride: crop it
+            full_h = shapes.output_length(dy4.shape[2], w.shape[2], geo.stride[0],
+                                          geo.padding[0], geo.dilation[0])
+            full_w = shapes.output_length(dy4.shape[3], w.shape[3], geo.stride[1],
+                                          geo.padding[1], geo.dilation[1])
+            height, width = geo.x4.shape[2:]
+            if (full_h, full_w) == (height, width):
+                grad_input = place.empty(geo.x4.shape, dy4.dtype)
+                if dy4.shape[0]:
+                    kernel(dy4, w, None, grad_input, *geo.params())
+            else:
+                full = place.empty((dy4.shape[0], w.shape[0], full_h, full_w), dy4.dtype)
+                if dy4.shape[0]:
+                    kernel(dy4, w, None, full, *geo.params())
+                grad_input = place.crop(full, height, width)
+        grad_weight = (_weight_grad(place, dy4, geo.x4, tuple(w.shape), conv, algorithm)
+                       if needs[1] else None)
+        grad_bias = _bias_grad(place, dy4) if needs[2] else None
+        return (place.give(grad_input, geo.unbatched), place.give(grad_weight),
+                place.give(grad_bias))

@@ -4,6 +4,11 @@ Pooling slides the same windows as a convolution (:mod:`fastconv.shapes`
 sizes both), with a max or a mean in place of the weighted sum. Unpooling
 goes the other way: :func:`max_unpool2d` puts each value back where
 :func:`max_pool2d` found it, :func:`repeat_unpool2d` copies it into a block.
+
+Every op takes ``device=`` as :func:`fastconv.conv2d` does: None follows the
+data (GPU arrays run on the GPU and give GPU arrays of the same kind), ``"cpu"``,
+or ``"cuda"`` / ``"cuda:N"``, which copies numpy arguments to the GPU and the
+result back.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dispatch, shapes
-from ._checks import as_float_array, positive_int
+from ._checks import positive_int
+from ._place import Host, placement
 
 
 class _Window(NamedTuple):
@@ -32,15 +38,15 @@ def _flag(value: object, name: str) -> bool:
     return bool(value)
 
 
-def _batched(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+def _batched(place: Host, x, name: str) -> tuple:
     """``x`` (``(N, C, H, W)`` or ``(C, H, W)``) as a C-contiguous 4-D array, and whether
     it was unbatched."""
-    if x.ndim not in (3, 4):
-        raise ValueError(f"{name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {x.shape}")
-    if 0 in x.shape[-3:]:
-        raise ValueError(f"{name} must have non-empty C, H and W, got shape {x.shape}")
-    unbatched = x.ndim == 3
-    return np.ascontiguousarray(x[None] if unbatched else x), unbatched
+    shape = tuple(x.shape)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"{name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {shape}")
+    if 0 in shape[-3:]:
+        raise ValueError(f"{name} must have non-empty C, H and W, got shape {shape}")
+    return place.batched(x), len(shape) == 3
 
 
 def _input_shape(value: object, name: str = "input_shape") -> tuple[tuple[int, ...], bool]:
@@ -104,37 +110,31 @@ def _check_windows_touch_input(length, kernel, stride, pad, dilation, out_length
             )
 
 
-def _index_array(value: object, name: str, shape: tuple[int, ...] | None = None,
-                 what: str = "") -> np.ndarray:
+def _index_array(place: Host, value: object, name: str, shape: tuple[int, ...] | None = None,
+                 what: str = ""):
     """``value`` as a C-contiguous int64 array (of ``shape``, with ``what`` naming it, if given)."""
-    try:
-        array = np.asarray(value)
-    except Exception:  # noqa: BLE001 - any failure means "not array-like"
-        array = np.asarray(None)
-    if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(
-            f"{name} must be an integer array (int64, as max_pool2d(..., return_indices=True) "
-            f"returns), got {type(value).__name__} of dtype {array.dtype}"
-        )
-    if shape is not None and array.shape != shape:
-        raise ValueError(f"{name} must have the shape of {what}, {shape}, got {array.shape}")
-    return np.ascontiguousarray(array, dtype=np.int64)
+    array = place.indices(value, name)
+    if shape is not None and tuple(array.shape) != shape:
+        raise ValueError(
+            f"{name} must have the shape of {what}, {shape}, got {tuple(array.shape)}")
+    return array
 
 
-def _raise_bad_index(position: int, indices: np.ndarray, name: str, plane: tuple[int, int],
+def _raise_bad_index(place: Host, position: int, indices, name: str, plane: tuple[int, int],
                      what: str) -> None:
     if position < 0:
         return
-    where = np.unravel_index(position, indices.shape)
+    where = np.unravel_index(position, tuple(indices.shape))
     raise ValueError(
-        f"{name} holds {int(indices.flat[position])} at {tuple(int(i) for i in where)}, outside "
-        f"[0, {plane[0] * plane[1]}): each index must be a flat position h * W + w in a "
-        f"{plane[0]} x {plane[1]} plane of {what}"
+        f"{name} holds {place.item(indices, position)} at {tuple(int(i) for i in where)}, "
+        f"outside [0, {plane[0] * plane[1]}): each index must be a flat position h * W + w in "
+        f"a {plane[0]} x {plane[1]} plane of {what}"
     )
 
 
-def _user_view(array: np.ndarray, unbatched: bool) -> np.ndarray:
-    return array[0] if unbatched else array
+def _as4(array, unbatched: bool):
+    """A C-contiguous 3-D array with a batch axis of 1 in front when ``unbatched``."""
+    return array.reshape(1, *array.shape) if unbatched else array
 
 
 def max_pool2d(
@@ -147,6 +147,7 @@ def max_pool2d(
     return_indices: bool = False,
     *,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """2-D max pooling, as ``torch.nn.functional.max_pool2d``.
 
@@ -175,6 +176,8 @@ def max_pool2d(
         return_indices: also return where each maximum came from.
         algorithm: ``"auto"`` or one of
             :func:`fastconv.available_algorithms` ``("max_pool2d")``.
+        device: None (follow the data), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``,
+            as in :func:`fastconv.conv2d`.
 
     Returns:
         The pooled array in the input's dtype; with ``return_indices``,
@@ -202,18 +205,21 @@ def max_pool2d(
     >>> y[0].tolist(), indices[0].tolist()
     ([[2.0, 3.0], [2.0, 4.0]], [[4, 6], [9, 11]])
     """
-    x4, unbatched = _batched(as_float_array(input, "input"), "input")
-    win = _window(x4.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-    with_indices = _flag(return_indices, "return_indices")
-    _, kernel = dispatch.select("max_pool2d", "cpu", algorithm, input_shape=x4.shape,
-                                window=win, dtype=x4.dtype)
-    out = np.empty((*x4.shape[:2], *win.out_size), x4.dtype)
-    indices = np.empty(out.shape, np.int64) if with_indices else None
-    if x4.shape[0]:
-        kernel(x4, out, indices, win.kernel_size, win.stride, win.padding, win.dilation)
-    if with_indices:
-        return _user_view(out, unbatched), _user_view(indices, unbatched)
-    return _user_view(out, unbatched)
+    place = placement(device, input=input)
+    with place.active():
+        (x,) = place.floats(input=input)
+        x4, unbatched = _batched(place, x, "input")
+        win = _window(x4.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+        with_indices = _flag(return_indices, "return_indices")
+        _, kernel = dispatch.select("max_pool2d", place.device, algorithm,
+                                    input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
+        out = place.empty((*x4.shape[:2], *win.out_size), x4.dtype)
+        indices = place.empty(out.shape, np.int64) if with_indices else None
+        if x4.shape[0]:
+            kernel(x4, out, indices, win.kernel_size, win.stride, win.padding, win.dilation)
+        if with_indices:
+            return place.give(out, unbatched), place.give(indices, unbatched)
+        return place.give(out, unbatched)
 
 
 def max_pool2d_backward(
@@ -222,6 +228,7 @@ def max_pool2d_backward(
     input_shape: tuple[int, ...],
     *,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`max_pool2d` with respect to its input.
 
@@ -255,24 +262,26 @@ def max_pool2d_backward(
     >>> fastconv.max_pool2d_backward(np.ones_like(y), indices, x.shape).tolist()
     [[[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]]
     """
-    dy = as_float_array(grad_output, "grad_output")
-    dy4, unbatched = _batched(dy, "grad_output")
-    shape4, shape_unbatched = _input_shape(input_shape)
-    if shape_unbatched != unbatched or shape4[:2] != dy4.shape[:2]:
-        raise ValueError(
-            f"input_shape must have grad_output's {'C' if unbatched else 'N, C'} and be "
-            f"{'3' if unbatched else '4'}-D, got input_shape {tuple(input_shape)} for "
-            f"grad_output of shape {dy.shape}"
-        )
-    where = _index_array(indices, "indices", dy.shape, "grad_output")
-    where4 = where[None] if unbatched else where
-    _, kernel = dispatch.select("max_pool2d_backward", "cpu", algorithm, input_shape=shape4,
-                                dtype=dy4.dtype)
-    grad_input = np.empty(shape4, dy4.dtype)
-    if shape4[0]:
-        bad = kernel(dy4, where4, grad_input)
-        _raise_bad_index(bad, where4, "indices", shape4[2:], "the pooled input")
-    return _user_view(grad_input, unbatched)
+    place = placement(device, grad_output=grad_output, indices=indices)
+    with place.active():
+        (dy,) = place.floats(grad_output=grad_output)
+        dy4, unbatched = _batched(place, dy, "grad_output")
+        shape4, shape_unbatched = _input_shape(input_shape)
+        if shape_unbatched != unbatched or shape4[:2] != tuple(dy4.shape[:2]):
+            raise ValueError(
+                f"input_shape must have grad_output's {'C' if unbatched else 'N, C'} and be "
+                f"{'3' if unbatched else '4'}-D, got input_shape {tuple(input_shape)} for "
+                f"grad_output of shape {tuple(dy.shape)}"
+            )
+        where = _index_array(place, indices, "indices", tuple(dy.shape), "grad_output")
+        where4 = _as4(where, unbatched)
+        _, kernel = dispatch.select("max_pool2d_backward", place.device, algorithm,
+                                    input_shape=shape4, dtype=dy4.dtype)
+        grad_input = place.empty(shape4, dy4.dtype)
+        if shape4[0]:
+            bad = kernel(dy4, where4, grad_input)
+            _raise_bad_index(place, bad, where4, "indices", shape4[2:], "the pooled input")
+        return place.give(grad_input, unbatched)
 
 
 def avg_pool2d(
@@ -285,6 +294,7 @@ def avg_pool2d(
     divisor_override: int | None = None,
     *,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> np.ndarray:
     """2-D average pooling, as ``torch.nn.functional.avg_pool2d``.
 
@@ -329,17 +339,20 @@ def avg_pool2d(
     >>> fastconv.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)[0, 0].tolist()
     [1.0, 1.1666666666666667]
     """
-    x4, unbatched = _batched(as_float_array(input, "input"), "input")
-    win = _window(x4.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
-    include_pad = _flag(count_include_pad, "count_include_pad")
-    divisor = None if divisor_override is None else positive_int(divisor_override,
-                                                                  "divisor_override")
-    _, kernel = dispatch.select("avg_pool2d", "cpu", algorithm, input_shape=x4.shape,
-                                window=win, dtype=x4.dtype)
-    out = np.empty((*x4.shape[:2], *win.out_size), x4.dtype)
-    if x4.shape[0]:
-        kernel(x4, out, win.kernel_size, win.stride, win.padding, include_pad, divisor)
-    return _user_view(out, unbatched)
+    place = placement(device, input=input)
+    with place.active():
+        (x,) = place.floats(input=input)
+        x4, unbatched = _batched(place, x, "input")
+        win = _window(x4.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
+        include_pad = _flag(count_include_pad, "count_include_pad")
+        divisor = None if divisor_override is None else positive_int(divisor_override,
+                                                                      "divisor_override")
+        _, kernel = dispatch.select("avg_pool2d", place.device, algorithm,
+                                    input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
+        out = place.empty((*x4.shape[:2], *win.out_size), x4.dtype)
+        if x4.shape[0]:
+            kernel(x4, out, win.kernel_size, win.stride, win.padding, include_pad, divisor)
+        return place.give(out, unbatched)
 
 
 def avg_pool2d_backward(
@@ -353,6 +366,7 @@ def avg_pool2d_backward(
     divisor_override: int | None = None,
     *,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`avg_pool2d` with respect to its input.
 
@@ -372,25 +386,28 @@ def avg_pool2d_backward(
     >>> fastconv.avg_pool2d_backward(np.ones((1, 2, 2)), (1, 3, 3), 2, stride=1).tolist()
     [[[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]]
     """
-    dy = as_float_array(grad_output, "grad_output")
-    shape4, unbatched = _input_shape(input_shape)
-    win = _window(shape4[2:], kernel_size, stride, padding, 1, ceil_mode, "input_shape")
-    include_pad = _flag(count_include_pad, "count_include_pad")
-    divisor = None if divisor_override is None else positive_int(divisor_override,
-                                                                  "divisor_override")
-    expected = (*shape4[:2], *win.out_size)
-    if dy.shape != expected[unbatched:]:
-        raise ValueError(
-            f"grad_output must have the shape of avg_pool2d's output for input_shape "
-            f"{tuple(input_shape)}, {expected[unbatched:]}, got {dy.shape}"
-        )
-    dy4 = np.ascontiguousarray(dy[None] if unbatched else dy)
-    _, kernel = dispatch.select("avg_pool2d_backward", "cpu", algorithm, input_shape=shape4,
-                                window=win, dtype=dy.dtype)
-    grad_input = np.empty(shape4, dy.dtype)
-    if shape4[0]:
-        kernel(dy4, grad_input, win.kernel_size, win.stride, win.padding, include_pad, divisor)
-    return _user_view(grad_input, unbatched)
+    place = placement(device, grad_output=grad_output)
+    with place.active():
+        (dy,) = place.floats(grad_output=grad_output)
+        shape4, unbatched = _input_shape(input_shape)
+        win = _window(shape4[2:], kernel_size, stride, padding, 1, ceil_mode, "input_shape")
+        include_pad = _flag(count_include_pad, "count_include_pad")
+        divisor = None if divisor_override is None else positive_int(divisor_override,
+                                                                      "divisor_override")
+        expected = (*shape4[:2], *win.out_size)
+        if tuple(dy.shape) != expected[unbatched:]:
+            raise ValueError(
+                f"grad_output must have the shape of avg_pool2d's output for input_shape "
+                f"{tuple(input_shape)}, {expected[unbatched:]}, got {tuple(dy.shape)}"
+            )
+        dy4 = place.batched(dy)
+        _, kernel = dispatch.select("avg_pool2d_backward", place.device, algorithm,
+                                    input_shape=shape4, window=win, dtype=dy.dtype)
+        grad_input = place.empty(shape4, dy.dtype)
+        if shape4[0]:
+            kernel(dy4, grad_input, win.kernel_size, win.stride, win.padding, include_pad,
+                   divisor)
+        return place.give(grad_input, unbatched)
 
 
 def _unpool_size(size: tuple[int, int], kernel_size: object, stride: object, padding: object,
@@ -432,6 +449,7 @@ def max_unpool2d(
     output_size: tuple[int, ...] | None = None,
     *,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> np.ndarray:
     """Max unpooling, as ``torch.nn.functional.max_unpool2d``: the partial inverse of
     :func:`max_pool2d`.
@@ -471,18 +489,21 @@ def max_unpool2d(
     >>> fastconv.max_unpool2d(y, indices, 2)[0].tolist()
     [[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 3.0, 0.0], [0.0, 2.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]]
     """
-    x = as_float_array(input, "input")
-    x4, unbatched = _batched(x, "input")
-    where = _index_array(indices, "indices", x.shape, "input")
-    where4 = where[None] if unbatched else where
-    out_size = _unpool_size(x4.shape[2:], kernel_size, stride, padding, output_size)
-    _, kernel = dispatch.select("max_unpool2d", "cpu", algorithm, input_shape=x4.shape,
-                                out_size=out_size, dtype=x4.dtype)
-    out = np.empty((*x4.shape[:2], *out_size), x4.dtype)
-    if x4.shape[0]:
-        bad = kernel(x4, where4, out)
-        _raise_bad_index(bad, where4, "indices", out_size, "the output")
-    return _user_view(out, unbatched)
+    place = placement(device, input=input, indices=indices)
+    with place.active():
+        (x,) = place.floats(input=input)
+        x4, unbatched = _batched(place, x, "input")
+        where = _index_array(place, indices, "indices", tuple(x.shape), "input")
+        where4 = _as4(where, unbatched)
+        out_size = _unpool_size(tuple(x4.shape[2:]), kernel_size, stride, padding, output_size)
+        _, kernel = dispatch.select("max_unpool2d", place.device, algorithm,
+                                    input_shape=tuple(x4.shape), out_size=out_size,
+                                    dtype=x4.dtype)
+        out = place.empty((*x4.shape[:2], *out_size), x4.dtype)
+        if x4.shape[0]:
+            bad = kernel(x4, where4, out)
+            _raise_bad_index(place, bad, where4, "indices", out_size, "the output")
+        return place.give(out, unbatched)
 
 
 def max_unpool2d_backward(
@@ -490,6 +511,7 @@ def max_unpool2d_backward(
     indices: np.ndarray,
     *,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`max_unpool2d` with respect to its input: a gather,
     ``grad_input[n, c, i, j] = grad_output[n, c].flat[indices[n, c, i, j]]``.
@@ -507,22 +529,27 @@ def max_unpool2d_backward(
     >>> fastconv.max_unpool2d_backward(dy, np.array([[[4, 6], [9, 11]]])).tolist()
     [[[4.0, 6.0], [9.0, 11.0]]]
     """
-    dy = as_float_array(grad_output, "grad_output")
-    dy4, unbatched = _batched(dy, "grad_output")
-    where = _index_array(indices, "indices")
-    if where.ndim != dy.ndim or where.shape[:-2] != dy.shape[:-2] or 0 in where.shape[-2:]:
-        raise ValueError(
-            f"indices must be {dy.ndim}-D with grad_output's leading sizes {dy.shape[:-2]} "
-            f"and non-empty H, W ((N, C, H, W) or (C, H, W)), got shape {where.shape}"
-        )
-    where4 = where[None] if unbatched else where
-    _, kernel = dispatch.select("max_unpool2d_backward", "cpu", algorithm,
-                                input_shape=where4.shape, dtype=dy4.dtype)
-    grad_input = np.empty(where4.shape, dy4.dtype)
-    if where4.shape[0]:
-        bad = kernel(dy4, where4, grad_input)
-        _raise_bad_index(bad, where4, "indices", dy4.shape[2:], "grad_output")
-    return _user_view(grad_input, unbatched)
+    place = placement(device, grad_output=grad_output, indices=indices)
+    with place.active():
+        (dy,) = place.floats(grad_output=grad_output)
+        dy4, unbatched = _batched(place, dy, "grad_output")
+        where = _index_array(place, indices, "indices")
+        dy_shape, where_shape = tuple(dy.shape), tuple(where.shape)
+        if (len(where_shape) != len(dy_shape) or where_shape[:-2] != dy_shape[:-2]
+                or 0 in where_shape[-2:]):
+            raise ValueError(
+                f"indices must be {len(dy_shape)}-D with grad_output's leading sizes "
+                f"{dy_shape[:-2]} and non-empty H, W ((N, C, H, W) or (C, H, W)), got shape "
+                f"{where_shape}"
+            )
+        where4 = _as4(where, unbatched)
+        _, kernel = dispatch.select("max_unpool2d_backward", place.device, algorithm,
+                                    input_shape=tuple(where4.shape), dtype=dy4.dtype)
+        grad_input = place.empty(tuple(where4.shape), dy4.dtype)
+        if where4.shape[0]:
+            bad = kernel(dy4, where4, grad_input)
+            _raise_bad_index(place, bad, where4, "indices", tuple(dy4.shape[2:]), "grad_output")
+        return place.give(grad_input, unbatched)
 
 
 def repeat_unpool2d(
@@ -530,6 +557,7 @@ def repeat_unpool2d(
     scale: int | tuple[int, int],
     *,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> np.ndarray:
     """Unpooling by simple repetition: each value fills a ``scale_h x scale_w`` block,
     ``out[n, c, i * scale_h + a, j * scale_w + b] = input[n, c, i, j]``.
@@ -551,14 +579,18 @@ def repeat_unpool2d(
     >>> fastconv.repeat_unpool2d(np.array([[[2.0, 3.0], [2.0, 4.0]]]), 2)[0].tolist()
     [[2.0, 2.0, 3.0, 3.0], [2.0, 2.0, 3.0, 3.0], [2.0, 2.0, 4.0, 4.0], [2.0, 2.0, 4.0, 4.0]]
     """
-    x4, unbatched = _batched(as_float_array(input, "input"), "input")
-    factor = shapes.pair(scale, "scale")
-    _, kernel = dispatch.select("repeat_unpool2d", "cpu", algorithm, input_shape=x4.shape,
-                                scale=factor, dtype=x4.dtype)
-    out = np.empty((*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1]), x4.dtype)
-    if x4.shape[0]:
-        kernel(x4, out, factor)
-    return _user_view(out, unbatched)
+    place = placement(device, input=input)
+    with place.active():
+        (x,) = place.floats(input=input)
+        x4, unbatched = _batched(place, x, "input")
+        factor = shapes.pair(scale, "scale")
+        _, kernel = dispatch.select("repeat_unpool2d", place.device, algorithm,
+                                    input_shape=tuple(x4.shape), scale=factor, dtype=x4.dtype)
+        out = place.empty((*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1]),
+                          x4.dtype)
+        if x4.shape[0]:
+            kernel(x4, out, factor)
+        return place.give(out, unbatched)
 
 
 def repeat_unpool2d_backward(
@@ -566,6 +598,7 @@ def repeat_unpool2d_backward(
     scale: int | tuple[int, int],
     *,
     algorithm: str = "auto",
+    device: str | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`repeat_unpool2d`: each value's gradient is the sum of
     ``grad_output`` over the block it was copied to.
@@ -580,17 +613,21 @@ def repeat_unpool2d_backward(
     >>> fastconv.repeat_unpool2d_backward(np.arange(16.0).reshape(1, 4, 4), 2).tolist()
     [[[10.0, 18.0], [42.0, 50.0]]]
     """
-    dy4, unbatched = _batched(as_float_array(grad_output, "grad_output"), "grad_output")
-    factor = shapes.pair(scale, "scale")
-    if dy4.shape[2] % factor[0] or dy4.shape[3] % factor[1]:
-        raise ValueError(
-            f"grad_output's height and width {dy4.shape[2:]} must be multiples of scale "
-            f"{factor}, got grad_output of shape {dy4.shape[unbatched:]}"
-        )
-    _, kernel = dispatch.select("repeat_unpool2d_backward", "cpu", algorithm,
-                                input_shape=dy4.shape, scale=factor, dtype=dy4.dtype)
-    grad_input = np.empty((*dy4.shape[:2], dy4.shape[2] // factor[0], dy4.shape[3] // factor[1]),
-                          dy4.dtype)
-    if dy4.shape[0]:
-        kernel(dy4, grad_input, factor)
-    return _user_view(grad_input, unbatched)
+    place = placement(device, grad_output=grad_output)
+    with place.active():
+        (dy,) = place.floats(grad_output=grad_output)
+        dy4, unbatched = _batched(place, dy, "grad_output")
+        factor = shapes.pair(scale, "scale")
+        shape4 = tuple(dy4.shape)
+        if shape4[2] % factor[0] or shape4[3] % factor[1]:
+            raise ValueError(
+                f"grad_output's height and width {shape4[2:]} must be multiples of scale "
+                f"{factor}, got grad_output of shape {shape4[unbatched:]}"
+            )
+        _, kernel = dispatch.select("repeat_unpool2d_backward", place.device, algorithm,
+                                    input_shape=shape4, scale=factor, dtype=dy4.dtype)
+        grad_input = place.empty(
+            (*shape4[:2], shape4[2] // factor[0], shape4[3] // factor[1]), dy4.dtype)
+        if shape4[0]:
+            kernel(dy4, grad_input, factor)
+        return place.give(grad_input, unbatched)

@@ -1,0 +1,308 @@
+"""GPU arrays for the public ops: the :class:`Cuda` placement.
+
+The ops receive whatever GPU arrays the user has (Numba device arrays, CuPy
+arrays, PyTorch CUDA tensors); the kernels take Numba device arrays. A
+:class:`Cuda` placement makes zero-copy Numba views of the user's arrays
+(``numba.cuda.as_cuda_array``), allocates outputs with the user's own library
+(so PyTorch's and CuPy's memory pools serve them) and hands results back as the
+kind of array that came in: a PyTorch CUDA tensor in, a PyTorch CUDA tensor
+out. Host arguments (``device="cuda"`` with numpy input) are copied to the GPU,
+and the result back to the host.
+
+Kernels run on the default stream of the GPU the arrays live on. A PyTorch or
+CuPy array written on another stream must be synchronised by its owner first.
+
+The small kernels here (strided copy with a dtype cast, fill, adding a bias
+per channel) are what numpy does for the CPU placement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+from numba import cuda
+
+from .. import config
+from ..functional._checks import _FLOATS, as_float_array
+from ..functional._place import _describe, is_device_array
+from . import simulated
+
+_TORCH_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
+                 np.dtype(np.int64): "int64"}
+
+
+def launch(kernel, count: int, *args) -> None:
+    """Launch a grid-stride ``kernel`` over ``count`` elements with config's sizes."""
+    threads = config.CUDA_THREADS
+    blocks = max(1, min(config.CUDA_MAX_BLOCKS, math.ceil(count / threads)))
+    kernel[blocks, threads](*args)
+
+
+@cuda.jit(cache=True)
+def _copy1(src, dst):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, dst.shape[0], step):
+        dst[i] = src[i]
+
+
+@cuda.jit(cache=True)
+def _copy3(src, dst):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    _, h, w = dst.shape
+    for flat in range(start, dst.size, step):
+        c, rest = divmod(flat, h * w)
+        i, j = divmod(rest, w)
+        dst[c, i, j] = src[c, i, j]
+
+
+@cuda.jit(cache=True)
+def _copy4(src, dst):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    _, c, h, w = dst.shape
+    for flat in range(start, dst.size, step):
+        n, rest = divmod(flat, c * h * w)
+        k, rest = divmod(rest, h * w)
+        i, j = divmod(rest, w)
+        dst[n, k, i, j] = src[n, k, i, j]
+
+
+_COPIES = {1: _copy1, 3: _copy3, 4: _copy4}
+
+
+@cuda.jit(cache=True)
+def _fill(flat, value):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, flat.shape[0], step):
+        flat[i] = value
+
+
+@cuda.jit(cache=True)
+def _add_channel_bias(out, bias):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    _, c, h, w = out.shape
+    for flat in range(start, out.size, step):
+        k = (flat // (h * w)) % c
+        n, rest = divmod(flat, c * h * w)
+        i, j = divmod(rest % (h * w), w)
+        out[n, k, i, j] += bias[k]
+
+
+def copy(src, dst) -> None:
+    """``dst[...] = src`` for device arrays of one shape (1-, 3- or 4-D), any strides,
+    casting to ``dst``'s dtype."""
+    if dst.size:
+        launch(_COPIES[len(dst.shape)], dst.size, src, dst)
+
+
+def _is_contiguous(array) -> bool:
+    return bool(array.is_c_contiguous())
+
+
+def _gpu_of(value) -> int | None:
+    """The index of the GPU ``value`` lives on, where its library says."""
+    kind = type(value).__module__.partition(".")[0]
+    if kind == "torch":
+        return value.device.index
+    if kind == "cupy":
+        return value.device.id
+    context = getattr(getattr(value, "gpu_data", None), "context", None)
+    return None if context is None else context.device.id
+
+
+def _view(value):
+    """A Numba device array over ``value``'s memory."""
+    if simulated() or isinstance(value, cuda.devicearray.DeviceNDArray):
+        return value
+    if type(value).__module__.partition(".")[0] == "torch":
+        value = value.detach()
+    return cuda.as_cuda_array(value)
+
+
+class Cuda:
+    """The GPU placement of one op call (see :mod:`fastconv.functional._place`).
+
+    ``arrays`` are the call's non-None array arguments; the first GPU one (or,
+    with only host arguments, the first one) decides the kind of the results.
+    """
+
+    device = "cuda"
+
+    def __init__(self, arrays: dict, gpu_index: int | None) -> None:
+        on_gpu = {name: value for name, value in arrays.items() if is_device_array(value)}
+        gpus = {name: _gpu_of(value) for name, value in on_gpu.items()}
+        known = {name: index for name, index in gpus.items() if index is not None}
+        if len(set(known.values())) > 1:
+            (a, i), (b, j) = list(known.items())[:2]
+            raise ValueError(f"{a} is on cuda:{i} but {b} is on cuda:{j}; all GPU arguments "
+                             f"must be on one GPU")
+        index = next(iter(known.values()), None)
+        if gpu_index is not None and index is not None and gpu_index != index:
+            name = next(iter(known))
+            raise ValueError(f"device='cuda:{gpu_index}' but {name} is on cuda:{index}")
+        self.index = gpu_index if index is None else index
+        model = next(iter(on_gpu.values()), None)
+        self.kind = ("host" if model is None
+                     else type(model).__module__.partition(".")[0])
+        self.model = model
+        self._owners: dict[int, object] = {}
+
+    # --- the context the kernels run in ------------------------------------------
+
+    def active(self) -> contextlib.AbstractContextManager:
+        if self.index is None or simulated():
+            return contextlib.nullcontext()
+        return cuda.gpus[self.index]
+
+    # --- arguments -------------------------------------------------------------------
+
+    def _device(self, value, name: str):
+        """``value`` as a Numba device array (host values are copied to the GPU)."""
+        if is_device_array(value):
+            return _view(value)
+        return cuda.to_device(np.ascontiguousarray(value))
+
+    def floats(self, **arrays: object) -> list:
+        converted = []
+        first = None
+        for name, value in arrays.items():
+            if value is None and name == "bias":
+                converted.append(None)
+                continue
+            if not is_device_array(value):
+                value = as_float_array(value, name)
+            elif np.dtype(value.dtype) not in _FLOATS:
+                raise TypeError(f"{name} must have dtype float32 or float64, got "
+                                f"{np.dtype(value.dtype)} ({_describe(value)} on the GPU)")
+            if first is not None and np.dtype(value.dtype) != first[1]:
+                raise TypeError(
+                    f"{name} has dtype {np.dtype(value.dtype)} but {first[0]} has dtype "
+                    f"{first[1]}; mixed dtypes are not supported, cast one of them")
+            if first is None:
+                first = (name, np.dtype(value.dtype))
+            converted.append(self._device(value, name))
+        return converted
+
+    def indices(self, value: object, name: str):
+        if not is_device_array(value):
+            host = np.asarray(value) if not isinstance(value, np.ndarray) else value
+            if host.dtype == object or not np.issubdtype(host.dtype, np.integer):
+                raise TypeError(
+                    f"{name} must be an integer array (int64, as max_pool2d(..., "
+                    f"return_indices=True) returns), got {type(value).__name__} of dtype "
+                    f"{host.dtype}")
+            return cuda.to_device(np.ascontiguousarray(host, dtype=np.int64))
+        dtype = np.dtype(value.dtype)
+        if not np.issubdtype(dtype, np.integer):
+            raise TypeError(
+                f"{name} must be an integer array (int64, as max_pool2d(..., "
+                f"return_indices=True) returns), got {_describe(value)} of dtype {dtype}")
+        view = _view(value)
+        if dtype == np.int64 and _is_contiguous(view):
+            return view
+        result = cuda.device_array(view.shape, np.int64)
+        copy(view, result)
+        return result
+
+    def contiguous(self, array):
+        if array is None or _is_contiguous(array):
+            return array
+        result = cuda.device_array(array.shape, array.dtype)
+        copy(array, result)
+        return result
+
+    def batched(self, array):
+        array = self.contiguous(array)
+        return array.reshape(1, *array.shape) if len(array.shape) == 3 else array
+
+    # --- results ----------------------------------------------------------------------
+
+    def empty(self, shape: tuple[int, ...], dtype):
+        """An uninitialised device array, owned by the user's library where it has one."""
+        dtype = np.dtype(dtype)
+        if self.kind == "torch":
+            import torch
+
+            owner = torch.empty(shape, dtype=getattr(torch, _TORCH_DTYPES[dtype]),
+                                device=self.model.device)
+        elif self.kind == "cupy":
+            import cupy
+
+            with cupy.cuda.Device(self.index or 0):
+                owner = cupy.empty(shape, dtype)
+        else:
+            return cuda.device_array(shape, dtype)
+        view = _view(owner)
+        self._owners[id(view)] = (view, owner)
+        return view
+
+    def zeros(self, shape: tuple[int, ...], dtype):
+        array = self.empty(shape, dtype)
+        if array.size:
+            launch(_fill, array.size, array.reshape(array.size), np.dtype(dtype).type(0))
+        return array
+
+    def add_channel_bias(self, target, bias) -> None:
+        if target.size:
+            launch(_add_channel_bias, target.size, target, bias)
+
+    def crop(self, array, height: int, width: int):
+        result = self.empty((*array.shape[:2], height, width), array.dtype)
+        copy(array[:, :, :height, :width], result)
+        return result
+
+    def item(self, array, position: int) -> int:
+        return int(array.reshape(array.size)[position:position + 1].copy_to_host()[0])
+
+    def check_out(self, out: object, shape: tuple[int, ...], dtype, inputs: tuple):
+        form = f"a GPU array of shape {shape} and dtype {dtype}"
+        if not is_device_array(out):
+            raise TypeError(f"out must be {form} (the inputs are on the GPU), "
+                            f"got {type(out).__name__}")
+        if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
+            raise ValueError(f"out must be {form}, got shape {tuple(out.shape)} and dtype "
+                             f"{np.dtype(out.dtype)}")
+        view = _view(out)
+        for other in inputs:
+            if other is not None and is_device_array(other) and _overlap(view, _view(other)):
+                raise ValueError("out must not share memory with an input")
+        return out
+
+    def run(self, compute, shape4: tuple[int, ...], dtype, unbatched: bool, out=None):
+        if out is None:
+            target = self.empty(shape4, dtype)
+        else:
+            view = _view(out)
+            if _is_contiguous(view):
+                target = view.reshape(*shape4)
+            else:
+                target = cuda.device_array(shape4, dtype)
+        if shape4[0]:
+            compute(target)
+        if out is None:
+            return self.give(target, unbatched)
+        if target is not None and not _is_contiguous(_view(out)):
+            copy(target[0] if unbatched else target, _view(out))
+        return out
+
+    def give(self, array, unbatched: bool = False):
+        """The result in the kind of array the user passed in."""
+        if array is None:
+            return None
+        owner = self._owners.get(id(array))
+        if owner is not None and owner[0] is array:
+            result = owner[1]
+        elif self.kind == "host":
+            result = array.copy_to_host()
+        else:
+            result = array
+        return result[0] if unbatched else result
+
+
+def _overlap(a, b) -> bool:
+    """Whether two device arrays' memory ranges intersect."""
+    if simulated():
+        return bool(np.shares_memory(a._ary, b._ary))
+    start_a, start_b = a.device_ctypes_pointer.value or 0, b.device_ctypes_pointer.value or 0
+    return start_a < start_b + b.alloc_size and start_b < start_a + a.alloc_size
