@@ -1,0 +1,671 @@
+"""fastconv.torch, the PyTorch bridge: every autograd Function under ``gradcheck`` in
+float64 and against ``torch.nn.functional`` (an independent oracle) in both dtypes;
+the modules against their ``torch.nn`` namesakes (same init, state_dicts loaded both
+ways, outputs and gradients); the ``needs_input_grad`` and ``algorithm`` plumbing;
+memory layouts; the same small CNN trained with torch.nn layers and with
+fastconv.torch layers, step by step; errors; and that ``import fastconv`` alone
+does not import torch.
+
+Tolerances are :func:`tests.cases.tolerance`'s: a few ulps of O(10) values, with a
+10-100x margin.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import fastconv.torch as fct  # noqa: E402
+from tests.cases import tolerance  # noqa: E402
+from tests.pool_cases import tie_free  # noqa: E402
+
+DTYPES = [torch.float32, torch.float64]
+DTYPE_IDS = ["float32", "float64"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_close(actual, expected):
+    """Equal dtype, device and shape, values within the dtype's tolerance."""
+    tol = tolerance(np.float64 if expected.dtype == torch.float64 else np.float32)
+    torch.testing.assert_close(actual, expected, **tol)
+
+
+def uniform(shape, dtype, rng, requires_grad=True):
+    array = rng.uniform(-1.0, 1.0, shape)
+    return torch.tensor(array, dtype=dtype, requires_grad=requires_grad)
+
+
+def distinct(shape, dtype, rng, requires_grad=True):
+    """Tie-free values: a small step moves no maximum to another position."""
+    return torch.tensor(tie_free(shape, np.float64, rng), dtype=dtype,
+                        requires_grad=requires_grad)
+
+
+def leaves(*tensors):
+    """Fresh leaf copies of ``tensors`` (None stays None), keeping requires_grad."""
+    return [None if t is None else t.detach().clone().requires_grad_(t.requires_grad)
+            for t in tensors]
+
+
+def assert_matches(ours, theirs, inputs, rng):
+    """``ours(*inputs)`` equals ``theirs(*inputs)``, and so do the gradients of every input
+    that requires grad, for one random ``grad_output``."""
+    a_inputs, b_inputs = leaves(*inputs), leaves(*inputs)
+    a, b = ours(*a_inputs), theirs(*b_inputs)
+    assert_close(a, b)
+    grad_output = torch.tensor(rng.uniform(-1.0, 1.0, tuple(b.shape)), dtype=b.dtype)
+    a.backward(grad_output)
+    b.backward(grad_output)
+    for a_input, b_input in zip(a_inputs, b_inputs, strict=True):
+        if b_input is not None and b_input.requires_grad:
+            assert_close(a_input.grad, b_input.grad)
+
+
+# --- import ------------------------------------------------------------------------------
+
+
+def test_import_fastconv_does_not_import_torch_and_the_bridge_finds_the_real_torch():
+    code = ("import fastconv, sys; assert 'torch' not in sys.modules; "
+            "import fastconv.torch as fct, torch; "
+            "assert fct.torch is torch and torch.autograd.Function is not None; "
+            "print(fct.__name__, torch.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["fastconv.torch", "torch"]
+
+
+# --- the Functions: gradcheck in float64, and torch.nn.functional as the oracle ---------
+
+#: (id, input shape, weight shape, bias, keyword arguments)
+CONV_CASES = [
+    ("plain", (2, 3, 6, 5), (4, 3, 3, 3), True, {}),
+    ("stride_padding", (1, 2, 7, 6), (3, 2, 3, 2), True, dict(stride=2, padding=1)),
+    ("stride_hw_padding_hw", (1, 2, 7, 6), (3, 2, 3, 3), False,
+     dict(stride=(2, 1), padding=(1, 0))),
+    ("dilation", (1, 2, 7, 7), (2, 2, 3, 3), True, dict(dilation=2, padding=2)),
+    ("dilation_hw", (1, 2, 7, 8), (2, 2, 2, 3), True, dict(dilation=(3, 2), stride=(1, 2))),
+    ("groups", (1, 4, 5, 5), (6, 2, 3, 3), True, dict(groups=2, padding=1)),
+    ("depthwise", (2, 3, 5, 5), (3, 1, 3, 3), False, dict(groups=3, stride=2)),
+    ("same_even_kernel", (1, 2, 5, 6), (2, 2, 4, 2), True, dict(padding="same")),
+    ("valid", (1, 2, 5, 6), (2, 2, 3, 3), True, dict(padding="valid")),
+    ("unbatched", (2, 5, 5), (3, 2, 3, 3), True, dict(padding=1)),
+]
+
+#: (id, input shape, weight shape (C_in, C_out/groups, R, S), bias, keyword arguments)
+TRANSPOSE_CASES = [
+    ("plain", (2, 3, 4, 4), (3, 2, 3, 3), True, {}),
+    ("stride_output_padding", (1, 2, 3, 4), (2, 3, 3, 3), True,
+     dict(stride=2, padding=1, output_padding=1)),
+    ("stride_hw_output_padding_hw", (1, 2, 3, 3), (2, 2, 2, 3), False,
+     dict(stride=(3, 2), padding=(1, 0), output_padding=(2, 1))),
+    ("groups_dilation", (1, 4, 3, 3), (4, 1, 3, 3), True, dict(groups=2, dilation=2, padding=1)),
+    ("output_padding_below_dilation", (1, 2, 3, 3), (2, 2, 2, 2), True,
+     dict(dilation=2, output_padding=1)),
+    ("unbatched", (2, 3, 3), (2, 2, 3, 3), True, dict(stride=2)),
+]
+
+#: (id, input shape, keyword arguments)
+MAX_POOL_CASES = [
+    ("k2", (2, 3, 4, 6), dict(kernel_size=2)),
+    ("overlapping_s1", (1, 2, 5, 5), dict(kernel_size=3, stride=1)),
+    ("k3_s2_p1_ceil", (1, 2, 6, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ("k2_ceil_odd", (1, 2, 5, 5), dict(kernel_size=2, ceil_mode=True)),
+    ("rect_dilation", (1, 2, 7, 8), dict(kernel_size=(2, 3), stride=(1, 2), padding=1,
+                                         dilation=2)),
+    ("unbatched", (2, 5, 5), dict(kernel_size=2, stride=1)),
+]
+
+AVG_POOL_CASES = [
+    ("k2", (2, 3, 4, 6), dict(kernel_size=2)),
+    ("k3_s2_p1", (1, 2, 6, 7), dict(kernel_size=3, stride=2, padding=1)),
+    ("ceil_exclude_pad", (1, 2, 6, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                                            count_include_pad=False)),
+    ("ceil_include_pad", (1, 2, 5, 5), dict(kernel_size=2, ceil_mode=True)),
+    ("divisor_override", (1, 2, 5, 5), dict(kernel_size=(2, 3), stride=1, padding=1,
+                                            divisor_override=5)),
+    ("unbatched", (2, 5, 5), dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+]
+
+#: (id, pooled input shape, pooling arguments, output_size): non-overlapping windows, so
+#: that no two indices coincide (where they do, the forward keeps one value but the
+#: backward reads the position for both, in PyTorch too, and gradcheck would fail).
+UNPOOL_CASES = [
+    ("k2", (2, 3, 4, 6), dict(kernel_size=2), None),
+    ("odd_output_size", (1, 2, 5, 7), dict(kernel_size=2), "input"),
+    ("k2_p1", (1, 2, 5, 5), dict(kernel_size=2, padding=1), "input"),
+    ("rect", (1, 2, 4, 6), dict(kernel_size=(2, 3)), None),
+    ("unbatched", (2, 4, 4), dict(kernel_size=2), None),
+]
+
+REPEAT_CASES = [("2", (2, 3, 3, 4), 2), ("2x3", (1, 2, 3, 2), (2, 3)),
+                ("unbatched", (2, 3, 3), 2)]
+
+
+def ids(cases):
+    return [case[0] for case in cases]
+
+
+def conv_inputs(input_shape, weight_shape, bias, dtype, rng):
+    b = uniform(weight_shape[0], dtype, rng) if bias else None
+    return uniform(input_shape, dtype, rng), uniform(weight_shape, dtype, rng), b
+
+
+def transpose_inputs(input_shape, weight_shape, bias, kwargs, dtype, rng):
+    out_channels = weight_shape[1] * kwargs.get("groups", 1)
+    b = uniform(out_channels, dtype, rng) if bias else None
+    return uniform(input_shape, dtype, rng), uniform(weight_shape, dtype, rng), b
+
+
+def pooled_with_indices(shape, pool, dtype, rng):
+    """A max_pool2d output of tie-free data with its indices, and the pooled input's shape."""
+    x = distinct(shape, dtype, rng, requires_grad=False)
+    y, indices = F.max_pool2d(x, **pool, return_indices=True)
+    return y.requires_grad_(), indices, tuple(x.shape)
+
+
+def repeat_oracle(x, scale):
+    scale_h, scale_w = (scale, scale) if isinstance(scale, int) else scale
+    return x.repeat_interleave(scale_h, -2).repeat_interleave(scale_w, -1)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=ids(CONV_CASES))
+def test_conv2d_gradcheck(case, rng):
+    _, input_shape, weight_shape, bias, kwargs = case
+    inputs = conv_inputs(input_shape, weight_shape, bias, torch.float64, rng)
+    k = dict(dict(stride=1, padding=0, dilation=1, groups=1), **kwargs)
+
+    def apply(x, w, b):
+        return fct.Conv2dFunction.apply(x, w, b, k["stride"], k["padding"], k["dilation"],
+                                        k["groups"], "auto")
+
+    assert torch.autograd.gradcheck(apply, inputs)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=ids(CONV_CASES))
+def test_conv2d_matches_torch(case, dtype, rng):
+    _, input_shape, weight_shape, bias, kwargs = case
+    inputs = conv_inputs(input_shape, weight_shape, bias, dtype, rng)
+    assert_matches(lambda x, w, b: fct.conv2d(x, w, b, **kwargs),
+                   lambda x, w, b: F.conv2d(x, w, b, **kwargs), inputs, rng)
+
+
+@pytest.mark.parametrize("padding, torch_pads, stride", [
+    (((1, 0), (0, 2)), (0, 2, 1, 0), 1),   # F.pad order: left, right, top, bottom
+    ("same", (1, 1, 1, 1), 2),             # H_out = ceil(H / stride): total pad 2 on 5
+])
+def test_conv2d_padding_forms_beyond_torch(padding, torch_pads, stride, rng):
+    x, w, b = conv_inputs((1, 2, 5, 5), (3, 2, 3, 3), True, torch.float64, rng)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: fct.conv2d(x, w, b, stride=stride, padding=padding), (x, w, b))
+    assert_matches(lambda x, w, b: fct.conv2d(x, w, b, stride=stride, padding=padding),
+                   lambda x, w, b: F.conv2d(F.pad(x, torch_pads), w, b, stride=stride),
+                   (x, w, b), rng)
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=ids(TRANSPOSE_CASES))
+def test_conv_transpose2d_gradcheck(case, rng):
+    _, input_shape, weight_shape, bias, kwargs = case
+    inputs = transpose_inputs(input_shape, weight_shape, bias, kwargs, torch.float64, rng)
+    k = dict(dict(stride=1, padding=0, output_padding=0, groups=1, dilation=1), **kwargs)
+
+    def apply(x, w, b):
+        return fct.ConvTranspose2dFunction.apply(x, w, b, k["stride"], k["padding"],
+                                                 k["output_padding"], k["groups"],
+                                                 k["dilation"], "auto")
+
+    assert torch.autograd.gradcheck(apply, inputs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=ids(TRANSPOSE_CASES))
+def test_conv_transpose2d_matches_torch(case, dtype, rng):
+    _, input_shape, weight_shape, bias, kwargs = case
+    inputs = transpose_inputs(input_shape, weight_shape, bias, kwargs, dtype, rng)
+    assert_matches(lambda x, w, b: fct.conv_transpose2d(x, w, b, **kwargs),
+                   lambda x, w, b: F.conv_transpose2d(x, w, b, **kwargs), inputs, rng)
+
+
+@pytest.mark.parametrize("return_indices", [False, True], ids=["output", "with_indices"])
+@pytest.mark.parametrize("case", MAX_POOL_CASES, ids=ids(MAX_POOL_CASES))
+def test_max_pool2d_gradcheck(case, return_indices, rng):
+    _, shape, kwargs = case
+    k = dict(dict(stride=None, padding=0, dilation=1, ceil_mode=False), **kwargs)
+
+    def apply(x):
+        result = fct.MaxPool2dFunction.apply(x, k["kernel_size"], k["stride"], k["padding"],
+                                             k["dilation"], k["ceil_mode"], return_indices,
+                                             "auto")
+        return result[0] if return_indices else result
+
+    assert torch.autograd.gradcheck(apply, (distinct(shape, torch.float64, rng),))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", MAX_POOL_CASES, ids=ids(MAX_POOL_CASES))
+def test_max_pool2d_matches_torch(case, dtype, rng):
+    _, shape, kwargs = case
+    x = distinct(shape, dtype, rng)
+    assert_matches(lambda x: fct.max_pool2d(x, **kwargs), lambda x: F.max_pool2d(x, **kwargs),
+                   (x,), rng)
+    y, indices = fct.max_pool2d(x, **kwargs, return_indices=True)
+    expected_y, expected_indices = F.max_pool2d(x, **kwargs, return_indices=True)
+    assert_close(y, expected_y)
+    torch.testing.assert_close(indices, expected_indices, rtol=0, atol=0)
+    assert not indices.requires_grad
+
+
+@pytest.mark.parametrize("case", AVG_POOL_CASES, ids=ids(AVG_POOL_CASES))
+def test_avg_pool2d_gradcheck(case, rng):
+    _, shape, kwargs = case
+    k = dict(dict(stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                  divisor_override=None), **kwargs)
+
+    def apply(x):
+        return fct.AvgPool2dFunction.apply(x, k["kernel_size"], k["stride"], k["padding"],
+                                           k["ceil_mode"], k["count_include_pad"],
+                                           k["divisor_override"], "auto")
+
+    assert torch.autograd.gradcheck(apply, (uniform(shape, torch.float64, rng),))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", AVG_POOL_CASES, ids=ids(AVG_POOL_CASES))
+def test_avg_pool2d_matches_torch(case, dtype, rng):
+    _, shape, kwargs = case
+    assert_matches(lambda x: fct.avg_pool2d(x, **kwargs), lambda x: F.avg_pool2d(x, **kwargs),
+                   (uniform(shape, dtype, rng),), rng)
+
+
+@pytest.mark.parametrize("case", UNPOOL_CASES, ids=ids(UNPOOL_CASES))
+def test_max_unpool2d_gradcheck(case, rng):
+    _, shape, pool, output_size = case
+    y, indices, pooled_shape = pooled_with_indices(shape, pool, torch.float64, rng)
+    size = pooled_shape if output_size == "input" else None
+    k = dict(dict(stride=None, padding=0), **pool)
+
+    def apply(y):
+        return fct.MaxUnpool2dFunction.apply(y, indices, k["kernel_size"], k["stride"],
+                                             k["padding"], size, "auto")
+
+    assert torch.autograd.gradcheck(apply, (y,))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", UNPOOL_CASES, ids=ids(UNPOOL_CASES))
+def test_max_unpool2d_matches_torch(case, dtype, rng):
+    _, shape, pool, output_size = case
+    y, indices, pooled_shape = pooled_with_indices(shape, pool, dtype, rng)
+    size = pooled_shape if output_size == "input" else None
+    assert_matches(lambda y: fct.max_unpool2d(y, indices, **pool, output_size=size),
+                   lambda y: F.max_unpool2d(y, indices, **pool, output_size=size), (y,), rng)
+
+
+@pytest.mark.parametrize("case", REPEAT_CASES, ids=ids(REPEAT_CASES))
+def test_repeat_unpool2d_gradcheck(case, rng):
+    _, shape, scale = case
+    assert torch.autograd.gradcheck(lambda x: fct.RepeatUnpool2dFunction.apply(x, scale, "auto"),
+                                    (uniform(shape, torch.float64, rng),))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", REPEAT_CASES, ids=ids(REPEAT_CASES))
+def test_repeat_unpool2d_matches_torch(case, dtype, rng):
+    _, shape, scale = case
+    assert_matches(lambda x: fct.repeat_unpool2d(x, scale), lambda x: repeat_oracle(x, scale),
+                   (uniform(shape, dtype, rng),), rng)
+
+
+def test_repeat_unpool2d_is_nearest_upsampling(rng):
+    x = uniform((2, 3, 3, 4), torch.float32, rng, requires_grad=False)
+    assert_close(fct.RepeatUnpool2d((2, 3))(x),
+                 torch.nn.Upsample(scale_factor=(2, 3), mode="nearest")(x))
+
+
+# --- only the gradients asked for are computed ----------------------------------------
+
+
+@pytest.fixture
+def backward_calls(monkeypatch):
+    """The keyword arguments of every conv2d_backward / conv_transpose2d_backward call."""
+    calls = []
+    for name in ("conv2d_backward", "conv_transpose2d_backward"):
+        original = getattr(fct.ops, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            calls.append((_name, kwargs))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(fct.ops, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("wanted", [(True, False, False), (False, True, False),
+                                    (False, False, True), (True, True, False),
+                                    (False, True, True)], ids=["i--", "-w-", "--b", "iw-", "-wb"])
+def test_backward_computes_only_the_gradients_needed(op, wanted, backward_calls, rng):
+    x, w, b = (uniform(shape, torch.float64, rng, requires_grad=needed)
+               for shape, needed in zip([(1, 2, 4, 4), (2, 2, 3, 3), 2], wanted, strict=True))
+    getattr(fct, op)(x, w, b, stride=2).sum().backward()
+    ((name, kwargs),) = backward_calls
+    assert name == f"{op}_backward"
+    assert (kwargs["needs_input_grad"], kwargs["needs_weight_grad"],
+            kwargs["needs_bias_grad"]) == wanted
+    for tensor, needed in zip((x, w, b), wanted, strict=True):
+        assert (tensor.grad is not None) == needed
+
+
+def test_no_bias_asks_for_no_bias_gradient(backward_calls, rng):
+    x, w = uniform((1, 2, 4, 4), torch.float64, rng), uniform((3, 2, 3, 3), torch.float64, rng)
+    fct.conv2d(x, w).sum().backward()
+    assert backward_calls[0][1]["needs_bias_grad"] is False
+
+
+def test_max_pool2d_computes_indices_only_when_needed(monkeypatch, rng):
+    calls = []
+    original = fct.ops.max_pool2d
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("return_indices", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fct.ops, "max_pool2d", spy)
+    x = distinct((1, 1, 4, 4), torch.float64, rng, requires_grad=False)
+    fct.max_pool2d(x, 2)
+    fct.max_pool2d(x.requires_grad_(), 2)
+    assert calls == [False, True]
+
+
+def test_backward_is_not_differentiable_twice(rng):
+    x, w = uniform((1, 1, 4, 4), torch.float64, rng), uniform((1, 1, 3, 3), torch.float64, rng)
+    # a loss whose gradient itself requires grad, so that a second derivative is asked for
+    (grad_x,) = torch.autograd.grad((fct.conv2d(x, w) ** 2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        grad_x.sum().backward()
+
+
+# --- algorithm= reaches the forward and the backward kernels -------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd", "reference"])
+def test_conv2d_module_algorithm(algorithm, backward_calls, rng):
+    torch.manual_seed(0)
+    ours = fct.Conv2d(2, 3, 3, padding=1, dtype=torch.float64, algorithm=algorithm)
+    theirs = torch.nn.Conv2d(2, 3, 3, padding=1, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    assert_matches(ours, theirs, (uniform((2, 2, 5, 5), torch.float64, rng),), rng)
+    assert backward_calls[0][1]["algorithm"] == algorithm
+    assert f"algorithm='{algorithm}'" in repr(ours)
+
+
+def test_unknown_algorithm_reaches_fastconv(rng):
+    x, w = uniform((1, 1, 4, 4), torch.float32, rng), uniform((1, 1, 3, 3), torch.float32, rng)
+    with pytest.raises(ValueError, match="fft"):
+        fct.conv2d(x, w, algorithm="fft")
+    with pytest.raises(ValueError, match="fft"):
+        fct.MaxPool2d(2, algorithm="fft")(x)
+
+
+# --- modules: torch.nn's constructors, init and state_dicts; equal outputs ------------------
+
+#: (id, constructor taking torch.nn or fastconv.torch, input shape). Inputs are tie-free.
+MODULE_CASES = [
+    ("conv", lambda nn: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 6, 6)),
+    ("conv_strided_grouped_no_bias",
+     lambda nn: nn.Conv2d(4, 6, (3, 2), stride=2, padding=(1, 0), dilation=(1, 2), groups=2,
+                          bias=False), (2, 4, 7, 8)),
+    ("conv_same", lambda nn: nn.Conv2d(2, 3, 4, padding="same", dilation=2), (1, 2, 7, 6)),
+    ("conv_valid_unbatched", lambda nn: nn.Conv2d(2, 3, 3, padding="valid"), (2, 5, 5)),
+    ("transpose", lambda nn: nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1),
+     (2, 3, 4, 4)),
+    ("transpose_grouped_dilated_no_bias",
+     lambda nn: nn.ConvTranspose2d(4, 6, 3, groups=2, dilation=2, bias=False), (1, 4, 3, 3)),
+    ("max_pool", lambda nn: nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), (2, 3, 6, 7)),
+    ("max_pool_dilated", lambda nn: nn.MaxPool2d(2, stride=1, dilation=2), (1, 2, 5, 5)),
+    ("avg_pool", lambda nn: nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+     (2, 3, 6, 7)),
+    ("avg_pool_divisor", lambda nn: nn.AvgPool2d((2, 3), divisor_override=4), (1, 2, 4, 6)),
+]
+
+
+def seeded(make, namespace, seed, dtype):
+    torch.manual_seed(seed)
+    return make(namespace).to(dtype)
+
+
+@pytest.mark.parametrize("case", MODULE_CASES, ids=ids(MODULE_CASES))
+def test_module_has_torch_init_and_state_dict(case):
+    _, make, _ = case
+    ours, theirs = make(fct), make(torch.nn)
+    assert isinstance(ours, type(theirs))
+    torch.manual_seed(7)
+    ours = make(fct)
+    torch.manual_seed(7)
+    theirs = make(torch.nn)
+    ours_state, theirs_state = ours.state_dict(), theirs.state_dict()
+    assert list(ours_state) == list(theirs_state)
+    for name, value in theirs_state.items():
+        torch.testing.assert_close(ours_state[name], value, rtol=0, atol=0)
+    assert repr(ours) == repr(theirs)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", MODULE_CASES, ids=ids(MODULE_CASES))
+def test_module_matches_torch_both_ways(case, dtype, rng):
+    _, make, shape = case
+    ours, theirs = seeded(make, fct, 1, dtype), seeded(make, torch.nn, 2, dtype)
+    x = distinct(shape, dtype, rng)
+    ours.load_state_dict(theirs.state_dict())
+    assert_matches(ours, theirs, (x,), rng)
+    ours, theirs = seeded(make, fct, 3, dtype), seeded(make, torch.nn, 4, dtype)
+    theirs.load_state_dict(ours.state_dict())
+    assert_matches(ours, theirs, (x,), rng)
+    for ours_param, theirs_param in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert_close(ours_param.grad, theirs_param.grad)
+
+
+def test_conv_module_dtype_and_device_arguments():
+    conv = fct.Conv2d(2, 3, 3, device="cpu", dtype=torch.float64)
+    assert conv.weight.dtype == torch.float64 and conv.weight.device.type == "cpu"
+    assert conv(torch.ones(1, 2, 4, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("output_size", [None, (9, 10), [1, 2, 10, 9]],
+                         ids=["default", "hw", "full_shape"])
+def test_conv_transpose2d_module_output_size(output_size, rng):
+    torch.manual_seed(0)
+    ours = fct.ConvTranspose2d(3, 2, 3, stride=2, padding=1, dtype=torch.float64)
+    theirs = torch.nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    assert_matches(lambda x: ours(x, output_size=output_size),
+                   lambda x: theirs(x, output_size=output_size),
+                   (uniform((1, 3, 5, 5), torch.float64, rng),), rng)
+
+
+def test_conv_transpose2d_module_rejects_unreachable_output_size(rng):
+    x = uniform((1, 3, 5, 5), torch.float32, rng, requires_grad=False)
+    with pytest.raises(ValueError, match="requested an output size of"):
+        fct.ConvTranspose2d(3, 2, 3, stride=2, padding=1)(x, output_size=(12, 12))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_pool_unpool_modules_with_indices(dtype, rng):
+    x = distinct((2, 3, 5, 7), dtype, rng)
+    pool, unpool = fct.MaxPool2d(2, return_indices=True), fct.MaxUnpool2d(2)
+    torch_pool, torch_unpool = torch.nn.MaxPool2d(2, return_indices=True), torch.nn.MaxUnpool2d(2)
+
+    def ours(x):
+        y, indices = pool(x)
+        return unpool(y, indices, output_size=x.shape)
+
+    def theirs(x):
+        y, indices = torch_pool(x)
+        return torch_unpool(y, indices, output_size=x.shape)
+
+    assert_matches(ours, theirs, (x,), rng)
+    torch.testing.assert_close(pool(x)[1], torch_pool(x)[1], rtol=0, atol=0)
+    assert repr(unpool) == repr(torch_unpool)
+
+
+def test_repeat_unpool2d_module():
+    up = fct.RepeatUnpool2d((2, 1), algorithm="reference")
+    assert repr(up) == "RepeatUnpool2d(scale=(2, 1), algorithm='reference')"
+    assert up.state_dict() == {}
+    torch.testing.assert_close(up(torch.tensor([[[1.0, 2.0]]])),
+                               torch.tensor([[[1.0, 2.0], [1.0, 2.0]]]))
+
+
+# --- memory layouts: CPU tensors reach fastconv as views, in any layout ---------------------
+
+
+def test_cpu_tensors_reach_fastconv_without_a_copy():
+    x = torch.arange(24.0).reshape(2, 3, 4).transpose(1, 2)
+    array = fct._array(x.requires_grad_())
+    assert isinstance(array, np.ndarray)
+    assert array.ctypes.data == x.data_ptr() and array.strides == (48, 4, 16)
+    assert isinstance(fct._array(torch._neg_view(x.detach())), np.ndarray)
+
+
+def test_layouts_and_expanded_gradients(rng):
+    torch.manual_seed(0)
+    ours = fct.Conv2d(3, 4, 3, padding=1, dtype=torch.float64)
+    theirs = torch.nn.Conv2d(3, 4, 3, padding=1, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    ours.weight.data = ours.weight.data.to(memory_format=torch.channels_last)
+    base = uniform((2, 6, 3, 5), torch.float64, rng, requires_grad=False)
+    views = [base[:, :3].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2),  # channels_last
+             base[:, ::2].transpose(2, 3),                                       # strided
+             base[:1, :3].expand(4, 3, 3, 5)]                                    # zero stride
+    for view in views:
+        x = view.detach().requires_grad_()  # keeps the view's strides
+        # y.sum()'s gradient reaches the backward as a zero-stride expanded tensor
+        assert_close(ours(x), theirs(x))
+        grads = torch.autograd.grad(ours(x).sum(), (x, ours.weight, ours.bias))
+        expected = torch.autograd.grad(theirs(x).sum(), (x, theirs.weight, theirs.bias))
+        for got, want in zip(grads, expected, strict=True):
+            assert_close(got, want)
+
+
+# --- training: the same CNN built from torch.nn layers and from fastconv.torch layers -------
+
+
+def small_cnn(nn, dtype):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), nn.AvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 2 * 2, 10),
+    ).to(dtype)
+
+
+def digits(dtype):
+    """The 8 x 8 digits of scikit-learn, scaled to [0, 1], as (N, 1, 8, 8) and labels."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    images, labels = datasets.load_digits(return_X_y=True)
+    x = torch.tensor(images / 16.0, dtype=dtype).reshape(-1, 1, 8, 8)
+    return x, torch.tensor(labels)
+
+
+def train(nn, dtype, x, labels, steps, batch):
+    model = small_cnn(nn, dtype)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for step in range(steps):
+        picked = order[(step * batch) % (len(x) - batch):][:batch]
+        loss = F.cross_entropy(model(x[picked]), labels[picked])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return np.array(losses)
+
+
+#: Largest |loss difference| allowed at any step. The two models differ only in summation
+#: order (~1e-16 relative in float64, ~1e-7 in float32), and 300 steps of SGD with momentum
+#: barely amplify that: measured 9e-16 in float64 and 5e-7 in float32 (losses ~2.3 -> 0.15).
+TRAJECTORY_TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-4}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_training_loss_trajectory_matches_torch(dtype):
+    x, labels = digits(dtype)
+    steps, batch = 300, 32
+    ours = train(fct, dtype, x, labels, steps, batch)
+    theirs = train(torch.nn, dtype, x, labels, steps, batch)
+    assert theirs[-20:].mean() < 0.5 * theirs[:20].mean(), "the network should learn"
+    difference = np.abs(ours - theirs)
+    assert difference.max() <= TRAJECTORY_TOLERANCE[dtype], (
+        f"max |loss difference| {difference.max():.3g} at step {difference.argmax()}")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32, torch.complex64],
+                         ids=["float16", "bfloat16", "int32", "complex64"])
+def test_unsupported_dtypes(dtype):
+    x = torch.ones(1, 1, 4, 4, dtype=dtype)
+    w = torch.ones(1, 1, 3, 3, dtype=dtype)
+    message = f"input has dtype {dtype}, but fastconv computes in torch.float32 or torch.float64"
+    for call in (lambda: fct.conv2d(x, w), lambda: fct.conv_transpose2d(x, w),
+                 lambda: fct.max_pool2d(x, 2), lambda: fct.avg_pool2d(x, 2),
+                 lambda: fct.repeat_unpool2d(x, 2),
+                 lambda: fct.max_unpool2d(x, torch.zeros(1, 1, 4, 4, dtype=torch.int64), 2)):
+        with pytest.raises(TypeError, match=message.replace(".", r"\.")):
+            call()
+
+
+def test_unsupported_module_dtypes():
+    with pytest.raises(TypeError, match=r"dtype=torch\.float16 is not supported"):
+        fct.Conv2d(1, 1, 3, dtype=torch.float16)
+    conv = fct.Conv2d(1, 1, 3).half()
+    with pytest.raises(TypeError, match=r"input has dtype torch\.float16"):
+        conv(torch.ones(1, 1, 4, 4, dtype=torch.float16))
+    with pytest.raises(TypeError, match=r"weight has dtype torch\.float16"):
+        conv(torch.ones(1, 1, 4, 4))
+
+
+def test_mixed_dtypes():
+    with pytest.raises(TypeError, match=r"weight has dtype torch\.float64 but input has dtype "
+                                        r"torch\.float32"):
+        fct.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_other_than_zeros(mode):
+    with pytest.raises(ValueError, match=f"padding_mode='zeros' only, got '{mode}'"):
+        fct.Conv2d(1, 1, 3, padding=1, padding_mode=mode)
+    with pytest.raises(ValueError, match=f"padding_mode='zeros' only, got '{mode}'"):
+        fct.ConvTranspose2d(1, 1, 3, padding_mode=mode)
+    conv = fct.Conv2d(1, 1, 3, padding=1)
+    conv.padding_mode = mode
+    with pytest.raises(ValueError, match="padding_mode='zeros' only"):
+        conv(torch.ones(1, 1, 4, 4))
+
+
+def test_non_tensor_and_bad_indices_and_bad_device():
+    with pytest.raises(TypeError, match="input must be a torch.Tensor, got ndarray"):
+        fct.conv2d(np.ones((1, 1, 4, 4)), torch.ones(1, 1, 3, 3))
+    with pytest.raises(TypeError, match=r"indices must be an integer tensor .* torch\.float32"):
+        fct.max_unpool2d(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 2)
+    with pytest.raises(ValueError, match="is on meta; fastconv runs on CPU and CUDA tensors"):
+        fct.max_pool2d(torch.ones(1, 1, 4, 4, device="meta"), 2)
+
+
+def test_fastconv_errors_come_through():
+    with pytest.raises(ValueError, match="groups=2 must divide"):
+        fct.conv2d(torch.ones(1, 3, 4, 4), torch.ones(2, 1, 3, 3), groups=2)
