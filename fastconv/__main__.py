@@ -1,14 +1,19 @@
-"""Command line: ``python -m fastconv {bench,info}``, also installed as ``fastconv``.
+"""Command line: ``python -m fastconv {bench,info,demo}``, also installed as ``fastconv``.
 
-Usage errors print one line to stderr and exit with status 2.
+Usage errors (bad arguments, an option whose package is missing, a folder that
+does not exist) print one line to stderr and exit with status 2; failures while
+running (a file that cannot be written, the demo's packages missing) print one
+line and exit with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from . import __version__, bench, config
@@ -16,6 +21,10 @@ from . import __version__, bench, config
 
 class _UsageError(Exception):
     """A bad command line; its message is the whole line printed."""
+
+
+class _Failure(Exception):
+    """A command that could not do its work; its message is the whole line printed."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,6 +93,11 @@ def _parser() -> _Parser:
         "--json", metavar="FILE", type=Path, help="also write machine info and rows as JSON"
     )
     run.add_argument(
+        "--plot", metavar="FILE.png", type=Path,
+        help="also save a bar chart (needs matplotlib): GFLOP/s per layer and implementation, "
+        "and for the op suite each implementation's speed relative to torch",
+    )
+    run.add_argument(
         "--compile", action="store_true",
         help="also time the JIT compilation of every kernel in a fresh process, with an empty "
         "and with a warm cache (adds tens of seconds)",
@@ -92,12 +106,85 @@ def _parser() -> _Parser:
 
     info = commands.add_parser(
         "info",
-        help="versions, CPU, threads, cache and algorithms",
-        description="Print versions, CPU, Numba's threading layer and threads, the JIT cache, "
-        "the BLAS, fastconv's configuration and the available algorithms.",
+        help="versions, CPU, threads, cache, CUDA and algorithms",
+        description="Print versions, CPU and its SIMD features, Numba's threading layer and "
+        "threads, the JIT cache, the BLAS, the CUDA backend and its GPUs, fastconv's "
+        "configuration and the available algorithms.",
     )
     info.set_defaults(handler=_info)
+
+    # The demo parses its own arguments (fastconv.demo.main), --help included: main()
+    # passes it what this parser does not know.
+    demo = commands.add_parser(
+        "demo", add_help=False,
+        help="train a small CNN on scikit-learn's digits with fastconv.nn "
+        "(see fastconv demo --help)",
+    )
+    demo.set_defaults(handler=_demo)
     return parser
+
+
+def _check_output(option: str, path: Path | None) -> None:
+    if path is not None and not path.parent.is_dir():
+        raise _UsageError(f"fastconv bench: error: {option}: no directory {str(path.parent)!r}")
+
+
+class _Progress:
+    """What bench is timing, on stderr: a tqdm bar over the ``total`` cells where tqdm is
+    installed and stderr is a terminal, else a line per cell (and per cell not timed)."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = None
+        self.started = False
+        if sys.stderr.isatty() and importlib.util.find_spec("tqdm") is not None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="timing", unit="cell", file=sys.stderr,
+                            leave=False, dynamic_ncols=True)
+
+    def __call__(self, message: str) -> None:
+        if self.bar is None:
+            print(f"timing {message}", file=sys.stderr, flush=True)
+        elif ": not timed, " not in message:  # the table shows those cells as '-'
+            if self.started:  # told before each cell: the previous one is done
+                self.bar.update()
+            self.started = True
+            self.bar.set_postfix_str(message, refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            if self.started:
+                self.bar.update()
+            self.bar.close()
+            self.bar = None
+
+
+@contextlib.contextmanager
+def _progress(total: int) -> Iterator[_Progress]:
+    progress = _Progress(total)
+    try:
+        yield progress
+    finally:
+        progress.close()
+
+
+def _cells(
+    layers: Sequence[bench.Layer] | None,
+    conv_names: Sequence[str] | None,
+    cases: Sequence[bench.OpCase] | None,
+    implementations: Sequence[str] | None,
+) -> int:
+    """The cells that bench.run (on ``layers``) and bench.run_ops (on ``cases``) time."""
+    total = 0
+    if layers is not None:
+        names = bench.implementation_names() if conv_names is None else conv_names
+        total += sum(len(impls) for layer in layers for *_, impls in bench.batches(layer, names))
+    for case in cases or ():
+        if case.available():
+            names = [name for name in case.implementation_names()
+                     if implementations is None or name in implementations]
+            total += sum(len(impls) for *_, impls in bench.batches(case, names))
+    return total
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -109,33 +196,41 @@ def _bench(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise _UsageError(f"fastconv bench: error: {error}") from None
-    if args.json is not None and not args.json.parent.is_dir():
-        folder = str(args.json.parent)
-        raise _UsageError(f"fastconv bench: error: --json: no directory {folder!r}")
+    _check_output("--json", args.json)
+    _check_output("--plot", args.plot)
+    if args.plot is not None:
+        if args.plot.suffix.lower() != ".png":
+            raise _UsageError(f"fastconv bench: error: --plot: expected a file name ending in "
+                              f".png, got {str(args.plot)!r}")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise _UsageError("fastconv bench: error: --plot needs matplotlib: "
+                              "pip install matplotlib")
 
-    def progress(message: str) -> None:
-        print(f"timing {message}", file=sys.stderr, flush=True)
-
-    rows: list[bench.Row] = []
-    op_rows: list[bench.OpRow] | None = None
-    if args.suite in ("conv2d", "all"):
-        conv_names = implementations
-        if conv_names is not None:
-            known = bench.implementation_names(include_torch=True)
-            conv_names = [name for name in conv_names if name in known]
-        rows = bench.run(
-            layers, conv_names, quick=args.quick, repeat=args.repeat, progress=progress
-        )
-    if args.suite in ("ops", "all"):
+    conv_suite, op_suite = args.suite in ("conv2d", "all"), args.suite in ("ops", "all")
+    conv_names = implementations
+    if conv_names is not None:
+        known = bench.implementation_names(include_torch=True)
+        conv_names = [name for name in conv_names if name in known]
+    if op_suite:
         missing = sorted({case.spec.function for case in cases if not case.available()})
         if missing:
             print(f"fastconv bench: not timing {', '.join(missing)}: not in this fastconv yet",
                   file=sys.stderr)
-        op_rows = bench.run_ops(
-            cases, implementations, quick=args.quick, repeat=args.repeat, progress=progress
-        )
+    rows: list[bench.Row] = []
+    op_rows: list[bench.OpRow] | None = None
+    total = _cells(layers if conv_suite else None, conv_names, cases if op_suite else None,
+                   implementations)
+    with _progress(total) as progress:
+        if conv_suite:
+            rows = bench.run(
+                layers, conv_names, quick=args.quick, repeat=args.repeat, progress=progress
+            )
+        if op_suite:
+            op_rows = bench.run_ops(
+                cases, implementations, quick=args.quick, repeat=args.repeat, progress=progress
+            )
     machine = bench.machine_info()
-    if args.suite in ("conv2d", "all"):
+    if conv_suite:
         print(bench.format_table(rows, machine))
     if op_rows is not None:
         if args.suite == "all":
@@ -145,9 +240,9 @@ def _bench(args: argparse.Namespace) -> int:
         "settings": {"suite": args.suite, "quick": args.quick, "repeat": args.repeat}
     }
     if args.compile:
-        progress("compilation, empty cache")
+        print("timing compilation, empty cache", file=sys.stderr, flush=True)
         cold = bench.cold_compile_time()
-        progress("compilation, warm cache")
+        print("timing compilation, warm cache", file=sys.stderr, flush=True)
         warm = bench.warm_compile_time()
         print(
             f"compile: fastconv.warmup() ({len(warm.kernels)} algorithm/dtype pairs) in a fresh "
@@ -157,13 +252,78 @@ def _bench(args: argparse.Namespace) -> int:
         extra["compile"] = {"cold": dataclasses.asdict(cold), "warm": dataclasses.asdict(warm)}
     if args.json is not None:
         document = bench.rows_to_json(rows, machine, op_rows=op_rows, **extra)
-        try:
+        with _writing(args.json):
             args.json.write_text(document + "\n", encoding="utf-8")
-        except OSError as error:
-            print(f"fastconv bench: error: cannot write {args.json}: {error.strerror}",
-                  file=sys.stderr)
-            return 1
+    if args.plot is not None:
+        with _writing(args.plot):
+            bench.plot_rows(rows, args.plot, machine, op_rows=op_rows)
     return 0
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` into one line."""
+    try:
+        yield
+    except OSError as error:
+        raise _Failure(
+            f"fastconv bench: error: cannot write {path}: {error.strerror or error}"
+        ) from None
+
+
+#: SIMD features that decide how fast the kernels run, as LLVM names them.
+_SIMD_FEATURES = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+                  "avx512vnni", "avx512bf16", "avx512fp16", "amx-tile", "neon", "sve", "sve2")
+
+
+def _cpu_features() -> str:
+    """The host's SIMD features and the CPU Numba compiles for, from LLVM."""
+    import numba
+    from llvmlite import binding as llvm
+
+    host = llvm.get_host_cpu_name()
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:  # LLVM cannot read them on every platform
+        found = "unknown"
+    else:
+        found = " ".join(name for name in _SIMD_FEATURES if features.get(name)) or "none"
+    target = numba.config.CPU_NAME
+    compiles = f"; numba compiles for {target} (NUMBA_CPU_NAME)" if target else ""
+    return f"CPU features: {found} (LLVM: {host}){compiles}"
+
+
+def _cuda_reason() -> str:
+    """Why numba.cuda found no GPU, in the CUDA driver's first words where it says."""
+    try:
+        from numba.cuda.cudadrv.driver import driver
+
+        reason = driver.initialization_error
+    except Exception:  # noqa: BLE001 - an internal detail; the plain answer will do
+        reason = None
+    lines = [line.strip() for line in str(reason or "").splitlines() if line.strip()]
+    return lines[0] if lines else "no GPU or CUDA driver found"
+
+
+def _cuda_lines() -> list[str]:
+    """Whether the CUDA backend can run, and on what (fastconv.cuda.devices())."""
+    from . import cuda
+
+    version = bench._version("numba-cuda")
+    if version is None:
+        return ["CUDA: not available: numba-cuda is not installed "
+                "(pip install 'fastconv[cuda]')"]
+    if not cuda.is_available():
+        return [f"CUDA: not available: numba-cuda {version}: {_cuda_reason()}"]
+    try:
+        devices = cuda.devices()
+    except Exception as error:  # noqa: BLE001 - a broken driver: say so and go on
+        devices = [f"cannot list the GPUs: {error}"]
+    if cuda.simulated():
+        return [f"CUDA: simulated (NUMBA_ENABLE_CUDASIM=1, numba-cuda {version}): "
+                + "; ".join(devices)]
+    return [f"CUDA: available, numba-cuda {version}, {len(devices)} GPU(s)",
+            *(f"  {device}" for device in devices)]
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -183,6 +343,7 @@ def _info(args: argparse.Namespace) -> int:
             f"(llvmlite {machine['llvmlite']}), torch {machine['torch'] or 'not installed'}"
         ),
         f"CPU: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable)",
+        _cpu_features(),
         (
             f"numba threads: {machine['numba_threads']}; threading layer: "
             f"{machine['threading_layer']} (requested: {machine['threading_layer_requested']})"
@@ -194,20 +355,49 @@ def _info(args: argparse.Namespace) -> int:
             for name, value in settings.items()
         ),
         "conv2d algorithms: " + ", ".join(fastconv.available_algorithms("conv2d")),
+        *_cuda_lines(),
     ]
     print("\n".join(lines))
     return 0
+
+
+#: What ``fastconv.demo`` imports beyond fastconv: the ``demo`` extra.
+_DEMO_PACKAGES = ("sklearn", "tqdm", "matplotlib")
+_DEMO_NEEDS = ("fastconv demo needs scikit-learn, tqdm and matplotlib: "
+               "pip install 'fastconv[demo]'")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    argv = args.demo_argv
+    asks_help = any(arg in ("-h", "--help") for arg in argv)
+    # checked first: the demo would find matplotlib missing only after training
+    if not asks_help and any(importlib.util.find_spec(name) is None for name in _DEMO_PACKAGES):
+        raise _Failure(_DEMO_NEEDS)
+    try:
+        from . import demo
+    except ModuleNotFoundError as error:
+        if error.name not in _DEMO_PACKAGES:
+            raise
+        raise _Failure(_DEMO_NEEDS) from None
+    return demo.main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, rest = parser.parse_known_args(argv)
+        if args.command == "demo":
+            args.demo_argv = rest
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args.handler(args)
     except _UsageError as error:
         print(error, file=sys.stderr)
         return 2
+    except _Failure as error:
+        print(error, file=sys.stderr)
+        return 1
     except SystemExit as done:  # --help and --version
         return done.code if isinstance(done.code, int) else 0
     except KeyboardInterrupt:

@@ -1371,6 +1371,75 @@ def rows_to_json(
     return json.dumps(document, indent=2)
 
 
+
+def plot_rows(
+    rows: Sequence[Row],
+    path: str | os.PathLike[str],
+    machine: dict[str, object] | None = None,
+    *,
+    op_rows: Sequence[OpRow] | None = None,
+) -> None:
+    """Save a bar chart of the suites' results as a PNG (needs matplotlib): a panel of
+    GFLOP/s per layer and implementation for ``rows`` (the conv2d suite), and one per
+    case for ``op_rows`` (the op suite) of each fastconv implementation's speed relative
+    to torch (torch ms / ms), or of its rates where torch was not timed. Log scales: the
+    reference is about 1000x slower. A panel is left out where its rows are empty."""
+    from matplotlib.figure import Figure
+
+    if machine is None:
+        machine = machine_info()
+    panels = []
+    if rows:
+        cells = _Shown(rows, lambda row: row.layer).cells
+        panels.append(({case: {impl: row.gflops for impl, row in shown.items()}
+                        for case, shown in cells.items()},
+                       "conv2d forward, float32 (reference on its smaller batch)", "GFLOP/s"))
+    if op_rows:
+        cells = _Shown(op_rows, lambda row: row.id).cells
+        if any(row.vs_torch is not None for row in op_rows):
+            panels.append(({case: {impl: row.vs_torch for impl, row in shown.items()
+                                   if impl != "torch" and row.vs_torch is not None}
+                            for case, shown in cells.items()},
+                           "op suite: speed relative to torch (> 1: faster than torch)",
+                           "torch ms / ms"))
+        else:
+            panels.append(({case: {impl: row.rate for impl, row in shown.items()}
+                            for case, shown in cells.items()},
+                           "op suite", "GFLOP/s (conv ops) or GB/s (the others)"))
+    if not panels:
+        raise ValueError("no rows to plot")
+    # the tables' order: reference, the algorithms, auto, torch
+    rank = {"reference": 0, "auto": 2, "torch": 3}
+    impls = sorted(dict.fromkeys(impl for cells, *_ in panels for shown in cells.values()
+                                 for impl in shown), key=lambda impl: rank.get(impl, 1))
+    palette = [f"C{index}" for index in range(10)]
+    colours = {impl: palette[index % len(palette)] for index, impl in enumerate(impls)}
+    widest = max(len(cells) for cells, *_ in panels)
+    figure = Figure(figsize=(max(8.0, 0.7 * widest), 4.5 * len(panels)), layout="constrained")
+    for axes, (cells, title, unit) in zip(figure.subplots(len(panels), squeeze=False)[:, 0],
+                                          panels, strict=True):
+        shown = [impl for impl in impls if any(impl in cell for cell in cells.values())]
+        width = 0.8 / len(shown)
+        for index, impl in enumerate(shown):
+            offset = (index - (len(shown) - 1) / 2) * width
+            bars = [(x + offset, cell[impl]) for x, cell in enumerate(cells.values())
+                    if impl in cell]
+            axes.bar(*zip(*bars, strict=True), width, label=impl, color=colours[impl])
+        if unit == "torch ms / ms":
+            axes.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        axes.set_yscale("log")
+        axes.set_xticks(range(len(cells)), list(cells), rotation=30 if widest > 9 else 0,
+                        ha="right" if widest > 9 else "center")
+        axes.set_ylabel(unit)
+        axes.set_title(title)
+        axes.grid(axis="y", which="major", alpha=0.3)
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.suptitle(
+        f"fastconv {machine['fastconv']} vs torch {machine['torch'] or '(not installed)'}: "
+        f"{machine['cpu']}, {machine['numba_threads']} threads"
+    )
+    figure.savefig(path, format="png", dpi=100)
+
 # --- compile time --------------------------------------------------------------------
 
 # Runs in a fresh interpreter: the backend's import (numba, BLAS lookup), then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -10,10 +11,13 @@ import sys
 import pytest
 
 import fastconv as fastconv_package
+from fastconv import __main__ as cli
 from fastconv import bench, dispatch
 from fastconv.__main__ import main
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HAS_POOLING = hasattr(fastconv_package, "max_pool2d")  # being added
 
 
@@ -31,12 +35,72 @@ def test_help(args):
     assert result.stdout.startswith("usage: fastconv")
 
 
+def test_help_lists_every_command():
+    commands = fastconv("--help").stdout
+    assert all(f"    {name} " in commands for name in ("bench", "info", "demo"))
+
+
+def test_demo_help_is_the_demos_own():
+    pytest.importorskip("fastconv.demo")
+    result = fastconv("demo", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: fastconv demo")
+    assert "--epochs" in result.stdout
+
+
+def test_demo_gets_its_arguments(monkeypatch):
+    demo = pytest.importorskip("fastconv.demo")
+    passed = []
+    monkeypatch.setattr(demo, "main", lambda argv: passed.append(argv) or 0)
+    assert main(["demo", "--epochs", "2", "--quick", "--out", "x"]) == 0
+    assert passed == [["--epochs", "2", "--quick", "--out", "x"]]
+
+
+@pytest.mark.parametrize("package", ["sklearn", "matplotlib"])
+def test_demo_without_its_packages_is_one_line(monkeypatch, capsys, package):
+    pytest.importorskip("fastconv.demo")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == package else find_spec(name, *args))
+    assert main(["demo", "--quick"]) == 1
+    assert capsys.readouterr().err == (
+        "fastconv demo needs scikit-learn, tqdm and matplotlib: pip install 'fastconv[demo]'\n")
+    assert main(["demo", "--help"]) == 0  # its help needs none of them
+
+
 def test_info():
     result = fastconv("info")
     assert result.returncode == 0, result.stderr
     for expected in ("numba threads:", "threading layer:", "numba cache:", "BLAS:",
-                     "conv2d algorithms: auto, "):
+                     "conv2d algorithms: auto, ", "CPU features: ", "\nCUDA: "):
         assert expected in result.stdout
+    features = next(line for line in result.stdout.splitlines()
+                    if line.startswith("CPU features: "))
+    assert "(LLVM: " in features
+
+
+def test_info_cuda_line(monkeypatch):
+    """The CUDA line says why there is no GPU, or lists what fastconv.cuda.devices() sees."""
+    from fastconv import cuda
+
+    monkeypatch.setattr(bench, "_version", lambda package: None)
+    assert cli._cuda_lines() == [
+        "CUDA: not available: numba-cuda is not installed (pip install 'fastconv[cuda]')"]
+    monkeypatch.setattr(bench, "_version", lambda package: "0.30")
+    monkeypatch.setattr(cuda, "is_available", lambda: False)
+    (line,) = cli._cuda_lines()
+    assert line.startswith("CUDA: not available: numba-cuda 0.30: ")
+    gpus = ["cuda:0 NVIDIA H100 (compute capability 9.0)", "cuda:1 NVIDIA H100 (compute "
+            "capability 9.0)"]
+    monkeypatch.setattr(cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "devices", lambda: gpus)
+    monkeypatch.setattr(cuda, "simulated", lambda: False)
+    assert cli._cuda_lines() == ["CUDA: available, numba-cuda 0.30, 2 GPU(s)",
+                                 *(f"  {gpu}" for gpu in gpus)]
+    monkeypatch.setattr(cuda, "simulated", lambda: True)
+    monkeypatch.setattr(cuda, "devices", lambda: ["cuda:0 Numba CUDA simulator"])
+    assert cli._cuda_lines() == [
+        "CUDA: simulated (NUMBA_ENABLE_CUDASIM=1, numba-cuda 0.30): cuda:0 Numba CUDA simulator"]
 
 
 def test_bench_quick(tmp_path):
@@ -57,6 +121,64 @@ def test_bench_quick(tmp_path):
         assert "torch/auto geometric mean" in result.stdout
         (auto,) = [row for row in rows if row["impl"] == "auto" and not row["reduced"]]
         assert auto["vs_torch"] > 0
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="--plot needs matplotlib")
+def test_bench_quick_plot(tmp_path):
+    plot = tmp_path / "rows.png"
+    result = fastconv("bench", "--quick", "--layers", "a", "--algorithms", "auto",
+                      "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    assert plot.read_bytes().startswith(PNG_SIGNATURE)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_bench_progress(monkeypatch):
+    """A bar over the cells on a terminal where tqdm is installed, else a line per cell."""
+    pytest.importorskip("tqdm")
+    messages = ["layer a N=64 direct", "layer a N=64 winograd",
+                "layer a winograd: not timed, winograd needs a 3x3 kernel", "layer a N=64 auto"]
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with cli._progress(3) as progress:
+        bar = progress.bar
+        for message in messages:
+            progress(message)
+        assert bar.n == 2  # told before each cell: two are done
+    assert bar.n == bar.total == 3
+    assert "timing:" in terminal.getvalue()
+    assert "not timed" not in terminal.getvalue()
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    with cli._progress(3) as progress:
+        for message in messages:
+            progress(message)
+    assert log.getvalue().splitlines() == [f"timing {message}" for message in messages]
+
+
+def test_bench_progress_counts_the_cells():
+    """The bar's total is the number of cells bench.run and bench.run_ops announce."""
+    layers = bench.select_layers("a,b,i")
+    cases = bench.select_op_cases("grad_input|g,max_pool2d")
+    names = ["reference", "winograd", "auto"]
+    announced = []
+
+    def count(message):
+        if ": not timed, " not in message:
+            announced.append(message)
+
+    original = bench._time_cell
+    try:
+        bench._time_cell = lambda *args, **kwargs: bench.Timing(1e-3, 1e-3, 1)
+        bench.run(layers, names, quick=True, progress=count)
+        bench.run_ops(cases, names, quick=True, progress=count)
+    finally:
+        bench._time_cell = original
+    assert cli._cells(layers, names, cases, names) == len(announced)
 
 
 def test_bench_ops_quick(tmp_path):
@@ -99,7 +221,11 @@ def test_bench_all_prints_both_tables(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(bench, "run_ops", lambda *a, **k: [
         bench.OpRow(op="grad_input", case="c", rate=3.0, unit="GFLOP/s", **timing)])
     report = tmp_path / "rows.json"
-    assert main(["bench", "--suite", "all", "--json", str(report)]) == 0
+    plot = tmp_path / "rows.png"
+    args = ["bench", "--suite", "all", "--json", str(report)]
+    assert main([*args, "--plot", str(plot)] if HAS_MATPLOTLIB else args) == 0
+    if HAS_MATPLOTLIB:
+        assert plot.read_bytes().startswith(PNG_SIGNATURE)
     out = capsys.readouterr().out
     assert out.index("fastconv conv2d forward") < out.index("fastconv ops") < out.index(
         "speed bar, backward")
@@ -120,6 +246,11 @@ def test_bench_all_prints_both_tables(monkeypatch, capsys, tmp_path):
         (("bench", "--algorithms", "fast"), "unknown algorithm 'fast'"),
         (("bench", "--repeat", "0"), "positive integer"),
         (("bench", "--frobnicate"), "unrecognized arguments"),
+        (("bench", "--plot", "no/such/folder/rows.png"), "--plot: no directory 'no/such/folder'"),
+        (("bench", "--plot", "rows.svg"), "--plot: expected a file name ending in .png"),
+        (("bench", "--json", "no/such/folder/rows.json"), "--json: no directory"),
+        (("info", "--cuda"), "unrecognized arguments: --cuda"),
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
         ((), "required: COMMAND"),
     ],
 )
@@ -129,6 +260,40 @@ def test_usage_error_is_one_line(args, message):
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert message in result.stderr
+
+
+def test_demo_usage_error_is_one_line():
+    pytest.importorskip("fastconv.demo")
+    result = fastconv("demo", "--epochs", "0")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "fastconv demo: error: argument --epochs: expected a positive number, got '0' "
+        "(see fastconv demo --help)"]
+
+
+def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (
+        None if name == "matplotlib" else find_spec(name, *args)))
+    assert main(["bench", "--plot", str(tmp_path / "rows.png")]) == 2
+    assert capsys.readouterr().err == (
+        "fastconv bench: error: --plot needs matplotlib: pip install matplotlib\n")
+
+
+@pytest.mark.parametrize("option, name", [("--json", "rows.json"), ("--plot", "rows.png")])
+def test_unwritable_output_is_one_line(monkeypatch, capsys, tmp_path, option, name):
+    """Writing after the timings fails: one line, status 1 (here: the name is a folder)."""
+    if option == "--plot" and not HAS_MATPLOTLIB:
+        pytest.skip("--plot needs matplotlib")
+    monkeypatch.setattr(bench, "run", lambda *a, **k: [bench.Row(
+        layer="a", batch=8, reduced=False, impl="auto", algorithm="direct", median_ms=2.0,
+        min_ms=1.9, calls=5, gflops=1.0)])
+    (tmp_path / name).mkdir()
+    assert main(["bench", option, str(tmp_path / name)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"fastconv bench: error: cannot write {tmp_path / name}: "
+                                "Is a directory"]
 
 
 def test_main_returns_the_status(capsys):
