@@ -1,0 +1,853 @@
+"""Stateful layers for numpy trainers, built on the functional ops.
+
+Each layer follows one small protocol, the manual version of autograd:
+
+- ``forward(x)`` (also ``layer(x)``) computes the output and keeps what its
+  backward needs (the input, pooling indices, a ReLU mask). The input is kept
+  by reference: do not modify it in place before ``backward``.
+- ``backward(grad_output)`` returns ``grad_input = dL/dx`` for
+  ``grad_output = dL/dy`` of the last ``forward``, and adds the parameter
+  gradients into ``grad_weight`` / ``grad_bias`` (they accumulate, as
+  PyTorch's ``.grad`` does, until ``zero_grad()``). ``needs_input_grad=False``
+  skips ``grad_input`` (returned as None), as for a network's first layer.
+- ``params()`` and ``grads()`` return dicts name -> numpy array with
+  PyTorch's names (``"weight"``, ``"bias"``; ``"0.weight"`` ... in a
+  :class:`Sequential`). The arrays are the layer's own, so an optimiser
+  updates ``params()`` in place from ``grads()``.
+- ``zero_grad()`` sets every gradient to 0.
+
+Layers mirror ``torch.nn`` (same constructor arguments, weight layouts and
+default initialisation), so weights copied from a torch layer give the same
+outputs and gradients. Parameters are float32 unless ``dtype=np.float64``;
+the input must have the layer's dtype. ``rng`` (a ``numpy.random.Generator``)
+makes the initialisation reproducible; ``algorithm`` is passed to every
+functional op the layer calls.
+
+Example: one SGD step of a small CNN on two 8 x 8 images.
+
+>>> import numpy as np
+>>> from fastconv import nn
+>>> rng = np.random.default_rng(0)
+>>> model = nn.Sequential(
+...     nn.Conv2d(1, 4, 3, padding=1, activation="relu", rng=rng),  # (N, 4, 8, 8)
+...     nn.MaxPool2d(2),                                             # (N, 4, 4, 4)
+...     nn.Flatten(),                                                # (N, 64)
+...     nn.Linear(64, 10, rng=rng),                                  # (N, 10)
+... )
+>>> loss_fn = nn.CrossEntropyLoss()
+>>> optimizer = nn.SGD(model, lr=0.1, momentum=0.9)
+>>> x = rng.uniform(0, 1, (2, 1, 8, 8)).astype(np.float32)
+>>> model.zero_grad()
+>>> loss = loss_fn(model(x), np.array([3, 7]))
+>>> grad_x = model.backward(loss_fn.backward())
+>>> optimizer.step()
+>>> sorted(model.params()), grad_x.shape
+(['0.bias', '0.weight', '3.bias', '3.weight'], (2, 1, 8, 8))
+>>> loss_fn(model(x), np.array([3, 7])) < loss
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from . import shapes
+from .functional import conv as _conv
+from .functional import pool as _pool
+from .functional._checks import positive_int
+
+__all__ = [
+    "Module",
+    "Conv2d",
+    "ConvTranspose2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "MaxUnpool2d",
+    "RepeatUnpool2d",
+    "ReLU",
+    "Flatten",
+    "Linear",
+    "Sequential",
+    "CrossEntropyLoss",
+    "SGD",
+]
+
+ACTIVATIONS = (None, "relu")
+
+
+class Module:
+    """Base of the layers: a layer without parameters unless it overrides
+    :meth:`params` and :meth:`grads`."""
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, np.ndarray]:
+        """The trainable arrays by name (``{}`` for a layer without parameters)."""
+        return {}
+
+    def grads(self) -> dict[str, np.ndarray]:
+        """The gradient arrays, under the names of :meth:`params`."""
+        return {}
+
+    def zero_grad(self) -> None:
+        """Set every parameter gradient to 0, in place."""
+        for grad in self.grads().values():
+            grad.fill(0)
+
+    def _cached(self, name: str):
+        """An attribute forward set, or a RuntimeError for a backward before any forward."""
+        value = getattr(self, name, None)
+        if value is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward: run forward(x) "
+                f"first, then backward(grad_output) with the gradient of its output")
+        return value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+def _float_dtype(dtype: object) -> np.dtype:
+    kind = np.dtype(dtype)
+    if kind not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {kind}")
+    return kind
+
+
+def _generator(rng: object) -> np.random.Generator:
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator (np.random.default_rng(seed)) or None, "
+            f"got {type(rng).__name__}")
+    return rng
+
+
+def _uniform(rng: np.random.Generator, bound: float, shape: tuple[int, ...],
+             dtype: np.dtype) -> np.ndarray:
+    return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+def _device(device: str | None) -> dict[str, str]:
+    """The ``device=`` keyword for the functional ops, only where one is chosen."""
+    return {} if device is None else {"device": device}
+
+
+class _Parametrised(Module):
+    """A layer with a ``weight`` and an optional ``bias``, initialised as PyTorch does:
+    ``kaiming_uniform_(a=sqrt(5))`` gives ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for the
+    weight, and the bias has the same bound."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+    grad_weight: np.ndarray
+    grad_bias: np.ndarray | None
+
+    def _init_parameters(self, weight_shape: tuple[int, ...], bias_size: int, fan_in: int,
+                         bias: bool, dtype: object, rng: object) -> None:
+        kind = _float_dtype(dtype)
+        generator = _generator(rng)
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = _uniform(generator, bound, weight_shape, kind)
+        self.bias = _uniform(generator, bound, (bias_size,), kind) if bias else None
+        self.grad_weight = np.zeros_like(self.weight)
+        self.grad_bias = None if self.bias is None else np.zeros_like(self.bias)
+
+    def params(self) -> dict[str, np.ndarray]:
+        found = {"weight": self.weight}
+        if self.bias is not None:
+            found["bias"] = self.bias
+        return found
+
+    def grads(self) -> dict[str, np.ndarray]:
+        found = {"weight": self.grad_weight}
+        if self.grad_bias is not None:
+            found["bias"] = self.grad_bias
+        return found
+
+    def _accumulate(self, grad_weight: np.ndarray | None, grad_bias: np.ndarray | None) -> None:
+        self.grad_weight += grad_weight
+        if self.grad_bias is not None:
+            self.grad_bias += grad_bias
+
+
+class _ConvLayer(_Parametrised):
+    """What :class:`Conv2d` and :class:`ConvTranspose2d` share: the channel and window
+    arguments, checked when the layer is built, and the repr."""
+
+    activation: str | None = None
+    output_padding: tuple[int, int] = (0, 0)
+
+    def _init_window(self, in_channels: object, out_channels: object, kernel_size: object,
+                     stride: object, padding: object, dilation: object, groups: object,
+                     algorithm: str, device: str | None) -> None:
+        c = positive_int(in_channels, "in_channels")
+        k = positive_int(out_channels, "out_channels")
+        g = positive_int(groups, "groups")
+        if c % g or k % g:
+            raise ValueError(f"groups={g} must divide in_channels={c} and out_channels={k}")
+        self.in_channels, self.out_channels, self.groups = c, k, g
+        self.kernel_size = shapes.pair(kernel_size, "kernel_size")
+        self.stride = shapes.pair(stride, "stride")
+        self.dilation = shapes.pair(dilation, "dilation")
+        # a bad padding form fails now rather than at the first forward
+        span = tuple(d * (n - 1) + 1 for d, n in zip(self.dilation, self.kernel_size,
+                                                     strict=True))
+        shapes.padding2d(padding, span, self.kernel_size, self.stride,  # type: ignore[arg-type]
+                         self.dilation)
+        self.padding = padding
+        self.algorithm = algorithm
+        self.device = device
+        self._input: np.ndarray | None = None
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                 f"stride={self.stride}, padding={self.padding!r}"]
+        for name, default in (("output_padding", (0, 0)), ("dilation", (1, 1)), ("groups", 1),
+                              ("activation", None)):
+            if getattr(self, name) != default:
+                parts.append(f"{name}={getattr(self, name)!r}")
+        if self.bias is None:
+            parts.append("bias=False")
+        return ", ".join(parts)
+
+
+def _relu_grad(grad_output: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """dL/dz of ``y = max(z, 0)``: ``grad_output`` where ``y > 0``, else 0 (PyTorch's
+    choice at 0)."""
+    return grad_output * (output > 0)
+
+
+class Conv2d(_ConvLayer):
+    """2-D convolution layer, as ``torch.nn.Conv2d``, optionally followed by a ReLU.
+
+    Shapes: input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; output
+    ``(N, C_out, H_out, W_out)`` with ``H_out = floor((H + pad_top + pad_bottom
+    - dilation_h * (R - 1) - 1) / stride_h) + 1`` (see :func:`fastconv.conv2d`).
+    ``weight`` is ``(C_out, C_in / groups, R, S)``, ``bias`` ``(C_out,)``.
+
+    Args:
+        in_channels, out_channels: C_in and C_out; ``groups`` must divide both.
+        kernel_size: int or ``(R, S)``.
+        stride, dilation: int or pair, each >= 1.
+        padding: every form :func:`fastconv.conv2d` accepts: int, pair,
+            ``((top, bottom), (left, right))``, ``"valid"``, ``"same"``.
+        groups: independent channel groups (``groups == C_in`` is depthwise).
+        bias: learn an additive bias.
+        activation: None, or ``"relu"`` to apply ``max(y, 0)`` to the output
+            (the last part of a conv layer in the lecture); its gradient is
+            applied in :meth:`backward`.
+        dtype: float32 (default) or float64, of the parameters and the input.
+        rng: ``numpy.random.Generator`` for the initialisation
+            ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = C_in / groups * R * S``.
+        algorithm: passed to :func:`fastconv.conv2d` and
+            :func:`fastconv.conv2d_backward` (``"auto"``, ``"direct"``, ...).
+        device: passed to the functional ops as ``device=`` when not None.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import Conv2d
+    >>> layer = Conv2d(3, 8, 3, padding=1, activation="relu", rng=np.random.default_rng(0))
+    >>> layer.weight.shape, layer.bias.shape
+    ((8, 3, 3, 3), (8,))
+    >>> y = layer(np.ones((2, 3, 5, 5), np.float32))
+    >>> y.shape, bool((y >= 0).all())
+    ((2, 8, 5, 5), True)
+    >>> layer.backward(np.ones_like(y)).shape
+    (2, 3, 5, 5)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: object = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *,
+                 activation: str | None = None, dtype: object = np.float32,
+                 rng: np.random.Generator | None = None, algorithm: str = "auto",
+                 device: str | None = None) -> None:
+        self._init_window(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                          groups, algorithm, device)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+        self.activation = activation
+        c, k, g = self.in_channels, self.out_channels, self.groups
+        r, s = self.kernel_size
+        self._init_parameters((k, c // g, r, s), k, c // g * r * s, bias, dtype, rng)
+        self._output: np.ndarray | None = None
+
+    def _args(self) -> tuple:
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = _conv.conv2d(x, self.weight, self.bias, *self._args(), algorithm=self.algorithm,
+                         **_device(self.device))
+        if self.activation == "relu":
+            np.maximum(y, 0, out=y)
+        self._input, self._output = x, y
+        return y
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        x = self._cached("_input")
+        if self.activation == "relu":
+            grad_output = _relu_grad(grad_output, self._output)
+        grad_input, grad_weight, grad_bias = _conv.conv2d_backward(
+            grad_output, x, self.weight, *self._args(), needs_input_grad=needs_input_grad,
+            needs_bias_grad=self.bias is not None, algorithm=self.algorithm,
+            **_device(self.device))
+        self._accumulate(grad_weight, grad_bias)
+        return grad_input
+
+
+class ConvTranspose2d(_ConvLayer):
+    """Transposed convolution layer ("deconvolution"), as ``torch.nn.ConvTranspose2d``.
+
+    Shapes: input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; output
+    ``(N, C_out, H_out, W_out)`` with ``H_out = (H - 1) * stride_h - 2 * pad_h
+    + dilation_h * (R - 1) + output_padding_h + 1`` (see
+    :func:`fastconv.conv_transpose2d`). ``weight`` is ``(C_in, C_out / groups, R, S)``,
+    ``bias`` ``(C_out,)``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, dilation, groups, bias:
+            as :class:`Conv2d` (positional order as in PyTorch: ``..., padding,
+            output_padding, groups, bias, dilation``).
+        padding: int, pair or ``((top, bottom), (left, right))``, cropped from
+            the output.
+        output_padding: int or pair, each smaller than stride or dilation: extra
+            rows/columns at the bottom/right.
+        dtype, rng, algorithm, device: as :class:`Conv2d`. The initialisation
+            bound is ``1/sqrt(fan_in)`` with PyTorch's
+            ``fan_in = weight.shape[1] * R * S = C_out / groups * R * S``.
+
+    :meth:`forward` also takes ``output_size``, as PyTorch's does.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import ConvTranspose2d
+    >>> layer = ConvTranspose2d(4, 2, 2, stride=2, rng=np.random.default_rng(0))
+    >>> layer.weight.shape
+    (4, 2, 2, 2)
+    >>> layer(np.ones((1, 4, 3, 3), np.float32)).shape
+    (1, 2, 6, 6)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: object = 0,
+                 output_padding: int | tuple[int, int] = 0, groups: int = 1, bias: bool = True,
+                 dilation: int | tuple[int, int] = 1, *, dtype: object = np.float32,
+                 rng: np.random.Generator | None = None, algorithm: str = "auto",
+                 device: str | None = None) -> None:
+        if isinstance(padding, str):
+            raise ValueError(
+                "padding of ConvTranspose2d must be an int, a pair (pad_h, pad_w) or "
+                f"((top, bottom), (left, right)), got {padding!r}")
+        self._init_window(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                          groups, algorithm, device)
+        self.output_padding = shapes.pair(output_padding, "output_padding", minimum=0)
+        c, k, g = self.in_channels, self.out_channels, self.groups
+        r, s = self.kernel_size
+        self._init_parameters((c, k // g, r, s), k, k // g * r * s, bias, dtype, rng)
+        self._output_size: tuple[int, ...] | None = None
+
+    def _args(self) -> tuple:
+        return self.stride, self.padding, self.output_padding, self.groups, self.dilation
+
+    def forward(self, x: np.ndarray, output_size: tuple[int, ...] | None = None) -> np.ndarray:
+        """The transposed convolution of ``x``; ``output_size`` ``(H_out, W_out)`` (or a
+        longer shape ending in them) picks the size, overriding ``output_padding``."""
+        y = _conv.conv_transpose2d(x, self.weight, self.bias, *self._args(),
+                                   output_size=output_size, algorithm=self.algorithm,
+                                   **_device(self.device))
+        self._input, self._output_size = x, output_size
+        return y
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        x = self._cached("_input")
+        grad_input, grad_weight, grad_bias = _conv.conv_transpose2d_backward(
+            grad_output, x, self.weight, *self._args(), output_size=self._output_size,
+            needs_input_grad=needs_input_grad, needs_bias_grad=self.bias is not None,
+            algorithm=self.algorithm, **_device(self.device))
+        self._accumulate(grad_weight, grad_bias)
+        return grad_input
+
+
+class MaxPool2d(Module):
+    """2-D max pooling, as ``torch.nn.MaxPool2d``; it remembers where each maximum was.
+
+    Shapes: input ``(N, C, H, W)`` or ``(C, H, W)``; output ``(N, C, H_out, W_out)``
+    with ``H_out = floor((H + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h) + 1``
+    (``ceil`` with ``ceil_mode``), see :func:`fastconv.max_pool2d`.
+
+    Args:
+        kernel_size: int or pair; ``stride`` None (the default) means ``kernel_size``.
+        padding: int or pair, each at most ``kernel_size // 2``.
+        dilation, ceil_mode: as :func:`fastconv.max_pool2d`.
+        return_indices: :meth:`forward` returns ``(output, indices)``, the
+            indices ready for :class:`MaxUnpool2d`. The last forward's indices
+            are always kept in :attr:`indices`.
+        algorithm, device: passed to the functional ops.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import MaxPool2d
+    >>> pool = MaxPool2d(2)
+    >>> x = np.array([[[1, 0, 1, 0], [2, 1, 3, 2], [1, 2, 0, 4], [2, 2, 3, 0]]], np.float32)
+    >>> pool(x).tolist(), pool.indices.tolist()
+    ([[[2.0, 3.0], [2.0, 4.0]]], [[[4, 6], [9, 11]]])
+    >>> pool.backward(np.ones((1, 2, 2), np.float32))[0].tolist()
+    [[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+
+    def __init__(self, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
+                 return_indices: bool = False, ceil_mode: bool = False, *,
+                 algorithm: str = "auto", device: str | None = None) -> None:
+        self.kernel_size = shapes.pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else shapes.pair(stride, "stride")
+        self.padding = shapes.pair(padding, "padding", minimum=0)
+        self.dilation = shapes.pair(dilation, "dilation")
+        self.return_indices = bool(return_indices)
+        self.ceil_mode = bool(ceil_mode)
+        self.algorithm = algorithm
+        self.device = device
+        self.indices: np.ndarray | None = None
+        self._input_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        y, indices = _pool.max_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                      self.dilation, self.ceil_mode, True,
+                                      algorithm=self.algorithm, **_device(self.device))
+        self.indices, self._input_shape = indices, x.shape
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        input_shape = self._cached("_input_shape")
+        if not needs_input_grad:
+            return None
+        return _pool.max_pool2d_backward(grad_output, self.indices, input_shape,
+                                         algorithm=self.algorithm, **_device(self.device))
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(Module):
+    """2-D average pooling, as ``torch.nn.AvgPool2d``.
+
+    Shapes: input ``(N, C, H, W)`` or ``(C, H, W)``; output ``(N, C, H_out, W_out)``
+    with ``H_out = floor((H + 2 * pad_h - kernel_h) / stride_h) + 1`` (``ceil`` with
+    ``ceil_mode``). Arguments as :func:`fastconv.avg_pool2d`: ``stride`` None
+    means ``kernel_size``; ``count_include_pad`` and ``divisor_override`` set
+    the divisor.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import AvgPool2d
+    >>> pool = AvgPool2d(2)
+    >>> pool(np.arange(16.0).reshape(1, 4, 4)).tolist()
+    [[[2.5, 4.5], [10.5, 12.5]]]
+    >>> pool.backward(np.ones((1, 2, 2)))[0, 0].tolist()
+    [0.25, 0.25, 0.25, 0.25]
+    """
+
+    def __init__(self, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None, *,
+                 algorithm: str = "auto", device: str | None = None) -> None:
+        self.kernel_size = shapes.pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else shapes.pair(stride, "stride")
+        self.padding = shapes.pair(padding, "padding", minimum=0)
+        self.ceil_mode = bool(ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = (None if divisor_override is None
+                                 else positive_int(divisor_override, "divisor_override"))
+        self.algorithm = algorithm
+        self.device = device
+        self._input_shape: tuple[int, ...] | None = None
+
+    def _args(self) -> tuple:
+        return (self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                self.count_include_pad, self.divisor_override)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = _pool.avg_pool2d(x, *self._args(), algorithm=self.algorithm, **_device(self.device))
+        self._input_shape = x.shape
+        return y
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        input_shape = self._cached("_input_shape")
+        if not needs_input_grad:
+            return None
+        return _pool.avg_pool2d_backward(grad_output, input_shape, *self._args(),
+                                         algorithm=self.algorithm, **_device(self.device))
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxUnpool2d(Module):
+    """Max unpooling, as ``torch.nn.MaxUnpool2d``: each value goes back to where
+    :class:`MaxPool2d` found it, zeros elsewhere.
+
+    Shapes: input and indices ``(N, C, H, W)`` or ``(C, H, W)``; output
+    ``(N, C, H_out, W_out)`` with ``H_out = (H - 1) * stride_h - 2 * pad_h + kernel_h``
+    unless ``output_size`` is given (see :func:`fastconv.max_unpool2d`).
+
+    Args:
+        kernel_size, stride, padding: the pooling's (``stride`` None means
+            ``kernel_size``).
+        algorithm, device: passed to the functional ops.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import MaxPool2d, MaxUnpool2d
+    >>> x = np.array([[[1, 0, 1, 0], [2, 1, 3, 2], [1, 2, 0, 4], [2, 2, 3, 0]]], np.float32)
+    >>> y, indices = MaxPool2d(2, return_indices=True)(x)
+    >>> MaxUnpool2d(2)(y, indices)[0].tolist()
+    [[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 3.0, 0.0], [0.0, 2.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]]
+    """
+
+    def __init__(self, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, *, algorithm: str = "auto",
+                 device: str | None = None) -> None:
+        self.kernel_size = shapes.pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else shapes.pair(stride, "stride")
+        self.padding = shapes.pair(padding, "padding", minimum=0)
+        self.algorithm = algorithm
+        self.device = device
+        self._indices: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray, indices: np.ndarray,  # type: ignore[override]
+                output_size: tuple[int, ...] | None = None) -> np.ndarray:
+        """Unpool ``x`` with the ``indices`` of a max pooling; ``output_size``
+        ``(H_out, W_out)`` (or a longer shape ending in them) restores an odd size."""
+        y = _pool.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding,
+                               output_size, algorithm=self.algorithm, **_device(self.device))
+        self._indices = indices
+        return y
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        indices = self._cached("_indices")
+        if not needs_input_grad:
+            return None
+        return _pool.max_unpool2d_backward(grad_output, indices, algorithm=self.algorithm,
+                                           **_device(self.device))
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class RepeatUnpool2d(Module):
+    """Unpooling by repetition (nearest-neighbour upsampling by an integer ``scale``):
+    input ``(N, C, H, W)`` -> output ``(N, C, H * scale_h, W * scale_w)``, see
+    :func:`fastconv.repeat_unpool2d`.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import RepeatUnpool2d
+    >>> layer = RepeatUnpool2d(2)
+    >>> layer(np.array([[[1.0, 2.0]]])).tolist()
+    [[[1.0, 1.0, 2.0, 2.0], [1.0, 1.0, 2.0, 2.0]]]
+    >>> layer.backward(np.ones((1, 2, 4))).tolist()
+    [[[4.0, 4.0]]]
+    """
+
+    def __init__(self, scale: int | tuple[int, int], *, algorithm: str = "auto",
+                 device: str | None = None) -> None:
+        self.scale = shapes.pair(scale, "scale")
+        self.algorithm = algorithm
+        self.device = device
+        self._ran: bool | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = _pool.repeat_unpool2d(x, self.scale, algorithm=self.algorithm,
+                                  **_device(self.device))
+        self._ran = True
+        return y
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        self._cached("_ran")
+        if not needs_input_grad:
+            return None
+        return _pool.repeat_unpool2d_backward(grad_output, self.scale, algorithm=self.algorithm,
+                                              **_device(self.device))
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+class ReLU(Module):
+    """``max(x, 0)`` elementwise, any shape; its gradient is 0 where ``x <= 0``.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import ReLU
+    >>> relu = ReLU()
+    >>> relu(np.array([-1.0, 0.0, 2.0])).tolist(), relu.backward(np.ones(3)).tolist()
+    ([0.0, 0.0, 2.0], [0.0, 0.0, 1.0])
+    """
+
+    def __init__(self) -> None:
+        self._output: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._output = np.maximum(x, 0)
+        return self._output
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        output = self._cached("_output")
+        return _relu_grad(grad_output, output) if needs_input_grad else None
+
+
+class Flatten(Module):
+    """``(N, d1, d2, ...)`` -> ``(N, d1 * d2 * ...)``, as ``torch.nn.Flatten()``.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import Flatten
+    >>> Flatten()(np.zeros((2, 3, 4, 4))).shape
+    (2, 48)
+    """
+
+    def __init__(self) -> None:
+        self._input_shape: tuple[int, ...] | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self._input_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        input_shape = self._cached("_input_shape")
+        return grad_output.reshape(input_shape) if needs_input_grad else None
+
+
+class Linear(_Parametrised):
+    """Fully connected layer, as ``torch.nn.Linear``: ``y = x @ weight.T + bias``.
+
+    Shapes: input ``(N, in_features)``, output ``(N, out_features)``; ``weight``
+    ``(out_features, in_features)``, ``bias`` ``(out_features,)``, both initialised
+    ``U(-1/sqrt(in_features), 1/sqrt(in_features))``. ``dtype`` and ``rng`` as
+    :class:`Conv2d`.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import Linear
+    >>> layer = Linear(3, 2, rng=np.random.default_rng(0))
+    >>> layer.weight[...] = 1.0
+    >>> layer.bias[...] = 0.5
+    >>> layer(np.array([[1.0, 2.0, 3.0]], np.float32)).tolist()
+    [[6.5, 6.5]]
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 dtype: object = np.float32, rng: np.random.Generator | None = None) -> None:
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self._init_parameters((self.out_features, self.in_features), self.out_features,
+                              self.in_features, bias, dtype, rng)
+        self._input: np.ndarray | None = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"input must be 2-D (N, in_features) = (N, {self.in_features}), "
+                f"got shape {x.shape}")
+        if x.dtype != self.weight.dtype:
+            raise TypeError(
+                f"input has dtype {x.dtype} but weight has dtype {self.weight.dtype}; "
+                f"cast it (e.g. x.astype(np.{self.weight.dtype}))")
+        y = x @ self.weight.T
+        if self.bias is not None:
+            y += self.bias
+        self._input = x
+        return y
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        x = self._cached("_input")
+        # y = x W^T + b: dW = dy^T x, db = sum_n dy, dx = dy W
+        grad_bias = grad_output.sum(axis=0) if self.bias is not None else None
+        self._accumulate(grad_output.T @ x, grad_bias)
+        return grad_output @ self.weight if needs_input_grad else None
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}"
+                + (", bias=False" if self.bias is None else ""))
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse.
+
+    ``params()`` and ``grads()`` name each array ``"<index>.<name>"``, as
+    ``torch.nn.Sequential.named_parameters()`` does. ``backward(...,
+    needs_input_grad=False)`` lets the first layer skip its input gradient.
+    Indexing and iteration give the layers.
+    """
+
+    def __init__(self, *layers: Module) -> None:
+        for index, layer in enumerate(layers):
+            if not callable(getattr(layer, "backward", None)):
+                raise TypeError(
+                    f"layer {index} must have forward/backward/params/grads, "
+                    f"got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def __getitem__(self, index: int) -> Module:
+        return self.layers[index]
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def backward(self, grad_output: np.ndarray, *,
+                 needs_input_grad: bool = True) -> np.ndarray | None:
+        if not self.layers:
+            return grad_output if needs_input_grad else None
+        grad = grad_output
+        for layer in reversed(self.layers[1:]):
+            grad = layer.backward(grad)
+        return self.layers[0].backward(grad, needs_input_grad=needs_input_grad)
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {f"{i}.{name}": array for i, layer in enumerate(self.layers)
+                for name, array in layer.params().items()}
+
+    def grads(self) -> dict[str, np.ndarray]:
+        return {f"{i}.{name}": array for i, layer in enumerate(self.layers)
+                for name, array in layer.grads().items()}
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+
+class CrossEntropyLoss:
+    """Softmax cross-entropy of logits against class indices, averaged over the batch,
+    as ``torch.nn.CrossEntropyLoss()``:
+    ``loss = mean_n(logsumexp(logits[n]) - logits[n, target[n]])``.
+
+    ``forward(logits, target)`` (or calling it) takes logits ``(N, classes)``
+    and integer targets ``(N,)`` and returns the loss as a float;
+    ``backward()`` returns ``dloss/dlogits = (softmax(logits) - onehot(target)) / N``
+    in the logits' dtype.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import CrossEntropyLoss
+    >>> loss_fn = CrossEntropyLoss()
+    >>> round(loss_fn(np.zeros((2, 4)), np.array([0, 3])), 6)   # log(4)
+    1.386294
+    >>> loss_fn.backward().tolist()
+    [[-0.375, 0.125, 0.125, 0.125], [0.125, 0.125, 0.125, -0.375]]
+    """
+
+    def __init__(self) -> None:
+        self._probs: np.ndarray | None = None
+        self._target: np.ndarray | None = None
+
+    def __call__(self, logits: np.ndarray, target: np.ndarray) -> float:
+        return self.forward(logits, target)
+
+    def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
+        logits = np.asarray(logits)
+        target = np.asarray(target)
+        if logits.ndim != 2 or logits.shape[0] == 0:
+            raise ValueError(f"logits must be 2-D (N, classes) with N >= 1, got {logits.shape}")
+        if (target.shape != (logits.shape[0],) or not np.issubdtype(target.dtype, np.integer)
+                or target.min() < 0 or target.max() >= logits.shape[1]):
+            raise ValueError(
+                f"target must be integers in [0, {logits.shape[1]}) of shape "
+                f"({logits.shape[0]},), got {target.dtype} array of shape {target.shape}")
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        total = exp.sum(axis=1, keepdims=True)
+        rows = np.arange(len(target))
+        loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, target]))
+        self._probs, self._target = exp / total, target
+        return loss
+
+    def backward(self) -> np.ndarray:
+        probs = self._probs
+        if probs is None:
+            raise RuntimeError("CrossEntropyLoss.backward called before forward: "
+                               "compute the loss first")
+        grad = probs.copy()
+        grad[np.arange(len(self._target)), self._target] -= 1
+        grad /= len(self._target)
+        return grad
+
+
+class SGD:
+    """Stochastic gradient descent with momentum and weight decay, as ``torch.optim.SGD``:
+    ``g = grad + weight_decay * p``; ``buf = momentum * buf + g`` (``buf = g`` at the
+    first step); ``p -= lr * buf``, in place on the arrays of ``model.params()``.
+
+    Args:
+        model: anything with ``params()`` and ``grads()`` (a layer, a :class:`Sequential`).
+        lr: learning rate, > 0.
+        momentum, weight_decay: >= 0.
+
+    >>> import numpy as np
+    >>> from fastconv.nn import Linear, SGD
+    >>> layer = Linear(2, 1, bias=False, dtype=np.float64, rng=np.random.default_rng(0))
+    >>> layer.weight[...] = 1.0
+    >>> layer.grad_weight[...] = 0.5
+    >>> optimizer = SGD(layer, lr=0.1, momentum=0.9)
+    >>> optimizer.step(); optimizer.step()
+    >>> layer.weight.tolist()                 # 1 - 0.1 * 0.5 - 0.1 * (0.9 * 0.5 + 0.5)
+    [[0.855, 0.855]]
+    """
+
+    def __init__(self, model: Module, lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0) -> None:
+        for name, value, low in (("lr", lr, None), ("momentum", momentum, 0.0),
+                                 ("weight_decay", weight_decay, 0.0)):
+            if not isinstance(value, (int, float)) or (value <= 0 if low is None else value < 0):
+                kind = "> 0" if low is None else ">= 0"
+                raise ValueError(f"{name} must be a number {kind}, got {value!r}")
+        self.model = model
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def step(self) -> None:
+        """Update every parameter in place from its gradient."""
+        grads = self.model.grads()
+        for name, param in self.model.params().items():
+            grad = grads[name]
+            if self.weight_decay:
+                grad = grad + self.weight_decay * param
+            if self.momentum:
+                buf = self._buffers.get(name)
+                if buf is None:
+                    buf = self._buffers[name] = grad.copy()
+                else:
+                    buf *= self.momentum
+                    buf += grad
+                grad = buf
+            param -= self.lr * grad
+
+    def zero_grad(self) -> None:
+        """Set the model's gradients to 0."""
+        self.model.zero_grad()

@@ -1,0 +1,127 @@
+"""The training demo: a short run learns the digits, reports its times and its per-op
+breakdown, and writes two valid PNGs; the command line's help and its usage errors."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("tqdm")
+pytest.importorskip("matplotlib")
+
+from fastconv import demo  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """A 3-epoch run (the --quick length) and its report."""
+    out = tmp_path_factory.mktemp("demo")
+    report = io.StringIO()
+    result = demo.run(demo.QUICK_EPOCHS, out_dir=out / "figures", progress=False,
+                      stream=report)
+    return result, report.getvalue(), out / "figures"
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) of a PNG file, after checking its signature and header chunk."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13, path
+    assert data[-12:] == b"\x00\x00\x00\x00IEND\xaeB`\x82", path
+    return struct.unpack(">II", data[16:24])
+
+
+def test_quick_run_learns(quick):
+    result, _, _ = quick
+    assert result.test_accuracy > 0.8  # chance is 0.1
+    assert result.train_accuracy > 0.8
+    assert result.epochs == 3 and result.steps == 3 * 43 == len(result.losses)
+    assert np.mean(result.losses[-10:]) < 0.5 * np.mean(result.losses[:10])
+    assert len(result.epoch_test_accuracy) == 3
+    assert result.epoch_test_accuracy[-1] == result.test_accuracy
+
+
+def test_quick_run_writes_valid_pngs(quick):
+    result, _, folder = quick
+    assert {result.filters_png, result.loss_png} == {folder / "filters.png",
+                                                     folder / "loss.png"}
+    for path in (result.filters_png, result.loss_png):
+        width, height = png_size(path)
+        assert width > 300 and height > 200, path
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(result.filters_png)
+    assert pixels.ndim == 3 and pixels.std() > 0.05  # not a blank canvas
+
+
+def test_quick_run_reports_times_and_breakdown(quick):
+    result, report, _ = quick
+    assert set(result.op_times) == {*demo.OPS, "other"}
+    assert all(seconds >= 0 for seconds in result.op_times.values())
+    assert sum(result.op_times.values()) == pytest.approx(result.train_s, rel=1e-6)
+    assert result.op_times["conv forward"] > 0 and result.op_times["conv backward"] > 0
+    assert 0 < result.compile_s < result.wall_s
+    assert result.compile_s + result.train_s < result.wall_s
+    assert result.images_per_s > 0
+    for text in ("JIT compilation", "test accuracy:", "by op:", "wall time:",
+                 str(result.filters_png)):
+        assert text in report, text
+    rows = dict(re.findall(r"^  ([a-z ]+?) +[\d.]+ +[\d.]+ +([\d.]+)%$", report, re.M))
+    assert set(rows) == {*demo.OPS, "other"}
+    assert sum(float(share) for share in rows.values()) == pytest.approx(100, abs=1)
+
+
+def test_run_is_reproducible_and_restores_threads(tmp_path):
+    import numba
+
+    threads = numba.get_num_threads()
+    runs = [demo.run(1, out_dir=tmp_path, progress=False, stream=io.StringIO(), seed=3)
+            for _ in range(2)]
+    assert runs[0].losses == runs[1].losses
+    assert numba.get_num_threads() == threads
+
+
+def test_main_shows_progress_and_report(tmp_path, capsys):
+    assert demo.main(["--epochs", "1", "--batch-size", "64", "--out", str(tmp_path),
+                      "--seed", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "img/s" in captured.err and "loss=" in captured.err  # the tqdm bar
+    assert "test accuracy:" in captured.out and "conv backward" in captured.out
+    assert (tmp_path / "loss.png").is_file()
+
+
+def test_main_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("usage: fastconv demo")
+    for option in ("--epochs", "--quick", "--seed", "--batch-size", "--out", "--no-progress"):
+        assert option in help_text
+
+
+@pytest.mark.parametrize("argv", [
+    ["--epochs", "0"], ["--epochs", "many"], ["--bogus"], ["--algorithm", "fft"],
+    ["--momentum", "1.5"], ["--lr", "-1"], ["--threads", "1000"],
+])
+def test_bad_argument_is_one_line_and_status_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastconv demo: error: "), captured.err
+
+
+def test_run_rejects_bad_sizes(tmp_path):
+    with pytest.raises(ValueError, match="batch_size"):
+        demo.run(1, batch_size=0, out_dir=tmp_path)

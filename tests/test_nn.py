@@ -1,0 +1,617 @@
+"""fastconv.nn: each layer's forward and backward against the functional ops and against
+the torch.nn layer with the same weights (gradients through torch.autograd), the fused
+ReLU's gradient by finite differences, PyTorch's initialisation and its seeding, the
+params/grads protocol with SGD (against torch.optim.SGD), and the errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import dispatch, nn
+from tests.cases import DTYPES, sum_tolerance, tolerance
+from tests.gradients import numeric_gradient
+
+DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+
+#: Conv2d arguments: (in, out, kernel, options), covering stride, every padding form,
+#: dilation, groups and no bias.
+CONV_LAYERS = {
+    "3x3_p1": (3, 4, 3, {"padding": 1}),
+    "3x3_s2_same": (2, 3, 3, {"stride": 2, "padding": "same"}),
+    "2x3_asym": (2, 2, (2, 3), {"padding": ((0, 1), (2, 0)), "stride": (1, 2)}),
+    "dilated": (2, 3, 3, {"dilation": 2, "padding": 2}),
+    "grouped_nobias": (4, 6, 3, {"groups": 2, "padding": "valid", "bias": False}),
+    "depthwise": (3, 3, 3, {"groups": 3, "padding": 1}),
+}
+TRANSPOSE_LAYERS = {
+    "3x3_s2": (3, 2, 3, {"stride": 2, "padding": 1, "output_padding": 1}),
+    "2x2_s2_nobias": (2, 4, 2, {"stride": 2, "bias": False}),
+    "grouped_dilated": (4, 2, 3, {"groups": 2, "dilation": 2, "padding": (1, 0)}),
+}
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def _t(array, grad=False):
+    tensor = _torch().from_numpy(np.array(array))
+    return tensor.requires_grad_() if grad else tensor
+
+
+def _copy_params(layer, torch_layer):
+    torch = _torch()
+    for name, value in layer.params().items():
+        setattr(torch_layer, name, torch.nn.Parameter(_t(value)))
+
+
+def _torch_grads(torch_layer):
+    return {name: p.grad.numpy() for name, p in torch_layer.named_parameters()}
+
+
+def assert_close(actual, expected, dtype, terms=1):
+    assert actual.dtype == np.dtype(dtype)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, **sum_tolerance(dtype, terms))
+
+
+def _torch_conv_padding(padding):
+    """torch.nn.Conv2d's form of ``padding``, and the explicit ((t, b), (l, r)) to pad the
+    input with first where torch has none."""
+    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
+        return 0, padding
+    return padding, None
+
+
+# --- Conv2d -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", list(CONV_LAYERS))
+def test_conv2d_equals_functional_and_torch(name, dtype, activation, rng):
+    c, k, kernel, options = CONV_LAYERS[name]
+    layer = nn.Conv2d(c, k, kernel, **options, activation=activation, dtype=dtype, rng=rng)
+    x = rng.uniform(-1, 1, (2, c, 9, 8)).astype(dtype)
+    y = layer(x)
+    conv_args = {key: value for key, value in options.items() if key != "bias"}
+    z = fastconv.conv2d(x, layer.weight, layer.bias, **conv_args)
+    expected = np.maximum(z, 0) if activation == "relu" else z
+    np.testing.assert_array_equal(y, expected)
+
+    grad_output = rng.uniform(-1, 1, y.shape).astype(dtype)
+    grad_input = layer.backward(grad_output)
+    dz = grad_output * (z > 0) if activation == "relu" else grad_output
+    gx, gw, gb = fastconv.conv2d_backward(dz, x, layer.weight, **conv_args,
+                                          needs_bias_grad=layer.bias is not None)
+    np.testing.assert_array_equal(grad_input, gx)
+    np.testing.assert_array_equal(layer.grad_weight, gw)
+    if layer.bias is not None:
+        np.testing.assert_array_equal(layer.grad_bias, gb)
+
+    torch = _torch()
+    padding, explicit = _torch_conv_padding(options.get("padding", 0))
+    torch_layer = torch.nn.Conv2d(c, k, kernel, stride=options.get("stride", 1),
+                                  padding=padding if padding != "same" else 0,
+                                  dilation=options.get("dilation", 1),
+                                  groups=options.get("groups", 1),
+                                  bias=options.get("bias", True))
+    _copy_params(layer, torch_layer)
+    tx = _t(x, grad=True)
+    if padding == "same":  # torch refuses "same" with stride 2: pad as fastconv documents
+        explicit = fastconv.shapes.padding2d("same", x.shape[2:], layer.kernel_size,
+                                             layer.stride, layer.dilation)
+    inp = tx if explicit is None else torch.nn.functional.pad(
+        tx, (*explicit[1], *explicit[0]))
+    ty = torch_layer(inp)
+    if activation == "relu":
+        ty = torch.relu(ty)
+    ty.backward(_t(grad_output))
+    terms = grad_output.size // k
+    assert_close(y, ty.detach().numpy(), dtype)
+    assert_close(grad_input, tx.grad.numpy(), dtype)
+    for key, value in _torch_grads(torch_layer).items():
+        assert_close(layer.grads()[key], value, dtype, terms)
+
+
+def test_conv2d_unbatched_input(rng):
+    layer = nn.Conv2d(2, 3, 3, padding=1, activation="relu", rng=rng)
+    x = rng.uniform(-1, 1, (2, 5, 5)).astype(np.float32)
+    batched = layer(x[None])[0]
+    y = layer(x)
+    np.testing.assert_array_equal(y, batched)
+    assert layer.backward(np.ones_like(y)).shape == x.shape
+
+
+def test_fused_relu_gradient_by_finite_differences(rng):
+    layer = nn.Conv2d(2, 3, 3, stride=(1, 2), padding=1, activation="relu",
+                      dtype=np.float64, rng=rng)
+    x = rng.uniform(-1, 1, (2, 2, 6, 7))
+    weights = rng.uniform(-1, 1, layer(x).shape)  # loss = sum(weights * y)
+    z = fastconv.conv2d(x, layer.weight, layer.bias, stride=(1, 2), padding=1)
+    assert 0 < (z > 0).mean() < 1, "the ReLU must cut some outputs and keep others"
+    step = 1e-6
+    assert np.abs(z).min() > 1e3 * step, "a pre-activation too close to the kink"
+
+    def loss():
+        return float((weights * layer(x)).sum())
+
+    layer(x)
+    grad_input = layer.backward(weights)
+    for name, array, analytic in (("input", x, grad_input),
+                                  ("weight", layer.weight, layer.grad_weight),
+                                  ("bias", layer.bias, layer.grad_bias)):
+        numeric = numeric_gradient(loss, array, step=step)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+# --- ConvTranspose2d --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", list(TRANSPOSE_LAYERS))
+def test_conv_transpose2d_equals_functional_and_torch(name, dtype, rng):
+    c, k, kernel, options = TRANSPOSE_LAYERS[name]
+    layer = nn.ConvTranspose2d(c, k, kernel, **options, dtype=dtype, rng=rng)
+    x = rng.uniform(-1, 1, (2, c, 5, 4)).astype(dtype)
+    y = layer(x)
+    args = {key: value for key, value in options.items() if key != "bias"}
+    np.testing.assert_array_equal(y, fastconv.conv_transpose2d(x, layer.weight, layer.bias,
+                                                                **args))
+    grad_output = rng.uniform(-1, 1, y.shape).astype(dtype)
+    grad_input = layer.backward(grad_output)
+    gx, gw, gb = fastconv.conv_transpose2d_backward(grad_output, x, layer.weight, **args,
+                                                    needs_bias_grad=layer.bias is not None)
+    np.testing.assert_array_equal(grad_input, gx)
+    np.testing.assert_array_equal(layer.grad_weight, gw)
+
+    torch = _torch()
+    torch_layer = torch.nn.ConvTranspose2d(c, k, kernel, **options)
+    _copy_params(layer, torch_layer)
+    tx = _t(x, grad=True)
+    ty = torch_layer(tx)
+    ty.backward(_t(grad_output))
+    assert_close(y, ty.detach().numpy(), dtype, x.size // c)
+    assert_close(grad_input, tx.grad.numpy(), dtype)
+    for key, value in _torch_grads(torch_layer).items():
+        assert_close(layer.grads()[key], value, dtype, grad_output.size // k)
+
+
+def test_conv_transpose2d_output_size_is_kept_for_backward(rng):
+    torch = _torch()
+    layer = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, dtype=np.float64, rng=rng)
+    x = rng.uniform(-1, 1, (1, 2, 4, 4))
+    y = layer(x, output_size=(8, 8))
+    assert y.shape == (1, 3, 8, 8)
+    grad_output = rng.uniform(-1, 1, y.shape)
+    grad_input = layer.backward(grad_output)
+    torch_layer = torch.nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, dtype=torch.float64)
+    _copy_params(layer, torch_layer)
+    tx = _t(x, grad=True)
+    torch_layer(tx, output_size=[8, 8]).backward(_t(grad_output))
+    assert_close(grad_input, tx.grad.numpy(), np.float64)
+    assert_close(layer.grad_weight, torch_layer.weight.grad.numpy(), np.float64, 64)
+
+
+# --- pooling and unpooling --------------------------------------------------------------
+
+MAX_POOLS = {
+    "2x2": dict(kernel_size=2),
+    "3x3_s2_p1": dict(kernel_size=3, stride=2, padding=1),
+    "3x2_ceil": dict(kernel_size=(3, 2), stride=2, ceil_mode=True),
+    "dilated": dict(kernel_size=2, stride=1, dilation=2),
+}
+AVG_POOLS = {
+    "2x2": dict(kernel_size=2),
+    "3x3_s2_p1_exclude": dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+    "3x3_ceil_divisor": dict(kernel_size=3, stride=2, ceil_mode=True, divisor_override=5),
+}
+
+
+def _tie_free(rng, shape, dtype):
+    return (rng.permutation(math.prod(shape)).reshape(shape) / math.prod(shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", list(MAX_POOLS))
+def test_max_pool2d_equals_functional_and_torch(name, dtype, rng):
+    torch = _torch()
+    options = MAX_POOLS[name]
+    layer = nn.MaxPool2d(**options)
+    x = _tie_free(rng, (2, 3, 9, 8), dtype)
+    y = layer(x)
+    expected, indices = fastconv.max_pool2d(x, **options, return_indices=True)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(layer.indices, indices)
+    grad_output = rng.uniform(-1, 1, y.shape).astype(dtype)
+    grad_input = layer.backward(grad_output)
+    np.testing.assert_array_equal(
+        grad_input, fastconv.max_pool2d_backward(grad_output, indices, x.shape))
+
+    tx = _t(x, grad=True)
+    ty, t_indices = torch.nn.MaxPool2d(**options, return_indices=True)(tx)
+    ty.backward(_t(grad_output))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(layer.indices, t_indices.numpy())
+    assert_close(grad_input, tx.grad.numpy(), dtype)
+
+
+def test_max_pool2d_return_indices(rng):
+    x = _tie_free(rng, (1, 2, 4, 4), np.float32)
+    y, indices = nn.MaxPool2d(2, return_indices=True)(x)
+    assert y.shape == indices.shape == (1, 2, 2, 2)
+    assert indices.dtype == np.int64
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", list(AVG_POOLS))
+def test_avg_pool2d_equals_functional_and_torch(name, dtype, rng):
+    torch = _torch()
+    options = AVG_POOLS[name]
+    layer = nn.AvgPool2d(**options)
+    x = rng.uniform(-1, 1, (2, 3, 9, 8)).astype(dtype)
+    y = layer(x)
+    np.testing.assert_array_equal(y, fastconv.avg_pool2d(x, **options))
+    grad_output = rng.uniform(-1, 1, y.shape).astype(dtype)
+    grad_input = layer.backward(grad_output)
+    np.testing.assert_array_equal(
+        grad_input, fastconv.avg_pool2d_backward(grad_output, x.shape, **options))
+
+    tx = _t(x, grad=True)
+    ty = torch.nn.AvgPool2d(**options)(tx)
+    ty.backward(_t(grad_output))
+    assert_close(y, ty.detach().numpy(), dtype)
+    assert_close(grad_input, tx.grad.numpy(), dtype)
+
+
+@pytest.mark.parametrize("size, output_size", [((8, 6), None), ((9, 7), (9, 7))])
+def test_max_unpool2d_equals_functional_and_torch(size, output_size, rng):
+    torch = _torch()
+    x = _tie_free(rng, (2, 3, *size), np.float64)
+    pooled, indices = nn.MaxPool2d(2, return_indices=True)(x)
+    layer = nn.MaxUnpool2d(2)
+    y = layer(pooled, indices, output_size=output_size)
+    np.testing.assert_array_equal(
+        y, fastconv.max_unpool2d(pooled, indices, 2, output_size=output_size))
+    grad_output = rng.uniform(-1, 1, y.shape)
+    grad_input = layer.backward(grad_output)
+    np.testing.assert_array_equal(grad_input,
+                                  fastconv.max_unpool2d_backward(grad_output, indices))
+
+    tp = _t(pooled, grad=True)
+    ty = torch.nn.MaxUnpool2d(2)(tp, _t(indices), output_size=output_size)
+    ty.backward(_t(grad_output))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(grad_input, tp.grad.numpy())
+
+
+@pytest.mark.parametrize("scale", [2, (1, 3)])
+def test_repeat_unpool2d_equals_functional_and_torch(scale, rng):
+    torch = _torch()
+    x = rng.uniform(-1, 1, (2, 3, 4, 5)).astype(np.float32)
+    layer = nn.RepeatUnpool2d(scale)
+    y = layer(x)
+    np.testing.assert_array_equal(y, fastconv.repeat_unpool2d(x, scale))
+    grad_output = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    grad_input = layer.backward(grad_output)
+    np.testing.assert_array_equal(grad_input,
+                                  fastconv.repeat_unpool2d_backward(grad_output, scale))
+
+    factor = (scale, scale) if isinstance(scale, int) else scale
+    tx = _t(x, grad=True)
+    ty = torch.nn.Upsample(scale_factor=factor, mode="nearest")(tx)
+    ty.backward(_t(grad_output))
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    assert_close(grad_input, tx.grad.numpy(), np.float32)
+
+
+# --- dense layers, loss and optimiser ---------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_flatten_relu_equal_torch(bias, rng):
+    torch = _torch()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5, bias=bias, dtype=np.float64, rng=rng),
+                          nn.ReLU())
+    torch_linear = torch.nn.Linear(12, 5, bias=bias, dtype=torch.float64)
+    _copy_params(model[1], torch_linear)
+    x = rng.uniform(-1, 1, (4, 3, 2, 2))
+    y = model(x)
+    grad_output = rng.uniform(-1, 1, y.shape)
+    grad_input = model.backward(grad_output)
+
+    tx = _t(x, grad=True)
+    ty = torch.relu(torch_linear(torch.flatten(tx, 1)))
+    ty.backward(_t(grad_output))
+    assert_close(y, ty.detach().numpy(), np.float64)
+    assert_close(grad_input, tx.grad.numpy(), np.float64)
+    for key, value in _torch_grads(torch_linear).items():
+        assert_close(model.grads()[f"1.{key}"], value, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cross_entropy_equals_torch(dtype, rng):
+    torch = _torch()
+    logits = rng.uniform(-5, 5, (6, 10)).astype(dtype)
+    target = rng.integers(0, 10, 6)
+    loss_fn = nn.CrossEntropyLoss()
+    loss = loss_fn(logits, target)
+    grad = loss_fn.backward()
+    t_logits = _t(logits, grad=True)
+    t_loss = torch.nn.functional.cross_entropy(t_logits, _t(target))
+    t_loss.backward()
+    assert isinstance(loss, float)
+    assert loss == pytest.approx(t_loss.item(), rel=tolerance(dtype)["rtol"])
+    assert_close(grad, t_logits.grad.numpy(), dtype)
+
+
+def test_cross_entropy_is_stable_for_large_logits():
+    loss_fn = nn.CrossEntropyLoss()
+    loss = loss_fn(np.array([[1000.0, 0.0], [0.0, 1000.0]], np.float32), np.array([0, 0]))
+    assert loss == pytest.approx(500.0)
+    assert np.isfinite(loss_fn.backward()).all()
+
+
+def test_sgd_equals_torch_over_steps(rng):
+    torch = _torch()
+    layer = nn.Linear(4, 3, dtype=np.float64, rng=rng)
+    torch_layer = torch.nn.Linear(4, 3, dtype=torch.float64)
+    _copy_params(layer, torch_layer)
+    optimizer = nn.SGD(layer, lr=0.1, momentum=0.9, weight_decay=0.01)
+    torch_optimizer = torch.optim.SGD(torch_layer.parameters(), lr=0.1, momentum=0.9,
+                                      weight_decay=0.01)
+    weight = layer.weight
+    for _ in range(4):
+        x = rng.uniform(-1, 1, (5, 4))
+        grad_output = rng.uniform(-1, 1, (5, 3))
+        optimizer.zero_grad()
+        layer(x)
+        layer.backward(grad_output)
+        optimizer.step()
+        torch_optimizer.zero_grad()
+        torch_layer(_t(x)).backward(_t(grad_output))
+        torch_optimizer.step()
+    assert layer.weight is weight, "the step must update in place"
+    for key, value in torch_layer.named_parameters():
+        assert_close(layer.params()[key], value.detach().numpy(), np.float64)
+
+
+def test_sgd_without_momentum_is_plain_gradient_descent():
+    layer = nn.Linear(2, 1, dtype=np.float64, rng=np.random.default_rng(0))
+    before = {key: value.copy() for key, value in layer.params().items()}
+    layer.grad_weight[...] = [[1.0, -2.0]]
+    layer.grad_bias[...] = 3.0
+    nn.SGD(layer, lr=0.5).step()
+    np.testing.assert_array_equal(layer.weight, before["weight"] - [[0.5, -1.0]])
+    np.testing.assert_array_equal(layer.bias, before["bias"] - 1.5)
+
+
+# --- the params/grads protocol ----------------------------------------------------------
+
+
+def _small_cnn(rng, dtype=np.float32):
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, activation="relu", dtype=dtype, rng=rng),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, bias=False, dtype=dtype, rng=rng),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 3, dtype=dtype, rng=rng),
+    )
+
+
+def test_params_and_grads_have_torch_names_and_shapes(rng):
+    torch = _torch()
+    model = _small_cnn(rng)
+    torch_model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 6, 3, padding=1, bias=False), torch.nn.ReLU(), torch.nn.AvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(24, 3))
+    expected = {name: tuple(p.shape) for name, p in torch_model.named_parameters()}
+    assert {name: p.shape for name, p in model.params().items()} == expected
+    assert {name: g.shape for name, g in model.grads().items()} == expected
+    assert all(g.dtype == np.float32 for g in model.grads().values())
+    assert list(nn.ConvTranspose2d(2, 3, 2, rng=rng).params()) == ["weight", "bias"]
+    assert list(nn.Conv2d(2, 3, 2, bias=False, rng=rng).grads()) == ["weight"]
+    assert nn.MaxPool2d(2).params() == {} == nn.ReLU().grads()
+    # the dicts hold the layer's own arrays
+    assert model.params()["0.weight"] is model[0].weight
+    assert model.grads()["6.bias"] is model[6].grad_bias
+
+
+def test_gradients_accumulate_until_zero_grad(rng):
+    model = _small_cnn(rng, np.float64)
+    x = rng.uniform(0, 1, (3, 1, 8, 8))
+    grad_output = rng.uniform(-1, 1, (3, 3))
+    model(x)
+    model.backward(grad_output)
+    once = {key: value.copy() for key, value in model.grads().items()}
+    assert all(np.abs(value).sum() > 0 for value in once.values())
+    model.backward(grad_output)
+    for key, value in model.grads().items():
+        np.testing.assert_allclose(value, 2 * once[key], rtol=1e-12, err_msg=key)
+    model.zero_grad()
+    assert all(not value.any() for value in model.grads().values())
+
+
+def test_sgd_step_lowers_the_loss(rng):
+    model = _small_cnn(rng)
+    x = rng.uniform(0, 1, (8, 1, 8, 8)).astype(np.float32)
+    target = rng.integers(0, 3, 8)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = nn.SGD(model, lr=0.1, momentum=0.9)
+    params = {key: value.copy() for key, value in model.params().items()}
+    first = loss_fn(model(x), target)
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss_fn(model(x), target)
+        grad_input = model.backward(loss_fn.backward(), needs_input_grad=False)
+        optimizer.step()
+    assert grad_input is None
+    assert all(not np.array_equal(value, params[key]) for key, value in model.params().items())
+    assert loss_fn(model(x), target) < first
+
+
+def test_needs_input_grad_false_still_computes_parameter_gradients(rng):
+    layer = nn.Conv2d(2, 3, 3, rng=rng, dtype=np.float64)
+    x = rng.uniform(-1, 1, (2, 2, 5, 5))
+    grad_output = rng.uniform(-1, 1, layer(x).shape)
+    assert layer.backward(grad_output, needs_input_grad=False) is None
+    _, gw, gb = fastconv.conv2d_backward(grad_output, x, layer.weight)
+    np.testing.assert_array_equal(layer.grad_weight, gw)
+    np.testing.assert_array_equal(layer.grad_bias, gb)
+    for pool in (nn.MaxPool2d(2), nn.AvgPool2d(2), nn.RepeatUnpool2d(2)):
+        y = pool(x)
+        assert pool.backward(np.ones_like(y), needs_input_grad=False) is None
+
+
+# --- initialisation ---------------------------------------------------------------------
+
+
+def _torch_fan_in(shape):
+    torch = _torch()
+    return torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(shape))[0]
+
+
+@pytest.mark.parametrize("make, fan_in", [
+    (lambda rng: nn.Conv2d(6, 8, (3, 5), groups=2, rng=rng), 3 * 3 * 5),
+    (lambda rng: nn.ConvTranspose2d(6, 8, 3, groups=2, rng=rng), 4 * 3 * 3),
+    (lambda rng: nn.Linear(20, 7, rng=rng), 20),
+])
+def test_init_is_uniform_with_torch_bound(make, fan_in, rng):
+    layer = make(rng)
+    assert _torch_fan_in(layer.weight.shape) == fan_in
+    bound = 1 / math.sqrt(fan_in)
+    for name, array in layer.params().items():
+        assert array.dtype == np.float32, name
+        assert np.abs(array).max() <= bound * (1 + 1e-6), name  # float32 rounding
+    # statistics over many draws: U(-b, b) has mean 0, variance b^2 / 3, and fills its range
+    draws = np.concatenate([make(rng).weight.ravel() for _ in range(50)])
+    assert abs(draws.mean()) < 0.05 * bound
+    assert draws.var() == pytest.approx(bound**2 / 3, rel=0.05)
+    assert draws.min() < -0.98 * bound and draws.max() > 0.98 * bound
+
+
+def test_init_matches_torch_layer_statistics():
+    torch = _torch()
+    torch.manual_seed(0)
+    ours = np.concatenate([nn.Conv2d(16, 32, 3, rng=np.random.default_rng(i)).weight.ravel()
+                           for i in range(4)])
+    theirs = np.concatenate([torch.nn.Conv2d(16, 32, 3).weight.detach().numpy().ravel()
+                             for _ in range(4)])
+    bound = 1 / 12 * (1 + 1e-6)  # 1/sqrt(16 * 3 * 3), and float32 rounding
+    assert np.abs(ours).max() <= bound and np.abs(theirs).max() <= bound
+    assert ours.std() == pytest.approx(theirs.std(), rel=0.03)
+
+
+def test_init_is_reproducible_from_the_seed():
+    def weights(seed):
+        return _small_cnn(np.random.default_rng(seed)).params()
+
+    first, again, other = weights(7), weights(7), weights(8)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])
+        assert not np.array_equal(first[key], other[key])
+    unseeded = nn.Conv2d(2, 2, 3).weight, nn.Conv2d(2, 2, 3).weight
+    assert not np.array_equal(*unseeded)
+
+
+def test_float64_layers(rng):
+    layer = nn.Conv2d(2, 3, 3, dtype=np.float64, rng=rng)
+    assert layer.weight.dtype == layer.bias.dtype == layer.grad_weight.dtype == np.float64
+    y = layer(rng.uniform(-1, 1, (1, 2, 4, 4)))
+    assert y.dtype == np.float64
+    with pytest.raises(TypeError, match="dtype"):
+        layer(np.ones((1, 2, 4, 4), np.float32))
+
+
+# --- passthrough of algorithm and device ------------------------------------------------
+
+
+def test_algorithm_reaches_every_conv_op(rng, monkeypatch):
+    chosen = []
+    select = dispatch.select
+
+    def spy(op, device, algorithm, **problem):
+        chosen.append((op, algorithm))
+        return select(op, device, algorithm, **problem)
+
+    monkeypatch.setattr(dispatch, "select", spy)
+    layer = nn.Conv2d(2, 3, 3, padding=1, algorithm="im2col", rng=rng)
+    y = layer(rng.uniform(-1, 1, (1, 2, 5, 5)).astype(np.float32))
+    layer.backward(np.ones_like(y))
+    assert {op: a for op, a in chosen if op != "conv2d_grad_bias"} == {
+        "conv2d": "im2col", "conv2d_grad_input": "im2col", "conv2d_grad_weight": "im2col"}
+    with pytest.raises(ValueError, match="winograd"):
+        nn.Conv2d(1, 1, 5, algorithm="winograd", rng=rng)(np.ones((1, 1, 6, 6), np.float32))
+
+
+def test_device_is_passed_only_when_given(rng, monkeypatch):
+    from fastconv.functional import conv as conv_module
+
+    seen = []
+
+    def fake_conv2d(*args, **kwargs):
+        seen.append(kwargs.get("device", "absent"))
+        return np.zeros((1, 1, 1, 1), np.float32)
+
+    monkeypatch.setattr(conv_module, "conv2d", fake_conv2d)
+    nn.Conv2d(1, 1, 1, rng=rng)(np.ones((1, 1, 1, 1), np.float32))
+    nn.Conv2d(1, 1, 1, rng=rng, device="cuda")(np.ones((1, 1, 1, 1), np.float32))
+    assert seen == ["absent", "cuda"]
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [
+    nn.Conv2d(1, 1, 1), nn.ConvTranspose2d(1, 1, 1), nn.MaxPool2d(2), nn.AvgPool2d(2),
+    nn.MaxUnpool2d(2), nn.RepeatUnpool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(1, 1),
+    nn.Sequential(nn.ReLU()),
+], ids=lambda layer: type(layer).__name__)
+def test_backward_before_forward_is_an_error(layer):
+    with pytest.raises(RuntimeError, match=r"backward called before forward"):
+        layer.backward(np.ones((1, 1, 1, 1), np.float32))
+
+
+def test_loss_backward_before_forward_is_an_error():
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.CrossEntropyLoss().backward()
+
+
+def test_unknown_activation_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"activation must be None or 'relu', got 'tanh'"):
+        nn.Conv2d(1, 1, 3, activation="tanh")
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: nn.Conv2d(3, 4, 3, groups=2), ValueError, "groups=2 must divide"),
+    (lambda: nn.Conv2d(0, 4, 3), ValueError, "in_channels"),
+    (lambda: nn.Conv2d(1, 4, 0), ValueError, "kernel_size"),
+    (lambda: nn.Conv2d(1, 4, 3, padding="full"), ValueError, "'full'"),
+    (lambda: nn.Conv2d(1, 4, 3, padding=-1), ValueError, "padding"),
+    (lambda: nn.Conv2d(1, 4, 3, dtype=np.int32), TypeError, "float32 or float64"),
+    (lambda: nn.Conv2d(1, 4, 3, rng=0), TypeError, "numpy.random.Generator"),
+    (lambda: nn.ConvTranspose2d(1, 4, 3, padding="same"), ValueError, "'same'"),
+    (lambda: nn.Linear(0, 2), ValueError, "in_features"),
+    (lambda: nn.SGD(nn.Linear(1, 1), lr=0), ValueError, "lr"),
+    (lambda: nn.SGD(nn.Linear(1, 1), lr=0.1, momentum=-1), ValueError, "momentum"),
+    (lambda: nn.Sequential(nn.ReLU(), "relu"), TypeError, "layer 1"),
+])
+def test_bad_constructor_arguments(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_bad_inputs_name_the_problem(rng):
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        nn.Linear(3, 2, rng=rng)(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match="weight.shape"):
+        nn.Conv2d(3, 2, 1, rng=rng)(np.ones((1, 2, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="target"):
+        nn.CrossEntropyLoss()(np.zeros((2, 3)), np.array([0, 3]))
