@@ -85,6 +85,12 @@ def _parser() -> _Parser:
     )
     run.add_argument("--quick", action="store_true", help="a smoke test: 1-2 timed calls per cell")
     run.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu",
+        help="cpu: the suites above (default); cuda: every op of the CUDA backend checked "
+        "against PyTorch on the GPU and timed against PyTorch/cuDNN at batch 64, one table "
+        "(--cases selects ops or op:case such as conv2d:c; --json writes the rows)",
+    )
+    run.add_argument(
         "--repeat", metavar="N", type=_positive_int,
         help=f"timed calls per cell (default: as many as fit in {bench.BUDGET_S:g} s, "
         f"{bench.MIN_CALLS} to {bench.MAX_CALLS})",
@@ -187,7 +193,40 @@ def _cells(
     return total
 
 
+def _bench_cuda(args: argparse.Namespace) -> int:
+    """``bench --device cuda``: :mod:`fastconv.cuda.bench`'s table."""
+    import fastconv.cuda
+
+    if not fastconv.cuda.is_available():
+        raise _Failure("fastconv bench: error: --device cuda: no GPU (fastconv.cuda."
+                       "is_available() is False; see python -m fastconv info)")
+    if importlib.util.find_spec("torch") is None:
+        raise _UsageError("fastconv bench: error: --device cuda compares with PyTorch on the "
+                          "GPU: install torch with CUDA")
+    from fastconv.cuda import bench as gpu_bench
+
+    _check_output("--json", args.json)
+    tiny = fastconv.cuda.simulated()
+    try:
+        rows = gpu_bench.run(args.cases, tiny=tiny, repeat=1 if args.quick or tiny else args.repeat,
+                             progress=lambda text: print(f"timing {text}", file=sys.stderr,
+                                                         flush=True))
+    except ValueError as error:
+        raise _UsageError(f"fastconv bench: error: {error}") from None
+    device = "; ".join(fastconv.cuda.devices())
+    print(gpu_bench.format_table(rows, device))
+    if args.json is not None:
+        import json
+
+        document = {"device": device, "rows": [dataclasses.asdict(row) for row in rows]}
+        with _writing(args.json):
+            args.json.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.device == "cuda":
+        return _bench_cuda(args)
     try:
         layers = bench.select_layers(args.layers)
         cases = bench.select_op_cases(args.cases)

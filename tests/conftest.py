@@ -12,6 +12,9 @@ import glob
 import os
 import zlib
 
+# Numba's and PyTorch's OpenMP threads both spin while idle by default; in one process
+# that alternates between them (the comparisons with PyTorch) they slow each other down.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):

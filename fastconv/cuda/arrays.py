@@ -19,50 +19,42 @@ per channel) are what numpy does for the CPU placement.
 from __future__ import annotations
 
 import contextlib
-import math
 
 import numpy as np
 from numba import cuda
 
-from .. import config
 from ..functional._checks import _FLOATS, as_float_array
 from ..functional._place import _describe, is_device_array
 from . import simulated
+from ._jit import fill, flat, jit, launch
 
 _TORCH_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
                  np.dtype(np.int64): "int64"}
 
 
-def launch(kernel, count: int, *args) -> None:
-    """Launch a grid-stride ``kernel`` over ``count`` elements with config's sizes."""
-    threads = config.CUDA_THREADS
-    blocks = max(1, min(config.CUDA_MAX_BLOCKS, math.ceil(count / threads)))
-    kernel[blocks, threads](*args)
-
-
-@cuda.jit(cache=True)
+@jit
 def _copy1(src, dst):
     start, step = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, dst.shape[0], step):
         dst[i] = src[i]
 
 
-@cuda.jit(cache=True)
+@jit
 def _copy3(src, dst):
     start, step = cuda.grid(1), cuda.gridsize(1)
     _, h, w = dst.shape
-    for flat in range(start, dst.size, step):
-        c, rest = divmod(flat, h * w)
+    for e in range(start, dst.size, step):
+        c, rest = divmod(e, h * w)
         i, j = divmod(rest, w)
         dst[c, i, j] = src[c, i, j]
 
 
-@cuda.jit(cache=True)
+@jit
 def _copy4(src, dst):
     start, step = cuda.grid(1), cuda.gridsize(1)
     _, c, h, w = dst.shape
-    for flat in range(start, dst.size, step):
-        n, rest = divmod(flat, c * h * w)
+    for e in range(start, dst.size, step):
+        n, rest = divmod(e, c * h * w)
         k, rest = divmod(rest, h * w)
         i, j = divmod(rest, w)
         dst[n, k, i, j] = src[n, k, i, j]
@@ -71,20 +63,13 @@ def _copy4(src, dst):
 _COPIES = {1: _copy1, 3: _copy3, 4: _copy4}
 
 
-@cuda.jit(cache=True)
-def _fill(flat, value):
-    start, step = cuda.grid(1), cuda.gridsize(1)
-    for i in range(start, flat.shape[0], step):
-        flat[i] = value
-
-
-@cuda.jit(cache=True)
+@jit
 def _add_channel_bias(out, bias):
     start, step = cuda.grid(1), cuda.gridsize(1)
     _, c, h, w = out.shape
-    for flat in range(start, out.size, step):
-        k = (flat // (h * w)) % c
-        n, rest = divmod(flat, c * h * w)
+    for e in range(start, out.size, step):
+        k = (e // (h * w)) % c
+        n, rest = divmod(e, c * h * w)
         i, j = divmod(rest % (h * w), w)
         out[n, k, i, j] += bias[k]
 
@@ -93,7 +78,7 @@ def copy(src, dst) -> None:
     """``dst[...] = src`` for device arrays of one shape (1-, 3- or 4-D), any strides,
     casting to ``dst``'s dtype."""
     if dst.size:
-        launch(_COPIES[len(dst.shape)], dst.size, src, dst)
+        launch(_COPIES[len(dst.shape)], dst.size)(src, dst)
 
 
 def _is_contiguous(array) -> bool:
@@ -240,12 +225,12 @@ class Cuda:
     def zeros(self, shape: tuple[int, ...], dtype):
         array = self.empty(shape, dtype)
         if array.size:
-            launch(_fill, array.size, array.reshape(array.size), np.dtype(dtype).type(0))
+            launch(fill, array.size)(flat(array), np.dtype(dtype).type(0))
         return array
 
     def add_channel_bias(self, target, bias) -> None:
         if target.size:
-            launch(_add_channel_bias, target.size, target, bias)
+            launch(_add_channel_bias, target.size)(target, bias)
 
     def crop(self, array, height: int, width: int):
         result = self.empty((*array.shape[:2], height, width), array.dtype)
