@@ -23,8 +23,14 @@ import contextlib
 import numpy as np
 from numba import cuda
 
-from ..functional._checks import _FLOATS, as_float_array
-from ..functional._place import _describe, is_device_array
+from ..functional._checks import (
+    _FLOATS,
+    as_float_array,
+    check_same_dtype,
+    float_dtype_error,
+    index_dtype_error,
+)
+from ..functional._place import HOST, is_device_array
 from . import simulated
 from ._jit import fill, flat, jit, launch
 
@@ -142,15 +148,15 @@ class Cuda:
 
     # --- arguments -------------------------------------------------------------------
 
-    def _device(self, value, name: str):
+    def _device(self, value):
         """``value`` as a Numba device array (host values are copied to the GPU)."""
         if is_device_array(value):
             return _view(value)
         return cuda.to_device(np.ascontiguousarray(value))
 
     def floats(self, **arrays: object) -> list:
+        """As :meth:`Host.floats`, with the same errors; host values are copied to the GPU."""
         converted = []
-        first = None
         for name, value in arrays.items():
             if value is None and name == "bias":
                 converted.append(None)
@@ -158,31 +164,19 @@ class Cuda:
             if not is_device_array(value):
                 value = as_float_array(value, name)
             elif np.dtype(value.dtype) not in _FLOATS:
-                raise TypeError(f"{name} must have dtype float32 or float64, got "
-                                f"{np.dtype(value.dtype)} ({_describe(value)} on the GPU)")
-            if first is not None and np.dtype(value.dtype) != first[1]:
-                raise TypeError(
-                    f"{name} has dtype {np.dtype(value.dtype)} but {first[0]} has dtype "
-                    f"{first[1]}; mixed dtypes are not supported, cast one of them")
-            if first is None:
-                first = (name, np.dtype(value.dtype))
-            converted.append(self._device(value, name))
+                raise float_dtype_error(np.dtype(value.dtype), name)
+            if converted:
+                check_same_dtype(converted[0], value, name, next(iter(arrays)))
+            converted.append(self._device(value))
         return converted
 
     def indices(self, value: object, name: str):
+        """As :meth:`Host.indices`: C-contiguous int64 on the GPU."""
         if not is_device_array(value):
-            host = np.asarray(value) if not isinstance(value, np.ndarray) else value
-            if host.dtype == object or not np.issubdtype(host.dtype, np.integer):
-                raise TypeError(
-                    f"{name} must be an integer array (int64, as max_pool2d(..., "
-                    f"return_indices=True) returns), got {type(value).__name__} of dtype "
-                    f"{host.dtype}")
-            return cuda.to_device(np.ascontiguousarray(host, dtype=np.int64))
+            return cuda.to_device(HOST.indices(value, name))
         dtype = np.dtype(value.dtype)
         if not np.issubdtype(dtype, np.integer):
-            raise TypeError(
-                f"{name} must be an integer array (int64, as max_pool2d(..., "
-                f"return_indices=True) returns), got {_describe(value)} of dtype {dtype}")
+            raise index_dtype_error(value, dtype, name)
         view = _view(value)
         if dtype == np.int64 and _is_contiguous(view):
             return view

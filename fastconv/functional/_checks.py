@@ -30,14 +30,25 @@ def as_float_array(value: object, name: str) -> np.ndarray:
         return array
     if array.dtype.kind == "f" and array.dtype.newbyteorder("=") in _FLOATS:
         return array.astype(array.dtype.newbyteorder("="))  # byte-swapped float32/float64
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-        hint = f"; convert it first, e.g. {name}.astype(np.float32)"
-    elif np.issubdtype(array.dtype, np.complexfloating):
+    raise float_dtype_error(array.dtype, name)
+
+
+def float_dtype_error(dtype: np.dtype, name: str) -> TypeError:
+    """The error for an array ``name`` of a dtype other than float32/float64."""
+    if np.issubdtype(dtype, np.complexfloating):
         hint = ("; complex convolution is not supported, "
                 "convolve real and imaginary parts separately")
     else:
         hint = f"; convert it first, e.g. {name}.astype(np.float32)"
-    raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}{hint}")
+    return TypeError(f"{name} must have dtype float32 or float64, got {dtype}{hint}")
+
+
+def index_dtype_error(value: object, dtype: np.dtype, name: str) -> TypeError:
+    """The error for indices ``name`` that are not integers."""
+    return TypeError(
+        f"{name} must be an integer array (int64, as max_pool2d(..., return_indices=True) "
+        f"returns), got {type(value).__name__} of dtype {dtype}"
+    )
 
 
 def check_same_dtype(reference: np.ndarray, other: np.ndarray, name: str,

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from ._checks import as_float_array, check_out, check_same_dtype
+from ._checks import as_float_array, check_out, check_same_dtype, index_dtype_error
 
 
 def is_device_array(value: object) -> bool:
@@ -127,11 +127,7 @@ class Host:
         except Exception:  # noqa: BLE001 - any failure means "not array-like"
             array = np.asarray(None)
         if array.dtype == object or not np.issubdtype(array.dtype, np.integer):
-            raise TypeError(
-                f"{name} must be an integer array (int64, as max_pool2d(..., "
-                f"return_indices=True) returns), got {type(value).__name__} of dtype "
-                f"{array.dtype}"
-            )
+            raise index_dtype_error(value, array.dtype, name)
         return np.ascontiguousarray(array, dtype=np.int64)
 
     def contiguous(self, array):
