@@ -318,3 +318,44 @@ def test_bench_device_cuda(capsys):
     assert "fastconv CUDA vs PyTorch" in out and "repeat_unpool2d" in out
     assert main(["bench", "--device", "cuda", "--cases", "conv3d"]) == 2
     assert "unknown GPU cases" in capsys.readouterr().err
+
+
+class _FakeTensor:
+    """Stands in for a PyTorch CUDA tensor on GPU ``index``: only what device inference
+    reads (``is_cuda``, ``device.index``)."""
+
+    __module__ = "torch.fake"
+
+    def __init__(self, index: int) -> None:
+        self.is_cuda = True
+        self.device = type("Device", (), {"index": index})()
+
+
+class _FakeInterface:
+    """Anything exposing ``__cuda_array_interface__`` (CuPy, a custom array)."""
+
+    __cuda_array_interface__ = {"shape": (1,), "typestr": "<f4", "data": (0, False),
+                                "version": 3}
+
+
+def test_device_inference_from_each_array_kind(rng):
+    import torch
+
+    from fastconv.functional._place import Host, placement
+
+    assert not is_device_array(np.zeros(3)) and not is_device_array([1.0, 2.0])
+    assert not is_device_array(torch.zeros(3, requires_grad=True))  # a CPU tensor
+    assert is_device_array(gpu(np.zeros(3)))
+    assert is_device_array(_FakeTensor(0)) and is_device_array(_FakeInterface())
+    assert isinstance(placement(None, input=np.zeros(3), weight=None), Host)
+    assert placement(None, input=gpu(np.zeros(3))).device == "cuda"
+    assert placement("cuda", input=np.zeros(3)).device == "cuda"
+
+
+def test_arrays_on_two_gpus_are_an_error():
+    from fastconv.functional._place import placement
+
+    with pytest.raises(ValueError, match="input is on cuda:0 but weight is on cuda:1"):
+        placement(None, input=_FakeTensor(0), weight=_FakeTensor(1))
+    with pytest.raises(ValueError, match=r"device='cuda:1' but input is on cuda:0"):
+        placement("cuda:1", input=_FakeTensor(0))
