@@ -25,7 +25,7 @@ def _env_bool(name: str, default: bool) -> bool:
     raise ValueError(f"FASTCONV_{name} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
 
 
-def _env_int(name: str, default: int, minimum: int = 1) -> int:
+def _env_int(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
     raw = os.environ.get("FASTCONV_" + name)
     if raw is None:
         return default
@@ -33,8 +33,9 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"FASTCONV_{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"FASTCONV_{name} must be >= {minimum}, got {value}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"FASTCONV_{name} must be {bounds}, got {value}")
     return value
 
 
@@ -93,8 +94,10 @@ AUTO_WINOGRAD_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_MIN_CHANNELS", 16)
 # --- CUDA launch sizes (read when a kernel is launched or, for tile shapes that
 # size shared memory, when the CUDA backend is first imported) ----------------------
 
-#: Threads per block of the one-dimensional (grid-stride) kernels.
-CUDA_THREADS: int = _env_int("CUDA_THREADS", 256)
+#: Threads per block of the one-dimensional (grid-stride) kernels. At most 512: the
+#: heaviest of them (float64 avg_pool2d_backward) uses 92 registers per thread, too many
+#: for 1024-thread blocks.
+CUDA_THREADS: int = _env_int("CUDA_THREADS", 256, maximum=512)
 
 #: Most blocks one grid-stride launch uses; larger problems loop inside the kernel.
 CUDA_MAX_BLOCKS: int = _env_int("CUDA_MAX_BLOCKS", 65535)

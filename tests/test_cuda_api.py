@@ -115,8 +115,8 @@ def test_conv2d_out_and_strided_views(rng):
     case = next(case for case in GPU_CONV_CASES if case.id == "3x3_p1")
     x, w, b = make_inputs(case, np.float32, rng)
     expected = reference.conv2d(x, w, b, **case.kwargs)
-    # a non-contiguous GPU input: the transpose of a transposed copy
-    x_view = gpu(x.transpose(0, 1, 3, 2)).transpose((0, 1, 3, 2))
+    # a non-contiguous GPU input: every other column of a wider copy
+    x_view = gpu(np.repeat(x, 2, axis=3))[:, :, :, ::2]
     assert not x_view.is_c_contiguous()
     assert_close(host(fastconv.conv2d(x_view, gpu(w), gpu(b), **case.kwargs)), expected,
                  np.float32)
@@ -359,3 +359,15 @@ def test_arrays_on_two_gpus_are_an_error():
         placement(None, input=_FakeTensor(0), weight=_FakeTensor(1))
     with pytest.raises(ValueError, match=r"device='cuda:1' but input is on cuda:0"):
         placement("cuda:1", input=_FakeTensor(0))
+    count = len(cuda.gpus)
+    with pytest.raises(ValueError, match=rf"device='cuda:{count}' but there are {count} GPUs"):
+        placement(f"cuda:{count}", input=np.zeros((1, 1, 2, 2)))
+
+
+def test_gpu_indices_of_another_integer_type_or_rank(rng):
+    x = uniform((1, 2, 4, 4), np.float32, rng)
+    y, indices = fastconv.max_pool2d(x, 2, return_indices=True)
+    unpooled = fastconv.max_unpool2d(gpu(y), gpu(indices.astype(np.int32)), 2)
+    np.testing.assert_array_equal(host(unpooled), fastconv.max_unpool2d(y, indices, 2))
+    with pytest.raises(ValueError, match=r"indices must have the shape of input"):
+        fastconv.max_unpool2d(gpu(y), gpu(indices[0, 0].astype(np.int32)), 2)

@@ -3,9 +3,14 @@ module (the GPU counterpart of :mod:`fastconv.cpu._jit`)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import warnings
+
 import numba
 import numpy as np
 from numba import cuda
+from numba.core.errors import NumbaPerformanceWarning
 
 from .. import config
 from . import simulated
@@ -22,11 +27,64 @@ def jit(function=None, *, launch_bounds=None):
     return cuda.jit(cache=config.CACHE, **options)(function)
 
 
+_local = threading.local()
+
+
+def stream():
+    """The stream kernels launch on: inside :meth:`fastconv.cuda.arrays.Cuda.active`,
+    the current stream of the library that owns the arrays (PyTorch's, CuPy's), so
+    that its work before and after is ordered with ours; else 0, the default stream."""
+    return getattr(_local, "stream", 0)
+
+
+@contextlib.contextmanager
+def launching_on(new_stream):
+    """Launch on ``new_stream`` (see :func:`stream`) inside the ``with`` block."""
+    previous = stream()
+    _local.stream = new_stream
+    try:
+        yield
+    finally:
+        _local.stream = previous
+
+
+def configure(kernel, blocks: int, threads: int):
+    """``kernel[blocks, threads, stream()]``, without numba-cuda's low-occupancy warning:
+    small problems are small grids here on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumbaPerformanceWarning)
+        return kernel[blocks, threads, stream()]
+
+
 def launch(kernel, total):
     """``kernel`` configured for a grid-stride loop over ``total`` items (> 0):
-    ``config.CUDA_THREADS`` per block, at most ``config.CUDA_MAX_BLOCKS`` blocks."""
+    ``config.CUDA_THREADS`` per block, at most ``config.CUDA_MAX_BLOCKS`` blocks, on
+    :func:`stream`."""
     threads = config.CUDA_THREADS
-    return kernel[min(-(-total // threads), config.CUDA_MAX_BLOCKS), threads]
+    return configure(kernel, min(-(-total // threads), config.CUDA_MAX_BLOCKS), threads)
+
+
+def to_host(array):
+    """``array`` copied to a numpy array once the work on :func:`stream` is done."""
+    current = stream()
+    host = array.copy_to_host(stream=current)
+    if current:
+        current.synchronize()
+    return host
+
+
+def from_host(target, host) -> None:
+    """Copy the numpy array ``host`` into the device array ``target`` on :func:`stream`
+    and wait for it (``host`` may be freed afterwards)."""
+    current = stream()
+    target.copy_to_device(host, stream=current)
+    if current:
+        current.synchronize()
+
+
+def device_array(shape, dtype):
+    """An uninitialised Numba device array (a kernel's workspace)."""
+    return cuda.device_array(shape, dtype, stream=stream())
 
 
 def flat(array):

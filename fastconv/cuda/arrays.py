@@ -9,8 +9,10 @@ kind of array that came in: a PyTorch CUDA tensor in, a PyTorch CUDA tensor
 out. Host arguments (``device="cuda"`` with numpy input) are copied to the GPU,
 and the result back to the host.
 
-Kernels run on the default stream of the GPU the arrays live on. A PyTorch or
-CuPy array written on another stream must be synchronised by its owner first.
+Kernels run on the current stream of the library that owns the arrays
+(``torch.cuda.current_stream()``, CuPy's current stream; Numba device arrays
+and host input: the default stream), so that work queued before and after an op
+is ordered with it, as for the library's own ops.
 
 The small kernels here (strided copy with a dtype cast, fill, adding a bias
 per channel) are what numpy does for the CPU placement.
@@ -32,7 +34,7 @@ from ..functional._checks import (
 )
 from ..functional._place import HOST, is_device_array
 from . import simulated
-from ._jit import fill, flat, jit, launch
+from ._jit import device_array, fill, flat, jit, launch, launching_on, to_host
 
 _TORCH_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
                  np.dtype(np.int64): "int64"}
@@ -43,6 +45,15 @@ def _copy1(src, dst):
     start, step = cuda.grid(1), cuda.gridsize(1)
     for i in range(start, dst.shape[0], step):
         dst[i] = src[i]
+
+
+@jit
+def _copy2(src, dst):
+    start, step = cuda.grid(1), cuda.gridsize(1)
+    w = dst.shape[1]
+    for e in range(start, dst.size, step):
+        i, j = divmod(e, w)
+        dst[i, j] = src[i, j]
 
 
 @jit
@@ -66,7 +77,7 @@ def _copy4(src, dst):
         dst[n, k, i, j] = src[n, k, i, j]
 
 
-_COPIES = {1: _copy1, 3: _copy3, 4: _copy4}
+_COPIES = {1: _copy1, 2: _copy2, 3: _copy3, 4: _copy4}
 
 
 @jit
@@ -81,7 +92,7 @@ def _add_channel_bias(out, bias):
 
 
 def copy(src, dst) -> None:
-    """``dst[...] = src`` for device arrays of one shape (1-, 3- or 4-D), any strides,
+    """``dst[...] = src`` for device arrays of one shape (1- to 4-D), any strides,
     casting to ``dst``'s dtype."""
     if dst.size:
         launch(_COPIES[len(dst.shape)], dst.size)(src, dst)
@@ -103,12 +114,15 @@ def _gpu_of(value) -> int | None:
 
 
 def _view(value):
-    """A Numba device array over ``value``'s memory."""
+    """A Numba device array over ``value``'s memory. Kernels run on the owner's current
+    stream (:meth:`Cuda.active`), so the view does not wait for that stream (``sync=False``).
+    A PyTorch tensor is detached, and a lazily negated one resolved (the interface would
+    hand out the memory without the negation)."""
     if simulated() or isinstance(value, cuda.devicearray.DeviceNDArray):
         return value
     if type(value).__module__.partition(".")[0] == "torch":
-        value = value.detach()
-    return cuda.as_cuda_array(value)
+        value = value.detach().resolve_neg()
+    return cuda.as_cuda_array(value, sync=False)
 
 
 class Cuda:
@@ -132,6 +146,9 @@ class Cuda:
         if gpu_index is not None and index is not None and gpu_index != index:
             name = next(iter(known))
             raise ValueError(f"device='cuda:{gpu_index}' but {name} is on cuda:{index}")
+        if gpu_index is not None and gpu_index >= len(cuda.gpus):
+            raise ValueError(f"device='cuda:{gpu_index}' but there are {len(cuda.gpus)} GPUs "
+                             f"(cuda:0 to cuda:{len(cuda.gpus) - 1})")
         self.index = gpu_index if index is None else index
         model = next(iter(on_gpu.values()), None)
         self.kind = ("host" if model is None
@@ -141,53 +158,70 @@ class Cuda:
 
     # --- the context the kernels run in ------------------------------------------
 
-    def active(self) -> contextlib.AbstractContextManager:
-        if self.index is None or simulated():
-            return contextlib.nullcontext()
-        return cuda.gpus[self.index]
+    @contextlib.contextmanager
+    def active(self):
+        """The arrays' GPU made current, and kernels launched on the owner's stream."""
+        gpu = (contextlib.nullcontext() if self.index is None or simulated()
+               else cuda.gpus[self.index])
+        with gpu, launching_on(self._stream()):
+            yield
+
+    def _stream(self):
+        """The current stream of the library that owns the arrays (0: the default)."""
+        if simulated() or self.kind not in ("torch", "cupy"):
+            return 0
+        if self.kind == "torch":
+            import torch
+
+            pointer = torch.cuda.current_stream(self.model.device).cuda_stream
+        else:
+            import cupy
+
+            pointer = cupy.cuda.get_current_stream().ptr
+        return cuda.external_stream(pointer) if pointer else 0
 
     # --- arguments -------------------------------------------------------------------
 
-    def _device(self, value):
-        """``value`` as a Numba device array (host values are copied to the GPU)."""
-        if is_device_array(value):
-            return _view(value)
-        return cuda.to_device(np.ascontiguousarray(value))
-
     def floats(self, **arrays: object) -> list:
-        """As :meth:`Host.floats`, with the same errors; host values are copied to the GPU."""
+        """As :meth:`Host.floats`, with the same errors; host values are copied to the GPU.
+        Dtypes are read from the Numba views, which speak numpy's (PyTorch's do not)."""
         converted = []
         for name, value in arrays.items():
             if value is None and name == "bias":
                 converted.append(None)
                 continue
-            if not is_device_array(value):
-                value = as_float_array(value, name)
-            elif np.dtype(value.dtype) not in _FLOATS:
-                raise float_dtype_error(np.dtype(value.dtype), name)
+            if is_device_array(value):
+                view = _view(value)
+                if np.dtype(view.dtype) not in _FLOATS:
+                    raise float_dtype_error(np.dtype(view.dtype), name)
+            else:
+                view = as_float_array(value, name)
             if converted:
-                check_same_dtype(converted[0], value, name, next(iter(arrays)))
-            converted.append(self._device(value))
+                check_same_dtype(converted[0], view, name, next(iter(arrays)))
+            converted.append(view if is_device_array(value)
+                             else cuda.to_device(np.ascontiguousarray(view)))
         return converted
 
     def indices(self, value: object, name: str):
         """As :meth:`Host.indices`: C-contiguous int64 on the GPU."""
         if not is_device_array(value):
             return cuda.to_device(HOST.indices(value, name))
-        dtype = np.dtype(value.dtype)
+        view = _view(value)
+        dtype = np.dtype(view.dtype)
         if not np.issubdtype(dtype, np.integer):
             raise index_dtype_error(value, dtype, name)
-        view = _view(value)
         if dtype == np.int64 and _is_contiguous(view):
             return view
-        result = cuda.device_array(view.shape, np.int64)
+        if len(view.shape) not in _COPIES:
+            raise ValueError(f"{name} must be 3-D or 4-D, got shape {tuple(view.shape)}")
+        result = device_array(view.shape, np.int64)
         copy(view, result)
         return result
 
     def contiguous(self, array):
         if array is None or _is_contiguous(array):
             return array
-        result = cuda.device_array(array.shape, array.dtype)
+        result = device_array(array.shape, array.dtype)
         copy(array, result)
         return result
 
@@ -211,7 +245,7 @@ class Cuda:
             with cupy.cuda.Device(self.index or 0):
                 owner = cupy.empty(shape, dtype)
         else:
-            return cuda.device_array(shape, dtype)
+            return device_array(shape, dtype)
         view = _view(owner)
         self._owners[id(view)] = (view, owner)
         return view
@@ -232,17 +266,17 @@ class Cuda:
         return result
 
     def item(self, array, position: int) -> int:
-        return int(array.reshape(array.size)[position:position + 1].copy_to_host()[0])
+        return int(to_host(array.reshape(array.size)[position:position + 1])[0])
 
     def check_out(self, out: object, shape: tuple[int, ...], dtype, inputs: tuple):
         form = f"a GPU array of shape {shape} and dtype {dtype}"
         if not is_device_array(out):
             raise TypeError(f"out must be {form} (the inputs are on the GPU), "
                             f"got {type(out).__name__}")
-        if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
-            raise ValueError(f"out must be {form}, got shape {tuple(out.shape)} and dtype "
-                             f"{np.dtype(out.dtype)}")
         view = _view(out)
+        if tuple(view.shape) != tuple(shape) or np.dtype(view.dtype) != np.dtype(dtype):
+            raise ValueError(f"out must be {form}, got shape {tuple(view.shape)} and dtype "
+                             f"{np.dtype(view.dtype)}")
         for other in inputs:
             if other is not None and is_device_array(other) and _overlap(view, _view(other)):
                 raise ValueError("out must not share memory with an input")
@@ -256,7 +290,7 @@ class Cuda:
             if _is_contiguous(view):
                 target = view.reshape(*shape4)
             else:
-                target = cuda.device_array(shape4, dtype)
+                target = device_array(shape4, dtype)
         if shape4[0]:
             compute(target)
         if out is None:
@@ -273,15 +307,23 @@ class Cuda:
         if owner is not None and owner[0] is array:
             result = owner[1]
         elif self.kind == "host":
-            result = array.copy_to_host()
+            result = to_host(array)
         else:
             result = array
         return result[0] if unbatched else result
+
+
+def _extent(array) -> tuple[int, int]:
+    """The device addresses ``[first, last)`` an array's elements span (any strides)."""
+    start = array.device_ctypes_pointer.value or 0
+    spans = [(n - 1) * s for n, s in zip(array.shape, array.strides, strict=True)]
+    low = start + sum(min(0, span) for span in spans)
+    return low, start + sum(max(0, span) for span in spans) + array.dtype.itemsize
 
 
 def _overlap(a, b) -> bool:
     """Whether two device arrays' memory ranges intersect."""
     if simulated():
         return bool(np.shares_memory(a._ary, b._ary))
-    start_a, start_b = a.device_ctypes_pointer.value or 0, b.device_ctypes_pointer.value or 0
-    return start_a < start_b + b.alloc_size and start_b < start_a + a.alloc_size
+    (low_a, high_a), (low_b, high_b) = _extent(a), _extent(b)
+    return low_a < high_b and low_b < high_a

@@ -14,6 +14,7 @@ from __future__ import annotations
 from .. import config, dispatch
 from ..dispatch import register, register_chooser
 from . import conv, pool  # noqa: F401  (registers the kernels)
+from ._jit import from_host, to_host
 
 # --- the reference loops, on host copies -------------------------------------------------
 
@@ -37,11 +38,11 @@ def _on_host(op):
     def kernel(*args):
         run = (_grad_bias_reference if op == "conv2d_grad_bias"
                else dispatch.select(op, "cpu", "reference")[1])
-        host = [a.copy_to_host() if hasattr(a, "copy_to_host") else a for a in args]
+        host = [to_host(a) if hasattr(a, "copy_to_host") else a for a in args]
         result = run(*host)
         for position in _OUTPUTS[op]:
             if args[position] is not None:
-                args[position].copy_to_device(host[position])
+                from_host(args[position], host[position])
         return result
 
     kernel.__name__ = kernel.__qualname__ = f"_{op}_reference"

@@ -63,12 +63,13 @@ from __future__ import annotations
 import functools
 
 import numba
+import numpy as np
 from numba import cuda
 
 from .. import config
 from ..dispatch import register
 from . import simulated
-from ._jit import flat, jit, launch, scalar_type, unravel
+from ._jit import configure, device_array, flat, jit, launch, scalar_type, unravel
 
 # --- direct kernels -------------------------------------------------------------------
 
@@ -215,7 +216,7 @@ def _with_splits(grad_weight, splits, run):
     if splits == 1:
         run(flat(grad_weight))
         return
-    partial = cuda.device_array(splits * grad_weight.size, grad_weight.dtype)
+    partial = device_array(splits * grad_weight.size, grad_weight.dtype)
     run(partial)
     launch(_sum_splits, grad_weight.size)(partial, flat(grad_weight), splits)
 
@@ -312,8 +313,8 @@ def conv2d_grad_bias(grad_out, grad_bias):
     """Host side; ``grad_bias`` (K,) is overwritten; deterministic."""
     n_img, channels, out_h, out_w = grad_out.shape
     blocks = min(channels, config.CUDA_MAX_BLOCKS)
-    _channel_sums[blocks, config.CUDA_THREADS](flat(grad_out), grad_bias, n_img, channels,
-                                                out_h * out_w)
+    configure(_channel_sums, blocks, config.CUDA_THREADS)(flat(grad_out), grad_bias, n_img,
+                                                          channels, out_h * out_w)
 
 
 # --- implicit GEMM -----------------------------------------------------------------------
@@ -323,8 +324,13 @@ _TILE = config.CUDA_GEMM_TILE
 _TILE_K = config.CUDA_GEMM_TILE_K
 _THREAD_TILE = config.CUDA_GEMM_THREAD_TILE
 
-#: Blocks per SM the register use of a GEMM block leaves room for (launch bounds).
-_GEMM_MIN_BLOCKS_PER_SM = 2
+#: Blocks per SM the register use of a GEMM block leaves room for (launch bounds), by
+#: itemsize: float64 accumulators need twice the registers, and capping them for two
+#: blocks per SM spilled 160-330 bytes per thread (ptxas, sm_90).
+_GEMM_MIN_BLOCKS_PER_SM = {4: 2, 8: 1}
+
+#: Static shared memory a block may use.
+_SHARED_BYTES = 48 * 1024
 
 #: Alignment of the shared tiles: 16 bytes lets a thread's row of the tile be one
 #: vector load (the simulator takes no alignment).
@@ -364,7 +370,14 @@ def _implicit_gemm(dtype, mode, window, stride):
     window_h, window_w = window
     step_h, step_w = stride
 
-    @jit(launch_bounds=(threads, _GEMM_MIN_BLOCKS_PER_SM))
+    shared = 2 * 2 * tile_k * pitch * np.dtype(dtype).itemsize  # two double-buffered tiles
+    if shared > _SHARED_BYTES:
+        raise ValueError(
+            f"FASTCONV_CUDA_GEMM_TILE={tile} and FASTCONV_CUDA_GEMM_TILE_K={tile_k} need "
+            f"{shared} bytes of shared memory per block for {np.dtype(dtype)}, over the "
+            f"{_SHARED_BYTES}-byte limit; make them smaller")
+
+    @jit(launch_bounds=(threads, _GEMM_MIN_BLOCKS_PER_SM[np.dtype(dtype).itemsize]))
     def kernel(a_src, b_src, bias, has_bias, out, splits, split_len, n_img, channels, height,
                width, out_channels, out_h, out_w, kh, kw, stride_h, stride_w, pad_top,
                pad_left, dilation_h, dilation_w, groups):
@@ -554,7 +567,7 @@ def _launch_gemm(mode, a_src, b_src, bias, out, geometry, splits=1, split_len=No
     tiles = splits * groups * -(-rows // _TILE) * -(-cols // _TILE)
     stride = geometry[9:11]
     kernel = _implicit_gemm(out.dtype, mode, (kh, kw), stride)
-    kernel[min(tiles, config.CUDA_MAX_BLOCKS), _gemm_threads()](
+    configure(kernel, min(tiles, config.CUDA_MAX_BLOCKS), _gemm_threads())(
         a_src, b_src, out if bias is None else bias, bias is not None, out, splits,
         depth if split_len is None else split_len, *geometry)
 

@@ -37,7 +37,7 @@ import numpy as np
 from numba import cuda
 
 from ..dispatch import register
-from ._jit import fill, flat, jit, launch, scalar_type, unravel
+from ._jit import configure, device_array, fill, flat, jit, launch, scalar_type, to_host, unravel
 
 #: "No bad index": larger than any flat position.
 _NO_BAD = np.iinfo(np.int64).max
@@ -173,14 +173,14 @@ def avg_pool2d_backward_direct(grad_out, grad_in, kernel_size, stride, padding,
 
 def _bad_index_report():
     """A one-value device array holding "no bad index yet"."""
-    report = cuda.device_array(1, np.int64)
-    fill[1, 1](report, _NO_BAD)
+    report = device_array(1, np.int64)
+    configure(fill, 1, 1)(report, _NO_BAD)
     return report
 
 
 def _first_bad(report):
     """The flat position of the first bad index, or -1 (waits for the kernels)."""
-    value = int(report.copy_to_host()[0])
+    value = int(to_host(report)[0])
     return -1 if value == _NO_BAD else value
 
 
@@ -236,7 +236,7 @@ def max_unpool2d_direct(x, indices, out):
     """Host side; returns the flat position of the first out-of-range index, or -1.
     Deterministic: of equal indices the later value stays, as on the CPU."""
     report = _bad_index_report()
-    owner = cuda.device_array(out.size, np.int64)
+    owner = device_array(out.size, np.int64)
     values_plane, out_plane = x.shape[2] * x.shape[3], out.shape[2] * out.shape[3]
     launch(fill, owner.size)(owner, np.int64(-1))
     launch(_claim, indices.size)(flat(indices), owner, values_plane, out_plane, report)
