@@ -31,7 +31,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -197,8 +199,10 @@ def run(
         batch_size: images per SGD step.
         lr, momentum: of the SGD optimiser; the learning rate follows
             ``lr * (1 + cos(pi * step / steps)) / 2`` down to 0 at the last step.
-        seed: sets the initialisation and the batch order (not the test split).
-        out_dir: folder for ``filters.png`` and ``loss.png`` (created if missing).
+        seed: a non-negative int; sets the initialisation and the batch order (not
+            the test split).
+        out_dir: folder for ``filters.png`` and ``loss.png``, created if missing and
+            checked to be writable before anything is compiled or trained.
         algorithm: the convolution layers' ``algorithm=`` (``"auto"``, ``"direct"``, ...).
         threads: Numba threads for the run (restored afterwards); None keeps the
             current number (all cores unless set otherwise).
@@ -210,16 +214,23 @@ def run(
 
     Raises:
         ImportError: scikit-learn, tqdm or matplotlib is missing.
-        ValueError: ``epochs`` or ``batch_size`` below 1, ``threads`` outside 1 .. the
-            number Numba started with.
+        OSError: ``out_dir`` cannot be created or written to (raised first).
+        ValueError: ``epochs`` or ``batch_size`` below 1, ``seed`` negative, ``lr`` or
+            ``momentum`` not accepted by :class:`fastconv.nn.SGD` (not finite, or out
+            of range), ``threads`` outside 1 .. the number Numba started with.
+        TypeError: ``lr`` or ``momentum`` not a real number.
     """
     import numba
 
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    nn.SGD(nn.Sequential(), lr=lr, momentum=momentum)  # its checks, before any training
 
     start = time.perf_counter()
+    folder = _output_folder(out_dir)
     out = sys.stdout if stream is None else stream
 
     def say(text: str) -> None:
@@ -260,8 +271,6 @@ def run(
         f"{len(x_test)}); train accuracy: {train_accuracy:.2%}")
     say(_breakdown(clock, train_s, len(losses)))
 
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     try:
         filters_png = _plot_filters(model, x_test[0], folder / "filters.png")
         loss_png = _plot_losses(losses, -(-len(x_train) // batch_size), epoch_test_accuracy,
@@ -275,6 +284,22 @@ def run(
     return DemoResult(test_accuracy, train_accuracy, epochs, len(losses), wall_s, compile_s,
                       train_s, images_per_s, clock, losses, epoch_test_accuracy, filters_png,
                       loss_png)
+
+
+def _output_folder(out_dir: str | Path) -> Path:
+    """``out_dir`` as a Path, created if missing and checked by writing (and deleting) a
+    file in it, so that a bad folder fails before the training rather than after it."""
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        message = f"cannot write the figures to {str(folder)!r}: {error.strerror or error}"
+        if error.errno is None:
+            raise OSError(message) from None
+        raise OSError(error.errno, message) from None  # FileExistsError, PermissionError ...
+    return folder
 
 
 def _compile(model: nn.Sequential, x: np.ndarray, y: np.ndarray) -> float:
@@ -415,16 +440,40 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive(kind: type):
+    """An argparse type: a ``kind`` (int or float) > 0, finite."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(
+                f"expected a finite positive number, got {text!r}")
         return value
 
     return parse
+
+
+def _non_negative_int(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}")
+    return value
+
+
+def _momentum(text: str) -> float:
+    """An argparse type: a float in [0, 1) (so not nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:  # False for nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
 
 
 def _parser() -> _Parser:
@@ -447,11 +496,11 @@ def _parser() -> _Parser:
                         help=f"images per step (default {BATCH_SIZE})")
     parser.add_argument("--lr", type=_positive(float), default=LR,
                         help=f"learning rate (default {LR})")
-    parser.add_argument("--momentum", type=float, default=MOMENTUM,
-                        help=f"SGD momentum (default {MOMENTUM})")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="initialisation and batch order (default 0); the test split "
-                        "is fixed")
+    parser.add_argument("--momentum", type=_momentum, default=MOMENTUM,
+                        help=f"SGD momentum, in [0, 1) (default {MOMENTUM})")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="initialisation and batch order, an int >= 0 (default 0); the "
+                        "test split is fixed")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), metavar="DIR",
                         help="folder for filters.png and loss.png (default demo-output/)")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="auto",
@@ -463,12 +512,12 @@ def _parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``fastconv demo`` command line; returns 0. ``--help`` exits with status 0, a
-    bad argument with status 2 after one line on stderr (``SystemExit``)."""
+    """The ``fastconv demo`` command line; returns 0, or 1 after one line on stderr when
+    the demo extra is missing or the output folder (``--out``) cannot be written, which
+    is checked before the training. ``--help`` exits with status 0, a bad argument with
+    status 2 after one line on stderr (``SystemExit``)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if not 0 <= args.momentum < 1:
-        parser.error(f"argument --momentum: expected a number in [0, 1), got {args.momentum}")
     import numba
 
     if args.threads > numba.config.NUMBA_NUM_THREADS:

@@ -50,6 +50,7 @@ True
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 
 import numpy as np
@@ -57,7 +58,7 @@ import numpy as np
 from . import shapes
 from .functional import conv as _conv
 from .functional import pool as _pool
-from .functional._checks import positive_int
+from .functional._checks import as_float_array, positive_int
 
 __all__ = [
     "Module",
@@ -215,6 +216,16 @@ class _ConvLayer(_Parametrised):
         self.device = device
         self._input: np.ndarray | None = None
 
+    def _check_channels(self, x: object) -> None:
+        """A ValueError naming ``in_channels`` for an input of ``(N, C, H, W)`` or
+        ``(C, H, W)`` with another ``C``; other shapes are left to the functional op."""
+        shape = getattr(x, "shape", None)
+        if isinstance(shape, tuple) and len(shape) in (3, 4) and shape[-3] != self.in_channels:
+            raise ValueError(
+                f"input has C={shape[-3]} channels but the layer has "
+                f"in_channels={self.in_channels}; input must be (N, {self.in_channels}, H, W) "
+                f"or ({self.in_channels}, H, W), got shape {shape}")
+
     def extra_repr(self) -> str:
         parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                  f"stride={self.stride}, padding={self.padding!r}"]
@@ -227,10 +238,10 @@ class _ConvLayer(_Parametrised):
         return ", ".join(parts)
 
 
-def _relu_grad(grad_output: np.ndarray, output: np.ndarray) -> np.ndarray:
-    """dL/dz of ``y = max(z, 0)``: ``grad_output`` where ``y > 0``, else 0 (PyTorch's
-    choice at 0)."""
-    return grad_output * (output > 0)
+def _relu_grad(grad_output: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """dL/dz of ``y = max(z, 0)`` from the forward's boolean ``mask = y > 0``:
+    ``grad_output`` where the mask is set, else 0 (PyTorch's choice at 0)."""
+    return grad_output * mask
 
 
 class Conv2d(_ConvLayer):
@@ -285,24 +296,28 @@ class Conv2d(_ConvLayer):
         c, k, g = self.in_channels, self.out_channels, self.groups
         r, s = self.kernel_size
         self._init_parameters((k, c // g, r, s), k, c // g * r * s, bias, dtype, rng)
-        self._output: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
 
     def _args(self) -> tuple:
         return self.stride, self.padding, self.dilation, self.groups
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self._check_channels(x)
         y = _conv.conv2d(x, self.weight, self.bias, *self._args(), algorithm=self.algorithm,
                          **_device(self.device))
+        mask = None
         if self.activation == "relu":
+            # the mask, not y: y is the caller's, and editing it must not change backward
+            mask = y > 0
             np.maximum(y, 0, out=y)
-        self._input, self._output = x, y
+        self._input, self._mask = x, mask
         return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
         x = self._cached("_input")
         if self.activation == "relu":
-            grad_output = _relu_grad(grad_output, self._output)
+            grad_output = _relu_grad(grad_output, self._mask)
         grad_input, grad_weight, grad_bias = _conv.conv2d_backward(
             grad_output, x, self.weight, *self._args(), needs_input_grad=needs_input_grad,
             needs_bias_grad=self.bias is not None, algorithm=self.algorithm,
@@ -367,6 +382,7 @@ class ConvTranspose2d(_ConvLayer):
     def forward(self, x: np.ndarray, output_size: tuple[int, ...] | None = None) -> np.ndarray:
         """The transposed convolution of ``x``; ``output_size`` ``(H_out, W_out)`` (or a
         longer shape ending in them) picks the size, overriding ``output_padding``."""
+        self._check_channels(x)
         y = _conv.conv_transpose2d(x, self.weight, self.bias, *self._args(),
                                    output_size=output_size, algorithm=self.algorithm,
                                    **_device(self.device))
@@ -604,16 +620,17 @@ class ReLU(Module):
     """
 
     def __init__(self) -> None:
-        self._output: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._output = np.maximum(x, 0)
-        return self._output
+        y = np.maximum(x, 0)
+        self._mask = y > 0  # not y itself: the caller may edit it before backward
+        return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        output = self._cached("_output")
-        return _relu_grad(grad_output, output) if needs_input_grad else None
+        mask = self._cached("_mask")
+        return _relu_grad(grad_output, mask) if needs_input_grad else None
 
 
 class Flatten(Module):
@@ -630,7 +647,8 @@ class Flatten(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._input_shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        # not reshape(N, -1), which cannot infer the -1 of an empty batch
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
@@ -644,7 +662,8 @@ class Linear(_Parametrised):
     Shapes: input ``(N, in_features)``, output ``(N, out_features)``; ``weight``
     ``(out_features, in_features)``, ``bias`` ``(out_features,)``, both initialised
     ``U(-1/sqrt(in_features), 1/sqrt(in_features))``. ``dtype`` and ``rng`` as
-    :class:`Conv2d`.
+    :class:`Conv2d`. The input (anything ``np.asarray`` takes) and ``grad_output``
+    ``(N, out_features)`` must have the layer's dtype.
 
     >>> import numpy as np
     >>> from fastconv.nn import Linear
@@ -664,6 +683,7 @@ class Linear(_Parametrised):
         self._input: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        x = as_float_array(x, "input")
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"input must be 2-D (N, in_features) = (N, {self.in_features}), "
@@ -681,6 +701,17 @@ class Linear(_Parametrised):
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
         x = self._cached("_input")
+        grad_output = as_float_array(grad_output, "grad_output")
+        expected = (x.shape[0], self.out_features)
+        if grad_output.shape != expected:
+            raise ValueError(
+                f"grad_output must have the shape of the last forward's output, "
+                f"(N, out_features) = {expected}, got {grad_output.shape}")
+        if grad_output.dtype != self.weight.dtype:
+            raise TypeError(
+                f"grad_output has dtype {grad_output.dtype} but weight has dtype "
+                f"{self.weight.dtype}; mixed dtypes are not supported, cast it "
+                f"(e.g. grad_output.astype(np.{self.weight.dtype}))")
         # y = x W^T + b: dW = dy^T x, db = sum_n dy, dx = dy W
         grad_bias = grad_output.sum(axis=0) if self.bias is not None else None
         self._accumulate(grad_output.T @ x, grad_bias)
@@ -698,6 +729,10 @@ class Sequential(Module):
     ``torch.nn.Sequential.named_parameters()`` does. ``backward(...,
     needs_input_grad=False)`` lets the first layer skip its input gradient.
     Indexing and iteration give the layers.
+
+    A layer instance may appear only once (also inside a nested ``Sequential``):
+    a layer keeps what one forward left for its backward, so a second use would
+    overwrite it and give wrong gradients; using one twice is a ValueError.
     """
 
     def __init__(self, *layers: Module) -> None:
@@ -706,6 +741,14 @@ class Sequential(Module):
                 raise TypeError(
                     f"layer {index} must have forward/backward/params/grads, "
                     f"got {type(layer).__name__}")
+        seen: dict[int, str] = {}
+        for where, layer in _walk(layers):
+            first = seen.setdefault(id(layer), where)
+            if first != where:
+                raise ValueError(
+                    f"layer {where} is the same {type(layer).__name__} instance as layer "
+                    f"{first}: a layer caches what its one last forward needs for backward, "
+                    f"so it cannot run twice in one pass; use a separate instance")
         self.layers = list(layers)
 
     def __getitem__(self, index: int) -> Module:
@@ -744,15 +787,27 @@ class Sequential(Module):
         return f"Sequential({inner}\n)"
 
 
+def _walk(layers: tuple[Module, ...] | list[Module],
+          prefix: str = "") -> Iterator[tuple[str, Module]]:
+    """``(index, layer)`` of ``layers`` and, depth first, of the layers of each nested
+    :class:`Sequential`, the index dotted as in ``params()`` (``"1.0"``)."""
+    for index, layer in enumerate(layers):
+        where = f"{prefix}{index}"
+        yield where, layer
+        if isinstance(layer, Sequential):
+            yield from _walk(layer.layers, f"{where}.")
+
+
 class CrossEntropyLoss:
     """Softmax cross-entropy of logits against class indices, averaged over the batch,
     as ``torch.nn.CrossEntropyLoss()``:
     ``loss = mean_n(logsumexp(logits[n]) - logits[n, target[n]])``.
 
-    ``forward(logits, target)`` (or calling it) takes logits ``(N, classes)``
-    and integer targets ``(N,)`` and returns the loss as a float;
-    ``backward()`` returns ``dloss/dlogits = (softmax(logits) - onehot(target)) / N``
-    in the logits' dtype.
+    ``forward(logits, target)`` (or calling it) takes floating-point logits
+    ``(N, classes)`` (integer logits are a TypeError, as in PyTorch) and integer
+    targets ``(N,)`` and returns the loss as a float; ``backward()`` returns
+    ``dloss/dlogits = (softmax(logits) - onehot(target)) / N`` in the logits' dtype,
+    for the last forward that succeeded (after a failed one, backward is an error).
 
     >>> import numpy as np
     >>> from fastconv.nn import CrossEntropyLoss
@@ -771,8 +826,15 @@ class CrossEntropyLoss:
         return self.forward(logits, target)
 
     def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
+        # forget the last forward first: a backward after a failed forward is an error
+        self._probs = self._target = None
         logits = np.asarray(logits)
         target = np.asarray(target)
+        if not np.issubdtype(logits.dtype, np.floating):
+            raise TypeError(
+                f"logits must be a floating-point array (float32 or float64, as the layers "
+                f"return), got dtype {logits.dtype}; convert it first, e.g. "
+                f"logits.astype(np.float64)")
         if logits.ndim != 2 or logits.shape[0] == 0:
             raise ValueError(f"logits must be 2-D (N, classes) with N >= 1, got {logits.shape}")
         if (target.shape != (logits.shape[0],) or not np.issubdtype(target.dtype, np.integer)
@@ -791,8 +853,8 @@ class CrossEntropyLoss:
     def backward(self) -> np.ndarray:
         probs = self._probs
         if probs is None:
-            raise RuntimeError("CrossEntropyLoss.backward called before forward: "
-                               "compute the loss first")
+            raise RuntimeError("CrossEntropyLoss.backward called before forward (or after "
+                               "a forward that failed): compute the loss first")
         grad = probs.copy()
         grad[np.arange(len(self._target)), self._target] -= 1
         grad /= len(self._target)
@@ -806,8 +868,17 @@ class SGD:
 
     Args:
         model: anything with ``params()`` and ``grads()`` (a layer, a :class:`Sequential`).
-        lr: learning rate, > 0.
-        momentum, weight_decay: >= 0.
+        lr: learning rate, a finite real number > 0.
+        momentum, weight_decay: finite real numbers >= 0.
+
+    Real numbers include numpy scalars (``np.float32(0.1)``) but not bools; other
+    types are a TypeError, values out of range or not finite a ValueError.
+
+    Unlike ``torch.optim.SGD`` there is no ``dampening`` and no ``nesterov``, and
+    :meth:`step` updates every parameter: the layers' gradients are always arrays
+    (zeros after ``zero_grad()``), so a parameter whose gradient is zero still
+    moves by its momentum buffer and its weight decay, where PyTorch skips a
+    parameter whose ``.grad`` is None.
 
     >>> import numpy as np
     >>> from fastconv.nn import Linear, SGD
@@ -822,11 +893,14 @@ class SGD:
 
     def __init__(self, model: Module, lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0) -> None:
-        for name, value, low in (("lr", lr, None), ("momentum", momentum, 0.0),
-                                 ("weight_decay", weight_decay, 0.0)):
-            if not isinstance(value, (int, float)) or (value <= 0 if low is None else value < 0):
-                kind = "> 0" if low is None else ">= 0"
-                raise ValueError(f"{name} must be a number {kind}, got {value!r}")
+        for name, value, positive in (("lr", lr, True), ("momentum", momentum, False),
+                                      ("weight_decay", weight_decay, False)):
+            expected = f"a finite real number {'> 0' if positive else '>= 0'}"
+            if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be {expected}, got {value!r} "
+                                f"({type(value).__name__})")
+            if not math.isfinite(value) or (value <= 0 if positive else value < 0):
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
         self.model = model
         self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self._buffers: dict[str, np.ndarray] = {}

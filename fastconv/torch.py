@@ -6,7 +6,10 @@ three layers over the same kernels:
 - ``torch.autograd.Function``s, one per op (:class:`Conv2dFunction`, ...): the
   forward runs fastconv's op, the backward the matching ``*_backward``,
   computing only the gradients ``ctx.needs_input_grad`` asks for. They are
-  differentiable once (a second derivative is an error).
+  differentiable once: a backward with ``create_graph=True`` whose gradients
+  would need a second derivative (a gradient penalty through a convolution
+  whose input and weight both require grad, or any loss not linear in the
+  output) raises a RuntimeError rather than return a detached gradient.
 - functionals with ``torch.nn.functional``'s signatures plus an
   ``algorithm=`` keyword: :func:`conv2d`, :func:`conv_transpose2d`,
   :func:`max_pool2d`, :func:`avg_pool2d`, :func:`max_unpool2d`, and
@@ -40,7 +43,8 @@ torch.Size([4, 1, 3, 3])
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch  # the real torch: absolute imports never find this module
@@ -164,6 +168,45 @@ def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
 # --- autograd Functions ----------------------------------------------------------------
 
 
+def _differentiable_once(backward: Callable[..., tuple]) -> Callable[..., tuple]:
+    """``once_differentiable``, plus an error where it would be silent.
+
+    A backward run with grad mode on (``create_graph=True``) must raise when its
+    result depends on a tensor that requires grad, since no graph is built for it:
+
+    - a ``grad_output`` that requires grad (the loss is not linear in the output);
+      ``once_differentiable`` catches only this case, and only later, when the
+      second derivative is taken;
+    - two saved tensors that require grad: the convolutions save ``input`` and
+      ``weight``, and their backward is bilinear (``grad_input`` from
+      ``grad_output`` and ``weight``, ``grad_weight`` from ``grad_output`` and
+      ``input``). With a loss linear in the output (``grad_output`` a constant, as
+      in a WGAN-GP critic) ``once_differentiable`` silently returns gradients that
+      are detached from them. (With only one of the two requiring grad, the one
+      gradient computed depends on neither and is exact.)
+
+    The pooling Functions save no float tensors, so for them only the first case applies.
+    """
+    once = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grad_outputs: Any) -> tuple:
+        if torch.is_grad_enabled():
+            incoming = any(isinstance(grad, torch.Tensor) and grad.requires_grad
+                           for grad in grad_outputs)
+            saved = sum(tensor.requires_grad for tensor in ctx.saved_tensors)
+            if incoming or saved > 1:
+                name = backward.__qualname__.split(".")[0]
+                raise RuntimeError(
+                    f"fastconv.torch: double backward (create_graph=True) is not supported; "
+                    f"{name} is differentiable once. Use torch.nn.functional's op where a "
+                    f"second derivative is needed (e.g. a gradient penalty), or call "
+                    f"backward without create_graph=True")
+        return once(ctx, *grad_outputs)
+
+    return wrapper
+
+
 class Conv2dFunction(torch.autograd.Function):
     """:func:`fastconv.conv2d` with :func:`fastconv.conv2d_backward` as its gradient.
 
@@ -189,7 +232,7 @@ class Conv2dFunction(torch.autograd.Function):
                                   algorithm=algorithm))
 
     @staticmethod
-    @once_differentiable
+    @_differentiable_once
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
         input, weight = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
@@ -220,7 +263,7 @@ class ConvTranspose2dFunction(torch.autograd.Function):
                                             dilation, algorithm=algorithm))
 
     @staticmethod
-    @once_differentiable
+    @_differentiable_once
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
         input, weight = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
@@ -239,7 +282,9 @@ class MaxPool2dFunction(torch.autograd.Function):
     return_indices, algorithm)``. With ``return_indices`` it returns
     ``(output, indices)``, the indices not differentiable. The indices the
     backward needs are computed only when ``input`` requires grad or they are
-    asked for.
+    asked for. (The forward cannot see the caller's grad mode, so under
+    ``torch.no_grad()`` an input that requires grad still gets them; :func:`max_pool2d`
+    skips them there.)
     """
 
     @staticmethod
@@ -261,7 +306,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_differentiable_once
     def backward(ctx: Any, grad_output: torch.Tensor, *_grad_indices: Any) -> tuple:
         (indices,) = ctx.saved_tensors
         grad_input = ops.max_pool2d_backward(_array(grad_output), _array(indices),
@@ -288,7 +333,7 @@ class AvgPool2dFunction(torch.autograd.Function):
         return _tensor(ops.avg_pool2d(x, *ctx.params, algorithm=algorithm))
 
     @staticmethod
-    @once_differentiable
+    @_differentiable_once
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
         grad_input = ops.avg_pool2d_backward(_array(grad_output), ctx.input_shape, *ctx.params,
                                              algorithm=ctx.algorithm)
@@ -315,7 +360,7 @@ class MaxUnpool2dFunction(torch.autograd.Function):
                                         algorithm=algorithm))
 
     @staticmethod
-    @once_differentiable
+    @_differentiable_once
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
         (indices,) = ctx.saved_tensors
         grad_input = ops.max_unpool2d_backward(_array(grad_output), _array(indices),
@@ -337,7 +382,7 @@ class RepeatUnpool2dFunction(torch.autograd.Function):
         return _tensor(ops.repeat_unpool2d(x, scale, algorithm=algorithm))
 
     @staticmethod
-    @once_differentiable
+    @_differentiable_once
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
         grad_input = ops.repeat_unpool2d_backward(_array(grad_output), ctx.scale,
                                                   algorithm=ctx.algorithm)
@@ -423,6 +468,8 @@ def max_pool2d(
     indices, flat positions ``h * W + w`` as PyTorch's) ``(N, C, H_out, W_out)``
     with ``H_out = floor((H + 2 * pad_h - dilation_h * (kernel_h - 1) - 1) / stride_h) + 1``
     (``ceil`` with ``ceil_mode``). ``stride=None`` means ``kernel_size``.
+    The indices the backward needs are computed only where a backward can follow
+    (grad mode on and ``input`` requiring grad) or ``return_indices`` asks for them.
 
     >>> x = torch.tensor([[[1.0, 0, 1, 0], [2, 1, 3, 2], [1, 2, 0, 4], [2, 2, 3, 0]]])
     >>> max_pool2d(x, 2, return_indices=True)
@@ -430,6 +477,15 @@ def max_pool2d(
              [2., 4.]]]), tensor([[[ 4,  6],
              [ 9, 11]]]))
     """
+    needs_indices = return_indices or (torch.is_grad_enabled()
+                                       and isinstance(input, torch.Tensor)
+                                       and input.requires_grad)
+    if not needs_indices:
+        # no graph will be built (the Function's forward runs under no_grad and cannot
+        # tell), so the plain forward, without indices
+        (x,) = _float_arrays("max_pool2d", input=input)
+        return _tensor(ops.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                      algorithm=algorithm))
     return MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
                                    return_indices, algorithm)
 

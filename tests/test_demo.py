@@ -65,9 +65,11 @@ def test_quick_run_writes_valid_pngs(quick):
 def test_quick_run_reports_times_and_breakdown(quick):
     result, report, _ = quick
     assert set(result.op_times) == {*demo.OPS, "other"}
-    assert all(seconds >= 0 for seconds in result.op_times.values())
-    assert sum(result.op_times.values()) == pytest.approx(result.train_s, rel=1e-6)
-    assert result.op_times["conv forward"] > 0 and result.op_times["conv backward"] > 0
+    # every op is timed where it runs (a row left at 0 was never timed), and the timed
+    # ops cover the step: what no op accounts for (batching, the Python in between)
+    # is a small part, however slow or loaded the machine
+    assert all(result.op_times[name] > 0 for name in demo.OPS), result.op_times
+    assert result.op_times["other"] < 0.25 * result.train_s, result.op_times
     assert 0 < result.compile_s < result.wall_s
     assert result.compile_s + result.train_s < result.wall_s
     assert result.images_per_s > 0
@@ -76,7 +78,7 @@ def test_quick_run_reports_times_and_breakdown(quick):
         assert text in report, text
     rows = dict(re.findall(r"^  ([a-z ]+?) +[\d.]+ +[\d.]+ +([\d.]+)%$", report, re.M))
     assert set(rows) == {*demo.OPS, "other"}
-    assert sum(float(share) for share in rows.values()) == pytest.approx(100, abs=1)
+    assert float(rows["other"]) < 25
 
 
 def test_run_is_reproducible_and_restores_threads(tmp_path):
@@ -111,6 +113,8 @@ def test_main_help(capsys):
 @pytest.mark.parametrize("argv", [
     ["--epochs", "0"], ["--epochs", "many"], ["--bogus"], ["--algorithm", "fft"],
     ["--momentum", "1.5"], ["--lr", "-1"], ["--threads", "1000"],
+    ["--seed", "-1"], ["--seed", "1.5"], ["--lr", "nan"], ["--lr", "inf"],
+    ["--momentum", "nan"], ["--momentum", "inf"], ["--momentum", "-0.1"],
 ])
 def test_bad_argument_is_one_line_and_status_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -125,3 +129,55 @@ def test_bad_argument_is_one_line_and_status_2(argv, capsys):
 def test_run_rejects_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="batch_size"):
         demo.run(1, batch_size=0, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--seed", "-1", "argument --seed: expected a non-negative int, got '-1'"),
+    ("--lr", "nan", "argument --lr: expected a finite positive number, got 'nan'"),
+    ("--momentum", "inf", "argument --momentum: expected a number in [0, 1), got 'inf'"),
+])
+def test_bad_argument_messages(option, value, expected, capsys):
+    with pytest.raises(SystemExit):
+        demo.main([option, value])
+    assert expected in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Makes compiling or training an error: the checks must come first."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("compiled or trained before the output folder was checked")
+
+    monkeypatch.setattr(demo, "_compile", refuse)
+    monkeypatch.setattr(demo, "_train", refuse)
+
+
+def test_unusable_out_folder_fails_before_training(tmp_path, capsys, no_training):
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    for out in (a_file, a_file / "figures"):
+        assert demo.main(["--epochs", "1", "--out", str(out), "--no-progress"]) == 1
+        captured = capsys.readouterr()
+        lines = captured.err.splitlines()
+        assert len(lines) == 1, captured.err
+        assert lines[0].startswith("fastconv demo: error: ") and str(out) in lines[0]
+        assert "cannot write the figures to" in lines[0]
+    with pytest.raises(OSError, match="cannot write the figures"):
+        demo.run(1, out_dir=a_file, progress=False, stream=io.StringIO())
+
+
+def test_run_creates_the_out_folder_before_training(tmp_path, no_training):
+    folder = tmp_path / "a" / "b"
+    with pytest.raises(AssertionError, match="before the output folder was checked"):
+        demo.run(1, out_dir=folder, progress=False, stream=io.StringIO())
+    assert folder.is_dir() and not any(folder.iterdir())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": -1}, "seed must be a non-negative int, got -1"),
+    ({"lr": float("nan")}, "lr must be a finite real number > 0, got nan"),
+    ({"momentum": float("inf")}, "momentum must be a finite real number >= 0, got inf"),
+])
+def test_run_checks_its_arguments_before_training(kwargs, message, tmp_path, no_training):
+    with pytest.raises(ValueError, match=message):
+        demo.run(1, out_dir=tmp_path, progress=False, stream=io.StringIO(), **kwargs)

@@ -149,6 +149,23 @@ def test_fused_relu_gradient_by_finite_differences(rng):
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
+@pytest.mark.parametrize("make", [
+    lambda rng: nn.Conv2d(2, 3, 3, padding=1, activation="relu", dtype=np.float64, rng=rng),
+    lambda rng: nn.ReLU(),
+], ids=["Conv2d_relu", "ReLU"])
+def test_relu_backward_ignores_in_place_edits_of_the_output(make, rng):
+    """The output belongs to the caller: editing it in place (say, a residual ``y += x``)
+    must not move the ReLU's mask, which the forward keeps separately."""
+    layer = make(rng)
+    x = rng.uniform(-1, 1, (2, 2, 5, 5))
+    grad_output = rng.uniform(-1, 1, layer(x).shape)
+    expected = layer.backward(grad_output)
+    y = layer(x)
+    y -= 10.0  # every output now <= 0: a mask read from y would zero the gradient
+    np.testing.assert_array_equal(layer.backward(grad_output), expected)
+    assert np.abs(expected).sum() > 0
+
+
 # --- ConvTranspose2d --------------------------------------------------------------------
 
 
@@ -349,6 +366,32 @@ def test_cross_entropy_equals_torch(dtype, rng):
     assert_close(grad, t_logits.grad.numpy(), dtype)
 
 
+def test_cross_entropy_failed_forward_leaves_no_stale_backward():
+    loss_fn = nn.CrossEntropyLoss()
+    loss_fn(np.zeros((2, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="target"):
+        loss_fn(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(RuntimeError, match="before forward"):
+        loss_fn.backward()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_cross_entropy_gradient_has_the_logits_dtype(dtype):
+    loss_fn = nn.CrossEntropyLoss()
+    loss_fn(np.zeros((2, 3), dtype), np.array([0, 1], np.uint8))
+    assert loss_fn.backward().dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("logits", [np.array([[1, 2, 3]]), np.array([[True, False, True]]),
+                                    [[1, 2, 3]]], ids=["int64", "bool", "int_list"])
+def test_cross_entropy_rejects_non_float_logits(logits):
+    loss_fn = nn.CrossEntropyLoss()
+    with pytest.raises(TypeError, match=r"logits must be a floating-point array.*got dtype"):
+        loss_fn(logits, np.array([0]))
+    with pytest.raises(RuntimeError, match="before forward"):
+        loss_fn.backward()
+
+
 def test_cross_entropy_is_stable_for_large_logits():
     loss_fn = nn.CrossEntropyLoss()
     loss = loss_fn(np.array([[1000.0, 0.0], [0.0, 1000.0]], np.float32), np.array([0, 0]))
@@ -388,6 +431,46 @@ def test_sgd_without_momentum_is_plain_gradient_descent():
     nn.SGD(layer, lr=0.5).step()
     np.testing.assert_array_equal(layer.weight, before["weight"] - [[0.5, -1.0]])
     np.testing.assert_array_equal(layer.bias, before["bias"] - 1.5)
+
+
+def test_sgd_accepts_real_numbers_including_numpy_scalars():
+    layer = nn.Linear(2, 1, dtype=np.float64, rng=np.random.default_rng(0))
+    optimizer = nn.SGD(layer, lr=np.float32(0.5), momentum=np.int64(0), weight_decay=0)
+    assert (optimizer.lr, optimizer.momentum, optimizer.weight_decay) == (0.5, 0.0, 0.0)
+    assert all(type(value) is float for value in (optimizer.lr, optimizer.momentum))
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"lr": True}, TypeError, r"lr must be a finite real number > 0, got True \(bool\)"),
+    ({"lr": np.bool_(True)}, TypeError, "lr must be a finite real number > 0"),
+    ({"lr": "0.1"}, TypeError, r"lr must be a finite real number > 0, got '0.1' \(str\)"),
+    ({"lr": 1j}, TypeError, "lr must be"),
+    ({"lr": None}, TypeError, "lr must be"),
+    ({"lr": float("nan")}, ValueError, "lr must be a finite real number > 0, got nan"),
+    ({"lr": float("inf")}, ValueError, "lr must be a finite real number > 0, got inf"),
+    ({"lr": -0.1}, ValueError, r"lr must be a finite real number > 0, got -0.1"),
+    ({"lr": 0.1, "momentum": np.float64("nan")}, ValueError,
+     "momentum must be a finite real number >= 0, got .*nan"),
+    ({"lr": 0.1, "momentum": False}, TypeError, "momentum must be"),
+    ({"lr": 0.1, "weight_decay": float("inf")}, ValueError,
+     "weight_decay must be a finite real number >= 0, got inf"),
+    ({"lr": 0.1, "weight_decay": -1e-4}, ValueError, "weight_decay must be .* >= 0"),
+])
+def test_sgd_rejects_bad_hyperparameters(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        nn.SGD(nn.Linear(1, 1), **kwargs)
+
+
+def test_sgd_updates_a_parameter_whose_gradient_is_zero():
+    """As documented: no skipping (torch skips a .grad of None); momentum keeps moving it."""
+    layer = nn.Linear(1, 1, bias=False, dtype=np.float64, rng=np.random.default_rng(0))
+    layer.weight[...] = 1.0
+    layer.grad_weight[...] = 1.0
+    optimizer = nn.SGD(layer, lr=0.1, momentum=0.5)
+    optimizer.step()
+    optimizer.zero_grad()
+    optimizer.step()
+    assert layer.weight[0, 0] == pytest.approx(1.0 - 0.1 - 0.1 * 0.5)
 
 
 # --- the params/grads protocol ----------------------------------------------------------
@@ -611,7 +694,68 @@ def test_bad_constructor_arguments(make, error, message):
 def test_bad_inputs_name_the_problem(rng):
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         nn.Linear(3, 2, rng=rng)(np.ones((2, 4), np.float32))
-    with pytest.raises(ValueError, match="weight.shape"):
+    with pytest.raises(ValueError, match="in_channels=3"):
         nn.Conv2d(3, 2, 1, rng=rng)(np.ones((1, 2, 4, 4), np.float32))
     with pytest.raises(ValueError, match="target"):
         nn.CrossEntropyLoss()(np.zeros((2, 3)), np.array([0, 3]))
+
+
+def test_conv_layers_name_in_channels_on_a_channel_mismatch(rng):
+    with pytest.raises(ValueError, match=r"input has C=3 channels but the layer has "
+                                         r"in_channels=4"):
+        nn.Conv2d(4, 2, 3, rng=rng)(np.ones((2, 3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"input has C=2 channels .* in_channels=4"):
+        nn.Conv2d(4, 2, 3, rng=rng)(np.ones((2, 5, 5), np.float32))  # unbatched
+    with pytest.raises(ValueError, match=r"input has C=3 channels .* in_channels=2"):
+        nn.ConvTranspose2d(2, 4, 3, rng=rng)(np.ones((1, 3, 5, 5), np.float32))
+
+
+def test_flatten_an_empty_batch():
+    flatten = nn.Flatten()
+    y = flatten(np.zeros((0, 3, 2, 2), np.float32))
+    assert y.shape == (0, 12)
+    assert flatten.backward(np.zeros((0, 12), np.float32)).shape == (0, 3, 2, 2)
+
+
+def test_sequential_rejects_a_layer_used_twice(rng):
+    linear = nn.Linear(3, 3, rng=rng)
+    with pytest.raises(ValueError, match=r"layer 2 is the same Linear instance as layer 0: "
+                                         r"a layer caches .* forward"):
+        nn.Sequential(linear, nn.ReLU(), linear)
+    relu = nn.ReLU()
+    with pytest.raises(ValueError, match=r"layer 1\.1 is the same ReLU instance as layer 0"):
+        nn.Sequential(relu, nn.Sequential(nn.Linear(3, 3, rng=rng), relu))
+    inner = nn.Sequential(nn.ReLU())
+    with pytest.raises(ValueError, match=r"layer 1 is the same Sequential instance as layer 0"):
+        nn.Sequential(inner, inner)
+    # equal but distinct layers are fine
+    assert len(nn.Sequential(nn.ReLU(), nn.ReLU())) == 2
+
+
+def test_linear_checks_grad_output(rng):
+    layer = nn.Linear(3, 2, rng=rng)
+    layer(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"grad_output must have the shape of the last "
+                                         r"forward's output, \(N, out_features\) = \(4, 2\), "
+                                         r"got \(4, 5\)"):
+        layer.backward(np.ones((4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"grad_output .* = \(4, 2\), got \(2,\)"):
+        layer.backward(np.ones(2, np.float32))
+    with pytest.raises(TypeError, match=r"grad_output has dtype float64 but weight has dtype "
+                                        r"float32.*grad_output.astype\(np.float32\)"):
+        layer.backward(np.ones((4, 2)))
+    with pytest.raises(TypeError, match="grad_output must have dtype float32 or float64"):
+        layer.backward(np.ones((4, 2), np.int64))
+    assert not layer.grad_weight.any(), "a rejected backward must not touch the gradients"
+    assert layer.backward(np.ones((4, 2), np.float32)).shape == (4, 3)
+
+
+def test_linear_takes_array_likes(rng):
+    layer = nn.Linear(3, 2, dtype=np.float64, rng=rng)
+    y = layer([[1.0, 2.0, 3.0]])
+    np.testing.assert_allclose(y, layer(np.array([[1.0, 2.0, 3.0]])))
+    assert layer.backward([[1.0, 1.0]]).shape == (1, 3)
+    with pytest.raises(TypeError, match="input must be a numpy.ndarray"):
+        layer(object())
+    with pytest.raises(TypeError, match="input has dtype float64 but weight has dtype float32"):
+        nn.Linear(3, 2, rng=rng)([[1.0, 2.0, 3.0]])

@@ -386,14 +386,70 @@ def test_max_pool2d_computes_indices_only_when_needed(monkeypatch, rng):
     fct.max_pool2d(x, 2)
     fct.max_pool2d(x.requires_grad_(), 2)
     assert calls == [False, True]
+    # no graph is built under no_grad, although x requires grad: no indices, unless asked
+    calls.clear()
+    with torch.no_grad():
+        y = fct.max_pool2d(x, 2)
+        _, indices = fct.max_pool2d(x, 2, return_indices=True)
+    with torch.inference_mode():
+        fct.MaxPool2d(2)(x)
+    assert calls == [False, True, False]
+    assert not y.requires_grad and indices.dtype == torch.int64
+    assert_close(y, F.max_pool2d(x.detach(), 2))
 
 
-def test_backward_is_not_differentiable_twice(rng):
-    x, w = uniform((1, 1, 4, 4), torch.float64, rng), uniform((1, 1, 3, 3), torch.float64, rng)
-    # a loss whose gradient itself requires grad, so that a second derivative is asked for
-    (grad_x,) = torch.autograd.grad((fct.conv2d(x, w) ** 2).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
-        grad_x.sum().backward()
+# each functional with the arguments of one small call: (function, input shape, extra args)
+ONCE_DIFFERENTIABLE = {
+    "conv2d": (fct.conv2d, (1, 2, 5, 5), lambda rng: (uniform((3, 2, 3, 3), torch.float64,
+                                                              rng),)),
+    "conv_transpose2d": (fct.conv_transpose2d, (1, 2, 4, 4),
+                         lambda rng: (uniform((2, 3, 3, 3), torch.float64, rng),)),
+    "max_pool2d": (fct.max_pool2d, (1, 2, 4, 4), lambda rng: (2,)),
+    "avg_pool2d": (fct.avg_pool2d, (1, 2, 4, 4), lambda rng: (2,)),
+    "max_unpool2d": (fct.max_unpool2d, (1, 2, 2, 2),
+                     lambda rng: (torch.tensor([[[[0, 3], [9, 14]], [[5, 6], [8, 15]]]]), 2)),
+    "repeat_unpool2d": (fct.repeat_unpool2d, (1, 2, 2, 2), lambda rng: (2,)),
+}
+
+
+@pytest.mark.parametrize("op", list(ONCE_DIFFERENTIABLE))
+def test_double_backward_is_an_error(op, rng):
+    """A loss that is not linear in the output gives a grad_output that requires grad."""
+    function, shape, extra = ONCE_DIFFERENTIABLE[op]
+    x = uniform(shape, torch.float64, rng)
+    with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\)"):
+        torch.autograd.grad((function(x, *extra(rng)) ** 2).sum(), x, create_graph=True)
+    # without create_graph the same gradient is fine
+    (grad_x,) = torch.autograd.grad((function(x, *extra(rng)) ** 2).sum(), x)
+    assert grad_x.shape == x.shape and not grad_x.requires_grad
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
+def test_double_backward_of_a_loss_linear_in_the_output_is_an_error(op, rng):
+    """The WGAN-GP pattern: the critic is linear in the conv's output, so grad_output is a
+    constant, but the input gradient depends on the weight (and the weight gradient on the
+    input): a gradient penalty needs a second derivative the Function does not have."""
+    function, shape, extra = ONCE_DIFFERENTIABLE[op]
+    x = uniform(shape, torch.float64, rng)
+    (w,) = extra(rng)
+    critic = function(x, w).mean()
+    with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\)"):
+        torch.autograd.grad(critic, x, create_graph=True)
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
+def test_create_graph_with_a_frozen_weight_and_a_linear_loss_is_exact(op, rng):
+    """With only the input requiring grad, its gradient (from grad_output and the weight)
+    is a constant: no second derivative is missing, so no error, and torch agrees (its
+    graph for it exists but differentiates to 0)."""
+    function, shape, extra = ONCE_DIFFERENTIABLE[op]
+    x = uniform(shape, torch.float64, rng)
+    (w,) = extra(rng)
+    w.requires_grad_(False)
+    (ours,) = torch.autograd.grad(function(x, w).mean(), x, create_graph=True)
+    (theirs,) = torch.autograd.grad(getattr(F, op)(x, w).mean(), x, create_graph=True)
+    assert_close(ours, theirs)
+    assert not ours.requires_grad
 
 
 # --- algorithm= reaches the forward and the backward kernels -------------------------------
