@@ -441,14 +441,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _positive(kind: type):
     """An argparse type: a ``kind`` (int or float) > 0, finite."""
+    expected = "a positive integer" if kind is int else "a finite positive number"
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(
-                f"expected a finite positive number, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     return parse

@@ -268,7 +268,7 @@ def test_demo_usage_error_is_one_line():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        "fastconv demo: error: argument --epochs: expected a positive number, got '0' "
+        "fastconv demo: error: argument --epochs: expected a positive integer, got '0' "
         "(see fastconv demo --help)"]
 
 
