@@ -439,42 +439,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive(kind: type):
-    """An argparse type: a ``kind`` (int or float) > 0, finite."""
-    expected = "a positive integer" if kind is int else "a finite positive number"
-
+def _checked(kind: type, accept, expected: str):
+    """An argparse type: ``kind(text)`` where ``accept`` holds, else "expected ..." ."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not math.isfinite(value) or value <= 0:
+            value = None
+        if value is None or not accept(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     return parse
 
 
-def _non_negative_int(text: str) -> int:
-    """An argparse type: an int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative int, got {text!r}")
-    return value
+def _positive(kind: type):
+    """An argparse type: a ``kind`` (int or float) > 0, finite."""
+    expected = "a positive integer" if kind is int else "a finite positive number"
+    return _checked(kind, lambda value: math.isfinite(value) and value > 0, expected)
 
 
-def _momentum(text: str) -> float:
-    """An argparse type: a float in [0, 1) (so not nan or inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:  # False for nan
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
+#: argparse types: an int >= 0; a float in [0, 1) (so not nan or inf).
+_non_negative_int = _checked(int, lambda value: value >= 0, "a non-negative int")
+_momentum = _checked(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
 
 
 def _parser() -> _Parser:
