@@ -35,6 +35,10 @@ _CHOOSERS: dict[tuple[str, str], Callable[..., str]] = {}
 _UNSUPPORTED: dict[tuple[str, str, str], Callable[..., str | None]] = {}
 _LOADED: set[str] = set()
 
+#: Devices whose kernels cannot run in this process, with the error that says why
+#: (the CPU in a child forked after its parent used GNU OpenMP: fastconv.cpu.threads).
+BLOCKED: dict[str, Exception] = {}
+
 
 def register(
     op: str,
@@ -113,6 +117,8 @@ def select(op: str, device: str, algorithm: str, **problem: Any) -> tuple[str, C
         raise ValueError(
             f"unknown algorithm {algorithm!r} for {op} on {device}; available: {', '.join(names)}"
         )
+    if device in BLOCKED:
+        raise BLOCKED[device]
     if algorithm == "auto":
         algorithm = _CHOOSERS[op, device](**problem)
     reason = unsupported_reason(op, device, algorithm, **problem)

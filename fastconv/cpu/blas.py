@@ -27,7 +27,7 @@ import numpy as np
 from numba import carray, cfunc, types
 
 from .. import config
-from ._jit import kernel
+from ._jit import disk_cache, kernel
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
@@ -80,7 +80,7 @@ def fallback_gemm_for(dtype: np.dtype):
         real, ptr, types.int64, ptr, types.int64, real, ptr, types.int64,
     )
 
-    @cfunc(signature, cache=config.CACHE, fastmath=set(config.FASTMATH))
+    @cfunc(signature, cache=disk_cache(), fastmath=set(config.FASTMATH))
     def gemm(order, trans_a, trans_b, m, n, k, alpha, a_ptr, lda, b_ptr, ldb, beta, c_ptr, ldc):
         a = carray(a_ptr, (m * lda if trans_a == NO_TRANS else k * lda,))
         b = carray(b_ptr, (k * ldb if trans_b == NO_TRANS else n * ldb,))
@@ -124,7 +124,7 @@ def _load():
         source = "fastconv's fallback loops (numpy has no OpenBLAS)"
     if set_threads is None:
 
-        @cfunc(types.int32(types.int32), cache=config.CACHE)
+        @cfunc(types.int32(types.int32), cache=disk_cache())
         def _keep_threads(n):
             return 0
 

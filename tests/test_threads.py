@@ -1,0 +1,173 @@
+"""Threads and processes: Numba's threading layer, fork and spawn workers, calls from
+several Python threads, and PyTorch's thread settings left alone.
+
+Each process-level check runs in a fresh interpreter, since a threading layer, once
+started, stays for the life of a process.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import reference
+
+def _tbb_installed() -> bool:
+    try:
+        importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _run(code: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
+    environment.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=environment)
+
+
+# A parent that runs a parallel kernel, then maps a conv2d over a pool of workers.
+_POOL = """
+import multiprocessing, numba, numpy as np, fastconv
+x = np.random.default_rng(0).random((2, 8, 24, 24), np.float32)
+w = np.random.default_rng(1).random((8, 8, 3, 3), np.float32)
+
+def work(algorithm):
+    return fastconv.conv2d(x, w, padding=1, algorithm=algorithm)
+
+if __name__ == "__main__":
+    expected = fastconv.conv2d(x, w, padding=1)
+    with multiprocessing.get_context({method!r}).Pool(2) as pool:
+        results = pool.map_async(work, ["direct", "im2col", "winograd", "auto"]).get(timeout=120)
+    assert all(np.allclose(r, expected, rtol=1e-4, atol=1e-4) for r in results)
+    print("ok", numba.threading_layer())
+"""
+
+
+def _run_pool(method: str, tmp_path, **env: str) -> subprocess.CompletedProcess:
+    # a file, not -c: spawn's children import the main module to find `work`
+    script = tmp_path / "pool_script.py"
+    script.write_text(_POOL.format(method=method))
+    return _run(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')", **env)
+
+
+@pytest.mark.skipif(not _tbb_installed(), reason="the tbb wheel is not installed here")
+def test_tbb_is_the_default_layer():
+    result = _run("""
+        import numpy as np, numba, fastconv
+        fastconv.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32))
+        print(numba.threading_layer())
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["tbb"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is Linux's default start method")
+def test_forked_workers_after_a_parallel_call(tmp_path):
+    result = _run_pool("fork", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "ok"
+    assert "Terminating" not in result.stderr
+
+
+def test_spawned_workers_after_a_parallel_call(tmp_path):
+    result = _run_pool("spawn", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "ok"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="GNU OpenMP is the Linux layer")
+def test_forked_child_under_gnu_openmp_raises_instead_of_dying():
+    result = _run("""
+        import os, numpy as np, fastconv
+        x, w = np.ones((1, 2, 6, 6), np.float32), np.ones((2, 2, 3, 3), np.float32)
+        fastconv.conv2d(x, w)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                fastconv.conv2d(x, w)
+            except RuntimeError as error:
+                os._exit(3 if "fork-safe" in str(error) else 4)
+            os._exit(5)
+        print(os.waitpid(pid, 0)[1] >> 8)
+    """, NUMBA_THREADING_LAYER="omp")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="GNU OpenMP is the Linux layer")
+def test_serial_kernels_fork_under_gnu_openmp(tmp_path):
+    # FASTCONV_PARALLEL=0 compiles serial kernels (never the parallel ones from the disk
+    # cache), which a forked child can run under any layer
+    result = _run_pool("fork", tmp_path, NUMBA_THREADING_LAYER="omp", FASTCONV_PARALLEL="0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "omp"]
+
+
+def test_non_default_flags_are_not_disk_cached(monkeypatch):
+    from fastconv import config
+    from fastconv.cpu import _jit
+
+    assert _jit.disk_cache() == config.CACHE
+    monkeypatch.setattr(config, "PARALLEL", False)
+    assert not _jit.disk_cache()
+    monkeypatch.setattr(config, "PARALLEL", True)
+    monkeypatch.setattr(config, "FASTMATH", frozenset())
+    assert not _jit.disk_cache()
+
+
+def test_pytorch_thread_settings_untouched():
+    pytest.importorskip("torch")
+    # torch first, then a bridge layer: under GNU OpenMP, starting Numba's pool reset
+    # torch's thread count to 2
+    result = _run("""
+        import torch
+        torch.set_num_threads(1)
+        import numpy as np, fastconv, fastconv.torch as fct
+        fct.Conv2d(16, 16, 3, padding=1)(torch.randn(4, 16, 16, 16)).sum().backward()
+        x = np.random.default_rng(0).random((4, 16, 16, 16), np.float32)
+        w = np.random.default_rng(1).random((16, 16, 3, 3), np.float32)
+        for algorithm in ("direct", "im2col", "winograd"):
+            y = fastconv.conv2d(x, w, padding=1, algorithm=algorithm)
+            fastconv.conv2d_backward(y, x, w, padding=1, algorithm=algorithm)
+        fastconv.max_pool2d(y, 2)
+        print(torch.get_num_threads())
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"]
+
+
+def test_calls_from_several_python_threads(rng):
+    x = rng.standard_normal((3, 8, 20, 20))
+    w = rng.standard_normal((8, 8, 3, 3))
+    expected = reference.conv2d(x, w, None, 1, ((1, 1), (1, 1)), 1, 1)
+    errors: list[BaseException] = []
+    results: dict[tuple[int, int], np.ndarray] = {}
+
+    def work(worker: int) -> None:
+        try:
+            for round_ in range(5):
+                algorithm = ("direct", "im2col", "winograd")[(worker + round_) % 3]
+                results[worker, round_] = fastconv.conv2d(x, w, padding=1, algorithm=algorithm)
+        except BaseException as error:  # noqa: BLE001  (re-raised in the main thread)
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 20
+    for result in results.values():
+        np.testing.assert_allclose(result, expected, rtol=1e-9, atol=1e-9)
