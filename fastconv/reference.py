@@ -189,10 +189,11 @@ def _planes(array):
 
 
 def _pool_axes(size, kernel_size, stride, padding, dilation, ceil_mode):
-    """Per axis: ``(kernel, stride, pad, dilation, out)``, with ``stride=None`` meaning
-    ``kernel_size``."""
+    """Per axis: ``(kernel, stride, pad, dilation, out)``, with ``stride=None`` (or ``()``)
+    meaning ``kernel_size``; with ``ceil_mode`` a window may overhang the padded input by
+    less than ``stride`` (:func:`fastconv.shapes.output_length`)."""
     kernel = shapes.pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None else shapes.pair(stride, "stride")
+    stride = shapes.pool_stride(stride, kernel)
     pad = shapes.pair(padding, "padding", minimum=0)
     dilation = shapes.pair(dilation, "dilation")
     return [
@@ -270,8 +271,8 @@ def _avg_windows(size, kernel_size, stride, padding, ceil_mode, count_include_pa
     """Yield ``(i, j, rows, cols, divisor)`` for every window of an avg-pool over an
     input of ``size``: the window's rows and columns inside the input and its divisor.
 
-    PyTorch's divisor: ``divisor_override`` if given; else the window clipped to the
-    padded input (``count_include_pad``), whose last rows or columns may run past
+    PyTorch's divisor: ``divisor_override`` if given (any non-zero int); else the window
+    clipped to the padded input (``count_include_pad``), whose last rows or columns may run past
     the padding in ``ceil_mode``; else the number of its taps inside the input."""
     height, width = size
     (kh, sh, ph, _, out_h), (kw, sw, pw, _, out_w) = _pool_axes(
@@ -331,7 +332,8 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     """Unpooling: put each value back at the position its maximum was taken from
     (``indices``, flat ``h * W + w``) in a zero plane of the pooled input's size,
     ``(H - 1) * stride - 2 * pad + kernel_size`` by default or ``output_size[-2:]``.
-    Values are placed in order, so of two equal indices the later value stays.
+    Values are placed in row-major order, so of equal indices in one plane the value of
+    the last stays (fastconv's rule; PyTorch promises no order).
 
     >>> x = np.array([[[1., 0, 1, 0], [2, 1, 3, 2], [1, 2, 0, 4], [2, 2, 3, 0]]])
     >>> pooled, where = max_pool2d(x, 2, return_indices=True)

@@ -9,6 +9,14 @@ apart, slides with ``stride`` over an input padded by ``(before, after)``:
 still start inside the input or its left padding, as in PyTorch). Kernels,
 the reference and the public functions all take their sizes from here.
 
+Every size-like integer argument (kernel_size, stride, padding, dilation,
+output_padding, groups, scale, and the entries of a shape passed as an
+argument) is at most :data:`MAX_INT` ``= 2**31 - 1``: PyTorch's pooling
+refuses larger values too (it keeps them in 32-bit ints), a stride or
+dilation past the input's length changes nothing a larger one would not, and
+with every argument below ``2**31`` the kernels' int64 index arithmetic
+cannot overflow.
+
 This module imports neither numpy nor numba.
 """
 
@@ -24,6 +32,9 @@ PADDING_FORMS = (
     "an int, a pair (pad_h, pad_w), ((top, bottom), (left, right)), 'valid' or 'same'"
 )
 
+MAX_INT = 2**31 - 1
+"""The largest value of a size-like integer argument."""
+
 
 def _as_int(value: object) -> int | None:
     """``int(value)`` for an integer that is not a bool, else None."""
@@ -35,27 +46,78 @@ def _as_int(value: object) -> int | None:
         return None
 
 
-def pair(value: object, name: str, *, minimum: int = 1) -> tuple[int, int]:
-    """Normalise an int or a pair of ints to ``(h, w)``, each ``>= minimum``.
+def _too_large(name: str, expected: str, value: object) -> ValueError:
+    return ValueError(f"{name} must be {expected} and at most 2**31 - 1 = {MAX_INT}, "
+                      f"got {value!r}")
+
+
+def bounded_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """``value`` as an int in ``[minimum, MAX_INT]``: a TypeError for a non-integer (a bool
+    included), a ValueError naming ``name`` and ``value`` for one out of range.
+
+    >>> bounded_int(3, "groups")
+    3
+    """
+    kind = "positive" if minimum == 1 else f">= {minimum}" if minimum else "non-negative"
+    expected = f"a {kind} int"
+    number = _as_int(value)
+    if number is None:
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    if number < minimum:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if number > MAX_INT:
+        raise _too_large(name, expected, value)
+    return number
+
+
+def pair(value: object, name: str, *, minimum: int = 1,
+         single: bool = True) -> tuple[int, int]:
+    """Normalise an int or a pair of ints to ``(h, w)``, each in ``[minimum, MAX_INT]``.
+
+    A one-element tuple or list ``(v,)`` means ``(v, v)``, as in PyTorch's
+    convolution and pooling functions (``single=False`` refuses it, as
+    ``max_unpool2d`` does).
 
     >>> pair(3, "stride")
     (3, 3)
     >>> pair((1, 2), "dilation")
     (1, 2)
+    >>> pair((2,), "stride")
+    (2, 2)
     """
     kind = "positive" if minimum == 1 else f">= {minimum}" if minimum else "non-negative"
     expected = f"an int or a pair of ints, each {kind}"
     if isinstance(value, (tuple, list)):
-        if len(value) != 2:
+        if len(value) == 1 and single:
+            value_items = [value[0], value[0]]
+        elif len(value) == 2:
+            value_items = list(value)
+        else:
             raise ValueError(f"{name} must be {expected}, got {value!r}")
-        items = [_as_int(v) for v in value]
+        if any(isinstance(v, (tuple, list)) for v in value_items):
+            raise ValueError(f"{name} must be {expected}, got {value!r}")
+        items = [_as_int(v) for v in value_items]
     else:
         items = [_as_int(value)] * 2
     if any(v is None for v in items):
         raise TypeError(f"{name} must be {expected}, got {value!r}")
     if any(v < minimum for v in items):  # type: ignore[operator]
         raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if any(v > MAX_INT for v in items):  # type: ignore[operator]
+        raise _too_large(name, expected, value)
     return items[0], items[1]  # type: ignore[return-value]
+
+
+def pool_stride(stride: object, kernel_size: tuple[int, int]) -> tuple[int, int]:
+    """A pooling stride as ``(h, w)``: None or an empty tuple/list (PyTorch's default)
+    means ``kernel_size``; else every form :func:`pair` takes.
+
+    >>> pool_stride(None, (3, 3)), pool_stride((), (2, 3)), pool_stride((1,), (2, 2))
+    ((3, 3), (2, 3), (1, 1))
+    """
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        return kernel_size
+    return pair(stride, "stride")
 
 
 def _one_axis(value: object, name: str) -> int:
@@ -120,7 +182,8 @@ def padding2d(
         ph, pw = pair(padding, "padding", minimum=0)
     except (TypeError, ValueError) as err:
         raise type(err)(
-            f"padding must be {PADDING_FORMS}, each value >= 0; got {padding!r}"
+            f"padding must be {PADDING_FORMS}, each value >= 0 and at most 2**31 - 1; "
+            f"got {padding!r}"
         ) from None
     return (ph, ph), (pw, pw)
 
@@ -135,17 +198,69 @@ def output_length(
 ) -> int:
     """Number of window positions along one axis; ``padding`` is ``(before, after)``.
 
-    Returns 0 or less when the dilated kernel is longer than the padded input;
-    callers turn that into an error that names their own arguments.
+    With ``span = size + before + after - dilation * (kernel_size - 1) - 1``:
+    ``floor(span / stride) + 1``, or with ``ceil_mode`` ``ceil(span / stride) + 1``
+    (PyTorch's pooling rule, which also holds for a negative span: a window that
+    overhangs the padded input by less than ``stride`` still counts) less the
+    windows that would start in the right padding, at or after ``size + before``.
+
+    Returns 0 or less when no window fits; callers turn that into an error
+    that names their own arguments.
+
+    >>> output_length(7, 3, 3), output_length(7, 3, 3, ceil_mode=True)
+    (2, 3)
+    >>> output_length(2, 3), output_length(2, 3, 3, ceil_mode=True)
+    (0, 1)
     """
     span = size + padding[0] + padding[1] - dilation * (kernel_size - 1) - 1
-    if span < 0:
-        return 0
     if not ceil_mode:
-        return span // stride + 1
+        return span // stride + 1 if span >= 0 else 0
     out = -(-span // stride) + 1
     # PyTorch: the last window must start inside the input or its left padding.
-    return min(out, (size + padding[0] - 1) // stride + 1)
+    return max(min(out, (size + padding[0] - 1) // stride + 1), 0)
+
+
+def transposed_output_length(
+    size: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: tuple[int, int] = (0, 0),
+    dilation: int = 1,
+    output_padding: int = 0,
+) -> int:
+    """Output length of a transposed convolution along one axis:
+    ``(size - 1) * stride - before - after + dilation * (kernel_size - 1) + output_padding + 1``.
+
+    The convolution with the same arguments maps that length back to
+    ``size + output_padding // stride``; ``output_padding`` must be smaller
+    than ``stride`` or than ``dilation`` (PyTorch's rule, see
+    :func:`check_output_padding`).
+
+    >>> transposed_output_length(3, 3, stride=2, output_padding=1)
+    8
+    """
+    return ((size - 1) * stride - padding[0] - padding[1] + dilation * (kernel_size - 1)
+            + output_padding + 1)
+
+
+def check_output_padding(output_padding: tuple[int, int], stride: tuple[int, int],
+                         dilation: tuple[int, int], given: object = None) -> None:
+    """PyTorch's bound: on each axis ``output_padding < stride`` or
+    ``output_padding < dilation``; a ValueError (showing ``given``, the argument as the
+    caller received it) otherwise.
+
+    >>> check_output_padding((1, 1), (1, 1), (2, 2))   # stride 1, dilation 2: allowed
+    """
+    for a in range(2):
+        if not (output_padding[a] < stride[a] or output_padding[a] < dilation[a]):
+            raise ValueError(
+                f"output_padding must be smaller than stride or dilation in each dimension, got "
+                f"output_padding={output_padding if given is None else given!r} with stride "
+                f"{stride} and dilation {dilation}"
+            )
+
+
+_CEIL_NOTE = " by stride or more (ceil_mode computes a window that overhangs it by less)"
 
 
 def conv_output_size(
@@ -160,11 +275,14 @@ def conv_output_size(
 
     ``out = floor((size + pad_before + pad_after - dilation * (kernel_size - 1) - 1)
     / stride) + 1``, with ``ceil`` instead of ``floor`` when ``ceil_mode`` is true (then, as in
-    PyTorch, a last window that would start in the right padding is dropped).
+    PyTorch's pooling, a last window that would start in the right padding is dropped, and
+    a window that overhangs the padded input by less than ``stride`` still counts; see
+    :func:`output_length`).
 
     Args:
         size: input length ``n``, or ``(H, W)``.
-        kernel_size, stride, dilation: an int or, for 2-D, a pair.
+        kernel_size, stride, dilation: an int or, for 2-D, a pair (a one-element
+            tuple ``(v,)`` is ``(v, v)``), each at most ``2**31 - 1``.
         padding: an int (both sides), ``(before, after)`` for a 1-D size; for a
             2-D size every form ``conv2d`` accepts: int, ``(pad_h, pad_w)``,
             ``((top, bottom), (left, right))``, ``"valid"``, ``"same"``.
@@ -174,7 +292,8 @@ def conv_output_size(
         An int for an int ``size``, a pair ``(H_out, W_out)`` for a pair.
 
     Raises:
-        ValueError: if the dilated kernel is larger than the padded input.
+        ValueError: if no window fits: the dilated kernel is larger than the padded
+            input (with ``ceil_mode``: by ``stride`` or more).
 
     >>> conv_output_size(32, 5)                      # the lecture: (32 - 5) / 1 + 1
     28
@@ -184,11 +303,13 @@ def conv_output_size(
     (112, 112)
     >>> conv_output_size(5, 2, stride=2, ceil_mode=True)
     3
+    >>> conv_output_size((2, 7), 3, stride=3, ceil_mode=True)   # a 3-row window on 2 rows
+    (1, 3)
     """
     if isinstance(ceil_mode, str) or ceil_mode not in (True, False):
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
     if isinstance(size, (tuple, list)):
-        hw = pair(size, "size")
+        hw = pair(size, "size", single=False)
         k = pair(kernel_size, "kernel_size")
         s = pair(stride, "stride")
         d = pair(dilation, "dilation")
@@ -200,11 +321,13 @@ def conv_output_size(
             raise ValueError(
                 f"kernel_size {k} with dilation {d} is larger than the padded input "
                 f"{tuple(hw[i] + sum(pads[i]) for i in range(2))} (size {hw}, padding {pads})"
+                + _CEIL_NOTE * bool(ceil_mode)
             )
         return out  # type: ignore[return-value]
     n = _as_int(size)
     if n is None or n < 1:
         raise ValueError(f"size must be a positive int or a pair of positive ints, got {size!r}")
+    n = bounded_int(n, "size")
     k1 = _one_axis(kernel_size, "kernel_size")
     s1 = _one_axis(stride, "stride")
     d1 = _one_axis(dilation, "dilation")
@@ -218,7 +341,7 @@ def conv_output_size(
     if out1 <= 0:
         raise ValueError(
             f"kernel_size {k1} with dilation {d1} is larger than the padded input "
-            f"{n + p1[0] + p1[1]} (size {n}, padding {p1})"
+            f"{n + p1[0] + p1[1]} (size {n}, padding {p1})" + _CEIL_NOTE * bool(ceil_mode)
         )
     return out1
 

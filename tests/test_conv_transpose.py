@@ -608,7 +608,7 @@ ERRORS = {
     "bias_length_groups": err(ValueError, r"bias must have shape \(C_out,\) = \(6,\), got \(3,\)",
                               "forward", groups=2, input=zeros((1, 2, 4, 4), F32),
                               weight=zeros((2, 3, 3, 3), F32)),
-    "bias_2d": err(ValueError, r"bias must have shape \(C_out,\) = \(3,\), got \(3, 1\)",
+    "bias_2d": err(ValueError, r"bias must be 1-D \(C_out,\), got shape \(3, 1\)",
                    "forward", bias=zeros((3, 1), F32)),
     "bias_f64": err(TypeError, r"bias has dtype float64 but input has dtype float32", "forward",
                     bias=zeros(3, F64)),
@@ -753,3 +753,88 @@ def test_hypothesis_reference_matches_torch(config):
     assert_output_close(reference.conv_transpose2d(x, w, b, **case.kwargs), y, dtype)
     assert_grads_close(reference.conv_transpose2d_backward(g, x, w, **case.kwargs), expected,
                        dtype, g)
+
+
+# --- fuzzing against PyTorch: output_padding up to max(stride, dilation) - 1, output_size -------
+
+
+def _fuzz_transpose_configs(seed, count):
+    """Random small transposed convolutions; output_padding anywhere below stride or
+    dilation (PyTorch's rule), sometimes given as output_size instead."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        s = tuple(int(v) for v in rng.integers(1, 4, 2))
+        d = tuple(int(v) for v in rng.integers(1, 4, 2))
+        k = tuple(int(v) for v in rng.integers(1, 4, 2))
+        p = tuple(int(v) for v in rng.integers(0, 3, 2))
+        op = tuple(int(rng.integers(0, max(s[a], d[a]))) for a in range(2))
+        groups = int(rng.integers(1, 3))
+        n = [None, 0, 1, 2][int(rng.integers(0, 4))]
+        size = tuple(int(v) for v in rng.integers(1, 5, 2))
+        shape = (*(() if n is None else (n,)), 2 * groups, *size)
+        yield dict(stride=s, padding=p, output_padding=op, groups=groups, dilation=d), \
+            shape, (2 * groups, int(rng.integers(1, 3)), *k), bool(rng.random() < 0.3), \
+            int(rng.integers(0, 2**32))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_fuzz_forward_and_backward_match_torch(algorithm):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    checked = beyond_stride = 0
+    for kwargs, shape, w_shape, as_size, seed in _fuzz_transpose_configs(3, 150):
+        rng = np.random.default_rng(seed)
+        x = rng.uniform(-1, 1, shape)
+        w = rng.uniform(-1, 1, w_shape)
+        b = rng.uniform(-1, 1, w_shape[1] * kwargs["groups"])
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        try:
+            yt = F.conv_transpose2d(xt, wt, bt, **kwargs)
+        except RuntimeError:  # PyTorch: padding crops more than the whole output
+            yt = None
+        if yt is None or 0 in yt.shape[-2:]:
+            # PyTorch returns an empty array where padding crops exactly all of the output;
+            # fastconv refuses that as it refuses more cropping (no op takes H or W = 0)
+            with pytest.raises(ValueError, match=r"conv_transpose2d output would be"):
+                fastconv.conv_transpose2d(x, w, b, **kwargs, algorithm=algorithm)
+            continue
+        call = dict(kwargs)
+        if as_size:  # output_size in place of output_padding (within stride of the smallest)
+            if any(op >= st for op, st in zip(kwargs["output_padding"], kwargs["stride"],
+                                               strict=True)):
+                continue
+            call = dict(kwargs, output_padding=0, output_size=tuple(yt.shape[-2:]))
+        y = fastconv.conv_transpose2d(x, w, b, **call, algorithm=algorithm)
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-10)
+        dy = rng.uniform(-1, 1, y.shape)
+        yt.backward(torch.tensor(dy))
+        grads = fastconv.conv_transpose2d_backward(dy, x, w, **call, algorithm=algorithm)
+        for got, want in zip(grads, (xt.grad, wt.grad, bt.grad), strict=True):
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-10)
+        checked += 1
+        beyond_stride += any(op >= st for op, st in zip(kwargs["output_padding"],
+                                                       kwargs["stride"], strict=True))
+    assert checked > 60 and beyond_stride > 5
+
+
+def test_zero_input_channels_are_refused_as_in_torch():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.conv_transpose2d(torch.zeros(1, 0, 4, 4), torch.zeros(0, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"input must have non-empty C_in, H and W"):
+        fastconv.conv_transpose2d(np.zeros((1, 0, 4, 4)), np.zeros((0, 2, 3, 3)))
+
+
+@pytest.mark.parametrize("kwargs, same", [
+    (dict(stride=(2,), output_padding=(1,)), dict(stride=2, output_padding=1)),
+    (dict(padding=[1], dilation=(2,)), dict(padding=1, dilation=2)),
+])
+def test_one_element_tuples_mean_both_axes_as_in_torch(kwargs, same, rng):
+    torch = pytest.importorskip("torch")
+    x, w = rng.uniform(-1, 1, (1, 2, 4, 5)), rng.uniform(-1, 1, (2, 3, 3, 3))
+    y = fastconv.conv_transpose2d(x, w, **kwargs)
+    np.testing.assert_array_equal(y, fastconv.conv_transpose2d(x, w, **same))
+    expected = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w), **kwargs)
+    np.testing.assert_allclose(y, expected.numpy(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"output_size must be an int or a pair"):
+        fastconv.conv_transpose2d(x, w, **kwargs, output_size=(y.shape[-1],))

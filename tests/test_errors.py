@@ -53,7 +53,7 @@ def _int_pair_errors(name):
     expected = rf"{name} must be an int or a pair of ints, each positive, got "
     bad = [("0", 0, ValueError), ("negative", -1, ValueError), ("pair_0", (1, 0), ValueError),
            ("pair_negative", (-1, 2), ValueError), ("triple", (1, 1, 1), ValueError),
-           ("single", (2,), ValueError), ("bool", True, TypeError), ("false", False, TypeError),
+           ("empty", (), ValueError), ("bool", True, TypeError), ("false", False, TypeError),
            ("float", 2.0, TypeError), ("pair_float", (1, 1.5), TypeError),
            ("none", None, TypeError), ("str", "1", TypeError)]
     return {f"{name}_{label}": case(error, expected + re.escape(repr(value)), **{name: value})
@@ -93,14 +93,17 @@ ERRORS = {
     "bias_length": case(
         ValueError, r"bias must have shape \(K,\) = \(2,\), got \(3,\)", bias=zeros(3, F32)),
     "bias_2d": case(
-        ValueError, r"bias must have shape \(K,\) = \(2,\), got \(2, 1\)", bias=zeros((2, 1), F32)),
+        ValueError, r"bias must be 1-D \(K,\), got shape \(2, 1\)", bias=zeros((2, 1), F32)),
     "bias_0d": case(
-        ValueError, r"bias must have shape \(K,\) = \(2,\), got \(\)", bias=np.float32(1.0)),
+        ValueError, r"bias must be 1-D \(K,\), got shape \(\)", bias=np.float32(1.0)),
+    "bias_python_float": case(
+        TypeError, r"bias must be a 1-D \(K,\) array, got float 1\.0", bias=1.0),
     # --- stride and dilation ---
     **_int_pair_errors("stride"),
     **_int_pair_errors("dilation"),
     # --- padding ---
-    "padding_negative": case(ValueError, PAD + r", each value >= 0; got -1", padding=-1),
+    "padding_negative": case(ValueError, PAD + r", each value >= 0 and at most 2\*\*31 - 1; "
+                             r"got -1", padding=-1),
     "padding_pair_negative": case(ValueError, PAD + r".*; got \(1, -1\)", padding=(1, -1)),
     "padding_top_bottom_negative": case(
         ValueError, r"padding\[0\] \(top, bottom\) must be .*non-negative, got \(0, -1\)",
@@ -109,7 +112,7 @@ ERRORS = {
         ValueError, r"padding\[1\] \(left, right\) must be .*non-negative, got \(-2, 0\)",
         padding=((0, 0), (-2, 0))),
     "padding_triple": case(ValueError, PAD + r".*; got \(1, 1, 1\)", padding=(1, 1, 1)),
-    "padding_single": case(ValueError, PAD + r".*; got \(1,\)", padding=(1,)),
+    "padding_empty": case(ValueError, PAD + r".*; got \(\)", padding=()),
     "padding_nested_triple": case(
         ValueError, r"padding\[0\] \(top, bottom\).*got \(0, 1, 2\)",
         padding=((0, 1, 2), (0, 0))),
@@ -141,20 +144,23 @@ ERRORS = {
         ValueError, r"larger than the padded input \(6, 6\)",
         weight=zeros((2, 4, 1, 7), F32), padding="valid"),
     # --- empty dimensions ---
-    "input_C_0": case(
-        ValueError, r"input must have non-empty C, H and W, got shape \(1, 0, 6, 6\)",
-        input=zeros((1, 0, 6, 6), F32), weight=zeros((2, 0, 3, 3), F32)),
+    "input_C_0_weight_C_4": case(
+        ValueError, r"weight\.shape\[1\] must be C/groups = 0/1 = 0",
+        input=zeros((1, 0, 6, 6), F32)),
+    "input_C_0_kernel_larger": case(
+        ValueError, r"kernel of size \(7, 7\).*larger than the padded input \(6, 6\)",
+        input=zeros((1, 0, 6, 6), F32), weight=zeros((2, 0, 7, 7), F32)),
     "input_H_0": case(
-        ValueError, r"input must have non-empty C, H and W, got shape \(1, 4, 0, 6\)",
+        ValueError, r"input must have non-empty H and W, got shape \(1, 4, 0, 6\)",
         input=zeros((1, 4, 0, 6), F32)),
     "input_W_0_unbatched": case(
-        ValueError, r"input must have non-empty C, H and W, got shape \(4, 6, 0\)",
+        ValueError, r"input must have non-empty H and W, got shape \(4, 6, 0\)",
         input=zeros((4, 6, 0), F32)),
     "kernel_0": case(
-        ValueError, r"weight must have no empty dimension, got shape \(2, 4, 0, 3\)",
+        ValueError, r"weight must have non-empty K, R and S, got shape \(2, 4, 0, 3\)",
         weight=zeros((2, 4, 0, 3), F32)),
     "weight_K_0": case(
-        ValueError, r"weight must have no empty dimension, got shape \(0, 4, 3, 3\)",
+        ValueError, r"weight must have non-empty K, R and S, got shape \(0, 4, 3, 3\)",
         weight=zeros((0, 4, 3, 3), F32), bias=None),
     # --- dtypes ---
     "input_int64": case(
@@ -186,7 +192,9 @@ ERRORS = {
         input=zeros((1, 4, 6, 6), np.float16)),
     "weight_float16": case(
         TypeError, rf"weight {DTYPE} float16", weight=zeros((2, 4, 3, 3), np.float16)),
-    "input_str": case(TypeError, rf"input {DTYPE} <U", input="abc"),
+    "input_str": case(TypeError, r"input must be a 4-D \(N, C, H, W\) or 3-D \(C, H, W\) "
+                      r"array, got str 'abc'", input="abc"),
+    "input_str_array": case(TypeError, rf"input {DTYPE} <U", input=np.full((1, 4, 6, 6), "a")),
     "weight_f64_input_f32": case(
         TypeError,
         r"weight has dtype float64 but input has dtype float32.*weight\.astype\(np\.float32\)",
@@ -205,7 +213,18 @@ ERRORS = {
         TypeError, r"input must be a numpy\.ndarray of float32 or float64, got NoneType",
         input=None),
     "input_dict": case(
-        TypeError, r"input must be a numpy\.ndarray of float32 or float64, got dict", input={}),
+        TypeError, r"input must be a 4-D \(N, C, H, W\) or 3-D \(C, H, W\) array, got dict",
+        input={}),
+    "input_python_float": case(
+        TypeError, r"input must be a 4-D \(N, C, H, W\) or 3-D \(C, H, W\) array, got float "
+        r"3\.0", input=3.0),
+    "input_numpy_scalar": case(
+        ValueError, r"input must be 4-D \(N, C, H, W\) or 3-D \(C, H, W\), got shape \(\)",
+        input=np.float32(3.0)),
+    "input_flat_list": case(
+        ValueError, r"input must be 4-D.*got shape \(3,\)", input=[1.0, 2.0, 3.0]),
+    "weight_python_int": case(
+        TypeError, r"weight must be a 4-D \(K, C/groups, R, S\) array, got int 3", weight=3),
     "input_ragged": case(
         TypeError, r"input must be a numpy\.ndarray of float32 or float64, got list",
         input=[[[1.0, 2.0], [3.0]]]),
@@ -280,3 +299,124 @@ def test_out_is_untouched_when_arguments_are_bad(rng):
     with pytest.raises(ValueError):
         fastconv.conv2d(**kwargs, out=out, algorithm="nope")
     assert np.all(out == 7.0)
+
+
+# --- size-like integers: every op, every argument, out of range or of the wrong type ----------
+
+_X = np.zeros((1, 2, 6, 6), F32)
+_Y = np.zeros((1, 2, 3, 3), F32)
+_IDX = np.zeros((1, 2, 3, 3), np.int64)
+_W = np.zeros((2, 2, 3, 3), F32)
+#: op name -> (function, valid keyword arguments, {size-like argument: a valid value}).
+SIZE_ARGUMENTS = {
+    "conv2d": (fastconv.conv2d, dict(input=_X, weight=_W),
+               dict(stride=1, padding=1, dilation=1, groups=1)),
+    "conv2d_backward": (fastconv.conv2d_backward,
+                        dict(grad_output=np.zeros((1, 2, 4, 4), F32), input=_X, weight=_W),
+                        dict(stride=1, padding=0, dilation=1, groups=1)),
+    "conv_transpose2d": (fastconv.conv_transpose2d, dict(input=_Y, weight=_W),
+                         dict(stride=2, padding=1, output_padding=1, groups=1, dilation=1,
+                              output_size=(6, 6))),
+    "conv_transpose2d_backward": (fastconv.conv_transpose2d_backward,
+                                  dict(grad_output=np.zeros((1, 2, 6, 6), F32), input=_Y,
+                                       weight=_W),
+                                  dict(stride=2, padding=1, output_padding=1, groups=1,
+                                       dilation=1, output_size=(6, 6))),
+    "max_pool2d": (fastconv.max_pool2d, dict(input=_X),
+                   dict(kernel_size=2, stride=2, padding=1, dilation=1)),
+    "max_pool2d_backward": (fastconv.max_pool2d_backward, dict(grad_output=_Y, indices=_IDX),
+                            dict(input_shape=(1, 2, 6, 6))),
+    "avg_pool2d": (fastconv.avg_pool2d, dict(input=_X),
+                   dict(kernel_size=2, stride=2, padding=1, divisor_override=3)),
+    "avg_pool2d_backward": (fastconv.avg_pool2d_backward, dict(grad_output=_Y),
+                            dict(input_shape=(1, 2, 6, 6), kernel_size=2, stride=2, padding=0,
+                                 divisor_override=3)),
+    "max_unpool2d": (fastconv.max_unpool2d, dict(input=_Y, indices=_IDX),
+                     dict(kernel_size=2, stride=2, padding=0, output_size=(6, 6))),
+    "repeat_unpool2d": (fastconv.repeat_unpool2d, dict(input=_Y), dict(scale=2)),
+    "repeat_unpool2d_backward": (fastconv.repeat_unpool2d_backward, dict(grad_output=_X),
+                                 dict(scale=2)),
+}
+SIZE_CASES = [(op, name) for op, (_, _, sizes) in SIZE_ARGUMENTS.items() for name in sizes]
+HUGE = [2**70, 2**63, 2**62, 2**40, 2**31]
+
+
+def _replace(value, number):
+    """``value`` with every int entry replaced by ``number`` (one place for a shape)."""
+    if isinstance(value, tuple):
+        return (*value[:-1], number)
+    return number
+
+
+def _call(op, name, number):
+    function, arrays, sizes = SIZE_ARGUMENTS[op]
+    kwargs = dict(sizes, **{name: _replace(sizes[name], number)})
+    if name == "output_size":  # output_size, not output_padding, sets the size
+        kwargs.pop("output_padding", None)
+    return function(**arrays, **kwargs)
+
+
+@pytest.mark.parametrize("op, name", SIZE_CASES, ids=[f"{o}-{n}" for o, n in SIZE_CASES])
+def test_size_like_integers_are_checked_at_the_api(op, name):
+    valid = SIZE_ARGUMENTS[op][2][name]
+    scalar = valid if isinstance(valid, int) else valid[-1]
+    expected = _call(op, name, scalar)
+    for number in HUGE:
+        if name == "divisor_override" and number < 2**63:  # any int64 but 0, as in PyTorch
+            result = _call(op, name, number)
+            np.testing.assert_array_equal(result, np.zeros_like(expected))
+            continue
+        with pytest.raises(ValueError, match=re.escape(str(number))) as info:
+            _call(op, name, number)
+        message = str(info.value)
+        shown = name if name != "output_size" or op.startswith("conv") else "output_size[-2:]"
+        assert message.startswith(shown) and ("2**31 - 1" in message or "2**63" in message), \
+            message
+    negative = -1 if name != "divisor_override" else 0
+    with pytest.raises(ValueError, match=rf"^{re.escape(name)}.*got .*{negative}"):
+        _call(op, name, negative)
+    with pytest.raises(TypeError, match=rf"^{re.escape(name)}.*True"):
+        _call(op, name, True)
+    # numpy integers are ints
+    for kind in (np.int64, np.int32, np.uint8):
+        result = _call(op, name, kind(scalar))
+        for got, want in zip(result if isinstance(result, tuple) else (result,),
+                             expected if isinstance(expected, tuple) else (expected,),
+                             strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: fastconv.conv2d(_X, _W, padding=2**31 - 1), "padding=2147483647"),
+    (lambda: fastconv.conv_transpose2d(_Y, _W, stride=2**31 - 1), "stride, dilation"),
+    (lambda: fastconv.max_unpool2d(_Y, _IDX, 2**31 - 1), "kernel_size, stride"),
+    (lambda: fastconv.repeat_unpool2d(_Y, 2**31 - 1), "scale=2147483647"),
+    (lambda: fastconv.max_pool2d_backward(_Y, _IDX, (1, 2, 2**31 - 1, 2**31 - 1)),
+     "input_shape"),
+])
+def test_results_too_large_for_any_array_name_the_argument(call, name):
+    # each value is in range, but the result could not exist: a ValueError that names the
+    # argument, not numpy's "array is too big"
+    with pytest.raises(ValueError, match=r"would have shape .* more than any array can hold; "
+                                         rf"check .*{re.escape(name)}"):
+        call()
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: fastconv.conv2d_backward(3.0, _X, _W), "grad_output"),
+    (lambda: fastconv.conv_transpose2d(None, _W), "input"),
+    (lambda: fastconv.conv_transpose2d(_Y, 2.0), "weight"),
+    (lambda: fastconv.conv_transpose2d_backward(_X, _Y, "w"), "weight"),
+    (lambda: fastconv.max_pool2d(1.5, 2), "input"),
+    (lambda: fastconv.max_pool2d_backward(1.5, _IDX, _X.shape), "grad_output"),
+    (lambda: fastconv.avg_pool2d(2, 2), "input"),
+    (lambda: fastconv.avg_pool2d_backward(1.0, _X.shape, 2), "grad_output"),
+    (lambda: fastconv.max_unpool2d(1.0, _IDX, 2), "input"),
+    (lambda: fastconv.max_unpool2d(_Y, 3, 2), "indices"),
+    (lambda: fastconv.max_unpool2d_backward(1.0, _IDX), "grad_output"),
+    (lambda: fastconv.repeat_unpool2d(None, 2), "input"),
+    (lambda: fastconv.repeat_unpool2d_backward(0.5, 2), "grad_output"),
+])
+def test_scalars_and_none_in_place_of_arrays(call, name):
+    with pytest.raises(TypeError, match=rf"^{name} must be"):
+        call()

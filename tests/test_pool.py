@@ -359,7 +359,7 @@ def test_max_unpool2d_default_size_and_repeated_indices(algorithm, rng):
     # distinct indices per plane, all inside the smallest output below (8 x 10) ...
     indices = np.stack([rng.choice(np.arange(8, 80), 20, replace=False) for _ in range(6)])
     indices = indices.reshape(x.shape)
-    indices[0, 0, 0, :2] = 7  # ... but one repeated: the later value stays, as in PyTorch
+    indices[0, 0, 0, :2] = 7  # ... but one repeated: the later value stays (fastconv's rule)
     for kwargs in (dict(kernel_size=3, stride=2, padding=0), dict(kernel_size=(3, 5), stride=(2, 2),
                                                                     padding=(0, 1))):
         out = fastconv.max_unpool2d(x, indices, **kwargs, algorithm=algorithm)
@@ -734,10 +734,11 @@ ERRORS = {
                                  input=X, kernel_size=2, return_indices="yes"),
     "ap_count_include_pad_none": err(ap, TypeError, r"count_include_pad must be a bool, got None",
                                      input=X, kernel_size=2, count_include_pad=None),
-    "ap_divisor_0": err(ap, ValueError, r"divisor_override must be a positive int, got 0",
-                        input=X, kernel_size=2, divisor_override=0),
-    "ap_divisor_float": err(ap, TypeError, r"divisor_override must be a positive int, got 1\.5",
-                            input=X, kernel_size=2, divisor_override=1.5),
+    "ap_divisor_0": err(ap, ValueError, r"divisor_override must be None or a non-zero int "
+                        r"\(of magnitude below 2\*\*63\), got 0", input=X, kernel_size=2,
+                        divisor_override=0),
+    "ap_divisor_float": err(ap, TypeError, r"divisor_override must be None or a non-zero int.*"
+                            r"got 1\.5", input=X, kernel_size=2, divisor_override=1.5),
     "mp_algorithm_unknown": err(mp, ValueError, r"unknown algorithm 'fast' for max_pool2d on cpu; "
                                 r"available: auto, direct, reference", input=X, kernel_size=2,
                                 algorithm="fast"),
@@ -782,8 +783,8 @@ ERRORS = {
                                           r"\(2, 3, 3\), got \(1, 2, 3, 3\)", grad_output=Y,
                                           input_shape=(2, 6, 6), kernel_size=2),
     "apb_input_shape_zero": err(apb, ValueError, r"input_shape must be a shape.*C, H, W >= 1, "
-                                r"got \(1, 2, 0, 6\)", grad_output=Y, input_shape=(1, 2, 0, 6),
-                                kernel_size=2),
+                                r"each at most 2\*\*31 - 1, got \(1, 2, 0, 6\)", grad_output=Y,
+                                input_shape=(1, 2, 0, 6), kernel_size=2),
     "apb_kernel_larger": err(apb, ValueError, r"larger than the padded input_shape \(6, 6\)",
                              grad_output=Y, input_shape=X.shape, kernel_size=8),
     # --- max_unpool2d ---
@@ -860,3 +861,201 @@ def test_bad_indices_are_reported_by_every_algorithm(algorithm):
         fastconv.max_unpool2d(Y, bad, 2, algorithm=algorithm)
     with pytest.raises(ValueError, match=pattern):
         fastconv.max_unpool2d_backward(X, bad, algorithm=algorithm)
+
+
+# --- fuzzing against PyTorch: every small configuration, PyTorch's errors included -------------
+
+
+def _fuzz_pool_configs(seed, count):
+    """Random small pooling problems: a window that may be larger than the input (PyTorch
+    computes it with ceil_mode when the window starts inside the input or its padding),
+    stride None or a pair, padding up to half the kernel, dilation, ceil_mode, unbatched
+    and empty batches, sizes from 1."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        k = tuple(int(v) for v in rng.integers(1, 5, 2))
+        stride = None if rng.random() < 0.25 else tuple(int(v) for v in rng.integers(1, 5, 2))
+        padding = tuple(int(rng.integers(0, k[a] // 2 + 1)) for a in range(2))
+        dilation = tuple(int(v) for v in rng.integers(1, 4, 2))
+        n = [None, 0, 1, 2][int(rng.integers(0, 4))]
+        case = PoolCase("fuzz", n, int(rng.integers(1, 3)), int(rng.integers(1, 8)),
+                        int(rng.integers(1, 8)), k, stride, padding, dilation,
+                        bool(rng.random() < 0.5))
+        yield case, DTYPES[int(rng.integers(0, 2))], int(rng.integers(0, 2**32))
+
+
+def _overhangs(case):
+    """Whether a window is larger than the padded input (only ceil_mode computes that)."""
+    two = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    k, p, d = two(case.kernel_size), two(case.padding), two(case.dilation)
+    return any(d[a] * (k[a] - 1) + 1 > n + 2 * p[a] for a, n in enumerate((case.h, case.w)))
+
+
+def _torch_or_error(function):
+    """``function()``'s result, or None where PyTorch refuses the problem."""
+    try:
+        return function()
+    except RuntimeError:
+        return None
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_fuzz_max_pool2d_and_backward_match_torch(algorithm):
+    checked = overhanging = 0
+    for case, dtype, seed in _fuzz_pool_configs(1, 1500):
+        rng = np.random.default_rng(seed)
+        x = tie_free(case.input_shape, dtype, rng)
+        expected = _torch_or_error(lambda: torch_max_pool2d(x, case))  # noqa: B023
+        if expected is None:  # PyTorch: "Output size is too small"
+            with pytest.raises(ValueError, match=r"larger than the padded input"):
+                fastconv.max_pool2d(x, **case.max_kwargs, algorithm=algorithm)
+            continue
+        if not _all_windows_touch_input(case):
+            # PyTorch is wrong here: a dilated window whose taps all fall in the padding gets
+            # -inf and an index that is not in the window (often outside the plane; its
+            # backward then writes out of bounds). fastconv refuses such a window instead.
+            with pytest.raises(ValueError, match=r"reads only padding"):
+                fastconv.max_pool2d(x, **case.max_kwargs, algorithm=algorithm)
+            continue
+        out, indices = fastconv.max_pool2d(x, **case.max_kwargs, return_indices=True,
+                                           algorithm=algorithm)
+        grad_output = uniform(out.shape, dtype, rng)
+        expected_out, expected_indices, expected_grad = torch_max_pool2d(x, case, grad_output)
+        np.testing.assert_array_equal(out, expected_out, err_msg=str(case))
+        np.testing.assert_array_equal(indices, expected_indices, err_msg=str(case))
+        grad = fastconv.max_pool2d_backward(grad_output, indices, x.shape, algorithm=algorithm)
+        assert_close(grad, expected_grad, dtype)
+        checked += 1
+        overhanging += _overhangs(case)
+    assert checked > 50 and overhanging > 5
+
+
+FUZZ_AVG_OPTIONS = [dict(count_include_pad=True, divisor_override=None),
+                    dict(count_include_pad=False, divisor_override=None),
+                    dict(count_include_pad=False, divisor_override=3),
+                    dict(count_include_pad=True, divisor_override=-2)]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_fuzz_avg_pool2d_and_backward_match_torch(algorithm):
+    checked = overhanging = 0
+    for i, (case, dtype, seed) in enumerate(
+            _fuzz_pool_configs(2, 1500)):
+        case = case._replace(dilation=1)
+        options = FUZZ_AVG_OPTIONS[i % len(FUZZ_AVG_OPTIONS)]
+        rng = np.random.default_rng(seed)
+        x = uniform(case.input_shape, dtype, rng)
+        kwargs = dict(case.pool_kwargs, **options)
+        if _torch_or_error(lambda: torch_avg_pool2d(x, case, options)) is None:  # noqa: B023
+            with pytest.raises(ValueError, match=r"larger than the padded input"):
+                fastconv.avg_pool2d(x, **kwargs, algorithm=algorithm)
+            with pytest.raises(ValueError, match=r"larger than the padded input_shape"):
+                fastconv.avg_pool2d_backward(x, x.shape, **kwargs, algorithm=algorithm)
+            continue
+        out = fastconv.avg_pool2d(x, **kwargs, algorithm=algorithm)
+        grad_output = uniform(out.shape, dtype, rng)
+        expected, expected_grad = torch_avg_pool2d(x, case, options, grad_output)
+        assert_close(out, expected, dtype)
+        grad = fastconv.avg_pool2d_backward(grad_output, x.shape, **kwargs, algorithm=algorithm)
+        assert_close(grad, expected_grad, dtype)
+        checked += 1
+        overhanging += _overhangs(case)
+    assert checked > 50 and overhanging > 5
+
+
+# --- PyTorch's argument forms -------------------------------------------------------------------
+
+#: (keyword arguments, the same in plain ints/pairs): the forms PyTorch 2.13's max_pool2d and
+#: avg_pool2d accept (its OpInfo samples use them).
+TORCH_FORMS = [
+    (dict(kernel_size=(3,), stride=(2,), padding=(1,)), dict(kernel_size=3, stride=2, padding=1)),
+    (dict(kernel_size=[3], stride=[1]), dict(kernel_size=3, stride=1)),
+    (dict(kernel_size=(3, 2), stride=()), dict(kernel_size=(3, 2), stride=(3, 2))),
+    (dict(kernel_size=2, stride=[]), dict(kernel_size=2, stride=2)),
+    (dict(kernel_size=(np.int64(3),), stride=(np.int32(2),), padding=(np.uint8(1),)),
+     dict(kernel_size=3, stride=2, padding=1)),
+    (dict(kernel_size=3, stride=2, ceil_mode=True), dict(kernel_size=3, stride=2,
+                                                         ceil_mode=np.bool_(True))),
+]
+
+
+@pytest.mark.parametrize("forms, plain", TORCH_FORMS, ids=lambda v: repr(v)[:40])
+def test_torch_argument_forms(forms, plain, rng):
+    torch = _torch()
+    F = torch.nn.functional
+    x = tie_free((2, 3, 9, 8), np.float64, rng)
+    xt = torch.from_numpy(x)
+    out, indices = fastconv.max_pool2d(x, **forms, return_indices=True)
+    expected, expected_indices = F.max_pool2d(xt, **forms, return_indices=True)
+    np.testing.assert_array_equal(out, expected.numpy())
+    np.testing.assert_array_equal(indices, expected_indices.numpy())
+    np.testing.assert_array_equal(out, fastconv.max_pool2d(x, **plain))
+    dilated = dict(forms, dilation=(1,))
+    np.testing.assert_array_equal(fastconv.max_pool2d(x, **dilated),
+                                  F.max_pool2d(xt, **dilated).numpy())
+    for options in (dict(count_include_pad=False), dict(divisor_override=-2)):
+        avg = fastconv.avg_pool2d(x, **forms, **options)
+        np.testing.assert_allclose(avg, F.avg_pool2d(xt, **forms, **options).numpy(),
+                                   rtol=1e-12)
+        np.testing.assert_array_equal(avg, fastconv.avg_pool2d(x, **plain, **options))
+        grad = fastconv.avg_pool2d_backward(np.ones_like(avg), x.shape, **forms, **options)
+        np.testing.assert_array_equal(
+            grad, fastconv.avg_pool2d_backward(np.ones_like(avg), x.shape, **plain, **options))
+
+
+def test_return_indices_takes_0_and_1_as_torch_does_but_not_ceil_mode():
+    x = np.arange(16.0).reshape(1, 4, 4)
+    out, indices = fastconv.max_pool2d(x, 2, return_indices=1)
+    np.testing.assert_array_equal(indices, [[[5, 7], [13, 15]]])
+    assert isinstance(fastconv.max_pool2d(x, 2, return_indices=np.int64(0)), np.ndarray)
+    for value in (2, -1, "yes", None, 1.0):
+        with pytest.raises(TypeError, match="return_indices must be a bool"):
+            fastconv.max_pool2d(x, 2, return_indices=value)
+    # PyTorch 2.13: "argument 'ceil_mode' must be bool, not int" (and count_include_pad too)
+    with pytest.raises(TypeError, match="ceil_mode must be a bool, got 1"):
+        fastconv.avg_pool2d(x, 2, ceil_mode=1)
+    with pytest.raises(TypeError, match="count_include_pad must be a bool, got 0"):
+        fastconv.avg_pool2d(x, 2, count_include_pad=0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=(2,)), dict(kernel_size=2, stride=()),
+                                    dict(kernel_size=2, stride=[]),
+                                    dict(kernel_size=2, padding=(0,))])
+def test_max_unpool2d_refuses_the_forms_torch_refuses(kwargs, rng):
+    torch = _torch()
+    x = tie_free((1, 2, 6, 6), np.float32, rng)
+    pooled, indices = fastconv.max_pool2d(x, 2, return_indices=True)
+    with pytest.raises((RuntimeError, IndexError)):
+        torch.nn.functional.max_unpool2d(_t(pooled), _t(indices), **kwargs)
+    with pytest.raises(ValueError, match=r"(kernel_size|stride|padding) must be an int or a pair"):
+        fastconv.max_unpool2d(pooled, indices, **kwargs)
+
+
+def test_ceil_mode_window_larger_than_the_input():
+    # PyTorch computes a ceil_mode window that overhangs the (padded) input by less than
+    # the stride: a 3-row window on 2 rows (the issue's example)
+    x = np.arange(14.0).reshape(1, 1, 2, 7).astype(np.float32)
+    out, indices = fastconv.max_pool2d(x, 3, ceil_mode=True, return_indices=True)
+    assert out.tolist() == [[[[9.0, 12.0, 13.0]]]] and indices.tolist() == [[[[9, 12, 13]]]]
+    assert fastconv.conv_output_size((2, 7), 3, 3, ceil_mode=True) == (1, 3)
+    assert reference.max_pool2d(x, 3, ceil_mode=True).tolist() == out.tolist()
+    avg = fastconv.avg_pool2d(x, 3, ceil_mode=True)  # divisor: the window clipped to the input
+    np.testing.assert_allclose(avg, [[[[(0 + 1 + 2 + 7 + 8 + 9) / 6, (3 + 4 + 5 + 10 + 11 + 12) / 6,
+                                        (6 + 13) / 2]]]])
+    with pytest.raises(ValueError, match=r"larger than the padded input \(2, 7\).* by stride or "
+                                         r"more \(ceil_mode computes a window that overhangs it"):
+        fastconv.max_pool2d(x, 3, stride=1, ceil_mode=True)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_max_unpool2d_repeated_indices_keep_the_last_in_row_major_order(algorithm, rng):
+    # fastconv's own rule (PyTorch promises no order): of the (i, j) of one plane that hold
+    # the same index, the value of the last in row-major order stays
+    x = uniform((2, 3, 4, 5), np.float64, rng)
+    indices = rng.integers(0, 6, x.shape)  # many repeats among the first 6 of 4 x 5 places
+    out = fastconv.max_unpool2d(x, indices, 1, algorithm=algorithm)  # (4, 5) planes
+    expected = np.zeros((2, 3, 20))
+    for n, c in np.ndindex(2, 3):
+        for flat in range(20):
+            expected[n, c, indices[n, c].flat[flat]] = x[n, c].flat[flat]
+    np.testing.assert_array_equal(out.reshape(2, 3, 20), expected)

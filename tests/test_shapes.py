@@ -193,8 +193,12 @@ def test_pair_normaliser():
     assert all(type(v) is int for v in shapes.pair((np.int32(1), np.int64(2)), "stride"))
     with pytest.raises(TypeError, match="stride.*True"):
         shapes.pair(True, "stride")
+    # a one-element tuple is both axes, as in PyTorch's conv2d and pooling
+    assert shapes.pair((2,), "stride") == shapes.pair([2], "stride") == (2, 2)
     with pytest.raises(ValueError, match=r"stride.*\(1,\)"):
-        shapes.pair((1,), "stride")
+        shapes.pair((1,), "stride", single=False)
+    with pytest.raises(ValueError, match=r"stride.*\(\)"):
+        shapes.pair((), "stride")
     with pytest.raises(ValueError, match=r"stride.*positive.*\(1, 0\)"):
         shapes.pair((1, 0), "stride")
 
@@ -353,3 +357,109 @@ def test_one_axis_rejects_unequal_pairs(kwargs):
     # there and must not be silently cut to its first element.
     with pytest.raises((ValueError, TypeError)):
         size(9, **kwargs)
+
+
+# --- ceil_mode windows larger than the input, transposed lengths, the integer bound -----------
+
+
+def torch_pooling_output_shape(n, k, s, p, d, ceil_mode):
+    """ATen's pooling_output_shape (Pool.h), written out: floor division rounds down."""
+    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def test_output_length_is_torch_pooling_rule_on_every_small_problem():
+    # every pooling problem PyTorch takes (pad <= kernel // 2), windows larger than the
+    # input included: where PyTorch's size is >= 1 fastconv's is the same, else <= 0
+    for n in range(1, 9):
+        for k in range(1, 7):
+            for s in range(1, 6):
+                for d in range(1, 4):
+                    for p in range(k // 2 + 1):
+                        for ceil_mode in (False, True):
+                            expected = torch_pooling_output_shape(n, k, s, p, d, ceil_mode)
+                            got = shapes.output_length(n, k, s, (p, p), d, ceil_mode)
+                            assert got == expected if expected >= 1 else got <= 0, \
+                                (n, k, s, p, d, ceil_mode)
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=sizes, k=kernels, s=strides, before=pads, after=pads, d=dilations)
+def test_ceil_mode_invariant_without_room_for_a_window(n, k, s, before, after, d):
+    # a window may overhang the padded input by less than stride; each counted window
+    # starts inside the input or its left padding; one more stride would overhang by
+    # stride or more, or start in the right padding
+    padded, span = n + before + after, effective(k, d)
+    out = shapes.output_length(n, k, s, (before, after), d, ceil_mode=True)
+    if out <= 0:
+        assert span - padded >= s
+        with pytest.raises(ValueError, match="by stride or more"):
+            size(n, k, stride=s, padding=(before, after), dilation=d, ceil_mode=True)
+        return
+    assert size(n, k, stride=s, padding=(before, after), dilation=d, ceil_mode=True) == out
+    last = (out - 1) * s
+    assert last < n + before and last + span - padded < s
+    assert out * s >= n + before or out * s + span - padded >= s
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.integers(1, 12), k=kernels, s=strides, d=dilations, data=st.data())
+def test_ceil_mode_matches_torch_max_pool2d_also_for_windows_larger_than_the_input(n, k, s, d,
+                                                                                  data):
+    torch = pytest.importorskip("torch")
+    p = data.draw(st.integers(0, k // 2))
+    try:
+        y = torch.nn.functional.max_pool2d(torch.zeros(1, 1, n, 1), (k, 1), stride=(s, 1),
+                                           padding=(p, 0), dilation=(d, 1), ceil_mode=True)
+    except RuntimeError:  # "Output size is too small"
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            size(n, k, stride=s, padding=p, dilation=d, ceil_mode=True)
+        return
+    assert size(n, k, stride=s, padding=p, dilation=d, ceil_mode=True) == y.shape[2]
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 20), k=kernels, s=strides, before=pads, after=pads, d=dilations,
+       data=st.data())
+def test_transposed_length_is_inverted_by_the_convolution(n, k, s, before, after, d, data):
+    # the convolution with the same arguments maps the transposed length back to
+    # n + output_padding // stride, for every output_padding PyTorch allows
+    extra = data.draw(st.integers(0, max(s, d) - 1))
+    shapes.check_output_padding((extra, extra), (s, s), (d, d))
+    length = shapes.transposed_output_length(n, k, s, (before, after), d, extra)
+    assume(length >= 1)
+    assert shapes.output_length(length, k, s, (before, after), d) == n + extra // s
+    assert length == shapes.transposed_output_length(n, k, s, (before, after), d) + extra
+
+
+@pytest.mark.parametrize("extra, stride, dilation, ok", [
+    ((0, 0), (1, 1), (1, 1), True), ((1, 0), (1, 1), (2, 1), True),
+    ((1, 1), (2, 1), (1, 2), True), ((2, 0), (2, 1), (2, 1), False),
+    ((0, 1), (1, 1), (1, 1), False), ((2, 0), (2, 1), (3, 1), True),
+    ((3, 0), (2, 1), (3, 1), False),
+])
+def test_output_padding_bound_is_torchs(extra, stride, dilation, ok):
+    if ok:
+        shapes.check_output_padding(extra, stride, dilation)
+        return
+    with pytest.raises(ValueError, match="output_padding must be smaller than stride or "
+                                         "dilation in each dimension"):
+        shapes.check_output_padding(extra, stride, dilation)
+
+
+@pytest.mark.parametrize("value", [2**31, 2**40, 2**62, 2**63, 2**70])
+def test_sizes_above_the_bound_are_value_errors_naming_the_argument(value):
+    for call, name in [(lambda: shapes.pair(value, "stride"), "stride"),
+                       (lambda: shapes.pair((1, value), "dilation"), "dilation"),
+                       (lambda: shapes.bounded_int(value, "groups"), "groups"),
+                       (lambda: size(value, 3), "size"),
+                       (lambda: size((4, value), 3), "size"),
+                       (lambda: size(9, 3, stride=value), "stride"),
+                       (lambda: size(9, 3, padding=value), "padding"),
+                       (lambda: size((9, 9), 3, padding=((0, value), (0, 0))), "padding")]:
+        with pytest.raises(ValueError, match=rf"^{name}.*at most 2\*\*31 - 1.*got .*{value}"):
+            call()
+    assert shapes.pair(shapes.MAX_INT, "stride") == (2**31 - 1,) * 2
+    assert size(9, 3, stride=shapes.MAX_INT) == 1

@@ -55,7 +55,7 @@ def _window_sizes(out_length, length, kernel_size, stride, pad, count_include_pa
 def _divisors(height, width, out_h, out_w, kh, kw, stride_h, stride_w, pad_h, pad_w,
               count_include_pad, divisor_override, dtype):
     """Row and column factors of the avg-pool divisor."""
-    if divisor_override > 0:
+    if divisor_override != 0:
         return np.full(out_h, divisor_override, dtype), np.ones(out_w, dtype)
     return (_window_sizes(out_h, height, kh, stride_h, pad_h, count_include_pad, dtype),
             _window_sizes(out_w, width, kw, stride_w, pad_w, count_include_pad, dtype))
@@ -371,7 +371,7 @@ def max_pool2d_direct(x, out, indices, kernel_size, stride, padding, dilation):
 def _avg_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
                                count_include_pad, divisor_override):
     """out[p, i, j] = sum of the window's taps inside the input / divisor[i, j], where the
-    divisor is ``divisor_override`` if > 0, else PyTorch's window size (separable:
+    divisor is ``divisor_override`` if non-zero, else PyTorch's window size (separable:
     rows x columns, see :func:`_window_sizes`)."""
     planes, height, width = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
@@ -431,7 +431,7 @@ def _avg_pool2d_2x2_forward(x, out, divisor):
 
 @register("avg_pool2d", "cpu", "direct")
 def avg_pool2d_direct(x, out, kernel_size, stride, padding, count_include_pad, divisor_override):
-    """Host side; ``divisor_override`` is None or a positive int."""
+    """Host side; ``divisor_override`` is None or a non-zero int (0 means None in the kernel)."""
     out_h, out_w = out.shape[2:]
     if (kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0)
             and 2 * out_h <= x.shape[2] and 2 * out_w <= x.shape[3]):
@@ -494,9 +494,9 @@ def avg_pool2d_backward_direct(grad_out, grad_in, kernel_size, stride, padding,
 def _scatter_direct(values, indices, out, accumulate, first_bad):
     """out[p] = 0, then out[p, indices[p, k]] += values[p, k] (``accumulate``: max-pool's
     gradient, where a position that is the maximum of overlapping windows gets their sum)
-    or = values[p, k] in order of k (unpooling: a repeated index keeps the last value,
-    as in PyTorch). ``first_bad[p]``: position of the first index outside the plane, or -1;
-    such an index is skipped."""
+    or = values[p, k] in order of k (unpooling: a repeated index keeps the value of the
+    last k, fastconv's rule; the CUDA kernel keeps the same one). ``first_bad[p]``:
+    position of the first index outside the plane, or -1; such an index is skipped."""
     planes, length = out.shape
     for p in prange(planes):
         plane = out[p]

@@ -104,7 +104,7 @@ def _avg_pool2d_forward(dtype):
             for h in range(h0, h1):
                 for w in range(w0, w1):
                     total += x[first + h * width + w]
-            if divisor_override > 0:
+            if divisor_override != 0:
                 divisor = divisor_override
             elif count_include_pad:
                 divisor = (bottom - top) * (right - left)
@@ -117,7 +117,7 @@ def _avg_pool2d_forward(dtype):
 
 @register("avg_pool2d", "cuda", "direct")
 def avg_pool2d_direct(x, out, kernel_size, stride, padding, count_include_pad, divisor_override):
-    """Host side; ``divisor_override`` is None or a positive int."""
+    """Host side; ``divisor_override`` is None or a non-zero int (0 means None in the kernel)."""
     kernel = _avg_pool2d_forward(x.dtype)
     launch(kernel, out.size)(flat(x), flat(out), *x.shape[2:], *out.shape[2:], *kernel_size,
                              *stride, *padding, count_include_pad, divisor_override or 0)
@@ -146,7 +146,7 @@ def _avg_pool2d_backward(dtype):
                 for j in range(j_lo, j_hi + 1):
                     left = j * stride_w - pad_w
                     right = min(left + kw, width + pad_w)
-                    if divisor_override > 0:
+                    if divisor_override != 0:
                         divisor = divisor_override
                     elif count_include_pad:
                         divisor = rows * (right - left)

@@ -81,11 +81,62 @@ def check_out(out: object, shape: tuple[int, ...], dtype: np.dtype, inputs: tupl
 
 
 def positive_int(value: object, name: str) -> int:
+    """``value`` as an int in ``[1, 2**31 - 1]`` (a bool is not an int here)."""
+    return shapes.bounded_int(value, name)
+
+
+def divisor(value: object, name: str = "divisor_override") -> int | None:
+    """None, or a non-zero int that fits in int64 (PyTorch's rule: negative divisors are
+    allowed, and flip the sign of the average)."""
+    if value is None:
+        return None
+    expected = "None or a non-zero int (of magnitude below 2**63)"
     number = shapes._as_int(value)
     if number is None:
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if number < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    if number == 0 or not -(2**63) < number < 2**63:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return number
 
 
+def check_not_scalar(value: object, name: str, form: str) -> None:
+    """A TypeError for a Python scalar, string or other non-array where ``form`` (e.g.
+    ``"4-D (N, C, H, W) or 3-D (C, H, W)"``) is expected; None is left to the dtype checks,
+    arrays (0-D ones too) to the shape checks."""
+    if value is None or hasattr(value, "shape"):
+        return
+    try:
+        scalar = np.ndim(value) == 0
+    except Exception:  # noqa: BLE001 - a ragged list and the like: as_float_array says why
+        return
+    if scalar:
+        raise TypeError(f"{name} must be a {form} array, got {type(value).__name__} {value!r}")
+
+
+def check_rank(value: object, name: str, form: str, ranks: tuple[int, ...] = (3, 4)) -> None:
+    """Refuse, before any dtype check, an argument that is not an array of one of ``ranks``
+    dimensions: a TypeError for a scalar (:func:`check_not_scalar`), a ValueError for an
+    array of another rank. ``form`` names the dimensions, e.g.
+    ``"4-D (N, C, H, W) or 3-D (C, H, W)"``."""
+    check_not_scalar(value, name, form)
+    if value is None:  # as_float_array's TypeError says what is expected
+        return
+    try:
+        ndim = np.ndim(value)  # reads .ndim where there is one (GPU arrays: no copy)
+    except Exception:  # noqa: BLE001 - a ragged list and the like: as_float_array says why
+        return
+    if ndim not in ranks:
+        raise ValueError(f"{name} must be {form}, got shape {tuple(np.shape(value))}")
+
+
+def check_size(shape: tuple[int, ...], itemsize: int, what: str, because: str) -> None:
+    """A ValueError when an array of ``shape`` could not exist at all (more bytes than an
+    address holds), naming the arguments ``because`` that made it so large."""
+    count = 1
+    for n in shape:
+        count *= int(n)
+    if count * itemsize > np.iinfo(np.intp).max:
+        raise ValueError(
+            f"{what} would have shape {tuple(int(n) for n in shape)}, {count} elements: more "
+            f"than any array can hold; {because}"
+        )

@@ -7,8 +7,24 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dispatch, shapes
-from ._checks import positive_int
+from ._checks import check_rank, check_size, positive_int
 from ._place import Host, placement
+
+_BATCHED = "4-D (N, C, H, W) or 3-D (C, H, W)"
+
+
+def _check_ranks(transposed: bool = False, **arrays: object) -> None:
+    """Each argument's number of dimensions, before any dtype check (``conv2d(3.0, w)`` is
+    about the input's shape, not its dtype)."""
+    if transposed:
+        forms = {"input": "4-D (N, C_in, H, W) or 3-D (C_in, H, W)", "grad_output": _BATCHED,
+                 "weight": "4-D (C_in, C_out/groups, R, S)", "bias": "1-D (C_out,)"}
+    else:
+        forms = {"input": _BATCHED, "grad_output": _BATCHED,
+                 "weight": "4-D (K, C/groups, R, S)", "bias": "1-D (K,)"}
+    for name, value in arrays.items():
+        check_rank(value, name, forms[name], (1,) if name == "bias" else
+                   (4,) if name == "weight" else (3, 4))
 
 
 class _ConvGeometry(NamedTuple):
@@ -54,21 +70,16 @@ class _ConvGeometry(NamedTuple):
 def _conv_geometry(place, x, w, stride, padding, dilation, groups, *, input_name="input",
                    weight_form="(K, C/groups, R, S)") -> _ConvGeometry:
     """Validate a conv2d problem (input ``(N, C, H, W)`` or ``(C, H, W)``, weight
-    ``(K, C/groups, R, S)``) and normalise every argument form."""
-    if len(x.shape) not in (3, 4):
-        raise ValueError(
-            f"{input_name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {tuple(x.shape)}"
-        )
-    if len(w.shape) != 4:
-        raise ValueError(f"weight must be 4-D {weight_form}, got shape {tuple(w.shape)}")
+    ``(K, C/groups, R, S)``, their ranks checked by :func:`_check_ranks`) and normalise
+    every argument form."""
     unbatched = len(x.shape) == 3
     shape4 = (1, *x.shape) if unbatched else tuple(x.shape)
     _, channels, height, width = shape4
     out_channels, group_channels, kh, kw = w.shape
-    if 0 in shape4[1:]:
-        raise ValueError(f"{input_name} must have non-empty C, H and W, got shape {x.shape}")
-    if 0 in w.shape:
-        raise ValueError(f"weight must have no empty dimension, got shape {w.shape}")
+    if 0 in shape4[2:]:
+        raise ValueError(f"{input_name} must have non-empty H and W, got shape {x.shape}")
+    if 0 in (out_channels, kh, kw):
+        raise ValueError(f"weight must have non-empty K, R and S, got shape {w.shape}")
     groups = positive_int(groups, "groups")
     if channels % groups or out_channels % groups:
         raise ValueError(
@@ -92,6 +103,8 @@ def _conv_geometry(place, x, w, stride, padding, dilation, groups, *, input_name
             f"{input_name} {(height + sum(pads[0]), width + sum(pads[1]))} "
             f"({input_name} {(height, width)}, padding {pads})"
         )
+    check_size((shape4[0], out_channels, out_h, out_w), w.dtype.itemsize, "conv2d's output",
+               f"check padding={padding!r}")
     return _ConvGeometry(place.batched(x), unbatched, tuple(w.shape), stride2, pads, dilation2,
                          groups, out_channels, (out_h, out_w))
 
@@ -118,12 +131,18 @@ def conv2d(
     Shapes (N images, C input channels, K filters, R x S kernel):
 
     - ``input``: ``(N, C, H, W)``, or ``(C, H, W)`` for one image (the output
-      then has no batch axis either).
+      then has no batch axis either). ``N = 0`` gives an empty batch; ``C = 0``
+      (with a ``(K, 0, R, S)`` weight) gives every output its bias, the sum over no
+      channels (PyTorch 2.13 returns an empty ``(N, 0, H_out, W_out)`` there).
     - ``weight``: ``(K, C / groups, R, S)``.
     - ``bias``: ``(K,)`` or None.
     - output: ``(N, K, H_out, W_out)`` with
       ``H_out = floor((H + pad_top + pad_bottom - dilation_h * (R - 1) - 1) / stride_h) + 1``
       and likewise ``W_out`` (see :func:`fastconv.conv_output_size`).
+
+    Every size-like int (stride, padding, dilation, groups) is at most
+    ``2**31 - 1``; numpy integers count as ints, bools do not; a one-element
+    tuple ``(v,)`` means ``(v, v)``, as in PyTorch.
 
     Args:
         input, weight, bias: float32 or float64 arrays of one dtype, which
@@ -159,10 +178,12 @@ def conv2d(
         The output array (``out`` itself when given).
 
     Raises:
-        TypeError: non-float, complex or mixed dtypes, non-array arguments.
+        TypeError: non-float, complex or mixed dtypes, non-array arguments
+            (a scalar or None for an array), non-int sizes.
         ValueError: wrong shapes, channel/group mismatches, non-positive
-            stride or dilation, negative padding, a kernel larger than the
-            padded input, empty dimensions, a bad ``out``, host and GPU
+            stride or dilation, negative padding, a size above ``2**31 - 1``
+            or an output too large for any array, a kernel larger than the
+            padded input, empty H, W, K, R or S, a bad ``out``, host and GPU
             arrays mixed (with ``device=None``), a GPU array with
             ``device="cpu"``, arrays on two GPUs.
         RuntimeError: the GPU is asked for but :func:`fastconv.cuda.is_available`
@@ -182,6 +203,7 @@ def conv2d(
     """
     place = placement(device, input=input, weight=weight, bias=bias, out=out)
     with place.active():
+        _check_ranks(input=input, weight=weight, bias=bias)
         x, w, b = place.floats(input=input, weight=weight, bias=bias)
         geo = _conv_geometry(place, x, w, stride, padding, dilation, groups)
         if b is not None and tuple(b.shape) != (geo.out_channels,):
@@ -189,6 +211,12 @@ def conv2d(
                 f"bias must have shape (K,) = ({geo.out_channels},), got {tuple(b.shape)}")
         if out is not None:
             place.check_out(out, geo.result_shape(geo.out_shape), x.dtype, (input, weight, bias))
+        if geo.x4.shape[1] == 0:
+            # C = 0: every output is an empty sum plus its bias. Computed as the same
+            # convolution of one zero channel per group with a zero weight, on every device.
+            n_img, _, height, width = geo.x4.shape
+            geo = geo._replace(x4=place.zeros((n_img, geo.groups, height, width), x.dtype))
+            w = place.zeros((w.shape[0], 1, *w.shape[2:]), x.dtype)
         _, kernel = dispatch.select("conv2d", place.device, algorithm, **geo.problem())
         w, b = place.contiguous(w), place.contiguous(b)
         return place.run(lambda target: kernel(geo.x4, w, b, target, *geo.params()),
@@ -283,12 +311,19 @@ def conv2d_backward(
     """
     place = placement(device, grad_output=grad_output, input=input, weight=weight)
     with place.active():
+        _check_ranks(grad_output=grad_output, input=input, weight=weight)
         dy, x, w = place.floats(grad_output=grad_output, input=input, weight=weight)
         needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
                        needs_bias_grad=needs_bias_grad)
         geo = _conv_geometry(place, x, w, stride, padding, dilation, groups)
         dy4 = geo.batched(place, dy, "grad_output", geo.out_shape, "conv2d's output")
         w = place.contiguous(w)
+        if geo.x4.shape[1] == 0:  # C = 0: grad_input and grad_weight are empty
+            grad_input = place.zeros(geo.x4.shape, x.dtype) if needs[0] else None
+            grad_weight = place.zeros(tuple(w.shape), x.dtype) if needs[1] else None
+            grad_bias = _bias_grad(place, dy4) if needs[2] else None
+            return (place.give(grad_input, geo.unbatched), place.give(grad_weight),
+                    place.give(grad_bias))
         grad_input = None
         if needs[0]:
             _, kernel = dispatch.select("conv2d_grad_input", place.device, algorithm,
@@ -306,13 +341,8 @@ def conv2d_backward(
 def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, dilation,
                         output_size):
     """Validate a transposed convolution and describe it as the conv2d it is the adjoint of:
-    that conv2d's input is the transposed convolution's output."""
-    if len(x.shape) not in (3, 4):
-        raise ValueError(
-            f"input must be 4-D (N, C_in, H, W) or 3-D (C_in, H, W), got shape {tuple(x.shape)}")
-    if len(w.shape) != 4:
-        raise ValueError(
-            f"weight must be 4-D (C_in, C_out/groups, R, S), got shape {tuple(w.shape)}")
+    that conv2d's input is the transposed convolution's output (ranks checked by
+    :func:`_check_ranks`)."""
     unbatched = len(x.shape) == 3
     shape4 = (1, *x.shape) if unbatched else tuple(x.shape)
     n_img, in_channels, height, width = shape4
@@ -338,7 +368,7 @@ def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, di
     dilation2 = shapes.pair(dilation, "dilation")
     pads = shapes.padding2d(padding, (height, width), kernel_size, stride2, dilation2)
     extra = shapes.pair(output_padding, "output_padding", minimum=0)
-    smallest = [(n - 1) * s - p[0] - p[1] + d * (k - 1) + 1
+    smallest = [shapes.transposed_output_length(n, k, s, p, d)
                 for n, s, p, d, k in zip((height, width), stride2, pads, dilation2, kernel_size,
                                          strict=False)]
     if output_size is not None:
@@ -347,7 +377,7 @@ def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, di
             size = size[2:]
         elif isinstance(size, (tuple, list)) and len(size) == 3:
             size = size[1:]
-        out_size = shapes.pair(size, "output_size")
+        out_size = shapes.pair(size, "output_size", single=False)
         for a in range(2):
             if not smallest[a] <= out_size[a] <= smallest[a] + stride2[a] - 1:
                 raise ValueError(
@@ -357,13 +387,7 @@ def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, di
                     f"[{smallest[1]}, {smallest[1] + stride2[1] - 1}]"
                 )
     else:
-        for a in range(2):
-            if extra[a] >= max(stride2[a], dilation2[a]):
-                raise ValueError(
-                    f"output_padding must be smaller than stride or dilation in each dimension, "
-                    f"got output_padding={output_padding!r} with stride {stride2} and dilation "
-                    f"{dilation2}"
-                )
+        shapes.check_output_padding(extra, stride2, dilation2, output_padding)
         out_size = (smallest[0] + extra[0], smallest[1] + extra[1])
     if min(out_size) <= 0:
         raise ValueError(
@@ -372,6 +396,8 @@ def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, di
             f"input of size {(height, width)} spreads to"
         )
     out_channels = w.shape[1] * groups
+    check_size((n_img, out_channels, *out_size), w.dtype.itemsize, "conv_transpose2d's output",
+               "check stride, dilation, output_padding and output_size")
     return _ConvGeometry(place.batched(x), unbatched, tuple(w.shape), stride2, pads, dilation2,
                          groups, out_channels, out_size)
 
@@ -406,19 +432,26 @@ def conv_transpose2d(
     - ``bias``: ``(C_out,)`` or None.
     - output: ``(N, C_out, H_out, W_out)`` with
       ``H_out = (H - 1) * stride_h - pad_top - pad_bottom
-      + dilation_h * (R - 1) + output_padding_h + 1``.
+      + dilation_h * (R - 1) + output_padding_h + 1``
+      (:func:`fastconv.shapes.transposed_output_length`). An output with no rows
+      or columns (padding crops all of it) is a ValueError; PyTorch returns an
+      empty array when padding crops exactly all of it.
+
+    Every size-like int is at most ``2**31 - 1``; a one-element tuple ``(v,)``
+    means ``(v, v)`` (not for ``output_size``), as in PyTorch.
 
     Args:
         stride, dilation: int or pair, each >= 1.
         padding: int, ``(pad_h, pad_w)`` or ``((top, bottom), (left, right))``:
             rows/columns cropped from the full stamped output.
-        output_padding: int or pair, each smaller than stride or dilation:
+        output_padding: int or pair, each smaller than stride or than
+            dilation (PyTorch's rule: stride 1 with dilation 2 allows 1):
             extra rows/columns at the bottom/right. Several ``conv2d`` input
             sizes give the same output size when stride > 1; this picks one.
-        groups: must divide C_in.
-        output_size: ``(H_out, W_out)`` (a longer shape's last two entries);
+        groups: must divide C_in (C_in >= 1, as in PyTorch).
+        output_size: ``(H_out, W_out)`` (a 3-D or 4-D shape's last two entries);
             overrides ``output_padding``; each must lie in
-            ``[H_min, H_min + stride - 1]``.
+            ``[H_min, H_min + stride - 1]`` (``torch.nn.ConvTranspose2d``'s rule).
         algorithm: ``"auto"`` or one of ``available_algorithms("conv2d_grad_input")``.
         device: as in :func:`conv2d`.
 
@@ -434,6 +467,7 @@ def conv_transpose2d(
     """
     place = placement(device, input=input, weight=weight, bias=bias)
     with place.active():
+        _check_ranks(True, input=input, weight=weight, bias=bias)
         x, w, b = place.floats(input=input, weight=weight, bias=bias)
         geo = _transpose_geometry(place, x, w, stride, padding, output_padding, groups, dilation,
                                   output_size)
@@ -495,6 +529,7 @@ def conv_transpose2d_backward(
     """
     place = placement(device, grad_output=grad_output, input=input, weight=weight)
     with place.active():
+        _check_ranks(True, grad_output=grad_output, input=input, weight=weight)
         dy, x, w = place.floats(grad_output=grad_output, input=input, weight=weight)
         needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
                        needs_bias_grad=needs_bias_grad)

@@ -9,6 +9,13 @@ Every op takes ``device=`` as :func:`fastconv.conv2d` does: None follows the
 data (GPU arrays run on the GPU and give GPU arrays of the same kind), ``"cpu"``,
 or ``"cuda"`` / ``"cuda:N"``, which copies numpy arguments to the GPU and the
 result back.
+
+Argument forms are PyTorch's: kernel_size, stride, padding and dilation take an
+int, a pair or a one-element tuple ``(v,)`` meaning ``(v, v)``; pooling's
+``stride=None`` or ``()`` means kernel_size (max_unpool2d, like PyTorch's, takes
+only an int or a pair, and ``stride=None``). Every size-like int is at most
+``2**31 - 1`` (PyTorch's pooling keeps them in 32-bit ints); numpy integers
+count as ints, bools do not.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dispatch, shapes
-from ._checks import positive_int
+from ._checks import check_not_scalar, check_rank, check_size, divisor
 from ._place import Host, placement
+
+_BATCHED = "4-D (N, C, H, W) or 3-D (C, H, W)"
 
 
 class _Window(NamedTuple):
@@ -32,18 +41,20 @@ class _Window(NamedTuple):
     out_size: tuple[int, int]
 
 
-def _flag(value: object, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
+def _flag(value: object, name: str, *, ints: bool = False) -> bool:
+    """A bool (numpy's too); with ``ints``, also the ints 0 and 1 (PyTorch takes
+    ``return_indices=1``, but refuses ``ceil_mode=1`` and ``count_include_pad=1``)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if ints and shapes._as_int(value) in (0, 1):
+        return bool(shapes._as_int(value))
+    raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _batched(place: Host, x, name: str) -> tuple:
-    """``x`` (``(N, C, H, W)`` or ``(C, H, W)``) as a C-contiguous 4-D array, and whether
-    it was unbatched."""
+    """``x`` (``(N, C, H, W)`` or ``(C, H, W)``, its rank checked by :func:`check_rank`) as a
+    C-contiguous 4-D array, and whether it was unbatched."""
     shape = tuple(x.shape)
-    if len(shape) not in (3, 4):
-        raise ValueError(f"{name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {shape}")
     if 0 in shape[-3:]:
         raise ValueError(f"{name} must have non-empty C, H and W, got shape {shape}")
     return place.batched(x), len(shape) == 3
@@ -51,13 +62,15 @@ def _batched(place: Host, x, name: str) -> tuple:
 
 def _input_shape(value: object, name: str = "input_shape") -> tuple[tuple[int, ...], bool]:
     """A shape ``(N, C, H, W)`` or ``(C, H, W)`` as a 4-D shape, and whether it was 3-D."""
-    expected = f"{name} must be a shape (N, C, H, W) or (C, H, W) with N >= 0 and C, H, W >= 1"
+    expected = (f"{name} must be a shape (N, C, H, W) or (C, H, W) with N >= 0 and "
+                f"C, H, W >= 1, each at most 2**31 - 1")
     if not isinstance(value, (tuple, list)) or len(value) not in (3, 4):
         raise ValueError(f"{expected}, got {value!r}")
     sizes = [shapes._as_int(v) for v in value]
     if any(v is None for v in sizes):
         raise TypeError(f"{expected}, got {value!r}")
-    if min(sizes[-3:]) < 1 or sizes[0] < 0:  # type: ignore[type-var,operator]
+    if (min(sizes[-3:]) < 1 or sizes[0] < 0  # type: ignore[type-var,operator]
+            or max(sizes) > shapes.MAX_INT):  # type: ignore[type-var,operator]
         raise ValueError(f"{expected}, got {value!r}")
     unbatched = len(sizes) == 3
     return tuple([1] * unbatched + sizes), unbatched  # type: ignore[return-value]
@@ -66,9 +79,10 @@ def _input_shape(value: object, name: str = "input_shape") -> tuple[tuple[int, .
 def _window(size: tuple[int, int], kernel_size: object, stride: object, padding: object,
             dilation: object, ceil_mode: object, input_name: str = "input") -> _Window:
     """Validate a pooling window over an input of ``size`` ``(H, W)``, as PyTorch does:
-    ``stride=None`` is ``kernel_size``, each pad is at most half the (undilated) kernel."""
+    ``stride=None`` (or ``()``) is ``kernel_size``, each pad is at most half the (undilated)
+    kernel, a one-element tuple ``(v,)`` is ``(v, v)``."""
     kernel = shapes.pair(kernel_size, "kernel_size")
-    step = kernel if stride is None else shapes.pair(stride, "stride")
+    step = shapes.pool_stride(stride, kernel)
     pad = shapes.pair(padding, "padding", minimum=0)
     spacing = shapes.pair(dilation, "dilation")
     ceil = _flag(ceil_mode, "ceil_mode")
@@ -84,7 +98,7 @@ def _window(size: tuple[int, int], kernel_size: object, stride: object, padding:
         raise ValueError(
             f"kernel_size {kernel} with dilation {spacing} spans {span}, larger than the padded "
             f"{input_name} {(size[0] + 2 * pad[0], size[1] + 2 * pad[1])} "
-            f"({input_name} {size}, padding {pad})"
+            f"({input_name} {size}, padding {pad})" + shapes._CEIL_NOTE * ceil
         )
     for a in range(2):
         _check_windows_touch_input(size[a], kernel[a], step[a], pad[a], spacing[a], out[a],
@@ -167,13 +181,18 @@ def max_pool2d(
     Args:
         input: float32 or float64 array, any memory layout; never modified.
         kernel_size: int or ``(kernel_h, kernel_w)``, each >= 1.
-        stride: int or pair, each >= 1; None (the default) means ``kernel_size``.
+        stride: int or pair, each >= 1; None (the default) or ``()`` means
+            ``kernel_size``.
         padding: int or ``(pad_h, pad_w)`` on both sides of each axis, each
             at most ``kernel_size // 2`` (as in PyTorch).
         dilation: int or pair, each >= 1: spacing of the window's taps.
-        ceil_mode: round the output size up, keeping a last, partial window
-            only where it starts inside the input or its left/top padding.
-        return_indices: also return where each maximum came from.
+        ceil_mode: a bool: round the output size up, keeping a last, partial
+            window only where it starts inside the input or its left/top
+            padding. As in PyTorch, such a window may be larger than the whole
+            padded input (``max_pool2d(x, 3, ceil_mode=True)`` on 2 rows gives
+            one row) as long as it overhangs it by less than ``stride``.
+        return_indices: also return where each maximum came from (a bool, or
+            the int 0 or 1 as PyTorch takes).
         algorithm: ``"auto"`` or one of
             :func:`fastconv.available_algorithms` ``("max_pool2d")``.
         device: None (follow the data), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``,
@@ -192,8 +211,12 @@ def max_pool2d(
         TypeError: a non-float input, a non-int size, a non-bool flag.
         ValueError: wrong input shape, non-positive kernel_size, stride or
             dilation, negative padding or padding above half the kernel, a
-            window larger than the padded input, a dilated window that reads
-            only padding.
+            size above ``2**31 - 1``, a window larger than the padded input (by
+            ``stride`` or more with ``ceil_mode``), a dilated window that reads
+            only padding: its taps all fall in the padding, so it has no maximum
+            and no position. PyTorch returns -inf there with an index that is
+            not in the window (often outside the plane, and its backward then
+            writes out of bounds); fastconv refuses such a window instead.
 
     Example (2 x 2 max pooling of a 4 x 4 image, stride 1 and stride 2):
 
@@ -207,10 +230,11 @@ def max_pool2d(
     """
     place = placement(device, input=input)
     with place.active():
+        check_rank(input, "input", _BATCHED)
         (x,) = place.floats(input=input)
         x4, unbatched = _batched(place, x, "input")
         win = _window(x4.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-        with_indices = _flag(return_indices, "return_indices")
+        with_indices = _flag(return_indices, "return_indices", ints=True)
         _, kernel = dispatch.select("max_pool2d", place.device, algorithm,
                                     input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
         out = place.empty((*x4.shape[:2], *win.out_size), x4.dtype)
@@ -264,9 +288,12 @@ def max_pool2d_backward(
     """
     place = placement(device, grad_output=grad_output, indices=indices)
     with place.active():
+        check_rank(grad_output, "grad_output", _BATCHED)
+        check_not_scalar(indices, "indices", _BATCHED)
         (dy,) = place.floats(grad_output=grad_output)
         dy4, unbatched = _batched(place, dy, "grad_output")
         shape4, shape_unbatched = _input_shape(input_shape)
+        check_size(shape4, dy4.dtype.itemsize, "grad_input", "check input_shape")
         if shape_unbatched != unbatched or shape4[:2] != tuple(dy4.shape[:2]):
             raise ValueError(
                 f"input_shape must have grad_output's {'C' if unbatched else 'N, C'} and be "
@@ -317,16 +344,18 @@ def avg_pool2d(
     Args:
         input: float32 or float64 array, any memory layout; never modified.
         kernel_size: int or ``(kernel_h, kernel_w)``, each >= 1.
-        stride: int or pair, each >= 1; None (the default) means ``kernel_size``.
+        stride: int or pair, each >= 1; None (the default) or ``()`` means
+            ``kernel_size``.
         padding: int or ``(pad_h, pad_w)``, each at most ``kernel_size // 2``.
-        ceil_mode: round the output size up, as in :func:`max_pool2d`.
-        count_include_pad: count the zero padding in the divisor.
-        divisor_override: a positive int to divide every sum by, or None.
+        ceil_mode: a bool: round the output size up, as in :func:`max_pool2d`.
+        count_include_pad: a bool: count the zero padding in the divisor.
+        divisor_override: a non-zero int to divide every sum by (negative
+            too, as PyTorch allows; magnitude below ``2**63``), or None.
         algorithm: ``"auto"`` or one of ``available_algorithms("avg_pool2d")``.
 
     Raises:
         TypeError, ValueError: as :func:`max_pool2d`, and for a
-        ``divisor_override`` that is not a positive int.
+        ``divisor_override`` that is not a non-zero int.
 
     Example:
 
@@ -341,17 +370,17 @@ def avg_pool2d(
     """
     place = placement(device, input=input)
     with place.active():
+        check_rank(input, "input", _BATCHED)
         (x,) = place.floats(input=input)
         x4, unbatched = _batched(place, x, "input")
         win = _window(x4.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
         include_pad = _flag(count_include_pad, "count_include_pad")
-        divisor = None if divisor_override is None else positive_int(divisor_override,
-                                                                      "divisor_override")
+        factor = divisor(divisor_override)
         _, kernel = dispatch.select("avg_pool2d", place.device, algorithm,
                                     input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
         out = place.empty((*x4.shape[:2], *win.out_size), x4.dtype)
         if x4.shape[0]:
-            kernel(x4, out, win.kernel_size, win.stride, win.padding, include_pad, divisor)
+            kernel(x4, out, win.kernel_size, win.stride, win.padding, include_pad, factor)
         return place.give(out, unbatched)
 
 
@@ -388,12 +417,13 @@ def avg_pool2d_backward(
     """
     place = placement(device, grad_output=grad_output)
     with place.active():
+        check_rank(grad_output, "grad_output", _BATCHED)
         (dy,) = place.floats(grad_output=grad_output)
         shape4, unbatched = _input_shape(input_shape)
+        check_size(shape4, dy.dtype.itemsize, "grad_input", "check input_shape")
         win = _window(shape4[2:], kernel_size, stride, padding, 1, ceil_mode, "input_shape")
         include_pad = _flag(count_include_pad, "count_include_pad")
-        divisor = None if divisor_override is None else positive_int(divisor_override,
-                                                                      "divisor_override")
+        factor = divisor(divisor_override)
         expected = (*shape4[:2], *win.out_size)
         if tuple(dy.shape) != expected[unbatched:]:
             raise ValueError(
@@ -406,17 +436,18 @@ def avg_pool2d_backward(
         grad_input = place.empty(shape4, dy.dtype)
         if shape4[0]:
             kernel(dy4, grad_input, win.kernel_size, win.stride, win.padding, include_pad,
-                   divisor)
+                   factor)
         return place.give(grad_input, unbatched)
 
 
 def _unpool_size(size: tuple[int, int], kernel_size: object, stride: object, padding: object,
                  output_size: object) -> tuple[int, int]:
     """max_unpool2d's output size: PyTorch's default ``(H - 1) * stride - 2 * pad + kernel``,
-    or ``output_size``, which must lie strictly within ``stride`` of it."""
-    kernel = shapes.pair(kernel_size, "kernel_size")
-    step = kernel if stride is None else shapes.pair(stride, "stride")
-    pad = shapes.pair(padding, "padding", minimum=0)
+    or ``output_size``, which must lie strictly within ``stride`` of it. PyTorch's forms:
+    an int or a pair, no one-element tuple, ``stride=None`` (not ``()``) for kernel_size."""
+    kernel = shapes.pair(kernel_size, "kernel_size", single=False)
+    step = kernel if stride is None else shapes.pair(stride, "stride", single=False)
+    pad = shapes.pair(padding, "padding", minimum=0, single=False)
     default = tuple((size[a] - 1) * step[a] - 2 * pad[a] + kernel[a] for a in range(2))
     if output_size is None:
         if min(default) < 1:
@@ -456,9 +487,11 @@ def max_unpool2d(
 
     Each value goes back to the position its maximum was taken from and
     every other position is 0:
-    ``out[n, c].flat[indices[n, c, i, j]] = input[n, c, i, j]``. Values are
-    placed in row-major order, so where two indices are equal the later
-    value stays (as in PyTorch).
+    ``out[n, c].flat[indices[n, c, i, j]] = input[n, c, i, j]``. Where several
+    ``(i, j)`` of one plane hold the same index, fastconv's rule (the same on
+    the CPU and the GPU, every run) keeps the value of the last of them in
+    row-major order. PyTorch promises no order there (its multi-threaded and
+    GPU kernels write in any order).
 
     Shapes: ``input`` and ``indices`` ``(N, C, H, W)`` (or ``(C, H, W)``);
     output ``(N, C, H_out, W_out)`` with, by default,
@@ -469,8 +502,10 @@ def max_unpool2d(
         input: float32 or float64 array, any memory layout; never modified.
         indices: integer array from ``max_pool2d(..., return_indices=True)``,
             each in ``[0, H_out * W_out)``.
-        kernel_size, stride, padding: the pooling's, as in :func:`max_pool2d`
-            (``stride=None`` means ``kernel_size``); they only set the output size.
+        kernel_size, stride, padding: the pooling's, an int or a pair each
+            (``stride=None`` means ``kernel_size``; PyTorch's max_unpool2d refuses
+            ``(v,)`` and ``stride=()``, and so does this); they only set the
+            output size.
         output_size: ``(H_out, W_out)``, or a longer shape whose last two
             entries are; each must lie strictly within ``stride`` of the
             default (PyTorch's rule). Use it to restore an odd input size.
@@ -491,11 +526,15 @@ def max_unpool2d(
     """
     place = placement(device, input=input, indices=indices)
     with place.active():
+        check_rank(input, "input", _BATCHED)
+        check_not_scalar(indices, "indices", _BATCHED)
         (x,) = place.floats(input=input)
         x4, unbatched = _batched(place, x, "input")
         where = _index_array(place, indices, "indices", tuple(x.shape), "input")
         where4 = _as4(where, unbatched)
         out_size = _unpool_size(tuple(x4.shape[2:]), kernel_size, stride, padding, output_size)
+        check_size((*x4.shape[:2], *out_size), x4.dtype.itemsize, "max_unpool2d's output",
+                   "check kernel_size, stride and padding")
         _, kernel = dispatch.select("max_unpool2d", place.device, algorithm,
                                     input_shape=tuple(x4.shape), out_size=out_size,
                                     dtype=x4.dtype)
@@ -531,6 +570,8 @@ def max_unpool2d_backward(
     """
     place = placement(device, grad_output=grad_output, indices=indices)
     with place.active():
+        check_rank(grad_output, "grad_output", _BATCHED)
+        check_not_scalar(indices, "indices", _BATCHED)
         (dy,) = place.floats(grad_output=grad_output)
         dy4, unbatched = _batched(place, dy, "grad_output")
         where = _index_array(place, indices, "indices")
@@ -581,9 +622,12 @@ def repeat_unpool2d(
     """
     place = placement(device, input=input)
     with place.active():
+        check_rank(input, "input", _BATCHED)
         (x,) = place.floats(input=input)
         x4, unbatched = _batched(place, x, "input")
         factor = shapes.pair(scale, "scale")
+        check_size((*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1]),
+                   x4.dtype.itemsize, "repeat_unpool2d's output", f"check scale={scale!r}")
         _, kernel = dispatch.select("repeat_unpool2d", place.device, algorithm,
                                     input_shape=tuple(x4.shape), scale=factor, dtype=x4.dtype)
         out = place.empty((*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1]),
@@ -615,6 +659,7 @@ def repeat_unpool2d_backward(
     """
     place = placement(device, grad_output=grad_output)
     with place.active():
+        check_rank(grad_output, "grad_output", _BATCHED)
         (dy,) = place.floats(grad_output=grad_output)
         dy4, unbatched = _batched(place, dy, "grad_output")
         factor = shapes.pair(scale, "scale")
