@@ -15,6 +15,18 @@ Each layer follows one small protocol, the manual version of autograd:
   :class:`Sequential`). The arrays are the layer's own, so an optimiser
   updates ``params()`` in place from ``grads()``.
 - ``zero_grad()`` sets every gradient to 0.
+- ``state_dict()`` and ``load_state_dict(d)`` save and load the parameters under
+  the keys of the equivalent ``torch.nn`` model, so weights move both ways
+  between fastconv and PyTorch. They differ from the ``params()`` names in one
+  place: a ``Conv2d(..., activation="relu")`` is two torch modules (``Conv2d``,
+  ``ReLU``), so in a :class:`Sequential` it takes two indices there.
+
+Inputs are numpy arrays (or array-likes, converted as ``np.asarray`` does) of
+float32 or float64; anything else (None, strings, integer arrays, a wrong number
+of dimensions) is a TypeError or ValueError naming ``input``, and ``grad_output``
+must have the shape and dtype of the last forward's output. A forward clears what
+the previous one kept before it runs, so a ``backward`` after a forward that
+raised is a RuntimeError, never a gradient of an older input.
 
 Layers mirror ``torch.nn`` (same constructor arguments, weight layouts and
 default initialisation), so weights copied from a torch layer give the same
@@ -51,17 +63,19 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
 from . import shapes
 from .functional import conv as _conv
 from .functional import pool as _pool
-from .functional._checks import as_float_array, positive_int
+from .functional._checks import as_float_array, divisor, positive_int
 
 __all__ = [
     "Module",
+    "IncompatibleKeys",
     "Conv2d",
     "ConvTranspose2d",
     "MaxPool2d",
@@ -79,9 +93,26 @@ __all__ = [
 ACTIVATIONS = (None, "relu")
 
 
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`Module.load_state_dict` returns, as PyTorch's: the model's keys the
+    state dict lacked and the state dict's keys the model does not have (both empty
+    unless ``strict=False``)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
 class Module:
     """Base of the layers: a layer without parameters unless it overrides
-    :meth:`params` and :meth:`grads`."""
+    :meth:`params` and :meth:`grads`.
+
+    A forward stores what its backward needs in ``_saved`` (None until a forward
+    succeeds, and set to None again when the next forward starts)."""
+
+    _saved: tuple | None = None
+    #: how many ``torch.nn`` modules the layer stands for, i.e. the indices it takes
+    #: in the keys of :meth:`state_dict` within a :class:`Sequential`
+    _torch_modules: int = 1
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -106,20 +137,150 @@ class Module:
         for grad in self.grads().values():
             grad.fill(0)
 
-    def _cached(self, name: str):
-        """An attribute forward set, or a RuntimeError for a backward before any forward."""
-        value = getattr(self, name, None)
-        if value is None:
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters, under the keys ``state_dict()`` of the equivalent
+        ``torch.nn`` model has, in its order.
+
+        The keys are the :meth:`params` names except in a :class:`Sequential` after a
+        ``Conv2d(..., activation="relu")``: torch writes that layer as ``Conv2d``
+        then ``ReLU``, two indices, so ``Sequential(Conv2d(..., activation="relu"),
+        MaxPool2d(2), Conv2d(...))`` has the keys ``0.weight, 0.bias, 3.weight,
+        3.bias`` of ``torch.nn.Sequential(Conv2d, ReLU, MaxPool2d, Conv2d)`` where
+        ``params()`` says ``2.weight, 2.bias``. The arrays are copies: a snapshot that
+        later training does not change (``np.savez(path, **model.state_dict())``
+        saves it; ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in
+        model.state_dict().items()})`` hands it to PyTorch).
+
+        >>> import numpy as np
+        >>> from fastconv import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 2, 3, activation="relu"), nn.MaxPool2d(2),
+        ...                       nn.Conv2d(2, 2, 1))
+        >>> list(model.state_dict()), list(model.params())
+        (['0.weight', '0.bias', '3.weight', '3.bias'], ['0.weight', '0.bias', '2.weight', '2.bias'])
+        """
+        return {key: array.copy() for key, array in self._torch_arrays()}
+
+    def load_state_dict(self, state_dict: Mapping[str, object],
+                        strict: bool = True) -> IncompatibleKeys:
+        """Copy the values of ``state_dict`` (keys as :meth:`state_dict`) into the
+        parameters, in place: the arrays of :meth:`params` stay the same objects.
+
+        The values are numpy arrays or anything with ``.numpy()`` or ``__array__``:
+        ``torch_model.state_dict()`` loads as it is (tensors that require grad, and
+        CUDA tensors, are detached and copied to the host first). Each value must
+        have its parameter's shape and dtype (a ValueError naming the key
+        otherwise; nothing is cast). With ``strict=True`` (the default, as in
+        PyTorch) the keys must be exactly the model's, else a ValueError lists the
+        missing and the unexpected ones; ``strict=False`` loads the keys both have.
+        Nothing is loaded unless every value passes. Returns the
+        :class:`IncompatibleKeys` ``(missing_keys, unexpected_keys)``.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict must be a mapping key -> array, as state_dict() or a torch "
+                f"module's state_dict() returns, got {type(state_dict).__name__}")
+        targets = dict(self._torch_arrays())
+        missing = [key for key in targets if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in targets]
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"state_dict does not have the keys of this {type(self).__name__}: missing "
+                f"{_some(missing)}, unexpected {_some(unexpected)}; expected "
+                f"{_some(list(targets))}. The keys are torch.nn's: in a Sequential a "
+                f"Conv2d(activation='relu') takes two indices (Conv2d, ReLU), so they "
+                f"differ from params() there. Pass strict=False to load the keys both have")
+        values = []
+        for key, target in targets.items():
+            if key not in state_dict:
+                continue
+            value = _host_array(state_dict[key], key)
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"state_dict[{key!r}] must have shape {target.shape}, as the model's "
+                    f"parameter, got {value.shape}")
+            if value.dtype != target.dtype:
+                raise ValueError(
+                    f"state_dict[{key!r}] has dtype {value.dtype} but the model's parameter "
+                    f"is {target.dtype}; nothing is cast: convert the values to "
+                    f"{target.dtype} first, or build the model with the values' dtype "
+                    f"(dtype= of the layers)")
+            values.append((target, value))
+        for target, value in values:
+            np.copyto(target, value)
+        return IncompatibleKeys(missing, unexpected)
+
+    def _torch_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(key, the layer's own array)`` under the keys of :meth:`state_dict`."""
+        return iter(self.params().items())
+
+    def _saved_for_backward(self) -> tuple:
+        """What the last successful forward kept, or a RuntimeError if there was none."""
+        saved = self._saved
+        if saved is None:
             raise RuntimeError(
-                f"{type(self).__name__}.backward called before forward: run forward(x) "
-                f"first, then backward(grad_output) with the gradient of its output")
-        return value
+                f"{type(self).__name__}.backward called without a successful forward: run "
+                f"forward(x) first (a forward that raised keeps nothing), then "
+                f"backward(grad_output) with the gradient of its output")
+        return saved
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     def extra_repr(self) -> str:
         return ""
+
+
+def _some(keys: list) -> str:
+    """``keys`` for an error message, at most 10 of them."""
+    shown = ", ".join(repr(key) for key in keys[:10])
+    more = f", ... ({len(keys) - 10} more)" if len(keys) > 10 else ""
+    return f"[{shown}{more}]"
+
+
+def _host_array(value: object, key: str) -> np.ndarray:
+    """A state dict's value as a numpy array: an ndarray as it is, a torch tensor through
+    ``.detach().cpu().numpy()``, anything else with ``.numpy()`` or ``__array__``."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        if callable(getattr(value, "detach", None)):  # .numpy() refuses a tensor with grad
+            value = value.detach()  # type: ignore[union-attr]
+            if callable(getattr(value, "cpu", None)):
+                value = value.cpu()  # type: ignore[union-attr]
+        if callable(getattr(value, "numpy", None)):
+            return np.asarray(value.numpy())  # type: ignore[union-attr]
+        if hasattr(value, "__array__"):
+            return np.asarray(value)
+    except (TypeError, RuntimeError, ValueError) as error:
+        raise TypeError(f"state_dict[{key!r}] cannot be read as a numpy array: {error}") from None
+    raise TypeError(
+        f"state_dict[{key!r}] must be a numpy array or a tensor (anything with .numpy() or "
+        f"__array__), got {type(value).__name__}")
+
+
+def _check_grad(grad_output: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``grad_output`` as an array of the last forward's output ``shape`` and ``dtype``, or
+    a ValueError / TypeError saying what it should be."""
+    grad = as_float_array(grad_output, "grad_output")
+    if grad.shape != shape:
+        raise ValueError(
+            f"grad_output must have the shape of the last forward's output, {shape}, "
+            f"got {grad.shape}")
+    if grad.dtype != dtype:
+        raise TypeError(
+            f"grad_output has dtype {grad.dtype} but the last forward's output has dtype "
+            f"{dtype}; mixed dtypes are not supported, cast it "
+            f"(grad_output.astype(np.{dtype}))")
+    return grad
+
+
+def _check_input_dtype(x: np.ndarray, layer: Module, dtype: np.dtype) -> None:
+    """A TypeError for an input whose dtype is not the one of the layer's parameters."""
+    if x.dtype != dtype:
+        raise TypeError(
+            f"input has dtype {x.dtype} but {type(layer).__name__} computes in {dtype}, "
+            f"the dtype of its parameters; convert the input (input.astype(np.{dtype})) "
+            f"or build the layer with dtype=np.{x.dtype}")
 
 
 def _float_dtype(dtype: object) -> np.dtype:
@@ -214,17 +375,21 @@ class _ConvLayer(_Parametrised):
         self.padding = padding
         self.algorithm = algorithm
         self.device = device
-        self._input: np.ndarray | None = None
 
-    def _check_channels(self, x: object) -> None:
-        """A ValueError naming ``in_channels`` for an input of ``(N, C, H, W)`` or
-        ``(C, H, W)`` with another ``C``; other shapes are left to the functional op."""
-        shape = getattr(x, "shape", None)
-        if isinstance(shape, tuple) and len(shape) in (3, 4) and shape[-3] != self.in_channels:
+    def _check_input(self, x: object) -> np.ndarray:
+        """``x`` as a float array, or a TypeError / ValueError: a ValueError naming
+        ``in_channels`` for an input of ``(N, C, H, W)`` or ``(C, H, W)`` with another
+        ``C``, a TypeError for another dtype than the parameters'; other shapes are left
+        to the functional op."""
+        x = as_float_array(x, "input")
+        shape = x.shape
+        if len(shape) in (3, 4) and shape[-3] != self.in_channels:
             raise ValueError(
                 f"input has C={shape[-3]} channels but the layer has "
                 f"in_channels={self.in_channels}; input must be (N, {self.in_channels}, H, W) "
                 f"or ({self.in_channels}, H, W), got shape {shape}")
+        _check_input_dtype(x, self, self.weight.dtype)
+        return x
 
     def extra_repr(self) -> str:
         parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -293,16 +458,17 @@ class Conv2d(_ConvLayer):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be None or 'relu', got {activation!r}")
         self.activation = activation
+        self._torch_modules = 1 if activation is None else 2  # torch: Conv2d, ReLU
         c, k, g = self.in_channels, self.out_channels, self.groups
         r, s = self.kernel_size
         self._init_parameters((k, c // g, r, s), k, c // g * r * s, bias, dtype, rng)
-        self._mask: np.ndarray | None = None
 
     def _args(self) -> tuple:
         return self.stride, self.padding, self.dilation, self.groups
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._check_channels(x)
+        self._saved = None  # a backward after a forward that raises must not see the last one
+        x = self._check_input(x)
         y = _conv.conv2d(x, self.weight, self.bias, *self._args(), algorithm=self.algorithm,
                          **_device(self.device))
         mask = None
@@ -310,14 +476,15 @@ class Conv2d(_ConvLayer):
             # the mask, not y: y is the caller's, and editing it must not change backward
             mask = y > 0
             np.maximum(y, 0, out=y)
-        self._input, self._mask = x, mask
+        self._saved = (x, mask, y.shape, y.dtype)
         return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        x = self._cached("_input")
-        if self.activation == "relu":
-            grad_output = _relu_grad(grad_output, self._mask)
+        x, mask, shape, dtype = self._saved_for_backward()
+        grad_output = _check_grad(grad_output, shape, dtype)
+        if mask is not None:
+            grad_output = _relu_grad(grad_output, mask)
         grad_input, grad_weight, grad_bias = _conv.conv2d_backward(
             grad_output, x, self.weight, *self._args(), needs_input_grad=needs_input_grad,
             needs_bias_grad=self.bias is not None, algorithm=self.algorithm,
@@ -374,7 +541,6 @@ class ConvTranspose2d(_ConvLayer):
         c, k, g = self.in_channels, self.out_channels, self.groups
         r, s = self.kernel_size
         self._init_parameters((c, k // g, r, s), k, k // g * r * s, bias, dtype, rng)
-        self._output_size: tuple[int, ...] | None = None
 
     def _args(self) -> tuple:
         return self.stride, self.padding, self.output_padding, self.groups, self.dilation
@@ -382,18 +548,20 @@ class ConvTranspose2d(_ConvLayer):
     def forward(self, x: np.ndarray, output_size: tuple[int, ...] | None = None) -> np.ndarray:
         """The transposed convolution of ``x``; ``output_size`` ``(H_out, W_out)`` (or a
         longer shape ending in them) picks the size, overriding ``output_padding``."""
-        self._check_channels(x)
+        self._saved = None  # a backward after a forward that raises must not see the last one
+        x = self._check_input(x)
         y = _conv.conv_transpose2d(x, self.weight, self.bias, *self._args(),
                                    output_size=output_size, algorithm=self.algorithm,
                                    **_device(self.device))
-        self._input, self._output_size = x, output_size
+        self._saved = (x, output_size, y.shape, y.dtype)
         return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        x = self._cached("_input")
+        x, output_size, shape, dtype = self._saved_for_backward()
+        grad_output = _check_grad(grad_output, shape, dtype)
         grad_input, grad_weight, grad_bias = _conv.conv_transpose2d_backward(
-            grad_output, x, self.weight, *self._args(), output_size=self._output_size,
+            grad_output, x, self.weight, *self._args(), output_size=output_size,
             needs_input_grad=needs_input_grad, needs_bias_grad=self.bias is not None,
             algorithm=self.algorithm, **_device(self.device))
         self._accumulate(grad_weight, grad_bias)
@@ -412,8 +580,8 @@ class MaxPool2d(Module):
         padding: int or pair, each at most ``kernel_size // 2``.
         dilation, ceil_mode: as :func:`fastconv.max_pool2d`.
         return_indices: :meth:`forward` returns ``(output, indices)``, the
-            indices ready for :class:`MaxUnpool2d`. The last forward's indices
-            are always kept in :attr:`indices`.
+            indices ready for :class:`MaxUnpool2d`. The last successful forward's
+            indices are always kept in :attr:`indices` (None after one that raised).
         algorithm, device: passed to the functional ops.
 
     >>> import numpy as np
@@ -432,7 +600,7 @@ class MaxPool2d(Module):
                  return_indices: bool = False, ceil_mode: bool = False, *,
                  algorithm: str = "auto", device: str | None = None) -> None:
         self.kernel_size = shapes.pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else shapes.pair(stride, "stride")
+        self.stride = shapes.pool_stride(stride, self.kernel_size)
         self.padding = shapes.pair(padding, "padding", minimum=0)
         self.dilation = shapes.pair(dilation, "dilation")
         self.return_indices = bool(return_indices)
@@ -440,21 +608,25 @@ class MaxPool2d(Module):
         self.algorithm = algorithm
         self.device = device
         self.indices: np.ndarray | None = None
-        self._input_shape: tuple[int, ...] | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        self._saved = None  # a backward after a forward that raises must not see the last one
+        self.indices = None
+        x = as_float_array(x, "input")
         y, indices = _pool.max_pool2d(x, self.kernel_size, self.stride, self.padding,
                                       self.dilation, self.ceil_mode, True,
                                       algorithm=self.algorithm, **_device(self.device))
-        self.indices, self._input_shape = indices, x.shape
+        self.indices = indices
+        self._saved = (indices, x.shape, y.shape, y.dtype)
         return (y, indices) if self.return_indices else y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        input_shape = self._cached("_input_shape")
+        indices, input_shape, shape, dtype = self._saved_for_backward()
+        grad_output = _check_grad(grad_output, shape, dtype)
         if not needs_input_grad:
             return None
-        return _pool.max_pool2d_backward(grad_output, self.indices, input_shape,
+        return _pool.max_pool2d_backward(grad_output, indices, input_shape,
                                          algorithm=self.algorithm, **_device(self.device))
 
     def extra_repr(self) -> str:
@@ -486,28 +658,29 @@ class AvgPool2d(Module):
                  count_include_pad: bool = True, divisor_override: int | None = None, *,
                  algorithm: str = "auto", device: str | None = None) -> None:
         self.kernel_size = shapes.pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else shapes.pair(stride, "stride")
+        self.stride = shapes.pool_stride(stride, self.kernel_size)
         self.padding = shapes.pair(padding, "padding", minimum=0)
         self.ceil_mode = bool(ceil_mode)
         self.count_include_pad = bool(count_include_pad)
-        self.divisor_override = (None if divisor_override is None
-                                 else positive_int(divisor_override, "divisor_override"))
+        self.divisor_override = divisor(divisor_override)
         self.algorithm = algorithm
         self.device = device
-        self._input_shape: tuple[int, ...] | None = None
 
     def _args(self) -> tuple:
         return (self.kernel_size, self.stride, self.padding, self.ceil_mode,
                 self.count_include_pad, self.divisor_override)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self._saved = None  # a backward after a forward that raises must not see the last one
+        x = as_float_array(x, "input")
         y = _pool.avg_pool2d(x, *self._args(), algorithm=self.algorithm, **_device(self.device))
-        self._input_shape = x.shape
+        self._saved = (x.shape, y.shape, y.dtype)
         return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        input_shape = self._cached("_input_shape")
+        input_shape, shape, dtype = self._saved_for_backward()
+        grad_output = _check_grad(grad_output, shape, dtype)
         if not needs_input_grad:
             return None
         return _pool.avg_pool2d_backward(grad_output, input_shape, *self._args(),
@@ -542,25 +715,28 @@ class MaxUnpool2d(Module):
                  stride: int | tuple[int, int] | None = None,
                  padding: int | tuple[int, int] = 0, *, algorithm: str = "auto",
                  device: str | None = None) -> None:
-        self.kernel_size = shapes.pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else shapes.pair(stride, "stride")
-        self.padding = shapes.pair(padding, "padding", minimum=0)
+        self.kernel_size = shapes.pair(kernel_size, "kernel_size", single=False)
+        self.stride = (self.kernel_size if stride is None
+                       else shapes.pair(stride, "stride", single=False))
+        self.padding = shapes.pair(padding, "padding", minimum=0, single=False)
         self.algorithm = algorithm
         self.device = device
-        self._indices: np.ndarray | None = None
 
     def forward(self, x: np.ndarray, indices: np.ndarray,  # type: ignore[override]
                 output_size: tuple[int, ...] | None = None) -> np.ndarray:
         """Unpool ``x`` with the ``indices`` of a max pooling; ``output_size``
         ``(H_out, W_out)`` (or a longer shape ending in them) restores an odd size."""
+        self._saved = None  # a backward after a forward that raises must not see the last one
+        x = as_float_array(x, "input")
         y = _pool.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding,
                                output_size, algorithm=self.algorithm, **_device(self.device))
-        self._indices = indices
+        self._saved = (indices, y.shape, y.dtype)
         return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        indices = self._cached("_indices")
+        indices, shape, dtype = self._saved_for_backward()
+        grad_output = _check_grad(grad_output, shape, dtype)
         if not needs_input_grad:
             return None
         return _pool.max_unpool2d_backward(grad_output, indices, algorithm=self.algorithm,
@@ -589,17 +765,18 @@ class RepeatUnpool2d(Module):
         self.scale = shapes.pair(scale, "scale")
         self.algorithm = algorithm
         self.device = device
-        self._ran: bool | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self._saved = None  # a backward after a forward that raises must not see the last one
+        x = as_float_array(x, "input")
         y = _pool.repeat_unpool2d(x, self.scale, algorithm=self.algorithm,
                                   **_device(self.device))
-        self._ran = True
+        self._saved = (y.shape, y.dtype)
         return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        self._cached("_ran")
+        grad_output = _check_grad(grad_output, *self._saved_for_backward())
         if not needs_input_grad:
             return None
         return _pool.repeat_unpool2d_backward(grad_output, self.scale, algorithm=self.algorithm,
@@ -610,7 +787,8 @@ class RepeatUnpool2d(Module):
 
 
 class ReLU(Module):
-    """``max(x, 0)`` elementwise, any shape; its gradient is 0 where ``x <= 0``.
+    """``max(x, 0)`` elementwise, for a float32 or float64 array of any shape (0-D too);
+    its gradient is 0 where ``x <= 0``.
 
     >>> import numpy as np
     >>> from fastconv.nn import ReLU
@@ -619,22 +797,22 @@ class ReLU(Module):
     ([0.0, 0.0, 2.0], [0.0, 0.0, 1.0])
     """
 
-    def __init__(self) -> None:
-        self._mask: np.ndarray | None = None
-
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y = np.maximum(x, 0)
-        self._mask = y > 0  # not y itself: the caller may edit it before backward
+        self._saved = None  # a backward after a forward that raises must not see the last one
+        y = np.maximum(as_float_array(x, "input"), 0)
+        self._saved = (y > 0, y.dtype)  # a mask, not y: the caller may edit y before backward
         return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        mask = self._cached("_mask")
+        mask, dtype = self._saved_for_backward()
+        grad_output = _check_grad(grad_output, mask.shape, dtype)
         return _relu_grad(grad_output, mask) if needs_input_grad else None
 
 
 class Flatten(Module):
-    """``(N, d1, d2, ...)`` -> ``(N, d1 * d2 * ...)``, as ``torch.nn.Flatten()``.
+    """``(N, d1, d2, ...)`` -> ``(N, d1 * d2 * ...)``, as ``torch.nn.Flatten()``; the input
+    is a float32 or float64 array of at least 2 dimensions (``(N, d1)`` stays as it is).
 
     >>> import numpy as np
     >>> from fastconv.nn import Flatten
@@ -642,17 +820,21 @@ class Flatten(Module):
     (2, 48)
     """
 
-    def __init__(self) -> None:
-        self._input_shape: tuple[int, ...] | None = None
-
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self._input_shape = x.shape
+        self._saved = None  # a backward after a forward that raises must not see the last one
+        x = as_float_array(x, "input")
+        if x.ndim < 2:
+            raise ValueError(
+                f"input must have at least 2 dimensions (N, d1, ...), got shape {x.shape}")
         # not reshape(N, -1), which cannot infer the -1 of an empty batch
-        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+        y = x.reshape(x.shape[0], math.prod(x.shape[1:]))
+        self._saved = (x.shape, y.shape, y.dtype)
+        return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        input_shape = self._cached("_input_shape")
+        input_shape, shape, dtype = self._saved_for_backward()
+        grad_output = _check_grad(grad_output, shape, dtype)
         return grad_output.reshape(input_shape) if needs_input_grad else None
 
 
@@ -680,38 +862,26 @@ class Linear(_Parametrised):
         self.out_features = positive_int(out_features, "out_features")
         self._init_parameters((self.out_features, self.in_features), self.out_features,
                               self.in_features, bias, dtype, rng)
-        self._input: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        self._saved = None  # a backward after a forward that raises must not see the last one
         x = as_float_array(x, "input")
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"input must be 2-D (N, in_features) = (N, {self.in_features}), "
                 f"got shape {x.shape}")
-        if x.dtype != self.weight.dtype:
-            raise TypeError(
-                f"input has dtype {x.dtype} but weight has dtype {self.weight.dtype}; "
-                f"cast it (e.g. x.astype(np.{self.weight.dtype}))")
+        _check_input_dtype(x, self, self.weight.dtype)
         y = x @ self.weight.T
         if self.bias is not None:
             y += self.bias
-        self._input = x
+        self._saved = (x,)
         return y
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
-        x = self._cached("_input")
-        grad_output = as_float_array(grad_output, "grad_output")
-        expected = (x.shape[0], self.out_features)
-        if grad_output.shape != expected:
-            raise ValueError(
-                f"grad_output must have the shape of the last forward's output, "
-                f"(N, out_features) = {expected}, got {grad_output.shape}")
-        if grad_output.dtype != self.weight.dtype:
-            raise TypeError(
-                f"grad_output has dtype {grad_output.dtype} but weight has dtype "
-                f"{self.weight.dtype}; mixed dtypes are not supported, cast it "
-                f"(e.g. grad_output.astype(np.{self.weight.dtype}))")
+        (x,) = self._saved_for_backward()
+        grad_output = _check_grad(grad_output, (x.shape[0], self.out_features),
+                                  self.weight.dtype)
         # y = x W^T + b: dW = dy^T x, db = sum_n dy, dx = dy W
         grad_bias = grad_output.sum(axis=0) if self.bias is not None else None
         self._accumulate(grad_output.T @ x, grad_bias)
@@ -726,9 +896,11 @@ class Sequential(Module):
     """Layers applied in order; backward runs them in reverse.
 
     ``params()`` and ``grads()`` name each array ``"<index>.<name>"``, as
-    ``torch.nn.Sequential.named_parameters()`` does. ``backward(...,
-    needs_input_grad=False)`` lets the first layer skip its input gradient.
-    Indexing and iteration give the layers.
+    ``torch.nn.Sequential.named_parameters()`` does; :meth:`~Module.state_dict`
+    counts a ``Conv2d(..., activation="relu")`` as two indices, as the torch model
+    with a separate ``ReLU`` does. ``backward(..., needs_input_grad=False)`` lets
+    the first layer skip its input gradient. Indexing and iteration give the
+    layers; an empty ``Sequential`` returns its input.
 
     A layer instance may appear only once (also inside a nested ``Sequential``):
     a layer keeps what one forward left for its backward, so a second use would
@@ -761,13 +933,23 @@ class Sequential(Module):
         return len(self.layers)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        # cleared first: after a layer raised, the layers behind it still hold an older
+        # forward's inputs, and backward must not run them
+        self._saved = None
+        if not self.layers:
+            x = as_float_array(x, "input")
+            self._saved = (x.shape, x.dtype)
+            return x
         for layer in self.layers:
             x = layer(x)
+        self._saved = ()
         return x
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
+        saved = self._saved_for_backward()
         if not self.layers:
+            grad_output = _check_grad(grad_output, *saved)
             return grad_output if needs_input_grad else None
         grad = grad_output
         for layer in reversed(self.layers[1:]):
@@ -781,6 +963,15 @@ class Sequential(Module):
     def grads(self) -> dict[str, np.ndarray]:
         return {f"{i}.{name}": array for i, layer in enumerate(self.layers)
                 for name, array in layer.grads().items()}
+
+    def _torch_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        index = 0  # the layer's index in the torch model: fused activations take two
+        for layer in self.layers:
+            arrays = (layer._torch_arrays() if isinstance(layer, Module)
+                      else layer.params().items())
+            for name, array in arrays:
+                yield f"{index}.{name}", array
+            index += getattr(layer, "_torch_modules", 1)
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
@@ -828,13 +1019,15 @@ class CrossEntropyLoss:
     def forward(self, logits: np.ndarray, target: np.ndarray) -> float:
         # forget the last forward first: a backward after a failed forward is an error
         self._probs = self._target = None
+        given = logits
         logits = np.asarray(logits)
         target = np.asarray(target)
         if not np.issubdtype(logits.dtype, np.floating):
+            got = (f"{type(given).__name__} (dtype object)" if logits.dtype == object
+                   else f"dtype {logits.dtype}")
             raise TypeError(
                 f"logits must be a floating-point array (float32 or float64, as the layers "
-                f"return), got dtype {logits.dtype}; convert it first, e.g. "
-                f"logits.astype(np.float64)")
+                f"return), got {got}; convert it first, e.g. logits.astype(np.float64)")
         if logits.ndim != 2 or logits.shape[0] == 0:
             raise ValueError(f"logits must be 2-D (N, classes) with N >= 1, got {logits.shape}")
         if (target.shape != (logits.shape[0],) or not np.issubdtype(target.dtype, np.integer)
@@ -853,8 +1046,9 @@ class CrossEntropyLoss:
     def backward(self) -> np.ndarray:
         probs = self._probs
         if probs is None:
-            raise RuntimeError("CrossEntropyLoss.backward called before forward (or after "
-                               "a forward that failed): compute the loss first")
+            raise RuntimeError("CrossEntropyLoss.backward called without a successful "
+                               "forward: compute the loss first (a forward that raised "
+                               "keeps nothing)")
         grad = probs.copy()
         grad[np.arange(len(self._target)), self._target] -= 1
         grad /= len(self._target)

@@ -6,6 +6,7 @@ params/grads protocol with SGD (against torch.optim.SGD), and the errors."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -371,7 +372,7 @@ def test_cross_entropy_failed_forward_leaves_no_stale_backward():
     loss_fn(np.zeros((2, 3)), np.array([0, 1]))
     with pytest.raises(ValueError, match="target"):
         loss_fn(np.zeros((2, 3)), np.array([0, 3]))
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="without a successful forward"):
         loss_fn.backward()
 
 
@@ -388,7 +389,7 @@ def test_cross_entropy_rejects_non_float_logits(logits):
     loss_fn = nn.CrossEntropyLoss()
     with pytest.raises(TypeError, match=r"logits must be a floating-point array.*got dtype"):
         loss_fn(logits, np.array([0]))
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="without a successful forward"):
         loss_fn.backward()
 
 
@@ -658,12 +659,12 @@ def test_device_is_passed_only_when_given(rng, monkeypatch):
     nn.Sequential(nn.ReLU()),
 ], ids=lambda layer: type(layer).__name__)
 def test_backward_before_forward_is_an_error(layer):
-    with pytest.raises(RuntimeError, match=r"backward called before forward"):
+    with pytest.raises(RuntimeError, match=r"backward called without a successful forward"):
         layer.backward(np.ones((1, 1, 1, 1), np.float32))
 
 
 def test_loss_backward_before_forward_is_an_error():
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="without a successful forward"):
         nn.CrossEntropyLoss().backward()
 
 
@@ -736,13 +737,13 @@ def test_linear_checks_grad_output(rng):
     layer = nn.Linear(3, 2, rng=rng)
     layer(np.ones((4, 3), np.float32))
     with pytest.raises(ValueError, match=r"grad_output must have the shape of the last "
-                                         r"forward's output, \(N, out_features\) = \(4, 2\), "
-                                         r"got \(4, 5\)"):
+                                         r"forward's output, \(4, 2\), got \(4, 5\)"):
         layer.backward(np.ones((4, 5), np.float32))
-    with pytest.raises(ValueError, match=r"grad_output .* = \(4, 2\), got \(2,\)"):
+    with pytest.raises(ValueError, match=r"grad_output .*, \(4, 2\), got \(2,\)"):
         layer.backward(np.ones(2, np.float32))
-    with pytest.raises(TypeError, match=r"grad_output has dtype float64 but weight has dtype "
-                                        r"float32.*grad_output.astype\(np.float32\)"):
+    with pytest.raises(TypeError, match=r"grad_output has dtype float64 but the last forward's "
+                                        r"output has dtype float32.*"
+                                        r"grad_output.astype\(np.float32\)"):
         layer.backward(np.ones((4, 2)))
     with pytest.raises(TypeError, match="grad_output must have dtype float32 or float64"):
         layer.backward(np.ones((4, 2), np.int64))
@@ -757,5 +758,321 @@ def test_linear_takes_array_likes(rng):
     assert layer.backward([[1.0, 1.0]]).shape == (1, 3)
     with pytest.raises(TypeError, match="input must be a numpy.ndarray"):
         layer(object())
-    with pytest.raises(TypeError, match="input has dtype float64 but weight has dtype float32"):
+    with pytest.raises(TypeError, match="input has dtype float64 but Linear computes in float32"):
         nn.Linear(3, 2, rng=rng)([[1.0, 2.0, 3.0]])
+
+
+# --- every layer: input checks, grad_output checks, no backward after a failed forward ----
+
+#: name -> (build the layer from an rng, the shape of a good float32 input, whether an input
+#: of another number of dimensions is an error)
+LAYER_CASES = {
+    "Conv2d": (lambda rng: nn.Conv2d(2, 3, 3, padding=1, rng=rng), (2, 2, 4, 4), True),
+    "Conv2d_relu": (lambda rng: nn.Conv2d(2, 3, 3, padding=1, activation="relu", rng=rng),
+                    (2, 2, 4, 4), True),
+    "ConvTranspose2d": (lambda rng: nn.ConvTranspose2d(2, 3, 2, stride=2, rng=rng),
+                        (2, 2, 4, 4), True),
+    "MaxPool2d": (lambda rng: nn.MaxPool2d(2), (2, 2, 4, 4), True),
+    "AvgPool2d": (lambda rng: nn.AvgPool2d(2), (2, 2, 4, 4), True),
+    "MaxUnpool2d": (lambda rng: nn.MaxUnpool2d(2), (2, 2, 2, 2), True),
+    "RepeatUnpool2d": (lambda rng: nn.RepeatUnpool2d(2), (2, 2, 4, 4), True),
+    "ReLU": (lambda rng: nn.ReLU(), (2, 3), False),
+    "Flatten": (lambda rng: nn.Flatten(), (2, 2, 4, 4), True),
+    "Linear": (lambda rng: nn.Linear(4, 3, rng=rng), (2, 4), True),
+    "Sequential": (lambda rng: nn.Sequential(nn.Conv2d(2, 2, 1, activation="relu", rng=rng),
+                                             nn.Flatten(), nn.Linear(32, 3, rng=rng)),
+                   (2, 2, 4, 4), True),
+    "Sequential_empty": (lambda rng: nn.Sequential(), (2, 3), False),
+}
+NON_ARRAYS = {"None": None, "str": "abc", "object": object(), "int": 3, "str_list": [["a"]]}
+
+
+def _layer_case(name, rng):
+    make, shape, _ = LAYER_CASES[name]
+    return make(rng), _tie_free(rng, shape, np.float32)
+
+
+def _forward(layer, x):
+    """``layer(x)``; a MaxUnpool2d gets the indices of a 2 x 2 max pooling of a 4 x 4 plane,
+    as many as ``x`` has values (where ``x`` is not an array, those of a (2, 2, 2, 2) x)."""
+    if isinstance(layer, nn.MaxUnpool2d):
+        shape = getattr(x, "shape", (2, 2, 2, 2))
+        if len(shape) < 2:
+            return layer(x, np.zeros(shape, np.int64))
+        rows, cols = np.indices(shape[-2:])
+        indices = np.broadcast_to(2 * rows * 4 + 2 * cols + 5, shape).astype(np.int64)
+        return layer(x, indices)
+    return layer(x)
+
+
+@pytest.mark.parametrize("bad", list(NON_ARRAYS.values()), ids=list(NON_ARRAYS))
+@pytest.mark.parametrize("name", list(LAYER_CASES))
+def test_forward_rejects_what_is_not_a_float_array(name, bad, rng):
+    layer, _ = _layer_case(name, rng)
+    with pytest.raises((TypeError, ValueError), match=r"^input\b"):
+        _forward(layer, bad)
+
+
+@pytest.mark.parametrize("name", [name for name, case in LAYER_CASES.items() if case[2]])
+def test_forward_rejects_a_wrong_number_of_dimensions(name, rng):
+    layer, x = _layer_case(name, rng)
+    with pytest.raises(ValueError, match=r"^input .*got shape"):
+        _forward(layer, x.ravel())
+    if x.ndim == 4 and not isinstance(layer, nn.Flatten):
+        with pytest.raises(ValueError, match=r"^input .*got shape"):
+            _forward(layer, x[0, 0])
+    with pytest.raises(ValueError, match=r"^input .*got shape \(\)"):
+        _forward(layer, np.float32(1.0))
+
+
+@pytest.mark.parametrize("name", list(LAYER_CASES))
+def test_backward_checks_grad_output(name, rng):
+    layer, x = _layer_case(name, rng)
+    y = _forward(layer, x)
+    bad = [
+        (None, TypeError, "grad_output must be a numpy.ndarray"),
+        ("abc", TypeError, "grad_output must have dtype float32 or float64"),
+        # broadcastable, and the same size transposed: both wrong shapes, not gradients of y
+        (np.ones((1, *y.shape[1:]), np.float32), ValueError,
+         r"grad_output must have the shape of the last forward's output, "
+         + re.escape(str(y.shape))),
+        (np.ones(y.shape[::-1], np.float32), ValueError, "grad_output must have the shape"),
+        (np.float32(1.0), ValueError, r"grad_output must have the shape .*got \(\)"),
+        (np.ones(y.shape), TypeError, r"grad_output has dtype float64 but the last forward's "
+                                      r"output has dtype float32"),
+    ]
+    for grad_output, error, message in bad:
+        if grad_output is not None and np.shape(grad_output) == y.shape and error is ValueError:
+            continue  # a square output transposed is not a wrong shape
+        with pytest.raises(error, match=message):
+            layer.backward(grad_output)
+    assert all(not grad.any() for grad in layer.grads().values()), \
+        "a rejected backward must not touch the gradients"
+    grad_input = layer.backward(np.ones_like(y))
+    assert grad_input.shape == x.shape and grad_input.dtype == x.dtype
+
+
+@pytest.mark.parametrize("name", list(LAYER_CASES))
+def test_backward_after_a_failed_forward_is_an_error(name, rng):
+    layer, x = _layer_case(name, rng)
+    y = _forward(layer, x)
+    with pytest.raises((TypeError, ValueError)):
+        _forward(layer, None)
+    with pytest.raises(RuntimeError, match=r"backward called without a successful forward"):
+        layer.backward(np.ones_like(y))
+    assert all(not grad.any() for grad in layer.grads().values())
+    # a successful forward makes backward work again
+    y = _forward(layer, x)
+    assert layer.backward(np.ones_like(y)).shape == x.shape
+
+
+def test_sequential_backward_after_a_late_failure_is_an_error(rng):
+    # the Linear fails on a larger image after conv and flatten ran: they hold the new
+    # input, the Linear the old one; backward must run none of them
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, activation="relu", rng=rng),
+                          nn.Flatten(), nn.Linear(2 * 4 * 4, 3, rng=rng))
+    y = model(rng.uniform(-1, 1, (2, 1, 4, 4)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"input must be 2-D \(N, in_features\) = \(N, 32\)"):
+        model(rng.uniform(-1, 1, (2, 1, 5, 5)).astype(np.float32))
+    with pytest.raises(RuntimeError, match="Sequential.backward called without a successful"):
+        model.backward(np.ones_like(y))
+    assert all(not grad.any() for grad in model.grads().values())
+
+
+def test_max_pool2d_forgets_its_indices_when_a_forward_fails(rng):
+    pool = nn.MaxPool2d(2)
+    pool(_tie_free(rng, (1, 1, 4, 4), np.float32))
+    assert pool.indices is not None
+    with pytest.raises(ValueError):
+        pool(np.ones(3, np.float32))
+    assert pool.indices is None
+
+
+def test_relu_and_flatten_take_float_arrays_only(rng):
+    relu = nn.ReLU()
+    assert relu(np.float64(-2.0)) == 0.0  # any shape, 0-D included
+    assert relu([[-1.0, 2.0]]).tolist() == [[0.0, 2.0]]
+    with pytest.raises(TypeError, match=r"input must have dtype float32 or float64, got int64"):
+        relu(np.array([-1, 2]))
+    flatten = nn.Flatten()
+    assert flatten(np.ones((2, 3), np.float32)).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"input must have at least 2 dimensions \(N, d1, "
+                                         r"\.\.\.\), got shape \(4,\)"):
+        flatten(np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize("make", [
+    lambda dtype: nn.Conv2d(2, 2, 1, dtype=dtype),
+    lambda dtype: nn.Conv2d(2, 2, 1, activation="relu", dtype=dtype),
+    lambda dtype: nn.ConvTranspose2d(2, 2, 1, dtype=dtype),
+    lambda dtype: nn.Linear(2, 2, dtype=dtype),
+], ids=["Conv2d", "Conv2d_relu", "ConvTranspose2d", "Linear"])
+def test_dtype_mismatch_suggests_converting_the_input_or_building_the_layer(make):
+    for layer_dtype, input_dtype in ((np.float32, np.float64), (np.float64, np.float32)):
+        layer = make(layer_dtype)
+        layer_name, input_name = np.dtype(layer_dtype).name, np.dtype(input_dtype).name
+        x = np.ones((1, 2, 3, 3) if layer.weight.ndim == 4 else (1, 2), input_dtype)
+        with pytest.raises(TypeError, match=(
+                rf"input has dtype {input_name} but {type(layer).__name__} computes in "
+                rf"{layer_name}, the dtype of its parameters; convert the input "
+                rf"\(input\.astype\(np\.{layer_name}\)\) or build the layer with "
+                rf"dtype=np\.{input_name}")):
+            layer(x)
+        assert layer(x.astype(layer_dtype)).dtype == layer_dtype
+        assert make(input_dtype)(x).dtype == input_dtype
+
+
+# --- state_dict / load_state_dict with torch's keys ------------------------------------
+
+
+def _fused_pair(rng, dtype=np.float32):
+    """A fastconv model with fused ReLUs and the torch model with separate ones."""
+    torch = _torch()
+    ours = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, activation="relu", dtype=dtype, rng=rng),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, bias=False, activation="relu", dtype=dtype, rng=rng),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 3, dtype=dtype, rng=rng),
+    )
+    theirs = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 6, 3, padding=1, bias=False), torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(24, 3))
+    return ours, theirs.to(torch.float64 if dtype == np.float64 else torch.float32)
+
+
+def _nested_pair(rng):
+    torch = _torch()
+    ours = nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, activation="relu", rng=rng),
+                      nn.MaxPool2d(2)),
+        nn.Conv2d(4, 6, 3, padding=1, activation="relu", rng=rng),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 3, rng=rng),
+    )
+    theirs = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                            torch.nn.MaxPool2d(2)),
+        torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(96, 3))
+    return ours, theirs
+
+
+def _outputs_match(ours, theirs, x, dtype=np.float32):
+    torch = _torch()
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(x)).numpy()
+    assert_close(ours(x), expected, dtype)
+
+
+@pytest.mark.parametrize("pair", [_fused_pair, _nested_pair], ids=["fused", "nested"])
+def test_state_dict_keys_are_torch_keys(pair, rng):
+    ours, theirs = pair(rng)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for key, value in ours.state_dict().items():
+        assert value.shape == tuple(theirs.state_dict()[key].shape), key
+
+
+def test_state_dict_differs_from_params_only_after_a_fused_activation(rng):
+    ours, _ = _fused_pair(rng)
+    assert list(ours.state_dict()) == ["0.weight", "0.bias", "3.weight", "7.weight", "7.bias"]
+    assert list(ours.params()) == ["0.weight", "0.bias", "2.weight", "5.weight", "5.bias"]
+    state = ours.state_dict()
+    for (key, value), param in zip(state.items(), ours.params().values(), strict=True):
+        np.testing.assert_array_equal(value, param, err_msg=key)
+        assert value is not param and not np.shares_memory(value, param), "a copy"
+    ours[0].weight += 1  # a snapshot: training on does not change it
+    assert not np.array_equal(state["0.weight"], ours[0].weight)
+    # a single layer has torch's keys of that layer, fused activation or not
+    assert list(nn.Conv2d(1, 2, 3, activation="relu", rng=rng).state_dict()) == [
+        "weight", "bias"]
+    assert nn.ReLU().state_dict() == {}
+
+
+@pytest.mark.parametrize("pair", [_fused_pair, _nested_pair], ids=["fused", "nested"])
+def test_load_torch_state_dict_gives_torch_outputs(pair, rng):
+    ours, theirs = pair(rng)
+    own = ours.params()
+    x = rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32)
+    result = ours.load_state_dict(theirs.state_dict())  # torch tensors, as they come
+    assert result == nn.IncompatibleKeys([], [])
+    _outputs_match(ours, theirs, x)
+    # loaded in place: params() are still the same arrays (an optimiser keeps them)
+    assert all(ours.params()[key] is array for key, array in own.items())
+
+
+@pytest.mark.parametrize("pair", [_fused_pair, _nested_pair], ids=["fused", "nested"])
+def test_torch_loads_our_state_dict(pair, rng):
+    torch = _torch()
+    ours, theirs = pair(rng)
+    theirs.load_state_dict({key: torch.from_numpy(value)
+                            for key, value in ours.state_dict().items()})  # strict
+    _outputs_match(ours, theirs, rng.uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32))
+
+
+def test_load_state_dict_takes_parameters_that_require_grad(rng):
+    ours, theirs = _fused_pair(rng, np.float64)
+    ours.load_state_dict(dict(theirs.named_parameters()))
+    _outputs_match(ours, theirs, rng.uniform(-1, 1, (2, 1, 8, 8)), np.float64)
+    # and a fastconv model's own state dict, numpy arrays
+    copy, _ = _fused_pair(np.random.default_rng(1), np.float64)
+    copy.load_state_dict(ours.state_dict())
+    for key, value in copy.params().items():
+        np.testing.assert_array_equal(value, ours.params()[key], err_msg=key)
+
+
+def test_conv_transpose2d_state_dict_round_trip(rng):
+    torch = _torch()
+    ours = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1, rng=rng)
+    theirs = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1)
+    ours.load_state_dict(theirs.state_dict())
+    _outputs_match(ours, theirs, rng.uniform(-1, 1, (2, 3, 5, 5)).astype(np.float32))
+
+
+def test_load_state_dict_key_errors(rng):
+    ours, _ = _fused_pair(rng)
+    before = ours.state_dict()
+    shifted = ours.params()  # fastconv's own indices, not torch's
+    with pytest.raises(ValueError, match=(
+            r"state_dict does not have the keys of this Sequential: missing \['3\.weight', "
+            r"'7\.weight', '7\.bias'\], unexpected \['2\.weight', '5\.weight', '5\.bias'\]"
+            r".*Conv2d\(activation='relu'\) takes two indices.*strict=False")):
+        ours.load_state_dict(shifted)
+    partial = {key: np.zeros_like(value) for key, value in before.items() if key != "7.bias"}
+    partial["extra"] = np.zeros(1, np.float32)
+    with pytest.raises(ValueError, match=r"missing \['7\.bias'\], unexpected \['extra'\]"):
+        ours.load_state_dict(partial)
+    for key, value in ours.state_dict().items():  # a refused load changes nothing
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    result = ours.load_state_dict(partial, strict=False)
+    assert result.missing_keys == ["7.bias"] and result.unexpected_keys == ["extra"]
+    assert not ours[0].weight.any() and not ours[5].weight.any()
+    np.testing.assert_array_equal(ours[5].bias, before["7.bias"])
+
+
+def test_load_state_dict_value_errors(rng):
+    torch = _torch()
+    ours, _ = _fused_pair(rng)
+    before = ours.state_dict()
+
+    def load(key, value):
+        ours.load_state_dict({**before, key: value})
+
+    with pytest.raises(ValueError, match=r"state_dict\['3\.weight'\] must have shape "
+                                         r"\(6, 4, 3, 3\), as the model's parameter, got "
+                                         r"\(6, 4, 3, 2\)"):
+        load("3.weight", np.zeros((6, 4, 3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"state_dict\['7\.bias'\] has dtype float64 but the "
+                                         r"model's parameter is float32; nothing is cast"):
+        load("7.bias", np.zeros(3))
+    with pytest.raises(ValueError, match=r"state_dict\['0\.bias'\] has dtype float16"):
+        load("0.bias", torch.zeros(4, dtype=torch.float16))
+    with pytest.raises(TypeError, match=r"state_dict\['0\.bias'\] must be a numpy array or a "
+                                        r"tensor .*got list"):
+        load("0.bias", [0.0] * 4)
+    with pytest.raises(TypeError, match=r"state_dict must be a mapping key -> array.*got list"):
+        ours.load_state_dict(list(before.items()))
+    for key, value in ours.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
