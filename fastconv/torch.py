@@ -1,31 +1,60 @@
-"""PyTorch bridge: fastconv's ops as autograd Functions, functionals and ``nn.Module``s.
+"""PyTorch bridge: fastconv's ops as PyTorch custom operators, functionals and ``nn.Module``s.
 
 ``import fastconv.torch`` (``import fastconv`` alone never imports torch) gives
 three layers over the same kernels:
 
-- ``torch.autograd.Function``s, one per op (:class:`Conv2dFunction`, ...): the
-  forward runs fastconv's op, the backward the matching ``*_backward``,
-  computing only the gradients ``ctx.needs_input_grad`` asks for. They are
-  differentiable once: a backward with ``create_graph=True`` whose gradients
-  would need a second derivative (a gradient penalty through a convolution
-  whose input and weight both require grad, or any loss not linear in the
-  output) raises a RuntimeError rather than return a detached gradient.
+- custom operators in the ``fastconv`` namespace, registered with
+  ``torch.library.custom_op``: ``torch.ops.fastconv.conv2d``,
+  ``conv_transpose2d``, ``max_pool2d``, ``max_pool2d_with_indices``,
+  ``avg_pool2d``, ``max_unpool2d``, ``repeat_unpool2d`` and one ``*_backward``
+  op each. Each has a fake (shape) function and the forward ops an autograd
+  formula that calls the backward op, so ``torch.compile(model, fullgraph=True)``
+  traces a model built from this module's layers, forward and backward,
+  without graph breaks. The ops take normalised arguments (pairs of ints,
+  explicit pads ``[top, bottom, left, right]``); the functionals below
+  normalise every form fastconv accepts. The backward ops have
+  no derivative: a backward with ``create_graph=True`` whose gradients would
+  need a second derivative (a gradient penalty through a convolution whose
+  input and weight both require grad, or any loss not linear in the output)
+  raises a RuntimeError rather than return a detached gradient.
 - functionals with ``torch.nn.functional``'s signatures plus an
   ``algorithm=`` keyword: :func:`conv2d`, :func:`conv_transpose2d`,
   :func:`max_pool2d`, :func:`avg_pool2d`, :func:`max_unpool2d`, and
   :func:`repeat_unpool2d` (nearest-neighbour upsampling by an integer factor).
+  They normalise every argument form fastconv accepts, then run the op by one
+  of two routes to the same implementation. In plain eager mode they call the
+  implementation directly: through a ``torch.autograd.Function`` that uses the
+  op's autograd formula when grad mode is on and an input requires grad, else
+  with no autograd at all, skipping the dispatcher's Python layers around a
+  custom op. Anything that traces, transforms or intercepts the call gets the
+  custom op: ``torch.compile`` and ``torch.export``, ``torch.jit.trace``,
+  ``torch.func`` transforms, a TorchDispatchMode (``FakeTensorMode``,
+  ``make_fx``) or TorchFunctionMode, and tensor subclasses other than
+  ``Parameter``. Both routes give bitwise the same results and gradients, the
+  same errors, autocast casts and thread counts.
+  ``Conv2dFunction.apply(...)`` and its siblings remain as positional
+  spellings of the functionals.
 - modules :class:`Conv2d`, :class:`ConvTranspose2d`, :class:`MaxPool2d`,
   :class:`AvgPool2d`, :class:`MaxUnpool2d` subclass their ``torch.nn``
   namesakes and replace only ``forward``: the constructor arguments,
   parameters (``weight``, ``bias``), initialisation and ``state_dict`` are
-  torch's, so the two load each other's weights. :class:`RepeatUnpool2d` has
-  no ``torch.nn`` namesake. Each takes a keyword-only ``algorithm=``.
+  torch's, so the two load each other's weights. :class:`Conv2d` also takes
+  the padding forms torch refuses (``"same"`` with stride > 1, asymmetric
+  ``((top, bottom), (left, right))``). :class:`RepeatUnpool2d` has no
+  ``torch.nn`` namesake. Each takes a keyword-only ``algorithm=``.
 
-Tensors must be float32 or float64 (others are a TypeError naming the dtype),
-all of one dtype and on one device. CPU tensors reach the kernels as numpy
-views (no copy; any memory layout) and results come back through
-``torch.from_numpy``. CUDA tensors go to fastconv's CUDA backend as they are,
-and its results are CUDA tensors.
+Dtypes: tensors must be float32 or float64, all of one dtype (others are a
+TypeError naming the dtype). Under ``torch.autocast`` every op casts its
+float16/bfloat16 inputs to float32, computes in float32 and returns float32,
+as autocast's float32 ops and ``custom_fwd(cast_inputs=torch.float32)`` do.
+Tensors live on one device: CPU tensors reach the kernels as numpy views (no
+copy; any memory layout) and results come back as CPU tensors; CUDA tensors
+go to fastconv's CUDA backend as they are, and its results are CUDA tensors.
+
+Threads: on the CPU, a call runs fastconv's Numba kernels on
+``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)`` threads,
+setting Numba's (per-thread) count for the call only and restoring it after;
+PyTorch's thread settings are never changed.
 
 Example:
 
@@ -43,14 +72,16 @@ torch.Size([4, 1, 3, 3])
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch  # the real torch: absolute imports never find this module
-from torch.autograd.function import once_differentiable
 
 from . import functional as ops
+from . import shapes
+from .functional._checks import positive_int
 
 __all__ = [
     "Conv2dFunction",
@@ -79,57 +110,48 @@ _FLOAT_DTYPES = (torch.float32, torch.float64)
 # --- tensors <-> the arrays fastconv takes ------------------------------------------
 
 
-def _check_dtype(op: str, name: str, dtype: torch.dtype) -> None:
-    if dtype not in _FLOAT_DTYPES:
-        raise TypeError(
-            f"{op}: {name} has dtype {dtype}, but fastconv computes in torch.float32 or "
-            f"torch.float64 only; convert it first, e.g. {name}.float()"
-        )
-
-
 def _check_tensor(op: str, name: str, tensor: object) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.layout != torch.strided:
         raise TypeError(f"{op}: {name} must be a dense (strided) tensor, got {tensor.layout}")
-    if tensor.device.type not in ("cpu", "cuda"):
+    if not (tensor.is_cpu or tensor.is_cuda):
         raise ValueError(
             f"{op}: {name} is on {tensor.device}; fastconv runs on CPU and CUDA tensors only"
         )
     return tensor
 
 
-def _array(tensor: torch.Tensor | None) -> Any:
-    """A tensor as fastconv's ops take it: on the CPU a numpy view of the same memory, on
-    a GPU the (detached) tensor itself, read through ``__cuda_array_interface__``."""
-    if tensor is None:
-        return None
-    tensor = tensor.detach()
-    if tensor.is_cuda:  # pragma: no cover - runs on a GPU machine only
-        return tensor
-    # numpy cannot express torch's lazy negation bit; resolving it is free when unset
-    return tensor.resolve_neg().numpy()
-
-
-def _tensor(array: Any) -> torch.Tensor | None:
-    """A result of fastconv's ops as a tensor: numpy arrays are wrapped without a copy;
-    the CUDA backend already returns tensors."""
-    if array is None:
-        return None
-    if isinstance(array, torch.Tensor):  # pragma: no cover - the CUDA backend, on a GPU
-        return array
-    return torch.from_numpy(array)
-
-
-def _float_arrays(op: str, **tensors: torch.Tensor | None) -> list[Any]:
-    """The float tensors of one call, checked (float32 or float64, one dtype, one device)
-    and converted with :func:`_array`; None stays None."""
+def _check_tensors(op: str, **tensors: object) -> None:
+    """What the functionals check before calling an op: each argument is a dense CPU or
+    CUDA tensor (or None), all on one device."""
     first_name, first = None, None
     for name, tensor in tensors.items():
         if tensor is None:
             continue
         _check_tensor(op, name, tensor)
-        _check_dtype(op, name, tensor.dtype)
+        if first is None:
+            first_name, first = name, tensor
+        elif tensor.device != first.device:
+            raise ValueError(
+                f"{op}: {name} is on {tensor.device} but {first_name} is on {first.device}; "
+                f"move them to one device"
+            )
+
+
+def _check_dtypes(op: str, **tensors: torch.Tensor | None) -> None:
+    """What the ops (and their fake functions) check, after autocast has cast: float32 or
+    float64, all of one dtype."""
+    first_name, first = None, None
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                f"{op}: {name} has dtype {tensor.dtype}, but fastconv computes in torch.float32 "
+                f"or torch.float64 only; convert it first, e.g. {name}.float() (under "
+                f"torch.autocast float16 and bfloat16 inputs are cast to float32)"
+            )
         if first is None:
             first_name, first = name, tensor
         elif tensor.dtype != first.dtype:
@@ -137,15 +159,9 @@ def _float_arrays(op: str, **tensors: torch.Tensor | None) -> list[Any]:
                 f"{op}: {name} has dtype {tensor.dtype} but {first_name} has dtype "
                 f"{first.dtype}; mixed dtypes are not supported, cast one of them"
             )
-        elif tensor.device != first.device:
-            raise ValueError(
-                f"{op}: {name} is on {tensor.device} but {first_name} is on {first.device}; "
-                f"move them to one device"
-            )
-    return [_array(tensor) for tensor in tensors.values()]
 
 
-def _index_array(op: str, indices: object, input: torch.Tensor) -> Any:
+def _check_indices(op: str, indices: object, input: torch.Tensor) -> None:
     """max_unpool2d's ``indices``: an integer tensor on ``input``'s device."""
     tensor = _check_tensor(op, "indices", indices)
     if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
@@ -153,240 +169,695 @@ def _index_array(op: str, indices: object, input: torch.Tensor) -> Any:
             f"{op}: indices must be an integer tensor (torch.int64, as "
             f"max_pool2d(..., return_indices=True) returns), got dtype {tensor.dtype}"
         )
-    if tensor.device != input.device:
+    if isinstance(input, torch.Tensor) and tensor.device != input.device:
         raise ValueError(
             f"{op}: indices is on {tensor.device} but input is on {input.device}; "
             f"move them to one device"
         )
-    return _array(tensor)
 
 
-def _shape(tensor: torch.Tensor) -> tuple[int, ...]:
-    return tuple(int(n) for n in tensor.shape)
+def _array(tensor: torch.Tensor | None) -> Any:
+    """A tensor as fastconv's ops take it: on the CPU a numpy view of the same memory, on
+    a GPU the (detached) tensor itself, read through ``__cuda_array_interface__``."""
+    if tensor is None:
+        return None
+    if tensor.is_cuda:  # pragma: no cover - runs on a GPU machine only
+        return tensor.detach()
+    # detach().resolve_conj().resolve_neg().numpy() in one call: numpy cannot express
+    # torch's lazy negation bit, and resolving it is free when unset (no copy)
+    return tensor.numpy(force=True)
 
 
-# --- autograd Functions ----------------------------------------------------------------
+def _tensor(array: Any) -> torch.Tensor:
+    """A result of fastconv's ops as a tensor: a numpy array is wrapped without a copy
+    (copied only where ``torch.from_numpy`` cannot take it: read-only or negative
+    strides); the CUDA backend already returns tensors."""
+    if isinstance(array, torch.Tensor):  # pragma: no cover - the CUDA backend, on a GPU
+        return array
+    if not array.flags.writeable or any(step < 0 for step in array.strides):
+        array = array.copy()
+    return torch.from_numpy(array)
 
 
-def _differentiable_once(backward: Callable[..., tuple]) -> Callable[..., tuple]:
-    """``once_differentiable``, plus an error where it would be silent.
+def _placeholder(like: torch.Tensor) -> torch.Tensor:
+    """A gradient the backward ops were not asked for (custom ops cannot return None)."""
+    return like.new_empty(0)
 
-    A backward run with grad mode on (``create_graph=True``) must raise when its
-    result depends on a tensor that requires grad, since no graph is built for it:
+
+# --- Numba's threads follow PyTorch's ----------------------------------------------------
+
+_numba: Any = None
+
+
+def _numba_module() -> Any:
+    global _numba
+    if _numba is None:
+        import numba
+
+        # before Numba's thread pool starts (get_num_threads starts it): fastconv.cpu
+        # makes its threading layer (TBB) loadable
+        from . import cpu  # noqa: F401
+
+        _numba = numba
+    return _numba
+
+
+class _TorchThreads:
+    """Runs fastconv's CPU kernels on ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)``
+    Numba threads: sets Numba's count (a per-thread setting) only when it differs, and
+    restores it on exit. PyTorch's settings are only read."""
+
+    __slots__ = ("previous",)
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.previous = None
+        if tensor.is_cuda:  # pragma: no cover - GPU kernels do not use Numba's CPU threads
+            return
+        numba = _numba or _numba_module()
+        wanted = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        current = numba.get_num_threads()
+        if wanted != current:
+            numba.set_num_threads(wanted)
+            self.previous = current
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            _numba.set_num_threads(self.previous)
+
+
+# --- one implementation per op, two routes to it -------------------------------------------
+#
+# Each op below is one implementation function (``_conv2d_impl``, ...) on normalised
+# arguments, registered as a custom op, plus an autograd formula (a setup function and a
+# backward function) shared by the custom op and by an autograd.Function of the same
+# implementation. The functionals call an ``_Op``, which picks the route per call: the custom
+# op wherever PyTorch traces, transforms or intercepts the call, else (plain eager mode) the
+# implementation itself, through the autograd.Function only when a graph is recorded. Plain
+# eager skips the dispatcher's Python layers around a custom op (autograd redispatch, alias
+# checks, argument binding: some 20-40 us per op call and as much again for its backward on
+# a small layer); the results, gradients and errors are the same.
+
+_PLAIN_TENSOR_TYPES = frozenset((torch.Tensor, torch.nn.Parameter))
+_AUTOCAST_DEVICES = tuple(device for device in ("cpu", "cuda")
+                          if torch.amp.is_autocast_available(device))
+
+
+def _plain_eager(tensors: Sequence[Any]) -> bool:
+    """Whether a call with these tensor arguments may run the implementation directly.
+
+    Not plain eager, so through the custom op, whose registrations those systems use:
+    ``torch.compile`` and ``torch.export`` (:func:`torch.compiler.is_compiling`, which
+    Dynamo folds to True, so that it traces none of the other checks), ``torch.jit.trace``,
+    ``torch.func`` transforms, an active TorchDispatchMode (``FakeTensorMode``, ``make_fx``'s
+    proxy mode, a user's mode) or TorchFunctionMode (pre-dispatch tracing,
+    ``with torch.device(...)``), and a tensor of another type than ``torch.Tensor`` or
+    ``torch.nn.Parameter`` (a FakeTensor outside its mode, a FunctionalTensor, any subclass).
+    """
+    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack()
+            or torch._C._are_functorch_transforms_active()
+            or torch._C._get_tracing_state() is not None):
+        return False
+    for tensor in tensors:
+        if tensor is not None and type(tensor) not in _PLAIN_TENSOR_TYPES:
+            return False
+    return True
+
+
+def _autocast_cast(args: tuple, count: int, device: str) -> tuple:
+    """What the ops' autocast registration (``register_autocast(device, torch.float32)``) does
+    to the first ``count`` arguments, the tensors: a floating tensor on ``device`` other
+    than float64 becomes float32."""
+    cast = [tensor.to(torch.float32)
+            if (tensor is not None and tensor.is_floating_point()
+                and tensor.dtype != torch.float64 and tensor.device.type == device)
+            else tensor for tensor in args[:count]]
+    return (*cast, *args[count:])
+
+
+class _Op:
+    """One fastconv op as the functionals call it, with the op's arguments (tensors first).
+
+    ``op`` is the custom op; ``impl`` the implementation it registers; ``function`` an
+    autograd.Function running ``impl`` with the op's autograd formula (None for the backward
+    ops, which have none); ``tensors`` the number of leading tensor arguments. In plain
+    eager mode (:func:`_plain_eager`) a call casts for autocast as the op's registration
+    does, then runs ``function`` when grad mode is on and a tensor requires grad, else
+    ``impl`` itself; otherwise it calls ``op``.
+    """
+
+    __slots__ = ("op", "impl", "function", "tensors")
+
+    def __init__(self, op: Any, impl: Any, function: Any, tensors: int) -> None:
+        self.op, self.impl, self.function, self.tensors = op, impl, function, tensors
+
+    def __call__(self, *args: Any) -> Any:
+        count = self.tensors
+        if not _plain_eager(args[:count]):
+            return self.op(*args)
+        device = "cuda" if args[0].is_cuda else "cpu"
+        if device in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device):
+            args = _autocast_cast(args, count, device)
+        if (self.function is not None and torch.is_grad_enabled()
+                and torch._C._any_requires_grad(*args[:count])):
+            return self.function.apply(*args)
+        return self.impl(*args)
+
+
+def _op(name: str, impl: Any, schema: str, tensors: int, setup_context: Any = None,
+        backward: Any = None) -> _Op:
+    """Registers ``impl`` as the custom op ``fastconv::<name>`` (with autocast casting to
+    float32 and, given ``backward``, an autograd formula) and returns its :class:`_Op`,
+    whose autograd.Function ``Fastconv<Name>`` uses the same formula. The fake (shape)
+    function is registered by the caller on ``_Op.op``."""
+    op = torch.library.custom_op(f"fastconv::{name}", impl, mutates_args=(), schema=schema)
+    for device_type in _AUTOCAST_DEVICES:
+        op.register_autocast(device_type, torch.float32)
+    function = None
+    if backward is not None:
+        op.register_autograd(backward, setup_context=setup_context)
+
+        def forward(ctx: Any, *args: Any) -> Any:
+            output = impl(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        title = "".join(part[:1].upper() + part[1:] for part in name.split("_"))
+        function = type(f"Fastconv{title}", (torch.autograd.Function,), {
+            "__doc__": f"fastconv::{name} in plain eager mode: its implementation and its "
+                       f"autograd formula, without the dispatcher.",
+            "__module__": __name__,
+            "forward": staticmethod(forward),
+            "backward": staticmethod(backward),
+        })
+    return _Op(op, impl, function, tensors)
+
+
+def _pads(padding: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """An op's ``[top, bottom, left, right]`` as fastconv's ``((top, bottom), (left, right))``."""
+    top, bottom, left, right = padding
+    return (top, bottom), (left, right)
+
+
+def _spatial(op: str, tensor: torch.Tensor, name: str = "input") -> None:
+    if tensor.dim() not in (3, 4):
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape "
+                         f"{tuple(tensor.shape)}")
+
+
+def _out_size(op: str, size: Sequence[Any]) -> list[Any]:
+    if min(size) <= 0:
+        raise ValueError(f"{op}: the output would have size {tuple(size)}: the window is "
+                         f"larger than the padded input")
+    return list(size)
+
+
+def _refuse_double_backward(op: str, ctx: Any, grads: Sequence[Any]) -> None:
+    """A backward run with grad mode on (``create_graph=True``) must raise when its result
+    depends on a tensor that requires grad, since the backward ops have no derivative:
 
     - a ``grad_output`` that requires grad (the loss is not linear in the output);
-      ``once_differentiable`` catches only this case, and only later, when the
-      second derivative is taken;
-    - two saved tensors that require grad: the convolutions save ``input`` and
-      ``weight``, and their backward is bilinear (``grad_input`` from
-      ``grad_output`` and ``weight``, ``grad_weight`` from ``grad_output`` and
-      ``input``). With a loss linear in the output (``grad_output`` a constant, as
-      in a WGAN-GP critic) ``once_differentiable`` silently returns gradients that
-      are detached from them. (With only one of the two requiring grad, the one
-      gradient computed depends on neither and is exact.)
+    - two saved tensors that require grad: the convolutions save ``input`` and ``weight``,
+      and their backward is bilinear (``grad_input`` from ``grad_output`` and ``weight``,
+      ``grad_weight`` from ``grad_output`` and ``input``). With a loss linear in the output
+      (``grad_output`` a constant, as in a WGAN-GP critic) the gradients would silently
+      be detached from them. (With only one of the two requiring grad, the one gradient
+      computed depends on neither and is exact.)
 
-    The pooling Functions save no float tensors, so for them only the first case applies.
+    The pooling ops save no float tensors, so for them only the first case applies.
     """
-    once = once_differentiable(backward)
-
-    @functools.wraps(backward)
-    def wrapper(ctx: Any, *grad_outputs: Any) -> tuple:
-        if torch.is_grad_enabled():
-            incoming = any(isinstance(grad, torch.Tensor) and grad.requires_grad
-                           for grad in grad_outputs)
-            saved = sum(tensor.requires_grad for tensor in ctx.saved_tensors)
-            if incoming or saved > 1:
-                name = backward.__qualname__.split(".")[0]
-                raise RuntimeError(
-                    f"fastconv.torch: double backward (create_graph=True) is not supported; "
-                    f"{name} is differentiable once. Use torch.nn.functional's op where a "
-                    f"second derivative is needed (e.g. a gradient penalty), or call "
-                    f"backward without create_graph=True")
-        return once(ctx, *grad_outputs)
-
-    return wrapper
+    incoming = any(isinstance(grad, torch.Tensor) and grad.requires_grad for grad in grads)
+    saved = sum(tensor.requires_grad for tensor in ctx.saved_tensors)
+    if incoming or saved > 1:
+        raise RuntimeError(
+            f"fastconv.torch: double backward (create_graph=True) is not supported; "
+            f"fastconv::{op} is differentiable once. Use torch.nn.functional's op where a "
+            f"second derivative is needed (e.g. a gradient penalty), or call backward "
+            f"without create_graph=True")
 
 
-class Conv2dFunction(torch.autograd.Function):
-    """:func:`fastconv.conv2d` with :func:`fastconv.conv2d_backward` as its gradient.
+def _backward(op: str, ctx: Any, grads: Sequence[Any], run: Any) -> Any:
+    """``run()``, the backward op's call, with no graph recorded for it (see
+    :func:`_refuse_double_backward` for when that would be wrong)."""
+    if not torch.is_grad_enabled():
+        return run()
+    _refuse_double_backward(op, ctx, grads)
+    with torch.no_grad():
+        return run()
 
-    ``Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups,
-    algorithm)``, all positional; ``bias`` may be None. Most code calls
-    :func:`conv2d` instead.
 
-    >>> x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
-    >>> w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    >>> torch.autograd.gradcheck(Conv2dFunction.apply, (x, w, None, 1, 1, 1, 1, "auto"))
-    True
-    """
+_MASK = "bool[3] output_mask"
 
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                stride: Any, padding: Any, dilation: Any, groups: int,
-                algorithm: str) -> torch.Tensor:
-        x, w, b = _float_arrays("conv2d", input=input, weight=weight, bias=bias)
-        ctx.save_for_backward(input, weight)
-        ctx.params = (stride, padding, dilation, groups)
-        ctx.algorithm = algorithm
-        return _tensor(ops.conv2d(x, w, b, stride, padding, dilation, groups,
+# conv2d ---------------------------------------------------------------------------------
+
+_CONV = "int[2] stride, SymInt[4] padding, int[2] dilation, int groups"
+
+
+def _conv2d_impl(input, weight, bias, stride, padding, dilation, groups, algorithm):
+    _check_dtypes("conv2d", input=input, weight=weight, bias=bias)
+    x, w, b = _array(input), _array(weight), _array(bias)
+    with _TorchThreads(input):
+        return _tensor(ops.conv2d(x, w, b, stride, _pads(padding), dilation, groups,
                                   algorithm=algorithm))
 
-    @staticmethod
-    @_differentiable_once
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
-        input, weight = ctx.saved_tensors
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+
+def _conv2d_backward_impl(grad_output, input, weight, stride, padding, dilation, groups,
+                          output_mask, algorithm):
+    _check_dtypes("conv2d_backward", grad_output=grad_output, input=input, weight=weight)
+    dy, x, w = _array(grad_output), _array(input), _array(weight)
+    with _TorchThreads(input):
         grads = ops.conv2d_backward(
-            _array(grad_output), _array(input), _array(weight), *ctx.params,
-            needs_input_grad=needs_input, needs_weight_grad=needs_weight,
-            needs_bias_grad=needs_bias, algorithm=ctx.algorithm,
-        )
-        return (*map(_tensor, grads), None, None, None, None, None)
+            dy, x, w, stride, _pads(padding), dilation, groups,
+            needs_input_grad=output_mask[0], needs_weight_grad=output_mask[1],
+            needs_bias_grad=output_mask[2], algorithm=algorithm)
+    return tuple(_placeholder(input) if g is None else _tensor(g) for g in grads)
 
 
-class ConvTranspose2dFunction(torch.autograd.Function):
-    """:func:`fastconv.conv_transpose2d` with :func:`fastconv.conv_transpose2d_backward`.
+def _conv_setup(ctx, inputs, output):
+    input, weight, _bias, *params, algorithm = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.params = params
+    ctx.algorithm = algorithm
 
-    ``ConvTranspose2dFunction.apply(input, weight, bias, stride, padding, output_padding,
-    groups, dilation, algorithm)``, all positional, in ``torch.nn.functional``'s order.
-    """
 
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                stride: Any, padding: Any, output_padding: Any, groups: int, dilation: Any,
-                algorithm: str) -> torch.Tensor:
-        x, w, b = _float_arrays("conv_transpose2d", input=input, weight=weight, bias=bias)
-        ctx.save_for_backward(input, weight)
-        ctx.params = (stride, padding, output_padding, groups, dilation)
-        ctx.algorithm = algorithm
-        return _tensor(ops.conv_transpose2d(x, w, b, stride, padding, output_padding, groups,
-                                            dilation, algorithm=algorithm))
+def _conv2d_grads(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:3])
+    grads = _backward("conv2d", ctx, (grad_output,), lambda: _CONV2D_BACKWARD(
+        grad_output, input, weight, *ctx.params, mask, ctx.algorithm))
+    return (*(g if needed else None for g, needed in zip(grads, mask, strict=True)),
+            None, None, None, None, None)
 
-    @staticmethod
-    @_differentiable_once
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
-        input, weight = ctx.saved_tensors
-        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+
+_CONV2D = _op("conv2d", _conv2d_impl,
+              f"(Tensor input, Tensor weight, Tensor? bias, {_CONV}, str algorithm) -> Tensor",
+              3, _conv_setup, _conv2d_grads)
+_CONV2D_BACKWARD = _op(
+    "conv2d_backward", _conv2d_backward_impl,
+    f"(Tensor grad_output, Tensor input, Tensor weight, {_CONV}, {_MASK}, str algorithm) "
+    f"-> (Tensor, Tensor, Tensor)", 3)
+
+
+@_CONV2D.op.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups, algorithm):
+    _check_dtypes("conv2d", input=input, weight=weight, bias=bias)
+    _spatial("conv2d", input)
+    size = [shapes.output_length(input.shape[-2 + a], weight.shape[2 + a], stride[a],
+                                 (padding[2 * a], padding[2 * a + 1]), dilation[a])
+            for a in range(2)]
+    return input.new_empty((*input.shape[:-3], weight.shape[0], *_out_size("conv2d", size)))
+
+
+@_CONV2D_BACKWARD.op.register_fake
+def _(grad_output, input, weight, stride, padding, dilation, groups, output_mask, algorithm):
+    return _conv_grads_like(input, weight, weight.shape[0], output_mask)
+
+
+def _conv_grads_like(input, weight, channels, output_mask):
+    shapes_ = (input.shape, weight.shape, (channels,))
+    return tuple(input.new_empty(shape) if needed else _placeholder(input)
+                 for shape, needed in zip(shapes_, output_mask, strict=True))
+
+
+# conv_transpose2d -----------------------------------------------------------------------
+
+_TRANSPOSE = ("int[2] stride, SymInt[4] padding, int[2] output_padding, int groups, "
+              "int[2] dilation")
+
+
+def _conv_transpose2d_impl(input, weight, bias, stride, padding, output_padding, groups,
+                           dilation, algorithm):
+    _check_dtypes("conv_transpose2d", input=input, weight=weight, bias=bias)
+    x, w, b = _array(input), _array(weight), _array(bias)
+    with _TorchThreads(input):
+        return _tensor(ops.conv_transpose2d(x, w, b, stride, _pads(padding), output_padding,
+                                            groups, dilation, algorithm=algorithm))
+
+
+def _conv_transpose2d_backward_impl(grad_output, input, weight, stride, padding,
+                                    output_padding, groups, dilation, output_mask, algorithm):
+    _check_dtypes("conv_transpose2d_backward", grad_output=grad_output, input=input,
+                  weight=weight)
+    dy, x, w = _array(grad_output), _array(input), _array(weight)
+    with _TorchThreads(input):
         grads = ops.conv_transpose2d_backward(
-            _array(grad_output), _array(input), _array(weight), *ctx.params,
-            needs_input_grad=needs_input, needs_weight_grad=needs_weight,
-            needs_bias_grad=needs_bias, algorithm=ctx.algorithm,
-        )
-        return (*map(_tensor, grads), None, None, None, None, None, None)
+            dy, x, w, stride, _pads(padding), output_padding, groups, dilation,
+            needs_input_grad=output_mask[0], needs_weight_grad=output_mask[1],
+            needs_bias_grad=output_mask[2], algorithm=algorithm)
+    return tuple(_placeholder(input) if g is None else _tensor(g) for g in grads)
 
 
-class MaxPool2dFunction(torch.autograd.Function):
-    """:func:`fastconv.max_pool2d` with :func:`fastconv.max_pool2d_backward`.
-
-    ``MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
-    return_indices, algorithm)``. With ``return_indices`` it returns
-    ``(output, indices)``, the indices not differentiable. The indices the
-    backward needs are computed only when ``input`` requires grad or they are
-    asked for. (The forward cannot see the caller's grad mode, so under
-    ``torch.no_grad()`` an input that requires grad still gets them; :func:`max_pool2d`
-    skips them there.)
-    """
-
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, kernel_size: Any, stride: Any, padding: Any,
-                dilation: Any, ceil_mode: bool, return_indices: bool,
-                algorithm: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        (x,) = _float_arrays("max_pool2d", input=input)
-        window = (kernel_size, stride, padding, dilation, ceil_mode)
-        if not (return_indices or ctx.needs_input_grad[0]):
-            return _tensor(ops.max_pool2d(x, *window, algorithm=algorithm))
-        out, indices = map(_tensor, ops.max_pool2d(x, *window, return_indices=True,
-                                                   algorithm=algorithm))
-        ctx.save_for_backward(indices)
-        ctx.input_shape = _shape(input)
-        ctx.algorithm = algorithm
-        if return_indices:
-            ctx.mark_non_differentiable(indices)
-            return out, indices
-        return out
-
-    @staticmethod
-    @_differentiable_once
-    def backward(ctx: Any, grad_output: torch.Tensor, *_grad_indices: Any) -> tuple:
-        (indices,) = ctx.saved_tensors
-        grad_input = ops.max_pool2d_backward(_array(grad_output), _array(indices),
-                                             ctx.input_shape, algorithm=ctx.algorithm)
-        return (_tensor(grad_input), None, None, None, None, None, None, None)
+def _conv_transpose2d_grads(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:3])
+    grads = _backward("conv_transpose2d", ctx, (grad_output,),
+                      lambda: _CONV_TRANSPOSE2D_BACKWARD(grad_output, input, weight,
+                                                         *ctx.params, mask, ctx.algorithm))
+    return (*(g if needed else None for g, needed in zip(grads, mask, strict=True)),
+            None, None, None, None, None, None)
 
 
-class AvgPool2dFunction(torch.autograd.Function):
-    """:func:`fastconv.avg_pool2d` with :func:`fastconv.avg_pool2d_backward`.
-
-    ``AvgPool2dFunction.apply(input, kernel_size, stride, padding, ceil_mode,
-    count_include_pad, divisor_override, algorithm)``.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, kernel_size: Any, stride: Any, padding: Any,
-                ceil_mode: bool, count_include_pad: bool, divisor_override: int | None,
-                algorithm: str) -> torch.Tensor:
-        (x,) = _float_arrays("avg_pool2d", input=input)
-        ctx.params = (kernel_size, stride, padding, ceil_mode, count_include_pad,
-                      divisor_override)
-        ctx.input_shape = _shape(input)
-        ctx.algorithm = algorithm
-        return _tensor(ops.avg_pool2d(x, *ctx.params, algorithm=algorithm))
-
-    @staticmethod
-    @_differentiable_once
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
-        grad_input = ops.avg_pool2d_backward(_array(grad_output), ctx.input_shape, *ctx.params,
-                                             algorithm=ctx.algorithm)
-        return (_tensor(grad_input), None, None, None, None, None, None, None)
+_CONV_TRANSPOSE2D = _op(
+    "conv_transpose2d", _conv_transpose2d_impl,
+    f"(Tensor input, Tensor weight, Tensor? bias, {_TRANSPOSE}, str algorithm) -> Tensor",
+    3, _conv_setup, _conv_transpose2d_grads)
+_CONV_TRANSPOSE2D_BACKWARD = _op(
+    "conv_transpose2d_backward", _conv_transpose2d_backward_impl,
+    f"(Tensor grad_output, Tensor input, Tensor weight, {_TRANSPOSE}, {_MASK}, "
+    f"str algorithm) -> (Tensor, Tensor, Tensor)", 3)
 
 
-class MaxUnpool2dFunction(torch.autograd.Function):
-    """:func:`fastconv.max_unpool2d` with :func:`fastconv.max_unpool2d_backward`.
-
-    ``MaxUnpool2dFunction.apply(input, indices, kernel_size, stride, padding,
-    output_size, algorithm)``; differentiable in ``input`` only.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, indices: torch.Tensor, kernel_size: Any,
-                stride: Any, padding: Any, output_size: Any, algorithm: str) -> torch.Tensor:
-        (x,) = _float_arrays("max_unpool2d", input=input)
-        where = _index_array("max_unpool2d", indices, input)
-        if output_size is not None:
-            output_size = [int(n) for n in output_size]
-        ctx.save_for_backward(indices)
-        ctx.algorithm = algorithm
-        return _tensor(ops.max_unpool2d(x, where, kernel_size, stride, padding, output_size,
-                                        algorithm=algorithm))
-
-    @staticmethod
-    @_differentiable_once
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
-        (indices,) = ctx.saved_tensors
-        grad_input = ops.max_unpool2d_backward(_array(grad_output), _array(indices),
-                                               algorithm=ctx.algorithm)
-        return (_tensor(grad_input), None, None, None, None, None, None)
+@_CONV_TRANSPOSE2D.op.register_fake
+def _(input, weight, bias, stride, padding, output_padding, groups, dilation, algorithm):
+    _check_dtypes("conv_transpose2d", input=input, weight=weight, bias=bias)
+    _spatial("conv_transpose2d", input)
+    # the adjoint of conv2d's size rule: (H - 1) * stride - pads + dilation * (R - 1) + 1
+    size = [(input.shape[-2 + a] - 1) * stride[a] - padding[2 * a] - padding[2 * a + 1]
+            + dilation[a] * (weight.shape[2 + a] - 1) + output_padding[a] + 1 for a in range(2)]
+    return input.new_empty((*input.shape[:-3], weight.shape[1] * groups,
+                            *_out_size("conv_transpose2d", size)))
 
 
-class RepeatUnpool2dFunction(torch.autograd.Function):
-    """:func:`fastconv.repeat_unpool2d` with :func:`fastconv.repeat_unpool2d_backward`.
+@_CONV_TRANSPOSE2D_BACKWARD.op.register_fake
+def _(grad_output, input, weight, stride, padding, output_padding, groups, dilation,
+      output_mask, algorithm):
+    return _conv_grads_like(input, weight, weight.shape[1] * groups, output_mask)
 
-    ``RepeatUnpool2dFunction.apply(input, scale, algorithm)``.
-    """
 
-    @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, scale: Any, algorithm: str) -> torch.Tensor:
-        (x,) = _float_arrays("repeat_unpool2d", input=input)
-        ctx.scale = scale
-        ctx.algorithm = algorithm
-        return _tensor(ops.repeat_unpool2d(x, scale, algorithm=algorithm))
+# max_pool2d -----------------------------------------------------------------------------
 
-    @staticmethod
-    @_differentiable_once
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
-        grad_input = ops.repeat_unpool2d_backward(_array(grad_output), ctx.scale,
-                                                  algorithm=ctx.algorithm)
-        return (_tensor(grad_input), None, None)
+_MAX_POOL = ("int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+             "bool ceil_mode, str algorithm")
+
+
+def _pool_size(input, kernel_size, stride, padding, dilation, ceil_mode):
+    _spatial("max_pool2d", input)
+    size = [shapes.output_length(input.shape[-2 + a], kernel_size[a], stride[a],
+                                 (padding[a], padding[a]), dilation[a], ceil_mode)
+            for a in range(2)]
+    return (*input.shape[:-2], *_out_size("pooling", size))
+
+
+def _max_pool2d_impl(input, kernel_size, stride, padding, dilation, ceil_mode, algorithm):
+    _check_dtypes("max_pool2d", input=input)
+    with _TorchThreads(input):
+        return _tensor(ops.max_pool2d(_array(input), kernel_size, stride, padding, dilation,
+                                      ceil_mode, algorithm=algorithm))
+
+
+def _max_pool2d_with_indices_impl(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                  algorithm):
+    _check_dtypes("max_pool2d", input=input)
+    with _TorchThreads(input):
+        out, indices = ops.max_pool2d(_array(input), kernel_size, stride, padding, dilation,
+                                      ceil_mode, return_indices=True, algorithm=algorithm)
+    return _tensor(out), _tensor(indices)
+
+
+def _max_pool2d_backward_impl(grad_output, indices, input_shape, algorithm):
+    _check_dtypes("max_pool2d_backward", grad_output=grad_output)
+    with _TorchThreads(grad_output):
+        return _tensor(ops.max_pool2d_backward(_array(grad_output), _array(indices),
+                                               tuple(input_shape), algorithm=algorithm))
+
+
+def _max_pool2d_setup(ctx, inputs, output):
+    input, *_, algorithm = inputs
+    indices = output[1]
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(indices)
+    ctx.input_shape = list(input.shape)
+    ctx.algorithm = algorithm
+
+
+def _max_pool2d_grads(ctx, grad_output, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    grad_input = _backward("max_pool2d", ctx, (grad_output,), lambda: _MAX_POOL2D_BACKWARD(
+        grad_output, indices, ctx.input_shape, ctx.algorithm))
+    return grad_input, None, None, None, None, None, None
+
+
+def _max_pool2d_plain_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.window = inputs[1:]
+
+
+def _max_pool2d_plain_grads(ctx, grad_output):
+    """The functionals call the op without indices only where no backward can follow;
+    called directly, it finds the indices again in its backward."""
+    (input,) = ctx.saved_tensors
+
+    def run():
+        _, indices = _MAX_POOL2D_WITH_INDICES(input.detach(), *ctx.window)
+        return _MAX_POOL2D_BACKWARD(grad_output, indices, list(input.shape), ctx.window[-1])
+
+    return _backward("max_pool2d", ctx, (grad_output,), run), None, None, None, None, None, None
+
+
+_MAX_POOL2D = _op("max_pool2d", _max_pool2d_impl, f"(Tensor input, {_MAX_POOL}) -> Tensor",
+                  1, _max_pool2d_plain_setup, _max_pool2d_plain_grads)
+_MAX_POOL2D_WITH_INDICES = _op(
+    "max_pool2d_with_indices", _max_pool2d_with_indices_impl,
+    f"(Tensor input, {_MAX_POOL}) -> (Tensor, Tensor)", 1, _max_pool2d_setup,
+    _max_pool2d_grads)
+_MAX_POOL2D_BACKWARD = _op(
+    "max_pool2d_backward", _max_pool2d_backward_impl,
+    "(Tensor grad_output, Tensor indices, SymInt[] input_shape, str algorithm) -> Tensor", 2)
+
+
+@_MAX_POOL2D.op.register_fake
+def _(input, kernel_size, stride, padding, dilation, ceil_mode, algorithm):
+    _check_dtypes("max_pool2d", input=input)
+    return input.new_empty(_pool_size(input, kernel_size, stride, padding, dilation, ceil_mode))
+
+
+@_MAX_POOL2D_WITH_INDICES.op.register_fake
+def _(input, kernel_size, stride, padding, dilation, ceil_mode, algorithm):
+    _check_dtypes("max_pool2d", input=input)
+    size = _pool_size(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return input.new_empty(size), input.new_empty(size, dtype=torch.int64)
+
+
+@_MAX_POOL2D_BACKWARD.op.register_fake
+def _(grad_output, indices, input_shape, algorithm):
+    return grad_output.new_empty(input_shape)
+
+
+# avg_pool2d -----------------------------------------------------------------------------
+
+_AVG_POOL = ("int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
+             "bool count_include_pad, int? divisor_override, str algorithm")
+
+
+def _avg_pool2d_impl(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, algorithm):
+    _check_dtypes("avg_pool2d", input=input)
+    with _TorchThreads(input):
+        return _tensor(ops.avg_pool2d(_array(input), kernel_size, stride, padding, ceil_mode,
+                                      count_include_pad, divisor_override, algorithm=algorithm))
+
+
+def _avg_pool2d_backward_impl(grad_output, input_shape, kernel_size, stride, padding,
+                              ceil_mode, count_include_pad, divisor_override, algorithm):
+    _check_dtypes("avg_pool2d_backward", grad_output=grad_output)
+    with _TorchThreads(grad_output):
+        return _tensor(ops.avg_pool2d_backward(
+            _array(grad_output), tuple(input_shape), kernel_size, stride, padding, ceil_mode,
+            count_include_pad, divisor_override, algorithm=algorithm))
+
+
+def _avg_pool2d_setup(ctx, inputs, output):
+    input, *params, algorithm = inputs
+    ctx.input_shape = list(input.shape)
+    ctx.params = params
+    ctx.algorithm = algorithm
+
+
+def _avg_pool2d_grads(ctx, grad_output):
+    grad_input = _backward("avg_pool2d", ctx, (grad_output,), lambda: _AVG_POOL2D_BACKWARD(
+        grad_output, ctx.input_shape, *ctx.params, ctx.algorithm))
+    return grad_input, None, None, None, None, None, None, None
+
+
+_AVG_POOL2D = _op("avg_pool2d", _avg_pool2d_impl, f"(Tensor input, {_AVG_POOL}) -> Tensor", 1,
+                  _avg_pool2d_setup, _avg_pool2d_grads)
+_AVG_POOL2D_BACKWARD = _op(
+    "avg_pool2d_backward", _avg_pool2d_backward_impl,
+    f"(Tensor grad_output, SymInt[] input_shape, {_AVG_POOL}) -> Tensor", 1)
+
+
+@_AVG_POOL2D.op.register_fake
+def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+      algorithm):
+    _check_dtypes("avg_pool2d", input=input)
+    return input.new_empty(_pool_size(input, kernel_size, stride, padding, (1, 1), ceil_mode))
+
+
+@_AVG_POOL2D_BACKWARD.op.register_fake
+def _(grad_output, input_shape, *_params):
+    return grad_output.new_empty(input_shape)
+
+
+# max_unpool2d ---------------------------------------------------------------------------
+
+
+def _max_unpool2d_impl(input, indices, kernel_size, stride, padding, output_size, algorithm):
+    _check_dtypes("max_unpool2d", input=input)
+    with _TorchThreads(input):
+        return _tensor(ops.max_unpool2d(_array(input), _array(indices), kernel_size, stride,
+                                        padding, output_size, algorithm=algorithm))
+
+
+def _max_unpool2d_backward_impl(grad_output, indices, algorithm):
+    _check_dtypes("max_unpool2d_backward", grad_output=grad_output)
+    with _TorchThreads(grad_output):
+        return _tensor(ops.max_unpool2d_backward(_array(grad_output), _array(indices),
+                                                 algorithm=algorithm))
+
+
+def _max_unpool2d_setup(ctx, inputs, output):
+    _input, indices, *_, algorithm = inputs
+    ctx.save_for_backward(indices)
+    ctx.algorithm = algorithm
+
+
+def _max_unpool2d_grads(ctx, grad_output):
+    (indices,) = ctx.saved_tensors
+    grad_input = _backward("max_unpool2d", ctx, (grad_output,),
+                           lambda: _MAX_UNPOOL2D_BACKWARD(grad_output, indices, ctx.algorithm))
+    return grad_input, None, None, None, None, None, None
+
+
+_MAX_UNPOOL2D = _op(
+    "max_unpool2d", _max_unpool2d_impl,
+    "(Tensor input, Tensor indices, int[2] kernel_size, int[2] stride, int[2] padding, "
+    "SymInt[]? output_size, str algorithm) -> Tensor", 2, _max_unpool2d_setup,
+    _max_unpool2d_grads)
+_MAX_UNPOOL2D_BACKWARD = _op(
+    "max_unpool2d_backward", _max_unpool2d_backward_impl,
+    "(Tensor grad_output, Tensor indices, str algorithm) -> Tensor", 2)
+
+
+@_MAX_UNPOOL2D.op.register_fake
+def _(input, indices, kernel_size, stride, padding, output_size, algorithm):
+    _check_dtypes("max_unpool2d", input=input)
+    _spatial("max_unpool2d", input)
+    if output_size is None:
+        size = [(input.shape[-2 + a] - 1) * stride[a] - 2 * padding[a] + kernel_size[a]
+                for a in range(2)]
+    else:
+        size = list(output_size[-2:])
+    return input.new_empty((*input.shape[:-2], *_out_size("max_unpool2d", size)))
+
+
+@_MAX_UNPOOL2D_BACKWARD.op.register_fake
+def _(grad_output, indices, algorithm):
+    return grad_output.new_empty(indices.shape)
+
+
+# repeat_unpool2d ------------------------------------------------------------------------
+
+
+def _repeat_unpool2d_impl(input, scale, algorithm):
+    _check_dtypes("repeat_unpool2d", input=input)
+    with _TorchThreads(input):
+        return _tensor(ops.repeat_unpool2d(_array(input), scale, algorithm=algorithm))
+
+
+def _repeat_unpool2d_backward_impl(grad_output, scale, algorithm):
+    _check_dtypes("repeat_unpool2d_backward", grad_output=grad_output)
+    with _TorchThreads(grad_output):
+        return _tensor(ops.repeat_unpool2d_backward(_array(grad_output), scale,
+                                                    algorithm=algorithm))
+
+
+def _repeat_unpool2d_setup(ctx, inputs, output):
+    _input, ctx.scale, ctx.algorithm = inputs
+
+
+def _repeat_unpool2d_grads(ctx, grad_output):
+    grad_input = _backward("repeat_unpool2d", ctx, (grad_output,),
+                           lambda: _REPEAT_UNPOOL2D_BACKWARD(grad_output, ctx.scale,
+                                                             ctx.algorithm))
+    return grad_input, None, None
+
+
+_REPEAT_UNPOOL2D = _op("repeat_unpool2d", _repeat_unpool2d_impl,
+                       "(Tensor input, int[2] scale, str algorithm) -> Tensor", 1,
+                       _repeat_unpool2d_setup, _repeat_unpool2d_grads)
+_REPEAT_UNPOOL2D_BACKWARD = _op(
+    "repeat_unpool2d_backward", _repeat_unpool2d_backward_impl,
+    "(Tensor grad_output, int[2] scale, str algorithm) -> Tensor", 1)
+
+
+@_REPEAT_UNPOOL2D.op.register_fake
+def _(input, scale, algorithm):
+    _check_dtypes("repeat_unpool2d", input=input)
+    _spatial("repeat_unpool2d", input)
+    return input.new_empty((*input.shape[:-2], input.shape[-2] * scale[0],
+                            input.shape[-1] * scale[1]))
+
+
+@_REPEAT_UNPOOL2D_BACKWARD.op.register_fake
+def _(grad_output, scale, algorithm):
+    _spatial("repeat_unpool2d_backward", grad_output, "grad_output")
+    return grad_output.new_empty((*grad_output.shape[:-2], grad_output.shape[-2] // scale[0],
+                                  grad_output.shape[-1] // scale[1]))
+
+
+# --- arguments: every form fastconv accepts, normalised for the ops ----------------------
+
+
+def _algorithm(algorithm: object) -> str:
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm must be a str such as 'auto', got {algorithm!r}")
+    return algorithm
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _pair(value: object, name: str, minimum: int = 1) -> list[int]:
+    """:func:`fastconv.shapes.pair` as a list, with a fast path for what modules pass."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int \
+            and type(value[1]) is int and value[0] >= minimum and value[1] >= minimum:
+        return [value[0], value[1]]
+    if type(value) is int and value >= minimum:
+        return [value, value]
+    return list(shapes.pair(value, name, minimum=minimum))
+
+
+def _conv_args(op: str, input: torch.Tensor, weight: torch.Tensor, stride: Any, padding: Any,
+               dilation: Any, weight_form: str) -> tuple[list[int], list[int], list[int]]:
+    """``stride`` and ``dilation`` as pairs, ``padding`` (any form) as explicit
+    ``[top, bottom, left, right]``: ``"same"`` needs the input and kernel sizes."""
+    _spatial(op, input)
+    if weight.dim() != 4:
+        raise ValueError(f"{op}: weight must be 4-D {weight_form}, got shape "
+                         f"{tuple(weight.shape)}")
+    stride2 = _pair(stride, "stride")
+    dilation2 = _pair(dilation, "dilation")
+    if type(padding) is int or (type(padding) is tuple and len(padding) == 2
+                                and type(padding[0]) is int and type(padding[1]) is int):
+        pad_h, pad_w = _pair(padding, "padding", minimum=0)
+        return stride2, [pad_h, pad_h, pad_w, pad_w], dilation2
+    (top, bottom), (left, right) = shapes.padding2d(
+        padding, tuple(input.shape[-2:]), tuple(weight.shape[2:]), tuple(stride2),
+        tuple(dilation2))
+    return stride2, [top, bottom, left, right], dilation2
+
+
+def _window_args(kernel_size: Any, stride: Any, padding: Any) -> tuple[list[int], ...]:
+    """A pooling window's pairs; ``stride=None`` means ``kernel_size``."""
+    kernel = _pair(kernel_size, "kernel_size")
+    step = kernel if stride is None else _pair(stride, "stride")
+    return kernel, step, _pair(padding, "padding", minimum=0)
 
 
 # --- functionals ---------------------------------------------------------------------------
@@ -403,7 +874,8 @@ def conv2d(
     *,
     algorithm: str = "auto",
 ) -> torch.Tensor:
-    """``torch.nn.functional.conv2d`` computed by :func:`fastconv.conv2d`, differentiable.
+    """``torch.nn.functional.conv2d`` computed by :func:`fastconv.conv2d`, differentiable
+    (the op ``torch.ops.fastconv.conv2d``).
 
     Shapes: ``input`` ``(N, C, H, W)`` or ``(C, H, W)``, ``weight``
     ``(K, C/groups, R, S)``, ``bias`` ``(K,)`` or None; output
@@ -411,8 +883,8 @@ def conv2d(
     ``H_out = floor((H + pad_top + pad_bottom - dilation_h * (R - 1) - 1) / stride_h) + 1``.
     ``padding`` takes every form :func:`fastconv.conv2d` accepts: an int, a
     pair, ``((top, bottom), (left, right))``, ``"valid"`` or ``"same"`` (also
-    with stride > 1, unlike PyTorch). ``algorithm`` picks the kernel of the
-    forward and of both weight and input gradients.
+    with stride > 1, unlike PyTorch: the output is ``ceil(H / stride)``).
+    ``algorithm`` picks the kernel of the forward and of both weight and input gradients.
 
     >>> x = torch.ones(1, 1, 4, 4)
     >>> conv2d(x, torch.ones(2, 1, 3, 3), torch.tensor([0.0, 1.0]), padding=1)[0, 1]
@@ -420,9 +892,14 @@ def conv2d(
             [ 7., 10., 10.,  7.],
             [ 7., 10., 10.,  7.],
             [ 5.,  7.,  7.,  5.]])
+    >>> conv2d(torch.ones(1, 1, 5, 5), torch.ones(1, 1, 3, 3), stride=2, padding="same").shape
+    torch.Size([1, 1, 3, 3])
     """
-    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups,
-                                algorithm)
+    _check_tensors("conv2d", input=input, weight=weight, bias=bias)
+    stride2, pads, dilation2 = _conv_args("conv2d", input, weight, stride, padding, dilation,
+                                          "(K, C/groups, R, S)")
+    return _CONV2D(input, weight, bias, stride2, pads, dilation2,
+                   positive_int(groups, "groups"), _algorithm(algorithm))
 
 
 def conv_transpose2d(
@@ -430,25 +907,35 @@ def conv_transpose2d(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
+    padding: Any = 0,
     output_padding: int | tuple[int, int] = 0,
     groups: int = 1,
     dilation: int | tuple[int, int] = 1,
     *,
     algorithm: str = "auto",
 ) -> torch.Tensor:
-    """``torch.nn.functional.conv_transpose2d`` computed by :func:`fastconv.conv_transpose2d`.
+    """``torch.nn.functional.conv_transpose2d`` computed by :func:`fastconv.conv_transpose2d`
+    (the op ``torch.ops.fastconv.conv_transpose2d``).
 
     Shapes: ``input`` ``(N, C_in, H, W)`` or ``(C_in, H, W)``, ``weight``
     ``(C_in, C_out/groups, R, S)``, ``bias`` ``(C_out,)`` or None; output
-    ``(N, C_out, H_out, W_out)`` with ``H_out = (H - 1) * stride_h - 2 * pad_h
-    + dilation_h * (R - 1) + output_padding_h + 1``.
+    ``(N, C_out, H_out, W_out)`` with ``H_out = (H - 1) * stride_h - pad_top - pad_bottom
+    + dilation_h * (R - 1) + output_padding_h + 1``. ``padding``: an int, a pair or
+    ``((top, bottom), (left, right))``.
 
     >>> conv_transpose2d(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2), stride=2).shape
     torch.Size([1, 1, 4, 4])
     """
-    return ConvTranspose2dFunction.apply(input, weight, bias, stride, padding, output_padding,
-                                         groups, dilation, algorithm)
+    _check_tensors("conv_transpose2d", input=input, weight=weight, bias=bias)
+    if isinstance(padding, str):
+        raise ValueError(
+            "conv_transpose2d: padding must be an int, a pair (pad_h, pad_w) or "
+            f"((top, bottom), (left, right)), got {padding!r}")
+    stride2, pads, dilation2 = _conv_args("conv_transpose2d", input, weight, stride, padding,
+                                          dilation, "(C_in, C_out/groups, R, S)")
+    extra = _pair(output_padding, "output_padding", minimum=0)
+    return _CONV_TRANSPOSE2D(input, weight, bias, stride2, pads, extra,
+                             positive_int(groups, "groups"), dilation2, _algorithm(algorithm))
 
 
 def max_pool2d(
@@ -462,7 +949,8 @@ def max_pool2d(
     *,
     algorithm: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """``torch.nn.functional.max_pool2d`` computed by :func:`fastconv.max_pool2d`.
+    """``torch.nn.functional.max_pool2d`` computed by :func:`fastconv.max_pool2d` (the ops
+    ``torch.ops.fastconv.max_pool2d`` and ``max_pool2d_with_indices``).
 
     Shapes: ``input`` ``(N, C, H, W)`` or ``(C, H, W)``; output (and int64
     indices, flat positions ``h * W + w`` as PyTorch's) ``(N, C, H_out, W_out)``
@@ -477,17 +965,15 @@ def max_pool2d(
              [2., 4.]]]), tensor([[[ 4,  6],
              [ 9, 11]]]))
     """
-    needs_indices = return_indices or (torch.is_grad_enabled()
-                                       and isinstance(input, torch.Tensor)
-                                       and input.requires_grad)
-    if not needs_indices:
-        # no graph will be built (the Function's forward runs under no_grad and cannot
-        # tell), so the plain forward, without indices
-        (x,) = _float_arrays("max_pool2d", input=input)
-        return _tensor(ops.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                      algorithm=algorithm))
-    return MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
-                                   return_indices, algorithm)
+    _check_tensors("max_pool2d", input=input)
+    kernel, step, pad = _window_args(kernel_size, stride, padding)
+    args = (input, kernel, step, pad, _pair(dilation, "dilation"),
+            _flag(ceil_mode, "ceil_mode"), _algorithm(algorithm))
+    if _flag(return_indices, "return_indices"):
+        return _MAX_POOL2D_WITH_INDICES(*args)
+    if torch.is_grad_enabled() and input.requires_grad:
+        return _MAX_POOL2D_WITH_INDICES(*args)[0]
+    return _MAX_POOL2D(*args)
 
 
 def avg_pool2d(
@@ -501,7 +987,8 @@ def avg_pool2d(
     *,
     algorithm: str = "auto",
 ) -> torch.Tensor:
-    """``torch.nn.functional.avg_pool2d`` computed by :func:`fastconv.avg_pool2d`.
+    """``torch.nn.functional.avg_pool2d`` computed by :func:`fastconv.avg_pool2d` (the op
+    ``torch.ops.fastconv.avg_pool2d``).
 
     Shapes: ``input`` ``(N, C, H, W)`` or ``(C, H, W)``; output
     ``(N, C, H_out, W_out)`` with ``H_out = floor((H + 2 * pad_h - kernel_h) / stride_h) + 1``
@@ -512,8 +999,13 @@ def avg_pool2d(
     tensor([[[ 2.5000,  4.5000],
              [10.5000, 12.5000]]])
     """
-    return AvgPool2dFunction.apply(input, kernel_size, stride, padding, ceil_mode,
-                                   count_include_pad, divisor_override, algorithm)
+    _check_tensors("avg_pool2d", input=input)
+    kernel, step, pad = _window_args(kernel_size, stride, padding)
+    divisor = (None if divisor_override is None
+               else positive_int(divisor_override, "divisor_override"))
+    return _AVG_POOL2D(input, kernel, step, pad, _flag(ceil_mode, "ceil_mode"),
+                       _flag(count_include_pad, "count_include_pad"), divisor,
+                       _algorithm(algorithm))
 
 
 def max_unpool2d(
@@ -526,7 +1018,8 @@ def max_unpool2d(
     *,
     algorithm: str = "auto",
 ) -> torch.Tensor:
-    """``torch.nn.functional.max_unpool2d`` computed by :func:`fastconv.max_unpool2d`.
+    """``torch.nn.functional.max_unpool2d`` computed by :func:`fastconv.max_unpool2d` (the
+    op ``torch.ops.fastconv.max_unpool2d``).
 
     Puts each value back at its index, zeros elsewhere. Shapes: ``input`` and
     ``indices`` ``(N, C, H, W)`` or ``(C, H, W)``; output ``(N, C, H_out, W_out)``
@@ -538,8 +1031,18 @@ def max_unpool2d(
     tensor([[[0., 0.],
              [4., 0.]]])
     """
-    return MaxUnpool2dFunction.apply(input, indices, kernel_size, stride, padding, output_size,
-                                     algorithm)
+    _check_tensors("max_unpool2d", input=input)
+    _check_indices("max_unpool2d", indices, input)
+    kernel, step, pad = _window_args(kernel_size, stride, padding)
+    if output_size is not None:
+        form = "output_size must be (H_out, W_out) or a 3-D/4-D shape ending in them"
+        if not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 3, 4):
+            raise ValueError(f"max_unpool2d: {form}, got {output_size!r}")
+        try:
+            output_size = [operator.index(n) for n in output_size]
+        except TypeError:
+            raise TypeError(f"max_unpool2d: {form}, ints, got {output_size!r}") from None
+    return _MAX_UNPOOL2D(input, indices, kernel, step, pad, output_size, _algorithm(algorithm))
 
 
 def repeat_unpool2d(
@@ -548,7 +1051,8 @@ def repeat_unpool2d(
     *,
     algorithm: str = "auto",
 ) -> torch.Tensor:
-    """Each value copied into a ``scale_h x scale_w`` block, by :func:`fastconv.repeat_unpool2d`:
+    """Each value copied into a ``scale_h x scale_w`` block, by :func:`fastconv.repeat_unpool2d`
+    (the op ``torch.ops.fastconv.repeat_unpool2d``):
     ``torch.nn.functional.interpolate(input, scale_factor=scale, mode="nearest")``
     for an integer ``scale``.
 
@@ -559,7 +1063,88 @@ def repeat_unpool2d(
     tensor([[[1., 2.],
              [1., 2.]]])
     """
-    return RepeatUnpool2dFunction.apply(input, scale, algorithm)
+    _check_tensors("repeat_unpool2d", input=input)
+    return _REPEAT_UNPOOL2D(input, _pair(scale, "scale"), _algorithm(algorithm))
+
+
+# --- the functionals with positional arguments only, as the autograd Functions were ------
+#
+# Plain classes, not torch.autograd.Function subclasses: Dynamo traces the ``forward`` of any
+# Function subclass whose ``apply`` it meets, ignoring an overriding ``apply``, so an ``apply``
+# taking the functionals' arguments would compile wrongly. The eager route's Functions are
+# the ``_Op.function`` of each op.
+
+
+class Conv2dFunction:
+    """``Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups,
+    algorithm)``, all positional, is :func:`conv2d` (``bias`` may be None).
+
+    >>> x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    >>> w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    >>> torch.autograd.gradcheck(Conv2dFunction.apply, (x, w, None, 1, 1, 1, 1, "auto"))
+    True
+    """
+
+    @staticmethod
+    def apply(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any,
+              padding: Any, dilation: Any, groups: int, algorithm: str) -> torch.Tensor:
+        return conv2d(input, weight, bias, stride, padding, dilation, groups,
+                      algorithm=algorithm)
+
+
+class ConvTranspose2dFunction:
+    """``ConvTranspose2dFunction.apply(input, weight, bias, stride, padding, output_padding,
+    groups, dilation, algorithm)``, all positional, is :func:`conv_transpose2d`."""
+
+    @staticmethod
+    def apply(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any,
+              padding: Any, output_padding: Any, groups: int, dilation: Any,
+              algorithm: str) -> torch.Tensor:
+        return conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
+                                dilation, algorithm=algorithm)
+
+
+class MaxPool2dFunction:
+    """``MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
+    return_indices, algorithm)`` is :func:`max_pool2d`."""
+
+    @staticmethod
+    def apply(input: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+              ceil_mode: bool, return_indices: bool,
+              algorithm: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        return max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode,
+                          return_indices, algorithm=algorithm)
+
+
+class AvgPool2dFunction:
+    """``AvgPool2dFunction.apply(input, kernel_size, stride, padding, ceil_mode,
+    count_include_pad, divisor_override, algorithm)`` is :func:`avg_pool2d`."""
+
+    @staticmethod
+    def apply(input: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, ceil_mode: bool,
+              count_include_pad: bool, divisor_override: int | None,
+              algorithm: str) -> torch.Tensor:
+        return avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                          divisor_override, algorithm=algorithm)
+
+
+class MaxUnpool2dFunction:
+    """``MaxUnpool2dFunction.apply(input, indices, kernel_size, stride, padding, output_size,
+    algorithm)`` is :func:`max_unpool2d`; differentiable in ``input`` only."""
+
+    @staticmethod
+    def apply(input: torch.Tensor, indices: torch.Tensor, kernel_size: Any, stride: Any,
+              padding: Any, output_size: Any, algorithm: str) -> torch.Tensor:
+        return max_unpool2d(input, indices, kernel_size, stride, padding, output_size,
+                            algorithm=algorithm)
+
+
+class RepeatUnpool2dFunction:
+    """``RepeatUnpool2dFunction.apply(input, scale, algorithm)`` is :func:`repeat_unpool2d`."""
+
+    @staticmethod
+    def apply(input: torch.Tensor, scale: Any, algorithm: str) -> torch.Tensor:
+        return repeat_unpool2d(input, scale, algorithm=algorithm)
 
 
 # --- modules -------------------------------------------------------------------------------
@@ -597,7 +1182,8 @@ class Conv2d(_WithAlgorithm, torch.nn.Conv2d):
     kernel_h, kernel_w)`` and ``bias`` ``(out_channels,)``, initialisation and
     ``state_dict`` as ``torch.nn.Conv2d`` (a subclass of it that replaces
     ``forward``), plus ``algorithm`` (see :func:`fastconv.conv2d`).
-    ``padding_mode`` must be ``"zeros"``.
+    ``padding`` takes every form :func:`conv2d` accepts, also those torch.nn.Conv2d
+    refuses (``"same"`` with stride > 1); ``padding_mode`` must be ``"zeros"``.
 
     Shape: input ``(N, C_in, H, W)`` or ``(C_in, H, W)``; output
     ``(N, C_out, H_out, W_out)`` as in :func:`conv2d`.
@@ -615,7 +1201,7 @@ class Conv2d(_WithAlgorithm, torch.nn.Conv2d):
         out_channels: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: str | int | tuple[int, int] = 0,
+        padding: Any = 0,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
@@ -626,8 +1212,14 @@ class Conv2d(_WithAlgorithm, torch.nn.Conv2d):
         algorithm: str = "auto",
     ) -> None:
         _check_module_args("Conv2d", padding_mode, dtype)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype)
+        # torch.nn.Conv2d refuses "same" with stride > 1, which fastconv computes
+        strided_same = (isinstance(padding, str) and padding == "same"
+                        and shapes.pair(stride, "stride") != (1, 1))
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         0 if strided_same else padding, dilation, groups, bias, padding_mode,
+                         device, dtype)
+        if strided_same:
+            self.padding = padding
         self.algorithm = algorithm
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,12 @@ memory layouts; the same small CNN trained with torch.nn layers and with
 fastconv.torch layers, step by step; errors; and that ``import fastconv`` alone
 does not import torch.
 
+Every test runs the default route of eager mode (each op's implementation called
+directly, through an autograd.Function where a graph is recorded); the last section
+shows that it equals the custom ops' route (``torch.ops.fastconv.*``, which
+torch.compile, make_fx, jit.trace, FakeTensors and torch.func get) bitwise, error for
+error, and under autocast, and that tracing does get the custom ops.
+
 Tolerances are :func:`tests.cases.tolerance`'s: a few ulps of O(10) values, with a
 10-100x margin.
 """
@@ -24,6 +30,7 @@ pytest.importorskip("torch")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import fastconv  # noqa: E402
 import fastconv.torch as fct  # noqa: E402
 from tests.cases import tolerance  # noqa: E402
 from tests.pool_cases import tie_free  # noqa: E402
@@ -68,6 +75,16 @@ def assert_matches(ours, theirs, inputs, rng):
     for a_input, b_input in zip(a_inputs, b_inputs, strict=True):
         if b_input is not None and b_input.requires_grad:
             assert_close(a_input.grad, b_input.grad)
+
+
+@pytest.fixture(params=["eager", "custom_op"])
+def route(request, monkeypatch):
+    """Runs a test on both routes to an op's implementation: plain eager (the default in
+    eager mode: the implementation itself, through an autograd.Function only where a graph
+    is recorded) and the custom op (``torch.ops.fastconv.*``, which tracing gets)."""
+    if request.param == "custom_op":
+        monkeypatch.setattr(fct, "_plain_eager", lambda tensors: False)
+    return request.param
 
 
 # --- import ------------------------------------------------------------------------------
@@ -355,7 +372,7 @@ def backward_calls(monkeypatch):
 @pytest.mark.parametrize("wanted", [(True, False, False), (False, True, False),
                                     (False, False, True), (True, True, False),
                                     (False, True, True)], ids=["i--", "-w-", "--b", "iw-", "-wb"])
-def test_backward_computes_only_the_gradients_needed(op, wanted, backward_calls, rng):
+def test_backward_computes_only_the_gradients_needed(op, wanted, backward_calls, route, rng):
     x, w, b = (uniform(shape, torch.float64, rng, requires_grad=needed)
                for shape, needed in zip([(1, 2, 4, 4), (2, 2, 3, 3), 2], wanted, strict=True))
     getattr(fct, op)(x, w, b, stride=2).sum().backward()
@@ -373,7 +390,7 @@ def test_no_bias_asks_for_no_bias_gradient(backward_calls, rng):
     assert backward_calls[0][1]["needs_bias_grad"] is False
 
 
-def test_max_pool2d_computes_indices_only_when_needed(monkeypatch, rng):
+def test_max_pool2d_computes_indices_only_when_needed(monkeypatch, route, rng):
     calls = []
     original = fct.ops.max_pool2d
 
@@ -725,3 +742,652 @@ def test_non_tensor_and_bad_indices_and_bad_device():
 def test_fastconv_errors_come_through():
     with pytest.raises(ValueError, match="groups=2 must divide"):
         fct.conv2d(torch.ones(1, 3, 4, 4), torch.ones(2, 1, 3, 3), groups=2)
+
+
+# --- custom ops: torch.compile, opcheck, autocast, threads -----------------------------------
+
+
+class EveryLayer(torch.nn.Module):
+    """Every bridge module in one network (``nn`` is torch.nn or fastconv.torch); the
+    nearest-neighbour upsampling is torch.nn.Upsample in the torch.nn version."""
+
+    def __init__(self, nn):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2)
+        self.avg = nn.AvgPool2d(2)
+        self.strided = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.max = nn.MaxPool2d(2)
+        self.up = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1)
+        self.repeat = (fct.RepeatUnpool2d(2) if nn is fct
+                       else torch.nn.Upsample(scale_factor=2, mode="nearest"))
+
+    def forward(self, x):
+        y = self.conv(x)
+        pooled, indices = self.pool(y)
+        y = self.unpool(pooled, indices, output_size=y.shape) + y
+        y = self.max(self.strided(self.avg(y)))
+        return self.repeat(self.up(y))
+
+
+def every_layer_pair(dtype):
+    torch.manual_seed(0)
+    ours, theirs = EveryLayer(fct).to(dtype), EveryLayer(torch.nn).to(dtype)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def aot_capture(graphs):
+    """A torch.compile backend: AOTAutograd, keeping the forward and backward FX graphs in
+    ``graphs["forward"]`` and ``graphs["backward"]`` and running them as they are."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    def keep(kind):
+        def compiler(graph_module, example_inputs):
+            graphs.setdefault(kind, []).append(graph_module)
+            return make_boxed_func(graph_module.forward)
+        return compiler
+
+    return aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward"))
+
+
+def called_ops(graph_modules):
+    return {str(node.target) for graph_module in graph_modules
+            for node in graph_module.graph.nodes if node.op == "call_function"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_torch_compile_fullgraph_matches_torch_nn(dtype, rng):
+    """fullgraph=True makes any graph break an error; the compiled forward and backward
+    graphs call the fastconv ops, and give torch.nn's outputs and gradients."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    ours, theirs = every_layer_pair(dtype)
+    graphs = {}
+    compiled = torch.compile(ours, fullgraph=True, backend=aot_capture(graphs))
+    try:
+        for _ in range(2):  # the second call runs the compiled graphs again
+            x = distinct((2, 2, 8, 8), dtype, rng)
+            x_ours, x_theirs = leaves(x, x)
+            out, expected = compiled(x_ours), theirs(x_theirs)
+            assert_close(out, expected)
+            grad_output = torch.tensor(rng.uniform(-1.0, 1.0, tuple(out.shape)), dtype=dtype)
+            out.backward(grad_output)
+            expected.backward(grad_output)
+            assert_close(x_ours.grad, x_theirs.grad)
+            for ours_param, theirs_param in zip(ours.parameters(), theirs.parameters(),
+                                                strict=True):
+                assert_close(ours_param.grad, theirs_param.grad)
+                ours_param.grad, theirs_param.grad = None, None
+        assert len(graphs["forward"]) == len(graphs["backward"]) == 1
+        forward = {"conv2d", "max_pool2d_with_indices", "max_unpool2d", "avg_pool2d",
+                   "conv_transpose2d", "repeat_unpool2d"}
+        backward = {"conv2d_backward", "max_pool2d_backward", "max_unpool2d_backward",
+                    "avg_pool2d_backward", "conv_transpose2d_backward",
+                    "repeat_unpool2d_backward"}
+        assert {f"fastconv.{op}.default" for op in forward} <= called_ops(graphs["forward"])
+        assert {f"fastconv.{op}.default" for op in backward} <= called_ops(graphs["backward"])
+    finally:
+        dynamo.reset()
+
+
+def opcheck_cases(rng):
+    """(id, op, args) for every fastconv op, with normalised arguments as the functionals
+    pass them; the backward ops' inputs do not require grad (they have no derivative)."""
+    def tensor(shape, requires_grad=True):
+        return uniform(shape, torch.float64, rng, requires_grad=requires_grad)
+
+    ops = torch.ops.fastconv
+    x_pool = distinct((1, 2, 5, 6), torch.float64, rng)
+    pool = ([2, 2], [2, 1], [1, 0], [1, 1], True, "auto")
+    _, indices = ops.max_pool2d_with_indices(x_pool.detach(), *pool)
+    unpool_input, unpool_indices = F.max_pool2d(distinct((1, 2, 5, 7), torch.float64, rng), 2,
+                                                return_indices=True)
+    conv = ([2, 1], [1, 0, 0, 2], [1, 2], 1)
+    transpose = ([2, 2], [1, 1, 0, 1], [1, 0], 2, [1, 1])
+    average = ([3, 2], [2, 2], [1, 1], False, False, None, "auto")
+    return [
+        ("conv2d", ops.conv2d, (tensor((2, 2, 6, 7)), tensor((3, 2, 3, 2)), tensor(3), *conv,
+                                "auto")),
+        ("conv2d_no_bias", ops.conv2d, (tensor((2, 5, 5)), tensor((3, 2, 3, 2)), None, *conv,
+                                        "im2col")),
+        ("conv2d_backward", ops.conv2d_backward,
+         (tensor((2, 3, 3, 7), False), tensor((2, 2, 6, 7), False),
+          tensor((3, 2, 3, 2), False), *conv, [True, False, True], "auto")),
+        ("conv_transpose2d", ops.conv_transpose2d,
+         (tensor((1, 4, 3, 4)), tensor((4, 1, 3, 3)), tensor(2), *transpose, "auto")),
+        ("conv_transpose2d_backward", ops.conv_transpose2d_backward,
+         (tensor((1, 2, 6, 8), False), tensor((1, 4, 3, 4), False), tensor((4, 1, 3, 3), False),
+          *transpose, [False, True, True], "auto")),
+        ("max_pool2d", ops.max_pool2d, (x_pool, *pool)),
+        ("max_pool2d_with_indices", ops.max_pool2d_with_indices, (x_pool, *pool)),
+        ("max_pool2d_backward", ops.max_pool2d_backward,
+         (tensor(tuple(indices.shape), False), indices, [1, 2, 5, 6], "auto")),
+        ("avg_pool2d", ops.avg_pool2d, (tensor((1, 2, 5, 6)), *average)),
+        ("avg_pool2d_divisor", ops.avg_pool2d,
+         (tensor((2, 5, 6)), [2, 2], [1, 1], [0, 0], True, True, 3, "auto")),
+        ("avg_pool2d_backward", ops.avg_pool2d_backward,
+         (tensor((1, 2, 3, 4), False), [1, 2, 5, 6], *average)),
+        ("max_unpool2d", ops.max_unpool2d,
+         (unpool_input.detach().requires_grad_(), unpool_indices, [2, 2], [2, 2], [0, 0],
+          [5, 7], "auto")),
+        ("max_unpool2d_backward", ops.max_unpool2d_backward,
+         (tensor((1, 2, 5, 7), False), unpool_indices, "auto")),
+        ("repeat_unpool2d", ops.repeat_unpool2d, (tensor((1, 2, 3, 2)), [2, 3], "auto")),
+        ("repeat_unpool2d_backward", ops.repeat_unpool2d_backward,
+         (tensor((2, 6, 6), False), [2, 3], "auto")),
+    ]
+
+
+def test_every_custom_op_passes_opcheck(rng):
+    """torch.library.opcheck: schema, autograd registration, fake (shape) functions against
+    the real outputs, and AOTAutograd with dynamic shapes."""
+    cases = opcheck_cases(rng)
+    ops = {op._qualified_op_name for _, op, _ in cases}
+    assert ops == {f"fastconv::{name}{suffix}" for name in (
+        "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "max_unpool2d",
+        "repeat_unpool2d") for suffix in ("", "_backward")} | {"fastconv::max_pool2d_with_indices"}
+    for name, op, args in cases:
+        result = torch.library.opcheck(op, args)
+        failed = {test: outcome for test, outcome in result.items() if outcome != "SUCCESS"}
+        assert not failed, f"{name}: {failed}"
+    # the op without indices (the functionals use it only where no backward follows) is
+    # differentiable when called directly
+    x = distinct((1, 2, 5, 6), torch.float64, rng)
+    assert torch.autograd.gradcheck(
+        lambda x: torch.ops.fastconv.max_pool2d(x, [2, 2], [2, 1], [1, 0], [1, 1], True, "auto"),
+        (x,))
+
+
+@pytest.mark.parametrize("layer", ["conv", "max_pool", "avg_pool"])
+def test_autocast_bfloat16_computes_in_float32(layer, rng):
+    """Under CPU autocast a Linear/Conv2d hands bfloat16 to the next layer: the bridge
+    computes in float32 and returns float32 (as autocast's float32 ops and
+    custom_fwd(cast_inputs=torch.float32) do), close to torch.nn's bfloat16 result, and
+    gradients flow back to the bfloat16 producers."""
+    def network(nn):
+        torch.manual_seed(0)
+        second = {"conv": lambda: nn.Conv2d(4, 3, 3, padding=1),
+                  "max_pool": lambda: nn.MaxPool2d(2), "avg_pool": lambda: nn.AvgPool2d(2)}
+        return torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Unflatten(1, (1, 6)),
+                                   torch.nn.Conv2d(1, 4, 3, padding=1), second[layer]())
+
+    ours, theirs = network(fct), network(torch.nn)
+    theirs.load_state_dict(ours.state_dict())
+    x = uniform((2, 6, 6), torch.float32, rng, requires_grad=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = ours[:3](x)
+        out, expected = ours(x), theirs(x)
+    assert hidden.dtype == torch.bfloat16  # what the fastconv layer receives
+    assert out.dtype == torch.float32 and out.shape == expected.shape
+    # theirs rounds to bfloat16 (8 bits of mantissa) once more than ours
+    torch.testing.assert_close(out, expected.float(), rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    expected.float().sum().backward()
+    for ours_param, theirs_param in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert ours_param.grad is not None and ours_param.grad.dtype == torch.float32
+        scale = theirs_param.grad.abs().max().item()
+        torch.testing.assert_close(ours_param.grad, theirs_param.grad, rtol=5e-2,
+                                   atol=5e-2 * scale)
+
+
+def test_half_precision_outside_autocast_is_still_an_error():
+    x = torch.ones(1, 1, 4, 4, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"input has dtype torch\.bfloat16.*under torch\.autocast"):
+        fct.max_pool2d(x, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fct.max_pool2d(x, 2).dtype == torch.float32
+        # float64 is never cast, as in autocast's own ops
+        assert fct.max_pool2d(x.double(), 2).dtype == torch.float64
+
+
+@pytest.mark.parametrize("input_size", [5, 6, 7])
+def test_conv2d_module_same_padding_with_stride(input_size, rng):
+    """torch.nn.Conv2d refuses padding="same" with stride > 1; fastconv (and so the
+    bridge) pads for an output of ceil(H / stride)."""
+    torch.manual_seed(0)
+    conv = fct.Conv2d(2, 3, (3, 4), stride=2, padding="same", dtype=torch.float64)
+    assert conv.padding == "same" and conv.stride == (2, 2)
+    assert "padding=same" in repr(conv)
+    x = uniform((2, 2, input_size, input_size + 1), torch.float64, rng)
+    out = conv(x)
+    expected = fastconv.conv2d(x.detach().numpy(), conv.weight.detach().numpy(),
+                               conv.bias.detach().numpy(), stride=2, padding="same")
+    assert out.shape == (2, 3, -(-input_size // 2), -(-(input_size + 1) // 2))
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, w, b: fct.conv2d(x, w, b, stride=2,
+                                                               padding="same"),
+                                    (x, conv.weight, conv.bias))
+    copy = torch.nn.Conv2d(2, 3, (3, 4), stride=2, dtype=torch.float64)
+    copy.load_state_dict(conv.state_dict())  # the parameters are torch.nn.Conv2d's
+
+
+def test_cpu_tensors_in_cpu_tensors_out(route, rng):
+    """Every functional and module, forward and gradients: torch CPU tensors come back as
+    torch CPU tensors (never numpy arrays), with their own memory."""
+    x = distinct((1, 2, 6, 6), torch.float32, rng)
+    w = uniform((3, 2, 3, 3), torch.float32, rng)
+    pooled, indices = F.max_pool2d(x.detach(), 2, return_indices=True)
+    pooled.requires_grad_()
+    calls = {
+        "conv2d": lambda: fct.conv2d(x, w, padding=1),
+        "conv_transpose2d": lambda: fct.conv_transpose2d(x, w.transpose(0, 1)),
+        "max_pool2d": lambda: fct.max_pool2d(x, 2),
+        "max_pool2d_indices": lambda: fct.max_pool2d(x, 2, return_indices=True),
+        "avg_pool2d": lambda: fct.avg_pool2d(x, 2),
+        "max_unpool2d": lambda: fct.max_unpool2d(pooled, indices, 2),
+        "repeat_unpool2d": lambda: fct.repeat_unpool2d(x, 2),
+        "Conv2d": lambda: fct.Conv2d(2, 3, 3, stride=2, padding="same")(x),
+        "ConvTranspose2d": lambda: fct.ConvTranspose2d(2, 3, 3)(x),
+        "MaxPool2d": lambda: fct.MaxPool2d(3, return_indices=True)(x),
+        "AvgPool2d": lambda: fct.AvgPool2d(3)(x),
+        "MaxUnpool2d": lambda: fct.MaxUnpool2d(2)(pooled, indices),
+        "RepeatUnpool2d": lambda: fct.RepeatUnpool2d(3)(x),
+    }
+    for name, call in calls.items():
+        for grad_mode in (True, False):
+            x.grad = w.grad = pooled.grad = None
+            with torch.set_grad_enabled(grad_mode):
+                result = call()
+            results = result if isinstance(result, tuple) else (result,)
+            for tensor in results:
+                assert type(tensor) is torch.Tensor and tensor.device.type == "cpu", name
+                assert tensor.data_ptr() not in (x.data_ptr(), w.data_ptr(), pooled.data_ptr())
+            if grad_mode:
+                results[0].sum().backward()
+                for grad in (x.grad, w.grad, pooled.grad):
+                    assert grad is None or (type(grad) is torch.Tensor
+                                            and grad.device.type == "cpu"), name
+
+
+def test_numba_threads_follow_torch_and_torch_threads_are_untouched(monkeypatch, route, rng):
+    """Inside a bridge call the kernels run on min(torch.get_num_threads(),
+    NUMBA_NUM_THREADS) Numba threads; afterwards Numba's count is what it was, and
+    PyTorch's thread count is never changed."""
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs NUMBA_NUM_THREADS >= 2 to tell the thread counts apart")
+    seen = []
+    for name in ("conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward"):
+        original = getattr(fct.ops, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            seen.append((_name, numba.get_num_threads()))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(fct.ops, name, spy)
+    model = torch.nn.Sequential(fct.Conv2d(2, 3, 3), fct.MaxPool2d(2))
+    x = uniform((1, 2, 6, 6), torch.float32, rng)
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            seen.clear()
+            model(x).sum().backward()
+            assert torch.get_num_threads() == threads
+            assert numba.get_num_threads() == numba_threads
+            expected = min(threads, numba.config.NUMBA_NUM_THREADS)
+            assert {name for name, _ in seen} == {"conv2d", "conv2d_backward",
+                                                  "max_pool2d", "max_pool2d_backward"}
+            assert all(count == expected for _, count in seen), seen
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+# --- two routes to one implementation: plain eager and the custom ops --------------------------
+#
+# In plain eager mode (every test above) the functionals run each op's implementation
+# directly, through an autograd.Function only when a graph is recorded; anything that
+# traces, transforms or intercepts a call gets the custom op. Patching ``fct._plain_eager``
+# to False (as the ``route`` fixture does) forces the custom op in eager mode, so that the
+# two routes can be compared call by call.
+
+
+@pytest.fixture
+def op_calls(monkeypatch):
+    """Counts, per op name, the calls that reach a custom op (``torch.ops.fastconv.*``)."""
+    calls = {}
+    for entry in vars(fct).values():
+        if isinstance(entry, fct._Op):
+            def spy(*args, _op=entry.op):
+                calls[_op._name] = calls.get(_op._name, 0) + 1
+                return _op(*args)
+
+            monkeypatch.setattr(entry, "op", spy)
+    return calls
+
+
+@pytest.fixture
+def function_applies(monkeypatch):
+    """Counts the calls of each op's eager autograd.Function (its ``apply``)."""
+    calls = []
+    for entry in vars(fct).values():
+        if isinstance(entry, fct._Op) and entry.function is not None:
+            function = entry.function
+
+            class Spy:
+                @staticmethod
+                def apply(*args, _function=function):
+                    calls.append(_function.__name__)
+                    return _function.apply(*args)
+
+            monkeypatch.setattr(entry, "function", Spy)
+    return calls
+
+
+def agreement_cases():
+    """(id, make) for every case of every functional above; ``make(dtype, rng)`` gives the
+    function and its inputs (floating ones require grad)."""
+    cases = []
+    for name, input_shape, weight_shape, bias, kwargs in CONV_CASES:
+        cases.append((f"conv2d-{name}", lambda dtype, rng, a=(input_shape, weight_shape, bias),
+                      k=kwargs: (lambda x, w, b: fct.conv2d(x, w, b, **k),
+                                 conv_inputs(*a, dtype, rng))))
+    for name, input_shape, weight_shape, bias, kwargs in TRANSPOSE_CASES:
+        cases.append((f"conv_transpose2d-{name}",
+                      lambda dtype, rng, a=(input_shape, weight_shape, bias), k=kwargs: (
+                          lambda x, w, b: fct.conv_transpose2d(x, w, b, **k),
+                          transpose_inputs(*a, k, dtype, rng))))
+    for name, shape, kwargs in MAX_POOL_CASES:
+        for indices in (False, True):
+            cases.append((f"max_pool2d-{name}{'-indices' * indices}",
+                          lambda dtype, rng, s=shape, k=kwargs, i=indices: (
+                              lambda x: fct.max_pool2d(x, **k, return_indices=i),
+                              (distinct(s, dtype, rng),))))
+    for name, shape, kwargs in AVG_POOL_CASES:
+        cases.append((f"avg_pool2d-{name}", lambda dtype, rng, s=shape, k=kwargs: (
+            lambda x: fct.avg_pool2d(x, **k), (uniform(s, dtype, rng),))))
+    for name, shape, pool, output_size in UNPOOL_CASES:
+        def make(dtype, rng, s=shape, p=pool, o=output_size):
+            y, indices, pooled_shape = pooled_with_indices(s, p, dtype, rng)
+            size = pooled_shape if o == "input" else None
+            return (lambda y, i: fct.max_unpool2d(y, i, **p, output_size=size)), (y, indices)
+        cases.append((f"max_unpool2d-{name}", make))
+    for name, shape, scale in REPEAT_CASES:
+        cases.append((f"repeat_unpool2d-{name}", lambda dtype, rng, s=shape, f=scale: (
+            lambda x: fct.repeat_unpool2d(x, f), (uniform(s, dtype, rng),))))
+    return cases
+
+
+AGREEMENT_CASES = agreement_cases()
+
+
+def assert_identical(actual, expected):
+    """Bitwise equal (NaN included), with the same dtype, shape, device and requires_grad."""
+    assert actual.requires_grad == expected.requires_grad
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def outputs_and_grads(function, inputs, grad_outputs):
+    """``function``'s outputs (a tuple) for fresh leaf copies of ``inputs``, then the gradients
+    of the inputs that require grad for ``grad_outputs`` (made once, by the first call)."""
+    leaf_inputs = leaves(*inputs)
+    result = function(*leaf_inputs)
+    outputs = result if isinstance(result, tuple) else (result,)
+    if not grad_outputs:
+        rng = np.random.default_rng(len(grad_outputs) + 7)
+        grad_outputs.append(torch.tensor(rng.uniform(-1.0, 1.0, tuple(outputs[0].shape)),
+                                         dtype=outputs[0].dtype))
+    outputs[0].backward(grad_outputs[0])
+    return list(outputs), [t.grad for t in leaf_inputs if t is not None and t.requires_grad]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", AGREEMENT_CASES, ids=ids(AGREEMENT_CASES))
+def test_eager_route_equals_custom_op_route(case, dtype, monkeypatch, op_calls, rng):
+    """Outputs (indices included) and gradients of the eager route are bitwise those of the
+    custom ops (torch.ops.fastconv.*, autograd formula and all), with and without grad."""
+    _, make = case
+    function, inputs = make(dtype, rng)
+    grad_outputs = []
+    eager = outputs_and_grads(function, inputs, grad_outputs)
+    with torch.no_grad():
+        eager_no_grad = function(*inputs)
+    assert not op_calls, "plain eager calls must not reach the custom ops"
+    monkeypatch.setattr(fct, "_plain_eager", lambda tensors: False)
+    custom = outputs_and_grads(function, inputs, grad_outputs)
+    with torch.no_grad():
+        custom_no_grad = function(*inputs)
+    assert op_calls, "the forced route must reach the custom ops"
+    for got, want in zip(eager[0] + eager[1], custom[0] + custom[1], strict=True):
+        assert_identical(got, want)
+    for got, want in zip(*(r if isinstance(r, tuple) else (r,)
+                           for r in (eager_no_grad, custom_no_grad)), strict=True):
+        assert_identical(got, want)
+
+
+def test_eager_route_of_modules_and_functions(op_calls, function_applies, rng):
+    """Modules, functionals and the *Function.apply spellings take the eager route (no custom
+    op call, forward or backward; Parameters count as plain tensors); the autograd.Function
+    only where a graph is recorded, never under no_grad or for inputs that need no grad."""
+    model = EveryLayer(fct).double()
+    x = distinct((2, 2, 8, 8), torch.float64, rng)
+    model(x).sum().backward()
+    fct.Conv2dFunction.apply(x, model.conv.weight, None, 1, 1, 1, 1, "auto").sum().backward()
+    assert not op_calls
+    assert set(function_applies) == {"FastconvConv2d", "FastconvConvTranspose2d",
+                                     "FastconvMaxPool2dWithIndices", "FastconvAvgPool2d",
+                                     "FastconvMaxUnpool2d", "FastconvRepeatUnpool2d"}
+    function_applies.clear()
+    with torch.no_grad():
+        model(x)
+    model.requires_grad_(False)
+    model(x.detach())
+    with torch.inference_mode():
+        model(x)
+    assert not op_calls and not function_applies
+
+
+def test_eager_route_equals_custom_op_route_for_modules_with_parameter_grads(monkeypatch, rng):
+    """The gradients reaching Parameters (the bias gradient, only asked for where needed)."""
+    x = distinct((2, 2, 8, 8), torch.float64, rng)
+    results = []
+    for route in ("eager", "custom_op"):
+        if route == "custom_op":
+            monkeypatch.setattr(fct, "_plain_eager", lambda tensors: False)
+        model, _ = every_layer_pair(torch.float64)
+        model.up.bias.requires_grad_(False)
+        model(x).square().sum().backward()
+        results.append([p.grad for p in model.parameters()])
+    for got, want in zip(*results, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert_identical(got, want)
+
+
+def bad_calls(requires_grad):
+    """Calls that fail inside an op (its dtype checks or fastconv's), each with inputs that
+    do or do not require grad (the two eager routes: autograd.Function and direct)."""
+    def ones(*shape, dtype=torch.float32):
+        return torch.ones(shape, dtype=dtype, requires_grad=requires_grad and (
+            dtype.is_floating_point or dtype.is_complex))
+
+    indices = torch.zeros(1, 1, 2, 2, dtype=torch.int64)
+    return {
+        "int32": lambda: fct.conv2d(ones(1, 1, 4, 4, dtype=torch.int32),
+                                    ones(1, 1, 3, 3, dtype=torch.int32)),
+        "complex": lambda: fct.repeat_unpool2d(ones(1, 1, 2, 2, dtype=torch.complex64), 2),
+        "mixed_dtypes": lambda: fct.conv_transpose2d(ones(1, 1, 4, 4),
+                                                     ones(1, 1, 3, 3, dtype=torch.float64)),
+        "groups": lambda: fct.conv2d(ones(1, 3, 4, 4), ones(2, 1, 3, 3), groups=2),
+        "weight_channels": lambda: fct.conv_transpose2d(ones(1, 2, 3, 3), ones(3, 1, 3, 3)),
+        "window_too_large": lambda: fct.max_pool2d(ones(1, 1, 2, 2), 3),
+        "avg_padding": lambda: fct.avg_pool2d(ones(1, 1, 4, 4), 2, padding=2),
+        "unpool_index_range": lambda: fct.max_unpool2d(ones(1, 1, 2, 2),
+                                                       torch.full((1, 1, 2, 2), 99), 2),
+        "winograd_5x5": lambda: fct.conv2d(ones(1, 1, 6, 6), ones(1, 1, 5, 5),
+                                           algorithm="winograd"),
+        "unknown_algorithm": lambda: fct.avg_pool2d(ones(1, 1, 4, 4), 2, algorithm="fft"),
+        "unpool_output_size": lambda: fct.max_unpool2d(ones(1, 1, 2, 2), indices, 2,
+                                                       output_size=(9, 9)),
+    }
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad_inputs", "grad_inputs"])
+def test_errors_are_the_same_on_both_routes(requires_grad, monkeypatch):
+    def error(call):
+        with pytest.raises((TypeError, ValueError)) as info:
+            call()
+        return type(info.value), str(info.value)
+
+    eager = {name: error(call) for name, call in bad_calls(requires_grad).items()}
+    monkeypatch.setattr(fct, "_plain_eager", lambda tensors: False)
+    custom = {name: error(call) for name, call in bad_calls(requires_grad).items()}
+    assert eager == custom
+    assert eager["int32"][0] is TypeError and "input has dtype torch.int32" in eager["int32"][1]
+    assert eager["groups"][0] is ValueError and "groups=2 must divide" in eager["groups"][1]
+
+
+@pytest.mark.parametrize("op", list(ONCE_DIFFERENTIABLE))
+def test_double_backward_is_an_error_on_both_routes(op, route, rng):
+    function, shape, extra = ONCE_DIFFERENTIABLE[op]
+    x = uniform(shape, torch.float64, rng)
+    with pytest.raises(RuntimeError, match=rf"double backward .* fastconv::{op} is "):
+        torch.autograd.grad((function(x, *extra(rng)) ** 2).sum(), x, create_graph=True)
+    if op in ("conv2d", "conv_transpose2d"):
+        (w,) = extra(rng)
+        with pytest.raises(RuntimeError, match=r"double backward \(create_graph=True\)"):
+            torch.autograd.grad(function(x, w).mean(), x, create_graph=True)
+
+
+#: one call of every functional, with float inputs first: (function, shapes of float inputs)
+AUTOCAST_CALLS = {
+    "conv2d": (lambda x, w, b: fct.conv2d(x, w, b, padding=1), [(1, 2, 5, 5), (3, 2, 3, 3), 3]),
+    "conv_transpose2d": (lambda x, w: fct.conv_transpose2d(x, w, stride=2),
+                         [(1, 2, 4, 4), (2, 3, 3, 3)]),
+    "max_pool2d": (lambda x: fct.max_pool2d(x, 2), [(1, 2, 4, 6)]),
+    "max_pool2d_indices": (lambda x: fct.max_pool2d(x, 2, return_indices=True)[0],
+                           [(1, 2, 4, 6)]),
+    "avg_pool2d": (lambda x: fct.avg_pool2d(x, 3, stride=2, padding=1), [(1, 2, 5, 6)]),
+    "max_unpool2d": (lambda x: fct.max_unpool2d(
+        x, torch.tensor([[[[0, 3], [9, 14]], [[5, 6], [8, 15]]]]), 2), [(1, 2, 2, 2)]),
+    "repeat_unpool2d": (lambda x: fct.repeat_unpool2d(x, (2, 3)), [(1, 2, 3, 2)]),
+}
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("op", list(AUTOCAST_CALLS))
+def test_autocast_on_both_routes(op, half, monkeypatch, rng):
+    """Under CPU autocast: half-precision inputs are computed in float32 (exactly the float32
+    call outside autocast), the output is float32 and the gradients reach the half-precision
+    leaves; float64 is never cast. The same on both routes; without autocast, half precision
+    is a TypeError on both."""
+    function, shapes = AUTOCAST_CALLS[op]
+    inputs = [uniform(shape, half, rng) for shape in shapes]
+    grad_output = []
+    results = {}
+    for route in ("eager", "custom_op"):
+        if route == "custom_op":
+            monkeypatch.setattr(fct, "_plain_eager", lambda tensors: False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs, grads = outputs_and_grads(function, inputs, grad_output)
+            wide = function(*(t.detach().double() for t in inputs))
+        assert outputs[0].dtype == torch.float32 and wide.dtype == torch.float64, route
+        assert all(g.dtype == half for g in grads), route
+        expected, _ = outputs_and_grads(function, [t.float() for t in inputs], [])
+        torch.testing.assert_close(outputs[0].detach(), expected[0].detach(), rtol=0, atol=0)
+        with pytest.raises(TypeError, match=f"has dtype {half}".replace(".", r"\.")):
+            function(*inputs)
+        results[route] = outputs + grads + [wide]
+    for got, want in zip(results["eager"], results["custom_op"], strict=True):
+        assert_identical(got, want)
+
+
+def test_torch_compile_aot_eager_equals_eager(rng):
+    """The compiled graph (torch.ops.fastconv.* traced by Dynamo and AOTAutograd, run by
+    aot_eager) gives the eager route's outputs and gradients bitwise, with and without grad
+    and under autocast."""
+    dynamo = pytest.importorskip("torch._dynamo")
+
+    def every_op(x, w, b):
+        y = fct.conv2d(x, w, b, padding=1)
+        pooled, indices = fct.max_pool2d(y, 2, return_indices=True)
+        y = fct.max_unpool2d(pooled, indices, 2, output_size=y.shape) + y
+        y = fct.max_pool2d(fct.avg_pool2d(y, 3, stride=1, padding=1), 2)
+        y = fct.conv_transpose2d(y, w.transpose(0, 1), stride=2)
+        return fct.repeat_unpool2d(y, (1, 2))
+
+    compiled = torch.compile(every_op, backend="aot_eager", fullgraph=True)
+    inputs = [distinct((2, 3, 8, 8), torch.float64, rng), uniform((3, 3, 3, 3), torch.float64, rng),
+              uniform(3, torch.float64, rng)]
+    try:
+        grad_outputs = []
+        eager = outputs_and_grads(every_op, inputs, grad_outputs)
+        traced = outputs_and_grads(compiled, inputs, grad_outputs)
+        for got, want in zip(traced[0] + traced[1], eager[0] + eager[1], strict=True):
+            assert_identical(got, want)
+        with torch.no_grad():
+            assert_identical(compiled(*inputs), every_op(*inputs))
+        half = [t.detach().bfloat16() for t in inputs]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = compiled(*half), every_op(*half)
+        assert got.dtype == torch.float32
+        assert_identical(got, want)
+    finally:
+        dynamo.reset()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated")
+def test_tracing_and_transforms_take_the_custom_ops(op_calls, rng):
+    """What is not plain eager sees the custom ops: make_fx (proxy and fake tensors),
+    torch.jit.trace, FakeTensors, a TorchDispatchMode, a TorchFunctionMode, torch.func
+    transforms and tensor subclasses. On the eager route each would run the kernels on
+    tracer or fake tensors (or fail) instead of recording the op."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x = distinct((1, 2, 6, 6), torch.float64, rng, requires_grad=False)
+    w = uniform((3, 2, 3, 3), torch.float64, rng, requires_grad=False)
+
+    def network(x, w):
+        return fct.avg_pool2d(fct.max_pool2d(fct.conv2d(x, w, padding=1), 2), 1)
+
+    expected = network(x, w)
+    assert not op_calls
+    for mode in ("real", "fake"):
+        graph = str(make_fx(network, tracing_mode=mode)(x, w).graph)
+        assert all(f"fastconv.{op}.default" in graph for op in ("conv2d", "max_pool2d",
+                                                               "avg_pool2d")), graph
+    traced = torch.jit.trace(network, (x, w), check_trace=False)
+    assert "fastconv::conv2d" in str(traced.graph)
+    assert_identical(traced(x, w), expected)
+
+    fake_mode = torch._subclasses.fake_tensor.FakeTensorMode()
+    fake_x, fake_w = fake_mode.from_tensor(x), fake_mode.from_tensor(w)
+    for context in (fake_mode, torch.autograd.grad_mode.no_grad()):  # in and outside the mode
+        with context:
+            fake = network(fake_x, fake_w)
+        assert isinstance(fake, torch._subclasses.fake_tensor.FakeTensor)
+        assert fake.shape == expected.shape
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    seen = []
+    with Log():
+        assert_identical(network(x, w), expected)
+    assert "fastconv.conv2d.default" in seen
+
+    op_calls.clear()
+    with torch.device("cpu"):  # a TorchFunctionMode
+        assert_identical(network(x, w), expected)
+    assert op_calls == {"conv2d": 1, "max_pool2d": 1, "avg_pool2d": 1}
+
+    class Subclass(torch.Tensor):
+        pass
+
+    op_calls.clear()
+    assert_identical(network(x.as_subclass(Subclass), w).as_subclass(torch.Tensor), expected)
+    assert op_calls == {"conv2d": 1, "max_pool2d": 1, "avg_pool2d": 1}
+
+    op_calls.clear()
+    batched = torch.vmap(lambda x: network(x, w))(torch.stack([x, 2 * x]))
+    assert_identical(batched[0], expected)
+    assert op_calls
+    op_calls.clear()
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.grad(lambda x: network(x, w).sum())(x)
+    assert op_calls == {"conv2d": 1}
