@@ -81,6 +81,7 @@ import torch  # the real torch: absolute imports never find this module
 
 from . import functional as ops
 from . import shapes
+from .functional._checks import divisor as _divisor
 from .functional._checks import positive_int
 
 __all__ = [
@@ -823,14 +824,15 @@ def _flag(value: object, name: str) -> bool:
     return bool(value)
 
 
-def _pair(value: object, name: str, minimum: int = 1) -> list[int]:
+def _pair(value: object, name: str, minimum: int = 1, single: bool = True) -> list[int]:
     """:func:`fastconv.shapes.pair` as a list, with a fast path for what modules pass."""
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int \
-            and type(value[1]) is int and value[0] >= minimum and value[1] >= minimum:
+            and type(value[1]) is int and minimum <= value[0] <= shapes.MAX_INT \
+            and minimum <= value[1] <= shapes.MAX_INT:
         return [value[0], value[1]]
-    if type(value) is int and value >= minimum:
+    if type(value) is int and minimum <= value <= shapes.MAX_INT:
         return [value, value]
-    return list(shapes.pair(value, name, minimum=minimum))
+    return list(shapes.pair(value, name, minimum=minimum, single=single))
 
 
 def _conv_args(op: str, input: torch.Tensor, weight: torch.Tensor, stride: Any, padding: Any,
@@ -853,11 +855,18 @@ def _conv_args(op: str, input: torch.Tensor, weight: torch.Tensor, stride: Any, 
     return stride2, [top, bottom, left, right], dilation2
 
 
-def _window_args(kernel_size: Any, stride: Any, padding: Any) -> tuple[list[int], ...]:
-    """A pooling window's pairs; ``stride=None`` means ``kernel_size``."""
-    kernel = _pair(kernel_size, "kernel_size")
-    step = kernel if stride is None else _pair(stride, "stride")
-    return kernel, step, _pair(padding, "padding", minimum=0)
+def _window_args(kernel_size: Any, stride: Any, padding: Any,
+                 single: bool = True) -> tuple[list[int], ...]:
+    """A pooling window's pairs; ``stride=None`` (and, for pooling, ``()``) means
+    ``kernel_size``; ``single=False`` refuses ``(v,)`` and ``()`` as max_unpool2d does."""
+    kernel = _pair(kernel_size, "kernel_size", single=single)
+    if stride is None:
+        step = kernel
+    elif single:
+        step = list(shapes.pool_stride(stride, tuple(kernel)))
+    else:
+        step = _pair(stride, "stride", single=False)
+    return kernel, step, _pair(padding, "padding", minimum=0, single=single)
 
 
 # --- functionals ---------------------------------------------------------------------------
@@ -1001,8 +1010,7 @@ def avg_pool2d(
     """
     _check_tensors("avg_pool2d", input=input)
     kernel, step, pad = _window_args(kernel_size, stride, padding)
-    divisor = (None if divisor_override is None
-               else positive_int(divisor_override, "divisor_override"))
+    divisor = _divisor(divisor_override)
     return _AVG_POOL2D(input, kernel, step, pad, _flag(ceil_mode, "ceil_mode"),
                        _flag(count_include_pad, "count_include_pad"), divisor,
                        _algorithm(algorithm))
@@ -1033,7 +1041,7 @@ def max_unpool2d(
     """
     _check_tensors("max_unpool2d", input=input)
     _check_indices("max_unpool2d", indices, input)
-    kernel, step, pad = _window_args(kernel_size, stride, padding)
+    kernel, step, pad = _window_args(kernel_size, stride, padding, single=False)
     if output_size is not None:
         form = "output_size must be (H_out, W_out) or a 3-D/4-D shape ending in them"
         if not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 3, 4):

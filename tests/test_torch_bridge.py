@@ -1391,3 +1391,28 @@ def test_tracing_and_transforms_take_the_custom_ops(op_calls, rng):
     with pytest.raises(RuntimeError, match="functorch transforms"):
         torch.func.grad(lambda x: network(x, w).sum())(x)
     assert op_calls == {"conv2d": 1}
+
+
+# --- argument forms shared with fastconv.functional -----------------------------------------
+
+
+def test_pooling_argument_forms_match_torch():
+    x = torch.randn(1, 2, 7, 7, dtype=torch.float64)
+    torch.testing.assert_close(fct.avg_pool2d(x, 2, divisor_override=-2),
+                               F.avg_pool2d(x, 2, divisor_override=-2))
+    torch.testing.assert_close(fct.max_pool2d(x, (3,), stride=(), padding=(1,)),
+                               F.max_pool2d(x, (3,), stride=(), padding=(1,)))
+    y, indices = fct.max_pool2d(x, 2, return_indices=True)
+    with pytest.raises(ValueError, match="kernel_size"):
+        fct.max_unpool2d(y, indices, (2,))  # torch refuses (v,) in max_unpool2d too
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: fct.max_pool2d(x, 2, stride=2**70),
+    lambda x: fct.avg_pool2d(x, 2**40),
+    lambda x: fct.conv2d(x, torch.randn(2, 2, 3, 3), stride=2**70),
+    lambda x: fct.conv2d(x, torch.randn(2, 2, 3, 3), padding=(2**63, 1)),
+], ids=["pool_stride", "pool_kernel", "conv_stride", "conv_padding"])
+def test_huge_sizes_are_value_errors_naming_the_argument(call):
+    with pytest.raises(ValueError, match="at most 2\\*\\*31 - 1"):
+        call(torch.randn(1, 2, 8, 8))
