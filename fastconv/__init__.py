@@ -26,6 +26,28 @@ from .warmup import warmup
 
 __version__ = "0.1.0"
 
+
+def release_workspace() -> int:
+    """Free the scratch buffers that CPU kernels keep for reuse between calls, those of
+    every thread, and return how many bytes were kept.
+
+    Kernels keep at most ``FASTCONV_WORKSPACE_KEEP_BYTES`` (64 MiB by default, see
+    :mod:`fastconv.config`) of scratch between calls, all threads together; the
+    next call after a release allocates its scratch afresh. Safe to call from any
+    thread at any time: a call running meanwhile keeps its buffer until it returns.
+
+    >>> import fastconv
+    >>> _ = fastconv.release_workspace()
+    >>> fastconv.release_workspace()
+    0
+    """
+    import sys
+
+    # nothing is kept before the CPU backend is loaded, and loading it imports Numba
+    workspace = sys.modules.get("fastconv.cpu.workspace")
+    return 0 if workspace is None else workspace.release()
+
+
 __all__ = [
     "available_algorithms",
     "conv2d",
@@ -43,5 +65,6 @@ __all__ = [
     "conv_output_size",
     "receptive_field",
     "warmup",
+    "release_workspace",
     "__version__",
 ]

@@ -79,6 +79,20 @@ WINOGRAD_MIN_TILES: int = _env_int("WINOGRAD_MIN_TILES", 64)
 #: Output channels one task of the direct kernel computes.
 DIRECT_BLOCK_K: int = _env_int("DIRECT_BLOCK_K", 8)
 
+#: Bytes of the per-thread direct-kernel buffer: the padded input rows and the
+#: accumulators of a band of output rows, so that scratch does not grow with the
+#: image height. Common layers fit in one band per plane; a band is at least one
+#: output row (and its ``dilation * (R - 1)`` halo rows), so only very wide
+#: images exceed it.
+DIRECT_TILE_BYTES: int = _env_int("DIRECT_TILE_BYTES", 1024 * 1024)
+
+# --- memory kept between calls -------------------------------------------------------
+
+#: Most bytes of scratch buffers kept for reuse between calls, all threads
+#: together: a buffer that would take the total above it is freed when the call
+#: that borrowed it returns. ``fastconv.release_workspace()`` frees what is kept.
+WORKSPACE_KEEP_BYTES: int = _env_int("WORKSPACE_KEEP_BYTES", 64 * 1024 * 1024, minimum=0)
+
 # --- algorithm="auto" ------------------------------------------------------------
 
 #: conv2d: the direct kernel is chosen when one output value needs at most this

@@ -4,14 +4,23 @@ Fast where one output needs few multiply-adds (few channels per group, small
 kernels: depthwise and first layers), where building GEMM columns costs more
 than the arithmetic they feed.
 
-Each task takes one image, one group and a block of output channels. It
-copies one input channel at a time into a zero-bordered plane in its own
-buffer (so no index ever leaves the input), and accumulates every tap as one
-long vectorised loop. With stride 1 the outputs are computed on the padded
-plane's row pitch: output ``(i, j)`` sits at ``i * W_pad + j`` and tap
-``(r, s)`` reads ``plane[i * W_pad + j + r * dh * W_pad + s * dw]``, a plain
-shifted slice; the ``W_pad - W_out`` junk columns per row are dropped when
-the result is written out.
+Each task takes one image, one group, a block of output channels and a band
+of output rows. It copies the ``(b - 1) * stride + dilation * (R - 1) + 1``
+padded input rows that its ``b`` output rows read, one input channel at a time,
+into a zero-bordered strip in its own buffer (so no index ever leaves the
+input), and accumulates every tap as one long vectorised loop. With stride 1
+the outputs are computed on the padded row pitch: output ``(i, j)`` of the
+band sits at ``i * W_pad + j`` and tap ``(r, s)`` reads
+``strip[i * W_pad + j + r * dh * W_pad + s * dw]``, a plain shifted slice; the
+``W_pad - W_out`` junk columns per row are dropped when the result is written
+out (grad_weight, whose sums run over them, recomputes a filter whose result is
+not all finite without them: see :func:`_conv2d_grad_weight_direct`).
+
+Bands keep each thread's scratch within ``config.DIRECT_TILE_BYTES`` whatever
+the image height (:func:`band_rows`); the default budget holds a whole plane of
+common layers, which then run in one band, and a band is at least one output
+row, so only very wide images go over it (one window of padded input rows and
+one output row per channel of the block).
 """
 
 from __future__ import annotations
@@ -24,12 +33,20 @@ from .. import config
 from ..dispatch import register
 from . import identities, workspace
 from ._jit import kernel
+from .finite import all_finite, finite_values
+
+
+def band_rows(n_rows: int, fixed: int, per_row: int, item: int) -> int:
+    """Rows per band (at least 1, at most ``n_rows``) for a scratch of ``fixed + per_row *
+    (rows - 1)`` values of ``item`` bytes each, within ``config.DIRECT_TILE_BYTES``."""
+    budget = config.DIRECT_TILE_BYTES // item
+    return max(1, min(n_rows, 1 + (budget - fixed) // max(1, per_row)))
 
 
 @kernel()
 def _to_pitch(buffer, rows, offset, pitch):
     """buffer[offset + i * pitch + j] = rows[i, j]: a plane copied into a buffer of a
-    wider row pitch (the zero border or junk columns around it stay as they are)."""
+    wider row pitch (the junk columns around it stay as they are)."""
     height, width = rows.shape
     for i in range(height):
         dst = buffer[offset + i * pitch :]
@@ -38,35 +55,69 @@ def _to_pitch(buffer, rows, offset, pitch):
             dst[j] = src[j]
 
 
+@kernel()
+def _padded_rows(buffer, plane, first, n_rows, pad_left, pitch, clear):
+    """Rows ``first .. first + n_rows`` of the zero-padded plane on ``pitch`` (``first``
+    counts from the first image row and may be negative): ``plane[first + q, j]`` at
+    ``buffer[q * pitch + pad_left + j]``, and, if ``clear``, zeros in the rows outside
+    the image (without, they must be zero already: the last copy had the same rows).
+    The padding columns are never written: they stay zero from the buffer's first
+    clearing."""
+    height, width = plane.shape
+    inside_first = max(0, -first)
+    inside_last = max(inside_first, min(n_rows, height - first))
+    for q in range(inside_first, inside_last):
+        dst = buffer[q * pitch + pad_left :]
+        src = plane[first + q]
+        for j in range(width):
+            dst[j] = src[j]
+    if clear:
+        for q in range(n_rows):
+            if q < inside_first or q >= inside_last:
+                dst = buffer[q * pitch + pad_left :]
+                for j in range(width):
+                    dst[j] = 0
+
+
 @kernel(parallel=True)
 def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, pad_top, pad_left,
-                           padded_h, padded_w, dilation_h, dilation_w, groups, block_k, scratch):
+                           padded_w, dilation_h, dilation_w, groups, block_k, band, scratch):
     """out[n, k] = bias[k]
-    + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]."""
-    n_img, _, height, width = x.shape
+    + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i*sh + r*dh, j*sw + s*dw],
+    ``band`` output rows per task."""
+    n_img = x.shape[0]
     out_channels, group_channels, kh, kw = weight.shape
     out_h, out_w = out.shape[2], out.shape[3]
     per_group = out_channels // groups
     n_blocks = (per_group + block_k - 1) // block_k
-    n_tasks = n_img * groups * n_blocks
+    n_bands = (out_h + band - 1) // band
+    n_tasks = n_img * groups * n_blocks * n_bands
     n_chunks = scratch.shape[0]
     unit_stride = stride_h == 1 and stride_w == 1
     pitch = padded_w if unit_stride else out_w
-    acc_len = (out_h - 1) * pitch + out_w
-    plane_len = padded_h * padded_w
+    window = dilation_h * (kh - 1) + 1  # input rows one output row reads
+    strip_len = ((band - 1) * stride_h + window) * padded_w
     for chunk in prange(n_chunks):
-        plane = scratch[chunk, :plane_len]
-        plane[:] = 0
+        strip = scratch[chunk, :strip_len]
+        strip[:] = 0
+        last_first, last_rows = 0, 0  # rows of the last copy: its zero rows can stay
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
-            n = task // (groups * n_blocks)
-            g = (task // n_blocks) % groups
-            k_first = g * per_group + (task % n_blocks) * block_k
+            plane_task = task // n_bands
+            n = plane_task // (groups * n_blocks)
+            g = (plane_task // n_blocks) % groups
+            k_first = g * per_group + (plane_task % n_blocks) * block_k
             n_k = min(block_k, (g + 1) * per_group - k_first)
-            acc = scratch[chunk, plane_len : plane_len + n_k * acc_len]
+            i_first = (task % n_bands) * band
+            rows = min(band, out_h - i_first)
+            acc_len = (rows - 1) * pitch + out_w
+            acc = scratch[chunk, strip_len : strip_len + n_k * acc_len]
             acc[:] = 0
+            first = i_first * stride_h - pad_top
+            n_rows = (rows - 1) * stride_h + window
             for c in range(group_channels):
-                _to_pitch(plane, x[n, g * group_channels + c], pad_top * padded_w + pad_left,
-                          padded_w)
+                _padded_rows(strip, x[n, g * group_channels + c], first, n_rows, pad_left,
+                             padded_w, first != last_first or n_rows != last_rows)
+                last_first, last_rows = first, n_rows
                 for kk in range(n_k):
                     a = acc[kk * acc_len : (kk + 1) * acc_len]
                     w_k = weight[k_first + kk, c]
@@ -74,19 +125,19 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, p
                         row_shift = r * dilation_h * padded_w
                         if unit_stride and kw == 3:
                             # a row of three taps in one pass: one load and store of a[j]
-                            t0 = plane[row_shift:]
-                            t1 = plane[row_shift + dilation_w :]
-                            t2 = plane[row_shift + 2 * dilation_w :]
+                            t0 = strip[row_shift:]
+                            t1 = strip[row_shift + dilation_w :]
+                            t2 = strip[row_shift + 2 * dilation_w :]
                             w0, w1, w2 = w_k[r, 0], w_k[r, 1], w_k[r, 2]
                             for j in range(acc_len):
                                 a[j] += w0 * t0[j] + w1 * t1[j] + w2 * t2[j]
                             continue
                         if unit_stride and kw == 5:
-                            t0 = plane[row_shift:]
-                            t1 = plane[row_shift + dilation_w :]
-                            t2 = plane[row_shift + 2 * dilation_w :]
-                            t3 = plane[row_shift + 3 * dilation_w :]
-                            t4 = plane[row_shift + 4 * dilation_w :]
+                            t0 = strip[row_shift:]
+                            t1 = strip[row_shift + dilation_w :]
+                            t2 = strip[row_shift + 2 * dilation_w :]
+                            t3 = strip[row_shift + 3 * dilation_w :]
+                            t4 = strip[row_shift + 4 * dilation_w :]
                             w0, w1, w2, w3, w4 = (w_k[r, 0], w_k[r, 1], w_k[r, 2], w_k[r, 3],
                                                   w_k[r, 4])
                             for j in range(acc_len):
@@ -97,76 +148,94 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, p
                             w = w_k[r, s]
                             shift = row_shift + s * dilation_w
                             if unit_stride:
-                                taps = plane[shift : shift + acc_len]
+                                taps = strip[shift : shift + acc_len]
                                 for j in range(acc_len):
                                     a[j] += w * taps[j]
                             else:
-                                for i in range(out_h):
-                                    taps = plane[i * stride_h * padded_w + shift :]
+                                for i in range(rows):
+                                    taps = strip[i * stride_h * padded_w + shift :]
                                     dst = a[i * out_w : (i + 1) * out_w]
                                     for j in range(out_w):
                                         dst[j] += w * taps[j * stride_w]
             for kk in range(n_k):
                 b = bias[k_first + kk] if has_bias else 0
-                for i in range(out_h):
+                for i in range(rows):
                     src = acc[kk * acc_len + i * pitch : kk * acc_len + i * pitch + out_w]
-                    dst = out[n, k_first + kk, i]
+                    dst = out[n, k_first + kk, i_first + i]
                     for j in range(out_w):
                         dst[j] = src[j] + b
+
+
+def _chunks(n_tasks: int) -> int:
+    """Scratch rows: one per thread that gets a task."""
+    return max(1, min(numba.get_num_threads(), n_tasks))
 
 
 @register("conv2d", "cpu", "direct")
 def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
     """Host side of the direct kernel; arguments as normalised by :func:`fastconv.conv2d`."""
-    n_img, _, height, width = x.shape
-    out_channels = weight.shape[0]
+    n_img, _, _, width = x.shape
+    out_channels, _, kh, _ = weight.shape
     out_h, out_w = out.shape[2], out.shape[3]
-    (top, bottom), (left, right) = padding
-    padded_h, padded_w = height + top + bottom, width + left + right
-    block_k = min(config.DIRECT_BLOCK_K, out_channels // groups)
+    (top, _), (left, right) = padding
+    padded_w = width + left + right
+    block_k = max(1, min(config.DIRECT_BLOCK_K, out_channels // groups))
     pitch = padded_w if stride == (1, 1) else out_w
-    n_tasks = n_img * groups * (-(-(out_channels // groups) // block_k))
-    n_chunks = max(1, min(numba.get_num_threads(), n_tasks))
+    # a band of b rows: ((b - 1) * sh + window) input rows and block_k accumulators
+    window = dilation[0] * (kh - 1) + 1
+    band = band_rows(out_h, window * padded_w + block_k * out_w,
+                     stride[0] * padded_w + block_k * pitch, x.itemsize)
+    n_tasks = n_img * groups * (-(-(out_channels // groups) // block_k)) * (-(-out_h // band))
     scratch = workspace.borrow(
-        (n_chunks, padded_h * padded_w + block_k * ((out_h - 1) * pitch + out_w)), x.dtype
+        (_chunks(n_tasks),
+         ((band - 1) * stride[0] + window) * padded_w + block_k * ((band - 1) * pitch + out_w)),
+        x.dtype,
     )
     has_bias = bias is not None
     _conv2d_forward_direct(
         x, weight, bias if has_bias else np.zeros(0, x.dtype), has_bias, out,
-        stride[0], stride[1], top, left, padded_h, padded_w, dilation[0], dilation[1],
-        groups, block_k, scratch,
+        stride[0], stride[1], top, left, padded_w, dilation[0], dilation[1],
+        groups, block_k, band, scratch,
     )
 
 
 @kernel(parallel=True)
 def _conv2d_grad_input_direct(grad_out, weight, grad_in, stride_h, stride_w, pad_top, pad_left,
-                              padded_h, padded_w, dilation_h, dilation_w, groups, scratch):
+                              padded_w, dilation_h, dilation_w, groups, band, scratch):
     """grad_in[n, c] = sum_{k, r, s, i, j} weight[k, c, r, s] * grad_out[n, k, i, j] sent to
     x_padded position (i*sh + r*dh, j*sw + s*dw), then cropped.
 
-    A task owns one input plane ``(n, c)``: it scatters into a zero-bordered
-    buffer of the padded plane, so no two tasks write the same memory.
+    A task owns a band of ``band`` rows of one input plane ``(n, c)``: it scatters
+    into a zero-bordered buffer of those rows, the padded width wide, from the
+    output rows ``i`` whose taps land in it, so no two tasks write the same memory.
     """
     n_img, channels, height, width = grad_in.shape
     out_channels, group_channels, kh, kw = weight.shape
     out_h, out_w = grad_out.shape[2], grad_out.shape[3]
     per_group = out_channels // groups
-    n_tasks = n_img * channels
+    n_bands = (height + band - 1) // band
+    n_tasks = n_img * channels * n_bands
     n_chunks = scratch.shape[0]
     for chunk in prange(n_chunks):
-        plane = scratch[chunk, : padded_h * padded_w]
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
-            n = task // channels
-            c_in = task % channels
+            n = task // (channels * n_bands)
+            c_in = (task // n_bands) % channels
             g = c_in // group_channels
             c = c_in % group_channels
+            row_first = (task % n_bands) * band
+            rows = min(band, height - row_first)
+            first = row_first + pad_top  # padded row of the band's first row
+            plane = scratch[chunk, : rows * padded_w]
             plane[:] = 0
             for k in range(g * per_group, (g + 1) * per_group):
                 for r in range(kh):
+                    # output rows i with first <= i*sh + r*dh < first + rows
+                    i_lo = max(0, -((r * dilation_h - first) // stride_h))
+                    i_hi = min(out_h, (first + rows - 1 - r * dilation_h) // stride_h + 1)
                     for s in range(kw):
                         w = weight[k, c, r, s]
-                        for i in range(out_h):
-                            dst = plane[(i * stride_h + r * dilation_h) * padded_w
+                        for i in range(i_lo, i_hi):
+                            dst = plane[(i * stride_h + r * dilation_h - first) * padded_w
                                         + s * dilation_w :]
                             src = grad_out[n, k, i]
                             if stride_w == 1:
@@ -175,99 +244,126 @@ def _conv2d_grad_input_direct(grad_out, weight, grad_in, stride_h, stride_w, pad
                             else:
                                 for j in range(out_w):
                                     dst[j * stride_w] += w * src[j]
-            for row in range(height):
-                src = plane[(row + pad_top) * padded_w + pad_left :]
-                dst = grad_in[n, c_in, row]
+            for row in range(rows):
+                src = plane[row * padded_w + pad_left :]
+                dst = grad_in[n, c_in, row_first + row]
                 for j in range(width):
                     dst[j] = src[j]
 
 
 @kernel(parallel=True)
 def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad_top, pad_left,
-                               padded_h, padded_w, dilation_h, dilation_w, groups, scratch):
+                               padded_w, dilation_h, dilation_w, groups, band, scratch):
     """grad_weight[k, c, r, s]
     = sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, c_in, i*sh + r*dh, j*sw + s*dw].
 
     A task owns one filter ``k`` (all its channels and taps), so the sums over
-    images and positions run in a fixed order and need no reduction buffers.
-    With stride 1, ``grad_out[n, k]`` is laid on the padded plane's row pitch
-    (zeros in the junk columns), so each tap is one dot product of two
-    contiguous slices, as in the forward kernel.
+    images, bands of ``band`` output rows and positions run in a fixed order and
+    need no reduction buffers. With stride 1, the band of ``grad_out[n, k]`` is
+    laid on the padded row pitch (zeros in the junk columns), so each tap is one
+    dot product of two contiguous slices, as in the forward kernel. Those zeros
+    meet input values (the row's last columns, the next row's first), where a NaN
+    or Inf gives ``0 * Inf = NaN`` for a tap that never reads it: a filter whose
+    result is not all finite is computed again row by row over the ``out_w``
+    output columns only (such a filter takes 3-4 times as long; a finite call costs
+    one pass over each filter's taps).
     """
-    n_img, channels, height, width = x.shape
+    n_img = x.shape[0]
     out_channels, group_channels, kh, kw = grad_weight.shape
     out_h, out_w = grad_out.shape[2], grad_out.shape[3]
     per_group = out_channels // groups
+    n_bands = (out_h + band - 1) // band
     n_chunks = scratch.shape[0]
     unit_stride = stride_h == 1 and stride_w == 1
-    plane_len = padded_h * padded_w
-    pitched_len = (out_h - 1) * padded_w + out_w
+    window = dilation_h * (kh - 1) + 1  # input rows one output row reads
+    strip_len = ((band - 1) * stride_h + window) * padded_w
     for chunk in prange(n_chunks):
-        plane = scratch[chunk, :plane_len]
-        pitched = scratch[chunk, plane_len : plane_len + pitched_len]
-        plane[:] = 0
+        strip = scratch[chunk, :strip_len]
+        pitched = scratch[chunk, strip_len:]
+        strip[:] = 0
         pitched[:] = 0
+        last_first, last_rows = 0, 0  # rows of the last copy: its zero rows can stay
         for k in range(chunk * out_channels // n_chunks, (chunk + 1) * out_channels // n_chunks):
             g = k // per_group
-            grad_weight[k] = 0
-            for n in range(n_img):
-                if unit_stride:
-                    _to_pitch(pitched, grad_out[n, k], 0, padded_w)
-                for c in range(group_channels):
-                    _to_pitch(plane, x[n, g * group_channels + c],
-                              pad_top * padded_w + pad_left, padded_w)
-                    for r in range(kh):
-                        for s in range(kw):
-                            shift = r * dilation_h * padded_w + s * dilation_w
-                            total = 0.0
-                            if unit_stride:
-                                taps = plane[shift : shift + pitched_len]
-                                for j in range(pitched_len):
-                                    total += pitched[j] * taps[j]
-                            else:
-                                for i in range(out_h):
-                                    taps = plane[i * stride_h * padded_w + shift :]
-                                    dy = grad_out[n, k, i]
-                                    for j in range(out_w):
-                                        total += dy[j] * taps[j * stride_w]
-                            grad_weight[k, c, r, s] += total
-
-
-def _padded_scratch(x_shape, padding, n_tasks, dtype, extra=0):
-    """Padded plane size and a per-thread scratch of one padded plane plus ``extra``."""
-    (top, bottom), (left, right) = padding
-    padded_h, padded_w = x_shape[2] + top + bottom, x_shape[3] + left + right
-    n_chunks = max(1, min(numba.get_num_threads(), n_tasks))
-    return padded_h, padded_w, workspace.borrow((n_chunks, padded_h * padded_w + extra), dtype)
+            # pass 0 on the padded pitch (stride 1), pass 1 row by row, only if pass 0
+            # is not all finite
+            for exact in range(0 if unit_stride else 1, 2):
+                grad_weight[k] = 0
+                for n in range(n_img):
+                    for i_first in range(0, n_bands * band, band):
+                        rows = min(band, out_h - i_first)
+                        pitched_len = (rows - 1) * padded_w + out_w
+                        if not exact:
+                            _to_pitch(pitched, grad_out[n, k, i_first : i_first + rows], 0,
+                                      padded_w)
+                        first = i_first * stride_h - pad_top
+                        n_rows = (rows - 1) * stride_h + window
+                        for c in range(group_channels):
+                            _padded_rows(strip, x[n, g * group_channels + c], first, n_rows,
+                                         pad_left, padded_w,
+                                         first != last_first or n_rows != last_rows)
+                            last_first, last_rows = first, n_rows
+                            for r in range(kh):
+                                for s in range(kw):
+                                    shift = r * dilation_h * padded_w + s * dilation_w
+                                    total = 0.0
+                                    if not exact:
+                                        taps = strip[shift : shift + pitched_len]
+                                        for j in range(pitched_len):
+                                            total += pitched[j] * taps[j]
+                                    else:
+                                        for i in range(rows):
+                                            taps = strip[i * stride_h * padded_w + shift :]
+                                            dy = grad_out[n, k, i_first + i]
+                                            for j in range(out_w):
+                                                total += dy[j] * taps[j * stride_w]
+                                    grad_weight[k, c, r, s] += total
+                if exact or finite_values(grad_weight[k]):
+                    break
 
 
 @register("conv2d_grad_input", "cpu", "direct")
 def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilation, groups):
-    """grad_in = conv_transpose2d(grad_out, weight): with stride 1, the forward direct
-    kernel on flipped weights (see :mod:`.identities`); otherwise scatter loops."""
+    """grad_in = conv_transpose2d(grad_out, weight): with stride 1 and a finite weight, the
+    forward direct kernel on flipped weights (see :mod:`.identities`); otherwise scatter
+    loops. (That convolution multiplies every weight tap by the zero padding around
+    grad_out, where the transposed convolution has no term: a NaN or Inf tap would put
+    ``0 * Inf = NaN`` on the border.)"""
     conv_pads = identities.grad_input_as_conv_padding(
         grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
-    if conv_pads is not None:
+    if conv_pads is not None and all_finite(weight):
         conv2d_direct(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
                       (1, 1), conv_pads, dilation, groups)
         return
-    # windows reach at most padded row (out - 1) * stride + dilation * (k - 1) < H + pads
-    padded_h, padded_w, scratch = _padded_scratch(
-        grad_in.shape, padding, grad_in.shape[0] * grad_in.shape[1], grad_in.dtype)
+    n_img, channels, height, width = grad_in.shape
+    # windows reach at most padded column (out_w - 1) * sw + dw * (kw - 1) < W + pads
+    padded_w = width + sum(padding[1])
+    band = band_rows(height, padded_w, padded_w, grad_in.itemsize)
+    scratch = workspace.borrow(
+        (_chunks(n_img * channels * -(-height // band)), band * padded_w), grad_in.dtype)
     _conv2d_grad_input_direct(
-        grad_out, weight, grad_in, stride[0], stride[1], padding[0][0], padding[1][0], padded_h,
-        padded_w, dilation[0], dilation[1], groups, scratch,
+        grad_out, weight, grad_in, stride[0], stride[1], padding[0][0], padding[1][0], padded_w,
+        dilation[0], dilation[1], groups, band, scratch,
     )
 
 
 @register("conv2d_grad_weight", "cpu", "direct")
 def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilation, groups):
     """grad_weight = correlation of x with grad_out, by loops."""
+    kh = grad_weight.shape[2]
     out_h, out_w = grad_out.shape[2:]
-    pitched = (out_h - 1) * (x.shape[3] + sum(padding[1])) + out_w
-    padded_h, padded_w, scratch = _padded_scratch(x.shape, padding, grad_weight.shape[0], x.dtype,
-                                                  pitched)
+    padded_w = x.shape[3] + sum(padding[1])
+    window = dilation[0] * (kh - 1) + 1
+    # a band of b rows: ((b - 1) * sh + window) input rows and, with stride 1, b rows of
+    # grad_out on the padded pitch
+    unit_stride = stride == (1, 1)
+    band = band_rows(out_h, window * padded_w + unit_stride * out_w,
+                     (stride[0] + unit_stride) * padded_w, x.itemsize)
+    pitched = (band - 1) * padded_w + out_w if unit_stride else 0
+    scratch = workspace.borrow(
+        (_chunks(grad_weight.shape[0]), ((band - 1) * stride[0] + window) * padded_w + pitched),
+        x.dtype)
     _conv2d_grad_weight_direct(
-        x, grad_out, grad_weight, stride[0], stride[1], padding[0][0], padding[1][0], padded_h,
-        padded_w, dilation[0], dilation[1], groups, scratch,
+        x, grad_out, grad_weight, stride[0], stride[1], padding[0][0], padding[1][0], padded_w,
+        dilation[0], dilation[1], groups, band, scratch,
     )

@@ -7,8 +7,10 @@ With ``y = conv2d(x, w)`` (stride s, padding (p0, p1), dilation d, kernel k per 
 - With ``s == 1`` that is a plain convolution of ``grad_y`` with the kernel
   flipped in space and with in/out channels swapped per group, padded by
   ``(d*(k-1) - p0, n_x - n_y + p0)`` (= ``d*(k-1) - p1`` for a conv2d input
-  size): defined when both are >= 0. Kernels use it
-  to compute ``grad_x`` with their fast forward path and no scatter-add.
+  size): defined when both are >= 0. Kernels use it, for a finite weight,
+  to compute ``grad_x`` with their fast forward path and no scatter-add (the
+  padding zeros would meet an Inf or NaN weight tap, 0 * Inf = NaN, where the
+  scatter has no product at all).
 """
 
 from __future__ import annotations

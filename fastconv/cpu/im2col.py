@@ -19,6 +19,7 @@ from .. import config
 from ..dispatch import register
 from . import blas, identities, workspace
 from ._jit import kernel
+from .finite import all_finite
 from .windows import valid_range
 
 
@@ -341,6 +342,18 @@ def _conv2d_grad_input_col2im(grad_out, weight2d, grad_in, kh, kw, stride_h, str
         set_blas_threads(saved_threads)
 
 
+@kernel()
+def _zero_junk_columns(matrix, n_rows, ld, tile_rows, pitch, out_w):
+    """Zero the junk columns of ``n_rows`` rows of ``ld`` columns laid out on ``pitch``:
+    columns ``t * pitch + out_w .. (t + 1) * pitch`` after each of the ``tile_rows - 1``
+    output rows that another row follows."""
+    for q in range(n_rows):
+        for t in range(tile_rows - 1):
+            junk = matrix[q * ld + t * pitch + out_w : q * ld + (t + 1) * pitch]
+            for j in range(pitch - out_w):
+                junk[j] = 0
+
+
 @kernel(parallel=True)
 def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, stride_w, pad_top,
                                pad_left, pitch, dilation_h, dilation_w, groups, tile_rows, scratch,
@@ -348,10 +361,14 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
     """grad_weight2d[g] = sum_n grad_out[n, g] @ im2col(x[n, group g])^T.
 
     With stride 1 the columns are built on the padded row ``pitch`` as in the
-    forward kernel, and the tile of grad_out is copied onto the same pitch with
-    zeros in the junk columns, which therefore add nothing. Each thread sums
-    its tiles into its own ``partial[chunk]``; the partial sums are added
-    serially at the end (race-free, and the same order every run).
+    forward kernel, and the tile of grad_out is copied onto the same pitch. The
+    junk columns are the GEMM's reduction dimension here, so every tile writes
+    zeros into them in both operands (:func:`_zero_junk_columns`): a tile's
+    layout depends on its height (the last tile of an image is shorter), so
+    the buffers' junk columns hold the previous tile's values, and junk input
+    columns hold real input values, whose Inf times a zero would be NaN. Each
+    thread sums its tiles into its own ``partial[chunk]``; the partial sums are
+    added serially at the end (race-free, and the same order every run).
     """
     n_img, channels, height, width = x.shape
     out_channels, depth = grad_weight2d.shape
@@ -373,8 +390,6 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
         col = scratch[chunk, : depth * max_cols]
         pitched = scratch[chunk, depth * max_cols : (depth + per_group) * max_cols]
         rows = scratch[chunk, (depth + per_group) * max_cols :]
-        if unit_stride:
-            pitched[:] = 0
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
             n = task // (groups * n_tiles)
             g = (task // n_tiles) % groups
@@ -398,6 +413,9 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
                         src = grad_out[n, g * per_group + k, i]
                         for j in range(out_w):
                             dst[j] = src[j]
+                n_rows = row_last - row_first
+                _zero_junk_columns(pitched, per_group, n_cols, n_rows, pitch, out_w)
+                _zero_junk_columns(col, depth, n_cols, n_rows, pitch, out_w)
                 a_ptr = blas.pointer(pitched, 0)
                 lda = n_cols
                 b_ptr = blas.pointer(col, 0)
@@ -419,12 +437,15 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
 @register("conv2d_grad_input", "cpu", "im2col")
 def conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilation, groups, *,
                              gemm=None):
-    """grad_in = conv_transpose2d(grad_out, weight): with stride 1, the forward im2col
-    kernel on flipped weights (see :mod:`.identities`); otherwise GEMM + col2im."""
+    """grad_in = conv_transpose2d(grad_out, weight): with stride 1 and a finite weight, the
+    forward im2col kernel on flipped weights (see :mod:`.identities`); otherwise GEMM +
+    col2im. (That convolution multiplies every weight tap by the zero padding around
+    grad_out, where the transposed convolution has no term: a NaN or Inf tap would put
+    ``0 * Inf = NaN`` on the border.)"""
     kernel_size = weight.shape[2:]
     conv_pads = identities.grad_input_as_conv_padding(
         grad_in.shape[2:], grad_out.shape[2:], kernel_size, stride, padding, dilation)
-    if conv_pads is not None:
+    if conv_pads is not None and all_finite(weight):
         conv2d_im2col(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
                       (1, 1), conv_pads, dilation, groups, gemm=gemm)
         return

@@ -17,9 +17,31 @@ by phase (``4 * j + u``), so tile ``j`` is element ``j`` of phase ``u``.
 
 The transforms add rounding: float32 results differ from direct summation
 by about 1e-6 relative (L2), 1e-5 at most on unit-scale data.
+
+Non-finite values: the transforms mix the 36 values of a patch, so one NaN or
+Inf in the input would turn whole 4x4 output tiles into NaN where the exact
+sum has NaN or +-Inf at the outputs whose 3x3 windows hold it, and a
+non-finite weight would spread over every filter transform. The results keep
+the exact sum's pattern (which NaN, which +Inf, which -Inf) as follows:
+
+- a NaN or Inf in the weight or the bias (checked first, a pass over the
+  weight): the whole call runs :mod:`.im2col`;
+- in the input: every output that the exact sum makes non-finite is non-finite
+  in the Winograd result too (each patch value reaches each of its outputs
+  through a nonzero product of B^T, U and A^T coefficients, and the GEMM
+  multiplies zeros too), so the kernel notes each tile row whose stored outputs
+  are not all finite (a sum per tile row and filter over values still in cache:
+  0-3% of the call on dense 3x3 layers, within the timing noise) and the host
+  recomputes those tile rows by im2col: a NaN costs a few tile rows, a finite
+  input nothing (the same check catches a transform that overflows where the
+  exact sum does not);
+- grad_weight: the same holds for each of its taps, so when the Winograd
+  grad_weight is not all finite the call is recomputed by im2col.
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
@@ -27,8 +49,9 @@ from numba import prange
 
 from .. import config
 from ..dispatch import register
-from . import blas, identities, workspace
+from . import blas, identities, im2col, workspace
 from ._jit import kernel
+from .finite import all_finite
 
 #: B^T (6x6), G (6x3) and A^T (4x6) of F(4x4, 3x3).
 B_T = np.array([
@@ -203,9 +226,12 @@ def _block_buffers(scratch, channels, out_channels, max_tiles):
 
 @kernel(parallel=True)
 def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_left, groups,
-                             rows_per_block, b_t, a_t, scratch, gemm, set_blas_threads):
+                             rows_per_block, b_t, a_t, scratch, gemm, set_blas_threads,
+                             nonfinite):
     """out = conv2d(x, weight, bias) for a 3x3 stride-1 kernel, ``transformed`` = its
-    filter transform ``(36, K, C/groups)``; see the module docstring."""
+    filter transform ``(36, K, C/groups)``; see the module docstring.
+    ``nonfinite[q]`` (False on entry) is set where tile row ``q = n * tiles_h + t``
+    stored a NaN or Inf."""
     n_img, channels, height, width = x.shape
     out_channels = out.shape[1]
     out_h, out_w = out.shape[2], out.shape[3]
@@ -261,6 +287,8 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
                 full = out_w // TILE
                 for q in range(q_first, q_last):
                     n = q // tiles_h
+                    # NaN or +-Inf if any stored value is (in any order of addition)
+                    total = zero
                     for a in range(TILE):
                         row = (q % tiles_h) * TILE + a
                         if row >= out_h:
@@ -275,8 +303,12 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
                             dst[TILE * j + 1] = y1[j]
                             dst[TILE * j + 2] = y2[j]
                             dst[TILE * j + 3] = y3[j]
+                            total += (y0[j] + y1[j]) + (y2[j] + y3[j])
                         for b in range(out_w - TILE * full):
                             dst[TILE * full + b] = y0[b * n_tiles + full]
+                            total += y0[b * n_tiles + full]
+                    if not math.isfinite(total):
+                        nonfinite[q] = True
         set_blas_threads(saved_threads)
 
 
@@ -295,7 +327,19 @@ def transform_filters(weight: np.ndarray, groups: int) -> np.ndarray:
 
 @register("conv2d", "cpu", "winograd", unsupported=unsupported)
 def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, *, gemm=None):
-    """Host side of Winograd F(4x4, 3x3); arguments as normalised by :func:`fastconv.conv2d`."""
+    """Host side of Winograd F(4x4, 3x3); arguments as normalised by :func:`fastconv.conv2d`.
+
+    A NaN or Inf in the weight or bias sends the call to im2col; tile rows whose
+    outputs are not all finite are recomputed by im2col (see the module docstring)."""
+    if not (all_finite(weight) and (bias is None or all_finite(bias))):
+        im2col.conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, gemm=gemm)
+        return
+    _conv2d_winograd(x, weight, bias, out, padding, groups, gemm)
+
+
+def _conv2d_winograd(x, weight, bias, out, padding, groups, gemm):
+    """Winograd with a finite weight and bias; then the tile rows whose outputs are not
+    all finite again, by im2col."""
     n_img, channels = x.shape[:2]
     out_channels = weight.shape[0]
     out_h, out_w = out.shape[2:]
@@ -309,12 +353,37 @@ def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, *, 
         (n_chunks, ALPHA * ALPHA * (channels + out_channels + 2) * max_tiles), x.dtype
     )
     has_bias = bias is not None
+    nonfinite = np.zeros((n_img, tiles_h), np.bool_)
     _conv2d_forward_winograd(
         x, transform_filters(weight, groups), bias if has_bias else np.zeros(0, x.dtype),
         has_bias, out, padding[0][0], padding[1][0], groups, rows_per_block,
         B_T.astype(x.dtype), A_T.astype(x.dtype), scratch,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
+        nonfinite.reshape(-1),
     )
+    for n, first, last in _runs(nonfinite):
+        _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, gemm)
+
+
+def _runs(flags):
+    """``(n, first, last)`` for each run ``flags[n, first:last]`` of consecutive Trues."""
+    for n in np.flatnonzero(flags.any(axis=1)):
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], flags[n].astype(np.int8), [0]))))
+        for first, last in edges.reshape(-1, 2):
+            yield int(n), int(first), int(last)
+
+
+def _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, gemm):
+    """Tile rows ``first <= t < last`` of image ``n`` by im2col: output rows
+    ``[r0, r1)`` read input rows ``[r0 - pad_top, r1 + 2 - pad_top)``, zero-padded
+    where they leave the input."""
+    r0, r1 = TILE * first, min(TILE * last, out.shape[2])
+    top, bottom = r0 - padding[0][0], r1 + 2 - padding[0][0]
+    lo, hi = max(0, top), min(x.shape[2], bottom)
+    band = np.empty((1, out.shape[1], r1 - r0, out.shape[3]), out.dtype)
+    im2col.conv2d_im2col(np.ascontiguousarray(x[n : n + 1, :, lo:hi]), weight, bias, band,
+                         (1, 1), ((lo - top, bottom - hi), padding[1]), (1, 1), groups, gemm=gemm)
+    out[n, :, r0:r1] = band[0]
 
 
 def unsupported_grad_input(*, weight_shape, stride, padding, dilation, **_) -> str | None:
@@ -329,11 +398,19 @@ def unsupported_grad_input(*, weight_shape, stride, padding, dilation, **_) -> s
 @register("conv2d_grad_input", "cpu", "winograd", unsupported=unsupported_grad_input)
 def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilation, groups, *,
                                gemm=None):
-    """grad_in = conv2d(grad_out, flipped and transposed weight) with stride 1, by Winograd."""
+    """grad_in = conv2d(grad_out, flipped and transposed weight) with stride 1, by Winograd.
+
+    With a non-finite weight, im2col's grad_input instead: the convolution's zero
+    padding would multiply the weight where the transposed convolution has no term
+    (0 * Inf = NaN)."""
+    if not all_finite(weight):
+        im2col.conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilation,
+                                        groups, gemm=gemm)
+        return
     conv_pads = identities.grad_input_as_conv_padding(
         grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
-    conv2d_winograd(grad_out, identities.transpose_flip(weight, groups), None, grad_in, (1, 1),
-                    conv_pads, (1, 1), groups, gemm=gemm)
+    _conv2d_winograd(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
+                     conv_pads, groups, gemm)
 
 
 # --- the weight gradient ------------------------------------------------------------------
@@ -491,7 +568,9 @@ def _rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads
 @register("conv2d_grad_weight", "cpu", "winograd", unsupported=unsupported)
 def conv2d_grad_weight_winograd(x, grad_out, grad_weight, stride, padding, dilation, groups, *,
                                 gemm=None):
-    """grad_weight of a 3x3 stride-1 convolution by Winograd F(4x4, 3x3)."""
+    """grad_weight of a 3x3 stride-1 convolution by Winograd F(4x4, 3x3); recomputed by
+    im2col when it is not all finite (a NaN or Inf in a tile reaches all nine taps
+    through the transforms; see the module docstring)."""
     n_img, channels = x.shape[:2]
     out_channels, group_channels = grad_weight.shape[:2]
     out_h, out_w = grad_out.shape[2:]
@@ -511,3 +590,6 @@ def conv2d_grad_weight_winograd(x, grad_out, grad_weight, stride, padding, dilat
     taps = workspace.borrow((out_channels, 9, group_channels), x.dtype, "winograd taps")
     _filter_transform_adjoint(partial, G.astype(x.dtype), taps)
     grad_weight[...] = taps.transpose(0, 2, 1).reshape(grad_weight.shape)
+    if not all_finite(grad_weight):
+        im2col.conv2d_grad_weight_im2col(x, grad_out, grad_weight, stride, padding, dilation,
+                                         groups, gemm=gemm)

@@ -1,28 +1,89 @@
 """Reusable scratch buffers for kernels.
 
 A fresh buffer above glibc's mmap threshold page-faults on every call, which
-costs as much as a small convolution; kernels borrow one buffer per dtype and
-thread of the caller instead, grown when a larger one is needed.
+costs as much as a small convolution; kernels borrow one buffer per slot, dtype
+and calling thread instead, grown when a larger one is needed.
+
+What stays allocated between calls is bounded: a buffer is kept for reuse only
+while the kept buffers of all threads total at most
+``config.WORKSPACE_KEEP_BYTES`` (read at each borrow); a larger one serves its
+call and is freed when the call drops it. :func:`release`
+(``fastconv.release_workspace()``) frees every kept buffer.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import weakref
 
 import numpy as np
 
+from .. import config
+
+
+class _Buffers:
+    """One thread's kept buffers, ``(slot, dtype) -> 1-D array``."""
+
+    def __init__(self) -> None:
+        self.kept: dict[tuple[str, np.dtype], np.ndarray] = {}
+
+
+_lock = threading.Lock()
 _local = threading.local()
+# every live thread's buffers; a thread's entry goes when the thread ends
+_threads: weakref.WeakSet[_Buffers] = weakref.WeakSet()
+
+
+def _mine() -> _Buffers:
+    mine = getattr(_local, "buffers", None)
+    if mine is None:
+        mine = _local.buffers = _Buffers()
+        with _lock:
+            _threads.add(mine)
+    return mine
+
+
+def _kept_bytes() -> int:
+    return sum(b.nbytes for buffers in _threads for b in buffers.kept.values())
 
 
 def borrow(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np.ndarray:
     """An uninitialised C-contiguous array of ``shape``, valid until the next borrow
     of the same ``slot`` and dtype on this thread (a kernel that needs two buffers at
-    once borrows them from two slots)."""
+    once borrows them from two slots).
+
+    The buffer is kept for the next borrow if the kept buffers of all threads then
+    total at most ``config.WORKSPACE_KEEP_BYTES``; otherwise it lives as long as the
+    returned array (the smaller buffer this slot kept before, if any, stays kept).
+    """
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
-    buffers = _local.__dict__.setdefault("buffers", {})
-    buffer = buffers.get((slot, dtype))
+    size = math.prod(shape)
+    mine = _mine()
+    key = (slot, dtype)
+    with _lock:
+        buffer = mine.kept.get(key)
     if buffer is None or buffer.size < size:
         buffer = np.empty(max(size, 1), dtype=dtype)
-        buffers[slot, dtype] = buffer
+        with _lock:
+            old = mine.kept.get(key)
+            others = _kept_bytes() - (0 if old is None else old.nbytes)
+            if others + buffer.nbytes <= config.WORKSPACE_KEEP_BYTES:
+                mine.kept[key] = buffer
     return buffer[:size].reshape(shape)
+
+
+def kept_bytes() -> int:
+    """Bytes of the buffers kept between calls, all threads together."""
+    with _lock:
+        return _kept_bytes()
+
+
+def release() -> int:
+    """Drop every kept buffer of every thread and return their bytes. Thread-safe: a
+    call running meanwhile keeps the buffer it borrowed until it returns."""
+    with _lock:
+        freed = _kept_bytes()
+        for buffers in _threads:
+            buffers.kept.clear()
+    return freed

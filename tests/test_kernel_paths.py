@@ -1,0 +1,503 @@
+"""The CPU kernels' tiling paths: several tiles per image of unequal heights, several tiles of
+both heights in one thread's chunk, blocks of output channels of unequal sizes, and 1, 2
+and 3 threads, for every fast algorithm of every convolution op and gradient.
+
+The default tile budgets give one tile per image on the small problems of the case table,
+so those paths are forced here through :mod:`fastconv.config`: a byte budget of 1 makes
+the column minimum (``IM2COL_MIN_COLUMNS``, ``WINOGRAD_MIN_TILES``) set the tile height,
+and :func:`forced_tiles` sets that minimum from the row pitch each kernel's host wrapper
+passes to its tiling function, recording the tiling the wrapper then uses; every test
+asserts that the tiling really was unequal (:func:`assert_tiles_mixed`), so it cannot
+silently stop covering the path.
+
+Every result is compared with :mod:`fastconv.reference` and with PyTorch, in float64.
+``test_thread_counts_agree`` runs the same matrix in subprocesses with 1 and 3 Numba threads
+(this machine's default is its core count); ``test_bounds_checked`` reruns the in-process
+tests and a few of test_conv2d.py and test_pool.py with ``NUMBA_BOUNDSCHECK=1``, so an
+out-of-bounds index in a kernel fails a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import config, dispatch, reference, shapes
+from tests.cases import sum_tolerance, tolerance
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: im2col tile and direct band height, in rows, and Winograd block height, in 4-row tile rows.
+TILE_ROWS = 3
+WINOGRAD_ROWS = 2
+#: Output channels per direct task: the cases' K/groups and C/groups are not multiples.
+DIRECT_BLOCK_K = 3
+
+
+class PathCase(NamedTuple):
+    """A conv2d problem: input ``(n, c, h, w)``, weight ``(k, c // groups, r, s)``. The
+    transposed ops run on the same geometry: conv_transpose2d of a conv2d output-sized
+    input with the same weight, with ``output_size=(h, w)``."""
+
+    id: str
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    r: int
+    s: int
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return tuple(shapes.output_length(n, k, s, p, d) for n, k, s, p, d in zip(
+            (self.h, self.w), (self.r, self.s), self.stride, self.padding, self.dilation,
+            strict=True))
+
+
+def pad(p: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    return (p, p), (p, p)
+
+
+P = PathCase
+CASES = [
+    P("3x3_p1", 3, 4, 17, 11, 5, 3, 3, padding=pad(1)),
+    P("3x3_p2_groups2", 3, 4, 17, 10, 10, 3, 3, padding=pad(2), groups=2),
+    P("3x3_s2_p1", 2, 5, 16, 12, 4, 3, 3, stride=(2, 2), padding=pad(1)),
+    P("3x3_s21_asym", 2, 4, 14, 11, 5, 3, 3, stride=(2, 1), padding=((0, 2), (1, 0))),
+    P("3x3_dil2_groups2", 2, 8, 13, 12, 10, 3, 3, padding=pad(2), dilation=(2, 2), groups=2),
+    P("5x5_p2", 2, 4, 14, 13, 5, 5, 5, padding=pad(2)),
+    P("5x5_s2_depthwise_x2", 2, 4, 14, 13, 8, 5, 5, stride=(2, 2), padding=pad(2), groups=4),
+    P("1x1", 3, 5, 10, 9, 4, 1, 1),
+    P("1x1_s2", 2, 4, 13, 10, 5, 1, 1, stride=(2, 2)),
+]
+CASE_IDS = [case.id for case in CASES]
+
+#: Each public op, the registry op whose kernels compute it, and which result it is.
+OPS = {
+    "conv2d": "conv2d",
+    "conv2d_grad_input": "conv2d_grad_input",
+    "conv2d_grad_weight": "conv2d_grad_weight",
+    "conv2d_grad_bias": "conv2d_grad_bias",
+    "conv_transpose2d": "conv2d_grad_input",
+    "conv_transpose2d_grad_input": "conv2d",
+    "conv_transpose2d_grad_weight": "conv2d_grad_weight",
+    "conv_transpose2d_grad_bias": "conv2d_grad_bias",
+}
+GRADIENTS = ("grad_input", "grad_weight", "grad_bias")
+
+
+def algorithms(op: str, case: PathCase) -> list[str]:
+    """The fast algorithms (neither "auto" nor "reference") that compute ``op`` on ``case``."""
+    kernel_op = OPS[op]
+    # a transposed op has the geometry of its conv2d: the same weight array and arguments
+    problem = dict(weight_shape=(case.k, case.c // case.groups, case.r, case.s),
+                   stride=case.stride, padding=case.padding, dilation=case.dilation)
+    return [a for a in fastconv.available_algorithms(kernel_op) if a not in ("auto", "reference")
+            and dispatch.unsupported_reason(kernel_op, "cpu", a, **problem) is None]
+
+
+MATRIX = [(op, algorithm, case) for case in CASES for op in OPS
+          for algorithm in algorithms(op, case)]
+
+
+@cache
+def inputs(case: PathCase) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, w, gy)``, uniform in [-1, 1], the same in every process: the conv2d input, the
+    weight, and an array of the conv2d output's shape (grad_output, or the transposed
+    convolution's input); ``x`` doubles as the transposed convolution's grad_output."""
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    x = rng.uniform(-1, 1, (case.n, case.c, case.h, case.w))
+    w = rng.uniform(-1, 1, (case.k, case.c // case.groups, case.r, case.s))
+    gy = rng.uniform(-1, 1, (case.n, case.k, *case.out_size))
+    return x, w, gy
+
+
+def run(op: str, algorithm: str, case: PathCase) -> np.ndarray:
+    """One result of ``op`` on ``case`` by ``algorithm``, through the public functions."""
+    x, w, gy = inputs(case)
+    if op == "conv2d":
+        return fastconv.conv2d(x, w, **case.kwargs, algorithm=algorithm)
+    if op == "conv_transpose2d":
+        return fastconv.conv_transpose2d(gy, w, **case.kwargs, output_size=(case.h, case.w),
+                                         algorithm=algorithm)
+    wanted = next(i for i, name in enumerate(GRADIENTS) if op.endswith(name))
+    needs = {f"needs_{name[5:]}_grad": i == wanted for i, name in enumerate(GRADIENTS)}
+    if op.startswith("conv2d_"):
+        result = fastconv.conv2d_backward(gy, x, w, **case.kwargs, **needs, algorithm=algorithm)
+    else:
+        result = fastconv.conv_transpose2d_backward(x, gy, w, **case.kwargs,
+                                                    output_size=(case.h, case.w), **needs,
+                                                    algorithm=algorithm)
+    assert [r is None for r in result] == [i != wanted for i in range(3)]
+    return result[wanted]
+
+
+@cache
+def expected(case: PathCase) -> dict[str, np.ndarray]:
+    """Every op's result by :mod:`fastconv.reference`."""
+    x, w, gy = inputs(case)
+    kw = case.kwargs
+    results = {"conv2d": reference.conv2d(x, w, **kw),
+               "conv_transpose2d": reference.conv_transpose2d(
+                   gy, w, stride=case.stride, padding=case.padding, groups=case.groups,
+                   dilation=case.dilation, output_size=(case.h, case.w))}
+    grads = reference.conv2d_backward(gy, x, w, **kw)
+    transposed = reference.conv_transpose2d_backward(
+        x, gy, w, stride=case.stride, padding=case.padding, groups=case.groups,
+        dilation=case.dilation, output_size=(case.h, case.w))
+    for name, a, b in zip(GRADIENTS, grads, transposed, strict=True):
+        results["conv2d_" + name] = a
+        results["conv_transpose2d_" + name] = b
+    return results
+
+
+@cache
+def torch_results(case: PathCase) -> dict[str, np.ndarray]:
+    """Every op's result by PyTorch's autograd: conv2d on the explicitly padded input, and
+    conv_transpose2d where its padding is symmetric (PyTorch has no other)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x, w, gy = (torch.from_numpy(a) for a in inputs(case))
+    (top, bottom), (left, right) = case.padding
+    results = {}
+    tx = torch.nn.functional.pad(x, (left, right, top, bottom)).requires_grad_()
+    tw = w.clone().requires_grad_()
+    y = F.conv2d(tx, tw, stride=case.stride, dilation=case.dilation, groups=case.groups)
+    y.backward(gy)
+    results["conv2d"] = y.detach().numpy()
+    results["conv2d_grad_input"] = tx.grad[..., top : top + case.h, left : left + case.w].numpy()
+    results["conv2d_grad_weight"] = tw.grad.numpy()
+    results["conv2d_grad_bias"] = gy.sum((0, 2, 3)).numpy()
+    if top == bottom and left == right:
+        tu, tw = gy.clone().requires_grad_(), w.clone().requires_grad_()
+        smallest = [(n - 1) * s - 2 * p + d * (k - 1) + 1 for n, s, p, d, k in zip(
+            case.out_size, case.stride, (top, left), case.dilation, (case.r, case.s),
+            strict=True)]
+        z = F.conv_transpose2d(tu, tw, stride=case.stride, padding=(top, left),
+                               output_padding=(case.h - smallest[0], case.w - smallest[1]),
+                               groups=case.groups, dilation=case.dilation)
+        z.backward(x)
+        results["conv_transpose2d"] = z.detach().numpy()
+        results["conv_transpose2d_grad_input"] = tu.grad.numpy()
+        results["conv_transpose2d_grad_weight"] = tw.grad.numpy()
+        results["conv_transpose2d_grad_bias"] = x.sum((0, 2, 3)).numpy()
+    return results
+
+
+def assert_matches(actual: np.ndarray, oracle: np.ndarray, op: str, case: PathCase,
+                   what: str) -> None:
+    """float64 tolerances of tests/cases.py: a weight or bias gradient sums one term per
+    image and output position."""
+    assert actual.shape == oracle.shape and actual.dtype == np.float64, what
+    terms = case.n * max(case.h * case.w, int(np.prod(case.out_size)))
+    tol = (sum_tolerance(np.float64, terms) if op.endswith(("weight", "bias"))
+           else tolerance(np.float64))
+    np.testing.assert_allclose(actual, oracle, **tol, err_msg=f"{op} {case.id}: {what}")
+
+
+# --- forcing and recording the tiling -------------------------------------------------------
+
+
+class Tiling(NamedTuple):
+    """What one host wrapper used: ``tasks[t]`` is the number of output rows task ``t``
+    computes (im2col: output rows; Winograd: tile rows of 4 output rows), in the order the
+    kernel hands out tasks, ``chunks`` the number of threads' chunks that split them, and
+    ``images_per_task`` the images side by side in each im2col task. A col2im task (the
+    wrapper ``conv2d_grad_input_im2col``) is one image and group with all its tiles; its
+    ``tasks`` are the tile heights of one image."""
+
+    wrapper: str
+    tasks: tuple[int, ...]
+    chunks: int
+    images_per_task: tuple[int, ...] = ()
+
+
+def chunk_ranges(n_tasks: int, n_chunks: int) -> list[range]:
+    """The tasks of each chunk, as the kernels split them."""
+    return [range(c * n_tasks // n_chunks, (c + 1) * n_tasks // n_chunks) for c in range(n_chunks)]
+
+
+@contextlib.contextmanager
+def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Tiling]]:
+    """Small tiles through the config: im2col tiles of TILE_ROWS output rows (or, with
+    ``images``, whole images ``images`` at a time), Winograd blocks of WINOGRAD_ROWS tile
+    rows, direct tasks of DIRECT_BLOCK_K output channels and (where the direct kernels
+    split planes into bands of rows, ``direct.band_rows``) bands of TILE_ROWS rows. Yields
+    the list of :class:`Tiling` that the host wrappers used, as they call them."""
+    from fastconv.cpu import direct, im2col, winograd
+
+    log: list[Tiling] = []
+    real_tiling, real_rows_per_block = im2col.tiling, winograd._rows_per_block
+
+    def tiling(depth, per_group, n_img, out_h, pitch, item, n_threads, plain_gemm):
+        wrapper = sys._getframe(1).f_code.co_name
+        columns = (images - 1) * out_h * pitch if images else (TILE_ROWS - 1) * pitch
+        patch.setattr(config, "IM2COL_MIN_COLUMNS", columns + 1)
+        tile_rows, tile_images = real_tiling(depth, per_group, n_img, out_h, pitch, item,
+                                             n_threads, plain_gemm)
+        heights = [min(tile_rows, out_h - first) for first in range(0, out_h, tile_rows)]
+        blocks = [min(tile_images, n_img - first) for first in range(0, n_img, tile_images)]
+        threads = fastconv_threads()
+        if wrapper == "conv2d_grad_input_im2col":  # a task: one image and group, every tile
+            log.append(Tiling(wrapper, tuple(heights), min(threads, n_img * groups)))
+        else:  # a task: one tile of an image block and group
+            tasks = [h for _ in blocks for _ in range(groups) for h in heights]
+            per_task = [b for b in blocks for _ in range(groups) for _ in heights]
+            log.append(Tiling(wrapper, tuple(tasks), min(threads, len(tasks)), tuple(per_task)))
+        return tile_rows, tile_images
+
+    def rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads):
+        tiles_w = -(-out_w // winograd.TILE)
+        patch.setattr(config, "WINOGRAD_MIN_TILES", (WINOGRAD_ROWS - 1) * tiles_w + 1)
+        rows = real_rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads)
+        n_tile_rows = n_img * -(-out_h // winograd.TILE)
+        tasks = [min(rows, n_tile_rows - first) for first in range(0, n_tile_rows, rows)]
+        log.append(Tiling("winograd", tuple(tasks), min(n_threads, len(tasks))))
+        return rows
+
+    real_band_rows = getattr(direct, "band_rows", None)
+
+    def band_rows(n_rows, fixed, per_row, item):
+        patch.setattr(config, "DIRECT_TILE_BYTES", (fixed + (TILE_ROWS - 1) * per_row) * item)
+        band = real_band_rows(n_rows, fixed, per_row, item)
+        tasks = [min(band, n_rows - first) for first in range(0, n_rows, band)]
+        log.append(Tiling("direct", tuple(tasks), 1))
+        return band
+
+    with pytest.MonkeyPatch.context() as patch:
+        if real_band_rows is not None:
+            patch.setattr(config, "DIRECT_TILE_BYTES", config.DIRECT_TILE_BYTES)
+            patch.setattr(direct, "band_rows", band_rows)
+        patch.setattr(config, "IM2COL_TILE_BYTES", 1)
+        patch.setattr(config, "IM2COL_MIN_COLUMNS", config.IM2COL_MIN_COLUMNS)
+        patch.setattr(config, "WINOGRAD_TILE_BYTES", 1)
+        patch.setattr(config, "WINOGRAD_MIN_TILES", config.WINOGRAD_MIN_TILES)
+        patch.setattr(config, "DIRECT_BLOCK_K", DIRECT_BLOCK_K)
+        patch.setattr(im2col, "tiling", tiling)
+        patch.setattr(winograd, "_rows_per_block", rows_per_block)
+        yield log
+
+
+def fastconv_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+@contextlib.contextmanager
+def numba_threads(threads: int) -> Iterator[None]:
+    """Run on ``threads`` Numba threads (at most NUMBA_NUM_THREADS), as the chunk
+    assertions of a test expect on any machine."""
+    import numba
+
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
+
+
+def assert_tiles_mixed(log: list[Tiling], algorithm: str, case: PathCase, *,
+                       images: bool = False) -> None:
+    """Each tiling the wrappers used had tiles of unequal sizes, and some thread's chunk ran
+    tiles of both sizes; direct tasks of unequal channel blocks where the case allows."""
+    if algorithm == "direct":
+        for per_group in (case.k // case.groups, case.c // case.groups):
+            assert per_group <= DIRECT_BLOCK_K or per_group % DIRECT_BLOCK_K, case.id
+    assert log or algorithm == "direct", f"{algorithm} never asked for its tiling"
+    for tiling in log:
+        sizes = tiling.images_per_task if images else tiling.tasks
+        assert len(set(sizes)) > 1, f"{case.id}: equal tiles {tiling}"
+        if images or tiling.wrapper in ("conv2d_grad_input_im2col", "direct"):
+            continue  # two image blocks; each task runs every tile of its image; bands
+        mixed = [len({sizes[t] for t in r}) > 1 for r in chunk_ranges(len(sizes), tiling.chunks)]
+        assert any(mixed), f"{case.id}: no chunk runs tiles of both sizes {tiling}"
+
+
+def compute_all(*, check_tiles: bool = True) -> dict[str, np.ndarray]:
+    """Every (op, algorithm, case) of the matrix with forced tiles, keyed
+    ``"op/algorithm/case"`` (the subprocesses of test_thread_counts_agree)."""
+    results = {}
+    for op, algorithm, case in MATRIX:
+        with forced_tiles(case.groups) as log:
+            results[f"{op}/{algorithm}/{case.id}"] = run(op, algorithm, case)
+        if check_tiles:
+            assert_tiles_mixed(log, algorithm, case)
+    return results
+
+
+# --- the tests ----------------------------------------------------------------------------
+
+
+def test_matrix_covers_every_algorithm_and_op():
+    # the matrix would silently shrink if the registry or a case lost an algorithm
+    covered = {(OPS[op], algorithm) for op, algorithm, _ in MATRIX}
+    for op in set(OPS.values()):
+        for algorithm in fastconv.available_algorithms(op):
+            if algorithm not in ("auto", "reference"):
+                assert (op, algorithm) in covered
+    assert {op for op, _, _ in MATRIX} == set(OPS)
+
+
+@pytest.mark.parametrize(("op", "algorithm", "case"),
+                         [pytest.param(*m, id=f"{m[0]}-{m[1]}-{m[2].id}") for m in MATRIX])
+def test_unequal_tiles_match_reference_and_torch(op, algorithm, case):
+    with numba_threads(2), forced_tiles(case.groups) as log:
+        result = run(op, algorithm, case)
+    assert_tiles_mixed(log, algorithm, case)
+    assert_matches(result, expected(case)[op], op, case, "reference")
+    oracle = torch_results(case).get(op)
+    if oracle is not None:
+        assert_matches(result, oracle, op, case, "torch")
+
+
+#: Three images, not a plain GEMM (which reads one image in place per task).
+IMAGE_BLOCK_CASES = [c for c in CASES if c.n == 3 and (c.r, c.s) != (1, 1)]
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d_grad_input"])
+@pytest.mark.parametrize("case", IMAGE_BLOCK_CASES, ids=[c.id for c in IMAGE_BLOCK_CASES])
+def test_im2col_image_blocks_of_unequal_sizes(op, case):
+    # whole images two at a time (small images) on one thread: blocks of 2 and 1 images
+    with numba_threads(1), forced_tiles(case.groups, images=2) as log:
+        result = run(op, "im2col", case)
+    assert_tiles_mixed(log, "im2col", case, images=True)
+    assert_matches(result, expected(case)[op], op, case, "reference")
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan], ids=["inf", "nan"])
+@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
+def test_grad_weight_non_finite_input_reaches_only_its_taps(algorithm, value):
+    # With stride 1, grad_weight's GEMM (im2col) or dot products (direct) also run over
+    # the junk columns between output rows, where the input holds real values (the row's
+    # last columns, the next row's first): a zero grad_output there times Inf is NaN.
+    case = PathCase("3x3_valid", 2, 3, 9, 8, 4, 3, 3)
+    x, w, gy = (a.copy() for a in inputs(case))
+    x[1, 2, 4, -1] = value  # read by taps s = 2 only
+    x[0, 1, 5, 0] = value  # read by taps s = 0 only
+    with numba_threads(2), forced_tiles(case.groups) as log:
+        _, grad_weight, _ = fastconv.conv2d_backward(gy, x, w, needs_input_grad=False,
+                                                     needs_bias_grad=False, algorithm=algorithm)
+    assert_tiles_mixed(log, algorithm, case)
+    oracle = reference.conv2d_backward(gy, x, w)[1]
+    assert np.isfinite(oracle[:, :, :, 1]).all() and not np.isfinite(oracle).all()
+    np.testing.assert_allclose(grad_weight, oracle, **tolerance(np.float64), equal_nan=True)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd"])
+def test_grad_input_non_finite_weight_stays_off_the_border(algorithm):
+    # Stride-1 grad_input is a convolution of the zero-padded grad_output, which multiplies
+    # every weight tap by padded zeros too (0 * Inf = NaN where the transposed convolution
+    # has no term): with a non-finite weight, the kernels scatter in bands instead.
+    case = CASES[0]  # 3x3, padding 1
+    x, w, gy = (a.copy() for a in inputs(case))
+    w[1, 2, 0, 0] = np.inf  # reaches rows 0..h-2 and columns 0..w-2 of channel 2
+    w[3, 0, 2, 2] = np.nan  # rows 1..h-1 and columns 1..w-1 of channel 0
+    with numba_threads(2), forced_tiles(case.groups) as log:
+        grad_input = fastconv.conv2d_backward(gy, x, w, **case.kwargs, needs_weight_grad=False,
+                                              needs_bias_grad=False, algorithm=algorithm)[0]
+    assert_tiles_mixed(log, algorithm, case)
+    oracle = reference.conv2d_backward(gy, x, w, **case.kwargs)[0]
+    assert np.isfinite(oracle[:, 2, -1]).all() and np.isfinite(oracle[:, 0, :, 0]).all()
+    assert not np.isfinite(oracle).all()
+    np.testing.assert_allclose(grad_input, oracle, **tolerance(np.float64), equal_nan=True)
+
+
+def _run_paths_check(threads: int, out: Path) -> None:
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
+    done = subprocess.run([sys.executable, "-m", "tests._paths_check", str(threads), str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_thread_counts_agree(tmp_path):
+    # Numba's thread count is fixed per process: 1 and 3 threads run in subprocesses,
+    # which check their tilings as the in-process tests do (3 threads: 3 chunks)
+    with numba_threads(2):
+        here = compute_all()
+    runs = {}
+    for threads in (1, 3):
+        _run_paths_check(threads, tmp_path / f"{threads}.npz")
+        with np.load(tmp_path / f"{threads}.npz") as data:
+            runs[threads] = {key: data[key] for key in data.files}
+    runs[fastconv_threads()] = here
+    for op, algorithm, case in MATRIX:
+        key = f"{op}/{algorithm}/{case.id}"
+        for threads, results in runs.items():
+            assert_matches(results[key], expected(case)[op], op, case, f"{threads} threads")
+        assert_matches(runs[1][key], runs[3][key], op, case, "1 vs 3 threads")
+
+
+BOUNDS_CHECKED = [
+    "tests/test_kernel_paths.py::test_unequal_tiles_match_reference_and_torch",
+    "tests/test_kernel_paths.py::test_im2col_image_blocks_of_unequal_sizes",
+    "tests/test_kernel_paths.py::test_grad_weight_non_finite_input_reaches_only_its_taps",
+    "tests/test_kernel_paths.py::test_grad_input_non_finite_weight_stays_off_the_border",
+    "tests/test_conv2d.py::test_matches_reference",
+    "tests/test_pool.py::test_max_pool2d_matches_reference",
+    "tests/test_pool.py::test_avg_pool2d_and_backward_match_reference",
+]
+
+#: A kernel made as fastconv makes them, indexing past its array inside a prange loop.
+OUT_OF_BOUNDS_PROBE = """
+import numpy as np
+from numba import prange
+from fastconv.cpu._jit import kernel
+
+@kernel(parallel=True)
+def read_past_the_end(a):
+    total = 0.0
+    for i in prange(a.size + 1):
+        total += a[i]
+    return total
+
+try:
+    read_past_the_end(np.zeros(3))
+except IndexError:
+    pass
+else:
+    raise SystemExit("an out-of-bounds index went unnoticed")
+"""
+
+
+def test_bounds_checked(tmp_path):
+    # NUMBA_BOUNDSCHECK=1 compiles every kernel with index checks, into a cache of its own
+    # (checked and unchecked machine code never share a cache). Kernels run serially
+    # (FASTCONV_PARALLEL=0): an IndexError raised inside a parallel prange body is lost.
+    # The thread count still sets the chunks that the host wrappers split the work into.
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               FASTCONV_PARALLEL="0", NUMBA_NUM_THREADS="3")
+    probe = tmp_path / "probe.py"
+    probe.write_text(OUT_OF_BOUNDS_PROBE)
+    done = subprocess.run([sys.executable, str(probe)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+               "--benchmark-disable", "-o", "addopts=", *BOUNDS_CHECKED,
+               "-k", "float64 or not float32"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    assert " passed" in done.stdout.splitlines()[-1]
