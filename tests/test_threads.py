@@ -20,6 +20,7 @@ import pytest
 import fastconv
 from fastconv import reference
 
+
 def _tbb_installed() -> bool:
     try:
         importlib.metadata.distribution("tbb")

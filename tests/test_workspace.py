@@ -75,20 +75,26 @@ def direct_all(x, w, b, g, kwargs):
 # --- the banded direct kernels compute the definition -----------------------------------
 
 
+def _assert_bands_match_reference(x, w, b, g, kwargs, dtype, monkeypatch, threads):
+    """The direct kernels under every band budget and thread count give the reference's
+    forward and gradients."""
+    expected_y = reference.conv2d(x, w, b, **kwargs)
+    expected_grads = reference.conv2d_backward(g, x, w, **kwargs)
+    for n_threads in THREAD_COUNTS:
+        threads(n_threads)
+        for budget in BUDGETS:
+            monkeypatch.setattr(config, "DIRECT_TILE_BYTES", budget)
+            y, grads = direct_all(x, w, b, g, kwargs)
+            assert_close(y, expected_y, dtype)
+            assert_grads_close(grads, expected_grads, dtype, g)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=[np.dtype(d).name for d in DTYPES])
 @pytest.mark.parametrize("case", CONV2D_CASES, ids=CASE_IDS)
 def test_bands_match_reference(case, dtype, monkeypatch, threads, rng):
     x, w, b = make_inputs(case, dtype, rng)
     g = make_grad_output(case, dtype, rng)
-    expected_y = reference.conv2d(x, w, b, **case.kwargs)
-    expected_grads = reference.conv2d_backward(g, x, w, **case.kwargs)
-    for n_threads in THREAD_COUNTS:
-        threads(n_threads)
-        for budget in BUDGETS:
-            monkeypatch.setattr(config, "DIRECT_TILE_BYTES", budget)
-            y, grads = direct_all(x, w, b, g, case.kwargs)
-            assert_close(y, expected_y, dtype)
-            assert_grads_close(grads, expected_grads, dtype, g)
+    _assert_bands_match_reference(x, w, b, g, case.kwargs, dtype, monkeypatch, threads)
 
 
 @pytest.mark.parametrize("case", cases("3x3_s2_p1", "5x5_c1_p2", "pad_asym_large_s2",
@@ -127,15 +133,7 @@ def test_bands_keep_the_non_finite_pattern(case, where, monkeypatch, threads, rn
     target[0, 0, 0, 0] = np.nan
     target[-1, -1, -1, -1] = np.inf
     target[tuple(n // 2 for n in target.shape)] = -np.inf
-    expected_y = reference.conv2d(x, w, b, **case.kwargs)
-    expected_grads = reference.conv2d_backward(g, x, w, **case.kwargs)
-    for n_threads in THREAD_COUNTS:
-        threads(n_threads)
-        for budget in BUDGETS:
-            monkeypatch.setattr(config, "DIRECT_TILE_BYTES", budget)
-            y, grads = direct_all(x, w, b, g, case.kwargs)
-            assert_close(y, expected_y, dtype)
-            assert_grads_close(grads, expected_grads, dtype, g)
+    _assert_bands_match_reference(x, w, b, g, case.kwargs, dtype, monkeypatch, threads)
 
 
 def test_budgets_give_many_unequal_bands(calls, monkeypatch, rng):

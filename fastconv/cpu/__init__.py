@@ -9,8 +9,10 @@ import numpy as np
 
 from .. import config, dispatch, reference, shapes
 from ..dispatch import register, register_chooser
-from . import threads  # noqa: F401, I001  (first: makes TBB loadable before any kernel runs)
-from . import direct, im2col, pool, reductions, winograd  # noqa: F401  (registers the kernels)
+
+# importing registers the kernels; threads makes TBB loadable before a kernel starts
+# Numba's thread pool
+from . import direct, im2col, pool, reductions, threads, winograd  # noqa: F401
 
 
 @register("conv2d", "cpu", "reference")
