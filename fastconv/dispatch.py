@@ -35,9 +35,10 @@ _CHOOSERS: dict[tuple[str, str], Callable[..., str]] = {}
 _UNSUPPORTED: dict[tuple[str, str, str], Callable[..., str | None]] = {}
 _LOADED: set[str] = set()
 
-#: Devices whose kernels cannot run in this process, with the error that says why
-#: (the CPU in a child forked after its parent used GNU OpenMP: fastconv.cpu.threads).
-BLOCKED: dict[str, Exception] = {}
+#: Devices whose kernels cannot run in this process, each with a function that makes
+#: the error saying why (the CPU in a child forked after its parent used GNU OpenMP:
+#: fastconv.cpu.threads); a new error each call, so no traceback piles up on one object.
+BLOCKED: dict[str, Callable[[], Exception]] = {}
 
 
 def register(
@@ -118,7 +119,7 @@ def select(op: str, device: str, algorithm: str, **problem: Any) -> tuple[str, C
             f"unknown algorithm {algorithm!r} for {op} on {device}; available: {', '.join(names)}"
         )
     if device in BLOCKED:
-        raise BLOCKED[device]
+        raise BLOCKED[device]()
     if algorithm == "auto":
         algorithm = _CHOOSERS[op, device](**problem)
     reason = unsupported_reason(op, device, algorithm, **problem)

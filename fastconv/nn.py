@@ -405,8 +405,9 @@ class _ConvLayer(_Parametrised):
 
 def _relu_grad(grad_output: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """dL/dz of ``y = max(z, 0)`` from the forward's boolean ``mask = y > 0``:
-    ``grad_output`` where the mask is set, else 0 (PyTorch's choice at 0)."""
-    return grad_output * mask
+    ``grad_output`` where the mask is set, else 0 (PyTorch's choice at 0), also where
+    ``grad_output`` is NaN or Inf (a product with the mask would give NaN there)."""
+    return np.where(mask, grad_output, grad_output.dtype.type(0))
 
 
 class Conv2d(_ConvLayer):

@@ -82,6 +82,7 @@ import torch  # the real torch: absolute imports never find this module
 from . import functional as ops
 from . import shapes
 from .functional._checks import divisor as _divisor
+from .functional._checks import flag as _flag
 from .functional._checks import positive_int
 
 __all__ = [
@@ -818,12 +819,6 @@ def _algorithm(algorithm: object) -> str:
     return algorithm
 
 
-def _flag(value: object, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
 def _pair(value: object, name: str, minimum: int = 1, single: bool = True) -> list[int]:
     """:func:`fastconv.shapes.pair` as a list, with a fast path for what modules pass."""
     if type(value) is tuple and len(value) == 2 and type(value[0]) is int \
@@ -978,7 +973,7 @@ def max_pool2d(
     kernel, step, pad = _window_args(kernel_size, stride, padding)
     args = (input, kernel, step, pad, _pair(dilation, "dilation"),
             _flag(ceil_mode, "ceil_mode"), _algorithm(algorithm))
-    if _flag(return_indices, "return_indices"):
+    if _flag(return_indices, "return_indices", ints=True):
         return _MAX_POOL2D_WITH_INDICES(*args)
     if torch.is_grad_enabled() and input.requires_grad:
         return _MAX_POOL2D_WITH_INDICES(*args)[0]
@@ -1050,6 +1045,7 @@ def max_unpool2d(
             output_size = [operator.index(n) for n in output_size]
         except TypeError:
             raise TypeError(f"max_unpool2d: {form}, ints, got {output_size!r}") from None
+        shapes.pair(tuple(output_size[-2:]), "output_size[-2:]")  # the functional's check
     return _MAX_UNPOOL2D(input, indices, kernel, step, pad, output_size, _algorithm(algorithm))
 
 

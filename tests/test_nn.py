@@ -167,6 +167,21 @@ def test_relu_backward_ignores_in_place_edits_of_the_output(make, rng):
     assert np.abs(expected).sum() > 0
 
 
+@pytest.mark.parametrize("make", [
+    lambda rng: nn.Conv2d(1, 1, 1, bias=False, activation="relu", dtype=np.float64, rng=rng),
+    lambda rng: nn.ReLU(),
+], ids=["Conv2d_relu", "ReLU"])
+def test_relu_backward_zero_where_off_even_for_nan_gradients(make, rng):
+    # torch: the gradient is 0 where the ReLU is off, whatever grad_output holds there
+    layer = make(rng)
+    if isinstance(layer, nn.Conv2d):
+        layer.weight[...] = 1.0
+    x = np.array([-1.0, 2.0, -3.0, 4.0]).reshape(1, 1, 2, 2)
+    layer(x)
+    grad = layer.backward(np.array([np.nan, np.nan, np.inf, 1.0]).reshape(1, 1, 2, 2))
+    np.testing.assert_array_equal(grad.ravel(), [0.0, np.nan, 0.0, 1.0])
+
+
 # --- ConvTranspose2d --------------------------------------------------------------------
 
 

@@ -172,3 +172,48 @@ def test_calls_from_several_python_threads(rng):
     assert len(results) == 20
     for result in results.values():
         np.testing.assert_allclose(result, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_blocked_device_raises_a_new_error_each_call(monkeypatch):
+    from fastconv import dispatch
+    from fastconv.cpu import threads
+
+    monkeypatch.setitem(dispatch.BLOCKED, "cpu", threads._fork_error)
+    x, w = np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3))
+    errors = []
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="fork-safe") as info:
+            fastconv.conv2d(x, w)
+        errors.append(info.value)
+    assert errors[0] is not errors[1]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_while_another_thread_holds_the_workspace_lock():
+    # a thread inside borrow() at the moment of a fork must not leave the child's lock held
+    result = _run("""
+        import os, signal, threading, numpy as np, fastconv
+        from fastconv.cpu import workspace
+        x, w = np.ones((1, 2, 6, 6)), np.ones((2, 2, 3, 3))
+        fastconv.conv2d(x, w)
+        holding, release = threading.Event(), threading.Event()
+
+        def hold():
+            with workspace._lock:
+                holding.set()
+                release.wait()
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        holding.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(20)
+            ok = np.allclose(fastconv.conv2d(x, w), 18.0)
+            os._exit(0 if ok and workspace.kept_bytes() >= 0 else 4)
+        release.set()
+        thread.join()
+        print(os.waitpid(pid, 0)[1])
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0"]

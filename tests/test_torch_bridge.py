@@ -1416,3 +1416,18 @@ def test_pooling_argument_forms_match_torch():
 def test_huge_sizes_are_value_errors_naming_the_argument(call):
     with pytest.raises(ValueError, match="at most 2\\*\\*31 - 1"):
         call(torch.randn(1, 2, 8, 8))
+
+
+def test_return_indices_takes_0_and_1_as_torch_does(route):
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    y, indices = fct.max_pool2d(x, 2, return_indices=1)
+    torch.testing.assert_close(indices, F.max_pool2d(x, 2, return_indices=1)[1])
+    torch.testing.assert_close(fct.MaxPool2d(2, return_indices=1)(x)[1], indices)
+    with pytest.raises(TypeError, match="ceil_mode must be a bool"):
+        fct.max_pool2d(x, 2, ceil_mode=1)  # torch refuses it too
+
+
+def test_unpool_output_size_too_large_is_the_same_error_on_both_routes(route):
+    y, indices = fct.max_pool2d(torch.randn(1, 2, 4, 4), 2, return_indices=True)
+    with pytest.raises(ValueError, match="output_size"):
+        fct.max_unpool2d(y, indices, 2, output_size=[2**63, 4])

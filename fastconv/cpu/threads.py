@@ -58,7 +58,7 @@ def _after_fork_in_child() -> None:
     parallel = sys.modules.get("numba.np.ufunc.parallel")
     if (config.PARALLEL and parallel is not None and parallel._is_initialized
             and sys.platform.startswith("linux") and parallel._threading_layer == "omp"):
-        dispatch.BLOCKED["cpu"] = _fork_error()
+        dispatch.BLOCKED["cpu"] = _fork_error
 
 
 def _fork_error() -> RuntimeError:

@@ -14,6 +14,7 @@ call and is freed when the call drops it. :func:`release`
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 
@@ -33,6 +34,21 @@ _lock = threading.Lock()
 _local = threading.local()
 # every live thread's buffers; a thread's entry goes when the thread ends
 _threads: weakref.WeakSet[_Buffers] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # the child has only the forking thread: a lock another thread held at the fork would
+    # never be released, and the other threads' buffers would count against the cap forever
+    global _lock
+    _lock = threading.Lock()
+    mine = getattr(_local, "buffers", None)
+    _threads.clear()
+    if mine is not None:
+        _threads.add(mine)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _mine() -> _Buffers:

@@ -140,3 +140,13 @@ def check_size(shape: tuple[int, ...], itemsize: int, what: str, because: str) -
             f"{what} would have shape {tuple(int(n) for n in shape)}, {count} elements: more "
             f"than any array can hold; {because}"
         )
+
+
+def flag(value: object, name: str, *, ints: bool = False) -> bool:
+    """A bool (numpy's too); with ``ints``, also the ints 0 and 1 (PyTorch takes
+    ``return_indices=1``, but refuses ``ceil_mode=1`` and ``count_include_pad=1``)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if ints and shapes._as_int(value) in (0, 1):
+        return bool(shapes._as_int(value))
+    raise TypeError(f"{name} must be a bool, got {value!r}")

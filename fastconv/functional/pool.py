@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dispatch, shapes
-from ._checks import check_not_scalar, check_rank, check_size, divisor
+from ._checks import check_not_scalar, check_rank, check_size, divisor, flag
 from ._place import Host, placement
 
 _BATCHED = "4-D (N, C, H, W) or 3-D (C, H, W)"
@@ -39,16 +39,6 @@ class _Window(NamedTuple):
     padding: tuple[int, int]
     dilation: tuple[int, int]
     out_size: tuple[int, int]
-
-
-def _flag(value: object, name: str, *, ints: bool = False) -> bool:
-    """A bool (numpy's too); with ``ints``, also the ints 0 and 1 (PyTorch takes
-    ``return_indices=1``, but refuses ``ceil_mode=1`` and ``count_include_pad=1``)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if ints and shapes._as_int(value) in (0, 1):
-        return bool(shapes._as_int(value))
-    raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _batched(place: Host, x, name: str) -> tuple:
@@ -85,7 +75,7 @@ def _window(size: tuple[int, int], kernel_size: object, stride: object, padding:
     step = shapes.pool_stride(stride, kernel)
     pad = shapes.pair(padding, "padding", minimum=0)
     spacing = shapes.pair(dilation, "dilation")
-    ceil = _flag(ceil_mode, "ceil_mode")
+    ceil = flag(ceil_mode, "ceil_mode")
     if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
         raise ValueError(
             f"padding must be at most half of kernel_size (pad <= kernel_size // 2 on each axis, "
@@ -234,7 +224,7 @@ def max_pool2d(
         (x,) = place.floats(input=input)
         x4, unbatched = _batched(place, x, "input")
         win = _window(x4.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-        with_indices = _flag(return_indices, "return_indices", ints=True)
+        with_indices = flag(return_indices, "return_indices", ints=True)
         _, kernel = dispatch.select("max_pool2d", place.device, algorithm,
                                     input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
         out = place.empty((*x4.shape[:2], *win.out_size), x4.dtype)
@@ -374,7 +364,7 @@ def avg_pool2d(
         (x,) = place.floats(input=input)
         x4, unbatched = _batched(place, x, "input")
         win = _window(x4.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
-        include_pad = _flag(count_include_pad, "count_include_pad")
+        include_pad = flag(count_include_pad, "count_include_pad")
         factor = divisor(divisor_override)
         _, kernel = dispatch.select("avg_pool2d", place.device, algorithm,
                                     input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
@@ -422,7 +412,7 @@ def avg_pool2d_backward(
         shape4, unbatched = _input_shape(input_shape)
         check_size(shape4, dy.dtype.itemsize, "grad_input", "check input_shape")
         win = _window(shape4[2:], kernel_size, stride, padding, 1, ceil_mode, "input_shape")
-        include_pad = _flag(count_include_pad, "count_include_pad")
+        include_pad = flag(count_include_pad, "count_include_pad")
         factor = divisor(divisor_override)
         expected = (*shape4[:2], *win.out_size)
         if tuple(dy.shape) != expected[unbatched:]:
