@@ -76,7 +76,6 @@ import operator
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch  # the real torch: absolute imports never find this module
 
 from . import functional as ops
