@@ -18,7 +18,7 @@ Timing rules, the same for every implementation:
   ``MIN_CALLS``. Every call allocates its output, as a user's call does, for
   fastconv and torch alike; :func:`configure_allocator` first makes glibc keep
   freed memory, so that no library page-faults a fresh buffer on every call
-  (``shared/CALIBRATION.md``, finding 1).
+  (benchmarks/RESULTS.md, "Measurements behind the design", 1).
 - torch runs on as many threads as Numba.
 - The reference is timed on a smaller batch (``Layer.reference_batch``,
   ``OpCase.reference_batch``): its
@@ -166,7 +166,7 @@ class Layer:
         return x, w, b
 
 
-#: The standard suite; ``shared/CALIBRATION.md`` lists torch's speed on each.
+#: The standard suite; benchmarks/RESULTS.md lists torch's speed on each.
 LAYERS: tuple[Layer, ...] = (
     Layer("a", 64, 1, 28, 28, 6, 5, reference_batch=16),
     Layer("b", 64, 6, 12, 12, 16, 5, reference_batch=32),

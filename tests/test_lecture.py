@@ -1,9 +1,9 @@
-"""The lecture's worked examples (../shared/seed/000_9f8cd594761a2ed6.txt), recomputed.
+"""The lecture's worked examples (notebooks/lecture.md), recomputed.
 
 The slides reached us through OCR and some printed numbers are wrong; every
 expected value below was recomputed from the definition (cross-correlation,
 zero padding) and, where it differs from the slide, the comment says so (see
-../shared/seed/README.md). All values are small integers, exact in float32
+notebooks/lecture.md, "Slide errata"). All values are small integers, exact in float32
 and float64, so they are compared exactly.
 """
 

@@ -3,7 +3,8 @@
 Kernels call ``gemm`` inside their parallel loop on a tile that is still in
 cache, with BLAS held to one thread on that worker: calling a multi-threaded
 GEMM between parallel Numba regions makes the two thread pools spin against
-each other on few cores (../shared/CALIBRATION.md, finding 2).
+each other on few cores (benchmarks/RESULTS.md, "Measurements behind the
+design", 2).
 
 numpy wheels ship OpenBLAS with CBLAS symbols; we look them up with ctypes and
 hand the function pointers to the kernels as arguments, which keeps the
