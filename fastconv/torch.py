@@ -535,9 +535,9 @@ _CONV_TRANSPOSE2D_BACKWARD = _op(
 def _(input, weight, bias, stride, padding, output_padding, groups, dilation, algorithm):
     _check_dtypes("conv_transpose2d", input=input, weight=weight, bias=bias)
     _spatial("conv_transpose2d", input)
-    # the adjoint of conv2d's size rule: (H - 1) * stride - pads + dilation * (R - 1) + 1
-    size = [(input.shape[-2 + a] - 1) * stride[a] - padding[2 * a] - padding[2 * a + 1]
-            + dilation[a] * (weight.shape[2 + a] - 1) + output_padding[a] + 1 for a in range(2)]
+    size = [shapes.transposed_output_length(
+        input.shape[-2 + a], weight.shape[2 + a], stride[a],
+        (padding[2 * a], padding[2 * a + 1]), dilation[a], output_padding[a]) for a in range(2)]
     return input.new_empty((*input.shape[:-3], weight.shape[1] * groups,
                             *_out_size("conv_transpose2d", size)))
 
@@ -747,8 +747,9 @@ def _(input, indices, kernel_size, stride, padding, output_size, algorithm):
     _check_dtypes("max_unpool2d", input=input)
     _spatial("max_unpool2d", input)
     if output_size is None:
-        size = [(input.shape[-2 + a] - 1) * stride[a] - 2 * padding[a] + kernel_size[a]
-                for a in range(2)]
+        # PyTorch's default: a transposed convolution's length, (H - 1) * stride - 2 * pad + k
+        size = [shapes.transposed_output_length(input.shape[-2 + a], kernel_size[a], stride[a],
+                                                (padding[a], padding[a])) for a in range(2)]
     else:
         size = list(output_size[-2:])
     return input.new_empty((*input.shape[:-2], *_out_size("max_unpool2d", size)))

@@ -438,7 +438,8 @@ def _unpool_size(size: tuple[int, int], kernel_size: object, stride: object, pad
     kernel = shapes.pair(kernel_size, "kernel_size", single=False)
     step = kernel if stride is None else shapes.pair(stride, "stride", single=False)
     pad = shapes.pair(padding, "padding", minimum=0, single=False)
-    default = tuple((size[a] - 1) * step[a] - 2 * pad[a] + kernel[a] for a in range(2))
+    default = tuple(shapes.transposed_output_length(size[a], kernel[a], step[a], (pad[a], pad[a]))
+                    for a in range(2))
     if output_size is None:
         if min(default) < 1:
             raise ValueError(
