@@ -13,7 +13,8 @@ transforms the products back into the output, so the whole working set of a
 block stays in cache (measured 2x faster here than three passes over whole
 tensors; benchmarks/RESULTS.md, "Measurements behind the design", 3).
 Transforms run over all tiles of the block at once, as vector loops: the
-patch columns of a tile row are gathered by phase (``4 * j + u``), so tile ``j`` is element ``j`` of phase ``u``.
+patch columns of a tile row are gathered by phase (``4 * j + u``), so tile
+``j`` is element ``j`` of phase ``u``.
 
 The transforms add rounding: float32 results differ from direct summation
 by about 1e-6 relative (L2), 1e-5 at most on unit-scale data.
