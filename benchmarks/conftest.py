@@ -1,7 +1,16 @@
 """pytest-benchmark set-up shared by the benchmarks: the allocator state of
 ``python -m fastconv bench``, its machine description in the saved JSON, the
 warm-up and timing of one benchmark (:func:`time_call`), and the op suite's
-benchmarks of a module's ``OPS`` (:func:`time_op`)."""
+benchmarks of a module's ``OPS`` (:func:`time_op`).
+
+Every benchmark sets ``benchmark.group`` (one group per layer or case, the
+implementations side by side) and is timed by pytest-benchmark's calibration, so
+its options apply, e.g.::
+
+    pytest benchmarks/ --benchmark-only -k max_pool2d --benchmark-max-time=0.2
+    pytest benchmarks/ --benchmark-only --benchmark-save=base
+    pytest benchmarks/ --benchmark-only --benchmark-compare --benchmark-histogram
+"""
 
 from __future__ import annotations
 
@@ -20,7 +29,23 @@ def _warm_allocator(request) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["fastconv"] = bench.machine_info()
+    """:func:`fastconv.bench.machine_info`, as it is while the benchmarks run.
+
+    pytest-benchmark takes it at the end of a run to save it, and before any benchmark
+    for ``--benchmark-compare``, which warns where it differs from the saved run's.
+    So the state the run sets up is set up first: the allocator, and Numba's thread
+    pool (after fastconv.cpu, which makes TBB loadable); torch's threads are those
+    that :mod:`fastconv.bench` gives it, whether or not torch has run yet."""
+    import numba
+
+    import fastconv.cpu  # noqa: F401
+
+    if not config.getoption("benchmark_disable", False):
+        bench.configure_allocator()
+    numba.get_num_threads()  # starts the thread pool: the threading layer is known
+    info = bench.machine_info()
+    info["torch_threads"] = info["numba_threads"] if info["torch"] is not None else None
+    machine_info["fastconv"] = info
 
 
 def pytest_generate_tests(metafunc):
@@ -35,19 +60,24 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def time_call(benchmark):
-    """``time_call(fn, impl)``: benchmark ``fn``, ``impl``'s call, after a warm-up and
-    return its median in seconds; under ``--benchmark-disable`` call it once (the
-    compilation included) and return None."""
+    """``time_call(fn, impl)``: benchmark ``fn``, ``impl``'s call, after an untimed
+    warm-up, and return its median in seconds; under ``--benchmark-disable`` call it
+    once (the compilation included) and return None.
+
+    The warm-up (:func:`fastconv.bench.warm_up`: two calls and 0.2 s at least) keeps
+    the JIT compilation, or the cache load, out of the timing, and lets the other
+    library's spinning thread pool go idle (torch and Numba share this process).
+    The timing itself is pytest-benchmark's: its calibration picks the rounds and
+    iterations, and ``--benchmark-max-time``, ``--benchmark-min-rounds``,
+    ``--benchmark-warmup`` (on top of this warm-up) and the rest apply."""
 
     def run(fn, impl: str) -> float | None:
         if impl == "torch":
             pytest.importorskip("torch")
-        if benchmark.disabled:
-            benchmark.pedantic(fn)
-            return None
-        per_call = bench.warm_up(fn)
-        benchmark.pedantic(fn, rounds=bench.calls_for(per_call), iterations=1)
-        return benchmark.stats.stats.median
+        if not benchmark.disabled:
+            bench.warm_up(fn)
+        benchmark(fn)
+        return None if benchmark.disabled else benchmark.stats.stats.median
 
     return run
 
