@@ -7,6 +7,7 @@ The ops follow ``torch.nn.functional`` (NCHW input, OIHW weights)::
 """
 
 from .dispatch import available_algorithms
+from .explain import explain
 from .functional import (
     avg_pool2d,
     avg_pool2d_backward,
@@ -22,9 +23,28 @@ from .functional import (
     repeat_unpool2d_backward,
 )
 from .shapes import conv_output_size, receptive_field
+from .tune import autotune_enabled, set_autotune
 from .warmup import warmup
 
 __version__ = "0.1.0"
+
+
+def clear_plans() -> int:
+    """Forget every cached plan (see :mod:`fastconv.plans`) and return how many there were.
+
+    Plans remember what a call checked and which algorithm ``auto`` chose, so
+    the next call with the same shapes and arguments runs at once. Call this
+    after changing a ``fastconv.config.AUTO_*`` threshold by hand, or to free
+    the memory of many plans; registering a kernel or chooser does it for you.
+
+    >>> import fastconv
+    >>> _ = fastconv.clear_plans()
+    >>> fastconv.clear_plans()
+    0
+    """
+    from . import plans
+
+    return plans.clear()
 
 
 def release_workspace() -> int:
@@ -50,6 +70,10 @@ def release_workspace() -> int:
 
 __all__ = [
     "available_algorithms",
+    "explain",
+    "clear_plans",
+    "set_autotune",
+    "autotune_enabled",
     "conv2d",
     "conv2d_backward",
     "conv_transpose2d",

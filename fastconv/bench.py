@@ -57,7 +57,7 @@ import numpy as np
 
 import fastconv
 
-from . import config, dispatch, reference
+from . import config, dispatch, plans, reference
 
 #: Seconds of timed calls per cell (implementation x layer).
 BUDGET_S = 1.0
@@ -939,18 +939,19 @@ def op_implementation_names(*, include_torch: bool | None = None) -> tuple[str, 
 def trace_dispatch(fn: Callable[[], object]) -> list[tuple[str, str]]:
     """Run ``fn`` once and return the ``(op, algorithm)`` the dispatcher picked, in order."""
     picked: list[tuple[str, str]] = []
-    select = dispatch.select
+    choose = dispatch.choose
 
     def spy(op: str, device: str, algorithm: str, **problem: Any):
-        name, kernel = select(op, device, algorithm, **problem)
-        picked.append((op, name))
-        return name, kernel
+        choice = choose(op, device, algorithm, **problem)
+        picked.append((op, choice.algorithm))
+        return choice
 
-    dispatch.select = spy  # the functional modules look it up on each call
+    dispatch.choose = spy  # the functional modules look it up on each call
+    plans.clear()  # a cached plan would not ask the dispatcher
     try:
         fn()
     finally:
-        dispatch.select = select
+        dispatch.choose = choose
     return picked
 
 

@@ -3,7 +3,10 @@
 Each value can be overridden by an environment variable of the same name with
 a ``FASTCONV_`` prefix, read once at import (for example
 ``FASTCONV_IM2COL_TILE_BYTES=2097152``). Kernels read their Numba flags from
-here, never from literals of their own.
+here, never from literals of their own. A value that is not accepted makes the
+import raise a ValueError that names the variable, the value and what it
+accepts (``FASTCONV_CACHE must be 0 or 1 (...), got 'maybe'``); the command
+line prints that line and exits with status 2.
 
 This module imports neither numpy nor numba.
 """
@@ -11,6 +14,19 @@ This module imports neither numpy nor numba.
 from __future__ import annotations
 
 import os
+
+#: True while this module runs: a bad value of one of the settings below is then
+#: recorded in _PROBLEMS (see problems()) rather than raised.
+_loading = True
+_PROBLEMS: dict[str, str] = {}
+
+
+def _refuse(name: str, message: str) -> None:
+    """A ``FASTCONV_{name}`` value that is not accepted: while this module runs, record
+    ``message`` (the setting then raises it when read); afterwards raise it."""
+    if not _loading:
+        raise ValueError(message)
+    _PROBLEMS[name] = message
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -22,20 +38,26 @@ def _env_bool(name: str, default: bool) -> bool:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"FASTCONV_{name} must be one of 1/0/true/false/yes/no/on/off, got {raw!r}")
+    _refuse(name, f"FASTCONV_{name} must be 0 or 1 (or false/true, no/yes, off/on), "
+            f"got {raw!r}")
+    return default
 
 
 def _env_int(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
     raw = os.environ.get("FASTCONV_" + name)
     if raw is None:
         return default
+    bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"FASTCONV_{name} must be an integer, got {raw!r}") from None
+        value = None
+    if value is None:
+        _refuse(name, f"FASTCONV_{name} must be an integer {bounds}, got {raw!r}")
+        return default
     if value < minimum or (maximum is not None and value > maximum):
-        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"FASTCONV_{name} must be {bounds}, got {value}")
+        _refuse(name, f"FASTCONV_{name} must be {bounds}, got {raw!r}")
+        return default
     return value
 
 
@@ -105,6 +127,17 @@ AUTO_DIRECT_MAX_DEPTH: int = _env_int("AUTO_DIRECT_MAX_DEPTH", 32)
 #: its input and output transforms).
 AUTO_WINOGRAD_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_MIN_CHANNELS", 16)
 
+# --- the plan cache and autotuning -----------------------------------------------------
+
+#: Most plans the plan cache keeps (fastconv.plans); the least recently used goes
+#: first; 0 turns the cache off.
+PLAN_CACHE_SIZE: int = _env_int("PLAN_CACHE_SIZE", 1024, minimum=0)
+
+#: ``algorithm="auto"`` times the candidate kernels the first time it meets a
+#: problem and remembers the fastest (fastconv.tune); ``fastconv.set_autotune``
+#: changes it at run time.
+AUTOTUNE: bool = _env_bool("AUTOTUNE", False)
+
 # --- CUDA launch sizes (read when a kernel is launched or, for tile shapes that
 # size shared memory, when the CUDA backend is first imported) ----------------------
 
@@ -123,3 +156,31 @@ CUDA_MAX_BLOCKS: int = _env_int("CUDA_MAX_BLOCKS", 65535)
 CUDA_GEMM_TILE: int = _env_int("CUDA_GEMM_TILE", 64)
 CUDA_GEMM_TILE_K: int = _env_int("CUDA_GEMM_TILE_K", 16)
 CUDA_GEMM_THREAD_TILE: int = _env_int("CUDA_GEMM_THREAD_TILE", 4)
+
+
+# --- values not accepted (keep this part last) -------------------------------------
+
+
+def problems() -> list[str]:
+    """One line for each setting above whose ``FASTCONV_*`` variable holds a value that is
+    not accepted: the variable, its value and what it accepts. Such a setting is left
+    unset, and reading it (``config.CACHE``) raises ValueError with its line, so a kernel
+    that needs it fails with that message; ``import fastconv`` does not fail, and the
+    command line prints the lines and exits with status 2."""
+    return list(_PROBLEMS.values())
+
+
+def __getattr__(name: str) -> object:
+    message = _PROBLEMS.get(name)
+    if message is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise ValueError(message)
+
+
+def _unset_refused() -> None:
+    for name in _PROBLEMS:
+        globals().pop(name, None)
+
+
+_unset_refused()
+_loading = False

@@ -12,7 +12,8 @@ and trains it with softmax cross-entropy and SGD with momentum (the
 learning rate decays to 0 along a cosine) on ``sklearn.datasets.load_digits``
 (1797 images, no download), holding out a stratified 25 % as the test set.
 It prints the time the JIT compilation took (one forward and backward pass
-on one batch, before training), a progress bar, the test accuracy and where
+on one batch, before training), its progress (a bar on a terminal, a line per
+epoch in a log), the test accuracy and where
 each training step spends its time, and saves two PNGs: the learned
 first-layer filters with their feature maps of a test digit, and the loss
 curve with the test accuracy after each epoch.
@@ -23,12 +24,12 @@ less than a parallel region costs to start, and on a busy machine a parallel
 region waits for its slowest thread to be scheduled (10x slower steps were
 seen on a shared 2-core machine).
 
-Needs the ``demo`` extra: scikit-learn, tqdm and matplotlib.
+Needs the ``demo`` extra: scikit-learn and matplotlib, and tqdm for the progress bar
+(without it, a line per epoch).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import numbers
@@ -175,8 +176,62 @@ def _accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 512) 
 
 def _missing_extra(error: ImportError) -> ImportError:
     return ImportError(
-        f"the demo needs scikit-learn, tqdm and matplotlib ({error}); "
+        f"the demo needs scikit-learn and matplotlib ({error}); "
         "install them with: pip install 'fastconv[demo]'")
+
+
+class _Progress:
+    """The training's progress on ``stream`` (default: stderr at construction).
+
+    A tqdm bar over the ``total`` images with the loss, where tqdm is installed and
+    tqdm's ``disable=None`` shows it: the stream is a terminal (or, through
+    ``tqdm.auto``, a notebook). Elsewhere (a log, a pipe, no tqdm) nothing per step,
+    which would fill a log with ``\\r`` frames, and one line per epoch. Nothing at all
+    when ``enabled`` is False.
+    """
+
+    def __init__(self, total: int, epochs: int, *, enabled: bool = True,
+                 stream: TextIO | None = None) -> None:
+        self.epochs, self.enabled = epochs, enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.bar: Any = None
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return
+        bar = tqdm(total=total, unit="img", unit_scale=True, desc="training",
+                   file=self.stream, dynamic_ncols=True, disable=None)
+        if bar.disable:
+            bar.close()
+        else:
+            self.bar = bar
+
+    def step(self, images: int, epoch: int, losses: Sequence[float]) -> None:
+        """A training step on ``images`` images in ``epoch`` (from 1); ``losses`` so far."""
+        if self.bar is not None:
+            self.bar.update(images)
+            if len(losses) % 10 == 0:
+                self.bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-10:]):.3f}",
+                                     refresh=False)
+
+    def epoch(self, epoch: int, loss: float, test_accuracy: float) -> None:
+        """Epoch ``epoch`` (from 1) done: its mean loss and the test accuracy after it."""
+        if self.enabled and self.bar is None:
+            print(f"training: epoch {epoch}/{self.epochs}, loss {loss:.3f}, test accuracy "
+                  f"{test_accuracy:.2%}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def run(
@@ -206,14 +261,16 @@ def run(
         algorithm: the convolution layers' ``algorithm=`` (``"auto"``, ``"direct"``, ...).
         threads: Numba threads for the run (restored afterwards); None keeps the
             current number (all cores unless set otherwise).
-        progress: show a tqdm progress bar (on stderr) with the loss and images/s.
+        progress: show the progress on stderr: a tqdm bar with the loss and images/s
+            where tqdm is installed and stderr is a terminal (or in a notebook), else a
+            line per epoch (no ``\\r`` frames in logs); False shows nothing.
         stream: where the report goes; None is ``sys.stdout``.
 
     Returns:
         A :class:`DemoResult` with the accuracies, times, per-op breakdown and PNG paths.
 
     Raises:
-        ImportError: scikit-learn, tqdm or matplotlib is missing.
+        ImportError: scikit-learn or matplotlib is missing (tqdm is optional).
         OSError: ``out_dir`` cannot be created or written to (raised first).
         ValueError: ``epochs`` or ``batch_size`` below 1, ``seed`` negative, ``lr`` or
             ``momentum`` not accepted by :class:`fastconv.nn.SGD` (not finite, or out
@@ -237,7 +294,6 @@ def run(
         print(text, file=out, flush=True)
 
     try:
-        from tqdm.auto import tqdm
         data = load_data()
     except ImportError as error:
         raise _missing_extra(error) from None
@@ -255,9 +311,7 @@ def run(
         say(f"numba threads: {numba.get_num_threads()}")
         compile_s = _compile(model, x_train[:batch_size], y_train[:batch_size])
         say(f"JIT compilation (first forward and backward on one batch): {compile_s:.2f} s")
-        bar = tqdm(total=epochs * len(x_train), unit="img", unit_scale=True,
-                   disable=not progress, desc="training", file=sys.stderr, dynamic_ncols=True)
-        with bar:
+        with _Progress(epochs * len(x_train), epochs, enabled=progress) as bar:
             training = _train(model, data, epochs, batch_size, lr, momentum, rng, bar)
         train_accuracy = _accuracy(model, x_train, y_train)
     finally:
@@ -318,9 +372,9 @@ def _compile(model: nn.Sequential, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _train(model: nn.Sequential, data: tuple, epochs: int, batch_size: int, lr: float,
-           momentum: float, rng: np.random.Generator, bar: Any) -> tuple:
-    """SGD over ``epochs``, timing each op, advancing the tqdm ``bar``; returns the losses
-    per step, the test accuracy per epoch, the seconds of the steps and the seconds per op."""
+           momentum: float, rng: np.random.Generator, progress: _Progress) -> tuple:
+    """SGD over ``epochs``, timing each op, telling ``progress``; returns the losses per
+    step, the test accuracy per epoch, the seconds of the steps and the seconds per op."""
     x_train, y_train, x_test, y_test = data
     clock = dict.fromkeys((*OPS, "other"), 0.0)
     timed = nn.Sequential(*(_Timed(layer, _kind(layer), clock) for layer in model))
@@ -351,11 +405,11 @@ def _train(model: nn.Sequential, data: tuple, epochs: int, batch_size: int, lr: 
             clock["optimizer"] += step_end - optimizer_start
             train_s += step_end - step_start
             losses.append(loss)
-            bar.update(len(chosen))
-            if len(losses) % 10 == 0:
-                bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-10:]):.3f}",
-                                refresh=False)
+            progress.step(len(chosen), epoch + 1, losses)
         epoch_test_accuracy.append(_accuracy(model, x_test, y_test))
+        steps_per_epoch = -(-len(x_train) // batch_size)
+        progress.epoch(epoch + 1, float(np.mean(losses[-steps_per_epoch:])),
+                       epoch_test_accuracy[-1])
     clock["other"] = max(train_s - sum(clock[name] for name in OPS), 0.0)
     return losses, epoch_test_accuracy, train_s, clock
 
@@ -433,93 +487,15 @@ def _plot_losses(losses: list[float], steps_per_epoch: int, test_accuracy: list[
     return path
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse would print the usage block too; one line is enough.
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _checked(kind: type, accept, expected: str):
-    """An argparse type: ``kind(text)`` where ``accept`` holds, else "expected ..." ."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-def _positive(kind: type):
-    """An argparse type: a ``kind`` (int or float) > 0, finite."""
-    expected = "a positive integer" if kind is int else "a finite positive number"
-    return _checked(kind, lambda value: math.isfinite(value) and value > 0, expected)
-
-
-#: argparse types: an int >= 0; a float in [0, 1) (so not nan or inf).
-_non_negative_int = _checked(int, lambda value: value >= 0, "a non-negative int")
-_momentum = _checked(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
-
-
-def _parser() -> _Parser:
-    parser = _Parser(
-        prog="fastconv demo",
-        description=(
-            "Train a LeNet-style CNN built from fastconv.nn (conv+ReLU, max pool, conv+ReLU, "
-            "max pool, dense) on scikit-learn's 8x8 digits with SGD and momentum; print the JIT "
-            "compile time, the test accuracy and a per-op time breakdown, and save PNGs of the "
-            "first-layer filters and the loss curve. Needs the demo extra "
-            "(pip install 'fastconv[demo]')."
-        ),
-    )
-    parser.add_argument("--epochs", type=_positive(int), default=None,
-                        help=f"passes over the training set (default {EPOCHS}, "
-                        f"{QUICK_EPOCHS} with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a short run: {QUICK_EPOCHS} epochs (unless --epochs)")
-    parser.add_argument("--batch-size", type=_positive(int), default=BATCH_SIZE,
-                        help=f"images per step (default {BATCH_SIZE})")
-    parser.add_argument("--lr", type=_positive(float), default=LR,
-                        help=f"learning rate (default {LR})")
-    parser.add_argument("--momentum", type=_momentum, default=MOMENTUM,
-                        help=f"SGD momentum, in [0, 1) (default {MOMENTUM})")
-    parser.add_argument("--seed", type=_non_negative_int, default=0,
-                        help="initialisation and batch order, an int >= 0 (default 0); the "
-                        "test split is fixed")
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), metavar="DIR",
-                        help="folder for filters.png and loss.png (default demo-output/)")
-    parser.add_argument("--algorithm", choices=ALGORITHMS, default="auto",
-                        help="conv algorithm of the layers (default auto)")
-    parser.add_argument("--threads", type=_positive(int), default=1, metavar="N",
-                        help="Numba threads (default 1: the batches are too small to share)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``fastconv demo`` command line; returns 0, or 1 after one line on stderr when
-    the demo extra is missing or the output folder (``--out``) cannot be written, which
-    is checked before the training. ``--help`` exits with status 0, a bad argument with
-    status 2 after one line on stderr (``SystemExit``)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    import numba
+    """``fastconv demo ARGS`` (``argv``, default ``sys.argv[1:]``), parsed by the command
+    line's parser (:mod:`fastconv.cli`); returns the exit status: 0; 1 after one line on
+    stderr when scikit-learn or matplotlib is missing or the output folder (``--out``)
+    cannot be written, which is checked before the training; 2 after argparse's usage
+    error for a bad argument; 0 after ``--help``."""
+    from . import cli
 
-    if args.threads > numba.config.NUMBA_NUM_THREADS:
-        parser.error(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} "
-                     f"(NUMBA_NUM_THREADS), got {args.threads}")
-    epochs = args.epochs if args.epochs is not None else QUICK_EPOCHS if args.quick else EPOCHS
-    try:
-        run(epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-            seed=args.seed, out_dir=args.out, algorithm=args.algorithm, threads=args.threads,
-            progress=not args.no_progress)
-    except (ImportError, OSError) as error:
-        print(f"fastconv demo: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return cli.main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -32,3 +32,13 @@ import pytest  # noqa: E402
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     """A generator seeded from the test's node id: fresh data per test, reproducible per test."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    """Each test starts with no cached plans (a test that swaps a chooser or a kernel must
+    not leave its choice behind); hits within a test still use the cache."""
+    import fastconv.plans
+
+    fastconv.plans.clear()
+    yield

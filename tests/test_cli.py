@@ -5,15 +5,17 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 import fastconv as fastconv_package
-from fastconv import __main__ as cli
-from fastconv import bench, dispatch
-from fastconv.__main__ import main
+from fastconv import __main__ as dunder_main
+from fastconv import bench, cli, dispatch
+from fastconv.cli import main
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -21,11 +23,24 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HAS_POOLING = hasattr(fastconv_package, "max_pool2d")  # being added
 
 
-def fastconv(*args: str) -> subprocess.CompletedProcess:
+def _environment(**env: str) -> dict[str, str]:
+    environment = {name: value for name, value in os.environ.items()
+                   if name != "NUMBA_THREADING_LAYER"}
+    environment.update(env)
+    return environment
+
+
+def fastconv(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``python -m fastconv ARGS`` with the environment variables ``env`` added."""
     return subprocess.run(
         [sys.executable, "-m", "fastconv", *args],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True, text=True, timeout=600, check=False, env=_environment(**env),
     )
+
+
+def test_the_entry_point_is_the_cli():
+    """``python -m fastconv`` and the ``fastconv`` script (fastconv.__main__:main)."""
+    assert dunder_main.main is cli.main
 
 
 @pytest.mark.parametrize("args", [(), ("bench",), ("info",)])
@@ -50,10 +65,22 @@ def test_demo_help_is_the_demos_own():
 
 def test_demo_gets_its_arguments(monkeypatch):
     demo = pytest.importorskip("fastconv.demo")
+    if any(importlib.util.find_spec(name) is None for name in ("sklearn", "matplotlib")):
+        pytest.skip("the demo needs scikit-learn and matplotlib")
     passed = []
-    monkeypatch.setattr(demo, "main", lambda argv: passed.append(argv) or 0)
-    assert main(["demo", "--epochs", "2", "--quick", "--out", "x"]) == 0
-    assert passed == [["--epochs", "2", "--quick", "--out", "x"]]
+    monkeypatch.setattr(demo, "run", lambda *args, **kwargs: passed.append((args, kwargs)))
+    assert main(["demo", "--epochs", "2", "--quick", "--out", "x", "--lr", "0.1",
+                 "--no-progress"]) == 0
+    assert main(["demo", "--quick", "--seed", "3", "--algorithm", "direct"]) == 0
+    assert passed == [
+        ((2,), {"batch_size": demo.BATCH_SIZE, "lr": 0.1, "momentum": demo.MOMENTUM, "seed": 0,
+                "out_dir": cli.Path("x"), "algorithm": "auto", "threads": 1,
+                "progress": False}),
+        ((demo.QUICK_EPOCHS,), {"batch_size": demo.BATCH_SIZE, "lr": demo.LR,
+                                "momentum": demo.MOMENTUM, "seed": 3,
+                                "out_dir": cli.Path("demo-output"), "algorithm": "direct",
+                                "threads": 1, "progress": True}),
+    ]
 
 
 @pytest.mark.parametrize("package", ["sklearn", "matplotlib"])
@@ -64,7 +91,7 @@ def test_demo_without_its_packages_is_one_line(monkeypatch, capsys, package):
                         lambda name, *args: None if name == package else find_spec(name, *args))
     assert main(["demo", "--quick"]) == 1
     assert capsys.readouterr().err == (
-        "fastconv demo needs scikit-learn, tqdm and matplotlib: pip install 'fastconv[demo]'\n")
+        "fastconv demo needs scikit-learn and matplotlib: pip install 'fastconv[demo]'\n")
     assert main(["demo", "--help"]) == 0  # its help needs none of them
 
 
@@ -83,10 +110,10 @@ def test_info_cuda_line(monkeypatch):
     """The CUDA line says why there is no GPU, or lists what fastconv.cuda.devices() sees."""
     from fastconv import cuda
 
-    monkeypatch.setattr(bench, "_version", lambda package: None)
+    monkeypatch.setattr(cli, "_version", lambda package: None)
     assert cli._cuda_lines() == [
         "CUDA: not available: numba-cuda is not installed (pip install 'fastconv[cuda]')"]
-    monkeypatch.setattr(bench, "_version", lambda package: "0.30")
+    monkeypatch.setattr(cli, "_version", lambda package: "0.30")
     monkeypatch.setattr(cuda, "is_available", lambda: False)
     (line,) = cli._cuda_lines()
     assert line.startswith("CUDA: not available: numba-cuda 0.30: ")
@@ -101,6 +128,122 @@ def test_info_cuda_line(monkeypatch):
     monkeypatch.setattr(cuda, "devices", lambda: ["cuda:0 Numba CUDA simulator"])
     assert cli._cuda_lines() == [
         "CUDA: simulated (NUMBA_ENABLE_CUDASIM=1, numba-cuda 0.30): cuda:0 Numba CUDA simulator"]
+
+
+#: ``python -m fastconv info`` in a process where fastconv cannot make TBB loadable: the
+#: ``tbb`` wheel looks absent to fastconv.cpu.threads (which loads its library by path).
+_INFO_WITHOUT_TBB_WHEEL = """
+    import importlib.metadata, sys
+    distribution = importlib.metadata.distribution
+
+    def hide_tbb(name):
+        if name == "tbb":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return distribution(name)
+
+    importlib.metadata.distribution = hide_tbb
+    from fastconv.cli import main
+    sys.exit(main(["info"]))
+"""
+
+
+@pytest.mark.parametrize("layer", ["tbb", "no-such-layer"])
+def test_info_when_the_requested_threading_layer_cannot_load(layer):
+    """NUMBA_THREADING_LAYER names a layer that cannot load (TBB without its library; a
+    name Numba does not know): info says so in its threading lines and goes on."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_INFO_WITHOUT_TBB_WHEEL)], capture_output=True,
+        text=True, timeout=600, check=False, env=_environment(NUMBA_THREADING_LAYER=layer))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    (threads,) = [line for line in lines if line.startswith("numba threads: ")]
+    (layers,) = [line for line in lines if line.startswith("threading layers (numba -s): ")]
+    assert "workqueue loads" in layers
+    if layer == "tbb" and "tbb loads" in layers:  # a TBB the loader finds without the wheel
+        assert threads.endswith("threading layer: tbb (requested: tbb)")
+    else:
+        assert threads.startswith(f"numba threads: none; threading layer: none could be "
+                                  f"loaded (requested: {layer}): ")
+    if layer == "tbb" and "tbb loads" not in layers:
+        assert "tbb cannot be loaded (" in layers
+        assert "No threading layer could be loaded" in threads
+    # the parts after it are still there
+    assert any(line.startswith("conv2d algorithms: auto, ") for line in lines)
+    assert any(line.startswith("CUDA: ") for line in lines)
+
+
+def test_info_threading_lines():
+    result = fastconv("info")
+    assert result.returncode == 0, result.stderr
+    (threads,) = [line for line in result.stdout.splitlines()
+                  if line.startswith("numba threads: ")]
+    assert threads.endswith(" (requested: default)") and "threading layer: " in threads
+    (layers,) = [line for line in result.stdout.splitlines()
+                 if line.startswith("threading layers (numba -s): ")]
+    assert [part.split()[0] for part in layers.split(": ", 1)[1].split(", ")] == [
+        "tbb", "omp", "workqueue"]
+
+
+def test_info_reports_a_part_that_fails_in_one_line(monkeypatch, capsys):
+    def broken():
+        raise RuntimeError("no BLAS here\nsecond line")
+
+    parts = [(label, broken if label == "BLAS" else lines) for label, lines in cli.INFO_PARTS]
+    monkeypatch.setattr(cli, "INFO_PARTS", tuple(parts))
+    assert main(["info"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "BLAS: unavailable: RuntimeError: no BLAS here second line" in lines
+    assert lines[0].startswith("fastconv ") and lines[-1].startswith("CUDA: ")
+    assert any(line.startswith("numba cache: ") for line in lines)
+    assert captured.err == ""
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("CACHE", "maybe", "must be 0 or 1 (or false/true, no/yes, off/on), got 'maybe'"),
+    ("DIRECT_BLOCK_K", "0", "must be >= 1, got '0'"),
+    ("IM2COL_TILE_BYTES", "1MB", "must be an integer >= 1, got '1MB'"),
+])
+@pytest.mark.parametrize("args", [("info",), ("bench", "--quick", "--layers", "a"),
+                                  ("demo", "--quick")], ids=lambda args: args[0])
+def test_bad_config_value_is_one_line_and_status_2(variable, value, message, args):
+    result = fastconv(*args, **{f"FASTCONV_{variable}": value})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"fastconv: FASTCONV_{variable} {message}"]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [("--help",), ("info", "--help"), ("bench", "--help"),
+                                  ("demo", "--help")], ids=" ".join)
+def test_help_with_a_bad_config_value_warns_in_one_line(args):
+    result = fastconv(*args, FASTCONV_CACHE="maybe")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: fastconv")
+    assert result.stderr.splitlines() == [
+        "fastconv: FASTCONV_CACHE must be 0 or 1 (or false/true, no/yes, off/on), got 'maybe'"]
+
+
+def test_bad_config_value_in_the_library():
+    """``import fastconv`` works; a kernel that reads the setting raises a ValueError that
+    names the variable, its value and what it accepts."""
+    code = """
+        import numpy as np
+        import fastconv
+        from fastconv import config
+        print(config.problems())
+        try:
+            fastconv.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32))
+        except ValueError as error:
+            print("ValueError:", error)
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                            text=True, timeout=600, check=False,
+                            env=_environment(FASTCONV_PARALLEL="sometimes"))
+    assert result.returncode == 0, result.stderr
+    message = ("FASTCONV_PARALLEL must be 0 or 1 (or false/true, no/yes, off/on), "
+               "got 'sometimes'")
+    assert result.stdout.splitlines() == [repr([message]), f"ValueError: {message}"]
 
 
 def test_bench_quick(tmp_path):
@@ -252,24 +395,21 @@ def test_bench_all_prints_both_tables(monkeypatch, capsys, tmp_path):
         (("info", "--cuda"), "unrecognized arguments: --cuda"),
         (("frobnicate",), "invalid choice: 'frobnicate'"),
         ((), "required: COMMAND"),
+        (("demo", "--epochs", "0"), "argument --epochs: expected a positive integer, got '0'"),
+        (("demo", "--threads", "100000"), "argument --threads: at most "),
     ],
 )
-def test_usage_error_is_one_line(args, message):
+def test_usage_error_is_argparses(args, message):
+    """Every usage error, argparse's or a handler's: the usage of the (sub)command, then
+    ``fastconv COMMAND: error: MESSAGE``, status 2."""
     result = fastconv(*args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert message in result.stderr
-
-
-def test_demo_usage_error_is_one_line():
-    pytest.importorskip("fastconv.demo")
-    result = fastconv("demo", "--epochs", "0")
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "fastconv demo: error: argument --epochs: expected a positive integer, got '0' "
-        "(see fastconv demo --help)"]
+    lines = result.stderr.splitlines()
+    prog = "fastconv" if args[:1] in ((), ("frobnicate",)) else f"fastconv {args[0]}"
+    assert lines[0].startswith(f"usage: {prog} ")
+    assert lines[-1].startswith(f"{prog}: error: ") and message in lines[-1], lines
+    assert result.stdout == ""
 
 
 def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path):
@@ -277,8 +417,10 @@ def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (
         None if name == "matplotlib" else find_spec(name, *args)))
     assert main(["bench", "--plot", str(tmp_path / "rows.png")]) == 2
-    assert capsys.readouterr().err == (
-        "fastconv bench: error: --plot needs matplotlib: pip install matplotlib\n")
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fastconv bench ")
+    assert err.endswith("\nfastconv bench: error: --plot needs matplotlib: pip install "
+                        "matplotlib\n")
 
 
 @pytest.mark.parametrize("option, name", [("--json", "rows.json"), ("--plot", "rows.png")])
@@ -312,13 +454,13 @@ def test_refusals_are_decided_on_the_problems_fastconv_dispatches(monkeypatch, c
     the dispatcher (recorded here, with kernels that do nothing)."""
     asked = []
 
-    def select(op, device, algorithm, **problem):
+    def choose(op, device, algorithm, *, arrays=(), params=(), **problem):
         asked.append((op, problem))
-        return algorithm, lambda *args: None
+        return dispatch.Choice(algorithm, lambda *args: None, "requested", "")
 
     call = (bench.prepare(case, "direct") if isinstance(case, bench.Layer)
             else case.bind().prepare("direct"))
-    monkeypatch.setattr(dispatch, "select", select)
+    monkeypatch.setattr(dispatch, "choose", choose)
     call()
     ops = [op for op, _ in case.dispatched()]
     assert [(op, problem) for op, problem in asked if op in ops] == list(case.dispatched())
@@ -335,3 +477,32 @@ def test_refused_cells_are_neither_timed_nor_benchmarks():
     assert "grad_input-g-winograd" not in ids
     rows = bench.run([layer_b], ["winograd", "auto"], quick=True)
     assert [row.impl for row in rows] == ["auto"]
+
+
+def test_tune_times_given_shapes_and_reuses_the_file(tmp_path):
+    env = dict(os.environ, FASTCONV_TUNE_CACHE=str(tmp_path))
+    command = [sys.executable, "-m", "fastconv", "tune", "--shape", "2,8,6,6,8,3,1,1",
+               "--forward-only"]
+    first = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0] == f"tuning file: {tmp_path / 'tune.json'}"
+    assert "conv2d" in lines[1] and "measured" in lines[1] and "fastest when timed" in lines[1]
+    again = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert again.returncode == 0, again.stderr
+    assert " cache " in again.stdout.splitlines()[1]
+    info = subprocess.run([sys.executable, "-m", "fastconv", "info"], capture_output=True,
+                          text=True, env=env, check=False)
+    assert f"tuning file: {tmp_path / 'tune.json'} (1 entries)" in info.stdout
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--shape", "1,2"], "a layer shape must be N,C,H,W,K,R"),
+    (["--layers", "z"], "unknown layer id 'z'"),
+    (["--layers", "a", "--batches", "0"], "--batches must be ints >= 1"),
+])
+def test_tune_usage_errors(arguments, message):
+    result = subprocess.run([sys.executable, "-m", "fastconv", "tune", *arguments],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr

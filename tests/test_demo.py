@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -95,15 +96,63 @@ def test_main_shows_progress_and_report(tmp_path, capsys):
     assert demo.main(["--epochs", "1", "--batch-size", "64", "--out", str(tmp_path),
                       "--seed", "1"]) == 0
     captured = capsys.readouterr()
-    assert "img/s" in captured.err and "loss=" in captured.err  # the tqdm bar
+    # stderr is not a terminal here: a line per epoch, no bar
+    assert re.fullmatch(r"training: epoch 1/1, loss [\d.]+, test accuracy [\d.]+%\n",
+                        captured.err), captured.err
     assert "test accuracy:" in captured.out and "conv backward" in captured.out
     assert (tmp_path / "loss.png").is_file()
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _show(progress: demo._Progress, epochs: int = 2, steps: int = 12) -> None:
+    losses: list[float] = []
+    for epoch in range(1, epochs + 1):
+        for _ in range(steps):
+            losses.append(0.5)
+            progress.step(10, epoch, losses)
+        progress.epoch(epoch, 0.5, 0.9)
+    progress.close()
+
+
+def test_progress_in_a_log_has_no_carriage_returns():
+    """stderr that is not a terminal (a log, a pipe): a line per epoch, nothing per step."""
+    log = io.StringIO()
+    _show(demo._Progress(240, 2, stream=log))
+    assert log.getvalue().splitlines() == [
+        "training: epoch 1/2, loss 0.500, test accuracy 90.00%",
+        "training: epoch 2/2, loss 0.500, test accuracy 90.00%"]
+    assert "\r" not in log.getvalue()
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar():
+    terminal = _Terminal()
+    _show(demo._Progress(240, 2, stream=terminal))
+    assert "\r" in terminal.getvalue() and "img/s" in terminal.getvalue()
+    assert "loss=0.500" in terminal.getvalue()
+    assert "training: epoch" not in terminal.getvalue()
+
+
+def test_progress_without_tqdm_is_a_line_per_epoch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import fails
+    terminal = _Terminal()
+    _show(demo._Progress(240, 2, stream=terminal))
+    assert terminal.getvalue().splitlines() == [
+        "training: epoch 1/2, loss 0.500, test accuracy 90.00%",
+        "training: epoch 2/2, loss 0.500, test accuracy 90.00%"]
+
+
+def test_no_progress_shows_nothing():
+    for stream in (io.StringIO(), _Terminal()):
+        _show(demo._Progress(240, 2, enabled=False, stream=stream))
+        assert stream.getvalue() == ""
+
+
 def test_main_help(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        demo.main(["--help"])
-    assert exit_info.value.code == 0
+    assert demo.main(["--help"]) == 0
     help_text = capsys.readouterr().out
     assert help_text.startswith("usage: fastconv demo")
     for option in ("--epochs", "--quick", "--seed", "--batch-size", "--out", "--no-progress"):
@@ -116,14 +165,13 @@ def test_main_help(capsys):
     ["--seed", "-1"], ["--seed", "1.5"], ["--lr", "nan"], ["--lr", "inf"],
     ["--momentum", "nan"], ["--momentum", "inf"], ["--momentum", "-0.1"],
 ])
-def test_bad_argument_is_one_line_and_status_2(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        demo.main(argv)
-    assert exit_info.value.code == 2
+def test_bad_argument_is_a_usage_error_and_status_2(argv, capsys):
+    assert demo.main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastconv demo: error: "), captured.err
+    assert lines[0].startswith("usage: fastconv demo "), captured.err
+    assert lines[-1].startswith("fastconv demo: error: "), captured.err
 
 
 def test_run_rejects_bad_sizes(tmp_path):
@@ -137,8 +185,7 @@ def test_run_rejects_bad_sizes(tmp_path):
     ("--momentum", "inf", "argument --momentum: expected a number in [0, 1), got 'inf'"),
 ])
 def test_bad_argument_messages(option, value, expected, capsys):
-    with pytest.raises(SystemExit):
-        demo.main([option, value])
+    assert demo.main([option, value]) == 2
     assert expected in capsys.readouterr().err
 
 

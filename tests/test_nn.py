@@ -634,13 +634,13 @@ def test_float64_layers(rng):
 
 def test_algorithm_reaches_every_conv_op(rng, monkeypatch):
     chosen = []
-    select = dispatch.select
+    choose = dispatch.choose
 
     def spy(op, device, algorithm, **problem):
         chosen.append((op, algorithm))
-        return select(op, device, algorithm, **problem)
+        return choose(op, device, algorithm, **problem)
 
-    monkeypatch.setattr(dispatch, "select", spy)
+    monkeypatch.setattr(dispatch, "choose", spy)
     layer = nn.Conv2d(2, 3, 3, padding=1, algorithm="im2col", rng=rng)
     y = layer(rng.uniform(-1, 1, (1, 2, 5, 5)).astype(np.float32))
     layer.backward(np.ones_like(y))

@@ -38,17 +38,26 @@ def _choose_conv(op, weight_shape, problem):
     """Direct loops when one output needs few multiply-adds; Winograd for 3x3 stride-1
     layers with enough channels on both sides to amortise its transforms; else
     im2col + GEMM. The gradients are convolutions of the same depth and follow
-    the same rule."""
+    the same rule. Returns ``(name, reason)``."""
     out_channels, group_channels, kh, kw = weight_shape
-    if group_channels * kh * kw <= config.AUTO_DIRECT_MAX_DEPTH:
-        return "direct"
+    depth = group_channels * kh * kw
+    if depth <= config.AUTO_DIRECT_MAX_DEPTH:
+        return "direct", (f"each output needs C/groups*R*S = {depth} <= "
+                          f"AUTO_DIRECT_MAX_DEPTH = {config.AUTO_DIRECT_MAX_DEPTH} multiply-adds, "
+                          f"too few to pay for building GEMM columns")
     groups = problem.get("groups", 1)
-    if (min(group_channels, out_channels // groups) >= config.AUTO_WINOGRAD_MIN_CHANNELS
-            and "winograd" in dispatch.available_algorithms(op)
-            and dispatch.unsupported_reason(op, "cpu", "winograd", weight_shape=weight_shape,
-                                            **problem) is None):
-        return "winograd"
-    return "im2col"
+    narrow = min(group_channels, out_channels // groups)
+    fits = ("winograd" in dispatch.available_algorithms(op)
+                and dispatch.unsupported_reason(op, "cpu", "winograd", weight_shape=weight_shape,
+                                                **problem) is None)
+    if narrow >= config.AUTO_WINOGRAD_MIN_CHANNELS and fits:
+        return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= "
+                            f"AUTO_WINOGRAD_MIN_CHANNELS = {config.AUTO_WINOGRAD_MIN_CHANNELS} "
+                            f"channels, enough to amortise Winograd's transforms")
+    why = ("Winograd does not apply (not 3x3 with stride and dilation 1)" if not fits else
+           f"min(C, K)/groups = {narrow} < AUTO_WINOGRAD_MIN_CHANNELS = "
+           f"{config.AUTO_WINOGRAD_MIN_CHANNELS} channels is too few for Winograd")
+    return "im2col", f"C/groups*R*S = {depth} multiply-adds per output and {why}"
 
 
 @register_chooser("conv2d", "cpu")
@@ -68,7 +77,7 @@ def _choose_conv2d_grad_weight(*, weight_shape, **problem):
 
 @register_chooser("conv2d_grad_bias", "cpu")
 def _choose_grad_bias(**_):
-    return "direct"
+    return "direct", "grad_bias has one kernel: a sum over N, H and W"
 
 
 # --- pooling and unpooling: the reference loops, and one choice (the direct loops) ---
@@ -161,4 +170,4 @@ def _repeat_unpool2d_backward_reference(grad_out, grad_in, scale):
 @register_chooser("repeat_unpool2d_backward", "cpu")
 def _choose_pool(**_):
     """Pooling has one fast path: the direct loops over each plane."""
-    return "direct"
+    return "direct", "pooling and unpooling have one fast kernel: direct loops over each plane"

@@ -62,11 +62,15 @@ def _choose_conv(weight_shape, problem, transposed=False):
     else the implicit GEMM. grad_input's GEMM runs every tap at every input position,
     so with stride > 1 it does ``sh * sw`` times the work and the direct gather is chosen."""
     _, group_channels, kh, kw = weight_shape
-    if group_channels == 1 or group_channels * kh * kw <= config.AUTO_DIRECT_MAX_DEPTH:
-        return "direct"
+    depth = group_channels * kh * kw
+    if group_channels == 1:
+        return "direct", "a depthwise layer leaves a GEMM tile mostly empty"
+    if depth <= config.AUTO_DIRECT_MAX_DEPTH:
+        return "direct", (f"each output needs C/groups*R*S = {depth} <= "
+                          f"AUTO_DIRECT_MAX_DEPTH = {config.AUTO_DIRECT_MAX_DEPTH} multiply-adds")
     if transposed and tuple(problem.get("stride", (1, 1))) != (1, 1):
-        return "direct"
-    return "implicit_gemm"
+        return "direct", "grad_input's GEMM with stride > 1 would run every tap everywhere"
+    return "implicit_gemm", f"C/groups*R*S = {depth} multiply-adds per output fill a GEMM tile"
 
 
 @register_chooser("conv2d", "cuda")
@@ -95,4 +99,4 @@ def _choose_conv2d_grad_weight(*, weight_shape, **problem):
 @register_chooser("repeat_unpool2d_backward", "cuda")
 def _choose_direct(**_):
     """grad_bias, pooling and unpooling have one kernel each: the direct one."""
-    return "direct"
+    return "direct", "this op has one GPU kernel: the direct one"

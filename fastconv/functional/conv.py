@@ -6,9 +6,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import dispatch, shapes
+from .. import dispatch, plans, shapes
 from ._checks import check_rank, check_size, positive_int
-from ._place import Host, placement
+from ._place import HOST, Host, placement
+from ._planned import as_batched, as_contiguous, described, kernel_arrays
 
 _BATCHED = "4-D (N, C, H, W) or 3-D (C, H, W)"
 
@@ -201,6 +202,21 @@ def conv2d(
     [[10.0, 18.0, 24.0, 18.0], [27.0, 45.0, 54.0, 39.0],
      [51.0, 81.0, 90.0, 63.0], [42.0, 66.0, 72.0, 50.0]]
     """
+    problem = (None if out is not None or device is not None else
+               plans.key("conv2d", (input, weight, bias), (), (stride, padding, dilation, groups),
+                         algorithm))
+    plan = plans.get(problem)
+    if plan is None:
+        plan = plans.put(problem, _conv2d_plan(problem is not None, input, weight, bias, stride,
+                                               padding, dilation, groups, algorithm, out, device))
+    return plan(input, weight, bias)
+
+
+def _conv2d_plan(cacheable, input, weight, bias, stride, padding, dilation, groups, algorithm,
+                 out, device):
+    """Check a conv2d call, choose its kernel and return the plan that runs it on the
+    arrays: ``plan(input, weight, bias)``. A ``cacheable`` plan (host ndarrays, no
+    ``out``) takes any arrays of the same key; another runs once, on these."""
     place = placement(device, input=input, weight=weight, bias=bias, out=out)
     with place.active():
         _check_ranks(input=input, weight=weight, bias=bias)
@@ -211,17 +227,40 @@ def conv2d(
                 f"bias must have shape (K,) = ({geo.out_channels},), got {tuple(b.shape)}")
         if out is not None:
             place.check_out(out, geo.result_shape(geo.out_shape), x.dtype, (input, weight, bias))
-        if geo.x4.shape[1] == 0:
+        empty_sum = geo.x4.shape[1] == 0
+        if empty_sum:
             # C = 0: every output is an empty sum plus its bias. Computed as the same
             # convolution of one zero channel per group with a zero weight, on every device.
             n_img, _, height, width = geo.x4.shape
             geo = geo._replace(x4=place.zeros((n_img, geo.groups, height, width), x.dtype))
             w = place.zeros((w.shape[0], 1, *w.shape[2:]), x.dtype)
-        _, kernel = dispatch.select("conv2d", place.device, algorithm, **geo.problem())
-        w, b = place.contiguous(w), place.contiguous(b)
-        return place.run(lambda target: kernel(geo.x4, w, b, target, *geo.params()),
-                         geo.out_shape, x.dtype, geo.unbatched, out)
+        choice = dispatch.choose(
+            "conv2d", place.device, algorithm,
+            arrays=kernel_arrays(x.dtype, geo.x4.shape, w.shape, None if b is None else b.shape,
+                                 geo.out_shape),
+            params=geo.params(), **geo.problem())
+        kernel, params, shape4, dtype, unbatched = (choice.kernel, geo.params(), geo.out_shape,
+                                                    x.dtype, geo.unbatched)
+        if cacheable and not empty_sum:
+            x_ready, w_ready = x.flags.c_contiguous, w.flags.c_contiguous
+            b_ready = b is None or b.flags.c_contiguous
 
+            def plan(input, weight, bias):
+                x4 = as_batched(input, unbatched, x_ready)
+                weight = weight if w_ready else np.ascontiguousarray(weight)
+                bias = bias if b_ready else np.ascontiguousarray(bias)
+                target = np.empty(shape4, dtype)
+                if shape4[0]:
+                    kernel(x4, weight, bias, target, *params)
+                return target[0] if unbatched else target
+        else:
+            x4, w, b = geo.x4, place.contiguous(w), place.contiguous(b)
+
+            def plan(*_):
+                return place.run(lambda target: kernel(x4, w, b, target, *params), shape4, dtype,
+                                 unbatched, out)
+
+        return described(plan, ("conv2d", choice), cacheable=cacheable and not empty_sum)
 
 
 def _needs(**flags: object) -> tuple[bool, ...]:
@@ -229,24 +268,6 @@ def _needs(**flags: object) -> tuple[bool, ...]:
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {value!r}")
     return tuple(bool(v) for v in flags.values())
-
-
-def _weight_grad(place, x4, dy4, weight_shape, geo, algorithm):
-    """conv2d's grad_weight: a correlation of its input x4 with its output gradient dy4."""
-    _, kernel = dispatch.select("conv2d_grad_weight", place.device, algorithm, **geo.problem())
-    grad_weight = place.zeros(weight_shape, x4.dtype)
-    if x4.shape[0]:
-        kernel(x4, dy4, grad_weight, *geo.params())
-    return grad_weight
-
-
-def _bias_grad(place, dy4):
-    """grad_bias: dy4 summed over N, H, W."""
-    _, kernel = dispatch.select("conv2d_grad_bias", place.device, "auto")
-    grad_bias = place.zeros((dy4.shape[1],), dy4.dtype)
-    if dy4.shape[0]:
-        kernel(dy4, grad_bias)
-    return grad_bias
 
 
 def conv2d_backward(
@@ -309,33 +330,88 @@ def conv2d_backward(
     >>> gw[0, 0].tolist(), gb.tolist()
     ([[4.0, 4.0], [4.0, 4.0]], [4.0])
     """
+    flags = (needs_input_grad, needs_weight_grad, needs_bias_grad)
+    problem = (None if device is not None else
+               plans.key("conv2d_backward", (grad_output, input, weight), (),
+                         (stride, padding, dilation, groups, *flags), algorithm))
+    plan = plans.get(problem)
+    if plan is None:
+        plan = plans.put(problem, _conv2d_backward_plan(
+            problem is not None, grad_output, input, weight, stride, padding, dilation, groups,
+            flags, algorithm, device))
+    return plan(grad_output, input, weight)
+
+
+def _gradient_kernels(place, geo, dtype, needs, algorithm, grad_input, grad_weight):
+    """The kernels of a convolution's gradients: ``(op, Choice)`` (None where not needed)
+    for grad_input, grad_weight and grad_bias. ``grad_input`` and ``grad_weight`` are
+    ``(op, shapes of the kernel's array arguments)`` of the first two."""
+    found: list = []
+    for need, (op, arrays) in zip(needs[:2], (grad_input, grad_weight), strict=True):
+        found.append((op, dispatch.choose(op, place.device, algorithm,
+                                          arrays=kernel_arrays(dtype, *arrays),
+                                          params=geo.params(), **geo.problem()))
+                     if need else None)
+    found.append(("conv2d_grad_bias", dispatch.choose("conv2d_grad_bias", place.device, "auto"))
+                 if needs[2] else None)
+    return found
+
+
+def _conv2d_backward_plan(cacheable, grad_output, input, weight, stride, padding, dilation,
+                          groups, flags, algorithm, device):
+    """Check a conv2d_backward call, choose its kernels and return the plan:
+    ``plan(grad_output, input, weight)`` (see :func:`_conv2d_plan`)."""
     place = placement(device, grad_output=grad_output, input=input, weight=weight)
     with place.active():
         _check_ranks(grad_output=grad_output, input=input, weight=weight)
         dy, x, w = place.floats(grad_output=grad_output, input=input, weight=weight)
-        needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
-                       needs_bias_grad=needs_bias_grad)
+        needs = _needs(needs_input_grad=flags[0], needs_weight_grad=flags[1],
+                       needs_bias_grad=flags[2])
         geo = _conv_geometry(place, x, w, stride, padding, dilation, groups)
         dy4 = geo.batched(place, dy, "grad_output", geo.out_shape, "conv2d's output")
-        w = place.contiguous(w)
-        if geo.x4.shape[1] == 0:  # C = 0: grad_input and grad_weight are empty
-            grad_input = place.zeros(geo.x4.shape, x.dtype) if needs[0] else None
-            grad_weight = place.zeros(tuple(w.shape), x.dtype) if needs[1] else None
-            grad_bias = _bias_grad(place, dy4) if needs[2] else None
-            return (place.give(grad_input, geo.unbatched), place.give(grad_weight),
+        w4 = place.contiguous(w)
+        unbatched, params = geo.unbatched, geo.params()
+        # C = 0: grad_input and grad_weight are empty, no kernel runs
+        some = needs if geo.x4.shape[1] else (False, False, needs[2])
+        kernels = _gradient_kernels(
+            place, geo, dy4.dtype, some, algorithm,
+            ("conv2d_grad_input", (dy4.shape, w4.shape, geo.x4.shape)),
+            ("conv2d_grad_weight", (geo.x4.shape, dy4.shape, w4.shape)))
+        x_shape, w_shape, n_img = tuple(geo.x4.shape), tuple(w4.shape), geo.x4.shape[0]
+        run_in, run_w, run_b = (None if k is None else k[1].kernel for k in kernels)
+
+        def compute(dy4, x4, w):
+            grad_input = grad_weight = grad_bias = None
+            if needs[0]:
+                grad_input = place.zeros(x_shape, dy4.dtype)
+                if n_img and run_in is not None:
+                    run_in(dy4, w, grad_input, *params)
+            if needs[1]:
+                grad_weight = place.zeros(w_shape, dy4.dtype)
+                if n_img and run_w is not None:
+                    run_w(x4, dy4, grad_weight, *params)
+            if needs[2]:
+                grad_bias = place.zeros((dy4.shape[1],), dy4.dtype)
+                if n_img:
+                    run_b(dy4, grad_bias)
+            return (place.give(grad_input, unbatched), place.give(grad_weight),
                     place.give(grad_bias))
-        grad_input = None
-        if needs[0]:
-            _, kernel = dispatch.select("conv2d_grad_input", place.device, algorithm,
-                                        **geo.problem())
-            grad_input = place.zeros(geo.x4.shape, x.dtype)
-            if geo.x4.shape[0]:
-                kernel(dy4, w, grad_input, *geo.params())
-        grad_weight = (_weight_grad(place, geo.x4, dy4, tuple(w.shape), geo, algorithm)
-                       if needs[1] else None)
-        grad_bias = _bias_grad(place, dy4) if needs[2] else None
-        return (place.give(grad_input, geo.unbatched), place.give(grad_weight),
-                place.give(grad_bias))
+
+        if cacheable and place is HOST:
+            ready = (dy.flags.c_contiguous, x.flags.c_contiguous, w.flags.c_contiguous)
+
+            def plan(grad_output, input, weight):
+                return compute(as_batched(grad_output, unbatched, ready[0]),
+                               as_batched(input, unbatched, ready[1]),
+                               as_contiguous(weight, ready[2]))
+        else:
+            x4 = geo.x4
+
+            def plan(*_):
+                return compute(dy4, x4, w4)
+
+        return described(plan, *[k for k in kernels if k is not None],
+                         cacheable=cacheable and place is HOST)
 
 
 def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, dilation,
@@ -465,6 +541,20 @@ def conv_transpose2d(
     >>> fastconv.conv_transpose2d(x, w, stride=2, output_size=(5, 5)).shape
     (1, 1, 5, 5)
     """
+    params = (stride, padding, output_padding, groups, dilation, output_size)
+    problem = (None if device is not None else
+               plans.key("conv_transpose2d", (input, weight, bias), (), params, algorithm))
+    plan = plans.get(problem)
+    if plan is None:
+        plan = plans.put(problem, _conv_transpose2d_plan(problem is not None, input, weight, bias,
+                                                         *params, algorithm, device))
+    return plan(input, weight, bias)
+
+
+def _conv_transpose2d_plan(cacheable, input, weight, bias, stride, padding, output_padding,
+                           groups, dilation, output_size, algorithm, device):
+    """Check a conv_transpose2d call, choose its kernel and return the plan:
+    ``plan(input, weight, bias)`` (see :func:`_conv2d_plan`)."""
     place = placement(device, input=input, weight=weight, bias=bias)
     with place.active():
         _check_ranks(True, input=input, weight=weight, bias=bias)
@@ -475,16 +565,35 @@ def conv_transpose2d(
             raise ValueError(
                 f"bias must have shape (C_out,) = ({geo.out_channels},), got {tuple(b.shape)}"
             )
-        _, kernel = dispatch.select("conv2d_grad_input", place.device, algorithm,
-                                    **geo.problem())
-        w, b = place.contiguous(w), place.contiguous(b)
+        params = geo.params()
+        choice = dispatch.choose(
+            "conv2d_grad_input", place.device, algorithm,
+            arrays=kernel_arrays(x.dtype, geo.x4.shape, w.shape, geo.out_shape), params=params,
+            **geo.problem())
+        kernel, shape4, dtype, unbatched = choice.kernel, geo.out_shape, x.dtype, geo.unbatched
 
-        def compute(target):
-            kernel(geo.x4, w, target, *geo.params())
-            if b is not None:
-                place.add_channel_bias(target, b)
+        def compute(x4, w, b):
+            def fill(target):
+                kernel(x4, w, target, *params)
+                if b is not None:
+                    place.add_channel_bias(target, b)
 
-        return place.run(compute, geo.out_shape, x.dtype, geo.unbatched)
+            return place.run(fill, shape4, dtype, unbatched)
+
+        if cacheable and place is HOST:
+            ready = (x.flags.c_contiguous, w.flags.c_contiguous, b is None or b.flags.c_contiguous)
+
+            def plan(input, weight, bias):
+                return compute(as_batched(input, unbatched, ready[0]),
+                               as_contiguous(weight, ready[1]), as_contiguous(bias, ready[2]))
+        else:
+            x4, w, b = geo.x4, place.contiguous(w), place.contiguous(b)
+
+            def plan(*_):
+                return compute(x4, w, b)
+
+        return described(plan, ("conv2d_grad_input", choice),
+                         cacheable=cacheable and place is HOST)
 
 
 def conv_transpose2d_backward(
@@ -527,38 +636,76 @@ def conv_transpose2d_backward(
     >>> gx[0, 0].tolist(), gw[0, 0].tolist(), gb.tolist()
     ([[4.0, 4.0], [4.0, 4.0]], [[4.0, 4.0], [4.0, 4.0]], [16.0])
     """
+    flags = (needs_input_grad, needs_weight_grad, needs_bias_grad)
+    params = (stride, padding, output_padding, groups, dilation, output_size)
+    problem = (None if device is not None else
+               plans.key("conv_transpose2d_backward", (grad_output, input, weight), (),
+                         (*params, *flags), algorithm))
+    plan = plans.get(problem)
+    if plan is None:
+        plan = plans.put(problem, _conv_transpose2d_backward_plan(
+            problem is not None, grad_output, input, weight, *params, flags, algorithm, device))
+    return plan(grad_output, input, weight)
+
+
+def _conv_transpose2d_backward_plan(cacheable, grad_output, input, weight, stride, padding,
+                                    output_padding, groups, dilation, output_size, flags,
+                                    algorithm, device):
+    """Check a conv_transpose2d_backward call, choose its kernels and return the plan:
+    ``plan(grad_output, input, weight)`` (see :func:`_conv2d_plan`)."""
     place = placement(device, grad_output=grad_output, input=input, weight=weight)
     with place.active():
         _check_ranks(True, grad_output=grad_output, input=input, weight=weight)
         dy, x, w = place.floats(grad_output=grad_output, input=input, weight=weight)
-        needs = _needs(needs_input_grad=needs_input_grad, needs_weight_grad=needs_weight_grad,
-                       needs_bias_grad=needs_bias_grad)
+        needs = _needs(needs_input_grad=flags[0], needs_weight_grad=flags[1],
+                       needs_bias_grad=flags[2])
         geo = _transpose_geometry(place, x, w, stride, padding, output_padding, groups, dilation,
                                   output_size)
         dy4 = geo.batched(place, dy, "grad_output", geo.out_shape, "conv_transpose2d's output")
-        w = place.contiguous(w)
+        w4 = place.contiguous(w)
         # conv2d's view of the same problem: its input is grad_output, its output the input
         conv = geo._replace(x4=dy4, out_channels=w.shape[0], out_size=tuple(geo.x4.shape[2:]))
-        grad_input = None
-        if needs[0]:
-            _, kernel = dispatch.select("conv2d", place.device, algorithm, **conv.problem())
-            # a bigger conv2d output only where output_padding >= stride: crop it
-            full_h = shapes.output_length(dy4.shape[2], w.shape[2], geo.stride[0],
-                                          geo.padding[0], geo.dilation[0])
-            full_w = shapes.output_length(dy4.shape[3], w.shape[3], geo.stride[1],
-                                          geo.padding[1], geo.dilation[1])
-            height, width = geo.x4.shape[2:]
-            if (full_h, full_w) == (height, width):
-                grad_input = place.empty(geo.x4.shape, dy4.dtype)
+        # a bigger conv2d output only where output_padding >= stride: crop it
+        full = (dy4.shape[0], w.shape[0],
+                *(shapes.output_length(dy4.shape[2 + a], w.shape[2 + a], geo.stride[a],
+                                       geo.padding[a], geo.dilation[a]) for a in range(2)))
+        x_shape, unbatched, params = tuple(geo.x4.shape), geo.unbatched, geo.params()
+        kernels = _gradient_kernels(place, conv, dy4.dtype, needs, algorithm,
+                                    ("conv2d", (dy4.shape, w4.shape, None, full)),
+                                    ("conv2d_grad_weight", (dy4.shape, geo.x4.shape, w4.shape)))
+        run_in, run_w, run_b = (None if k is None else k[1].kernel for k in kernels)
+
+        def compute(dy4, x4, w):
+            grad_input = grad_weight = grad_bias = None
+            if needs[0]:
+                target = place.empty(full, dy4.dtype)
+                if full[0]:
+                    run_in(dy4, w, None, target, *params)
+                grad_input = (target if full[2:] == x_shape[2:]
+                              else place.crop(target, *x_shape[2:]))
+            if needs[1]:
+                grad_weight = place.zeros(tuple(w.shape), dy4.dtype)
+                if x4.shape[0]:
+                    run_w(dy4, x4, grad_weight, *params)
+            if needs[2]:
+                grad_bias = place.zeros((dy4.shape[1],), dy4.dtype)
                 if dy4.shape[0]:
-                    kernel(dy4, w, None, grad_input, *geo.params())
-            else:
-                full = place.empty((dy4.shape[0], w.shape[0], full_h, full_w), dy4.dtype)
-                if dy4.shape[0]:
-                    kernel(dy4, w, None, full, *geo.params())
-                grad_input = place.crop(full, height, width)
-        grad_weight = (_weight_grad(place, dy4, geo.x4, tuple(w.shape), conv, algorithm)
-                       if needs[1] else None)
-        grad_bias = _bias_grad(place, dy4) if needs[2] else None
-        return (place.give(grad_input, geo.unbatched), place.give(grad_weight),
-                place.give(grad_bias))
+                    run_b(dy4, grad_bias)
+            return (place.give(grad_input, unbatched), place.give(grad_weight),
+                    place.give(grad_bias))
+
+        if cacheable and place is HOST:
+            ready = (dy.flags.c_contiguous, x.flags.c_contiguous, w.flags.c_contiguous)
+
+            def plan(grad_output, input, weight):
+                return compute(as_batched(grad_output, unbatched, ready[0]),
+                               as_batched(input, unbatched, ready[1]),
+                               as_contiguous(weight, ready[2]))
+        else:
+            x4 = geo.x4
+
+            def plan(*_):
+                return compute(dy4, x4, w4)
+
+        return described(plan, *[k for k in kernels if k is not None],
+                         cacheable=cacheable and place is HOST)

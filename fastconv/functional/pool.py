@@ -24,9 +24,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import dispatch, shapes
+from .. import dispatch, plans, shapes
 from ._checks import check_not_scalar, check_rank, check_size, divisor, flag
 from ._place import Host, placement
+from ._planned import make_plan
+
+
+def _plan(op: str, build, device, values: tuple, indices: tuple, params: tuple, algorithm):
+    """The cached plan of a call (see :mod:`fastconv.plans`), or a new one from ``build``:
+    ``build(cacheable, *values, *indices, *params, algorithm, device)``."""
+    problem = (None if device is not None else
+               plans.key(op, values, indices, params, algorithm))
+    plan = plans.get(problem)
+    if plan is None:
+        plan = plans.put(problem, build(problem is not None, *values, *indices, *params,
+                                        algorithm, device))
+    return plan
 
 _BATCHED = "4-D (N, C, H, W) or 3-D (C, H, W)"
 
@@ -218,6 +231,13 @@ def max_pool2d(
     >>> y[0].tolist(), indices[0].tolist()
     ([[2.0, 3.0], [2.0, 4.0]], [[4, 6], [9, 11]])
     """
+    return _plan("max_pool2d", _max_pool2d_plan, device, (input,), (),
+                 (kernel_size, stride, padding, dilation, ceil_mode, return_indices),
+                 algorithm)(input)
+
+
+def _max_pool2d_plan(cacheable, input, kernel_size, stride, padding, dilation, ceil_mode,
+                     return_indices, algorithm, device):
     place = placement(device, input=input)
     with place.active():
         check_rank(input, "input", _BATCHED)
@@ -225,15 +245,22 @@ def max_pool2d(
         x4, unbatched = _batched(place, x, "input")
         win = _window(x4.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
         with_indices = flag(return_indices, "return_indices", ints=True)
-        _, kernel = dispatch.select("max_pool2d", place.device, algorithm,
-                                    input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
-        out = place.empty((*x4.shape[:2], *win.out_size), x4.dtype)
-        indices = place.empty(out.shape, np.int64) if with_indices else None
-        if x4.shape[0]:
-            kernel(x4, out, indices, win.kernel_size, win.stride, win.padding, win.dilation)
-        if with_indices:
-            return place.give(out, unbatched), place.give(indices, unbatched)
-        return place.give(out, unbatched)
+        choice = dispatch.choose("max_pool2d", place.device, algorithm,
+                                 input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
+        kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *win.out_size)
+        window = (win.kernel_size, win.stride, win.padding, win.dilation)
+
+        def compute(x4):
+            out = place.empty(shape, dtype)
+            indices = place.empty(shape, np.int64) if with_indices else None
+            if shape[0]:
+                kernel(x4, out, indices, *window)
+            if with_indices:
+                return place.give(out, unbatched), place.give(indices, unbatched)
+            return place.give(out, unbatched)
+
+        return make_plan(place, cacheable, compute, (x,), (x4,), ("values",), unbatched,
+                         ("max_pool2d", choice))
 
 
 def max_pool2d_backward(
@@ -276,6 +303,11 @@ def max_pool2d_backward(
     >>> fastconv.max_pool2d_backward(np.ones_like(y), indices, x.shape).tolist()
     [[[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]]
     """
+    return _plan("max_pool2d_backward", _max_pool2d_backward_plan, device, (grad_output,),
+                 (indices,), (input_shape,), algorithm)(grad_output, indices)
+
+
+def _max_pool2d_backward_plan(cacheable, grad_output, indices, input_shape, algorithm, device):
     place = placement(device, grad_output=grad_output, indices=indices)
     with place.active():
         check_rank(grad_output, "grad_output", _BATCHED)
@@ -292,13 +324,19 @@ def max_pool2d_backward(
             )
         where = _index_array(place, indices, "indices", tuple(dy.shape), "grad_output")
         where4 = _as4(where, unbatched)
-        _, kernel = dispatch.select("max_pool2d_backward", place.device, algorithm,
-                                    input_shape=shape4, dtype=dy4.dtype)
-        grad_input = place.empty(shape4, dy4.dtype)
-        if shape4[0]:
-            bad = kernel(dy4, where4, grad_input)
-            _raise_bad_index(place, bad, where4, "indices", shape4[2:], "the pooled input")
-        return place.give(grad_input, unbatched)
+        choice = dispatch.choose("max_pool2d_backward", place.device, algorithm,
+                                 input_shape=shape4, dtype=dy4.dtype)
+        kernel, dtype = choice.kernel, dy4.dtype
+
+        def compute(dy4, where4):
+            grad_input = place.empty(shape4, dtype)
+            if shape4[0]:
+                bad = kernel(dy4, where4, grad_input)
+                _raise_bad_index(place, bad, where4, "indices", shape4[2:], "the pooled input")
+            return place.give(grad_input, unbatched)
+
+        return make_plan(place, cacheable, compute, (dy, indices), (dy4, where4),
+                         ("values", "indices"), unbatched, ("max_pool2d_backward", choice))
 
 
 def avg_pool2d(
@@ -358,6 +396,13 @@ def avg_pool2d(
     >>> fastconv.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)[0, 0].tolist()
     [1.0, 1.1666666666666667]
     """
+    return _plan("avg_pool2d", _avg_pool2d_plan, device, (input,), (),
+                 (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override),
+                 algorithm)(input)
+
+
+def _avg_pool2d_plan(cacheable, input, kernel_size, stride, padding, ceil_mode,
+                     count_include_pad, divisor_override, algorithm, device):
     place = placement(device, input=input)
     with place.active():
         check_rank(input, "input", _BATCHED)
@@ -366,12 +411,19 @@ def avg_pool2d(
         win = _window(x4.shape[2:], kernel_size, stride, padding, 1, ceil_mode)
         include_pad = flag(count_include_pad, "count_include_pad")
         factor = divisor(divisor_override)
-        _, kernel = dispatch.select("avg_pool2d", place.device, algorithm,
-                                    input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
-        out = place.empty((*x4.shape[:2], *win.out_size), x4.dtype)
-        if x4.shape[0]:
-            kernel(x4, out, win.kernel_size, win.stride, win.padding, include_pad, factor)
-        return place.give(out, unbatched)
+        choice = dispatch.choose("avg_pool2d", place.device, algorithm,
+                                 input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
+        kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *win.out_size)
+        window = (win.kernel_size, win.stride, win.padding, include_pad, factor)
+
+        def compute(x4):
+            out = place.empty(shape, dtype)
+            if shape[0]:
+                kernel(x4, out, *window)
+            return place.give(out, unbatched)
+
+        return make_plan(place, cacheable, compute, (x,), (x4,), ("values",), unbatched,
+                         ("avg_pool2d", choice))
 
 
 def avg_pool2d_backward(
@@ -405,6 +457,13 @@ def avg_pool2d_backward(
     >>> fastconv.avg_pool2d_backward(np.ones((1, 2, 2)), (1, 3, 3), 2, stride=1).tolist()
     [[[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]]
     """
+    return _plan("avg_pool2d_backward", _avg_pool2d_backward_plan, device, (grad_output,), (),
+                 (input_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                  divisor_override), algorithm)(grad_output)
+
+
+def _avg_pool2d_backward_plan(cacheable, grad_output, input_shape, kernel_size, stride, padding,
+                              ceil_mode, count_include_pad, divisor_override, algorithm, device):
     place = placement(device, grad_output=grad_output)
     with place.active():
         check_rank(grad_output, "grad_output", _BATCHED)
@@ -421,13 +480,19 @@ def avg_pool2d_backward(
                 f"{tuple(input_shape)}, {expected[unbatched:]}, got {tuple(dy.shape)}"
             )
         dy4 = place.batched(dy)
-        _, kernel = dispatch.select("avg_pool2d_backward", place.device, algorithm,
-                                    input_shape=shape4, window=win, dtype=dy.dtype)
-        grad_input = place.empty(shape4, dy.dtype)
-        if shape4[0]:
-            kernel(dy4, grad_input, win.kernel_size, win.stride, win.padding, include_pad,
-                   factor)
-        return place.give(grad_input, unbatched)
+        choice = dispatch.choose("avg_pool2d_backward", place.device, algorithm,
+                                 input_shape=shape4, window=win, dtype=dy.dtype)
+        kernel, dtype = choice.kernel, dy.dtype
+        window = (win.kernel_size, win.stride, win.padding, include_pad, factor)
+
+        def compute(dy4):
+            grad_input = place.empty(shape4, dtype)
+            if shape4[0]:
+                kernel(dy4, grad_input, *window)
+            return place.give(grad_input, unbatched)
+
+        return make_plan(place, cacheable, compute, (dy,), (dy4,), ("values",), unbatched,
+                         ("avg_pool2d_backward", choice))
 
 
 def _unpool_size(size: tuple[int, int], kernel_size: object, stride: object, padding: object,
@@ -515,6 +580,12 @@ def max_unpool2d(
     >>> fastconv.max_unpool2d(y, indices, 2)[0].tolist()
     [[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 3.0, 0.0], [0.0, 2.0, 0.0, 4.0], [0.0, 0.0, 0.0, 0.0]]
     """
+    return _plan("max_unpool2d", _max_unpool2d_plan, device, (input,), (indices,),
+                 (kernel_size, stride, padding, output_size), algorithm)(input, indices)
+
+
+def _max_unpool2d_plan(cacheable, input, indices, kernel_size, stride, padding, output_size,
+                       algorithm, device):
     place = placement(device, input=input, indices=indices)
     with place.active():
         check_rank(input, "input", _BATCHED)
@@ -526,14 +597,19 @@ def max_unpool2d(
         out_size = _unpool_size(tuple(x4.shape[2:]), kernel_size, stride, padding, output_size)
         check_size((*x4.shape[:2], *out_size), x4.dtype.itemsize, "max_unpool2d's output",
                    "check kernel_size, stride and padding")
-        _, kernel = dispatch.select("max_unpool2d", place.device, algorithm,
-                                    input_shape=tuple(x4.shape), out_size=out_size,
-                                    dtype=x4.dtype)
-        out = place.empty((*x4.shape[:2], *out_size), x4.dtype)
-        if x4.shape[0]:
-            bad = kernel(x4, where4, out)
-            _raise_bad_index(place, bad, where4, "indices", out_size, "the output")
-        return place.give(out, unbatched)
+        choice = dispatch.choose("max_unpool2d", place.device, algorithm,
+                                 input_shape=tuple(x4.shape), out_size=out_size, dtype=x4.dtype)
+        kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *out_size)
+
+        def compute(x4, where4):
+            out = place.empty(shape, dtype)
+            if shape[0]:
+                bad = kernel(x4, where4, out)
+                _raise_bad_index(place, bad, where4, "indices", out_size, "the output")
+            return place.give(out, unbatched)
+
+        return make_plan(place, cacheable, compute, (x, indices), (x4, where4),
+                         ("values", "indices"), unbatched, ("max_unpool2d", choice))
 
 
 def max_unpool2d_backward(
@@ -559,6 +635,11 @@ def max_unpool2d_backward(
     >>> fastconv.max_unpool2d_backward(dy, np.array([[[4, 6], [9, 11]]])).tolist()
     [[[4.0, 6.0], [9.0, 11.0]]]
     """
+    return _plan("max_unpool2d_backward", _max_unpool2d_backward_plan, device, (grad_output,),
+                 (indices,), (), algorithm)(grad_output, indices)
+
+
+def _max_unpool2d_backward_plan(cacheable, grad_output, indices, algorithm, device):
     place = placement(device, grad_output=grad_output, indices=indices)
     with place.active():
         check_rank(grad_output, "grad_output", _BATCHED)
@@ -575,13 +656,20 @@ def max_unpool2d_backward(
                 f"{where_shape}"
             )
         where4 = _as4(where, unbatched)
-        _, kernel = dispatch.select("max_unpool2d_backward", place.device, algorithm,
-                                    input_shape=tuple(where4.shape), dtype=dy4.dtype)
-        grad_input = place.empty(tuple(where4.shape), dy4.dtype)
-        if where4.shape[0]:
-            bad = kernel(dy4, where4, grad_input)
-            _raise_bad_index(place, bad, where4, "indices", tuple(dy4.shape[2:]), "grad_output")
-        return place.give(grad_input, unbatched)
+        choice = dispatch.choose("max_unpool2d_backward", place.device, algorithm,
+                                 input_shape=tuple(where4.shape), dtype=dy4.dtype)
+        kernel, dtype = choice.kernel, dy4.dtype
+        shape, plane = tuple(where4.shape), tuple(dy4.shape[2:])
+
+        def compute(dy4, where4):
+            grad_input = place.empty(shape, dtype)
+            if shape[0]:
+                bad = kernel(dy4, where4, grad_input)
+                _raise_bad_index(place, bad, where4, "indices", plane, "grad_output")
+            return place.give(grad_input, unbatched)
+
+        return make_plan(place, cacheable, compute, (dy, indices), (dy4, where4),
+                         ("values", "indices"), unbatched, ("max_unpool2d_backward", choice))
 
 
 def repeat_unpool2d(
@@ -611,6 +699,11 @@ def repeat_unpool2d(
     >>> fastconv.repeat_unpool2d(np.array([[[2.0, 3.0], [2.0, 4.0]]]), 2)[0].tolist()
     [[2.0, 2.0, 3.0, 3.0], [2.0, 2.0, 3.0, 3.0], [2.0, 2.0, 4.0, 4.0], [2.0, 2.0, 4.0, 4.0]]
     """
+    return _plan("repeat_unpool2d", _repeat_unpool2d_plan, device, (input,), (), (scale,),
+                 algorithm)(input)
+
+
+def _repeat_unpool2d_plan(cacheable, input, scale, algorithm, device):
     place = placement(device, input=input)
     with place.active():
         check_rank(input, "input", _BATCHED)
@@ -619,13 +712,19 @@ def repeat_unpool2d(
         factor = shapes.pair(scale, "scale")
         check_size((*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1]),
                    x4.dtype.itemsize, "repeat_unpool2d's output", f"check scale={scale!r}")
-        _, kernel = dispatch.select("repeat_unpool2d", place.device, algorithm,
-                                    input_shape=tuple(x4.shape), scale=factor, dtype=x4.dtype)
-        out = place.empty((*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1]),
-                          x4.dtype)
-        if x4.shape[0]:
-            kernel(x4, out, factor)
-        return place.give(out, unbatched)
+        choice = dispatch.choose("repeat_unpool2d", place.device, algorithm,
+                                 input_shape=tuple(x4.shape), scale=factor, dtype=x4.dtype)
+        kernel, dtype = choice.kernel, x4.dtype
+        shape = (*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1])
+
+        def compute(x4):
+            out = place.empty(shape, dtype)
+            if shape[0]:
+                kernel(x4, out, factor)
+            return place.give(out, unbatched)
+
+        return make_plan(place, cacheable, compute, (x,), (x4,), ("values",), unbatched,
+                         ("repeat_unpool2d", choice))
 
 
 def repeat_unpool2d_backward(
@@ -648,6 +747,11 @@ def repeat_unpool2d_backward(
     >>> fastconv.repeat_unpool2d_backward(np.arange(16.0).reshape(1, 4, 4), 2).tolist()
     [[[10.0, 18.0], [42.0, 50.0]]]
     """
+    return _plan("repeat_unpool2d_backward", _repeat_unpool2d_backward_plan, device,
+                 (grad_output,), (), (scale,), algorithm)(grad_output)
+
+
+def _repeat_unpool2d_backward_plan(cacheable, grad_output, scale, algorithm, device):
     place = placement(device, grad_output=grad_output)
     with place.active():
         check_rank(grad_output, "grad_output", _BATCHED)
@@ -660,10 +764,16 @@ def repeat_unpool2d_backward(
                 f"grad_output's height and width {shape4[2:]} must be multiples of scale "
                 f"{factor}, got grad_output of shape {shape4[unbatched:]}"
             )
-        _, kernel = dispatch.select("repeat_unpool2d_backward", place.device, algorithm,
-                                    input_shape=shape4, scale=factor, dtype=dy4.dtype)
-        grad_input = place.empty(
-            (*shape4[:2], shape4[2] // factor[0], shape4[3] // factor[1]), dy4.dtype)
-        if shape4[0]:
-            kernel(dy4, grad_input, factor)
-        return place.give(grad_input, unbatched)
+        choice = dispatch.choose("repeat_unpool2d_backward", place.device, algorithm,
+                                 input_shape=shape4, scale=factor, dtype=dy4.dtype)
+        kernel, dtype = choice.kernel, dy4.dtype
+        shape = (*shape4[:2], shape4[2] // factor[0], shape4[3] // factor[1])
+
+        def compute(dy4):
+            grad_input = place.empty(shape, dtype)
+            if shape[0]:
+                kernel(dy4, grad_input, factor)
+            return place.give(grad_input, unbatched)
+
+        return make_plan(place, cacheable, compute, (dy,), (dy4,), ("values",), unbatched,
+                         ("repeat_unpool2d_backward", choice))

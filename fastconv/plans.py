@@ -1,0 +1,227 @@
+"""The plan cache: what a call has validated and chosen, kept for the next call like it.
+
+The first call of a public op with a given *problem key* checks every
+argument, asks the dispatcher for an algorithm and builds a *plan*: a small
+closure that holds the kernel, the normalised parameters and the output
+shape, and runs them. A later call with the same key finds the plan with a
+few dict lookups and runs it, skipping the checks, the argument
+normalisation and the choice.
+
+The key holds everything the checks looked at, so a cache hit never accepts
+what a miss would refuse:
+
+- each array argument's exact type (``numpy.ndarray``, no subclass), shape,
+  strides (its layout: C-contiguous or not) and dtype (float32/float64 for
+  values, an integer dtype for indices);
+- every other argument by value *and* type: ints, strings, None, bools and
+  tuples of these (``stride=True`` or ``stride=1.0`` never meet the plan of
+  ``stride=1``); any other form (a list, a numpy integer) takes the full path
+  each time, with the same result;
+- for ``algorithm="auto"``, what the choice depends on: autotuning on or off,
+  Numba's thread count, and the ``config.AUTO_*`` thresholds.
+
+Calls with ``out=``, ``device=`` or GPU arrays are not cached (their placement
+does work per call). The cache is bounded (``FASTCONV_PLAN_CACHE_SIZE``
+plans, least recently used dropped first), thread-safe, emptied in a child
+process after ``fork`` and by :func:`clear`, which ``fastconv.clear_plans()``
+calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from . import config
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_TRUE, _FALSE = object(), object()  # bools in a key: True == 1 must not meet stride=1
+
+
+def max_plans() -> int:
+    """Most plans kept (``config.PLAN_CACHE_SIZE``); the least recently used goes first."""
+    return config.PLAN_CACHE_SIZE
+
+
+class _Uncacheable(Exception):
+    """An argument form the key does not cover: the call takes the full path."""
+
+
+def _param(value: Any) -> Any:
+    kind = type(value)
+    if kind is int or kind is str or value is None:
+        return value
+    if kind is bool:
+        return _TRUE if value else _FALSE
+    if kind is tuple:
+        return tuple(map(_param, value))
+    raise _Uncacheable
+
+
+def _floats(array: Any) -> tuple:
+    if type(array) is not np.ndarray or array.dtype not in _FLOATS:
+        raise _Uncacheable
+    return array.shape, array.strides, array.dtype
+
+
+def _threads() -> int:
+    """Numba's thread count for this thread, without the lock ``numba.get_num_threads``
+    takes, and without starting the thread pool (which would fix its threading layer
+    before :mod:`fastconv.cpu.threads` has made TBB loadable): before the pool starts the
+    count is ``NUMBA_NUM_THREADS``, since only ``set_num_threads`` changes it, and that
+    starts the pool."""
+    global _parallel
+    if _parallel is None:
+        from numba.np.ufunc import parallel
+
+        _parallel = parallel
+    if _parallel._is_initialized:
+        return _parallel._get_num_threads()
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+_parallel: Any = None
+
+
+def _choice_state(algorithm: Any) -> tuple:
+    """What ``algorithm="auto"`` decides on besides the problem."""
+    if algorithm != "auto":
+        return ()
+    from . import tune
+
+    return (tune.autotune_enabled(), _threads(), config.AUTO_DIRECT_MAX_DEPTH,
+            config.AUTO_WINOGRAD_MIN_CHANNELS)
+
+
+def key(op: str, values: tuple, indices: tuple, params: tuple, algorithm: Any) -> tuple | None:
+    """The problem key of a host call of ``op``, or None when the call cannot be cached.
+
+    ``values`` are the float array arguments (None allowed: a missing bias),
+    ``indices`` the integer ones, ``params`` every other argument but
+    ``algorithm``.
+    """
+    try:
+        parts = [op, _param(algorithm)]
+        for array in values:
+            parts.append(None if array is None else _floats(array))
+        for array in indices:
+            if type(array) is not np.ndarray or array.dtype.kind not in "iu":
+                raise _Uncacheable
+            parts.append((array.shape, array.strides, array.dtype))
+        parts.append(tuple(map(_param, params)))
+        parts.append(_choice_state(algorithm))
+        return tuple(parts)
+    except _Uncacheable:
+        return None
+    except TypeError:  # an unhashable or odd value inside a tuple
+        return None
+
+
+class Explained(Exception):  # noqa: N818 - not an error: how explain() gets the plan
+    """Raised by :meth:`_Cache.put` while :func:`explaining`: carries the plan a call
+    built, so the call stops before running it."""
+
+    def __init__(self, plan: Callable[..., Any]) -> None:
+        super().__init__("explained")
+        self.plan = plan
+
+
+_explaining = 0  # threads inside explaining(); the thread-local says which
+_explain = threading.local()
+
+
+@contextlib.contextmanager
+def explaining() -> Iterator[None]:
+    """Within this context (on this thread) a public op builds its plan without the
+    cache and raises :class:`Explained` with it instead of running it."""
+    global _explaining
+    with _lock:
+        _explaining += 1
+    before = getattr(_explain, "on", False)
+    _explain.on = True
+    try:
+        yield
+    finally:
+        _explain.on = before
+        with _lock:
+            _explaining -= 1
+
+
+_lock = threading.Lock()
+
+
+class _Cache:
+    def __init__(self) -> None:
+        self._plans: OrderedDict[tuple, Callable[..., Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, problem: tuple | None) -> Callable[..., Any] | None:
+        if problem is None or (_explaining and getattr(_explain, "on", False)):
+            return None
+        plan = self._plans.get(problem)
+        if plan is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        try:
+            self._plans.move_to_end(problem)
+        except KeyError:  # dropped by another thread meanwhile: the plan still runs
+            pass
+        return plan
+
+    def put(self, problem: tuple | None, plan: Callable[..., Any]) -> Callable[..., Any]:
+        if _explaining and getattr(_explain, "on", False):
+            raise Explained(plan)
+        if problem is not None and getattr(plan, "cacheable", True) and max_plans() > 0:
+            with self._lock:
+                self._plans[problem] = plan
+                self._plans.move_to_end(problem)
+                while len(self._plans) > max_plans():
+                    self._plans.popitem(last=False)
+        return plan
+
+    def clear(self) -> int:
+        with self._lock:
+            count = len(self._plans)
+            self._plans.clear()
+            self.hits = self.misses = 0
+        return count
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+CACHE = _Cache()
+get = CACHE.get
+put = CACHE.put
+
+
+def clear() -> int:
+    """Drop every plan; return how many there were."""
+    return CACHE.clear()
+
+
+def info() -> dict[str, int]:
+    """Plans kept, the bound, and hits and misses since the last :func:`clear`."""
+    return {"plans": len(CACHE), "max_plans": max_plans(), "hits": CACHE.hits,
+            "misses": CACHE.misses}
+
+
+if hasattr(os, "register_at_fork"):
+    # a forked child may be refused CPU kernels (fastconv.cpu.threads) or run a
+    # different thread count: it starts with no plans, and a fresh lock
+    def _after_fork_in_child() -> None:
+        CACHE._lock = threading.Lock()
+        CACHE._plans.clear()
+
+    os.register_at_fork(after_in_child=_after_fork_in_child)
