@@ -58,6 +58,7 @@ import numpy as np
 import fastconv
 
 from . import config, dispatch, plans, reference
+from .ops import TABLE as KERNEL_OPS
 
 #: Seconds of timed calls per cell (implementation x layer).
 BUDGET_S = 1.0
@@ -573,8 +574,10 @@ class OpCase:
         return None if self.reference_batch is None else self.with_batch(self.reference_batch)
 
     def available(self) -> bool:
-        """Whether this fastconv has the op (pooling is being added)."""
-        return hasattr(fastconv, self.spec.function) and self.spec.algorithms in dispatch.OPS
+        """Whether this fastconv has the op: its function, and its kernel ops in the op table
+        (:data:`fastconv.ops.TABLE`)."""
+        return hasattr(fastconv, self.spec.function) and all(
+            op in KERNEL_OPS for op in self.spec.kernel_ops)
 
     def implementation_names(self, *, include_torch: bool | None = None) -> tuple[str, ...]:
         """:func:`implementation_names` of this case's op; only ``auto`` while this
@@ -608,8 +611,9 @@ class OpCase:
         call of ``fn`` (``a+b`` where it picked several), else ``impl``."""
         if impl != "auto":
             return impl
-        ops = [op for op, _ in self.dispatched()] or [self.spec.algorithms]
-        return "+".join(dict.fromkeys(name for op, name in trace_dispatch(fn) if op in ops))
+        kernel_ops = [op for op, _ in self.dispatched()] or [self.spec.algorithms]
+        return "+".join(dict.fromkeys(name for op, name in trace_dispatch(fn)
+                                      if op in kernel_ops))
 
 
 def _normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -841,6 +845,13 @@ class _OpSpec(NamedTuple):
     torch: str
     bind: Callable[[OpCase, np.random.Generator], Bound]
     describe: Callable[[OpCase], str]
+    #: The other kernel ops (:data:`fastconv.ops.TABLE`) a call of ``function`` runs.
+    runs_also: tuple[str, ...] = ()
+
+    @property
+    def kernel_ops(self) -> tuple[str, ...]:
+        """Every kernel op a call of ``function`` runs: ``algorithms`` first."""
+        return (self.algorithms, *self.runs_also)
 
 
 _CONVOLUTION = "aten.convolution_backward"
@@ -848,12 +859,14 @@ _OP_SPECS: dict[str, _OpSpec] = {
     "grad_input": _OpSpec("conv2d_backward", "conv2d_grad_input", "GFLOP/s",
                           f"{_CONVOLUTION}, output_mask [T, F, F]", _bind_conv_grad, _conv_text),
     "grad_weight": _OpSpec("conv2d_backward", "conv2d_grad_weight", "GFLOP/s",
-                           f"{_CONVOLUTION}, output_mask [F, T, T]", _bind_conv_grad, _conv_text),
+                           f"{_CONVOLUTION}, output_mask [F, T, T]", _bind_conv_grad, _conv_text,
+                           ("conv2d_grad_bias",)),
     "conv_transpose2d": _OpSpec("conv_transpose2d", "conv2d_grad_input", "GFLOP/s",
                                 "F.conv_transpose2d", _bind_conv_transpose, _transpose_text),
     "conv_transpose2d_backward": _OpSpec(
         "conv_transpose2d_backward", "conv2d_grad_weight", "GFLOP/s",
-        f"{_CONVOLUTION}, transposed", _bind_conv_transpose, _transpose_text),
+        f"{_CONVOLUTION}, transposed", _bind_conv_transpose, _transpose_text,
+        ("conv2d", "conv2d_grad_bias")),
     "max_pool2d": _OpSpec("max_pool2d", "max_pool2d", "GB/s", "F.max_pool2d", _bind_pool,
                           _pool_text),
     "max_pool2d_backward": _OpSpec("max_pool2d_backward", "max_pool2d_backward", "GB/s",
@@ -926,6 +939,24 @@ def select_op_cases(spec: str | None = None) -> list[OpCase]:
     known = list(dict.fromkeys([case.op for case in OP_CASES] + [case.id for case in OP_CASES]))
     wanted = _pick(spec, known, "op or case")
     return [case for case in OP_CASES if case.op in wanted or case.id in wanted]
+
+
+def kernel_op_benchmarks() -> dict[str, tuple[str, ...]]:
+    """Each kernel op of :data:`fastconv.ops.TABLE` with the benchmarks that run it: the
+    layer suite's layers (``layer a``) and the op suite's case ids (``op|name``). An op
+    with none is benchmarked nowhere (``tests/test_ops.py`` fails on it).
+
+    >>> kernel_op_benchmarks()["conv2d_grad_bias"][:2]
+    ('grad_weight|c', 'grad_weight|d')
+    """
+    found: dict[str, list[str]] = {name: [] for name in KERNEL_OPS}
+    for layer in LAYERS:
+        for op, _ in layer.dispatched():
+            found.setdefault(op, []).append(f"layer {layer.id}")
+    for case in OP_CASES:
+        for op in case.spec.kernel_ops:
+            found.setdefault(op, []).append(case.id)
+    return {op: tuple(ids) for op, ids in found.items()}
 
 
 def op_implementation_names(*, include_torch: bool | None = None) -> tuple[str, ...]:

@@ -23,14 +23,13 @@ import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from . import ops
+
 #: The package that registers each device's kernels when imported.
 BACKENDS: dict[str, str] = {"cpu": "fastconv.cpu", "cuda": "fastconv.cuda.backend"}
 
-#: Every op that has kernels, with the device names it may run on.
-OPS: tuple[str, ...] = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_grad_bias",
-                        "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-                        "max_unpool2d", "max_unpool2d_backward", "repeat_unpool2d",
-                        "repeat_unpool2d_backward")
+#: Every op that has kernels: the names of :data:`fastconv.ops.TABLE`, in its order.
+OPS: tuple[str, ...] = ops.NAMES
 
 _KERNELS: dict[tuple[str, str, str], Callable[..., Any]] = {}
 _CHOOSERS: dict[tuple[str, str], Callable[..., str]] = {}

@@ -69,9 +69,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import shapes
+from ._checks import as_float_array, divisor, positive_int
 from .functional import conv as _conv
 from .functional import pool as _pool
-from .functional._checks import as_float_array, divisor, positive_int
 
 __all__ = [
     "Module",
@@ -717,8 +717,7 @@ class MaxUnpool2d(Module):
                  padding: int | tuple[int, int] = 0, *, algorithm: str = "auto",
                  device: str | None = None) -> None:
         self.kernel_size = shapes.pair(kernel_size, "kernel_size", single=False)
-        self.stride = (self.kernel_size if stride is None
-                       else shapes.pair(stride, "stride", single=False))
+        self.stride = shapes.unpool_stride(stride, self.kernel_size)
         self.padding = shapes.pair(padding, "padding", minimum=0, single=False)
         self.algorithm = algorithm
         self.device = device

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from . import config
+from . import config, tune
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _TRUE, _FALSE = object(), object()  # bools in a key: True == 1 must not meet stride=1
@@ -64,40 +64,28 @@ def _param(value: Any) -> Any:
     raise _Uncacheable
 
 
-def _floats(array: Any) -> tuple:
-    if type(array) is not np.ndarray or array.dtype not in _FLOATS:
-        raise _Uncacheable
-    return array.shape, array.strides, array.dtype
-
-
 def _threads() -> int:
-    """Numba's thread count for this thread, without the lock ``numba.get_num_threads``
-    takes, and without starting the thread pool (which would fix its threading layer
-    before :mod:`fastconv.cpu.threads` has made TBB loadable): before the pool starts the
-    count is ``NUMBA_NUM_THREADS``, since only ``set_num_threads`` changes it, and that
-    starts the pool."""
-    global _parallel
-    if _parallel is None:
-        from numba.np.ufunc import parallel
+    """Numba's thread count for this thread (:func:`fastconv.cpu.threads.count`: without
+    the lock ``numba.get_num_threads`` takes; importing it first makes TBB loadable before
+    Numba's pool starts)."""
+    global _count
+    if _count is None:
+        from .cpu.threads import count
 
-        _parallel = parallel
-    if _parallel._is_initialized:
-        return _parallel._get_num_threads()
-    import numba
-
-    return numba.config.NUMBA_NUM_THREADS
+        _count = count
+    return _count()
 
 
-_parallel: Any = None
+_count: Callable[[], int] | None = None
 
 
 def _choice_state(algorithm: Any) -> tuple:
     """What ``algorithm="auto"`` decides on besides the problem."""
     if algorithm != "auto":
         return ()
-    from . import tune
-
-    return (tune.autotune_enabled(), _threads(), config.AUTO_DIRECT_MAX_DEPTH,
+    tuned = tune._enabled
+    return (config.AUTOTUNE if tuned is None else tuned, _threads(),
+            config.AUTO_DIRECT_MAX_DEPTH, config.AUTO_DIRECT_MAX_WORK,
             config.AUTO_WINOGRAD_MIN_CHANNELS)
 
 
@@ -109,14 +97,22 @@ def key(op: str, values: tuple, indices: tuple, params: tuple, algorithm: Any) -
     ``algorithm``.
     """
     try:
-        parts = [op, _param(algorithm)]
+        parts: list = [op, _param(algorithm)]
         for array in values:
-            parts.append(None if array is None else _floats(array))
+            if array is None:
+                parts.append(None)
+            elif type(array) is np.ndarray and array.dtype in _FLOATS:
+                parts.append((array.shape, array.strides, array.dtype))
+            else:
+                return None
         for array in indices:
             if type(array) is not np.ndarray or array.dtype.kind not in "iu":
-                raise _Uncacheable
+                return None
             parts.append((array.shape, array.strides, array.dtype))
-        parts.append(tuple(map(_param, params)))
+        for value in params:
+            kind = type(value)
+            parts.append(value if kind is int or kind is str or value is None
+                         else _param(value))
         parts.append(_choice_state(algorithm))
         return tuple(parts)
     except _Uncacheable:

@@ -346,11 +346,11 @@ def max_unpool2d(input, indices, kernel_size, stride=None, padding=0, output_siz
     if output_size is not None:
         out_h, out_w = output_size[-2:]
     else:
+        # the loops also take (v,) for kernel_size, stride and padding
         kernel = shapes.pair(kernel_size, "kernel_size")
-        step = kernel if stride is None else shapes.pair(stride, "stride")
+        step = None if stride is None else shapes.pair(stride, "stride")
         pad = shapes.pair(padding, "padding", minimum=0)
-        out_h = (height - 1) * step[0] - 2 * pad[0] + kernel[0]
-        out_w = (width - 1) * step[1] - 2 * pad[1] + kernel[1]
+        out_h, out_w = shapes.unpool_output_size((height, width), kernel, step, pad)
     out = np.zeros((n_img, channels, out_h, out_w), x.dtype)
     for n, c, i, j in np.ndindex(*x.shape):
         h, w = divmod(int(where[n, c, i, j]), out_w)

@@ -260,6 +260,67 @@ def check_output_padding(output_padding: tuple[int, int], stride: tuple[int, int
             )
 
 
+def unpool_stride(stride: object, kernel_size: tuple[int, int]) -> tuple[int, int]:
+    """max_unpool2d's stride as ``(h, w)``: None means ``kernel_size``; else an int or a
+    pair (PyTorch's max_unpool2d refuses ``(v,)`` and ``()``, which :func:`pool_stride`
+    takes).
+
+    >>> unpool_stride(None, (3, 2)), unpool_stride(2, (3, 3)), unpool_stride((1, 2), (3, 3))
+    ((3, 2), (2, 2), (1, 2))
+    """
+    return kernel_size if stride is None else pair(stride, "stride", single=False)
+
+
+def unpool_output_size(size: Sequence[int], kernel_size: object, stride: object = None,
+                       padding: object = 0, output_size: object = None) -> tuple[int, int]:
+    """max_unpool2d's output ``(H_out, W_out)`` from an input of spatial ``size``
+    ``(H, W)``: PyTorch's default, the transposed convolution's length
+    ``(H - 1) * stride - 2 * pad + kernel`` (:func:`transposed_output_length`), or
+    ``output_size`` (``(H_out, W_out)`` or a longer shape ending in them), each of
+    which must lie strictly within ``stride`` of the default. PyTorch's forms:
+    ``kernel_size``, ``stride`` and ``padding`` an int or a pair, no one-element tuple,
+    ``stride=None`` (not ``()``) for ``kernel_size`` (:func:`unpool_stride`).
+
+    Raises ValueError for an output of fewer than one row or column, or an
+    ``output_size`` out of reach.
+
+    >>> unpool_output_size((3, 3), 2), unpool_output_size((3, 3), 3, 2, 1)
+    ((6, 6), (5, 5))
+    >>> unpool_output_size((3, 3), 2, output_size=(1, 8, 7, 5))   # within stride 2 of 6
+    (7, 5)
+    >>> unpool_output_size((3, 3), 2, output_size=(8, 6))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: output_size (8, 6) is not reachable: ... in [5, 7] x [5, 7]
+    """
+    size = tuple(size)
+    kernel = pair(kernel_size, "kernel_size", single=False)
+    step = unpool_stride(stride, kernel)
+    pad = pair(padding, "padding", minimum=0, single=False)
+    default = tuple(transposed_output_length(size[a], kernel[a], step[a], (pad[a], pad[a]))
+                    for a in range(2))
+    if output_size is None:
+        if min(default) < 1:
+            raise ValueError(
+                f"max_unpool2d output would be {default}: padding {pad} crops more than the "
+                f"(H - 1) * stride + kernel_size values of an input of size {size}"
+            )
+        return default  # type: ignore[return-value]
+    form = "output_size must be (H_out, W_out) or a 3-D/4-D shape ending in them"
+    if not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 3, 4):
+        raise ValueError(f"{form}, got {output_size!r}")
+    out = pair(tuple(output_size[-2:]), "output_size[-2:]")
+    low = tuple(max(default[a] - step[a] + 1, 1) for a in range(2))
+    high = tuple(default[a] + step[a] - 1 for a in range(2))
+    if not all(low[a] <= out[a] <= high[a] for a in range(2)):
+        raise ValueError(
+            f"output_size {tuple(output_size)} is not reachable: from an input of size {size} "
+            f"with kernel_size {kernel}, stride {step} and padding {pad} each size must lie within "
+            f"stride of {default}, in [{low[0]}, {high[0]}] x [{low[1]}, {high[1]}]"
+        )
+    return out
+
+
 _CEIL_NOTE = " by stride or more (ceil_mode computes a window that overhangs it by less)"
 
 

@@ -80,9 +80,9 @@ import torch  # the real torch: absolute imports never find this module
 
 from . import functional as ops
 from . import shapes
-from .functional._checks import divisor as _divisor
-from .functional._checks import flag as _flag
-from .functional._checks import positive_int
+from ._checks import divisor as _divisor
+from ._checks import flag as _flag
+from ._checks import positive_int
 
 __all__ = [
     "Conv2dFunction",

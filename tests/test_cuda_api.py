@@ -15,7 +15,7 @@ import pytest
 import fastconv
 import fastconv.cuda
 from fastconv import config, reference
-from fastconv.functional._place import is_device_array
+from fastconv.placement import is_device_array
 
 from .cases import CONV2D_CASES, make_inputs, tolerance
 from .pool_cases import AVG_OPTIONS, POOL_CASES, tie_free, uniform
@@ -341,7 +341,7 @@ class _FakeInterface:
 def test_device_inference_from_each_array_kind(rng):
     import torch
 
-    from fastconv.functional._place import Host, placement
+    from fastconv.placement import Host, placement
 
     assert not is_device_array(np.zeros(3)) and not is_device_array([1.0, 2.0])
     assert not is_device_array(torch.zeros(3, requires_grad=True))  # a CPU tensor
@@ -353,7 +353,7 @@ def test_device_inference_from_each_array_kind(rng):
 
 
 def test_arrays_on_two_gpus_are_an_error():
-    from fastconv.functional._place import placement
+    from fastconv.placement import placement
 
     with pytest.raises(ValueError, match="input is on cuda:0 but weight is on cuda:1"):
         placement(None, input=_FakeTensor(0), weight=_FakeTensor(1))

@@ -62,6 +62,9 @@ AUTO_CHOICES = [
     ("depthwise_x2_3x3", (1, 8, 9, 9), (16, 1, 3, 3), dict(stride=2, groups=8), "direct"),
     ("c1_5x5", (2, 1, 12, 12), (6, 1, 5, 5), {}, "direct"),
     ("c3_3x3", (1, 3, 9, 9), (4, 3, 3, 3), dict(padding=1), "direct"),
+    # depth 36 > AUTO_DIRECT_MAX_DEPTH, but 64 * 4 * 36 = 9216 <= AUTO_DIRECT_MAX_WORK
+    ("tiny_c4_3x3", (1, 4, 8, 8), (4, 4, 3, 3), {}, "direct"),
+    ("small_c4_3x3_n8", (8, 4, 8, 8), (4, 4, 3, 3), {}, "im2col"),
     ("c64_3x3", (1, 64, 8, 8), (16, 64, 3, 3), dict(padding=1), "winograd"),
     ("c64_k8_3x3", (1, 64, 8, 8), (8, 64, 3, 3), dict(padding=1), "im2col"),  # K < 16
     ("c64_3x3_s2", (1, 64, 8, 8), (16, 64, 3, 3), dict(stride=2, padding=1), "im2col"),
@@ -94,7 +97,7 @@ def test_explicit_algorithm_runs_only_that_kernel(ran, algorithm, rng):
 
 
 def _problem(weight_shape, groups=1):
-    return dict(input_shape=(1, weight_shape[1] * groups, 8, 8), weight_shape=weight_shape,
+    return dict(input_shape=(8, weight_shape[1] * groups, 8, 8), weight_shape=weight_shape,
                 stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=groups,
                 dtype=np.dtype(np.float32))
 
@@ -127,6 +130,10 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
         "conv2d", "cpu", "auto", **_problem((4, depth, 1, 1)))[0]
     assert choose(limit) == "direct"
     assert choose(limit + 1) == "im2col"
+    tiny = dict(_problem((4, 4, 3, 3)), input_shape=(1, 4, 8, 8))
+    assert dispatch.select("conv2d", "cpu", "auto", **tiny)[0] == "direct"
+    monkeypatch.setattr(config, "AUTO_DIRECT_MAX_WORK", 0)
+    assert dispatch.select("conv2d", "cpu", "auto", **tiny)[0] == "im2col"
     monkeypatch.setattr(config, "AUTO_DIRECT_MAX_DEPTH", 0)
     depthwise = _problem((32, 1, 3, 3), groups=32)
     assert dispatch.select("conv2d", "cpu", "auto", **depthwise)[0] == "im2col"

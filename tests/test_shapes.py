@@ -463,3 +463,85 @@ def test_sizes_above_the_bound_are_value_errors_naming_the_argument(value):
             call()
     assert shapes.pair(shapes.MAX_INT, "stride") == (2**31 - 1,) * 2
     assert size(9, 3, stride=shapes.MAX_INT) == 1
+
+
+# --- max_unpool2d's output size -------------------------------------------------------------
+
+unpool_pairs = st.tuples(st.integers(1, 5), st.integers(1, 5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(hw=st.tuples(st.integers(1, 12), st.integers(1, 12)), k=unpool_pairs,
+       s=st.none() | unpool_pairs, p=st.tuples(st.integers(0, 3), st.integers(0, 3)))
+def test_unpool_default_is_the_transposed_length(hw, k, s, p):
+    step = k if s is None else s  # stride=None means kernel_size
+    default = tuple(shapes.transposed_output_length(hw[a], k[a], step[a], (p[a], p[a]))
+                    for a in range(2))
+    assert default == tuple((hw[a] - 1) * step[a] - 2 * p[a] + k[a] for a in range(2))
+    if min(default) < 1:
+        with pytest.raises(ValueError, match=r"max_unpool2d output would be .* crops more than"):
+            shapes.unpool_output_size(hw, k, s, p)
+        return
+    assert shapes.unpool_output_size(hw, k, s, p) == default
+    assert shapes.unpool_output_size(list(hw), k, s, p, None) == default
+
+
+@settings(max_examples=200, deadline=None)
+@given(hw=st.tuples(st.integers(1, 12), st.integers(1, 12)), k=unpool_pairs,
+       s=st.none() | unpool_pairs, p=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       lead=st.sampled_from([(), (3,), (2, 3)]))
+def test_unpool_output_size_reaches_exactly_within_stride_of_the_default(hw, k, s, p, lead):
+    step = k if s is None else s
+    default = tuple((hw[a] - 1) * step[a] - 2 * p[a] + k[a] for a in range(2))
+    assume(min(default) >= 1)
+    reachable = [range(max(default[a] - step[a] + 1, 1), default[a] + step[a]) for a in range(2)]
+    for out_h in reachable[0]:
+        for out_w in reachable[1]:
+            # any 2-D, 3-D or 4-D shape ending in (H_out, W_out), as a tuple or a list
+            wanted = (*lead, out_h, out_w)
+            assert shapes.unpool_output_size(hw, k, s, p, wanted) == (out_h, out_w)
+            assert shapes.unpool_output_size(hw, k, s, p, list(wanted)) == (out_h, out_w)
+    outside = [(reachable[0].stop, default[1]), (default[0], reachable[1].stop)]
+    if reachable[0].start > 1:
+        outside.append((reachable[0].start - 1, default[1]))
+    if reachable[1].start > 1:
+        outside.append((default[0], reachable[1].start - 1))
+    for out in outside:
+        with pytest.raises(ValueError, match=r"is not reachable: .* each size must lie within "
+                                             r"stride of"):
+            shapes.unpool_output_size(hw, k, s, p, (*lead, *out))
+
+
+@settings(max_examples=60, deadline=None)
+@given(hw=st.tuples(st.integers(1, 12), st.integers(1, 12)), k=unpool_pairs,
+       s=st.none() | unpool_pairs, data=st.data())
+def test_max_unpool2d_of_max_pool2d_restores_the_input_shape(hw, k, s, data):
+    assume(all(hw[a] >= k[a] for a in range(2)))
+    p = tuple(data.draw(st.integers(0, k[a] // 2)) for a in range(2))  # PyTorch's bound
+    x = np.random.default_rng(sum(hw)).permutation(hw[0] * hw[1]).astype(np.float64)
+    x = x.reshape(1, 1, *hw)
+    pooled, indices = fastconv.max_pool2d(x, k, s, p, return_indices=True)
+    # the pooling drops fewer than stride rows and columns, so the input size is reachable
+    assert shapes.unpool_output_size(pooled.shape[2:], k, s, p, output_size=hw) == hw
+    unpooled = fastconv.max_unpool2d(pooled, indices, k, s, p, output_size=x.shape)
+    assert unpooled.shape == x.shape
+    np.testing.assert_array_equal(unpooled.reshape(-1)[indices.reshape(-1)], pooled.reshape(-1))
+
+
+def test_unpool_argument_forms_are_pytorch_max_unpool2ds():
+    assert shapes.unpool_stride(None, (3, 2)) == (3, 2)
+    assert shapes.unpool_stride(2, (3, 3)) == (2, 2)
+    assert shapes.unpool_output_size((2, 2), 2) == (4, 4)
+    assert shapes.unpool_output_size((2, 2), (3, 2), (1, 2), (1, 0)) == (2, 4)
+    for stride in [(), (2,)]:  # pooling takes them, max_unpool2d does not
+        assert shapes.pool_stride(stride, (2, 2)) == (2, 2)
+        with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
+            shapes.unpool_stride(stride, (2, 2))
+        with pytest.raises(ValueError, match="stride must be an int or a pair of ints"):
+            shapes.unpool_output_size((2, 2), 2, stride)
+    with pytest.raises(ValueError, match="kernel_size must be an int or a pair of ints"):
+        shapes.unpool_output_size((2, 2), (2,))
+    for bad in [7, (7,), (1, 2, 3, 4, 5), "ab"]:
+        with pytest.raises(ValueError, match=r"output_size must be \(H_out, W_out\) or a 3-D/4-D "
+                                             r"shape ending in them"):
+            shapes.unpool_output_size((2, 2), 2, output_size=bad)

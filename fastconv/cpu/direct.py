@@ -25,13 +25,12 @@ one output row per channel of the block).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
 from .. import config
 from ..dispatch import register
-from . import identities, workspace
+from . import identities, threads, workspace
 from ._jit import kernel
 from .finite import all_finite, finite_values
 
@@ -166,9 +165,15 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, p
                         dst[j] = src[j] + b
 
 
+def _serial_if_one(kernel, chunks: int):
+    """``kernel``, or its serial twin when the call is one task: the thread pool would
+    only be woken to wait."""
+    return kernel.serial if chunks == 1 else kernel
+
+
 def _chunks(n_tasks: int) -> int:
     """Scratch rows: one per thread that gets a task."""
-    return max(1, min(numba.get_num_threads(), n_tasks))
+    return max(1, min(threads.count(), n_tasks))
 
 
 @register("conv2d", "cpu", "direct")
@@ -186,13 +191,14 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
     band = band_rows(out_h, window * padded_w + block_k * out_w,
                      stride[0] * padded_w + block_k * pitch, x.itemsize)
     n_tasks = n_img * groups * (-(-(out_channels // groups) // block_k)) * (-(-out_h // band))
+    chunks = _chunks(n_tasks)
     scratch = workspace.borrow(
-        (_chunks(n_tasks),
+        (chunks,
          ((band - 1) * stride[0] + window) * padded_w + block_k * ((band - 1) * pitch + out_w)),
         x.dtype,
     )
     has_bias = bias is not None
-    _conv2d_forward_direct(
+    _serial_if_one(_conv2d_forward_direct, chunks)(
         x, weight, bias if has_bias else np.zeros(0, x.dtype), has_bias, out,
         stride[0], stride[1], top, left, padded_w, dilation[0], dilation[1],
         groups, block_k, band, scratch,
@@ -339,9 +345,9 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
     # windows reach at most padded column (out_w - 1) * sw + dw * (kw - 1) < W + pads
     padded_w = width + sum(padding[1])
     band = band_rows(height, padded_w, padded_w, grad_in.itemsize)
-    scratch = workspace.borrow(
-        (_chunks(n_img * channels * -(-height // band)), band * padded_w), grad_in.dtype)
-    _conv2d_grad_input_direct(
+    chunks = _chunks(n_img * channels * -(-height // band))
+    scratch = workspace.borrow((chunks, band * padded_w), grad_in.dtype)
+    _serial_if_one(_conv2d_grad_input_direct, chunks)(
         grad_out, weight, grad_in, stride[0], stride[1], padding[0][0], padding[1][0], padded_w,
         dilation[0], dilation[1], groups, band, scratch,
     )
@@ -360,10 +366,10 @@ def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilatio
     band = band_rows(out_h, window * padded_w + unit_stride * out_w,
                      (stride[0] + unit_stride) * padded_w, x.itemsize)
     pitched = (band - 1) * padded_w + out_w if unit_stride else 0
+    chunks = _chunks(grad_weight.shape[0])
     scratch = workspace.borrow(
-        (_chunks(grad_weight.shape[0]), ((band - 1) * stride[0] + window) * padded_w + pitched),
-        x.dtype)
-    _conv2d_grad_weight_direct(
+        (chunks, ((band - 1) * stride[0] + window) * padded_w + pitched), x.dtype)
+    _serial_if_one(_conv2d_grad_weight_direct, chunks)(
         x, grad_out, grad_weight, stride[0], stride[1], padding[0][0], padding[1][0], padded_w,
         dilation[0], dilation[1], groups, band, scratch,
     )

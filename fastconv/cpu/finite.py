@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
+from . import threads
 from ._jit import kernel
 
 #: Values one finiteness check sums before it tests for NaN (and may stop).
@@ -55,7 +55,7 @@ def all_finite(array: np.ndarray) -> bool:
     """Whether the C-contiguous ``array`` holds no NaN and no Inf (one pass: in parallel
     for large arrays, on the calling thread for small ones such as a weight)."""
     flat = array.reshape(-1)
-    n_chunks = min(numba.get_num_threads(), flat.size // _PARALLEL_MIN)
+    n_chunks = min(threads.count(), flat.size // _PARALLEL_MIN)
     if n_chunks <= 1:
         return not _nonfinite_in(flat, 0, flat.size)
     return not _any_nonfinite(flat, n_chunks)

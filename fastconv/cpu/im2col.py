@@ -11,13 +11,12 @@ builds no columns.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
 from .. import config
 from ..dispatch import register
-from . import blas, identities, workspace
+from . import blas, identities, threads, workspace
 from ._jit import kernel
 from .finite import all_finite
 from .windows import valid_range
@@ -251,7 +250,7 @@ def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, *, ge
     out_h, out_w = out.shape[2], out.shape[3]
     depth = group_channels * kh * kw
     per_group = out_channels // groups
-    n_threads = numba.get_num_threads()
+    n_threads = threads.count()
     (top, _), (left, right) = padding
     pitch = width + left + right if stride == (1, 1) else out_w
     plain_gemm = (kh, kw, stride, padding) == (1, 1, (1, 1), ((0, 0), (0, 0)))
@@ -454,7 +453,7 @@ def conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilatio
     out_h, out_w = grad_out.shape[2:]
     depth = group_channels * kh * kw
     tile_rows, _ = tiling(depth, 0, n_img, out_h, out_w, grad_out.itemsize, 1, True)
-    n_chunks = max(1, min(numba.get_num_threads(), n_img * groups))
+    n_chunks = max(1, min(threads.count(), n_img * groups))
     scratch = workspace.borrow((n_chunks, depth * tile_rows * out_w), grad_out.dtype)
     _conv2d_grad_input_col2im(
         grad_out, weight.reshape(out_channels, depth), grad_in, kh, kw, stride[0], stride[1],
@@ -476,7 +475,7 @@ def conv2d_grad_weight_im2col(x, grad_out, grad_weight, stride, padding, dilatio
     pitch = width + left + right if stride == (1, 1) else out_w
     tile_rows, _ = tiling(depth, per_group, n_img, out_h, pitch, x.itemsize, 1, True)
     n_tasks = n_img * groups * (-(-out_h // tile_rows))
-    n_chunks = max(1, min(numba.get_num_threads(), n_tasks))
+    n_chunks = max(1, min(threads.count(), n_tasks))
     max_cols = (tile_rows - 1) * pitch + out_w
     rows = (tile_rows + dilation[0] * (kh - 1)) * pitch
     scratch = workspace.borrow((n_chunks, (depth + per_group) * max_cols + rows), x.dtype)

@@ -28,6 +28,9 @@ import importlib.metadata
 import os
 import sys
 
+import numba
+from numba.np.ufunc import parallel as _parallel
+
 from .. import config, dispatch
 
 _TBB_NAMES = {"linux": "libtbb.so.12", "win32": "tbb12.dll", "darwin": "libtbb.12.dylib"}
@@ -69,6 +72,15 @@ def _fork_error() -> RuntimeError:
         "NUMBA_THREADING_LAYER unset or set it to 'tbb', or start workers with "
         "multiprocessing.get_context('spawn') or 'forkserver'."
     )
+
+
+def count() -> int:
+    """``numba.get_num_threads()`` without the lock it takes on every call (a kernel's
+    host side asks on every call): once Numba's pool runs, its per-thread count is read
+    directly."""
+    if _parallel._is_initialized:
+        return _parallel._get_num_threads()
+    return numba.get_num_threads()
 
 
 load_tbb()

@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
 from .. import config
 from ..dispatch import register
-from . import blas, identities, im2col, workspace
+from . import blas, identities, im2col, threads, workspace
 from ._jit import kernel
 from .finite import all_finite
 
@@ -345,7 +344,7 @@ def _conv2d_winograd(x, weight, bias, out, padding, groups, gemm):
     out_channels = weight.shape[0]
     out_h, out_w = out.shape[2:]
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
-    n_threads = numba.get_num_threads()
+    n_threads = threads.count()
     rows_per_block = _rows_per_block(n_img, channels, out_channels, out_h, out_w, x.itemsize,
                                      n_threads)
     n_chunks = max(1, min(n_threads, -(-(n_img * tiles_h) // rows_per_block)))
@@ -575,7 +574,7 @@ def conv2d_grad_weight_winograd(x, grad_out, grad_weight, stride, padding, dilat
     n_img, channels = x.shape[:2]
     out_channels, group_channels = grad_weight.shape[:2]
     out_h, out_w = grad_out.shape[2:]
-    n_threads = numba.get_num_threads()
+    n_threads = threads.count()
     rows_per_block = _rows_per_block(n_img, channels, out_channels, out_h, out_w, x.itemsize,
                                      n_threads)
     n_chunks = max(1, min(n_threads, -(-(n_img * -(-out_h // TILE)) // rows_per_block)))

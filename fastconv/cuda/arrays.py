@@ -25,14 +25,14 @@ import contextlib
 import numpy as np
 from numba import cuda
 
-from ..functional._checks import (
+from .._checks import (
     _FLOATS,
     as_float_array,
     check_same_dtype,
     float_dtype_error,
     index_dtype_error,
 )
-from ..functional._place import HOST, is_device_array
+from ..placement import HOST, is_device_array
 from . import simulated
 from ._jit import device_array, fill, flat, jit, launch, launching_on, to_host
 
@@ -126,7 +126,7 @@ def _view(value):
 
 
 class Cuda:
-    """The GPU placement of one op call (see :mod:`fastconv.functional._place`).
+    """The GPU placement of one op call (see :mod:`fastconv.placement`).
 
     ``arrays`` are the call's non-None array arguments; the first GPU one (or,
     with only host arguments, the first one) decides the kind of the results.

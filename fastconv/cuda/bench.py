@@ -25,7 +25,7 @@ import numpy as np
 
 import fastconv
 
-from .. import bench
+from .. import bench, ops
 from . import simulated
 
 #: Images per conv2d call on the GPU: the CPU suite's batch of 8 leaves a GPU idle.
@@ -56,6 +56,18 @@ class GpuCase:
     unit: str = "GFLOP/s"
     #: Which speed bar the case counts for, if any.
     bar: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithms_of not in ops.TABLE:
+            raise ValueError(f"GPU case {self.op}:{self.name}: algorithms_of must be a kernel op "
+                             f"of fastconv.ops.TABLE, got {self.algorithms_of!r}")
+
+    @property
+    def kernel_ops(self) -> tuple[str, ...]:
+        """Every kernel op (:data:`fastconv.ops.TABLE`) the case's fastconv call runs:
+        ``algorithms_of`` and, for an op of the CPU op suite, those its spec names."""
+        spec = bench._OP_SPECS.get(self.op)
+        return tuple(dict.fromkeys((self.algorithms_of, *(spec.kernel_ops if spec else ()))))
 
 
 def _conv_layers(batch: int, tiny: bool) -> list[bench.Layer]:
@@ -119,7 +131,8 @@ def _grad_case(layer: bench.Layer, op: str) -> GpuCase:
             list(needs.values()))
         return tuple(g for g in grads if g is not None)
 
-    return GpuCase(op, layer.id, f"conv2d_{op}", make, fast, torch_call, layer.flops)
+    return GpuCase(op, layer.id, bench._OP_SPECS[op].algorithms, make, fast, torch_call,
+                   layer.flops)
 
 
 def _transpose_cases(batch: int, tiny: bool) -> list[GpuCase]:
@@ -139,7 +152,7 @@ def _transpose_cases(batch: int, tiny: bool) -> list[GpuCase]:
             t["dy"], t["x"], t["w"], [layer.channels], *pair, True, [0, 0], 1, [True] * 3))
 
     return [
-        GpuCase("conv_transpose2d", "t", "conv2d_grad_input", make,
+        GpuCase("conv_transpose2d", "t", bench._OP_SPECS["conv_transpose2d"].algorithms, make,
                 lambda a, alg: fastconv.conv_transpose2d(a["x"], a["w"], a["b"], **kwargs,
                                                          algorithm=alg),
                 lambda torch, t: torch.nn.functional.conv_transpose2d(t["x"], t["w"], t["b"],
@@ -242,6 +255,20 @@ def cases(batch: int = GPU_BATCH, tiny: bool = False) -> list[GpuCase]:
             *(_grad_case(layer, op) for op in ("grad_input", "grad_weight")
               for layer in grad_layers),
             *_transpose_cases(batch, tiny), *_pool_cases(pool_shape), *_unpool_cases(unpool_shape)]
+
+
+def kernel_op_cases(all_cases: Sequence[GpuCase]) -> dict[str, tuple[str, ...]]:
+    """Each kernel op of :data:`fastconv.ops.TABLE` with the ``op:case`` names of the cases
+    that run it; an op with none is checked on no GPU (``tests/test_ops.py`` fails on it).
+
+    >>> kernel_op_cases(cases(1, tiny=True))["conv2d_grad_bias"][:2]
+    ('grad_weight:c', 'grad_weight:d')
+    """
+    found: dict[str, list[str]] = {name: [] for name in ops.NAMES}
+    for case in all_cases:
+        for op in case.kernel_ops:
+            found[op].append(f"{case.op}:{case.name}")
+    return {op: tuple(names) for op, names in found.items()}
 
 
 def select(all_cases: Sequence[GpuCase], spec: str | None) -> list[GpuCase]:

@@ -78,7 +78,7 @@ def make_plan(place: Any, cacheable: bool, compute: Callable[..., Any], raw: tup
     whatever arrays it is given, as :func:`_converter` says for ``kinds``; any other
     call gets one bound to ``converted``, the arrays this call's checks made.
     """
-    from ._place import HOST
+    from ..placement import HOST
 
     if not (cacheable and place is HOST):
         def plan(*_):

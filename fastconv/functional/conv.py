@@ -7,8 +7,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dispatch, plans, shapes
-from ._checks import check_rank, check_size, positive_int
-from ._place import HOST, Host, placement
+from .._checks import check_rank, check_size, positive_int
+from ..placement import HOST, Host, placement
 from ._planned import as_batched, as_contiguous, described, kernel_arrays
 
 _BATCHED = "4-D (N, C, H, W) or 3-D (C, H, W)"

@@ -25,8 +25,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import dispatch, plans, shapes
-from ._checks import check_not_scalar, check_rank, check_size, divisor, flag
-from ._place import Host, placement
+from .._checks import check_not_scalar, check_rank, check_size, divisor, flag
+from ..placement import Host, placement
 from ._planned import make_plan
 
 
@@ -495,38 +495,6 @@ def _avg_pool2d_backward_plan(cacheable, grad_output, input_shape, kernel_size, 
                          ("avg_pool2d_backward", choice))
 
 
-def _unpool_size(size: tuple[int, int], kernel_size: object, stride: object, padding: object,
-                 output_size: object) -> tuple[int, int]:
-    """max_unpool2d's output size: PyTorch's default ``(H - 1) * stride - 2 * pad + kernel``,
-    or ``output_size``, which must lie strictly within ``stride`` of it. PyTorch's forms:
-    an int or a pair, no one-element tuple, ``stride=None`` (not ``()``) for kernel_size."""
-    kernel = shapes.pair(kernel_size, "kernel_size", single=False)
-    step = kernel if stride is None else shapes.pair(stride, "stride", single=False)
-    pad = shapes.pair(padding, "padding", minimum=0, single=False)
-    default = tuple(shapes.transposed_output_length(size[a], kernel[a], step[a], (pad[a], pad[a]))
-                    for a in range(2))
-    if output_size is None:
-        if min(default) < 1:
-            raise ValueError(
-                f"max_unpool2d output would be {default}: padding {pad} crops more than the "
-                f"(H - 1) * stride + kernel_size values of an input of size {size}"
-            )
-        return default  # type: ignore[return-value]
-    form = "output_size must be (H_out, W_out) or a 3-D/4-D shape ending in them"
-    if not isinstance(output_size, (tuple, list)) or len(output_size) not in (2, 3, 4):
-        raise ValueError(f"{form}, got {output_size!r}")
-    out = shapes.pair(tuple(output_size[-2:]), "output_size[-2:]")
-    low = tuple(max(default[a] - step[a] + 1, 1) for a in range(2))
-    high = tuple(default[a] + step[a] - 1 for a in range(2))
-    if not all(low[a] <= out[a] <= high[a] for a in range(2)):
-        raise ValueError(
-            f"output_size {tuple(output_size)} is not reachable: from an input of size {size} "
-            f"with kernel_size {kernel}, stride {step} and padding {pad} each size must lie within "
-            f"stride of {default}, in [{low[0]}, {high[0]}] x [{low[1]}, {high[1]}]"
-        )
-    return out
-
-
 def max_unpool2d(
     input: np.ndarray,
     indices: np.ndarray,
@@ -594,7 +562,8 @@ def _max_unpool2d_plan(cacheable, input, indices, kernel_size, stride, padding, 
         x4, unbatched = _batched(place, x, "input")
         where = _index_array(place, indices, "indices", tuple(x.shape), "input")
         where4 = _as4(where, unbatched)
-        out_size = _unpool_size(tuple(x4.shape[2:]), kernel_size, stride, padding, output_size)
+        out_size = shapes.unpool_output_size(tuple(x4.shape[2:]), kernel_size, stride,
+                                              padding, output_size)
         check_size((*x4.shape[:2], *out_size), x4.dtype.itemsize, "max_unpool2d's output",
                    "check kernel_size, stride and padding")
         choice = dispatch.choose("max_unpool2d", place.device, algorithm,

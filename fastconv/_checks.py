@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import shapes
+from . import shapes
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 

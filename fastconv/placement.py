@@ -1,5 +1,9 @@
 """Where an op runs, and how it makes and hands back arrays there.
 
+This module sits below :mod:`fastconv.functional` and :mod:`fastconv.cuda`: both
+import it, it imports neither at module level (the GPU's placement is imported
+when a call asks for the GPU).
+
 Every public op starts with :func:`placement`, which looks at its array
 arguments and its ``device=`` keyword:
 
@@ -87,7 +91,7 @@ def placement(device: object, **arrays: object) -> Host:
                 f"between host and GPU silently: move {on_host[0]} to the GPU, or pass "
                 f"device='cuda' to copy the host arguments there"
             )
-    from .. import cuda
+    from . import cuda
 
     if not cuda.is_available():
         raise RuntimeError(
@@ -95,7 +99,7 @@ def placement(device: object, **arrays: object) -> Host:
             f"needs an NVIDIA GPU with its driver and numba-cuda "
             f"(pip install 'fastconv[cuda]'); fastconv.cuda.is_available() tells"
         )
-    from ..cuda.arrays import Cuda
+    from .cuda.arrays import Cuda  # imported here: the GPU's placement imports this module
 
     return Cuda(given, gpu_index)
 

@@ -1,0 +1,215 @@
+"""The kernel ops: one table that the registry, the backends, the warm-up and the
+benchmarks all read.
+
+Each :class:`Op` says how the kernels of one op are called (their arguments, in
+order, and which of them they write), which reference loops stand for it
+(``algorithm="reference"``, :mod:`fastconv.reference_kernels`), which kind of
+chooser picks its algorithm for ``algorithm="auto"`` (each backend implements
+each kind with its own rules), and how :func:`fastconv.warmup` compiles it.
+From the table come :data:`fastconv.dispatch.OPS`, the reference and chooser
+registrations of :mod:`fastconv.cpu` and :mod:`fastconv.cuda.backend`, the
+arrays the CUDA backend copies back, the warm-up calls, and the check that the
+benchmarks (:mod:`fastconv.bench`) reach every op. A new op is added here, its
+kernels registered by the backends; a missing chooser kind, warm-up or
+benchmark is caught by ``tests/test_ops.py``.
+
+This module imports numpy and the reference loops only: neither Numba nor
+:mod:`fastconv.functional` (a warm-up call is handed that module).
+
+>>> TABLE["max_pool2d"].arguments[:3], TABLE["max_pool2d"].output_positions
+(('x', 'out', 'indices'), (1, 2))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+import numpy as np
+
+from . import reference, reference_kernels
+
+#: The kinds of chooser an op may ask for: ``"conv"``, a convolution whose
+#: algorithm depends on the layer's shape (each backend's shape rules), and
+#: ``"single"``, the backend's one direct kernel.
+CHOOSER_KINDS: tuple[str, ...] = ("conv", "single")
+
+#: ``(functional module, dtype, algorithm) -> anything``: a warm-up call.
+WarmUp = Callable[[ModuleType, np.dtype, str], object]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel op: how its kernels are called, and what stands for it elsewhere."""
+
+    #: The registry's name, e.g. ``"conv2d_grad_input"``.
+    name: str
+    #: The kernels' positional arguments, in order (arrays first, outputs among them).
+    arguments: tuple[str, ...]
+    #: The arguments a kernel writes.
+    outputs: tuple[str, ...]
+    #: The reference loops with the kernels' signature (``algorithm="reference"``).
+    reference: Callable[..., Any]
+    #: The kind of chooser ``algorithm="auto"`` asks (one of :data:`CHOOSER_KINDS`).
+    chooser: str
+    #: One warm-up call that reaches each kernel of the op for ``algorithm``.
+    warm_up: WarmUp
+    #: Whether the CPU lists ``"reference"`` for the op (grad_bias's one CPU kernel is
+    #: the sum itself, so ``available_algorithms("conv2d_grad_bias")`` is ``auto,
+    #: direct``); the CUDA backend offers the reference for every op.
+    reference_on_cpu: bool = True
+
+    def __post_init__(self) -> None:
+        if self.chooser not in CHOOSER_KINDS:
+            raise ValueError(f"{self.name}: chooser must be one of {CHOOSER_KINDS}, "
+                             f"got {self.chooser!r}")
+        missing = [name for name in self.outputs if name not in self.arguments]
+        if missing or not self.outputs:
+            raise ValueError(f"{self.name}: outputs {self.outputs} must be some of its "
+                             f"arguments {self.arguments}")
+
+    @property
+    def output_positions(self) -> tuple[int, ...]:
+        """The positions of :attr:`outputs` among :attr:`arguments`."""
+        return tuple(self.arguments.index(name) for name in self.outputs)
+
+
+# --- the warm-up calls: tiny inputs, stride 1 and 2, with and without indices ------------
+
+
+class _Tiny:
+    """The warm-up's inputs in ``dtype``: a 2x2x6x6 input, a 3x3 weight, output
+    gradients of stride 1 and 2, and a 2x2 max pooling with its indices."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.x = np.arange(2 * 2 * 6 * 6, dtype=dtype).reshape(2, 2, 6, 6) % 7
+        self.w = np.ones((2, 2, 3, 3), dtype)
+        self.b = np.ones(2, dtype)
+        self.y1 = np.ones((2, 2, 6, 6), dtype)
+        self.y2 = np.ones((2, 2, 3, 3), dtype)
+        self.pooled, self.where = reference.max_pool2d(self.x, 2, return_indices=True)
+
+    def strided(self, op: str, algorithm: str) -> bool:
+        """Whether ``algorithm`` of ``op`` takes stride 2 (Winograd does not)."""
+        from . import dispatch
+
+        return dispatch.unsupported_reason(op, "cpu", algorithm, weight_shape=self.w.shape,
+                                           stride=(2, 2), padding=((1, 1), (1, 1)),
+                                           dilation=(1, 1)) is None
+
+
+_ONLY_INPUT = {"needs_weight_grad": False, "needs_bias_grad": False}
+
+
+def _warm_conv2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return (f.conv2d(t.x, t.w, t.b, padding=1, algorithm=a),
+            t.strided("conv2d", a) and f.conv2d(t.x, t.w, stride=2, padding=1, algorithm=a))
+
+
+def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return (f.conv2d_backward(t.y1, t.x, t.w, padding=1, algorithm=a, **_ONLY_INPUT),
+            t.strided("conv2d_grad_input", a)
+            and f.conv2d_backward(t.y2, t.x, t.w, stride=2, padding=1, algorithm=a,
+                                  **_ONLY_INPUT))
+
+
+def _warm_conv2d_grad_weight(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return (f.conv2d_backward(t.y1, t.x, t.w, padding=1, algorithm=a, needs_input_grad=False),
+            t.strided("conv2d_grad_weight", a)
+            and f.conv2d_backward(t.y2, t.x, t.w, stride=2, padding=1, algorithm=a,
+                                  needs_input_grad=False))
+
+
+def _warm_conv2d_grad_bias(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    # conv2d_backward's algorithm= names grad_input's and grad_weight's: grad_bias runs
+    # its one kernel ("auto")
+    t = _Tiny(dtype)
+    return f.conv2d_backward(t.y1, t.x, t.w, padding=1, needs_input_grad=False,
+                             needs_weight_grad=False)
+
+
+def _warm_max_pool2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return (f.max_pool2d(t.x, 2, algorithm=a),
+            f.max_pool2d(t.x, 3, 2, 1, return_indices=True, algorithm=a))
+
+
+def _warm_max_pool2d_backward(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return f.max_pool2d_backward(t.pooled, t.where, t.x.shape, algorithm=a)
+
+
+def _warm_avg_pool2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return f.avg_pool2d(t.x, 2, algorithm=a), f.avg_pool2d(t.x, 3, 2, 1, algorithm=a)
+
+
+def _warm_avg_pool2d_backward(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return f.avg_pool2d_backward(t.pooled, t.x.shape, 2, algorithm=a)
+
+
+def _warm_max_unpool2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return f.max_unpool2d(t.pooled, t.where, 2, algorithm=a)
+
+
+def _warm_max_unpool2d_backward(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return f.max_unpool2d_backward(t.x, t.where, algorithm=a)
+
+
+def _warm_repeat_unpool2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return f.repeat_unpool2d(t.pooled, 2, algorithm=a)
+
+
+def _warm_repeat_unpool2d_backward(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    t = _Tiny(dtype)
+    return f.repeat_unpool2d_backward(t.x, 2, algorithm=a)
+
+
+# --- the table ------------------------------------------------------------------------------
+
+_CONV = ("stride", "padding", "dilation", "groups")
+_POOL = ("kernel_size", "stride", "padding")
+_AVG = (*_POOL, "count_include_pad", "divisor_override")
+
+_OPS: tuple[Op, ...] = (
+    Op("conv2d", ("x", "weight", "bias", "out", *_CONV), ("out",),
+       reference_kernels.conv2d, "conv", _warm_conv2d),
+    Op("conv2d_grad_input", ("grad_out", "weight", "grad_in", *_CONV), ("grad_in",),
+       reference_kernels.conv2d_grad_input, "conv", _warm_conv2d_grad_input),
+    Op("conv2d_grad_weight", ("x", "grad_out", "grad_weight", *_CONV), ("grad_weight",),
+       reference_kernels.conv2d_grad_weight, "conv", _warm_conv2d_grad_weight),
+    Op("conv2d_grad_bias", ("grad_out", "grad_bias"), ("grad_bias",),
+       reference_kernels.conv2d_grad_bias, "single", _warm_conv2d_grad_bias,
+       reference_on_cpu=False),
+    Op("max_pool2d", ("x", "out", "indices", *_POOL, "dilation"), ("out", "indices"),
+       reference_kernels.max_pool2d, "single", _warm_max_pool2d),
+    Op("max_pool2d_backward", ("grad_out", "indices", "grad_in"), ("grad_in",),
+       reference_kernels.max_pool2d_backward, "single", _warm_max_pool2d_backward),
+    Op("avg_pool2d", ("x", "out", *_AVG), ("out",),
+       reference_kernels.avg_pool2d, "single", _warm_avg_pool2d),
+    Op("avg_pool2d_backward", ("grad_out", "grad_in", *_AVG), ("grad_in",),
+       reference_kernels.avg_pool2d_backward, "single", _warm_avg_pool2d_backward),
+    Op("max_unpool2d", ("x", "indices", "out"), ("out",),
+       reference_kernels.max_unpool2d, "single", _warm_max_unpool2d),
+    Op("max_unpool2d_backward", ("grad_out", "indices", "grad_in"), ("grad_in",),
+       reference_kernels.max_unpool2d_backward, "single", _warm_max_unpool2d_backward),
+    Op("repeat_unpool2d", ("x", "out", "scale"), ("out",),
+       reference_kernels.repeat_unpool2d, "single", _warm_repeat_unpool2d),
+    Op("repeat_unpool2d_backward", ("grad_out", "grad_in", "scale"), ("grad_in",),
+       reference_kernels.repeat_unpool2d_backward, "single", _warm_repeat_unpool2d_backward),
+)
+
+#: Every kernel op by name, in the table's order.
+TABLE: Mapping[str, Op] = MappingProxyType({op.name: op for op in _OPS})
+
+#: The ops' names, in the table's order (:data:`fastconv.dispatch.OPS`).
+NAMES: tuple[str, ...] = tuple(TABLE)
