@@ -133,6 +133,10 @@ AUTO_DIRECT_MAX_WORK: int = _env_int("AUTO_DIRECT_MAX_WORK", 1 << 14, minimum=0)
 #: its input and output transforms).
 AUTO_WINOGRAD_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_MIN_CHANNELS", 16)
 
+#: ... and when the layer has at least this many 4x4 output tiles, N * ceil(H / 4) *
+#: ceil(W / 4): with fewer (a CIFAR layer at batch 4) im2col was up to 2x faster.
+AUTO_WINOGRAD_MIN_TILES: int = _env_int("AUTO_WINOGRAD_MIN_TILES", 128)
+
 # --- the plan cache and autotuning -----------------------------------------------------
 
 #: Most plans the plan cache keeps (fastconv.plans); the least recently used goes

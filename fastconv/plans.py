@@ -86,7 +86,7 @@ def _choice_state(algorithm: Any) -> tuple:
     tuned = tune._enabled
     return (config.AUTOTUNE if tuned is None else tuned, _threads(),
             config.AUTO_DIRECT_MAX_DEPTH, config.AUTO_DIRECT_MAX_WORK,
-            config.AUTO_WINOGRAD_MIN_CHANNELS)
+            config.AUTO_WINOGRAD_MIN_CHANNELS, config.AUTO_WINOGRAD_MIN_TILES)
 
 
 def key(op: str, values: tuple, indices: tuple, params: tuple, algorithm: Any) -> tuple | None:

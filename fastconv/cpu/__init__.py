@@ -14,36 +14,55 @@ from . import direct, im2col, pool, reductions, threads, winograd  # noqa: F401
 
 
 def _choose_conv(op, weight_shape, problem):
-    """Direct loops when one output needs few multiply-adds, or the whole call does;
-    Winograd for 3x3 stride-1
-    layers with enough channels on both sides to amortise its transforms; else
-    im2col + GEMM. The gradients are convolutions of the same depth and follow
-    the same rule. Returns ``(name, reason)``."""
+    """The shape rules of ``algorithm="auto"`` (measured: ``benchmarks/RESULTS.md``,
+    "Per-call cost"), in order; returns ``(name, reason)``:
+
+    1. direct when the whole call needs at most ``AUTO_DIRECT_MAX_WORK`` multiply-adds
+       (a GEMM's packing costs more);
+    2. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
+       (too little depth for a GEMM), except grad_weight of a layer with more than one
+       channel per group, whose im2col GEMM reduces over N * H * W and wins there;
+    3. Winograd for 3x3 stride-1 layers with at least ``AUTO_WINOGRAD_MIN_CHANNELS``
+       channels on both sides and ``AUTO_WINOGRAD_MIN_TILES`` 4x4 tiles (fewer leave
+       its blocks and transforms underused: im2col is up to 2x faster there);
+    4. im2col + GEMM otherwise.
+    """
     out_channels, group_channels, kh, kw = weight_shape
     depth = group_channels * kh * kw
-    if depth <= config.AUTO_DIRECT_MAX_DEPTH:
-        return "direct", (f"each output needs C/groups*R*S = {depth} <= "
-                          f"AUTO_DIRECT_MAX_DEPTH = {config.AUTO_DIRECT_MAX_DEPTH} multiply-adds, "
-                          f"too few to pay for building GEMM columns")
     shape = problem.get("input_shape")
     work = shape[0] * shape[2] * shape[3] * out_channels * depth if shape else None
     if work is not None and work <= config.AUTO_DIRECT_MAX_WORK:
         return "direct", (f"the whole call needs about N*H*W*K*C/groups*R*S = {work} <= "
                           f"AUTO_DIRECT_MAX_WORK = {config.AUTO_DIRECT_MAX_WORK} multiply-adds, "
                           f"too few to pay for a GEMM's packing")
+    if depth <= config.AUTO_DIRECT_MAX_DEPTH and (op != "conv2d_grad_weight"
+                                                  or group_channels == 1):
+        return "direct", (f"each output needs C/groups*R*S = {depth} <= "
+                          f"AUTO_DIRECT_MAX_DEPTH = {config.AUTO_DIRECT_MAX_DEPTH} multiply-adds, "
+                          f"too few to pay for building GEMM columns")
     groups = problem.get("groups", 1)
     narrow = min(group_channels, out_channels // groups)
     fits = ("winograd" in dispatch.available_algorithms(op)
-                and dispatch.unsupported_reason(op, "cpu", "winograd", weight_shape=weight_shape,
-                                                **problem) is None)
-    if narrow >= config.AUTO_WINOGRAD_MIN_CHANNELS and fits:
-        return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= "
-                            f"AUTO_WINOGRAD_MIN_CHANNELS = {config.AUTO_WINOGRAD_MIN_CHANNELS} "
-                            f"channels, enough to amortise Winograd's transforms")
-    why = ("Winograd does not apply (not 3x3 with stride and dilation 1)" if not fits else
-           f"min(C, K)/groups = {narrow} < AUTO_WINOGRAD_MIN_CHANNELS = "
-           f"{config.AUTO_WINOGRAD_MIN_CHANNELS} channels is too few for Winograd")
-    return "im2col", f"C/groups*R*S = {depth} multiply-adds per output and {why}"
+            and dispatch.unsupported_reason(op, "cpu", "winograd", weight_shape=weight_shape,
+                                            **problem) is None)
+    tiles = shape[0] * -(-shape[2] // 4) * -(-shape[3] // 4) if shape else 0
+    if fits and narrow >= config.AUTO_WINOGRAD_MIN_CHANNELS:
+        if tiles >= config.AUTO_WINOGRAD_MIN_TILES:
+            return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= "
+                                f"AUTO_WINOGRAD_MIN_CHANNELS = {config.AUTO_WINOGRAD_MIN_CHANNELS} "
+                                f"channels and {tiles} >= AUTO_WINOGRAD_MIN_TILES = "
+                                f"{config.AUTO_WINOGRAD_MIN_TILES} tiles, enough to amortise "
+                                f"Winograd's transforms")
+        why = (f"{tiles} < AUTO_WINOGRAD_MIN_TILES = {config.AUTO_WINOGRAD_MIN_TILES} tiles "
+               f"are too few for Winograd")
+    elif not fits:
+        why = "Winograd does not apply (not 3x3 with stride and dilation 1)"
+    else:
+        why = (f"min(C, K)/groups = {narrow} < AUTO_WINOGRAD_MIN_CHANNELS = "
+               f"{config.AUTO_WINOGRAD_MIN_CHANNELS} channels is too few for Winograd")
+    if depth <= config.AUTO_DIRECT_MAX_DEPTH:
+        why = "grad_weight's GEMM reduces over N*H*W, " + why
+    return "im2col", f"C/groups*R*S = {depth} multiply-adds per output; {why}"
 
 
 def _conv_chooser(op):

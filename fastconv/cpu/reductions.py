@@ -6,6 +6,7 @@ from numba import prange
 
 from ..dispatch import register
 from ._jit import kernel
+from .pool import SERIAL_MAX_ELEMENTS
 
 
 @kernel(parallel=True)
@@ -26,5 +27,7 @@ def _channel_sums(grad_out, sums):
 
 @register("conv2d_grad_bias", "cpu", "direct")
 def conv2d_grad_bias(grad_out, grad_bias):
-    """grad_bias[k] = sum of grad_out[:, k] (float64 accumulation)."""
-    _channel_sums(grad_out, grad_bias)
+    """grad_bias[k] = sum of grad_out[:, k] (float64 accumulation); small sums without
+    the thread pool (see ``pool.SERIAL_MAX_ELEMENTS``)."""
+    sums = _channel_sums.serial if grad_out.size <= SERIAL_MAX_ELEMENTS else _channel_sums
+    sums(grad_out, grad_bias)
