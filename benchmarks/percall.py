@@ -144,11 +144,74 @@ def _torch_in_subprocess(threads: int, repeat: int) -> dict[str, float]:
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def _profile_counts(fn: Callable[[], object]) -> tuple[int, int]:
+    """Python-level and C-level calls one ``fn()`` makes (``sys.setprofile`` events)."""
+    counts = {"call": 0, "c_call": 0}
+
+    def profile(frame, event, arg):
+        if event in counts:
+            counts[event] += 1
+
+    fn()
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return counts["call"] - 1, counts["c_call"]  # less the profiled lambda itself
+
+
+def breakdown(repeat: int) -> list[tuple[str, str, float, int, int]]:
+    """Where a tiny call's microseconds go: the whole call; the cached plan run on its
+    own (no key, no lookup); the registered kernel's host side on preallocated arrays;
+    and the floor of a Numba call with as many arguments (an empty jitted function).
+    ``(call, stage, microseconds, Python calls, C calls)``."""
+    import numba
+
+    import fastconv
+    from fastconv import dispatch, plans
+
+    rows = []
+    a = arrays("conv2d", (1, 4, 8, 8), 4, 3, 0)
+    x, weight = a["x"], a["weight"]
+    out = np.empty((1, 4, 6, 6), np.float32)
+    pooled = np.empty((1, 4, 4, 4), np.float32)
+    fastconv.conv2d(x, weight)
+    fastconv.max_pool2d(x, 2)
+    conv_plan = plans.get(plans.key("conv2d", (x, weight, None), (), (1, 0, 1, 1), "auto"))
+    pool_plan = plans.get(plans.key("max_pool2d", (x,), (), (2, None, 0, 1, False, False),
+                                    "auto"))
+    conv_host = dispatch._KERNELS["conv2d", "cpu", "direct"]
+    pool_host = dispatch._KERNELS["max_pool2d", "cpu", "direct"]
+    empty16 = numba.njit(lambda *args: None)
+    empty8 = numba.njit(lambda *args: None)
+    conv_args = (x, weight, None, out, 1, 1, 0, 0, 8, 1, 1, 1, 4, 6, pooled, 0)
+    pool_args = (x, pooled, 2, 2, 2, 2, 0, 0)
+    stages = [
+        ("conv2d", "fastconv.conv2d(x, w)", lambda: fastconv.conv2d(x, weight)),
+        ("conv2d", "its cached plan", lambda: conv_plan(x, weight, None)),
+        ("conv2d", "kernel host side (direct)",
+         lambda: conv_host(x, weight, None, out, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)),
+        ("conv2d", "an empty Numba call, 16 args", lambda: empty16(*conv_args)),
+        ("max_pool2d", "fastconv.max_pool2d(x, 2)", lambda: fastconv.max_pool2d(x, 2)),
+        ("max_pool2d", "its cached plan", lambda: pool_plan(x)),
+        ("max_pool2d", "kernel host side (direct)",
+         lambda: pool_host(x, pooled, None, (2, 2), (2, 2), (0, 0), (1, 1))),
+        ("max_pool2d", "an empty Numba call, 8 args", lambda: empty8(*pool_args)),
+    ]
+    for call, stage, fn in stages:
+        python_calls, c_calls = _profile_counts(fn)
+        rows.append((call, stage, median_us(fn, repeat), python_calls, c_calls))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None,
                         help="threads of both libraries (default: Numba's count)")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also where a tiny call's microseconds go")
     args = parser.parse_args(argv)
     import numba
 
@@ -171,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         mean = math.exp(sum(map(math.log, values)) / len(values))
         print(f"\n{group}: geometric mean {mean:.2f}x, lowest {min(values):.2f}x "
               f"over {len(values)} calls")
+    if args.breakdown:
+        print("\n| call | stage | us | Python calls | C calls |")
+        print("|---|---|---:|---:|---:|")
+        for call, stage, us, python_calls, c_calls in breakdown(args.repeat):
+            print(f"| {call} | {stage} | {us:.2f} | {python_calls} | {c_calls} |")
     return 0
 
 

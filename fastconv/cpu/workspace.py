@@ -75,10 +75,11 @@ def borrow(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np
     """
     dtype = np.dtype(dtype)
     size = math.prod(shape)
-    mine = _mine()
+    mine = getattr(_local, "buffers", None) or _mine()
     key = (slot, dtype)
-    with _lock:
-        buffer = mine.kept.get(key)
+    # only this thread adds to its buffers; release() may empty them meanwhile, and a
+    # dict lookup is atomic, so the common case (a kept buffer large enough) needs no lock
+    buffer = mine.kept.get(key)
     if buffer is None or buffer.size < size:
         buffer = np.empty(max(size, 1), dtype=dtype)
         with _lock:
