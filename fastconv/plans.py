@@ -14,9 +14,10 @@ what a miss would refuse:
   strides (its layout: C-contiguous or not) and dtype (float32/float64 for
   values, an integer dtype for indices);
 - every other argument by value *and* type: ints, strings, None, bools and
-  tuples of these (``stride=True`` or ``stride=1.0`` never meet the plan of
-  ``stride=1``); any other form (a list, a numpy integer) takes the full path
-  each time, with the same result;
+  tuples and lists of these (``stride=True`` or ``stride=1.0`` never meet the
+  plan of ``stride=1``; a list is copied into the key, so changing it later
+  changes nothing); any other form (a numpy integer, a float) takes the full
+  path each time, with the same result;
 - for ``algorithm="auto"``, what the choice depends on: autotuning on or off,
   Numba's thread count, and the ``config.AUTO_*`` thresholds.
 
@@ -42,6 +43,7 @@ from . import config, tune
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _TRUE, _FALSE = object(), object()  # bools in a key: True == 1 must not meet stride=1
+_LIST = object()  # a list's elements in a key, marked as a list
 
 
 def max_plans() -> int:
@@ -61,6 +63,8 @@ def _param(value: Any) -> Any:
         return _TRUE if value else _FALSE
     if kind is tuple:
         return tuple(map(_param, value))
+    if kind is list:  # the torch bridge's int[] arguments: kept apart from tuples
+        return (_LIST, *map(_param, value))
     raise _Uncacheable
 
 
@@ -132,6 +136,7 @@ class Explained(Exception):  # noqa: N818 - not an error: how explain() gets the
 
 _explaining = 0  # threads inside explaining(); the thread-local says which
 _explain = threading.local()
+building = threading.local()  # .op: the op of this thread's last new plan (fastconv._notice)
 
 
 @contextlib.contextmanager
@@ -178,6 +183,7 @@ class _Cache:
     def put(self, problem: tuple | None, plan: Callable[..., Any]) -> Callable[..., Any]:
         if _explaining and getattr(_explain, "on", False):
             raise Explained(plan)
+        building.op = None if problem is None else problem[0]
         if problem is not None and getattr(plan, "cacheable", True) and max_plans() > 0:
             with self._lock:
                 self._plans[problem] = plan

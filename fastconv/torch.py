@@ -223,6 +223,12 @@ def _numba_module() -> Any:
     return _numba
 
 
+def _thread_count() -> int:
+    from .cpu.threads import count
+
+    return count()
+
+
 class _TorchThreads:
     """Runs fastconv's CPU kernels on ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)``
     Numba threads: sets Numba's count (a per-thread setting) only when it differs, and
@@ -236,7 +242,7 @@ class _TorchThreads:
             return
         numba = _numba or _numba_module()
         wanted = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-        current = numba.get_num_threads()
+        current = _thread_count()  # numba.get_num_threads() without its lock
         if wanted != current:
             numba.set_num_threads(wanted)
             self.previous = current
