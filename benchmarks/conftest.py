@@ -1,7 +1,8 @@
 """pytest-benchmark set-up shared by the benchmarks: the allocator state of
-``python -m fastconv bench``, its machine description in the saved JSON, the
-warm-up and timing of one benchmark (:func:`time_call`), and the op suite's
-benchmarks of a module's ``OPS`` (:func:`time_op`).
+``python -m fastconv bench`` (set only when the benchmarks are timed), its machine
+description in the saved JSON, the warm-up and timing of one benchmark
+(:func:`time_call`), and the op suite's benchmarks of a module's ``OPS``
+(:func:`time_op`). The problems are :mod:`fastconv.bench`'s case table.
 
 Every benchmark sets ``benchmark.group`` (one group per layer or case, the
 implementations side by side) and is timed by pytest-benchmark's calibration, so
@@ -84,15 +85,15 @@ def time_call(benchmark):
 
 @pytest.fixture
 def time_op(benchmark, time_call):
-    """``time_op(case, impl, reduced)``: :func:`time_call` on an op-suite case in the
-    group ``op|name`` (``op|name|N<batch>`` for the reference batch), with the rate in
-    ``extra_info`` (``gflops`` or ``gbps``).
+    """``time_op(case, impl, reduced)``: :func:`time_call` on an op-suite case (``op:name``)
+    in the group ``op|name`` (``op|name|N<batch>`` for the reference batch; the groups'
+    names of earlier saved runs), with the rate in ``extra_info`` (``gflops`` or ``gbps``).
 
     Skips cases whose op this fastconv lacks, and, under ``--benchmark-disable``,
     the reference on a reduced batch, which takes about a second."""
 
     def run(case: bench.OpCase, impl: str, reduced: bool) -> None:
-        benchmark.group = case.id + (f"|N{case.batch}" if reduced else "")
+        benchmark.group = f"{case.op}|{case.name}" + (f"|N{case.batch}" if reduced else "")
         if not case.available():
             pytest.skip(f"fastconv has no {case.spec.function} yet")
         if benchmark.disabled and impl == "reference" and reduced:

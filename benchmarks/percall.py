@@ -196,7 +196,7 @@ def breakdown(repeat: int) -> list[tuple[str, str, float, int, int]]:
         ("max_pool2d", "fastconv.max_pool2d(x, 2)", lambda: fastconv.max_pool2d(x, 2)),
         ("max_pool2d", "its cached plan", lambda: pool_plan(x)),
         ("max_pool2d", "kernel host side (direct)",
-         lambda: pool_host(x, pooled, None, (2, 2), (2, 2), (0, 0), (1, 1))),
+         lambda: pool_host(x, pooled, None, (2, 2), (2, 2), (0, 0), (1, 1), False)),
         ("max_pool2d", "an empty Numba call, 8 args", lambda: empty8(*pool_args)),
     ]
     for call, stage, fn in stages:

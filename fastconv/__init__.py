@@ -22,7 +22,7 @@ from .functional import (
     repeat_unpool2d,
     repeat_unpool2d_backward,
 )
-from .shapes import conv_output_size, receptive_field
+from .shapes import Padding, conv_output_size, receptive_field
 from .tune import autotune_enabled, set_autotune
 from .warmup import warmup
 
@@ -88,6 +88,7 @@ __all__ = [
     "repeat_unpool2d_backward",
     "conv_output_size",
     "receptive_field",
+    "Padding",
     "warmup",
     "release_workspace",
     "__version__",

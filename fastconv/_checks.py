@@ -5,6 +5,8 @@ Every message names the argument, the value received and the form expected.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import shapes
@@ -99,7 +101,7 @@ def divisor(value: object, name: str = "divisor_override") -> int | None:
     return number
 
 
-def check_not_scalar(value: object, name: str, form: str) -> None:
+def check_not_scalar(value: Any, name: str, form: str) -> None:
     """A TypeError for a Python scalar, string or other non-array where ``form`` (e.g.
     ``"4-D (N, C, H, W) or 3-D (C, H, W)"``) is expected; None is left to the dtype checks,
     arrays (0-D ones too) to the shape checks."""
@@ -113,7 +115,7 @@ def check_not_scalar(value: object, name: str, form: str) -> None:
         raise TypeError(f"{name} must be a {form} array, got {type(value).__name__} {value!r}")
 
 
-def check_rank(value: object, name: str, form: str, ranks: tuple[int, ...] = (3, 4)) -> None:
+def check_rank(value: Any, name: str, form: str, ranks: tuple[int, ...] = (3, 4)) -> None:
     """Refuse, before any dtype check, an argument that is not an array of one of ``ranks``
     dimensions: a TypeError for a scalar (:func:`check_not_scalar`), a ValueError for an
     array of another rank. ``form`` names the dimensions, e.g.

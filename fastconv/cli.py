@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from . import __version__
 
@@ -49,7 +50,7 @@ class Failure(Exception):
 # --- argument types ----------------------------------------------------------------
 
 
-def _checked(kind: type, accept: Callable[[object], bool], expected: str) -> Callable:
+def _checked(kind: type, accept: Callable[[Any], bool], expected: str) -> Callable:
     """An argparse type: ``kind(text)`` where ``accept`` holds, else "expected ..." ."""
     def parse(text: str):
         try:
@@ -105,15 +106,17 @@ def parser() -> argparse.ArgumentParser:
         description=(
             "Time conv2d forward (float32, NCHW) on the standard layer suite: the slow reference, "
             "each fastconv algorithm, auto, and torch.nn.functional.conv2d. Prints a table of "
-            "milliseconds and GFLOP/s with torch/auto ratios. Takes about a minute; compilation "
-            "is kept out of the timings (see --compile). --suite ops times the other ops the "
-            "same way: conv2d's gradients on layers c, d and g, conv_transpose2d, pooling and "
-            "unpooling (GFLOP/s or GB/s), with a line per speed bar."
+            "milliseconds and GFLOP/s with torch/auto ratios, 100 columns wide. Takes about a "
+            "minute; compilation is kept out of the timings (see --compile). --suite ops times "
+            "the other ops the same way: conv2d's gradients on layers c, d and g, "
+            "conv_transpose2d, pooling and unpooling (GFLOP/s or GB/s). --device cuda checks "
+            "and times the same cases on the GPU against PyTorch's."
         ),
     )
     run.add_argument(
-        "--suite", choices=("conv2d", "ops", "all"), default="conv2d",
-        help="conv2d: the layer suite (default); ops: the op suite; all: both",
+        "--suite", choices=("conv2d", "ops", "all"), default=None,
+        help="conv2d: the layer suite (the default on the CPU); ops: the op suite; all: both "
+        "(the default with --cases and with --device cuda)",
     )
     layers = ("unknown here (a FASTCONV_* variable is bad)" if bench is None else
               ", ".join(f"{layer.id} ({layer.description})" for layer in bench.LAYERS))
@@ -122,23 +125,33 @@ def parser() -> argparse.ArgumentParser:
         help=f"conv2d suite: comma-separated layer ids, default all: {layers}",
     )
     ops = ("unknown here (a FASTCONV_* variable is bad)" if bench is None else
-           ", ".join(dict.fromkeys(case.op for case in bench.OP_CASES)))
+           ", ".join(dict.fromkeys(case.op for case in bench.CASES)))
     run.add_argument(
         "--cases", metavar="NAMES",
-        help=f"op suite: comma-separated ops (all their cases) or cases op|name such as "
-        f"'max_pool2d|3x3s2p1', default all; the ops: {ops}",
+        help="comma-separated ops (all their cases) or cases op:name such as conv2d:c or "
+        f"max_pool2d:3x3s2p1, the same on every device; default: the suite's. The ops: {ops}. "
+        "(The old form op|name still works; it is deprecated.)",
+    )
+    run.add_argument(
+        "--shape", metavar="N,C,H,W,K,R[,stride,pad,groups]", action="append", default=[],
+        help="time conv2d on this layer instead of the layer suite (repeatable; the form of "
+        "fastconv tune --shape)",
     )
     run.add_argument(
         "--algorithms", metavar="NAMES",
         help="comma-separated implementations: reference, a fastconv algorithm (direct, "
         "im2col, ...), auto, torch; default all, torch where installed",
     )
+    run.add_argument(
+        "--threads", metavar="N", type=_positive(int),
+        help="Numba threads for the run, and as many for torch (default: Numba's, "
+        "NUMBA_NUM_THREADS)",
+    )
     run.add_argument("--quick", action="store_true", help="a smoke test: 1-2 timed calls per cell")
     run.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu",
-        help="cpu: the suites above (default); cuda: every op of the CUDA backend checked "
-        "against PyTorch on the GPU and timed against PyTorch/cuDNN at batch 64, one table "
-        "(--cases selects ops or op:case such as conv2d:c; --json writes the rows)",
+        help="cpu (default); cuda: the cases on the GPU at batch 64, each result checked "
+        "against PyTorch's on the GPU and timed against PyTorch/cuDNN",
     )
     budget = ("" if bench is None else f" in {bench.BUDGET_S:g} s, {bench.MIN_CALLS} to "
               f"{bench.MAX_CALLS}")
@@ -147,7 +160,19 @@ def parser() -> argparse.ArgumentParser:
         help=f"timed calls per cell (default: as many as fit{budget})",
     )
     run.add_argument(
-        "--json", metavar="FILE", type=Path, help="also write machine info and rows as JSON"
+        "--format", choices=("table", "markdown", "csv", "json"), default="table",
+        help="what to print: table (default, 100 columns), markdown, csv (a line per cell) or "
+        "json (everything: machine, settings and every row)",
+    )
+    run.add_argument(
+        "--output", metavar="FILE", type=Path,
+        help="also save the results as JSON (what --format json prints), for --compare",
+    )
+    run.add_argument("--json", metavar="FILE", type=Path, help="deprecated: --output FILE")
+    run.add_argument(
+        "--compare", metavar="FILE", type=Path,
+        help="a JSON of an earlier run (--output or --format json): also print each cell's "
+        "ratio new ms / old ms",
     )
     run.add_argument(
         "--plot", metavar="FILE.png", type=Path,
@@ -280,25 +305,75 @@ def _progress(total: int) -> Iterator[_Progress]:
         progress.close()
 
 
-def _cells(layers: Sequence | None, conv_names: Sequence[str] | None,
-           cases: Sequence | None, implementations: Sequence[str] | None) -> int:
-    """The cells that bench.run (on ``layers``) and bench.run_ops (on ``cases``) time."""
+def _cells(cases: Sequence, implementations: Sequence[str] | None, device: str = "cpu") -> int:
+    """The cells that bench.run_cases announces on ``cases`` (the progress bar's total)."""
     from . import bench
 
-    total = 0
-    if layers is not None:
-        names = bench.implementation_names() if conv_names is None else conv_names
-        total += sum(len(impls) for layer in layers for *_, impls in bench.batches(layer, names))
-    for case in cases or ():
-        if case.available():
-            names = [name for name in case.implementation_names()
-                     if implementations is None or name in implementations]
-            total += sum(len(impls) for *_, impls in bench.batches(case, names))
-    return total
+    return bench.count_cells(cases, implementations, device)
 
 
-def _bench_cuda(args: argparse.Namespace) -> int:
-    """``bench --device cuda``: :mod:`fastconv.cuda.bench`'s table."""
+def _bench_cases(args: argparse.Namespace) -> list:
+    """The cases that ``--suite``, ``--layers``, ``--cases`` and ``--shape`` select."""
+    from . import bench
+
+    if args.shape:
+        if args.layers is not None or args.cases is not None or args.suite not in (None,
+                                                                                   "conv2d"):
+            raise UsageError("--shape replaces the layer suite: give it without --layers, "
+                             "--cases and --suite ops/all")
+        try:
+            return [bench.conv2d_case(bench.custom_layer(text)) for text in args.shape]
+        except ValueError as error:
+            raise UsageError(f"--shape: {error}") from None
+    suite = args.suite or ("all" if args.cases is not None or args.device == "cuda"
+                           else "conv2d")
+    cases = [case for case in bench.CASES if suite == "all"
+             or (case.op == "conv2d") == (suite == "conv2d")]
+    try:
+        if args.layers is not None:
+            ids = {layer.id for layer in bench.select_layers(args.layers)}
+            cases = [case for case in cases if case.op != "conv2d" or case.name in ids]
+        return bench.select_cases(args.cases, cases)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _read_compare(path: Path | None) -> dict | None:
+    """The JSON document of an earlier run, or a usage error saying why not."""
+    if path is None:
+        return None
+    import json
+
+    from . import bench
+
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        bench.report.old_cells(old)
+    except OSError as error:
+        raise UsageError(f"--compare: cannot read {path}: {error.strerror or error}") from None
+    except ValueError as error:  # JSONDecodeError too
+        raise UsageError(f"--compare: {path} is not the JSON of a fastconv bench run "
+                         f"({error})") from None
+    return old
+
+
+def _set_threads(threads: int | None) -> None:
+    """Numba's threads for the run (torch takes as many: fastconv.bench runs it so)."""
+    if threads is None:
+        return
+    import numba
+
+    from . import cpu  # noqa: F401 - makes TBB loadable, as for a kernel
+
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise UsageError(f"argument --threads: at most {numba.config.NUMBA_NUM_THREADS} "
+                         f"(NUMBA_NUM_THREADS), got {threads}")
+    numba.set_num_threads(threads)
+
+
+def _cuda_ready() -> bool:
+    """Whether ``--device cuda`` can run; a failure or usage error where not. Returns
+    whether the GPU is Numba's simulator (tiny shapes)."""
     import fastconv.cuda
 
     if not fastconv.cuda.is_available():
@@ -307,41 +382,14 @@ def _bench_cuda(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("torch") is None:
         raise UsageError("--device cuda compares with PyTorch on the GPU: install torch with "
                          "CUDA")
-    from fastconv.cuda import bench as gpu_bench
-
-    _check_output("--json", args.json)
-    tiny = fastconv.cuda.simulated()
-    try:
-        rows = gpu_bench.run(args.cases, tiny=tiny, repeat=1 if args.quick or tiny else args.repeat,
-                             progress=lambda text: print(f"timing {text}", file=sys.stderr,
-                                                         flush=True))
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    device = "; ".join(fastconv.cuda.devices())
-    print(gpu_bench.format_table(rows, device))
-    if args.json is not None:
-        import json
-
-        document = {"device": device, "rows": [dataclasses.asdict(row) for row in rows]}
-        with _writing(args.json):
-            args.json.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    return 0
+    return fastconv.cuda.simulated()
 
 
 def _bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    if args.device == "cuda":
-        return _bench_cuda(args)
-    try:
-        layers = bench.select_layers(args.layers)
-        cases = bench.select_op_cases(args.cases)
-        implementations = (
-            None if args.algorithms is None else bench.select_implementations(args.algorithms)
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    _check_output("--json", args.json)
+    output = args.output if args.output is not None else args.json
+    _check_output("--output" if args.output is not None else "--json", output)
     _check_output("--plot", args.plot)
     if args.plot is not None:
         if args.plot.suffix.lower() != ".png":
@@ -349,58 +397,58 @@ def _bench(args: argparse.Namespace) -> int:
                              f"{str(args.plot)!r}")
         if importlib.util.find_spec("matplotlib") is None:
             raise UsageError("--plot needs matplotlib: pip install matplotlib")
+    tiny = _cuda_ready() if args.device == "cuda" else False
+    cases = _bench_cases(args)
+    try:
+        implementations = bench.select_implementations(args.algorithms, args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    old = _read_compare(args.compare)
+    _set_threads(args.threads)
+    if args.cases is not None and "|" in args.cases:
+        print("fastconv bench: note: --cases op|name is deprecated; write op:name",
+              file=sys.stderr)
+    if args.json is not None:
+        print("fastconv bench: note: --json FILE is deprecated; write --output FILE",
+              file=sys.stderr)
+    missing = sorted({case.spec.function for case in cases if not case.available()})
+    if missing:
+        print(f"fastconv bench: not timing {', '.join(missing)}: not in this fastconv yet",
+              file=sys.stderr)
 
-    conv_suite, op_suite = args.suite in ("conv2d", "all"), args.suite in ("ops", "all")
-    conv_names = implementations
-    if conv_names is not None:
-        known = bench.implementation_names(include_torch=True)
-        conv_names = [name for name in conv_names if name in known]
-    if op_suite:
-        missing = sorted({case.spec.function for case in cases if not case.available()})
-        if missing:
-            print(f"fastconv bench: not timing {', '.join(missing)}: not in this fastconv yet",
-                  file=sys.stderr)
-    rows: list[bench.Row] = []
-    op_rows: list[bench.OpRow] | None = None
-    total = _cells(layers if conv_suite else None, conv_names, cases if op_suite else None,
-                   implementations)
-    with _progress(total) as progress:
-        if conv_suite:
-            rows = bench.run(
-                layers, conv_names, quick=args.quick, repeat=args.repeat, progress=progress
-            )
-        if op_suite:
-            op_rows = bench.run_ops(
-                cases, implementations, quick=args.quick, repeat=args.repeat, progress=progress
-            )
-    machine = bench.machine_info()
-    if conv_suite:
-        print(bench.format_table(rows, machine))
-    if op_rows is not None:
-        if args.suite == "all":
-            print()
-        print(bench.format_op_table(op_rows, machine))
-    extra: dict[str, object] = {
-        "settings": {"suite": args.suite, "quick": args.quick, "repeat": args.repeat}
-    }
+    bench.configure_allocator()  # for the rest of this process: the command line's own
+    repeat = 1 if args.device == "cuda" and (args.quick or tiny) else args.repeat
+    if args.device == "cuda":  # the GPU's batch, except for a layer given by --shape
+        cases = bench.gpu_cases(cases, batch=None if args.shape else bench.GPU_BATCH, tiny=tiny)
+    with _progress(_cells(cases, implementations, args.device)) as progress:
+        side = bench.GpuSide() if args.device == "cuda" else None
+        rows = bench.run_cases(cases, implementations, quick=args.quick, repeat=repeat,
+                               progress=progress, side=side)
+    machine = bench.machine_info(args.device)
+    compile_times = None
     if args.compile:
         print("timing compilation, empty cache", file=sys.stderr, flush=True)
         cold = bench.cold_compile_time()
         print("timing compilation, warm cache", file=sys.stderr, flush=True)
         warm = bench.warm_compile_time()
-        print(
-            f"compile: fastconv.warmup() ({len(warm.kernels)} algorithm/dtype pairs) in a fresh "
-            f"process: {cold.warmup_s:.2f} s with an empty cache, {warm.warmup_s:.3f} s with a "
-            f"warm one; importing numba and the backend before it: {warm.import_s:.2f} s"
-        )
-        extra["compile"] = {"cold": dataclasses.asdict(cold), "warm": dataclasses.asdict(warm)}
-    if args.json is not None:
-        document = bench.rows_to_json(rows, machine, op_rows=op_rows, **extra)
-        with _writing(args.json):
-            args.json.write_text(document + "\n", encoding="utf-8")
+        compile_times = {"cold": dataclasses.asdict(cold), "warm": dataclasses.asdict(warm)}
+    settings = {"device": args.device, "suite": args.suite, "cases": [c.id for c in cases],
+                "algorithms": implementations, "threads": machine["numba_threads"],
+                "quick": args.quick, "repeat": repeat}
+    comparison = None if old is None else bench.compare(rows, old)
+
+    def report(fmt: str) -> str:
+        return bench.format_rows(rows, machine, fmt, compile=compile_times,
+                                 comparison=comparison, old=old, old_name=str(args.compare),
+                                 settings=settings, cases=cases)
+
+    print(report(args.format))
+    if output is not None:
+        with _writing(output):
+            output.write_text(report("json") + "\n", encoding="utf-8")
     if args.plot is not None:
         with _writing(args.plot):
-            bench.plot_rows(rows, args.plot, machine, op_rows=op_rows)
+            bench.plot_rows(rows, args.plot, machine)
     return 0
 
 

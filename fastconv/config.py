@@ -148,6 +148,13 @@ PLAN_CACHE_SIZE: int = _env_int("PLAN_CACHE_SIZE", 1024, minimum=0)
 #: changes it at run time.
 AUTOTUNE: bool = _env_bool("AUTOTUNE", False)
 
+# --- messages ------------------------------------------------------------------------
+
+#: No line on stderr before the first kernel compile of a process ("compiling fastconv
+#: kernels for conv2d (first run only, cached afterwards)...") and no progress bar in
+#: ``fastconv.warmup()``.
+QUIET: bool = _env_bool("QUIET", False)
+
 # --- CUDA launch sizes (read when a kernel is launched or, for tile shapes that
 # size shared memory, when the CUDA backend is first imported) ----------------------
 

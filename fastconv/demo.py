@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import numpy as np
 
@@ -431,7 +431,7 @@ def _plot_filters(model: nn.Sequential, image: np.ndarray, path: Path) -> Path:
     ``(1, 8, 8)`` (bottom rows, the digit itself on the left), eight a row."""
     from matplotlib.figure import Figure
 
-    conv = model[0]
+    conv = cast(nn.Conv2d, model[0])  # build_model() begins with a Conv2d
     weights = conv.weight[:, 0]
     maps = conv(image[None])[0]
     per_row = 8

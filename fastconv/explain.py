@@ -51,7 +51,7 @@ def explain(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str
         try:
             function(*args, **kwargs)
         except plans.Explained as explained:
-            plan = explained.plan
+            plan: Any = explained.plan  # made by functional._planned.described: .choices
         else:  # pragma: no cover - every op goes through plans.put
             raise RuntimeError(f"{name} ran without building a plan")
     kernels = [{"op": kernel_op, "algorithm": choice.algorithm, "source": choice.source,

@@ -64,7 +64,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterator, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
 
 import numpy as np
 
@@ -72,6 +72,10 @@ from . import shapes
 from ._checks import as_float_array, divisor, positive_int
 from .functional import conv as _conv
 from .functional import pool as _pool
+from .shapes import Padding, TransposedPadding
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
 __all__ = [
     "Module",
@@ -91,6 +95,9 @@ __all__ = [
 ]
 
 ACTIVATIONS = (None, "relu")
+
+#: what a :class:`MaxPool2d` returns: the output, or ``(output, indices)`` with return_indices
+_PoolOutput = TypeVar("_PoolOutput", bound="np.ndarray | tuple[np.ndarray, np.ndarray]")
 
 
 class IncompatibleKeys(NamedTuple):
@@ -114,7 +121,8 @@ class Module:
     #: in the keys of :meth:`state_dict` within a :class:`Sequential`
     _torch_modules: int = 1
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        """``self.forward(*args, **kwargs)``: the output array."""
         return self.forward(*args, **kwargs)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -237,18 +245,18 @@ def _some(keys: list) -> str:
     return f"[{shown}{more}]"
 
 
-def _host_array(value: object, key: str) -> np.ndarray:
+def _host_array(value: Any, key: str) -> np.ndarray:
     """A state dict's value as a numpy array: an ndarray as it is, a torch tensor through
     ``.detach().cpu().numpy()``, anything else with ``.numpy()`` or ``__array__``."""
     if isinstance(value, np.ndarray):
         return value
     try:
         if callable(getattr(value, "detach", None)):  # .numpy() refuses a tensor with grad
-            value = value.detach()  # type: ignore[union-attr]
+            value = value.detach()
             if callable(getattr(value, "cpu", None)):
-                value = value.cpu()  # type: ignore[union-attr]
+                value = value.cpu()
         if callable(getattr(value, "numpy", None)):
-            return np.asarray(value.numpy())  # type: ignore[union-attr]
+            return np.asarray(value.numpy())
         if hasattr(value, "__array__"):
             return np.asarray(value)
     except (TypeError, RuntimeError, ValueError) as error:
@@ -283,7 +291,7 @@ def _check_input_dtype(x: np.ndarray, layer: Module, dtype: np.dtype) -> None:
             f"or build the layer with dtype=np.{x.dtype}")
 
 
-def _float_dtype(dtype: object) -> np.dtype:
+def _float_dtype(dtype: DTypeLike) -> np.dtype:
     kind = np.dtype(dtype)
     if kind not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {kind}")
@@ -305,7 +313,7 @@ def _uniform(rng: np.random.Generator, bound: float, shape: tuple[int, ...],
     return rng.uniform(-bound, bound, shape).astype(dtype)
 
 
-def _device(device: str | None) -> dict[str, str]:
+def _device(device: str | None) -> dict[str, Any]:
     """The ``device=`` keyword for the functional ops, only where one is chosen."""
     return {} if device is None else {"device": device}
 
@@ -321,7 +329,7 @@ class _Parametrised(Module):
     grad_bias: np.ndarray | None
 
     def _init_parameters(self, weight_shape: tuple[int, ...], bias_size: int, fan_in: int,
-                         bias: bool, dtype: object, rng: object) -> None:
+                         bias: bool, dtype: DTypeLike, rng: object) -> None:
         kind = _float_dtype(dtype)
         generator = _generator(rng)
         bound = 1.0 / math.sqrt(fan_in)
@@ -449,9 +457,9 @@ class Conv2d(_ConvLayer):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: object = 0,
+                 stride: int | tuple[int, int] = 1, padding: Padding = 0,
                  dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *,
-                 activation: str | None = None, dtype: object = np.float32,
+                 activation: str | None = None, dtype: DTypeLike = np.float32,
                  rng: np.random.Generator | None = None, algorithm: str = "auto",
                  device: str | None = None) -> None:
         self._init_window(in_channels, out_channels, kernel_size, stride, padding, dilation,
@@ -527,9 +535,9 @@ class ConvTranspose2d(_ConvLayer):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: object = 0,
+                 stride: int | tuple[int, int] = 1, padding: TransposedPadding = 0,
                  output_padding: int | tuple[int, int] = 0, groups: int = 1, bias: bool = True,
-                 dilation: int | tuple[int, int] = 1, *, dtype: object = np.float32,
+                 dilation: int | tuple[int, int] = 1, *, dtype: DTypeLike = np.float32,
                  rng: np.random.Generator | None = None, algorithm: str = "auto",
                  device: str | None = None) -> None:
         if isinstance(padding, str):
@@ -569,7 +577,7 @@ class ConvTranspose2d(_ConvLayer):
         return grad_input
 
 
-class MaxPool2d(Module):
+class MaxPool2d(Module, Generic[_PoolOutput]):
     """2-D max pooling, as ``torch.nn.MaxPool2d``; it remembers where each maximum was.
 
     Shapes: input ``(N, C, H, W)`` or ``(C, H, W)``; output ``(N, C, H_out, W_out)``
@@ -595,6 +603,35 @@ class MaxPool2d(Module):
     [[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
     """
 
+    # a type checker reads the type of forward's result from return_indices:
+    # MaxPool2d(2) is a MaxPool2d[np.ndarray], MaxPool2d(2, return_indices=True) a
+    # MaxPool2d[tuple[np.ndarray, np.ndarray]]
+    @overload
+    def __init__(self: MaxPool2d[np.ndarray], kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = ...,
+                 padding: int | tuple[int, int] = ..., dilation: int | tuple[int, int] = ...,
+                 return_indices: Literal[False] = ..., ceil_mode: bool = ..., *,
+                 algorithm: str = ..., device: str | None = ...) -> None: ...
+    @overload
+    def __init__(self: MaxPool2d[tuple[np.ndarray, np.ndarray]],
+                 kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None,
+                 padding: int | tuple[int, int], dilation: int | tuple[int, int],
+                 return_indices: Literal[True], ceil_mode: bool = ..., *,
+                 algorithm: str = ..., device: str | None = ...) -> None: ...
+    @overload
+    def __init__(self: MaxPool2d[tuple[np.ndarray, np.ndarray]],
+                 kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = ...,
+                 padding: int | tuple[int, int] = ..., dilation: int | tuple[int, int] = ...,
+                 *, return_indices: Literal[True], ceil_mode: bool = ...,
+                 algorithm: str = ..., device: str | None = ...) -> None: ...
+    @overload
+    def __init__(self: MaxPool2d[np.ndarray | tuple[np.ndarray, np.ndarray]],
+                 kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] | None = ...,
+                 padding: int | tuple[int, int] = ..., dilation: int | tuple[int, int] = ...,
+                 return_indices: bool = ..., ceil_mode: bool = ..., *,
+                 algorithm: str = ..., device: str | None = ...) -> None: ...
     def __init__(self, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] | None = None,
                  padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
@@ -610,7 +647,13 @@ class MaxPool2d(Module):
         self.device = device
         self.indices: np.ndarray | None = None
 
-    def forward(self, x: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    # with return_indices, a pair: not the array of Module.forward (nor a layer for Sequential)
+    def __call__(self, *args: Any, **kwargs: Any) -> _PoolOutput:  # type: ignore[override]
+        """``self.forward(*args, **kwargs)``: the output, or ``(output, indices)`` with
+        ``return_indices``."""
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x: np.ndarray) -> _PoolOutput:  # type: ignore[override]
         self._saved = None  # a backward after a forward that raises must not see the last one
         self.indices = None
         x = as_float_array(x, "input")
@@ -619,7 +662,7 @@ class MaxPool2d(Module):
                                       algorithm=self.algorithm, **_device(self.device))
         self.indices = indices
         self._saved = (indices, x.shape, y.shape, y.dtype)
-        return (y, indices) if self.return_indices else y
+        return cast(_PoolOutput, (y, indices) if self.return_indices else y)
 
     def backward(self, grad_output: np.ndarray, *,
                  needs_input_grad: bool = True) -> np.ndarray | None:
@@ -857,7 +900,7 @@ class Linear(_Parametrised):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 dtype: object = np.float32, rng: np.random.Generator | None = None) -> None:
+                 dtype: DTypeLike = np.float32, rng: np.random.Generator | None = None) -> None:
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
         self._init_parameters((self.out_features, self.in_features), self.out_features,
@@ -953,7 +996,8 @@ class Sequential(Module):
             return grad_output if needs_input_grad else None
         grad = grad_output
         for layer in reversed(self.layers[1:]):
-            grad = layer.backward(grad)
+            # an array: needs_input_grad is True
+            grad = cast(np.ndarray, layer.backward(grad))
         return self.layers[0].backward(grad, needs_input_grad=needs_input_grad)
 
     def params(self) -> dict[str, np.ndarray]:
@@ -1044,14 +1088,14 @@ class CrossEntropyLoss:
         return loss
 
     def backward(self) -> np.ndarray:
-        probs = self._probs
-        if probs is None:
+        probs, target = self._probs, self._target
+        if probs is None or target is None:
             raise RuntimeError("CrossEntropyLoss.backward called without a successful "
                                "forward: compute the loss first (a forward that raised "
                                "keeps nothing)")
         grad = probs.copy()
-        grad[np.arange(len(self._target)), self._target] -= 1
-        grad /= len(self._target)
+        grad[np.arange(len(target)), target] -= 1
+        grad /= len(target)
         return grad
 
 

@@ -178,7 +178,7 @@ def _warm_repeat_unpool2d_backward(f: ModuleType, dtype: np.dtype, a: str) -> ob
 
 _CONV = ("stride", "padding", "dilation", "groups")
 _POOL = ("kernel_size", "stride", "padding")
-_AVG = (*_POOL, "count_include_pad", "divisor_override")
+_AVG = (*_POOL, "ceil_mode", "count_include_pad", "divisor_override")
 
 _OPS: tuple[Op, ...] = (
     Op("conv2d", ("x", "weight", "bias", "out", *_CONV), ("out",),
@@ -190,7 +190,8 @@ _OPS: tuple[Op, ...] = (
     Op("conv2d_grad_bias", ("grad_out", "grad_bias"), ("grad_bias",),
        reference_kernels.conv2d_grad_bias, "single", _warm_conv2d_grad_bias,
        reference_on_cpu=False),
-    Op("max_pool2d", ("x", "out", "indices", *_POOL, "dilation"), ("out", "indices"),
+    Op("max_pool2d", ("x", "out", "indices", *_POOL, "dilation", "ceil_mode"),
+       ("out", "indices"),
        reference_kernels.max_pool2d, "single", _warm_max_pool2d),
     Op("max_pool2d_backward", ("grad_out", "indices", "grad_in"), ("grad_in",),
        reference_kernels.max_pool2d_backward, "single", _warm_max_pool2d_backward),

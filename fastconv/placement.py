@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ def placement(device: object, **arrays: object) -> Host:
         )
     from .cuda.arrays import Cuda  # imported here: the GPU's placement imports this module
 
-    return Cuda(given, gpu_index)
+    return Cuda(given, gpu_index)  # type: ignore[return-value]  # Host's methods, duck-typed
 
 
 class Host:
@@ -116,8 +117,8 @@ class Host:
     def floats(self, **arrays: object) -> list:
         """Each named argument as a float array, all of the first one's dtype (a None
         bias stays None)."""
-        converted = [None if a is None and name == "bias" else as_float_array(a, name)
-                     for name, a in arrays.items()]
+        converted: list[Any] = [None if a is None and name == "bias" else as_float_array(a, name)
+                                for name, a in arrays.items()]
         first_name = next(iter(arrays))
         for name, array in zip(list(arrays)[1:], converted[1:], strict=True):
             if array is not None:

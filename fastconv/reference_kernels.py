@@ -6,7 +6,7 @@ as a compiled kernel does; this is ``algorithm="reference"`` on every device
 (the CUDA backend runs them on host copies). The ops that check their indices
 return the flat position of the first bad one, or -1, as the kernels do.
 
-This module imports numpy, :mod:`fastconv.reference` and :mod:`fastconv.shapes`
+This module imports numpy and :mod:`fastconv.reference`
 only: no Numba.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import reference, shapes
+from . import reference
 
 
 def conv2d(x, weight, bias, out, stride, padding, dilation, groups):
@@ -37,16 +37,6 @@ def conv2d_grad_bias(grad_out, grad_bias):
     grad_bias[...] = grad_out.sum(axis=(0, 2, 3))  # as fastconv.reference.conv2d_backward
 
 
-def _ceil_mode(x_shape, out_shape, kernel_size, stride, padding, dilation=(1, 1)):
-    """Whether ``out_shape`` needs ``ceil_mode`` (the windows and divisors are otherwise
-    the same, so that is all the reference needs to know)."""
-    return any(
-        out_shape[2 + a] != shapes.output_length(x_shape[2 + a], kernel_size[a], stride[a],
-                                                 (padding[a], padding[a]), dilation[a])
-        for a in range(2)
-    )
-
-
 def _first_bad(indices, plane_size):
     """Flat position of the first index outside ``[0, plane_size)``, or -1: the report the
     direct kernels make, for the reference loops, which assume valid indices."""
@@ -54,9 +44,8 @@ def _first_bad(indices, plane_size):
     return int(bad[0]) if bad.size else -1
 
 
-def max_pool2d(x, out, indices, kernel_size, stride, padding, dilation):
-    ceil = _ceil_mode(x.shape, out.shape, kernel_size, stride, padding, dilation)
-    out[...], where = reference.max_pool2d(x, kernel_size, stride, padding, dilation, ceil,
+def max_pool2d(x, out, indices, kernel_size, stride, padding, dilation, ceil_mode):
+    out[...], where = reference.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
                                            return_indices=True)
     if indices is not None:
         indices[...] = where
@@ -69,17 +58,16 @@ def max_pool2d_backward(grad_out, indices, grad_in):
     return bad
 
 
-def avg_pool2d(x, out, kernel_size, stride, padding, count_include_pad, divisor_override):
-    ceil = _ceil_mode(x.shape, out.shape, kernel_size, stride, padding)
-    out[...] = reference.avg_pool2d(x, kernel_size, stride, padding, ceil, count_include_pad,
+def avg_pool2d(x, out, kernel_size, stride, padding, ceil_mode, count_include_pad,
+               divisor_override):
+    out[...] = reference.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                     divisor_override)
 
 
-def avg_pool2d_backward(grad_out, grad_in, kernel_size, stride, padding, count_include_pad,
-                        divisor_override):
-    ceil = _ceil_mode(grad_in.shape, grad_out.shape, kernel_size, stride, padding)
+def avg_pool2d_backward(grad_out, grad_in, kernel_size, stride, padding, ceil_mode,
+                        count_include_pad, divisor_override):
     grad_in[...] = reference.avg_pool2d_backward(grad_out, grad_in.shape, kernel_size, stride,
-                                                 padding, ceil, count_include_pad,
+                                                 padding, ceil_mode, count_include_pad,
                                                  divisor_override)
 
 

@@ -24,9 +24,21 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Union
+from typing import Literal, TypeAlias, Union, overload
 
 IntOrPair = Union[int, "tuple[int, int]"]
+
+# typing.Union, not X | Y: a value evaluated at import, also by Python 3.10
+Padding: TypeAlias = Union[  # noqa: UP007
+    int, tuple[int, int], tuple[tuple[int, int], tuple[int, int]], Literal["same", "valid"]
+]
+"""The padding forms of :func:`fastconv.conv2d` (and :func:`conv_output_size`): an int, a pair
+``(pad_h, pad_w)``, ``((top, bottom), (left, right))``, ``"same"`` or ``"valid"``."""
+
+TransposedPadding: TypeAlias = Union[  # noqa: UP007
+    int, tuple[int, int], tuple[tuple[int, int], tuple[int, int]]
+]
+"""The padding forms of :func:`fastconv.conv_transpose2d`: :data:`Padding` without the strings."""
 
 PADDING_FORMS = (
     "an int, a pair (pad_h, pad_w), ((top, bottom), (left, right)), 'valid' or 'same'"
@@ -324,14 +336,22 @@ def unpool_output_size(size: Sequence[int], kernel_size: object, stride: object 
 _CEIL_NOTE = " by stride or more (ceil_mode computes a window that overhangs it by less)"
 
 
+@overload
+def conv_output_size(size: int, kernel_size: IntOrPair, stride: IntOrPair = ...,
+                     padding: Padding = ..., dilation: IntOrPair = ...,
+                     ceil_mode: bool = ...) -> int: ...
+@overload  # also tuple[int, ...], the type of an array's shape[-2:]
+def conv_output_size(size: tuple[int, ...] | list[int], kernel_size: IntOrPair,
+                     stride: IntOrPair = ..., padding: Padding = ..., dilation: IntOrPair = ...,
+                     ceil_mode: bool = ...) -> tuple[int, int]: ...
 def conv_output_size(
-    size: IntOrPair,
+    size: int | tuple[int, ...] | list[int],
     kernel_size: IntOrPair,
     stride: IntOrPair = 1,
-    padding: object = 0,
+    padding: Padding = 0,
     dilation: IntOrPair = 1,
     ceil_mode: bool = False,
-) -> IntOrPair:
+) -> int | tuple[int, int]:
     """Output size of a convolution or pooling window sliding over ``size``.
 
     ``out = floor((size + pad_before + pad_after - dilation * (kernel_size - 1) - 1)

@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch  # the real torch: absolute imports never find this module
 
@@ -123,7 +123,7 @@ def _check_tensor(op: str, name: str, tensor: object) -> torch.Tensor:
     return tensor
 
 
-def _check_tensors(op: str, **tensors: object) -> None:
+def _check_tensors(op: str, **tensors: Any) -> None:
     """What the functionals check before calling an op: each argument is a dense CPU or
     CUDA tensor (or None), all on one device."""
     first_name, first = None, None
@@ -851,8 +851,8 @@ def _conv_args(op: str, input: torch.Tensor, weight: torch.Tensor, stride: Any, 
         pad_h, pad_w = _pair(padding, "padding", minimum=0)
         return stride2, [pad_h, pad_h, pad_w, pad_w], dilation2
     (top, bottom), (left, right) = shapes.padding2d(
-        padding, tuple(input.shape[-2:]), tuple(weight.shape[2:]), tuple(stride2),
-        tuple(dilation2))
+        padding, (input.shape[-2], input.shape[-1]), (weight.shape[2], weight.shape[3]),
+        (stride2[0], stride2[1]), (dilation2[0], dilation2[1]))
     return stride2, [top, bottom, left, right], dilation2
 
 
@@ -864,7 +864,7 @@ def _window_args(kernel_size: Any, stride: Any, padding: Any,
     if stride is None:
         step = kernel
     elif single:
-        step = list(shapes.pool_stride(stride, tuple(kernel)))
+        step = list(shapes.pool_stride(stride, (kernel[0], kernel[1])))
     else:
         step = _pair(stride, "stride", single=False)
     return kernel, step, _pair(padding, "padding", minimum=0, single=single)
@@ -878,7 +878,7 @@ def conv2d(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     stride: int | tuple[int, int] = 1,
-    padding: Any = 0,
+    padding: shapes.Padding = 0,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     *,
@@ -917,7 +917,7 @@ def conv_transpose2d(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     stride: int | tuple[int, int] = 1,
-    padding: Any = 0,
+    padding: shapes.TransposedPadding = 0,
     output_padding: int | tuple[int, int] = 0,
     groups: int = 1,
     dilation: int | tuple[int, int] = 1,
@@ -948,6 +948,29 @@ def conv_transpose2d(
                              positive_int(groups, "groups"), dilation2, _algorithm(algorithm))
 
 
+@overload
+def max_pool2d(input: torch.Tensor, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None = ..., padding: int | tuple[int, int] = ...,
+               dilation: int | tuple[int, int] = ..., ceil_mode: bool = ...,
+               return_indices: Literal[False] = ..., *,
+               algorithm: str = ...) -> torch.Tensor: ...
+@overload
+def max_pool2d(input: torch.Tensor, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None, padding: int | tuple[int, int],
+               dilation: int | tuple[int, int], ceil_mode: bool, return_indices: Literal[True],
+               *, algorithm: str = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def max_pool2d(input: torch.Tensor, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None = ..., padding: int | tuple[int, int] = ...,
+               dilation: int | tuple[int, int] = ..., ceil_mode: bool = ..., *,
+               return_indices: Literal[True],
+               algorithm: str = ...) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def max_pool2d(input: torch.Tensor, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None = ..., padding: int | tuple[int, int] = ...,
+               dilation: int | tuple[int, int] = ..., ceil_mode: bool = ...,
+               return_indices: bool = ..., *,
+               algorithm: str = ...) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 def max_pool2d(
     input: torch.Tensor,
     kernel_size: int | tuple[int, int],
@@ -1097,7 +1120,8 @@ class Conv2dFunction:
 
     @staticmethod
     def apply(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any,
-              padding: Any, dilation: Any, groups: int, algorithm: str) -> torch.Tensor:
+              padding: shapes.Padding, dilation: Any, groups: int,
+              algorithm: str) -> torch.Tensor:
         return conv2d(input, weight, bias, stride, padding, dilation, groups,
                       algorithm=algorithm)
 
@@ -1108,8 +1132,8 @@ class ConvTranspose2dFunction:
 
     @staticmethod
     def apply(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any,
-              padding: Any, output_padding: Any, groups: int, dilation: Any,
-              algorithm: str) -> torch.Tensor:
+              padding: shapes.TransposedPadding, output_padding: Any, groups: int,
+              dilation: Any, algorithm: str) -> torch.Tensor:
         return conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
                                 dilation, algorithm=algorithm)
 
@@ -1118,6 +1142,21 @@ class MaxPool2dFunction:
     """``MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode,
     return_indices, algorithm)`` is :func:`max_pool2d`."""
 
+    @overload
+    @staticmethod
+    def apply(input: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+              ceil_mode: bool, return_indices: Literal[False],
+              algorithm: str) -> torch.Tensor: ...
+    @overload
+    @staticmethod
+    def apply(input: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+              ceil_mode: bool, return_indices: Literal[True],
+              algorithm: str) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    @staticmethod
+    def apply(input: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+              ceil_mode: bool, return_indices: bool,
+              algorithm: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
     @staticmethod
     def apply(input: torch.Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
               ceil_mode: bool, return_indices: bool,
@@ -1211,11 +1250,11 @@ class Conv2d(_WithAlgorithm, torch.nn.Conv2d):
         out_channels: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: Any = 0,
+        padding: shapes.Padding = 0,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros"] = "zeros",
         device: Any = None,
         dtype: Any = None,
         *,
@@ -1225,16 +1264,21 @@ class Conv2d(_WithAlgorithm, torch.nn.Conv2d):
         # torch.nn.Conv2d refuses "same" with stride > 1, which fastconv computes
         strided_same = (isinstance(padding, str) and padding == "same"
                         and shapes.pair(stride, "stride") != (1, 1))
+        # torch.nn.Conv2d keeps ((top, bottom), (left, right)) as it is, which its types
+        # (str, int or a pair) leave out
         super().__init__(in_channels, out_channels, kernel_size, stride,
-                         0 if strided_same else padding, dilation, groups, bias, padding_mode,
-                         device, dtype)
+                         0 if strided_same else padding,  # type: ignore[arg-type]
+                         dilation, groups, bias, padding_mode, device, dtype)
         if strided_same:
-            self.padding = padding
+            self.padding = "same"
         self.algorithm = algorithm
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         _check_module_args("Conv2d", self.padding_mode)
-        return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+        # torch types stride, padding and dilation tuple[int, ...] (padding also str): they
+        # are the pairs and the padding form __init__ checked
+        return conv2d(input, self.weight, self.bias, self.stride,  # type: ignore[arg-type]
+                      self.padding, self.dilation,  # type: ignore[arg-type]
                       self.groups, algorithm=self.algorithm)
 
 
@@ -1264,7 +1308,7 @@ class ConvTranspose2d(_WithAlgorithm, torch.nn.ConvTranspose2d):
         groups: int = 1,
         bias: bool = True,
         dilation: int | tuple[int, int] = 1,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros"] = "zeros",
         device: Any = None,
         dtype: Any = None,
         *,
@@ -1278,11 +1322,15 @@ class ConvTranspose2d(_WithAlgorithm, torch.nn.ConvTranspose2d):
     def forward(self, input: torch.Tensor,
                 output_size: Sequence[int] | None = None) -> torch.Tensor:
         _check_module_args("ConvTranspose2d", self.padding_mode)
-        # torch's own rule (and messages) for turning output_size into output_padding
-        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
-                                              self.kernel_size, 2, self.dilation)
-        return conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
-                                tuple(output_padding), self.groups, self.dilation,
+        # torch's own rule (and messages) for turning output_size into output_padding; torch
+        # types the pairs tuple[int, ...] (padding also str) and this method's list[int]
+        output_padding = self._output_padding(
+            input, output_size, self.stride, self.padding,  # type: ignore[arg-type]
+            self.kernel_size, 2, self.dilation)  # type: ignore[arg-type]
+        return conv_transpose2d(input, self.weight, self.bias,
+                                self.stride, self.padding,  # type: ignore[arg-type]
+                                tuple(output_padding), self.groups,  # type: ignore[arg-type]
+                                self.dilation,  # type: ignore[arg-type]
                                 algorithm=self.algorithm)
 
 

@@ -296,7 +296,7 @@ def tune_layers(shapes: list[tuple[int, ...]], dtype: Any = np.float32,
             rng = np.random.default_rng(0)
             x = rng.standard_normal((n, c, h, w)).astype(dtype)
             weight = rng.standard_normal((k, c // max(groups, 1), r, r)).astype(dtype)
-            kwargs = dict(stride=stride, padding=pad, groups=groups)
+            kwargs: dict[str, Any] = dict(stride=stride, padding=pad, groups=groups)
             y = fastconv.conv2d(x, weight, **kwargs)
             explained = fastconv.explain("conv2d", x, weight, **kwargs)["kernels"]
             if backward:

@@ -1,4 +1,5 @@
-"""The one table of conv2d cases shared by the tests and the benchmarks.
+"""The table of small conv2d cases of the correctness tests (the benchmarks and the GPU
+check time the problems of :mod:`fastconv.bench.cases` instead).
 
 Each case is small (spatial size <= 20) so that :mod:`fastconv.reference`
 (Python loops) checks it in milliseconds, and together the cases cover every

@@ -15,6 +15,9 @@ import zlib
 # Numba's and PyTorch's OpenMP threads both spin while idle by default; in one process
 # that alternates between them (the comparisons with PyTorch) they slow each other down.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# no "compiling fastconv kernels..." notice on stderr: tests that check stderr would see it
+# depending on which test compiled first (tests/test_notice.py sets its own environment)
+os.environ.setdefault("FASTCONV_QUIET", "1")
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not glob.glob("/dev/nvidia[0-9]*"):
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):

@@ -1,4 +1,6 @@
-"""The table of pooling cases shared by the pooling tests.
+"""The table of small pooling cases of the pooling tests (the benchmarks time the
+problems of :mod:`fastconv.bench.cases`), and their input makers: :func:`tie_free` is
+the benchmarks' own.
 
 Each case is small (spatial size <= 16) so that :mod:`fastconv.reference`
 checks it in milliseconds. Together they cover overlapping and
@@ -15,6 +17,11 @@ from __future__ import annotations
 from typing import NamedTuple, Union
 
 import numpy as np
+
+from fastconv.bench.cases import tie_free
+
+__all__ = ["AVG_CASES", "AVG_OPTIONS", "CASE_IDS", "POOL_CASES", "PoolCase", "tie_free",
+           "uniform"]
 
 Pair = Union[int, "tuple[int, int]"]
 
@@ -105,13 +112,6 @@ AVG_OPTIONS = {
     "exclude_pad": dict(count_include_pad=False, divisor_override=None),
     "divisor_3": dict(count_include_pad=True, divisor_override=3),
 }
-
-
-def tie_free(shape: tuple[int, ...], dtype: object, rng: np.random.Generator) -> np.ndarray:
-    """Distinct values (a random permutation, exact in float32), so that every window has
-    one maximum and a small step moves no maximum to another position."""
-    size = int(np.prod(shape))
-    return ((rng.permutation(size) - size // 2) * 0.25).reshape(shape).astype(dtype)
 
 
 def uniform(shape: tuple[int, ...], dtype: object, rng: np.random.Generator) -> np.ndarray:

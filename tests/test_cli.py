@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import io
 import json
@@ -246,22 +247,40 @@ def test_bad_config_value_in_the_library():
     assert result.stdout.splitlines() == [repr([message]), f"ValueError: {message}"]
 
 
+@pytest.fixture(autouse=True)
+def _allocator_untouched(monkeypatch):
+    """bench in this process (main([...])) leaves pytest's allocator alone: the command
+    line's call of configure_allocator is recorded instead."""
+    calls = []
+    monkeypatch.setattr(bench, "configure_allocator", lambda: calls.append(1) or "mocked")
+    return calls
+
+
+def _table_lines(text: str) -> list[str]:
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 100, max(lines, key=len)
+    assert "speed bar" not in text and "NOT MET" not in text
+    return lines
+
+
 def test_bench_quick(tmp_path):
     report = tmp_path / "rows.json"
-    result = fastconv("bench", "--quick", "--layers", "a", "--json", str(report))
+    result = fastconv("bench", "--quick", "--layers", "a", "--output", str(report))
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert any(line.split()[:1] == ["a"] for line in lines)
-    assert "summary: " in result.stdout
-    assert "reference/auto on layer a " in result.stdout
+    lines = _table_lines(result.stdout)
+    assert any(line.split()[:1] == ["conv2d:a"] for line in lines)
+    assert "conv2d forward with bias (GFLOP/s):" in lines
     document = json.loads(report.read_text())
     assert document["machine"]["numba_threads"] >= 1
+    assert document["machine"]["allocator"].startswith("glibc malloc without mmap") or (
+        document["machine"]["allocator"] == "system default")  # not glibc
     rows = document["rows"]
-    assert {row["layer"] for row in rows} == {"a"}
+    assert {(row["op"], row["case"]) for row in rows} == {("conv2d", "a")}
     assert {"reference", "auto"} <= {row["impl"] for row in rows}
-    assert all(row["median_ms"] > 0 and row["gflops"] > 0 for row in rows)
+    assert all(row["median_ms"] > 0 and row["rate"] > 0 for row in rows)
+    assert document["settings"]["cases"] == ["conv2d:a"]
     if HAS_TORCH:
-        assert "torch/auto geometric mean" in result.stdout
+        assert "torch/auto per op:" in result.stdout
         (auto,) = [row for row in rows if row["impl"] == "auto" and not row["reduced"]]
         assert auto["vs_torch"] > 0
 
@@ -283,8 +302,8 @@ class _Terminal(io.StringIO):
 def test_bench_progress(monkeypatch):
     """A bar over the cells on a terminal where tqdm is installed, else a line per cell."""
     pytest.importorskip("tqdm")
-    messages = ["layer a N=64 direct", "layer a N=64 winograd",
-                "layer a winograd: not timed, winograd needs a 3x3 kernel", "layer a N=64 auto"]
+    messages = ["conv2d:a N=64 direct", "conv2d:a N=64 winograd",
+                "conv2d:a winograd: not timed, winograd needs a 3x3 kernel", "conv2d:a N=64 auto"]
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     with cli._progress(3) as progress:
@@ -303,10 +322,9 @@ def test_bench_progress(monkeypatch):
     assert log.getvalue().splitlines() == [f"timing {message}" for message in messages]
 
 
-def test_bench_progress_counts_the_cells():
-    """The bar's total is the number of cells bench.run and bench.run_ops announce."""
-    layers = bench.select_layers("a,b,i")
-    cases = bench.select_op_cases("grad_input|g,max_pool2d")
+def test_bench_progress_counts_the_cells(monkeypatch):
+    """The bar's total is the number of cells bench.run_cases announces."""
+    cases = bench.select_cases("conv2d:a,conv2d:b,conv2d:i,grad_input:g,max_pool2d")
     names = ["reference", "winograd", "auto"]
     announced = []
 
@@ -314,84 +332,269 @@ def test_bench_progress_counts_the_cells():
         if ": not timed, " not in message:
             announced.append(message)
 
-    original = bench._time_cell
-    try:
-        bench._time_cell = lambda *args, **kwargs: bench.Timing(1e-3, 1e-3, 1)
-        bench.run(layers, names, quick=True, progress=count)
-        bench.run_ops(cases, names, quick=True, progress=count)
-    finally:
-        bench._time_cell = original
-    assert cli._cells(layers, names, cases, names) == len(announced)
+    monkeypatch.setattr(bench.suite, "time_cell", lambda *args, **kwargs: bench.Timing(
+        1e-3, 1e-3, 1))
+    bench.run_cases(cases, names, quick=True, progress=count)
+    assert cli._cells(cases, names) == len(announced)
+
+
+def test_the_library_leaves_the_allocator_alone(monkeypatch, _allocator_untouched):
+    """bench.run, run_ops and run_cases time with the process's allocator as it is: only
+    the command line (and the timed pytest benchmarks) call configure_allocator."""
+    import ctypes
+
+    called = []
+    monkeypatch.setattr(bench.timing, "configure_allocator", lambda: called.append(1))
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: called.append(args))
+    before = bench.timing._allocator
+    bench.run(bench.select_layers("a"), ["auto"], quick=True)
+    bench.run_ops(bench.select_op_cases("repeat_unpool2d:x2"), ["auto"], quick=True)
+    assert called == [] and _allocator_untouched == []
+    assert bench.timing._allocator is before
+
+
+def test_the_library_leaves_the_allocator_alone_in_a_fresh_process():
+    code = ("from fastconv import bench; bench.run(bench.select_layers('a'), ['auto'], "
+            "quick=True); print(bench.machine_info()['allocator'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=600, check=False, env=_environment())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "system default"
+
+
+def test_bench_sets_the_allocator(monkeypatch, capsys, _allocator_untouched):
+    monkeypatch.setattr(bench, "run_cases", lambda *a, **k: [])
+    assert main(["bench", "--layers", "a"]) == 0
+    assert _allocator_untouched == [1]
+    assert "no case timed" in capsys.readouterr().out
 
 
 def test_bench_ops_quick(tmp_path):
     report = tmp_path / "rows.json"
-    cases = "grad_input|g,max_pool2d|2x2s2,repeat_unpool2d_backward"
+    cases = "grad_input:g,max_pool2d:2x2s2,repeat_unpool2d_backward"
     result = fastconv("bench", "--suite", "ops", "--quick", "--cases", cases,
-                      "--json", str(report))
+                      "--output", str(report))
     assert result.returncode == 0, result.stderr
-    assert "fastconv conv2d forward" not in result.stdout  # the conv2d suite did not run
-    timed = {"grad_input|g"} | ({"max_pool2d|2x2s2", "repeat_unpool2d_backward|x2"}
+    assert "conv2d forward" not in result.stdout  # the conv2d suite did not run
+    timed = {"grad_input:g"} | ({"max_pool2d:2x2s2", "repeat_unpool2d_backward:x2"}
                                 if HAS_POOLING else set())
-    lines = result.stdout.splitlines()
+    lines = _table_lines(result.stdout)
     assert timed <= {line.split()[0] for line in lines if line.split()}
     document = json.loads(report.read_text())
-    assert document["rows"] == []
-    rows = document["op_rows"]
-    assert {f"{row['op']}|{row['case']}" for row in rows} == timed
+    rows = document["rows"]
+    assert {f"{row['op']}:{row['case']}" for row in rows} == timed
     assert {"reference", "auto"} <= {row["impl"] for row in rows}
     assert all(row["median_ms"] > 0 and row["rate"] > 0 for row in rows)
     assert {row["unit"] for row in rows if row["op"] == "grad_input"} == {"GFLOP/s"}
     assert {row["reduced"] for row in rows if row["impl"] == "reference"} == (
         {True, False} if HAS_POOLING else {True})  # repeat's reference runs on the full batch
+    assert "speed_bars" not in document
     if HAS_TORCH:
-        assert "speed bar, backward (grad_input, grad_weight+bias): torch/auto >= 0.5x" in (
-            result.stdout)
-        assert [bar["name"] for bar in document["speed_bars"]][:1] == [
-            "backward (grad_input, grad_weight+bias)"]
         (auto,) = [row for row in rows if row["op"] == "grad_input" and row["impl"] == "auto"
                    and not row["reduced"]]
         assert auto["vs_torch"] > 0
         assert auto["algorithm"] in fastconv_package.available_algorithms("conv2d_grad_input")
 
 
-def test_bench_all_prints_both_tables(monkeypatch, capsys, tmp_path):
-    """--suite all: the conv2d table, then the op table; the JSON has the rows of both."""
-    timing = {"batch": 8, "reduced": False, "impl": "auto", "algorithm": "direct",
-              "median_ms": 2.0, "min_ms": 1.9, "calls": 5, "vs_torch": 0.5}
-    monkeypatch.setattr(bench, "run", lambda *a, **k: [bench.Row(layer="a", gflops=1.0,
-                                                                   **timing)])
-    monkeypatch.setattr(bench, "run_ops", lambda *a, **k: [
-        bench.OpRow(op="grad_input", case="c", rate=3.0, unit="GFLOP/s", **timing)])
+def _row(op: str, case: str, impl: str, **fields) -> bench.Row:
+    timing = {"batch": 8, "reduced": False, "algorithm": impl if impl != "auto" else "direct",
+              "median_ms": 2.0, "min_ms": 1.9, "calls": 5, "rate": 1.0,
+              "unit": bench.SPECS[op].unit, "vs_torch": 0.5}
+    return bench.Row(op=op, case=case, impl=impl, **{**timing, **fields})
+
+
+def _every_cell() -> list[bench.Row]:
+    """A row per case of the table and implementation of its op, torch included, and the
+    reference beside auto on a reduced batch: the widest tables the suites make."""
+    rows = []
+    for case in bench.CASES:
+        names = case.implementation_names(include_torch=True)
+        for impl in names:
+            rows.append(_row(case.op, case.name, impl, median_ms=1234.5 if impl == "reference"
+                             else 12.345, rate=0.0123, algorithm="im2col+direct"))
+        rows.append(_row(case.op, case.name, "auto", reduced=True, batch=1))
+    return rows
+
+
+def test_bench_all_prints_every_kind_of_op(monkeypatch, capsys, tmp_path):
+    """--suite all: a grid per kind of op, each at most 100 columns wide; the JSON has
+    every row."""
+    monkeypatch.setattr(bench, "run_cases", lambda *a, **k: _every_cell())
     report = tmp_path / "rows.json"
     plot = tmp_path / "rows.png"
-    args = ["bench", "--suite", "all", "--json", str(report)]
+    args = ["bench", "--suite", "all", "--output", str(report)]
     assert main([*args, "--plot", str(plot)] if HAS_MATPLOTLIB else args) == 0
     if HAS_MATPLOTLIB:
         assert plot.read_bytes().startswith(PNG_SIGNATURE)
     out = capsys.readouterr().out
-    assert out.index("fastconv conv2d forward") < out.index("fastconv ops") < out.index(
-        "speed bar, backward")
-    assert "minimum 0.50x (grad_input|c, over 1 case): met" in out
+    lines = _table_lines(out)
+    assert out.index("conv2d forward with bias (GFLOP/s):") < out.index(
+        "conv2d gradients and conv_transpose2d (GFLOP/s):") < out.index(
+        "pooling and unpooling (GB/s):") < out.index("torch/auto per op:")
+    for case in bench.CASES:
+        assert any(line.startswith(f"{case.id} ") for line in lines), case.id
     document = json.loads(report.read_text())
-    assert [row["layer"] for row in document["rows"]] == ["a"]
-    assert [row["case"] for row in document["op_rows"]] == ["c"]
+    assert len(document["rows"]) == len(_every_cell())
     assert document["settings"]["suite"] == "all"
+    assert document["settings"]["cases"] == [case.id for case in bench.CASES]
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json"])
+def test_bench_formats(monkeypatch, capsys, fmt):
+    """--format: the table fits 100 columns; markdown tables; CSV a line per row with
+    every field; JSON every row as the library's rows."""
+    rows = _every_cell()
+    monkeypatch.setattr(bench, "run_cases", lambda *a, **k: rows)
+    assert main(["bench", "--suite", "all", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    assert "speed bar" not in out and "NOT MET" not in out
+    if fmt == "table":
+        _table_lines(out)
+    elif fmt == "markdown":
+        assert "### pooling and unpooling (GB/s)" in out
+        assert "| case | reference* ms | reference* GFLOP/s | direct ms |" in out
+        assert "| conv2d:a | 1234.5! | 0.0123 |" in out
+    elif fmt == "csv":
+        parsed = list(csv.DictReader(io.StringIO(out)))
+        assert len(parsed) == len(rows)
+        assert parsed[0]["id"] == "conv2d:a" and float(parsed[0]["median_ms"]) == 1234.5
+        assert set(parsed[0]) == set(bench.report.CSV_FIELDS)
+    else:
+        document = json.loads(out)
+        assert [bench.Row(**row) for row in document["rows"]] == rows
+        assert {"machine", "settings", "rows"} <= set(document)
+
+
+def test_bench_compare_round_trip(tmp_path):
+    """A run's --format json (or --output) is what --compare reads: each cell's ratio new
+    ms / old ms, in every format."""
+    args = ("bench", "--quick", "--layers", "a", "--algorithms", "direct,auto")
+    first = fastconv(*args, "--format", "json")
+    assert first.returncode == 0, first.stderr
+    old = tmp_path / "old.json"
+    old.write_text(first.stdout)
+    document = json.loads(first.stdout)
+    assert {row["impl"] for row in document["rows"]} == {"direct", "auto"}
+    again = fastconv(*args, "--compare", str(old), "--output", str(tmp_path / "new.json"))
+    assert again.returncode == 0, again.stderr
+    lines = _table_lines(again.stdout)
+    start = lines.index("compared with an earlier run: new ms / old ms per cell (< 1: faster now)")
+    assert lines[start + 1].startswith(f"the earlier run: {old}: fastconv")
+    head = next(i for i in range(start, len(lines)) if lines[i].startswith("case "))
+    assert lines[head].split() == ["case", "direct", "auto"]
+    ratios = lines[head + 1].split()
+    assert ratios[0] == "conv2d:a" and all(r.endswith("x") for r in ratios[1:])
+    assert lines[-1].startswith("geometric mean of new/old over 2 cells: ")
+    saved = json.loads((tmp_path / "new.json").read_text())
+    cells = saved["compare"]["cells"]
+    assert [(cell["id"], cell["impl"]) for cell in cells] == [("conv2d:a", "direct"),
+                                                              ("conv2d:a", "auto")]
+    for cell in cells:
+        assert cell["new_over_old"] == pytest.approx(cell["median_ms"] / cell["old_median_ms"])
+    old_ms = {row["impl"]: row["median_ms"] for row in document["rows"]}
+    assert [cell["old_median_ms"] for cell in cells] == [old_ms["direct"], old_ms["auto"]]
+
+
+def test_compare_reads_the_older_json_too():
+    """A JSON of the version before (conv2d rows by ``layer``, the op suite in ``op_rows``)."""
+    old = {"machine": {"fastconv": "0.0"},
+           "rows": [{"layer": "a", "batch": 8, "impl": "auto", "median_ms": 4.0}],
+           "op_rows": [{"op": "grad_input", "case": "c", "batch": 8, "impl": "auto",
+                        "median_ms": 1.0}]}
+    rows = [_row("conv2d", "a", "auto"), _row("grad_input", "c", "auto"),
+            _row("grad_input", "c", "direct"), _row("conv2d", "a", "auto", batch=16)]
+    found = bench.compare(rows, old)
+    assert [(c.row.id, c.ratio) for c in found] == [("conv2d:a", 0.5), ("grad_input:c", 2.0)]
+    text = bench.report.format_comparison(found, old, "old.json")
+    assert "geometric mean of new/old over 2 cells: 1.00x" in text
+
+
+def test_bench_shape(tmp_path):
+    """--shape: conv2d on a given layer instead of the suite, named by its numbers."""
+    report = tmp_path / "rows.json"
+    result = fastconv("bench", "--quick", "--shape", "2,8,10,10,8,3,1,1", "--algorithms",
+                      "reference,auto", "--output", str(report))
+    assert result.returncode == 0, result.stderr
+    lines = _table_lines(result.stdout)
+    assert any(line.startswith("  conv2d:n2c8h10w10k8r3p1  N2 C8 10x10, K8 3x3 p1")
+               for line in lines)
+    rows = json.loads(report.read_text())["rows"]
+    assert {(row["op"], row["case"], row["batch"]) for row in rows} == {
+        ("conv2d", "n2c8h10w10k8r3p1", 2)}
+    assert {row["impl"] for row in rows} == {"reference", "auto"}
+
+
+def test_bench_threads(tmp_path):
+    """--threads N: Numba's threads for the run, and torch's."""
+    algorithms = "auto,torch" if HAS_TORCH else "auto"
+    result = fastconv("bench", "--quick", "--layers", "a", "--algorithms", algorithms,
+                      "--threads", "1", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["machine"]["numba_threads"] == 1
+    assert document["settings"]["threads"] == 1
+    if HAS_TORCH:
+        assert document["machine"]["torch_threads"] == 1
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("spec", ["max_pool2d:2x2s2,repeat_unpool2d",
+                                  "max_pool2d|2x2s2,repeat_unpool2d"])
+def test_bench_cases_are_named_alike_on_every_device(monkeypatch, capsys, device, spec):
+    """--cases op:name (and the deprecated op|name) selects the same cases on the CPU and
+    on the GPU (Numba's CUDA simulator here), and the tables name them so."""
+    if not HAS_POOLING:
+        pytest.skip("pooling is being added")
+    if device == "cuda":
+        from fastconv import cuda
+
+        if not cuda.is_available() or not HAS_TORCH:
+            pytest.skip("no CUDA simulator or no torch")
+    else:  # the timing itself is tested above: here, the selection
+        monkeypatch.setattr(bench.suite, "time_cell", lambda *a, **k: bench.Timing(1e-3, 1e-3, 1))
+    assert main(["bench", "--device", device, "--cases", spec, "--algorithms", "auto",
+                 "--quick", "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    ids = {line.split(",")[0] for line in captured.out.splitlines()[1:]}
+    assert ids == {"max_pool2d:2x2s2", "repeat_unpool2d:x2"}
+    assert ("deprecated" in captured.err) == ("|" in spec)
+    assert "NOT MET" not in captured.out
+
+
+def test_bench_help_names_one_cases_syntax():
+    result = fastconv("bench", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "cases op:name such as conv2d:c" in text and "the same on every device" in text
+    assert "The old form op|name still works; it is deprecated." in text
+    for option in ("--format {table,markdown,csv,json}", "--threads N", "--compare FILE",
+                   "--shape N,C,H,W,K,R[,stride,pad,groups]", "--output FILE"):
+        assert option in text
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (("bench", "--layers", "a,z"), "unknown layer id 'z'"),
-        (("bench", "--suite", "ops", "--cases", "max_pool2d|9x9"),
-         "unknown op or case 'max_pool2d|9x9'"),
+        (("bench", "--suite", "ops", "--cases", "max_pool2d:9x9"),
+         "unknown case 'max_pool2d:9x9'; give ops ("),
+        (("bench", "--suite", "ops", "--cases", "conv2d:a"), "unknown case 'conv2d:a'"),
         (("bench", "--suite", "pool"), "invalid choice: 'pool'"),
+        (("bench", "--format", "xml"), "invalid choice: 'xml'"),
         (("bench", "--algorithms", "fast"), "unknown algorithm 'fast'"),
         (("bench", "--repeat", "0"), "positive integer"),
+        (("bench", "--threads", "0"), "argument --threads: expected a positive integer"),
+        (("bench", "--threads", "100000"), "argument --threads: at most "),
+        (("bench", "--shape", "1,2"), "--shape: a layer shape must be N,C,H,W,K,R"),
+        (("bench", "--shape", "1,2,4,4,3,3,1,0,2"), "--shape: groups must divide C and K"),
+        (("bench", "--shape", "1,2,4,4,3,3", "--layers", "a"), "--shape replaces the layer"),
+        (("bench", "--compare", "no/such/old.json"), "--compare: cannot read no/such/old.json"),
+        (("bench", "--compare", "pyproject.toml"), "--compare: pyproject.toml is not the JSON"),
         (("bench", "--frobnicate"), "unrecognized arguments"),
         (("bench", "--plot", "no/such/folder/rows.png"), "--plot: no directory 'no/such/folder'"),
         (("bench", "--plot", "rows.svg"), "--plot: expected a file name ending in .png"),
         (("bench", "--json", "no/such/folder/rows.json"), "--json: no directory"),
+        (("bench", "--output", "no/such/folder/rows.json"), "--output: no directory"),
         (("info", "--cuda"), "unrecognized arguments: --cuda"),
         (("frobnicate",), "invalid choice: 'frobnicate'"),
         ((), "required: COMMAND"),
@@ -423,19 +626,18 @@ def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, capsys, tmp_path)
                         "matplotlib\n")
 
 
-@pytest.mark.parametrize("option, name", [("--json", "rows.json"), ("--plot", "rows.png")])
+@pytest.mark.parametrize("option, name", [("--output", "rows.json"), ("--json", "rows.json"),
+                                          ("--plot", "rows.png")])
 def test_unwritable_output_is_one_line(monkeypatch, capsys, tmp_path, option, name):
     """Writing after the timings fails: one line, status 1 (here: the name is a folder)."""
     if option == "--plot" and not HAS_MATPLOTLIB:
         pytest.skip("--plot needs matplotlib")
-    monkeypatch.setattr(bench, "run", lambda *a, **k: [bench.Row(
-        layer="a", batch=8, reduced=False, impl="auto", algorithm="direct", median_ms=2.0,
-        min_ms=1.9, calls=5, gflops=1.0)])
+    monkeypatch.setattr(bench, "run_cases", lambda *a, **k: [_row("conv2d", "a", "auto")])
     (tmp_path / name).mkdir()
     assert main(["bench", option, str(tmp_path / name)]) == 1
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"fastconv bench: error: cannot write {tmp_path / name}: "
-                                "Is a directory"]
+    assert err.splitlines()[-1] == (f"fastconv bench: error: cannot write {tmp_path / name}: "
+                                    "Is a directory")
 
 
 def test_main_returns_the_status(capsys):
@@ -447,7 +649,7 @@ def test_main_returns_the_status(capsys):
 
 @pytest.mark.parametrize(
     "case", [*bench.LAYERS, *(case for case in bench.OP_CASES if case.layer is not None)],
-    ids=lambda case: f"conv2d|{case.id}" if isinstance(case, bench.Layer) else case.id,
+    ids=lambda case: f"conv2d:{case.id}" if isinstance(case, bench.Layer) else case.id,
 )
 def test_refusals_are_decided_on_the_problems_fastconv_dispatches(monkeypatch, case):
     """bench.refusal decides on the (op, problem) pairs that fastconv's call passes to

@@ -309,15 +309,32 @@ def test_torch_cuda_tensors_in_and_out(rng):
                                torch.nn.functional.avg_pool2d(xt, 2))
 
 
-def test_bench_device_cuda(capsys):
+def test_bench_device_cuda(capsys, monkeypatch):
+    """``bench --device cuda`` takes the same --cases as the CPU (op:name, the old op|name
+    too) and prints the CPU's table; it sets the allocator (mocked: this is pytest's
+    process) as the command line does."""
+    from fastconv import bench
     from fastconv.__main__ import main
 
+    configured = []
+    monkeypatch.setattr(bench, "configure_allocator", lambda: configured.append(1))
     assert main(["bench", "--device", "cuda", "--cases", "max_pool2d:2x2s2,repeat_unpool2d",
                  "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "fastconv CUDA vs PyTorch" in out and "repeat_unpool2d" in out
+    assert "fastconv CUDA vs PyTorch" in out and "repeat_unpool2d:x2 " in out
+    assert "max_pool2d:2x2s2 " in out and "correctness: all results within" in out
+    assert max(map(len, out.splitlines())) <= 100
+    assert "speed bar" not in out and "NOT MET" not in out
+    assert configured == [1]
+    assert main(["bench", "--device", "cuda", "--cases", "max_pool2d|2x2s2", "--quick",
+                 "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("id,op,case,batch,")
+    assert {line.split(",")[0] for line in lines[1:]} == {"max_pool2d:2x2s2"}
+    assert "--cases op|name is deprecated" in captured.err
     assert main(["bench", "--device", "cuda", "--cases", "conv3d"]) == 2
-    assert "unknown GPU cases" in capsys.readouterr().err
+    assert "unknown case 'conv3d'" in capsys.readouterr().err
 
 
 class _FakeTensor:

@@ -219,7 +219,7 @@ def test_max_pool2d(case, with_indices, algorithm, dtype, rng):
     expected, where = max_pool_reference(x, case)
     indices = np.full(expected.shape, -7, np.int64) if with_indices else None
     _, (_, out, got_where, *_) = run("max_pool2d", algorithm, pool_problem(case, dtype), x,
-                                     nans(expected.shape, dtype), indices, *case[2:6])
+                                     nans(expected.shape, dtype), indices, *case[2:7])
     np.testing.assert_array_equal(out, expected)
     if with_indices:
         np.testing.assert_array_equal(got_where, where)
@@ -236,7 +236,7 @@ def test_max_pool2d_ties_and_nan_as_the_cpu(dtype, rng):
     expected, where = max_pool_reference(x, case)
     _, (_, out, got_where, *_) = run("max_pool2d", "direct", pool_problem(case, dtype), x,
                                      nans(expected.shape, dtype),
-                                     np.empty(expected.shape, np.int64), *case[2:6])
+                                     np.empty(expected.shape, np.int64), *case[2:7])
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(got_where, where)
 
@@ -267,12 +267,12 @@ def test_avg_pool2d_and_backward(case, option, algorithm, dtype, rng):
     expected = reference.avg_pool2d(x, *window, ceil, include_pad, divisor)
     problem = pool_problem(case, dtype)
     _, (_, out, *_) = run("avg_pool2d", algorithm, problem, x, nans(expected.shape, dtype),
-                          *window, include_pad, divisor)
+                          *window, ceil, include_pad, divisor)
     np.testing.assert_allclose(out, expected, **tolerance(dtype))
     dy = uniform(expected.shape, dtype, rng)
     expected_dx = reference.avg_pool2d_backward(dy, shape, *window, ceil, include_pad, divisor)
     _, (_, got, *_) = run("avg_pool2d_backward", algorithm, problem, dy, nans(shape, dtype),
-                          *window, include_pad, divisor)
+                          *window, ceil, include_pad, divisor)
     np.testing.assert_allclose(got, expected_dx, **tolerance(dtype))
 
 

@@ -4,11 +4,13 @@ its check-and-time part runs here on tiny shapes under Numba's CUDA simulator.""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
 import fastconv.cuda
+from fastconv import bench
 
 pytestmark = pytest.mark.skipif(not fastconv.cuda.is_available(),
                                 reason="no GPU and no CUDA simulator")
@@ -28,21 +30,43 @@ def test_gpu_check_runs_and_checks_against_torch(capsys, tmp_path):
     pytest.importorskip("torch")
     cases = ("conv2d:h,conv2d:a,grad_weight:g,conv_transpose2d,max_pool2d:3x3s2p1,"
              "avg_pool2d_backward:2x2s2,max_unpool2d,repeat_unpool2d_backward")
+    report = tmp_path / "rows.json"
     status = _gpu_check().main(["--tiny", "--skip-tests", "--cases", cases,
-                                "--json", str(tmp_path / "rows.json")])
+                                "--json", str(report)])
     out = capsys.readouterr().out
     assert status == 0, out
     assert "fastconv CUDA vs PyTorch" in out
     assert "correctness: all results within" in out
-    for op in ("conv2d", "grad_weight", "conv_transpose2d", "max_pool2d ",
-               "avg_pool2d_backward", "max_unpool2d", "repeat_unpool2d_backward"):
-        assert op in out
-    assert "speed bar pooling" in out
-    assert (tmp_path / "rows.json").read_text().startswith("{")
+    for case in ("conv2d:h", "grad_weight:g", "conv_transpose2d:N8C128", "max_pool2d:3x3s2p1",
+                 "avg_pool2d_backward:2x2s2", "max_unpool2d:2x2s2",
+                 "repeat_unpool2d_backward:x2"):
+        assert f"\n{case} " in out, case
+    # the project's targets are marked as such, after the results
+    assert "project target (not a result), pooling: " in out
+    assert out.index("correctness: ") < out.index("project target")
+    document = json.loads(report.read_text())
+    assert document["machine"]["device"] == "cuda" and document["machine"]["gpus"]
+    rows = document["rows"]
+    assert {row["device"] for row in rows} == {"cuda"}
+    assert all(row["error"] <= bench.TOLERANCE for row in rows if row["impl"] != "torch")
+    assert "reference" not in {row["impl"] for row in rows}
 
 
-def test_unknown_case_is_a_clear_error():
-    from fastconv.cuda import bench as gpu_bench
+def test_the_gpu_check_draws_from_the_case_table():
+    """The GPU check times the case table of fastconv.bench (the CPU suites' cases), at
+    its own batch or on tiny shapes: the same ids, ops and windows."""
+    table = bench.CASES
+    placed = bench.gpu_cases(table)
+    assert [case.id for case in placed] == [case.id for case in table]
+    assert {case.batch for case in placed} == {bench.GPU_BATCH}
+    assert [case.window for case in placed] == [case.window for case in table]
+    tiny = bench.gpu_cases(table, tiny=True)
+    assert [case.id for case in tiny] == [case.id for case in table]
+    assert all(case.batch == 1 for case in tiny)
 
-    with pytest.raises(ValueError, match="unknown GPU cases"):
-        gpu_bench.select(gpu_bench.cases(1, tiny=True), "conv3d")
+
+def test_unknown_case_is_a_clear_error(capsys):
+    with pytest.raises(ValueError, match="unknown case 'conv3d'"):
+        bench.select_cases("conv3d")
+    assert _gpu_check().main(["--tiny", "--skip-tests", "--cases", "conv3d"]) == 2
+    assert "unknown case 'conv3d'" in capsys.readouterr().err

@@ -15,7 +15,6 @@ import pytest
 
 import fastconv
 from fastconv import bench, dispatch, functional, ops
-from fastconv.cuda import bench as cuda_bench
 
 NAMES = list(ops.NAMES)
 PACKAGE = Path(fastconv.__file__).parent
@@ -157,11 +156,11 @@ def test_a_new_op_without_a_benchmark_is_flagged(monkeypatch):
 
 
 def test_every_op_has_a_gpu_case():
-    found = cuda_bench.kernel_op_cases(cuda_bench.cases(1, tiny=True))
+    found = bench.kernel_op_cases(bench.gpu_cases(tiny=True))
     assert set(found) == set(ops.NAMES)
     assert _unbenchmarked(found) == [], "ops no GPU case runs"
-    with pytest.raises(ValueError, match="algorithms_of must be a kernel op"):
-        dataclasses.replace(cuda_bench.cases(1, tiny=True)[0], algorithms_of="conv3d")
+    with pytest.raises(ValueError, match="op must be one of"):
+        dataclasses.replace(bench.gpu_cases(tiny=True)[0], op="conv3d")
 
 
 # --- the import graph ------------------------------------------------------------------------
@@ -242,8 +241,8 @@ def test_the_import_graph_is_read_right():
     graph = _graph()
     assert "fastconv.dispatch" in graph["fastconv.functional.conv"]  # from .. import dispatch
     assert "fastconv.placement" in graph["fastconv.functional.conv"]  # from ..placement import
-    assert "fastconv.cuda" in graph["fastconv.cuda.bench"]  # from . import simulated
-    assert "fastconv" in graph["fastconv.bench"]  # import fastconv
+    assert "fastconv.cuda" in graph["fastconv.bench.gpu"]  # from ..cuda import simulated
+    assert "fastconv" in graph["fastconv.bench.cases"]  # import fastconv
     assert "fastconv.cuda.arrays" not in graph["fastconv.placement"]  # inside placement()
     assert "fastconv.cuda.arrays" in _graph(in_functions=True)["fastconv.placement"]
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]

@@ -6,9 +6,12 @@ import types
 
 import numba
 
-from .. import config
+from .. import _notice, config
 
 _DEFAULT_FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
+
+# one line on stderr before the first kernel that really compiles (fastconv._notice)
+_notice.install()
 
 
 def disk_cache() -> bool:

@@ -373,8 +373,9 @@ def _max_pool2d_2x2_forward(x, out):
 
 
 @register("max_pool2d", "cpu", "direct")
-def max_pool2d_direct(x, out, indices, kernel_size, stride, padding, dilation):
-    """Host side; ``x``, ``out`` and ``indices`` (or None) are C-contiguous 4-D arrays."""
+def max_pool2d_direct(x, out, indices, kernel_size, stride, padding, dilation, ceil_mode):
+    """Host side; ``x``, ``out`` and ``indices`` (or None) are C-contiguous 4-D arrays
+    (``ceil_mode`` is in ``out``'s shape already)."""
     if indices is None:
         if (kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0)
                 and dilation == (1, 1) and 2 * out.shape[2] <= x.shape[2]
@@ -456,7 +457,8 @@ def _avg_pool2d_2x2_forward(x, out, divisor):
 
 
 @register("avg_pool2d", "cpu", "direct")
-def avg_pool2d_direct(x, out, kernel_size, stride, padding, count_include_pad, divisor_override):
+def avg_pool2d_direct(x, out, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                      divisor_override):
     """Host side; ``divisor_override`` is None or a non-zero int (0 means None in the kernel)."""
     out_h, out_w = out.shape[2:]
     if (kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0)
@@ -510,7 +512,7 @@ def _avg_pool2d_backward_direct(grad_out, grad_in, kh, kw, stride_h, stride_w, p
 
 
 @register("avg_pool2d_backward", "cpu", "direct")
-def avg_pool2d_backward_direct(grad_out, grad_in, kernel_size, stride, padding,
+def avg_pool2d_backward_direct(grad_out, grad_in, kernel_size, stride, padding, ceil_mode,
                                count_include_pad, divisor_override):
     """Host side; ``grad_in`` is overwritten."""
     _sized(_avg_pool2d_backward_direct, grad_in)(_planes(grad_out), _planes(grad_in),

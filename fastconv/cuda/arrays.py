@@ -21,6 +21,7 @@ per channel) are what numpy does for the CPU placement.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import numpy as np
 from numba import cuda
@@ -153,8 +154,8 @@ class Cuda:
         model = next(iter(on_gpu.values()), None)
         self.kind = ("host" if model is None
                      else type(model).__module__.partition(".")[0])
-        self.model = model
-        self._owners: dict[int, object] = {}
+        self.model: Any = model
+        self._owners: dict[int, tuple[Any, Any]] = {}  # id(view): (view, its owner)
 
     # --- the context the kernels run in ------------------------------------------
 
@@ -185,7 +186,7 @@ class Cuda:
     def floats(self, **arrays: object) -> list:
         """As :meth:`Host.floats`, with the same errors; host values are copied to the GPU.
         Dtypes are read from the Numba views, which speak numpy's (PyTorch's do not)."""
-        converted = []
+        converted: list[Any] = []
         for name, value in arrays.items():
             if value is None and name == "bias":
                 converted.append(None)

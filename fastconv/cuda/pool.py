@@ -75,7 +75,7 @@ def _max_pool2d_forward(with_indices):
 
 
 @register("max_pool2d", "cuda", "direct")
-def max_pool2d_direct(x, out, indices, kernel_size, stride, padding, dilation):
+def max_pool2d_direct(x, out, indices, kernel_size, stride, padding, dilation, ceil_mode):
     """Host side; ``indices`` is an int64 device array or None."""
     kernel = _max_pool2d_forward(indices is not None)
     launch(kernel, out.size)(flat(x), flat(out), flat(out if indices is None else indices),
@@ -116,7 +116,8 @@ def _avg_pool2d_forward(dtype):
 
 
 @register("avg_pool2d", "cuda", "direct")
-def avg_pool2d_direct(x, out, kernel_size, stride, padding, count_include_pad, divisor_override):
+def avg_pool2d_direct(x, out, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                      divisor_override):
     """Host side; ``divisor_override`` is None or a non-zero int (0 means None in the kernel)."""
     kernel = _avg_pool2d_forward(x.dtype)
     launch(kernel, out.size)(flat(x), flat(out), *x.shape[2:], *out.shape[2:], *kernel_size,
@@ -159,7 +160,7 @@ def _avg_pool2d_backward(dtype):
 
 
 @register("avg_pool2d_backward", "cuda", "direct")
-def avg_pool2d_backward_direct(grad_out, grad_in, kernel_size, stride, padding,
+def avg_pool2d_backward_direct(grad_out, grad_in, kernel_size, stride, padding, ceil_mode,
                                count_include_pad, divisor_override):
     """Host side; every value of ``grad_in`` is written (a deterministic gather)."""
     kernel = _avg_pool2d_backward(grad_in.dtype)

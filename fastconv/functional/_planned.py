@@ -81,18 +81,19 @@ def make_plan(place: Any, cacheable: bool, compute: Callable[..., Any], raw: tup
     from ..placement import HOST
 
     if not (cacheable and place is HOST):
-        def plan(*_):
+        def bound(*_):
             return compute(*converted)
 
-        return described(plan, *choices, cacheable=False)
+        return described(bound, *choices, cacheable=False)
     first, *rest = (_converter(k, a, unbatched) for k, a in zip(kinds, raw, strict=True))
     if not rest:
         def plan(a):
             return compute(first(a))
-    else:
-        (second,) = rest
 
-        def plan(a, b):
-            return compute(first(a), second(b))
+        return described(plan, *choices)
+    (second,) = rest
 
-    return described(plan, *choices)
+    def plan2(a, b):
+        return compute(first(a), second(b))
+
+    return described(plan2, *choices)

@@ -9,6 +9,7 @@ import numpy as np
 from .. import dispatch, plans, shapes
 from .._checks import check_rank, check_size, positive_int
 from ..placement import HOST, Host, placement
+from ..shapes import Padding, TransposedPadding
 from ._planned import as_batched, as_contiguous, described, kernel_arrays
 
 _BATCHED = "4-D (N, C, H, W) or 3-D (C, H, W)"
@@ -115,7 +116,7 @@ def conv2d(
     weight: np.ndarray,
     bias: np.ndarray | None = None,
     stride: int | tuple[int, int] = 1,
-    padding: object = 0,
+    padding: Padding = 0,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     *,
@@ -256,7 +257,7 @@ def _conv2d_plan(cacheable, input, weight, bias, stride, padding, dilation, grou
         else:
             x4, w, b = geo.x4, place.contiguous(w), place.contiguous(b)
 
-            def plan(*_):
+            def plan(_input, _weight, _bias):
                 return place.run(lambda target: kernel(x4, w, b, target, *params), shape4, dtype,
                                  unbatched, out)
 
@@ -275,7 +276,7 @@ def conv2d_backward(
     input: np.ndarray,
     weight: np.ndarray,
     stride: int | tuple[int, int] = 1,
-    padding: object = 0,
+    padding: Padding = 0,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     *,
@@ -407,7 +408,7 @@ def _conv2d_backward_plan(cacheable, grad_output, input, weight, stride, padding
         else:
             x4 = geo.x4
 
-            def plan(*_):
+            def plan(_grad_output, _input, _weight):
                 return compute(dy4, x4, w4)
 
         return described(plan, *[k for k in kernels if k is not None],
@@ -483,7 +484,7 @@ def conv_transpose2d(
     weight: np.ndarray,
     bias: np.ndarray | None = None,
     stride: int | tuple[int, int] = 1,
-    padding: object = 0,
+    padding: TransposedPadding = 0,
     output_padding: int | tuple[int, int] = 0,
     groups: int = 1,
     dilation: int | tuple[int, int] = 1,
@@ -589,7 +590,7 @@ def _conv_transpose2d_plan(cacheable, input, weight, bias, stride, padding, outp
         else:
             x4, w, b = geo.x4, place.contiguous(w), place.contiguous(b)
 
-            def plan(*_):
+            def plan(_input, _weight, _bias):
                 return compute(x4, w, b)
 
         return described(plan, ("conv2d_grad_input", choice),
@@ -601,7 +602,7 @@ def conv_transpose2d_backward(
     input: np.ndarray,
     weight: np.ndarray,
     stride: int | tuple[int, int] = 1,
-    padding: object = 0,
+    padding: TransposedPadding = 0,
     output_padding: int | tuple[int, int] = 0,
     groups: int = 1,
     dilation: int | tuple[int, int] = 1,
@@ -704,7 +705,7 @@ def _conv_transpose2d_backward_plan(cacheable, grad_output, input, weight, strid
         else:
             x4 = geo.x4
 
-            def plan(*_):
+            def plan(_grad_output, _input, _weight):
                 return compute(dy4, x4, w4)
 
         return described(plan, *[k for k in kernels if k is not None],

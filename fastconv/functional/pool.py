@@ -20,7 +20,7 @@ count as ints, bools do not.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import numpy as np
 
@@ -52,6 +52,7 @@ class _Window(NamedTuple):
     padding: tuple[int, int]
     dilation: tuple[int, int]
     out_size: tuple[int, int]
+    ceil_mode: bool
 
 
 def _batched(place: Host, x, name: str) -> tuple:
@@ -69,14 +70,14 @@ def _input_shape(value: object, name: str = "input_shape") -> tuple[tuple[int, .
                 f"C, H, W >= 1, each at most 2**31 - 1")
     if not isinstance(value, (tuple, list)) or len(value) not in (3, 4):
         raise ValueError(f"{expected}, got {value!r}")
-    sizes = [shapes._as_int(v) for v in value]
-    if any(v is None for v in sizes):
+    found = [shapes._as_int(v) for v in value]
+    sizes = [v for v in found if v is not None]
+    if len(sizes) != len(found):
         raise TypeError(f"{expected}, got {value!r}")
-    if (min(sizes[-3:]) < 1 or sizes[0] < 0  # type: ignore[type-var,operator]
-            or max(sizes) > shapes.MAX_INT):  # type: ignore[type-var,operator]
+    if min(sizes[-3:]) < 1 or sizes[0] < 0 or max(sizes) > shapes.MAX_INT:
         raise ValueError(f"{expected}, got {value!r}")
     unbatched = len(sizes) == 3
-    return tuple([1] * unbatched + sizes), unbatched  # type: ignore[return-value]
+    return tuple([1] * unbatched + sizes), unbatched
 
 
 def _window(size: tuple[int, int], kernel_size: object, stride: object, padding: object,
@@ -106,7 +107,7 @@ def _window(size: tuple[int, int], kernel_size: object, stride: object, padding:
     for a in range(2):
         _check_windows_touch_input(size[a], kernel[a], step[a], pad[a], spacing[a], out[a],
                                    "HW"[a], input_name)
-    return _Window(kernel, step, pad, spacing, out)  # type: ignore[arg-type]
+    return _Window(kernel, step, pad, spacing, out, ceil)  # type: ignore[arg-type]
 
 
 def _check_windows_touch_input(length, kernel, stride, pad, dilation, out_length, axis,
@@ -154,6 +155,30 @@ def _as4(array, unbatched: bool):
     return array.reshape(1, *array.shape) if unbatched else array
 
 
+@overload
+def max_pool2d(input: np.ndarray, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None = ..., padding: int | tuple[int, int] = ...,
+               dilation: int | tuple[int, int] = ..., ceil_mode: bool = ...,
+               return_indices: Literal[False] = ..., *, algorithm: str = ...,
+               device: str | None = ...) -> np.ndarray: ...
+@overload
+def max_pool2d(input: np.ndarray, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None, padding: int | tuple[int, int],
+               dilation: int | tuple[int, int], ceil_mode: bool, return_indices: Literal[True],
+               *, algorithm: str = ...,
+               device: str | None = ...) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def max_pool2d(input: np.ndarray, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None = ..., padding: int | tuple[int, int] = ...,
+               dilation: int | tuple[int, int] = ..., ceil_mode: bool = ..., *,
+               return_indices: Literal[True], algorithm: str = ...,
+               device: str | None = ...) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def max_pool2d(input: np.ndarray, kernel_size: int | tuple[int, int],
+               stride: int | tuple[int, int] | None = ..., padding: int | tuple[int, int] = ...,
+               dilation: int | tuple[int, int] = ..., ceil_mode: bool = ...,
+               return_indices: bool = ..., *, algorithm: str = ...,
+               device: str | None = ...) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
 def max_pool2d(
     input: np.ndarray,
     kernel_size: int | tuple[int, int],
@@ -248,7 +273,7 @@ def _max_pool2d_plan(cacheable, input, kernel_size, stride, padding, dilation, c
         choice = dispatch.choose("max_pool2d", place.device, algorithm,
                                  input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
         kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *win.out_size)
-        window = (win.kernel_size, win.stride, win.padding, win.dilation)
+        window = (win.kernel_size, win.stride, win.padding, win.dilation, win.ceil_mode)
 
         def compute(x4):
             out = place.empty(shape, dtype)
@@ -414,7 +439,7 @@ def _avg_pool2d_plan(cacheable, input, kernel_size, stride, padding, ceil_mode,
         choice = dispatch.choose("avg_pool2d", place.device, algorithm,
                                  input_shape=tuple(x4.shape), window=win, dtype=x4.dtype)
         kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *win.out_size)
-        window = (win.kernel_size, win.stride, win.padding, include_pad, factor)
+        window = (win.kernel_size, win.stride, win.padding, win.ceil_mode, include_pad, factor)
 
         def compute(x4):
             out = place.empty(shape, dtype)
@@ -483,7 +508,7 @@ def _avg_pool2d_backward_plan(cacheable, grad_output, input_shape, kernel_size, 
         choice = dispatch.choose("avg_pool2d_backward", place.device, algorithm,
                                  input_shape=shape4, window=win, dtype=dy.dtype)
         kernel, dtype = choice.kernel, dy.dtype
-        window = (win.kernel_size, win.stride, win.padding, include_pad, factor)
+        window = (win.kernel_size, win.stride, win.padding, win.ceil_mode, include_pad, factor)
 
         def compute(dy4):
             grad_input = place.empty(shape4, dtype)

@@ -1,0 +1,237 @@
+"""The runner: time implementations on cases (:func:`run_cases`, one runner for the
+layer suite, the op suite and the GPU check), with :func:`run` and :func:`run_ops` for
+the two CPU suites.
+
+The reference is timed on a smaller batch (``reference_batch`` of a case): its Python
+loops take about 3 us per output value, so a full layer takes seconds to minutes. Its
+rates are comparable with the other columns, its milliseconds are not; ``auto`` is
+timed beside it on that batch ("ref/auto"). Where one image alone takes over a second
+(layer i) it is not timed.
+
+Nothing here changes the process (the allocator: :func:`fastconv.bench.configure_allocator`
+is the command line's and the pytest benchmarks' to call).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .cases import CONV2D_CASES, LAYERS, OP_CASES, Layer, OpCase, conv2d_case
+from .implementations import HostSide, bind, probe, refusal
+from .timing import BUDGET_S, time_cell
+
+
+@dataclass
+class Row:
+    """One timed cell: ``impl`` on case ``op:case`` (``conv2d:a``; :attr:`id`).
+
+    ``rate`` is in ``unit``: GFLOP/s for the conv ops, GB/s (bytes of the arrays read and
+    written) for the others. ``vs_torch`` is torch's median over this one on the same
+    case (> 1: faster than torch); None where torch was not timed on it. ``error`` (the
+    GPU check) is the largest difference from torch's result relative to its largest
+    magnitude, and ``first_call_s`` the first call's seconds (compilation included)."""
+
+    op: str
+    case: str
+    batch: int
+    reduced: bool  # timed on the case's ``reference_batch``, not its own batch
+    impl: str
+    algorithm: str
+    median_ms: float
+    min_ms: float
+    calls: int
+    rate: float
+    unit: str
+    vs_torch: float | None = None
+    device: str = "cpu"
+    error: float | None = None
+    first_call_s: float | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}:{self.case}"
+
+    @property
+    def layer(self) -> str:
+        """The layer id of a conv2d row (its case name)."""
+        return self.case
+
+    @property
+    def gflops(self) -> float:
+        """The rate of a conv row (GFLOP/s)."""
+        return self.rate
+
+
+#: The rows of the op suite are rows like the others.
+OpRow = Row
+
+_Case = TypeVar("_Case", Layer, OpCase)
+
+
+def batches(case: _Case, implementations: Sequence[str]) -> list[tuple[_Case, bool, list[str]]]:
+    """``(case, reduced, implementations)`` to time for ``case`` (a :class:`Layer` or an
+    :class:`OpCase`): the full case, and the reference with ``auto`` beside it on the
+    reference batch.
+
+    >>> [(c.batch, reduced, names) for c, reduced, names in batches(LAYERS[2], ["reference"])]
+    [(8, False, []), (1, True, ['reference'])]
+    """
+    full: list[str] = [name for name in implementations if name != "reference"]
+    small = case.reference_case() if "reference" in implementations else None
+    if small is None:
+        return [(case, False, full)]
+    if small.batch == case.batch:
+        return [(case, False, ["reference", *full])]
+    companions: list[str] = ["auto"] if "auto" in implementations else []
+    return [(case, False, full), (small, True, ["reference", *companions])]
+
+
+def _versus_torch(timed: Sequence[Row]) -> None:
+    """Set each row's ``vs_torch`` from the torch row among ``timed`` (one case)."""
+    torch_ms = next((row.median_ms for row in timed if row.impl == "torch"), None)
+    for row in timed:
+        row.vs_torch = None if torch_ms is None else torch_ms / row.median_ms
+
+
+def case_implementations(case: OpCase, implementations: Sequence[str] | None,
+                         device: str = "cpu") -> list[str]:
+    """The implementations timed on ``case``: those of its op on ``device`` (none where this
+    fastconv lacks the op), or those among ``implementations``."""
+    if not case.available():
+        return []
+    names = case.implementation_names(device=device)
+    return [name for name in names if implementations is None or name in implementations]
+
+
+def run_cases(
+    cases: Iterable[OpCase],
+    implementations: Sequence[str] | None = None,
+    *,
+    quick: bool = False,
+    repeat: int | None = None,
+    budget_s: float = BUDGET_S,
+    progress: Callable[[str], None] | None = None,
+    side: Any = None,
+) -> list[Row]:
+    """Time ``implementations`` (default: all available on each case) on ``cases``; cases
+    whose op this fastconv lacks, and algorithms that cannot run a case (:func:`refusal`),
+    are left out.
+
+    ``quick``: two warm-up calls and ``QUICK_CALLS`` timed ones per cell, for smoke
+    tests. ``repeat``: exactly this many timed calls per cell. ``progress`` is told what
+    is about to be timed. ``side`` places the inputs (default: host memory;
+    :class:`fastconv.bench.gpu.GpuSide`: a GPU's, where each result is also checked
+    against torch's).
+    """
+    side = HostSide() if side is None else side
+
+    def tell(message: str) -> None:
+        if progress is not None:
+            progress(message)
+
+    rows: list[Row] = []
+    for op_case in cases:
+        names = case_implementations(op_case, implementations, side.device)
+        for case, reduced, impls in batches(op_case, names):
+            if not impls:
+                continue
+            bound = bind(case, side=side)
+            expected = side.expected(bound) if side.check else None
+            timed = []
+            for name in impls:
+                tell(f"{case.id} N={case.batch} {name}")
+                refused = refusal(case, name, side.device)
+                if refused is not None:
+                    tell(f"{case.id} {name}: not timed, {refused}")
+                    continue
+                fn = bound.prepare(name)
+                error = first_call_s = None
+                if expected is not None and name != "torch":
+                    start = time.perf_counter()
+                    try:
+                        result = fn()
+                    except ValueError as refused_here:  # a kernel that does not take it
+                        tell(f"{case.id} {name}: not timed, {refused_here}")
+                        continue
+                    side.sync()
+                    first_call_s = time.perf_counter() - start
+                    error = side.error(result, expected)
+                algorithm = probe(case, name, fn)  # calls fn where name is auto
+                called = (first_call_s is not None) + (name == "auto")
+                timing = time_cell(fn, name, quick=quick, repeat=repeat, budget_s=budget_s,
+                                   sync=side.sync, called=called)
+                timed.append(Row(
+                    op=case.op, case=case.name, batch=case.batch, reduced=reduced, impl=name,
+                    algorithm=algorithm, median_ms=timing.median_s * 1e3,
+                    min_ms=timing.min_s * 1e3, calls=timing.calls,
+                    rate=bound.work / timing.median_s / 1e9, unit=case.unit,
+                    device=side.device, error=error, first_call_s=first_call_s,
+                ))
+            _versus_torch(timed)
+            rows.extend(timed)
+    return rows
+
+
+def run(
+    layers: Iterable[Layer] = LAYERS,
+    implementations: Sequence[str] | None = None,
+    *,
+    quick: bool = False,
+    repeat: int | None = None,
+    budget_s: float = BUDGET_S,
+    progress: Callable[[str], None] | None = None,
+) -> list[Row]:
+    """Time ``implementations`` (default: all available) on conv2d of ``layers``
+    (:func:`run_cases` on their conv2d cases); algorithms that cannot run a layer
+    (:func:`refusal`) are left out. Changes nothing in the process: no allocator set-up
+    (that is :func:`fastconv.bench.configure_allocator`, for the command line)."""
+    cases = [conv2d_case(layer) for layer in layers]
+    return run_cases(cases, implementations, quick=quick, repeat=repeat, budget_s=budget_s,
+                     progress=progress)
+
+
+def run_ops(
+    cases: Iterable[OpCase] | None = None,
+    implementations: Sequence[str] | None = None,
+    *,
+    quick: bool = False,
+    repeat: int | None = None,
+    budget_s: float = BUDGET_S,
+    progress: Callable[[str], None] | None = None,
+) -> list[Row]:
+    """:func:`run_cases` on ``cases`` (default: the op suite, :data:`OP_CASES`)."""
+    return run_cases(OP_CASES if cases is None else cases, implementations, quick=quick,
+                     repeat=repeat, budget_s=budget_s, progress=progress)
+
+
+def count_cells(cases: Iterable[OpCase], implementations: Sequence[str] | None = None,
+                device: str = "cpu") -> int:
+    """The cells :func:`run_cases` announces to ``progress`` on ``cases`` (refused ones
+    included)."""
+    return sum(len(impls) for case in cases
+               for *_, impls in batches(case, case_implementations(case, implementations,
+                                                                   device)))
+
+
+def op_benchmarks(ops: Iterable[str]) -> list[tuple[str, OpCase, str, bool]]:
+    """``(id, case, implementation, reduced)`` for each pytest benchmark of ``ops``'
+    cases: every implementation on the full case, and the reference beside ``auto`` on
+    its reference batch (``reduced``), as :func:`run_ops` times them; none where fastconv
+    refuses the implementation (:func:`refusal`).
+
+    >>> [(id, reduced) for id, *_, reduced in op_benchmarks(["grad_input"])][-2:]
+    [('grad_input-g-reference-N4', True), ('grad_input-g-auto-N4', True)]
+    """
+    params = []
+    for op_case in (*CONV2D_CASES, *OP_CASES):
+        if op_case.op not in ops:
+            continue
+        names = op_case.implementation_names(include_torch=True)
+        for case, reduced, impls in batches(op_case, names):
+            suffix = f"-N{case.batch}" if reduced else ""
+            params += [(f"{case.op}-{case.name}-{impl}{suffix}", case, impl, reduced)
+                       for impl in impls if refusal(case, impl) is None]
+    return params
