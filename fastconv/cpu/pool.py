@@ -365,11 +365,13 @@ def _max_pool2d_2x2_forward(x, out):
             bottom = x[p, 2 * i + 1]
             dst = out[p, i]
             for j in range(out_w):
-                best = top[2 * j]
-                for v in (top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]):
-                    if v > best or v != v:
-                        best = v
-                dst[j] = best
+                # the general kernel's order (rows, then columns) with its NaN-wins
+                # select, branch-free so that it vectorises
+                a, b = top[2 * j], bottom[2 * j]
+                left = b if (b > a) | (b != b) else a
+                a, b = top[2 * j + 1], bottom[2 * j + 1]
+                right = b if (b > a) | (b != b) else a
+                dst[j] = right if (right > left) | (right != right) else left
 
 
 @register("max_pool2d", "cpu", "direct")
