@@ -15,6 +15,7 @@ import fastconv
 from fastconv import dispatch, nn
 from tests.cases import DTYPES, sum_tolerance, tolerance
 from tests.gradients import numeric_gradient
+from tests.pool_cases import tie_free
 
 DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
 
@@ -245,17 +246,13 @@ AVG_POOLS = {
 }
 
 
-def _tie_free(rng, shape, dtype):
-    return (rng.permutation(math.prod(shape)).reshape(shape) / math.prod(shape)).astype(dtype)
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", list(MAX_POOLS))
 def test_max_pool2d_equals_functional_and_torch(name, dtype, rng):
     torch = _torch()
     options = MAX_POOLS[name]
     layer = nn.MaxPool2d(**options)
-    x = _tie_free(rng, (2, 3, 9, 8), dtype)
+    x = tie_free((2, 3, 9, 8), dtype, rng)
     y = layer(x)
     expected, indices = fastconv.max_pool2d(x, **options, return_indices=True)
     np.testing.assert_array_equal(y, expected)
@@ -274,7 +271,7 @@ def test_max_pool2d_equals_functional_and_torch(name, dtype, rng):
 
 
 def test_max_pool2d_return_indices(rng):
-    x = _tie_free(rng, (1, 2, 4, 4), np.float32)
+    x = tie_free((1, 2, 4, 4), np.float32, rng)
     y, indices = nn.MaxPool2d(2, return_indices=True)(x)
     assert y.shape == indices.shape == (1, 2, 2, 2)
     assert indices.dtype == np.int64
@@ -304,7 +301,7 @@ def test_avg_pool2d_equals_functional_and_torch(name, dtype, rng):
 @pytest.mark.parametrize("size, output_size", [((8, 6), None), ((9, 7), (9, 7))])
 def test_max_unpool2d_equals_functional_and_torch(size, output_size, rng):
     torch = _torch()
-    x = _tie_free(rng, (2, 3, *size), np.float64)
+    x = tie_free((2, 3, *size), np.float64, rng)
     pooled, indices = nn.MaxPool2d(2, return_indices=True)(x)
     layer = nn.MaxUnpool2d(2)
     y = layer(pooled, indices, output_size=output_size)
@@ -804,7 +801,7 @@ NON_ARRAYS = {"None": None, "str": "abc", "object": object(), "int": 3, "str_lis
 
 def _layer_case(name, rng):
     make, shape, _ = LAYER_CASES[name]
-    return make(rng), _tie_free(rng, shape, np.float32)
+    return make(rng), tie_free(shape, np.float32, rng)
 
 
 def _forward(layer, x):
@@ -896,7 +893,7 @@ def test_sequential_backward_after_a_late_failure_is_an_error(rng):
 
 def test_max_pool2d_forgets_its_indices_when_a_forward_fails(rng):
     pool = nn.MaxPool2d(2)
-    pool(_tie_free(rng, (1, 1, 4, 4), np.float32))
+    pool(tie_free((1, 1, 4, 4), np.float32, rng))
     assert pool.indices is not None
     with pytest.raises(ValueError):
         pool(np.ones(3, np.float32))

@@ -57,6 +57,30 @@ def test_benchmarks_run_without_nbmake(tmp_path):
         assert entry["stats"]["rounds"] == min_rounds, entry["stats"]
 
 
+def test_the_bench_extra_alone_runs_a_benchmark_group(tmp_path):
+    """What a user of the benchmarks does: a fresh virtual environment with only
+    ``pip install -c constraints.txt -e '.[bench]'``, then ``pytest benchmarks/
+    --benchmark-only`` on one group (pip's own configuration finds the wheels, as for
+    ``make test``)."""
+    venv = tmp_path / "bench-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e", ".[bench]"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert install.returncode == 0, install.stdout[-4000:] + install.stderr[-4000:]
+    listed = subprocess.run([str(python), "-m", "pip", "list"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "nbmake" not in listed and "pytest-benchmark" in listed
+    child = subprocess.run(
+        [str(python), "-m", "pytest", "benchmarks/", "--benchmark-only", "-q",
+         "-p", "no:cacheprovider", "-k", "repeat_unpool2d-x2 and not backward",
+         "--benchmark-max-time=0.00001", "--benchmark-min-rounds=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-4000:]
+    assert re.search(r"\b[1-9]\d* passed", child.stdout), child.stdout[-2000:]
+
+
 def test_pytest_addopts_need_only_pytest_benchmark():
     """nbmake is in the test extra only: the options that need it come from ``make test``."""
     options = _pyproject()["tool"]["pytest"]["ini_options"]

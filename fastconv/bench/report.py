@@ -606,4 +606,4 @@ def plot_rows(
         f"fastconv {info['fastconv']} vs torch {info['torch'] or '(not installed)'}: "
         f"{where}"
     )
-    figure.savefig(path, format="png", dpi=100)
+    figure.savefig(path, format="png", dpi=120)
