@@ -97,7 +97,8 @@ def cache_path() -> Path:
     return cache_dir() / "tune.json"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform says."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
@@ -114,7 +115,7 @@ def machine_key() -> str:
 
     from . import __version__
 
-    return (f"{_cpu_model()} | {numba.get_num_threads()} threads | fastconv {__version__} | "
+    return (f"{cpu_model()} | {numba.get_num_threads()} threads | fastconv {__version__} | "
             f"numba {numba.__version__}")
 
 

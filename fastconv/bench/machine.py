@@ -14,18 +14,8 @@ import numpy as np
 import fastconv
 
 from .. import config
+from ..tune import cpu_model as _cpu_model
 from .timing import allocator
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(package: str) -> str | None:

@@ -358,6 +358,25 @@ def _gradient_kernels(place, geo, dtype, needs, algorithm, grad_input, grad_weig
     return found
 
 
+def _gradient_plan(place, cacheable, compute, given, converted, unbatched, kernels):
+    """The plan of a convolution's backward: ``compute(dy4, x4, w)`` on the arrays a cached
+    plan converts from those it is given (as ``given``, this call's ``(grad_output, input,
+    weight)``, need), or on ``converted``, this call's, for a plan that is not cached."""
+    if cacheable and place is HOST:
+        ready = tuple(array.flags.c_contiguous for array in given)
+
+        def plan(grad_output, input, weight):
+            return compute(as_batched(grad_output, unbatched, ready[0]),
+                           as_batched(input, unbatched, ready[1]),
+                           as_contiguous(weight, ready[2]))
+    else:
+        def plan(_grad_output, _input, _weight):
+            return compute(*converted)
+
+    return described(plan, *[k for k in kernels if k is not None],
+                     cacheable=cacheable and place is HOST)
+
+
 def _conv2d_backward_plan(cacheable, grad_output, input, weight, stride, padding, dilation,
                           groups, flags, algorithm, device):
     """Check a conv2d_backward call, choose its kernels and return the plan:
@@ -398,21 +417,8 @@ def _conv2d_backward_plan(cacheable, grad_output, input, weight, stride, padding
             return (place.give(grad_input, unbatched), place.give(grad_weight),
                     place.give(grad_bias))
 
-        if cacheable and place is HOST:
-            ready = (dy.flags.c_contiguous, x.flags.c_contiguous, w.flags.c_contiguous)
-
-            def plan(grad_output, input, weight):
-                return compute(as_batched(grad_output, unbatched, ready[0]),
-                               as_batched(input, unbatched, ready[1]),
-                               as_contiguous(weight, ready[2]))
-        else:
-            x4 = geo.x4
-
-            def plan(_grad_output, _input, _weight):
-                return compute(dy4, x4, w4)
-
-        return described(plan, *[k for k in kernels if k is not None],
-                         cacheable=cacheable and place is HOST)
+        return _gradient_plan(place, cacheable, compute, (dy, x, w), (dy4, geo.x4, w4),
+                              unbatched, kernels)
 
 
 def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, dilation,
@@ -695,18 +701,5 @@ def _conv_transpose2d_backward_plan(cacheable, grad_output, input, weight, strid
             return (place.give(grad_input, unbatched), place.give(grad_weight),
                     place.give(grad_bias))
 
-        if cacheable and place is HOST:
-            ready = (dy.flags.c_contiguous, x.flags.c_contiguous, w.flags.c_contiguous)
-
-            def plan(grad_output, input, weight):
-                return compute(as_batched(grad_output, unbatched, ready[0]),
-                               as_batched(input, unbatched, ready[1]),
-                               as_contiguous(weight, ready[2]))
-        else:
-            x4 = geo.x4
-
-            def plan(_grad_output, _input, _weight):
-                return compute(dy4, x4, w4)
-
-        return described(plan, *[k for k in kernels if k is not None],
-                         cacheable=cacheable and place is HOST)
+        return _gradient_plan(place, cacheable, compute, (dy, x, w), (dy4, geo.x4, w4),
+                              unbatched, kernels)

@@ -150,6 +150,36 @@ def _raise_bad_index(place: Host, position: int, indices, name: str, plane: tupl
     )
 
 
+def _filled(place: Host, kernel, shape: tuple[int, ...], dtype, unbatched: bool,
+            params: tuple):
+    """``compute(source)`` of a plan: a new array of ``shape`` that ``kernel(source, out,
+    *params)`` fills, in the user's view."""
+
+    def compute(source):
+        out = place.empty(shape, dtype)
+        if shape[0]:
+            kernel(source, out, *params)
+        return place.give(out, unbatched)
+
+    return compute
+
+
+def _gathered(place: Host, kernel, shape: tuple[int, ...], dtype, unbatched: bool,
+              plane: tuple[int, ...], what: str):
+    """``compute(values, where)`` of a plan whose ``kernel(values, where, out)`` moves
+    values by their indices and reports the first index outside the ``plane`` of
+    ``what`` (a ValueError here), or -1."""
+
+    def compute(values, where):
+        out = place.empty(shape, dtype)
+        if shape[0]:
+            bad = kernel(values, where, out)
+            _raise_bad_index(place, bad, where, "indices", plane, what)
+        return place.give(out, unbatched)
+
+    return compute
+
+
 def _as4(array, unbatched: bool):
     """A C-contiguous 3-D array with a batch axis of 1 in front when ``unbatched``."""
     return array.reshape(1, *array.shape) if unbatched else array
@@ -353,12 +383,8 @@ def _max_pool2d_backward_plan(cacheable, grad_output, indices, input_shape, algo
                                  input_shape=shape4, dtype=dy4.dtype)
         kernel, dtype = choice.kernel, dy4.dtype
 
-        def compute(dy4, where4):
-            grad_input = place.empty(shape4, dtype)
-            if shape4[0]:
-                bad = kernel(dy4, where4, grad_input)
-                _raise_bad_index(place, bad, where4, "indices", shape4[2:], "the pooled input")
-            return place.give(grad_input, unbatched)
+        compute = _gathered(place, kernel, shape4, dtype, unbatched, shape4[2:],
+                            "the pooled input")
 
         return make_plan(place, cacheable, compute, (dy, indices), (dy4, where4),
                          ("values", "indices"), unbatched, ("max_pool2d_backward", choice))
@@ -441,11 +467,7 @@ def _avg_pool2d_plan(cacheable, input, kernel_size, stride, padding, ceil_mode,
         kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *win.out_size)
         window = (win.kernel_size, win.stride, win.padding, win.ceil_mode, include_pad, factor)
 
-        def compute(x4):
-            out = place.empty(shape, dtype)
-            if shape[0]:
-                kernel(x4, out, *window)
-            return place.give(out, unbatched)
+        compute = _filled(place, kernel, shape, dtype, unbatched, window)
 
         return make_plan(place, cacheable, compute, (x,), (x4,), ("values",), unbatched,
                          ("avg_pool2d", choice))
@@ -510,11 +532,7 @@ def _avg_pool2d_backward_plan(cacheable, grad_output, input_shape, kernel_size, 
         kernel, dtype = choice.kernel, dy.dtype
         window = (win.kernel_size, win.stride, win.padding, win.ceil_mode, include_pad, factor)
 
-        def compute(dy4):
-            grad_input = place.empty(shape4, dtype)
-            if shape4[0]:
-                kernel(dy4, grad_input, *window)
-            return place.give(grad_input, unbatched)
+        compute = _filled(place, kernel, shape4, dtype, unbatched, window)
 
         return make_plan(place, cacheable, compute, (dy,), (dy4,), ("values",), unbatched,
                          ("avg_pool2d_backward", choice))
@@ -595,12 +613,7 @@ def _max_unpool2d_plan(cacheable, input, indices, kernel_size, stride, padding, 
                                  input_shape=tuple(x4.shape), out_size=out_size, dtype=x4.dtype)
         kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *out_size)
 
-        def compute(x4, where4):
-            out = place.empty(shape, dtype)
-            if shape[0]:
-                bad = kernel(x4, where4, out)
-                _raise_bad_index(place, bad, where4, "indices", out_size, "the output")
-            return place.give(out, unbatched)
+        compute = _gathered(place, kernel, shape, dtype, unbatched, out_size, "the output")
 
         return make_plan(place, cacheable, compute, (x, indices), (x4, where4),
                          ("values", "indices"), unbatched, ("max_unpool2d", choice))
@@ -655,12 +668,7 @@ def _max_unpool2d_backward_plan(cacheable, grad_output, indices, algorithm, devi
         kernel, dtype = choice.kernel, dy4.dtype
         shape, plane = tuple(where4.shape), tuple(dy4.shape[2:])
 
-        def compute(dy4, where4):
-            grad_input = place.empty(shape, dtype)
-            if shape[0]:
-                bad = kernel(dy4, where4, grad_input)
-                _raise_bad_index(place, bad, where4, "indices", plane, "grad_output")
-            return place.give(grad_input, unbatched)
+        compute = _gathered(place, kernel, shape, dtype, unbatched, plane, "grad_output")
 
         return make_plan(place, cacheable, compute, (dy, indices), (dy4, where4),
                          ("values", "indices"), unbatched, ("max_unpool2d_backward", choice))
@@ -711,11 +719,7 @@ def _repeat_unpool2d_plan(cacheable, input, scale, algorithm, device):
         kernel, dtype = choice.kernel, x4.dtype
         shape = (*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1])
 
-        def compute(x4):
-            out = place.empty(shape, dtype)
-            if shape[0]:
-                kernel(x4, out, factor)
-            return place.give(out, unbatched)
+        compute = _filled(place, kernel, shape, dtype, unbatched, (factor,))
 
         return make_plan(place, cacheable, compute, (x,), (x4,), ("values",), unbatched,
                          ("repeat_unpool2d", choice))
@@ -763,11 +767,7 @@ def _repeat_unpool2d_backward_plan(cacheable, grad_output, scale, algorithm, dev
         kernel, dtype = choice.kernel, dy4.dtype
         shape = (*shape4[:2], shape4[2] // factor[0], shape4[3] // factor[1])
 
-        def compute(dy4):
-            grad_input = place.empty(shape, dtype)
-            if shape[0]:
-                kernel(dy4, grad_input, factor)
-            return place.give(grad_input, unbatched)
+        compute = _filled(place, kernel, shape, dtype, unbatched, (factor,))
 
         return make_plan(place, cacheable, compute, (dy,), (dy4,), ("values",), unbatched,
                          ("repeat_unpool2d_backward", choice))
