@@ -68,7 +68,7 @@ def _param(value: Any) -> Any:
     raise _Uncacheable
 
 
-def _threads() -> int:
+def thread_count() -> int:
     """Numba's thread count for this thread (:func:`fastconv.cpu.threads.count`: without
     the lock ``numba.get_num_threads`` takes; importing it first makes TBB loadable before
     Numba's pool starts)."""
@@ -88,7 +88,7 @@ def _choice_state(algorithm: Any) -> tuple:
     if algorithm != "auto":
         return ()
     tuned = tune._enabled
-    return (config.AUTOTUNE if tuned is None else tuned, _threads(),
+    return (config.AUTOTUNE if tuned is None else tuned, thread_count(),
             config.AUTO_DIRECT_MAX_DEPTH, config.AUTO_DIRECT_MAX_WORK,
             config.AUTO_WINOGRAD_MIN_CHANNELS, config.AUTO_WINOGRAD_MIN_TILES)
 

@@ -79,7 +79,7 @@ from typing import Any, Literal, overload
 import torch  # the real torch: absolute imports never find this module
 
 from . import functional as ops
-from . import shapes
+from . import plans, shapes
 from ._checks import divisor as _divisor
 from ._checks import flag as _flag
 from ._checks import positive_int
@@ -223,12 +223,6 @@ def _numba_module() -> Any:
     return _numba
 
 
-def _thread_count() -> int:
-    from .cpu.threads import count
-
-    return count()
-
-
 class _TorchThreads:
     """Runs fastconv's CPU kernels on ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)``
     Numba threads: sets Numba's count (a per-thread setting) only when it differs, and
@@ -242,7 +236,7 @@ class _TorchThreads:
             return
         numba = _numba or _numba_module()
         wanted = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-        current = _thread_count()  # numba.get_num_threads() without its lock
+        current = plans.thread_count()  # numba.get_num_threads() without its lock
         if wanted != current:
             numba.set_num_threads(wanted)
             self.previous = current

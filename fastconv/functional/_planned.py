@@ -57,7 +57,11 @@ def _identity(array):
 def _converter(kind: str, array: Any, unbatched: bool) -> Callable[[Any], Any]:
     """How a cached plan turns an argument like ``array`` into what its kernels take:
     ``"values"`` a 4-D C-contiguous float array, ``"indices"`` a 4-D C-contiguous int64
-    one (both with a batch axis added when ``unbatched``)."""
+    one (both with a batch axis added when ``unbatched``), ``"plain"`` a C-contiguous
+    array as it is (a weight or a bias; None stays None)."""
+    if kind == "plain":
+        ready = array is None or array.flags.c_contiguous
+        return _identity if ready else lambda a: as_contiguous(a, False)
     if kind == "values":
         ready = array.flags.c_contiguous
         if ready and not unbatched:
@@ -72,7 +76,7 @@ def _converter(kind: str, array: Any, unbatched: bool) -> Callable[[Any], Any]:
 def make_plan(place: Any, cacheable: bool, compute: Callable[..., Any], raw: tuple,
               converted: tuple, kinds: tuple[str, ...], unbatched: bool,
               *choices: tuple[str, Choice]) -> Callable[..., Any]:
-    """The plan of a pooling op: ``compute`` on its converted arrays.
+    """The plan of an op: ``compute`` on its converted arrays (one to three of them).
 
     A host call that the cache may keep (``cacheable``) gets a plan that converts
     whatever arrays it is given, as :func:`_converter` says for ``kinds``; any other
@@ -91,9 +95,16 @@ def make_plan(place: Any, cacheable: bool, compute: Callable[..., Any], raw: tup
             return compute(first(a))
 
         return described(plan, *choices)
-    (second,) = rest
+    if len(rest) == 1:
+        (second,) = rest
 
-    def plan2(a, b):
-        return compute(first(a), second(b))
+        def plan2(a, b):
+            return compute(first(a), second(b))
 
-    return described(plan2, *choices)
+        return described(plan2, *choices)
+    second, third = rest
+
+    def plan3(a, b, c):
+        return compute(first(a), second(b), third(c))
+
+    return described(plan3, *choices)

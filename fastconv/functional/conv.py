@@ -8,9 +8,9 @@ import numpy as np
 
 from .. import dispatch, plans, shapes
 from .._checks import check_rank, check_size, positive_int
-from ..placement import HOST, Host, placement
+from ..placement import Host, placement
 from ..shapes import Padding, TransposedPadding
-from ._planned import as_batched, as_contiguous, described, kernel_arrays
+from ._planned import as_batched, described, kernel_arrays, make_plan
 
 _BATCHED = "4-D (N, C, H, W) or 3-D (C, H, W)"
 
@@ -358,25 +358,6 @@ def _gradient_kernels(place, geo, dtype, needs, algorithm, grad_input, grad_weig
     return found
 
 
-def _gradient_plan(place, cacheable, compute, given, converted, unbatched, kernels):
-    """The plan of a convolution's backward: ``compute(dy4, x4, w)`` on the arrays a cached
-    plan converts from those it is given (as ``given``, this call's ``(grad_output, input,
-    weight)``, need), or on ``converted``, this call's, for a plan that is not cached."""
-    if cacheable and place is HOST:
-        ready = tuple(array.flags.c_contiguous for array in given)
-
-        def plan(grad_output, input, weight):
-            return compute(as_batched(grad_output, unbatched, ready[0]),
-                           as_batched(input, unbatched, ready[1]),
-                           as_contiguous(weight, ready[2]))
-    else:
-        def plan(_grad_output, _input, _weight):
-            return compute(*converted)
-
-    return described(plan, *[k for k in kernels if k is not None],
-                     cacheable=cacheable and place is HOST)
-
-
 def _conv2d_backward_plan(cacheable, grad_output, input, weight, stride, padding, dilation,
                           groups, flags, algorithm, device):
     """Check a conv2d_backward call, choose its kernels and return the plan:
@@ -417,8 +398,9 @@ def _conv2d_backward_plan(cacheable, grad_output, input, weight, stride, padding
             return (place.give(grad_input, unbatched), place.give(grad_weight),
                     place.give(grad_bias))
 
-        return _gradient_plan(place, cacheable, compute, (dy, x, w), (dy4, geo.x4, w4),
-                              unbatched, kernels)
+        return make_plan(place, cacheable, compute, (dy, x, w), (dy4, geo.x4, w4),
+                         ("values", "values", "plain"), unbatched,
+                         *[k for k in kernels if k is not None])
 
 
 def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, dilation,
@@ -587,20 +569,9 @@ def _conv_transpose2d_plan(cacheable, input, weight, bias, stride, padding, outp
 
             return place.run(fill, shape4, dtype, unbatched)
 
-        if cacheable and place is HOST:
-            ready = (x.flags.c_contiguous, w.flags.c_contiguous, b is None or b.flags.c_contiguous)
-
-            def plan(input, weight, bias):
-                return compute(as_batched(input, unbatched, ready[0]),
-                               as_contiguous(weight, ready[1]), as_contiguous(bias, ready[2]))
-        else:
-            x4, w, b = geo.x4, place.contiguous(w), place.contiguous(b)
-
-            def plan(_input, _weight, _bias):
-                return compute(x4, w, b)
-
-        return described(plan, ("conv2d_grad_input", choice),
-                         cacheable=cacheable and place is HOST)
+        return make_plan(place, cacheable, compute, (x, w, b),
+                         (geo.x4, place.contiguous(w), place.contiguous(b)),
+                         ("values", "plain", "plain"), unbatched, ("conv2d_grad_input", choice))
 
 
 def conv_transpose2d_backward(
@@ -701,5 +672,6 @@ def _conv_transpose2d_backward_plan(cacheable, grad_output, input, weight, strid
             return (place.give(grad_input, unbatched), place.give(grad_weight),
                     place.give(grad_bias))
 
-        return _gradient_plan(place, cacheable, compute, (dy, x, w), (dy4, geo.x4, w4),
-                              unbatched, kernels)
+        return make_plan(place, cacheable, compute, (dy, x, w), (dy4, geo.x4, w4),
+                         ("values", "values", "plain"), unbatched,
+                         *[k for k in kernels if k is not None])
