@@ -137,6 +137,20 @@ AUTO_WINOGRAD_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_MIN_CHANNELS", 16)
 #: ceil(W / 4): with fewer (a CIFAR layer at batch 4) im2col was up to 2x faster.
 AUTO_WINOGRAD_MIN_TILES: int = _env_int("AUTO_WINOGRAD_MIN_TILES", 128)
 
+#: conv2d and its input gradient with stride 1 and at least 4 filters per group (the
+#: register-blocked direct kernel, ``fastconv.cpu.blocked``): Winograd is chosen over it
+#: only when min(C, K)/groups is at least 64 and min(C, K)/groups * H_out * W_out is at
+#: least this (measured on 3x3 layers with C = K: Winograd wins from 64 channels on
+#: 28x28 and 256 channels on 14x14; the blocked kernel on every layer of up to 32
+#: channels and on 64-128 channels up to 16x16).
+AUTO_WINOGRAD_MIN_CHANNEL_PLANE: int = _env_int("AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 64 * 28 * 28)
+
+#: ... and im2col is chosen over it for layers of at least 64 channels (both sides)
+#: whose output positions are under this percentage of the positions the blocked
+#: kernel computes (the padded row pitch and 48-position blocks: 51 % on 7x7 images,
+#: where im2col ran 1.2-1.5x faster; 67 % on 8x8, where the blocked kernel won).
+AUTO_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_BLOCKED_MIN_USE_PERCENT", 60)
+
 # --- the plan cache and autotuning -----------------------------------------------------
 
 #: Most plans the plan cache keeps (fastconv.plans); the least recently used goes

@@ -65,19 +65,26 @@ AUTO_CHOICES = [
     ("c3_3x3", (1, 3, 9, 9), (4, 3, 3, 3), dict(padding=1), "direct"),
     # depth 36 > AUTO_DIRECT_MAX_DEPTH, but 64 * 4 * 36 = 9216 <= AUTO_DIRECT_MAX_WORK
     ("tiny_c4_3x3", (1, 4, 8, 8), (4, 4, 3, 3), {}, "direct"),
-    ("small_c4_3x3_n8", (8, 4, 8, 8), (4, 4, 3, 3), {}, "im2col"),
-    ("c64_3x3", (8, 64, 16, 16), (16, 64, 3, 3), dict(padding=1), "winograd"),  # 128 tiles
-    ("c64_3x3_few_tiles", (1, 64, 8, 8), (16, 64, 3, 3), dict(padding=1), "im2col"),
+    # stride 1 with >= 4 filters per group: the register-blocked direct kernel ...
+    ("small_c4_3x3_n8", (8, 4, 8, 8), (4, 4, 3, 3), {}, "direct"),
+    ("c64_k16_3x3", (8, 64, 16, 16), (16, 64, 3, 3), dict(padding=1), "direct"),
+    ("c64_3x3_few_tiles", (1, 64, 8, 8), (16, 64, 3, 3), dict(padding=1), "direct"),
     ("c3_3x3_grad_weight_rule", (2, 3, 16, 16), (8, 3, 3, 3), dict(padding=1), "direct"),
-    ("c64_k8_3x3", (1, 64, 8, 8), (8, 64, 3, 3), dict(padding=1), "im2col"),  # K < 16
-    ("c64_3x3_s2", (1, 64, 8, 8), (16, 64, 3, 3), dict(stride=2, padding=1), "im2col"),
-    ("c64_3x3_d2", (1, 64, 8, 8), (16, 64, 3, 3), dict(dilation=2, padding=2), "im2col"),
-    ("c64_5x5", (1, 64, 8, 8), (16, 64, 5, 5), dict(padding=2), "im2col"),
-    ("c64_1x1", (1, 64, 6, 6), (8, 64, 1, 1), {}, "im2col"),
-    ("c3_7x7_s2", (1, 3, 15, 15), (4, 3, 7, 7), dict(stride=2, padding=3), "im2col"),
-    ("grouped_c64_g2", (1, 64, 6, 6), (8, 32, 3, 3), dict(padding="same", groups=2), "im2col"),
+    ("c64_k8_3x3", (1, 64, 8, 8), (8, 64, 3, 3), dict(padding=1), "direct"),
+    ("c64_3x3_d2", (1, 64, 8, 8), (16, 64, 3, 3), dict(dilation=2, padding=2), "direct"),
+    ("c64_5x5", (1, 64, 8, 8), (16, 64, 5, 5), dict(padding=2), "direct"),
+    ("c64_1x1", (1, 64, 6, 6), (8, 64, 1, 1), {}, "direct"),
+    ("grouped_c64_g2", (1, 64, 6, 6), (8, 32, 3, 3), dict(padding="same", groups=2), "direct"),
     ("grouped_c64_k32_g2", (32, 64, 6, 6), (32, 32, 3, 3), dict(padding=1, groups=2),
-     "winograd"),
+     "direct"),
+    # ... but Winograd from 64 channels on 28x28 (min(C, K) * H_out * W_out >= 64 * 28 * 28),
+    ("c64_k64_3x3_28", (2, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "winograd"),
+    # ... and im2col on deep layers where the blocked kernel wastes half its positions
+    ("c128_3x3_7x7", (2, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), "im2col"),
+    # fewer than 4 filters per group, or stride 2: the depth rules
+    ("c64_k2_3x3", (1, 64, 8, 8), (2, 64, 3, 3), dict(padding=1), "im2col"),
+    ("c64_3x3_s2", (1, 64, 8, 8), (16, 64, 3, 3), dict(stride=2, padding=1), "im2col"),
+    ("c3_7x7_s2", (1, 3, 15, 15), (4, 3, 7, 7), dict(stride=2, padding=3), "im2col"),
 ]
 
 
@@ -102,7 +109,7 @@ def test_explicit_algorithm_runs_only_that_kernel(ran, algorithm, rng):
 
 
 def _problem(weight_shape, groups=1):
-    return dict(input_shape=(8, weight_shape[1] * groups, 16, 16), weight_shape=weight_shape,
+    return dict(input_shape=(8, weight_shape[1] * groups, 28, 28), weight_shape=weight_shape,
                 stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=groups,
                 dtype=np.dtype(np.float32))
 
@@ -111,10 +118,11 @@ def test_select_returns_name_and_kernel():
     name, kernel = dispatch.select("conv2d", "cpu", "auto", **_problem((32, 1, 3, 3), groups=32))
     assert name == "direct"
     assert kernel is dispatch._KERNELS["conv2d", "cpu", "direct"]
-    name, kernel = dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))
+    name, kernel = dispatch.select("conv2d", "cpu", "auto", **_problem((64, 64, 3, 3)))
     assert name == "winograd"
     assert kernel is dispatch._KERNELS["conv2d", "cpu", "winograd"]
-    name, kernel = dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 5, 5)))
+    name, kernel = dispatch.select("conv2d", "cpu", "auto",
+                                   **dict(_problem((16, 64, 5, 5)), stride=(2, 2)))
     assert name == "im2col"
     assert kernel is dispatch._KERNELS["conv2d", "cpu", "im2col"]
     for algorithm in KERNEL_NAMES:
@@ -126,16 +134,26 @@ def test_select_returns_name_and_kernel():
 
 
 def test_auto_thresholds_are_read_from_config(monkeypatch):
+    deep = _problem((64, 64, 3, 3))
+    assert dispatch.select("conv2d", "cpu", "auto", **deep)[0] == "winograd"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 64 * 28 * 28 + 1)
+    assert dispatch.select("conv2d", "cpu", "auto", **deep)[0] == "direct"
+    assert dispatch.select("conv2d_grad_input", "cpu", "auto", **deep)[0] == "direct"
+    small = dict(_problem((128, 128, 3, 3)), input_shape=(8, 128, 7, 7))
+    assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "im2col"
+    monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 50)
+    assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "direct"
+    # grad_weight has no blocked kernel: Winograd by channels and tiles
     monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNELS", 10**6)
-    assert dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))[0] == "im2col"
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "im2col"
     monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNELS", 16)
-    assert dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))[0] == "winograd"
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "winograd"
     limit = config.AUTO_DIRECT_MAX_DEPTH
     choose = lambda depth: dispatch.select(  # noqa: E731
-        "conv2d", "cpu", "auto", **_problem((4, depth, 1, 1)))[0]
+        "conv2d", "cpu", "auto", **dict(_problem((4, depth, 1, 1)), stride=(2, 2)))[0]
     assert choose(limit) == "direct"
     assert choose(limit + 1) == "im2col"
-    tiny = dict(_problem((4, 4, 3, 3)), input_shape=(1, 4, 8, 8))
+    tiny = dict(_problem((4, 4, 3, 3)), input_shape=(1, 4, 8, 8), stride=(2, 2))
     assert dispatch.select("conv2d", "cpu", "auto", **tiny)[0] == "direct"
     monkeypatch.setattr(config, "AUTO_DIRECT_MAX_WORK", 0)
     assert dispatch.select("conv2d", "cpu", "auto", **tiny)[0] == "im2col"

@@ -243,9 +243,9 @@ def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Til
     """Small tiles through the config: im2col tiles of TILE_ROWS output rows (or, with
     ``images``, whole images ``images`` at a time), Winograd blocks of WINOGRAD_ROWS tile
     rows, direct tasks of DIRECT_BLOCK_K output channels and (where the direct kernels
-    split planes into bands of rows, ``direct.band_rows``) bands of TILE_ROWS rows. Yields
+    split planes into bands of rows, ``strips.band_rows``) bands of TILE_ROWS rows. Yields
     the list of :class:`Tiling` that the host wrappers used, as they call them."""
-    from fastconv.cpu import direct, im2col, winograd
+    from fastconv.cpu import im2col, strips, winograd
 
     log: list[Tiling] = []
     real_tiling, real_rows_per_block = im2col.tiling, winograd._rows_per_block
@@ -276,7 +276,7 @@ def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Til
         log.append(Tiling("winograd", tuple(tasks), min(n_threads, len(tasks))))
         return rows
 
-    real_band_rows = getattr(direct, "band_rows", None)
+    real_band_rows = getattr(strips, "band_rows", None)
 
     def band_rows(n_rows, fixed, per_row, item):
         patch.setattr(config, "DIRECT_TILE_BYTES", (fixed + (TILE_ROWS - 1) * per_row) * item)
@@ -288,7 +288,7 @@ def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Til
     with pytest.MonkeyPatch.context() as patch:
         if real_band_rows is not None:
             patch.setattr(config, "DIRECT_TILE_BYTES", config.DIRECT_TILE_BYTES)
-            patch.setattr(direct, "band_rows", band_rows)
+            patch.setattr(strips, "band_rows", band_rows)
         patch.setattr(config, "IM2COL_TILE_BYTES", 1)
         patch.setattr(config, "IM2COL_MIN_COLUMNS", config.IM2COL_MIN_COLUMNS)
         patch.setattr(config, "WINOGRAD_TILE_BYTES", 1)
@@ -456,6 +456,7 @@ BOUNDS_CHECKED = [
     "tests/test_kernel_paths.py::test_grad_weight_non_finite_input_reaches_only_its_taps",
     "tests/test_kernel_paths.py::test_grad_input_non_finite_weight_stays_off_the_border",
     "tests/test_conv2d.py::test_matches_reference",
+    "tests/test_simd.py::test_blocked_kernel_matches_reference",
     "tests/test_pool.py::test_max_pool2d_matches_reference",
     "tests/test_pool.py::test_avg_pool2d_and_backward_match_reference",
 ]

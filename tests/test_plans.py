@@ -272,16 +272,16 @@ def test_registering_a_kernel_forgets_the_plans(rng):
 
 
 def test_auto_depends_on_the_thresholds(monkeypatch, rng):
-    x = rng.uniform(-1, 1, (8, 16, 16, 16)).astype(np.float32)
-    w = rng.uniform(-1, 1, (16, 16, 3, 3)).astype(np.float32)
-    assert fastconv.explain("conv2d", x, w)["algorithm"] == "winograd"
-    fastconv.conv2d(x, w)
-    monkeypatch.setattr(fastconv.config, "AUTO_WINOGRAD_MIN_CHANNELS", 10**6)
-    assert fastconv.explain("conv2d", x, w)["algorithm"] == "im2col"
+    x = rng.uniform(-1, 1, (1, 64, 28, 28)).astype(np.float32)
+    w = rng.uniform(-1, 1, (64, 64, 3, 3)).astype(np.float32)
+    assert fastconv.explain("conv2d", x, w, padding=1)["algorithm"] == "winograd"
+    fastconv.conv2d(x, w, padding=1)
+    monkeypatch.setattr(fastconv.config, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 10**9)
+    assert fastconv.explain("conv2d", x, w, padding=1)["algorithm"] == "direct"
     chosen = []
     choose = dispatch.choose
     monkeypatch.setattr(dispatch, "choose", lambda *a, **k: chosen.append(a) or choose(*a, **k))
-    fastconv.conv2d(x, w)
+    fastconv.conv2d(x, w, padding=1)
     assert chosen, "a changed threshold must not meet the old plan"
 
 

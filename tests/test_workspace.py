@@ -20,17 +20,23 @@ import pytest
 
 import fastconv
 from fastconv import config, reference
-from fastconv.cpu import direct, workspace
+from fastconv.cpu import blocked, direct, workspace
 from tests.cases import CASE_IDS, CONV2D_CASES, DTYPES, make_inputs
 from tests.gradients import assert_grads_close
 from tests.test_conv2d import assert_close, torch_conv2d
 from tests.test_conv_backward import cases, make_grad_output, torch_conv2d_grads
 
-#: Budgets in bytes: one output row per band, then a few rows per band.
-BUDGETS = [1, 400, 1200, 3000]
+#: Budgets in bytes: one output row per band, then a few rows per band (the blocked
+#: kernel, which holds every channel of a band, needs the last one for several rows).
+BUDGETS = [1, 400, 1200, 3000, 5000]
 
-#: The direct kernels (module attribute names), each called with ``band`` second to last.
-KERNELS = ["_conv2d_forward_direct", "_conv2d_grad_input_direct", "_conv2d_grad_weight_direct"]
+#: The direct kernels: module, attribute name, the argument whose third dimension is the
+#: rows split into bands, and the position of ``band`` among the arguments.
+KERNEL_TABLE = [(direct, "_conv2d_forward_direct", 4, -2),
+                (direct, "_conv2d_grad_input_direct", 2, -2),
+                (direct, "_conv2d_grad_weight_direct", 1, -2),
+                (blocked, "_conv2d_forward_blocked", 4, -4)]
+KERNELS = [name for _, name, _, _ in KERNEL_TABLE]
 
 THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
 
@@ -39,17 +45,15 @@ THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
 def calls(monkeypatch):
     """Records ``(kernel name, rows or out_h, band, scratch rows)`` of every direct kernel call."""
     seen = []
-    for name in KERNELS:
-        real = getattr(direct, name)
+    for module, name, rows_of, band_at in KERNEL_TABLE:
+        real = getattr(module, name)
 
-        def spy(*args, _real=real, _name=name):
-            rows = args[2].shape[2] if _name == "_conv2d_grad_input_direct" else (
-                args[4].shape[2] if _name == "_conv2d_forward_direct" else args[1].shape[2])
-            seen.append((_name, rows, args[-2], args[-1].shape[0]))
+        def spy(*args, _real=real, _name=name, _rows_of=rows_of, _band_at=band_at):
+            seen.append((_name, args[_rows_of].shape[2], args[_band_at], args[-1].shape[0]))
             return _real(*args)
 
         spy.serial = spy  # one-task calls run the kernel's serial twin
-        monkeypatch.setattr(direct, name, spy)
+        monkeypatch.setattr(module, name, spy)
     return seen
 
 
@@ -163,7 +167,9 @@ def test_default_budget_keeps_common_planes_whole(calls):
         w = np.ones(w_shape, np.float32)
         y = fastconv.conv2d(x, w, padding=padding, groups=groups, algorithm="direct")
         fastconv.conv2d_backward(y, x, w, padding=padding, groups=groups, algorithm="direct")
-    assert len(calls) == 12
+    # 12 kernel calls less the two dense layers' grad_weight, which runs the blocked
+    # dot-product kernel over whole packed images (no bands)
+    assert len(calls) == 10
     assert all(band == rows for _, rows, band, _ in calls), calls
 
 
@@ -197,7 +203,7 @@ def test_scratch_does_not_grow_with_the_image(monkeypatch):
     fastconv.conv2d_backward(y[:, :, ::2, ::2], x, w, stride=2, padding=1, algorithm="direct",
                              needs_bias_grad=False)
     bound = numba.get_num_threads() * config.DIRECT_TILE_BYTES
-    assert len(sizes) == 5
+    assert len(sizes) == 6  # five kernels' scratch, the blocked kernel's packed filters
     assert max(sizes) <= bound, sizes
     assert workspace.kept_bytes() <= bound
 

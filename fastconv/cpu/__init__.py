@@ -5,12 +5,14 @@ Imported on first use by the dispatcher, never by ``import fastconv``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import config, dispatch, ops
 from ..dispatch import register, register_chooser
 
 # importing registers the kernels; threads makes TBB loadable before a kernel starts
 # Numba's thread pool
-from . import direct, im2col, pool, reductions, threads, winograd  # noqa: F401
+from . import blocked, direct, im2col, pool, reductions, threads, winograd  # noqa: F401
 
 
 def _choose_conv(op, weight_shape, problem):
@@ -19,13 +21,21 @@ def _choose_conv(op, weight_shape, problem):
 
     1. direct when the whole call needs at most ``AUTO_DIRECT_MAX_WORK`` multiply-adds
        (a GEMM's packing costs more);
-    2. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
+    2. with stride 1 and at least ``blocked.MIN_GROUP_K`` filters per group in the
+       convolution that runs (K/groups; C/groups for grad_input; for grad_weight
+       also one image's packed planes within the direct scratch budget), the
+       register-blocked direct kernels, unless Winograd fits and
+       min(C, K)/groups >= 64 with min(C, K)/groups * H_out * W_out >=
+       ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` (Winograd), or min(C, K)/groups >= 64 and
+       under ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel
+       computes are outputs (im2col);
+    3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
        (too little depth for a GEMM), except grad_weight of a layer with more than one
        channel per group, whose im2col GEMM reduces over N * H * W and wins there;
-    3. Winograd for 3x3 stride-1 layers with at least ``AUTO_WINOGRAD_MIN_CHANNELS``
+    4. Winograd for 3x3 stride-1 layers with at least ``AUTO_WINOGRAD_MIN_CHANNELS``
        channels on both sides and ``AUTO_WINOGRAD_MIN_TILES`` 4x4 tiles (fewer leave
        its blocks and transforms underused: im2col is up to 2x faster there);
-    4. im2col + GEMM otherwise.
+    5. im2col + GEMM otherwise.
     """
     out_channels, group_channels, kh, kw = weight_shape
     depth = group_channels * kh * kw
@@ -35,16 +45,20 @@ def _choose_conv(op, weight_shape, problem):
         return "direct", (f"the whole call needs about N*H*W*K*C/groups*R*S = {work} <= "
                           f"AUTO_DIRECT_MAX_WORK = {config.AUTO_DIRECT_MAX_WORK} multiply-adds, "
                           f"too few to pay for a GEMM's packing")
-    if depth <= config.AUTO_DIRECT_MAX_DEPTH and (op != "conv2d_grad_weight"
-                                                  or group_channels == 1):
-        return "direct", (f"each output needs C/groups*R*S = {depth} <= "
-                          f"AUTO_DIRECT_MAX_DEPTH = {config.AUTO_DIRECT_MAX_DEPTH} multiply-adds, "
-                          f"too few to pay for building GEMM columns")
     groups = problem.get("groups", 1)
     narrow = min(group_channels, out_channels // groups)
     fits = ("winograd" in dispatch.available_algorithms(op)
             and dispatch.unsupported_reason(op, "cpu", "winograd", weight_shape=weight_shape,
                                             **problem) is None)
+    if shape:
+        choice = _blocked_rule(op, weight_shape, problem, narrow, fits)
+        if choice is not None:
+            return choice
+    if depth <= config.AUTO_DIRECT_MAX_DEPTH and (op != "conv2d_grad_weight"
+                                                  or group_channels == 1):
+        return "direct", (f"each output needs C/groups*R*S = {depth} <= "
+                          f"AUTO_DIRECT_MAX_DEPTH = {config.AUTO_DIRECT_MAX_DEPTH} multiply-adds, "
+                          f"too few to pay for building GEMM columns")
     tiles = shape[0] * -(-shape[2] // 4) * -(-shape[3] // 4) if shape else 0
     if fits and narrow >= config.AUTO_WINOGRAD_MIN_CHANNELS:
         if tiles >= config.AUTO_WINOGRAD_MIN_TILES:
@@ -63,6 +77,44 @@ def _choose_conv(op, weight_shape, problem):
     if depth <= config.AUTO_DIRECT_MAX_DEPTH:
         why = "grad_weight's GEMM reduces over N*H*W, " + why
     return "im2col", f"C/groups*R*S = {depth} multiply-adds per output; {why}"
+
+
+def _blocked_rule(op, weight_shape, problem, narrow, fits):
+    """Rule 2 of :func:`_choose_conv`: ``(name, reason)``, or None when the blocked kernel
+    does not apply."""
+    out_channels, group_channels, kh, kw = weight_shape
+    groups = problem.get("groups", 1)
+    filters = group_channels if op == "conv2d_grad_input" else out_channels // groups
+    if problem.get("stride") != (1, 1) or filters < blocked.MIN_GROUP_K:
+        return None
+    n_img, _, height, width = problem["input_shape"]
+    (top, bottom), (left, right) = problem["padding"]
+    dilation = problem["dilation"]
+    out_h = height + top + bottom - dilation[0] * (kh - 1)
+    out_w = width + left + right - dilation[1] * (kw - 1)
+    itemsize = np.dtype(problem.get("dtype", np.float32)).itemsize
+    if op == "conv2d_grad_weight" and not blocked.grad_weight_applies(
+            problem["input_shape"], (n_img, out_channels, out_h, out_w), weight_shape, (1, 1),
+            problem["padding"], dilation, groups, itemsize):
+        return None
+    # the blocked kernel computes grad_input as a convolution whose output is the input
+    plane_h, plane_w = (height, width) if op == "conv2d_grad_input" else (out_h, out_w)
+    channel_plane = narrow * out_h * out_w
+    if fits and narrow >= 64 and channel_plane >= config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE:
+        return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= 64 and "
+                            f"min(C, K)/groups * H_out * W_out = {channel_plane} >= "
+                            f"AUTO_WINOGRAD_MIN_CHANNEL_PLANE = "
+                            f"{config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE}: Winograd's fewer "
+                            f"multiply-adds pay for its transforms")
+    use = blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize)
+    if narrow >= 64 and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
+        return "im2col", (f"stride 1 with min(C, K)/groups = {narrow} >= 64 channels on a "
+                          f"{plane_h}x{plane_w} plane, where only {use} % < "
+                          f"AUTO_BLOCKED_MIN_USE_PERCENT = {config.AUTO_BLOCKED_MIN_USE_PERCENT} "
+                          f"% of the positions the blocked kernel computes are outputs")
+    return "direct", (f"stride 1 with {filters} >= {blocked.MIN_GROUP_K} filters per group: "
+                      f"the register-blocked direct kernel ({use} % of its positions are "
+                      f"outputs)")
 
 
 def _conv_chooser(op):

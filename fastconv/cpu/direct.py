@@ -17,7 +17,7 @@ out (grad_weight, whose sums run over them, recomputes a filter whose result is
 not all finite without them: see :func:`_conv2d_grad_weight_direct`).
 
 Bands keep each thread's scratch within ``config.DIRECT_TILE_BYTES`` whatever
-the image height (:func:`band_rows`); the default budget holds a whole plane of
+the image height (:func:`.strips.band_rows`); the default budget holds a whole plane of
 common layers, which then run in one band, and a band is at least one output
 row, so only very wide images go over it (one window of padded input rows and
 one output row per channel of the block).
@@ -30,52 +30,10 @@ from numba import prange
 
 from .. import config
 from ..dispatch import register
-from . import identities, threads, workspace
+from . import blocked, identities, strips, threads, workspace
 from ._jit import kernel
 from .finite import all_finite, finite_values
-
-
-def band_rows(n_rows: int, fixed: int, per_row: int, item: int) -> int:
-    """Rows per band (at least 1, at most ``n_rows``) for a scratch of ``fixed + per_row *
-    (rows - 1)`` values of ``item`` bytes each, within ``config.DIRECT_TILE_BYTES``."""
-    budget = config.DIRECT_TILE_BYTES // item
-    return max(1, min(n_rows, 1 + (budget - fixed) // max(1, per_row)))
-
-
-@kernel()
-def _to_pitch(buffer, rows, offset, pitch):
-    """buffer[offset + i * pitch + j] = rows[i, j]: a plane copied into a buffer of a
-    wider row pitch (the junk columns around it stay as they are)."""
-    height, width = rows.shape
-    for i in range(height):
-        dst = buffer[offset + i * pitch :]
-        src = rows[i]
-        for j in range(width):
-            dst[j] = src[j]
-
-
-@kernel()
-def _padded_rows(buffer, plane, first, n_rows, pad_left, pitch, clear):
-    """Rows ``first .. first + n_rows`` of the zero-padded plane on ``pitch`` (``first``
-    counts from the first image row and may be negative): ``plane[first + q, j]`` at
-    ``buffer[q * pitch + pad_left + j]``, and, if ``clear``, zeros in the rows outside
-    the image (without, they must be zero already: the last copy had the same rows).
-    The padding columns are never written: they stay zero from the buffer's first
-    clearing."""
-    height, width = plane.shape
-    inside_first = max(0, -first)
-    inside_last = max(inside_first, min(n_rows, height - first))
-    for q in range(inside_first, inside_last):
-        dst = buffer[q * pitch + pad_left :]
-        src = plane[first + q]
-        for j in range(width):
-            dst[j] = src[j]
-    if clear:
-        for q in range(n_rows):
-            if q < inside_first or q >= inside_last:
-                dst = buffer[q * pitch + pad_left :]
-                for j in range(width):
-                    dst[j] = 0
+from .strips import _padded_rows, _to_pitch
 
 
 @kernel(parallel=True)
@@ -165,19 +123,6 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, p
                         dst[j] = src[j] + b
 
 
-#: Most multiply-adds a direct convolution runs without the thread pool: waking TBB's
-#: sleeping workers takes longer than such a call (a 3x3 grad_weight on (1, 4, 8, 8):
-#: 9.9 us on two threads, 5.2 us on one; 20 us when the workers had gone to sleep).
-SERIAL_MAX_WORK = 1 << 16
-
-
-def _serial_if_small(kernel, chunks: int, out, depth: int):
-    """``kernel``, or its serial twin when the call is one task or computes ``out`` (each
-    value ``depth`` multiply-adds) in few multiply-adds: the thread pool would only be
-    woken to wait."""
-    return kernel.serial if chunks == 1 or out.size * depth <= SERIAL_MAX_WORK else kernel
-
-
 def _chunks(n_tasks: int) -> int:
     """Scratch rows: one per thread that gets a task."""
     return max(1, min(threads.count(), n_tasks))
@@ -185,7 +130,12 @@ def _chunks(n_tasks: int) -> int:
 
 @register("conv2d", "cpu", "direct")
 def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
-    """Host side of the direct kernel; arguments as normalised by :func:`fastconv.conv2d`."""
+    """Host side of the direct kernel; arguments as normalised by :func:`fastconv.conv2d`.
+    Stride 1 with a few filters per group goes to the register-blocked kernel of
+    :mod:`.blocked`."""
+    if blocked.applies(weight, stride, groups):
+        blocked.conv2d_blocked(x, weight, bias, out, padding, dilation, groups)
+        return
     n_img, _, _, width = x.shape
     out_channels, _, kh, _ = weight.shape
     out_h, out_w = out.shape[2], out.shape[3]
@@ -195,7 +145,7 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
     pitch = padded_w if stride == (1, 1) else out_w
     # a band of b rows: ((b - 1) * sh + window) input rows and block_k accumulators
     window = dilation[0] * (kh - 1) + 1
-    band = band_rows(out_h, window * padded_w + block_k * out_w,
+    band = strips.band_rows(out_h, window * padded_w + block_k * out_w,
                      stride[0] * padded_w + block_k * pitch, x.itemsize)
     n_tasks = n_img * groups * (-(-(out_channels // groups) // block_k)) * (-(-out_h // band))
     chunks = _chunks(n_tasks)
@@ -205,7 +155,7 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
         x.dtype,
     )
     has_bias = bias is not None
-    _serial_if_small(_conv2d_forward_direct, chunks, out, weight[0].size)(
+    threads.serial_if_small(_conv2d_forward_direct, chunks, out, weight[0].size)(
         x, weight, bias if has_bias else np.zeros(0, x.dtype), has_bias, out,
         stride[0], stride[1], top, left, padded_w, dilation[0], dilation[1],
         groups, block_k, band, scratch,
@@ -351,10 +301,10 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
     n_img, channels, height, width = grad_in.shape
     # windows reach at most padded column (out_w - 1) * sw + dw * (kw - 1) < W + pads
     padded_w = width + sum(padding[1])
-    band = band_rows(height, padded_w, padded_w, grad_in.itemsize)
+    band = strips.band_rows(height, padded_w, padded_w, grad_in.itemsize)
     chunks = _chunks(n_img * channels * -(-height // band))
     scratch = workspace.borrow((chunks, band * padded_w), grad_in.dtype)
-    _serial_if_small(_conv2d_grad_input_direct, chunks, grad_out, weight[0].size)(
+    threads.serial_if_small(_conv2d_grad_input_direct, chunks, grad_out, weight[0].size)(
         grad_out, weight, grad_in, stride[0], stride[1], padding[0][0], padding[1][0], padded_w,
         dilation[0], dilation[1], groups, band, scratch,
     )
@@ -362,7 +312,13 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
 
 @register("conv2d_grad_weight", "cpu", "direct")
 def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilation, groups):
-    """grad_weight = correlation of x with grad_out, by loops."""
+    """grad_weight = correlation of x with grad_out, by loops: the blocked kernel of
+    :mod:`.blocked` where it applies (its result computed again here if not all finite)."""
+    if blocked.grad_weight_applies(x.shape, grad_out.shape, grad_weight.shape, stride, padding,
+                                   dilation, groups, x.itemsize):
+        blocked.conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, groups)
+        if all_finite(grad_weight):
+            return
     kh = grad_weight.shape[2]
     out_h, out_w = grad_out.shape[2:]
     padded_w = x.shape[3] + sum(padding[1])
@@ -370,13 +326,13 @@ def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilatio
     # a band of b rows: ((b - 1) * sh + window) input rows and, with stride 1, b rows of
     # grad_out on the padded pitch
     unit_stride = stride == (1, 1)
-    band = band_rows(out_h, window * padded_w + unit_stride * out_w,
+    band = strips.band_rows(out_h, window * padded_w + unit_stride * out_w,
                      (stride[0] + unit_stride) * padded_w, x.itemsize)
     pitched = (band - 1) * padded_w + out_w if unit_stride else 0
     chunks = _chunks(grad_weight.shape[0])
     scratch = workspace.borrow(
         (chunks, ((band - 1) * stride[0] + window) * padded_w + pitched), x.dtype)
-    _serial_if_small(_conv2d_grad_weight_direct, chunks, grad_weight,
+    threads.serial_if_small(_conv2d_grad_weight_direct, chunks, grad_weight,
                      grad_out.shape[0] * grad_out.shape[2] * grad_out.shape[3])(
         x, grad_out, grad_weight, stride[0], stride[1], padding[0][0], padding[1][0], padded_w,
         dilation[0], dilation[1], groups, band, scratch,

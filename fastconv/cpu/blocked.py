@@ -1,0 +1,279 @@
+"""Direct convolution on a register-tiled micro-kernel: the ``direct`` algorithm's
+path for stride 1 with at least :data:`MIN_GROUP_K` filters per group.
+
+The input is laid out as in :mod:`.direct`: a task copies the padded input
+rows of a band of output rows, every channel of its group, onto the padded row
+pitch ``W_pad``, so output ``(i, j)`` of the band sits at ``p = i * W_pad + j``
+and tap ``(r, s)`` reads ``strip[c, p + r * dh * W_pad + s * dw]``. Every tap is
+then the same run of consecutive positions shifted by a constant, which is what
+:func:`.microkernels.weights_x_positions` needs: it keeps 8 filters x 48
+positions (float32; 24 in float64) of sums in registers over all channels and
+taps of the group and stores them once. The filters are packed per call
+(``(groups, blocks of 8, channels * taps, 8)``, zeros past the last filter);
+positions past the band and the ``W_pad - W_out`` junk columns of each row are
+computed and dropped when the sums are written out with the bias.
+
+A task is one image, one group, a run of filter blocks and one band of output
+rows; the filter blocks are split over tasks only when there are fewer images,
+groups and bands than threads.
+
+The weight gradient (:func:`conv2d_grad_weight_blocked`) uses the same layout:
+each image's padded input planes and its output gradient on the padded pitch
+(zeros in the junk columns, filters padded to blocks of 8 with zero rows) are
+packed once per block of images, and :func:`.microkernels.filters_x_taps`
+computes 8 filters x 3 taps of one channel as dot products over every image of
+the block. A task owns one channel and one block of filters, so no two tasks
+write the same gradient. The junk zeros meet real input values, so an input
+that is not finite can give ``0 * Inf = NaN`` where the definition has no term:
+such a result is computed again by the exact direct kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .. import config
+from . import strips, threads, workspace
+from ._jit import kernel
+from .microkernels import BLOCK_K, BLOCK_P, filters_x_taps, weights_x_positions
+from .strips import _padded_rows
+
+#: Fewest filters per group for which the blocked path pays: with fewer, most of
+#: each block of :data:`~.microkernels.BLOCK_K` filters would be padding.
+MIN_GROUP_K = 4
+
+
+@kernel()
+def _pack_filters(weight, groups, packed):
+    """packed[g, b, c * taps + t, kk] = weight[g * per_group + b * 8 + kk, c, t] (zero past
+    the group's last filter), taps in row-major order."""
+    out_channels = weight.shape[0]
+    per_group = out_channels // groups
+    _, n_blocks, depth, block = packed.shape
+    flat = weight.reshape(out_channels, depth)
+    for g in range(groups):
+        for b in range(n_blocks):
+            for kk in range(block):
+                k = b * block + kk
+                if k < per_group:
+                    src = flat[g * per_group + k]
+                    for i in range(depth):
+                        packed[g, b, i, kk] = src[i]
+                else:
+                    for i in range(depth):
+                        packed[g, b, i, kk] = 0
+
+
+@kernel(parallel=True)
+def _conv2d_forward_blocked(x, packed, bias, has_bias, out, pad_top, pad_left, padded_w, kw,
+                            dilation_h, dilation_w, window, band, plane, k_runs, scratch):
+    """out[n, k] = bias[k] + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i + r*dh, j + s*dw]
+    (stride 1), ``band`` output rows per task, ``plane`` values per channel strip."""
+    n_img, channels = x.shape[0], x.shape[1]
+    groups, n_blocks = packed.shape[0], packed.shape[1]
+    group_channels = channels // groups
+    out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    per_group = out_channels // groups
+    per_run = (n_blocks + k_runs - 1) // k_runs
+    n_bands = (out_h + band - 1) // band
+    n_tasks = n_img * groups * k_runs * n_bands
+    n_chunks = scratch.shape[0]
+    step = BLOCK_P * (64 // x.itemsize)  # positions in one micro-kernel block
+    strip_len = group_channels * plane
+    sums_pitch = ((band - 1) * padded_w + out_w + step - 1) // step * step
+    n_taps = packed.shape[2] // group_channels
+    taps = np.empty(n_taps, np.intp)  # tap (r, s) on the strip's pitch
+    for t in range(n_taps):
+        taps[t] = (t // kw) * dilation_h * padded_w + (t % kw) * dilation_w
+    for chunk in prange(n_chunks):
+        strip = scratch[chunk, :strip_len]
+        sums = scratch[chunk, strip_len : strip_len + BLOCK_K * sums_pitch]
+        strip[:] = 0
+        last_copy, last_first, last_rows = -1, 0, 0
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+            band_index = task % n_bands
+            run = (task // n_bands) % k_runs
+            copy = task // (n_bands * k_runs)  # (image, group): the strip it needs
+            n, g = copy // groups, copy % groups
+            i_first = band_index * band
+            rows = min(band, out_h - i_first)
+            first = i_first - pad_top
+            n_rows = rows - 1 + window
+            if copy != last_copy or first != last_first or n_rows != last_rows:
+                for c in range(group_channels):
+                    _padded_rows(strip[c * plane :], x[n, g * group_channels + c], first,
+                                 n_rows, pad_left, padded_w,
+                                 first != last_first or n_rows != last_rows)
+                last_copy, last_first, last_rows = copy, first, n_rows
+            n_positions = (rows - 1) * padded_w + out_w
+            weights = packed[g]
+            for b in range(run * per_run, min(n_blocks, (run + 1) * per_run)):
+                block_weights = weights[b].reshape(-1)
+                for p in range(0, n_positions, step):
+                    weights_x_positions(strip, block_weights, sums, p, plane, group_channels,
+                                        taps, sums_pitch)
+                for kk in range(min(BLOCK_K, per_group - b * BLOCK_K)):
+                    k = g * per_group + b * BLOCK_K + kk
+                    offset = bias[k] if has_bias else 0
+                    for i in range(rows):
+                        src = sums[kk * sums_pitch + i * padded_w :]
+                        dst = out[n, k, i_first + i]
+                        for j in range(out_w):
+                            dst[j] = src[j] + offset
+
+
+def applies(weight, stride, groups: int) -> bool:
+    """Whether :func:`conv2d_blocked` computes this convolution."""
+    return stride == (1, 1) and weight.shape[0] // groups >= MIN_GROUP_K
+
+
+def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int) -> int:
+    """The percentage of the positions computed on a whole plane that are outputs (the
+    rest are the junk columns of the padded pitch and the last block's overrun)."""
+    step = BLOCK_P * (64 // itemsize)
+    computed = (out_h - 1) * (out_w + dilation_w * (kw - 1)) + out_w
+    return 100 * out_h * out_w // (-(-computed // step) * step)
+
+
+def conv2d_blocked(x, weight, bias, out, padding, dilation, groups: int) -> None:
+    """Host side of the blocked kernel (stride 1); arguments as normalised by
+    :func:`fastconv.conv2d`."""
+    n_img, channels, _, width = x.shape
+    out_channels, group_channels, kh, kw = weight.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    (top, _), (left, right) = padding
+    padded_w = width + left + right
+    lanes = 64 // x.itemsize
+    step = BLOCK_P * lanes
+    per_group = out_channels // groups
+    n_blocks = -(-per_group // BLOCK_K)
+    packed = workspace.borrow((groups, n_blocks, group_channels * kh * kw, BLOCK_K), x.dtype,
+                              "packed")
+    _pack_filters(weight, groups, packed)
+    window = dilation[0] * (kh - 1) + 1
+    # a band of b rows: per channel (b - 1 + window) padded rows and the overrun of the
+    # last block of positions; BLOCK_K rows of sums
+    band = strips.band_rows(
+        out_h, group_channels * (window * padded_w + step) + BLOCK_K * (padded_w + step),
+        (group_channels + BLOCK_K) * padded_w, x.itemsize)
+    plane = (band - 1 + window) * padded_w + step
+    n_bands = -(-out_h // band)
+    units = n_img * groups * n_bands
+    k_runs = max(1, min(n_blocks, -(-threads.count() // units)))
+    chunks = max(1, min(threads.count(), units * k_runs))
+    sums_pitch = -(-((band - 1) * padded_w + out_w) // step) * step
+    scratch = workspace.borrow((chunks, group_channels * plane + BLOCK_K * sums_pitch), x.dtype)
+    has_bias = bias is not None
+    threads.serial_if_small(_conv2d_forward_blocked, chunks, out, weight[0].size)(
+        x, packed, bias if has_bias else np.zeros(0, x.dtype), has_bias, out, top, left,
+        padded_w, kw, dilation[0], dilation[1], window, band, plane, k_runs, scratch)
+
+
+@kernel(parallel=True)
+def _pack_planes(src, groups, pad_top, pad_left, pitch, dst):
+    """dst[n, g * P + q] = plane ``g * per_group + q`` of image n, its rows from padded row
+    ``pad_top`` and column ``pad_left`` on ``pitch``, zeros around (all zeros for
+    ``q >= per_group``: ``P = dst.shape[1] // groups`` may exceed ``per_group =
+    src.shape[1] // groups``)."""
+    n_img, depth, height, width = src.shape
+    per_group = depth // groups
+    padded = dst.shape[1] // groups
+    n_planes = dst.shape[1]
+    for task in prange(n_img * n_planes):
+        n, q = task // n_planes, task % n_planes
+        out = dst[n, q]
+        out[:] = 0
+        g, kk = q // padded, q % padded
+        if kk < per_group:
+            plane = src[n, g * per_group + kk]
+            for i in range(height):
+                row = out[(pad_top + i) * pitch + pad_left :]
+                for j in range(width):
+                    row[j] = plane[i, j]
+
+
+@kernel(parallel=True)
+def _conv2d_grad_weight_blocked(xs, gs, grad_weight, groups, kw, dilation_h, dilation_w,
+                                padded_w, n_vectors, accumulate):
+    """grad_weight[k, c, r, s] (+)= sum_{n, p} gs[n, k, p] * xs[n, c, p + r*dh*W_pad + s*dw]
+    over the images of ``xs`` (padded planes) and ``gs`` (output gradient on the padded
+    pitch, filters in blocks of 8 per group); ``accumulate`` adds to what is there."""
+    n_img = xs.shape[0]
+    out_channels, group_channels, kh, _ = grad_weight.shape
+    per_group = out_channels // groups
+    padded_k = gs.shape[1] // groups
+    n_blocks = padded_k // BLOCK_K
+    n_taps = kh * kw
+    n_runs = (n_taps + 2) // 3
+    taps = np.zeros(n_runs * 3, np.intp)  # past the last tap: offset 0, result dropped
+    for t in range(n_taps):
+        taps[t] = (t // kw) * dilation_h * padded_w + (t % kw) * dilation_w
+    x_plane, g_plane = xs.shape[2], gs.shape[2]
+    x_flat, g_flat = xs.reshape(-1), gs.reshape(-1)
+    gw = grad_weight.reshape(out_channels, group_channels, n_taps)
+    for task in prange(groups * n_blocks * group_channels):
+        c = task % group_channels
+        b = (task // group_channels) % n_blocks
+        g = task // (group_channels * n_blocks)
+        totals = np.empty(BLOCK_K * 3, xs.dtype)
+        for run in range(n_runs):
+            filters_x_taps(g_flat, x_flat, totals, (g * padded_k + b * BLOCK_K) * g_plane,
+                           g_plane, (g * group_channels + c) * x_plane, taps[run * 3 :],
+                           n_img, gs.shape[1] * g_plane, xs.shape[1] * x_plane, n_vectors)
+            for kk in range(min(BLOCK_K, per_group - b * BLOCK_K)):
+                k = g * per_group + b * BLOCK_K + kk
+                for tt in range(min(3, n_taps - run * 3)):
+                    if accumulate:
+                        gw[k, c, run * 3 + tt] += totals[kk * 3 + tt]
+                    else:
+                        gw[k, c, run * 3 + tt] = totals[kk * 3 + tt]
+
+
+def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation, groups,
+                        itemsize):
+    """(padded width, values per input plane, vectors per gradient plane, filters per group
+    padded to blocks, values per image) of the blocked weight gradient."""
+    _, channels, _, width = x_shape
+    out_h, out_w = grad_out_shape[2], grad_out_shape[3]
+    out_channels, _, kh, _ = weight_shape
+    lanes = 64 // itemsize
+    padded_w = width + sum(padding[1])
+    window = dilation[0] * (kh - 1) + 1
+    x_plane = (out_h + window - 1) * padded_w + lanes
+    n_vectors = -(-((out_h - 1) * padded_w + out_w) // lanes)
+    padded_k = -(-(out_channels // groups) // BLOCK_K) * BLOCK_K
+    per_image = channels * x_plane + groups * padded_k * n_vectors * lanes
+    return padded_w, x_plane, n_vectors, padded_k, per_image
+
+
+def grad_weight_applies(x_shape, grad_out_shape, weight_shape, stride, padding, dilation,
+                        groups: int, itemsize: int) -> bool:
+    """Whether :func:`conv2d_grad_weight_blocked` computes this weight gradient: stride 1,
+    at least :data:`MIN_GROUP_K` filters per group, and one image's packed planes within
+    the threads' direct scratch budget (``config.DIRECT_TILE_BYTES`` each)."""
+    if stride != (1, 1) or weight_shape[0] // groups < MIN_GROUP_K:
+        return False
+    per_image = _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation,
+                                    groups, itemsize)[-1]
+    return per_image * itemsize <= threads.count() * config.DIRECT_TILE_BYTES
+
+
+def conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, groups: int) -> None:
+    """Host side of the blocked weight gradient (stride 1; see :func:`grad_weight_applies`),
+    in blocks of as many images as the scratch budget holds."""
+    n_img = x.shape[0]
+    padded_w, x_plane, n_vectors, padded_k, per_image = _grad_weight_layout(
+        x.shape, grad_out.shape, grad_weight.shape, padding, dilation, groups, x.itemsize)
+    budget = threads.count() * config.DIRECT_TILE_BYTES // x.itemsize
+    per_block = max(1, min(n_img, budget // per_image))
+    lanes = 64 // x.itemsize
+    for first in range(0, n_img, per_block):
+        images = min(per_block, n_img - first)
+        xs = workspace.borrow((images, x.shape[1], x_plane), x.dtype)
+        gs = workspace.borrow((images, groups * padded_k, n_vectors * lanes), x.dtype, "packed")
+        _pack_planes(x[first : first + images], groups, padding[0][0], padding[1][0], padded_w,
+                     xs)
+        _pack_planes(grad_out[first : first + images], groups, 0, 0, padded_w, gs)
+        _conv2d_grad_weight_blocked(xs, gs, grad_weight, groups, grad_weight.shape[3],
+                                    dilation[0], dilation[1], padded_w, n_vectors, first > 0)

@@ -1,0 +1,213 @@
+"""The explicit-SIMD layer (fastconv.cpu.simd), the micro-kernel on it and the blocked
+direct convolution: against numpy and the reference, with bounds checks on, and
+compiled for a CPU without AVX-512."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+import fastconv
+import fastconv.cpu.threads
+from fastconv import config, reference
+from fastconv.cpu import blocked, microkernels, simd
+from tests.cases import DTYPES
+from tests.gradients import assert_grads_close
+from tests.test_conv2d import assert_close
+
+DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+
+
+@numba.njit
+def _primitives(a, b, c, out):
+    lanes = simd.lanes(a)
+    for i in range(0, a.size, lanes):
+        va, vb, vc = simd.load(a, i), simd.load(b, i), simd.load(c, i)
+        simd.store(out, i, simd.fma(va, vb, vc))
+        simd.store(out, a.size + i, simd.add(va, simd.splat(c[0], a)))
+        simd.store(out, 2 * a.size + i, simd.maximum(va, simd.zeros(a)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_primitives_match_numpy(dtype, rng):
+    lanes = 64 // np.dtype(dtype).itemsize
+    a, b, c = (rng.standard_normal(3 * lanes).astype(dtype) for _ in range(3))
+    a[1] = np.nan
+    out = np.zeros(9 * lanes, dtype)
+    _primitives(a, b, c, out)
+    np.testing.assert_allclose(out[: 3 * lanes], a * b + c, rtol=4 * np.finfo(dtype).eps)
+    np.testing.assert_array_equal(out[3 * lanes : 6 * lanes], a + c[0])
+    np.testing.assert_array_equal(out[6 * lanes :], np.maximum(a, 0))  # NaN stays NaN
+
+
+@numba.njit
+def _unaligned_copy(src, dst, offset):
+    simd.store(dst, offset + 1, simd.load(src, offset))
+
+
+def test_loads_and_stores_are_unaligned_and_exact(rng):
+    src = rng.standard_normal(40).astype(np.float32)
+    dst = np.zeros(40, np.float32)
+    _unaligned_copy(src, dst, 3)
+    np.testing.assert_array_equal(dst[4:20], src[3:19])
+    assert not dst[:4].any() and not dst[20:].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_micro_kernel_is_its_formula(dtype, rng):
+    lanes = 64 // np.dtype(dtype).itemsize
+    step = microkernels.BLOCK_P * lanes
+    depth, pitch, first, out_pitch = 3, 100, 5, 2 * step + 7
+    taps = np.array([0, 1, 11, 23], np.intp)
+    source = rng.standard_normal(depth * pitch + step + 30).astype(dtype)
+    weights = rng.standard_normal(depth * taps.size * microkernels.BLOCK_K).astype(dtype)
+    out = np.full(microkernels.BLOCK_K * out_pitch + step, 7.0, dtype)
+    microkernels.weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch)
+    w = weights.reshape(depth, taps.size, microkernels.BLOCK_K)
+    p = np.arange(step)
+    for kk in range(microkernels.BLOCK_K):
+        expected = sum(w[c, t, kk] * source[c * pitch + taps[t] + first + p]
+                       for c in range(depth) for t in range(taps.size))
+        got = out[kk * out_pitch + first : kk * out_pitch + first + step]
+        np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        assert out[kk * out_pitch + first - 1] == 7.0  # nothing before the block
+
+
+# --- the blocked direct convolution -------------------------------------------------------
+
+#: (id, input shape, weight shape, kwargs): filter counts that leave partial blocks of 8,
+#: planes of several position blocks, groups, dilation, asymmetric padding, one image
+#: (filter blocks split over threads) and many.
+BLOCKED_CASES = [
+    ("k4_tiny", (1, 4, 8, 8), (4, 4, 3, 3), dict(padding=1)),
+    ("k13_dil", (2, 5, 11, 13), (13, 5, 3, 3), dict(padding=2, dilation=(2, 1))),
+    ("k32_n1", (1, 16, 16, 16), (32, 16, 3, 3), dict(padding=1)),
+    ("k20_5x5", (3, 6, 12, 12), (20, 6, 5, 5), {}),
+    ("groups2", (2, 8, 9, 7), (12, 4, 3, 3), dict(padding=1, groups=2)),
+    ("k9_1x1", (2, 7, 10, 9), (9, 7, 1, 1), {}),
+    ("asym_2x4", (2, 3, 17, 30), (17, 3, 2, 4), dict(padding=((1, 0), (3, 2)))),
+    ("wide_64x64", (2, 8, 64, 64), (16, 8, 3, 3), dict(padding=1)),
+]
+
+
+def _blocked_case(shape, wshape, dtype, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(wshape).astype(dtype)
+    b = rng.standard_normal(wshape[0]).astype(dtype)
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape, wshape, kwargs", [c[1:] for c in BLOCKED_CASES],
+                         ids=[c[0] for c in BLOCKED_CASES])
+def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng):
+    groups = kwargs.get("groups", 1)
+    assert blocked.applies(np.empty(wshape), (1, 1), groups)
+    x, w, b = _blocked_case(shape, wshape, dtype, rng)
+    expected = reference.conv2d(x, w, b, **kwargs)
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS, 3} & set(
+            range(1, numba.config.NUMBA_NUM_THREADS + 1))):
+        saved = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            y = fastconv.conv2d(x, w, b, **kwargs, algorithm="direct")
+            assert_close(y, expected, dtype)
+            g = rng.standard_normal(y.shape).astype(dtype)
+            grads = fastconv.conv2d_backward(g, x, w, **kwargs, algorithm="direct")
+            assert_grads_close(grads, reference.conv2d_backward(g, x, w, **kwargs), dtype, g)
+        finally:
+            numba.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("images_per_block", [1, 2, 5])
+def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, monkeypatch, rng):
+    # the scratch budget decides how many images are packed at once; the blocks after the
+    # first add to the gradient (5 images in blocks of 2: 2 + 2 + 1)
+    x, w, _ = _blocked_case((5, 6, 9, 11), (10, 3, 3, 3), np.float64, rng)
+    kwargs = dict(padding=1, groups=2)
+    g = rng.standard_normal((5, 10, 9, 11))
+    per_image = blocked._grad_weight_layout(x.shape, g.shape, w.shape, ((1, 1), (1, 1)),
+                                            (1, 1), 2, 8)[-1]
+    threads = fastconv.cpu.threads.count()
+    monkeypatch.setattr(config, "DIRECT_TILE_BYTES", -(-per_image * images_per_block * 8
+                                                        // threads))
+    calls = []
+    real = blocked._conv2d_grad_weight_blocked
+    monkeypatch.setattr(blocked, "_conv2d_grad_weight_blocked",
+                        lambda *args: calls.append(args[0].shape[0]) or real(*args))
+    _, gw, _ = fastconv.conv2d_backward(g, x, w, **kwargs, algorithm="direct")
+    assert calls == [min(images_per_block, 5 - first) for first in range(0, 5, images_per_block)]
+    _, expected, _ = reference.conv2d_backward(g, x, w, **kwargs)
+    assert_close(gw, expected, np.float64)
+
+
+def test_blocked_kernel_runs_for_stride_1_only():
+    w = np.empty((8, 3, 3, 3))
+    assert blocked.applies(w, (1, 1), 1)
+    assert not blocked.applies(w, (2, 1), 1)
+    assert not blocked.applies(w, (1, 1), 4)  # 2 filters per group: mostly padding
+    assert not blocked.applies(np.empty((3, 1, 3, 3)), (1, 1), 1)
+
+
+# --- bounds checks and another CPU target, in fresh processes ------------------------------
+
+_OUT_OF_BOUNDS = """
+import numba, numpy as np
+from fastconv.cpu import simd
+
+@numba.njit
+def read(a, i):
+    simd.store(a, 0, simd.load(a, i))
+
+a = np.zeros(20, np.float32)
+read(a, 4)
+for bad in (5, -1):
+    try:
+        read(a, bad)
+    except IndexError as error:
+        print("IndexError", error)
+"""
+
+
+def test_bounds_checking_catches_a_vector_past_the_end(tmp_path):
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", _OUT_OF_BOUNDS], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("IndexError simd vector outside the array") == 2, result.stdout
+
+
+_ANOTHER_TARGET = """
+import numpy as np, fastconv
+from fastconv import reference
+rng = np.random.default_rng(0)
+worst = 0.0
+for shape, wshape, padding in [((2, 6, 12, 12), (20, 6, 5, 5), 0),
+                               ((1, 16, 16, 16), (32, 16, 3, 3), 1)]:
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal(shape).astype(dtype)
+        w = rng.standard_normal(wshape).astype(dtype)
+        y = fastconv.conv2d(x, w, padding=padding, algorithm="direct")
+        ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=padding)
+        worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
+def test_blocked_kernel_on_a_cpu_without_avx512(cpu, tmp_path):
+    # LLVM splits the 512-bit vectors into AVX2 (haswell) or SSE2 (x86-64) registers: the
+    # same results, as this machine runs them
+    if not numba.config.CPU_NAME and os.uname().machine not in ("x86_64", "AMD64"):
+        pytest.skip("an x86 target name")
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="",
+               NUMBA_CACHE_DIR=str(tmp_path), FASTCONV_CACHE="0")
+    result = subprocess.run([sys.executable, "-c", _ANOTHER_TARGET], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) < 1e-5, result.stdout
