@@ -143,11 +143,17 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
     assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "im2col"
     monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 50)
     assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "direct"
-    # grad_weight has no blocked kernel: Winograd by channels and tiles
-    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNELS", 10**6)
-    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "im2col"
-    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNELS", 16)
+    # grad_weight's limit is half: 64 * 28 * 28 still reaches it
     assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "winograd"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 2 * 64 * 28 * 28 + 2)
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "direct"
+    # a grad_weight whose packed image exceeds the direct scratch: Winograd by channels and
+    # tiles
+    large = dict(deep, input_shape=(8, 64, 256, 256))
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNELS", 10**6)
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **large)[0] == "im2col"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNELS", 16)
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **large)[0] == "winograd"
     limit = config.AUTO_DIRECT_MAX_DEPTH
     choose = lambda depth: dispatch.select(  # noqa: E731
         "conv2d", "cpu", "auto", **dict(_problem((4, depth, 1, 1)), stride=(2, 2)))[0]
@@ -359,14 +365,16 @@ def test_winograd_with_fallback_gemm(case, dtype, rng):
 def test_grad_weight_of_a_shallow_layer_is_a_gemm(rng):
     """Few multiply-adds per output send conv2d and grad_input to the direct loops, but
     grad_weight's GEMM reduces over N * H * W and wins there (RESULTS.md, per-call
-    cost); a depthwise layer's grad_weight stays direct."""
+    cost) unless the blocked dot-product kernel applies (stride 1, >= 4 filters per
+    group); a depthwise layer's grad_weight stays direct."""
     x = rng.uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
-    w = rng.uniform(-1, 1, (8, 3, 3, 3)).astype(np.float32)
-    kernels = fastconv.explain("conv2d_backward", np.ones((2, 8, 16, 16), np.float32), x, w,
-                               padding=1)["kernels"]
-    assert [(k["op"], k["algorithm"]) for k in kernels] == [
-        ("conv2d_grad_input", "direct"), ("conv2d_grad_weight", "im2col"),
-        ("conv2d_grad_bias", "direct")]
+    for filters, grad_weight in [(8, "direct"), (2, "im2col")]:
+        w = rng.uniform(-1, 1, (filters, 3, 3, 3)).astype(np.float32)
+        kernels = fastconv.explain("conv2d_backward", np.ones((2, filters, 16, 16), np.float32),
+                                   x, w, padding=1)["kernels"]
+        assert [(k["op"], k["algorithm"]) for k in kernels] == [
+            ("conv2d_grad_input", "direct"), ("conv2d_grad_weight", grad_weight),
+            ("conv2d_grad_bias", "direct")]
     depthwise = rng.uniform(-1, 1, (8, 1, 3, 3)).astype(np.float32)
     x8 = rng.uniform(-1, 1, (2, 8, 16, 16)).astype(np.float32)
     kernels = fastconv.explain("conv2d_backward", np.ones((2, 8, 16, 16), np.float32), x8,

@@ -26,7 +26,7 @@ def _choose_conv(op, weight_shape, problem):
        also one image's packed planes within the direct scratch budget), the
        register-blocked direct kernels, unless Winograd fits and
        min(C, K)/groups >= 64 with min(C, K)/groups * H_out * W_out >=
-       ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` (Winograd), or min(C, K)/groups >= 64 and
+       ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` (half that for grad_weight) (Winograd), or min(C, K)/groups >= 64 and
        under ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel
        computes are outputs (im2col);
     3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
@@ -100,12 +100,15 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     # the blocked kernel computes grad_input as a convolution whose output is the input
     plane_h, plane_w = (height, width) if op == "conv2d_grad_input" else (out_h, out_w)
     channel_plane = narrow * out_h * out_w
-    if fits and narrow >= 64 and channel_plane >= config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE:
+    # grad_weight's blocked kernel (dot products) runs slower than the forward one: half
+    limit = config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE // (2 if op == "conv2d_grad_weight" else 1)
+    if fits and narrow >= 64 and channel_plane >= limit:
         return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= 64 and "
-                            f"min(C, K)/groups * H_out * W_out = {channel_plane} >= "
-                            f"AUTO_WINOGRAD_MIN_CHANNEL_PLANE = "
-                            f"{config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE}: Winograd's fewer "
-                            f"multiply-adds pay for its transforms")
+                            f"min(C, K)/groups * H_out * W_out = {channel_plane} >= {limit} "
+                            f"(AUTO_WINOGRAD_MIN_CHANNEL_PLANE = "
+                            f"{config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE}, halved for "
+                            f"grad_weight): Winograd's fewer multiply-adds pay for its "
+                            f"transforms")
     use = blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize)
     if narrow >= 64 and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
         return "im2col", (f"stride 1 with min(C, K)/groups = {narrow} >= 64 channels on a "

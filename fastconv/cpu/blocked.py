@@ -30,6 +30,8 @@ such a result is computed again by the exact direct kernel.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import prange
 
@@ -45,31 +47,45 @@ MIN_GROUP_K = 4
 
 
 @kernel()
-def _pack_filters(weight, groups, packed):
-    """packed[g, b, c * taps + t, kk] = weight[g * per_group + b * 8 + kk, c, t] (zero past
-    the group's last filter), taps in row-major order."""
-    out_channels = weight.shape[0]
-    per_group = out_channels // groups
+def _pack_filters(weight, groups, transposed, packed):
+    """packed[g, b, c * taps + t, kk] = filter ``b * 8 + kk`` of group g, channel c, tap t
+    (row-major), zero past the group's last filter. The filters are ``weight``'s, or
+    with ``transposed`` those of the convolution that computes its input gradient:
+    filter j, channel i, tap (r, s) = ``weight[g * P + i, j, R - 1 - r, S - 1 - s]``
+    (in and out channels swapped per group, taps flipped; see :mod:`.identities`)."""
+    out_channels, group_channels, kh, kw = weight.shape
+    n_taps = kh * kw
     _, n_blocks, depth, block = packed.shape
-    flat = weight.reshape(out_channels, depth)
+    # filters per group and their depth (channels) in the convolution that runs
+    filters = group_channels if transposed else out_channels // groups
+    channels = out_channels // groups if transposed else group_channels
+    flat = weight.reshape(out_channels, group_channels, n_taps)
     for g in range(groups):
         for b in range(n_blocks):
             for kk in range(block):
-                k = b * block + kk
-                if k < per_group:
-                    src = flat[g * per_group + k]
-                    for i in range(depth):
-                        packed[g, b, i, kk] = src[i]
-                else:
+                j = b * block + kk
+                if j >= filters:
                     for i in range(depth):
                         packed[g, b, i, kk] = 0
+                    continue
+                for i in range(channels):
+                    for t in range(n_taps):
+                        if transposed:
+                            value = flat[g * channels + i, j, n_taps - 1 - t]
+                        else:
+                            value = flat[g * filters + j, i, t]
+                        packed[g, b, i * n_taps + t, kk] = value
 
 
 @kernel(parallel=True)
-def _conv2d_forward_blocked(x, packed, bias, has_bias, out, pad_top, pad_left, padded_w, kw,
-                            dilation_h, dilation_w, window, band, plane, k_runs, scratch):
+def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, out, pad_top,
+                            pad_left, padded_w, kw, dilation_h, dilation_w, window, band, plane,
+                            k_runs, scratch):
     """out[n, k] = bias[k] + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i + r*dh, j + s*dw]
-    (stride 1), ``band`` output rows per task, ``plane`` values per channel strip."""
+    (stride 1; with ``transposed``, the filters of grad_input's convolution, see
+    :func:`_pack_filters`), ``band`` output rows per task, ``plane`` values per channel
+    strip."""
+    _pack_filters(weight, packed.shape[0], transposed, packed)
     n_img, channels = x.shape[0], x.shape[1]
     groups, n_blocks = packed.shape[0], packed.shape[1]
     group_channels = channels // groups
@@ -136,74 +152,101 @@ def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int)
     return 100 * out_h * out_w // (-(-computed // step) * step)
 
 
-def conv2d_blocked(x, weight, bias, out, padding, dilation, groups: int) -> None:
-    """Host side of the blocked kernel (stride 1); arguments as normalised by
-    :func:`fastconv.conv2d`."""
-    n_img, channels, _, width = x.shape
-    out_channels, group_channels, kh, kw = weight.shape
-    out_h, out_w = out.shape[2], out.shape[3]
+@functools.lru_cache(maxsize=512)
+def _forward_layout(x_shape, out_shape, filters_shape, padding, dilation, groups, itemsize,
+                    n_threads, budget, band_rows):
+    """Everything the blocked forward kernel needs besides its arrays, for one problem:
+    (packed filters' shape, band, plane, k_runs, scratch shape, padded width, window,
+    serial). Cached: the thread count, the scratch budget and the band rule are part of
+    the key."""
+    n_img, _, _, width = x_shape
+    filters, channels, kh, kw = filters_shape  # of the convolution that runs, all groups
+    out_h, out_w = out_shape[2], out_shape[3]
     (top, _), (left, right) = padding
     padded_w = width + left + right
-    lanes = 64 // x.itemsize
-    step = BLOCK_P * lanes
-    per_group = out_channels // groups
+    step = BLOCK_P * (64 // itemsize)
+    per_group = filters // groups
     n_blocks = -(-per_group // BLOCK_K)
-    packed = workspace.borrow((groups, n_blocks, group_channels * kh * kw, BLOCK_K), x.dtype,
-                              "packed")
-    _pack_filters(weight, groups, packed)
     window = dilation[0] * (kh - 1) + 1
     # a band of b rows: per channel (b - 1 + window) padded rows and the overrun of the
     # last block of positions; BLOCK_K rows of sums
-    band = strips.band_rows(
-        out_h, group_channels * (window * padded_w + step) + BLOCK_K * (padded_w + step),
-        (group_channels + BLOCK_K) * padded_w, x.itemsize)
+    band = band_rows(
+        out_h, channels * (window * padded_w + step) + BLOCK_K * (padded_w + step),
+        (channels + BLOCK_K) * padded_w, itemsize)
     plane = (band - 1 + window) * padded_w + step
-    n_bands = -(-out_h // band)
-    units = n_img * groups * n_bands
-    k_runs = max(1, min(n_blocks, -(-threads.count() // units)))
-    chunks = max(1, min(threads.count(), units * k_runs))
+    units = n_img * groups * -(-out_h // band)
+    k_runs = max(1, min(n_blocks, -(-n_threads // units)))
+    chunks = max(1, min(n_threads, units * k_runs))
     sums_pitch = -(-((band - 1) * padded_w + out_w) // step) * step
-    scratch = workspace.borrow((chunks, group_channels * plane + BLOCK_K * sums_pitch), x.dtype)
-    has_bias = bias is not None
-    threads.serial_if_small(_conv2d_forward_blocked, chunks, out, weight[0].size)(
-        x, packed, bias if has_bias else np.zeros(0, x.dtype), has_bias, out, top, left,
-        padded_w, kw, dilation[0], dilation[1], window, band, plane, k_runs, scratch)
+    serial = chunks == 1 or n_img * out_h * out_w * filters * channels * kh * kw <= (
+        threads.SERIAL_MAX_WORK)
+    return ((groups, n_blocks, channels * kh * kw, BLOCK_K), band, plane, k_runs,
+            (chunks, channels * plane + BLOCK_K * sums_pitch), padded_w, window, serial)
+
+
+#: An empty bias per dtype, for calls without one.
+_NO_BIAS = {np.dtype(np.float32): np.zeros(0, np.float32),
+            np.dtype(np.float64): np.zeros(0, np.float64)}
+
+
+def conv2d_blocked(x, weight, bias, out, padding, dilation, groups: int, *,
+                   transposed: bool = False) -> None:
+    """Host side of the blocked kernel (stride 1); arguments as normalised by
+    :func:`fastconv.conv2d`. With ``transposed``, computes the convolution that gives
+    grad_input instead: ``weight`` is the forward weight ``(K, C/groups, R, S)``, whose
+    flipped, channel-swapped filters (:mod:`.identities`) are packed as they are read."""
+    out_channels, group_channels, kh, kw = weight.shape
+    filters_shape = ((group_channels * groups, out_channels // groups, kh, kw) if transposed
+                     else (out_channels, group_channels, kh, kw))
+    packed_shape, band, plane, k_runs, scratch_shape, padded_w, window, serial = _forward_layout(
+        x.shape, out.shape, filters_shape, padding, dilation, groups, x.itemsize,
+        threads.count(), config.DIRECT_TILE_BYTES, strips.band_rows)
+    packed = workspace.borrow(packed_shape, x.dtype, "packed")
+    scratch = workspace.borrow(scratch_shape, x.dtype)
+    kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
+    kernel(x, weight, transposed, packed, _NO_BIAS[x.dtype] if bias is None else bias,
+           bias is not None, out, padding[0][0], padding[1][0], padded_w, kw, dilation[0],
+           dilation[1], window, band, plane, k_runs, scratch)
+
+
+@kernel()
+def _pack_plane(src, pad_top, pad_left, pitch, dst):
+    """dst = the plane ``src`` with its rows from padded row ``pad_top`` and column
+    ``pad_left`` on ``pitch``, zeros around."""
+    dst[:] = 0
+    height, width = src.shape
+    for i in range(height):
+        row = dst[(pad_top + i) * pitch + pad_left :]
+        for j in range(width):
+            row[j] = src[i, j]
 
 
 @kernel(parallel=True)
-def _pack_planes(src, groups, pad_top, pad_left, pitch, dst):
-    """dst[n, g * P + q] = plane ``g * per_group + q`` of image n, its rows from padded row
-    ``pad_top`` and column ``pad_left`` on ``pitch``, zeros around (all zeros for
-    ``q >= per_group``: ``P = dst.shape[1] // groups`` may exceed ``per_group =
-    src.shape[1] // groups``)."""
-    n_img, depth, height, width = src.shape
-    per_group = depth // groups
-    padded = dst.shape[1] // groups
-    n_planes = dst.shape[1]
-    for task in prange(n_img * n_planes):
-        n, q = task // n_planes, task % n_planes
-        out = dst[n, q]
-        out[:] = 0
-        g, kk = q // padded, q % padded
-        if kk < per_group:
-            plane = src[n, g * per_group + kk]
-            for i in range(height):
-                row = out[(pad_top + i) * pitch + pad_left :]
-                for j in range(width):
-                    row[j] = plane[i, j]
-
-
-@kernel(parallel=True)
-def _conv2d_grad_weight_blocked(xs, gs, grad_weight, groups, kw, dilation_h, dilation_w,
-                                padded_w, n_vectors, accumulate):
+def _conv2d_grad_weight_blocked(x, grad_out, xs, gs, grad_weight, groups, pad_top, pad_left,
+                                dilation_h, dilation_w, padded_w, n_vectors, accumulate):
     """grad_weight[k, c, r, s] (+)= sum_{n, p} gs[n, k, p] * xs[n, c, p + r*dh*W_pad + s*dw]
-    over the images of ``xs`` (padded planes) and ``gs`` (output gradient on the padded
-    pitch, filters in blocks of 8 per group); ``accumulate`` adds to what is there."""
+    over the images of ``x``, packed first: ``xs[n, c]`` the padded planes, ``gs[n, k]``
+    grad_out on the padded pitch (filters in blocks of 8 per group, zero rows past a
+    group's last filter). ``accumulate`` adds to what is there. A task of the second
+    loop owns one channel and one block of filters: it runs 3 taps at a time over every
+    image, the sums in registers."""
     n_img = xs.shape[0]
-    out_channels, group_channels, kh, _ = grad_weight.shape
+    out_channels, group_channels, kh, kw = grad_weight.shape
     per_group = out_channels // groups
     padded_k = gs.shape[1] // groups
     n_blocks = padded_k // BLOCK_K
+    channels = xs.shape[1]
+    for task in prange(n_img * (channels + gs.shape[1])):
+        n, q = task // (channels + gs.shape[1]), task % (channels + gs.shape[1])
+        if q < channels:
+            _pack_plane(x[n, q], pad_top, pad_left, padded_w, xs[n, q])
+        else:
+            q -= channels
+            g, kk = q // padded_k, q % padded_k
+            if kk < per_group:
+                _pack_plane(grad_out[n, g * per_group + kk], 0, 0, padded_w, gs[n, q])
+            else:
+                gs[n, q] = 0
     n_taps = kh * kw
     n_runs = (n_taps + 2) // 3
     taps = np.zeros(n_runs * 3, np.intp)  # past the last tap: offset 0, result dropped
@@ -220,7 +263,7 @@ def _conv2d_grad_weight_blocked(xs, gs, grad_weight, groups, kw, dilation_h, dil
         for run in range(n_runs):
             filters_x_taps(g_flat, x_flat, totals, (g * padded_k + b * BLOCK_K) * g_plane,
                            g_plane, (g * group_channels + c) * x_plane, taps[run * 3 :],
-                           n_img, gs.shape[1] * g_plane, xs.shape[1] * x_plane, n_vectors)
+                           n_img, gs.shape[1] * g_plane, channels * x_plane, n_vectors)
             for kk in range(min(BLOCK_K, per_group - b * BLOCK_K)):
                 k = g * per_group + b * BLOCK_K + kk
                 for tt in range(min(3, n_taps - run * 3)):
@@ -230,13 +273,15 @@ def _conv2d_grad_weight_blocked(xs, gs, grad_weight, groups, kw, dilation_h, dil
                         gw[k, c, run * 3 + tt] = totals[kk * 3 + tt]
 
 
+@functools.lru_cache(maxsize=512)
 def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation, groups,
-                        itemsize):
+                        itemsize, n_threads=1, budget=0):
     """(padded width, values per input plane, vectors per gradient plane, filters per group
-    padded to blocks, values per image) of the blocked weight gradient."""
-    _, channels, _, width = x_shape
+    padded to blocks, values per image, images per block, serial) of the blocked weight
+    gradient (the last two for ``n_threads`` threads of ``budget`` scratch bytes each)."""
+    n_img, channels, _, width = x_shape
     out_h, out_w = grad_out_shape[2], grad_out_shape[3]
-    out_channels, _, kh, _ = weight_shape
+    out_channels, group_channels, kh, kw = weight_shape
     lanes = 64 // itemsize
     padded_w = width + sum(padding[1])
     window = dilation[0] * (kh - 1) + 1
@@ -244,7 +289,11 @@ def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation
     n_vectors = -(-((out_h - 1) * padded_w + out_w) // lanes)
     padded_k = -(-(out_channels // groups) // BLOCK_K) * BLOCK_K
     per_image = channels * x_plane + groups * padded_k * n_vectors * lanes
-    return padded_w, x_plane, n_vectors, padded_k, per_image
+    per_block = max(1, min(n_img, n_threads * budget // itemsize // per_image))
+    # multiply-adds per weight value in one block of images
+    serial = per_block * n_vectors * lanes * out_channels * group_channels * kh * kw <= (
+        threads.SERIAL_MAX_WORK)
+    return padded_w, x_plane, n_vectors, padded_k, per_image, per_block, serial
 
 
 def grad_weight_applies(x_shape, grad_out_shape, weight_shape, stride, padding, dilation,
@@ -255,7 +304,7 @@ def grad_weight_applies(x_shape, grad_out_shape, weight_shape, stride, padding, 
     if stride != (1, 1) or weight_shape[0] // groups < MIN_GROUP_K:
         return False
     per_image = _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation,
-                                    groups, itemsize)[-1]
+                                    groups, itemsize)[4]
     return per_image * itemsize <= threads.count() * config.DIRECT_TILE_BYTES
 
 
@@ -263,17 +312,16 @@ def conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, grou
     """Host side of the blocked weight gradient (stride 1; see :func:`grad_weight_applies`),
     in blocks of as many images as the scratch budget holds."""
     n_img = x.shape[0]
-    padded_w, x_plane, n_vectors, padded_k, per_image = _grad_weight_layout(
-        x.shape, grad_out.shape, grad_weight.shape, padding, dilation, groups, x.itemsize)
-    budget = threads.count() * config.DIRECT_TILE_BYTES // x.itemsize
-    per_block = max(1, min(n_img, budget // per_image))
+    padded_w, x_plane, n_vectors, padded_k, _, per_block, serial = _grad_weight_layout(
+        x.shape, grad_out.shape, grad_weight.shape, padding, dilation, groups, x.itemsize,
+        threads.count(), config.DIRECT_TILE_BYTES)
     lanes = 64 // x.itemsize
+    # small calls on the calling thread: waking the pool costs more than the work
+    kernel = _conv2d_grad_weight_blocked.serial if serial else _conv2d_grad_weight_blocked
     for first in range(0, n_img, per_block):
         images = min(per_block, n_img - first)
         xs = workspace.borrow((images, x.shape[1], x_plane), x.dtype)
         gs = workspace.borrow((images, groups * padded_k, n_vectors * lanes), x.dtype, "packed")
-        _pack_planes(x[first : first + images], groups, padding[0][0], padding[1][0], padded_w,
-                     xs)
-        _pack_planes(grad_out[first : first + images], groups, 0, 0, padded_w, gs)
-        _conv2d_grad_weight_blocked(xs, gs, grad_weight, groups, grad_weight.shape[3],
-                                    dilation[0], dilation[1], padded_w, n_vectors, first > 0)
+        kernel(x[first : first + images], grad_out[first : first + images], xs, gs,
+               grad_weight, groups, padding[0][0], padding[1][0], dilation[0], dilation[1],
+               padded_w, n_vectors, first > 0)

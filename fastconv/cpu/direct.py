@@ -295,8 +295,12 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
     conv_pads = identities.grad_input_as_conv_padding(
         grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
     if conv_pads is not None and all_finite(weight):
-        conv2d_direct(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
-                      (1, 1), conv_pads, dilation, groups)
+        if weight.shape[1] >= blocked.MIN_GROUP_K:  # C/groups filters in that convolution
+            blocked.conv2d_blocked(grad_out, weight, None, grad_in, conv_pads, dilation, groups,
+                                   transposed=True)
+        else:
+            conv2d_direct(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
+                          (1, 1), conv_pads, dilation, groups)
         return
     n_img, channels, height, width = grad_in.shape
     # windows reach at most padded column (out_w - 1) * sw + dw * (kw - 1) < W + pads

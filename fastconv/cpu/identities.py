@@ -15,6 +15,8 @@ With ``y = conv2d(x, w)`` (stride s, padding (p0, p1), dilation d, kernel k per 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -28,6 +30,7 @@ def transpose_flip(weight: np.ndarray, groups: int) -> np.ndarray:
     )
 
 
+@functools.lru_cache(maxsize=512)
 def grad_input_as_conv_padding(input_size, output_size, kernel_size, stride, padding, dilation):
     """Padding of the stride-1 convolution of grad_y (``output_size``) that yields grad_x
     (``input_size``): ``(d*(k-1) - p0, n_in - n_out + p0)`` per axis, or None where
