@@ -26,8 +26,8 @@ def _choose_conv(op, weight_shape, problem):
        also one image's packed planes within the direct scratch budget), the
        register-blocked direct kernels, unless Winograd fits and
        min(C, K)/groups >= 64 with min(C, K)/groups * H_out * W_out >=
-       ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` (half that for grad_weight) (Winograd), or min(C, K)/groups >= 64 and
-       under ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel
+       ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` (half that for grad_weight) (Winograd),
+       or min(C, K)/groups >= 64 and under ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel
        computes are outputs (im2col);
     3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
        (too little depth for a GEMM), except grad_weight of a layer with more than one
