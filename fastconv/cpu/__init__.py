@@ -27,8 +27,8 @@ def _choose_conv(op, weight_shape, problem):
        register-blocked direct kernels, unless Winograd fits and
        min(C, K)/groups >= 64 with min(C, K)/groups * H_out * W_out >=
        ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` (half that for grad_weight) (Winograd),
-       or min(C, K)/groups >= 64 and under ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel
-       computes are outputs (im2col);
+       or min(C, K)/groups >= 64 and under ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the
+       positions the blocked kernel computes are outputs (im2col);
     3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
        (too little depth for a GEMM), except grad_weight of a layer with more than one
        channel per group, whose im2col GEMM reduces over N * H * W and wins there;
