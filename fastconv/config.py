@@ -137,18 +137,26 @@ AUTO_WINOGRAD_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_MIN_CHANNELS", 16)
 #: ceil(W / 4): with fewer (a CIFAR layer at batch 4) im2col was up to 2x faster.
 AUTO_WINOGRAD_MIN_TILES: int = _env_int("AUTO_WINOGRAD_MIN_TILES", 128)
 
-#: conv2d and its input gradient with stride 1 and at least 4 filters per group (the
-#: register-blocked direct kernel, ``fastconv.cpu.blocked``): Winograd is chosen over it
-#: only when min(C, K)/groups is at least 64 and min(C, K)/groups * H_out * W_out is at
-#: least this (measured on 3x3 layers with C = K: Winograd wins from 64 channels on
-#: 28x28 and 256 channels on 14x14; the blocked kernel on every layer of up to 32
-#: channels and on 64-128 channels up to 16x16).
+#: The register-blocked direct kernels (``fastconv.cpu.blocked``: conv2d at any
+#: stride, its gradients at stride 1, at least 4 filters per group) are chosen by
+#: ``auto`` up to this many channels (min(C, K)/groups) whatever the layer; from this
+#: many on, 1x1 layers go to im2col (one GEMM on the input itself), strided layers
+#: of more channels to im2col, and 3x3 stride-1 layers to Winograd when
+#: AUTO_WINOGRAD_MIN_CHANNEL_PLANE says so (measured: the blocked kernels win on every
+#: layer of up to 32 channels, on 64-128 channels up to 16x16, and on stride-2
+#: layers of up to 64 -> 128 channels; im2col wins on 128 -> 256 channels at stride 2).
+AUTO_BLOCKED_MAX_CHANNELS: int = _env_int("AUTO_BLOCKED_MAX_CHANNELS", 64)
+
+#: ... Winograd is chosen over them for 3x3 stride-1 layers of at least
+#: AUTO_BLOCKED_MAX_CHANNELS channels when min(C, K)/groups * H_out * W_out is at
+#: least this (half this for grad_weight; Winograd wins from 64 channels on 28x28
+#: and 256 channels on 14x14).
 AUTO_WINOGRAD_MIN_CHANNEL_PLANE: int = _env_int("AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 64 * 28 * 28)
 
-#: ... and im2col is chosen over it for layers of at least 64 channels (both sides)
-#: whose output positions are under this percentage of the positions the blocked
-#: kernel computes (the padded row pitch and 48-position blocks: 51 % on 7x7 images,
-#: where im2col ran 1.2-1.5x faster; 67 % on 8x8, where the blocked kernel won).
+#: ... and im2col for layers of at least AUTO_BLOCKED_MAX_CHANNELS channels whose
+#: output positions are under this percentage of the positions the blocked kernel
+#: computes (the padded row pitch and 48-position blocks: 51 % on 7x7 images, where
+#: im2col ran 1.2-1.5x faster; 67 % on 8x8, where the blocked kernel won).
 AUTO_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_BLOCKED_MIN_USE_PERCENT", 60)
 
 # --- the plan cache and autotuning -----------------------------------------------------

@@ -81,10 +81,15 @@ AUTO_CHOICES = [
     ("c64_k64_3x3_28", (2, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "winograd"),
     # ... and im2col on deep layers where the blocked kernel wastes half its positions
     ("c128_3x3_7x7", (2, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), "im2col"),
-    # fewer than 4 filters per group, or stride 2: the depth rules
+    # ... and im2col on 1x1 layers of >= 64 channels and strided layers of more
+    ("c64_k64_1x1", (1, 64, 6, 6), (64, 64, 1, 1), {}, "im2col"),
+    ("c128_k256_3x3_s2", (1, 128, 8, 8), (256, 128, 3, 3), dict(stride=2, padding=1), "im2col"),
+    # strided layers of fewer channels run on the blocked kernel's phases
+    ("c64_3x3_s2", (1, 64, 8, 8), (16, 64, 3, 3), dict(stride=2, padding=1), "direct"),
+    ("c3_7x7_s2", (1, 3, 15, 15), (4, 3, 7, 7), dict(stride=2, padding=3), "direct"),
+    # fewer than 4 filters per group: the depth rules
     ("c64_k2_3x3", (1, 64, 8, 8), (2, 64, 3, 3), dict(padding=1), "im2col"),
-    ("c64_3x3_s2", (1, 64, 8, 8), (16, 64, 3, 3), dict(stride=2, padding=1), "im2col"),
-    ("c3_7x7_s2", (1, 3, 15, 15), (4, 3, 7, 7), dict(stride=2, padding=3), "im2col"),
+    ("c64_k2_3x3_s2", (1, 64, 8, 8), (2, 64, 3, 3), dict(stride=2, padding=1), "im2col"),
 ]
 
 
@@ -122,7 +127,7 @@ def test_select_returns_name_and_kernel():
     assert name == "winograd"
     assert kernel is dispatch._KERNELS["conv2d", "cpu", "winograd"]
     name, kernel = dispatch.select("conv2d", "cpu", "auto",
-                                   **dict(_problem((16, 64, 5, 5)), stride=(2, 2)))
+                                   **dict(_problem((128, 128, 5, 5)), stride=(2, 2)))
     assert name == "im2col"
     assert kernel is dispatch._KERNELS["conv2d", "cpu", "im2col"]
     for algorithm in KERNEL_NAMES:
@@ -156,10 +161,10 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
     assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **large)[0] == "winograd"
     limit = config.AUTO_DIRECT_MAX_DEPTH
     choose = lambda depth: dispatch.select(  # noqa: E731
-        "conv2d", "cpu", "auto", **dict(_problem((4, depth, 1, 1)), stride=(2, 2)))[0]
+        "conv2d", "cpu", "auto", **dict(_problem((2, depth, 1, 1)), stride=(2, 2)))[0]
     assert choose(limit) == "direct"
     assert choose(limit + 1) == "im2col"
-    tiny = dict(_problem((4, 4, 3, 3)), input_shape=(1, 4, 8, 8), stride=(2, 2))
+    tiny = dict(_problem((2, 4, 3, 3)), input_shape=(1, 4, 8, 8), stride=(2, 2))
     assert dispatch.select("conv2d", "cpu", "auto", **tiny)[0] == "direct"
     monkeypatch.setattr(config, "AUTO_DIRECT_MAX_WORK", 0)
     assert dispatch.select("conv2d", "cpu", "auto", **tiny)[0] == "im2col"

@@ -82,7 +82,8 @@ def test_micro_kernel_is_its_formula(dtype, rng):
 
 #: (id, input shape, weight shape, kwargs): filter counts that leave partial blocks of 8,
 #: planes of several position blocks, groups, dilation, asymmetric padding, one image
-#: (filter blocks split over threads) and many.
+#: (filter blocks split over threads) and many, strides (the forward on the input's
+#: phases, grad_input on grad_input's phases).
 BLOCKED_CASES = [
     ("k4_tiny", (1, 4, 8, 8), (4, 4, 3, 3), dict(padding=1)),
     ("k13_dil", (2, 5, 11, 13), (13, 5, 3, 3), dict(padding=2, dilation=(2, 1))),
@@ -92,6 +93,17 @@ BLOCKED_CASES = [
     ("k9_1x1", (2, 7, 10, 9), (9, 7, 1, 1), {}),
     ("asym_2x4", (2, 3, 17, 30), (17, 3, 2, 4), dict(padding=((1, 0), (3, 2)))),
     ("wide_64x64", (2, 8, 64, 64), (16, 8, 3, 3), dict(padding=1)),
+    # strided: the input split into stride_h * stride_w phases
+    ("s2_k32", (2, 16, 16, 16), (32, 16, 3, 3), dict(stride=2, padding=1)),
+    ("s23_5x5", (3, 6, 13, 12), (16, 6, 5, 5), dict(stride=(2, 3), padding=2)),
+    ("s32_dil", (2, 5, 11, 13), (13, 5, 3, 3), dict(stride=(3, 2), padding=2, dilation=(2, 1))),
+    ("s2_groups2", (2, 8, 9, 7), (12, 4, 3, 3), dict(stride=2, padding=1, groups=2)),
+    ("s2_7x7", (1, 3, 30, 30), (16, 3, 7, 7), dict(stride=2, padding=3)),
+    ("s2_1x1", (2, 16, 15, 17), (32, 16, 1, 1), dict(stride=2)),  # phases without taps
+    ("s2_4x4", (2, 8, 16, 16), (8, 8, 4, 4), dict(stride=2, padding=1)),
+    ("s33_dil2", (2, 4, 12, 12), (6, 4, 3, 3), dict(stride=3, dilation=2)),
+    # padding beyond the kernel's reach: grad_input's phases read a slice of grad_output
+    ("pad_beyond", (1, 4, 7, 7), (5, 4, 3, 3), dict(padding=3)),
 ]
 
 
@@ -107,7 +119,7 @@ def _blocked_case(shape, wshape, dtype, rng):
                          ids=[c[0] for c in BLOCKED_CASES])
 def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng):
     groups = kwargs.get("groups", 1)
-    assert blocked.applies(np.empty(wshape), (1, 1), groups)
+    assert blocked.applies(np.empty(wshape), kwargs.get("stride", 1), groups)
     x, w, b = _blocked_case(shape, wshape, dtype, rng)
     expected = reference.conv2d(x, w, b, **kwargs)
     for threads in sorted({1, numba.config.NUMBA_NUM_THREADS, 3} & set(
@@ -151,10 +163,10 @@ def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, monkey
     assert_close(gw, expected, np.float64)
 
 
-def test_blocked_kernel_runs_for_stride_1_only():
+def test_blocked_kernel_needs_four_filters_per_group():
     w = np.empty((8, 3, 3, 3))
     assert blocked.applies(w, (1, 1), 1)
-    assert not blocked.applies(w, (2, 1), 1)
+    assert blocked.applies(w, (2, 1), 1)
     assert not blocked.applies(w, (1, 1), 4)  # 2 filters per group: mostly padding
     assert not blocked.applies(np.empty((3, 1, 3, 3)), (1, 1), 1)
 
@@ -192,13 +204,15 @@ import numpy as np, fastconv
 from fastconv import reference
 rng = np.random.default_rng(0)
 worst = 0.0
-for shape, wshape, padding in [((2, 6, 12, 12), (20, 6, 5, 5), 0),
-                               ((1, 16, 16, 16), (32, 16, 3, 3), 1)]:
+for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
+                                       ((1, 16, 16, 16), (32, 16, 3, 3), 1, 1),
+                                       ((1, 16, 16, 16), (32, 16, 3, 3), 1, 2)]:
     for dtype in (np.float32, np.float64):
         x = rng.standard_normal(shape).astype(dtype)
         w = rng.standard_normal(wshape).astype(dtype)
-        y = fastconv.conv2d(x, w, padding=padding, algorithm="direct")
-        ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=padding)
+        y = fastconv.conv2d(x, w, padding=padding, stride=stride, algorithm="direct")
+        ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=padding,
+                               stride=stride)
         worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
 print(worst)
 """

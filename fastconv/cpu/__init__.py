@@ -21,14 +21,17 @@ def _choose_conv(op, weight_shape, problem):
 
     1. direct when the whole call needs at most ``AUTO_DIRECT_MAX_WORK`` multiply-adds
        (a GEMM's packing costs more);
-    2. with stride 1 and at least ``blocked.MIN_GROUP_K`` filters per group in the
-       convolution that runs (K/groups; C/groups for grad_input; for grad_weight
-       also one image's packed planes within the direct scratch budget), the
-       register-blocked direct kernels, unless Winograd fits and
-       min(C, K)/groups >= 64 with min(C, K)/groups * H_out * W_out >=
-       ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` (half that for grad_weight) (Winograd),
-       or min(C, K)/groups >= 64 and under ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the
-       positions the blocked kernel computes are outputs (im2col);
+    2. with at least ``blocked.MIN_GROUP_K`` filters per group in the convolution
+       that runs (K/groups; C/groups for grad_input), any stride for conv2d and
+       grad_input (on the phases of the strided side) and stride 1 for grad_weight (also
+       one image's packed planes within the direct scratch budget), the register-blocked
+       direct kernels, except, with ``deep =
+       AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when it fits, min(C, K)/groups >=
+       deep and min(C, K)/groups * H_out * W_out >= ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``
+       (half that for grad_weight); im2col for 1x1 layers of >= deep channels (one GEMM
+       on the input), strided layers of more than deep channels, and layers of >= deep
+       channels where under ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the
+       blocked kernel computes are outputs;
     3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
        (too little depth for a GEMM), except grad_weight of a layer with more than one
        channel per group, whose im2col GEMM reduces over N * H * W and wins there;
@@ -84,40 +87,52 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     does not apply."""
     out_channels, group_channels, kh, kw = weight_shape
     groups = problem.get("groups", 1)
+    stride = problem.get("stride", (1, 1))
     filters = group_channels if op == "conv2d_grad_input" else out_channels // groups
-    if problem.get("stride") != (1, 1) or filters < blocked.MIN_GROUP_K:
+    if filters < blocked.MIN_GROUP_K or (op == "conv2d_grad_weight" and stride != (1, 1)):
         return None
     n_img, _, height, width = problem["input_shape"]
     (top, bottom), (left, right) = problem["padding"]
     dilation = problem["dilation"]
-    out_h = height + top + bottom - dilation[0] * (kh - 1)
-    out_w = width + left + right - dilation[1] * (kw - 1)
+    out_h = (height + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (width + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     itemsize = np.dtype(problem.get("dtype", np.float32)).itemsize
     if op == "conv2d_grad_weight" and not blocked.grad_weight_applies(
             problem["input_shape"], (n_img, out_channels, out_h, out_w), weight_shape, (1, 1),
             problem["padding"], dilation, groups, itemsize):
         return None
-    # the blocked kernel computes grad_input as a convolution whose output is the input
-    plane_h, plane_w = (height, width) if op == "conv2d_grad_input" else (out_h, out_w)
+    # the blocked kernel computes grad_input as convolutions whose outputs are the input's
+    # stride_h * stride_w phases
+    plane_h, plane_w = ((-(-height // stride[0]), -(-width // stride[1]))
+                        if op == "conv2d_grad_input" else (out_h, out_w))
     channel_plane = narrow * out_h * out_w
+    deep = config.AUTO_BLOCKED_MAX_CHANNELS
     # grad_weight's blocked kernel (dot products) runs slower than the forward one: half
     limit = config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE // (2 if op == "conv2d_grad_weight" else 1)
-    if fits and narrow >= 64 and channel_plane >= limit:
-        return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= 64 and "
-                            f"min(C, K)/groups * H_out * W_out = {channel_plane} >= {limit} "
-                            f"(AUTO_WINOGRAD_MIN_CHANNEL_PLANE = "
+    if fits and narrow >= deep and channel_plane >= limit:
+        return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= {deep} "
+                            f"and min(C, K)/groups * H_out * W_out = {channel_plane} >= "
+                            f"{limit} (AUTO_WINOGRAD_MIN_CHANNEL_PLANE = "
                             f"{config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE}, halved for "
                             f"grad_weight): Winograd's fewer multiply-adds pay for its "
                             f"transforms")
-    use = blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize)
-    if narrow >= 64 and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
-        return "im2col", (f"stride 1 with min(C, K)/groups = {narrow} >= 64 channels on a "
-                          f"{plane_h}x{plane_w} plane, where only {use} % < "
+    if narrow >= deep and kh * kw == 1:
+        return "im2col", (f"a 1x1 layer with min(C, K)/groups = {narrow} >= "
+                          f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: one GEMM on the input itself")
+    if narrow > deep and stride != (1, 1):
+        return "im2col", (f"stride {stride} with min(C, K)/groups = {narrow} > "
+                          f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: deep enough for im2col's GEMM")
+    use = (blocked.use_percent(plane_h, plane_w, -(-kw // stride[1]), dilation[1], itemsize)
+           if op == "conv2d_grad_input" else
+           blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize, stride[1],
+                               width + left + right))
+    if narrow >= deep and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
+        return "im2col", (f"min(C, K)/groups = {narrow} >= AUTO_BLOCKED_MAX_CHANNELS = {deep} "
+                          f"on a {plane_h}x{plane_w} plane, where only {use} % < "
                           f"AUTO_BLOCKED_MIN_USE_PERCENT = {config.AUTO_BLOCKED_MIN_USE_PERCENT} "
                           f"% of the positions the blocked kernel computes are outputs")
-    return "direct", (f"stride 1 with {filters} >= {blocked.MIN_GROUP_K} filters per group: "
-                      f"the register-blocked direct kernel ({use} % of its positions are "
-                      f"outputs)")
+    return "direct", (f"{filters} >= {blocked.MIN_GROUP_K} filters per group: the "
+                      f"register-blocked direct kernel ({use} % of its positions are outputs)")
 
 
 def _conv_chooser(op):

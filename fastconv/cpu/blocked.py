@@ -77,14 +77,40 @@ def _pack_filters(weight, groups, transposed, packed):
                         packed[g, b, i * n_taps + t, kk] = value
 
 
+@kernel()
+def _phase_rows(buffer, plane, first, n_rows, pad_left, pitch, stride_h, stride_w):
+    """The zero-padded plane split into its ``stride_h * stride_w`` phases: phase
+    ``(a, b)`` holds padded rows ``first + q * stride_h + a`` (``first`` counts from the
+    first image row) and padded columns ``u * stride_w + b``, row ``q < n_rows`` at
+    ``buffer[(a * stride_w + b) * n_rows * pitch + q * pitch + u]``, ``u < pitch``; zeros
+    outside the image. In a phase, every tap of a strided convolution is again a run of
+    consecutive positions shifted by a constant."""
+    height, width = plane.shape
+    for a in range(stride_h):
+        for b in range(stride_w):
+            base = (a * stride_w + b) * n_rows * pitch
+            for q in range(n_rows):
+                dst = buffer[base + q * pitch : base + (q + 1) * pitch]
+                row = first + q * stride_h + a
+                if row < 0 or row >= height:
+                    dst[:] = 0
+                    continue
+                src = plane[row]
+                for u in range(pitch):
+                    col = u * stride_w + b - pad_left
+                    dst[u] = src[col] if 0 <= col < width else 0
+
+
 @kernel(parallel=True)
 def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, out, pad_top,
-                            pad_left, padded_w, kw, dilation_h, dilation_w, window, band, plane,
-                            k_runs, scratch):
-    """out[n, k] = bias[k] + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i + r*dh, j + s*dw]
-    (stride 1; with ``transposed``, the filters of grad_input's convolution, see
-    :func:`_pack_filters`), ``band`` output rows per task, ``plane`` values per channel
-    strip."""
+                            pad_left, stride_h, stride_w, pitch, phase_rows, kw, dilation_h,
+                            dilation_w, band, plane, k_runs, scratch):
+    """out[n, k] = bias[k] + sum_{c, r, s} weight[k, c, r, s]
+    * x_padded[n, c, i*sh + r*dh, j*sw + s*dw] (with ``transposed``, the filters of
+    grad_input's convolution, see :func:`_pack_filters`), ``band`` output rows per task.
+    A channel's strip (``plane`` values) holds the band's input rows on ``pitch``: the
+    padded rows themselves with stride 1, else the ``sh * sw`` phases of
+    :func:`_phase_rows`, ``phase_rows`` rows each."""
     _pack_filters(weight, packed.shape[0], transposed, packed)
     n_img, channels = x.shape[0], x.shape[1]
     groups, n_blocks = packed.shape[0], packed.shape[1]
@@ -97,11 +123,14 @@ def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, out, 
     n_chunks = scratch.shape[0]
     step = BLOCK_P * (64 // x.itemsize)  # positions in one micro-kernel block
     strip_len = group_channels * plane
-    sums_pitch = ((band - 1) * padded_w + out_w + step - 1) // step * step
+    sums_pitch = ((band - 1) * pitch + out_w + step - 1) // step * step
+    unit_stride = stride_h == 1 and stride_w == 1
     n_taps = packed.shape[2] // group_channels
-    taps = np.empty(n_taps, np.intp)  # tap (r, s) on the strip's pitch
+    taps = np.empty(n_taps, np.intp)  # tap (r, s): its phase, then its shift in the phase
     for t in range(n_taps):
-        taps[t] = (t // kw) * dilation_h * padded_w + (t % kw) * dilation_w
+        row, col = (t // kw) * dilation_h, (t % kw) * dilation_w
+        phase = (row % stride_h) * stride_w + col % stride_w
+        taps[t] = (phase * phase_rows + row // stride_h) * pitch + col // stride_w
     for chunk in prange(n_chunks):
         strip = scratch[chunk, :strip_len]
         sums = scratch[chunk, strip_len : strip_len + BLOCK_K * sums_pitch]
@@ -114,15 +143,19 @@ def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, out, 
             n, g = copy // groups, copy % groups
             i_first = band_index * band
             rows = min(band, out_h - i_first)
-            first = i_first - pad_top
-            n_rows = rows - 1 + window
+            first = i_first * stride_h - pad_top
+            n_rows = rows + phase_rows - band
             if copy != last_copy or first != last_first or n_rows != last_rows:
                 for c in range(group_channels):
-                    _padded_rows(strip[c * plane :], x[n, g * group_channels + c], first,
-                                 n_rows, pad_left, padded_w,
-                                 first != last_first or n_rows != last_rows)
+                    if unit_stride:
+                        _padded_rows(strip[c * plane :], x[n, g * group_channels + c], first,
+                                     n_rows, pad_left, pitch,
+                                     first != last_first or n_rows != last_rows)
+                    else:
+                        _phase_rows(strip[c * plane :], x[n, g * group_channels + c], first,
+                                    phase_rows, pad_left, pitch, stride_h, stride_w)
                 last_copy, last_first, last_rows = copy, first, n_rows
-            n_positions = (rows - 1) * padded_w + out_w
+            n_positions = (rows - 1) * pitch + out_w
             weights = packed[g]
             for b in range(run * per_run, min(n_blocks, (run + 1) * per_run)):
                 block_weights = weights[b].reshape(-1)
@@ -133,55 +166,62 @@ def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, out, 
                     k = g * per_group + b * BLOCK_K + kk
                     offset = bias[k] if has_bias else 0
                     for i in range(rows):
-                        src = sums[kk * sums_pitch + i * padded_w :]
+                        src = sums[kk * sums_pitch + i * pitch :]
                         dst = out[n, k, i_first + i]
                         for j in range(out_w):
                             dst[j] = src[j] + offset
 
 
 def applies(weight, stride, groups: int) -> bool:
-    """Whether :func:`conv2d_blocked` computes this convolution."""
-    return stride == (1, 1) and weight.shape[0] // groups >= MIN_GROUP_K
+    """Whether :func:`conv2d_blocked` computes this convolution: at least
+    :data:`MIN_GROUP_K` filters per group (any stride: strided layers run on the
+    phases of their input)."""
+    return weight.shape[0] // groups >= MIN_GROUP_K
 
 
-def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int) -> int:
+def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int,
+                stride_w: int = 1, width: int = 0) -> int:
     """The percentage of the positions computed on a whole plane that are outputs (the
-    rest are the junk columns of the padded pitch and the last block's overrun)."""
+    rest are the junk columns of the row pitch and the last block's overrun); ``width``
+    is the padded input width (needed with a stride)."""
     step = BLOCK_P * (64 // itemsize)
-    computed = (out_h - 1) * (out_w + dilation_w * (kw - 1)) + out_w
+    pitch = out_w + dilation_w * (kw - 1) if stride_w == 1 else -(-width // stride_w)
+    computed = (out_h - 1) * pitch + out_w
     return 100 * out_h * out_w // (-(-computed // step) * step)
 
 
 @functools.lru_cache(maxsize=512)
-def _forward_layout(x_shape, out_shape, filters_shape, padding, dilation, groups, itemsize,
-                    n_threads, budget, band_rows):
+def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation, groups,
+                    itemsize, n_threads, budget, band_rows):
     """Everything the blocked forward kernel needs besides its arrays, for one problem:
-    (packed filters' shape, band, plane, k_runs, scratch shape, padded width, window,
+    (packed filters' shape, band, pitch, phase rows, plane, k_runs, scratch shape,
     serial). Cached: the thread count, the scratch budget and the band rule are part of
     the key."""
     n_img, _, _, width = x_shape
     filters, channels, kh, kw = filters_shape  # of the convolution that runs, all groups
     out_h, out_w = out_shape[2], out_shape[3]
-    (top, _), (left, right) = padding
-    padded_w = width + left + right
+    (_, _), (left, right) = padding
+    phases = stride[0] * stride[1]
+    pitch = -(-(width + left + right) // stride[1])
+    reach = dilation[0] * (kh - 1) // stride[0]  # phase rows below a band's last row
     step = BLOCK_P * (64 // itemsize)
     per_group = filters // groups
     n_blocks = -(-per_group // BLOCK_K)
-    window = dilation[0] * (kh - 1) + 1
-    # a band of b rows: per channel (b - 1 + window) padded rows and the overrun of the
+    # a band of b rows: per channel (b + reach) rows of each phase and the overrun of the
     # last block of positions; BLOCK_K rows of sums
     band = band_rows(
-        out_h, channels * (window * padded_w + step) + BLOCK_K * (padded_w + step),
-        (channels + BLOCK_K) * padded_w, itemsize)
-    plane = (band - 1 + window) * padded_w + step
+        out_h, channels * (phases * (1 + reach) * pitch + step) + BLOCK_K * (pitch + step),
+        (channels * phases + BLOCK_K) * pitch, itemsize)
+    phase_rows = band + reach
+    plane = phases * phase_rows * pitch + step
     units = n_img * groups * -(-out_h // band)
     k_runs = max(1, min(n_blocks, -(-n_threads // units)))
     chunks = max(1, min(n_threads, units * k_runs))
-    sums_pitch = -(-((band - 1) * padded_w + out_w) // step) * step
+    sums_pitch = -(-((band - 1) * pitch + out_w) // step) * step
     serial = chunks == 1 or n_img * out_h * out_w * filters * channels * kh * kw <= (
         threads.SERIAL_MAX_WORK)
-    return ((groups, n_blocks, channels * kh * kw, BLOCK_K), band, plane, k_runs,
-            (chunks, channels * plane + BLOCK_K * sums_pitch), padded_w, window, serial)
+    return ((groups, n_blocks, channels * kh * kw, BLOCK_K), band, pitch, phase_rows, plane,
+            k_runs, (chunks, channels * plane + BLOCK_K * sums_pitch), serial)
 
 
 #: An empty bias per dtype, for calls without one.
@@ -189,24 +229,26 @@ _NO_BIAS = {np.dtype(np.float32): np.zeros(0, np.float32),
             np.dtype(np.float64): np.zeros(0, np.float64)}
 
 
-def conv2d_blocked(x, weight, bias, out, padding, dilation, groups: int, *,
+def conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups: int, *,
                    transposed: bool = False) -> None:
-    """Host side of the blocked kernel (stride 1); arguments as normalised by
-    :func:`fastconv.conv2d`. With ``transposed``, computes the convolution that gives
-    grad_input instead: ``weight`` is the forward weight ``(K, C/groups, R, S)``, whose
-    flipped, channel-swapped filters (:mod:`.identities`) are packed as they are read."""
+    """Host side of the blocked kernel; arguments as normalised by
+    :func:`fastconv.conv2d`. With ``transposed`` (stride 1 only), computes the
+    convolution that gives grad_input instead: ``weight`` is the forward weight
+    ``(K, C/groups, R, S)``, whose flipped, channel-swapped filters
+    (:mod:`.identities`) are packed as they are read."""
     out_channels, group_channels, kh, kw = weight.shape
     filters_shape = ((group_channels * groups, out_channels // groups, kh, kw) if transposed
                      else (out_channels, group_channels, kh, kw))
-    packed_shape, band, plane, k_runs, scratch_shape, padded_w, window, serial = _forward_layout(
-        x.shape, out.shape, filters_shape, padding, dilation, groups, x.itemsize,
-        threads.count(), config.DIRECT_TILE_BYTES, strips.band_rows)
+    packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial = (
+        _forward_layout(x.shape, out.shape, filters_shape, stride, padding, dilation, groups,
+                        x.itemsize, threads.count(), config.DIRECT_TILE_BYTES,
+                        strips.band_rows))
     packed = workspace.borrow(packed_shape, x.dtype, "packed")
     scratch = workspace.borrow(scratch_shape, x.dtype)
     kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
     kernel(x, weight, transposed, packed, _NO_BIAS[x.dtype] if bias is None else bias,
-           bias is not None, out, padding[0][0], padding[1][0], padded_w, kw, dilation[0],
-           dilation[1], window, band, plane, k_runs, scratch)
+           bias is not None, out, padding[0][0], padding[1][0], stride[0], stride[1], pitch,
+           phase_rows, kw, dilation[0], dilation[1], band, plane, k_runs, scratch)
 
 
 @kernel()
@@ -325,3 +367,65 @@ def conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, grou
         kernel(x[first : first + images], grad_out[first : first + images], xs, gs,
                grad_weight, groups, padding[0][0], padding[1][0], dilation[0], dilation[1],
                padded_w, n_vectors, first > 0)
+
+
+def _phase_axis(size: int, out_size: int, kernel: int, stride: int, pad: int, dilation: int,
+                residue: int):
+    """One axis of the input gradient's phase ``residue``: the positions ``y`` of the input
+    with ``(y + pad) % stride == residue`` take taps ``r`` with ``r * dilation % stride ==
+    residue`` only, a stride-1 transposed convolution of grad_out with those taps.
+    Returns ``(first y, count, taps, their dilation, grad_out's first and end index,
+    padding before and after)``, or None when the phase holds no position; ``taps`` is
+    empty when no tap reaches it."""
+    first = (residue - pad) % stride
+    count = len(range(first, size, stride))
+    if count == 0:
+        return None
+    taps = [r for r in range(kernel) if r * dilation % stride == residue]
+    if not taps:
+        return first, count, taps, 1, 0, 0, 0, 0
+    shift = (first + pad) // stride  # output row of the phase's first position, less e_0
+    step = (taps[1] - taps[0]) * dilation // stride if len(taps) > 1 else 1
+    e_first = (taps[0] * dilation - residue) // stride
+    reach = (len(taps) - 1) * step
+    # phase position m' reads grad_out[m' + reach - before + t * step], t < len(taps)
+    before = reach - shift + e_first
+    lo, hi = max(0, -before), min(out_size, count + reach - before)
+    if hi <= lo:
+        return first, count, [], 1, 0, 0, 0, 0
+    return first, count, taps, step, lo, hi, lo + before, count + reach - before - hi
+
+
+def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilation,
+                              groups: int) -> None:
+    """grad_in = conv_transpose2d(grad_out, weight) for a finite weight with at least
+    :data:`MIN_GROUP_K` channels per group, any stride: split into the ``sh * sw`` phases
+    of the input (positions ``(y, x)`` with ``((y + pad_top) % sh, (x + pad_left) % sw)``
+    fixed), each a stride-1 transposed convolution of grad_out with the taps that reach
+    it (:func:`_phase_axis`), run by the blocked kernel; with stride 1, one phase."""
+    phases_h = [_phase_axis(grad_in.shape[2], grad_out.shape[2], weight.shape[2], stride[0],
+                            padding[0][0], dilation[0], a) for a in range(stride[0])]
+    phases_w = [_phase_axis(grad_in.shape[3], grad_out.shape[3], weight.shape[3], stride[1],
+                            padding[1][0], dilation[1], b) for b in range(stride[1])]
+    whole = stride == (1, 1)
+    for rows in phases_h:
+        for cols in phases_w:
+            if rows is None or cols is None:
+                continue
+            y0, m_h, taps_h, step_h, lo_h, hi_h, top, bottom = rows
+            x0, m_w, taps_w, step_w, lo_w, hi_w, left, right = cols
+            target = grad_in[:, :, y0 :: stride[0], x0 :: stride[1]]
+            if not taps_h or not taps_w:
+                target[...] = 0
+                continue
+            sub = weight if len(taps_h) * len(taps_w) == weight[0, 0].size else (
+                np.ascontiguousarray(weight[:, :, taps_h][:, :, :, taps_w]))
+            source = grad_out
+            if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out.shape[2], 0, grad_out.shape[3]):
+                source = np.ascontiguousarray(grad_out[:, :, lo_h:hi_h, lo_w:hi_w])
+            out = grad_in if whole else workspace.borrow(
+                (grad_in.shape[0], grad_in.shape[1], m_h, m_w), grad_in.dtype, "phase")
+            conv2d_blocked(source, sub, None, out, (1, 1), ((top, bottom), (left, right)),
+                           (step_h, step_w), groups, transposed=True)
+            if not whole:
+                target[...] = out

@@ -131,10 +131,9 @@ def _chunks(n_tasks: int) -> int:
 @register("conv2d", "cpu", "direct")
 def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
     """Host side of the direct kernel; arguments as normalised by :func:`fastconv.conv2d`.
-    Stride 1 with a few filters per group goes to the register-blocked kernel of
-    :mod:`.blocked`."""
+    At least 4 filters per group go to the register-blocked kernel of :mod:`.blocked`."""
     if blocked.applies(weight, stride, groups):
-        blocked.conv2d_blocked(x, weight, bias, out, padding, dilation, groups)
+        blocked.conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups)
         return
     n_img, _, _, width = x.shape
     out_channels, _, kh, _ = weight.shape
@@ -287,20 +286,22 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
 
 @register("conv2d_grad_input", "cpu", "direct")
 def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilation, groups):
-    """grad_in = conv_transpose2d(grad_out, weight): with stride 1 and a finite weight, the
-    forward direct kernel on flipped weights (see :mod:`.identities`); otherwise scatter
-    loops. (That convolution multiplies every weight tap by the zero padding around
-    grad_out, where the transposed convolution has no term: a NaN or Inf tap would put
-    ``0 * Inf = NaN`` on the border.)"""
+    """grad_in = conv_transpose2d(grad_out, weight): for a finite weight, the blocked kernel
+    (at least 4 channels per group, any stride: :func:`.blocked.conv2d_grad_input_blocked`)
+    or, with stride 1, the forward direct kernel on flipped weights (see
+    :mod:`.identities`); otherwise scatter loops. (Those convolutions multiply every
+    weight tap by the zero padding around grad_out, where the transposed convolution has
+    no term: a NaN or Inf tap would put ``0 * Inf = NaN`` on the border.)"""
+    if weight.shape[1] >= blocked.MIN_GROUP_K and all_finite(weight):
+        # C/groups filters in that convolution: the blocked kernel, on the input's phases
+        blocked.conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilation,
+                                          groups)
+        return
     conv_pads = identities.grad_input_as_conv_padding(
         grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
     if conv_pads is not None and all_finite(weight):
-        if weight.shape[1] >= blocked.MIN_GROUP_K:  # C/groups filters in that convolution
-            blocked.conv2d_blocked(grad_out, weight, None, grad_in, conv_pads, dilation, groups,
-                                   transposed=True)
-        else:
-            conv2d_direct(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
-                          (1, 1), conv_pads, dilation, groups)
+        conv2d_direct(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
+                      (1, 1), conv_pads, dilation, groups)
         return
     n_img, channels, height, width = grad_in.shape
     # windows reach at most padded column (out_w - 1) * sw + dw * (kw - 1) < W + pads
