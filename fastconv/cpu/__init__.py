@@ -22,10 +22,9 @@ def _choose_conv(op, weight_shape, problem):
     1. direct when the whole call needs at most ``AUTO_DIRECT_MAX_WORK`` multiply-adds
        (a GEMM's packing costs more);
     2. with at least ``blocked.MIN_GROUP_K`` filters per group in the convolution
-       that runs (K/groups; C/groups for grad_input), any stride for conv2d and
-       grad_input (on the phases of the strided side) and stride 1 for grad_weight (also
-       one image's packed planes within the direct scratch budget), the register-blocked
-       direct kernels, except, with ``deep =
+       that runs (K/groups; C/groups for grad_input), any stride for conv2d and stride 1
+       for the gradients (grad_weight: also one image's packed planes within the direct
+       scratch budget), the register-blocked direct kernels, except, with ``deep =
        AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when it fits, min(C, K)/groups >=
        deep and min(C, K)/groups * H_out * W_out >= ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``
        (half that for grad_weight); im2col for 1x1 layers of >= deep channels (one GEMM
@@ -89,7 +88,9 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     groups = problem.get("groups", 1)
     stride = problem.get("stride", (1, 1))
     filters = group_channels if op == "conv2d_grad_input" else out_channels // groups
-    if filters < blocked.MIN_GROUP_K or (op == "conv2d_grad_weight" and stride != (1, 1)):
+    # the gradients' blocked kernels at stride 1 only (grad_input on the phases of a
+    # strided layer ran 1.0-1.7x slower than im2col)
+    if filters < blocked.MIN_GROUP_K or (op != "conv2d" and stride != (1, 1)):
         return None
     n_img, _, height, width = problem["input_shape"]
     (top, bottom), (left, right) = problem["padding"]
@@ -101,10 +102,8 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
             problem["input_shape"], (n_img, out_channels, out_h, out_w), weight_shape, (1, 1),
             problem["padding"], dilation, groups, itemsize):
         return None
-    # the blocked kernel computes grad_input as convolutions whose outputs are the input's
-    # stride_h * stride_w phases
-    plane_h, plane_w = ((-(-height // stride[0]), -(-width // stride[1]))
-                        if op == "conv2d_grad_input" else (out_h, out_w))
+    # the blocked kernel computes grad_input as a convolution whose output is the input
+    plane_h, plane_w = (height, width) if op == "conv2d_grad_input" else (out_h, out_w)
     channel_plane = narrow * out_h * out_w
     deep = config.AUTO_BLOCKED_MAX_CHANNELS
     # grad_weight's blocked kernel (dot products) runs slower than the forward one: half
@@ -122,10 +121,8 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     if narrow > deep and stride != (1, 1):
         return "im2col", (f"stride {stride} with min(C, K)/groups = {narrow} > "
                           f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: deep enough for im2col's GEMM")
-    use = (blocked.use_percent(plane_h, plane_w, -(-kw // stride[1]), dilation[1], itemsize)
-           if op == "conv2d_grad_input" else
-           blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize, stride[1],
-                               width + left + right))
+    use = blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize, stride[1],
+                              width + left + right)
     if narrow >= deep and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
         return "im2col", (f"min(C, K)/groups = {narrow} >= AUTO_BLOCKED_MAX_CHANNELS = {deep} "
                           f"on a {plane_h}x{plane_w} plane, where only {use} % < "
