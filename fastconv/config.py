@@ -153,11 +153,13 @@ AUTO_BLOCKED_MAX_CHANNELS: int = _env_int("AUTO_BLOCKED_MAX_CHANNELS", 64)
 #: and 256 channels on 14x14).
 AUTO_WINOGRAD_MIN_CHANNEL_PLANE: int = _env_int("AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 64 * 28 * 28)
 
-#: ... and im2col for layers of at least AUTO_BLOCKED_MAX_CHANNELS channels whose
-#: output positions are under this percentage of the positions the blocked kernel
-#: computes (the padded row pitch and 48-position blocks: 51 % on 7x7 images, where
-#: im2col ran 1.2-1.5x faster; 67 % on 8x8, where the blocked kernel won).
-AUTO_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_BLOCKED_MIN_USE_PERCENT", 60)
+#: ... and im2col for layers of more than AUTO_BLOCKED_SMALL_PLANE_CHANNELS channels
+#: whose output positions are under this percentage of the positions the blocked
+#: kernel computes (the padded row pitch's junk columns and the last vector's overrun:
+#: 76 % on 7x7 images, where im2col ran 1.2x faster from 256 channels on and 1.07x
+#: slower at 128; 80 % on 8x8, 87 % on 14x14).
+AUTO_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_BLOCKED_MIN_USE_PERCENT", 80)
+AUTO_BLOCKED_SMALL_PLANE_CHANNELS: int = _env_int("AUTO_BLOCKED_SMALL_PLANE_CHANNELS", 128)
 
 # --- the plan cache and autotuning -----------------------------------------------------
 

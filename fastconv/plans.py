@@ -92,7 +92,7 @@ def _choice_state(algorithm: Any) -> tuple:
             config.AUTO_DIRECT_MAX_DEPTH, config.AUTO_DIRECT_MAX_WORK,
             config.AUTO_WINOGRAD_MIN_CHANNELS, config.AUTO_WINOGRAD_MIN_TILES,
             config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE, config.AUTO_BLOCKED_MIN_USE_PERCENT,
-            config.AUTO_BLOCKED_MAX_CHANNELS)
+            config.AUTO_BLOCKED_MAX_CHANNELS, config.AUTO_BLOCKED_SMALL_PLANE_CHANNELS)
 
 
 def key(op: str, values: tuple, indices: tuple, params: tuple, algorithm: Any) -> tuple | None:

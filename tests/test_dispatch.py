@@ -80,7 +80,8 @@ AUTO_CHOICES = [
     # ... but Winograd from 64 channels on 28x28 (min(C, K) * H_out * W_out >= 64 * 28 * 28),
     ("c64_k64_3x3_28", (2, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "winograd"),
     # ... and im2col on deep layers where the blocked kernel wastes half its positions
-    ("c128_3x3_7x7", (2, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), "im2col"),
+    ("c256_3x3_7x7", (2, 256, 7, 7), (256, 256, 3, 3), dict(padding=1), "im2col"),
+    ("c128_3x3_7x7", (2, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), "direct"),
     # ... and im2col on 1x1 layers of >= 64 channels and strided layers of more
     ("c64_k64_1x1", (1, 64, 6, 6), (64, 64, 1, 1), {}, "im2col"),
     ("c128_k256_3x3_s2", (1, 128, 8, 8), (256, 128, 3, 3), dict(stride=2, padding=1), "im2col"),
@@ -144,9 +145,12 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
     monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 64 * 28 * 28 + 1)
     assert dispatch.select("conv2d", "cpu", "auto", **deep)[0] == "direct"
     assert dispatch.select("conv2d_grad_input", "cpu", "auto", **deep)[0] == "direct"
-    small = dict(_problem((128, 128, 3, 3)), input_shape=(8, 128, 7, 7))
+    small = dict(_problem((256, 256, 3, 3)), input_shape=(8, 256, 7, 7))
     assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "im2col"
-    monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 50)
+    monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 70)
+    assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "direct"
+    monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 80)
+    monkeypatch.setattr(config, "AUTO_BLOCKED_SMALL_PLANE_CHANNELS", 256)
     assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "direct"
     # grad_weight's limit is half: 64 * 28 * 28 still reaches it
     assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "winograd"

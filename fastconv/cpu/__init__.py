@@ -28,9 +28,10 @@ def _choose_conv(op, weight_shape, problem):
        AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when it fits, min(C, K)/groups >=
        deep and min(C, K)/groups * H_out * W_out >= ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``
        (half that for grad_weight); im2col for 1x1 layers of >= deep channels (one GEMM
-       on the input), strided layers of more than deep channels, and layers of >= deep
-       channels where under ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the
-       blocked kernel computes are outputs;
+       on the input), strided layers of more than deep channels, and layers of more
+       than ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
+       ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
+       are outputs;
     3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
        (too little depth for a GEMM), except grad_weight of a layer with more than one
        channel per group, whose im2col GEMM reduces over N * H * W and wins there;
@@ -123,9 +124,10 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
                           f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: deep enough for im2col's GEMM")
     use = blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize, stride[1],
                               width + left + right)
-    if narrow >= deep and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
-        return "im2col", (f"min(C, K)/groups = {narrow} >= AUTO_BLOCKED_MAX_CHANNELS = {deep} "
-                          f"on a {plane_h}x{plane_w} plane, where only {use} % < "
+    small = config.AUTO_BLOCKED_SMALL_PLANE_CHANNELS
+    if narrow > small and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
+        return "im2col", (f"min(C, K)/groups = {narrow} > AUTO_BLOCKED_SMALL_PLANE_CHANNELS = "
+                          f"{small} on a {plane_h}x{plane_w} plane, where only {use} % < "
                           f"AUTO_BLOCKED_MIN_USE_PERCENT = {config.AUTO_BLOCKED_MIN_USE_PERCENT} "
                           f"% of the positions the blocked kernel computes are outputs")
     return "direct", (f"{filters} >= {blocked.MIN_GROUP_K} filters per group: the "

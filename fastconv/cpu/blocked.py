@@ -10,8 +10,9 @@ then the same run of consecutive positions shifted by a constant, which is what
 positions (float32; 24 in float64) of sums in registers over all channels and
 taps of the group and stores them once. The filters are packed per call
 (``(groups, blocks of 8, channels * taps, 8)``, zeros past the last filter);
-positions past the band and the ``W_pad - W_out`` junk columns of each row are
-computed and dropped when the sums are written out with the bias.
+positions past the band (the last ones run one vector at a time,
+:func:`.microkernels.weights_x_vector`) and the ``W_pad - W_out`` junk columns of
+each row are computed and dropped when the sums are written out with the bias.
 
 A task is one image, one group, a run of filter blocks and one band of output
 rows; the filter blocks are split over tasks only when there are fewer images,
@@ -38,7 +39,8 @@ from numba import prange
 from .. import config
 from . import strips, threads, workspace
 from ._jit import kernel
-from .microkernels import BLOCK_K, BLOCK_P, filters_x_taps, weights_x_positions
+from .microkernels import (BLOCK_K, BLOCK_P, filters_x_taps, weights_x_positions,
+                           weights_x_vector)
 from .strips import _padded_rows
 
 #: Fewest filters per group for which the blocked path pays: with fewer, most of
@@ -121,9 +123,10 @@ def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, out, 
     n_bands = (out_h + band - 1) // band
     n_tasks = n_img * groups * k_runs * n_bands
     n_chunks = scratch.shape[0]
-    step = BLOCK_P * (64 // x.itemsize)  # positions in one micro-kernel block
+    lanes = 64 // x.itemsize
+    step = BLOCK_P * lanes  # positions in one micro-kernel block
     strip_len = group_channels * plane
-    sums_pitch = ((band - 1) * pitch + out_w + step - 1) // step * step
+    sums_pitch = ((band - 1) * pitch + out_w + lanes - 1) // lanes * lanes
     unit_stride = stride_h == 1 and stride_w == 1
     n_taps = packed.shape[2] // group_channels
     taps = np.empty(n_taps, np.intp)  # tap (r, s): its phase, then its shift in the phase
@@ -159,9 +162,13 @@ def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, out, 
             weights = packed[g]
             for b in range(run * per_run, min(n_blocks, (run + 1) * per_run)):
                 block_weights = weights[b].reshape(-1)
-                for p in range(0, n_positions, step):
+                for p in range(0, n_positions - step + 1, step):
                     weights_x_positions(strip, block_weights, sums, p, plane, group_channels,
                                         taps, sums_pitch)
+                # the last positions one vector at a time
+                for p in range(n_positions // step * step, n_positions, lanes):
+                    weights_x_vector(strip, block_weights, sums, p, plane, group_channels,
+                                     taps, sums_pitch)
                 for kk in range(min(BLOCK_K, per_group - b * BLOCK_K)):
                     k = g * per_group + b * BLOCK_K + kk
                     offset = bias[k] if has_bias else 0
@@ -184,10 +191,10 @@ def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int,
     """The percentage of the positions computed on a whole plane that are outputs (the
     rest are the junk columns of the row pitch and the last block's overrun); ``width``
     is the padded input width (needed with a stride)."""
-    step = BLOCK_P * (64 // itemsize)
+    lanes = 64 // itemsize
     pitch = out_w + dilation_w * (kw - 1) if stride_w == 1 else -(-width // stride_w)
     computed = (out_h - 1) * pitch + out_w
-    return 100 * out_h * out_w // (-(-computed // step) * step)
+    return 100 * out_h * out_w // (-(-computed // lanes) * lanes)
 
 
 @functools.lru_cache(maxsize=512)
@@ -217,7 +224,8 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     units = n_img * groups * -(-out_h // band)
     k_runs = max(1, min(n_blocks, -(-n_threads // units)))
     chunks = max(1, min(n_threads, units * k_runs))
-    sums_pitch = -(-((band - 1) * pitch + out_w) // step) * step
+    lanes = 64 // itemsize
+    sums_pitch = -(-((band - 1) * pitch + out_w) // lanes) * lanes
     serial = chunks == 1 or n_img * out_h * out_w * filters * channels * kh * kw <= (
         threads.SERIAL_MAX_WORK)
     return ((groups, n_blocks, channels * kh * kw, BLOCK_K), band, pitch, phase_rows, plane,

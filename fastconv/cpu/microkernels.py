@@ -12,7 +12,8 @@ broadcasts eight weights and issues 24 fused multiply-adds, so 24 of the 32
 AVX-512 registers hold sums and no step waits on another's result. On this
 project's AVX-512 machine it runs at about one core's peak from L1 (see
 benchmarks/RESULTS.md); on an AVX2 CPU LLVM splits each vector in two and the
-block spills some sums, correct but slower.
+block spills some sums, correct but slower. :func:`weights_x_vector` is the same
+block one vector wide, for the last positions of a plane.
 
 :func:`filters_x_taps` is the dot-product form for a weight gradient: 8 filters
 by 3 taps, each sum a vector of partial sums over positions, added up across
@@ -77,6 +78,31 @@ def weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pit
         simd.store(out, at, b0)
         simd.store(out, at + lanes, b1)
         simd.store(out, at + 2 * lanes, b2)
+
+
+@kernel()
+def weights_x_vector(source, weights, out, first, pitch, depth, taps, out_pitch):
+    """:func:`weights_x_positions` for one vector of positions (``lanes``, 16 in
+    float32): the tail of a plane, where a block of three would mostly compute positions
+    past its end. Eight sums in registers: one load and eight broadcasts per step."""
+    lanes = simd.lanes(source)
+    n_taps = taps.size
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros(source)
+    for c in range(depth):
+        plane = c * pitch + first
+        for t in range(n_taps):
+            x = simd.load(source, plane + taps[t])
+            w = (c * n_taps + t) * 8
+            a0 = simd.fma(simd.splat(weights[w], source), x, a0)
+            a1 = simd.fma(simd.splat(weights[w + 1], source), x, a1)
+            a2 = simd.fma(simd.splat(weights[w + 2], source), x, a2)
+            a3 = simd.fma(simd.splat(weights[w + 3], source), x, a3)
+            a4 = simd.fma(simd.splat(weights[w + 4], source), x, a4)
+            a5 = simd.fma(simd.splat(weights[w + 5], source), x, a5)
+            a6 = simd.fma(simd.splat(weights[w + 6], source), x, a6)
+            a7 = simd.fma(simd.splat(weights[w + 7], source), x, a7)
+    for kk, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7)):
+        simd.store(out, kk * out_pitch + first, acc)
 
 
 @kernel()
