@@ -39,8 +39,7 @@ from numba import prange
 from .. import config
 from . import strips, threads, workspace
 from ._jit import kernel
-from .microkernels import (BLOCK_K, BLOCK_P, filters_x_taps, weights_x_positions,
-                           weights_x_vector)
+from .microkernels import BLOCK_K, BLOCK_P, filters_x_taps, weights_x_positions, weights_x_vector
 from .strips import _padded_rows
 
 #: Fewest filters per group for which the blocked path pays: with fewer, most of
