@@ -85,7 +85,6 @@ def weights_x_vector(source, weights, out, first, pitch, depth, taps, out_pitch)
     """:func:`weights_x_positions` for one vector of positions (``lanes``, 16 in
     float32): the tail of a plane, where a block of three would mostly compute positions
     past its end. Eight sums in registers: one load and eight broadcasts per step."""
-    lanes = simd.lanes(source)
     n_taps = taps.size
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros(source)
     for c in range(depth):
