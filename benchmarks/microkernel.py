@@ -1,0 +1,109 @@
+"""The blocked micro-kernels' own speed from L1, against one core's multiply-add peak.
+
+    python benchmarks/microkernel.py [--seconds 0.5]
+
+Times, on the calling thread (one core), float32:
+
+- peak: a loop of 24 independent 16-lane fused multiply-adds on registers (no memory),
+  the most this core issues;
+- weights_x_positions: one call of the forward micro-kernel (8 filters x 48 positions)
+  over 32 channels x 9 taps of a 3x3 layer's strip, all in L1 (about 28 KB);
+- weights_x_vector: its one-vector tail (8 filters x 16 positions), same strip;
+- filters_x_taps: grad_weight's micro-kernel (8 filters x 3 taps) over 16 images of
+  80 positions.
+
+Prints GFLOP/s (2 flops per multiply-add per lane) and the fraction of the peak.
+Compilation is kept out of the timings (each kernel runs once before it is timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numba
+import numpy as np
+
+from fastconv.cpu import microkernels, simd
+
+
+@numba.njit(fastmath=True)
+def _peak(like, steps):
+    """24 chains of fused multiply-adds on registers: 24 * 16 * 2 flops per step."""
+    v = simd.splat(1.0000001, like)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros(like)
+    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = simd.zeros(like)
+    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = simd.zeros(like)
+    for _ in range(steps):
+        a0, a1, a2, a3 = (simd.fma(v, a0, v), simd.fma(v, a1, v), simd.fma(v, a2, v),
+                          simd.fma(v, a3, v))
+        a4, a5, a6, a7 = (simd.fma(v, a4, v), simd.fma(v, a5, v), simd.fma(v, a6, v),
+                          simd.fma(v, a7, v))
+        b0, b1, b2, b3 = (simd.fma(v, b0, v), simd.fma(v, b1, v), simd.fma(v, b2, v),
+                          simd.fma(v, b3, v))
+        b4, b5, b6, b7 = (simd.fma(v, b4, v), simd.fma(v, b5, v), simd.fma(v, b6, v),
+                          simd.fma(v, b7, v))
+        c0, c1, c2, c3 = (simd.fma(v, c0, v), simd.fma(v, c1, v), simd.fma(v, c2, v),
+                          simd.fma(v, c3, v))
+        c4, c5, c6, c7 = (simd.fma(v, c4, v), simd.fma(v, c5, v), simd.fma(v, c6, v),
+                          simd.fma(v, c7, v))
+    total = simd.add(simd.add(simd.add(a0, a1), simd.add(a2, a3)), simd.add(a4, a5))
+    for q in (a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3, c4, c5, c6, c7):
+        total = simd.add(total, q)
+    simd.store(like, 0, total)
+
+
+def _rate(call, flops: float, seconds: float) -> float:
+    """GFLOP/s of ``call`` (``flops`` each), best of five runs of ``seconds`` / 5."""
+    call()
+    best = float("inf")
+    for _ in range(5):
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 5:
+            call()
+            count += 1
+        best = min(best, (time.perf_counter() - start) / count)
+    return flops / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=0.5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    lanes = 16
+    scratch = np.zeros(lanes, np.float32)
+    steps = 200_000
+    peak = _rate(lambda: _peak(scratch, steps), steps * 24 * lanes * 2.0, args.seconds)
+
+    depth, pitch = 32, 10 * 10 + 48  # an 8x8 plane padded to 10x10, and the block's overrun
+    taps = np.array([r * 10 + s for r in range(3) for s in range(3)], np.intp)
+    strip = rng.standard_normal(depth * pitch + 64).astype(np.float32)
+    weights = rng.standard_normal(depth * taps.size * 8).astype(np.float32)
+    sums = np.zeros(8 * 96, np.float32)
+    per_step = depth * taps.size * 8 * 2.0
+    forward = _rate(lambda: microkernels.weights_x_positions(strip, weights, sums, 0, pitch,
+                                                             depth, taps, 96),
+                    per_step * 48, args.seconds)
+    tail = _rate(lambda: microkernels.weights_x_vector(strip, weights, sums, 0, pitch, depth,
+                                                       taps, 96),
+                 per_step * 16, args.seconds)
+
+    images, vectors = 16, 5
+    grads = rng.standard_normal(images * 8 * vectors * lanes).astype(np.float32)
+    source = rng.standard_normal(images * pitch + 64).astype(np.float32)
+    totals = np.zeros(24, np.float32)
+    gw = _rate(lambda: microkernels.filters_x_taps(grads, source, totals, 0, vectors * lanes,
+                                                   0, taps, images, 8 * vectors * lanes,
+                                                   pitch, vectors),
+               images * vectors * lanes * 24 * 2.0, args.seconds)
+    print(f"one core, float32, numba {numba.__version__}, "
+          f"LLVM CPU {numba.config.CPU_NAME or 'host'}")
+    print(f"{'kernel':<22}{'GFLOP/s':>10}{'of peak':>10}")
+    for name, rate in [("peak (FMA loop)", peak), ("weights_x_positions", forward),
+                       ("weights_x_vector", tail), ("filters_x_taps", gw)]:
+        print(f"{name:<22}{rate:>10.1f}{rate / peak:>10.0%}")
+
+
+if __name__ == "__main__":
+    main()
