@@ -403,6 +403,17 @@ def _phase_axis(size: int, out_size: int, kernel: int, stride: int, pad: int, di
     return first, count, taps, step, lo, hi, lo + before, count + reach - before - hi
 
 
+@functools.lru_cache(maxsize=512)
+def _phases(in_size, out_size, kernel, stride, padding, dilation):
+    """The (rows, columns) of every phase of the input that holds a position
+    (:func:`_phase_axis` per axis), for one problem."""
+    rows = [_phase_axis(in_size[0], out_size[0], kernel[0], stride[0], padding[0][0],
+                        dilation[0], a) for a in range(stride[0])]
+    cols = [_phase_axis(in_size[1], out_size[1], kernel[1], stride[1], padding[1][0],
+                        dilation[1], b) for b in range(stride[1])]
+    return tuple((r, c) for r in rows for c in cols if r is not None and c is not None)
+
+
 def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilation,
                               groups: int) -> None:
     """grad_in = conv_transpose2d(grad_out, weight) for a finite weight with at least
@@ -410,27 +421,20 @@ def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilati
     of the input (positions ``(y, x)`` with ``((y + pad_top) % sh, (x + pad_left) % sw)``
     fixed), each a stride-1 transposed convolution of grad_out with the taps that reach
     it (:func:`_phase_axis`), run by the blocked kernel; with stride 1, one phase."""
-    phases_h = [_phase_axis(grad_in.shape[2], grad_out.shape[2], weight.shape[2], stride[0],
-                            padding[0][0], dilation[0], a) for a in range(stride[0])]
-    phases_w = [_phase_axis(grad_in.shape[3], grad_out.shape[3], weight.shape[3], stride[1],
-                            padding[1][0], dilation[1], b) for b in range(stride[1])]
     whole = stride == (1, 1)
-    for rows in phases_h:
-        for cols in phases_w:
-            if rows is None or cols is None:
-                continue
-            y0, m_h, taps_h, step_h, lo_h, hi_h, top, bottom = rows
-            x0, m_w, taps_w, step_w, lo_w, hi_w, left, right = cols
-            target = grad_in[:, :, y0 :: stride[0], x0 :: stride[1]]
-            if not taps_h or not taps_w:
-                target[...] = 0
-                continue
-            sub = weight if len(taps_h) * len(taps_w) == weight[0, 0].size else (
-                np.ascontiguousarray(weight[:, :, taps_h][:, :, :, taps_w]))
-            source = grad_out
-            if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out.shape[2], 0, grad_out.shape[3]):
-                source = np.ascontiguousarray(grad_out[:, :, lo_h:hi_h, lo_w:hi_w])
-            # the kernel writes the phase's positions of grad_in in place (a strided view)
-            conv2d_blocked(source, sub, None, grad_in if whole else target, (1, 1),
-                           ((top, bottom), (left, right)), (step_h, step_w), groups,
-                           transposed=True)
+    for rows, cols in _phases(grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride,
+                              padding, dilation):
+        y0, _, taps_h, step_h, lo_h, hi_h, top, bottom = rows
+        x0, _, taps_w, step_w, lo_w, hi_w, left, right = cols
+        target = grad_in if whole else grad_in[:, :, y0 :: stride[0], x0 :: stride[1]]
+        if not taps_h or not taps_w:
+            target[...] = 0
+            continue
+        sub = weight if len(taps_h) * len(taps_w) == weight[0, 0].size else (
+            np.ascontiguousarray(weight[:, :, taps_h][:, :, :, taps_w]))
+        source = grad_out
+        if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out.shape[2], 0, grad_out.shape[3]):
+            source = np.ascontiguousarray(grad_out[:, :, lo_h:hi_h, lo_w:hi_w])
+        # the kernel writes the phase's positions of grad_in in place (a strided view)
+        conv2d_blocked(source, sub, None, target, (1, 1), ((top, bottom), (left, right)),
+                       (step_h, step_w), groups, transposed=True)
