@@ -33,6 +33,13 @@ def _primitives(a, b, c, out):
         simd.store(out, 2 * a.size + i, simd.maximum(va, simd.zeros(a)))
 
 
+@numba.njit
+def _lane_sums(a, out):
+    lanes = simd.lanes(a)
+    for i in range(0, a.size, lanes):
+        out[i // lanes] = simd.total(simd.load(a, i))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_primitives_match_numpy(dtype, rng):
     lanes = 64 // np.dtype(dtype).itemsize
@@ -43,6 +50,16 @@ def test_primitives_match_numpy(dtype, rng):
     np.testing.assert_allclose(out[: 3 * lanes], a * b + c, rtol=4 * np.finfo(dtype).eps)
     np.testing.assert_array_equal(out[3 * lanes : 6 * lanes], a + c[0])
     np.testing.assert_array_equal(out[6 * lanes :], np.maximum(a, 0))  # NaN stays NaN
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_total_sums_the_lanes(dtype, rng):
+    lanes = 64 // np.dtype(dtype).itemsize
+    a = rng.standard_normal(4 * lanes).astype(dtype)
+    out = np.zeros(4, dtype)
+    _lane_sums(a, out)
+    np.testing.assert_allclose(out, a.reshape(4, lanes).sum(axis=1),
+                               rtol=8 * np.finfo(dtype).eps, atol=8 * np.finfo(dtype).eps)
 
 
 @numba.njit
