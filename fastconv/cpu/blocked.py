@@ -1,5 +1,6 @@
-"""Direct convolution on a register-tiled micro-kernel: the ``direct`` algorithm's
-path for stride 1 with at least :data:`MIN_GROUP_K` filters per group.
+"""Direct convolution on register-tiled micro-kernels: the ``direct`` algorithm's
+path for at least :data:`MIN_GROUP_K` filters per group (conv2d at any stride,
+grad_input at any stride, grad_weight at stride 1).
 
 The input is laid out as in :mod:`.direct`: a task copies the padded input
 rows of a band of output rows, every channel of its group, onto the padded row
@@ -16,7 +17,14 @@ each row are computed and dropped when the sums are written out with the bias.
 
 A task is one image, one group, a run of filter blocks and one band of output
 rows; the filter blocks are split over tasks only when there are fewer images,
-groups and bands than threads.
+groups and bands than threads. A strided layer's strip holds the
+``stride_h * stride_w`` phases of the band's input rows (:func:`_phase_rows`),
+in each of which every tap is again a constant shift of the positions.
+
+grad_input (:func:`conv2d_grad_input_blocked`) is the same kernel on the
+flipped, channel-swapped filters, packed as they are read: at stride 1 one
+convolution of grad_output; at a stride, one stride-1 convolution per phase of
+the input with the taps that reach that phase, written in place.
 
 The weight gradient (:func:`conv2d_grad_weight_blocked`) uses the same layout:
 each image's padded input planes and its output gradient on the padded pitch
