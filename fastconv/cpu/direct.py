@@ -1,8 +1,13 @@
 """Direct convolution: JIT loops over the definition.
 
-Fast where one output needs few multiply-adds (few channels per group, small
-kernels: depthwise and first layers), where building GEMM columns costs more
-than the arithmetic they feed.
+The ``direct`` algorithm's host functions send convolutions with at least
+4 filters per group to the register-tiled kernels of :mod:`.blocked` (conv2d
+and grad_input at any stride, grad_weight at stride 1); the loops here serve
+the rest: depthwise and other layers of 1-3 filters per group, a non-finite
+weight's grad_input, and grad_weight at a stride or beyond the blocked kernel's
+scratch. They are fast where one output needs few multiply-adds (few channels
+per group, small kernels), where building GEMM columns costs more than the
+arithmetic they feed.
 
 Each task takes one image, one group, a block of output channels and a band
 of output rows. It copies the ``(b - 1) * stride + dilation * (R - 1) + 1``
@@ -145,7 +150,7 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
     # a band of b rows: ((b - 1) * sh + window) input rows and block_k accumulators
     window = dilation[0] * (kh - 1) + 1
     band = strips.band_rows(out_h, window * padded_w + block_k * out_w,
-                     stride[0] * padded_w + block_k * pitch, x.itemsize)
+                            stride[0] * padded_w + block_k * pitch, x.itemsize)
     n_tasks = n_img * groups * (-(-(out_channels // groups) // block_k)) * (-(-out_h // band))
     chunks = _chunks(n_tasks)
     scratch = workspace.borrow(
@@ -332,7 +337,7 @@ def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilatio
     # grad_out on the padded pitch
     unit_stride = stride == (1, 1)
     band = strips.band_rows(out_h, window * padded_w + unit_stride * out_w,
-                     (stride[0] + unit_stride) * padded_w, x.itemsize)
+                            (stride[0] + unit_stride) * padded_w, x.itemsize)
     pitched = (band - 1) * padded_w + out_w if unit_stride else 0
     chunks = _chunks(grad_weight.shape[0])
     scratch = workspace.borrow(
