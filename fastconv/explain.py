@@ -34,7 +34,7 @@ def explain(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str
       grad_bias).
 
     >>> import numpy as np, fastconv
-    >>> x, w = np.ones((8, 64, 14, 14), np.float32), np.ones((64, 64, 3, 3), np.float32)
+    >>> x, w = np.ones((8, 64, 28, 28), np.float32), np.ones((64, 64, 3, 3), np.float32)
     >>> choice = fastconv.explain("conv2d", x, w, padding=1)
     >>> choice["algorithm"], choice["source"]
     ('winograd', 'heuristic')
