@@ -36,11 +36,6 @@ _CHOOSERS: dict[tuple[str, str], Callable[..., str]] = {}
 _UNSUPPORTED: dict[tuple[str, str, str], Callable[..., str | None]] = {}
 _LOADED: set[str] = set()
 
-#: Devices whose kernels cannot run in this process, each with a function that makes
-#: the error saying why (the CPU in a child forked after its parent used GNU OpenMP:
-#: fastconv.cpu.threads); a new error each call, so no traceback piles up on one object.
-BLOCKED: dict[str, Callable[[], Exception]] = {}
-
 
 def _forget_plans() -> None:
     """A new kernel or chooser may change what a cached plan would run."""
@@ -147,8 +142,6 @@ def choose(op: str, device: str, algorithm: str, *, arrays: tuple = (), params: 
         raise ValueError(
             f"unknown algorithm {algorithm!r} for {op} on {device}; available: {', '.join(names)}"
         )
-    if device in BLOCKED:
-        raise BLOCKED[device]()
     if algorithm != "auto":
         source, reason = "requested", f"algorithm={algorithm!r} was asked for"
     else:

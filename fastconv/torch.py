@@ -54,7 +54,10 @@ go to fastconv's CUDA backend as they are, and its results are CUDA tensors.
 Threads: on the CPU, a call runs fastconv's Numba kernels on
 ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)`` threads,
 setting Numba's (per-thread) count for the call only and restoring it after;
-PyTorch's thread settings are never changed.
+PyTorch's thread settings are never changed. Importing this module starts
+Numba's OpenMP layer on PyTorch's own OpenMP runtime where it can
+(:func:`fastconv.cpu.threads.share_torch_pool`), so the two libraries share one
+pool of threads instead of spinning against each other.
 
 Example:
 
@@ -83,6 +86,7 @@ from . import plans, shapes
 from ._checks import divisor as _divisor
 from ._checks import flag as _flag
 from ._checks import positive_int
+from .cpu import threads as _threads
 
 __all__ = [
     "Conv2dFunction",
@@ -215,12 +219,14 @@ def _numba_module() -> Any:
     if _numba is None:
         import numba
 
-        # before Numba's thread pool starts (get_num_threads starts it): fastconv.cpu
-        # makes its threading layer (TBB) loadable
-        from . import cpu  # noqa: F401
-
         _numba = numba
     return _numba
+
+
+# Before Numba's thread pool starts: run fastconv's parallel loops on PyTorch's OpenMP
+# pool where it can (fastconv.cpu.threads.share_torch_pool), so the two libraries do not
+# keep two pools spinning on the same cores.
+_threads.share_torch_pool()
 
 
 class _TorchThreads:

@@ -88,22 +88,75 @@ def test_spawned_workers_after_a_parallel_call(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="GNU OpenMP is the Linux layer")
-def test_forked_child_under_gnu_openmp_raises_instead_of_dying():
-    result = _run("""
-        import os, numpy as np, fastconv
-        x, w = np.ones((1, 2, 6, 6), np.float32), np.ones((2, 2, 3, 3), np.float32)
-        fastconv.conv2d(x, w)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                fastconv.conv2d(x, w)
-            except RuntimeError as error:
-                os._exit(3 if "fork-safe" in str(error) else 4)
-            os._exit(5)
-        print(os.waitpid(pid, 0)[1] >> 8)
-    """, NUMBA_THREADING_LAYER="omp")
+def test_forked_workers_under_gnu_openmp_run_serial_kernels(tmp_path):
+    # Numba's OpenMP layer kills a child that enters a parallel kernel after its parent
+    # did: fastconv's children run the kernels' serial twins instead
+    result = _run_pool("fork", tmp_path, NUMBA_THREADING_LAYER="omp")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["3"]
+    assert result.stdout.split() == ["ok", "omp"]
+    assert "Terminating" not in result.stderr
+
+
+def _torch_shares_its_pool() -> bool:
+    torch = pytest.importorskip("torch")
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    return (sys.platform.startswith("linux")
+            and "parallel backend: OpenMP" in torch.__config__.parallel_info()
+            and any(name.startswith("libgomp") for name in os.listdir(lib)))
+
+
+def test_bridge_runs_on_pytorch_openmp_pool(tmp_path):
+    if not _torch_shares_its_pool():
+        pytest.skip("PyTorch here does not load its own GNU OpenMP runtime")
+    # one pool for both libraries: no new thread appears for fastconv's kernels, and
+    # the OpenMP settings Numba's start changes (thread count, nesting) are PyTorch's
+    # again; then a forked DataLoader-style worker computes on the serial kernels
+    script = tmp_path / "bridge_pool.py"
+    script.write_text(textwrap.dedent("""
+        import ctypes, multiprocessing, os, numpy as np, torch
+        torch.set_num_threads(2)
+        torch.randn(512, 512) @ torch.randn(512, 512)  # PyTorch's pool starts
+        try:
+            import scipy.linalg  # Numba loads it, and its OpenBLAS starts a pool of its own
+        except ImportError:
+            pass
+        process = ctypes.CDLL(None)
+        before = (len(os.listdir("/proc/self/task")), process.omp_get_max_active_levels(),
+                  process.omp_get_nested(), torch.get_num_threads())
+        import numba, fastconv, fastconv.torch as fct  # starts Numba's pool: no new thread
+        layer = fct.Conv2d(8, 16, 3, padding=1)
+        x = torch.randn(8, 8, 32, 32)
+        layer(x).sum().backward()
+        expected = fastconv.conv2d(x.numpy(), layer.weight.detach().numpy(), padding=1)
+        after = (len(os.listdir("/proc/self/task")), process.omp_get_max_active_levels(),
+                 process.omp_get_nested(), torch.get_num_threads())
+        assert after == before, (before, after)
+
+        def work(algorithm):
+            return fastconv.conv2d(x.numpy(), layer.weight.detach().numpy(), padding=1,
+                                   algorithm=algorithm)
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("fork").Pool(2) as pool:
+                results = pool.map_async(work, ["direct", "im2col", "winograd"]).get(timeout=120)
+            assert all(np.allclose(r, expected, rtol=1e-4, atol=1e-4) for r in results)
+            print("ok", numba.threading_layer())
+    """))
+    result = _run(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "omp"]
+    assert "Terminating" not in result.stderr
+
+
+def test_explicit_threading_layer_wins_over_the_bridge():
+    pytest.importorskip("torch")
+    result = _run("""
+        import torch, numba, fastconv.torch as fct
+        fct.Conv2d(4, 4, 3)(torch.randn(2, 4, 8, 8))
+        print(numba.threading_layer())
+    """, NUMBA_THREADING_LAYER="workqueue")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["workqueue"]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="GNU OpenMP is the Linux layer")
@@ -172,20 +225,6 @@ def test_calls_from_several_python_threads(rng):
     assert len(results) == 20
     for result in results.values():
         np.testing.assert_allclose(result, expected, rtol=1e-9, atol=1e-9)
-
-
-def test_blocked_device_raises_a_new_error_each_call(monkeypatch):
-    from fastconv import dispatch
-    from fastconv.cpu import threads
-
-    monkeypatch.setitem(dispatch.BLOCKED, "cpu", threads._fork_error)
-    x, w = np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3))
-    errors = []
-    for _ in range(2):
-        with pytest.raises(RuntimeError, match="fork-safe") as info:
-            fastconv.conv2d(x, w)
-        errors.append(info.value)
-    assert errors[0] is not errors[1]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import types
 
 import numba
@@ -9,6 +10,10 @@ import numba
 from .. import _notice, config
 
 _DEFAULT_FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
+
+#: Every parallel kernel as (module name, global name, dispatcher): what
+#: :func:`run_serial_twins` rebinds.
+THREADED: list[tuple[str, str, object]] = []
 
 # one line on stderr before the first kernel that really compiles (fastconv._notice)
 _notice.install()
@@ -48,8 +53,21 @@ def kernel(*, parallel: bool = False):
             twin.__module__ = function.__module__
             twin.__doc__ = function.__doc__
             dispatcher.serial = numba.njit(parallel=False, **options)(twin)
+            dispatcher.serial.serial = dispatcher.serial
+            THREADED.append((function.__module__, function.__name__, dispatcher))
         else:
             dispatcher.serial = dispatcher
         return dispatcher
 
     return decorate
+
+
+def run_serial_twins() -> None:
+    """Rebind every parallel kernel's module-level name to its serial twin, for the rest
+    of this process: host code looks its kernels up by module global on every call, so
+    from here on no call enters Numba's thread pool (a child forked after its parent
+    used GNU OpenMP, where a parallel kernel would kill the process)."""
+    for module_name, name, dispatcher in THREADED:
+        module = sys.modules.get(module_name)
+        if module is not None and getattr(module, name, None) is dispatcher:
+            setattr(module, name, dispatcher.serial)
