@@ -9,8 +9,9 @@ Times, on the calling thread (one core), float32:
 - weights_x_positions: one call of the forward micro-kernel (8 filters x 48 positions)
   over 32 channels x 9 taps of a 3x3 layer's strip, all in L1 (about 28 KB);
 - weights_x_vector: its one-vector tail (8 filters x 16 positions), same strip;
-- filters_x_taps: grad_weight's micro-kernel (8 filters x 3 taps) over 16 images of
-  80 positions.
+- runs_x_filters: grad_weight's micro-kernel (12 taps x 32 filters) over 4 images of
+  an 8x8 plane (padded to 10x10);
+- runs_x_vector: its one-vector form (12 taps x 16 filters), same images.
 
 Prints GFLOP/s (2 flops per multiply-add per lane) and the fraction of the peak.
 Each timed call runs the micro-kernel 1000 times from compiled code, so Python's call
@@ -20,6 +21,7 @@ into Numba stays out of the rates; compilation too (each runs once before it is 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import numba
@@ -67,10 +69,17 @@ def _tail(strip, weights, sums, pitch, depth, taps, reps):
 
 
 @numba.njit
-def _grad_weight(grads, source, totals, taps, images, vectors, lanes, pitch, reps):
+def _grad_weight(source, grads, out, runs, images, source_image, step, reps):
     for _ in range(reps):
-        microkernels.filters_x_taps(grads, source, totals, 0, vectors * lanes, 0, taps,
-                                    images, 8 * vectors * lanes, pitch, vectors)
+        microkernels.runs_x_filters(source, grads, out, runs, 0, images, source_image, 8, 8,
+                                    10, 0, 64 * step, step)
+
+
+@numba.njit
+def _grad_weight_vector(source, grads, out, runs, images, source_image, step, reps):
+    for _ in range(reps):
+        microkernels.runs_x_vector(source, grads, out, runs, 0, images, source_image, 8, 8,
+                                   10, 0, 64 * step, step)
 
 
 def _rate(call, flops: float, seconds: float) -> float:
@@ -108,18 +117,24 @@ def main() -> None:
     tail = _rate(lambda: _tail(strip, weights, sums, pitch, depth, taps, reps),
                  reps * per_step * 16, args.seconds)
 
-    images, vectors = 16, 5
-    grads = rng.standard_normal(images * 8 * vectors * lanes).astype(np.float32)
-    source = rng.standard_normal(images * pitch + 64).astype(np.float32)
-    totals = np.zeros(24, np.float32)
-    gw = _rate(lambda: _grad_weight(grads, source, totals, taps, images, vectors, lanes, pitch,
-                                    reps),
-               reps * images * vectors * lanes * 24 * 2.0, args.seconds)
+    images, source_image = 4, 10 * 10 + lanes
+    source = rng.standard_normal(images * source_image + 64).astype(np.float32)
+    runs = np.array([0, 10, 20, 0], np.intp)  # a 3x3 filter's rows, and one more
+    rates = []
+    for function, vectors in ((_grad_weight, 2), (_grad_weight_vector, 1)):
+        step = vectors * lanes
+        grads = rng.standard_normal(images * 64 * step).astype(np.float32)
+        out = np.zeros(12 * step, np.float32)
+        call = functools.partial(function, source, grads, out, runs, images, source_image,
+                                 step, reps // 10)
+        rates.append(_rate(call,
+                           reps // 10 * images * 64 * 12 * step * 2.0, args.seconds))
     print(f"one core, float32, numba {numba.__version__}, "
           f"LLVM CPU {numba.config.CPU_NAME or 'host'}")
     print(f"{'kernel':<22}{'GFLOP/s':>10}{'of peak':>10}")
     for name, rate in [("peak (FMA loop)", peak), ("weights_x_positions", forward),
-                       ("weights_x_vector", tail), ("filters_x_taps", gw)]:
+                       ("weights_x_vector", tail), ("runs_x_filters", rates[0]),
+                       ("runs_x_vector", rates[1])]:
         print(f"{name:<22}{rate:>10.1f}{rate / peak:>10.0%}")
 
 

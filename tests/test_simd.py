@@ -110,6 +110,9 @@ BLOCKED_CASES = [
     ("k9_1x1", (2, 7, 10, 9), (9, 7, 1, 1), {}),
     ("asym_2x4", (2, 3, 17, 30), (17, 3, 2, 4), dict(padding=((1, 0), (3, 2)))),
     ("wide_64x64", (2, 8, 64, 64), (16, 8, 3, 3), dict(padding=1)),
+    # grad_weight: dilated columns (a run per tap), two blocks of filters
+    ("dil_w2", (2, 4, 10, 12), (20, 4, 3, 3), dict(padding=2, dilation=(1, 2))),
+    ("k40_n3", (3, 5, 9, 10), (40, 5, 3, 3), dict(padding=1)),
     # strided: the input split into stride_h * stride_w phases
     ("s2_k32", (2, 16, 16, 16), (32, 16, 3, 3), dict(stride=2, padding=1)),
     ("s23_5x5", (3, 6, 13, 12), (16, 6, 5, 5), dict(stride=(2, 3), padding=2)),
@@ -161,7 +164,7 @@ def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, monkey
     kwargs = dict(padding=1, groups=2)
     g = rng.standard_normal((5, 10, 9, 11))
     per_image = blocked._grad_weight_layout(x.shape, g.shape, w.shape, ((1, 1), (1, 1)),
-                                            (1, 1), 2, 8)[4]
+                                            (1, 1), 2, 8)[5]
     threads = fastconv.cpu.threads.count()
     monkeypatch.setattr(config, "DIRECT_TILE_BYTES", -(-per_image * images_per_block * 8
                                                         // threads))

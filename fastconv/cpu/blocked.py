@@ -26,15 +26,20 @@ flipped, channel-swapped filters, packed as they are read: at stride 1 one
 convolution of grad_output; at a stride, one stride-1 convolution per phase of
 the input with the taps that reach that phase, written in place.
 
-The weight gradient (:func:`conv2d_grad_weight_blocked`) uses the same layout:
-each image's padded input planes and its output gradient on the padded pitch
-(zeros in the junk columns, filters padded to blocks of 8 with zero rows) are
-packed once per block of images, and :func:`.microkernels.filters_x_taps`
-computes 8 filters x 3 taps of one channel as dot products over every image of
-the block. A task owns one channel and one block of filters, so no two tasks
-write the same gradient. The junk zeros meet real input values, so an input
-that is not finite can give ``0 * Inf = NaN`` where the definition has no term:
-such a result is computed again by the exact direct kernel.
+The weight gradient (:func:`conv2d_grad_weight_blocked`) packs, per block of
+images, the padded input planes on the row pitch and the output gradient
+position-major (``(image, position, filters)``, each group's filters padded
+with zeros to blocks of one or two vectors; :func:`.simd.transpose` turns a
+square of lanes at a time). :func:`.microkernels.runs_x_filters` then sums, over
+every position, 4 runs of 3 consecutive taps (12 input values broadcast) by a
+block of filters (two vectors loaded), the sums in registers. A task owns a
+chunk of runs and a block of filters over one slice of the images, sized so
+that the slice's packed gradient stays in cache while the task's runs go over
+it; the slices' partial sums are added in a fixed order, so the result does
+not depend on the timing of the threads. The padding and the zero filters meet
+real values, so an input that is not finite can give ``0 * Inf = NaN`` where the
+definition has no term: such a result is computed again by the exact direct
+kernel.
 """
 
 from __future__ import annotations
@@ -45,9 +50,16 @@ import numpy as np
 from numba import prange
 
 from .. import config
-from . import strips, threads, workspace
+from . import simd, strips, threads, workspace
 from ._jit import kernel
-from .microkernels import BLOCK_K, BLOCK_P, filters_x_taps, weights_x_positions, weights_x_vector
+from .microkernels import (
+    BLOCK_K,
+    BLOCK_P,
+    runs_x_filters,
+    runs_x_vector,
+    weights_x_positions,
+    weights_x_vector,
+)
 from .strips import _padded_rows
 
 #: Fewest filters per group for which the blocked path pays: with fewer, most of
@@ -279,78 +291,137 @@ def _pack_plane(src, pad_top, pad_left, pitch, dst):
 
 
 @kernel(parallel=True)
-def _conv2d_grad_weight_blocked(x, grad_out, xs, gs, grad_weight, groups, pad_top, pad_left,
-                                dilation_h, dilation_w, padded_w, n_vectors, accumulate):
-    """grad_weight[k, c, r, s] (+)= sum_{n, p} gs[n, k, p] * xs[n, c, p + r*dh*W_pad + s*dw]
-    over the images of ``x``, packed first: ``xs[n, c]`` the padded planes, ``gs[n, k]``
-    grad_out on the padded pitch (filters in blocks of 8 per group, zero rows past a
-    group's last filter). ``accumulate`` adds to what is there. A task of the second
-    loop owns one channel and one block of filters: it runs 3 taps at a time over every
-    image, the sums in registers."""
-    n_img = xs.shape[0]
-    out_channels, group_channels, kh, kw = grad_weight.shape
+def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, grad_weight,
+                                groups, pad_top, pad_left, padded_w, vectors, n_splits,
+                                n_tile_chunks, accumulate):
+    """grad_weight[k, c, r, s] (+)= sum_{n, i, j} grad_out[n, k, i, j]
+    * x_padded[n, c, i + r * dh, j + s * dw] over the images of ``x`` (``grads``:
+    their grad_out, C-contiguous and flat), packed first: ``xs[n, c]`` the padded input
+    planes on the row pitch ``padded_w``; ``gt[n, i * W_out + j]`` the output gradient
+    of a position, every group's filters consecutive and padded with zeros to blocks of
+    ``vectors`` vectors (transposed a square of lanes at a time). ``runs`` rows
+    ``(offset in the group's planes, channel, tap row, first tap column, taps)`` list
+    the runs of up to three consecutive taps, in tiles of four. A task of the second
+    loop computes one of ``n_tile_chunks`` chunks of tiles by one block of filters over
+    one of ``n_splits`` slices of the images into ``partials``; the third adds the
+    slices in order. ``accumulate`` adds to what ``grad_weight`` holds."""
+    n_img, channels, x_plane = xs.shape
+    out_channels, group_channels, _, _ = grad_weight.shape
     per_group = out_channels // groups
-    padded_k = gs.shape[1] // groups
-    n_blocks = padded_k // BLOCK_K
-    channels = xs.shape[1]
-    for task in prange(n_img * (channels + gs.shape[1])):
-        n, q = task // (channels + gs.shape[1]), task % (channels + gs.shape[1])
+    lanes = simd.lanes(xs)
+    block = vectors * lanes
+    padded_k = gt.shape[2] // groups
+    n_kblocks = padded_k // block
+    n_tiles = runs.shape[0] // 4
+    positions = out_h * out_w
+    g_step = gt.shape[2]
+    g_flat = gt.reshape(-1)
+    squares = groups * (padded_k // lanes)  # lanes filters of a group, all positions
+    for task in prange(n_img * (channels + squares)):
+        n, q = task // (channels + squares), task % (channels + squares)
         if q < channels:
             _pack_plane(x[n, q], pad_top, pad_left, padded_w, xs[n, q])
-        else:
-            q -= channels
-            g, kk = q // padded_k, q % padded_k
-            if kk < per_group:
-                _pack_plane(grad_out[n, g * per_group + kk], 0, 0, padded_w, gs[n, q])
+            continue
+        g, k0 = (q - channels) // (padded_k // lanes), (q - channels) % (padded_k // lanes) * lanes
+        count = max(0, min(lanes, per_group - k0))
+        src = (n * out_channels + g * per_group + k0) * positions
+        dst = n * positions * g_step + g * padded_k + k0
+        full = positions - positions % lanes
+        for p in range(0, full, lanes):
+            simd.transpose(grads, src + p, positions, count, g_flat, dst + p * g_step, g_step)
+        for p in range(full, positions):
+            for kk in range(lanes):
+                g_flat[dst + p * g_step + kk] = grads[src + kk * positions + p] if kk < count else 0
+    x_flat = xs.reshape(-1)
+    chunk = -(-n_img // n_splits)
+    per_chunk = -(-n_tiles // n_tile_chunks)
+    for task in prange(groups * n_kblocks * n_tile_chunks * n_splits):
+        split = task % n_splits
+        tiles = task // n_splits % n_tile_chunks
+        kb = task // (n_splits * n_tile_chunks) % n_kblocks
+        g = task // (n_splits * n_tile_chunks * n_kblocks)
+        first = split * chunk
+        count = max(0, min(chunk, n_img - first))
+        offsets = np.empty(4, np.intp)
+        # the tiles of a chunk one after another over the same images, whose packed
+        # gradient stays in cache
+        for tile in range(tiles * per_chunk, min(n_tiles, (tiles + 1) * per_chunk)):
+            for t in range(4):
+                offsets[t] = runs[tile * 4 + t, 0] + g * group_channels * x_plane
+            out = partials[((g * n_kblocks + kb) * n_tiles + tile) * n_splits + split]
+            if vectors == 2:
+                runs_x_filters(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
+                               out_h, out_w, padded_w, g * padded_k + kb * block,
+                               positions * g_step, g_step)
             else:
-                gs[n, q] = 0
-    n_taps = kh * kw
-    n_runs = (n_taps + 2) // 3
-    taps = np.zeros(n_runs * 3, np.intp)  # past the last tap: offset 0, result dropped
-    for t in range(n_taps):
-        taps[t] = (t // kw) * dilation_h * padded_w + (t % kw) * dilation_w
-    x_plane, g_plane = xs.shape[2], gs.shape[2]
-    x_flat, g_flat = xs.reshape(-1), gs.reshape(-1)
-    gw = grad_weight.reshape(out_channels, group_channels, n_taps)
-    for task in prange(groups * n_blocks * group_channels):
-        c = task % group_channels
-        b = (task // group_channels) % n_blocks
-        g = task // (group_channels * n_blocks)
-        totals = np.empty(BLOCK_K * 3, xs.dtype)
-        for run in range(n_runs):
-            filters_x_taps(g_flat, x_flat, totals, (g * padded_k + b * BLOCK_K) * g_plane,
-                           g_plane, (g * group_channels + c) * x_plane, taps[run * 3 :],
-                           n_img, gs.shape[1] * g_plane, channels * x_plane, n_vectors)
-            for kk in range(min(BLOCK_K, per_group - b * BLOCK_K)):
-                k = g * per_group + b * BLOCK_K + kk
-                for tt in range(min(3, n_taps - run * 3)):
+                runs_x_vector(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
+                              out_h, out_w, padded_w, g * padded_k + kb * block,
+                              positions * g_step, g_step)
+    for task in prange(groups * n_kblocks * n_tiles):
+        tile = task % n_tiles
+        kb = (task // n_tiles) % n_kblocks
+        g = task // (n_tiles * n_kblocks)
+        for t in range(4):
+            c, r, s0, n_taps = (runs[tile * 4 + t, 1], runs[tile * 4 + t, 2],
+                                runs[tile * 4 + t, 3], runs[tile * 4 + t, 4])
+            for s in range(n_taps):
+                for kk in range(min(block, per_group - kb * block)):
+                    total = partials[task * n_splits, (t * 3 + s) * block + kk]
+                    for split in range(1, n_splits):
+                        total += partials[task * n_splits + split, (t * 3 + s) * block + kk]
+                    k = g * per_group + kb * block + kk
                     if accumulate:
-                        gw[k, c, run * 3 + tt] += totals[kk * 3 + tt]
+                        grad_weight[k, c, r, s0 + s] += total
                     else:
-                        gw[k, c, run * 3 + tt] = totals[kk * 3 + tt]
+                        grad_weight[k, c, r, s0 + s] = total
 
 
 @functools.lru_cache(maxsize=512)
 def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation, groups,
                         itemsize, n_threads=1, budget=0):
-    """(padded width, values per input plane, vectors per gradient plane, filters per group
-    padded to blocks, values per image, images per block, serial) of the blocked weight
-    gradient (the last two for ``n_threads`` threads of ``budget`` scratch bytes each)."""
+    """Everything the blocked weight gradient needs besides its arrays, for one problem
+    (``n_threads`` threads of ``budget`` scratch bytes each): (padded width, values per
+    input plane, filters per group padded to blocks, vectors per block, the runs array,
+    values per image, images per block, image slices, tile chunks, serial)."""
     n_img, channels, _, width = x_shape
     out_h, out_w = grad_out_shape[2], grad_out_shape[3]
     out_channels, group_channels, kh, kw = weight_shape
     lanes = 64 // itemsize
     padded_w = width + sum(padding[1])
     window = dilation[0] * (kh - 1) + 1
-    x_plane = (out_h + window - 1) * padded_w + lanes
-    n_vectors = -(-((out_h - 1) * padded_w + out_w) // lanes)
-    padded_k = -(-(out_channels // groups) // BLOCK_K) * BLOCK_K
-    per_image = channels * x_plane + groups * padded_k * n_vectors * lanes
+    x_plane = (out_h + window - 1) * padded_w + lanes  # the last run reads 2 columns on
+    per_group = out_channels // groups
+    vectors = 1 if per_group <= lanes else 2
+    padded_k = -(-per_group // (vectors * lanes)) * vectors * lanes
+    # runs of three consecutive taps (one tap per run when the columns are dilated);
+    # dummy runs (no taps, offset 0) fill the last tile
+    rows = []
+    for c in range(group_channels):
+        for r in range(kh):
+            starts = range(0, kw, 3) if dilation[1] == 1 else range(kw)
+            for s0 in starts:
+                taps = min(3, kw - s0) if dilation[1] == 1 else 1
+                rows.append((c * x_plane + r * dilation[0] * padded_w + s0 * dilation[1],
+                             c, r, s0, taps))
+    rows += [(0, 0, 0, 0, 0)] * (-len(rows) % 4)
+    runs = np.array(rows, np.intp)
+    runs.setflags(write=False)
+    per_image = channels * x_plane + out_h * out_w * groups * padded_k
     per_block = max(1, min(n_img, n_threads * budget // itemsize // per_image))
+    # slices of images whose packed gradient fits half a thread's budget (it stays in
+    # cache while a task runs its tiles over it), then chunks of tiles and more slices
+    # until there are two tasks per thread
+    blocks = groups * (padded_k // (vectors * lanes))
+    n_tiles = len(rows) // 4
+    fit = max(1, budget // 2 // itemsize // (out_h * out_w * groups * padded_k))
+    n_splits = -(-per_block // fit)
+    n_tile_chunks = max(1, min(n_tiles, -(-2 * n_threads // (blocks * n_splits))))
+    n_splits = min(per_block, max(n_splits, -(-2 * n_threads // (blocks * n_tile_chunks))))
     # multiply-adds per weight value in one block of images
-    serial = per_block * n_vectors * lanes * out_channels * group_channels * kh * kw <= (
-        threads.SERIAL_MAX_WORK)
-    return padded_w, x_plane, n_vectors, padded_k, per_image, per_block, serial
+    serial = n_threads == 1 or per_block * out_h * out_w * out_channels * group_channels * (
+        kh * kw) <= threads.SERIAL_MAX_WORK
+    return (padded_w, x_plane, padded_k, vectors, runs, per_image, per_block, n_splits,
+            n_tile_chunks, serial)
 
 
 def grad_weight_applies(x_shape, grad_out_shape, weight_shape, stride, padding, dilation,
@@ -361,27 +432,31 @@ def grad_weight_applies(x_shape, grad_out_shape, weight_shape, stride, padding, 
     if stride != (1, 1) or weight_shape[0] // groups < MIN_GROUP_K:
         return False
     per_image = _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation,
-                                    groups, itemsize)[4]
+                                    groups, itemsize)[5]
     return per_image * itemsize <= threads.count() * config.DIRECT_TILE_BYTES
 
 
 def conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, groups: int) -> None:
     """Host side of the blocked weight gradient (stride 1; see :func:`grad_weight_applies`),
     in blocks of as many images as the scratch budget holds."""
-    n_img = x.shape[0]
-    padded_w, x_plane, n_vectors, padded_k, _, per_block, serial = _grad_weight_layout(
-        x.shape, grad_out.shape, grad_weight.shape, padding, dilation, groups, x.itemsize,
-        threads.count(), config.DIRECT_TILE_BYTES)
+    n_img, channels = x.shape[0], x.shape[1]
+    padded_w, x_plane, padded_k, vectors, runs, _, per_block, n_splits, n_tile_chunks, serial = (
+        _grad_weight_layout(x.shape, grad_out.shape, grad_weight.shape, padding, dilation,
+                            groups, x.itemsize, threads.count(), config.DIRECT_TILE_BYTES))
     lanes = 64 // x.itemsize
+    positions = grad_out.shape[2] * grad_out.shape[3]
+    tasks = groups * (padded_k // (vectors * lanes)) * (runs.shape[0] // 4) * n_splits
     # small calls on the calling thread: waking the pool costs more than the work
     kernel = _conv2d_grad_weight_blocked.serial if serial else _conv2d_grad_weight_blocked
     for first in range(0, n_img, per_block):
         images = min(per_block, n_img - first)
-        xs = workspace.borrow((images, x.shape[1], x_plane), x.dtype)
-        gs = workspace.borrow((images, groups * padded_k, n_vectors * lanes), x.dtype, "packed")
-        kernel(x[first : first + images], grad_out[first : first + images], xs, gs,
-               grad_weight, groups, padding[0][0], padding[1][0], dilation[0], dilation[1],
-               padded_w, n_vectors, first > 0)
+        xs = workspace.borrow((images, channels, x_plane), x.dtype)
+        gt = workspace.borrow((images, positions, groups * padded_k), x.dtype, "packed")
+        partials = workspace.borrow((tasks, 12 * vectors * lanes), x.dtype, "partials")
+        grads = np.ascontiguousarray(grad_out[first : first + images]).reshape(-1)
+        kernel(x[first : first + images], grads, grad_out.shape[2], grad_out.shape[3], xs, gt,
+               partials, runs, grad_weight, groups, padding[0][0], padding[1][0], padded_w, vectors,
+               min(n_splits, images), n_tile_chunks, first > 0)
 
 
 def _phase_axis(size: int, out_size: int, kernel: int, stride: int, pad: int, dilation: int,

@@ -15,9 +15,13 @@ benchmarks/RESULTS.md); on an AVX2 CPU LLVM splits each vector in two and the
 block spills some sums, correct but slower. :func:`weights_x_vector` is the same
 block one vector wide, for the last positions of a plane.
 
-:func:`filters_x_taps` is the dot-product form for a weight gradient: 8 filters
-by 3 taps, each sum a vector of partial sums over positions, added up across
-the lanes once at the end (8 + 3 loads and 24 multiply-adds per step).
+:func:`runs_x_filters` is the weight gradient's block, the other way round:
+the output gradient packed position-major so that a vector holds 32 filters
+(float32; 16 in float64) of one position, and each input value (one of 12
+taps: 4 runs of 3 consecutive taps) broadcast against it. Per position: 2
+loads, 12 broadcasts and 24 multiply-adds into 24 registers, summed over every
+position of the images and stored once. :func:`runs_x_vector` is the same one
+vector of filters wide, for layers of at most 16 filters per group.
 """
 
 from __future__ import annotations
@@ -105,48 +109,107 @@ def weights_x_vector(source, weights, out, first, pitch, depth, taps, out_pitch)
 
 
 @kernel()
-def filters_x_taps(grads, source, totals, grads_first, grads_pitch, source_first, taps,
-                   n_images, grads_image, source_image, n_vectors):
-    """Block of dot products over ``n_images`` images and ``n_vectors * lanes`` positions:
+def runs_x_filters(source, grads, out, runs, first_image, n_images, source_image, out_h, out_w,
+                   pitch, grads_first, grads_image, grads_step):
+    """Block of 4 runs x 3 taps x 2 vectors of filters, each a sum over positions:
 
-        totals[kk * 3 + tt] = sum_{n, p} grads[grads_first + n * grads_image
-                                               + kk * grads_pitch + p]
-                                         * source[source_first + n * source_image
-                                                  + taps[tt] + p]
+        out[((r * 3 + s) * 2 + v) * lanes + l]
+            = sum_{first_image <= n < first_image + n_images, i < out_h, j < out_w}
+                source[runs[r] + n * source_image + i * pitch + j + s]
+                * grads[grads_first + n * grads_image + (i * out_w + j) * grads_step
+                        + v * lanes + l]
 
-    for ``kk < 8`` and ``tt < 3`` (a convolution's weight gradient on the padded row
-    pitch: ``grads`` the output gradient rows of 8 filters, ``source`` the padded input
-    plane of one channel, ``taps`` three tap offsets)."""
+    for ``r < 4``, ``s < 3``, ``v < 2``, ``l < lanes``: a convolution's weight gradient,
+    ``source`` the padded input planes on their row pitch, ``runs`` the offsets of four
+    runs of three consecutive taps, ``grads`` the output gradient packed position-major
+    (a position's filters consecutive). Per position: 2 loads, 12 broadcasts and 24
+    multiply-adds into 24 registers."""
     lanes = simd.lanes(source)
-    t0, t1, t2 = taps[0], taps[1], taps[2]
-    a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = simd.zeros(source)
-    a40 = a41 = a42 = a50 = a51 = a52 = a60 = a61 = a62 = a70 = a71 = a72 = simd.zeros(source)
-    for n in range(n_images):
-        g = grads_first + n * grads_image
-        x = source_first + n * source_image
-        for p in range(0, n_vectors * lanes, lanes):
-            x0 = simd.load(source, x + t0 + p)
-            x1 = simd.load(source, x + t1 + p)
-            x2 = simd.load(source, x + t2 + p)
-            v = simd.load(grads, g + p)
-            a00, a01, a02 = simd.fma(v, x0, a00), simd.fma(v, x1, a01), simd.fma(v, x2, a02)
-            v = simd.load(grads, g + grads_pitch + p)
-            a10, a11, a12 = simd.fma(v, x0, a10), simd.fma(v, x1, a11), simd.fma(v, x2, a12)
-            v = simd.load(grads, g + 2 * grads_pitch + p)
-            a20, a21, a22 = simd.fma(v, x0, a20), simd.fma(v, x1, a21), simd.fma(v, x2, a22)
-            v = simd.load(grads, g + 3 * grads_pitch + p)
-            a30, a31, a32 = simd.fma(v, x0, a30), simd.fma(v, x1, a31), simd.fma(v, x2, a32)
-            v = simd.load(grads, g + 4 * grads_pitch + p)
-            a40, a41, a42 = simd.fma(v, x0, a40), simd.fma(v, x1, a41), simd.fma(v, x2, a42)
-            v = simd.load(grads, g + 5 * grads_pitch + p)
-            a50, a51, a52 = simd.fma(v, x0, a50), simd.fma(v, x1, a51), simd.fma(v, x2, a52)
-            v = simd.load(grads, g + 6 * grads_pitch + p)
-            a60, a61, a62 = simd.fma(v, x0, a60), simd.fma(v, x1, a61), simd.fma(v, x2, a62)
-            v = simd.load(grads, g + 7 * grads_pitch + p)
-            a70, a71, a72 = simd.fma(v, x0, a70), simd.fma(v, x1, a71), simd.fma(v, x2, a72)
-    for kk, (b0, b1, b2) in enumerate(((a00, a01, a02), (a10, a11, a12), (a20, a21, a22),
-                                       (a30, a31, a32), (a40, a41, a42), (a50, a51, a52),
-                                       (a60, a61, a62), (a70, a71, a72))):
-        totals[kk * 3] = simd.total(b0)
-        totals[kk * 3 + 1] = simd.total(b1)
-        totals[kk * 3 + 2] = simd.total(b2)
+    o0, o1, o2, o3 = runs[0], runs[1], runs[2], runs[3]
+    a000 = a001 = a010 = a011 = a020 = a021 = simd.zeros(source)
+    a100 = a101 = a110 = a111 = a120 = a121 = simd.zeros(source)
+    a200 = a201 = a210 = a211 = a220 = a221 = simd.zeros(source)
+    a300 = a301 = a310 = a311 = a320 = a321 = simd.zeros(source)
+    for n in range(first_image, first_image + n_images):
+        for i in range(out_h):
+            x = n * source_image + i * pitch
+            g = grads_first + n * grads_image + i * out_w * grads_step
+            for _ in range(out_w):
+                v0, v1 = simd.load(grads, g), simd.load(grads, g + lanes)
+                b = simd.broadcast(source, x + o0)
+                a000, a001 = simd.fma(b, v0, a000), simd.fma(b, v1, a001)
+                b = simd.broadcast(source, x + o0 + 1)
+                a010, a011 = simd.fma(b, v0, a010), simd.fma(b, v1, a011)
+                b = simd.broadcast(source, x + o0 + 2)
+                a020, a021 = simd.fma(b, v0, a020), simd.fma(b, v1, a021)
+                b = simd.broadcast(source, x + o1)
+                a100, a101 = simd.fma(b, v0, a100), simd.fma(b, v1, a101)
+                b = simd.broadcast(source, x + o1 + 1)
+                a110, a111 = simd.fma(b, v0, a110), simd.fma(b, v1, a111)
+                b = simd.broadcast(source, x + o1 + 2)
+                a120, a121 = simd.fma(b, v0, a120), simd.fma(b, v1, a121)
+                b = simd.broadcast(source, x + o2)
+                a200, a201 = simd.fma(b, v0, a200), simd.fma(b, v1, a201)
+                b = simd.broadcast(source, x + o2 + 1)
+                a210, a211 = simd.fma(b, v0, a210), simd.fma(b, v1, a211)
+                b = simd.broadcast(source, x + o2 + 2)
+                a220, a221 = simd.fma(b, v0, a220), simd.fma(b, v1, a221)
+                b = simd.broadcast(source, x + o3)
+                a300, a301 = simd.fma(b, v0, a300), simd.fma(b, v1, a301)
+                b = simd.broadcast(source, x + o3 + 1)
+                a310, a311 = simd.fma(b, v0, a310), simd.fma(b, v1, a311)
+                b = simd.broadcast(source, x + o3 + 2)
+                a320, a321 = simd.fma(b, v0, a320), simd.fma(b, v1, a321)
+                x += 1
+                g += grads_step
+    for t, acc in enumerate((a000, a001, a010, a011, a020, a021,
+                            a100, a101, a110, a111, a120, a121,
+                            a200, a201, a210, a211, a220, a221,
+                            a300, a301, a310, a311, a320, a321)):
+        simd.store(out, t * lanes, acc)
+
+
+@kernel()
+def runs_x_vector(source, grads, out, runs, first_image, n_images, source_image, out_h, out_w,
+                  pitch, grads_first, grads_image, grads_step):
+    """:func:`runs_x_filters` one vector of filters wide: ``out[(r * 3 + s) * lanes + l]``
+    (12 sums in registers; per position one load, 12 broadcasts)."""
+    lanes = simd.lanes(source)
+    o0, o1, o2, o3 = runs[0], runs[1], runs[2], runs[3]
+    a000 = a010 = a020 = a100 = a110 = a120 = simd.zeros(source)
+    a200 = a210 = a220 = a300 = a310 = a320 = simd.zeros(source)
+    for n in range(first_image, first_image + n_images):
+        for i in range(out_h):
+            x = n * source_image + i * pitch
+            g = grads_first + n * grads_image + i * out_w * grads_step
+            for _ in range(out_w):
+                v0 = simd.load(grads, g)
+                b = simd.broadcast(source, x + o0)
+                a000 = simd.fma(b, v0, a000)
+                b = simd.broadcast(source, x + o0 + 1)
+                a010 = simd.fma(b, v0, a010)
+                b = simd.broadcast(source, x + o0 + 2)
+                a020 = simd.fma(b, v0, a020)
+                b = simd.broadcast(source, x + o1)
+                a100 = simd.fma(b, v0, a100)
+                b = simd.broadcast(source, x + o1 + 1)
+                a110 = simd.fma(b, v0, a110)
+                b = simd.broadcast(source, x + o1 + 2)
+                a120 = simd.fma(b, v0, a120)
+                b = simd.broadcast(source, x + o2)
+                a200 = simd.fma(b, v0, a200)
+                b = simd.broadcast(source, x + o2 + 1)
+                a210 = simd.fma(b, v0, a210)
+                b = simd.broadcast(source, x + o2 + 2)
+                a220 = simd.fma(b, v0, a220)
+                b = simd.broadcast(source, x + o3)
+                a300 = simd.fma(b, v0, a300)
+                b = simd.broadcast(source, x + o3 + 1)
+                a310 = simd.fma(b, v0, a310)
+                b = simd.broadcast(source, x + o3 + 2)
+                a320 = simd.fma(b, v0, a320)
+                x += 1
+                g += grads_step
+    for t, acc in enumerate((a000, a010, a020, a100, a110, a120,
+                            a200, a210, a220, a300, a310, a320)):
+        simd.store(out, t * lanes, acc)

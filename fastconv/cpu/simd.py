@@ -13,10 +13,12 @@ Inside a kernel::
     v = load(a, i)            # a[i : i + lanes(a)] as one vector (a: 1-D contiguous)
     store(a, i, v)            # a[i : i + lanes(a)] = v
     w = splat(a[k], a)        # a[k] in every lane (the second argument gives the width)
+    w = broadcast(a, k)       # the same, read unchecked (checked as load is)
     acc = fma(w, v, acc)      # w * v + acc, lane by lane, one rounding
     acc = zeros(a)            # a zero vector of a's dtype
     acc = maximum(acc, zeros(a))
     s = total(acc)            # the sum of the lanes
+    transpose(a, i, m, count, b, j, n)  # a block of lanes x lanes values, rows to columns
 
 ``lanes(a)`` is 16 for float32 and 8 for float64. The loads and stores are
 unaligned and unchecked; under ``NUMBA_BOUNDSCHECK=1`` (read when this module is
@@ -29,7 +31,7 @@ import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_jitable, register_model
+from numba.extending import intrinsic, models, overload, register_jitable, register_model
 
 #: Bits in one vector.
 WIDTH_BITS = 512
@@ -129,6 +131,25 @@ def splat(typingctx, scalar, like):
 
 
 @intrinsic
+def _broadcast(typingctx, array, index):
+    if not _contiguous_1d(array) or not isinstance(index, types.Integer):
+        return None
+    vector = _vector_of(array.dtype)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i = context.cast(builder, args[1], signature.args[1], types.intp)
+        value = builder.load(builder.gep(ary.data, [i]))
+        vector_type = context.get_value_type(vector)
+        single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
+                                        ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), [0] * vector.lanes)
+        return builder.shuffle_vector(single, ir.Constant(vector_type, ir.Undefined), mask)
+
+    return vector(array, index), codegen
+
+
+@intrinsic
 def zeros(typingctx, like):
     """A vector of zeros of ``like``'s dtype (``like``: an array or a vector)."""
     dtype = like.dtype if isinstance(like, (types.Array, Vector)) else None
@@ -197,6 +218,29 @@ def total(typingctx, a):
     return a.dtype(a), codegen
 
 
+@intrinsic(prefer_literal=True)
+def interleave(typingctx, a, b, block, high):
+    """Blocks of ``block`` lanes taken in turn from ``a`` and ``b``: the lower half of
+    every ``2 * block`` lanes of each (``high`` False) or the upper half (True). Four
+    rounds (blocks of 8, 4, 2, 1) transpose 16 vectors of 16 lanes."""
+    if not (isinstance(a, Vector) and a == b and isinstance(block, types.IntegerLiteral)
+            and isinstance(high, types.BooleanLiteral)
+            and 1 <= block.literal_value <= a.lanes // 2):
+        return None
+    width, first = block.literal_value, block.literal_value if high.literal_value else 0
+    mask = []
+    for lane in range(a.lanes):
+        group, within = divmod(lane, 2 * width)
+        source = group * 2 * width + first + within % width
+        mask.append(source if within < width else a.lanes + source)
+
+    def codegen(context, builder, signature, args):
+        lanes_mask = ir.Constant(ir.VectorType(ir.IntType(32), a.lanes), mask)
+        return builder.shuffle_vector(args[0], args[1], lanes_mask)
+
+    return a(a, b, block, high), codegen
+
+
 @register_jitable
 def lanes(array):
     """Values in one vector of ``array``'s dtype."""
@@ -218,8 +262,179 @@ def load(array, index):
 
 
 @register_jitable
+def broadcast(array, index):
+    """``array[index]`` in every lane of a vector of ``array``'s dtype, read without
+    the negative-index wraparound of ``array[index]`` (a broadcast load: the
+    multiply-add's operand straight from memory)."""
+    if _CHECK and (index < 0 or index >= array.size):
+        raise IndexError("simd broadcast outside the array")
+    return _broadcast(array, index)
+
+
+@register_jitable
 def store(array, index, value):
     """``array[index : index + lanes(array)] = value``."""
     if _CHECK:
         _check(array, index)
     _store(array, index, value)
+
+
+@register_jitable
+def _transpose_16(src, first, stride, count, dst, dst_first, dst_stride):
+    zero = zeros(src)
+    r0 = load(src, first) if 0 < count else zero
+    r1 = load(src, first + 1 * stride) if 1 < count else zero
+    r2 = load(src, first + 2 * stride) if 2 < count else zero
+    r3 = load(src, first + 3 * stride) if 3 < count else zero
+    r4 = load(src, first + 4 * stride) if 4 < count else zero
+    r5 = load(src, first + 5 * stride) if 5 < count else zero
+    r6 = load(src, first + 6 * stride) if 6 < count else zero
+    r7 = load(src, first + 7 * stride) if 7 < count else zero
+    r8 = load(src, first + 8 * stride) if 8 < count else zero
+    r9 = load(src, first + 9 * stride) if 9 < count else zero
+    r10 = load(src, first + 10 * stride) if 10 < count else zero
+    r11 = load(src, first + 11 * stride) if 11 < count else zero
+    r12 = load(src, first + 12 * stride) if 12 < count else zero
+    r13 = load(src, first + 13 * stride) if 13 < count else zero
+    r14 = load(src, first + 14 * stride) if 14 < count else zero
+    r15 = load(src, first + 15 * stride) if 15 < count else zero
+    r0, r8 = (interleave(r0, r8, 8, False),
+             interleave(r0, r8, 8, True))
+    r1, r9 = (interleave(r1, r9, 8, False),
+             interleave(r1, r9, 8, True))
+    r2, r10 = (interleave(r2, r10, 8, False),
+              interleave(r2, r10, 8, True))
+    r3, r11 = (interleave(r3, r11, 8, False),
+              interleave(r3, r11, 8, True))
+    r4, r12 = (interleave(r4, r12, 8, False),
+              interleave(r4, r12, 8, True))
+    r5, r13 = (interleave(r5, r13, 8, False),
+              interleave(r5, r13, 8, True))
+    r6, r14 = (interleave(r6, r14, 8, False),
+              interleave(r6, r14, 8, True))
+    r7, r15 = (interleave(r7, r15, 8, False),
+              interleave(r7, r15, 8, True))
+    r0, r4 = (interleave(r0, r4, 4, False),
+             interleave(r0, r4, 4, True))
+    r1, r5 = (interleave(r1, r5, 4, False),
+             interleave(r1, r5, 4, True))
+    r2, r6 = (interleave(r2, r6, 4, False),
+             interleave(r2, r6, 4, True))
+    r3, r7 = (interleave(r3, r7, 4, False),
+             interleave(r3, r7, 4, True))
+    r8, r12 = (interleave(r8, r12, 4, False),
+              interleave(r8, r12, 4, True))
+    r9, r13 = (interleave(r9, r13, 4, False),
+              interleave(r9, r13, 4, True))
+    r10, r14 = (interleave(r10, r14, 4, False),
+               interleave(r10, r14, 4, True))
+    r11, r15 = (interleave(r11, r15, 4, False),
+               interleave(r11, r15, 4, True))
+    r0, r2 = (interleave(r0, r2, 2, False),
+             interleave(r0, r2, 2, True))
+    r1, r3 = (interleave(r1, r3, 2, False),
+             interleave(r1, r3, 2, True))
+    r4, r6 = (interleave(r4, r6, 2, False),
+             interleave(r4, r6, 2, True))
+    r5, r7 = (interleave(r5, r7, 2, False),
+             interleave(r5, r7, 2, True))
+    r8, r10 = (interleave(r8, r10, 2, False),
+              interleave(r8, r10, 2, True))
+    r9, r11 = (interleave(r9, r11, 2, False),
+              interleave(r9, r11, 2, True))
+    r12, r14 = (interleave(r12, r14, 2, False),
+               interleave(r12, r14, 2, True))
+    r13, r15 = (interleave(r13, r15, 2, False),
+               interleave(r13, r15, 2, True))
+    r0, r1 = (interleave(r0, r1, 1, False),
+             interleave(r0, r1, 1, True))
+    r2, r3 = (interleave(r2, r3, 1, False),
+             interleave(r2, r3, 1, True))
+    r4, r5 = (interleave(r4, r5, 1, False),
+             interleave(r4, r5, 1, True))
+    r6, r7 = (interleave(r6, r7, 1, False),
+             interleave(r6, r7, 1, True))
+    r8, r9 = (interleave(r8, r9, 1, False),
+             interleave(r8, r9, 1, True))
+    r10, r11 = (interleave(r10, r11, 1, False),
+               interleave(r10, r11, 1, True))
+    r12, r13 = (interleave(r12, r13, 1, False),
+               interleave(r12, r13, 1, True))
+    r14, r15 = (interleave(r14, r15, 1, False),
+               interleave(r14, r15, 1, True))
+    _store(dst, dst_first, r0)
+    store(dst, dst_first + 1 * dst_stride, r1)
+    store(dst, dst_first + 2 * dst_stride, r2)
+    store(dst, dst_first + 3 * dst_stride, r3)
+    store(dst, dst_first + 4 * dst_stride, r4)
+    store(dst, dst_first + 5 * dst_stride, r5)
+    store(dst, dst_first + 6 * dst_stride, r6)
+    store(dst, dst_first + 7 * dst_stride, r7)
+    store(dst, dst_first + 8 * dst_stride, r8)
+    store(dst, dst_first + 9 * dst_stride, r9)
+    store(dst, dst_first + 10 * dst_stride, r10)
+    store(dst, dst_first + 11 * dst_stride, r11)
+    store(dst, dst_first + 12 * dst_stride, r12)
+    store(dst, dst_first + 13 * dst_stride, r13)
+    store(dst, dst_first + 14 * dst_stride, r14)
+    store(dst, dst_first + 15 * dst_stride, r15)
+
+
+@register_jitable
+def _transpose_8(src, first, stride, count, dst, dst_first, dst_stride):
+    zero = zeros(src)
+    r0 = load(src, first) if 0 < count else zero
+    r1 = load(src, first + 1 * stride) if 1 < count else zero
+    r2 = load(src, first + 2 * stride) if 2 < count else zero
+    r3 = load(src, first + 3 * stride) if 3 < count else zero
+    r4 = load(src, first + 4 * stride) if 4 < count else zero
+    r5 = load(src, first + 5 * stride) if 5 < count else zero
+    r6 = load(src, first + 6 * stride) if 6 < count else zero
+    r7 = load(src, first + 7 * stride) if 7 < count else zero
+    r0, r4 = (interleave(r0, r4, 4, False),
+             interleave(r0, r4, 4, True))
+    r1, r5 = (interleave(r1, r5, 4, False),
+             interleave(r1, r5, 4, True))
+    r2, r6 = (interleave(r2, r6, 4, False),
+             interleave(r2, r6, 4, True))
+    r3, r7 = (interleave(r3, r7, 4, False),
+             interleave(r3, r7, 4, True))
+    r0, r2 = (interleave(r0, r2, 2, False),
+             interleave(r0, r2, 2, True))
+    r1, r3 = (interleave(r1, r3, 2, False),
+             interleave(r1, r3, 2, True))
+    r4, r6 = (interleave(r4, r6, 2, False),
+             interleave(r4, r6, 2, True))
+    r5, r7 = (interleave(r5, r7, 2, False),
+             interleave(r5, r7, 2, True))
+    r0, r1 = (interleave(r0, r1, 1, False),
+             interleave(r0, r1, 1, True))
+    r2, r3 = (interleave(r2, r3, 1, False),
+             interleave(r2, r3, 1, True))
+    r4, r5 = (interleave(r4, r5, 1, False),
+             interleave(r4, r5, 1, True))
+    r6, r7 = (interleave(r6, r7, 1, False),
+             interleave(r6, r7, 1, True))
+    _store(dst, dst_first, r0)
+    store(dst, dst_first + 1 * dst_stride, r1)
+    store(dst, dst_first + 2 * dst_stride, r2)
+    store(dst, dst_first + 3 * dst_stride, r3)
+    store(dst, dst_first + 4 * dst_stride, r4)
+    store(dst, dst_first + 5 * dst_stride, r5)
+    store(dst, dst_first + 6 * dst_stride, r6)
+    store(dst, dst_first + 7 * dst_stride, r7)
+
+
+
+def transpose(src, first, stride, count, dst, dst_first, dst_stride):
+    """Write a ``lanes x lanes`` block transposed: row ``r < count`` of the block is
+    ``src[first + r * stride :][:lanes]`` (rows past ``count`` are zeros), and column
+    ``q`` goes to ``dst[dst_first + q * dst_stride :][:lanes]``. In shuffles: for 16
+    lanes, 16 loads, 64 two-vector shuffles and 16 stores."""
+
+
+@overload(transpose, jit_options={"fastmath": True})
+def _transpose(src, first, stride, count, dst, dst_first, dst_stride):
+    if not _contiguous_1d(src):
+        return None
+    return {16: _transpose_16, 8: _transpose_8}[WIDTH_BITS // src.dtype.bitwidth]
