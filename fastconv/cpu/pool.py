@@ -374,16 +374,54 @@ def _max_pool2d_2x2_forward(x, out):
                 dst[j] = right if (right > left) | (right != right) else left
 
 
+@kernel(parallel=True)
+def _max_pool2d_2x2_indices_forward(x, out, indices):
+    """:func:`_max_pool2d_2x2_forward` carrying each maximum's flat position ``h * W +
+    w``: the four taps in PyTorch's row-major scan, ``take if v > best or isnan(v)``
+    (no row buffers: the general kernel allocates four per plane)."""
+    planes, width = x.shape[0], x.shape[2]
+    out_h, out_w = out.shape[1], out.shape[2]
+    for p in prange(planes):
+        for i in range(out_h):
+            top = x[p, 2 * i]
+            bottom = x[p, 2 * i + 1]
+            dst = out[p, i]
+            at = indices[p, i]
+            first = 2 * i * width
+            for j in range(out_w):
+                best, k = top[2 * j], first + 2 * j
+                v = top[2 * j + 1]
+                take = (v > best) | (v != v)
+                best, k = (v, first + 2 * j + 1) if take else (best, k)
+                v = bottom[2 * j]
+                take = (v > best) | (v != v)
+                best, k = (v, first + width + 2 * j) if take else (best, k)
+                v = bottom[2 * j + 1]
+                take = (v > best) | (v != v)
+                best, k = (v, first + width + 2 * j + 1) if take else (best, k)
+                dst[j] = best
+                at[j] = k
+
+
+def _is_2x2(x, out, kernel_size, stride, padding, dilation) -> bool:
+    """Whether the pooling is 2x2 / stride 2 / no padding with every window inside."""
+    return (kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0)
+            and dilation == (1, 1) and 2 * out.shape[2] <= x.shape[2]
+            and 2 * out.shape[3] <= x.shape[3])
+
+
 @register("max_pool2d", "cpu", "direct")
 def max_pool2d_direct(x, out, indices, kernel_size, stride, padding, dilation, ceil_mode):
     """Host side; ``x``, ``out`` and ``indices`` (or None) are C-contiguous 4-D arrays
     (``ceil_mode`` is in ``out``'s shape already)."""
-    if indices is None:
-        if (kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0)
-                and dilation == (1, 1) and 2 * out.shape[2] <= x.shape[2]
-                and 2 * out.shape[3] <= x.shape[3]):
+    if _is_2x2(x, out, kernel_size, stride, padding, dilation):
+        if indices is None:
             _sized(_max_pool2d_2x2_forward, x)(_planes(x), _planes(out))
-            return
+        else:
+            _sized(_max_pool2d_2x2_indices_forward, x)(_planes(x), _planes(out),
+                                                       _planes(indices))
+        return
+    if indices is None:
         window = (*kernel_size, *stride, *padding, *dilation)
         _sized(_max_pool2d_forward_direct, x)(_planes(x), _planes(out), *window)
     else:
