@@ -134,10 +134,25 @@ def _blocked_case(shape, wshape, dtype, rng):
     return x, w, b
 
 
+@pytest.fixture
+def always_parallel(monkeypatch):
+    """Small calls run the parallel kernels too (not their serial twins), so the cases
+    cover the tasks' splits of images, runs and bands on more than one thread."""
+    monkeypatch.setattr(fastconv.cpu.threads, "SERIAL_MAX_WORK", 0)
+    monkeypatch.setattr(blocked, "GRAD_WEIGHT_SERIAL_MAX_WORK", 0)
+    blocked._forward_layout.cache_clear()
+    blocked._grad_weight_layout.cache_clear()
+    fastconv.clear_plans()
+    yield
+    blocked._forward_layout.cache_clear()
+    blocked._grad_weight_layout.cache_clear()
+    fastconv.clear_plans()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape, wshape, kwargs", [c[1:] for c in BLOCKED_CASES],
                          ids=[c[0] for c in BLOCKED_CASES])
-def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng):
+def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng, always_parallel):
     groups = kwargs.get("groups", 1)
     assert blocked.applies(np.empty(wshape), kwargs.get("stride", 1), groups)
     x, w, b = _blocked_case(shape, wshape, dtype, rng)

@@ -389,16 +389,20 @@ def _max_pool2d_2x2_indices_forward(x, out, indices):
             at = indices[p, i]
             first = 2 * i * width
             for j in range(out_w):
+                # branch-free selects, so that the loop vectorises
                 best, k = top[2 * j], first + 2 * j
                 v = top[2 * j + 1]
                 take = (v > best) | (v != v)
-                best, k = (v, first + 2 * j + 1) if take else (best, k)
+                best = v if take else best
+                k = first + 2 * j + 1 if take else k
                 v = bottom[2 * j]
                 take = (v > best) | (v != v)
-                best, k = (v, first + width + 2 * j) if take else (best, k)
+                best = v if take else best
+                k = first + width + 2 * j if take else k
                 v = bottom[2 * j + 1]
                 take = (v > best) | (v != v)
-                best, k = (v, first + width + 2 * j + 1) if take else (best, k)
+                best = v if take else best
+                k = first + width + 2 * j + 1 if take else k
                 dst[j] = best
                 at[j] = k
 
