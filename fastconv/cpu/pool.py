@@ -615,9 +615,9 @@ def _first_bad_index(run, indices_shape):
     planes = indices_shape[0] * indices_shape[1]
     first_bad = np.empty(planes, np.int64)
     run(first_bad)
-    bad_planes = np.flatnonzero(first_bad >= 0)
-    if bad_planes.size == 0:
+    if first_bad.max(initial=-1) < 0:
         return -1
+    bad_planes = np.flatnonzero(first_bad >= 0)
     p = bad_planes[0]
     return int(p * (indices_shape[2] * indices_shape[3]) + first_bad[p])
 
