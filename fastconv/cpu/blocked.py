@@ -304,7 +304,9 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, 
     the runs of up to three consecutive taps, in tiles of four. A task of the second
     loop computes one of ``n_tile_chunks`` chunks of tiles by one block of filters over
     one of ``n_splits`` slices of the images into ``partials``; the third adds the
-    slices in order. ``accumulate`` adds to what ``grad_weight`` holds."""
+    slices in order. ``accumulate`` adds to what ``grad_weight`` holds. Returns whether
+    every value of ``grad_weight`` is now finite (checked as it is written: a separate
+    scan, in a training step where its code is not in the caches, cost more)."""
     n_img, channels, x_plane = xs.shape
     out_channels, group_channels, _, _ = grad_weight.shape
     per_group = out_channels // groups
@@ -357,6 +359,7 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, 
                 runs_x_vector(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
                               out_h, out_w, padded_w, g * padded_k + kb * block,
                               positions * g_step, g_step)
+    finite = np.ones(groups * n_kblocks * n_tiles, np.bool_)
     for task in prange(groups * n_kblocks * n_tiles):
         tile = task % n_tiles
         kb = (task // n_tiles) % n_kblocks
@@ -371,9 +374,11 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, 
                         total += partials[task * n_splits + split, (t * 3 + s) * block + kk]
                     k = g * per_group + kb * block + kk
                     if accumulate:
-                        grad_weight[k, c, r, s0 + s] += total
-                    else:
-                        grad_weight[k, c, r, s0 + s] = total
+                        total += grad_weight[k, c, r, s0 + s]
+                    grad_weight[k, c, r, s0 + s] = total
+                    if not np.isfinite(total):
+                        finite[task] = False
+    return finite.all()
 
 
 #: Most multiply-adds (in one block of images) the weight gradient runs on the calling
@@ -442,9 +447,10 @@ def grad_weight_applies(x_shape, grad_out_shape, weight_shape, stride, padding, 
     return per_image * itemsize <= threads.count() * config.DIRECT_TILE_BYTES
 
 
-def conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, groups: int) -> None:
+def conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, groups: int) -> bool:
     """Host side of the blocked weight gradient (stride 1; see :func:`grad_weight_applies`),
-    in blocks of as many images as the scratch budget holds."""
+    in blocks of as many images as the scratch budget holds; whether the result is all
+    finite."""
     n_img, channels = x.shape[0], x.shape[1]
     padded_w, x_plane, padded_k, vectors, runs, _, per_block, n_splits, n_tile_chunks, serial = (
         _grad_weight_layout(x.shape, grad_out.shape, grad_weight.shape, padding, dilation,
@@ -454,15 +460,18 @@ def conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, grou
     tasks = groups * (padded_k // (vectors * lanes)) * (runs.shape[0] // 4) * n_splits
     # small calls on the calling thread: waking the pool costs more than the work
     kernel = _conv2d_grad_weight_blocked.serial if serial else _conv2d_grad_weight_blocked
+    finite = True
     for first in range(0, n_img, per_block):
         images = min(per_block, n_img - first)
         xs = workspace.borrow((images, channels, x_plane), x.dtype)
         gt = workspace.borrow((images, positions, groups * padded_k), x.dtype, "packed")
         partials = workspace.borrow((tasks, 12 * vectors * lanes), x.dtype, "partials")
         grads = np.ascontiguousarray(grad_out[first : first + images]).reshape(-1)
-        kernel(x[first : first + images], grads, grad_out.shape[2], grad_out.shape[3], xs, gt,
-               partials, runs, grad_weight, groups, padding[0][0], padding[1][0], padded_w, vectors,
-               min(n_splits, images), n_tile_chunks, first > 0)
+        finite = kernel(x[first : first + images], grads, grad_out.shape[2], grad_out.shape[3],
+                        xs, gt, partials, runs, grad_weight, groups, padding[0][0],
+                        padding[1][0], padded_w, vectors, min(n_splits, images),
+                        n_tile_chunks, first > 0)
+    return finite
 
 
 def _phase_axis(size: int, out_size: int, kernel: int, stride: int, pad: int, dilation: int,

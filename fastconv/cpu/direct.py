@@ -326,8 +326,8 @@ def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilatio
     :mod:`.blocked` where it applies (its result computed again here if not all finite)."""
     if blocked.grad_weight_applies(x.shape, grad_out.shape, grad_weight.shape, stride, padding,
                                    dilation, groups, x.itemsize):
-        blocked.conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, groups)
-        if all_finite(grad_weight):
+        if blocked.conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation,
+                                              groups):
             return
     kh = grad_weight.shape[2]
     out_h, out_w = grad_out.shape[2:]
