@@ -148,6 +148,46 @@ def test_bridge_runs_on_pytorch_openmp_pool(tmp_path):
     assert "Terminating" not in result.stderr
 
 
+def test_bridge_pool_serves_several_python_threads():
+    if not _torch_shares_its_pool():
+        pytest.skip("PyTorch here does not load its own GNU OpenMP runtime")
+    # on PyTorch's OpenMP pool, four Python threads launch fastconv's parallel kernels
+    # (and the bridge's) at once
+    result = _run("""
+        import threading, numpy as np, torch, numba, fastconv, fastconv.torch as fct
+        from fastconv import reference
+        rng = np.random.default_rng(0)
+        x, w = rng.standard_normal((3, 8, 20, 20)), rng.standard_normal((8, 8, 3, 3))
+        expected = reference.conv2d(x, w, None, 1, ((1, 1), (1, 1)), 1, 1)
+        layer = fct.Conv2d(8, 8, 3, padding=1, bias=False).double()
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(w))
+        results, errors = [], []
+
+        def work(worker):
+            try:
+                for round_ in range(5):
+                    algorithm = ("direct", "im2col", "winograd")[(worker + round_) % 3]
+                    results.append(fastconv.conv2d(x, w, padding=1, algorithm=algorithm))
+                    results.append(layer(torch.from_numpy(x)).detach().numpy())
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors, errors
+        assert len(results) == 40
+        for result in results:
+            np.testing.assert_allclose(result, expected, rtol=1e-9, atol=1e-9)
+        print("ok", numba.threading_layer())
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "omp"]
+
+
 def test_explicit_threading_layer_wins_over_the_bridge():
     pytest.importorskip("torch")
     result = _run("""
