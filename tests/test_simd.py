@@ -249,14 +249,22 @@ for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
         ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=padding,
                                stride=stride)
         worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+        # the gradients: grad_weight's broadcast kernel and its transposing shuffles
+        g = rng.standard_normal(y.shape).astype(dtype)
+        grads = fastconv.conv2d_backward(g, x, w, padding=padding, stride=stride,
+                                         algorithm="direct")
+        refs = reference.conv2d_backward(g.astype(np.float64), x.astype(np.float64),
+                                         w.astype(np.float64), padding=padding, stride=stride)
+        for got, want in zip(grads, refs):
+            worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
 print(worst)
 """
 
 
 @pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
 def test_blocked_kernel_on_a_cpu_without_avx512(cpu, tmp_path):
-    # LLVM splits the 512-bit vectors into AVX2 (haswell) or SSE2 (x86-64) registers: the
-    # same results, as this machine runs them
+    # LLVM splits the 512-bit vectors (and their shuffles) into AVX2 (haswell) or SSE2
+    # (x86-64) registers: the same results, forward and gradients, as this machine gives
     if not numba.config.CPU_NAME and os.uname().machine not in ("x86_64", "AMD64"):
         pytest.skip("an x86 target name")
     env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="",
