@@ -152,10 +152,10 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
     monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 80)
     monkeypatch.setattr(config, "AUTO_BLOCKED_SMALL_PLANE_CHANNELS", 256)
     assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "direct"
-    # grad_weight's limit is half: 64 * 28 * 28 still reaches it
-    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "winograd"
-    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 2 * 64 * 28 * 28 + 2)
+    # grad_weight has the same limit (the blocked kernel ties with Winograd there)
     assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "direct"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 64 * 28 * 28)
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "winograd"
     # a grad_weight whose packed image exceeds the direct scratch: Winograd by channels and
     # tiles
     large = dict(deep, input_shape=(8, 64, 256, 256))
@@ -374,7 +374,7 @@ def test_winograd_with_fallback_gemm(case, dtype, rng):
 def test_grad_weight_of_a_shallow_layer_is_a_gemm(rng):
     """Few multiply-adds per output send conv2d and grad_input to the direct loops, but
     grad_weight's GEMM reduces over N * H * W and wins there (RESULTS.md, per-call
-    cost) unless the blocked dot-product kernel applies (stride 1, >= 4 filters per
+    cost) unless the blocked kernel applies (stride 1, >= 4 filters per
     group); a depthwise layer's grad_weight stays direct."""
     x = rng.uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
     for filters, grad_weight in [(8, "direct"), (2, "im2col")]:

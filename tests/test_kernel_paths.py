@@ -390,7 +390,7 @@ def test_im2col_image_blocks_of_unequal_sizes(op, case):
 @pytest.mark.parametrize("value", [np.inf, np.nan], ids=["inf", "nan"])
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_grad_weight_non_finite_input_reaches_only_its_taps(algorithm, value):
-    # With stride 1, grad_weight's GEMM (im2col) or dot products (direct) also run over
+    # With stride 1, grad_weight's GEMM (im2col) or direct kernels may also run over
     # the junk columns between output rows, where the input holds real values (the row's
     # last columns, the next row's first): a zero grad_output there times Inf is NaN.
     case = PathCase("3x3_valid", 2, 3, 9, 8, 4, 3, 3)

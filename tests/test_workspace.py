@@ -130,7 +130,7 @@ def test_bands_keep_the_non_finite_pattern(case, where, monkeypatch, threads, rn
     # NaN, +Inf and -Inf reach the results that the definition says, in bands of every
     # height: the stride-1 paths must not multiply a padded zero or a junk column's zero
     # by a non-finite value (grad_input of a non-finite weight, grad_weight of a non-finite
-    # input, whose dot products run over the padded row pitch)
+    # input, whose sums run over the padded planes)
     dtype = np.float64
     x, w, b = make_inputs(case, dtype, rng)
     g = make_grad_output(case, dtype, rng)
@@ -169,7 +169,7 @@ def test_default_budget_keeps_common_planes_whole(calls):
         y = fastconv.conv2d(x, w, padding=padding, groups=groups, algorithm="direct")
         fastconv.conv2d_backward(y, x, w, padding=padding, groups=groups, algorithm="direct")
     # 12 kernel calls less the two dense layers' grad_weight, which runs the blocked
-    # dot-product kernel over whole packed images (no bands)
+    # kernel over whole packed images (no bands)
     assert len(calls) == 10
     assert all(band == rows for _, rows, band, _ in calls), calls
 

@@ -26,8 +26,8 @@ def _choose_conv(op, weight_shape, problem):
        for the gradients (grad_weight: also one image's packed planes within the direct
        scratch budget), the register-blocked direct kernels, except, with ``deep =
        AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when it fits, min(C, K)/groups >=
-       deep and min(C, K)/groups * H_out * W_out >= ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``
-       (half that for grad_weight); im2col for 1x1 layers of >= deep channels (one GEMM
+       deep and min(C, K)/groups * H_out * W_out >= ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``;
+       im2col for 1x1 layers of >= deep channels (one GEMM
        on the input), strided layers of more than deep channels, and layers of more
        than ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
@@ -107,15 +107,12 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     plane_h, plane_w = (height, width) if op == "conv2d_grad_input" else (out_h, out_w)
     channel_plane = narrow * out_h * out_w
     deep = config.AUTO_BLOCKED_MAX_CHANNELS
-    # grad_weight's blocked kernel (dot products) runs slower than the forward one: half
-    limit = config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE // (2 if op == "conv2d_grad_weight" else 1)
+    limit = config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE
     if fits and narrow >= deep and channel_plane >= limit:
         return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= {deep} "
                             f"and min(C, K)/groups * H_out * W_out = {channel_plane} >= "
-                            f"{limit} (AUTO_WINOGRAD_MIN_CHANNEL_PLANE = "
-                            f"{config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE}, halved for "
-                            f"grad_weight): Winograd's fewer multiply-adds pay for its "
-                            f"transforms")
+                            f"AUTO_WINOGRAD_MIN_CHANNEL_PLANE = {limit}: Winograd's fewer "
+                            f"multiply-adds pay for its transforms")
     if narrow >= deep and kh * kw == 1:
         return "im2col", (f"a 1x1 layer with min(C, K)/groups = {narrow} >= "
                           f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: one GEMM on the input itself")
