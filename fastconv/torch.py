@@ -327,7 +327,7 @@ class _Op:
         # layer binds default arguments (none here) and unwraps functorch's dead wrappers,
         # and in plain eager mode no functorch transform is active (1.5 us a call)
         self.apply = (None if function is None
-                      else super(torch.autograd.Function, function).apply)
+                      else super(torch.autograd.Function, function).apply)  # type: ignore[misc]
 
     def __call__(self, *args: Any) -> Any:
         count = self.tensors

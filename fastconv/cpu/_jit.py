@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import Any
 
 import numba
 
@@ -13,7 +14,7 @@ _DEFAULT_FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
 #: Every parallel kernel as (module name, global name, dispatcher): what
 #: :func:`run_serial_twins` rebinds.
-THREADED: list[tuple[str, str, object]] = []
+THREADED: list[tuple[str, str, Any]] = []
 
 # one line on stderr before the first kernel that really compiles (fastconv._notice)
 _notice.install()
@@ -68,6 +69,7 @@ def run_serial_twins() -> None:
     from here on no call enters Numba's thread pool (a child forked after its parent
     used GNU OpenMP, where a parallel kernel would kill the process)."""
     for module_name, name, dispatcher in THREADED:
+        twin = dispatcher.serial
         module = sys.modules.get(module_name)
         if module is not None and getattr(module, name, None) is dispatcher:
-            setattr(module, name, dispatcher.serial)
+            setattr(module, name, twin)

@@ -39,6 +39,7 @@ thread pool already started keeps its layer.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import importlib.metadata
 import os
 import sys
@@ -118,10 +119,12 @@ def share_torch_pool() -> bool:
         if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
             return False
         provider = _global_provider("GOMP_parallel")
-        torch_lib = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib"))
-        if provider is None or os.path.dirname(provider) != torch_lib:
+        if provider is None or torch.__file__ is None:
             return False
-        from numba.np.ufunc import omppool  # noqa: F401  (loads, or this is not Linux's GNU)
+        torch_lib = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib"))
+        if os.path.dirname(provider) != torch_lib:
+            return False
+        importlib.import_module("numba.np.ufunc.omppool")  # loads (its libgomp is there)
     except (ImportError, OSError, AttributeError):
         return False
     process = ctypes.CDLL(None)  # omp_* resolve to PyTorch's libgomp, as GOMP_parallel did
