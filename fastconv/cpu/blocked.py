@@ -401,7 +401,9 @@ def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation
     lanes = 64 // itemsize
     padded_w = width + sum(padding[1])
     window = dilation[0] * (kh - 1) + 1
-    x_plane = (out_h + window - 1) * padded_w + lanes  # the last run reads 2 columns on
+    # + lanes: a run's taps past the kernel's last column (their sums dropped) read up to
+    # two values beyond the plane's last row
+    x_plane = (out_h + window - 1) * padded_w + lanes
     per_group = out_channels // groups
     vectors = 1 if per_group <= lanes else 2
     padded_k = -(-per_group // (vectors * lanes)) * vectors * lanes
