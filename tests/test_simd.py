@@ -75,6 +75,45 @@ def test_loads_and_stores_are_unaligned_and_exact(rng):
     assert not dst[:4].any() and not dst[20:].any()
 
 
+@numba.njit
+def _broadcasts(a, out):
+    simd.store(out, 0, simd.broadcast(a, 3))
+    simd.store(out, simd.lanes(a), simd.splat(a[3], a))
+
+
+@numba.njit
+def _transposed(src, first, stride, count, dst, dst_first, dst_stride):
+    simd.transpose(src, first, stride, count, dst, dst_first, dst_stride)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_broadcast_reads_one_value_into_every_lane(dtype, rng):
+    a = rng.standard_normal(20).astype(dtype)
+    lanes = 64 // a.itemsize
+    out = np.zeros(2 * lanes, dtype)
+    _broadcasts(a, out)
+    np.testing.assert_array_equal(out, np.full(2 * lanes, a[3]))
+
+
+@pytest.mark.parametrize("count", [16, 5, 1])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_transpose_turns_rows_into_columns(dtype, count, rng):
+    # rows past count read as zeros; nothing outside the lanes x lanes block is written
+    lanes = 64 // np.dtype(dtype).itemsize
+    count = min(count, lanes)
+    src = rng.standard_normal(3 + 21 * lanes).astype(dtype)
+    dst = np.full(5 + 19 * lanes + lanes, np.nan, dtype)
+    _transposed(src, 3, 21, count, dst, 5, 19)
+    block = np.zeros((lanes, lanes), dtype)
+    for r in range(count):
+        block[r] = src[3 + 21 * r : 3 + 21 * r + lanes]
+    written = np.zeros(dst.size, bool)
+    for q in range(lanes):
+        np.testing.assert_array_equal(dst[5 + 19 * q : 5 + 19 * q + lanes], block[:, q])
+        written[5 + 19 * q : 5 + 19 * q + lanes] = True
+    assert np.isnan(dst[~written]).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_micro_kernel_is_its_formula(dtype, rng):
     lanes = 64 // np.dtype(dtype).itemsize
@@ -216,11 +255,21 @@ from fastconv.cpu import simd
 def read(a, i):
     simd.store(a, 0, simd.load(a, i))
 
+@numba.njit
+def spread(a, i):
+    simd.store(a, 0, simd.broadcast(a, i))
+
 a = np.zeros(20, np.float32)
 read(a, 4)
 for bad in (5, -1):
     try:
         read(a, bad)
+    except IndexError as error:
+        print("IndexError", error)
+spread(a, 19)
+for bad in (20, -1):
+    try:
+        spread(a, bad)
     except IndexError as error:
         print("IndexError", error)
 """
@@ -232,6 +281,7 @@ def test_bounds_checking_catches_a_vector_past_the_end(tmp_path):
                             text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("IndexError simd vector outside the array") == 2, result.stdout
+    assert result.stdout.count("IndexError simd broadcast outside the array") == 2, result.stdout
 
 
 _ANOTHER_TARGET = """

@@ -72,6 +72,15 @@ def _contiguous_1d(array) -> bool:
     return isinstance(array, types.Array) and array.ndim == 1 and array.layout in "CF"
 
 
+def _splat_ir(context, builder, vector, value):
+    """``value`` (an LLVM scalar of the vector's dtype) in every lane."""
+    vector_type = context.get_value_type(vector)
+    single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
+                                    ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), [0] * vector.lanes)
+    return builder.shuffle_vector(single, ir.Constant(vector_type, ir.Undefined), mask)
+
+
 def _call_intrinsic(context, builder, vector, name, args):
     """``llvm.<name>`` on vectors of type ``vector``."""
     vector_type = context.get_value_type(vector)
@@ -121,11 +130,7 @@ def splat(typingctx, scalar, like):
 
     def codegen(context, builder, signature, args):
         value = context.cast(builder, args[0], signature.args[0], dtype)
-        vector_type = context.get_value_type(vector)
-        single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
-                                        ir.Constant(ir.IntType(32), 0))
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), [0] * vector.lanes)
-        return builder.shuffle_vector(single, ir.Constant(vector_type, ir.Undefined), mask)
+        return _splat_ir(context, builder, vector, value)
 
     return vector(scalar, like), codegen
 
@@ -139,12 +144,7 @@ def _broadcast(typingctx, array, index):
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         i = context.cast(builder, args[1], signature.args[1], types.intp)
-        value = builder.load(builder.gep(ary.data, [i]))
-        vector_type = context.get_value_type(vector)
-        single = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
-                                        ir.Constant(ir.IntType(32), 0))
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), [0] * vector.lanes)
-        return builder.shuffle_vector(single, ir.Constant(vector_type, ir.Undefined), mask)
+        return _splat_ir(context, builder, vector, builder.load(builder.gep(ary.data, [i])))
 
     return vector(array, index), codegen
 
