@@ -79,6 +79,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any, Literal, overload
 
+import numba  # loaded by fastconv.cpu anyway, which this module imports
 import torch  # the real torch: absolute imports never find this module
 
 from . import functional as ops
@@ -214,18 +215,6 @@ def _placeholder(like: torch.Tensor) -> torch.Tensor:
 
 # --- Numba's threads follow PyTorch's ----------------------------------------------------
 
-_numba: Any = None
-
-
-def _numba_module() -> Any:
-    global _numba
-    if _numba is None:
-        import numba
-
-        _numba = numba
-    return _numba
-
-
 # Before Numba's thread pool starts: run fastconv's parallel loops on PyTorch's OpenMP
 # pool where it can (fastconv.cpu.threads.share_torch_pool), so the two libraries do not
 # keep two pools spinning on the same cores.
@@ -243,7 +232,6 @@ class _TorchThreads:
         self.previous = None
         if tensor.is_cuda:  # pragma: no cover - GPU kernels do not use Numba's CPU threads
             return
-        numba = _numba or _numba_module()
         wanted = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
         current = plans.thread_count()  # numba.get_num_threads() without its lock
         if wanted != current:
@@ -255,7 +243,7 @@ class _TorchThreads:
 
     def __exit__(self, *exc: object) -> None:
         if self.previous is not None:
-            _numba.set_num_threads(self.previous)
+            numba.set_num_threads(self.previous)
 
 
 # --- one implementation per op, two routes to it -------------------------------------------
