@@ -3,9 +3,12 @@
 Kernels register themselves under ``(op, device, algorithm)``::
 
     @register("conv2d", "cpu", "im2col")
-    def _conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups): ...
+    def _conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups,
+                       activation=None): ...
 
-and each ``(op, device)`` registers one chooser that ``algorithm="auto"``
+(the arguments of :mod:`fastconv.ops`'s table; a conv2d kernel gets ``activation``
+only when the caller asks for one, so one written without it still runs every call
+that has none) and each ``(op, device)`` registers one chooser that ``algorithm="auto"``
 asks for ``(name, reason)``, given the problem's shapes (or, with autotuning
 on, :mod:`fastconv.tune` times the candidates). The public functions in
 :mod:`fastconv.functional` only call :func:`select`, so a new backend or a new

@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, ca
 
 import numpy as np
 
-from . import shapes
+from . import activations, shapes
 from ._checks import as_float_array, divisor, positive_int
 from .functional import conv as _conv
 from .functional import pool as _pool
@@ -94,7 +94,7 @@ __all__ = [
     "SGD",
 ]
 
-ACTIVATIONS = (None, "relu")
+ACTIVATIONS = activations.ACTIVATIONS
 
 #: what a :class:`MaxPool2d` returns: the output, or ``(output, indices)`` with return_indices
 _PoolOutput = TypeVar("_PoolOutput", bound="np.ndarray | tuple[np.ndarray, np.ndarray]")
@@ -435,8 +435,9 @@ class Conv2d(_ConvLayer):
         groups: independent channel groups (``groups == C_in`` is depthwise).
         bias: learn an additive bias.
         activation: None, or ``"relu"`` to apply ``max(y, 0)`` to the output
-            (the last part of a conv layer in the lecture); its gradient is
-            applied in :meth:`backward`.
+            (the last part of a conv layer in the lecture), fused into the
+            convolution's kernel (:func:`fastconv.conv2d`'s ``activation=``); its
+            gradient, the output's sign, is applied in :meth:`backward`.
         dtype: float32 (default) or float64, of the parameters and the input.
         rng: ``numpy.random.Generator`` for the initialisation
             ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, ``fan_in = C_in / groups * R * S``.
@@ -479,12 +480,10 @@ class Conv2d(_ConvLayer):
         self._saved = None  # a backward after a forward that raises must not see the last one
         x = self._check_input(x)
         y = _conv.conv2d(x, self.weight, self.bias, *self._args(), algorithm=self.algorithm,
-                         **_device(self.device))
-        mask = None
-        if self.activation == "relu":
-            # the mask, not y: y is the caller's, and editing it must not change backward
-            mask = y > 0
-            np.maximum(y, 0, out=y)
+                         activation=self.activation, **_device(self.device))
+        # the ReLU is applied as the kernel stores y; its gradient is y's sign, kept as a
+        # mask, not y: y is the caller's, and editing it must not change backward
+        mask = y > 0 if self.activation == "relu" else None
         self._saved = (x, mask, y.shape, y.dtype)
         return y
 

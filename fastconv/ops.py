@@ -181,7 +181,7 @@ _POOL = ("kernel_size", "stride", "padding")
 _AVG = (*_POOL, "ceil_mode", "count_include_pad", "divisor_override")
 
 _OPS: tuple[Op, ...] = (
-    Op("conv2d", ("x", "weight", "bias", "out", *_CONV), ("out",),
+    Op("conv2d", ("x", "weight", "bias", "out", *_CONV, "activation"), ("out",),
        reference_kernels.conv2d, "conv", _warm_conv2d),
     Op("conv2d_grad_input", ("grad_out", "weight", "grad_in", *_CONV), ("grad_in",),
        reference_kernels.conv2d_grad_input, "conv", _warm_conv2d_grad_input),

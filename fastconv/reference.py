@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import shapes
+from . import activations, shapes
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           activation=None):
     """2-D cross-correlation of ``input (N, C, H, W)`` or ``(C, H, W)`` with
-    ``weight (K, C/groups, R, S)``, plus ``bias (K,)``.
+    ``weight (K, C/groups, R, S)``, plus ``bias (K,)``, then ``activation``.
 
     For each output channel ``k``, position ``(i, j)`` and image ``n``: take the
     window of the zero-padded input that starts at ``(i * stride_h, j * stride_w)``
     with taps ``dilation`` apart, multiply it element-wise with ``weight[k]``
-    over the channels of ``k``'s group, sum, and add ``bias[k]``.
+    over the channels of ``k``'s group, sum, and add ``bias[k]``; with
+    ``activation="relu"``, replace a negative result by 0 (a NaN stays NaN).
 
     >>> x = np.arange(9.0).reshape(1, 3, 3)
     >>> conv2d(x, np.ones((1, 1, 2, 2))).tolist()
@@ -56,6 +58,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
                     out[n, k, i, j] = np.sum(window * weight[k])
             if bias is not None:
                 out[n, k] += bias[k]
+    activations.apply(out, activations.check(activation))
     return out[0] if unbatched else out
 
 

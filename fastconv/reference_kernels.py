@@ -17,8 +17,9 @@ import numpy as np
 from . import reference
 
 
-def conv2d(x, weight, bias, out, stride, padding, dilation, groups):
-    out[...] = reference.conv2d(x, weight, bias, stride, padding, dilation, groups)
+def conv2d(x, weight, bias, out, stride, padding, dilation, groups, activation=None):
+    out[...] = reference.conv2d(x, weight, bias, stride, padding, dilation, groups,
+                                activation=activation)
 
 
 def conv2d_grad_input(grad_out, weight, grad_in, stride, padding, dilation, groups):

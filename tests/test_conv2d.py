@@ -97,6 +97,69 @@ def test_matches_torch(algorithm, case, dtype, rng):
     assert_close(y, expected, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("algorithm, case", algorithm_case_params(ALGORITHMS, CONV2D_CASES))
+def test_relu_epilogue_matches_torch_relu(algorithm, case, dtype, rng):
+    # activation="relu" is applied by each kernel as it stores: torch.relu of the output
+    torch = pytest.importorskip("torch")
+    x, w, b = make_inputs(case, dtype, rng)
+    expected = torch.relu(torch.from_numpy(torch_conv2d(x, w, b, **case.kwargs))).numpy()
+    y = fastconv.conv2d(x, w, b, **case.kwargs, algorithm=algorithm, activation="relu")
+    assert y.dtype == np.dtype(dtype) and y.shape == expected.shape
+    assert_close(y, expected, dtype)
+    assert_close(y, reference.conv2d(x, w, b, **case.kwargs, activation="relu"), dtype)
+    assert not (y < 0).any()
+
+
+def test_relu_epilogue_on_large_multi_tile_layers(rng):
+    # shapes that reach every CPU kernel's blocked, multi-tile and multi-thread paths,
+    # with unequal last tiles: the clamp is at every store, not only the first tile's
+    torch = pytest.importorskip("torch")
+    layers = [((3, 64, 30, 29), (64, 64, 3, 3), 1, 1, 1),   # auto: Winograd
+              ((2, 16, 37, 33), (32, 16, 3, 3), 1, 1, 1),   # blocked direct
+              ((2, 24, 20, 21), (40, 24, 3, 3), 2, 1, 1),   # strided
+              ((2, 8, 19, 17), (8, 1, 5, 5), 1, 2, 8),      # depthwise
+              ((2, 96, 9, 11), (80, 96, 1, 1), 1, 0, 1)]    # 1x1
+    for x_shape, w_shape, stride, padding, groups in layers:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+        b = rng.standard_normal(w_shape[0]).astype(np.float32)
+        expected = torch.relu(torch.nn.functional.conv2d(
+            torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride, padding,
+            1, groups)).numpy()
+        for algorithm in ALGORITHMS:
+            if algorithm == "reference" or (algorithm == "winograd"
+                                            and (w_shape[2:] != (3, 3) or stride != 1)):
+                continue
+            y = fastconv.conv2d(x, w, b, stride, padding, 1, groups, algorithm=algorithm,
+                                activation="relu")
+            np.testing.assert_allclose(y, expected, rtol=0, atol=3e-5 * np.abs(expected).max(),
+                                       err_msg=f"{algorithm} {x_shape} {w_shape}")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_relu_epilogue_keeps_nan_and_clamps_minus_inf(algorithm):
+    # torch.relu: NaN stays NaN, -inf becomes 0, +inf stays
+    x = np.zeros((1, 1, 6, 6), np.float32)
+    x[0, 0, 0, 0], x[0, 0, 5, 5] = np.nan, -np.inf
+    x[0, 0, 3, 0] = np.inf
+    w = np.ones((1, 1, 3, 3), np.float32)
+    y = fastconv.conv2d(x, w, padding=1, algorithm=algorithm, activation="relu")
+    plain = reference.conv2d(x, w, padding=1)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(plain))
+    assert (y[plain == -np.inf] == 0).all() and (y[plain == np.inf] == np.inf).all()
+    finite = np.isfinite(plain)
+    np.testing.assert_array_equal(y[finite], np.maximum(plain[finite], 0))
+
+
+@pytest.mark.parametrize("activation, error", [
+    ("gelu", ValueError), ("ReLU", ValueError), (1, TypeError), (True, TypeError)])
+def test_unknown_activation_is_refused(activation, error):
+    x, w = np.ones((1, 1, 3, 3), np.float32), np.ones((1, 1, 3, 3), np.float32)
+    with pytest.raises(error, match=r"activation must be None or 'relu', got"):
+        fastconv.conv2d(x, w, activation=activation)
+
+
 def test_torch_oracle_pads_same_with_stride_at_the_end():
     # The oracle's own padding rule, checked once by hand: n=6, k=3, s=2 -> out 3,
     # total (3-1)*2 + 3 - 6 = 1, so no pad on top/left and one on bottom/right.

@@ -72,6 +72,17 @@ def test_conv2d_matches_reference(case, algorithm, rng):
     assert_close(host(y), reference.conv2d(x, w, b, **case.kwargs), np.float32)
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "direct", "implicit_gemm"])
+def test_conv2d_relu_epilogue_on_the_gpu(algorithm, rng):
+    case = GPU_CONV_CASES[0]
+    x, w, b = make_inputs(case, np.float32, rng)
+    y = fastconv.conv2d(gpu(x), gpu(w), None if b is None else gpu(b), **case.kwargs,
+                        algorithm=algorithm, activation="relu")
+    expected = reference.conv2d(x, w, b, **case.kwargs, activation="relu")
+    assert (expected == 0).any()
+    assert_close(host(y), expected, np.float32)
+
+
 @pytest.mark.parametrize(("case", "dtype"), [
     *((case, np.float32) for case in GPU_CONV_CASES),
     *((case, np.float64) for case in GPU_CONV_CASES if case.id in ("4x4_s2_p1", "pad_asym")),

@@ -107,6 +107,18 @@ def test_conv2d(case, algorithm, dtype, rng):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("algorithm", CONV_ALGORITHMS)
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_relu_epilogue(case, algorithm, dtype, rng):
+    x, w, b, dy = conv_data(case, dtype, rng)
+    expected = reference.conv2d(x, w, b, *conv_params(case), activation="relu")
+    assert (expected == 0).any() and (expected > 0).any()
+    _, (_, _, _, out, *_) = run("conv2d", algorithm, conv_problem(case, dtype), x, w, b,
+                                nans(dy.shape, dtype), *conv_params(case), "relu")
+    np.testing.assert_allclose(out, expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("algorithm", CONV_ALGORITHMS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv2d_gradients(case, algorithm, dtype, rng):
     x, w, _, dy = conv_data(case, dtype, rng)
     grad_x, grad_w, _ = reference.conv2d_backward(dy, x, w, *conv_params(case))

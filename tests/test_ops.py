@@ -36,7 +36,7 @@ def test_the_table_is_the_registrys_list_of_ops():
     assert all(name == op.name for name, op in ops.TABLE.items())
     conv2d = ops.TABLE["conv2d"]
     assert conv2d.arguments == ("x", "weight", "bias", "out", "stride", "padding", "dilation",
-                                "groups")
+                                "groups", "activation")
     assert (conv2d.outputs, conv2d.output_positions, conv2d.chooser) == (("out",), (3,), "conv")
     with pytest.raises(dataclasses.FrozenInstanceError):
         conv2d.name = "conv3d"  # type: ignore[misc]

@@ -49,7 +49,7 @@ import functools
 import numpy as np
 from numba import prange
 
-from .. import config
+from .. import activations, config
 from . import simd, strips, threads, workspace
 from ._jit import kernel
 from .microkernels import (
@@ -123,11 +123,12 @@ def _phase_rows(buffer, plane, first, n_rows, pad_left, pitch, stride_h, stride_
 
 
 @kernel(parallel=True)
-def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, out, pad_top,
+def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, floor, out, pad_top,
                             pad_left, stride_h, stride_w, pitch, phase_rows, kw, dilation_h,
                             dilation_w, band, plane, k_runs, scratch):
-    """out[n, k] = bias[k] + sum_{c, r, s} weight[k, c, r, s]
-    * x_padded[n, c, i*sh + r*dh, j*sw + s*dw] (with ``transposed``, the filters of
+    """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
+    * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
+    :func:`fastconv.activations.floor`; with ``transposed``, the filters of
     grad_input's convolution, see :func:`_pack_filters`), ``band`` output rows per task.
     A channel's strip (``plane`` values) holds the band's input rows on ``pitch``: the
     padded rows themselves with stride 1, else the ``sh * sw`` phases of
@@ -195,7 +196,8 @@ def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, out, 
                         src = sums[kk * sums_pitch + i * pitch :]
                         dst = out[n, k, i_first + i]
                         for j in range(out_w):
-                            dst[j] = src[j] + offset
+                            value = src[j] + offset
+                            dst[j] = floor if value < floor else value
 
 
 def applies(weight, stride, groups: int) -> bool:
@@ -257,7 +259,7 @@ _NO_BIAS = {np.dtype(np.float32): np.zeros(0, np.float32),
 
 
 def conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups: int, *,
-                   transposed: bool = False) -> None:
+                   transposed: bool = False, activation: str | None = None) -> None:
     """Host side of the blocked kernel; arguments as normalised by
     :func:`fastconv.conv2d`. With ``transposed`` (stride 1 only), computes the
     convolution that gives grad_input instead: ``weight`` is the forward weight
@@ -274,7 +276,8 @@ def conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups: int,
     scratch = workspace.borrow(scratch_shape, x.dtype)
     kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
     kernel(x, weight, transposed, packed, _NO_BIAS[x.dtype] if bias is None else bias,
-           bias is not None, out, padding[0][0], padding[1][0], stride[0], stride[1], pitch,
+           bias is not None, activations.floor(activation, x.dtype), out, padding[0][0],
+           padding[1][0], stride[0], stride[1], pitch,
            phase_rows, kw, dilation[0], dilation[1], band, plane, k_runs, scratch)
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .. import config
+from .. import activations, config
 from ..dispatch import register
 from . import blocked, identities, strips, threads, workspace
 from ._jit import kernel
@@ -42,11 +42,12 @@ from .strips import _padded_rows, _to_pitch
 
 
 @kernel(parallel=True)
-def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, pad_top, pad_left,
-                           padded_w, dilation_h, dilation_w, groups, block_k, band, scratch):
-    """out[n, k] = bias[k]
-    + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i*sh + r*dh, j*sw + s*dw],
-    ``band`` output rows per task."""
+def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stride_w, pad_top,
+                           pad_left, padded_w, dilation_h, dilation_w, groups, block_k, band,
+                           scratch):
+    """out[n, k] = max(floor, bias[k]
+    + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]),
+    ``band`` output rows per task (``floor``: :func:`fastconv.activations.floor`)."""
     n_img = x.shape[0]
     out_channels, group_channels, kh, kw = weight.shape
     out_h, out_w = out.shape[2], out.shape[3]
@@ -125,7 +126,8 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, out, stride_h, stride_w, p
                     src = acc[kk * acc_len + i * pitch : kk * acc_len + i * pitch + out_w]
                     dst = out[n, k_first + kk, i_first + i]
                     for j in range(out_w):
-                        dst[j] = src[j] + b
+                        value = src[j] + b
+                        dst[j] = floor if value < floor else value
 
 
 def _chunks(n_tasks: int) -> int:
@@ -134,11 +136,12 @@ def _chunks(n_tasks: int) -> int:
 
 
 @register("conv2d", "cpu", "direct")
-def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
+def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups, activation=None):
     """Host side of the direct kernel; arguments as normalised by :func:`fastconv.conv2d`.
     At least 4 filters per group go to the register-blocked kernel of :mod:`.blocked`."""
     if blocked.applies(weight, stride, groups):
-        blocked.conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups)
+        blocked.conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups,
+                               activation=activation)
         return
     n_img, _, _, width = x.shape
     out_channels, _, kh, _ = weight.shape
@@ -160,7 +163,8 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
     )
     has_bias = bias is not None
     threads.serial_if_small(_conv2d_forward_direct, chunks, out, weight[0].size)(
-        x, weight, bias if has_bias else np.zeros(0, x.dtype), has_bias, out,
+        x, weight, bias if has_bias else np.zeros(0, x.dtype), has_bias,
+        activations.floor(activation, x.dtype), out,
         stride[0], stride[1], top, left, padded_w, dilation[0], dilation[1],
         groups, block_k, band, scratch,
     )

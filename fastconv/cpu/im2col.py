@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .. import config
+from .. import activations, config
 from ..dispatch import register
 from . import blas, identities, threads, workspace
 from ._jit import kernel
@@ -143,7 +143,7 @@ def _im2col_tile_strided(x, n, c_first, group_channels, kh, kw, row_first, row_l
 
 
 @kernel(parallel=True)
-def _conv2d_forward_im2col(x, weight2d, bias, has_bias, out, kh, kw, stride_h, stride_w,
+def _conv2d_forward_im2col(x, weight2d, bias, has_bias, floor, out, kh, kw, stride_h, stride_w,
                            pad_top, pad_left, pitch, phase_len, dilation_h, dilation_w, groups,
                            tile_rows, tile_images, scratch, gemm, set_blas_threads):
     """out[n, g*Kg:(g+1)*Kg, tile] = weight2d[g] @ im2col(x[n, group g], tile), tile by tile.
@@ -151,7 +151,8 @@ def _conv2d_forward_im2col(x, weight2d, bias, has_bias, out, kh, kw, stride_h, s
     A tile is ``tile_rows`` output rows of one image, or ``tile_images`` whole
     images side by side (small images, where one image is too narrow a GEMM).
     Each thread builds the tile's columns in its slice of ``scratch``, runs
-    the GEMM into scratch too, and stores the result with the bias added.
+    the GEMM into scratch too, and stores the result with the bias added, clamped from
+    below at ``floor`` (:func:`fastconv.activations.floor`).
     Output row ``i`` of a tile starts at column ``(i - row_first) * pitch``:
     ``pitch`` is the padded width for stride 1 (:func:`_im2col_tile_unit_stride`)
     and ``out_w`` otherwise.
@@ -212,7 +213,8 @@ def _conv2d_forward_im2col(x, weight2d, bias, has_bias, out, kh, kw, stride_h, s
                         src = result[k * ld + (n - n_first) * n_cols + (i - row_first) * pitch :]
                         dst = out[n, k_first + k, i]
                         for j in range(out_w):
-                            dst[j] = src[j] + b
+                            value = src[j] + b
+                            dst[j] = floor if value < floor else value
         set_blas_threads(saved_threads)
 
 
@@ -243,7 +245,8 @@ def tiling(depth: int, per_group: int, n_img: int, out_h: int, pitch: int, item:
 
 
 @register("conv2d", "cpu", "im2col")
-def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, *, gemm=None):
+def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation=None, *,
+                  gemm=None):
     """Host side of im2col + GEMM; ``gemm`` overrides the BLAS function pointer (tests)."""
     n_img, _, _, width = x.shape
     out_channels, group_channels, kh, kw = weight.shape
@@ -267,7 +270,8 @@ def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, *, ge
     has_bias = bias is not None
     _conv2d_forward_im2col(
         x, weight.reshape(out_channels, depth), bias if has_bias else np.zeros(0, x.dtype),
-        has_bias, out, kh, kw, stride[0], stride[1], top, left, pitch, phase_len, dilation[0],
+        has_bias, activations.floor(activation, x.dtype), out, kh, kw, stride[0], stride[1], top,
+        left, pitch, phase_len, dilation[0],
         dilation[1],
         groups, tile_rows, tile_images, scratch,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,

@@ -47,7 +47,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .. import config
+from .. import activations, config
 from ..dispatch import register
 from . import blas, identities, im2col, threads, workspace
 from ._jit import kernel
@@ -225,13 +225,13 @@ def _block_buffers(scratch, channels, out_channels, max_tiles):
 
 
 @kernel(parallel=True)
-def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_left, groups,
-                             rows_per_block, b_t, a_t, scratch, gemm, set_blas_threads,
+def _conv2d_forward_winograd(x, transformed, bias, has_bias, floor, out, pad_top, pad_left,
+                             groups, rows_per_block, b_t, a_t, scratch, gemm, set_blas_threads,
                              nonfinite):
-    """out = conv2d(x, weight, bias) for a 3x3 stride-1 kernel, ``transformed`` = its
-    filter transform ``(36, K, C/groups)``; see the module docstring.
-    ``nonfinite[q]`` (False on entry) is set where tile row ``q = n * tiles_h + t``
-    stored a NaN or Inf."""
+    """out = max(floor, conv2d(x, weight, bias)) for a 3x3 stride-1 kernel,
+    ``transformed`` = its filter transform ``(36, K, C/groups)``; see the module
+    docstring. ``nonfinite[q]`` (False on entry) is set where tile row
+    ``q = n * tiles_h + t`` has a NaN or Inf before the clamp."""
     n_img, channels, height, width = x.shape
     out_channels = out.shape[1]
     out_h, out_w = out.shape[2], out.shape[3]
@@ -299,14 +299,16 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, out, pad_top, pad_l
                         y3 = y0[3 * n_tiles :]
                         dst = out[n, k, row]
                         for j in range(full):
-                            dst[TILE * j] = y0[j]
-                            dst[TILE * j + 1] = y1[j]
-                            dst[TILE * j + 2] = y2[j]
-                            dst[TILE * j + 3] = y3[j]
-                            total += (y0[j] + y1[j]) + (y2[j] + y3[j])
+                            v0, v1, v2, v3 = y0[j], y1[j], y2[j], y3[j]
+                            dst[TILE * j] = floor if v0 < floor else v0
+                            dst[TILE * j + 1] = floor if v1 < floor else v1
+                            dst[TILE * j + 2] = floor if v2 < floor else v2
+                            dst[TILE * j + 3] = floor if v3 < floor else v3
+                            total += (v0 + v1) + (v2 + v3)
                         for b in range(out_w - TILE * full):
-                            dst[TILE * full + b] = y0[b * n_tiles + full]
-                            total += y0[b * n_tiles + full]
+                            v0 = y0[b * n_tiles + full]
+                            dst[TILE * full + b] = floor if v0 < floor else v0
+                            total += v0
                     if not math.isfinite(total):
                         nonfinite[q] = True
         set_blas_threads(saved_threads)
@@ -326,18 +328,20 @@ def transform_filters(weight: np.ndarray, groups: int) -> np.ndarray:
 
 
 @register("conv2d", "cpu", "winograd", unsupported=unsupported)
-def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, *, gemm=None):
+def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, activation=None, *,
+                    gemm=None):
     """Host side of Winograd F(4x4, 3x3); arguments as normalised by :func:`fastconv.conv2d`.
 
     A NaN or Inf in the weight or bias sends the call to im2col; tile rows whose
     outputs are not all finite are recomputed by im2col (see the module docstring)."""
     if not (all_finite(weight) and (bias is None or all_finite(bias))):
-        im2col.conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, gemm=gemm)
+        im2col.conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation,
+                             gemm=gemm)
         return
-    _conv2d_winograd(x, weight, bias, out, padding, groups, gemm)
+    _conv2d_winograd(x, weight, bias, out, padding, groups, gemm, activation)
 
 
-def _conv2d_winograd(x, weight, bias, out, padding, groups, gemm):
+def _conv2d_winograd(x, weight, bias, out, padding, groups, gemm, activation=None):
     """Winograd with a finite weight and bias; then the tile rows whose outputs are not
     all finite again, by im2col."""
     n_img, channels = x.shape[:2]
@@ -356,13 +360,14 @@ def _conv2d_winograd(x, weight, bias, out, padding, groups, gemm):
     nonfinite = np.zeros((n_img, tiles_h), np.bool_)
     _conv2d_forward_winograd(
         x, transform_filters(weight, groups), bias if has_bias else np.zeros(0, x.dtype),
-        has_bias, out, padding[0][0], padding[1][0], groups, rows_per_block,
-        B_T.astype(x.dtype), A_T.astype(x.dtype), scratch,
+        has_bias, activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
+        groups, rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype), scratch,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
         nonfinite.reshape(-1),
     )
     for n, first, last in _runs(nonfinite):
-        _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, gemm)
+        _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, gemm,
+                             activation)
 
 
 def _runs(flags):
@@ -373,7 +378,8 @@ def _runs(flags):
             yield int(n), int(first), int(last)
 
 
-def _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, gemm):
+def _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, gemm,
+                         activation):
     """Tile rows ``first <= t < last`` of image ``n`` by im2col: output rows
     ``[r0, r1)`` read input rows ``[r0 - pad_top, r1 + 2 - pad_top)``, zero-padded
     where they leave the input."""
@@ -382,7 +388,8 @@ def _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, 
     lo, hi = max(0, top), min(x.shape[2], bottom)
     band = np.empty((1, out.shape[1], r1 - r0, out.shape[3]), out.dtype)
     im2col.conv2d_im2col(np.ascontiguousarray(x[n : n + 1, :, lo:hi]), weight, bias, band,
-                         (1, 1), ((lo - top, bottom - hi), padding[1]), (1, 1), groups, gemm=gemm)
+                         (1, 1), ((lo - top, bottom - hi), padding[1]), (1, 1), groups,
+                         activation, gemm=gemm)
     out[n, :, r0:r1] = band[0]
 
 

@@ -66,7 +66,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from .. import config
+from .. import activations, config
 from ..dispatch import register
 from . import simulated
 from ._jit import configure, device_array, flat, jit, launch, scalar_type, unravel
@@ -86,9 +86,9 @@ def _conv2d_forward_direct(dtype):
     zero = scalar_type(dtype)(0)
 
     @jit
-    def kernel(x, weight, bias, has_bias, out, n_img, channels, height, width, out_channels,
-               out_h, out_w, kh, kw, stride_h, stride_w, pad_top, pad_left, dilation_h,
-               dilation_w, groups):
+    def kernel(x, weight, bias, has_bias, floor, out, n_img, channels, height, width,
+               out_channels, out_h, out_w, kh, kw, stride_h, stride_w, pad_top, pad_left,
+               dilation_h, dilation_w, groups):
         group_channels = channels // groups
         per_group = out_channels // groups
         plane = height * width
@@ -110,17 +110,21 @@ def _conv2d_forward_direct(dtype):
                             tap = w_first + r * kw + s
                             for c in range(group_channels):
                                 acc += weight[tap + c * taps] * x[src + c * plane]
-            out[e] = acc + bias[k] if has_bias else acc
+            if has_bias:
+                acc += bias[k]
+            out[e] = floor if acc < floor else acc
 
     return kernel
 
 
 @register("conv2d", "cuda", "direct")
-def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups):
-    """Host side; ``bias`` is a device array or None."""
+def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups, activation=None):
+    """Host side; ``bias`` is a device array or None; ``activation`` as
+    :func:`fastconv.conv2d` (the clamp of :func:`fastconv.activations.floor`)."""
     kernel = _conv2d_forward_direct(x.dtype)
     launch(kernel, out.size)(
-        flat(x), flat(weight), flat(out if bias is None else bias), bias is not None, flat(out),
+        flat(x), flat(weight), flat(out if bias is None else bias), bias is not None,
+        activations.floor(activation, np.dtype(x.dtype)), flat(out),
         *_geometry(x.shape, weight.shape, out.shape[2:], stride, padding, dilation, groups))
 
 
@@ -378,7 +382,8 @@ def _implicit_gemm(dtype, mode, window, stride):
             f"{_SHARED_BYTES}-byte limit; make them smaller")
 
     @jit(launch_bounds=(threads, _GEMM_MIN_BLOCKS_PER_SM[np.dtype(dtype).itemsize]))
-    def kernel(a_src, b_src, bias, has_bias, out, splits, split_len, n_img, channels, height,
+    def kernel(a_src, b_src, bias, has_bias, floor, out, splits, split_len, n_img, channels,
+               height,
                width, out_channels, out_h, out_w, kh, kw, stride_h, stride_w, pad_top,
                pad_left, dilation_h, dilation_w, groups):
         a_tile = cuda.shared.array((2, tile_k, pitch), value_type, alignment=_ALIGNMENT)
@@ -542,6 +547,8 @@ def _implicit_gemm(dtype, mode, window, stride):
                         k = g * per_group + m
                         if has_bias:
                             value += bias[k]
+                        if value < floor:
+                            value = floor
                         out[(n * out_channels + k) * out_plane + col - n * out_plane] = value
                     elif grad_input:  # dx[n, g*C_g + m, q]
                         n = col // plane
@@ -553,9 +560,11 @@ def _implicit_gemm(dtype, mode, window, stride):
     return kernel
 
 
-def _launch_gemm(mode, a_src, b_src, bias, out, geometry, splits=1, split_len=None):
+def _launch_gemm(mode, a_src, b_src, bias, out, geometry, splits=1, split_len=None,
+                 activation=None):
     """One implicit-GEMM launch: a block per tile (grid-stride past CUDA_MAX_BLOCKS).
-    Without splits, the whole reduction is one split."""
+    Without splits, the whole reduction is one split; ``activation`` (forward only) as
+    :func:`fastconv.conv2d`."""
     n_img, channels, height, width, out_channels, out_h, out_w, kh, kw = geometry[:9]
     groups = geometry[-1]
     group_channels, per_group = channels // groups, out_channels // groups
@@ -568,15 +577,18 @@ def _launch_gemm(mode, a_src, b_src, bias, out, geometry, splits=1, split_len=No
     stride = geometry[9:11]
     kernel = _implicit_gemm(out.dtype, mode, (kh, kw), stride)
     configure(kernel, min(tiles, config.CUDA_MAX_BLOCKS), _gemm_threads())(
-        a_src, b_src, out if bias is None else bias, bias is not None, out, splits,
+        a_src, b_src, out if bias is None else bias, bias is not None,
+        activations.floor(activation, np.dtype(out.dtype)), out, splits,
         depth if split_len is None else split_len, *geometry)
 
 
 @register("conv2d", "cuda", "implicit_gemm")
-def conv2d_implicit_gemm(x, weight, bias, out, stride, padding, dilation, groups):
+def conv2d_implicit_gemm(x, weight, bias, out, stride, padding, dilation, groups,
+                         activation=None):
     """Host side; ``bias`` is a device array or None."""
     geometry = _geometry(x.shape, weight.shape, out.shape[2:], stride, padding, dilation, groups)
-    _launch_gemm("forward", flat(weight), flat(x), bias, flat(out), geometry)
+    _launch_gemm("forward", flat(weight), flat(x), bias, flat(out), geometry,
+                 activation=activation)
 
 
 @register("conv2d_grad_input", "cuda", "implicit_gemm")

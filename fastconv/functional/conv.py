@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import dispatch, plans, shapes
+from .. import activations, dispatch, plans, shapes
 from .._checks import check_rank, check_size, positive_int
 from ..placement import Host, placement
 from ..shapes import Padding, TransposedPadding
@@ -123,6 +123,7 @@ def conv2d(
     algorithm: str = "auto",
     out: np.ndarray | None = None,
     device: str | None = None,
+    activation: str | None = None,
 ) -> np.ndarray:
     """2-D convolution (cross-correlation) of an image batch, as ``torch.nn.functional.conv2d``.
 
@@ -170,6 +171,11 @@ def conv2d(
             On the GPU: ``"direct"``, ``"implicit_gemm"``, ``"reference"``.
         out: optional array of the output's shape and dtype to write into
             (on the GPU, a GPU array).
+        activation: None (the default), or ``"relu"``: every kernel stores
+            ``max(y, 0)`` as it writes its output (fastconv's own keyword, not
+            in PyTorch; ``torch.relu(conv2d(...))`` in one pass, a NaN stays
+            NaN). The gradient of the ReLU is the output's sign: pass
+            ``grad_output * (y > 0)`` to :func:`conv2d_backward`.
         device: where to run. None (the default) follows the data: GPU
             arrays run on the GPU (:mod:`fastconv.cuda`) and give a result of
             the same kind (a PyTorch CUDA tensor in, one out), numpy arrays on
@@ -204,20 +210,22 @@ def conv2d(
      [51.0, 81.0, 90.0, 63.0], [42.0, 66.0, 72.0, 50.0]]
     """
     problem = (None if out is not None or device is not None else
-               plans.key("conv2d", (input, weight, bias), (), (stride, padding, dilation, groups),
-                         algorithm))
+               plans.key("conv2d", (input, weight, bias), (),
+                         (stride, padding, dilation, groups, activation), algorithm))
     plan = plans.get(problem)
     if plan is None:
         plan = plans.put(problem, _conv2d_plan(problem is not None, input, weight, bias, stride,
-                                               padding, dilation, groups, algorithm, out, device))
+                                               padding, dilation, groups, algorithm, out, device,
+                                               activation))
     return plan(input, weight, bias)
 
 
 def _conv2d_plan(cacheable, input, weight, bias, stride, padding, dilation, groups, algorithm,
-                 out, device):
+                 out, device, activation):
     """Check a conv2d call, choose its kernel and return the plan that runs it on the
     arrays: ``plan(input, weight, bias)``. A ``cacheable`` plan (host ndarrays, no
     ``out``) takes any arrays of the same key; another runs once, on these."""
+    activation = activations.check(activation)
     place = placement(device, input=input, weight=weight, bias=bias, out=out)
     with place.active():
         _check_ranks(input=input, weight=weight, bias=bias)
@@ -240,8 +248,10 @@ def _conv2d_plan(cacheable, input, weight, bias, stride, padding, dilation, grou
             arrays=kernel_arrays(x.dtype, geo.x4.shape, w.shape, None if b is None else b.shape,
                                  geo.out_shape),
             params=geo.params(), **geo.problem())
-        kernel, params, shape4, dtype, unbatched = (choice.kernel, geo.params(), geo.out_shape,
-                                                    x.dtype, geo.unbatched)
+        # the activation only when there is one: a kernel registered without the argument
+        # still runs every call without it
+        params = geo.params() if activation is None else (*geo.params(), activation)
+        kernel, shape4, dtype, unbatched = choice.kernel, geo.out_shape, x.dtype, geo.unbatched
         if cacheable and not empty_sum:
             x_ready, w_ready = x.flags.c_contiguous, w.flags.c_contiguous
             b_ready = b is None or b.flags.c_contiguous
