@@ -502,3 +502,29 @@ def test_bounds_checked(tmp_path):
                           timeout=1800)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert " passed" in done.stdout.splitlines()[-1]
+
+
+def test_winograd_matrices_compute_the_correlation_and_the_transforms_apply_them():
+    # A^T [(G g) * (B^T d)] = the 1-D correlation of d with g, exactly (in float64), for
+    # the interpolation points fastconv uses; the hand-written transforms are the matrices
+    from fastconv.cpu import winograd
+
+    a_t, g, b_t = winograd.A_T, winograd.G, winograd.B_T
+    products = np.einsum("ij,jk,jt->ikt", a_t, g, b_t)
+    expected = np.zeros_like(products)
+    for i in range(winograd.TILE):
+        for k in range(3):
+            expected[i, k, i + k] = 1
+    np.testing.assert_allclose(products, expected, atol=1e-15)
+    rng = np.random.default_rng(0)
+    n = 37
+    six = rng.standard_normal((winograd.ALPHA, n))
+    out = np.full((winograd.ALPHA, n), np.nan)
+    winograd._b_transform(*six, *out, n, b_t)
+    np.testing.assert_allclose(out, b_t @ six, atol=1e-13)
+    four = np.full((winograd.TILE, n), np.nan)
+    winograd._a_transform(*six, *four, n, a_t, 0.5)
+    np.testing.assert_allclose(four, a_t @ six + 0.5, atol=1e-13)
+    grads = rng.standard_normal((winograd.TILE, n))
+    winograd._a_expand(*grads, *out, n, a_t)
+    np.testing.assert_allclose(out, a_t.T @ grads, atol=1e-13)
