@@ -112,6 +112,12 @@ CONV2D_CASES: list[Conv2dCase] = [
     C("depthwise_x2_s2", 1, 4, 11, 10, 8, 3, 3, stride=2, padding=1, groups=4),
     C("depthwise_5x5_nobias", 1, 5, 10, 10, 5, 5, 5, padding=2, groups=5, bias=False),
     C("depthwise_same_s2", 1, 3, 9, 9, 3, 3, 3, stride=2, padding="same", groups=3),
+    # the one-pass depthwise kernel: a multiplier, dilation, asymmetric padding, a plane
+    # wider than one vector with a tail
+    C("depthwise_x2_dil21_asym", 2, 3, 11, 19, 6, 3, 3, padding=((2, 1), (0, 2)),
+      dilation=(2, 1), groups=3),
+    C("depthwise_5x5_dil12", 1, 4, 13, 21, 4, 5, 5, padding=(2, 4), dilation=(1, 2),
+      groups=4),
     # batch and channel extremes
     C("batch1_c1_k1", 1, 1, 7, 7, 1, 3, 3),
     C("unbatched_3x3", None, 3, 8, 9, 4, 3, 3, padding=1),

@@ -307,12 +307,21 @@ for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
                                          w.astype(np.float64), padding=padding, stride=stride)
         for got, want in zip(grads, refs):
             worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+# the one-pass depthwise kernels (3x3 and 5x5, a vector of tail)
+for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2)]:
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((2, 6, 13, 19)).astype(dtype)
+        w = rng.standard_normal(wshape).astype(dtype)
+        y = fastconv.conv2d(x, w, padding=padding, groups=6, algorithm="direct")
+        ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=padding,
+                               groups=6)
+        worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
 print(worst)
 """
 
 
 @pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
-def test_blocked_kernel_on_a_cpu_without_avx512(cpu, tmp_path):
+def test_simd_kernels_on_a_cpu_without_avx512(cpu, tmp_path):
     # LLVM splits the 512-bit vectors (and their shuffles) into AVX2 (haswell) or SSE2
     # (x86-64) registers: the same results, forward and gradients, as this machine gives
     if not numba.config.CPU_NAME and os.uname().machine not in ("x86_64", "AMD64"):
