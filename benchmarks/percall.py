@@ -178,7 +178,8 @@ def breakdown(repeat: int) -> list[tuple[str, str, float, int, int]]:
     pooled = np.empty((1, 4, 4, 4), np.float32)
     fastconv.conv2d(x, weight)
     fastconv.max_pool2d(x, 2)
-    conv_plan = plans.get(plans.key("conv2d", (x, weight, None), (), (1, 0, 1, 1), "auto"))
+    conv_plan = plans.get(plans.key("conv2d", (x, weight, None), (), (1, 0, 1, 1, None),
+                                    "auto"))
     pool_plan = plans.get(plans.key("max_pool2d", (x,), (), (2, None, 0, 1, False, False),
                                     "auto"))
     conv_host = dispatch._KERNELS["conv2d", "cpu", "direct"]

@@ -517,6 +517,13 @@ def _phases(in_size, out_size, kernel, stride, padding, dilation):
     return tuple((r, c) for r in rows for c in cols if r is not None and c is not None)
 
 
+def _evenly(taps: list[int]) -> slice:
+    """The slice of the evenly spaced ``taps`` (a basic slice: 5x faster to copy from
+    than the same taps by fancy indexing)."""
+    step = taps[1] - taps[0] if len(taps) > 1 else 1
+    return slice(taps[0], taps[-1] + 1, step)
+
+
 def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilation,
                               groups: int) -> None:
     """grad_in = conv_transpose2d(grad_out, weight) for a finite weight with at least
@@ -534,7 +541,7 @@ def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilati
             target[...] = 0
             continue
         sub = weight if len(taps_h) * len(taps_w) == weight[0, 0].size else (
-            np.ascontiguousarray(weight[:, :, taps_h][:, :, :, taps_w]))
+            np.ascontiguousarray(weight[:, :, _evenly(taps_h), _evenly(taps_w)]))
         source = grad_out
         if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out.shape[2], 0, grad_out.shape[3]):
             source = np.ascontiguousarray(grad_out[:, :, lo_h:hi_h, lo_w:hi_w])
