@@ -29,7 +29,13 @@ def check(activation: object) -> str | None:
 
 def floor(activation: str | None, dtype: np.dtype) -> np.floating:
     """The value a kernel clamps its outputs to from below, in ``dtype``."""
-    return dtype.type(0 if activation == "relu" else -np.inf)
+    value = _FLOORS.get((activation, dtype))
+    if value is None:
+        value = _FLOORS[activation, dtype] = dtype.type(0 if activation == "relu" else -np.inf)
+    return value
+
+
+_FLOORS: dict[tuple[str | None, np.dtype], np.floating] = {}
 
 
 def apply(out: np.ndarray, activation: str | None) -> np.ndarray:

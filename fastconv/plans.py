@@ -31,6 +31,7 @@ calls.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import threading
 from collections import OrderedDict
@@ -83,16 +84,20 @@ def thread_count() -> int:
 _count: Callable[[], int] | None = None
 
 
+#: The ``config.AUTO_*`` thresholds, read in one C call.
+_AUTO_THRESHOLDS = operator.attrgetter(
+    "AUTO_DIRECT_MAX_DEPTH", "AUTO_DIRECT_MAX_WORK", "AUTO_WINOGRAD_MIN_CHANNELS",
+    "AUTO_WINOGRAD_MIN_TILES", "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", "AUTO_BLOCKED_MIN_USE_PERCENT",
+    "AUTO_BLOCKED_MAX_CHANNELS", "AUTO_BLOCKED_SMALL_PLANE_CHANNELS")
+
+
 def _choice_state(algorithm: Any) -> tuple:
     """What ``algorithm="auto"`` decides on besides the problem."""
     if algorithm != "auto":
         return ()
     tuned = tune._enabled
     return (config.AUTOTUNE if tuned is None else tuned, thread_count(),
-            config.AUTO_DIRECT_MAX_DEPTH, config.AUTO_DIRECT_MAX_WORK,
-            config.AUTO_WINOGRAD_MIN_CHANNELS, config.AUTO_WINOGRAD_MIN_TILES,
-            config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE, config.AUTO_BLOCKED_MIN_USE_PERCENT,
-            config.AUTO_BLOCKED_MAX_CHANNELS, config.AUTO_BLOCKED_SMALL_PLANE_CHANNELS)
+            _AUTO_THRESHOLDS(config))
 
 
 def key(op: str, values: tuple, indices: tuple, params: tuple, algorithm: Any) -> tuple | None:

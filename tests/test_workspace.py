@@ -32,10 +32,10 @@ BUDGETS = [1, 400, 1200, 3000, 5000]
 
 #: The direct kernels: module, attribute name, the argument whose third dimension is the
 #: rows split into bands, and the position of ``band`` among the arguments.
-KERNEL_TABLE = [(direct, "_conv2d_forward_direct", 4, -2),
+KERNEL_TABLE = [(direct, "_conv2d_forward_direct", 5, -2),
                 (direct, "_conv2d_grad_input_direct", 2, -2),
                 (direct, "_conv2d_grad_weight_direct", 1, -2),
-                (blocked, "_conv2d_forward_blocked", 6, -4)]
+                (blocked, "_conv2d_forward_blocked", 7, -4)]
 KERNELS = [name for _, name, _, _ in KERNEL_TABLE]
 
 THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
@@ -244,6 +244,21 @@ def test_buffers_are_reused_below_the_cap():
     d = workspace.borrow((10,), np.float32)
     assert not np.shares_memory(b, d)
     assert workspace.kept_bytes() == 8000 + 80 + 40
+
+
+def test_a_repeated_borrow_is_a_view_of_the_kept_buffer():
+    # a repeated borrow of one shape returns its last view while that view's buffer is
+    # still the kept one; after the slot grows, a view of the new buffer
+    workspace.release()
+    small = workspace.borrow((3, 4), np.float32, "views")
+    assert workspace.borrow((3, 4), np.float32, "views") is small
+    large = workspace.borrow((100, 10), np.float32, "views")  # grows: a new kept buffer
+    again = workspace.borrow((3, 4), np.float32, "views")
+    assert again.shape == (3, 4) and np.shares_memory(again, large)
+    assert not np.shares_memory(again, small)
+    workspace.release()
+    fresh = workspace.borrow((3, 4), np.float32, "views")
+    assert not np.shares_memory(fresh, large)
 
 
 def test_cap_is_honoured(monkeypatch):

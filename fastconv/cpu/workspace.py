@@ -24,10 +24,13 @@ from .. import config
 
 
 class _Buffers:
-    """One thread's kept buffers, ``(slot, dtype) -> 1-D array``."""
+    """One thread's kept buffers, ``(slot, dtype) -> 1-D array``, and the last view
+    handed out per ``(slot, dtype, shape)`` (a repeated borrow returns it again while
+    its buffer is still the kept one: no slicing and reshaping per call)."""
 
     def __init__(self) -> None:
         self.kept: dict[tuple[str, np.dtype], np.ndarray] = {}
+        self.views: dict[tuple[str, np.dtype, tuple[int, ...]], np.ndarray] = {}
 
 
 _lock = threading.Lock()
@@ -73,9 +76,13 @@ def borrow(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np
     total at most ``config.WORKSPACE_KEEP_BYTES``; otherwise it lives as long as the
     returned array (the smaller buffer this slot kept before, if any, stays kept).
     """
-    dtype = np.dtype(dtype)
-    size = math.prod(shape)
+    if not isinstance(dtype, np.dtype):
+        dtype = np.dtype(dtype)
     mine = getattr(_local, "buffers", None) or _mine()
+    view = mine.views.get((slot, dtype, shape))
+    if view is not None and view.base is mine.kept.get((slot, dtype)):
+        return view
+    size = math.prod(shape)
     key = (slot, dtype)
     # only this thread adds to its buffers; release() may empty them meanwhile, and a
     # dict lookup is atomic, so the common case (a kept buffer large enough) needs no lock
@@ -87,7 +94,12 @@ def borrow(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np
             others = _kept_bytes() - (0 if old is None else old.nbytes)
             if others + buffer.nbytes <= config.WORKSPACE_KEEP_BYTES:
                 mine.kept[key] = buffer
-    return buffer[:size].reshape(shape)
+    view = buffer[:size].reshape(shape)
+    if mine.kept.get(key) is buffer and view.base is buffer:
+        if len(mine.views) > 64:  # a thread that met many shapes: start afresh
+            mine.views.clear()
+        mine.views[slot, dtype, shape] = view
+    return view
 
 
 def kept_bytes() -> int:
@@ -103,4 +115,5 @@ def release() -> int:
         freed = _kept_bytes()
         for buffers in _threads:
             buffers.kept.clear()
+            buffers.views.clear()
     return freed
