@@ -307,6 +307,20 @@ for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
                                          w.astype(np.float64), padding=padding, stride=stride)
         for got, want in zip(grads, refs):
             worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+# Winograd's transforms on vectors (a tile count that leaves a tail), and its gradients
+for dtype in (np.float32, np.float64):
+    x = rng.standard_normal((2, 16, 13, 22)).astype(dtype)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(dtype)
+    y = fastconv.conv2d(x, w, padding=1, algorithm="winograd")
+    ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
+    worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+    g = rng.standard_normal(y.shape).astype(dtype)
+    grads = fastconv.conv2d_backward(g, x, w, padding=1, algorithm="winograd",
+                                     needs_bias_grad=False)
+    refs = reference.conv2d_backward(g.astype(np.float64), x.astype(np.float64),
+                                     w.astype(np.float64), padding=1)
+    for got, want in zip(grads[:2], refs[:2]):
+        worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
 # the one-pass depthwise kernels (3x3 and 5x5, a vector of tail)
 for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2)]:
     for dtype in (np.float32, np.float64):

@@ -15,6 +15,7 @@ Inside a kernel::
     w = splat(a[k], a)        # a[k] in every lane (the second argument gives the width)
     w = broadcast(a, k)       # the same, read unchecked (checked as load is)
     acc = fma(w, v, acc)      # w * v + acc, lane by lane, one rounding
+    d = sub(v, w)             # v - w (add(v, w): v + w)
     acc = zeros(a)            # a zero vector of a's dtype
     acc = maximum(acc, zeros(a))
     s = total(acc)            # the sum of the lanes
@@ -183,6 +184,18 @@ def add(typingctx, a, b):
 
     def codegen(context, builder, signature, args):
         return builder.fadd(*args)
+
+    return a(a, b), codegen
+
+
+@intrinsic
+def sub(typingctx, a, b):
+    """``a - b`` lane by lane."""
+    if not (isinstance(a, Vector) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fsub(*args)
 
     return a(a, b), codegen
 

@@ -13,9 +13,10 @@ into ``V`` in its own buffer, runs the 36 GEMMs (on one BLAS thread), and
 transforms the products back into the output, so the whole working set of a
 block stays in cache (measured 2x faster here than three passes over whole
 tensors; benchmarks/RESULTS.md, "Measurements behind the design", 3).
-Transforms run over all tiles of the block at once, as vector loops: the
-patch columns of a tile row are gathered by phase (``4 * j + u``), so tile
-``j`` is element ``j`` of phase ``u``.
+Transforms run over all tiles of the block at once, on explicit SIMD vectors
+(:mod:`.simd`): each input row is copied into a zero-bordered row and its
+columns gathered by phase (``4 * j + u``), so tile ``j`` is element ``j`` of
+phase ``u``.
 
 The transforms add rounding: on a 64-channel layer, float32 results differ from
 the exact sum by 9e-7 of the output's rms (rms) and 1.2e-5 at most, against
@@ -51,7 +52,7 @@ from numba import prange
 
 from .. import activations, config
 from ..dispatch import register
-from . import blas, identities, im2col, threads, workspace
+from . import blas, identities, im2col, simd, threads, workspace
 from ._jit import kernel
 from .finite import all_finite
 
@@ -125,11 +126,31 @@ def _filter_transform(taps, g, transformed):
 
 @kernel()
 def _b_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, o4, o5, n, b_t):
-    """``o = B^T i`` on six vectors of length ``n``, one pass; the coefficients are read
-    from ``b_t`` so that they have the data's dtype (a float literal would promote
-    float32 arithmetic to float64)."""
+    """``o = B^T i`` on six vectors of length ``n``, one pass: explicit SIMD vectors
+    (:mod:`.simd`; LLVM does not vectorise the plain loop over twelve slices of one
+    buffer, which would need more run-time overlap checks than it makes), then the last
+    ``n % lanes`` values one by one. The coefficients are read from ``b_t`` so that
+    they have the data's dtype (a float literal would promote float32 arithmetic to
+    float64)."""
     half, one_half, two, five_halves = b_t[1, 2], b_t[0, 3], b_t[3, 3], b_t[1, 3]
-    for t in range(n):
+    lanes = simd.lanes(i0)
+    v_half, v_one_half = simd.splat(half, i0), simd.splat(one_half, i0)
+    v_two, v_five_halves = simd.splat(two, i0), simd.splat(five_halves, i0)
+    v_minus_half, v_minus_two = simd.splat(-half, i0), simd.splat(-two, i0)
+    v_minus_five_halves = simd.splat(-five_halves, i0)
+    whole = n // lanes * lanes
+    for t in range(0, whole, lanes):
+        a0, a1, a2 = simd.load(i0, t), simd.load(i1, t), simd.load(i2, t)
+        a3, a4, a5 = simd.load(i3, t), simd.load(i4, t), simd.load(i5, t)
+        d31, d42 = simd.sub(a3, a1), simd.sub(a4, a2)
+        simd.store(o0, t, simd.fma(v_one_half, d31, simd.fma(v_minus_two, a2, simd.add(a0, a4))))
+        simd.store(o1, t, simd.fma(v_five_halves, a3, simd.fma(v_half, a2, simd.sub(a4, a1))))
+        simd.store(o2, t, simd.fma(v_half, a3,
+                                   simd.fma(v_minus_five_halves, a2, simd.add(a4, a1))))
+        simd.store(o3, t, simd.fma(v_two, d31, d42))
+        simd.store(o4, t, simd.fma(v_minus_half, d31, d42))
+        simd.store(o5, t, simd.fma(v_one_half, d42, simd.fma(v_minus_two, a3, simd.add(a5, a1))))
+    for t in range(whole, n):
         a0, a1, a2, a3, a4, a5 = i0[t], i1[t], i2[t], i3[t], i4[t], i5[t]
         d31, d42 = a3 - a1, a4 - a2
         o0[t] = a0 + a4 - two * a2 + one_half * d31
@@ -142,10 +163,29 @@ def _b_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, o4, o5, n, b_t):
 
 @kernel()
 def _a_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, n, a_t, offset):
-    """``o = A^T i + offset`` on six vectors of length ``n``, one pass."""
+    """``o = A^T i + offset`` on six vectors of length ``n``, one pass (SIMD vectors, then
+    the last values one by one, as :func:`_b_transform`)."""
     half, quarter, eighth = a_t[1, 3], a_t[2, 3], a_t[3, 3]
     two, four, eight = -a_t[1, 4], a_t[2, 4], -a_t[3, 4]
-    for t in range(n):
+    lanes = simd.lanes(i0)
+    v_half, v_quarter, v_eighth = (simd.splat(half, i0), simd.splat(quarter, i0),
+                                   simd.splat(eighth, i0))
+    v_minus_two, v_four, v_minus_eight = (simd.splat(-two, i0), simd.splat(four, i0),
+                                          simd.splat(-eight, i0))
+    v_offset = simd.splat(offset, i0)
+    whole = n // lanes * lanes
+    for t in range(0, whole, lanes):
+        a0, a1, a2 = simd.load(i0, t), simd.load(i1, t), simd.load(i2, t)
+        a3, a4, a5 = simd.load(i3, t), simd.load(i4, t), simd.load(i5, t)
+        plus12, minus12 = simd.add(a1, a2), simd.sub(a1, a2)
+        simd.store(o0, t, simd.add(simd.add(a0, plus12), simd.add(simd.add(a3, a4), v_offset)))
+        simd.store(o1, t, simd.fma(v_minus_two, a4,
+                                   simd.fma(v_half, a3, simd.add(minus12, v_offset))))
+        simd.store(o2, t, simd.fma(v_four, a4,
+                                   simd.fma(v_quarter, a3, simd.add(plus12, v_offset))))
+        simd.store(o3, t, simd.fma(v_minus_eight, a4, simd.fma(
+            v_eighth, a3, simd.add(simd.add(minus12, a5), v_offset))))
+    for t in range(whole, n):
         a1, a2, a3, a4 = i1[t], i2[t], i3[t], i4[t]
         plus12, minus12 = a1 + a2, a1 - a2
         o0[t] = i0[t] + plus12 + a3 + a4 + offset
@@ -159,12 +199,20 @@ def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
                      half, v):
     """V[a*6+b, c, t] = (B^T d B)[a, b] for the 6x6 input patch d of each tile t of the
     tile rows ``q_first <= q < q_last`` (V laid out ``(36, C, n_tiles)`` in ``v``):
-    each input row is split into its six column phases (tile j reads columns
-    4j .. 4j+5), then B^T is applied along the rows and the columns of all the
-    block's tiles at once."""
+    each input row is copied into a zero-bordered row (the first ``4 * tiles_w + 2``
+    values of ``half``, free until the row pass) and split into its six column phases
+    (tile j reads columns 4j .. 4j+5), then B^T is applied along the rows and the
+    columns of all the block's tiles at once."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     n_tiles = (q_last - q_first) * tiles_w
     zero = b_t[1, 0]
+    span = TILE * tiles_w + 2  # >= pad_left + width: the output covers the padded row
+    padded = half[:span]
+    for k in range(pad_left):
+        padded[k] = zero
+    for k in range(pad_left + width, span):
+        padded[k] = zero
+    inside = padded[pad_left : pad_left + width]
     for q in range(q_first, q_last):
         n = q // tiles_h
         top = (q % tiles_h) * TILE - pad_top
@@ -172,36 +220,27 @@ def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
         for a in range(ALPHA):
             row = top + a
             # p[u][j] = x_padded[row, 4 j + u]: six phases of one row
-            p0 = patches[(a * ALPHA) * n_tiles + first :]
-            p1 = p0[n_tiles:]
-            p2 = p0[2 * n_tiles :]
-            p3 = p0[3 * n_tiles :]
-            p4 = p0[4 * n_tiles :]
-            p5 = p0[5 * n_tiles :]
+            p0 = patches[(a * ALPHA) * n_tiles + first : (a * ALPHA) * n_tiles + first + tiles_w]
+            p1 = patches[(a * ALPHA + 1) * n_tiles + first :]
+            p2 = patches[(a * ALPHA + 2) * n_tiles + first :]
+            p3 = patches[(a * ALPHA + 3) * n_tiles + first :]
+            p4 = patches[(a * ALPHA + 4) * n_tiles + first :]
+            p5 = patches[(a * ALPHA + 5) * n_tiles + first :]
             if row < 0 or row >= height:
                 for j in range(tiles_w):
                     p0[j] = p1[j] = p2[j] = p3[j] = p4[j] = p5[j] = zero
                 continue
             source = x[n, c, row]
-            # tiles whose six columns are all inside the input, then the rest
-            inner_first = min((pad_left + TILE - 1) // TILE, tiles_w)
-            inner_last = max(min((width - ALPHA + pad_left) // TILE + 1, tiles_w),
-                             inner_first)
-            taps = source[inner_first * TILE - pad_left :]
-            for j in range(inner_last - inner_first):
-                p0[inner_first + j] = taps[TILE * j]
-                p1[inner_first + j] = taps[TILE * j + 1]
-                p2[inner_first + j] = taps[TILE * j + 2]
-                p3[inner_first + j] = taps[TILE * j + 3]
-                p4[inner_first + j] = taps[TILE * j + 4]
-                p5[inner_first + j] = taps[TILE * j + 5]
+            for k in range(width):
+                inside[k] = source[k]
             for j in range(tiles_w):
-                if inner_first <= j < inner_last:
-                    continue
-                for u in range(ALPHA):
-                    column = TILE * j + u - pad_left
-                    value = source[column] if 0 <= column < width else zero
-                    patches[(a * ALPHA + u) * n_tiles + first + j] = value
+                t = TILE * j
+                p0[j] = padded[t]
+                p1[j] = padded[t + 1]
+                p2[j] = padded[t + 2]
+                p3[j] = padded[t + 3]
+                p4[j] = padded[t + 4]
+                p5[j] = padded[t + 5]
     # rows: half[a', u] = sum_a B^T[a', a] patches[a, u]; then columns
     for u in range(ALPHA):
         src = patches[u * n_tiles :]
@@ -440,10 +479,27 @@ def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilat
 
 @kernel()
 def _a_expand(i0, i1, i2, i3, o0, o1, o2, o3, o4, o5, n, a_t):
-    """``o = A i`` (A = (A^T)^T, 6x4) on four vectors of length ``n``, one pass."""
+    """``o = A i`` (A = (A^T)^T, 6x4) on four vectors of length ``n``, one pass (SIMD
+    vectors, then the last values one by one, as :func:`_b_transform`)."""
     half, quarter, eighth = a_t[1, 3], a_t[2, 3], a_t[3, 3]
     two, four, eight = -a_t[1, 4], a_t[2, 4], -a_t[3, 4]
-    for t in range(n):
+    lanes = simd.lanes(i0)
+    v_half, v_quarter, v_eighth = (simd.splat(half, i0), simd.splat(quarter, i0),
+                                   simd.splat(eighth, i0))
+    v_minus_two, v_four, v_minus_eight = (simd.splat(-two, i0), simd.splat(four, i0),
+                                          simd.splat(-eight, i0))
+    whole = n // lanes * lanes
+    for t in range(0, whole, lanes):
+        y0, y1, y2, y3 = simd.load(i0, t), simd.load(i1, t), simd.load(i2, t), simd.load(i3, t)
+        even, odd = simd.add(y0, y2), simd.add(y1, y3)
+        simd.store(o0, t, y0)
+        simd.store(o1, t, simd.add(even, odd))
+        simd.store(o2, t, simd.sub(even, odd))
+        simd.store(o3, t, simd.fma(v_eighth, y3, simd.fma(v_quarter, y2, simd.fma(v_half, y1, y0))))
+        simd.store(o4, t, simd.fma(v_minus_eight, y3,
+                                   simd.fma(v_four, y2, simd.fma(v_minus_two, y1, y0))))
+        simd.store(o5, t, y3)
+    for t in range(whole, n):
         y0, y1, y2, y3 = i0[t], i1[t], i2[t], i3[t]
         even, odd = y0 + y2, y1 + y3
         o0[t] = y0
