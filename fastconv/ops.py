@@ -183,6 +183,7 @@ _AVG = (*_POOL, "ceil_mode", "count_include_pad", "divisor_override")
 _OPS: tuple[Op, ...] = (
     Op("conv2d", ("x", "weight", "bias", "out", *_CONV, "activation"), ("out",),
        reference_kernels.conv2d, "conv", _warm_conv2d),
+    # a conv2d_grad_input kernel writes every value of grad_in (it gets an empty array)
     Op("conv2d_grad_input", ("grad_out", "weight", "grad_in", *_CONV), ("grad_in",),
        reference_kernels.conv2d_grad_input, "conv", _warm_conv2d_grad_input),
     Op("conv2d_grad_weight", ("x", "grad_out", "grad_weight", *_CONV), ("grad_weight",),

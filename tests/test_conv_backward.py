@@ -131,6 +131,35 @@ def test_matches_torch(algorithm, case, dtype, rng):
     assert_grads_close(grads, expected, dtype, g)
 
 
+@pytest.mark.parametrize("case", CONV2D_CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("algorithm", [a for a in fastconv.available_algorithms(
+    "conv2d_grad_input") if a != "auto"])
+def test_grad_input_kernels_write_every_value(algorithm, case, rng):
+    # conv2d_backward and conv_transpose2d give a grad_input kernel an uninitialised
+    # array: each kernel must write every value (here: an array of NaN to start from)
+    from fastconv import dispatch, shapes
+
+    if not supports(algorithm, case):
+        pytest.skip(f"{algorithm} does not compute {case.id}")
+    x, w, _ = make_inputs(case, np.float64, rng)
+    x4 = x if x.ndim == 4 else x[None]
+    kwargs = case.kwargs
+    stride = shapes.pair(kwargs.get("stride", 1), "stride")
+    dilation = shapes.pair(kwargs.get("dilation", 1), "dilation")
+    padding = shapes.padding2d(kwargs.get("padding", 0), x4.shape[2:], w.shape[2:], stride,
+                               dilation)
+    groups = kwargs.get("groups", 1)
+    y = reference.conv2d(x4, w, None, stride, padding, dilation, groups)
+    dy = rng.uniform(-1, 1, y.shape)
+    expected = reference.conv2d_backward(dy, x4, w, stride, padding, dilation, groups)[0]
+    _, kernel = dispatch.select("conv2d_grad_input", "cpu", algorithm, input_shape=x4.shape,
+                                weight_shape=w.shape, stride=stride, padding=padding,
+                                dilation=dilation, groups=groups, dtype=x4.dtype)
+    grad_in = np.full(x4.shape, np.nan)
+    kernel(dy, w, grad_in, stride, padding, dilation, groups)
+    np.testing.assert_allclose(grad_in, expected, **tolerance(np.float64))
+
+
 def test_torch_oracle_crops_the_padded_gradient():
     # The oracle's cropping, checked once by hand: a 1x1 kernel of weight 1 with
     # asymmetric padding sends grad_output straight back to the input positions it

@@ -394,9 +394,13 @@ def _conv2d_backward_plan(cacheable, grad_output, input, weight, stride, padding
         def compute(dy4, x4, w):
             grad_input = grad_weight = grad_bias = None
             if needs[0]:
-                grad_input = place.zeros(x_shape, dy4.dtype)
                 if n_img and run_in is not None:
+                    # a grad_input kernel writes every value (conv_transpose2d relies on it
+                    # too): no zeros to write first (a fresh zeroed buffer page-faults)
+                    grad_input = place.empty(x_shape, dy4.dtype)
                     run_in(dy4, w, grad_input, *params)
+                else:
+                    grad_input = place.zeros(x_shape, dy4.dtype)
             if needs[1]:
                 grad_weight = place.zeros(w_shape, dy4.dtype)
                 if n_img and run_w is not None:
