@@ -50,7 +50,7 @@ import numpy as np
 from numba import prange
 
 from .. import activations, config
-from . import simd, strips, threads, workspace
+from . import identities, simd, strips, threads, workspace
 from ._jit import kernel
 from .microkernels import (
     BLOCK_K,
@@ -68,18 +68,14 @@ MIN_GROUP_K = 4
 
 
 @kernel()
-def _pack_filters(weight, groups, transposed, packed):
+def _pack_filters(weight, groups, packed):
     """packed[g, b, c * taps + t, kk] = filter ``b * 8 + kk`` of group g, channel c, tap t
-    (row-major), zero past the group's last filter. The filters are ``weight``'s, or
-    with ``transposed`` those of the convolution that computes its input gradient:
-    filter j, channel i, tap (r, s) = ``weight[g * P + i, j, R - 1 - r, S - 1 - s]``
-    (in and out channels swapped per group, taps flipped; see :mod:`.identities`)."""
+    (row-major), zero past the group's last filter. (grad_input's convolution gets its
+    flipped, channel-swapped filters from :func:`.identities.transpose_flip` first.)"""
     out_channels, group_channels, kh, kw = weight.shape
     n_taps = kh * kw
     _, n_blocks, depth, block = packed.shape
-    # filters per group and their depth (channels) in the convolution that runs
-    filters = group_channels if transposed else out_channels // groups
-    channels = out_channels // groups if transposed else group_channels
+    filters = out_channels // groups
     flat = weight.reshape(out_channels, group_channels, n_taps)
     for g in range(groups):
         for b in range(n_blocks):
@@ -89,13 +85,9 @@ def _pack_filters(weight, groups, transposed, packed):
                     for i in range(depth):
                         packed[g, b, i, kk] = 0
                     continue
-                for i in range(channels):
+                for i in range(group_channels):
                     for t in range(n_taps):
-                        if transposed:
-                            value = flat[g * channels + i, j, n_taps - 1 - t]
-                        else:
-                            value = flat[g * filters + j, i, t]
-                        packed[g, b, i * n_taps + t, kk] = value
+                        packed[g, b, i * n_taps + t, kk] = flat[g * filters + j, i, t]
 
 
 @kernel()
@@ -123,17 +115,16 @@ def _phase_rows(buffer, plane, first, n_rows, pad_left, pitch, stride_h, stride_
 
 
 @kernel(parallel=True)
-def _conv2d_forward_blocked(x, weight, transposed, packed, bias, has_bias, floor, out, pad_top,
-                            pad_left, stride_h, stride_w, pitch, phase_rows, kw, dilation_h,
-                            dilation_w, band, plane, k_runs, scratch):
+def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, pad_top, pad_left,
+                            stride_h, stride_w, pitch, phase_rows, kw, dilation_h, dilation_w,
+                            band, plane, k_runs, scratch):
     """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
     * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
-    :func:`fastconv.activations.floor`; with ``transposed``, the filters of
-    grad_input's convolution, see :func:`_pack_filters`), ``band`` output rows per task.
+    :func:`fastconv.activations.floor`), ``band`` output rows per task.
     A channel's strip (``plane`` values) holds the band's input rows on ``pitch``: the
     padded rows themselves with stride 1, else the ``sh * sw`` phases of
     :func:`_phase_rows`, ``phase_rows`` rows each."""
-    _pack_filters(weight, packed.shape[0], transposed, packed)
+    _pack_filters(weight, packed.shape[0], packed)
     n_img, channels = x.shape[0], x.shape[1]
     groups, n_blocks = packed.shape[0], packed.shape[1]
     group_channels = channels // groups
@@ -259,26 +250,20 @@ _NO_BIAS = {np.dtype(np.float32): np.zeros(0, np.float32),
 
 
 def conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups: int, *,
-                   transposed: bool = False, activation: str | None = None) -> None:
+                   activation: str | None = None) -> None:
     """Host side of the blocked kernel; arguments as normalised by
-    :func:`fastconv.conv2d`. With ``transposed`` (stride 1 only), computes the
-    convolution that gives grad_input instead: ``weight`` is the forward weight
-    ``(K, C/groups, R, S)``, whose flipped, channel-swapped filters
-    (:mod:`.identities`) are packed as they are read."""
-    out_channels, group_channels, kh, kw = weight.shape
-    filters_shape = ((group_channels * groups, out_channels // groups, kh, kw) if transposed
-                     else (out_channels, group_channels, kh, kw))
+    :func:`fastconv.conv2d`."""
     packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial = (
-        _forward_layout(x.shape, out.shape, filters_shape, stride, padding, dilation, groups,
+        _forward_layout(x.shape, out.shape, weight.shape, stride, padding, dilation, groups,
                         x.itemsize, threads.count(), config.DIRECT_TILE_BYTES,
                         strips.band_rows))
     packed = workspace.borrow(packed_shape, x.dtype, "packed")
     scratch = workspace.borrow(scratch_shape, x.dtype)
     kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
-    kernel(x, weight, transposed, packed, _NO_BIAS[x.dtype] if bias is None else bias,
-           bias is not None, activations.floor(activation, x.dtype), out, padding[0][0],
-           padding[1][0], stride[0], stride[1], pitch,
-           phase_rows, kw, dilation[0], dilation[1], band, plane, k_runs, scratch)
+    kernel(x, weight, packed, _NO_BIAS[x.dtype] if bias is None else bias, bias is not None,
+           activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
+           stride[0], stride[1], pitch, phase_rows, weight.shape[3], dilation[0], dilation[1],
+           band, plane, k_runs, scratch)
 
 
 @kernel()
@@ -540,11 +525,12 @@ def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilati
         if not taps_h or not taps_w:
             target[...] = 0
             continue
-        sub = weight if len(taps_h) * len(taps_w) == weight[0, 0].size else (
-            np.ascontiguousarray(weight[:, :, _evenly(taps_h), _evenly(taps_w)]))
+        # the phase's filters as a forward convolution's (flipped, channels swapped per
+        # group): packed from a contiguous array they read in order
+        sub = identities.transpose_flip(weight[:, :, _evenly(taps_h), _evenly(taps_w)], groups)
         source = grad_out
         if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out.shape[2], 0, grad_out.shape[3]):
             source = np.ascontiguousarray(grad_out[:, :, lo_h:hi_h, lo_w:hi_w])
         # the kernel writes the phase's positions of grad_in in place (a strided view)
         conv2d_blocked(source, sub, None, target, (1, 1), ((top, bottom), (left, right)),
-                       (step_h, step_w), groups, transposed=True)
+                       (step_h, step_w), groups)
