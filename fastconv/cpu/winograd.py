@@ -162,16 +162,27 @@ def _b_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, o4, o5, n, b_t):
 
 
 @kernel()
+def _a_coefficients(a_t):
+    """A^T's coefficients besides 0 and 1, in the data's dtype: 1/2, 1/4, 1/8 (the point
+    1/2's powers) and 2, 4, 8 (the point -2's, sign apart)."""
+    return a_t[1, 3], a_t[2, 3], a_t[3, 3], -a_t[1, 4], a_t[2, 4], -a_t[3, 4]
+
+
+@kernel()
+def _a_vectors(a_t, like):
+    """:func:`_a_coefficients` as vectors of ``like``'s dtype: 1/2, 1/4, 1/8, -2, 4, -8."""
+    half, quarter, eighth, two, four, eight = _a_coefficients(a_t)
+    return (simd.splat(half, like), simd.splat(quarter, like), simd.splat(eighth, like),
+            simd.splat(-two, like), simd.splat(four, like), simd.splat(-eight, like))
+
+
+@kernel()
 def _a_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, n, a_t, offset):
     """``o = A^T i + offset`` on six vectors of length ``n``, one pass (SIMD vectors, then
     the last values one by one, as :func:`_b_transform`)."""
-    half, quarter, eighth = a_t[1, 3], a_t[2, 3], a_t[3, 3]
-    two, four, eight = -a_t[1, 4], a_t[2, 4], -a_t[3, 4]
+    half, quarter, eighth, two, four, eight = _a_coefficients(a_t)
+    v_half, v_quarter, v_eighth, v_minus_two, v_four, v_minus_eight = _a_vectors(a_t, i0)
     lanes = simd.lanes(i0)
-    v_half, v_quarter, v_eighth = (simd.splat(half, i0), simd.splat(quarter, i0),
-                                   simd.splat(eighth, i0))
-    v_minus_two, v_four, v_minus_eight = (simd.splat(-two, i0), simd.splat(four, i0),
-                                          simd.splat(-eight, i0))
     v_offset = simd.splat(offset, i0)
     whole = n // lanes * lanes
     for t in range(0, whole, lanes):
@@ -481,13 +492,9 @@ def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilat
 def _a_expand(i0, i1, i2, i3, o0, o1, o2, o3, o4, o5, n, a_t):
     """``o = A i`` (A = (A^T)^T, 6x4) on four vectors of length ``n``, one pass (SIMD
     vectors, then the last values one by one, as :func:`_b_transform`)."""
-    half, quarter, eighth = a_t[1, 3], a_t[2, 3], a_t[3, 3]
-    two, four, eight = -a_t[1, 4], a_t[2, 4], -a_t[3, 4]
+    half, quarter, eighth, two, four, eight = _a_coefficients(a_t)
+    v_half, v_quarter, v_eighth, v_minus_two, v_four, v_minus_eight = _a_vectors(a_t, i0)
     lanes = simd.lanes(i0)
-    v_half, v_quarter, v_eighth = (simd.splat(half, i0), simd.splat(quarter, i0),
-                                   simd.splat(eighth, i0))
-    v_minus_two, v_four, v_minus_eight = (simd.splat(-two, i0), simd.splat(four, i0),
-                                          simd.splat(-eight, i0))
     whole = n // lanes * lanes
     for t in range(0, whole, lanes):
         y0, y1, y2, y3 = simd.load(i0, t), simd.load(i1, t), simd.load(i2, t), simd.load(i3, t)
