@@ -170,6 +170,7 @@ def breakdown(repeat: int) -> list[tuple[str, str, float, int, int]]:
 
     import fastconv
     from fastconv import dispatch, plans
+    from fastconv.functional._planned import kernel_arrays, runner
 
     rows = []
     a = arrays("conv2d", (1, 4, 8, 8), 4, 3, 0)
@@ -184,6 +185,13 @@ def breakdown(repeat: int) -> list[tuple[str, str, float, int, int]]:
                                     "auto"))
     conv_host = dispatch._KERNELS["conv2d", "cpu", "direct"]
     pool_host = dispatch._KERNELS["max_pool2d", "cpu", "direct"]
+    conv_params = ((1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    pool_params = ((2, 2), (2, 2), (0, 0), (1, 1), False)
+    # what a plan runs: the host side prepared once for these shapes
+    conv_run = runner(conv_host, kernel_arrays(x.dtype, x.shape, weight.shape, None, out.shape),
+                      conv_params)
+    pool_run = runner(pool_host, kernel_arrays(x.dtype, x.shape, pooled.shape, None),
+                      pool_params)
     empty16 = numba.njit(lambda *args: None)
     empty8 = numba.njit(lambda *args: None)
     conv_args = (x, weight, None, out, 1, 1, 0, 0, 8, 1, 1, 1, 4, 6, pooled, 0)
@@ -191,13 +199,15 @@ def breakdown(repeat: int) -> list[tuple[str, str, float, int, int]]:
     stages = [
         ("conv2d", "fastconv.conv2d(x, w)", lambda: fastconv.conv2d(x, weight)),
         ("conv2d", "its cached plan", lambda: conv_plan(x, weight, None)),
-        ("conv2d", "kernel host side (direct)",
-         lambda: conv_host(x, weight, None, out, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)),
+        ("conv2d", "its prepared kernel (direct)", lambda: conv_run(x, weight, None, out)),
+        ("conv2d", "kernel host side unprepared", lambda: conv_host(x, weight, None, out,
+                                                                     *conv_params)),
         ("conv2d", "an empty Numba call, 16 args", lambda: empty16(*conv_args)),
         ("max_pool2d", "fastconv.max_pool2d(x, 2)", lambda: fastconv.max_pool2d(x, 2)),
         ("max_pool2d", "its cached plan", lambda: pool_plan(x)),
-        ("max_pool2d", "kernel host side (direct)",
-         lambda: pool_host(x, pooled, None, (2, 2), (2, 2), (0, 0), (1, 1), False)),
+        ("max_pool2d", "its prepared kernel (direct)", lambda: pool_run(x, pooled, None)),
+        ("max_pool2d", "kernel host side unprepared",
+         lambda: pool_host(x, pooled, None, *pool_params)),
         ("max_pool2d", "an empty Numba call, 8 args", lambda: empty8(*pool_args)),
     ]
     for call, stage, fn in stages:

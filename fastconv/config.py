@@ -14,6 +14,8 @@ This module imports neither numpy nor numba.
 from __future__ import annotations
 
 import os
+import sys
+import types
 
 #: True while this module runs: a bad value of one of the settings below is then
 #: recorded in _PROBLEMS (see problems()) rather than raised.
@@ -226,3 +228,27 @@ def _unset_refused() -> None:
 
 _unset_refused()
 _loading = False
+
+
+# --- the generation: what cached plans compare (keep this part after the settings) ---
+
+
+#: Counts the changes of any setting after import (``fastconv.config.X = v``,
+#: ``setattr``, pytest's ``monkeypatch``): every plan key ends with it
+#: (:func:`fastconv.plans.state`), so a plan built under other settings is never met.
+_generation = 0
+
+
+class _Settings(types.ModuleType):
+    """This module's class: setting an attribute also counts a new generation."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        super().__setattr__("_generation", self._generation + 1)
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        super().__setattr__("_generation", self._generation + 1)
+
+
+sys.modules[__name__].__class__ = _Settings

@@ -10,20 +10,23 @@ normalisation and the choice.
 The key holds everything the checks looked at, so a cache hit never accepts
 what a miss would refuse:
 
-- each array argument's exact type (``numpy.ndarray``, no subclass), shape,
-  strides (its layout: C-contiguous or not) and dtype (float32/float64 for
-  values, an integer dtype for indices);
+- each array argument's exact type, shape, strides (its layout: C-contiguous
+  or not) and dtype; a plan is kept only for numpy arrays (no subclass) of
+  float32/float64 values and integer indices (:func:`cacheable`, checked on a
+  miss), so a hit has arrays that passed;
 - every other argument by value *and* type: ints, strings, None, bools and
   tuples and lists of these (``stride=True`` or ``stride=1.0`` never meet the
   plan of ``stride=1``; a list is copied into the key, so changing it later
   changes nothing); any other form (a numpy integer, a float) takes the full
   path each time, with the same result;
-- for ``algorithm="auto"``, what the choice depends on: autotuning on or off,
-  Numba's thread count, and the ``config.AUTO_*`` thresholds.
+- :func:`state`: the settings' generation (any change of a
+  ``fastconv.config`` value, the ``AUTO_*`` thresholds included), autotuning
+  on or off, and Numba's thread count.
 
 Calls with ``out=``, ``device=`` or GPU arrays are not cached (their placement
 does work per call). The cache is bounded (``FASTCONV_PLAN_CACHE_SIZE``
-plans, least recently used dropped first), thread-safe, emptied in a child
+plans, least recently used dropped first, as a second-chance clock
+approximates it: a hit marks its plan instead of moving it), thread-safe, emptied in a child
 process after ``fork`` and by :func:`clear`, which ``fastconv.clear_plans()``
 calls.
 """
@@ -31,7 +34,6 @@ calls.
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import threading
 from collections import OrderedDict
@@ -52,7 +54,7 @@ def max_plans() -> int:
     return config.PLAN_CACHE_SIZE
 
 
-class _Uncacheable(Exception):
+class NotKeyed(Exception):  # noqa: N818 - a signal, caught where keys are built
     """An argument form the key does not cover: the call takes the full path."""
 
 
@@ -66,7 +68,18 @@ def _param(value: Any) -> Any:
         return tuple(map(_param, value))
     if kind is list:  # the torch bridge's int[] arguments: kept apart from tuples
         return (_LIST, *map(_param, value))
-    raise _Uncacheable
+    raise NotKeyed
+
+
+def param(value: Any) -> Any:
+    """An argument as a key holds it: itself when it is an int, a str or None (or a pair
+    of ints), else its typed form (bools and lists marked apart from ints and tuples);
+    raises :class:`NotKeyed` for a form the key does not cover (a numpy integer, a
+    float)."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int \
+            and type(value[1]) is int:
+        return value
+    return _param(value)
 
 
 def thread_count() -> int:
@@ -84,52 +97,57 @@ def thread_count() -> int:
 _count: Callable[[], int] | None = None
 
 
-#: The ``config.AUTO_*`` thresholds, read in one C call.
-_AUTO_THRESHOLDS = operator.attrgetter(
-    "AUTO_DIRECT_MAX_DEPTH", "AUTO_DIRECT_MAX_WORK", "AUTO_WINOGRAD_MIN_CHANNELS",
-    "AUTO_WINOGRAD_MIN_TILES", "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", "AUTO_BLOCKED_MIN_USE_PERCENT",
-    "AUTO_BLOCKED_MAX_CHANNELS", "AUTO_BLOCKED_SMALL_PLANE_CHANNELS")
+def state() -> tuple:
+    """What a plan depends on besides its arguments, the last part of every key: the
+    settings' generation (``fastconv.config`` counts every change of a setting: the
+    ``AUTO_*`` thresholds, tile sizes), autotuning set on or off, and Numba's thread
+    count on this thread (a kernel's tiling and scratch are sized by it)."""
+    return config._generation, tune._enabled, thread_count()
 
 
-def _choice_state(algorithm: Any) -> tuple:
-    """What ``algorithm="auto"`` decides on besides the problem."""
-    if algorithm != "auto":
-        return ()
-    tuned = tune._enabled
-    return (config.AUTOTUNE if tuned is None else tuned, thread_count(),
-            _AUTO_THRESHOLDS(config))
+#: What building a key raises for an argument it does not cover: the call then takes
+#: the full path (an argument without ``shape``, a numpy integer, a float size).
+NOT_KEYED = (AttributeError, NotKeyed)
 
 
 def key(op: str, values: tuple, indices: tuple, params: tuple, algorithm: Any) -> tuple | None:
-    """The problem key of a host call of ``op``, or None when the call cannot be cached.
+    """The problem key of a call of ``op``, or None when the call cannot be cached.
 
     ``values`` are the float array arguments (None allowed: a missing bias),
     ``indices`` the integer ones, ``params`` every other argument but
-    ``algorithm``.
+    ``algorithm``. Each array stands in the key as its type, shape, strides and
+    dtype; whether they make a host call that may be cached is checked on a miss
+    (:func:`cacheable`), so a hit costs no checks. The hot ops build the same tuple
+    inline (:mod:`fastconv.functional`).
     """
     try:
-        parts: list = [op, _param(algorithm)]
-        for array in values:
+        parts: list = [op, algorithm if type(algorithm) is str else param(algorithm)]
+        for array in (*values, *indices):
             if array is None:
                 parts.append(None)
-            elif type(array) is np.ndarray and array.dtype in _FLOATS:
-                parts.append((array.shape, array.strides, array.dtype))
             else:
-                return None
-        for array in indices:
-            if type(array) is not np.ndarray or array.dtype.kind not in "iu":
-                return None
-            parts.append((array.shape, array.strides, array.dtype))
+                parts += (type(array), array.shape, array.strides, array.dtype)
         for value in params:
-            kind = type(value)
-            parts.append(value if kind is int or kind is str or value is None
-                         else _param(value))
-        parts.append(_choice_state(algorithm))
-        return tuple(parts)
-    except _Uncacheable:
+            parts.append(value if type(value) is int or value is None else param(value))
+        return (*parts, *state())
+    except NOT_KEYED:
         return None
-    except TypeError:  # an unhashable or odd value inside a tuple
+
+
+def cacheable(problem: tuple | None, values: tuple, indices: tuple = ()) -> tuple | None:
+    """``problem`` when the call it keys may be cached, else None: every value array a
+    numpy array (no subclass) of float32 or float64 (None allowed), every index array
+    one of an integer dtype. Checked on a miss only: a key holds each array's type and
+    dtype, so a later hit has arrays that passed."""
+    if problem is None:
         return None
+    for array in values:
+        if array is not None and (type(array) is not np.ndarray or array.dtype not in _FLOATS):
+            return None
+    for array in indices:
+        if type(array) is not np.ndarray or array.dtype.kind not in "iu":
+            return None
+    return problem
 
 
 class Explained(Exception):  # noqa: N818 - not an error: how explain() gets the plan
@@ -176,15 +194,17 @@ class _Cache:
     def get(self, problem: tuple | None) -> Callable[..., Any] | None:
         if problem is None or (_explaining and getattr(_explain, "on", False)):
             return None
-        plan = self._plans.get(problem)
+        try:
+            plan = self._plans.get(problem)
+        except TypeError:  # an unhashable argument (algorithm=[...]): the full path
+            return None
         if plan is None:
             self.misses += 1
             return None
         self.hits += 1
-        try:
-            self._plans.move_to_end(problem)
-        except KeyError:  # dropped by another thread meanwhile: the plan still runs
-            pass
+        # used since the eviction last passed it (moving it to the end here would hash
+        # the key a second time on every hit)
+        plan.recent = True  # type: ignore[attr-defined]
         return plan
 
     def put(self, problem: tuple | None, plan: Callable[..., Any]) -> Callable[..., Any]:
@@ -193,11 +213,24 @@ class _Cache:
         building.op = None if problem is None else problem[0]
         if problem is not None and getattr(plan, "cacheable", True) and max_plans() > 0:
             with self._lock:
-                self._plans[problem] = plan
+                try:
+                    self._plans[problem] = plan
+                except TypeError:  # unhashable: the call runs, nothing is kept
+                    return plan
                 self._plans.move_to_end(problem)
-                while len(self._plans) > max_plans():
-                    self._plans.popitem(last=False)
+                self._evict(max_plans(), problem)
         return plan
+
+    def _evict(self, bound: int, new: tuple) -> None:
+        """Drop plans, oldest first, until ``bound`` are left, never the ``new`` one; a
+        plan used since it was last passed over goes to the end instead, once (least
+        recently used first, as a second-chance clock approximates it)."""
+        plans = self._plans
+        while len(plans) > bound:
+            problem, plan = plans.popitem(last=False)
+            if problem == new or getattr(plan, "recent", False):
+                plan.recent = False  # type: ignore[attr-defined]
+                plans[problem] = plan
 
     def clear(self) -> int:
         with self._lock:

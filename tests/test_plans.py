@@ -264,6 +264,65 @@ def test_clear_plans_and_info(rng):
                             "misses": 0}
 
 
+def test_a_new_plan_is_never_the_one_dropped(monkeypatch, rng):
+    """Every kept plan used since the last eviction: the new one still stays (the
+    second-chance clock passes over the others first)."""
+    monkeypatch.setattr(fastconv.config, "PLAN_CACHE_SIZE", 2)
+    xs = [rng.uniform(-1, 1, (1, 1, 4 + i, 4)).astype(np.float32) for i in range(3)]
+    for x in xs[:2]:
+        fastconv.max_pool2d(x, 2)
+        fastconv.max_pool2d(x, 2)  # a hit: marked as used
+    fastconv.max_pool2d(xs[2], 2)
+    assert len(plans.CACHE) == 2
+    hits = plans.CACHE.hits
+    fastconv.max_pool2d(xs[2], 2)
+    assert plans.CACHE.hits == hits + 1
+
+
+def test_a_changed_setting_or_thread_count_makes_a_new_plan(monkeypatch, rng):
+    """A plan holds its kernels' tiling, sized by the settings and Numba's thread count:
+    a change of either is another key (the old plan is not met), with the same result."""
+    numba = pytest.importorskip("numba")
+    x = rng.uniform(-1, 1, (2, 8, 12, 12)).astype(np.float32)
+    w = rng.uniform(-1, 1, (8, 8, 3, 3)).astype(np.float32)
+    expected = reference.conv2d(x, w, padding=1)
+    fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    misses = plans.CACHE.misses
+    monkeypatch.setattr(fastconv.config, "DIRECT_TILE_BYTES", 4096)
+    np.testing.assert_allclose(fastconv.conv2d(x, w, padding=1, algorithm="direct"), expected,
+                               **tolerance(np.float32))
+    assert plans.CACHE.misses == misses + 1
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        np.testing.assert_allclose(fastconv.conv2d(x, w, padding=1, algorithm="direct"),
+                                   expected, **tolerance(np.float32))
+        assert plans.CACHE.misses == misses + 2
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_hit_with_a_non_finite_weight_gives_what_a_miss_gives(stride, rng):
+    """The blocked grad_input runner a plan keeps checks each call's weight: one with an
+    Inf after a plan made with a finite weight takes the exact path, as a fresh call."""
+    x = rng.uniform(-1, 1, (2, 8, 9, 9)).astype(np.float32)
+    w = rng.uniform(-1, 1, (8, 8, 3, 3)).astype(np.float32)
+    y = fastconv.conv2d(x, w, stride=stride, padding=1)
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    fastconv.conv2d_backward(dy, x, w, stride=stride, padding=1, algorithm="direct")
+    bad = w.copy()
+    bad[3, 2, 1, 1] = np.inf
+    hit = fastconv.conv2d_backward(dy, x, bad, stride=stride, padding=1, algorithm="direct")
+    fastconv.clear_plans()
+    fresh = fastconv.conv2d_backward(dy, x, bad, stride=stride, padding=1, algorithm="direct")
+    np.testing.assert_array_equal(hit[0], fresh[0])
+    expected = reference.conv2d_backward(dy, x, bad, stride=stride, padding=1)[0]
+    np.testing.assert_array_equal(np.isnan(hit[0]), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(hit[0][finite], expected[finite], **tolerance(np.float32))
+
+
 def test_registering_a_kernel_forgets_the_plans(rng):
     x = rng.uniform(-1, 1, (1, 1, 4, 4)).astype(np.float32)
     fastconv.max_pool2d(x, 2)

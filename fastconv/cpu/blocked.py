@@ -45,12 +45,13 @@ kernel.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 from numba import prange
 
 from .. import activations, config
-from . import identities, simd, strips, threads, workspace
+from . import simd, strips, threads, workspace
 from ._jit import kernel
 from .microkernels import (
     BLOCK_K,
@@ -253,17 +254,32 @@ def conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups: int,
                    activation: str | None = None) -> None:
     """Host side of the blocked kernel; arguments as normalised by
     :func:`fastconv.conv2d`."""
+    forward_runner(x.shape, weight.shape, bias is not None, out.shape, x.dtype, stride, padding,
+                   dilation, groups, activation)(x, weight, bias, out)
+
+
+def forward_runner(x_shape, weight_shape, has_bias: bool, out_shape, dtype, stride, padding,
+                   dilation, groups: int, activation: str | None = None):
+    """:func:`conv2d_blocked` for one problem, its layout worked out once (for this
+    thread count and scratch budget): ``run(x, weight, bias, out)``, ``bias`` None
+    unless ``has_bias``. What a cached plan of :func:`fastconv.conv2d` keeps."""
+    dtype = np.dtype(dtype)
     packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial = (
-        _forward_layout(x.shape, out.shape, weight.shape, stride, padding, dilation, groups,
-                        x.itemsize, threads.count(), config.DIRECT_TILE_BYTES,
-                        strips.band_rows))
-    packed = workspace.borrow(packed_shape, x.dtype, "packed")
-    scratch = workspace.borrow(scratch_shape, x.dtype)
+        _forward_layout(tuple(x_shape), tuple(out_shape), tuple(weight_shape), stride, padding,
+                        dilation, groups, dtype.itemsize, threads.count(),
+                        config.DIRECT_TILE_BYTES, strips.band_rows))
     kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
-    kernel(x, weight, packed, _NO_BIAS[x.dtype] if bias is None else bias, bias is not None,
-           activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
-           stride[0], stride[1], pitch, phase_rows, weight.shape[3], dilation[0], dilation[1],
-           band, plane, k_runs, scratch)
+    floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
+    (top, _), (left, _) = padding
+    scalars = (top, left, stride[0], stride[1], pitch, phase_rows, weight_shape[3], dilation[0],
+               dilation[1], band, plane, k_runs)
+
+    def run(x, weight, bias, out):
+        kernel(x, weight, borrow(packed_shape, dtype, "packed"),
+               no_bias if bias is None else bias, has_bias, floor, out, *scalars,
+               borrow(scratch_shape, dtype))
+
+    return run
 
 
 @kernel()
@@ -441,27 +457,43 @@ def conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, grou
     """Host side of the blocked weight gradient (stride 1; see :func:`grad_weight_applies`),
     in blocks of as many images as the scratch budget holds; whether the result is all
     finite."""
-    n_img, channels = x.shape[0], x.shape[1]
+    return grad_weight_runner(x.shape, grad_out.shape, grad_weight.shape, x.dtype, padding,
+                              dilation, groups)(x, grad_out, grad_weight)
+
+
+def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, padding, dilation,
+                       groups: int):
+    """:func:`conv2d_grad_weight_blocked` for one problem, its layout worked out once:
+    ``run(x, grad_out, grad_weight)``, which returns whether the result is all finite."""
+    dtype = np.dtype(dtype)
     padded_w, x_plane, padded_k, vectors, runs, _, per_block, n_splits, n_tile_chunks, serial = (
-        _grad_weight_layout(x.shape, grad_out.shape, grad_weight.shape, padding, dilation,
-                            groups, x.itemsize, threads.count(), config.DIRECT_TILE_BYTES))
-    lanes = 64 // x.itemsize
-    positions = grad_out.shape[2] * grad_out.shape[3]
+        _grad_weight_layout(tuple(x_shape), tuple(grad_out_shape), tuple(weight_shape), padding,
+                            dilation, groups, dtype.itemsize, threads.count(),
+                            config.DIRECT_TILE_BYTES))
+    n_img, channels = x_shape[0], x_shape[1]
+    out_h, out_w = grad_out_shape[2], grad_out_shape[3]
+    lanes = 64 // dtype.itemsize
     tasks = groups * (padded_k // (vectors * lanes)) * (runs.shape[0] // 4) * n_splits
     # small calls on the calling thread: waking the pool costs more than the work
     kernel = _conv2d_grad_weight_blocked.serial if serial else _conv2d_grad_weight_blocked
-    finite = True
-    for first in range(0, n_img, per_block):
-        images = min(per_block, n_img - first)
-        xs = workspace.borrow((images, channels, x_plane), x.dtype)
-        gt = workspace.borrow((images, positions, groups * padded_k), x.dtype, "packed")
-        partials = workspace.borrow((tasks, 12 * vectors * lanes), x.dtype, "partials")
-        grads = np.ascontiguousarray(grad_out[first : first + images]).reshape(-1)
-        finite = kernel(x[first : first + images], grads, grad_out.shape[2], grad_out.shape[3],
-                        xs, gt, partials, runs, grad_weight, groups, padding[0][0],
-                        padding[1][0], padded_w, vectors, min(n_splits, images),
-                        n_tile_chunks, first > 0)
-    return finite
+    borrow = workspace.borrow
+    blocks = [(first, min(per_block, n_img - first)) for first in range(0, n_img, per_block)]
+    scalars = (groups, padding[0][0], padding[1][0], padded_w, vectors)
+
+    def run(x, grad_out, grad_weight) -> bool:
+        finite = True
+        for first, images in blocks:
+            xs = borrow((images, channels, x_plane), dtype)
+            gt = borrow((images, out_h * out_w, groups * padded_k), dtype, "packed")
+            partials = borrow((tasks, 12 * vectors * lanes), dtype, "partials")
+            block = x if images == n_img else x[first : first + images]
+            grads = np.ascontiguousarray(
+                grad_out if images == n_img else grad_out[first : first + images]).reshape(-1)
+            finite = kernel(block, grads, out_h, out_w, xs, gt, partials, runs, grad_weight,
+                            *scalars, min(n_splits, images), n_tile_chunks, first > 0)
+        return finite
+
+    return run
 
 
 def _phase_axis(size: int, out_size: int, kernel: int, stride: int, pad: int, dilation: int,
@@ -510,27 +542,93 @@ def _evenly(taps: list[int]) -> slice:
 
 
 def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilation,
-                              groups: int) -> None:
-    """grad_in = conv_transpose2d(grad_out, weight) for a finite weight with at least
+                              groups: int) -> bool:
+    """grad_in = conv_transpose2d(grad_out, weight) for a weight with at least
     :data:`MIN_GROUP_K` channels per group, any stride: split into the ``sh * sw`` phases
     of the input (positions ``(y, x)`` with ``((y + pad_top) % sh, (x + pad_left) % sw)``
     fixed), each a stride-1 transposed convolution of grad_out with the taps that reach
-    it (:func:`_phase_axis`), run by the blocked kernel; with stride 1, one phase."""
+    it (:func:`_phase_axis`), run by the blocked kernel; with stride 1, one phase.
+    Returns False, having written nothing, when the weight is not all finite (those
+    convolutions would meet an Inf tap with the padding's zeros)."""
+    return grad_input_runner(grad_out.shape, weight.shape, grad_in.shape, grad_out.dtype,
+                             stride, padding, dilation, groups)(grad_out, weight, grad_in)
+
+
+@kernel()
+def _flip_filters(weight, groups, flipped):
+    """flipped = :func:`.identities.transpose_flip` (weight, groups): ``(C, K/g, R, S)``,
+    per group the in and out channels swapped and the taps reversed; whether every
+    value is finite (False may leave ``flipped`` partly written)."""
+    out_channels, group_channels, kh, kw = weight.shape
+    per_group = out_channels // groups
+    for g in range(groups):
+        for k in range(per_group):
+            for c in range(group_channels):
+                for r in range(kh):
+                    for s in range(kw):
+                        value = weight[g * per_group + k, c, r, s]
+                        if not np.isfinite(value):
+                            return False
+                        flipped[g * group_channels + c, k, kh - 1 - r, kw - 1 - s] = value
+    return True
+
+
+def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride, padding,
+                      dilation, groups: int):
+    """:func:`conv2d_grad_input_blocked` for one problem, its phases and their layouts
+    worked out once: ``run(grad_out, weight, grad_in)``, which returns False (nothing
+    written) for a weight that is not all finite."""
+    dtype = np.dtype(dtype)
     whole = stride == (1, 1)
-    for rows, cols in _phases(grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride,
-                              padding, dilation):
-        y0, _, taps_h, step_h, lo_h, hi_h, top, bottom = rows
-        x0, _, taps_w, step_w, lo_w, hi_w, left, right = cols
-        target = grad_in if whole else grad_in[:, :, y0 :: stride[0], x0 :: stride[1]]
+    kh, kw = weight_shape[2], weight_shape[3]
+    flipped_shape = (grad_in_shape[1], weight_shape[0] // groups, kh, kw)
+    every = slice(None)
+    # per phase: (its positions of grad_in, its taps, grad_out's crop, its forward runner)
+    steps: list[tuple[Any, Any, Any, Any]] = []
+    for rows, cols in _phases(tuple(grad_in_shape[2:]), tuple(grad_out_shape[2:]),
+                              (kh, kw), stride, padding, dilation):
+        y0, count_h, taps_h, step_h, lo_h, hi_h, top, bottom = rows
+        x0, count_w, taps_w, step_w, lo_w, hi_w, left, right = cols
+        target = None if whole else (every, every, slice(y0, None, stride[0]),
+                                     slice(x0, None, stride[1]))
         if not taps_h or not taps_w:
-            target[...] = 0
+            steps.append((target, None, None, None))
             continue
-        # the phase's filters as a forward convolution's (flipped, channels swapped per
-        # group): packed from a contiguous array they read in order
-        sub = identities.transpose_flip(weight[:, :, _evenly(taps_h), _evenly(taps_w)], groups)
-        source = grad_out
-        if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out.shape[2], 0, grad_out.shape[3]):
-            source = np.ascontiguousarray(grad_out[:, :, lo_h:hi_h, lo_w:hi_w])
+        # the phase's taps in the flipped filters (transpose_flip of the taps' slice)
+        taps = None
+        if len(taps_h) < kh or len(taps_w) < kw:
+            taps = (every, every, _flipped(_evenly(taps_h), kh), _flipped(_evenly(taps_w), kw))
+        crop = None
+        if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out_shape[2], 0, grad_out_shape[3]):
+            crop = (every, every, slice(lo_h, hi_h), slice(lo_w, hi_w))
         # the kernel writes the phase's positions of grad_in in place (a strided view)
-        conv2d_blocked(source, sub, None, target, (1, 1), ((top, bottom), (left, right)),
-                       (step_h, step_w), groups)
+        forward = forward_runner(
+            (*grad_out_shape[:2], hi_h - lo_h, hi_w - lo_w),
+            (*flipped_shape[:2], len(taps_h), len(taps_w)), False,
+            (*grad_in_shape[:2], count_h, count_w), dtype, (1, 1),
+            ((top, bottom), (left, right)), (step_h, step_w), groups)
+        steps.append((target, taps, crop, forward))
+    borrow = workspace.borrow
+
+    def run(grad_out, weight, grad_in) -> bool:
+        flipped = borrow(flipped_shape, dtype, "flipped")
+        if not _flip_filters(weight, groups, flipped):
+            return False
+        for target, taps, crop, forward in steps:
+            view = grad_in if target is None else grad_in[target]
+            if forward is None:
+                view[...] = 0
+                continue
+            # each phase's filters packed from a contiguous array they read in order
+            sub = flipped if taps is None else np.ascontiguousarray(flipped[taps])
+            source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
+            forward(source, sub, None, view)
+        return True
+
+    return run
+
+
+def _flipped(taps: slice, size: int) -> slice:
+    """The slice of the same taps after reversing an axis of ``size`` taps."""
+    last = range(size)[taps][-1]
+    return slice(size - 1 - last, size - taps.start, taps.step)

@@ -252,6 +252,21 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups, activ
     )
 
 
+def _prepare_conv2d(arrays, params):
+    """:func:`conv2d_direct`'s runner for a cached plan (``fastconv.functional``'s
+    ``runner``): the blocked kernel's, its layout worked out once; None for the
+    loops."""
+    (x_shape, dtype), (w_shape, _), bias, (out_shape, _) = arrays
+    stride, padding, dilation, groups, *activation = params
+    if w_shape[0] // groups < blocked.MIN_GROUP_K:
+        return None
+    return blocked.forward_runner(x_shape, w_shape, bias is not None, out_shape, dtype, stride,
+                                  padding, dilation, groups, *activation)
+
+
+conv2d_direct.prepare = _prepare_conv2d  # type: ignore[attr-defined]
+
+
 @kernel(parallel=True)
 def _conv2d_grad_input_direct(grad_out, weight, grad_in, stride_h, stride_w, pad_top, pad_left,
                               padded_w, dilation_h, dilation_w, groups, band, scratch):
@@ -383,10 +398,9 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
     :mod:`.identities`); otherwise scatter loops. (Those convolutions multiply every
     weight tap by the zero padding around grad_out, where the transposed convolution has
     no term: a NaN or Inf tap would put ``0 * Inf = NaN`` on the border.)"""
-    if weight.shape[1] >= blocked.MIN_GROUP_K and all_finite(weight):
+    if weight.shape[1] >= blocked.MIN_GROUP_K and blocked.conv2d_grad_input_blocked(
+            grad_out, weight, grad_in, stride, padding, dilation, groups):
         # C/groups filters in that convolution: the blocked kernel, on the input's phases
-        blocked.conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilation,
-                                          groups)
         return
     conv_pads = identities.grad_input_as_conv_padding(
         grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
@@ -406,6 +420,25 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
     )
 
 
+def _prepare_grad_input(arrays, params):
+    """:func:`conv2d_grad_input_direct`'s runner for a cached plan: the blocked kernel's
+    (the host function itself for a weight that is not all finite)."""
+    (grad_out_shape, dtype), (w_shape, _), (grad_in_shape, _) = arrays
+    if w_shape[1] < blocked.MIN_GROUP_K:
+        return None
+    run_blocked = blocked.grad_input_runner(grad_out_shape, w_shape, grad_in_shape, dtype,
+                                            *params)
+
+    def run(grad_out, weight, grad_in):
+        if not run_blocked(grad_out, weight, grad_in):
+            conv2d_grad_input_direct(grad_out, weight, grad_in, *params)
+
+    return run
+
+
+conv2d_grad_input_direct.prepare = _prepare_grad_input  # type: ignore[attr-defined]
+
+
 @register("conv2d_grad_weight", "cpu", "direct")
 def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilation, groups):
     """grad_weight = correlation of x with grad_out, by loops: the blocked kernel of
@@ -415,6 +448,12 @@ def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilatio
         if blocked.conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation,
                                               groups):
             return
+    _grad_weight_loops(x, grad_out, grad_weight, stride, padding, dilation, groups)
+
+
+def _grad_weight_loops(x, grad_out, grad_weight, stride, padding, dilation, groups):
+    """grad_weight = correlation of x with grad_out by the exact loops of
+    :func:`_conv2d_grad_weight_direct` (overwritten)."""
     kh = grad_weight.shape[2]
     out_h, out_w = grad_out.shape[2:]
     padded_w = x.shape[3] + sum(padding[1])
@@ -433,3 +472,24 @@ def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilatio
         x, grad_out, grad_weight, stride[0], stride[1], padding[0][0], padding[1][0], padded_w,
         dilation[0], dilation[1], groups, band, scratch,
     )
+
+
+def _prepare_grad_weight(arrays, params):
+    """:func:`conv2d_grad_weight_direct`'s runner for a cached plan: the blocked kernel's
+    where it applies (the loops again for a result that is not all finite)."""
+    (x_shape, dtype), (grad_out_shape, _), (w_shape, _) = arrays
+    stride, padding, dilation, groups = params
+    if not blocked.grad_weight_applies(x_shape, grad_out_shape, w_shape, stride, padding,
+                                       dilation, groups, dtype.itemsize):
+        return None
+    run_blocked = blocked.grad_weight_runner(x_shape, grad_out_shape, w_shape, dtype, padding,
+                                             dilation, groups)
+
+    def run(x, grad_out, grad_weight):
+        if not run_blocked(x, grad_out, grad_weight):
+            _grad_weight_loops(x, grad_out, grad_weight, *params)
+
+    return run
+
+
+conv2d_grad_weight_direct.prepare = _prepare_grad_weight  # type: ignore[attr-defined]

@@ -17,6 +17,8 @@ turn that report into a ValueError.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import prange
 
@@ -352,11 +354,20 @@ def _max_pool2d_indices_forward_direct(x, out, indices, kh, kw, stride_h, stride
                 _every(indices[p, i], window_at, out_w, stride_w)
 
 
+@kernel()
+def _planes_of(array):
+    """A C-contiguous ``(N, C, H, W)`` array as ``(N * C, H, W)``, inside a kernel."""
+    return array.reshape(array.shape[0] * array.shape[1], array.shape[2], array.shape[3])
+
+
 @kernel(parallel=True)
-def _max_pool2d_2x2_forward(x, out):
+def _max_pool2d_2x2_forward(x4, out4):
     """The most common max pooling, 2x2 / stride 2 / no padding with every window inside
     the input: one pass, no row buffers (the general kernel allocates two per plane,
-    which costs more than pooling a small plane). NaN wins, as in the general kernel."""
+    which costs more than pooling a small plane). NaN wins, as in the general kernel.
+    Takes the C-contiguous 4-D arrays (their planes seen here: no views to make on the
+    host)."""
+    x, out = _planes_of(x4), _planes_of(out4)
     planes = x.shape[0]
     out_h, out_w = out.shape[1], out.shape[2]
     for p in prange(planes):
@@ -375,10 +386,11 @@ def _max_pool2d_2x2_forward(x, out):
 
 
 @kernel(parallel=True)
-def _max_pool2d_2x2_indices_forward(x, out, indices):
+def _max_pool2d_2x2_indices_forward(x4, out4, indices4):
     """:func:`_max_pool2d_2x2_forward` carrying each maximum's flat position ``h * W +
     w``: the four taps in PyTorch's row-major scan, ``take if v > best or isnan(v)``
-    (no row buffers: the general kernel allocates four per plane)."""
+    (no row buffers: the general kernel allocates four per plane). 4-D arrays."""
+    x, out, indices = _planes_of(x4), _planes_of(out4), _planes_of(indices4)
     planes, width = x.shape[0], x.shape[2]
     out_h, out_w = out.shape[1], out.shape[2]
     for p in prange(planes):
@@ -407,35 +419,48 @@ def _max_pool2d_2x2_indices_forward(x, out, indices):
                 at[j] = k
 
 
-def _is_2x2(x, out, kernel_size, stride, padding, dilation) -> bool:
+def _is_2x2(x_shape, out_shape, kernel_size, stride, padding, dilation) -> bool:
     """Whether the pooling is 2x2 / stride 2 / no padding with every window inside."""
     return (kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0)
-            and dilation == (1, 1) and 2 * out.shape[2] <= x.shape[2]
-            and 2 * out.shape[3] <= x.shape[3])
+            and dilation == (1, 1) and 2 * out_shape[2] <= x_shape[2]
+            and 2 * out_shape[3] <= x_shape[3])
 
 
 @register("max_pool2d", "cpu", "direct")
 def max_pool2d_direct(x, out, indices, kernel_size, stride, padding, dilation, ceil_mode):
     """Host side; ``x``, ``out`` and ``indices`` (or None) are C-contiguous 4-D arrays
     (``ceil_mode`` is in ``out``'s shape already)."""
-    if _is_2x2(x, out, kernel_size, stride, padding, dilation):
-        if indices is None:
-            _sized(_max_pool2d_2x2_forward, x)(_planes(x), _planes(out))
-        else:
-            _sized(_max_pool2d_2x2_indices_forward, x)(_planes(x), _planes(out),
-                                                       _planes(indices))
-        return
-    if indices is None:
-        window = (*kernel_size, *stride, *padding, *dilation)
-        _sized(_max_pool2d_forward_direct, x)(_planes(x), _planes(out), *window)
-    else:
-        window = (*kernel_size, *stride, *padding, *dilation)
-        # 32-bit positions vectorise alongside float32 values; a plane of 2**31 values
-        # needs 64
-        small = x.shape[2] * x.shape[3] < np.iinfo(np.int32).max
-        nowhere = np.int32(np.iinfo(np.int32).max) if small else np.int64(np.iinfo(np.int64).max)
-        _sized(_max_pool2d_indices_forward_direct, x)(_planes(x), _planes(out),
-                                                      _planes(indices), *window, nowhere)
+    _max_pool2d_runner(x.shape, out.shape, indices is not None, kernel_size, stride, padding,
+                       dilation)(x, out, indices)
+
+
+def _max_pool2d_runner(x_shape, out_shape, with_indices: bool, kernel_size, stride, padding,
+                       dilation):
+    """``run(x, out, indices)`` of :func:`max_pool2d_direct` for one problem."""
+    size, x3, out3 = math.prod(x_shape), _planes(x_shape), _planes(out_shape)
+    if _is_2x2(x_shape, out_shape, kernel_size, stride, padding, dilation):
+        if with_indices:
+            return _bound(_max_pool2d_2x2_indices_forward, size, None)
+        return _without_indices(_bound(_max_pool2d_2x2_forward, size, None))
+    window = (*kernel_size, *stride, *padding, *dilation)
+    if not with_indices:
+        return _without_indices(_bound(_max_pool2d_forward_direct, size, (x3, out3), *window))
+    # 32-bit positions vectorise alongside float32 values; a plane of 2**31 values needs 64
+    small = x_shape[2] * x_shape[3] < np.iinfo(np.int32).max
+    nowhere = np.int32(np.iinfo(np.int32).max) if small else np.int64(np.iinfo(np.int64).max)
+    return _bound(_max_pool2d_indices_forward_direct, size, (x3, out3, out3), *window, nowhere)
+
+
+def _without_indices(run):
+    def run_without(x, out, _indices):
+        run(x, out)
+
+    return run_without
+
+
+max_pool2d_direct.prepare = (  # type: ignore[attr-defined]
+    lambda arrays, params: _max_pool2d_runner(arrays[0][0], arrays[1][0], arrays[2] is not None,
+                                              *params[:4]))
 
 
 @kernel(parallel=True)
@@ -485,10 +510,11 @@ def _avg_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
 
 
 @kernel(parallel=True)
-def _avg_pool2d_2x2_forward(x, out, divisor):
+def _avg_pool2d_2x2_forward(x4, out4, divisor):
     """The most common layer, 2x2 / stride 2 / no padding with every window inside
     the input: one pass, each output from its two input rows with constant offsets
-    (LLVM vectorises the interleaved loads), no intermediate row buffer."""
+    (LLVM vectorises the interleaved loads), no intermediate row buffer. 4-D arrays."""
+    x, out = _planes_of(x4), _planes_of(out4)
     planes = x.shape[0]
     out_h, out_w = out.shape[1], out.shape[2]
     for p in prange(planes):
@@ -504,15 +530,25 @@ def _avg_pool2d_2x2_forward(x, out, divisor):
 def avg_pool2d_direct(x, out, kernel_size, stride, padding, ceil_mode, count_include_pad,
                       divisor_override):
     """Host side; ``divisor_override`` is None or a non-zero int (0 means None in the kernel)."""
-    out_h, out_w = out.shape[2:]
+    _avg_pool2d_runner(x.shape, out.shape, x.dtype, kernel_size, stride, padding, ceil_mode,
+                       count_include_pad, divisor_override)(x, out)
+
+
+def _avg_pool2d_runner(x_shape, out_shape, dtype, kernel_size, stride, padding, _ceil_mode,
+                       count_include_pad, divisor_override):
+    """``run(x, out)`` of :func:`avg_pool2d_direct` for one problem."""
+    size, x3, out3 = math.prod(x_shape), _planes(x_shape), _planes(out_shape)
     if (kernel_size == (2, 2) and stride == (2, 2) and padding == (0, 0)
-            and 2 * out_h <= x.shape[2] and 2 * out_w <= x.shape[3]):
-        divisor = x.dtype.type(divisor_override or 4)
-        _sized(_avg_pool2d_2x2_forward, x)(_planes(x), _planes(out), divisor)
-        return
-    _sized(_avg_pool2d_forward_direct, x)(_planes(x), _planes(out), *kernel_size, *stride,
-                                          *padding,
-                               count_include_pad, divisor_override or 0)
+            and 2 * out_shape[2] <= x_shape[2] and 2 * out_shape[3] <= x_shape[3]):
+        divisor = np.dtype(dtype).type(divisor_override or 4)
+        return _bound(_avg_pool2d_2x2_forward, size, None, divisor)
+    return _bound(_avg_pool2d_forward_direct, size, (x3, out3), *kernel_size, *stride, *padding,
+                  count_include_pad, divisor_override or 0)
+
+
+avg_pool2d_direct.prepare = (  # type: ignore[attr-defined]
+    lambda arrays, params: _avg_pool2d_runner(arrays[0][0], arrays[1][0], arrays[0][1],
+                                              *params))
 
 
 @kernel(parallel=True)
@@ -559,9 +595,19 @@ def _avg_pool2d_backward_direct(grad_out, grad_in, kh, kw, stride_h, stride_w, p
 def avg_pool2d_backward_direct(grad_out, grad_in, kernel_size, stride, padding, ceil_mode,
                                count_include_pad, divisor_override):
     """Host side; ``grad_in`` is overwritten."""
-    _sized(_avg_pool2d_backward_direct, grad_in)(_planes(grad_out), _planes(grad_in),
-                                                 *kernel_size, *stride,
-                                *padding, count_include_pad, divisor_override or 0)
+    _avg_pool2d_backward_runner(grad_out.shape, grad_in.shape, kernel_size, stride, padding,
+                                ceil_mode, count_include_pad, divisor_override)(grad_out, grad_in)
+
+
+def _avg_pool2d_backward_runner(grad_out_shape, grad_in_shape, kernel_size, stride, padding,
+                                _ceil_mode, count_include_pad, divisor_override):
+    return _bound(_avg_pool2d_backward_direct, math.prod(grad_in_shape),
+                  (_planes(grad_out_shape), _planes(grad_in_shape)), *kernel_size, *stride,
+                  *padding, count_include_pad, divisor_override or 0)
+
+
+avg_pool2d_backward_direct.prepare = (  # type: ignore[attr-defined]
+    lambda arrays, params: _avg_pool2d_backward_runner(arrays[0][0], arrays[1][0], *params))
 
 
 @kernel()
@@ -630,21 +676,43 @@ def _max_unpool2d_backward_direct(grad_out, indices, grad_in):
 @register("max_pool2d_backward", "cpu", "direct")
 def max_pool2d_backward_direct(grad_out, indices, grad_in):
     """Host side; returns the flat position of the first out-of-range index, or -1."""
-    return _sized(_scatter_direct, grad_in)(_flat(grad_out), _flat(indices), _flat(grad_in),
-                                            True)
+    return _scatter_runner(grad_out.shape, grad_in.shape, True)(grad_out, indices, grad_in)
 
 
 @register("max_unpool2d", "cpu", "direct")
 def max_unpool2d_direct(x, indices, out):
     """Host side; returns the flat position of the first out-of-range index, or -1."""
-    return _sized(_scatter_direct, out)(_flat(x), _flat(indices), _flat(out), False)
+    return _scatter_runner(x.shape, out.shape, False)(x, indices, out)
+
+
+def _scatter_runner(values_shape, out_shape, accumulate: bool):
+    """``run(values, indices, out)`` of :func:`_scatter_direct` for one problem."""
+    flat = _flat(values_shape)
+    return _bound(_scatter_direct, math.prod(out_shape), (flat, flat, _flat(out_shape)),
+                  accumulate)
+
+
+max_pool2d_backward_direct.prepare = (  # type: ignore[attr-defined]
+    lambda arrays, params: _scatter_runner(arrays[0][0], arrays[2][0], True))
+max_unpool2d_direct.prepare = (  # type: ignore[attr-defined]
+    lambda arrays, params: _scatter_runner(arrays[0][0], arrays[2][0], False))
 
 
 @register("max_unpool2d_backward", "cpu", "direct")
 def max_unpool2d_backward_direct(grad_out, indices, grad_in):
     """Host side; returns the flat position of the first out-of-range index, or -1."""
-    return _sized(_max_unpool2d_backward_direct, grad_out)(_flat(grad_out), _flat(indices),
-                                                           _flat(grad_in))
+    return _max_unpool2d_backward_runner(grad_out.shape, indices.shape)(grad_out, indices,
+                                                                       grad_in)
+
+
+def _max_unpool2d_backward_runner(grad_out_shape, indices_shape):
+    flat = _flat(indices_shape)
+    return _bound(_max_unpool2d_backward_direct, math.prod(grad_out_shape),
+                  (_flat(grad_out_shape), flat, flat))
+
+
+max_unpool2d_backward_direct.prepare = (  # type: ignore[attr-defined]
+    lambda arrays, params: _max_unpool2d_backward_runner(arrays[0][0], arrays[1][0]))
 
 
 @kernel(parallel=True)
@@ -685,13 +753,14 @@ def _repeat_unpool2d_backward_direct(grad_out, grad_in, scale_h, scale_w):
 
 @register("repeat_unpool2d", "cpu", "direct")
 def repeat_unpool2d_direct(x, out, scale):
-    _sized(_repeat_unpool2d_forward_direct, out)(_planes(x), _planes(out), *scale)
+    _bound(_repeat_unpool2d_forward_direct, out.size, (_planes(x.shape), _planes(out.shape)),
+           *scale)(x, out)
 
 
 @register("repeat_unpool2d_backward", "cpu", "direct")
 def repeat_unpool2d_backward_direct(grad_out, grad_in, scale):
-    _sized(_repeat_unpool2d_backward_direct, grad_out)(_planes(grad_out), _planes(grad_in),
-                                                       *scale)
+    _bound(_repeat_unpool2d_backward_direct, grad_out.size,
+           (_planes(grad_out.shape), _planes(grad_in.shape)), *scale)(grad_out, grad_in)
 
 
 #: Largest array (elements) a pooling kernel runs on without the thread pool: below it,
@@ -700,16 +769,36 @@ def repeat_unpool2d_backward_direct(grad_out, grad_in, scale):
 SERIAL_MAX_ELEMENTS = 1 << 14
 
 
-def _sized(kernel, array):
-    """``kernel``, or its serial twin where ``array`` (the call's largest) is small."""
-    return kernel.serial if array.size <= SERIAL_MAX_ELEMENTS else kernel
+def _bound(kernel, size: int, views: tuple | None, *scalars):
+    """``run(*arrays)``: ``kernel`` (its serial twin when the call's largest array has at
+    most :data:`SERIAL_MAX_ELEMENTS` values, ``size``) on the C-contiguous arrays seen
+    with the shapes ``views`` (None: as they are), then ``scalars``."""
+    call = kernel.serial if size <= SERIAL_MAX_ELEMENTS else kernel
+    if views is None:  # a kernel that takes the 4-D arrays as they are
+        def run(*arrays):
+            return call(*arrays, *scalars)
+
+        return run
+    if len(views) == 2:
+        first, second = views
+
+        def run2(a, b):
+            return call(a.reshape(first), b.reshape(second), *scalars)
+
+        return run2
+    first, second, third = views
+
+    def run3(a, b, c):
+        return call(a.reshape(first), b.reshape(second), c.reshape(third), *scalars)
+
+    return run3
 
 
-def _planes(array):
-    """A C-contiguous ``(N, C, H, W)`` array as ``(N * C, H, W)`` (a view)."""
-    return array.reshape(-1, *array.shape[2:])
+def _planes(shape):
+    """The shape ``(N * C, H, W)`` of an ``(N, C, H, W)`` array's planes."""
+    return (shape[0] * shape[1], shape[2], shape[3])
 
 
-def _flat(array):
-    """A C-contiguous ``(N, C, H, W)`` array as ``(N * C, H * W)`` (a view)."""
-    return array.reshape(array.shape[0] * array.shape[1], -1)
+def _flat(shape):
+    """The shape ``(N * C, H * W)`` of an ``(N, C, H, W)`` array's planes, each flat."""
+    return (shape[0] * shape[1], shape[2] * shape[3])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from numba import prange
 
 from ..dispatch import register
@@ -31,3 +33,19 @@ def conv2d_grad_bias(grad_out, grad_bias):
     the thread pool (see ``pool.SERIAL_MAX_ELEMENTS``)."""
     sums = _channel_sums.serial if grad_out.size <= SERIAL_MAX_ELEMENTS else _channel_sums
     sums(grad_out, grad_bias)
+
+
+def _prepare_grad_bias(arrays, params):
+    """:func:`conv2d_grad_bias`'s runner for a cached plan: the kernel chosen once."""
+    (grad_out_shape, _), _ = arrays
+    sums = _channel_sums.serial if math.prod(grad_out_shape) <= SERIAL_MAX_ELEMENTS else (
+        _channel_sums)
+
+    def run(grad_out, grad_bias):
+        sums(grad_out, grad_bias)
+        return False
+
+    return run
+
+
+conv2d_grad_bias.prepare = _prepare_grad_bias  # type: ignore[attr-defined]

@@ -40,6 +40,23 @@ def kernel_arrays(dtype: np.dtype, *shapes: tuple[int, ...] | None) -> tuple:
     return tuple(None if shape is None else (tuple(shape), dtype) for shape in shapes)
 
 
+def runner(kernel: Callable[..., Any], arrays: tuple, params: tuple) -> Callable[..., Any]:
+    """``kernel`` with its trailing ``params`` bound: ``run(*array_arguments)``. A host
+    function with a ``prepare(arrays, params)`` attribute (``arrays`` as
+    :func:`kernel_arrays` gives them) works out its tiling and scratch sizes for these
+    shapes once, for a plan that runs it many times, and returns its own runner (or
+    None where it has no such path)."""
+    prepare = getattr(kernel, "prepare", None)
+    prepared = None if prepare is None else prepare(arrays, params)
+    if prepared is not None:
+        return prepared
+
+    def run(*args):
+        return kernel(*args, *params)
+
+    return run
+
+
 def described(plan: Callable[..., Any], *choices: tuple[str, Choice],
               cacheable: bool = True) -> Callable[..., Any]:
     """``plan`` with ``plan.choices``: ``(kernel op, Choice)`` for each kernel it runs, the
@@ -91,18 +108,25 @@ def make_plan(place: Any, cacheable: bool, compute: Callable[..., Any], raw: tup
         return described(bound, *choices, cacheable=False)
     first, *rest = (_converter(k, a, unbatched) for k, a in zip(kinds, raw, strict=True))
     if not rest:
+        if first is _identity:  # nothing to convert: the plan is compute itself
+            return described(compute, *choices)
+
         def plan(a):
             return compute(first(a))
 
         return described(plan, *choices)
     if len(rest) == 1:
         (second,) = rest
+        if first is second is _identity:
+            return described(compute, *choices)
 
         def plan2(a, b):
             return compute(first(a), second(b))
 
         return described(plan2, *choices)
     second, third = rest
+    if first is second is third is _identity:
+        return described(compute, *choices)
 
     def plan3(a, b, c):
         return compute(first(a), second(b), third(c))

@@ -9,8 +9,9 @@ import numpy as np
 from .. import activations, dispatch, plans, shapes
 from .._checks import check_rank, check_size, positive_int
 from ..placement import Host, placement
+from ..plans import param
 from ..shapes import Padding, TransposedPadding
-from ._planned import as_batched, described, kernel_arrays, make_plan
+from ._planned import as_batched, described, kernel_arrays, make_plan, runner
 
 _BATCHED = "4-D (N, C, H, W) or 3-D (C, H, W)"
 
@@ -209,11 +210,22 @@ def conv2d(
     [[10.0, 18.0, 24.0, 18.0], [27.0, 45.0, 54.0, 39.0],
      [51.0, 81.0, 90.0, 63.0], [42.0, 66.0, 72.0, 50.0]]
     """
-    problem = (None if out is not None or device is not None else
-               plans.key("conv2d", (input, weight, bias), (),
-                         (stride, padding, dilation, groups, activation), algorithm))
+    try:  # plans.key's tuple, built inline: this is the per-call cost of every hit
+        problem = None if out is not None or device is not None else (
+            "conv2d", algorithm if type(algorithm) is str else param(algorithm),
+            type(input), input.shape, input.strides, input.dtype,
+            type(weight), weight.shape, weight.strides, weight.dtype,
+            *((None,) if bias is None else (type(bias), bias.shape, bias.strides, bias.dtype)),
+            stride if type(stride) is int else param(stride),
+            padding if type(padding) is int else param(padding),
+            dilation if type(dilation) is int else param(dilation),
+            groups if type(groups) is int else param(groups),
+            activation if activation is None else param(activation), *plans.state())
+    except plans.NOT_KEYED:
+        problem = None
     plan = plans.get(problem)
     if plan is None:
+        problem = plans.cacheable(problem, (input, weight, bias))
         plan = plans.put(problem, _conv2d_plan(problem is not None, input, weight, bias, stride,
                                                padding, dilation, groups, algorithm, out, device,
                                                activation))
@@ -243,15 +255,15 @@ def _conv2d_plan(cacheable, input, weight, bias, stride, padding, dilation, grou
             n_img, _, height, width = geo.x4.shape
             geo = geo._replace(x4=place.zeros((n_img, geo.groups, height, width), x.dtype))
             w = place.zeros((w.shape[0], 1, *w.shape[2:]), x.dtype)
-        choice = dispatch.choose(
-            "conv2d", place.device, algorithm,
-            arrays=kernel_arrays(x.dtype, geo.x4.shape, w.shape, None if b is None else b.shape,
-                                 geo.out_shape),
-            params=geo.params(), **geo.problem())
+        arrays = kernel_arrays(x.dtype, geo.x4.shape, w.shape, None if b is None else b.shape,
+                               geo.out_shape)
+        choice = dispatch.choose("conv2d", place.device, algorithm, arrays=arrays,
+                                 params=geo.params(), **geo.problem())
         # the activation only when there is one: a kernel registered without the argument
         # still runs every call without it
         params = geo.params() if activation is None else (*geo.params(), activation)
-        kernel, shape4, dtype, unbatched = choice.kernel, geo.out_shape, x.dtype, geo.unbatched
+        run = runner(choice.kernel, arrays, params)
+        shape4, dtype, unbatched = geo.out_shape, x.dtype, geo.unbatched
         if cacheable and not empty_sum:
             x_ready, w_ready = x.flags.c_contiguous, w.flags.c_contiguous
             b_ready = b is None or b.flags.c_contiguous
@@ -262,14 +274,14 @@ def _conv2d_plan(cacheable, input, weight, bias, stride, padding, dilation, grou
                 bias = bias if b_ready else np.ascontiguousarray(bias)
                 target = np.empty(shape4, dtype)
                 if shape4[0]:
-                    kernel(x4, weight, bias, target, *params)
+                    run(x4, weight, bias, target)
                 return target[0] if unbatched else target
         else:
             x4, w, b = geo.x4, place.contiguous(w), place.contiguous(b)
 
             def plan(_input, _weight, _bias):
-                return place.run(lambda target: kernel(x4, w, b, target, *params), shape4, dtype,
-                                 unbatched, out)
+                return place.run(lambda target: run(x4, w, b, target), shape4, dtype, unbatched,
+                                 out)
 
         return described(plan, ("conv2d", choice), cacheable=cacheable and not empty_sum)
 
@@ -347,6 +359,7 @@ def conv2d_backward(
                          (stride, padding, dilation, groups, *flags), algorithm))
     plan = plans.get(problem)
     if plan is None:
+        problem = plans.cacheable(problem, (grad_output, input, weight))
         plan = plans.put(problem, _conv2d_backward_plan(
             problem is not None, grad_output, input, weight, stride, padding, dilation, groups,
             flags, algorithm, device))
@@ -389,7 +402,13 @@ def _conv2d_backward_plan(cacheable, grad_output, input, weight, stride, padding
             ("conv2d_grad_input", (dy4.shape, w4.shape, geo.x4.shape)),
             ("conv2d_grad_weight", (geo.x4.shape, dy4.shape, w4.shape)))
         x_shape, w_shape, n_img = tuple(geo.x4.shape), tuple(w4.shape), geo.x4.shape[0]
-        run_in, run_w, run_b = (None if k is None else k[1].kernel for k in kernels)
+        dtype = dy4.dtype
+        run_in, run_w, run_b = (
+            None if k is None else runner(k[1].kernel, kernel_arrays(dtype, *shapes), p)
+            for k, shapes, p in zip(kernels, ((dy4.shape, w_shape, x_shape),
+                                              (x_shape, dy4.shape, w_shape),
+                                              (dy4.shape, (dy4.shape[1],))),
+                                    (params, params, ()), strict=True))
 
         def compute(dy4, x4, w):
             grad_input = grad_weight = grad_bias = None
@@ -397,16 +416,16 @@ def _conv2d_backward_plan(cacheable, grad_output, input, weight, stride, padding
                 if n_img and run_in is not None:
                     # a grad_input kernel writes every value (conv_transpose2d relies on it
                     # too): no zeros to write first (a fresh zeroed buffer page-faults)
-                    grad_input = place.empty(x_shape, dy4.dtype)
-                    run_in(dy4, w, grad_input, *params)
+                    grad_input = place.empty(x_shape, dtype)
+                    run_in(dy4, w, grad_input)
                 else:
-                    grad_input = place.zeros(x_shape, dy4.dtype)
+                    grad_input = place.zeros(x_shape, dtype)
             if needs[1]:
-                grad_weight = place.zeros(w_shape, dy4.dtype)
+                grad_weight = place.zeros(w_shape, dtype)
                 if n_img and run_w is not None:
-                    run_w(x4, dy4, grad_weight, *params)
+                    run_w(x4, dy4, grad_weight)
             if needs[2]:
-                grad_bias = place.zeros((dy4.shape[1],), dy4.dtype)
+                grad_bias = place.zeros((dy4.shape[1],), dtype)
                 if n_img:
                     run_b(dy4, grad_bias)
             return (place.give(grad_input, unbatched), place.give(grad_weight),
@@ -545,10 +564,23 @@ def conv_transpose2d(
     (1, 1, 5, 5)
     """
     params = (stride, padding, output_padding, groups, dilation, output_size)
-    problem = (None if device is not None else
-               plans.key("conv_transpose2d", (input, weight, bias), (), params, algorithm))
+    try:  # plans.key's tuple, built inline: this is the per-call cost of every hit
+        problem = None if device is not None else (
+            "conv_transpose2d", algorithm if type(algorithm) is str else param(algorithm),
+            type(input), input.shape, input.strides, input.dtype,
+            type(weight), weight.shape, weight.strides, weight.dtype,
+            *((None,) if bias is None else (type(bias), bias.shape, bias.strides, bias.dtype)),
+            stride if type(stride) is int else param(stride),
+            padding if type(padding) is int else param(padding),
+            output_padding if type(output_padding) is int else param(output_padding),
+            groups if type(groups) is int else param(groups),
+            dilation if type(dilation) is int else param(dilation),
+            output_size if output_size is None else param(output_size), *plans.state())
+    except plans.NOT_KEYED:
+        problem = None
     plan = plans.get(problem)
     if plan is None:
+        problem = plans.cacheable(problem, (input, weight, bias))
         plan = plans.put(problem, _conv_transpose2d_plan(problem is not None, input, weight, bias,
                                                          *params, algorithm, device))
     return plan(input, weight, bias)
@@ -573,11 +605,13 @@ def _conv_transpose2d_plan(cacheable, input, weight, bias, stride, padding, outp
             "conv2d_grad_input", place.device, algorithm,
             arrays=kernel_arrays(x.dtype, geo.x4.shape, w.shape, geo.out_shape), params=params,
             **geo.problem())
-        kernel, shape4, dtype, unbatched = choice.kernel, geo.out_shape, x.dtype, geo.unbatched
+        run = runner(choice.kernel, kernel_arrays(x.dtype, geo.x4.shape, w.shape, geo.out_shape),
+                     params)
+        shape4, dtype, unbatched = geo.out_shape, x.dtype, geo.unbatched
 
         def compute(x4, w, b):
             def fill(target):
-                kernel(x4, w, target, *params)
+                run(x4, w, target)
                 if b is not None:
                     place.add_channel_bias(target, b)
 
@@ -635,6 +669,7 @@ def conv_transpose2d_backward(
                          (*params, *flags), algorithm))
     plan = plans.get(problem)
     if plan is None:
+        problem = plans.cacheable(problem, (grad_output, input, weight))
         plan = plans.put(problem, _conv_transpose2d_backward_plan(
             problem is not None, grad_output, input, weight, *params, flags, algorithm, device))
     return plan(grad_output, input, weight)

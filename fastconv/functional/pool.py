@@ -27,16 +27,24 @@ import numpy as np
 from .. import dispatch, plans, shapes
 from .._checks import check_not_scalar, check_rank, check_size, divisor, flag
 from ..placement import Host, placement
-from ._planned import make_plan
+from ..plans import param
+from ._planned import kernel_arrays, make_plan, runner
 
 
 def _plan(op: str, build, device, values: tuple, indices: tuple, params: tuple, algorithm):
     """The cached plan of a call (see :mod:`fastconv.plans`), or a new one from ``build``:
     ``build(cacheable, *values, *indices, *params, algorithm, device)``."""
-    problem = (None if device is not None else
-               plans.key(op, values, indices, params, algorithm))
+    problem = None if device is not None else plans.key(op, values, indices, params, algorithm)
+    return _keyed_plan(problem, build, device, values, indices, params, algorithm)
+
+
+def _keyed_plan(problem: tuple | None, build, device, values: tuple, indices: tuple,
+                params: tuple, algorithm):
+    """:func:`_plan` with the key :func:`fastconv.plans.key` gives already built (the hot
+    ops build it inline)."""
     plan = plans.get(problem)
     if plan is None:
+        problem = plans.cacheable(problem, values, indices)
         plan = plans.put(problem, build(problem is not None, *values, *indices, *params,
                                         algorithm, device))
     return plan
@@ -150,30 +158,32 @@ def _raise_bad_index(place: Host, position: int, indices, name: str, plane: tupl
     )
 
 
-def _filled(place: Host, kernel, shape: tuple[int, ...], dtype, unbatched: bool,
-            params: tuple):
+def _filled(place: Host, kernel, source_shape: tuple[int, ...], shape: tuple[int, ...], dtype,
+            unbatched: bool, params: tuple):
     """``compute(source)`` of a plan: a new array of ``shape`` that ``kernel(source, out,
-    *params)`` fills, in the user's view."""
+    *params)`` fills (``source`` of ``source_shape``), in the user's view."""
+    run = runner(kernel, kernel_arrays(dtype, source_shape, shape), params)
 
     def compute(source):
         out = place.empty(shape, dtype)
         if shape[0]:
-            kernel(source, out, *params)
+            run(source, out)
         return place.give(out, unbatched)
 
     return compute
 
 
-def _gathered(place: Host, kernel, shape: tuple[int, ...], dtype, unbatched: bool,
-              plane: tuple[int, ...], what: str):
+def _gathered(place: Host, kernel, sources: tuple, shape: tuple[int, ...], dtype,
+              unbatched: bool, plane: tuple[int, ...], what: str):
     """``compute(values, where)`` of a plan whose ``kernel(values, where, out)`` moves
-    values by their indices and reports the first index outside the ``plane`` of
-    ``what`` (a ValueError here), or -1."""
+    values by their indices (``sources``: the shapes of the two) and reports the first
+    index outside the ``plane`` of ``what`` (a ValueError here), or -1."""
+    run = runner(kernel, kernel_arrays(dtype, *sources, shape), ())
 
     def compute(values, where):
         out = place.empty(shape, dtype)
         if shape[0]:
-            bad = kernel(values, where, out)
+            bad = run(values, where, out)
             _raise_bad_index(place, bad, where, "indices", plane, what)
         return place.give(out, unbatched)
 
@@ -286,9 +296,20 @@ def max_pool2d(
     >>> y[0].tolist(), indices[0].tolist()
     ([[2.0, 3.0], [2.0, 4.0]], [[4, 6], [9, 11]])
     """
-    return _plan("max_pool2d", _max_pool2d_plan, device, (input,), (),
-                 (kernel_size, stride, padding, dilation, ceil_mode, return_indices),
-                 algorithm)(input)
+    try:  # plans.key's tuple, built inline: this is the per-call cost of every hit
+        problem = None if device is not None else (
+            "max_pool2d", algorithm if type(algorithm) is str else param(algorithm),
+            type(input), input.shape, input.strides, input.dtype,
+            kernel_size if type(kernel_size) is int else param(kernel_size),
+            stride if type(stride) is int or stride is None else param(stride),
+            padding if type(padding) is int else param(padding),
+            dilation if type(dilation) is int else param(dilation),
+            param(ceil_mode), param(return_indices), *plans.state())
+    except plans.NOT_KEYED:
+        problem = None
+    return _keyed_plan(problem, _max_pool2d_plan, device, (input,), (),
+                       (kernel_size, stride, padding, dilation, ceil_mode, return_indices),
+                       algorithm)(input)
 
 
 def _max_pool2d_plan(cacheable, input, kernel_size, stride, padding, dilation, ceil_mode,
@@ -305,11 +326,14 @@ def _max_pool2d_plan(cacheable, input, kernel_size, stride, padding, dilation, c
         kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *win.out_size)
         window = (win.kernel_size, win.stride, win.padding, win.dilation, win.ceil_mode)
 
+        run = runner(kernel, kernel_arrays(dtype, tuple(x4.shape), shape,
+                                           shape if with_indices else None), window)
+
         def compute(x4):
             out = place.empty(shape, dtype)
             indices = place.empty(shape, np.int64) if with_indices else None
             if shape[0]:
-                kernel(x4, out, indices, *window)
+                run(x4, out, indices)
             if with_indices:
                 return place.give(out, unbatched), place.give(indices, unbatched)
             return place.give(out, unbatched)
@@ -358,8 +382,16 @@ def max_pool2d_backward(
     >>> fastconv.max_pool2d_backward(np.ones_like(y), indices, x.shape).tolist()
     [[[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]]
     """
-    return _plan("max_pool2d_backward", _max_pool2d_backward_plan, device, (grad_output,),
-                 (indices,), (input_shape,), algorithm)(grad_output, indices)
+    try:  # plans.key's tuple, built inline
+        problem = None if device is not None else (
+            "max_pool2d_backward", algorithm if type(algorithm) is str else param(algorithm),
+            type(grad_output), grad_output.shape, grad_output.strides, grad_output.dtype,
+            type(indices), indices.shape, indices.strides, indices.dtype, param(input_shape),
+            *plans.state())
+    except plans.NOT_KEYED:
+        problem = None
+    return _keyed_plan(problem, _max_pool2d_backward_plan, device, (grad_output,), (indices,),
+                       (input_shape,), algorithm)(grad_output, indices)
 
 
 def _max_pool2d_backward_plan(cacheable, grad_output, indices, input_shape, algorithm, device):
@@ -383,7 +415,8 @@ def _max_pool2d_backward_plan(cacheable, grad_output, indices, input_shape, algo
                                  input_shape=shape4, dtype=dy4.dtype)
         kernel, dtype = choice.kernel, dy4.dtype
 
-        compute = _gathered(place, kernel, shape4, dtype, unbatched, shape4[2:],
+        compute = _gathered(place, kernel, (tuple(dy4.shape), tuple(where4.shape)), shape4, dtype,
+                            unbatched, shape4[2:],
                             "the pooled input")
 
         return make_plan(place, cacheable, compute, (dy, indices), (dy4, where4),
@@ -447,9 +480,21 @@ def avg_pool2d(
     >>> fastconv.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)[0, 0].tolist()
     [1.0, 1.1666666666666667]
     """
-    return _plan("avg_pool2d", _avg_pool2d_plan, device, (input,), (),
-                 (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override),
-                 algorithm)(input)
+    try:  # plans.key's tuple, built inline
+        problem = None if device is not None else (
+            "avg_pool2d", algorithm if type(algorithm) is str else param(algorithm),
+            type(input), input.shape, input.strides, input.dtype,
+            kernel_size if type(kernel_size) is int else param(kernel_size),
+            stride if type(stride) is int or stride is None else param(stride),
+            padding if type(padding) is int else param(padding),
+            param(ceil_mode), param(count_include_pad),
+            divisor_override if divisor_override is None else param(divisor_override),
+            *plans.state())
+    except plans.NOT_KEYED:
+        problem = None
+    return _keyed_plan(problem, _avg_pool2d_plan, device, (input,), (),
+                       (kernel_size, stride, padding, ceil_mode, count_include_pad,
+                        divisor_override), algorithm)(input)
 
 
 def _avg_pool2d_plan(cacheable, input, kernel_size, stride, padding, ceil_mode,
@@ -467,7 +512,7 @@ def _avg_pool2d_plan(cacheable, input, kernel_size, stride, padding, ceil_mode,
         kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *win.out_size)
         window = (win.kernel_size, win.stride, win.padding, win.ceil_mode, include_pad, factor)
 
-        compute = _filled(place, kernel, shape, dtype, unbatched, window)
+        compute = _filled(place, kernel, tuple(x4.shape), shape, dtype, unbatched, window)
 
         return make_plan(place, cacheable, compute, (x,), (x4,), ("values",), unbatched,
                          ("avg_pool2d", choice))
@@ -532,7 +577,7 @@ def _avg_pool2d_backward_plan(cacheable, grad_output, input_shape, kernel_size, 
         kernel, dtype = choice.kernel, dy.dtype
         window = (win.kernel_size, win.stride, win.padding, win.ceil_mode, include_pad, factor)
 
-        compute = _filled(place, kernel, shape4, dtype, unbatched, window)
+        compute = _filled(place, kernel, tuple(dy4.shape), shape4, dtype, unbatched, window)
 
         return make_plan(place, cacheable, compute, (dy,), (dy4,), ("values",), unbatched,
                          ("avg_pool2d_backward", choice))
@@ -613,7 +658,8 @@ def _max_unpool2d_plan(cacheable, input, indices, kernel_size, stride, padding, 
                                  input_shape=tuple(x4.shape), out_size=out_size, dtype=x4.dtype)
         kernel, dtype, shape = choice.kernel, x4.dtype, (*x4.shape[:2], *out_size)
 
-        compute = _gathered(place, kernel, shape, dtype, unbatched, out_size, "the output")
+        compute = _gathered(place, kernel, (tuple(x4.shape), tuple(where4.shape)), shape, dtype,
+                            unbatched, out_size, "the output")
 
         return make_plan(place, cacheable, compute, (x, indices), (x4, where4),
                          ("values", "indices"), unbatched, ("max_unpool2d", choice))
@@ -668,7 +714,8 @@ def _max_unpool2d_backward_plan(cacheable, grad_output, indices, algorithm, devi
         kernel, dtype = choice.kernel, dy4.dtype
         shape, plane = tuple(where4.shape), tuple(dy4.shape[2:])
 
-        compute = _gathered(place, kernel, shape, dtype, unbatched, plane, "grad_output")
+        compute = _gathered(place, kernel, (tuple(dy4.shape), shape), shape, dtype, unbatched,
+                            plane, "grad_output")
 
         return make_plan(place, cacheable, compute, (dy, indices), (dy4, where4),
                          ("values", "indices"), unbatched, ("max_unpool2d_backward", choice))
@@ -719,7 +766,7 @@ def _repeat_unpool2d_plan(cacheable, input, scale, algorithm, device):
         kernel, dtype = choice.kernel, x4.dtype
         shape = (*x4.shape[:2], x4.shape[2] * factor[0], x4.shape[3] * factor[1])
 
-        compute = _filled(place, kernel, shape, dtype, unbatched, (factor,))
+        compute = _filled(place, kernel, tuple(x4.shape), shape, dtype, unbatched, (factor,))
 
         return make_plan(place, cacheable, compute, (x,), (x4,), ("values",), unbatched,
                          ("repeat_unpool2d", choice))
@@ -767,7 +814,7 @@ def _repeat_unpool2d_backward_plan(cacheable, grad_output, scale, algorithm, dev
         kernel, dtype = choice.kernel, dy4.dtype
         shape = (*shape4[:2], shape4[2] // factor[0], shape4[3] // factor[1])
 
-        compute = _filled(place, kernel, shape, dtype, unbatched, (factor,))
+        compute = _filled(place, kernel, shape4, shape, dtype, unbatched, (factor,))
 
         return make_plan(place, cacheable, compute, (dy,), (dy4,), ("values",), unbatched,
                          ("repeat_unpool2d_backward", choice))
