@@ -173,12 +173,16 @@ def _blocked_case(shape, wshape, dtype, rng):
     return x, w, b
 
 
-@pytest.fixture
-def always_parallel(monkeypatch):
+@pytest.fixture(params=["packed in tasks", "packed on one thread"])
+def always_parallel(request, monkeypatch):
     """Small calls run the parallel kernels too (not their serial twins), so the cases
-    cover the tasks' splits of images, runs and bands on more than one thread."""
+    cover the tasks' splits of images, runs and bands on more than one thread; the
+    forward's filters packed by parallel tasks, or on the calling thread."""
     monkeypatch.setattr(fastconv.cpu.threads, "SERIAL_MAX_WORK", 0)
     monkeypatch.setattr(blocked, "GRAD_WEIGHT_SERIAL_MAX_WORK", 0)
+    monkeypatch.setattr(blocked, "FORWARD_SERIAL_MAX_WORK", 0)
+    monkeypatch.setattr(blocked, "PACK_TASKS_MIN_VALUES",
+                        0 if request.param == "packed in tasks" else 1 << 62)
     blocked._forward_layout.cache_clear()
     blocked._grad_weight_layout.cache_clear()
     fastconv.clear_plans()

@@ -10,7 +10,8 @@ then the same run of consecutive positions shifted by a constant, which is what
 :func:`.microkernels.weights_x_positions` needs: it keeps 8 filters x 48
 positions (float32; 24 in float64) of sums in registers over all channels and
 taps of the group and stores them once. The filters are packed per call
-(``(groups, blocks of 8, channels * taps, 8)``, zeros past the last filter);
+(``(groups, blocks of 8, channels * taps, 8)``, zeros past the last filter; in
+parallel tasks, a block each, when there are many);
 positions past the band (the last ones run one vector at a time,
 :func:`.microkernels.weights_x_vector`) and the ``W_pad - W_out`` junk columns of
 each row are computed and dropped when the sums are written out with the bias.
@@ -53,6 +54,7 @@ from numba import prange
 from .. import activations, config
 from . import simd, strips, threads, workspace
 from ._jit import kernel
+from .finite import _nonfinite_in
 from .microkernels import (
     BLOCK_K,
     BLOCK_P,
@@ -69,26 +71,60 @@ MIN_GROUP_K = 4
 
 
 @kernel()
-def _pack_filters(weight, groups, packed):
+def _pack_filter_block(weight, packed, g, b):
     """packed[g, b, c * taps + t, kk] = filter ``b * 8 + kk`` of group g, channel c, tap t
-    (row-major), zero past the group's last filter. (grad_input's convolution gets its
-    flipped, channel-swapped filters from :func:`.identities.transpose_flip` first.)"""
-    out_channels, group_channels, kh, kw = weight.shape
-    n_taps = kh * kw
-    _, n_blocks, depth, block = packed.shape
+    (row-major), zero past the group's last filter: one block of the packed filters.
+    (grad_input's convolution gets its flipped, channel-swapped filters from
+    :func:`_flip_filters` first.)"""
+    out_channels = weight.shape[0]
+    groups, _, depth, block = packed.shape
     filters = out_channels // groups
-    flat = weight.reshape(out_channels, group_channels, n_taps)
-    for g in range(groups):
-        for b in range(n_blocks):
-            for kk in range(block):
-                j = b * block + kk
-                if j >= filters:
-                    for i in range(depth):
-                        packed[g, b, i, kk] = 0
-                    continue
-                for i in range(group_channels):
-                    for t in range(n_taps):
-                        packed[g, b, i * n_taps + t, kk] = flat[g * filters + j, i, t]
+    flat = weight.reshape(out_channels, depth)
+    dst = packed[g, b]
+    full = min(block, filters - b * block)
+    if full < block:
+        dst[:, :] = 0
+    for kk in range(full):  # each filter read in order, written every block-th value
+        src = flat[g * filters + b * block + kk]
+        for d in range(depth):
+            dst[d, kk] = src[d]
+
+
+@kernel()
+def _pack_flipped_block(weight, packed, g, b):
+    """One block of the filters :func:`_pack_filter_block` makes of
+    :func:`.identities.transpose_flip` (weight, groups), read from ``weight`` itself:
+    grad_input's stride-1 convolution, whose filter ``b * 8 + kk`` of group g is input
+    channel ``b * 8 + kk`` of ``weight``, its channels ``weight``'s filters, its taps
+    reversed."""
+    out_channels, group_channels, kh, kw = weight.shape
+    groups, _, _, block = packed.shape
+    per_group = out_channels // groups  # the channels of that convolution, per group
+    taps = kh * kw
+    src = weight.reshape(out_channels, group_channels * taps)
+    dst = packed[g, b]
+    full = min(block, group_channels - b * block)
+    if full < block:
+        dst[:, :] = 0
+    first = b * block * taps
+    for k in range(per_group):
+        # the block's channels of filter k: full * taps values in a row; the packed
+        # (taps, block) square of channel k in a row too
+        row = src[g * per_group + k, first : first + full * taps]
+        square = dst[k * taps : (k + 1) * taps]
+        for kk in range(full):
+            for t in range(taps):
+                square[taps - 1 - t, kk] = row[kk * taps + t]
+
+
+@kernel()
+def _pack_block(weight, packed, g, b, flipped):
+    """Block ``b`` of group g of the packed filters: :func:`_pack_flipped_block` if
+    ``flipped``, else :func:`_pack_filter_block`."""
+    if flipped:
+        _pack_flipped_block(weight, packed, g, b)
+    else:
+        _pack_filter_block(weight, packed, g, b)
 
 
 @kernel()
@@ -115,19 +151,34 @@ def _phase_rows(buffer, plane, first, n_rows, pad_left, pitch, stride_h, stride_
                     dst[u] = src[col] if 0 <= col < width else 0
 
 
+#: The bits of :func:`_conv2d_forward_blocked`'s ``packing``: filters packed by parallel
+#: tasks; the weight of a transposed convolution, packed flipped.
+IN_TASKS, FLIPPED = 1, 2
+
+
 @kernel(parallel=True)
-def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, pad_top, pad_left,
-                            stride_h, stride_w, pitch, phase_rows, kw, dilation_h, dilation_w,
-                            band, plane, k_runs, scratch):
+def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packing, pad_top,
+                            pad_left, stride_h, stride_w, pitch, phase_rows, kw, dilation_h,
+                            dilation_w, band, plane, k_runs, scratch):
     """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
     * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
     :func:`fastconv.activations.floor`), ``band`` output rows per task.
     A channel's strip (``plane`` values) holds the band's input rows on ``pitch``: the
     padded rows themselves with stride 1, else the ``sh * sw`` phases of
-    :func:`_phase_rows`, ``phase_rows`` rows each."""
-    _pack_filters(weight, packed.shape[0], packed)
+    :func:`_phase_rows`, ``phase_rows`` rows each. ``packing``: bit :data:`IN_TASKS`,
+    the filters packed by parallel tasks, a block each (worth a second fork of the
+    threads only for many filters, :data:`PACK_TASKS_MIN_VALUES`), else on the calling
+    thread; bit :data:`FLIPPED`, ``weight`` is the weight whose transposed convolution
+    this is (grad_input at stride 1), packed flipped (:func:`_pack_flipped_block`)."""
     n_img, channels = x.shape[0], x.shape[1]
     groups, n_blocks = packed.shape[0], packed.shape[1]
+    flipped = packing & FLIPPED != 0
+    if packing & IN_TASKS:
+        for block in prange(groups * n_blocks):
+            _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped)
+    else:
+        for block in range(groups * n_blocks):
+            _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped)
     group_channels = channels // groups
     out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     per_group = out_channels // groups
@@ -215,8 +266,8 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
                     itemsize, n_threads, budget, band_rows):
     """Everything the blocked forward kernel needs besides its arrays, for one problem:
     (packed filters' shape, band, pitch, phase rows, plane, k_runs, scratch shape,
-    serial). Cached: the thread count, the scratch budget and the band rule are part of
-    the key."""
+    serial, packing). Cached: the thread count, the scratch budget and the band rule
+    are part of the key."""
     n_img, _, _, width = x_shape
     filters, channels, kh, kw = filters_shape  # of the convolution that runs, all groups
     out_h, out_w = out_shape[2], out_shape[3]
@@ -239,10 +290,26 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     chunks = max(1, min(n_threads, units * k_runs))
     lanes = 64 // itemsize
     sums_pitch = -(-((band - 1) * pitch + out_w) // lanes) * lanes
-    serial = chunks == 1 or n_img * out_h * out_w * filters * channels * kh * kw <= (
-        threads.SERIAL_MAX_WORK)
+    serial = chunks == 1 or n_img * out_h * out_w * filters * channels * kh * kw <= max(
+        threads.SERIAL_MAX_WORK, FORWARD_SERIAL_MAX_WORK)
+    packing = IN_TASKS if not serial and groups * n_blocks * BLOCK_K * channels * kh * kw >= (
+        PACK_TASKS_MIN_VALUES) else 0
     return ((groups, n_blocks, channels * kh * kw, BLOCK_K), band, pitch, phase_rows, plane,
-            k_runs, (chunks, channels * plane + BLOCK_K * sums_pitch), serial)
+            k_runs, (chunks, channels * plane + BLOCK_K * sums_pitch), serial, packing)
+
+
+#: Most multiply-adds of a blocked forward call run on the calling thread. Waking the
+#: pool for a call of one image costs more than the second thread gives below it
+#: (measured on two threads, parallel / serial: C6->16 28x28 5x5 at 0.68M multiply-adds
+#: 17.7 / 16.2 us, C3->16 32x32 3x3 at 0.44M 15.5 / 11.6 us; C16->16 32x32 3x3 at 2.4M
+#: 29.2 / 38.4 us). Tests set it to 0 to run the parallel splits on small cases.
+FORWARD_SERIAL_MAX_WORK = 1 << 20
+
+#: Fewest packed filter values (K rounded up to blocks of 8, times C/groups * R * S) for
+#: which a parallel call packs them in parallel tasks: below it the second fork of the
+#: threads costs more than the packing (C16->32 16x16 3x3: 4608 values, 34.8 us packed
+#: serially, 40.0 in tasks; C32->64 8x8 3x3: 18432 values, 39.7 -> 30.9 us in tasks).
+PACK_TASKS_MIN_VALUES = 8192
 
 
 #: An empty bias per dtype, for calls without one.
@@ -259,20 +326,23 @@ def conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups: int,
 
 
 def forward_runner(x_shape, weight_shape, has_bias: bool, out_shape, dtype, stride, padding,
-                   dilation, groups: int, activation: str | None = None):
+                   dilation, groups: int, activation: str | None = None, *,
+                   flipped: bool = False):
     """:func:`conv2d_blocked` for one problem, its layout worked out once (for this
     thread count and scratch budget): ``run(x, weight, bias, out)``, ``bias`` None
-    unless ``has_bias``. What a cached plan of :func:`fastconv.conv2d` keeps."""
+    unless ``has_bias``. What a cached plan of :func:`fastconv.conv2d` keeps. With
+    ``flipped``, ``weight_shape`` is the convolution's and ``run`` takes the weight of
+    its transposed convolution (finite: grad_input at stride 1), packed flipped."""
     dtype = np.dtype(dtype)
-    packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial = (
+    packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing = (
         _forward_layout(tuple(x_shape), tuple(out_shape), tuple(weight_shape), stride, padding,
                         dilation, groups, dtype.itemsize, threads.count(),
                         config.DIRECT_TILE_BYTES, strips.band_rows))
     kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
     floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
     (top, _), (left, _) = padding
-    scalars = (top, left, stride[0], stride[1], pitch, phase_rows, weight_shape[3], dilation[0],
-               dilation[1], band, plane, k_runs)
+    scalars = (packing | (FLIPPED if flipped else 0), top, left, stride[0], stride[1], pitch,
+               phase_rows, weight_shape[3], dilation[0], dilation[1], band, plane, k_runs)
 
     def run(x, weight, bias, out):
         kernel(x, weight, borrow(packed_shape, dtype, "packed"),
@@ -606,9 +676,20 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
             (*grad_out_shape[:2], hi_h - lo_h, hi_w - lo_w),
             (*flipped_shape[:2], len(taps_h), len(taps_w)), False,
             (*grad_in_shape[:2], count_h, count_w), dtype, (1, 1),
-            ((top, bottom), (left, right)), (step_h, step_w), groups)
+            ((top, bottom), (left, right)), (step_h, step_w), groups, flipped=whole)
         steps.append((target, taps, crop, forward))
     borrow = workspace.borrow
+    if whole:  # one phase, every tap: the kernel packs the weight's filters flipped
+        ((_, _, crop, forward),) = steps
+
+        def run_whole(grad_out, weight, grad_in) -> bool:
+            if _nonfinite_in(weight.reshape(-1), 0, weight.size):
+                return False
+            forward(grad_out if crop is None else np.ascontiguousarray(grad_out[crop]), weight,
+                    None, grad_in)
+            return True
+
+        return run_whole
 
     def run(grad_out, weight, grad_in) -> bool:
         flipped = borrow(flipped_shape, dtype, "flipped")
