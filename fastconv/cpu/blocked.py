@@ -169,10 +169,14 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     the filters packed by parallel tasks, a block each (worth a second fork of the
     threads only for many filters, :data:`PACK_TASKS_MIN_VALUES`), else on the calling
     thread; bit :data:`FLIPPED`, ``weight`` is the weight whose transposed convolution
-    this is (grad_input at stride 1), packed flipped (:func:`_pack_flipped_block`)."""
+    this is (grad_input at stride 1), packed flipped (:func:`_pack_flipped_block`);
+    such a weight is scanned first, and one that is not all finite returns False with
+    nothing written (the padding's zeros would meet its Inf). Otherwise returns True."""
     n_img, channels = x.shape[0], x.shape[1]
     groups, n_blocks = packed.shape[0], packed.shape[1]
     flipped = packing & FLIPPED != 0
+    if flipped and _nonfinite_in(weight.reshape(weight.size), 0, weight.size):
+        return False
     if packing & IN_TASKS:
         for block in prange(groups * n_blocks):
             _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped)
@@ -241,6 +245,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                         for j in range(out_w):
                             value = src[j] + offset
                             dst[j] = floor if value < floor else value
+    return True
 
 
 def applies(weight, stride, groups: int) -> bool:
@@ -332,7 +337,8 @@ def forward_runner(x_shape, weight_shape, has_bias: bool, out_shape, dtype, stri
     thread count and scratch budget): ``run(x, weight, bias, out)``, ``bias`` None
     unless ``has_bias``. What a cached plan of :func:`fastconv.conv2d` keeps. With
     ``flipped``, ``weight_shape`` is the convolution's and ``run`` takes the weight of
-    its transposed convolution (finite: grad_input at stride 1), packed flipped."""
+    its transposed convolution (grad_input at stride 1), packed flipped; it returns
+    False, having written nothing, for a weight that is not all finite."""
     dtype = np.dtype(dtype)
     packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing = (
         _forward_layout(tuple(x_shape), tuple(out_shape), tuple(weight_shape), stride, padding,
@@ -344,10 +350,10 @@ def forward_runner(x_shape, weight_shape, has_bias: bool, out_shape, dtype, stri
     scalars = (packing | (FLIPPED if flipped else 0), top, left, stride[0], stride[1], pitch,
                phase_rows, weight_shape[3], dilation[0], dilation[1], band, plane, k_runs)
 
-    def run(x, weight, bias, out):
-        kernel(x, weight, borrow(packed_shape, dtype, "packed"),
-               no_bias if bias is None else bias, has_bias, floor, out, *scalars,
-               borrow(scratch_shape, dtype))
+    def run(x, weight, bias, out) -> bool:
+        return kernel(x, weight, borrow(packed_shape, dtype, "packed"),
+                      no_bias if bias is None else bias, has_bias, floor, out, *scalars,
+                      borrow(scratch_shape, dtype))
 
     return run
 
@@ -682,12 +688,9 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
     if whole:  # one phase, every tap: the kernel packs the weight's filters flipped
         ((_, _, crop, forward),) = steps
 
-        def run_whole(grad_out, weight, grad_in) -> bool:
-            if _nonfinite_in(weight.reshape(-1), 0, weight.size):
-                return False
-            forward(grad_out if crop is None else np.ascontiguousarray(grad_out[crop]), weight,
-                    None, grad_in)
-            return True
+        def run_whole(grad_out, weight, grad_in) -> bool:  # False: a non-finite weight
+            source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
+            return forward(source, weight, None, grad_in)
 
         return run_whole
 
