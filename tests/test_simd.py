@@ -197,7 +197,7 @@ def always_parallel(request, monkeypatch):
                          ids=[c[0] for c in BLOCKED_CASES])
 def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng, always_parallel):
     groups = kwargs.get("groups", 1)
-    assert blocked.applies(np.empty(wshape), kwargs.get("stride", 1), groups)
+    assert blocked.applies(wshape, kwargs.get("stride", 1), groups)
     x, w, b = _blocked_case(shape, wshape, dtype, rng)
     expected = reference.conv2d(x, w, b, **kwargs)
     for threads in sorted({1, numba.config.NUMBA_NUM_THREADS, 3} & set(
@@ -243,10 +243,10 @@ def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, monkey
 
 def test_blocked_kernel_needs_four_filters_per_group():
     w = np.empty((8, 3, 3, 3))
-    assert blocked.applies(w, (1, 1), 1)
-    assert blocked.applies(w, (2, 1), 1)
-    assert not blocked.applies(w, (1, 1), 4)  # 2 filters per group: mostly padding
-    assert not blocked.applies(np.empty((3, 1, 3, 3)), (1, 1), 1)
+    assert blocked.applies(w.shape, (1, 1), 1)
+    assert blocked.applies(w.shape, (2, 1), 1)
+    assert not blocked.applies(w.shape, (1, 1), 4)  # 2 filters per group: mostly padding
+    assert not blocked.applies((3, 1, 3, 3), (1, 1), 1)
 
 
 # --- bounds checks and another CPU target, in fresh processes ------------------------------

@@ -74,8 +74,8 @@ MIN_GROUP_K = 4
 def _pack_filter_block(weight, packed, g, b):
     """packed[g, b, c * taps + t, kk] = filter ``b * 8 + kk`` of group g, channel c, tap t
     (row-major), zero past the group's last filter: one block of the packed filters.
-    (grad_input's convolution gets its flipped, channel-swapped filters from
-    :func:`_flip_filters` first.)"""
+    (grad_input's convolution packs its flipped, channel-swapped filters with
+    :func:`_pack_flipped_block`.)"""
     out_channels = weight.shape[0]
     groups, _, depth, block = packed.shape
     filters = out_channels // groups
@@ -168,8 +168,9 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     :func:`_phase_rows`, ``phase_rows`` rows each. ``packing``: bit :data:`IN_TASKS`,
     the filters packed by parallel tasks, a block each (worth a second fork of the
     threads only for many filters, :data:`PACK_TASKS_MIN_VALUES`), else on the calling
-    thread; bit :data:`FLIPPED`, ``weight`` is the weight whose transposed convolution
-    this is (grad_input at stride 1), packed flipped (:func:`_pack_flipped_block`);
+    thread; bit :data:`FLIPPED`, ``weight`` is the weight (or the taps of it) whose
+    transposed convolution this is (grad_input), packed flipped
+    (:func:`_pack_flipped_block`);
     such a weight is scanned first, and one that is not all finite returns False with
     nothing written (the padding's zeros would meet its Inf). Otherwise returns True."""
     n_img, channels = x.shape[0], x.shape[1]
@@ -248,11 +249,11 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     return True
 
 
-def applies(weight, stride, groups: int) -> bool:
-    """Whether :func:`conv2d_blocked` computes this convolution: at least
-    :data:`MIN_GROUP_K` filters per group (any stride: strided layers run on the
-    phases of their input)."""
-    return weight.shape[0] // groups >= MIN_GROUP_K
+def applies(weight_shape, stride, groups: int) -> bool:
+    """Whether :func:`conv2d_blocked` computes this convolution (``weight_shape``: its
+    weight's): at least :data:`MIN_GROUP_K` filters per group (any stride: strided
+    layers run on the phases of their input)."""
+    return weight_shape[0] // groups >= MIN_GROUP_K
 
 
 def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int,
@@ -337,7 +338,7 @@ def forward_runner(x_shape, weight_shape, has_bias: bool, out_shape, dtype, stri
     thread count and scratch budget): ``run(x, weight, bias, out)``, ``bias`` None
     unless ``has_bias``. What a cached plan of :func:`fastconv.conv2d` keeps. With
     ``flipped``, ``weight_shape`` is the convolution's and ``run`` takes the weight of
-    its transposed convolution (grad_input at stride 1), packed flipped; it returns
+    its transposed convolution (grad_input), packed flipped; it returns
     False, having written nothing, for a weight that is not all finite."""
     dtype = np.dtype(dtype)
     packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing = (
@@ -617,49 +618,38 @@ def _evenly(taps: list[int]) -> slice:
     return slice(taps[0], taps[-1] + 1, step)
 
 
+def grad_input_applies(weight_shape) -> bool:
+    """Whether :func:`conv2d_grad_input_blocked` computes this input gradient: at least
+    :data:`MIN_GROUP_K` channels per group (the filters of the convolution that runs)."""
+    return weight_shape[1] >= MIN_GROUP_K
+
+
 def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilation,
                               groups: int) -> bool:
     """grad_in = conv_transpose2d(grad_out, weight) for a weight with at least
     :data:`MIN_GROUP_K` channels per group, any stride: split into the ``sh * sw`` phases
     of the input (positions ``(y, x)`` with ``((y + pad_top) % sh, (x + pad_left) % sw)``
     fixed), each a stride-1 transposed convolution of grad_out with the taps that reach
-    it (:func:`_phase_axis`), run by the blocked kernel; with stride 1, one phase.
-    Returns False, having written nothing, when the weight is not all finite (those
-    convolutions would meet an Inf tap with the padding's zeros)."""
+    it (:func:`_phase_axis`), run by the blocked kernel on those taps of the weight,
+    packed flipped; with stride 1, one phase. Returns False when a phase's taps are not
+    all finite (those convolutions would meet an Inf tap with the padding's zeros): the
+    caller's exact path must then write ``grad_in`` again (a phase before may have
+    written its positions; with stride 1 nothing is written)."""
     return grad_input_runner(grad_out.shape, weight.shape, grad_in.shape, grad_out.dtype,
                              stride, padding, dilation, groups)(grad_out, weight, grad_in)
-
-
-@kernel()
-def _flip_filters(weight, groups, flipped):
-    """flipped = :func:`.identities.transpose_flip` (weight, groups): ``(C, K/g, R, S)``,
-    per group the in and out channels swapped and the taps reversed; whether every
-    value is finite (False may leave ``flipped`` partly written)."""
-    out_channels, group_channels, kh, kw = weight.shape
-    per_group = out_channels // groups
-    for g in range(groups):
-        for k in range(per_group):
-            for c in range(group_channels):
-                for r in range(kh):
-                    for s in range(kw):
-                        value = weight[g * per_group + k, c, r, s]
-                        if not np.isfinite(value):
-                            return False
-                        flipped[g * group_channels + c, k, kh - 1 - r, kw - 1 - s] = value
-    return True
 
 
 def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride, padding,
                       dilation, groups: int):
     """:func:`conv2d_grad_input_blocked` for one problem, its phases and their layouts
-    worked out once: ``run(grad_out, weight, grad_in)``, which returns False (nothing
-    written) for a weight that is not all finite."""
+    worked out once: ``run(grad_out, weight, grad_in)``, which returns False for a weight
+    that is not all finite (see there)."""
     dtype = np.dtype(dtype)
     whole = stride == (1, 1)
     kh, kw = weight_shape[2], weight_shape[3]
-    flipped_shape = (grad_in_shape[1], weight_shape[0] // groups, kh, kw)
     every = slice(None)
-    # per phase: (its positions of grad_in, its taps, grad_out's crop, its forward runner)
+    # per phase: (its positions of grad_in, its taps of the weight, grad_out's crop, its
+    # forward runner)
     steps: list[tuple[Any, Any, Any, Any]] = []
     for rows, cols in _phases(tuple(grad_in_shape[2:]), tuple(grad_out_shape[2:]),
                               (kh, kw), stride, padding, dilation):
@@ -670,49 +660,31 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
         if not taps_h or not taps_w:
             steps.append((target, None, None, None))
             continue
-        # the phase's taps in the flipped filters (transpose_flip of the taps' slice)
         taps = None
         if len(taps_h) < kh or len(taps_w) < kw:
-            taps = (every, every, _flipped(_evenly(taps_h), kh), _flipped(_evenly(taps_w), kw))
+            taps = (every, every, _evenly(taps_h), _evenly(taps_w))
         crop = None
         if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out_shape[2], 0, grad_out_shape[3]):
             crop = (every, every, slice(lo_h, hi_h), slice(lo_w, hi_w))
         # the kernel writes the phase's positions of grad_in in place (a strided view)
         forward = forward_runner(
             (*grad_out_shape[:2], hi_h - lo_h, hi_w - lo_w),
-            (*flipped_shape[:2], len(taps_h), len(taps_w)), False,
+            (grad_in_shape[1], weight_shape[0] // groups, len(taps_h), len(taps_w)), False,
             (*grad_in_shape[:2], count_h, count_w), dtype, (1, 1),
-            ((top, bottom), (left, right)), (step_h, step_w), groups, flipped=whole)
+            ((top, bottom), (left, right)), (step_h, step_w), groups, flipped=True)
         steps.append((target, taps, crop, forward))
-    borrow = workspace.borrow
-    if whole:  # one phase, every tap: the kernel packs the weight's filters flipped
-        ((_, _, crop, forward),) = steps
-
-        def run_whole(grad_out, weight, grad_in) -> bool:  # False: a non-finite weight
-            source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
-            return forward(source, weight, None, grad_in)
-
-        return run_whole
 
     def run(grad_out, weight, grad_in) -> bool:
-        flipped = borrow(flipped_shape, dtype, "flipped")
-        if not _flip_filters(weight, groups, flipped):
-            return False
         for target, taps, crop, forward in steps:
             view = grad_in if target is None else grad_in[target]
             if forward is None:
                 view[...] = 0
                 continue
-            # each phase's filters packed from a contiguous array they read in order
-            sub = flipped if taps is None else np.ascontiguousarray(flipped[taps])
+            # the phase's taps packed from a contiguous array, which they read in order
+            sub = weight if taps is None else np.ascontiguousarray(weight[taps])
             source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
-            forward(source, sub, None, view)
+            if not forward(source, sub, None, view):
+                return False
         return True
 
     return run
-
-
-def _flipped(taps: slice, size: int) -> slice:
-    """The slice of the same taps after reversing an axis of ``size`` taps."""
-    last = range(size)[taps][-1]
-    return slice(size - 1 - last, size - taps.start, taps.step)

@@ -220,7 +220,7 @@ def _chunks(n_tasks: int) -> int:
 def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups, activation=None):
     """Host side of the direct kernel; arguments as normalised by :func:`fastconv.conv2d`.
     At least 4 filters per group go to the register-blocked kernel of :mod:`.blocked`."""
-    if blocked.applies(weight, stride, groups):
+    if blocked.applies(weight.shape, stride, groups):
         blocked.conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups,
                                activation=activation)
         return
@@ -258,7 +258,7 @@ def _prepare_conv2d(arrays, params):
     loops."""
     (x_shape, dtype), (w_shape, _), bias, (out_shape, _) = arrays
     stride, padding, dilation, groups, *activation = params
-    if w_shape[0] // groups < blocked.MIN_GROUP_K:
+    if not blocked.applies(w_shape, stride, groups):
         return None
     return blocked.forward_runner(x_shape, w_shape, bias is not None, out_shape, dtype, stride,
                                   padding, dilation, groups, *activation)
@@ -398,7 +398,7 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
     :mod:`.identities`); otherwise scatter loops. (Those convolutions multiply every
     weight tap by the zero padding around grad_out, where the transposed convolution has
     no term: a NaN or Inf tap would put ``0 * Inf = NaN`` on the border.)"""
-    if weight.shape[1] >= blocked.MIN_GROUP_K and blocked.conv2d_grad_input_blocked(
+    if blocked.grad_input_applies(weight.shape) and blocked.conv2d_grad_input_blocked(
             grad_out, weight, grad_in, stride, padding, dilation, groups):
         # C/groups filters in that convolution: the blocked kernel, on the input's phases
         return
@@ -424,7 +424,7 @@ def _prepare_grad_input(arrays, params):
     """:func:`conv2d_grad_input_direct`'s runner for a cached plan: the blocked kernel's
     (the host function itself for a weight that is not all finite)."""
     (grad_out_shape, dtype), (w_shape, _), (grad_in_shape, _) = arrays
-    if w_shape[1] < blocked.MIN_GROUP_K:
+    if not blocked.grad_input_applies(w_shape):
         return None
     run_blocked = blocked.grad_input_runner(grad_out_shape, w_shape, grad_in_shape, dtype,
                                             *params)
