@@ -8,6 +8,7 @@ Times, on the calling thread (one core), float32:
   the most this core issues;
 - weights_x_positions: one call of the forward micro-kernel (8 filters x 48 positions)
   over 32 channels x 9 taps of a 3x3 layer's strip, all in L1 (about 28 KB);
+- weights_x_pair: its two-vector tail (8 filters x 32 positions), same strip;
 - weights_x_vector: its one-vector tail (8 filters x 16 positions), same strip;
 - runs_x_filters: grad_weight's micro-kernel (12 taps x 32 filters) over 4 images of
   an 8x8 plane (padded to 10x10);
@@ -63,6 +64,12 @@ def _forward(strip, weights, sums, pitch, depth, taps, reps):
 
 
 @numba.njit
+def _pair(strip, weights, sums, pitch, depth, taps, reps):
+    for _ in range(reps):
+        microkernels.weights_x_pair(strip, weights, sums, 0, pitch, depth, taps, 96)
+
+
+@numba.njit
 def _tail(strip, weights, sums, pitch, depth, taps, reps):
     for _ in range(reps):
         microkernels.weights_x_vector(strip, weights, sums, 0, pitch, depth, taps, 96)
@@ -114,6 +121,8 @@ def main() -> None:
     reps = 1000  # calls per timed call: Python's call into Numba stays out of the rate
     forward = _rate(lambda: _forward(strip, weights, sums, pitch, depth, taps, reps),
                     reps * per_step * 48, args.seconds)
+    pair = _rate(lambda: _pair(strip, weights, sums, pitch, depth, taps, reps),
+                 reps * per_step * 32, args.seconds)
     tail = _rate(lambda: _tail(strip, weights, sums, pitch, depth, taps, reps),
                  reps * per_step * 16, args.seconds)
 
@@ -133,8 +142,8 @@ def main() -> None:
           f"LLVM CPU {numba.config.CPU_NAME or 'host'}")
     print(f"{'kernel':<22}{'GFLOP/s':>10}{'of peak':>10}")
     for name, rate in [("peak (FMA loop)", peak), ("weights_x_positions", forward),
-                       ("weights_x_vector", tail), ("runs_x_filters", rates[0]),
-                       ("runs_x_vector", rates[1])]:
+                       ("weights_x_pair", pair), ("weights_x_vector", tail),
+                       ("runs_x_filters", rates[0]), ("runs_x_vector", rates[1])]:
         print(f"{name:<22}{rate:>10.1f}{rate / peak:>10.0%}")
 
 

@@ -15,7 +15,8 @@ import pytest
 import fastconv
 import fastconv.cpu.threads
 from fastconv import config, reference
-from fastconv.cpu import blocked, microkernels, simd
+from fastconv.cpu import blocked, microkernels, simd, strips
+from fastconv.cpu.epilogue import store_row
 from tests.cases import DTYPES
 from tests.gradients import assert_grads_close
 from tests.test_conv2d import assert_close
@@ -93,6 +94,72 @@ def test_broadcast_reads_one_value_into_every_lane(dtype, rng):
     out = np.zeros(2 * lanes, dtype)
     _broadcasts(a, out)
     np.testing.assert_array_equal(out, np.full(2 * lanes, a[3]))
+
+
+@numba.njit
+def _masked_copy(src, at, dst, dst_at, count):
+    simd.store_first(dst, dst_at, simd.load_first(src, at, count), count)
+
+
+@pytest.mark.parametrize("count", [0, 1, 5, 8, 15, 16, 20])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_masked_load_and_store_touch_only_the_first_lanes(dtype, count, rng):
+    src = rng.standard_normal(40).astype(dtype)
+    dst = np.full(40, -7.0, dtype)
+    _masked_copy(src, 3, dst, 5, count)
+    n = min(count, 64 // src.itemsize)  # at most one vector
+    expected = np.full(40, -7.0, dtype)
+    expected[5 : 5 + n] = src[3 : 3 + n]
+    np.testing.assert_array_equal(dst, expected)
+    # a masked vector may end the array: nothing past its lanes is read or written
+    end = np.full(40, -7.0, dtype)
+    _masked_copy(src, 40 - n, end, 40 - n, n)
+    np.testing.assert_array_equal(end[40 - n :], src[40 - n :])
+
+
+@numba.njit
+def _store_rows(src, pitch, out, offset, floor):
+    target = strips.flat(out)
+    for k in range(out.shape[1]):
+        for i in range(out.shape[2]):
+            store_row(src, (k * out.shape[2] + i) * pitch, target, out, 0, k, i, offset, floor)
+
+
+@numba.njit
+def _copy_rows(x, buffer, pitch):
+    source = strips.flat(x)
+    for c in range(x.shape[1]):
+        for i in range(x.shape[2]):
+            strips.copy_row(source, x, 0, c, i, buffer, (c * x.shape[2] + i) * pitch)
+
+
+@pytest.mark.parametrize("width", [5, 8, 16, 20, 28, 32])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_row_store_and_copy_match_numpy(width, dtype, layout, rng):
+    # the epilogue's store (vectors, a masked short row or an overlapping last vector;
+    # the plain loop on a strided output) and the strips' row copy
+    pitch = width + 3
+    src = rng.standard_normal(3 * 4 * pitch + 16).astype(dtype)
+    src[pitch + 1] = np.nan
+    src[2 * pitch] = -np.inf
+    full = np.full((1, 3, 4, 2 * width), 9.0, dtype)
+    out = full[:, :, :, ::2] if layout == "strided" else np.full((1, 3, 4, width), 9.0, dtype)
+    for floor in (0.0, -np.inf):
+        _store_rows(src, pitch, out, 0.5, floor)
+        rows = np.stack([src[r * pitch : r * pitch + width] for r in range(12)]).reshape(
+            1, 3, 4, width)
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(out, np.maximum(rows + dtype(0.5), floor))
+    if layout == "strided":
+        assert (full[:, :, :, 1::2] == 9.0).all()  # nothing between the strided values
+    x = rng.standard_normal((1, 3, 4, 2 * width)).astype(dtype)
+    x = x[:, :, :, ::2] if layout == "strided" else np.ascontiguousarray(x[:, :, :, :width])
+    buffer = np.full(12 * pitch, 9.0, dtype)
+    _copy_rows(x, buffer, pitch)
+    copied = buffer.reshape(12, pitch)
+    np.testing.assert_array_equal(copied[:, :width], x.reshape(12, width))
+    assert (copied[:, width:] == 9.0).all()
 
 
 @pytest.mark.parametrize("count", [16, 5, 1])
@@ -263,11 +330,21 @@ def read(a, i):
 def spread(a, i):
     simd.store(a, 0, simd.broadcast(a, i))
 
+@numba.njit
+def first(a, i, n):
+    simd.store_first(a, 0, simd.load_first(a, i, n), n)
+
 a = np.zeros(20, np.float32)
 read(a, 4)
 for bad in (5, -1):
     try:
         read(a, bad)
+    except IndexError as error:
+        print("IndexError", error)
+first(a, 17, 3)  # a masked vector that ends the array
+for i, n in ((18, 3), (-1, 2)):
+    try:
+        first(a, i, n)
     except IndexError as error:
         print("IndexError", error)
 spread(a, 19)
@@ -284,7 +361,7 @@ def test_bounds_checking_catches_a_vector_past_the_end(tmp_path):
     result = subprocess.run([sys.executable, "-c", _OUT_OF_BOUNDS], capture_output=True,
                             text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("IndexError simd vector outside the array") == 2, result.stdout
+    assert result.stdout.count("IndexError simd vector outside the array") == 4, result.stdout
     assert result.stdout.count("IndexError simd broadcast outside the array") == 2, result.stdout
 
 

@@ -11,10 +11,11 @@ then the same run of consecutive positions shifted by a constant, which is what
 positions (float32; 24 in float64) of sums in registers over all channels and
 taps of the group and stores them once. The filters are packed per call
 (``(groups, blocks of 8, channels * taps, 8)``, zeros past the last filter; in
-parallel tasks, a block each, when there are many);
-positions past the band (the last ones run one vector at a time,
-:func:`.microkernels.weights_x_vector`) and the ``W_pad - W_out`` junk columns of
-each row are computed and dropped when the sums are written out with the bias.
+parallel tasks, a block each, when there are many). The last positions of a band
+run two vectors at a time (:func:`.microkernels.weights_x_pair`), then one
+(:func:`.microkernels.weights_x_vector`); positions past the band and the ``W_pad -
+W_out`` junk columns of each row are computed and dropped when the sums are written
+out with the bias (:func:`.epilogue.store_row`, which applies the activation's floor).
 
 A task is one image, one group, a run of filter blocks and one band of output
 rows; the filter blocks are split over tasks only when there are fewer images,
@@ -54,12 +55,14 @@ from numba import prange
 from .. import activations, config
 from . import simd, strips, threads, workspace
 from ._jit import kernel
+from .epilogue import store_row
 from .finite import _nonfinite_in
 from .microkernels import (
     BLOCK_K,
     BLOCK_P,
     runs_x_filters,
     runs_x_vector,
+    weights_x_pair,
     weights_x_positions,
     weights_x_vector,
 )
@@ -186,6 +189,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
             _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped)
     group_channels = channels // groups
     out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    x_flat, out_flat = strips.flat(x), strips.flat(out)  # rows by offset, not by view
     per_group = out_channels // groups
     per_run = (n_blocks + k_runs - 1) // k_runs
     n_bands = (out_h + band - 1) // band
@@ -219,9 +223,9 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
             if copy != last_copy or first != last_first or n_rows != last_rows:
                 for c in range(group_channels):
                     if unit_stride:
-                        _padded_rows(strip[c * plane :], x[n, g * group_channels + c], first,
+                        _padded_rows(strip, c * plane, x, n, g * group_channels + c, first,
                                      n_rows, pad_left, pitch,
-                                     first != last_first or n_rows != last_rows)
+                                     first != last_first or n_rows != last_rows, x_flat)
                     else:
                         _phase_rows(strip[c * plane :], x[n, g * group_channels + c], first,
                                     phase_rows, pad_left, pitch, stride_h, stride_w)
@@ -233,19 +237,23 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                 for p in range(0, n_positions - step + 1, step):
                     weights_x_positions(strip, block_weights, sums, p, plane, group_channels,
                                         taps, sums_pitch)
-                # the last positions one vector at a time
-                for p in range(n_positions // step * step, n_positions, lanes):
-                    weights_x_vector(strip, block_weights, sums, p, plane, group_channels,
-                                     taps, sums_pitch)
+                # the last positions two vectors, then one vector at a time
+                p = n_positions // step * step
+                while p < n_positions:
+                    if n_positions - p > lanes:
+                        weights_x_pair(strip, block_weights, sums, p, plane, group_channels,
+                                       taps, sums_pitch)
+                        p += 2 * lanes
+                    else:
+                        weights_x_vector(strip, block_weights, sums, p, plane, group_channels,
+                                         taps, sums_pitch)
+                        p += lanes
                 for kk in range(min(BLOCK_K, per_group - b * BLOCK_K)):
                     k = g * per_group + b * BLOCK_K + kk
                     offset = bias[k] if has_bias else 0
                     for i in range(rows):
-                        src = sums[kk * sums_pitch + i * pitch :]
-                        dst = out[n, k, i_first + i]
-                        for j in range(out_w):
-                            value = src[j] + offset
-                            dst[j] = floor if value < floor else value
+                        store_row(sums, kk * sums_pitch + i * pitch, out_flat, out, n, k,
+                                  i_first + i, offset, floor)
     return True
 
 
@@ -306,10 +314,11 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
 
 #: Most multiply-adds of a blocked forward call run on the calling thread. Waking the
 #: pool for a call of one image costs more than the second thread gives below it
-#: (measured on two threads, parallel / serial: C6->16 28x28 5x5 at 0.68M multiply-adds
-#: 17.7 / 16.2 us, C3->16 32x32 3x3 at 0.44M 15.5 / 11.6 us; C16->16 32x32 3x3 at 2.4M
-#: 29.2 / 38.4 us). Tests set it to 0 to run the parallel splits on small cases.
-FORWARD_SERIAL_MAX_WORK = 1 << 20
+#: (measured on two threads, calling thread alone / both: C32->64 8x8 3x3 at 1.18M
+#: multiply-adds 26.3 / 31.4 us, C16->32 16x16 3x3 at 1.18M 19.7 / 24.2 us; C16->16
+#: 32x32 3x3 at 2.36M 32.7 / 30.5 us). Tests set it to 0 to run the parallel splits on
+#: small cases.
+FORWARD_SERIAL_MAX_WORK = 1 << 21
 
 #: Fewest packed filter values (K rounded up to blocks of 8, times C/groups * R * S) for
 #: which a parallel call packs them in parallel tasks: below it the second fork of the

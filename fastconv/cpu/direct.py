@@ -42,8 +42,9 @@ from .. import activations, config
 from ..dispatch import register
 from . import blocked, identities, simd, strips, threads, workspace
 from ._jit import kernel
+from .epilogue import store_row
 from .finite import all_finite, finite_values
-from .strips import _padded_rows, _to_pitch
+from .strips import _padded_rows, _to_pitch, flat
 
 
 @kernel()
@@ -113,6 +114,7 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
     # one channel per group, stride 1, 3x3 or 5x5 (depthwise layers): each filter's sums
     # in one pass over its taps (not one pass per kernel row over an accumulator)
     one_pass = group_channels == 1 and unit_stride and kh == kw and (kh == 3 or kh == 5)
+    out_flat = flat(out)
     for chunk in prange(n_chunks):
         strip = scratch[chunk, :strip_len]
         strip[:] = 0
@@ -130,8 +132,8 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
             n_rows = (rows - 1) * stride_h + window
             acc_len = (rows - 1) * pitch + out_w
             if one_pass:
-                _padded_rows(strip, x[n, g], first, n_rows, pad_left, padded_w,
-                             first != last_first or n_rows != last_rows)
+                _padded_rows(strip, 0, x, n, g, first, n_rows, pad_left, padded_w,
+                             first != last_first or n_rows != last_rows, x)
                 last_first, last_rows = first, n_rows
                 # the strip and the sums, with the vector of slack the host leaves after them
                 source = scratch[chunk]
@@ -146,17 +148,13 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
                                   acc_len)
                     b = bias[k] if has_bias else zero
                     for i in range(rows):
-                        src = sums[i * pitch : i * pitch + out_w]
-                        dst = out[n, k, i_first + i]
-                        for j in range(out_w):
-                            value = src[j] + b
-                            dst[j] = floor if value < floor else value
+                        store_row(sums, i * pitch, out_flat, out, n, k, i_first + i, b, floor)
                 continue
             acc = scratch[chunk, strip_len : strip_len + n_k * acc_len]
             acc[:] = 0
             for c in range(group_channels):
-                _padded_rows(strip, x[n, g * group_channels + c], first, n_rows, pad_left,
-                             padded_w, first != last_first or n_rows != last_rows)
+                _padded_rows(strip, 0, x, n, g * group_channels + c, first, n_rows, pad_left,
+                             padded_w, first != last_first or n_rows != last_rows, x)
                 last_first, last_rows = first, n_rows
                 for kk in range(n_k):
                     a = acc[kk * acc_len : (kk + 1) * acc_len]
@@ -200,11 +198,8 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
             for kk in range(n_k):
                 b = bias[k_first + kk] if has_bias else 0
                 for i in range(rows):
-                    src = acc[kk * acc_len + i * pitch : kk * acc_len + i * pitch + out_w]
-                    dst = out[n, k_first + kk, i_first + i]
-                    for j in range(out_w):
-                        value = src[j] + b
-                        dst[j] = floor if value < floor else value
+                    store_row(acc, kk * acc_len + i * pitch, out_flat, out, n, k_first + kk,
+                              i_first + i, b, floor)
 
 
 #: Values of scratch after the sums: the one-pass kernels' last vector (16 float32).
@@ -367,9 +362,9 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
                         first = i_first * stride_h - pad_top
                         n_rows = (rows - 1) * stride_h + window
                         for c in range(group_channels):
-                            _padded_rows(strip, x[n, g * group_channels + c], first, n_rows,
-                                         pad_left, padded_w,
-                                         first != last_first or n_rows != last_rows)
+                            _padded_rows(strip, 0, x, n, g * group_channels + c, first,
+                                         n_rows, pad_left, padded_w,
+                                         first != last_first or n_rows != last_rows, x)
                             last_first, last_rows = first, n_rows
                             for r in range(kh):
                                 for s in range(kw):

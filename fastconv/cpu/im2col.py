@@ -18,7 +18,9 @@ from .. import activations, config
 from ..dispatch import register
 from . import blas, identities, threads, workspace
 from ._jit import kernel
+from .epilogue import store_row
 from .finite import all_finite
+from .strips import flat
 from .windows import valid_range
 
 
@@ -170,6 +172,7 @@ def _conv2d_forward_im2col(x, weight2d, bias, has_bias, floor, out, kh, kw, stri
     plain_gemm = (kh == 1 and kw == 1 and unit_stride and pad_top == 0 and pad_left == 0
                   and out_h == height and out_w == width and tile_images == 1)
     max_cols = tile_images * ((tile_rows - 1) * pitch + out_w)
+    out_flat = flat(out)
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
         col = scratch[chunk, : depth * max_cols]
@@ -209,12 +212,10 @@ def _conv2d_forward_im2col(x, weight2d, bias, has_bias, floor, out, kh, kw, stri
             for n in range(n_first, n_last):
                 for k in range(per_group):
                     b = bias[k_first + k] if has_bias else 0
+                    at = k * ld + (n - n_first) * n_cols - row_first * pitch
                     for i in range(row_first, row_last):
-                        src = result[k * ld + (n - n_first) * n_cols + (i - row_first) * pitch :]
-                        dst = out[n, k_first + k, i]
-                        for j in range(out_w):
-                            value = src[j] + b
-                            dst[j] = floor if value < floor else value
+                        store_row(result, at + i * pitch, out_flat, out, n, k_first + k, i, b,
+                                  floor)
         set_blas_threads(saved_threads)
 
 

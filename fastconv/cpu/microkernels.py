@@ -12,8 +12,10 @@ broadcasts eight weights and issues 24 fused multiply-adds, so 24 of the 32
 AVX-512 registers hold sums and no step waits on another's result. On this
 project's AVX-512 machine it runs at about one core's peak from L1 (see
 benchmarks/RESULTS.md); on an AVX2 CPU LLVM splits each vector in two and the
-block spills some sums, correct but slower. :func:`weights_x_vector` is the same
-block one vector wide, for the last positions of a plane.
+block spills some sums, correct but slower. :func:`weights_x_pair` and
+:func:`weights_x_vector` are the same block two and one vector wide, for the last
+positions of a plane (two one-vector calls are bound by their broadcasts: one load
+and eight broadcasts per eight multiply-adds).
 
 :func:`runs_x_filters` is the weight gradient's block, the other way round:
 the output gradient packed position-major so that a vector holds 32 filters
@@ -82,6 +84,46 @@ def weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pit
         simd.store(out, at, b0)
         simd.store(out, at + lanes, b1)
         simd.store(out, at + 2 * lanes, b2)
+
+
+@kernel()
+def weights_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch):
+    """:func:`weights_x_positions` for two vectors of positions (32 in float32): a
+    plane's last positions when more than one vector of them is left. Sixteen sums in
+    registers: two loads and eight broadcasts per step, so it stays bound by the
+    multiply-adds where two one-vector calls are bound by the broadcasts."""
+    lanes = simd.lanes(source)
+    n_taps = taps.size
+    a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = simd.zeros(source)
+    a40 = a41 = a50 = a51 = a60 = a61 = a70 = a71 = simd.zeros(source)
+    for c in range(depth):
+        plane = c * pitch + first
+        for t in range(n_taps):
+            at = plane + taps[t]
+            x0 = simd.load(source, at)
+            x1 = simd.load(source, at + lanes)
+            w = (c * n_taps + t) * 8
+            v = simd.splat(weights[w], source)
+            a00, a01 = simd.fma(v, x0, a00), simd.fma(v, x1, a01)
+            v = simd.splat(weights[w + 1], source)
+            a10, a11 = simd.fma(v, x0, a10), simd.fma(v, x1, a11)
+            v = simd.splat(weights[w + 2], source)
+            a20, a21 = simd.fma(v, x0, a20), simd.fma(v, x1, a21)
+            v = simd.splat(weights[w + 3], source)
+            a30, a31 = simd.fma(v, x0, a30), simd.fma(v, x1, a31)
+            v = simd.splat(weights[w + 4], source)
+            a40, a41 = simd.fma(v, x0, a40), simd.fma(v, x1, a41)
+            v = simd.splat(weights[w + 5], source)
+            a50, a51 = simd.fma(v, x0, a50), simd.fma(v, x1, a51)
+            v = simd.splat(weights[w + 6], source)
+            a60, a61 = simd.fma(v, x0, a60), simd.fma(v, x1, a61)
+            v = simd.splat(weights[w + 7], source)
+            a70, a71 = simd.fma(v, x0, a70), simd.fma(v, x1, a71)
+    for kk, (b0, b1) in enumerate(((a00, a01), (a10, a11), (a20, a21), (a30, a31),
+                                   (a40, a41), (a50, a51), (a60, a61), (a70, a71))):
+        at = kk * out_pitch + first
+        simd.store(out, at, b0)
+        simd.store(out, at + lanes, b1)
 
 
 @kernel()
@@ -213,3 +255,4 @@ def runs_x_vector(source, grads, out, runs, first_image, n_images, source_image,
     for t, acc in enumerate((a000, a010, a020, a100, a110, a120,
                             a200, a210, a220, a300, a310, a320)):
         simd.store(out, t * lanes, acc)
+

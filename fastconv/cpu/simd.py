@@ -12,6 +12,8 @@ Inside a kernel::
 
     v = load(a, i)            # a[i : i + lanes(a)] as one vector (a: 1-D contiguous)
     store(a, i, v)            # a[i : i + lanes(a)] = v
+    v = load_first(a, i, n)   # a[i : i + n] in the first n lanes, zeros after (masked)
+    store_first(a, i, v, n)   # a[i : i + n] = the first n lanes of v (masked)
     w = splat(a[k], a)        # a[k] in every lane (the second argument gives the width)
     w = broadcast(a, k)       # the same, read unchecked (checked as load is)
     acc = fma(w, v, acc)      # w * v + acc, lane by lane, one rounding
@@ -118,6 +120,67 @@ def _store(typingctx, array, index, value):
         return context.get_dummy_value()
 
     return types.none(array, index, value), codegen
+
+
+def _first_mask(builder, lanes, count, count_type, context):
+    """The lanes ``< count`` as an LLVM ``<lanes x i1>`` mask."""
+    n = context.cast(builder, count, count_type, types.int32)
+    index = ir.Constant(ir.VectorType(ir.IntType(32), lanes), list(range(lanes)))
+    limit = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(32), lanes), ir.Undefined),
+                               n, ir.Constant(ir.IntType(32), 0)),
+        ir.Constant(ir.VectorType(ir.IntType(32), lanes), ir.Undefined),
+        ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+    return builder.icmp_signed("<", index, limit)
+
+
+@intrinsic
+def _load_first(typingctx, array, index, count):
+    if (not _contiguous_1d(array) or not isinstance(index, types.Integer)
+            or not isinstance(count, types.Integer)):
+        return None
+    vector = _vector_of(array.dtype)
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1],
+                                   signature.args[1], vector)
+        vector_type = context.get_value_type(vector)
+        mask = _first_mask(builder, vector.lanes, args[2], signature.args[2], context)
+        function = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vector_type, [vector_type.as_pointer(), ir.IntType(32),
+                                          mask.type, vector_type]),
+            f"llvm.masked.load.v{vector.lanes}f{vector.dtype.bitwidth}"
+            f".p0v{vector.lanes}f{vector.dtype.bitwidth}")
+        return builder.call(function, [pointer, ir.Constant(ir.IntType(32),
+                                                            array.dtype.bitwidth // 8),
+                                       mask, ir.Constant(vector_type, None)])
+
+    return vector(array, index, count), codegen
+
+
+@intrinsic
+def _store_first(typingctx, array, index, value, count):
+    if (not _contiguous_1d(array) or not isinstance(index, types.Integer)
+            or value != _vector_of(array.dtype) or not isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1],
+                                   signature.args[1], value)
+        vector_type = context.get_value_type(value)
+        mask = _first_mask(builder, value.lanes, args[3], signature.args[3], context)
+        function = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(),
+                                            ir.IntType(32), mask.type]),
+            f"llvm.masked.store.v{value.lanes}f{value.dtype.bitwidth}"
+            f".p0v{value.lanes}f{value.dtype.bitwidth}")
+        builder.call(function, [args[2], pointer,
+                                ir.Constant(ir.IntType(32), array.dtype.bitwidth // 8), mask])
+        return context.get_dummy_value()
+
+    return types.none(array, index, value, count), codegen
 
 
 @intrinsic
@@ -254,10 +317,20 @@ def interleave(typingctx, a, b, block, high):
     return a(a, b, block, high), codegen
 
 
-@register_jitable
-def lanes(array):
-    """Values in one vector of ``array``'s dtype."""
-    return 64 // array.itemsize
+@intrinsic
+def lanes(typingctx, array):
+    """Values in one vector of ``array``'s dtype (an array or a vector), a compile-time
+    constant (``64 // array.itemsize`` would read the itemsize at run time and divide
+    by it, in every loop that steps by it)."""
+    dtype = array.dtype if isinstance(array, (types.Array, Vector)) else None
+    if not isinstance(dtype, types.Float):
+        return None
+    count = WIDTH_BITS // dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(context.get_value_type(types.intp), count)
+
+    return types.intp(array), codegen
 
 
 @register_jitable
@@ -290,6 +363,31 @@ def store(array, index, value):
     if _CHECK:
         _check(array, index)
     _store(array, index, value)
+
+
+@register_jitable
+def _check_first(array, index, count):
+    if count > 0 and (index < 0 or index + min(count, 64 // array.itemsize) > array.size):
+        raise IndexError("simd vector outside the array")
+
+
+@register_jitable
+def load_first(array, index, count):
+    """``array[index : index + count]`` in the first ``count`` lanes of a vector, zeros in
+    the rest (a masked load: nothing past them is read, so a row's tail may end the
+    array)."""
+    if _CHECK:
+        _check_first(array, index, count)
+    return _load_first(array, index, count)
+
+
+@register_jitable
+def store_first(array, index, value, count):
+    """``array[index : index + count] = value``'s first ``count`` lanes (a masked store:
+    nothing past them is written)."""
+    if _CHECK:
+        _check_first(array, index, count)
+    _store_first(array, index, value, count)
 
 
 @register_jitable

@@ -7,7 +7,10 @@ into a strip on the padded row pitch, so no tap ever indexes outside the input;
 
 from __future__ import annotations
 
+from numba.extending import overload
+
 from .. import config
+from . import simd
 from ._jit import kernel
 
 
@@ -31,24 +34,69 @@ def _to_pitch(buffer, rows, offset, pitch):
 
 
 @kernel()
-def _padded_rows(buffer, plane, first, n_rows, pad_left, pitch, clear):
-    """Rows ``first .. first + n_rows`` of the zero-padded plane on ``pitch`` (``first``
-    counts from the first image row and may be negative): ``plane[first + q, j]`` at
-    ``buffer[q * pitch + pad_left + j]``, and, if ``clear``, zeros in the rows outside
-    the image (without, they must be zero already: the last copy had the same rows).
-    The padding columns are never written: they stay zero from the buffer's first
-    clearing."""
-    height, width = plane.shape
+def _padded_rows(buffer, at, x, n, channel, first, n_rows, pad_left, pitch, clear, source):
+    """Rows ``first .. first + n_rows`` of the zero-padded plane ``x[n, channel]`` on
+    ``pitch`` (``first`` counts from the first image row and may be negative):
+    ``x[n, channel, first + q, j]`` at ``buffer[at + q * pitch + pad_left + j]``, and, if
+    ``clear``, zeros in the rows outside the image (without, they must be zero already:
+    the last copy had the same rows). The padding columns are never written: they stay
+    zero from the buffer's first clearing. Indexes ``x`` and ``buffer`` in place (a view
+    per row costs more than a short row's copy). ``source``: :func:`flat` (x), or ``x``
+    itself (copied value by value)."""
+    height, width = x.shape[2], x.shape[3]
     inside_first = max(0, -first)
     inside_last = max(inside_first, min(n_rows, height - first))
     for q in range(inside_first, inside_last):
-        dst = buffer[q * pitch + pad_left :]
-        src = plane[first + q]
-        for j in range(width):
-            dst[j] = src[j]
+        copy_row(source, x, n, channel, first + q, buffer, at + q * pitch + pad_left)
     if clear:
         for q in range(n_rows):
             if q < inside_first or q >= inside_last:
-                dst = buffer[q * pitch + pad_left :]
+                dst = at + q * pitch + pad_left
                 for j in range(width):
-                    dst[j] = 0
+                    buffer[dst + j] = 0
+
+
+def flat(x):
+    """``x.reshape(x.size)`` if ``x`` is C-contiguous, else ``x`` itself: what
+    :func:`copy_row` copies from. Taken once per kernel call: a reshape per row costs
+    more than a short row's copy."""
+
+
+@overload(flat)
+def _flat(x):
+    if x.layout == "C":
+        return lambda x: x.reshape(x.size)
+    return lambda x: x
+
+
+def copy_row(source, x, n, channel, row, buffer, at):
+    """``buffer[at : at + W] = x[n, channel, row]`` (``x``: 4-D; ``buffer``: 1-D
+    contiguous; ``source``: :func:`flat` (x)): on :mod:`.simd` vectors (a row shorter
+    than one, masked) when ``x`` is C-contiguous; else value by value."""
+
+
+def _copy_vectors(source, x, n, channel, row, buffer, at):
+    width = x.shape[3]
+    lanes = simd.lanes(buffer)
+    src = ((n * x.shape[1] + channel) * x.shape[2] + row) * width
+    if width < lanes:  # one masked vector
+        simd.store_first(buffer, at, simd.load_first(source, src, width), width)
+        return
+    for j in range(0, width - lanes, lanes):
+        simd.store(buffer, at + j, simd.load(source, src + j))
+    # the last vector ends the row (overlapping the one before: a masked tail slows the
+    # loop, see .epilogue)
+    simd.store(buffer, at + width - lanes, simd.load(source, src + width - lanes))
+
+
+def _copy_loop(source, x, n, channel, row, buffer, at):
+    for j in range(x.shape[3]):
+        buffer[at + j] = x[n, channel, row, j]
+
+
+@overload(copy_row, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+def _copy_row(source, x, n, channel, row, buffer, at):
+    if (simd._contiguous_1d(source) and simd._contiguous_1d(buffer)
+            and source.dtype == buffer.dtype):
+        return _copy_vectors
+    return _copy_loop

@@ -1,0 +1,59 @@
+"""The store of a kernel's sums into its output: bias added, the activation's floor
+applied (``max(floor, sum + bias)``, see :func:`fastconv.activations.floor`), one row
+at a time.
+
+Every conv2d kernel that sums into scratch ends in this loop, so it is written once
+(:func:`store_row`). On contiguous rows it runs on :mod:`.simd` vectors: a row shorter
+than a vector as one masked load and store (a row of 8 outputs is one masked vector,
+where a plain loop costs a scalar iteration per value), a longer one ending in a
+vector that overlaps the one before (a masked tail there measured 8x slower on a
+32-wide row: LLVM hoisted its mask and the loop lost more than the tail gained). On
+a strided output row it is the plain loop. ``llvm.maximum`` keeps NaN, as the loop's
+``floor if v < floor else v`` does.
+"""
+
+from __future__ import annotations
+
+from numba.extending import overload
+
+from .. import config
+from . import simd
+
+
+def store_row(src, at, target, out, n, k, i, offset, floor):
+    """``out[n, k, i, j] = max(floor, src[at + j] + offset)`` for every ``j`` (``src``:
+    1-D contiguous; ``out``: 4-D; ``target``: :func:`.strips.flat` (out), taken once per
+    kernel call: a view of each row costs more, in reference counting, than a short
+    row's stores)."""
+
+
+def _store_vectors(src, at, target, out, n, k, i, offset, floor):
+    count = out.shape[3]
+    dst_at = ((n * out.shape[1] + k) * out.shape[2] + i) * count
+    lanes = simd.lanes(src)
+    bias = simd.splat(offset, src)
+    low = simd.splat(floor, src)
+    if count < lanes:  # one masked vector
+        value = simd.maximum(simd.add(simd.load_first(src, at, count), bias), low)
+        simd.store_first(target, dst_at, value, count)
+        return
+    for j in range(0, count - lanes, lanes):
+        simd.store(target, dst_at + j,
+                   simd.maximum(simd.add(simd.load(src, at + j), bias), low))
+    # the last vector ends the row, overlapping the one before where count % lanes
+    last = count - lanes
+    simd.store(target, dst_at + last, simd.maximum(simd.add(simd.load(src, at + last), bias), low))
+
+
+def _store_loop(src, at, target, out, n, k, i, offset, floor):
+    for j in range(out.shape[3]):
+        value = src[at + j] + offset
+        out[n, k, i, j] = floor if value < floor else value
+
+
+@overload(store_row, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+def _store_row(src, at, target, out, n, k, i, offset, floor):
+    if (simd._contiguous_1d(src) and simd._contiguous_1d(target)
+            and src.dtype == target.dtype):
+        return _store_vectors
+    return _store_loop
