@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 from numba import prange
+from numba.extending import overload
 
 from .. import activations, config
 from . import simd, strips, threads, workspace
@@ -449,26 +450,95 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, 
                 runs_x_vector(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
                               out_h, out_w, padded_w, g * padded_k + kb * block,
                               positions * g_step, g_step)
-    finite = np.ones(groups * n_kblocks * n_tiles, np.bool_)
+    gw = strips.flat(grad_weight)
+    row = 12 * block  # a task's partial sums: (run tap, filter)
+    kh_kw, kw = grad_weight.shape[2] * grad_weight.shape[3], grad_weight.shape[3]
+    gw_filter = group_channels * kh_kw
     for task in prange(groups * n_kblocks * n_tiles):
         tile = task % n_tiles
         kb = (task // n_tiles) % n_kblocks
         g = task // (n_tiles * n_kblocks)
+        sums = partials[task * n_splits]
+        for split in range(1, n_splits):  # the slices' sums, added in order
+            more = partials[task * n_splits + split]
+            for v in range(0, row, lanes):
+                simd.store(sums, v, simd.add(simd.load(sums, v), simd.load(more, v)))
+        n_k = min(block, per_group - kb * block)
+        k0 = g * per_group + kb * block
+        # the tile's 12 taps in a row of each filter's gradient (four runs of three taps
+        # on consecutive kernel rows): a square of lanes at a time turned filter-major
+        # and stored 12 values per filter
+        first_tap = runs[tile * 4, 1] * kh_kw + runs[tile * 4, 2] * kw + runs[tile * 4, 3]
+        in_a_row = True
+        for t in range(4):
+            at = runs[tile * 4 + t, 1] * kh_kw + runs[tile * 4 + t, 2] * kw + runs[
+                tile * 4 + t, 3]
+            in_a_row = in_a_row and runs[tile * 4 + t, 4] == 3 and at == first_tap + 3 * t
+        if in_a_row and _rows_of_filters(sums, block, n_k, k0 * gw_filter + first_tap,
+                                         gw_filter, gw, accumulate):
+            continue
         for t in range(4):
             c, r, s0, n_taps = (runs[tile * 4 + t, 1], runs[tile * 4 + t, 2],
                                 runs[tile * 4 + t, 3], runs[tile * 4 + t, 4])
             for s in range(n_taps):
-                for kk in range(min(block, per_group - kb * block)):
-                    total = partials[task * n_splits, (t * 3 + s) * block + kk]
-                    for split in range(1, n_splits):
-                        total += partials[task * n_splits + split, (t * 3 + s) * block + kk]
-                    k = g * per_group + kb * block + kk
+                for kk in range(n_k):
+                    total = sums[(t * 3 + s) * block + kk]
                     if accumulate:
-                        total += grad_weight[k, c, r, s0 + s]
-                    grad_weight[k, c, r, s0 + s] = total
-                    if not np.isfinite(total):
-                        finite[task] = False
-    return finite.all()
+                        total += grad_weight[k0 + kk, c, r, s0 + s]
+                    grad_weight[k0 + kk, c, r, s0 + s] = total
+    # one scan of the result (in this kernel: a numpy scan after it, in a training step
+    # where its code is not in the caches, cost more)
+    return _all_finite(gw, grad_weight)
+
+
+def _rows_of_filters(sums, block, n_k, first, pitch, gw, accumulate):
+    """gw[first + kk * pitch + i] (+)= sums[i * block + kk] for i < 12, kk < n_k: a
+    task's sums of 12 consecutive taps of each of its filters, turned filter-major a
+    square of lanes at a time (:func:`.simd.transpose`) and stored 12 values per filter.
+    Returns False, having done nothing, where ``gw`` is not a flat array (a strided
+    weight gradient: the caller's loop stores it)."""
+
+
+def _rows_of_filters_flat(sums, block, n_k, first, pitch, gw, accumulate):
+    lanes = simd.lanes(sums)
+    turned = np.empty(lanes * lanes, sums.dtype)
+    for r0 in range(0, 12, lanes):
+        n_rows = min(lanes, 12 - r0)
+        for q0 in range(0, n_k, lanes):
+            simd.transpose(sums, r0 * block + q0, block, n_rows, turned, 0, lanes)
+            for q in range(min(lanes, n_k - q0)):
+                value = simd.load(turned, q * lanes)
+                at = first + (q0 + q) * pitch + r0
+                if accumulate:
+                    value = simd.add(value, simd.load_first(gw, at, n_rows))
+                simd.store_first(gw, at, value, n_rows)
+    return True
+
+
+@overload(_rows_of_filters, jit_options={"fastmath": set(config.FASTMATH)})
+def _rows_of_filters_overload(sums, block, n_k, first, pitch, gw, accumulate):
+    if simd._contiguous_1d(gw):
+        return _rows_of_filters_flat
+    return lambda sums, block, n_k, first, pitch, gw, accumulate: False
+
+
+def _all_finite(gw, grad_weight):
+    """Whether every value of ``grad_weight`` is finite (``gw``: :func:`.strips.flat` of
+    it): one scan of the flat array, else a loop."""
+
+
+def _all_finite_loop(gw, grad_weight):
+    for value in np.nditer(grad_weight):
+        if not np.isfinite(value.item()):
+            return False
+    return True
+
+
+@overload(_all_finite)
+def _all_finite_overload(gw, grad_weight):
+    if simd._contiguous_1d(gw):
+        return lambda gw, grad_weight: not _nonfinite_in(gw, 0, gw.size)
+    return _all_finite_loop
 
 
 #: Most multiply-adds (in one block of images) the weight gradient runs on the calling
