@@ -97,6 +97,22 @@ def test_broadcast_reads_one_value_into_every_lane(dtype, rng):
 
 
 @numba.njit
+def _dealt(a, out):
+    lanes = simd.lanes(a)
+    low, high = simd.load(a, 0), simd.load(a, lanes)
+    simd.store(out, 0, simd.deinterleave(low, high, False))
+    simd.store(out, lanes, simd.deinterleave(low, high, True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_deinterleave_deals_even_and_odd_lanes(dtype, rng):
+    a = rng.standard_normal(2 * 64 // np.dtype(dtype).itemsize).astype(dtype)
+    out = np.zeros_like(a)
+    _dealt(a, out)
+    np.testing.assert_array_equal(out, np.concatenate([a[0::2], a[1::2]]))
+
+
+@numba.njit
 def _masked_copy(src, at, dst, dst_at, count):
     simd.store_first(dst, dst_at, simd.load_first(src, at, count), count)
 
@@ -228,6 +244,11 @@ BLOCKED_CASES = [
     ("s2_1x1", (2, 16, 15, 17), (32, 16, 1, 1), dict(stride=2)),  # phases without taps
     ("s2_4x4", (2, 8, 16, 16), (8, 8, 4, 4), dict(stride=2, padding=1)),
     ("s33_dil2", (2, 4, 12, 12), (6, 4, 3, 3), dict(stride=3, dilation=2)),
+    # stride-2 rows dealt on vectors: full chunks of 32 columns and a masked tail, odd
+    # and even left padding, a row shorter than a vector
+    ("s2_wide_odd", (1, 3, 9, 71), (8, 3, 3, 3), dict(stride=2, padding=1)),
+    ("s2_wide_pad2", (1, 2, 7, 66), (8, 2, 5, 5), dict(stride=2, padding=(0, 2))),
+    ("s2_narrow", (2, 3, 6, 5), (8, 3, 3, 3), dict(stride=2, padding=(1, 3))),
     # padding beyond the kernel's reach: grad_input's phases read a slice of grad_output
     ("pad_beyond", (1, 4, 7, 7), (5, 4, 3, 3), dict(padding=3)),
 ]
@@ -372,7 +393,8 @@ rng = np.random.default_rng(0)
 worst = 0.0
 for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
                                        ((1, 16, 16, 16), (32, 16, 3, 3), 1, 1),
-                                       ((1, 16, 16, 16), (32, 16, 3, 3), 1, 2)]:
+                                       ((1, 16, 16, 16), (32, 16, 3, 3), 1, 2),
+                                       ((1, 3, 9, 71), (8, 3, 3, 3), 1, 2)]:
     for dtype in (np.float32, np.float64):
         x = rng.standard_normal(shape).astype(dtype)
         w = rng.standard_normal(wshape).astype(dtype)

@@ -67,7 +67,7 @@ from .microkernels import (
     weights_x_positions,
     weights_x_vector,
 )
-from .strips import _padded_rows
+from .strips import _padded_rows, deal_row
 
 #: Fewest filters per group for which the blocked path pays: with fewer, most of
 #: each block of :data:`~.microkernels.BLOCK_K` filters would be padding.
@@ -132,27 +132,41 @@ def _pack_block(weight, packed, g, b, flipped):
 
 
 @kernel()
-def _phase_rows(buffer, plane, first, n_rows, pad_left, pitch, stride_h, stride_w):
-    """The zero-padded plane split into its ``stride_h * stride_w`` phases: phase
-    ``(a, b)`` holds padded rows ``first + q * stride_h + a`` (``first`` counts from the
-    first image row) and padded columns ``u * stride_w + b``, row ``q < n_rows`` at
-    ``buffer[(a * stride_w + b) * n_rows * pitch + q * pitch + u]``, ``u < pitch``; zeros
-    outside the image. In a phase, every tap of a strided convolution is again a run of
-    consecutive positions shifted by a constant."""
-    height, width = plane.shape
+def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitch, stride_h,
+                stride_w):
+    """The zero-padded plane ``x[n, channel]`` split into its ``stride_h * stride_w``
+    phases: phase ``(a, b)`` holds padded rows ``first + q * stride_h + a`` (``first``
+    counts from the first image row) and padded columns ``u * stride_w + b``, row ``q <
+    n_rows`` at ``buffer[at + (a * stride_w + b) * n_rows * pitch + q * pitch + u]``,
+    ``u < pitch``; zeros outside the image. In a phase, every tap of a strided
+    convolution is again a run of consecutive positions shifted by a constant. A row's
+    two column phases at stride 2 are dealt on SIMD vectors (:func:`.strips.deal_row`;
+    ``source``: :func:`.strips.flat` (x)); other strides value by value."""
+    height, width = x.shape[2], x.shape[3]
     for a in range(stride_h):
-        for b in range(stride_w):
-            base = (a * stride_w + b) * n_rows * pitch
-            for q in range(n_rows):
-                dst = buffer[base + q * pitch : base + (q + 1) * pitch]
-                row = first + q * stride_h + a
-                if row < 0 or row >= height:
-                    dst[:] = 0
-                    continue
-                src = plane[row]
-                for u in range(pitch):
-                    col = u * stride_w + b - pad_left
-                    dst[u] = src[col] if 0 <= col < width else 0
+        for q in range(n_rows):
+            row = first + q * stride_h + a
+            inside = 0 <= row < height
+            for b in range(stride_w):
+                dst = at + ((a * stride_w + b) * n_rows + q) * pitch
+                # the phase's columns inside the image: u_first <= u < u_last
+                u_first = min(pitch, max(0, (pad_left - b + stride_w - 1) // stride_w))
+                u_last = max(u_first, min(pitch,
+                                          (width + pad_left - b + stride_w - 1) // stride_w))
+                if not inside:
+                    u_first = u_last = pitch
+                for u in range(u_first):
+                    buffer[dst + u] = 0
+                for u in range(u_last, pitch):
+                    buffer[dst + u] = 0
+                if inside and stride_w != 2:
+                    col = u_first * stride_w + b - pad_left
+                    for u in range(u_first, u_last):
+                        buffer[dst + u] = x[n, channel, row, col + (u - u_first) * stride_w]
+            if inside and stride_w == 2:
+                base = at + (a * 2 * n_rows + q) * pitch
+                deal_row(source, x, n, channel, row, buffer, base, base + n_rows * pitch,
+                         pad_left)
 
 
 #: The bits of :func:`_conv2d_forward_blocked`'s ``packing``: filters packed by parallel
@@ -228,8 +242,8 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                                      n_rows, pad_left, pitch,
                                      first != last_first or n_rows != last_rows, x_flat)
                     else:
-                        _phase_rows(strip[c * plane :], x[n, g * group_channels + c], first,
-                                    phase_rows, pad_left, pitch, stride_h, stride_w)
+                        _phase_rows(strip, c * plane, x, x_flat, n, g * group_channels + c,
+                                    first, phase_rows, pad_left, pitch, stride_h, stride_w)
                 last_copy, last_first, last_rows = copy, first, n_rows
             n_positions = (rows - 1) * pitch + out_w
             weights = packed[g]

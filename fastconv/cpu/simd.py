@@ -21,6 +21,7 @@ Inside a kernel::
     acc = zeros(a)            # a zero vector of a's dtype
     acc = maximum(acc, zeros(a))
     s = total(acc)            # the sum of the lanes
+    e = deinterleave(v, w, False)  # the even lanes of v, then of w (True: the odd)
     transpose(a, i, m, count, b, j, n)  # a block of lanes x lanes values, rows to columns
 
 ``lanes(a)`` is 16 for float32 and 8 for float64. The loads and stores are
@@ -315,6 +316,21 @@ def interleave(typingctx, a, b, block, high):
         return builder.shuffle_vector(args[0], args[1], lanes_mask)
 
     return a(a, b, block, high), codegen
+
+
+@intrinsic(prefer_literal=True)
+def deinterleave(typingctx, a, b, odd):
+    """The even lanes (``odd`` False) or the odd lanes of ``a`` then of ``b``: a row of
+    ``2 * lanes`` values dealt into its two stride-2 phases."""
+    if not (isinstance(a, Vector) and a == b and isinstance(odd, types.BooleanLiteral)):
+        return None
+    mask = [2 * lane + int(odd.literal_value) for lane in range(a.lanes)]
+
+    def codegen(context, builder, signature, args):
+        lanes_mask = ir.Constant(ir.VectorType(ir.IntType(32), a.lanes), mask)
+        return builder.shuffle_vector(args[0], args[1], lanes_mask)
+
+    return a(a, b, odd), codegen
 
 
 @intrinsic

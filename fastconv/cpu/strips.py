@@ -100,3 +100,49 @@ def _copy_row(source, x, n, channel, row, buffer, at):
             and source.dtype == buffer.dtype):
         return _copy_vectors
     return _copy_loop
+
+
+def deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
+    """``x[n, channel, row]`` dealt into the two stride-2 phases of its zero-padded row:
+    padded column ``2 * u + b`` at ``buffer[(first, second)[b] + u]``, for the image's
+    columns only (the padding is the caller's). ``source``: :func:`flat` (x). On
+    :mod:`.simd` vectors (two loads, two shuffles, two stores per ``2 * lanes`` values)
+    when ``x`` is C-contiguous; else value by value."""
+
+
+def _deal_vectors(source, x, n, channel, row, buffer, first, second, pad_left):
+    width = x.shape[3]
+    lanes = simd.lanes(buffer)
+    src = ((n * x.shape[1] + channel) * x.shape[2] + row) * width
+    # column c + 2m of a chunk starting at an even c: phase pad_left % 2, u = (c +
+    # pad_left) // 2 + m; column c + 2m + 1: the other phase, u = (c + pad_left + 1) // 2 + m
+    even_at = second if pad_left % 2 else first
+    odd_at = first if pad_left % 2 else second
+    c = 0
+    while c + 2 * lanes <= width:
+        low, high = simd.load(source, src + c), simd.load(source, src + c + lanes)
+        simd.store(buffer, even_at + (c + pad_left) // 2, simd.deinterleave(low, high, False))
+        simd.store(buffer, odd_at + (c + pad_left + 1) // 2, simd.deinterleave(low, high, True))
+        c += 2 * lanes
+    if c < width:  # the row's last values, masked
+        count = width - c
+        low = simd.load_first(source, src + c, min(lanes, count))
+        high = simd.load_first(source, src + c + lanes, count - lanes)
+        simd.store_first(buffer, even_at + (c + pad_left) // 2,
+                         simd.deinterleave(low, high, False), (count + 1) // 2)
+        simd.store_first(buffer, odd_at + (c + pad_left + 1) // 2,
+                         simd.deinterleave(low, high, True), count // 2)
+
+
+def _deal_loop(source, x, n, channel, row, buffer, first, second, pad_left):
+    for col in range(x.shape[3]):
+        padded = col + pad_left
+        buffer[(second if padded % 2 else first) + padded // 2] = x[n, channel, row, col]
+
+
+@overload(deal_row, jit_options={"fastmath": set(config.FASTMATH)})
+def _deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
+    if (simd._contiguous_1d(source) and simd._contiguous_1d(buffer)
+            and source.dtype == buffer.dtype):
+        return _deal_vectors
+    return _deal_loop
