@@ -18,6 +18,7 @@ from numba.extending import overload
 
 from .. import config
 from . import simd
+from .strips import row_start
 
 
 def store_row(src, at, target, out, n, k, i, offset, floor):
@@ -29,7 +30,7 @@ def store_row(src, at, target, out, n, k, i, offset, floor):
 
 def _store_vectors(src, at, target, out, n, k, i, offset, floor):
     count = out.shape[3]
-    dst_at = ((n * out.shape[1] + k) * out.shape[2] + i) * count
+    dst_at = row_start(out, n, k, i)
     lanes = simd.lanes(src)
     bias = simd.splat(offset, src)
     low = simd.splat(floor, src)

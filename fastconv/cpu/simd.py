@@ -135,6 +135,32 @@ def _first_mask(builder, lanes, count, count_type, context):
     return builder.icmp_signed("<", index, limit)
 
 
+def _masked_access(context, builder, signature, args, vector, store):
+    """``llvm.masked.load`` (zeros in the lanes past ``count``) or ``llvm.masked.store``
+    of the first ``count`` lanes at ``array[index:]``: the codegen of
+    :func:`_load_first` (args ``array, index, count``) and :func:`_store_first` (args
+    ``array, index, value, count``)."""
+    count_at = 3 if store else 2
+    pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1],
+                               signature.args[1], vector)
+    vector_type = context.get_value_type(vector)
+    mask = _first_mask(builder, vector.lanes, args[count_at], signature.args[count_at], context)
+    align = ir.Constant(ir.IntType(32), vector.dtype.bitwidth // 8)
+    suffix = f"v{vector.lanes}f{vector.dtype.bitwidth}.p0v{vector.lanes}f{vector.dtype.bitwidth}"
+    if store:
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(),
+                                                            align.type, mask.type]),
+            f"llvm.masked.store.{suffix}")
+        builder.call(function, [args[2], pointer, align, mask])
+        return context.get_dummy_value()
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector_type, [vector_type.as_pointer(), align.type,
+                                                      mask.type, vector_type]),
+        f"llvm.masked.load.{suffix}")
+    return builder.call(function, [pointer, align, mask, ir.Constant(vector_type, None)])
+
+
 @intrinsic
 def _load_first(typingctx, array, index, count):
     if (not _contiguous_1d(array) or not isinstance(index, types.Integer)
@@ -143,19 +169,7 @@ def _load_first(typingctx, array, index, count):
     vector = _vector_of(array.dtype)
 
     def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1],
-                                   signature.args[1], vector)
-        vector_type = context.get_value_type(vector)
-        mask = _first_mask(builder, vector.lanes, args[2], signature.args[2], context)
-        function = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(vector_type, [vector_type.as_pointer(), ir.IntType(32),
-                                          mask.type, vector_type]),
-            f"llvm.masked.load.v{vector.lanes}f{vector.dtype.bitwidth}"
-            f".p0v{vector.lanes}f{vector.dtype.bitwidth}")
-        return builder.call(function, [pointer, ir.Constant(ir.IntType(32),
-                                                            array.dtype.bitwidth // 8),
-                                       mask, ir.Constant(vector_type, None)])
+        return _masked_access(context, builder, signature, args, vector, False)
 
     return vector(array, index, count), codegen
 
@@ -167,19 +181,7 @@ def _store_first(typingctx, array, index, value, count):
         return None
 
     def codegen(context, builder, signature, args):
-        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1],
-                                   signature.args[1], value)
-        vector_type = context.get_value_type(value)
-        mask = _first_mask(builder, value.lanes, args[3], signature.args[3], context)
-        function = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(),
-                                            ir.IntType(32), mask.type]),
-            f"llvm.masked.store.v{value.lanes}f{value.dtype.bitwidth}"
-            f".p0v{value.lanes}f{value.dtype.bitwidth}")
-        builder.call(function, [args[2], pointer,
-                                ir.Constant(ir.IntType(32), array.dtype.bitwidth // 8), mask])
-        return context.get_dummy_value()
+        return _masked_access(context, builder, signature, args, value, True)
 
     return types.none(array, index, value, count), codegen
 

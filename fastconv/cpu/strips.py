@@ -7,7 +7,7 @@ into a strip on the padded row pitch, so no tap ever indexes outside the input;
 
 from __future__ import annotations
 
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 
 from .. import config
 from . import simd
@@ -56,6 +56,13 @@ def _padded_rows(buffer, at, x, n, channel, first, n_rows, pad_left, pitch, clea
                     buffer[dst + j] = 0
 
 
+@register_jitable
+def row_start(array, n, channel, row):
+    """Where row ``array[n, channel, row]`` of a C-contiguous 4-D array starts in
+    :func:`flat` (array)."""
+    return ((n * array.shape[1] + channel) * array.shape[2] + row) * array.shape[3]
+
+
 def flat(x):
     """``x.reshape(x.size)`` if ``x`` is C-contiguous, else ``x`` itself: what
     :func:`copy_row` copies from. Taken once per kernel call: a reshape per row costs
@@ -78,7 +85,7 @@ def copy_row(source, x, n, channel, row, buffer, at):
 def _copy_vectors(source, x, n, channel, row, buffer, at):
     width = x.shape[3]
     lanes = simd.lanes(buffer)
-    src = ((n * x.shape[1] + channel) * x.shape[2] + row) * width
+    src = row_start(x, n, channel, row)
     if width < lanes:  # one masked vector
         simd.store_first(buffer, at, simd.load_first(source, src, width), width)
         return
@@ -113,7 +120,7 @@ def deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
 def _deal_vectors(source, x, n, channel, row, buffer, first, second, pad_left):
     width = x.shape[3]
     lanes = simd.lanes(buffer)
-    src = ((n * x.shape[1] + channel) * x.shape[2] + row) * width
+    src = row_start(x, n, channel, row)
     # column c + 2m of a chunk starting at an even c: phase pad_left % 2, u = (c +
     # pad_left) // 2 + m; column c + 2m + 1: the other phase, u = (c + pad_left + 1) // 2 + m
     even_at = second if pad_left % 2 else first
