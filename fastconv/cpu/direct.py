@@ -114,7 +114,7 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
     # one channel per group, stride 1, 3x3 or 5x5 (depthwise layers): each filter's sums
     # in one pass over its taps (not one pass per kernel row over an accumulator)
     one_pass = group_channels == 1 and unit_stride and kh == kw and (kh == 3 or kh == 5)
-    out_flat = flat(out)
+    x_flat, out_flat = flat(x), flat(out)  # rows by offset, not by view
     for chunk in prange(n_chunks):
         strip = scratch[chunk, :strip_len]
         strip[:] = 0
@@ -133,7 +133,7 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
             acc_len = (rows - 1) * pitch + out_w
             if one_pass:
                 _padded_rows(strip, 0, x, n, g, first, n_rows, pad_left, padded_w,
-                             first != last_first or n_rows != last_rows, x)
+                             first != last_first or n_rows != last_rows, x_flat)
                 last_first, last_rows = first, n_rows
                 # the strip and the sums, with the vector of slack the host leaves after them
                 source = scratch[chunk]
@@ -154,7 +154,7 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
             acc[:] = 0
             for c in range(group_channels):
                 _padded_rows(strip, 0, x, n, g * group_channels + c, first, n_rows, pad_left,
-                             padded_w, first != last_first or n_rows != last_rows, x)
+                             padded_w, first != last_first or n_rows != last_rows, x_flat)
                 last_first, last_rows = first, n_rows
                 for kk in range(n_k):
                     a = acc[kk * acc_len : (kk + 1) * acc_len]
@@ -340,6 +340,7 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
     unit_stride = stride_h == 1 and stride_w == 1
     window = dilation_h * (kh - 1) + 1  # input rows one output row reads
     strip_len = ((band - 1) * stride_h + window) * padded_w
+    x_flat = flat(x)  # rows by offset, not by view
     for chunk in prange(n_chunks):
         strip = scratch[chunk, :strip_len]
         pitched = scratch[chunk, strip_len:]
@@ -364,7 +365,7 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
                         for c in range(group_channels):
                             _padded_rows(strip, 0, x, n, g * group_channels + c, first,
                                          n_rows, pad_left, padded_w,
-                                         first != last_first or n_rows != last_rows, x)
+                                         first != last_first or n_rows != last_rows, x_flat)
                             last_first, last_rows = first, n_rows
                             for r in range(kh):
                                 for s in range(kw):
