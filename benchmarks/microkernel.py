@@ -10,9 +10,9 @@ Times, on the calling thread (one core), float32:
   over 32 channels x 9 taps of a 3x3 layer's strip, all in L1 (about 28 KB);
 - weights_x_pair: its two-vector tail (8 filters x 32 positions), same strip;
 - weights_x_vector: its one-vector tail (8 filters x 16 positions), same strip;
-- runs_x_filters: grad_weight's micro-kernel (12 taps x 32 filters) over 4 images of
+- taps_x_filters: grad_weight's micro-kernel (12 taps x 32 filters) over 4 images of
   an 8x8 plane (padded to 10x10);
-- runs_x_vector: its one-vector form (12 taps x 16 filters), same images.
+- taps_x_vector: its one-vector form (12 taps x 16 filters), same images.
 
 Prints GFLOP/s (2 flops per multiply-add per lane) and the fraction of the peak.
 Each timed call runs the micro-kernel 1000 times from compiled code, so Python's call
@@ -76,16 +76,16 @@ def _tail(strip, weights, sums, pitch, depth, taps, reps):
 
 
 @numba.njit
-def _grad_weight(source, grads, out, runs, images, source_image, step, reps):
+def _grad_weight(source, grads, out, taps, images, source_image, step, reps):
     for _ in range(reps):
-        microkernels.runs_x_filters(source, grads, out, runs, 0, images, source_image, 8, 8,
+        microkernels.taps_x_filters(source, grads, out, taps, 0, images, source_image, 8, 8,
                                     10, 0, 64 * step, step)
 
 
 @numba.njit
-def _grad_weight_vector(source, grads, out, runs, images, source_image, step, reps):
+def _grad_weight_vector(source, grads, out, taps, images, source_image, step, reps):
     for _ in range(reps):
-        microkernels.runs_x_vector(source, grads, out, runs, 0, images, source_image, 8, 8,
+        microkernels.taps_x_vector(source, grads, out, taps, 0, images, source_image, 8, 8,
                                    10, 0, 64 * step, step)
 
 
@@ -128,13 +128,14 @@ def main() -> None:
 
     images, source_image = 4, 10 * 10 + lanes
     source = rng.standard_normal(images * source_image + 64).astype(np.float32)
-    runs = np.array([0, 10, 20, 0], np.intp)  # a 3x3 filter's rows, and one more
+    # a 3x3 filter's 9 taps, and 3 of the next channel's
+    taps = np.array([r * 10 + s for r in range(3) for s in range(3)] + [100, 101, 102], np.intp)
     rates = []
     for function, vectors in ((_grad_weight, 2), (_grad_weight_vector, 1)):
         step = vectors * lanes
         grads = rng.standard_normal(images * 64 * step).astype(np.float32)
         out = np.zeros(12 * step, np.float32)
-        call = functools.partial(function, source, grads, out, runs, images, source_image,
+        call = functools.partial(function, source, grads, out, taps, images, source_image,
                                  step, reps // 10)
         rates.append(_rate(call,
                            reps // 10 * images * 64 * 12 * step * 2.0, args.seconds))
@@ -143,7 +144,7 @@ def main() -> None:
     print(f"{'kernel':<22}{'GFLOP/s':>10}{'of peak':>10}")
     for name, rate in [("peak (FMA loop)", peak), ("weights_x_positions", forward),
                        ("weights_x_pair", pair), ("weights_x_vector", tail),
-                       ("runs_x_filters", rates[0]), ("runs_x_vector", rates[1])]:
+                       ("taps_x_filters", rates[0]), ("taps_x_vector", rates[1])]:
         print(f"{name:<22}{rate:>10.1f}{rate / peak:>10.0%}")
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import fastconv
 import fastconv.cpu.threads
-from fastconv import config, reference
+from fastconv import reference
 from fastconv.cpu import blocked, microkernels, simd, strips
 from fastconv.cpu.epilogue import store_row
 from tests.cases import DTYPES
@@ -302,18 +302,18 @@ def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng, alw
             numba.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("images_per_block", [1, 2, 5])
-def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, monkeypatch, rng):
-    # the scratch budget decides how many images are packed at once; the blocks after the
-    # first add to the gradient (5 images in blocks of 2: 2 + 2 + 1)
+def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, stride, monkeypatch,
+                                                         rng):
+    # GRAD_WEIGHT_BLOCK_BYTES decides how many images are packed at once; the blocks after
+    # the first add to the gradient (5 images in blocks of 2: 2 + 2 + 1)
     x, w, _ = _blocked_case((5, 6, 9, 11), (10, 3, 3, 3), np.float64, rng)
-    kwargs = dict(padding=1, groups=2)
-    g = rng.standard_normal((5, 10, 9, 11))
-    per_image = blocked._grad_weight_layout(x.shape, g.shape, w.shape, ((1, 1), (1, 1)),
-                                            (1, 1), 2, 8)[5]
-    threads = fastconv.cpu.threads.count()
-    monkeypatch.setattr(config, "DIRECT_TILE_BYTES", -(-per_image * images_per_block * 8
-                                                        // threads))
+    kwargs = dict(padding=1, groups=2, stride=stride)
+    g = rng.standard_normal(fastconv.conv2d(x, w, **kwargs).shape)
+    per_image = blocked._grad_weight_layout(x.shape, g.shape, w.shape, (stride, stride),
+                                            ((1, 1), (1, 1)), (1, 1), 2, 8)[7]
+    monkeypatch.setattr(blocked, "GRAD_WEIGHT_BLOCK_BYTES", per_image * images_per_block * 8)
     calls = []
     real = blocked._conv2d_grad_weight_blocked
 

@@ -22,16 +22,17 @@ def _choose_conv(op, weight_shape, problem):
     1. direct when the whole call needs at most ``AUTO_DIRECT_MAX_WORK`` multiply-adds
        (a GEMM's packing costs more);
     2. with at least ``blocked.MIN_GROUP_K`` filters per group in the convolution
-       that runs (K/groups; C/groups for grad_input), any stride for conv2d and stride 1
-       for the gradients (grad_weight: also one image's packed planes within the direct
-       scratch budget), the register-blocked direct kernels, except, with ``deep =
-       AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when it fits, min(C, K)/groups >=
-       deep and min(C, K)/groups * H_out * W_out >= ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``;
-       im2col for 1x1 layers of >= deep channels (one GEMM
-       on the input), strided layers of more than deep channels, and layers of more
-       than ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
+       that runs (K/groups; C/groups for grad_input), any stride for conv2d and
+       grad_weight and stride 1 for grad_input (grad_weight: also one image's packed
+       planes within ``blocked.GRAD_WEIGHT_BLOCK_BYTES``), the register-blocked direct
+       kernels, except, with ``deep = AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when
+       it fits, min(C, K)/groups >= deep and min(C, K)/groups * H_out * W_out >=
+       ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``; im2col for 1x1 layers of >= deep channels
+       (one GEMM on the input); and, for conv2d and grad_input, im2col for strided
+       layers of more than deep channels and layers of more than
+       ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
-       are outputs;
+       are outputs (the weight gradient computes no junk positions);
     3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
        (too little depth for a GEMM), except grad_weight of a layer with more than one
        channel per group, whose im2col GEMM reduces over N * H * W and wins there;
@@ -89,9 +90,9 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     groups = problem.get("groups", 1)
     stride = problem.get("stride", (1, 1))
     filters = group_channels if op == "conv2d_grad_input" else out_channels // groups
-    # the gradients' blocked kernels at stride 1 only (grad_input on the phases of a
-    # strided layer ran 1.0-1.7x slower than im2col)
-    if filters < blocked.MIN_GROUP_K or (op != "conv2d" and stride != (1, 1)):
+    # grad_input's blocked kernel at stride 1 only (on the phases of a strided layer it ran
+    # 1.0-1.7x slower than im2col)
+    if filters < blocked.MIN_GROUP_K or (op == "conv2d_grad_input" and stride != (1, 1)):
         return None
     n_img, _, height, width = problem["input_shape"]
     (top, bottom), (left, right) = problem["padding"]
@@ -100,7 +101,7 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     out_w = (width + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     itemsize = np.dtype(problem.get("dtype", np.float32)).itemsize
     if op == "conv2d_grad_weight" and not blocked.grad_weight_applies(
-            problem["input_shape"], (n_img, out_channels, out_h, out_w), weight_shape, (1, 1),
+            problem["input_shape"], (n_img, out_channels, out_h, out_w), weight_shape, stride,
             problem["padding"], dilation, groups, itemsize):
         return None
     # the blocked kernel computes grad_input as a convolution whose output is the input
@@ -116,6 +117,10 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     if narrow >= deep and kh * kw == 1:
         return "im2col", (f"a 1x1 layer with min(C, K)/groups = {narrow} >= "
                           f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: one GEMM on the input itself")
+    if op == "conv2d_grad_weight":
+        return "direct", (f"{filters} >= {blocked.MIN_GROUP_K} filters per group: the "
+                          f"register-blocked weight gradient (12 taps x a block of filters, "
+                          f"any stride)")
     if narrow > deep and stride != (1, 1):
         return "im2col", (f"stride {stride} with min(C, K)/groups = {narrow} > "
                           f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: deep enough for im2col's GEMM")

@@ -61,8 +61,8 @@ from .finite import _nonfinite_in
 from .microkernels import (
     BLOCK_K,
     BLOCK_P,
-    runs_x_filters,
-    runs_x_vector,
+    taps_x_filters,
+    taps_x_vector,
     weights_x_pair,
     weights_x_positions,
     weights_x_vector,
@@ -384,43 +384,57 @@ def forward_runner(x_shape, weight_shape, has_bias: bool, out_shape, dtype, stri
 
 
 @kernel()
-def _pack_plane(src, pad_top, pad_left, pitch, dst):
-    """dst = the plane ``src`` with its rows from padded row ``pad_top`` and column
-    ``pad_left`` on ``pitch``, zeros around."""
+def _pack_plane(src, pad_top, pad_left, row_len, phase_len, stride_w, n_rows, dst):
+    """dst = the plane ``src`` zero-padded (its rows from padded row ``pad_top``, its
+    columns from padded column ``pad_left``), padded row ``t`` at ``dst[t * row_len:]``
+    and, at a column stride, dealt into its ``stride_w`` column phases: padded column
+    ``u`` at ``(u % stride_w) * phase_len + u // stride_w`` of its row. Rows from
+    ``n_rows`` on (which no output reads) are left out."""
     dst[:] = 0
     height, width = src.shape
-    for i in range(height):
-        row = dst[(pad_top + i) * pitch + pad_left :]
-        for j in range(width):
-            row[j] = src[i, j]
+    for i in range(min(height, n_rows - pad_top)):
+        at = (pad_top + i) * row_len
+        if stride_w == 1:
+            row = dst[at + pad_left :]
+            for j in range(width):
+                row[j] = src[i, j]
+        else:
+            for phase in range(stride_w):  # the columns u = pad_left + j of u % stride_w == phase
+                j = (phase - pad_left) % stride_w
+                row = dst[at + phase * phase_len + (pad_left + j) // stride_w :]
+                for m in range((width - j + stride_w - 1) // stride_w):
+                    row[m] = src[i, j + m * stride_w]
 
 
 @kernel(parallel=True)
-def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, grad_weight,
-                                groups, pad_top, pad_left, padded_w, vectors, n_splits,
-                                n_tile_chunks, accumulate):
+def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, grad_weight,
+                                groups, pad_top, pad_left, row_len, phase_len, stride_h,
+                                stride_w, n_rows, vectors, n_splits, n_tile_chunks, accumulate):
     """grad_weight[k, c, r, s] (+)= sum_{n, i, j} grad_out[n, k, i, j]
-    * x_padded[n, c, i + r * dh, j + s * dw] over the images of ``x`` (``grads``:
-    their grad_out, C-contiguous and flat), packed first: ``xs[n, c]`` the padded input
-    planes on the row pitch ``padded_w``; ``gt[n, i * W_out + j]`` the output gradient
-    of a position, every group's filters consecutive and padded with zeros to blocks of
-    ``vectors`` vectors (transposed a square of lanes at a time). ``runs`` rows
-    ``(offset in the group's planes, channel, tap row, first tap column, taps)`` list
-    the runs of up to three consecutive taps, in tiles of four. A task of the second
-    loop computes one of ``n_tile_chunks`` chunks of tiles by one block of filters over
-    one of ``n_splits`` slices of the images into ``partials``; the third adds the
-    slices in order. ``accumulate`` adds to what ``grad_weight`` holds. Returns whether
-    every value of ``grad_weight`` is now finite (one scan at the end of this kernel: a
-    numpy scan after it, in a training step where its code is not in the caches, cost
-    more)."""
+    * x_padded[n, c, i * sh + r * dh, j * sw + s * dw] over the images of ``x``
+    (``grads``: their grad_out, C-contiguous and flat), packed first: ``xs[n, c]`` the
+    padded input planes, a padded row every ``row_len`` values, dealt into ``stride_w``
+    column phases of ``phase_len`` (:func:`_pack_plane`), so that output ``(i, j)``
+    reads every tap at a constant offset from ``i * stride_h * row_len + j``;
+    ``gt[n, i * W_out + j]`` the output gradient of a position, every group's filters
+    consecutive and padded with zeros to blocks of ``vectors`` vectors (transposed a
+    square of lanes at a time). ``taps`` rows are tiles of 12 consecutive taps of a
+    filter, in the order of its flat gradient (channel, row, column), as offsets in the
+    group's planes (the last tile padded with taps at offset 0, their sums dropped). A
+    task of the second loop computes one of ``n_tile_chunks`` chunks of tiles by one
+    block of filters over one of ``n_splits`` slices of the images into ``partials``;
+    the third adds the slices in order. ``accumulate`` adds to what ``grad_weight``
+    holds. Returns whether every value of ``grad_weight`` is now finite (one scan at the
+    end of this kernel: a numpy scan after it, in a training step where its code is not
+    in the caches, cost more)."""
     n_img, channels, x_plane = xs.shape
-    out_channels, group_channels, _, _ = grad_weight.shape
+    out_channels, group_channels, kh, kw = grad_weight.shape
     per_group = out_channels // groups
     lanes = simd.lanes(xs)
     block = vectors * lanes
     padded_k = gt.shape[2] // groups
     n_kblocks = padded_k // block
-    n_tiles = runs.shape[0] // 4
+    n_tiles = taps.shape[0]
     positions = out_h * out_w
     g_step = gt.shape[2]
     g_flat = gt.reshape(-1)
@@ -428,7 +442,8 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, 
     for task in prange(n_img * (channels + squares)):
         n, q = task // (channels + squares), task % (channels + squares)
         if q < channels:
-            _pack_plane(x[n, q], pad_top, pad_left, padded_w, xs[n, q])
+            _pack_plane(x[n, q], pad_top, pad_left, row_len, phase_len, stride_w, n_rows,
+                        xs[n, q])
             continue
         g, k0 = (q - channels) // (padded_k // lanes), (q - channels) % (padded_k // lanes) * lanes
         count = max(0, min(lanes, per_group - k0))
@@ -443,6 +458,7 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, 
     x_flat = xs.reshape(-1)
     chunk = -(-n_img // n_splits)
     per_chunk = -(-n_tiles // n_tile_chunks)
+    pitch = stride_h * row_len  # from one output row to the next
     for task in prange(groups * n_kblocks * n_tile_chunks * n_splits):
         split = task % n_splits
         tiles = task // n_splits % n_tile_chunks
@@ -450,25 +466,24 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, 
         g = task // (n_splits * n_tile_chunks * n_kblocks)
         first = split * chunk
         count = max(0, min(chunk, n_img - first))
-        offsets = np.empty(4, np.intp)
+        offsets = np.empty(12, np.intp)
         # the tiles of a chunk one after another over the same images, whose packed
         # gradient stays in cache
         for tile in range(tiles * per_chunk, min(n_tiles, (tiles + 1) * per_chunk)):
-            for t in range(4):
-                offsets[t] = runs[tile * 4 + t, 0] + g * group_channels * x_plane
+            for t in range(12):
+                offsets[t] = taps[tile, t] + g * group_channels * x_plane
             out = partials[((g * n_kblocks + kb) * n_tiles + tile) * n_splits + split]
             if vectors == 2:
-                runs_x_filters(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
-                               out_h, out_w, padded_w, g * padded_k + kb * block,
+                taps_x_filters(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
+                               out_h, out_w, pitch, g * padded_k + kb * block,
                                positions * g_step, g_step)
             else:
-                runs_x_vector(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
-                              out_h, out_w, padded_w, g * padded_k + kb * block,
+                taps_x_vector(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
+                              out_h, out_w, pitch, g * padded_k + kb * block,
                               positions * g_step, g_step)
     gw = strips.flat(grad_weight)
-    row = 12 * block  # a task's partial sums: (run tap, filter)
-    kh_kw, kw = grad_weight.shape[2] * grad_weight.shape[3], grad_weight.shape[3]
-    gw_filter = group_channels * kh_kw
+    row = 12 * block  # a task's partial sums: (tap, filter)
+    gw_filter = group_channels * kh * kw
     for task in prange(groups * n_kblocks * n_tiles):
         tile = task % n_tiles
         kb = (task // n_tiles) % n_kblocks
@@ -480,52 +495,44 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, runs, 
                 simd.store(sums, v, simd.add(simd.load(sums, v), simd.load(more, v)))
         n_k = min(block, per_group - kb * block)
         k0 = g * per_group + kb * block
-        # the tile's 12 taps in a row of each filter's gradient (four runs of three taps
-        # on consecutive kernel rows): stored 12 values per filter
-        first_tap = runs[tile * 4, 1] * kh_kw + runs[tile * 4, 2] * kw + runs[tile * 4, 3]
-        in_a_row = True
-        for t in range(4):
-            at = runs[tile * 4 + t, 1] * kh_kw + runs[tile * 4 + t, 2] * kw + runs[
-                tile * 4 + t, 3]
-            in_a_row = in_a_row and runs[tile * 4 + t, 4] == 3 and at == first_tap + 3 * t
-        if in_a_row and _rows_of_filters(sums, block, n_k, k0 * gw_filter + first_tap,
-                                         gw_filter, gw, accumulate):
+        n_taps = min(12, gw_filter - tile * 12)
+        if _rows_of_filters(sums, block, n_k, k0 * gw_filter + tile * 12, gw_filter, n_taps,
+                            gw, accumulate):
             continue
-        for t in range(4):
-            c, r, s0, n_taps = (runs[tile * 4 + t, 1], runs[tile * 4 + t, 2],
-                                runs[tile * 4 + t, 3], runs[tile * 4 + t, 4])
-            for s in range(n_taps):
-                for kk in range(n_k):
-                    total = sums[(t * 3 + s) * block + kk]
-                    if accumulate:
-                        total += grad_weight[k0 + kk, c, r, s0 + s]
-                    grad_weight[k0 + kk, c, r, s0 + s] = total
+        for t in range(n_taps):  # a strided weight gradient, value by value
+            q = tile * 12 + t
+            c, r, s = q // (kh * kw), q // kw % kh, q % kw
+            for kk in range(n_k):
+                total = sums[t * block + kk]
+                if accumulate:
+                    total += grad_weight[k0 + kk, c, r, s]
+                grad_weight[k0 + kk, c, r, s] = total
     return _all_finite(gw, grad_weight)
 
 
-def _rows_of_filters(sums, block, n_k, first, pitch, gw, accumulate):
-    """gw[first + kk * pitch + i] (+)= sums[i * block + kk] for i < 12, kk < n_k: a
-    task's sums of 12 consecutive taps of each of its filters, stored filter by filter
-    in order (SIMD transposes measured 2 us faster on a 32 -> 64 channel layer's
+def _rows_of_filters(sums, block, n_k, first, pitch, n_taps, gw, accumulate):
+    """gw[first + kk * pitch + i] (+)= sums[i * block + kk] for i < n_taps, kk < n_k: a
+    task's sums of up to 12 consecutive taps of each of its filters, stored filter by
+    filter in order (SIMD transposes measured 2 us faster on a 32 -> 64 channel layer's
     gradient, and cost half a second more to compile). Returns False, having done
     nothing, where ``gw`` is not a flat array (a strided weight gradient: the caller's
     loop stores it)."""
 
 
-def _rows_of_filters_flat(sums, block, n_k, first, pitch, gw, accumulate):
+def _rows_of_filters_flat(sums, block, n_k, first, pitch, n_taps, gw, accumulate):
     for q in range(n_k):
         at = first + q * pitch
-        for i in range(12):
+        for i in range(n_taps):
             value = sums[i * block + q]
             gw[at + i] = value + gw[at + i] if accumulate else value
     return True
 
 
 @overload(_rows_of_filters, jit_options={"fastmath": set(config.FASTMATH)})
-def _rows_of_filters_overload(sums, block, n_k, first, pitch, gw, accumulate):
+def _rows_of_filters_overload(sums, block, n_k, first, pitch, n_taps, gw, accumulate):
     if simd._contiguous_1d(gw):
         return _rows_of_filters_flat
-    return lambda sums, block, n_k, first, pitch, gw, accumulate: False
+    return lambda sums, block, n_k, first, pitch, n_taps, gw, accumulate: False
 
 
 def _all_finite(gw, grad_weight):
@@ -552,95 +559,99 @@ def _all_finite_overload(gw, grad_weight):
 #: costs more than the work below about this (measured on two threads: (4, 3, 32, 32) with
 #: 16 filters, 1.8M multiply-adds, 90 us parallel and 66 us serial; 4.7M break even).
 GRAD_WEIGHT_SERIAL_MAX_WORK = 1 << 22
+#: Most bytes of packed planes and gradient the weight gradient packs at once (a block of
+#: images); it runs block after block above this.
+GRAD_WEIGHT_BLOCK_BYTES = 32 << 20
 
 
 @functools.lru_cache(maxsize=512)
-def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation, groups,
-                        itemsize, n_threads=1, budget=0):
+def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, stride, padding, dilation,
+                        groups, itemsize, n_threads=1, budget=0, block_bytes=0):
     """Everything the blocked weight gradient needs besides its arrays, for one problem
-    (``n_threads`` threads of ``budget`` scratch bytes each): (padded width, values per
-    input plane, filters per group padded to blocks, vectors per block, the runs array,
-    values per image, images per block, image slices, tile chunks, serial)."""
+    (``n_threads`` threads of ``budget`` cache bytes each, blocks of images of at most
+    ``block_bytes`` packed, or one image): (the packed planes' row
+    length, phase length and rows, values per input plane, filters per group padded to
+    blocks, vectors per block, the taps array, values per image, images per block,
+    image slices, tile chunks, serial)."""
     n_img, channels, _, width = x_shape
     out_h, out_w = grad_out_shape[2], grad_out_shape[3]
     out_channels, group_channels, kh, kw = weight_shape
+    (stride_h, stride_w), (dilation_h, dilation_w) = stride, dilation
     lanes = 64 // itemsize
-    padded_w = width + sum(padding[1])
-    window = dilation[0] * (kh - 1) + 1
-    # + lanes: a run's taps past the kernel's last column (their sums dropped) read up to
-    # two values beyond the plane's last row
-    x_plane = (out_h + window - 1) * padded_w + lanes
+    # a padded row dealt into stride_w column phases of phase_len values each
+    phase_len = -(-(width + sum(padding[1])) // stride_w)
+    row_len = stride_w * phase_len
+    n_rows = (out_h - 1) * stride_h + dilation_h * (kh - 1) + 1  # the rows outputs read
+    x_plane = n_rows * row_len
     per_group = out_channels // groups
     vectors = 1 if per_group <= lanes else 2
     padded_k = -(-per_group // (vectors * lanes)) * vectors * lanes
-    # runs of three consecutive taps (one tap per run when the columns are dilated);
-    # dummy runs (no taps, offset 0) fill the last tile
-    rows = []
-    for c in range(group_channels):
-        for r in range(kh):
-            starts = range(0, kw, 3) if dilation[1] == 1 else range(kw)
-            for s0 in starts:
-                taps = min(3, kw - s0) if dilation[1] == 1 else 1
-                rows.append((c * x_plane + r * dilation[0] * padded_w + s0 * dilation[1],
-                             c, r, s0, taps))
-    rows += [(0, 0, 0, 0, 0)] * (-len(rows) % 4)
-    runs = np.array(rows, np.intp)
-    runs.setflags(write=False)
+    # every tap of a filter, in the order of its flat gradient, at its offset from the
+    # position it is read for; dummy taps (offset 0) fill the last tile of 12
+    offsets = [c * x_plane + r * dilation_h * row_len
+               + (s * dilation_w) % stride_w * phase_len + (s * dilation_w) // stride_w
+               for c in range(group_channels) for r in range(kh) for s in range(kw)]
+    offsets += [0] * (-len(offsets) % 12)
+    taps = np.array(offsets, np.intp).reshape(-1, 12)
+    taps.setflags(write=False)
     per_image = channels * x_plane + out_h * out_w * groups * padded_k
-    per_block = max(1, min(n_img, n_threads * budget // itemsize // per_image))
+    per_block = max(1, min(n_img, block_bytes // itemsize // per_image))
     # slices of images whose packed gradient fits half a thread's budget (it stays in
     # cache while a task runs its tiles over it), then chunks of tiles and more slices
     # until there are two tasks per thread
     blocks = groups * (padded_k // (vectors * lanes))
-    n_tiles = len(rows) // 4
-    fit = max(1, budget // 2 // itemsize // (out_h * out_w * groups * padded_k))
+    n_tiles = taps.shape[0]
+    fit = max(1, budget // 2 // itemsize // (out_h * out_w * vectors * lanes))
     n_splits = -(-per_block // fit)
     n_tile_chunks = max(1, min(n_tiles, -(-2 * n_threads // (blocks * n_splits))))
     n_splits = min(per_block, max(n_splits, -(-2 * n_threads // (blocks * n_tile_chunks))))
     serial = n_threads == 1 or per_block * out_h * out_w * out_channels * group_channels * (
         kh * kw) <= GRAD_WEIGHT_SERIAL_MAX_WORK
-    return (padded_w, x_plane, padded_k, vectors, runs, per_image, per_block, n_splits,
-            n_tile_chunks, serial)
+    return (row_len, phase_len, n_rows, x_plane, padded_k, vectors, taps, per_image, per_block,
+            n_splits, n_tile_chunks, serial)
 
 
 def grad_weight_applies(x_shape, grad_out_shape, weight_shape, stride, padding, dilation,
                         groups: int, itemsize: int) -> bool:
-    """Whether :func:`conv2d_grad_weight_blocked` computes this weight gradient: stride 1,
-    at least :data:`MIN_GROUP_K` filters per group, and one image's packed planes within
-    the threads' direct scratch budget (``config.DIRECT_TILE_BYTES`` each)."""
-    if stride != (1, 1) or weight_shape[0] // groups < MIN_GROUP_K:
+    """Whether :func:`conv2d_grad_weight_blocked` computes this weight gradient: at least
+    :data:`MIN_GROUP_K` filters per group, and one image's packed planes within the
+    :data:`GRAD_WEIGHT_BLOCK_BYTES`."""
+    if weight_shape[0] // groups < MIN_GROUP_K:
         return False
-    per_image = _grad_weight_layout(x_shape, grad_out_shape, weight_shape, padding, dilation,
-                                    groups, itemsize)[5]
-    return per_image * itemsize <= threads.count() * config.DIRECT_TILE_BYTES
+    per_image = _grad_weight_layout(x_shape, grad_out_shape, weight_shape, stride, padding,
+                                    dilation, groups, itemsize)[7]
+    return per_image * itemsize <= GRAD_WEIGHT_BLOCK_BYTES
 
 
-def conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation, groups: int) -> bool:
-    """Host side of the blocked weight gradient (stride 1; see :func:`grad_weight_applies`),
-    in blocks of as many images as the scratch budget holds; whether the result is all
+def conv2d_grad_weight_blocked(x, grad_out, grad_weight, stride, padding, dilation,
+                               groups: int) -> bool:
+    """Host side of the blocked weight gradient (see :func:`grad_weight_applies`), in
+    blocks of as many images as the scratch budget holds; whether the result is all
     finite."""
-    return grad_weight_runner(x.shape, grad_out.shape, grad_weight.shape, x.dtype, padding,
-                              dilation, groups)(x, grad_out, grad_weight)
+    return grad_weight_runner(x.shape, grad_out.shape, grad_weight.shape, x.dtype, stride,
+                              padding, dilation, groups)(x, grad_out, grad_weight)
 
 
-def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, padding, dilation,
+def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, stride, padding, dilation,
                        groups: int):
     """:func:`conv2d_grad_weight_blocked` for one problem, its layout worked out once:
     ``run(x, grad_out, grad_weight)``, which returns whether the result is all finite."""
     dtype = np.dtype(dtype)
-    padded_w, x_plane, padded_k, vectors, runs, _, per_block, n_splits, n_tile_chunks, serial = (
-        _grad_weight_layout(tuple(x_shape), tuple(grad_out_shape), tuple(weight_shape), padding,
-                            dilation, groups, dtype.itemsize, threads.count(),
-                            config.DIRECT_TILE_BYTES))
+    (row_len, phase_len, n_rows, x_plane, padded_k, vectors, taps, _, per_block, n_splits,
+     n_tile_chunks, serial) = _grad_weight_layout(
+        tuple(x_shape), tuple(grad_out_shape), tuple(weight_shape), tuple(stride), padding,
+        tuple(dilation), groups, dtype.itemsize, threads.count(), config.DIRECT_TILE_BYTES,
+        GRAD_WEIGHT_BLOCK_BYTES)
     n_img, channels = x_shape[0], x_shape[1]
     out_h, out_w = grad_out_shape[2], grad_out_shape[3]
     lanes = 64 // dtype.itemsize
-    tasks = groups * (padded_k // (vectors * lanes)) * (runs.shape[0] // 4) * n_splits
+    tasks = groups * (padded_k // (vectors * lanes)) * taps.shape[0] * n_splits
     # small calls on the calling thread: waking the pool costs more than the work
     kernel = _conv2d_grad_weight_blocked.serial if serial else _conv2d_grad_weight_blocked
     borrow = workspace.borrow
     blocks = [(first, min(per_block, n_img - first)) for first in range(0, n_img, per_block)]
-    scalars = (groups, padding[0][0], padding[1][0], padded_w, vectors)
+    scalars = (groups, padding[0][0], padding[1][0], row_len, phase_len, stride[0], stride[1],
+               n_rows, vectors)
 
     def run(x, grad_out, grad_weight) -> bool:
         finite = True
@@ -651,7 +662,7 @@ def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, padding, di
             block = x if images == n_img else x[first : first + images]
             grads = np.ascontiguousarray(
                 grad_out if images == n_img else grad_out[first : first + images]).reshape(-1)
-            finite = kernel(block, grads, out_h, out_w, xs, gt, partials, runs, grad_weight,
+            finite = kernel(block, grads, out_h, out_w, xs, gt, partials, taps, grad_weight,
                             *scalars, min(n_splits, images), n_tile_chunks, first > 0)
         return finite
 

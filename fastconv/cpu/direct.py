@@ -441,8 +441,8 @@ def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilatio
     :mod:`.blocked` where it applies (its result computed again here if not all finite)."""
     if blocked.grad_weight_applies(x.shape, grad_out.shape, grad_weight.shape, stride, padding,
                                    dilation, groups, x.itemsize):
-        if blocked.conv2d_grad_weight_blocked(x, grad_out, grad_weight, padding, dilation,
-                                              groups):
+        if blocked.conv2d_grad_weight_blocked(x, grad_out, grad_weight, stride, padding,
+                                              dilation, groups):
             return
     _grad_weight_loops(x, grad_out, grad_weight, stride, padding, dilation, groups)
 
@@ -478,8 +478,8 @@ def _prepare_grad_weight(arrays, params):
     if not blocked.grad_weight_applies(x_shape, grad_out_shape, w_shape, stride, padding,
                                        dilation, groups, dtype.itemsize):
         return None
-    run_blocked = blocked.grad_weight_runner(x_shape, grad_out_shape, w_shape, dtype, padding,
-                                             dilation, groups)
+    run_blocked = blocked.grad_weight_runner(x_shape, grad_out_shape, w_shape, dtype, stride,
+                                             padding, dilation, groups)
 
     def run(x, grad_out, grad_weight):
         if not run_blocked(x, grad_out, grad_weight):

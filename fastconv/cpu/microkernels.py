@@ -17,13 +17,14 @@ block spills some sums, correct but slower. :func:`weights_x_pair` and
 positions of a plane (two one-vector calls are bound by their broadcasts: one load
 and eight broadcasts per eight multiply-adds).
 
-:func:`runs_x_filters` is the weight gradient's block, the other way round:
+:func:`taps_x_filters` is the weight gradient's block, the other way round:
 the output gradient packed position-major so that a vector holds 32 filters
 (float32; 16 in float64) of one position, and each input value (one of 12
-taps: 4 runs of 3 consecutive taps) broadcast against it. Per position: 2
-loads, 12 broadcasts and 24 multiply-adds into 24 registers, summed over every
-position of the images and stored once. :func:`runs_x_vector` is the same one
-vector of filters wide, for layers of at most 16 filters per group.
+taps, each at its own offset from the position, so any stride or dilation has
+its taps in full tiles) broadcast against it. Per position: 2 loads, 12
+broadcasts and 24 multiply-adds into 24 registers, summed over every position
+of the images and stored once. :func:`taps_x_vector` is the same one vector of
+filters wide, for layers of at most 16 filters per group.
 """
 
 from __future__ import annotations
@@ -151,108 +152,93 @@ def weights_x_vector(source, weights, out, first, pitch, depth, taps, out_pitch)
 
 
 @kernel()
-def runs_x_filters(source, grads, out, runs, first_image, n_images, source_image, out_h, out_w,
+def taps_x_filters(source, grads, out, taps, first_image, n_images, source_image, out_h, out_w,
                    pitch, grads_first, grads_image, grads_step):
-    """Block of 4 runs x 3 taps x 2 vectors of filters, each a sum over positions:
+    """Block of 12 taps x 2 vectors of filters, each a sum over positions:
 
-        out[((r * 3 + s) * 2 + v) * lanes + l]
+        out[(t * 2 + v) * lanes + l]
             = sum_{first_image <= n < first_image + n_images, i < out_h, j < out_w}
-                source[runs[r] + n * source_image + i * pitch + j + s]
+                source[taps[t] + n * source_image + i * pitch + j]
                 * grads[grads_first + n * grads_image + (i * out_w + j) * grads_step
                         + v * lanes + l]
 
-    for ``r < 4``, ``s < 3``, ``v < 2``, ``l < lanes``: a convolution's weight gradient,
-    ``source`` the padded input planes on their row pitch, ``runs`` the offsets of four
-    runs of three consecutive taps, ``grads`` the output gradient packed position-major
-    (a position's filters consecutive). Per position: 2 loads, 12 broadcasts and 24
-    multiply-adds into 24 registers."""
+    for ``t < 12``, ``v < 2``, ``l < lanes``: a convolution's weight gradient,
+    ``source`` the padded input planes (at a stride, dealt into column phases: output
+    column ``j`` is always ``j`` values on), ``taps`` where each of 12 taps reads from a
+    position's value, ``grads`` the output gradient packed position-major (a position's
+    filters consecutive). Per position: 2 loads, 12 broadcasts and 24 multiply-adds
+    into 24 registers."""
     lanes = simd.lanes(source)
-    o0, o1, o2, o3 = runs[0], runs[1], runs[2], runs[3]
-    a000 = a001 = a010 = a011 = a020 = a021 = simd.zeros(source)
-    a100 = a101 = a110 = a111 = a120 = a121 = simd.zeros(source)
-    a200 = a201 = a210 = a211 = a220 = a221 = simd.zeros(source)
-    a300 = a301 = a310 = a311 = a320 = a321 = simd.zeros(source)
+    t0, t1, t2, t3, t4, t5 = taps[0], taps[1], taps[2], taps[3], taps[4], taps[5]
+    t6, t7, t8, t9, t10, t11 = taps[6], taps[7], taps[8], taps[9], taps[10], taps[11]
+    a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = simd.zeros(source)
+    a40 = a41 = a50 = a51 = a60 = a61 = a70 = a71 = simd.zeros(source)
+    a80 = a81 = a90 = a91 = aa0 = aa1 = ab0 = ab1 = simd.zeros(source)
     for n in range(first_image, first_image + n_images):
         for i in range(out_h):
             x = n * source_image + i * pitch
             g = grads_first + n * grads_image + i * out_w * grads_step
             for _ in range(out_w):
                 v0, v1 = simd.load(grads, g), simd.load(grads, g + lanes)
-                b = simd.broadcast(source, x + o0)
-                a000, a001 = simd.fma(b, v0, a000), simd.fma(b, v1, a001)
-                b = simd.broadcast(source, x + o0 + 1)
-                a010, a011 = simd.fma(b, v0, a010), simd.fma(b, v1, a011)
-                b = simd.broadcast(source, x + o0 + 2)
-                a020, a021 = simd.fma(b, v0, a020), simd.fma(b, v1, a021)
-                b = simd.broadcast(source, x + o1)
-                a100, a101 = simd.fma(b, v0, a100), simd.fma(b, v1, a101)
-                b = simd.broadcast(source, x + o1 + 1)
-                a110, a111 = simd.fma(b, v0, a110), simd.fma(b, v1, a111)
-                b = simd.broadcast(source, x + o1 + 2)
-                a120, a121 = simd.fma(b, v0, a120), simd.fma(b, v1, a121)
-                b = simd.broadcast(source, x + o2)
-                a200, a201 = simd.fma(b, v0, a200), simd.fma(b, v1, a201)
-                b = simd.broadcast(source, x + o2 + 1)
-                a210, a211 = simd.fma(b, v0, a210), simd.fma(b, v1, a211)
-                b = simd.broadcast(source, x + o2 + 2)
-                a220, a221 = simd.fma(b, v0, a220), simd.fma(b, v1, a221)
-                b = simd.broadcast(source, x + o3)
-                a300, a301 = simd.fma(b, v0, a300), simd.fma(b, v1, a301)
-                b = simd.broadcast(source, x + o3 + 1)
-                a310, a311 = simd.fma(b, v0, a310), simd.fma(b, v1, a311)
-                b = simd.broadcast(source, x + o3 + 2)
-                a320, a321 = simd.fma(b, v0, a320), simd.fma(b, v1, a321)
+                b = simd.broadcast(source, x + t0)
+                a00, a01 = simd.fma(b, v0, a00), simd.fma(b, v1, a01)
+                b = simd.broadcast(source, x + t1)
+                a10, a11 = simd.fma(b, v0, a10), simd.fma(b, v1, a11)
+                b = simd.broadcast(source, x + t2)
+                a20, a21 = simd.fma(b, v0, a20), simd.fma(b, v1, a21)
+                b = simd.broadcast(source, x + t3)
+                a30, a31 = simd.fma(b, v0, a30), simd.fma(b, v1, a31)
+                b = simd.broadcast(source, x + t4)
+                a40, a41 = simd.fma(b, v0, a40), simd.fma(b, v1, a41)
+                b = simd.broadcast(source, x + t5)
+                a50, a51 = simd.fma(b, v0, a50), simd.fma(b, v1, a51)
+                b = simd.broadcast(source, x + t6)
+                a60, a61 = simd.fma(b, v0, a60), simd.fma(b, v1, a61)
+                b = simd.broadcast(source, x + t7)
+                a70, a71 = simd.fma(b, v0, a70), simd.fma(b, v1, a71)
+                b = simd.broadcast(source, x + t8)
+                a80, a81 = simd.fma(b, v0, a80), simd.fma(b, v1, a81)
+                b = simd.broadcast(source, x + t9)
+                a90, a91 = simd.fma(b, v0, a90), simd.fma(b, v1, a91)
+                b = simd.broadcast(source, x + t10)
+                aa0, aa1 = simd.fma(b, v0, aa0), simd.fma(b, v1, aa1)
+                b = simd.broadcast(source, x + t11)
+                ab0, ab1 = simd.fma(b, v0, ab0), simd.fma(b, v1, ab1)
                 x += 1
                 g += grads_step
-    for t, acc in enumerate((a000, a001, a010, a011, a020, a021,
-                            a100, a101, a110, a111, a120, a121,
-                            a200, a201, a210, a211, a220, a221,
-                            a300, a301, a310, a311, a320, a321)):
+    for t, acc in enumerate((a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51,
+                             a60, a61, a70, a71, a80, a81, a90, a91, aa0, aa1, ab0, ab1)):
         simd.store(out, t * lanes, acc)
 
 
 @kernel()
-def runs_x_vector(source, grads, out, runs, first_image, n_images, source_image, out_h, out_w,
+def taps_x_vector(source, grads, out, taps, first_image, n_images, source_image, out_h, out_w,
                   pitch, grads_first, grads_image, grads_step):
-    """:func:`runs_x_filters` one vector of filters wide: ``out[(r * 3 + s) * lanes + l]``
-    (12 sums in registers; per position one load, 12 broadcasts)."""
+    """:func:`taps_x_filters` one vector of filters wide: ``out[t * lanes + l]`` (12 sums
+    in registers; per position one load, 12 broadcasts)."""
     lanes = simd.lanes(source)
-    o0, o1, o2, o3 = runs[0], runs[1], runs[2], runs[3]
-    a000 = a010 = a020 = a100 = a110 = a120 = simd.zeros(source)
-    a200 = a210 = a220 = a300 = a310 = a320 = simd.zeros(source)
+    t0, t1, t2, t3, t4, t5 = taps[0], taps[1], taps[2], taps[3], taps[4], taps[5]
+    t6, t7, t8, t9, t10, t11 = taps[6], taps[7], taps[8], taps[9], taps[10], taps[11]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = aa = ab = simd.zeros(source)
     for n in range(first_image, first_image + n_images):
         for i in range(out_h):
             x = n * source_image + i * pitch
             g = grads_first + n * grads_image + i * out_w * grads_step
             for _ in range(out_w):
                 v0 = simd.load(grads, g)
-                b = simd.broadcast(source, x + o0)
-                a000 = simd.fma(b, v0, a000)
-                b = simd.broadcast(source, x + o0 + 1)
-                a010 = simd.fma(b, v0, a010)
-                b = simd.broadcast(source, x + o0 + 2)
-                a020 = simd.fma(b, v0, a020)
-                b = simd.broadcast(source, x + o1)
-                a100 = simd.fma(b, v0, a100)
-                b = simd.broadcast(source, x + o1 + 1)
-                a110 = simd.fma(b, v0, a110)
-                b = simd.broadcast(source, x + o1 + 2)
-                a120 = simd.fma(b, v0, a120)
-                b = simd.broadcast(source, x + o2)
-                a200 = simd.fma(b, v0, a200)
-                b = simd.broadcast(source, x + o2 + 1)
-                a210 = simd.fma(b, v0, a210)
-                b = simd.broadcast(source, x + o2 + 2)
-                a220 = simd.fma(b, v0, a220)
-                b = simd.broadcast(source, x + o3)
-                a300 = simd.fma(b, v0, a300)
-                b = simd.broadcast(source, x + o3 + 1)
-                a310 = simd.fma(b, v0, a310)
-                b = simd.broadcast(source, x + o3 + 2)
-                a320 = simd.fma(b, v0, a320)
+                a0 = simd.fma(simd.broadcast(source, x + t0), v0, a0)
+                a1 = simd.fma(simd.broadcast(source, x + t1), v0, a1)
+                a2 = simd.fma(simd.broadcast(source, x + t2), v0, a2)
+                a3 = simd.fma(simd.broadcast(source, x + t3), v0, a3)
+                a4 = simd.fma(simd.broadcast(source, x + t4), v0, a4)
+                a5 = simd.fma(simd.broadcast(source, x + t5), v0, a5)
+                a6 = simd.fma(simd.broadcast(source, x + t6), v0, a6)
+                a7 = simd.fma(simd.broadcast(source, x + t7), v0, a7)
+                a8 = simd.fma(simd.broadcast(source, x + t8), v0, a8)
+                a9 = simd.fma(simd.broadcast(source, x + t9), v0, a9)
+                aa = simd.fma(simd.broadcast(source, x + t10), v0, aa)
+                ab = simd.fma(simd.broadcast(source, x + t11), v0, ab)
                 x += 1
                 g += grads_step
-    for t, acc in enumerate((a000, a010, a020, a100, a110, a120,
-                            a200, a210, a220, a300, a310, a320)):
+    for t, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, aa, ab)):
         simd.store(out, t * lanes, acc)
-
