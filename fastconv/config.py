@@ -139,8 +139,9 @@ AUTO_WINOGRAD_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_MIN_CHANNELS", 16)
 #: ceil(W / 4): with fewer (a CIFAR layer at batch 4) im2col was up to 2x faster.
 AUTO_WINOGRAD_MIN_TILES: int = _env_int("AUTO_WINOGRAD_MIN_TILES", 128)
 
-#: The register-blocked direct kernels (``fastconv.cpu.blocked``: conv2d at any
-#: stride, its gradients at stride 1, at least 4 filters per group) are chosen by
+#: The register-blocked direct kernels (``fastconv.cpu.blocked``: conv2d and grad_weight
+#: at any stride, grad_input at stride 1 and, from AUTO_PHASES_MIN_WORK on, at a
+#: stride; at least 4 filters per group) are chosen by
 #: ``auto`` up to this many channels (min(C, K)/groups) whatever the layer; from this
 #: many on, 1x1 layers go to im2col (one GEMM on the input itself), strided layers
 #: of more channels to im2col, and 3x3 stride-1 layers to Winograd when
@@ -163,6 +164,15 @@ AUTO_WINOGRAD_MIN_CHANNEL_PLANE: int = _env_int("AUTO_WINOGRAD_MIN_CHANNEL_PLANE
 #: slower at 128; 80 % on 8x8, 87 % on 14x14).
 AUTO_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_BLOCKED_MIN_USE_PERCENT", 80)
 AUTO_BLOCKED_SMALL_PLANE_CHANNELS: int = _env_int("AUTO_BLOCKED_SMALL_PLANE_CHANNELS", 128)
+
+#: Fewest multiply-adds (N * K * H_out * W_out * C/groups * R * S) for which ``auto``
+#: runs a strided layer's grad_input (and conv_transpose2d) on the blocked kernel, a
+#: stride-1 convolution per phase of the input: each phase is a call of its own, so
+#: small problems pay more in calls than they gain (measured, 2 threads, against
+#: im2col: 1.11-1.37x faster on 64 -> 128 channels 56x56, a 4x4 stride-2
+#: conv_transpose2d of 128 -> 64 channels and a 5x5 layer of 32 -> 64 channels; 0.86x
+#: at 4.7M and 0.5x at 1.2M multiply-adds).
+AUTO_PHASES_MIN_WORK: int = _env_int("AUTO_PHASES_MIN_WORK", 1 << 24)
 
 # --- the plan cache and autotuning -----------------------------------------------------
 

@@ -113,6 +113,27 @@ def test_deinterleave_deals_even_and_odd_lanes(dtype, rng):
 
 
 @numba.njit
+def _woven(a, out):
+    lanes = simd.lanes(a)
+    even, odd = simd.load(a, 0), simd.load(a, lanes)
+    simd.store(out, 0, simd.weave(even, odd, False))
+    simd.store(out, lanes, simd.weave(even, odd, True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_weave_puts_two_phases_back_in_one_row(dtype, rng):
+    a = rng.standard_normal(2 * 64 // np.dtype(dtype).itemsize).astype(dtype)
+    out = np.zeros_like(a)
+    _woven(a, out)
+    half = a.size // 2
+    np.testing.assert_array_equal(out[0::2], a[:half])
+    np.testing.assert_array_equal(out[1::2], a[half:])
+    dealt = np.zeros_like(a)
+    _dealt(out, dealt)  # weave undoes deinterleave
+    np.testing.assert_array_equal(dealt, a)
+
+
+@numba.njit
 def _masked_copy(src, at, dst, dst_at, count):
     simd.store_first(dst, dst_at, simd.load_first(src, at, count), count)
 

@@ -23,16 +23,17 @@ def _choose_conv(op, weight_shape, problem):
        (a GEMM's packing costs more);
     2. with at least ``blocked.MIN_GROUP_K`` filters per group in the convolution
        that runs (K/groups; C/groups for grad_input), any stride for conv2d and
-       grad_weight and stride 1 for grad_input (grad_weight: also one image's packed
-       planes within ``blocked.GRAD_WEIGHT_BLOCK_BYTES``), the register-blocked direct
+       grad_weight, and for grad_input stride 1 or at least ``AUTO_PHASES_MIN_WORK``
+       multiply-adds (grad_weight: also one image's packed planes within
+       ``blocked.GRAD_WEIGHT_BLOCK_BYTES``), the register-blocked direct
        kernels, except, with ``deep = AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when
        it fits, min(C, K)/groups >= deep and min(C, K)/groups * H_out * W_out >=
        ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``; im2col for 1x1 layers of >= deep channels
-       (one GEMM on the input); and, for conv2d and grad_input, im2col for strided
-       layers of more than deep channels and layers of more than
+       (one GEMM on the input); the blocked kernel for any other strided grad_weight;
+       im2col for strided layers of more than deep channels and layers of more than
        ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
-       are outputs (the weight gradient computes no junk positions);
+       are outputs;
     3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
        (too little depth for a GEMM), except grad_weight of a layer with more than one
        channel per group, whose im2col GEMM reduces over N * H * W and wins there;
@@ -90,15 +91,17 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     groups = problem.get("groups", 1)
     stride = problem.get("stride", (1, 1))
     filters = group_channels if op == "conv2d_grad_input" else out_channels // groups
-    # grad_input's blocked kernel at stride 1 only (on the phases of a strided layer it ran
-    # 1.0-1.7x slower than im2col)
-    if filters < blocked.MIN_GROUP_K or (op == "conv2d_grad_input" and stride != (1, 1)):
+    if filters < blocked.MIN_GROUP_K:
         return None
     n_img, _, height, width = problem["input_shape"]
     (top, bottom), (left, right) = problem["padding"]
     dilation = problem["dilation"]
     out_h = (height + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     out_w = (width + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    # grad_input at a stride runs a call per phase of the input: not for small problems
+    if (op == "conv2d_grad_input" and stride != (1, 1) and n_img * out_h * out_w
+            * out_channels * group_channels * kh * kw < config.AUTO_PHASES_MIN_WORK):
+        return None
     itemsize = np.dtype(problem.get("dtype", np.float32)).itemsize
     if op == "conv2d_grad_weight" and not blocked.grad_weight_applies(
             problem["input_shape"], (n_img, out_channels, out_h, out_w), weight_shape, stride,
@@ -117,10 +120,10 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     if narrow >= deep and kh * kw == 1:
         return "im2col", (f"a 1x1 layer with min(C, K)/groups = {narrow} >= "
                           f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: one GEMM on the input itself")
-    if op == "conv2d_grad_weight":
-        return "direct", (f"{filters} >= {blocked.MIN_GROUP_K} filters per group: the "
-                          f"register-blocked weight gradient (12 taps x a block of filters, "
-                          f"any stride)")
+    if op == "conv2d_grad_weight" and stride != (1, 1):
+        return "direct", (f"stride {stride} with {filters} >= {blocked.MIN_GROUP_K} filters "
+                          f"per group: the register-blocked weight gradient (12 taps x a "
+                          f"block of filters; im2col's strided columns cost more)")
     if narrow > deep and stride != (1, 1):
         return "im2col", (f"stride {stride} with min(C, K)/groups = {narrow} > "
                           f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: deep enough for im2col's GEMM")

@@ -26,18 +26,22 @@ in each of which every tap is again a constant shift of the positions.
 grad_input (:func:`conv2d_grad_input_blocked`) is the same kernel on the
 flipped, channel-swapped filters, packed as they are read: at stride 1 one
 convolution of grad_output; at a stride, one stride-1 convolution per phase of
-the input with the taps that reach that phase, written in place.
+the input with the taps that reach that phase, each into a contiguous plane of its
+own, which :func:`_weave_phases` then writes into grad_input in one pass (two
+stride-2 column phases on SIMD vectors, :func:`.strips.weave_row`).
 
 The weight gradient (:func:`conv2d_grad_weight_blocked`) packs, per block of
-images, the padded input planes on the row pitch and the output gradient
-position-major (``(image, position, filters)``, each group's filters padded
-with zeros to blocks of one or two vectors; :func:`.simd.transpose` turns a
-square of lanes at a time). :func:`.microkernels.runs_x_filters` then sums, over
-every position, 4 runs of 3 consecutive taps (12 input values broadcast) by a
+images, the padded input planes (at a column stride dealt into their column
+phases, so that every tap of output ``(i, j)`` is a constant offset from ``i *
+stride_h * row + j``) and the output gradient position-major (``(image,
+position, filters)``, each group's filters padded with zeros to blocks of one or
+two vectors; :func:`.simd.transpose` turns a square of lanes at a time).
+:func:`.microkernels.taps_x_filters` then sums, over every position, 12 taps
+(12 input values broadcast, the next 12 of the filter's flat gradient) by a
 block of filters (two vectors loaded), the sums in registers. A task owns a
-chunk of runs and a block of filters over one slice of the images, sized so
-that the slice's packed gradient stays in cache while the task's runs go over
-it; the slices' partial sums are added in a fixed order, so the result does
+chunk of tiles of 12 taps and a block of filters over one slice of the images,
+sized so that the slice's packed gradient stays in cache while the task's tiles
+go over it; the slices' partial sums are added in a fixed order, so the result does
 not depend on the timing of the threads. The padding and the zero filters meet
 real values, so an input that is not finite can give ``0 * Inf = NaN`` where the
 definition has no term: such a result is computed again by the exact direct
@@ -47,6 +51,7 @@ kernel.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import numpy as np
@@ -67,7 +72,7 @@ from .microkernels import (
     weights_x_positions,
     weights_x_vector,
 )
-from .strips import _padded_rows, deal_row
+from .strips import _padded_rows, deal_row, weave_row
 
 #: Fewest filters per group for which the blocked path pays: with fewer, most of
 #: each block of :data:`~.microkernels.BLOCK_K` filters would be padding.
@@ -707,13 +712,6 @@ def _phases(in_size, out_size, kernel, stride, padding, dilation):
     return tuple((r, c) for r in rows for c in cols if r is not None and c is not None)
 
 
-def _evenly(taps: list[int]) -> slice:
-    """The slice of the evenly spaced ``taps`` (a basic slice: 5x faster to copy from
-    than the same taps by fancy indexing)."""
-    step = taps[1] - taps[0] if len(taps) > 1 else 1
-    return slice(taps[0], taps[-1] + 1, step)
-
-
 def grad_input_applies(weight_shape) -> bool:
     """Whether :func:`conv2d_grad_input_blocked` computes this input gradient: at least
     :data:`MIN_GROUP_K` channels per group (the filters of the convolution that runs)."""
@@ -727,60 +725,133 @@ def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilati
     of the input (positions ``(y, x)`` with ``((y + pad_top) % sh, (x + pad_left) % sw)``
     fixed), each a stride-1 transposed convolution of grad_out with the taps that reach
     it (:func:`_phase_axis`), run by the blocked kernel on those taps of the weight,
-    packed flipped; with stride 1, one phase. Returns False when a phase's taps are not
-    all finite (those convolutions would meet an Inf tap with the padding's zeros): the
-    caller's exact path must then write ``grad_in`` again (a phase before may have
-    written its positions; with stride 1 nothing is written)."""
+    packed flipped; with stride 1, one phase. Returns False, ``grad_in`` unwritten, when
+    a phase's taps are not all finite (those convolutions would meet an Inf tap with the
+    padding's zeros): the caller's exact path must then compute ``grad_in``."""
     return grad_input_runner(grad_out.shape, weight.shape, grad_in.shape, grad_out.dtype,
                              stride, padding, dilation, groups)(grad_out, weight, grad_in)
+
+
+#: Most values of grad_input whose phases are woven together on the calling thread (a
+#: copy: waking the pool costs more below about this).
+WEAVE_SERIAL_MAX_VALUES = 1 << 15
+
+
+@kernel(parallel=True)
+def _weave_phases(planes, starts, heights, widths, row_phase, col_phase, woven, grad_in):
+    """grad_in[n, c, y, x] = the value of phase ``(a, b) = (row_phase[y, 0], col_phase[x,
+    0])`` at ``(i, j) = (row_phase[y, 1], col_phase[x, 1])``, which is ``planes[starts[a,
+    b] + ((n * C + c) * heights[a] + i) * widths[b] + j]``. ``woven``: columns 0 and 1
+    are the first of two stride-2 column phases, whose rows :func:`.strips.weave_row`
+    puts together on vectors."""
+    n_img, channels, height, width = grad_in.shape
+    target = strips.flat(grad_in)
+    first, second = col_phase[0, 0], col_phase[min(1, width - 1), 0]
+    for plane in prange(n_img * channels):
+        n, c = plane // channels, plane % channels
+        for y in range(height):
+            a, i = row_phase[y, 0], row_phase[y, 1]
+            if woven:
+                even = starts[a, first] + (plane * heights[a] + i) * widths[first]
+                odd = starts[a, second] + (plane * heights[a] + i) * widths[second]
+                weave_row(target, grad_in, n, c, y, planes, even, odd)
+                continue
+            for x in range(width):
+                b, j = col_phase[x, 0], col_phase[x, 1]
+                grad_in[n, c, y, x] = planes[starts[a, b] + (plane * heights[a] + i) * widths[b]
+                                             + j]
+
+
+@kernel()
+def _taps_of(weight, rows, cols, out):
+    """out[k, c, i, j] = weight[k, c, rows[i], cols[j]]: a phase's taps of the weight,
+    copied (numpy's copy of the same strided view took 66 us on a (128, 64, 4, 4)
+    weight, this loop a few)."""
+    for k in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            for i in range(out.shape[2]):
+                for j in range(out.shape[3]):
+                    out[k, c, i, j] = weight[k, c, rows[i], cols[j]]
+
+
+def _phase_maps(phases, size, shape):
+    """For one axis: ``(map, counts, index of each phase)``: ``map[y] = (phase, position
+    in it)`` for every position ``y < size``, ``counts`` the positions of each phase."""
+    firsts = sorted({phase[0] for phase in phases})
+    counts = [len(range(first, size, shape)) for first in firsts]
+    where = np.empty((size, 2), np.intp)
+    for a, first in enumerate(firsts):
+        where[first::shape, 0] = a
+        where[first::shape, 1] = np.arange(counts[a])
+    return where, counts, {first: a for a, first in enumerate(firsts)}
 
 
 def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride, padding,
                       dilation, groups: int):
     """:func:`conv2d_grad_input_blocked` for one problem, its phases and their layouts
     worked out once: ``run(grad_out, weight, grad_in)``, which returns False for a weight
-    that is not all finite (see there)."""
+    that is not all finite (see there). At a stride, each phase is computed into a
+    C-contiguous plane of its own (the kernel's stores on vectors) and
+    :func:`_weave_phases` then writes ``grad_in`` from them in one pass."""
     dtype = np.dtype(dtype)
     whole = stride == (1, 1)
+    n_img, channels, height, width = grad_in_shape
     kh, kw = weight_shape[2], weight_shape[3]
     every = slice(None)
-    # per phase: (its positions of grad_in, its taps of the weight, grad_out's crop, its
-    # forward runner)
-    steps: list[tuple[Any, Any, Any, Any]] = []
-    for rows, cols in _phases(tuple(grad_in_shape[2:]), tuple(grad_out_shape[2:]),
-                              (kh, kw), stride, padding, dilation):
+    phases = _phases(tuple(grad_in_shape[2:]), tuple(grad_out_shape[2:]), (kh, kw), stride,
+                     padding, dilation)
+    row_phase, heights, row_of = _phase_maps([rows for rows, _ in phases], height, stride[0])
+    col_phase, widths, col_of = _phase_maps([cols for _, cols in phases], width, stride[1])
+    starts = np.zeros((len(heights), len(widths)), np.intp)
+    # per phase: (where its plane starts, its shape, its taps of the weight, grad_out's
+    # crop, its forward runner)
+    steps: list[tuple[int, Any, Any, Any, Any]] = []
+    total = 0
+    for rows, cols in phases:
         y0, count_h, taps_h, step_h, lo_h, hi_h, top, bottom = rows
         x0, count_w, taps_w, step_w, lo_w, hi_w, left, right = cols
-        target = None if whole else (every, every, slice(y0, None, stride[0]),
-                                     slice(x0, None, stride[1]))
+        shape = (n_img, channels, count_h, count_w)
+        starts[row_of[y0], col_of[x0]] = total
+        step_at, total = total, total + n_img * channels * count_h * count_w
         if not taps_h or not taps_w:
-            steps.append((target, None, None, None))
+            steps.append((step_at, shape, None, None, None))
             continue
         taps = None
         if len(taps_h) < kh or len(taps_w) < kw:
-            taps = (every, every, _evenly(taps_h), _evenly(taps_w))
+            taps = (np.array(taps_h, np.intp), np.array(taps_w, np.intp),
+                    (weight_shape[0], weight_shape[1], len(taps_h), len(taps_w)))
         crop = None
         if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out_shape[2], 0, grad_out_shape[3]):
             crop = (every, every, slice(lo_h, hi_h), slice(lo_w, hi_w))
-        # the kernel writes the phase's positions of grad_in in place (a strided view)
         forward = forward_runner(
             (*grad_out_shape[:2], hi_h - lo_h, hi_w - lo_w),
-            (grad_in_shape[1], weight_shape[0] // groups, len(taps_h), len(taps_w)), False,
-            (*grad_in_shape[:2], count_h, count_w), dtype, (1, 1),
-            ((top, bottom), (left, right)), (step_h, step_w), groups, flipped=True)
-        steps.append((target, taps, crop, forward))
+            (channels, weight_shape[0] // groups, len(taps_h), len(taps_w)), False,
+            shape, dtype, (1, 1), ((top, bottom), (left, right)), (step_h, step_w), groups,
+            flipped=True)
+        steps.append((step_at, shape, taps, crop, forward))
+    heights_a, widths_a = np.array(heights, np.intp), np.array(widths, np.intp)
+    woven = stride[1] == 2 and len(widths) == 2 and width >= 2
+    weave = (_weave_phases.serial if n_img * channels * height * width <= WEAVE_SERIAL_MAX_VALUES
+             else _weave_phases)
 
     def run(grad_out, weight, grad_in) -> bool:
-        for target, taps, crop, forward in steps:
-            view = grad_in if target is None else grad_in[target]
+        planes = workspace.borrow((0 if whole else total,), dtype, "phases")
+        for step_at, shape, taps, crop, forward in steps:
+            target = grad_in if whole else planes[step_at : step_at + math.prod(shape)].reshape(
+                shape)
             if forward is None:
-                view[...] = 0
+                target[...] = 0
                 continue
             # the phase's taps packed from a contiguous array, which they read in order
-            sub = weight if taps is None else np.ascontiguousarray(weight[taps])
+            sub = weight
+            if taps is not None:
+                sub = workspace.borrow(taps[2], dtype, "taps")
+                _taps_of(weight, taps[0], taps[1], sub)
             source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
-            if not forward(source, sub, None, view):
+            if not forward(source, sub, None, target):
                 return False
+        if not whole:
+            weave(planes, starts, heights_a, widths_a, row_phase, col_phase, woven, grad_in)
         return True
 
     return run

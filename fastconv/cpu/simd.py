@@ -22,6 +22,7 @@ Inside a kernel::
     acc = maximum(acc, zeros(a))
     s = total(acc)            # the sum of the lanes
     e = deinterleave(v, w, False)  # the even lanes of v, then of w (True: the odd)
+    r = weave(e, o, False)    # e[0], o[0], e[1], o[1], ... of the first halves (True: second)
     transpose(a, i, m, count, b, j, n)  # a block of lanes x lanes values, rows to columns
 
 ``lanes(a)`` is 16 for float32 and 8 for float64. The loads and stores are
@@ -333,6 +334,23 @@ def deinterleave(typingctx, a, b, odd):
         return builder.shuffle_vector(args[0], args[1], lanes_mask)
 
     return a(a, b, odd), codegen
+
+
+@intrinsic(prefer_literal=True)
+def weave(typingctx, a, b, high):
+    """The lanes of ``a`` and ``b`` in turn, ``a[m], b[m]`` for the first half of ``m``
+    (``high`` False) or the second: two stride-2 phases put back in one row, the inverse
+    of :func:`deinterleave`."""
+    if not (isinstance(a, Vector) and a == b and isinstance(high, types.BooleanLiteral)):
+        return None
+    first = a.lanes // 2 if high.literal_value else 0
+    mask = [first + lane // 2 + (a.lanes if lane % 2 else 0) for lane in range(a.lanes)]
+
+    def codegen(context, builder, signature, args):
+        lanes_mask = ir.Constant(ir.VectorType(ir.IntType(32), a.lanes), mask)
+        return builder.shuffle_vector(args[0], args[1], lanes_mask)
+
+    return a(a, b, high), codegen
 
 
 @intrinsic

@@ -153,3 +153,38 @@ def _deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
             and source.dtype == buffer.dtype):
         return _deal_vectors
     return _deal_loop
+
+
+def weave_row(target, out, n, channel, row, planes, even, odd):
+    """``out[n, channel, row, 2 * m] = planes[even + m]`` and ``out[n, channel, row, 2 * m
+    + 1] = planes[odd + m]``: a row put back together from its two stride-2 column
+    phases, the inverse of :func:`deal_row` (``target``: :func:`flat` (out); ``planes``:
+    1-D contiguous). On :mod:`.simd` vectors (two loads, two shuffles, two stores per
+    ``2 * lanes`` values) when ``out`` is C-contiguous; else value by value."""
+
+
+def _weave_vectors(target, out, n, channel, row, planes, even, odd):
+    width = out.shape[3]
+    lanes = simd.lanes(planes)
+    at = row_start(out, n, channel, row)
+    m = 0
+    while 2 * (m + lanes) <= width:
+        first, second = simd.load(planes, even + m), simd.load(planes, odd + m)
+        simd.store(target, at + 2 * m, simd.weave(first, second, False))
+        simd.store(target, at + 2 * m + lanes, simd.weave(first, second, True))
+        m += lanes
+    for col in range(2 * m, width):
+        target[at + col] = planes[(odd if col % 2 else even) + col // 2]
+
+
+def _weave_loop(target, out, n, channel, row, planes, even, odd):
+    for col in range(out.shape[3]):
+        out[n, channel, row, col] = planes[(odd if col % 2 else even) + col // 2]
+
+
+@overload(weave_row, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+def _weave_row(target, out, n, channel, row, planes, even, odd):
+    if (simd._contiguous_1d(target) and simd._contiguous_1d(planes)
+            and target.dtype == planes.dtype):
+        return _weave_vectors
+    return _weave_loop
