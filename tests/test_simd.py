@@ -113,6 +113,34 @@ def test_deinterleave_deals_even_and_odd_lanes(dtype, rng):
 
 
 @numba.njit
+def _weave_rows(planes, out, pitch):
+    target = strips.flat(out)
+    for i in range(out.shape[2]):
+        strips.weave_row(target, out, 0, 1, i, planes, 2 * i * pitch, (2 * i + 1) * pitch)
+
+
+@pytest.mark.parametrize("width", [1, 2, 7, 31, 32, 33, 70])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_weave_row_puts_rows_together(width, dtype, layout, rng):
+    # two column phases of (width + 1) // 2 and width // 2 values back in one row:
+    # vectors of 2 * lanes values, the rest value by value; the plain loop on a
+    # strided output
+    pitch = (width + 1) // 2 + 3
+    planes = rng.standard_normal(8 * pitch).astype(dtype)
+    full = np.full((1, 2, 4, 2 * width), 9.0, dtype)
+    out = full[:, :, :, ::2] if layout == "strided" else np.full((1, 2, 4, width), 9.0, dtype)
+    _weave_rows(planes, out, pitch)
+    for i in range(4):
+        even, odd = planes[2 * i * pitch :], planes[(2 * i + 1) * pitch :]
+        np.testing.assert_array_equal(out[0, 1, i, 0::2], even[: (width + 1) // 2])
+        np.testing.assert_array_equal(out[0, 1, i, 1::2], odd[: width // 2])
+    assert (out[0, 0] == 9.0).all()  # only the row asked for
+    if layout == "strided":
+        assert (full[:, :, :, 1::2] == 9.0).all()
+
+
+@numba.njit
 def _woven(a, out):
     lanes = simd.lanes(a)
     even, odd = simd.load(a, 0), simd.load(a, lanes)
