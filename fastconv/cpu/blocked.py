@@ -34,8 +34,9 @@ The weight gradient (:func:`conv2d_grad_weight_blocked`) packs, per block of
 images, the padded input planes (at a column stride dealt into their column
 phases, so that every tap of output ``(i, j)`` is a constant offset from ``i *
 stride_h * row + j``) and the output gradient position-major (``(image,
-position, filters)``, each group's filters padded with zeros to blocks of one or
-two vectors; :func:`.simd.transpose` turns a square of lanes at a time).
+block of filters, position, filter)``, each group's filters padded with zeros to
+blocks of one or two vectors; :func:`.simd.transpose` turns a square of lanes at a
+time).
 :func:`.microkernels.taps_x_filters` then sums, over every position, 12 taps
 (12 input values broadcast, the next 12 of the filter's flat gradient) by a
 block of filters (two vectors loaded), the sums in registers. A task owns a
@@ -415,23 +416,23 @@ def _pack_plane(src, pad_top, pad_left, row_len, phase_len, stride_w, n_rows, ds
 def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, grad_weight,
                                 groups, pad_top, pad_left, row_len, phase_len, stride_h,
                                 stride_w, n_rows, vectors, n_splits, n_tile_chunks, accumulate):
-    """grad_weight[k, c, r, s] (+)= sum_{n, i, j} grad_out[n, k, i, j]
-    * x_padded[n, c, i * sh + r * dh, j * sw + s * dw] over the images of ``x``
-    (``grads``: their grad_out, C-contiguous and flat), packed first: ``xs[n, c]`` the
-    padded input planes, a padded row every ``row_len`` values, dealt into ``stride_w``
-    column phases of ``phase_len`` (:func:`_pack_plane`), so that output ``(i, j)``
-    reads every tap at a constant offset from ``i * stride_h * row_len + j``;
-    ``gt[n, i * W_out + j]`` the output gradient of a position, every group's filters
-    consecutive and padded with zeros to blocks of ``vectors`` vectors (transposed a
-    square of lanes at a time). ``taps`` rows are tiles of 12 consecutive taps of a
-    filter, in the order of its flat gradient (channel, row, column), as offsets in the
-    group's planes (the last tile padded with taps at offset 0, their sums dropped). A
-    task of the second loop computes one of ``n_tile_chunks`` chunks of tiles by one
-    block of filters over one of ``n_splits`` slices of the images into ``partials``;
-    the third adds the slices in order. ``accumulate`` adds to what ``grad_weight``
-    holds. Returns whether every value of ``grad_weight`` is now finite (one scan at the
-    end of this kernel: a numpy scan after it, in a training step where its code is not
-    in the caches, cost more)."""
+    """grad_weight[k, c, r, s] (+)= sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, c, i * sh
+    + r * dh, j * sw + s * dw] over the images of ``x`` (``grads``: their grad_out,
+    C-contiguous and flat), packed first: ``xs[n, c]`` the padded input planes, a padded row
+    every ``row_len`` values, dealt into ``stride_w`` column phases of ``phase_len``
+    (:func:`_pack_plane`), so that output ``(i, j)`` reads every tap at a constant offset
+    from ``i * stride_h * row_len + j``; ``gt[n]`` the output gradient, each group's filters
+    padded with zeros to blocks of ``vectors`` vectors and stored block by block, in a block
+    position by position (a block's filters of one position consecutive; transposed a square
+    of lanes at a time), so that a task reads its block's gradient in order. ``taps`` rows
+    are tiles of 12 consecutive taps of a filter, in the order of its flat gradient
+    (channel, row, column), as offsets in the group's planes (the last tile padded with taps
+    at offset 0, their sums dropped). A task of the second loop computes one of
+    ``n_tile_chunks`` chunks of tiles by one block of filters over one of ``n_splits``
+    slices of the images into ``partials``; the third adds the slices in order.
+    ``accumulate`` adds to what ``grad_weight`` holds. Returns whether every value of
+    ``grad_weight`` is now finite (one scan at the end of this kernel: a numpy scan after
+    it, in a training step where its code is not in the caches, cost more)."""
     n_img, channels, x_plane = xs.shape
     out_channels, group_channels, kh, kw = grad_weight.shape
     per_group = out_channels // groups
@@ -453,13 +454,15 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
         g, k0 = (q - channels) // (padded_k // lanes), (q - channels) % (padded_k // lanes) * lanes
         count = max(0, min(lanes, per_group - k0))
         src = (n * out_channels + g * per_group + k0) * positions
-        dst = n * positions * g_step + g * padded_k + k0
+        # block-major: a block's filters of one position, then the next position's
+        dst = n * positions * g_step + (g * padded_k + k0 // block * block) * positions + (
+            k0 % block)
         full = positions - positions % lanes
         for p in range(0, full, lanes):
-            simd.transpose(grads, src + p, positions, count, g_flat, dst + p * g_step, g_step)
+            simd.transpose(grads, src + p, positions, count, g_flat, dst + p * block, block)
         for p in range(full, positions):
             for kk in range(lanes):
-                g_flat[dst + p * g_step + kk] = grads[src + kk * positions + p] if kk < count else 0
+                g_flat[dst + p * block + kk] = grads[src + kk * positions + p] if kk < count else 0
     x_flat = xs.reshape(-1)
     chunk = -(-n_img // n_splits)
     per_chunk = -(-n_tiles // n_tile_chunks)
@@ -480,12 +483,12 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
             out = partials[((g * n_kblocks + kb) * n_tiles + tile) * n_splits + split]
             if vectors == 2:
                 taps_x_filters(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
-                               out_h, out_w, pitch, g * padded_k + kb * block,
-                               positions * g_step, g_step)
+                               out_h, out_w, pitch, (g * padded_k + kb * block) * positions,
+                               positions * g_step, block)
             else:
                 taps_x_vector(x_flat, g_flat, out, offsets, first, count, channels * x_plane,
-                              out_h, out_w, pitch, g * padded_k + kb * block,
-                              positions * g_step, g_step)
+                              out_h, out_w, pitch, (g * padded_k + kb * block) * positions,
+                              positions * g_step, block)
     gw = strips.flat(grad_weight)
     row = 12 * block  # a task's partial sums: (tap, filter)
     gw_filter = group_channels * kh * kw
