@@ -766,15 +766,16 @@ def _weave_phases(planes, starts, heights, widths, row_phase, col_phase, woven, 
 
 
 @kernel()
-def _taps_of(weight, rows, cols, out):
-    """out[k, c, i, j] = weight[k, c, rows[i], cols[j]]: a phase's taps of the weight,
-    copied (numpy's copy of the same strided view took 66 us on a (128, 64, 4, 4)
-    weight, this loop a few)."""
-    for k in range(out.shape[0]):
-        for c in range(out.shape[1]):
-            for i in range(out.shape[2]):
-                for j in range(out.shape[3]):
-                    out[k, c, i, j] = weight[k, c, rows[i], cols[j]]
+def _taps_of(weight, taps, out):
+    """out[q * T + t] = weight[q * R * S + taps[t]] for every filter and channel ``q``
+    (flat arrays): a phase's ``T`` taps of the weight, copied (a quarter of a (128, 64,
+    4, 4) weight: 32 us; numpy's copy of the same strided view, 66 us)."""
+    n_taps = taps.size
+    count = out.size // n_taps
+    size = weight.size // count  # R * S
+    for q in range(count):
+        for t in range(n_taps):
+            out[q * n_taps + t] = weight[q * size + taps[t]]
 
 
 def _phase_maps(phases, size, shape):
@@ -821,7 +822,7 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
             continue
         taps = None
         if len(taps_h) < kh or len(taps_w) < kw:
-            taps = (np.array(taps_h, np.intp), np.array(taps_w, np.intp),
+            taps = (np.array([r * kw + c for r in taps_h for c in taps_w], np.intp),
                     (weight_shape[0], weight_shape[1], len(taps_h), len(taps_w)))
         crop = None
         if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out_shape[2], 0, grad_out_shape[3]):
@@ -848,8 +849,8 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
             # the phase's taps packed from a contiguous array, which they read in order
             sub = weight
             if taps is not None:
-                sub = workspace.borrow(taps[2], dtype, "taps")
-                _taps_of(weight, taps[0], taps[1], sub)
+                sub = workspace.borrow(taps[1], dtype, "taps")
+                _taps_of(weight.reshape(-1), taps[0], sub.reshape(-1))
             source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
             if not forward(source, sub, None, target):
                 return False
