@@ -374,8 +374,8 @@ def test_winograd_with_fallback_gemm(case, dtype, rng):
 def test_grad_weight_of_a_shallow_layer_is_a_gemm(rng):
     """Few multiply-adds per output send conv2d and grad_input to the direct loops, but
     grad_weight's GEMM reduces over N * H * W and wins there (RESULTS.md, per-call
-    cost) unless the blocked kernel applies (stride 1, >= 4 filters per
-    group); a depthwise layer's grad_weight stays direct."""
+    cost) unless the blocked kernel applies (>= 4 filters per group); a depthwise
+    layer's grad_weight stays direct."""
     x = rng.uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
     for filters, grad_weight in [(8, "direct"), (2, "im2col")]:
         w = rng.uniform(-1, 1, (filters, 3, 3, 3)).astype(np.float32)
@@ -389,3 +389,27 @@ def test_grad_weight_of_a_shallow_layer_is_a_gemm(rng):
     kernels = fastconv.explain("conv2d_backward", np.ones((2, 8, 16, 16), np.float32), x8,
                                depthwise, padding=1, groups=8)["kernels"]
     assert kernels[1]["algorithm"] == "direct"
+
+
+def test_strided_gradients_on_the_blocked_kernels(monkeypatch):
+    """At a stride, grad_weight runs on the blocked kernel (any size, 1x1 layers of 64
+    channels and more excepted), and grad_input (with conv_transpose2d, the same map)
+    on it from AUTO_PHASES_MIN_WORK multiply-adds on, below that on im2col."""
+    def picks(n, c, size, k, r, stride, pad):
+        out = (size + 2 * pad - r) // stride + 1
+        kernels = fastconv.explain(
+            "conv2d_backward", np.ones((n, k, out, out), np.float32),
+            np.ones((n, c, size, size), np.float32), np.ones((k, c, r, r), np.float32),
+            stride=stride, padding=pad)["kernels"]
+        return kernels[0]["algorithm"], kernels[1]["algorithm"]
+
+    # conv_transpose2d's backward-shaped layer: 537M multiply-adds
+    assert picks(8, 64, 32, 128, 4, 2, 1) == ("direct", "direct")
+    # 32 -> 64 channels on 16x16 at batch 1: 1.2M multiply-adds
+    assert picks(1, 32, 16, 64, 3, 2, 1) == ("im2col", "direct")
+    monkeypatch.setattr(config, "AUTO_PHASES_MIN_WORK", 1 << 20)
+    assert picks(1, 32, 16, 64, 3, 2, 1) == ("direct", "direct")
+    assert picks(8, 256, 28, 512, 1, 2, 0)[1] == "im2col"  # a 1x1 layer: one GEMM
+    x, w = np.ones((8, 128, 16, 16), np.float32), np.ones((128, 64, 4, 4), np.float32)
+    choice = fastconv.explain("conv_transpose2d", x, w, stride=2, padding=1)
+    assert choice["algorithm"] == "direct"
