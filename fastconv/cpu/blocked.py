@@ -390,26 +390,29 @@ def forward_runner(x_shape, weight_shape, has_bias: bool, out_shape, dtype, stri
 
 
 @kernel()
-def _pack_plane(src, pad_top, pad_left, row_len, phase_len, stride_w, n_rows, dst):
-    """dst = the plane ``src`` zero-padded (its rows from padded row ``pad_top``, its
-    columns from padded column ``pad_left``), padded row ``t`` at ``dst[t * row_len:]``
-    and, at a column stride, dealt into its ``stride_w`` column phases: padded column
-    ``u`` at ``(u % stride_w) * phase_len + u // stride_w`` of its row. Rows from
-    ``n_rows`` on (which no output reads) are left out."""
+def _pack_plane(x, source, n, channel, pad_top, pad_left, row_len, phase_len, stride_w, n_rows,
+                dst):
+    """dst = the plane ``x[n, channel]`` zero-padded (its rows from padded row
+    ``pad_top``, its columns from padded column ``pad_left``), padded row ``t`` at
+    ``dst[t * row_len:]`` and, at a column stride, dealt into its ``stride_w`` column
+    phases: padded column ``u`` at ``(u % stride_w) * phase_len + u // stride_w`` of its
+    row. Rows from ``n_rows`` on (which no output reads) are left out. ``source``:
+    :func:`.strips.flat` (x); rows copied (:func:`.strips.copy_row`) or, at stride 2,
+    dealt (:func:`.strips.deal_row`) on vectors."""
     dst[:] = 0
-    height, width = src.shape
+    height, width = x.shape[2], x.shape[3]
     for i in range(min(height, n_rows - pad_top)):
         at = (pad_top + i) * row_len
         if stride_w == 1:
-            row = dst[at + pad_left :]
-            for j in range(width):
-                row[j] = src[i, j]
+            strips.copy_row(source, x, n, channel, i, dst, at + pad_left)
+        elif stride_w == 2:
+            deal_row(source, x, n, channel, i, dst, at, at + phase_len, pad_left)
         else:
             for phase in range(stride_w):  # the columns u = pad_left + j of u % stride_w == phase
                 j = (phase - pad_left) % stride_w
                 row = dst[at + phase * phase_len + (pad_left + j) // stride_w :]
                 for m in range((width - j + stride_w - 1) // stride_w):
-                    row[m] = src[i, j + m * stride_w]
+                    row[m] = x[n, channel, i, j + m * stride_w]
 
 
 @kernel(parallel=True)
@@ -445,11 +448,12 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
     g_step = gt.shape[2]
     g_flat = gt.reshape(-1)
     squares = groups * (padded_k // lanes)  # lanes filters of a group, all positions
+    x_source = strips.flat(x)  # rows by offset, not by view
     for task in prange(n_img * (channels + squares)):
         n, q = task // (channels + squares), task % (channels + squares)
         if q < channels:
-            _pack_plane(x[n, q], pad_top, pad_left, row_len, phase_len, stride_w, n_rows,
-                        xs[n, q])
+            _pack_plane(x, x_source, n, q, pad_top, pad_left, row_len, phase_len, stride_w,
+                        n_rows, xs[n, q])
             continue
         g, k0 = (q - channels) // (padded_k // lanes), (q - channels) % (padded_k // lanes) * lanes
         count = max(0, min(lanes, per_group - k0))
