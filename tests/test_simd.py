@@ -97,19 +97,30 @@ def test_broadcast_reads_one_value_into_every_lane(dtype, rng):
 
 
 @numba.njit
-def _dealt(a, out):
+def _shuffled(a, out):
     lanes = simd.lanes(a)
     low, high = simd.load(a, 0), simd.load(a, lanes)
     simd.store(out, 0, simd.deinterleave(low, high, False))
     simd.store(out, lanes, simd.deinterleave(low, high, True))
+    simd.store(out, 2 * lanes, simd.weave(low, high, False))
+    simd.store(out, 3 * lanes, simd.weave(low, high, True))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_deinterleave_deals_even_and_odd_lanes(dtype, rng):
-    a = rng.standard_normal(2 * 64 // np.dtype(dtype).itemsize).astype(dtype)
-    out = np.zeros_like(a)
-    _dealt(a, out)
-    np.testing.assert_array_equal(out, np.concatenate([a[0::2], a[1::2]]))
+def test_deinterleave_and_weave_are_inverse_shuffles(dtype, rng):
+    # deinterleave deals a row of two vectors into its even and odd lanes; weave puts
+    # two such phases back in one row
+    half = 64 // np.dtype(dtype).itemsize
+    a = rng.standard_normal(2 * half).astype(dtype)
+    out = np.zeros(4 * half, dtype)
+    _shuffled(a, out)
+    np.testing.assert_array_equal(out[: 2 * half], np.concatenate([a[0::2], a[1::2]]))
+    woven = out[2 * half :]
+    np.testing.assert_array_equal(woven[0::2], a[:half])
+    np.testing.assert_array_equal(woven[1::2], a[half:])
+    again = np.zeros(4 * half, dtype)
+    _shuffled(out[: 2 * half].copy(), again)
+    np.testing.assert_array_equal(again[2 * half :], a)  # weave undoes deinterleave
 
 
 @numba.njit
@@ -138,27 +149,6 @@ def test_weave_row_puts_rows_together(width, dtype, layout, rng):
     assert (out[0, 0] == 9.0).all()  # only the row asked for
     if layout == "strided":
         assert (full[:, :, :, 1::2] == 9.0).all()
-
-
-@numba.njit
-def _woven(a, out):
-    lanes = simd.lanes(a)
-    even, odd = simd.load(a, 0), simd.load(a, lanes)
-    simd.store(out, 0, simd.weave(even, odd, False))
-    simd.store(out, lanes, simd.weave(even, odd, True))
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_weave_puts_two_phases_back_in_one_row(dtype, rng):
-    a = rng.standard_normal(2 * 64 // np.dtype(dtype).itemsize).astype(dtype)
-    out = np.zeros_like(a)
-    _woven(a, out)
-    half = a.size // 2
-    np.testing.assert_array_equal(out[0::2], a[:half])
-    np.testing.assert_array_equal(out[1::2], a[half:])
-    dealt = np.zeros_like(a)
-    _dealt(out, dealt)  # weave undoes deinterleave
-    np.testing.assert_array_equal(dealt, a)
 
 
 @numba.njit
