@@ -626,8 +626,8 @@ def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, stride, padding, 
 def grad_weight_applies(x_shape, grad_out_shape, weight_shape, stride, padding, dilation,
                         groups: int, itemsize: int) -> bool:
     """Whether :func:`conv2d_grad_weight_blocked` computes this weight gradient: at least
-    :data:`MIN_GROUP_K` filters per group, and one image's packed planes within the
-    :data:`GRAD_WEIGHT_BLOCK_BYTES`."""
+    :data:`MIN_GROUP_K` filters per group, and one image's packed planes and gradient
+    within :data:`GRAD_WEIGHT_BLOCK_BYTES`."""
     if weight_shape[0] // groups < MIN_GROUP_K:
         return False
     per_image = _grad_weight_layout(x_shape, grad_out_shape, weight_shape, stride, padding,
@@ -638,8 +638,8 @@ def grad_weight_applies(x_shape, grad_out_shape, weight_shape, stride, padding, 
 def conv2d_grad_weight_blocked(x, grad_out, grad_weight, stride, padding, dilation,
                                groups: int) -> bool:
     """Host side of the blocked weight gradient (see :func:`grad_weight_applies`), in
-    blocks of as many images as the scratch budget holds; whether the result is all
-    finite."""
+    blocks of as many images as :data:`GRAD_WEIGHT_BLOCK_BYTES` holds; whether the result
+    is all finite."""
     return grad_weight_runner(x.shape, grad_out.shape, grad_weight.shape, x.dtype, stride,
                               padding, dilation, groups)(x, grad_out, grad_weight)
 
