@@ -168,8 +168,8 @@ AUTO_BLOCKED_SMALL_PLANE_CHANNELS: int = _env_int("AUTO_BLOCKED_SMALL_PLANE_CHAN
 #: Fewest multiply-adds (N * K * H_out * W_out * C/groups * R * S) for which ``auto``
 #: runs a strided layer's grad_input (and conv_transpose2d) on the blocked kernel, a
 #: stride-1 convolution per phase of the input: each phase is a call of its own, so
-#: small problems pay more in calls than they gain (measured, 2 threads, against
-#: im2col: 1.11-1.37x faster on 64 -> 128 channels 56x56, a 4x4 stride-2
+#: small problems pay more in calls than they gain (measured on a Zen 4 VM, 2 threads,
+#: against im2col: 1.11-1.37x faster on 64 -> 128 channels 56x56, a 4x4 stride-2
 #: conv_transpose2d of 128 -> 64 channels and a 5x5 layer of 32 -> 64 channels; 0.86x
 #: at 4.7M and 0.5x at 1.2M multiply-adds).
 AUTO_PHASES_MIN_WORK: int = _env_int("AUTO_PHASES_MIN_WORK", 1 << 24)
