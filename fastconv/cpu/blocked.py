@@ -73,7 +73,7 @@ from .microkernels import (
     weights_x_positions,
     weights_x_vector,
 )
-from .strips import _padded_rows, deal_row, weave_row
+from .strips import _padded_rows, weave_row
 
 #: Fewest filters per group for which the blocked path pays: with fewer, most of
 #: each block of :data:`~.microkernels.BLOCK_K` filters would be padding.
@@ -145,9 +145,9 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
     counts from the first image row) and padded columns ``u * stride_w + b``, row ``q <
     n_rows`` at ``buffer[at + (a * stride_w + b) * n_rows * pitch + q * pitch + u]``,
     ``u < pitch``; zeros outside the image. In a phase, every tap of a strided
-    convolution is again a run of consecutive positions shifted by a constant. A row's
-    two column phases at stride 2 are dealt on SIMD vectors (:func:`.strips.deal_row`;
-    ``source``: :func:`.strips.flat` (x)); other strides value by value."""
+    convolution is again a run of consecutive positions shifted by a constant. Rows
+    are dealt by :func:`.strips.deal_phases` (at stride 2 on SIMD vectors; ``source``:
+    :func:`.strips.flat` (x))."""
     height, width = x.shape[2], x.shape[3]
     for a in range(stride_h):
         for q in range(n_rows):
@@ -165,14 +165,10 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
                     buffer[dst + u] = 0
                 for u in range(u_last, pitch):
                     buffer[dst + u] = 0
-                if inside and stride_w != 2:
-                    col = u_first * stride_w + b - pad_left
-                    for u in range(u_first, u_last):
-                        buffer[dst + u] = x[n, channel, row, col + (u - u_first) * stride_w]
-            if inside and stride_w == 2:
-                base = at + (a * 2 * n_rows + q) * pitch
-                deal_row(source, x, n, channel, row, buffer, base, base + n_rows * pitch,
-                         pad_left)
+            if inside:
+                strips.deal_phases(source, x, n, channel, row, buffer,
+                                   at + (a * stride_w * n_rows + q) * pitch, n_rows * pitch,
+                                   stride_w, pad_left)
 
 
 #: The bits of :func:`_conv2d_forward_blocked`'s ``packing``: filters packed by parallel
@@ -397,22 +393,16 @@ def _pack_plane(x, source, n, channel, pad_top, pad_left, row_len, phase_len, st
     ``dst[t * row_len:]`` and, at a column stride, dealt into its ``stride_w`` column
     phases: padded column ``u`` at ``(u % stride_w) * phase_len + u // stride_w`` of its
     row. Rows from ``n_rows`` on (which no output reads) are left out. ``source``:
-    :func:`.strips.flat` (x); rows copied (:func:`.strips.copy_row`) or, at stride 2,
-    dealt (:func:`.strips.deal_row`) on vectors."""
+    :func:`.strips.flat` (x); rows copied (:func:`.strips.copy_row`) or dealt
+    (:func:`.strips.deal_phases`: at stride 2 on vectors)."""
     dst[:] = 0
-    height, width = x.shape[2], x.shape[3]
-    for i in range(min(height, n_rows - pad_top)):
+    for i in range(min(x.shape[2], n_rows - pad_top)):
         at = (pad_top + i) * row_len
         if stride_w == 1:
             strips.copy_row(source, x, n, channel, i, dst, at + pad_left)
-        elif stride_w == 2:
-            deal_row(source, x, n, channel, i, dst, at, at + phase_len, pad_left)
         else:
-            for phase in range(stride_w):  # the columns u = pad_left + j of u % stride_w == phase
-                j = (phase - pad_left) % stride_w
-                row = dst[at + phase * phase_len + (pad_left + j) // stride_w :]
-                for m in range((width - j + stride_w - 1) // stride_w):
-                    row[m] = x[n, channel, i, j + m * stride_w]
+            strips.deal_phases(source, x, n, channel, i, dst, at, phase_len, stride_w,
+                               pad_left)
 
 
 @kernel(parallel=True)

@@ -298,6 +298,17 @@ def total(typingctx, a):
     return a.dtype(a), codegen
 
 
+def _shuffle(mask):
+    """The code of a shuffle of two vectors by the constant lane indices ``mask`` (an
+    index past the first vector's lanes takes from the second)."""
+
+    def codegen(context, builder, signature, args):
+        lanes_mask = ir.Constant(ir.VectorType(ir.IntType(32), len(mask)), mask)
+        return builder.shuffle_vector(args[0], args[1], lanes_mask)
+
+    return codegen
+
+
 @intrinsic(prefer_literal=True)
 def interleave(typingctx, a, b, block, high):
     """Blocks of ``block`` lanes taken in turn from ``a`` and ``b``: the lower half of
@@ -314,11 +325,7 @@ def interleave(typingctx, a, b, block, high):
         source = group * 2 * width + first + within % width
         mask.append(source if within < width else a.lanes + source)
 
-    def codegen(context, builder, signature, args):
-        lanes_mask = ir.Constant(ir.VectorType(ir.IntType(32), a.lanes), mask)
-        return builder.shuffle_vector(args[0], args[1], lanes_mask)
-
-    return a(a, b, block, high), codegen
+    return a(a, b, block, high), _shuffle(mask)
 
 
 @intrinsic(prefer_literal=True)
@@ -329,11 +336,7 @@ def deinterleave(typingctx, a, b, odd):
         return None
     mask = [2 * lane + int(odd.literal_value) for lane in range(a.lanes)]
 
-    def codegen(context, builder, signature, args):
-        lanes_mask = ir.Constant(ir.VectorType(ir.IntType(32), a.lanes), mask)
-        return builder.shuffle_vector(args[0], args[1], lanes_mask)
-
-    return a(a, b, odd), codegen
+    return a(a, b, odd), _shuffle(mask)
 
 
 @intrinsic(prefer_literal=True)
@@ -346,11 +349,7 @@ def weave(typingctx, a, b, high):
     first = a.lanes // 2 if high.literal_value else 0
     mask = [first + lane // 2 + (a.lanes if lane % 2 else 0) for lane in range(a.lanes)]
 
-    def codegen(context, builder, signature, args):
-        lanes_mask = ir.Constant(ir.VectorType(ir.IntType(32), a.lanes), mask)
-        return builder.shuffle_vector(args[0], args[1], lanes_mask)
-
-    return a(a, b, high), codegen
+    return a(a, b, high), _shuffle(mask)
 
 
 @intrinsic

@@ -155,6 +155,23 @@ def _deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
     return _deal_loop
 
 
+@kernel()
+def deal_phases(source, x, n, channel, row, buffer, at, step, stride, pad_left):
+    """``x[n, channel, row]`` dealt into the ``stride`` column phases of its zero-padded
+    row: padded column ``u * stride + b`` at ``buffer[at + b * step + u]``, for the
+    image's columns only (the padding is the caller's). ``source``: :func:`flat` (x).
+    At stride 2 on vectors (:func:`deal_row`); at other strides value by value."""
+    if stride == 2:
+        deal_row(source, x, n, channel, row, buffer, at, at + step, pad_left)
+        return
+    width = x.shape[3]
+    for b in range(stride):
+        col = (b - pad_left) % stride  # the first image column of phase b
+        dst = at + b * step + (pad_left + col) // stride
+        for m in range((width - col + stride - 1) // stride):
+            buffer[dst + m] = x[n, channel, row, col + m * stride]
+
+
 def weave_row(target, out, n, channel, row, planes, even, odd):
     """``out[n, channel, row, 2 * m] = planes[even + m]`` and ``out[n, channel, row, 2 * m
     + 1] = planes[odd + m]``: a row put back together from its two stride-2 column
