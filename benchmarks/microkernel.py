@@ -10,6 +10,8 @@ Times, on the calling thread (one core), float32:
   over 32 channels x 9 taps of a 3x3 layer's strip, all in L1 (about 28 KB);
 - weights_x_pair: its two-vector tail (8 filters x 32 positions), same strip;
 - weights_x_vector: its one-vector tail (8 filters x 16 positions), same strip;
+- positions_x_filters: the forward by filters (12 outputs of the 8x8 plane x 16
+  filters), same strip;
 - taps_x_filters: grad_weight's micro-kernel (12 taps x 32 filters) over 4 images of
   an 8x8 plane (padded to 10x10);
 - taps_x_vector: its one-vector form (12 taps x 16 filters), same images.
@@ -76,6 +78,13 @@ def _tail(strip, weights, sums, pitch, depth, taps, reps):
 
 
 @numba.njit
+def _by_filters(strip, weights, sums, offsets, pitch, depth, taps, reps):
+    for _ in range(reps):
+        microkernels.positions_x_filters(strip, weights, sums, 0, offsets, 0, pitch, depth,
+                                         taps)
+
+
+@numba.njit
 def _grad_weight(source, grads, out, taps, images, source_image, step, reps):
     for _ in range(reps):
         microkernels.taps_x_filters(source, grads, out, taps, 0, images, source_image, 8, 8,
@@ -125,6 +134,11 @@ def main() -> None:
                  reps * per_step * 32, args.seconds)
     tail = _rate(lambda: _tail(strip, weights, sums, pitch, depth, taps, reps),
                  reps * per_step * 16, args.seconds)
+    weights = rng.standard_normal(depth * taps.size * lanes).astype(np.float32)
+    offsets = np.array([q // 8 * 10 + q % 8 for q in range(12)], np.intp)
+    by_filters = _rate(lambda: _by_filters(strip, weights, sums, offsets, pitch, depth, taps,
+                                           reps),
+                       reps * depth * taps.size * lanes * 2.0 * 12, args.seconds)
 
     images, source_image = 4, 10 * 10 + lanes
     source = rng.standard_normal(images * source_image + 64).astype(np.float32)
@@ -144,6 +158,7 @@ def main() -> None:
     print(f"{'kernel':<22}{'GFLOP/s':>10}{'of peak':>10}")
     for name, rate in [("peak (FMA loop)", peak), ("weights_x_positions", forward),
                        ("weights_x_pair", pair), ("weights_x_vector", tail),
+                       ("positions_x_filters", by_filters),
                        ("taps_x_filters", rates[0]), ("taps_x_vector", rates[1])]:
         print(f"{name:<22}{rate:>10.1f}{rate / peak:>10.0%}")
 

@@ -45,3 +45,25 @@ def _fresh_plans():
 
     fastconv.plans.clear()
     yield
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "background(name): the test waits for tests.background's command name")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the background commands of the collected tests (see tests/background.py)."""
+    from tests import background
+
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        for marker in item.iter_markers("background"):
+            background.start(marker.args[0])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests import background
+
+    background.stop_all()

@@ -34,6 +34,7 @@ import pytest
 
 import fastconv
 from fastconv import config, dispatch, reference, shapes
+from tests import background
 from tests.cases import sum_tolerance, tolerance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -485,23 +486,38 @@ else:
 """
 
 
-def test_bounds_checked(tmp_path):
+def _bounds_env(scratch: Path) -> dict[str, str]:
     # NUMBA_BOUNDSCHECK=1 compiles every kernel with index checks, into a cache of its own
     # (checked and unchecked machine code never share a cache). Kernels run serially
     # (FASTCONV_PARALLEL=0): an IndexError raised inside a parallel prange body is lost.
     # The thread count still sets the chunks that the host wrappers split the work into.
-    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
-               FASTCONV_PARALLEL="0", NUMBA_NUM_THREADS="3")
-    probe = tmp_path / "probe.py"
+    return dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(scratch / "cache"),
+                FASTCONV_PARALLEL="0", NUMBA_NUM_THREADS="3")
+
+
+@background.command("bounds-probe")
+def _bounds_probe(scratch: Path) -> background.Command:
+    probe = scratch / "probe.py"
     probe.write_text(OUT_OF_BOUNDS_PROBE)
-    done = subprocess.run([sys.executable, str(probe)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return background.Command([sys.executable, str(probe)], _bounds_env(scratch), ROOT)
+
+
+@background.command("bounds-checked")
+def _bounds_checked(scratch: Path) -> background.Command:
+    return background.Command(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         "--benchmark-disable", "-o", "addopts=", *BOUNDS_CHECKED, "-k", "float64 or not float32"],
+        _bounds_env(scratch), ROOT)
+
+
+@pytest.mark.background("bounds-probe")
+@pytest.mark.background("bounds-checked")
+def test_bounds_checked():
+    # the probe: bounds checking is on in the kernels as fastconv makes them
+    done = background.wait("bounds-probe", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-               "--benchmark-disable", "-o", "addopts=", *BOUNDS_CHECKED,
-               "-k", "float64 or not float32"]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1800)
+    # this file's in-process tests and the others of BOUNDS_CHECKED, started beside the suite
+    done = background.wait("bounds-checked", timeout=1800)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert " passed" in done.stdout.splitlines()[-1]
 

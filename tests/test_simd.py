@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -17,6 +18,7 @@ import fastconv.cpu.threads
 from fastconv import reference
 from fastconv.cpu import blocked, microkernels, simd, strips
 from fastconv.cpu.epilogue import store_row
+from tests import background
 from tests.cases import DTYPES
 from tests.gradients import assert_grads_close
 from tests.test_conv2d import assert_close
@@ -256,6 +258,28 @@ def test_micro_kernel_is_its_formula(dtype, rng):
         assert out[kk * out_pitch + first - 1] == 7.0  # nothing before the block
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_micro_kernel_by_filters_is_its_formula(dtype, rng):
+    lanes = 64 // np.dtype(dtype).itemsize
+    q = microkernels.BLOCK_Q
+    depth, pitch, first, at_out = 3, 100, 2, 5
+    taps = np.array([0, 1, 11, 23], np.intp)
+    offsets = np.array([9, 9, 0, 3, 40, 41, 42, 50, 51, 52, 60, 70, 71, 1], np.intp)
+    source = rng.standard_normal(depth * pitch + 100).astype(dtype)
+    weights = rng.standard_normal(depth * taps.size * lanes).astype(dtype)
+    out = np.full(at_out + (q + 1) * lanes, 7.0, dtype)
+    microkernels.positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth,
+                                     taps)
+    w = weights.reshape(depth, taps.size, lanes)
+    for p in range(q):
+        expected = sum(w[c, t] * source[c * pitch + taps[t] + offsets[first + p]]
+                       for c in range(depth) for t in range(taps.size))
+        got = out[at_out + p * lanes : at_out + (p + 1) * lanes]
+        tol = 1e-5 if dtype == np.float32 else 1e-12  # sums of 12 terms of about 1
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+    assert (out[:at_out] == 7.0).all() and (out[at_out + q * lanes :] == 7.0).all()
+
+
 # --- the blocked direct convolution -------------------------------------------------------
 
 #: (id, input shape, weight shape, kwargs): filter counts that leave partial blocks of 8,
@@ -300,16 +324,20 @@ def _blocked_case(shape, wshape, dtype, rng):
     return x, w, b
 
 
-@pytest.fixture(params=["packed in tasks", "packed on one thread"])
+@pytest.fixture(params=["packed in tasks", "by positions, packed on one thread",
+                        "by filters"])
 def always_parallel(request, monkeypatch):
     """Small calls run the parallel kernels too (not their serial twins), so the cases
     cover the tasks' splits of images, runs and bands on more than one thread; the
-    forward's filters packed by parallel tasks, or on the calling thread."""
+    forward's filters packed by parallel tasks, or on the calling thread; its sums in the
+    form it chooses, or by positions, or by filters."""
     monkeypatch.setattr(fastconv.cpu.threads, "SERIAL_MAX_WORK", 0)
     monkeypatch.setattr(blocked, "GRAD_WEIGHT_SERIAL_MAX_WORK", 0)
     monkeypatch.setattr(blocked, "FORWARD_SERIAL_MAX_WORK", 0)
     monkeypatch.setattr(blocked, "PACK_TASKS_MIN_VALUES",
-                        0 if request.param == "packed in tasks" else 1 << 62)
+                        1 << 62 if "one thread" in request.param else 0)
+    monkeypatch.setattr(blocked, "FORWARD_FORM", {"by filters": "filters"}.get(
+        request.param, "positions" if "by positions" in request.param else None))
     blocked._forward_layout.cache_clear()
     blocked._grad_weight_layout.cache_clear()
     fastconv.clear_plans()
@@ -476,15 +504,33 @@ print(worst)
 """
 
 
-@pytest.mark.parametrize("cpu", ["haswell", "x86-64"])
-def test_simd_kernels_on_a_cpu_without_avx512(cpu, tmp_path):
+def _x86() -> bool:
+    return bool(numba.config.CPU_NAME) or os.uname().machine in ("x86_64", "AMD64")
+
+
+def _another_target(cpu: str):
+    def make(scratch: Path) -> background.Command | None:
+        if not _x86():
+            return None
+        env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="",
+                   NUMBA_CACHE_DIR=str(scratch), FASTCONV_CACHE="0")
+        return background.Command([sys.executable, "-c", _ANOTHER_TARGET], env)
+    return background.command(f"cpu-{cpu}")(make)
+
+
+_TARGETS = ["haswell", "x86-64"]
+for _cpu in _TARGETS:
+    _another_target(_cpu)
+
+
+@pytest.mark.parametrize("cpu", [pytest.param(cpu, marks=pytest.mark.background(f"cpu-{cpu}"))
+                                 for cpu in _TARGETS])
+def test_simd_kernels_on_a_cpu_without_avx512(cpu):
     # LLVM splits the 512-bit vectors (and their shuffles) into AVX2 (haswell) or SSE2
     # (x86-64) registers: the same results, forward and gradients, as this machine gives
-    if not numba.config.CPU_NAME and os.uname().machine not in ("x86_64", "AMD64"):
+    # (a fresh process compiling everything for that target, started beside the suite)
+    if not _x86():
         pytest.skip("an x86 target name")
-    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="",
-               NUMBA_CACHE_DIR=str(tmp_path), FASTCONV_CACHE="0")
-    result = subprocess.run([sys.executable, "-c", _ANOTHER_TARGET], capture_output=True,
-                            text=True, env=env, timeout=600)
+    result = background.wait(f"cpu-{cpu}", timeout=1500)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) < 1e-5, result.stdout

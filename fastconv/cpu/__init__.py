@@ -135,8 +135,14 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
                           f"{small} on a {plane_h}x{plane_w} plane, where only {use} % < "
                           f"AUTO_BLOCKED_MIN_USE_PERCENT = {config.AUTO_BLOCKED_MIN_USE_PERCENT} "
                           f"% of the positions the blocked kernel computes are outputs")
+    detail = f"{use} % of its positions are outputs"
+    if op == "conv2d" and blocked.by_filters(out_h, out_w, filters, group_channels * kh * kw, kw,
+                                             dilation[1], itemsize, stride[1],
+                                             width + left + right):
+        detail = (f"its sums by filters, 12 outputs x a vector of filters, where by positions "
+                  f"only {use} % would be outputs")
     return "direct", (f"{filters} >= {blocked.MIN_GROUP_K} filters per group: the "
-                      f"register-blocked direct kernel ({use} % of its positions are outputs)")
+                      f"register-blocked direct kernel ({detail})")
 
 
 def _conv_chooser(op):

@@ -58,3 +58,42 @@ def _store_row(src, at, target, out, n, k, i, offset, floor):
             and src.dtype == target.dtype):
         return _store_vectors
     return _store_loop
+
+
+def store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
+    """``out[n, k0 + kk]``'s plane, flat, ``[first + q] = src[at + q * lanes + kk]`` for
+    ``q < count <= lanes``, ``kk < n_k <= lanes``: a square of sums computed by filters
+    (position-major: a vector of filters per output; bias and floor already applied)
+    written transposed into the planes of ``out``. ``target``: :func:`.strips.flat`
+    (out). A full square of a C-contiguous ``out`` is one :func:`.simd.transpose`
+    straight into the planes; a partial one goes through ``spare`` (``lanes * lanes``
+    values) and masked stores; a strided ``out``, value by value."""
+
+
+def _square_vectors(src, at, count, n_k, target, out, n, k0, first, spare):
+    lanes = simd.lanes(src)
+    plane = out.shape[2] * out.shape[3]
+    dst = row_start(out, n, k0, 0) + first
+    if count == lanes and n_k == lanes:
+        simd.transpose(src, at, lanes, lanes, target, dst, plane)
+        return
+    simd.transpose(src, at, lanes, count, spare, 0, lanes)
+    for kk in range(n_k):
+        simd.store_first(target, dst + kk * plane, simd.load(spare, kk * lanes), count)
+
+
+def _square_loop(src, at, count, n_k, target, out, n, k0, first, spare):
+    lanes = simd.lanes(src)
+    width = out.shape[3]
+    for kk in range(n_k):
+        for q in range(count):
+            i, j = divmod(first + q, width)
+            out[n, k0 + kk, i, j] = src[at + q * lanes + kk]
+
+
+@overload(store_by_filters, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+def _store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
+    if (simd._contiguous_1d(src) and simd._contiguous_1d(target)
+            and src.dtype == target.dtype):
+        return _square_vectors
+    return _square_loop

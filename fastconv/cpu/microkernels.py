@@ -25,6 +25,13 @@ its taps in full tiles) broadcast against it. Per position: 2 loads, 12
 broadcasts and 24 multiply-adds into 24 registers, summed over every position
 of the images and stored once. :func:`taps_x_vector` is the same one vector of
 filters wide, for layers of at most 16 filters per group.
+
+:func:`positions_x_filters` is the forward by filters: a vector of filters (16 in
+float32) loaded per reduction step and 12 input values broadcast against it, one
+for each of 12 output positions at offsets of their own. It computes only real
+outputs, where :func:`weights_x_positions` computes the row pitch's junk columns
+too, so it is the form for few filters on small planes (an 8x8 output on a row
+pitch of 12 is two thirds outputs).
 """
 
 from __future__ import annotations
@@ -242,3 +249,51 @@ def taps_x_vector(source, grads, out, taps, first_image, n_images, source_image,
                 g += grads_step
     for t, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, aa, ab)):
         simd.store(out, t * lanes, acc)
+
+
+#: Output positions in one block of :func:`positions_x_filters`.
+BLOCK_Q = 12
+
+
+@kernel()
+def positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth, taps):
+    """Block of 12 output positions x one vector of filters (``lanes``, 16 in float32),
+    the forward's other way round:
+
+        out[at_out + q * lanes + l]
+            = sum_{c < depth, t} source[c * pitch + taps[t] + offsets[first + q]]
+                                 * weights[(c * len(taps) + t) * lanes + l]
+
+    for ``q < 12``: per reduction step one vector of the filters' weights loaded, 12
+    input values broadcast, 12 multiply-adds into 12 registers. The positions are any
+    12 (``offsets``), so a plane narrower than a vector computes no junk columns: the
+    form for layers of few filters on small planes, where a block of
+    :func:`weights_x_positions` would be mostly the row pitch's junk."""
+    lanes = simd.lanes(source)
+    n_taps = taps.size
+    o0, o1, o2, o3 = offsets[first], offsets[first + 1], offsets[first + 2], offsets[first + 3]
+    o4, o5, o6, o7 = offsets[first + 4], offsets[first + 5], offsets[first + 6], offsets[first + 7]
+    o8, o9, o10, o11 = (offsets[first + 8], offsets[first + 9], offsets[first + 10],
+                        offsets[first + 11])
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = aa = ab = simd.zeros(source)
+    w = 0
+    for c in range(depth):
+        plane = c * pitch
+        for t in range(n_taps):
+            at = plane + taps[t]
+            v = simd.load(weights, w)
+            a0 = simd.fma(simd.broadcast(source, at + o0), v, a0)
+            a1 = simd.fma(simd.broadcast(source, at + o1), v, a1)
+            a2 = simd.fma(simd.broadcast(source, at + o2), v, a2)
+            a3 = simd.fma(simd.broadcast(source, at + o3), v, a3)
+            a4 = simd.fma(simd.broadcast(source, at + o4), v, a4)
+            a5 = simd.fma(simd.broadcast(source, at + o5), v, a5)
+            a6 = simd.fma(simd.broadcast(source, at + o6), v, a6)
+            a7 = simd.fma(simd.broadcast(source, at + o7), v, a7)
+            a8 = simd.fma(simd.broadcast(source, at + o8), v, a8)
+            a9 = simd.fma(simd.broadcast(source, at + o9), v, a9)
+            aa = simd.fma(simd.broadcast(source, at + o10), v, aa)
+            ab = simd.fma(simd.broadcast(source, at + o11), v, ab)
+            w += lanes
+    for q, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, aa, ab)):
+        simd.store(out, at_out + q * lanes, acc)
