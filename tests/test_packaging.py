@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -17,6 +18,7 @@ import textwrap
 import pytest
 
 import fastconv
+from tests import background
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -57,28 +59,47 @@ def test_benchmarks_run_without_nbmake(tmp_path):
         assert entry["stats"]["rounds"] == min_rounds, entry["stats"]
 
 
-def test_the_bench_extra_alone_runs_a_benchmark_group(tmp_path):
+#: What a user of the benchmarks does, as one script: a fresh virtual environment with
+#: only the bench extra, then ``pytest benchmarks/ --benchmark-only`` on one group.
+_BENCH_EXTRA_ALONE = """
+import subprocess, sys
+venv = sys.argv[1]
+subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+python = venv + ("/Scripts/python.exe" if sys.platform == "win32" else "/bin/python")
+install = subprocess.run(
+    [python, "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e", ".[bench]"],
+    capture_output=True, text=True, timeout=1200)
+if install.returncode:
+    sys.exit("install failed: " + install.stdout[-4000:] + install.stderr[-4000:])
+print("LISTED", subprocess.run([python, "-m", "pip", "list"], capture_output=True, text=True,
+                               check=True).stdout.replace(chr(10), " "))
+child = subprocess.run(
+    [python, "-m", "pytest", "benchmarks/", "--benchmark-only", "-q", "-p", "no:cacheprovider",
+     "-k", "repeat_unpool2d-x2 and not backward", "--benchmark-max-time=0.00001",
+     "--benchmark-min-rounds=2"], capture_output=True, text=True, timeout=600)
+print(child.stdout[-4000:])
+print(child.stderr[-4000:], file=sys.stderr)
+sys.exit(child.returncode)
+"""
+
+
+@background.command("bench-extra-alone")
+def _bench_extra_alone(scratch: pathlib.Path) -> background.Command:
+    return background.Command([sys.executable, "-c", _BENCH_EXTRA_ALONE,
+                               str(scratch / "bench-venv")], dict(os.environ), ROOT)
+
+
+@pytest.mark.background("bench-extra-alone")
+def test_the_bench_extra_alone_runs_a_benchmark_group():
     """What a user of the benchmarks does: a fresh virtual environment with only
     ``pip install -c constraints.txt -e '.[bench]'``, then ``pytest benchmarks/
     --benchmark-only`` on one group (pip's own configuration finds the wheels, as for
-    ``make test``)."""
-    venv = tmp_path / "bench-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e", ".[bench]"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert install.returncode == 0, install.stdout[-4000:] + install.stderr[-4000:]
-    listed = subprocess.run([str(python), "-m", "pip", "list"], capture_output=True,
-                            text=True, check=True).stdout
+    ``make test``); started beside the suite."""
+    done = background.wait("bench-extra-alone", timeout=1800)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    listed = done.stdout.split("LISTED", 1)[1].splitlines()[0]
     assert "nbmake" not in listed and "pytest-benchmark" in listed
-    child = subprocess.run(
-        [str(python), "-m", "pytest", "benchmarks/", "--benchmark-only", "-q",
-         "-p", "no:cacheprovider", "-k", "repeat_unpool2d-x2 and not backward",
-         "--benchmark-max-time=0.00001", "--benchmark-min-rounds=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-4000:]
-    assert re.search(r"\b[1-9]\d* passed", child.stdout), child.stdout[-2000:]
+    assert re.search(r"\b[1-9]\d* passed", done.stdout), done.stdout[-2000:]
 
 
 def test_pytest_addopts_need_only_pytest_benchmark():
