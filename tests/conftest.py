@@ -53,14 +53,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start the background commands of the collected tests (see tests/background.py)."""
+    """Queue the background commands of the collected tests (see tests/background.py)."""
     from tests import background
 
     if session.config.option.collectonly:
         return
-    for item in session.items:
-        for marker in item.iter_markers("background"):
-            background.start(marker.args[0])
+    background.schedule([marker.args[0] for item in session.items
+                         for marker in item.iter_markers("background")])
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
