@@ -65,21 +65,23 @@ def store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
     ``q < count <= lanes``, ``kk < n_k <= lanes``: a square of sums computed by filters
     (position-major: a vector of filters per output; bias and floor already applied)
     written transposed into the planes of ``out``. ``target``: :func:`.strips.flat`
-    (out). A full square of a C-contiguous ``out`` is one :func:`.simd.transpose`
-    straight into the planes; a partial one goes through ``spare`` (``lanes * lanes``
-    values) and masked stores; a strided ``out``, value by value."""
+    (out). Into a C-contiguous ``out``, one :func:`.simd.transpose` into ``spare``
+    (``lanes * lanes`` values) and a vector store per filter (masked for fewer than
+    ``lanes`` outputs; the transpose straight into the planes as well cost 2 s more to
+    compile, for no measurable gain); into a strided ``out``, value by value."""
 
 
 def _square_vectors(src, at, count, n_k, target, out, n, k0, first, spare):
     lanes = simd.lanes(src)
     plane = out.shape[2] * out.shape[3]
     dst = row_start(out, n, k0, 0) + first
-    if count == lanes and n_k == lanes:
-        simd.transpose(src, at, lanes, lanes, target, dst, plane)
-        return
     simd.transpose(src, at, lanes, count, spare, 0, lanes)
-    for kk in range(n_k):
-        simd.store_first(target, dst + kk * plane, simd.load(spare, kk * lanes), count)
+    if count == lanes:
+        for kk in range(n_k):
+            simd.store(target, dst + kk * plane, simd.load(spare, kk * lanes))
+    else:
+        for kk in range(n_k):
+            simd.store_first(target, dst + kk * plane, simd.load(spare, kk * lanes), count)
 
 
 def _square_loop(src, at, count, n_k, target, out, n, k0, first, spare):
