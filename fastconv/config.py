@@ -165,6 +165,19 @@ AUTO_WINOGRAD_MIN_CHANNEL_PLANE: int = _env_int("AUTO_WINOGRAD_MIN_CHANNEL_PLANE
 AUTO_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_BLOCKED_MIN_USE_PERCENT", 80)
 AUTO_BLOCKED_SMALL_PLANE_CHANNELS: int = _env_int("AUTO_BLOCKED_SMALL_PLANE_CHANNELS", 128)
 
+#: ... except stride-1 1x1 layers (not grad_weight) that stay on the blocked kernel: those
+#: whose convolution (for
+#: grad_input, the transposed one) has at least this many times more filters than
+#: channels per group, and those of at most AUTO_1X1_BLOCKED_MAX_WORK multiply-adds
+#: (measured on a Zen 4 VM, 2 threads, two interleaved runs, im2col / blocked: 64 ->
+#: 256 channels on 56x56 1.16-1.20x, 128 -> 512 on 28x28 1.15-1.16x, and the
+#: grad_input of 256 -> 64 on 56x56 1.18-1.19x and of 512 -> 128 on 28x28 1.10-1.13x;
+#: 256 -> 64 on 14x14 at batch 1 (3.2M multiply-adds) 1.06-1.36x forward and 1.18-1.61x
+#: grad_input; layers of as many or fewer filters than channels at batch 8
+#: 0.94-1.04x, where im2col stays).
+AUTO_1X1_BLOCKED_MIN_EXPANSION: int = _env_int("AUTO_1X1_BLOCKED_MIN_EXPANSION", 4)
+AUTO_1X1_BLOCKED_MAX_WORK: int = _env_int("AUTO_1X1_BLOCKED_MAX_WORK", 1 << 23, minimum=0)
+
 #: Fewest multiply-adds (N * K * H_out * W_out * C/groups * R * S) for which ``auto``
 #: runs a strided layer's grad_input (and conv_transpose2d) on the blocked kernel, a
 #: stride-1 convolution per phase of the input: each phase is a call of its own, so

@@ -82,8 +82,9 @@ AUTO_CHOICES = [
     # ... and im2col on deep layers where the blocked kernel wastes half its positions
     ("c256_3x3_7x7", (2, 256, 7, 7), (256, 256, 3, 3), dict(padding=1), "im2col"),
     ("c128_3x3_7x7", (2, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), "direct"),
-    # ... and im2col on 1x1 layers of >= 64 channels and strided layers of more
-    ("c64_k64_1x1", (1, 64, 6, 6), (64, 64, 1, 1), {}, "im2col"),
+    # ... and im2col on 1x1 layers of >= 64 channels (beyond AUTO_1X1_BLOCKED_MAX_WORK
+    # multiply-adds, without a 4x expansion) and strided layers of more
+    ("c64_k64_1x1", (8, 64, 32, 32), (64, 64, 1, 1), {}, "im2col"),
     ("c128_k256_3x3_s2", (1, 128, 8, 8), (256, 128, 3, 3), dict(stride=2, padding=1), "im2col"),
     # strided layers of fewer channels run on the blocked kernel's phases
     ("c64_3x3_s2", (1, 64, 8, 8), (16, 64, 3, 3), dict(stride=2, padding=1), "direct"),
@@ -413,3 +414,41 @@ def test_strided_gradients_on_the_blocked_kernels(monkeypatch):
     x, w = np.ones((8, 128, 16, 16), np.float32), np.ones((128, 64, 4, 4), np.float32)
     choice = fastconv.explain("conv_transpose2d", x, w, stride=2, padding=1)
     assert choice["algorithm"] == "direct"
+
+
+def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng):
+    """1x1 layers of 64+ channels run on im2col's one GEMM, except at stride 1 those
+    whose convolution (grad_input: the transposed one) has AUTO_1X1_BLOCKED_MIN_EXPANSION
+    times more filters than channels, and small calls; never grad_weight."""
+    def picks(n, c, size, k, stride=1):
+        out = (size - 1) // stride + 1
+        kernels = fastconv.explain(
+            "conv2d_backward", np.ones((n, k, out, out), np.float32),
+            np.ones((n, c, size, size), np.float32), np.ones((k, c, 1, 1), np.float32),
+            stride=stride)["kernels"]
+        forward = fastconv.explain("conv2d", np.ones((n, c, size, size), np.float32),
+                                   np.ones((k, c, 1, 1), np.float32), stride=stride)
+        return forward["algorithm"], kernels[0]["algorithm"], kernels[1]["algorithm"]
+
+    assert picks(8, 64, 56, 256) == ("direct", "im2col", "im2col")  # expands 4x
+    assert picks(8, 256, 56, 64) == ("im2col", "direct", "im2col")  # its grad_input expands
+    assert picks(8, 128, 28, 256) == ("im2col", "im2col", "im2col")  # 2x: one GEMM
+    assert picks(1, 256, 14, 64) == ("direct", "direct", "im2col")  # 3.2M multiply-adds
+    assert picks(8, 64, 56, 256, stride=2)[0] == "im2col"
+    monkeypatch.setattr(config, "AUTO_1X1_BLOCKED_MIN_EXPANSION", 2)
+    assert picks(8, 128, 28, 256)[0] == "direct"
+    # and the blocked kernel computes them
+    x = rng.standard_normal((2, 64, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((256, 64, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(256).astype(np.float32)
+    assert fastconv.explain("conv2d", x, w, b)["algorithm"] == "direct"
+    np.testing.assert_allclose(fastconv.conv2d(x, w, b), fastconv.reference.conv2d(x, w, b),
+                               rtol=1e-4, atol=1e-4)
+    # grad_input of 256 -> 64 channels: its transposed convolution expands 64 -> 256
+    x = rng.standard_normal((2, 256, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((64, 256, 1, 1)).astype(np.float32)
+    g = rng.standard_normal((2, 64, 9, 11)).astype(np.float32)
+    assert fastconv.explain("conv2d_backward", g, x, w)["kernels"][0]["algorithm"] == "direct"
+    got = fastconv.conv2d_backward(g, x, w, needs_weight_grad=False, needs_bias_grad=False)[0]
+    expected = fastconv.reference.conv2d_backward(g, x, w)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -29,7 +29,10 @@ def _choose_conv(op, weight_shape, problem):
        kernels, except, with ``deep = AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when
        it fits, min(C, K)/groups >= deep and min(C, K)/groups * H_out * W_out >=
        ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``; im2col for 1x1 layers of >= deep channels
-       (one GEMM on the input); the blocked kernel for any other strided grad_weight;
+       (one GEMM on the input), unless the convolution that runs has
+       ``AUTO_1X1_BLOCKED_MIN_EXPANSION`` times more filters than channels per group or
+       the call needs at most ``AUTO_1X1_BLOCKED_MAX_WORK`` multiply-adds (stride 1,
+       not grad_weight); the blocked kernel for any other strided grad_weight;
        im2col for strided layers of more than deep channels and layers of more than
        ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
@@ -118,8 +121,20 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
                             f"AUTO_WINOGRAD_MIN_CHANNEL_PLANE = {limit}: Winograd's fewer "
                             f"multiply-adds pay for its transforms")
     if narrow >= deep and kh * kw == 1:
-        return "im2col", (f"a 1x1 layer with min(C, K)/groups = {narrow} >= "
-                          f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: one GEMM on the input itself")
+        # the convolution that runs: its filters and channels per group
+        depth = out_channels // groups if op == "conv2d_grad_input" else group_channels
+        work = n_img * out_h * out_w * out_channels * group_channels
+        expansion, small = config.AUTO_1X1_BLOCKED_MIN_EXPANSION, config.AUTO_1X1_BLOCKED_MAX_WORK
+        if op == "conv2d_grad_weight" or stride != (1, 1) or (filters < expansion * depth
+                                                               and work > small):
+            return "im2col", (f"a 1x1 layer with min(C, K)/groups = {narrow} >= "
+                              f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: one GEMM on the input "
+                              f"itself")
+        why = (f"{filters} filters >= AUTO_1X1_BLOCKED_MIN_EXPANSION = {expansion} x {depth} "
+               f"channels" if filters >= expansion * depth else
+               f"{work} <= AUTO_1X1_BLOCKED_MAX_WORK = {small} multiply-adds")
+        return "direct", (f"a 1x1 layer of {why} per group: the register-blocked direct "
+                          f"kernel beats im2col's GEMM there")
     if op == "conv2d_grad_weight" and stride != (1, 1):
         return "direct", (f"stride {stride} with {filters} >= {blocked.MIN_GROUP_K} filters "
                           f"per group: the register-blocked weight gradient (12 taps x a "
