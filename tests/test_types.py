@@ -3,20 +3,22 @@ finds no error in fastconv, and a user's code gets precise types: an int or a pa
 ``conv_output_size``, a pair from ``max_pool2d(..., return_indices=True)``, an array (not
 Any) from calling an ``nn`` layer, and an error for a misspelt padding.
 
-Both run mypy in a subprocess from the repository root; its cache (``.mypy_cache``)
-makes a second run take seconds.
+Both run mypy in a subprocess from the repository root, beside the rest of the suite
+(``tests/background.py``); its cache (``.mypy_cache``) makes a second run take seconds.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import re
-import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from tests import background
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -82,27 +84,39 @@ fct.Conv2d(1, 2, 3, padding="sme")  # E: "padding" to "Conv2d"
 '''
 
 
-def _mypy(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mypy", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+def _mypy(*args: str) -> background.Command:
+    return background.Command([sys.executable, "-m", "mypy", *args], dict(os.environ), ROOT)
 
 
+@background.command("mypy-fastconv")
+def _mypy_fastconv(scratch: pathlib.Path) -> background.Command:
+    return _mypy()
+
+
+@background.command("mypy-snippet")
+def _mypy_snippet(scratch: pathlib.Path) -> background.Command:
+    snippet = scratch / "snippet.py"
+    snippet.write_text(textwrap.dedent(SNIPPET), encoding="utf-8")
+    return _mypy("--follow-imports=silent", "--cache-dir", str(ROOT / ".mypy_cache" / "snippet"),
+                 "--hide-error-context", "--no-pretty", str(snippet))
+
+
+@pytest.mark.background("mypy-fastconv")
 def test_mypy_finds_no_error_in_fastconv():
     """``python -m mypy`` as pyproject.toml configures it: every file of fastconv."""
-    result = _mypy()
+    result = background.wait("mypy-fastconv", timeout=600)
     output = result.stdout + result.stderr
     errors = [line for line in output.splitlines() if ": error:" in line]
     assert result.returncode == 0 and not errors, output
 
 
-def test_public_types_are_precise(tmp_path):
+@pytest.mark.background("mypy-snippet")
+def test_public_types_are_precise():
     """The snippet's expectations (see SNIPPET): revealed types and exactly the errors
     marked. Errors inside fastconv are left to the test above (--follow-imports=silent);
     a cache of its own keeps the two runs from invalidating each other's."""
-    snippet = tmp_path / "snippet.py"
-    snippet.write_text(textwrap.dedent(SNIPPET), encoding="utf-8")
-    result = _mypy("--follow-imports=silent", "--cache-dir", str(ROOT / ".mypy_cache" / "snippet"),
-                   "--hide-error-context", "--no-pretty", str(snippet))
+    result = background.wait("mypy-snippet", timeout=600)
+    snippet = pathlib.Path(result.args[-1])
     output = result.stdout + result.stderr
     assert "snippet.py" in output, output  # mypy ran on it (and crashed on nothing)
     found: dict[int, list[tuple[str, str]]] = {}
