@@ -20,8 +20,9 @@ Where that junk and the padding of the last block of 8 filters would be more of 
 work than the padding of a vector of filters (:func:`by_filters`: few filters on a
 small plane), the sums run by filters instead: the filters packed a vector to a
 block, :func:`.microkernels.positions_x_filters` computes 12 real outputs x a
-vector of filters at a time, and the band's sums are transposed (:func:`.simd.transpose`)
-into rows of outputs before the same store.
+vector of filters at a time, each output's vector of filters gets the bias and the
+floor, and squares of outputs x filters are transposed into the planes
+(:func:`.epilogue.store_by_filters`).
 
 A task is one image, one group, a run of filter blocks and one band of output
 rows; the filter blocks are split over tasks only when there are fewer images,
@@ -389,8 +390,8 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     block = lanes if filters_form else BLOCK_K
     n_blocks = -(-per_group // block)
     # a band of b rows: per channel (b + reach) rows of each phase and the overrun of the
-    # last block of positions; the sums: BLOCK_K rows, or by filters two vectors per
-    # output (sums and their transpose) and a last block's overrun
+    # last block of positions; the sums: BLOCK_K rows, or by filters a vector per output
+    # (up to a whole block of 12) and a spare square for the transposes
     if filters_form:
         sums_fixed, sums_row = lanes * (out_w + BLOCK_Q + lanes), lanes * out_w
     else:

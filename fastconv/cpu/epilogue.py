@@ -66,9 +66,9 @@ def store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
     (position-major: a vector of filters per output; bias and floor already applied)
     written transposed into the planes of ``out``. ``target``: :func:`.strips.flat`
     (out). Into a C-contiguous ``out``, one :func:`.simd.transpose` into ``spare``
-    (``lanes * lanes`` values) and a vector store per filter (masked for fewer than
-    ``lanes`` outputs; the transpose straight into the planes as well cost 2 s more to
-    compile, for no measurable gain); into a strided ``out``, value by value."""
+    (``lanes * lanes`` values) and a vector store per filter, masked for fewer than
+    ``lanes`` outputs (one call site of the transpose: a full square transposed straight
+    into the planes measured no faster); into a strided ``out``, value by value."""
 
 
 def _square_vectors(src, at, count, n_k, target, out, n, k0, first, spare):
