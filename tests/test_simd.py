@@ -369,6 +369,32 @@ def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng, alw
             numba.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("form", ["positions", "filters"])
+def test_blocked_forms_apply_relu_and_keep_non_finite_values(form, dtype, rng, monkeypatch):
+    # the fused epilogue on either form: bias, then max(0, .), NaN and Inf where the
+    # definition puts them; 20 filters (a partial vector by filters) on 8x8 outputs, into
+    # a new array and into out=, a strided view
+    monkeypatch.setattr(blocked, "FORWARD_FORM", form)
+    blocked._forward_layout.cache_clear()
+    fastconv.clear_plans()
+    x, w, b = _blocked_case((2, 6, 12, 12), (20, 6, 5, 5), dtype, rng)
+    x[0, 1, 3, 4], x[1, 2, 6, 6] = np.nan, np.inf
+    expected = np.maximum(reference.conv2d(x, w, b), 0)
+    with np.errstate(invalid="ignore"):
+        got = fastconv.conv2d(x, w, b, algorithm="direct", activation="relu")
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
+        finite = np.isfinite(expected)
+        assert_close(np.where(finite, got, 0), np.where(finite, expected, 0), dtype)
+        wide = np.full((2, 20, 8, 16), 7, dtype)
+        fastconv.conv2d(x, w, b, algorithm="direct", activation="relu", out=wide[:, :, :, ::2])
+        np.testing.assert_array_equal(np.isnan(wide[:, :, :, ::2]), np.isnan(expected))
+        assert (wide[:, :, :, 1::2] == 7).all()  # nothing written between the view's columns
+    blocked._forward_layout.cache_clear()
+    fastconv.clear_plans()
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("images_per_block", [1, 2, 5])
 def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, stride, monkeypatch,
