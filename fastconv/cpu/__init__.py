@@ -130,11 +130,11 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
             return "im2col", (f"a 1x1 layer with min(C, K)/groups = {narrow} >= "
                               f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: one GEMM on the input "
                               f"itself")
-        why = (f"{filters} filters >= AUTO_1X1_BLOCKED_MIN_EXPANSION = {expansion} x {depth} "
-               f"channels" if filters >= expansion * depth else
-               f"{work} <= AUTO_1X1_BLOCKED_MAX_WORK = {small} multiply-adds")
-        return "direct", (f"a 1x1 layer of {why} per group: the register-blocked direct "
-                          f"kernel beats im2col's GEMM there")
+        why = (f"whose convolution has {filters} filters >= AUTO_1X1_BLOCKED_MIN_EXPANSION = "
+               f"{expansion} x {depth} channels per group" if filters >= expansion * depth
+               else f"of {work} <= AUTO_1X1_BLOCKED_MAX_WORK = {small} multiply-adds")
+        return "direct", (f"a 1x1 layer {why}: the register-blocked direct kernel beats "
+                          f"im2col's GEMM there")
     if op == "conv2d_grad_weight" and stride != (1, 1):
         return "direct", (f"stride {stride} with {filters} >= {blocked.MIN_GROUP_K} filters "
                           f"per group: the register-blocked weight gradient (12 taps x a "
