@@ -290,7 +290,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                                    simd.maximum(simd.add(simd.load(sums, q * lanes), shift), low))
                     for q in range(0, count, lanes):
                         store_by_filters(sums, q * lanes, min(lanes, count - q), n_k, out_flat,
-                                         out, n, k0, i_first * out_w + q, sums[spare:])
+                                         out, n, k0, i_first * out_w + q, spare)
                 else:
                     for p in range(0, n_positions - step + 1, step):
                         weights_x_positions(strip, block_weights, sums, p, plane,

@@ -65,23 +65,25 @@ def store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
     ``q < count <= lanes``, ``kk < n_k <= lanes``: a square of sums computed by filters
     (position-major: a vector of filters per output; bias and floor already applied)
     written transposed into the planes of ``out``. ``target``: :func:`.strips.flat`
-    (out). Into a C-contiguous ``out``, one :func:`.simd.transpose` into ``spare``
-    (``lanes * lanes`` values) and a vector store per filter, masked for fewer than
-    ``lanes`` outputs (one call site of the transpose: a full square transposed straight
-    into the planes measured no faster); into a strided ``out``, value by value."""
+    (out). Into a C-contiguous ``out``, one :func:`.simd.transpose` into ``src`` itself,
+    ``lanes * lanes`` values from offset ``spare`` on (clear of the sums), and a vector
+    store per filter, masked for fewer than ``lanes`` outputs (one call site of the
+    transpose: a full square transposed straight into the planes measured no faster);
+    into a strided ``out``, value by value."""
 
 
 def _square_vectors(src, at, count, n_k, target, out, n, k0, first, spare):
     lanes = simd.lanes(src)
     plane = out.shape[2] * out.shape[3]
     dst = row_start(out, n, k0, 0) + first
-    simd.transpose(src, at, lanes, count, spare, 0, lanes)
+    simd.transpose(src, at, lanes, count, src, spare, lanes)
     if count == lanes:
         for kk in range(n_k):
-            simd.store(target, dst + kk * plane, simd.load(spare, kk * lanes))
+            simd.store(target, dst + kk * plane, simd.load(src, spare + kk * lanes))
     else:
         for kk in range(n_k):
-            simd.store_first(target, dst + kk * plane, simd.load(spare, kk * lanes), count)
+            simd.store_first(target, dst + kk * plane, simd.load(src, spare + kk * lanes),
+                             count)
 
 
 def _square_loop(src, at, count, n_k, target, out, n, k0, first, spare):
