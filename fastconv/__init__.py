@@ -48,13 +48,16 @@ def clear_plans() -> int:
 
 
 def release_workspace() -> int:
-    """Free the scratch buffers that CPU kernels keep for reuse between calls, those of
-    every thread, and return how many bytes were kept.
+    """Free the scratch buffers that CPU kernels keep for reuse between calls and the
+    prepared weights (Winograd's transformed filters), those of every thread, and
+    return how many bytes were kept.
 
     Kernels keep at most ``FASTCONV_WORKSPACE_KEEP_BYTES`` (64 MiB by default, see
-    :mod:`fastconv.config`) of scratch between calls, all threads together; the
-    next call after a release allocates its scratch afresh. Safe to call from any
-    thread at any time: a call running meanwhile keeps its buffer until it returns.
+    :mod:`fastconv.config`) of scratch between calls, all threads together, and
+    each thread at most ``FASTCONV_PREPARED_WEIGHTS_BYTES`` (64 MiB) of prepared
+    weights; the next call after a release allocates and prepares afresh. Safe to
+    call from any thread at any time: a call running meanwhile keeps its buffers
+    until it returns.
 
     >>> import fastconv
     >>> _ = fastconv.release_workspace()
@@ -64,8 +67,11 @@ def release_workspace() -> int:
     import sys
 
     # nothing is kept before the CPU backend is loaded, and loading it imports Numba
-    workspace = sys.modules.get("fastconv.cpu.workspace")
-    return 0 if workspace is None else workspace.release()
+    freed = 0
+    for name in ("fastconv.cpu.workspace", "fastconv.cpu.prepared"):
+        module = sys.modules.get(name)
+        freed += 0 if module is None else module.release()
+    return freed
 
 
 __all__ = [

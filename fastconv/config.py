@@ -117,6 +117,11 @@ DIRECT_TILE_BYTES: int = _env_int("DIRECT_TILE_BYTES", 1024 * 1024)
 #: that borrowed it returns. ``fastconv.release_workspace()`` frees what is kept.
 WORKSPACE_KEEP_BYTES: int = _env_int("WORKSPACE_KEEP_BYTES", 64 * 1024 * 1024, minimum=0)
 
+#: Most bytes of prepared weights (Winograd's transformed filters and a copy of the
+#: weight each was built from) each thread keeps between calls, reused while a
+#: weight holds the same bytes (fastconv.cpu.prepared); 0 turns the keeping off.
+PREPARED_WEIGHTS_BYTES: int = _env_int("PREPARED_WEIGHTS_BYTES", 64 * 1024 * 1024, minimum=0)
+
 # --- algorithm="auto" ------------------------------------------------------------
 
 #: conv2d: the direct kernel is chosen when one output value needs at most this

@@ -6,7 +6,8 @@ For each 4x4 output tile, the 6x6 input patch ``d`` that covers it and each
 filter ``g``: ``y = A^T [(G g G^T) * (B^T d B)] A``, with ``*`` element-wise.
 Summed over input channels, each of the 36 element positions ``e`` becomes
 one matrix product ``M[e] = U[e] @ V[e]`` of the transformed filters
-``U[e] (K x C)`` by the transformed patches ``V[e] (C x tiles)``.
+``U[e] (K x C)`` by the transformed patches ``V[e] (C x tiles)``. ``U`` is kept
+for the next call while the weight holds the same bytes (:mod:`.prepared`).
 
 One parallel task takes a block of tile rows: it transforms their patches
 into ``V`` in its own buffer, runs the 36 GEMMs (on one BLAS thread), and
@@ -52,7 +53,7 @@ from numba import prange
 
 from .. import activations, config
 from ..dispatch import register
-from . import blas, identities, im2col, simd, threads, workspace
+from . import blas, identities, im2col, prepared, simd, threads, workspace
 from ._jit import kernel
 from .finite import all_finite
 
@@ -374,17 +375,25 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, floor, out, pad_top
         set_blas_threads(saved_threads)
 
 
-def transform_filters(weight: np.ndarray, groups: int) -> np.ndarray:
-    """``U = G w G^T`` for every filter, as ``(36, K, C/groups)``, in a buffer that the
-    next call on this thread reuses."""
-    out_channels, group_channels = weight.shape[:2]
-    # both buffers are reused across calls: fresh ones page-fault (5-10 MB for deep layers)
-    taps = workspace.borrow((out_channels, 9, group_channels), weight.dtype, "winograd taps")
-    np.copyto(taps, weight.reshape(out_channels, group_channels, 9).transpose(0, 2, 1))
-    transformed = workspace.borrow((ALPHA * ALPHA, out_channels, group_channels), weight.dtype,
-                                   "winograd filters")
-    _filter_transform(taps, G.astype(weight.dtype), transformed)
-    return transformed
+def transform_filters(weight: np.ndarray, groups: int, flipped: bool = False) -> np.ndarray:
+    """``U = G w G^T`` for every filter, as ``(36, K, C/groups)``; with ``flipped``, of
+    the weight of grad_input's convolution (:func:`.identities.transpose_flip`) instead.
+    Kept for the next call while ``weight`` holds the same bytes (:mod:`.prepared`)."""
+    out_channels = weight.shape[1] * groups if flipped else weight.shape[0]
+    group_channels = weight.shape[0] // groups if flipped else weight.shape[1]
+    shape = (ALPHA * ALPHA, out_channels, group_channels)
+
+    def build(weight, transformed):
+        if flipped:
+            weight = identities.transpose_flip(weight, groups)
+        # reused across calls: a fresh buffer page-faults (5-10 MB for deep layers)
+        taps = workspace.borrow((out_channels, 9, group_channels), weight.dtype,
+                                "winograd taps")
+        np.copyto(taps, weight.reshape(out_channels, group_channels, 9).transpose(0, 2, 1))
+        _filter_transform(taps, G.astype(weight.dtype), transformed)
+
+    kind = "winograd grad_input filters" if flipped else "winograd filters"
+    return prepared.get(kind, weight, shape, build, groups)
 
 
 @register("conv2d", "cpu", "winograd", unsupported=unsupported)
@@ -398,14 +407,16 @@ def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, act
         im2col.conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation,
                              gemm=gemm)
         return
-    _conv2d_winograd(x, weight, bias, out, padding, groups, gemm, activation)
+    _conv2d_winograd(x, transform_filters(weight, groups), lambda: weight, bias, out, padding,
+                     groups, gemm, activation)
 
 
-def _conv2d_winograd(x, weight, bias, out, padding, groups, gemm, activation=None):
-    """Winograd with a finite weight and bias; then the tile rows whose outputs are not
-    all finite again, by im2col."""
+def _conv2d_winograd(x, transformed, conv_weight, bias, out, padding, groups, gemm,
+                     activation=None):
+    """Winograd with the transformed filters of a finite weight and bias; then the tile
+    rows whose outputs are not all finite again, by im2col on ``conv_weight()``."""
     n_img, channels = x.shape[:2]
-    out_channels = weight.shape[0]
+    out_channels = transformed.shape[1]
     out_h, out_w = out.shape[2:]
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
     n_threads = threads.count()
@@ -419,14 +430,14 @@ def _conv2d_winograd(x, weight, bias, out, padding, groups, gemm, activation=Non
     has_bias = bias is not None
     nonfinite = np.zeros((n_img, tiles_h), np.bool_)
     _conv2d_forward_winograd(
-        x, transform_filters(weight, groups), bias if has_bias else np.zeros(0, x.dtype),
+        x, transformed, bias if has_bias else np.zeros(0, x.dtype),
         has_bias, activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
         groups, rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype), scratch,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
         nonfinite.reshape(-1),
     )
     for n, first, last in _runs(nonfinite):
-        _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, gemm,
+        _recompute_tile_rows(x, conv_weight(), bias, out, n, first, last, padding, groups, gemm,
                              activation)
 
 
@@ -476,8 +487,9 @@ def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilat
         return
     conv_pads = identities.grad_input_as_conv_padding(
         grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
-    _conv2d_winograd(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
-                     conv_pads, groups, gemm)
+    _conv2d_winograd(grad_out, transform_filters(weight, groups, flipped=True),
+                     lambda: identities.transpose_flip(weight, groups), None, grad_in, conv_pads,
+                     groups, gemm)
 
 
 # --- the weight gradient ------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""Prepared weights (:mod:`fastconv.cpu.prepared`): Winograd's transformed filters are kept
+between calls and reused only while the weight holds the same bytes.
+
+A kept transform that outlived a change of its weight would give the old weight's
+convolution: every test changes a weight in place (as an optimizer step does) or
+swaps weights between calls and checks the results against the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import config, reference
+from fastconv.cpu import prepared
+from tests.test_conv2d import assert_close
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    fastconv.release_workspace()
+    yield
+    fastconv.release_workspace()
+
+
+def layer(dtype, rng, n=2, c=8, k=12, size=10, groups=1):
+    x = rng.standard_normal((n, c, size, size)).astype(dtype)
+    w = (rng.standard_normal((k, c // groups, 3, 3)) / 3).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    return x, w, b
+
+
+def winograd(x, w, b, groups=1):
+    return fastconv.conv2d(x, w, b, padding=1, groups=groups, algorithm="winograd")
+
+
+def winograd_grad_input(g, x, w, groups=1):
+    return fastconv.conv2d_backward(g, x, w, padding=1, groups=groups, needs_weight_grad=False,
+                                    needs_bias_grad=False, algorithm="winograd")[0]
+
+
+def check(x, w, b, dtype, groups=1):
+    """Forward and grad_input by Winograd against the reference, for the weight as it is now."""
+    y = winograd(x, w, b, groups)
+    assert_close(y, reference.conv2d(x, w, b, padding=1, groups=groups), dtype)
+    g = np.cos(y)
+    expected = reference.conv2d_backward(g, x, w, padding=1, groups=groups)[0]
+    assert_close(winograd_grad_input(g, x, w, groups), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_a_weight_changed_in_place_is_transformed_again(dtype, groups, rng):
+    x, w, b = layer(dtype, rng, groups=groups)
+    check(x, w, b, dtype, groups)
+    assert prepared.kept_bytes() > 0
+    for _ in range(3):  # optimizer steps: the same buffer, new values
+        w -= np.asarray(0.1, dtype) * rng.standard_normal(w.shape).astype(dtype)
+        check(x, w, b, dtype, groups)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_a_change_of_one_value_or_of_a_zero_sign_is_seen(dtype, rng):
+    x, w, b = layer(dtype, rng)
+    winograd(x, w, b)
+    w[5, 3, 2, 1] = np.nextafter(w[5, 3, 2, 1], dtype(np.inf))
+    check(x, w, b, dtype)
+    w[0, 0] = 0.0
+    y_plus = winograd(x, w, b)
+    w[0, 0] = -0.0  # equal as numbers, different bits: transformed again, the same result
+    np.testing.assert_array_equal(winograd(x, w, b), y_plus)
+    assert prepared.kept_bytes() > 0
+
+
+def test_weights_of_one_shape_keep_their_own_transforms(rng):
+    x, w1, b = layer(np.float64, rng)
+    w2 = rng.standard_normal(w1.shape)
+    for _ in range(2):  # alternating, as two layers of one shape in a network
+        check(x, w1, b, np.float64)
+        check(x, w2, b, np.float64)
+    # forward and grad_input filters of both weights
+    assert len(prepared._mine().entries) == 4
+
+
+def test_the_same_values_in_another_array_are_correct(rng):
+    x, w, b = layer(np.float32, rng)
+    expected = reference.conv2d(x, w, b, padding=1)
+    for _ in range(3):
+        assert_close(winograd(x, w.copy(), b), expected, np.float32)
+
+
+def test_a_non_contiguous_weight_changed_in_place(rng):
+    x, w, b = layer(np.float64, rng)
+    view = np.asfortranarray(w)
+    check(x, view, b, np.float64)
+    view[1, 2, 0, 0] += 1.0
+    check(x, view, b, np.float64)
+
+
+def test_a_non_contiguous_weight_is_not_kept(rng):
+    w = np.asfortranarray(rng.standard_normal((4, 3, 3, 3)))
+    built = []
+    value = prepared.get("test", w, (2,), lambda weight, out: built.append(out.fill(1.0)))
+    assert built and (value == 1.0).all()
+    assert prepared.kept_bytes() == 0
+
+
+def test_the_budget_bounds_what_is_kept(monkeypatch, rng):
+    x, w, b = layer(np.float64, rng)
+    monkeypatch.setattr(config, "PREPARED_WEIGHTS_BYTES", 0)
+    check(x, w, b, np.float64)
+    assert prepared.kept_bytes() == 0
+    one = w.nbytes + 4 * w.nbytes  # the weight's copy and its 36 / 9 times larger transform
+    monkeypatch.setattr(config, "PREPARED_WEIGHTS_BYTES", one + 100)
+    others = [rng.standard_normal(w.shape) for _ in range(3)]
+    for other in others:  # each new weight drops the one before
+        check(x, other, b, np.float64)
+        assert prepared.kept_bytes() == one
+    check(x, others[0], b, np.float64)
+
+
+def test_release_workspace_drops_them():
+    x = np.ones((1, 4, 8, 8), np.float32)
+    w = np.ones((4, 4, 3, 3), np.float32)
+    winograd(x, w, None)
+    kept = prepared.kept_bytes()
+    assert kept == w.nbytes * 5
+    assert fastconv.release_workspace() >= kept
+    assert prepared.kept_bytes() == 0
+    np.testing.assert_allclose(winograd(x, w, None), reference.conv2d(x, w, None, padding=1),
+                               rtol=1e-5)
+
+
+def test_threads_changing_their_own_weights(rng):
+    x, w, b = layer(np.float64, rng)
+    errors = []
+
+    def work(seed):
+        local = np.random.default_rng(seed)
+        mine = w.copy()
+        try:
+            for _ in range(5):
+                mine += local.standard_normal(mine.shape)
+                check(x, mine, b, np.float64)
+        except Exception as error:  # reported by the main thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+
+
+def test_budget_from_the_environment():
+    env = dict(os.environ, FASTCONV_PREPARED_WEIGHTS_BYTES="4096")
+    code = "from fastconv import config; print(config.PREPARED_WEIGHTS_BYTES)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True, env=env)
+    assert result.stdout.strip() == "4096"
