@@ -97,6 +97,20 @@ def test_the_same_values_in_another_array_are_correct(rng):
         assert_close(winograd(x, w.copy(), b), expected, np.float32)
 
 
+def test_a_trainer_that_rebinds_its_weight_recycles_the_arrays(rng):
+    x, w, b = layer(np.float32, rng)
+    check(x, w, b, np.float32)
+    values, weights = set(), [w]  # all kept alive: a new buffer each step
+    for _ in range(2 * prepared.SAME_SHAPE):
+        w = w - np.float32(0.1) * rng.standard_normal(w.shape).astype(np.float32)
+        weights.append(w)
+        check(x, w, b, np.float32)
+        values.update(id(entry.value) for entry in prepared._mine().entries.values())
+    # forward and grad_input filters, SAME_SHAPE of each, the same arrays throughout
+    assert len(prepared._mine().entries) == 2 * prepared.SAME_SHAPE
+    assert len(values) == 2 * prepared.SAME_SHAPE
+
+
 def test_a_non_contiguous_weight_changed_in_place(rng):
     x, w, b = layer(np.float64, rng)
     view = np.asfortranarray(w)
@@ -167,3 +181,29 @@ def test_budget_from_the_environment():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True, env=env)
     assert result.stdout.strip() == "4096"
+
+
+def test_torch_optimizer_steps_through_the_bridge():
+    """torch's SGD updates the parameters in place: each step's Winograd layers see it."""
+    torch = pytest.importorskip("torch")
+    import fastconv.torch as ft
+
+    torch.manual_seed(0)
+
+    def net(conv, **kwargs):
+        return torch.nn.Sequential(conv(16, 16, 3, padding=1, **kwargs), torch.nn.ReLU(),
+                                   conv(16, 16, 3, padding=1, **kwargs)).double()
+
+    theirs, ours = net(torch.nn.Conv2d), net(ft.Conv2d, algorithm="winograd")
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 16, 12, 12, dtype=torch.float64)
+    steps = [(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+             for model in (theirs, ours)]
+    for _ in range(4):
+        for model, optimizer in steps:
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
+    assert prepared.kept_bytes() > 0

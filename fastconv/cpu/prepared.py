@@ -12,8 +12,10 @@ dtype) together with a copy of the weight's bytes it was built from, and
 returns the kept array only while the weight holds exactly those bytes (a
 compare, about a hundredth of the transform); otherwise it rebuilds in place.
 Kept arrays of each thread total at most ``config.PREPARED_WEIGHTS_BYTES``
-(least recently used dropped first); a larger one is built into a scratch
-buffer per call, as without the cache. :func:`release`
+(least recently used dropped first), and at most :data:`SAME_SHAPE` of one
+kind and shape (a trainer that rebinds its weight each step brings a new buffer
+each time: its arrays are recycled, not allocated afresh); a larger one is built
+into a scratch buffer per call, as without the cache. :func:`release`
 (``fastconv.release_workspace()``) drops them all.
 """
 
@@ -29,6 +31,10 @@ import numpy as np
 
 from .. import config
 from . import workspace
+
+#: Most kept arrays of one kind and shape (a network's layers of one shape each keep
+#: theirs; beyond, the least recently used one's arrays are rebuilt for the new weight).
+SAME_SHAPE = 8
 
 
 class _Entry:
@@ -110,7 +116,15 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
         np.copyto(entry.source, weight)  # the same buffer, new values: a training step
         build(weight, entry.value)
         return entry.value
-    entry = _Entry(weight.copy(), np.empty(shape, weight.dtype))
+    with _lock:
+        alike = [k for k in mine.entries if k[0] == kind and k[2:] == key[2:]]
+        # a trainer that rebinds its weights (w = w - lr * g) brings a new buffer each
+        # step: past SAME_SHAPE entries, the least recently used one's arrays serve it
+        entry = mine.entries.pop(alike[0]) if len(alike) >= SAME_SHAPE else None
+    if entry is None:
+        entry = _Entry(weight.copy(), np.empty(shape, weight.dtype))
+    else:
+        np.copyto(entry.source, weight)
     build(weight, entry.value)
     with _lock:
         while mine.entries and mine.nbytes() + entry.nbytes > config.PREPARED_WEIGHTS_BYTES:
