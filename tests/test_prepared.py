@@ -207,3 +207,20 @@ def test_torch_optimizer_steps_through_the_bridge():
         with torch.no_grad():
             torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
     assert prepared.kept_bytes() > 0
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 17, 40])
+def test_a_weight_that_changes_every_call_then_stops(steps, rng):
+    """Training (a change before every call) rebuilds without comparing; evaluation after
+    it (no more changes) gets the kept transform back, and every result is right."""
+    x, w, b = layer(np.float64, rng)
+    for _ in range(steps):
+        w += 0.01 * rng.standard_normal(w.shape)
+        check(x, w, b, np.float64)
+    for _ in range(prepared.CHANGING_CHECK + 2):
+        y = winograd(x, w, b)
+    assert_close(y, reference.conv2d(x, w, b, padding=1), np.float64)
+    entry = next(e for k, e in prepared._mine().entries.items() if k[0] == "winograd filters")
+    assert entry.changes == 0  # compared and found unchanged: served from the cache
+    w[3] *= 2.0  # and a change after that is seen at once
+    check(x, w, b, np.float64)

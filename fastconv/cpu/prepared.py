@@ -10,7 +10,11 @@ time; a training step changes it between calls.
 :func:`get` keeps a prepared array per weight buffer (its address, layout and
 dtype) together with a copy of the weight's bytes it was built from, and
 returns the kept array only while the weight holds exactly those bytes (a
-compare, about a hundredth of the transform); otherwise it rebuilds in place.
+compare, about a hundredth of the transform); otherwise it rebuilds in place. A
+weight found changed on :data:`CHANGING` calls in a row (a training loop) is
+rebuilt on every call without the compare and the copy, and compared again
+every :data:`CHANGING_CHECK` calls, so that training pays what it paid without
+the cache and inference after it gets the kept transform back.
 Kept arrays of each thread total at most ``config.PREPARED_WEIGHTS_BYTES``
 (least recently used dropped first), and at most :data:`SAME_SHAPE` of one
 kind and shape (a trainer that rebinds its weight each step brings a new buffer
@@ -37,12 +41,21 @@ from . import workspace
 SAME_SHAPE = 8
 
 
+#: A weight found changed on this many calls in a row is taken as one that a trainer
+#: updates every step: it is rebuilt on each call without the compare and the copy,
+#: and compared again only every CHANGING_CHECK calls (to notice it stopped changing).
+CHANGING = 2
+CHANGING_CHECK = 16
+
+
 class _Entry:
-    __slots__ = ("source", "value")
+    __slots__ = ("source", "value", "calls", "changes")
 
     def __init__(self, source: np.ndarray, value: np.ndarray) -> None:
         self.source = source  # the weight's bytes the value was built from
         self.value = value
+        self.calls = 0
+        self.changes = 0  # calls in a row that found the weight changed
 
     @property
     def nbytes(self) -> int:
@@ -111,8 +124,16 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
         if entry is not None:
             mine.entries.move_to_end(key)
     if entry is not None:
-        if np.array_equal(_bits(entry.source), _bits(weight)):
+        entry.calls += 1
+        if entry.changes >= CHANGING and entry.calls % CHANGING_CHECK:
+            build(weight, entry.value)  # changed on every call lately: no compare, no copy
             return entry.value
+        if np.array_equal(_bits(entry.source), _bits(weight)):
+            entry.changes = 0
+            return entry.value
+        # a periodic compare that found a change: compare again on the next call, which
+        # finds the weight unchanged once training stopped
+        entry.changes = entry.changes + 1 if entry.changes < CHANGING else CHANGING - 1
         np.copyto(entry.source, weight)  # the same buffer, new values: a training step
         build(weight, entry.value)
         return entry.value
@@ -125,6 +146,7 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
         entry = _Entry(weight.copy(), np.empty(shape, weight.dtype))
     else:
         np.copyto(entry.source, weight)
+        entry.calls = entry.changes = 0
     build(weight, entry.value)
     with _lock:
         while mine.entries and mine.nbytes() + entry.nbytes > config.PREPARED_WEIGHTS_BYTES:
