@@ -838,3 +838,41 @@ def test_one_element_tuples_mean_both_axes_as_in_torch(kwargs, same, rng):
     np.testing.assert_allclose(y, expected.numpy(), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"output_size must be an int or a pair"):
         fastconv.conv_transpose2d(x, w, **kwargs, output_size=(y.shape[-1],))
+
+
+#: Layers the blocked kernels compute by phases (at least MIN_GROUP_K output channels per
+#: group), with phases that no tap reaches (stride 3, 2x2 kernel), uneven strides and groups.
+BIAS_FUSED_CASES = [
+    T("fused_gaps_s3", 2, 16, 5, 7, 12, 2, 2, stride=3),
+    T("fused_4x4_s2_p1", 2, 16, 6, 6, 12, 4, 4, stride=2, padding=1),
+    T("fused_s1", 1, 12, 5, 5, 8, 3, 3, padding=1),
+    T("fused_s23_op12", 2, 16, 5, 7, 8, 3, 3, stride=(2, 3), padding=(1, 0),
+      output_padding=(1, 2)),
+    T("fused_groups2_s2", 2, 16, 5, 5, 8, 3, 3, stride=2, padding=1, groups=2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", BIAS_FUSED_CASES, ids=lambda c: c.id)
+def test_bias_added_by_the_blocked_phases(case, dtype, rng):
+    """The blocked kernels add conv_transpose2d's bias as each phase stores its outputs
+    (a phase no tap reaches gets the bias alone): the reference's result on the plan's
+    first and later calls, and NaN and Inf where the reference has them, from a bias or
+    from a weight (which takes the exact loops, then the bias)."""
+    x, w, b, _ = make_transpose_inputs(case, dtype, rng)
+    expected = reference.conv_transpose2d(x, w, b, **case.kwargs)
+    for _ in range(2):
+        y = fastconv.conv_transpose2d(x, w, b, **case.kwargs, algorithm="direct")
+        assert_output_close(y, expected, dtype)
+    bad_bias = b.copy()
+    bad_bias[:3] = [np.nan, np.inf, -np.inf]
+    bad_weight = w.copy()
+    bad_weight[0, 0, 0, 0] = np.inf
+    for weight, bias in ((w, bad_bias), (bad_weight, b)):
+        y = fastconv.conv_transpose2d(x, weight, bias, **case.kwargs, algorithm="direct")
+        expected = reference.conv_transpose2d(x, weight, bias, **case.kwargs)
+        finite = np.isfinite(expected)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+        np.testing.assert_array_equal(y[~finite & ~np.isnan(expected)],
+                                      expected[~finite & ~np.isnan(expected)])
+        assert_output_close(y[finite], expected[finite], dtype)

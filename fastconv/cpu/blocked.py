@@ -441,16 +441,15 @@ def conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups: int,
                    activation: str | None = None) -> None:
     """Host side of the blocked kernel; arguments as normalised by
     :func:`fastconv.conv2d`."""
-    forward_runner(x.shape, weight.shape, bias is not None, out.shape, x.dtype, stride, padding,
-                   dilation, groups, activation)(x, weight, bias, out)
+    forward_runner(x.shape, weight.shape, out.shape, x.dtype, stride, padding, dilation,
+                   groups, activation)(x, weight, bias, out)
 
 
-def forward_runner(x_shape, weight_shape, has_bias: bool, out_shape, dtype, stride, padding,
-                   dilation, groups: int, activation: str | None = None, *,
-                   flipped: bool = False):
+def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dilation,
+                   groups: int, activation: str | None = None, *, flipped: bool = False):
     """:func:`conv2d_blocked` for one problem, its layout worked out once (for this
-    thread count and scratch budget): ``run(x, weight, bias, out)``, ``bias`` None
-    unless ``has_bias``. What a cached plan of :func:`fastconv.conv2d` keeps. With
+    thread count and scratch budget): ``run(x, weight, bias, out)``, ``bias`` an array
+    of the filters' count or None. What a cached plan of :func:`fastconv.conv2d` keeps. With
     ``flipped``, ``weight_shape`` is the convolution's and ``run`` takes the weight of
     its transposed convolution (grad_input), packed flipped; it returns
     False, having written nothing, for a weight that is not all finite."""
@@ -467,7 +466,7 @@ def forward_runner(x_shape, weight_shape, has_bias: bool, out_shape, dtype, stri
 
     def run(x, weight, bias, out) -> bool:
         return kernel(x, weight, borrow(packed_shape, dtype, "packed"),
-                      no_bias if bias is None else bias, has_bias, floor, out, *scalars,
+                      no_bias if bias is None else bias, bias is not None, floor, out, *scalars,
                       borrow(scratch_shape, dtype))
 
     return run
@@ -872,8 +871,10 @@ def _phase_maps(phases, size, shape):
 def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride, padding,
                       dilation, groups: int):
     """:func:`conv2d_grad_input_blocked` for one problem, its phases and their layouts
-    worked out once: ``run(grad_out, weight, grad_in)``, which returns False for a weight
-    that is not all finite (see there). At a stride, each phase is computed into a
+    worked out once: ``run(grad_out, weight, grad_in, bias=None)``, which returns False
+    for a weight that is not all finite (see there). ``bias`` (one value per channel of
+    grad_in: conv_transpose2d's) is added as each phase stores its outputs. At a stride,
+    each phase is computed into a
     C-contiguous plane of its own (the kernel's stores on vectors) and
     :func:`_weave_phases` then writes ``grad_in`` from them in one pass."""
     dtype = np.dtype(dtype)
@@ -908,20 +909,20 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
             crop = (every, every, slice(lo_h, hi_h), slice(lo_w, hi_w))
         forward = forward_runner(
             (*grad_out_shape[:2], hi_h - lo_h, hi_w - lo_w),
-            (channels, weight_shape[0] // groups, len(taps_h), len(taps_w)), False,
+            (channels, weight_shape[0] // groups, len(taps_h), len(taps_w)),
             shape, dtype, (1, 1), ((top, bottom), (left, right)), (step_h, step_w), groups,
             flipped=True)
         steps.append((step_at, shape, taps, crop, forward))
     heights_a, widths_a = np.array(heights, np.intp), np.array(widths, np.intp)
     woven = stride[1] == 2 and len(widths) == 2 and width >= 2
 
-    def run(grad_out, weight, grad_in) -> bool:
+    def run(grad_out, weight, grad_in, bias=None) -> bool:
         planes = workspace.borrow((0 if whole else total,), dtype, "phases")
         for step_at, shape, taps, crop, forward in steps:
             target = grad_in if whole else planes[step_at : step_at + math.prod(shape)].reshape(
                 shape)
             if forward is None:
-                target[...] = 0
+                target[...] = 0 if bias is None else bias[:, None, None]
                 continue
             # the phase's taps packed from a contiguous array, which they read in order
             sub = weight
@@ -929,7 +930,7 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
                 sub = workspace.borrow(taps[1], dtype, "taps")
                 _taps_of(weight.reshape(-1), taps[0], sub.reshape(-1))
             source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
-            if not forward(source, sub, None, target):
+            if not forward(source, sub, bias, target):
                 return False
         if not whole:
             _weave_phases(planes, starts, heights_a, widths_a, row_phase, col_phase, woven,

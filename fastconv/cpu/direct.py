@@ -255,8 +255,8 @@ def _prepare_conv2d(arrays, params):
     stride, padding, dilation, groups, *activation = params
     if not blocked.applies(w_shape, stride, groups):
         return None
-    return blocked.forward_runner(x_shape, w_shape, bias is not None, out_shape, dtype, stride,
-                                  padding, dilation, groups, *activation)
+    return blocked.forward_runner(x_shape, w_shape, out_shape, dtype, stride, padding,
+                                  dilation, groups, *activation)
 
 
 conv2d_direct.prepare = _prepare_conv2d  # type: ignore[attr-defined]
@@ -429,6 +429,13 @@ def _prepare_grad_input(arrays, params):
         if not run_blocked(grad_out, weight, grad_in):
             conv2d_grad_input_direct(grad_out, weight, grad_in, *params)
 
+    def run_with_bias(grad_out, weight, grad_in, bias):
+        """grad_in + bias (conv_transpose2d's), the bias added as the outputs are stored."""
+        if not run_blocked(grad_out, weight, grad_in, bias):
+            conv2d_grad_input_direct(grad_out, weight, grad_in, *params)
+            grad_in += bias[:, None, None]
+
+    run.with_bias = run_with_bias  # type: ignore[attr-defined]
     return run
 
 
