@@ -915,12 +915,24 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
         steps.append((step_at, shape, taps, crop, forward))
     heights_a, widths_a = np.array(heights, np.intp), np.array(widths, np.intp)
     woven = stride[1] == 2 and len(widths) == 2 and width >= 2
+    if whole and steps[0][2] is None and steps[0][4] is not None:
+        # stride 1: one phase, every tap, written into grad_in itself (the common case:
+        # nothing to borrow or weave per call)
+        crop, forward = steps[0][3], steps[0][4]
+
+        def run_whole(grad_out, weight, grad_in, bias=None) -> bool:
+            source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
+            return forward(source, weight, bias, grad_in)
+
+        return run_whole
+    # per phase: (its plane in the phases' buffer, its shape, taps, crop, forward runner)
+    phase_steps = [(slice(at, at + math.prod(shape)), shape, taps, crop, forward)
+                   for at, shape, taps, crop, forward in steps]
 
     def run(grad_out, weight, grad_in, bias=None) -> bool:
         planes = workspace.borrow((0 if whole else total,), dtype, "phases")
-        for step_at, shape, taps, crop, forward in steps:
-            target = grad_in if whole else planes[step_at : step_at + math.prod(shape)].reshape(
-                shape)
+        for where, shape, taps, crop, forward in phase_steps:
+            target = grad_in if whole else planes[where].reshape(shape)
             if forward is None:
                 target[...] = 0 if bias is None else bias[:, None, None]
                 continue
