@@ -50,10 +50,11 @@ import math
 
 import numpy as np
 from numba import prange
+from numba.extending import overload
 
 from .. import activations, config
 from ..dispatch import register
-from . import blas, identities, im2col, prepared, simd, threads, workspace
+from . import blas, identities, im2col, prepared, simd, strips, threads, workspace
 from ._jit import kernel
 from .finite import all_finite
 
@@ -207,6 +208,80 @@ def _a_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, n, a_t, offset):
 
 
 @kernel()
+def _deal_tiles(padded, at, count, available, o0, o1, o2, o3, first, phases):
+    """``o_u[first + j] = padded[at + 4 * j + u]`` for ``j < count`` and ``u < phases`` (2
+    or 4; ``o2``, ``o3`` unused with 2): the column phases of tiles ``4 j .. 4 j + 3`` of
+    a row, ``4 * lanes`` values at a time by two rounds of :func:`.simd.deinterleave`
+    (masked loads and stores: ``available`` values of ``padded`` from ``at`` may be
+    read)."""
+    lanes = simd.lanes(padded)
+    for j in range(0, count, lanes):
+        base, left, n = at + TILE * j, available - TILE * j, min(lanes, count - j)
+        v0 = simd.load_first(padded, base, left)
+        v1 = simd.load_first(padded, base + lanes, left - lanes)
+        v2 = simd.load_first(padded, base + 2 * lanes, left - 2 * lanes)
+        v3 = simd.load_first(padded, base + 3 * lanes, left - 3 * lanes)
+        even0, even1 = simd.deinterleave(v0, v1, False), simd.deinterleave(v2, v3, False)
+        odd0, odd1 = simd.deinterleave(v0, v1, True), simd.deinterleave(v2, v3, True)
+        simd.store_first(o0, first + j, simd.deinterleave(even0, even1, False), n)
+        simd.store_first(o1, first + j, simd.deinterleave(odd0, odd1, False), n)
+        if phases == 4:
+            simd.store_first(o2, first + j, simd.deinterleave(even0, even1, True), n)
+            simd.store_first(o3, first + j, simd.deinterleave(odd0, odd1, True), n)
+
+
+def store_tiles(y, at, step, count, target, out, n, k, row, floor):
+    """``out[n, k, row, 4 j + b] = max(floor, y[at + b * step + j])`` for ``j < count``
+    (whole tiles; ``b < 4``) and the sum of those values before the floor (NaN or
+    +-Inf where any is). ``y``: 1-D contiguous; ``target``: :func:`.strips.flat` (out).
+    On :mod:`.simd` vectors (two rounds of :func:`.simd.weave`, ``4 * lanes`` values at
+    a time) where ``out`` is C-contiguous; else value by value."""
+
+
+def _store_tiles_vectors(y, at, step, count, target, out, n, k, row, floor):
+    lanes = simd.lanes(y)
+    low = simd.splat(floor, y)
+    sums = simd.zeros(y)
+    dst = strips.row_start(out, n, k, row)
+    for j in range(0, count, lanes):
+        m = min(lanes, count - j)
+        v0, v1 = simd.load_first(y, at + j, m), simd.load_first(y, at + step + j, m)
+        v2, v3 = simd.load_first(y, at + 2 * step + j, m), simd.load_first(y, at + 3 * step + j, m)
+        sums = simd.add(sums, simd.add(simd.add(v0, v1), simd.add(v2, v3)))
+        v0, v1 = simd.maximum(v0, low), simd.maximum(v1, low)
+        v2, v3 = simd.maximum(v2, low), simd.maximum(v3, low)
+        even_lo, even_hi = simd.weave(v0, v2, False), simd.weave(v0, v2, True)
+        odd_lo, odd_hi = simd.weave(v1, v3, False), simd.weave(v1, v3, True)
+        left = TILE * m
+        at_j = dst + TILE * j
+        simd.store_first(target, at_j, simd.weave(even_lo, odd_lo, False), left)
+        simd.store_first(target, at_j + lanes, simd.weave(even_lo, odd_lo, True), left - lanes)
+        simd.store_first(target, at_j + 2 * lanes, simd.weave(even_hi, odd_hi, False),
+                         left - 2 * lanes)
+        simd.store_first(target, at_j + 3 * lanes, simd.weave(even_hi, odd_hi, True),
+                         left - 3 * lanes)
+    return simd.total(sums)
+
+
+def _store_tiles_loop(y, at, step, count, target, out, n, k, row, floor):
+    total = 0.0  # only its finiteness counts
+    for j in range(count):
+        for b in range(TILE):
+            value = y[at + b * step + j]
+            out[n, k, row, TILE * j + b] = floor if value < floor else value
+            total += value
+    return total
+
+
+@overload(store_tiles, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+def _store_tiles(y, at, step, count, target, out, n, k, row, floor):
+    if (simd._contiguous_1d(y) and simd._contiguous_1d(target)
+            and y.dtype == target.dtype):
+        return _store_tiles_vectors
+    return _store_tiles_loop
+
+
+@kernel()
 def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left, b_t, patches,
                      half, v):
     """V[a*6+b, c, t] = (B^T d B)[a, b] for the 6x6 input patch d of each tile t of the
@@ -231,28 +306,21 @@ def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
         first = (q - q_first) * tiles_w
         for a in range(ALPHA):
             row = top + a
-            # p[u][j] = x_padded[row, 4 j + u]: six phases of one row
-            p0 = patches[(a * ALPHA) * n_tiles + first : (a * ALPHA) * n_tiles + first + tiles_w]
-            p1 = patches[(a * ALPHA + 1) * n_tiles + first :]
-            p2 = patches[(a * ALPHA + 2) * n_tiles + first :]
-            p3 = patches[(a * ALPHA + 3) * n_tiles + first :]
-            p4 = patches[(a * ALPHA + 4) * n_tiles + first :]
-            p5 = patches[(a * ALPHA + 5) * n_tiles + first :]
+            # p[u][first + j] = x_padded[row, 4 j + u]: six phases of one row
+            at = a * ALPHA * n_tiles
+            p0, p1, p2 = patches[at:], patches[at + n_tiles :], patches[at + 2 * n_tiles :]
+            p3, p4, p5 = (patches[at + 3 * n_tiles :], patches[at + 4 * n_tiles :],
+                          patches[at + 5 * n_tiles :])
             if row < 0 or row >= height:
-                for j in range(tiles_w):
+                for j in range(first, first + tiles_w):
                     p0[j] = p1[j] = p2[j] = p3[j] = p4[j] = p5[j] = zero
                 continue
             source = x[n, c, row]
             for k in range(width):
                 inside[k] = source[k]
-            for j in range(tiles_w):
-                t = TILE * j
-                p0[j] = padded[t]
-                p1[j] = padded[t + 1]
-                p2[j] = padded[t + 2]
-                p3[j] = padded[t + 3]
-                p4[j] = padded[t + 4]
-                p5[j] = padded[t + 5]
+            # phases 4 and 5 are phases 0 and 1 of the row four columns on
+            _deal_tiles(padded, 0, tiles_w, span, p0, p1, p2, p3, first, 4)
+            _deal_tiles(padded, TILE, tiles_w, span - TILE, p4, p5, p4, p5, first, 2)
     # rows: half[a', u] = sum_a B^T[a', a] patches[a, u]; then columns
     for u in range(ALPHA):
         src = patches[u * n_tiles :]
@@ -305,6 +373,7 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, floor, out, pad_top
     max_tiles = rows_per_block * tiles_w
     n_chunks = scratch.shape[0]
     e_count = ALPHA * ALPHA
+    target = strips.flat(out)  # rows by offset, not by view
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
         v, m, patches, half = _block_buffers(scratch[chunk], channels, out_channels, max_tiles)
@@ -354,21 +423,12 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, floor, out, pad_top
                         row = (q % tiles_h) * TILE + a
                         if row >= out_h:
                             break
-                        y0 = patches[a * TILE * n_tiles + (q - q_first) * tiles_w :]
-                        y1 = y0[n_tiles:]
-                        y2 = y0[2 * n_tiles :]
-                        y3 = y0[3 * n_tiles :]
-                        dst = out[n, k, row]
-                        for j in range(full):
-                            v0, v1, v2, v3 = y0[j], y1[j], y2[j], y3[j]
-                            dst[TILE * j] = floor if v0 < floor else v0
-                            dst[TILE * j + 1] = floor if v1 < floor else v1
-                            dst[TILE * j + 2] = floor if v2 < floor else v2
-                            dst[TILE * j + 3] = floor if v3 < floor else v3
-                            total += (v0 + v1) + (v2 + v3)
+                        at = a * TILE * n_tiles + (q - q_first) * tiles_w
+                        total += store_tiles(patches, at, n_tiles, full, target, out, n, k, row,
+                                             floor)
                         for b in range(out_w - TILE * full):
-                            v0 = y0[b * n_tiles + full]
-                            dst[TILE * full + b] = floor if v0 < floor else v0
+                            v0 = patches[at + b * n_tiles + full]
+                            out[n, k, row, TILE * full + b] = floor if v0 < floor else v0
                             total += v0
                     if not math.isfinite(total):
                         nonfinite[q] = True
@@ -530,10 +590,11 @@ def _a_expand(i0, i1, i2, i3, o0, o1, o2, o3, o4, o5, n, a_t):
 
 
 @kernel()
-def _grad_output_transform(grad_out, k, q_first, q_last, tiles_h, tiles_w, a_t, patches, half,
-                           z):
+def _grad_output_transform(grad_out, source, k, q_first, q_last, tiles_h, tiles_w, a_t, patches,
+                           half, z):
     """Z[a*6+b, k, t] = (A dY A^T)[a, b] for the 4x4 tile dY of ``grad_out[n, k]`` of each
-    tile t of the block (zeros past the output's edge); Z is ``(36, K, n_tiles)`` in ``z``."""
+    tile t of the block (zeros past the output's edge); Z is ``(36, K, n_tiles)`` in ``z``.
+    ``grad_out`` is C-contiguous, ``source`` its :func:`.strips.flat`."""
     out_channels, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
     n_tiles = (q_last - q_first) * tiles_w
     zero = a_t[0, 5]
@@ -551,12 +612,9 @@ def _grad_output_transform(grad_out, k, q_first, q_last, tiles_h, tiles_w, a_t, 
                 for j in range(tiles_w):
                     y0[j] = y1[j] = y2[j] = y3[j] = zero
                 continue
+            _deal_tiles(source, strips.row_start(grad_out, n, k, row), full, out_w, y0, y1, y2,
+                        y3, 0, 4)
             src = grad_out[n, k, row]
-            for j in range(full):
-                y0[j] = src[TILE * j]
-                y1[j] = src[TILE * j + 1]
-                y2[j] = src[TILE * j + 2]
-                y3[j] = src[TILE * j + 3]
             for j in range(full, tiles_w):
                 for b in range(TILE):
                     column = TILE * j + b
@@ -595,6 +653,7 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
     max_tiles = rows_per_block * tiles_w
     n_chunks = scratch.shape[0]
     e_count = ALPHA * ALPHA
+    source = strips.flat(grad_out)
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
         v, z, patches, half = _block_buffers(scratch[chunk], channels, out_channels, max_tiles)
@@ -611,8 +670,8 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
                 _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
                                  b_t, patches, half, v)
             for k in range(out_channels):
-                _grad_output_transform(grad_out, k, q_first, q_last, tiles_h, tiles_w, a_t,
-                                       patches, half, z)
+                _grad_output_transform(grad_out, source, k, q_first, q_last, tiles_h, tiles_w,
+                                       a_t, patches, half, z)
             for e in range(e_count):
                 for g in range(groups):
                     gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, per_group, group_channels,
@@ -677,8 +736,8 @@ def conv2d_grad_weight_winograd(x, grad_out, grad_weight, stride, padding, dilat
     partial = workspace.borrow((n_chunks, ALPHA * ALPHA, out_channels, group_channels), x.dtype,
                                "winograd partial")
     _conv2d_grad_weight_winograd(
-        x, grad_out, padding[0][0], padding[1][0], groups, rows_per_block, B_T.astype(x.dtype),
-        A_T.astype(x.dtype), scratch, partial,
+        x, np.ascontiguousarray(grad_out), padding[0][0], padding[1][0], groups, rows_per_block,
+        B_T.astype(x.dtype), A_T.astype(x.dtype), scratch, partial,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL)
     taps = workspace.borrow((out_channels, 9, group_channels), x.dtype, "winograd taps")
     _filter_transform_adjoint(partial, G.astype(x.dtype), taps)
