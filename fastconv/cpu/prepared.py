@@ -110,11 +110,12 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
     """The array of ``shape`` (``weight``'s dtype) that ``build(weight, out)`` fills,
     from the last call with this ``kind``, weight buffer and ``params`` if ``weight``
     still holds the same bytes, else built now. Read-only for the caller; valid until
-    the next call of :func:`get` on this thread."""
+    the next call of :func:`get` on this thread. Past the budget, the array is the
+    workspace slot ``kind`` (:func:`.workspace.borrow`), which ``build`` must not borrow."""
     value_bytes = int(np.prod(shape)) * weight.itemsize
     if (value_bytes + weight.nbytes > config.PREPARED_WEIGHTS_BYTES
             or not weight.flags.c_contiguous):  # a copy per call would never be met again
-        out = workspace.borrow(shape, weight.dtype, kind)
+        out = workspace.borrow(shape, weight.dtype, kind)  # build must not borrow slot kind
         build(weight, out)
         return out
     key = (kind, weight.ctypes.data, weight.shape, weight.dtype.str, shape, params)

@@ -57,6 +57,7 @@ from ..dispatch import register
 from . import blas, identities, im2col, prepared, simd, strips, threads, workspace
 from ._jit import kernel
 from .finite import all_finite
+from .microkernels import BLOCK_K, BLOCK_P, weights_x_pair, weights_x_positions, weights_x_vector
 
 #: B^T (6x6), G (6x3) and A^T (4x6) of F(4x4, 3x3) on the interpolation points
 #: 0, 1, -1, 1/2, -2 and infinity. The usual points (0, +-1, +-2, infinity; Lavin and
@@ -283,9 +284,10 @@ def _store_tiles(y, at, step, count, target, out, n, k, row, floor):
 
 @kernel()
 def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left, b_t, patches,
-                     half, v):
+                     half, v, pitch):
     """V[a*6+b, c, t] = (B^T d B)[a, b] for the 6x6 input patch d of each tile t of the
-    tile rows ``q_first <= q < q_last`` (V laid out ``(36, C, n_tiles)`` in ``v``):
+    tile rows ``q_first <= q < q_last`` (V laid out ``(36, C, pitch)`` in ``v``, zeros in
+    the columns from ``n_tiles`` to ``pitch``):
     each input row is copied into a zero-bordered row (the first ``4 * tiles_w + 2``
     values of ``half``, free until the row pass) and split into its six column phases
     (tile j reads columns 4j .. 4j+5), then B^T is applied along the rows and the
@@ -332,77 +334,123 @@ def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
                      dst[5 * step :], n_tiles, b_t)
     for a in range(ALPHA):
         src = half[a * ALPHA * n_tiles :]
-        dst = v[(a * ALPHA * channels + c) * n_tiles :]
-        step = channels * n_tiles
+        dst = v[(a * ALPHA * channels + c) * pitch :]
+        step = channels * pitch
         _b_transform(src, src[n_tiles:], src[2 * n_tiles :], src[3 * n_tiles :],
                      src[4 * n_tiles :], src[5 * n_tiles :], dst, dst[step:],
                      dst[2 * step :], dst[3 * step :], dst[4 * step :],
                      dst[5 * step :], n_tiles, b_t)
+    if pitch > n_tiles:  # the products' last vectors read them: zeros, not stale values
+        for e in range(ALPHA * ALPHA):
+            at = (e * channels + c) * pitch
+            for t in range(n_tiles, pitch):
+                v[at + t] = zero
 
 
 @kernel()
-def _block_buffers(scratch, channels, out_channels, max_tiles):
+def _block_buffers(scratch, channels, m_rows, max_tiles, max_pitch):
     """One thread's scratch split into the block buffers: the transformed patches V
-    ``(36, C, tiles)``, the products M (or the transformed gradients Z) ``(36, K,
-    tiles)``, and two ``36 * tiles`` work buffers for the transforms."""
+    ``(36, C, pitch)``, the products M (or the transformed gradients Z) ``(36, m_rows,
+    pitch)``, and two ``36 * tiles`` work buffers for the transforms."""
     e_count = ALPHA * ALPHA
-    v_end = e_count * channels * max_tiles
-    m_end = v_end + e_count * out_channels * max_tiles
+    v_end = e_count * channels * max_pitch
+    m_end = v_end + e_count * m_rows * max_pitch
     return (scratch[:v_end], scratch[v_end:m_end],
             scratch[m_end : m_end + e_count * max_tiles],
             scratch[m_end + e_count * max_tiles : m_end + 2 * e_count * max_tiles])
 
 
+def buffer_size(channels: int, m_rows: int, max_tiles: int, max_pitch: int) -> int:
+    """Values of one thread's scratch for :func:`_block_buffers`."""
+    return ALPHA * ALPHA * ((channels + m_rows) * max_pitch + 2 * max_tiles)
+
+
+def _pitch(n_tiles: int, itemsize: int) -> int:
+    """V's and M's row length for ``n_tiles`` tiles: whole vectors."""
+    lanes = 64 // itemsize
+    return -(-n_tiles // lanes) * lanes
+
+
+@kernel()
+def _products(packed, v, m, e, groups, group_channels, n_tiles, pitch, taps):
+    """M[e] = U[e] @ V[e] per group on the register-tiled micro-kernels
+    (:mod:`.microkernels`): for each block of 8 filters, 48 tiles at a time, then two or
+    one vectors of them. ``packed[e, g, b]``: the block's filters, channel-major (8 per
+    channel); M's rows are the groups' filters padded to blocks of 8, ``pitch`` apart;
+    V's rows ``pitch`` apart, whole vectors readable. ``taps``: a 1-element scratch."""
+    lanes = simd.lanes(v)
+    step = BLOCK_P * lanes
+    n_kblocks = packed.shape[2]
+    m_rows = groups * n_kblocks * BLOCK_K
+    channels = groups * group_channels
+    for g in range(groups):
+        for b in range(n_kblocks):
+            weights = packed[e, g, b]
+            base_m = (e * m_rows + (g * n_kblocks + b) * BLOCK_K) * pitch
+            # the micro-kernels read V at c * pitch + taps[0] + first, write M at first
+            taps[0] = (e * channels + g * group_channels) * pitch - base_m
+            p = 0
+            while p + step <= n_tiles:
+                weights_x_positions(v, weights, m, base_m + p, pitch, group_channels, taps, pitch)
+                p += step
+            while p < n_tiles:
+                if n_tiles - p > lanes:
+                    weights_x_pair(v, weights, m, base_m + p, pitch, group_channels, taps, pitch)
+                    p += 2 * lanes
+                else:
+                    weights_x_vector(v, weights, m, base_m + p, pitch, group_channels, taps,
+                                     pitch)
+                    p += lanes
+
+
 @kernel(parallel=True)
-def _conv2d_forward_winograd(x, transformed, bias, has_bias, floor, out, pad_top, pad_left,
-                             groups, rows_per_block, b_t, a_t, scratch, gemm, set_blas_threads,
-                             nonfinite):
-    """out = max(floor, conv2d(x, weight, bias)) for a 3x3 stride-1 kernel,
-    ``transformed`` = its filter transform ``(36, K, C/groups)``; see the module
-    docstring. ``nonfinite[q]`` (False on entry) is set where tile row
+def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad_left, groups,
+                             rows_per_block, b_t, a_t, scratch, nonfinite):
+    """out = max(floor, conv2d(x, weight, bias)) for a 3x3 stride-1 kernel, ``packed`` =
+    its filter transform packed for :func:`_products` (:func:`transform_filters`); see
+    the module docstring. ``nonfinite[q]`` (False on entry) is set where tile row
     ``q = n * tiles_h + t`` has a NaN or Inf before the clamp."""
     n_img, channels, height, width = x.shape
     out_channels = out.shape[1]
     out_h, out_w = out.shape[2], out.shape[3]
     group_channels = channels // groups
     per_group = out_channels // groups
+    n_kblocks = packed.shape[2]
+    m_rows = groups * n_kblocks * BLOCK_K
     tiles_h = (out_h + TILE - 1) // TILE
     tiles_w = (out_w + TILE - 1) // TILE
     n_tile_rows = n_img * tiles_h
     n_blocks = (n_tile_rows + rows_per_block - 1) // rows_per_block
     max_tiles = rows_per_block * tiles_w
+    lanes = simd.lanes(scratch)
+    max_pitch = (max_tiles + lanes - 1) // lanes * lanes
     n_chunks = scratch.shape[0]
     e_count = ALPHA * ALPHA
     target = strips.flat(out)  # rows by offset, not by view
     for chunk in prange(n_chunks):
-        saved_threads = set_blas_threads(1)
-        v, m, patches, half = _block_buffers(scratch[chunk], channels, out_channels, max_tiles)
+        v, m, patches, half = _block_buffers(scratch[chunk], channels, m_rows, max_tiles,
+                                             max_pitch)
+        taps = np.empty(1, np.intp)
         for block in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):
             q_first = block * rows_per_block
             q_last = min(q_first + rows_per_block, n_tile_rows)
             n_tiles = (q_last - q_first) * tiles_w
+            pitch = (n_tiles + lanes - 1) // lanes * lanes
             # input transform: V[a*6+b, c, t] = (B^T d B)[a, b] for the patch d of tile t
             for c in range(channels):
                 _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
-                                 b_t, patches, half, v)
+                                 b_t, patches, half, v, pitch)
             # M[e] = U[e] @ V[e], per group
             for e in range(e_count):
-                for g in range(groups):
-                    gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, n_tiles,
-                         group_channels, 1.0,
-                         blas.pointer(transformed,
-                                      (e * out_channels + g * per_group) * group_channels),
-                         group_channels,
-                         blas.pointer(v, (e * channels + g * group_channels) * n_tiles), n_tiles,
-                         0.0,
-                         blas.pointer(m, (e * out_channels + g * per_group) * n_tiles), n_tiles)
+                _products(packed, v, m, e, groups, group_channels, n_tiles, pitch, taps)
             # output transform: y = A^T M A per filter, stored with the bias
             zero = a_t[0, 5]
             for k in range(out_channels):
                 b_k = bias[k] if has_bias else zero
-                step = ALPHA * out_channels * n_tiles
+                step = ALPHA * m_rows * pitch
+                row_k = (k // per_group) * n_kblocks * BLOCK_K + k % per_group
                 for b in range(ALPHA):
-                    src = m[(b * out_channels + k) * n_tiles :]
+                    src = m[(b * m_rows + row_k) * pitch :]
                     dst = half[b * n_tiles :]
                     _a_transform(src, src[step:], src[2 * step :], src[3 * step :],
                                  src[4 * step :], src[5 * step :], dst, dst[ALPHA * n_tiles :],
@@ -432,28 +480,57 @@ def _conv2d_forward_winograd(x, transformed, bias, has_bias, floor, out, pad_top
                             total += v0
                     if not math.isfinite(total):
                         nonfinite[q] = True
-        set_blas_threads(saved_threads)
 
 
 def transform_filters(weight: np.ndarray, groups: int, flipped: bool = False) -> np.ndarray:
-    """``U = G w G^T`` for every filter, as ``(36, K, C/groups)``; with ``flipped``, of
-    the weight of grad_input's convolution (:func:`.identities.transpose_flip`) instead.
+    """``U = G w G^T`` for every filter, packed for :func:`_products` as ``(36, groups,
+    blocks, C/groups * 8)``: block ``b`` of group ``g`` holds its 8 filters' values
+    channel by channel (zeros past the group's last filter). With ``flipped``, of the
+    weight of grad_input's convolution (:func:`.identities.transpose_flip`) instead.
     Kept for the next call while ``weight`` holds the same bytes (:mod:`.prepared`)."""
     out_channels = weight.shape[1] * groups if flipped else weight.shape[0]
     group_channels = weight.shape[0] // groups if flipped else weight.shape[1]
-    shape = (ALPHA * ALPHA, out_channels, group_channels)
+    per_group = out_channels // groups
+    shape = (ALPHA * ALPHA, groups, -(-per_group // BLOCK_K), group_channels * BLOCK_K)
 
-    def build(weight, transformed):
+    def build(weight, packed):
         if flipped:
             weight = identities.transpose_flip(weight, groups)
         # reused across calls: a fresh buffer page-faults (5-10 MB for deep layers)
         taps = workspace.borrow((out_channels, 9, group_channels), weight.dtype,
                                 "winograd taps")
         np.copyto(taps, weight.reshape(out_channels, group_channels, 9).transpose(0, 2, 1))
+        # (not the slot "winograd filters": packed is that slot's buffer past the budget)
+        transformed = workspace.borrow((ALPHA * ALPHA, out_channels, group_channels),
+                                       weight.dtype, "winograd unpacked")
         _filter_transform(taps, G.astype(weight.dtype), transformed)
+        _pack_products(transformed, packed)
 
     kind = "winograd grad_input filters" if flipped else "winograd filters"
     return prepared.get(kind, weight, shape, build, groups)
+
+
+@kernel(parallel=True)
+def _pack_products(transformed, packed):
+    """packed[e, g, b, c * 8 + kk] = transformed[e, g * per_group + b * 8 + kk, c] (zero
+    where ``b * 8 + kk >= per_group``): the layout :func:`_products` reads."""
+    e_count, groups, n_kblocks = packed.shape[0], packed.shape[1], packed.shape[2]
+    out_channels, group_channels = transformed.shape[1], transformed.shape[2]
+    per_group = out_channels // groups
+    zero = transformed[0, 0, 0] - transformed[0, 0, 0]
+    for e in prange(e_count):
+        for g in range(groups):
+            for b in range(n_kblocks):
+                dst = packed[e, g, b]
+                for kk in range(BLOCK_K):
+                    k = b * BLOCK_K + kk
+                    if k < per_group:
+                        src = transformed[e, g * per_group + k]
+                        for c in range(group_channels):
+                            dst[c * BLOCK_K + kk] = src[c]
+                    else:
+                        for c in range(group_channels):
+                            dst[c * BLOCK_K + kk] = zero
 
 
 @register("conv2d", "cpu", "winograd", unsupported=unsupported)
@@ -471,12 +548,13 @@ def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, act
                      groups, gemm, activation)
 
 
-def _conv2d_winograd(x, transformed, conv_weight, bias, out, padding, groups, gemm,
+def _conv2d_winograd(x, packed, conv_weight, bias, out, padding, groups, gemm,
                      activation=None):
-    """Winograd with the transformed filters of a finite weight and bias; then the tile
-    rows whose outputs are not all finite again, by im2col on ``conv_weight()``."""
+    """Winograd with the packed filter transform of a finite weight and bias; then the
+    tile rows whose outputs are not all finite again, by im2col on ``conv_weight()``
+    (with ``gemm``)."""
     n_img, channels = x.shape[:2]
-    out_channels = transformed.shape[1]
+    out_channels = out.shape[1]
     out_h, out_w = out.shape[2:]
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
     n_threads = threads.count()
@@ -484,16 +562,16 @@ def _conv2d_winograd(x, transformed, conv_weight, bias, out, padding, groups, ge
                                      n_threads)
     n_chunks = max(1, min(n_threads, -(-(n_img * tiles_h) // rows_per_block)))
     max_tiles = rows_per_block * tiles_w
+    m_rows = groups * packed.shape[2] * BLOCK_K
     scratch = workspace.borrow(
-        (n_chunks, ALPHA * ALPHA * (channels + out_channels + 2) * max_tiles), x.dtype
-    )
+        (n_chunks, buffer_size(channels, m_rows, max_tiles, _pitch(max_tiles, x.itemsize))),
+        x.dtype)
     has_bias = bias is not None
     nonfinite = np.zeros((n_img, tiles_h), np.bool_)
     _conv2d_forward_winograd(
-        x, transformed, bias if has_bias else np.zeros(0, x.dtype),
+        x, packed, bias if has_bias else np.zeros(0, x.dtype),
         has_bias, activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
         groups, rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype), scratch,
-        gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
         nonfinite.reshape(-1),
     )
     for n, first, last in _runs(nonfinite):
@@ -656,7 +734,8 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
     source = strips.flat(grad_out)
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
-        v, z, patches, half = _block_buffers(scratch[chunk], channels, out_channels, max_tiles)
+        v, z, patches, half = _block_buffers(scratch[chunk], channels, out_channels, max_tiles,
+                                             max_tiles)
         sums = partial[chunk]
         for e in range(e_count):
             for k in range(out_channels):
@@ -668,7 +747,7 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
             n_tiles = (q_last - q_first) * tiles_w
             for c in range(channels):
                 _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
-                                 b_t, patches, half, v)
+                                 b_t, patches, half, v, n_tiles)
             for k in range(out_channels):
                 _grad_output_transform(grad_out, source, k, q_first, q_last, tiles_h, tiles_w,
                                        a_t, patches, half, z)
@@ -732,7 +811,7 @@ def conv2d_grad_weight_winograd(x, grad_out, grad_weight, stride, padding, dilat
     n_chunks = max(1, min(n_threads, -(-(n_img * -(-out_h // TILE)) // rows_per_block)))
     max_tiles = rows_per_block * -(-out_w // TILE)
     scratch = workspace.borrow(
-        (n_chunks, ALPHA * ALPHA * (channels + out_channels + 2) * max_tiles), x.dtype)
+        (n_chunks, buffer_size(channels, out_channels, max_tiles, max_tiles)), x.dtype)
     partial = workspace.borrow((n_chunks, ALPHA * ALPHA, out_channels, group_channels), x.dtype,
                                "winograd partial")
     _conv2d_grad_weight_winograd(
