@@ -6,18 +6,23 @@ For each 4x4 output tile, the 6x6 input patch ``d`` that covers it and each
 filter ``g``: ``y = A^T [(G g G^T) * (B^T d B)] A``, with ``*`` element-wise.
 Summed over input channels, each of the 36 element positions ``e`` becomes
 one matrix product ``M[e] = U[e] @ V[e]`` of the transformed filters
-``U[e] (K x C)`` by the transformed patches ``V[e] (C x tiles)``. ``U`` is kept
-for the next call while the weight holds the same bytes (:mod:`.prepared`).
+``U[e] (K x C)`` by the transformed patches ``V[e] (C x tiles)``. ``U`` is packed
+in blocks of 8 filters for the register-tiled micro-kernels
+(:func:`.microkernels.weights_x_positions`: 8 filters x 48 tiles of sums in
+registers, each ``U`` value broadcast against vectors of tiles) and kept for the
+next call while the weight holds the same bytes (:mod:`.prepared`).
 
 One parallel task takes a block of tile rows: it transforms their patches
-into ``V`` in its own buffer, runs the 36 GEMMs (on one BLAS thread), and
-transforms the products back into the output, so the whole working set of a
-block stays in cache (measured 2x faster here than three passes over whole
-tensors; benchmarks/RESULTS.md, "Measurements behind the design", 3).
+into ``V`` in its own buffer, computes the 36 products, and transforms them
+back into the output, so the whole working set of a block stays in cache
+(measured 2x faster here than three passes over whole tensors;
+benchmarks/RESULTS.md, "Measurements behind the design", 3). The weight
+gradient's products (``Z[e] @ V[e]^T``) are OpenBLAS GEMMs on one BLAS thread.
 Transforms run over all tiles of the block at once, on explicit SIMD vectors
-(:mod:`.simd`): each input row is copied into a zero-bordered row and its
-columns gathered by phase (``4 * j + u``), so tile ``j`` is element ``j`` of
-phase ``u``.
+(:mod:`.simd`): each input row is copied into a zero-bordered row and dealt
+into its column phases (``4 * j + u``: two rounds of :func:`.simd.deinterleave`),
+so tile ``j`` is element ``j`` of phase ``u``; the output rows are put back
+together by two rounds of :func:`.simd.weave`.
 
 The transforms add rounding: on a 64-channel layer, float32 results differ from
 the exact sum by 9e-7 of the output's rms (rms) and 1.2e-5 at most, against
