@@ -229,3 +229,34 @@ def test_a_weight_that_changes_every_call_then_stops(steps, rng):
     assert entry.changes == 0  # compared and found unchanged: served from the cache
     w[3] *= 2.0  # and a change after that is seen at once
     check(x, w, b, np.float64)
+
+
+def test_two_weights_swapped_into_one_buffer_on_every_call(rng):
+    """A buffer that alternates between two weights (evaluation weights swapped in and
+    out) changes on every call, and returns to bytes it held before: every result is the
+    current weight's, including the calls where a compare finds earlier bytes again."""
+    x, w, b = layer(np.float64, rng)
+    pair = (w.copy(), rng.standard_normal(w.shape))
+    expected = [reference.conv2d(x, one, b, padding=1) for one in pair]
+    for call in range(3 * prepared.CHANGING_CHECK + 5):
+        w[...] = pair[call % 2]
+        assert_close(winograd(x, w, b), expected[call % 2], np.float64)
+
+
+def test_a_build_that_fails_leaves_nothing_to_reuse(monkeypatch, rng):
+    """An interrupted transform (here a raised error) is not served on the next call."""
+    x, w, b = layer(np.float64, rng)
+    check(x, w, b, np.float64)
+    from fastconv.cpu import winograd as module
+
+    real = module._filter_transform
+
+    def interrupted(taps, g, transformed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "_filter_transform", interrupted)
+    w[0] += 1.0
+    with pytest.raises(KeyboardInterrupt):
+        winograd(x, w, b)
+    monkeypatch.setattr(module, "_filter_transform", real)
+    check(x, w, b, np.float64)

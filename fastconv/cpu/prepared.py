@@ -49,13 +49,14 @@ CHANGING_CHECK = 16
 
 
 class _Entry:
-    __slots__ = ("source", "value", "calls", "changes")
+    __slots__ = ("source", "value", "calls", "changes", "stale")
 
     def __init__(self, source: np.ndarray, value: np.ndarray) -> None:
-        self.source = source  # the weight's bytes the value was built from
+        self.source = source  # the weight's bytes the value was built from, unless stale
         self.value = value
         self.calls = 0
         self.changes = 0  # calls in a row that found the weight changed
+        self.stale = False  # value built without copying the weight into source
 
     @property
     def nbytes(self) -> int:
@@ -127,16 +128,21 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
     if entry is not None:
         entry.calls += 1
         if entry.changes >= CHANGING and entry.calls % CHANGING_CHECK:
-            build(weight, entry.value)  # changed on every call lately: no compare, no copy
+            # changed on every call lately: no compare, no copy, so the value is no longer
+            # built from entry.source (a buffer may return to those bytes later)
+            entry.stale = True
+            build(weight, entry.value)
             return entry.value
-        if np.array_equal(_bits(entry.source), _bits(weight)):
+        if not entry.stale and np.array_equal(_bits(entry.source), _bits(weight)):
             entry.changes = 0
             return entry.value
-        # a periodic compare that found a change: compare again on the next call, which
-        # finds the weight unchanged once training stopped
+        # a periodic compare (or a change): compare again on the next call, which finds
+        # the weight unchanged once training stopped
         entry.changes = entry.changes + 1 if entry.changes < CHANGING else CHANGING - 1
+        entry.stale = True  # until the build below completes (it may raise)
         np.copyto(entry.source, weight)  # the same buffer, new values: a training step
         build(weight, entry.value)
+        entry.stale = False
         return entry.value
     with _lock:
         alike = [k for k in mine.entries if k[0] == kind and k[2:] == key[2:]]
@@ -148,6 +154,7 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
     else:
         np.copyto(entry.source, weight)
         entry.calls = entry.changes = 0
+        entry.stale = False
     build(weight, entry.value)
     with _lock:
         while mine.entries and mine.nbytes() + entry.nbytes > config.PREPARED_WEIGHTS_BYTES:
