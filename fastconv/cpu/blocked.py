@@ -78,9 +78,7 @@ from .microkernels import (
     positions_x_filters,
     taps_x_filters,
     taps_x_vector,
-    weights_x_pair,
-    weights_x_positions,
-    weights_x_vector,
+    weights_x_run,
 )
 from .strips import _padded_rows, weave_row
 
@@ -225,7 +223,6 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     lanes = 64 // x.itemsize
     block = packed.shape[3]  # filters in one packed block
     by_filters = packing & BY_FILTERS != 0
-    step = BLOCK_P * lanes  # positions in one micro-kernel block
     strip_len = group_channels * plane
     # the sums of a block of filters: rows of positions of BLOCK_K filters (sums_pitch
     # apart), or by filters, a vector of filters per output (n_blocked of them), and a
@@ -292,20 +289,8 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                         store_by_filters(sums, q * lanes, min(lanes, count - q), n_k, out_flat,
                                          out, n, k0, i_first * out_w + q, spare)
                 else:
-                    for p in range(0, n_positions - step + 1, step):
-                        weights_x_positions(strip, block_weights, sums, p, plane,
-                                            group_channels, taps, sums_pitch)
-                    # the last positions two vectors, then one vector at a time
-                    p = n_positions // step * step
-                    while p < n_positions:
-                        if n_positions - p > lanes:
-                            weights_x_pair(strip, block_weights, sums, p, plane, group_channels,
-                                           taps, sums_pitch)
-                            p += 2 * lanes
-                        else:
-                            weights_x_vector(strip, block_weights, sums, p, plane,
-                                             group_channels, taps, sums_pitch)
-                            p += lanes
+                    weights_x_run(strip, block_weights, sums, 0, n_positions, plane,
+                                  group_channels, taps, sums_pitch)
                     for kk in range(n_k):
                         offset = bias[k0 + kk] if has_bias else 0
                         for i in range(rows):

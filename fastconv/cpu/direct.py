@@ -425,17 +425,14 @@ def _prepare_grad_input(arrays, params):
     run_blocked = blocked.grad_input_runner(grad_out_shape, w_shape, grad_in_shape, dtype,
                                             *params)
 
-    def run(grad_out, weight, grad_in):
-        if not run_blocked(grad_out, weight, grad_in):
-            conv2d_grad_input_direct(grad_out, weight, grad_in, *params)
-
-    def run_with_bias(grad_out, weight, grad_in, bias):
-        """grad_in + bias (conv_transpose2d's), the bias added as the outputs are stored."""
+    def run(grad_out, weight, grad_in, bias=None):
+        """grad_in (+ ``bias``, conv_transpose2d's, added as the outputs are stored)."""
         if not run_blocked(grad_out, weight, grad_in, bias):
             conv2d_grad_input_direct(grad_out, weight, grad_in, *params)
-            grad_in += bias[:, None, None]
+            if bias is not None:
+                grad_in += bias[:, None, None]
 
-    run.with_bias = run_with_bias  # type: ignore[attr-defined]
+    run.adds_bias = True  # type: ignore[attr-defined]
     return run
 
 

@@ -54,8 +54,7 @@ def _store_loop(src, at, target, out, n, k, i, offset, floor):
 
 @overload(store_row, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
 def _store_row(src, at, target, out, n, k, i, offset, floor):
-    if (simd._contiguous_1d(src) and simd._contiguous_1d(target)
-            and src.dtype == target.dtype):
+    if simd.vectors_fit(src, target):
         return _store_vectors
     return _store_loop
 
@@ -97,7 +96,6 @@ def _square_loop(src, at, count, n_k, target, out, n, k0, first, spare):
 
 @overload(store_by_filters, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
 def _store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
-    if (simd._contiguous_1d(src) and simd._contiguous_1d(target)
-            and src.dtype == target.dtype):
+    if simd.vectors_fit(src, target):
         return _square_vectors
     return _square_loop

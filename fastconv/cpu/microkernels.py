@@ -297,3 +297,23 @@ def positions_x_filters(source, weights, out, at_out, offsets, first, pitch, dep
             w += lanes
     for q, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, aa, ab)):
         simd.store(out, at_out + q * lanes, acc)
+
+
+@kernel()
+def weights_x_run(source, weights, out, first, count, pitch, depth, taps, out_pitch):
+    """:func:`weights_x_positions` over the ``count`` positions from ``first``: blocks of
+    three vectors, then the last positions two vectors (:func:`weights_x_pair`), then one
+    (:func:`weights_x_vector`) at a time. The last vector may run past ``count``: its
+    source values must be readable and its sums may be dropped."""
+    lanes = simd.lanes(source)
+    step = BLOCK_P * lanes
+    for p in range(0, count - step + 1, step):
+        weights_x_positions(source, weights, out, first + p, pitch, depth, taps, out_pitch)
+    p = count // step * step
+    while p < count:
+        if count - p > lanes:
+            weights_x_pair(source, weights, out, first + p, pitch, depth, taps, out_pitch)
+            p += 2 * lanes
+        else:
+            weights_x_vector(source, weights, out, first + p, pitch, depth, taps, out_pitch)
+            p += lanes

@@ -77,6 +77,12 @@ def _contiguous_1d(array) -> bool:
     return isinstance(array, types.Array) and array.ndim == 1 and array.layout in "CF"
 
 
+def vectors_fit(a, b) -> bool:
+    """Whether two array types can be read and written on vectors of one kind: both 1-D
+    contiguous, of one dtype (an overload's choice between its vector form and a loop)."""
+    return _contiguous_1d(a) and _contiguous_1d(b) and a.dtype == b.dtype
+
+
 def _splat_ir(context, builder, vector, value):
     """``value`` (an LLVM scalar of the vector's dtype) in every lane."""
     vector_type = context.get_value_type(vector)

@@ -103,8 +103,7 @@ def _copy_loop(source, x, n, channel, row, buffer, at):
 
 @overload(copy_row, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
 def _copy_row(source, x, n, channel, row, buffer, at):
-    if (simd._contiguous_1d(source) and simd._contiguous_1d(buffer)
-            and source.dtype == buffer.dtype):
+    if simd.vectors_fit(source, buffer):
         return _copy_vectors
     return _copy_loop
 
@@ -149,8 +148,7 @@ def _deal_loop(source, x, n, channel, row, buffer, first, second, pad_left):
 
 @overload(deal_row, jit_options={"fastmath": set(config.FASTMATH)})
 def _deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
-    if (simd._contiguous_1d(source) and simd._contiguous_1d(buffer)
-            and source.dtype == buffer.dtype):
+    if simd.vectors_fit(source, buffer):
         return _deal_vectors
     return _deal_loop
 
@@ -201,7 +199,6 @@ def _weave_loop(target, out, n, channel, row, planes, even, odd):
 
 @overload(weave_row, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
 def _weave_row(target, out, n, channel, row, planes, even, odd):
-    if (simd._contiguous_1d(target) and simd._contiguous_1d(planes)
-            and target.dtype == planes.dtype):
+    if simd.vectors_fit(target, planes):
         return _weave_vectors
     return _weave_loop

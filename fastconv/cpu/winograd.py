@@ -62,7 +62,7 @@ from ..dispatch import register
 from . import blas, identities, im2col, prepared, simd, strips, threads, workspace
 from ._jit import kernel
 from .finite import all_finite
-from .microkernels import BLOCK_K, BLOCK_P, weights_x_pair, weights_x_positions, weights_x_vector
+from .microkernels import BLOCK_K, weights_x_run
 
 #: B^T (6x6), G (6x3) and A^T (4x6) of F(4x4, 3x3) on the interpolation points
 #: 0, 1, -1, 1/2, -2 and infinity. The usual points (0, +-1, +-2, infinity; Lavin and
@@ -281,8 +281,7 @@ def _store_tiles_loop(y, at, step, count, target, out, n, k, row, floor):
 
 @overload(store_tiles, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
 def _store_tiles(y, at, step, count, target, out, n, k, row, floor):
-    if (simd._contiguous_1d(y) and simd._contiguous_1d(target)
-            and y.dtype == target.dtype):
+    if simd.vectors_fit(y, target):
         return _store_tiles_vectors
     return _store_tiles_loop
 
@@ -370,10 +369,10 @@ def buffer_size(channels: int, m_rows: int, max_tiles: int, max_pitch: int) -> i
     return ALPHA * ALPHA * ((channels + m_rows) * max_pitch + 2 * max_tiles)
 
 
-def _pitch(n_tiles: int, itemsize: int) -> int:
-    """V's and M's row length for ``n_tiles`` tiles: whole vectors."""
-    lanes = 64 // itemsize
-    return -(-n_tiles // lanes) * lanes
+@kernel()
+def _pitch(n_tiles, lanes):
+    """V's and M's row length for ``n_tiles`` tiles: whole vectors of ``lanes``."""
+    return (n_tiles + lanes - 1) // lanes * lanes
 
 
 @kernel()
@@ -383,8 +382,6 @@ def _products(packed, v, m, e, groups, group_channels, n_tiles, pitch, taps):
     one vectors of them. ``packed[e, g, b]``: the block's filters, channel-major (8 per
     channel); M's rows are the groups' filters padded to blocks of 8, ``pitch`` apart;
     V's rows ``pitch`` apart, whole vectors readable. ``taps``: a 1-element scratch."""
-    lanes = simd.lanes(v)
-    step = BLOCK_P * lanes
     n_kblocks = packed.shape[2]
     m_rows = groups * n_kblocks * BLOCK_K
     channels = groups * group_channels
@@ -394,18 +391,7 @@ def _products(packed, v, m, e, groups, group_channels, n_tiles, pitch, taps):
             base_m = (e * m_rows + (g * n_kblocks + b) * BLOCK_K) * pitch
             # the micro-kernels read V at c * pitch + taps[0] + first, write M at first
             taps[0] = (e * channels + g * group_channels) * pitch - base_m
-            p = 0
-            while p + step <= n_tiles:
-                weights_x_positions(v, weights, m, base_m + p, pitch, group_channels, taps, pitch)
-                p += step
-            while p < n_tiles:
-                if n_tiles - p > lanes:
-                    weights_x_pair(v, weights, m, base_m + p, pitch, group_channels, taps, pitch)
-                    p += 2 * lanes
-                else:
-                    weights_x_vector(v, weights, m, base_m + p, pitch, group_channels, taps,
-                                     pitch)
-                    p += lanes
+            weights_x_run(v, weights, m, base_m, n_tiles, pitch, group_channels, taps, pitch)
 
 
 @kernel(parallel=True)
@@ -428,7 +414,7 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
     n_blocks = (n_tile_rows + rows_per_block - 1) // rows_per_block
     max_tiles = rows_per_block * tiles_w
     lanes = simd.lanes(scratch)
-    max_pitch = (max_tiles + lanes - 1) // lanes * lanes
+    max_pitch = _pitch(max_tiles, lanes)
     n_chunks = scratch.shape[0]
     e_count = ALPHA * ALPHA
     target = strips.flat(out)  # rows by offset, not by view
@@ -440,7 +426,7 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
             q_first = block * rows_per_block
             q_last = min(q_first + rows_per_block, n_tile_rows)
             n_tiles = (q_last - q_first) * tiles_w
-            pitch = (n_tiles + lanes - 1) // lanes * lanes
+            pitch = _pitch(n_tiles, lanes)
             # input transform: V[a*6+b, c, t] = (B^T d B)[a, b] for the patch d of tile t
             for c in range(channels):
                 _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
@@ -569,7 +555,7 @@ def _conv2d_winograd(x, packed, conv_weight, bias, out, padding, groups, gemm,
     max_tiles = rows_per_block * tiles_w
     m_rows = groups * packed.shape[2] * BLOCK_K
     scratch = workspace.borrow(
-        (n_chunks, buffer_size(channels, m_rows, max_tiles, _pitch(max_tiles, x.itemsize))),
+        (n_chunks, buffer_size(channels, m_rows, max_tiles, _pitch(max_tiles, 64 // x.itemsize))),
         x.dtype)
     has_bias = bias is not None
     nonfinite = np.zeros((n_img, tiles_h), np.bool_)

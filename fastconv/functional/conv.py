@@ -611,19 +611,17 @@ def _conv_transpose2d_plan(cacheable, input, weight, bias, stride, padding, outp
 
         if place is HOST:
             # a runner that adds the bias as it stores (the blocked kernels'), else a pass
-            run_with_bias = getattr(run, "with_bias", None)
+            adds_bias = getattr(run, "adds_bias", False)
 
             def compute(x4, w, b):  # place.run's work, inline: a plan's per-call cost
                 target = np.empty(shape4, dtype)
-                if not shape4[0]:
-                    pass
-                elif b is None:
-                    run(x4, w, target)
-                elif run_with_bias is not None:
-                    run_with_bias(x4, w, target, b)
-                else:
-                    run(x4, w, target)
-                    target += b[:, None, None]
+                if shape4[0]:
+                    if b is not None and adds_bias:
+                        run(x4, w, target, b)
+                    else:
+                        run(x4, w, target)
+                        if b is not None:
+                            target += b[:, None, None]
                 return target[0] if unbatched else target
         else:
             def compute(x4, w, b):
