@@ -80,8 +80,10 @@ class Op:
 
 
 class _Tiny:
-    """The warm-up's inputs in ``dtype``: a 2x2x6x6 input, a 3x3 weight, output
-    gradients of stride 1 and 2, and a 2x2 max pooling with its indices."""
+    """The warm-up's inputs in ``dtype``: 2x2x6x6 and 2x4x6x6 inputs with 3x3 weights of 2
+    and 4 filters (the loop kernels and the register-blocked ones, which take at least
+    4 filters and 4 channels per group), their output gradients of stride 1 and 2, and
+    a 2x2 max pooling with its indices."""
 
     def __init__(self, dtype: np.dtype) -> None:
         self.x = np.arange(2 * 2 * 6 * 6, dtype=dtype).reshape(2, 2, 6, 6) % 7
@@ -90,6 +92,15 @@ class _Tiny:
         self.y1 = np.ones((2, 2, 6, 6), dtype)
         self.y2 = np.ones((2, 2, 3, 3), dtype)
         self.pooled, self.where = reference.max_pool2d(self.x, 2, return_indices=True)
+
+    def convolutions(self) -> tuple:
+        """``(x, weight, bias, grad_out stride 1, grad_out stride 2)`` of both sizes."""
+        dtype = self.x.dtype
+        x4 = np.arange(2 * 4 * 6 * 6, dtype=dtype).reshape(2, 4, 6, 6) % 5
+        w4 = np.ones((4, 4, 3, 3), dtype)
+        return ((self.x, self.w, self.b, self.y1, self.y2),
+                (x4, w4, np.ones(4, dtype), np.ones((2, 4, 6, 6), dtype),
+                 np.ones((2, 4, 3, 3), dtype)))
 
     def strided(self, op: str, algorithm: str) -> bool:
         """Whether ``algorithm`` of ``op`` takes stride 2 (Winograd does not)."""
@@ -105,24 +116,26 @@ _ONLY_INPUT = {"needs_weight_grad": False, "needs_bias_grad": False}
 
 def _warm_conv2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
     t = _Tiny(dtype)
-    return (f.conv2d(t.x, t.w, t.b, padding=1, algorithm=a),
-            t.strided("conv2d", a) and f.conv2d(t.x, t.w, stride=2, padding=1, algorithm=a))
+    return [(f.conv2d(x, w, b, padding=1, algorithm=a),
+             t.strided("conv2d", a) and f.conv2d(x, w, stride=2, padding=1, algorithm=a))
+            for x, w, b, _, _ in t.convolutions()]
 
 
 def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
     t = _Tiny(dtype)
-    return (f.conv2d_backward(t.y1, t.x, t.w, padding=1, algorithm=a, **_ONLY_INPUT),
-            t.strided("conv2d_grad_input", a)
-            and f.conv2d_backward(t.y2, t.x, t.w, stride=2, padding=1, algorithm=a,
-                                  **_ONLY_INPUT))
+    return [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, **_ONLY_INPUT),
+             t.strided("conv2d_grad_input", a)
+             and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a, **_ONLY_INPUT))
+            for x, w, _, y1, y2 in t.convolutions()]
 
 
 def _warm_conv2d_grad_weight(f: ModuleType, dtype: np.dtype, a: str) -> object:
     t = _Tiny(dtype)
-    return (f.conv2d_backward(t.y1, t.x, t.w, padding=1, algorithm=a, needs_input_grad=False),
-            t.strided("conv2d_grad_weight", a)
-            and f.conv2d_backward(t.y2, t.x, t.w, stride=2, padding=1, algorithm=a,
-                                  needs_input_grad=False))
+    return [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, needs_input_grad=False),
+             t.strided("conv2d_grad_weight", a)
+             and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a,
+                                   needs_input_grad=False))
+            for x, w, _, y1, y2 in t.convolutions()]
 
 
 def _warm_conv2d_grad_bias(f: ModuleType, dtype: np.dtype, a: str) -> object:
@@ -135,8 +148,9 @@ def _warm_conv2d_grad_bias(f: ModuleType, dtype: np.dtype, a: str) -> object:
 
 def _warm_max_pool2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
     t = _Tiny(dtype)
-    return (f.max_pool2d(t.x, 2, algorithm=a),
-            f.max_pool2d(t.x, 3, 2, 1, return_indices=True, algorithm=a))
+    # 2x2 windows and others (kernels of their own), each with and without indices
+    return [f.max_pool2d(t.x, *window, return_indices=indices, algorithm=a)
+            for window in ((2,), (3, 2, 1)) for indices in (False, True)]
 
 
 def _warm_max_pool2d_backward(f: ModuleType, dtype: np.dtype, a: str) -> object:

@@ -16,7 +16,10 @@ from . import _notice, config, dispatch, functional, ops
 def warmup(dtypes: Iterable[object] = (np.float32, np.float64)) -> dict[str, float]:
     """Compile (or load from the on-disk cache) every CPU kernel for ``dtypes``: the
     warm-up call of each op of :data:`fastconv.ops.TABLE` (tiny inputs, stride 1 and 2,
-    with and without indices) with each of its algorithms.
+    2 and 4 filters, with and without indices) with each of its algorithms, and both
+    forms of each threaded kernel (the threaded one for large calls, its serial twin
+    for small ones and for one Numba thread). No later call compiles a CPU kernel
+    for these dtypes.
 
     The first call of a kernel otherwise compiles it, which takes seconds; a
     later process loads the cached machine code in milliseconds. Returns the
@@ -42,6 +45,8 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64)) -> dict[str, flo
             for algorithm in dispatch.available_algorithms(op.name):
                 if algorithm not in ("auto", "reference"):
                     steps.append((op, algorithm, dtype))
+    from .cpu._jit import compile_twins
+
     timings: dict[str, float] = {}
     with _progress(len(steps)) as bar:
         for op, algorithm, dtype in steps:
@@ -50,6 +55,7 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64)) -> dict[str, flo
                 bar.set_description(name)  # what compiles now
             start = time.perf_counter()
             op.warm_up(functional, dtype, algorithm)
+            compile_twins()  # the serial or threaded twin of each kernel the call ran
             timings[name] = time.perf_counter() - start
             if bar is not None:
                 bar.update()

@@ -3,14 +3,17 @@ given, how new algorithms plug in, warm-up, lazy imports and the BLAS fallback."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastconv
 from fastconv import config, dispatch, reference
+from tests import background
 from tests.cases import (
     CONV2D_CASES,
     DTYPES,
@@ -22,6 +25,7 @@ from tests.cases import (
 )
 
 KERNEL_NAMES = [a for a in fastconv.available_algorithms("conv2d") if a != "auto"]
+WARMUP_PROBE = Path(__file__).resolve().parent / "warmup_probe.py"
 
 
 def test_available_algorithms():
@@ -258,6 +262,22 @@ def test_warmup_returns_timings_per_algorithm():
     assert all(isinstance(t, float) and t >= 0 for t in timings.values())
     both = fastconv.warmup(dtypes=(np.float32, "float64"))
     assert set(both) == expected | {key.replace("float32", "float64") for key in expected}
+
+
+@background.command("warmup-covers")
+def _warmup_probe(scratch: Path) -> background.Command:
+    # an empty Numba cache of its own: the warm-up compiles everything in that process
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(scratch / "cache"), FASTCONV_QUIET="1")
+    return background.Command([sys.executable, str(WARMUP_PROBE)], env, WARMUP_PROBE.parents[1])
+
+
+@pytest.mark.background("warmup-covers")
+def test_warmup_leaves_no_kernel_to_compile():
+    # after warmup(float32), calls of every op with each algorithm at small and large sizes
+    # (serial and threaded kernels, blocked and loop kernels, strides, groups, depthwise,
+    # pooling windows) compile nothing: tests/warmup_probe.py lists what did
+    done = background.wait("warmup-covers", timeout=1500)
+    assert done.returncode == 0, "compiled after the warm-up:\n" + done.stdout + done.stderr[-3000:]
 
 
 def test_warmup_rejects_other_dtypes():

@@ -31,6 +31,17 @@ def disk_cache() -> bool:
             and not numba.config.BOUNDSCHECK)
 
 
+def jit_options() -> dict[str, Any]:
+    """Numba's options for every kernel and every ``@overload`` or ``register_jitable``
+    helper of the kernels. Numba compiles a helper once per argument types and per
+    compile flags of its caller, so helpers compiled with the kernels' flags are
+    compiled once, not again for each caller with other flags (an ``@overload``
+    defaults to no Python wrapper, a kernel has one: that difference alone compiled
+    the 16 x 16 transpose twice, 0.5-0.8 s)."""
+    return dict(fastmath=set(config.FASTMATH), nogil=True, error_model="numpy",
+                no_cpython_wrapper=False)
+
+
 def kernel(*, parallel: bool = False):
     """``numba.njit`` with fastconv's flags; ``parallel`` also needs ``config.PARALLEL``.
 
@@ -40,8 +51,7 @@ def kernel(*, parallel: bool = False):
     more than the work (a 3x3 conv2d on (1, 4, 8, 8): 6.3 us parallel, 3.3 us
     serial). The twin compiles on its first call only, under a name of its own,
     so Numba's disk cache keeps the two apart."""
-    options = dict(cache=disk_cache(), fastmath=set(config.FASTMATH), nogil=True,
-                   error_model="numpy")
+    options = dict(cache=disk_cache(), **jit_options())
 
     def decorate(function):
         threaded = parallel and config.PARALLEL
@@ -73,3 +83,16 @@ def run_serial_twins() -> None:
         module = sys.modules.get(module_name)
         if module is not None and getattr(module, name, None) is dispatcher:
             setattr(module, name, twin)
+
+
+def compile_twins() -> None:
+    """Compile each parallel kernel's serial twin for every signature the kernel has, and
+    the kernel for every signature of its twin (:func:`fastconv.warmup`): small calls
+    run the twin and large ones the kernel, so a warm-up call of either size leaves
+    the other to compile on a later call."""
+    for _, _, dispatcher in THREADED:
+        twin = dispatcher.serial
+        for one, other in ((dispatcher, twin), (twin, dispatcher)):
+            for signature in one.signatures:
+                if signature not in other.signatures:
+                    other.compile(signature)

@@ -68,7 +68,7 @@ from numba.extending import overload
 
 from .. import activations, config
 from . import simd, strips, threads, workspace
-from ._jit import kernel
+from ._jit import jit_options, kernel
 from .epilogue import store_by_filters, store_row
 from .finite import _nonfinite_in
 from .microkernels import (
@@ -204,7 +204,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     n_img, channels = x.shape[0], x.shape[1]
     groups, n_blocks = packed.shape[0], packed.shape[1]
     flipped = packing & FLIPPED != 0
-    if flipped and _nonfinite_in(weight.reshape(weight.size), 0, weight.size):
+    if flipped and _nonfinite_in(weight.reshape(weight.size), np.int64(0), weight.size):
         return False
     if packing & IN_TASKS:
         for block in prange(groups * n_blocks):
@@ -289,7 +289,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                         store_by_filters(sums, q * lanes, min(lanes, count - q), n_k, out_flat,
                                          out, n, k0, i_first * out_w + q, spare)
                 else:
-                    weights_x_run(strip, block_weights, sums, 0, n_positions, plane,
+                    weights_x_run(strip, block_weights, sums, np.int64(0), n_positions, plane,
                                   group_channels, taps, sums_pitch)
                     for kk in range(n_k):
                         offset = bias[k0 + kk] if has_bias else 0
@@ -602,7 +602,7 @@ def _rows_of_filters_flat(sums, block, n_k, first, pitch, n_taps, gw, accumulate
     return True
 
 
-@overload(_rows_of_filters, jit_options={"fastmath": set(config.FASTMATH)})
+@overload(_rows_of_filters, jit_options=jit_options())
 def _rows_of_filters_overload(sums, block, n_k, first, pitch, n_taps, gw, accumulate):
     if simd._contiguous_1d(gw):
         return _rows_of_filters_flat
@@ -621,10 +621,10 @@ def _all_finite_loop(gw, grad_weight):
     return True
 
 
-@overload(_all_finite)
+@overload(_all_finite, jit_options=jit_options())
 def _all_finite_overload(gw, grad_weight):
     if simd._contiguous_1d(gw):
-        return lambda gw, grad_weight: not _nonfinite_in(gw, 0, gw.size)
+        return lambda gw, grad_weight: not _nonfinite_in(gw, np.int64(0), gw.size)
     return _all_finite_loop
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from numba.extending import overload
 
-from .. import config
 from . import simd
+from ._jit import jit_options
 from .strips import row_start
 
 
@@ -52,7 +52,7 @@ def _store_loop(src, at, target, out, n, k, i, offset, floor):
         out[n, k, i, j] = floor if value < floor else value
 
 
-@overload(store_row, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+@overload(store_row, inline="always", jit_options=jit_options())
 def _store_row(src, at, target, out, n, k, i, offset, floor):
     if simd.vectors_fit(src, target):
         return _store_vectors
@@ -94,7 +94,7 @@ def _square_loop(src, at, count, n_k, target, out, n, k0, first, spare):
             out[n, k0 + kk, i, j] = src[at + q * lanes + kk]
 
 
-@overload(store_by_filters, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+@overload(store_by_filters, inline="always", jit_options=jit_options())
 def _store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
     if simd.vectors_fit(src, target):
         return _square_vectors

@@ -23,6 +23,7 @@ import numpy as np
 from numba import prange
 
 from ..dispatch import register
+from . import threads
 from ._jit import kernel
 from .windows import valid_range
 
@@ -769,11 +770,19 @@ def repeat_unpool2d_backward_direct(grad_out, grad_in, scale):
 SERIAL_MAX_ELEMENTS = 1 << 14
 
 
+def serial(size: int) -> bool:
+    """Whether a pooling call whose largest array has ``size`` values runs on the calling
+    thread: a small one, or any on one Numba thread (the threaded kernel would only
+    cost its own compilation: a plan is made for one thread count)."""
+    return size <= SERIAL_MAX_ELEMENTS or threads.count() == 1
+
+
 def _bound(kernel, size: int, views: tuple | None, *scalars):
     """``run(*arrays)``: ``kernel`` (its serial twin when the call's largest array has at
-    most :data:`SERIAL_MAX_ELEMENTS` values, ``size``) on the C-contiguous arrays seen
-    with the shapes ``views`` (None: as they are), then ``scalars``."""
-    call = kernel.serial if size <= SERIAL_MAX_ELEMENTS else kernel
+    most :data:`SERIAL_MAX_ELEMENTS` values, ``size``, or Numba runs one thread) on the
+    C-contiguous arrays seen with the shapes ``views`` (None: as they are), then
+    ``scalars``."""
+    call = kernel.serial if serial(size) else kernel
     if views is None:  # a kernel that takes the 4-D arrays as they are
         def run(*arrays):
             return call(*arrays, *scalars)

@@ -8,7 +8,7 @@ from numba import prange
 
 from ..dispatch import register
 from ._jit import kernel
-from .pool import SERIAL_MAX_ELEMENTS
+from .pool import serial
 
 
 @kernel(parallel=True)
@@ -31,15 +31,14 @@ def _channel_sums(grad_out, sums):
 def conv2d_grad_bias(grad_out, grad_bias):
     """grad_bias[k] = sum of grad_out[:, k] (float64 accumulation); small sums without
     the thread pool (see ``pool.SERIAL_MAX_ELEMENTS``)."""
-    sums = _channel_sums.serial if grad_out.size <= SERIAL_MAX_ELEMENTS else _channel_sums
+    sums = _channel_sums.serial if serial(grad_out.size) else _channel_sums
     sums(grad_out, grad_bias)
 
 
 def _prepare_grad_bias(arrays, params):
     """:func:`conv2d_grad_bias`'s runner for a cached plan: the kernel chosen once."""
     (grad_out_shape, _), _ = arrays
-    sums = _channel_sums.serial if math.prod(grad_out_shape) <= SERIAL_MAX_ELEMENTS else (
-        _channel_sums)
+    sums = _channel_sums.serial if serial(math.prod(grad_out_shape)) else _channel_sums
 
     def run(grad_out, grad_bias):
         sums(grad_out, grad_bias)

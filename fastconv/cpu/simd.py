@@ -38,6 +38,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_jitable, register_model
 
+from ._jit import jit_options
+
 #: Bits in one vector.
 WIDTH_BITS = 512
 
@@ -374,13 +376,13 @@ def lanes(typingctx, array):
     return types.intp(array), codegen
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def _check(array, index):
     if index < 0 or index + 64 // array.itemsize > array.size:
         raise IndexError("simd vector outside the array")
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def load(array, index):
     """``array[index : index + lanes(array)]`` as one vector."""
     if _CHECK:
@@ -388,7 +390,7 @@ def load(array, index):
     return _load(array, index)
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def broadcast(array, index):
     """``array[index]`` in every lane of a vector of ``array``'s dtype, read without
     the negative-index wraparound of ``array[index]`` (a broadcast load: the
@@ -398,7 +400,7 @@ def broadcast(array, index):
     return _broadcast(array, index)
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def store(array, index, value):
     """``array[index : index + lanes(array)] = value``."""
     if _CHECK:
@@ -406,13 +408,13 @@ def store(array, index, value):
     _store(array, index, value)
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def _check_first(array, index, count):
     if count > 0 and (index < 0 or index + min(count, 64 // array.itemsize) > array.size):
         raise IndexError("simd vector outside the array")
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def load_first(array, index, count):
     """``array[index : index + count]`` in the first ``count`` lanes of a vector, zeros in
     the rest (a masked load: nothing past them is read, so a row's tail may end the
@@ -422,7 +424,7 @@ def load_first(array, index, count):
     return _load_first(array, index, count)
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def store_first(array, index, value, count):
     """``array[index : index + count] = value``'s first ``count`` lanes (a masked store:
     nothing past them is written)."""
@@ -431,7 +433,7 @@ def store_first(array, index, value, count):
     _store_first(array, index, value, count)
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def _transpose_16(src, first, stride, count, dst, dst_first, dst_stride):
     zero = zeros(src)
     r0 = load(src, first) if 0 < count else zero
@@ -532,7 +534,7 @@ def _transpose_16(src, first, stride, count, dst, dst_first, dst_stride):
     store(dst, dst_first + 15 * dst_stride, r15)
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def _transpose_8(src, first, stride, count, dst, dst_first, dst_stride):
     zero = zeros(src)
     r0 = load(src, first) if 0 < count else zero
@@ -585,7 +587,7 @@ def transpose(src, first, stride, count, dst, dst_first, dst_stride):
     lanes, 16 loads, 64 two-vector shuffles and 16 stores."""
 
 
-@overload(transpose, jit_options={"fastmath": True})
+@overload(transpose, jit_options=jit_options())
 def _transpose(src, first, stride, count, dst, dst_first, dst_stride):
     if not _contiguous_1d(src):
         return None

@@ -11,7 +11,7 @@ from numba.extending import overload, register_jitable
 
 from .. import config
 from . import simd
-from ._jit import kernel
+from ._jit import jit_options, kernel
 
 
 def band_rows(n_rows: int, fixed: int, per_row: int, item: int) -> int:
@@ -56,7 +56,7 @@ def _padded_rows(buffer, at, x, n, channel, first, n_rows, pad_left, pitch, clea
                     buffer[dst + j] = 0
 
 
-@register_jitable
+@register_jitable(**jit_options())
 def row_start(array, n, channel, row):
     """Where row ``array[n, channel, row]`` of a C-contiguous 4-D array starts in
     :func:`flat` (array)."""
@@ -69,7 +69,7 @@ def flat(x):
     more than a short row's copy."""
 
 
-@overload(flat)
+@overload(flat, jit_options=jit_options())
 def _flat(x):
     if x.layout == "C":
         return lambda x: x.reshape(x.size)
@@ -101,7 +101,7 @@ def _copy_loop(source, x, n, channel, row, buffer, at):
         buffer[at + j] = x[n, channel, row, j]
 
 
-@overload(copy_row, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+@overload(copy_row, inline="always", jit_options=jit_options())
 def _copy_row(source, x, n, channel, row, buffer, at):
     if simd.vectors_fit(source, buffer):
         return _copy_vectors
@@ -146,7 +146,7 @@ def _deal_loop(source, x, n, channel, row, buffer, first, second, pad_left):
         buffer[(second if padded % 2 else first) + padded // 2] = x[n, channel, row, col]
 
 
-@overload(deal_row, jit_options={"fastmath": set(config.FASTMATH)})
+@overload(deal_row, jit_options=jit_options())
 def _deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
     if simd.vectors_fit(source, buffer):
         return _deal_vectors
@@ -197,7 +197,7 @@ def _weave_loop(target, out, n, channel, row, planes, even, odd):
         out[n, channel, row, col] = planes[(odd if col % 2 else even) + col // 2]
 
 
-@overload(weave_row, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+@overload(weave_row, inline="always", jit_options=jit_options())
 def _weave_row(target, out, n, channel, row, planes, even, odd):
     if simd.vectors_fit(target, planes):
         return _weave_vectors

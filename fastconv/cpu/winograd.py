@@ -60,7 +60,7 @@ from numba.extending import overload
 from .. import activations, config
 from ..dispatch import register
 from . import blas, identities, im2col, prepared, simd, strips, threads, workspace
-from ._jit import kernel
+from ._jit import jit_options, kernel
 from .finite import all_finite
 from .microkernels import BLOCK_K, weights_x_run
 
@@ -279,7 +279,7 @@ def _store_tiles_loop(y, at, step, count, target, out, n, k, row, floor):
     return total
 
 
-@overload(store_tiles, inline="always", jit_options={"fastmath": set(config.FASTMATH)})
+@overload(store_tiles, inline="always", jit_options=jit_options())
 def _store_tiles(y, at, step, count, target, out, n, k, row, floor):
     if simd.vectors_fit(y, target):
         return _store_tiles_vectors
