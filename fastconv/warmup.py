@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import numbers
+import os
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +19,8 @@ import numpy as np
 from . import _notice, config, dispatch, functional, ops
 
 
-def warmup(dtypes: Iterable[object] = (np.float32, np.float64)) -> dict[str, float]:
+def warmup(dtypes: Iterable[object] = (np.float32, np.float64), *,
+           processes: int | None = None) -> dict[str, float]:
     """Compile (or load from the on-disk cache) every CPU kernel for ``dtypes``: the
     warm-up call of each op of :data:`fastconv.ops.TABLE` (tiny inputs, stride 1 and 2,
     2 and 4 filters, with and without indices) with each of its algorithms, and both
@@ -22,16 +29,31 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64)) -> dict[str, flo
     for these dtypes.
 
     The first call of a kernel otherwise compiles it, which takes seconds; a
-    later process loads the cached machine code in milliseconds. Returns the
-    seconds spent per ``"op/algorithm/dtype"``. When stderr is a terminal and tqdm
-    is installed, a progress bar shows one step per ``"op/algorithm/dtype"``
-    (not with ``FASTCONV_QUIET=1``).
+    later process loads the cached machine code in milliseconds. With Numba's disk
+    cache on (the default settings), helper processes compile steps beside this one
+    into the cache, and this process then loads what they compiled: on two cores
+    an empty cache fills in about half the time of one process. Returns the
+    seconds spent per ``"op/algorithm/dtype"`` (a helper's compile plus this
+    process's load). When stderr is a terminal and tqdm is installed, a progress
+    bar shows one step per ``"op/algorithm/dtype"`` (not with ``FASTCONV_QUIET=1``).
+
+    Args:
+        dtypes: float32 and/or float64.
+        processes: processes that compile at once, this one included; None: one per
+            available core, at most :data:`MAX_PROCESSES`; 1 compiles here only (as
+            does any setting without the disk cache: ``FASTCONV_CACHE=0``,
+            ``NUMBA_BOUNDSCHECK=1``, ...).
 
     >>> import fastconv
     >>> timings = fastconv.warmup(dtypes=[np.float32])
     >>> sorted(key for key in timings if key.startswith("conv2d/"))
     ['conv2d/direct/float32', 'conv2d/im2col/float32', 'conv2d/winograd/float32']
     """
+    if processes is not None:
+        if not isinstance(processes, numbers.Integral) or isinstance(processes, bool):
+            raise TypeError(f"processes must be an int or None, got {processes!r}")
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
     steps = []
     for given in dtypes:
         try:
@@ -44,24 +66,211 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64)) -> dict[str, flo
         for op in ops.TABLE.values():
             for algorithm in dispatch.available_algorithms(op.name):
                 if algorithm not in ("auto", "reference"):
-                    steps.append((op, algorithm, dtype))
-    from .cpu._jit import compile_twins
+                    steps.append((op.name, algorithm, dtype.name))
+    from .cpu._jit import disk_cache
 
+    if processes is None:
+        processes = min(_cores(), MAX_PROCESSES)
+    helpers = min(int(processes), len(steps)) - 1 if disk_cache() else 0
     timings: dict[str, float] = {}
-    with _progress(len(steps)) as bar:
-        for op, algorithm, dtype in steps:
-            name = f"{op.name}/{algorithm}/{dtype}"
-            if bar is not None:
-                bar.set_description(name)  # what compiles now
-            start = time.perf_counter()
-            op.warm_up(functional, dtype, algorithm)
-            compile_twins()  # the serial or threaded twin of each kernel the call ran
-            timings[name] = time.perf_counter() - start
-            if bar is not None:
-                bar.update()
+    with _progress(len(steps)) as bar, _Helpers(helpers, steps, bar) as helping:
+        while (step := helping.take()) is not None:
+            with helping.started_if_slow():
+                timings[_name(step)] = _run(step, bar)
+            helping.count_done()
+        # what the helpers compiled, loaded from the disk cache (or compiled here, where
+        # a helper failed or its cache entry is missing)
+        for step, seconds in helping.finish().items():
+            timings[_name(step)] = seconds + _run(step, None)
         if bar is not None:
             bar.set_description("fastconv warmup", refresh=False)
-    return timings
+    return {_name(step): timings[_name(step)] for step in steps}
+
+
+#: Most processes :func:`warmup` compiles in by default (each holds several hundred MB).
+MAX_PROCESSES = 4
+
+#: Seconds a step of :func:`warmup` runs before the helper processes start: loading a
+#: step's kernels from a warm cache took 0.01-0.3 s here, compiling them 1-20 s.
+SLOW_STEP_S = 0.5
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _name(step: tuple[str, str, str]) -> str:
+    return "/".join(step)
+
+
+def _run(step: tuple[str, str, str], bar: Any) -> float:
+    """Seconds of the warm-up call of ``step`` (op, algorithm, dtype name) in this
+    process, with the twins of the kernels it ran."""
+    from .cpu._jit import compile_twins
+
+    if bar is not None:
+        bar.set_description(_name(step))  # what compiles now
+    start = time.perf_counter()
+    op_name, algorithm, dtype = step
+    ops.TABLE[op_name].warm_up(functional, np.dtype(dtype), algorithm)
+    compile_twins()  # the serial or threaded twin of each kernel the call ran
+    return time.perf_counter() - start
+
+
+#: A helper process: says ``ready`` once it has imported the fastconv of the file given
+#: (another one on its path: it says so and ends), then for each line ``op algorithm
+#: dtype`` on stdin runs that step and says ``ok <seconds>``.
+_HELPER = "import sys; from fastconv.warmup import _serve; _serve(sys.argv[1])"
+
+
+def _serve(expected: str) -> None:
+    """The loop of a helper process of :func:`warmup` (see :data:`_HELPER`)."""
+    if str(Path(__file__).resolve()) != expected:
+        print("elsewhere", flush=True)
+        return
+    print("ready", flush=True)
+    for line in sys.stdin:
+        step = tuple(line.split())
+        try:
+            seconds = _run(step, None)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - the parent compiles the step itself
+            print("failed", flush=True)
+        else:
+            print(f"ok {seconds!r}", flush=True)
+
+
+class _Helpers:
+    """Helper processes that take steps from the same list as this process: each
+    compiles its step into Numba's disk cache and reports the seconds. A helper gets a
+    step only once it is ready, so with a warm cache this process loads every step
+    before a helper has imported Numba, and the helpers are stopped unused."""
+
+    def __init__(self, count: int, steps: list, bar: Any) -> None:
+        self._pending = collections.deque(steps)
+        self._lock = threading.Lock()
+        self._bar = bar
+        self._helped: dict[tuple, float] = {}  # a step and its helper's seconds
+        self._failed: list[tuple] = []
+        self._busy: set[subprocess.Popen] = set()
+        self._processes: list[subprocess.Popen] = []
+        self._threads = [threading.Thread(target=self._serve, daemon=True)
+                         for _ in range(count)]
+
+    def __enter__(self) -> _Helpers:
+        self._env = dict(os.environ, FASTCONV_QUIET="1")
+        self._started = False
+        return self
+
+    @contextlib.contextmanager
+    def started_if_slow(self) -> Iterator[None]:
+        """Start the helpers if the step run in this context takes more than
+        :data:`SLOW_STEP_S`: a step that compiles (a warm cache loads each in well
+        under that, and spawning processes would only cost time)."""
+        timer = threading.Timer(SLOW_STEP_S, self._start)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        for thread in self._threads:
+            thread.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop()
+
+    def take(self) -> tuple | None:
+        """The next step that no process has taken, or None."""
+        with self._lock:
+            return self._pending.popleft() if self._pending else None
+
+    def count_done(self) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update()
+
+    def finish(self) -> dict[tuple, float]:
+        """Once every step is taken: stop the helpers that have none, wait for the
+        others; returns each step that a helper compiled, with its seconds there, and
+        each one a helper failed on, with 0."""
+        with self._lock:
+            idle = [p for p in self._processes if p not in self._busy]
+        for process in idle:  # between steps or still starting: nothing to lose
+            with contextlib.suppress(OSError):
+                process.kill()
+        with self._lock:
+            started = self._started
+            self._started = True  # no later start
+        for thread in self._threads if started else ():
+            thread.join()
+        return {**self._helped, **dict.fromkeys(self._failed, 0.0)}
+
+    def _stop(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            processes = list(self._processes)
+        for process in processes:
+            _stop(process)
+
+    def _serve(self) -> None:
+        try:
+            process = subprocess.Popen([sys.executable, "-c", _HELPER,
+                                        str(Path(__file__).resolve())], env=self._env,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, text=True)
+        except OSError:
+            return
+        with self._lock:
+            self._processes.append(process)
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            if process.stdout.readline().strip() != "ready":
+                return
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    step = self._pending.popleft()
+                    self._busy.add(process)
+                process.stdin.write(" ".join(step) + "\n")
+                process.stdin.flush()
+                reply = process.stdout.readline().split()
+                with self._lock:
+                    self._busy.discard(process)
+                    if len(reply) == 2 and reply[0] == "ok":
+                        self._helped[step] = float(reply[1])
+                    else:
+                        self._failed.append(step)
+                if self._bar is not None:
+                    with self._lock:
+                        self._bar.update()
+                if not reply or reply[0] != "ok":
+                    return
+        except (OSError, ValueError):  # a helper that died, or was stopped
+            return
+        finally:
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End a helper: close its input (it exits), kill it if it has not within a second."""
+    with contextlib.suppress(OSError, ValueError):
+        if process.stdin is not None:
+            process.stdin.close()
+    try:
+        process.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ given, how new algorithms plug in, warm-up, lazy imports and the BLAS fallback."
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -283,6 +284,37 @@ def test_warmup_leaves_no_kernel_to_compile():
 def test_warmup_rejects_other_dtypes():
     with pytest.raises(TypeError, match="float32 or float64, got int32"):
         fastconv.warmup(dtypes=[np.int32])
+
+
+@pytest.mark.parametrize("processes, error, message", [
+    (0, ValueError, "processes must be at least 1, got 0"),
+    (-2, ValueError, "processes must be at least 1, got -2"),
+    ("2", TypeError, "processes must be an int or None, got '2'"),
+    (2.0, TypeError, "processes must be an int or None, got 2.0"),
+    (True, TypeError, "processes must be an int or None, got True"),
+])
+def test_warmup_rejects_bad_processes(processes, error, message):
+    with pytest.raises(error, match=message):
+        fastconv.warmup(dtypes=[np.float32], processes=processes)
+
+
+def test_warmup_helper_process_runs_steps_it_is_given():
+    # the protocol of warmup()'s helper processes: "ready", then "ok <seconds>" per step,
+    # "failed" for a step it cannot run; one given another fastconv's path says so and ends
+    module = importlib.import_module("fastconv.warmup")  # fastconv.warmup: the function
+    here = str(Path(module.__file__).resolve())
+    helper = subprocess.Popen([sys.executable, "-c", module._HELPER, here], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env=dict(os.environ, FASTCONV_QUIET="1"))
+    replies, _ = helper.communicate("max_pool2d direct float32\nno_such_op direct float32\n",
+                                    timeout=300)
+    assert helper.returncode == 0
+    ready, ok, failed = replies.split("\n")[:3]
+    assert ready == "ready" and failed == "failed"
+    assert ok.split()[0] == "ok" and float(ok.split()[1]) >= 0
+    elsewhere = subprocess.run([sys.executable, "-c", module._HELPER, "/elsewhere/warmup.py"],
+                               capture_output=True, text=True, timeout=120, input="")
+    assert elsewhere.stdout == "elsewhere\n"
 
 
 def _fresh_python(code: str) -> str:
