@@ -7,6 +7,7 @@ import importlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +313,17 @@ def test_warmup_helper_process_runs_steps_it_is_given():
     ready, ok, failed = replies.split("\n")[:3]
     assert ready == "ready" and failed == "failed"
     assert ok.split()[0] == "ok" and float(ok.split()[1]) >= 0
+    # the parent's side: a step the helper reports done comes back with its seconds,
+    # one it failed on with 0 (warmup() then runs that one itself)
+    steps = [("max_pool2d", "direct", "float32"), ("no_such_op", "direct", "float32")]
+    with module._Helpers(1, list(steps), None) as helping:
+        helping._start()
+        for _ in range(3000):
+            if not helping._pending:
+                break
+            time.sleep(0.1)
+        done = helping.finish()
+    assert done[steps[0]] > 0 and done[steps[1]] == 0.0
     elsewhere = subprocess.run([sys.executable, "-c", module._HELPER, "/elsewhere/warmup.py"],
                                capture_output=True, text=True, timeout=120, input="")
     assert elsewhere.stdout == "elsewhere\n"
