@@ -87,7 +87,7 @@ def test_weights_of_one_shape_keep_their_own_transforms(rng):
         check(x, w1, b, np.float64)
         check(x, w2, b, np.float64)
     # forward and grad_input filters of both weights
-    assert len(prepared._mine().entries) == 4
+    assert len(prepared._registry.mine().entries) == 4
 
 
 def test_the_same_values_in_another_array_are_correct(rng):
@@ -105,9 +105,9 @@ def test_a_trainer_that_rebinds_its_weight_recycles_the_arrays(rng):
         w = w - np.float32(0.1) * rng.standard_normal(w.shape).astype(np.float32)
         weights.append(w)
         check(x, w, b, np.float32)
-        values.update(id(entry.value) for entry in prepared._mine().entries.values())
+        values.update(id(entry.value) for entry in prepared._registry.mine().entries.values())
     # forward and grad_input filters, SAME_SHAPE of each, the same arrays throughout
-    assert len(prepared._mine().entries) == 2 * prepared.SAME_SHAPE
+    assert len(prepared._registry.mine().entries) == 2 * prepared.SAME_SHAPE
     assert len(values) == 2 * prepared.SAME_SHAPE
 
 
@@ -142,7 +142,7 @@ def test_the_budget_bounds_what_is_kept(monkeypatch, rng):
     for other in others:  # each new transform drops the ones before it past the budget
         check(x, other, b, np.float64)
         assert 0 < prepared.kept_bytes() <= one + 100
-        assert len(prepared._mine().entries) == 1
+        assert len(prepared._registry.mine().entries) == 1
     check(x, others[0], b, np.float64)
 
 
@@ -225,7 +225,8 @@ def test_a_weight_that_changes_every_call_then_stops(steps, rng):
     for _ in range(prepared.CHANGING_CHECK + 2):
         y = winograd(x, w, b)
     assert_close(y, reference.conv2d(x, w, b, padding=1), np.float64)
-    entry = next(e for k, e in prepared._mine().entries.items() if k[0] == "winograd filters")
+    entry = next(e for k, e in prepared._registry.mine().entries.items()
+                 if k[0] == "winograd filters")
     assert entry.changes == 0  # compared and found unchanged: served from the cache
     w[3] *= 2.0  # and a change after that is seen at once
     check(x, w, b, np.float64)

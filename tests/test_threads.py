@@ -278,7 +278,7 @@ def test_fork_while_another_thread_holds_the_workspace_lock():
         holding, release = threading.Event(), threading.Event()
 
         def hold():
-            with workspace._lock:
+            with workspace._registry.lock:
                 holding.set()
                 release.wait()
 

@@ -25,9 +25,6 @@ into a scratch buffer per call, as without the cache. :func:`release`
 
 from __future__ import annotations
 
-import os
-import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -35,6 +32,7 @@ import numpy as np
 
 from .. import config
 from . import workspace
+from .perthread import PerThread
 
 #: Most kept arrays of one kind and shape (a network's layers of one shape each keep
 #: theirs; beyond, the least recently used one's arrays are rebuilt for the new weight).
@@ -73,31 +71,8 @@ class _Kept:
         return sum(entry.nbytes for entry in self.entries.values())
 
 
-_lock = threading.Lock()
-_local = threading.local()
-_threads: weakref.WeakSet[_Kept] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
-    mine = getattr(_local, "kept", None)
-    _threads.clear()
-    if mine is not None:
-        _threads.add(mine)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _mine() -> _Kept:
-    mine = getattr(_local, "kept", None)
-    if mine is None:
-        mine = _local.kept = _Kept()
-        with _lock:
-            _threads.add(mine)
-    return mine
+#: every live thread's prepared arrays; a thread's entry goes when the thread ends
+_registry: PerThread[_Kept] = PerThread(_Kept)
 
 
 def _bits(array: np.ndarray) -> np.ndarray:
@@ -120,8 +95,8 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
         build(weight, out)
         return out
     key = (kind, weight.ctypes.data, weight.shape, weight.dtype.str, shape, params)
-    mine = getattr(_local, "kept", None) or _mine()
-    with _lock:  # release() may empty the entries meanwhile
+    mine = getattr(_registry.local, "value", None) or _registry.mine()
+    with _registry.lock:  # release() may empty the entries meanwhile
         entry = mine.entries.get(key)
         if entry is not None:
             mine.entries.move_to_end(key)
@@ -144,7 +119,7 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
         build(weight, entry.value)
         entry.stale = False
         return entry.value
-    with _lock:
+    with _registry.lock:
         alike = [k for k in mine.entries if k[0] == kind and k[2:] == key[2:]]
         # a trainer that rebinds its weights (w = w - lr * g) brings a new buffer each
         # step: past SAME_SHAPE entries, the least recently used one's arrays serve it
@@ -156,7 +131,7 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
         entry.calls = entry.changes = 0
         entry.stale = False
     build(weight, entry.value)
-    with _lock:
+    with _registry.lock:
         while mine.entries and mine.nbytes() + entry.nbytes > config.PREPARED_WEIGHTS_BYTES:
             mine.entries.popitem(last=False)
         mine.entries[key] = entry
@@ -165,15 +140,15 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
 
 def kept_bytes() -> int:
     """Bytes of the prepared arrays (and their weights' copies) kept, all threads together."""
-    with _lock:
-        return sum(kept.nbytes() for kept in _threads)
+    with _registry.lock:
+        return sum(kept.nbytes() for kept in _registry)
 
 
 def release() -> int:
     """Drop every thread's prepared arrays and return their bytes. A call running
     meanwhile keeps the array it was given until it returns."""
-    with _lock:
-        freed = sum(kept.nbytes() for kept in _threads)
-        for kept in _threads:
+    with _registry.lock:
+        freed = sum(kept.nbytes() for kept in _registry)
+        for kept in _registry:
             kept.entries.clear()
     return freed

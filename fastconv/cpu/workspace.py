@@ -14,13 +14,11 @@ call and is freed when the call drops it. :func:`release`
 from __future__ import annotations
 
 import math
-import os
-import threading
-import weakref
 
 import numpy as np
 
 from .. import config
+from .perthread import PerThread
 
 
 class _Buffers:
@@ -33,38 +31,12 @@ class _Buffers:
         self.views: dict[tuple[str, np.dtype, tuple[int, ...]], np.ndarray] = {}
 
 
-_lock = threading.Lock()
-_local = threading.local()
-# every live thread's buffers; a thread's entry goes when the thread ends
-_threads: weakref.WeakSet[_Buffers] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # the child has only the forking thread: a lock another thread held at the fork would
-    # never be released, and the other threads' buffers would count against the cap forever
-    global _lock
-    _lock = threading.Lock()
-    mine = getattr(_local, "buffers", None)
-    _threads.clear()
-    if mine is not None:
-        _threads.add(mine)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _mine() -> _Buffers:
-    mine = getattr(_local, "buffers", None)
-    if mine is None:
-        mine = _local.buffers = _Buffers()
-        with _lock:
-            _threads.add(mine)
-    return mine
+#: every live thread's buffers; a thread's entry goes when the thread ends
+_registry: PerThread[_Buffers] = PerThread(_Buffers)
 
 
 def _kept_bytes() -> int:
-    return sum(b.nbytes for buffers in _threads for b in buffers.kept.values())
+    return sum(b.nbytes for buffers in _registry for b in buffers.kept.values())
 
 
 def borrow(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np.ndarray:
@@ -78,7 +50,7 @@ def borrow(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np
     """
     if not isinstance(dtype, np.dtype):
         dtype = np.dtype(dtype)
-    mine = getattr(_local, "buffers", None) or _mine()
+    mine = getattr(_registry.local, "value", None) or _registry.mine()
     view = mine.views.get((slot, dtype, shape))
     if view is not None and view.base is mine.kept.get((slot, dtype)):
         return view
@@ -89,7 +61,7 @@ def borrow(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np
     buffer = mine.kept.get(key)
     if buffer is None or buffer.size < size:
         buffer = np.empty(max(size, 1), dtype=dtype)
-        with _lock:
+        with _registry.lock:
             old = mine.kept.get(key)
             others = _kept_bytes() - (0 if old is None else old.nbytes)
             if others + buffer.nbytes <= config.WORKSPACE_KEEP_BYTES:
@@ -104,16 +76,16 @@ def borrow(shape: tuple[int, ...], dtype: np.dtype, slot: str = "scratch") -> np
 
 def kept_bytes() -> int:
     """Bytes of the buffers kept between calls, all threads together."""
-    with _lock:
+    with _registry.lock:
         return _kept_bytes()
 
 
 def release() -> int:
     """Drop every kept buffer of every thread and return their bytes. Thread-safe: a
     call running meanwhile keeps the buffer it borrowed until it returns."""
-    with _lock:
+    with _registry.lock:
         freed = _kept_bytes()
-        for buffers in _threads:
+        for buffers in _registry:
             buffers.kept.clear()
             buffers.views.clear()
     return freed
