@@ -483,7 +483,8 @@ def test_strided_gradients_on_the_blocked_kernels(monkeypatch):
 def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng):
     """1x1 layers of 64+ channels run on im2col's one GEMM, except at stride 1 those
     whose convolution (grad_input: the transposed one) has AUTO_1X1_BLOCKED_MIN_EXPANSION
-    times more filters than channels, and small calls; never grad_weight."""
+    times more filters than channels, and small calls; grad_weight where it has fewer
+    filters than channels (the blocked kernel reads x in place)."""
     def picks(n, c, size, k, stride=1):
         out = (size - 1) // stride + 1
         kernels = fastconv.explain(
@@ -495,10 +496,12 @@ def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng
         return forward["algorithm"], kernels[0]["algorithm"], kernels[1]["algorithm"]
 
     assert picks(8, 64, 56, 256) == ("direct", "im2col", "im2col")  # expands 4x
-    assert picks(8, 256, 56, 64) == ("im2col", "direct", "im2col")  # its grad_input expands
+    assert picks(8, 256, 56, 64) == ("im2col", "direct", "direct")  # its grad_input expands
     assert picks(8, 128, 28, 256) == ("im2col", "im2col", "im2col")  # 2x: one GEMM
-    assert picks(1, 256, 14, 64) == ("direct", "direct", "im2col")  # 3.2M multiply-adds
+    assert picks(1, 256, 14, 64) == ("direct", "direct", "direct")  # 3.2M multiply-adds
+    assert picks(8, 256, 14, 64) == ("im2col", "direct", "direct")  # layer g
     assert picks(8, 64, 56, 256, stride=2)[0] == "im2col"
+    assert picks(8, 256, 56, 64, stride=2)[2] == "im2col"  # packed at a stride: one GEMM
     monkeypatch.setattr(config, "AUTO_1X1_BLOCKED_MIN_EXPANSION", 2)
     assert picks(8, 128, 28, 256)[0] == "direct"
     # and the blocked kernel computes them
@@ -513,6 +516,9 @@ def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng
     w = rng.standard_normal((64, 256, 1, 1)).astype(np.float32)
     g = rng.standard_normal((2, 64, 9, 11)).astype(np.float32)
     assert fastconv.explain("conv2d_backward", g, x, w)["kernels"][0]["algorithm"] == "direct"
-    got = fastconv.conv2d_backward(g, x, w, needs_weight_grad=False, needs_bias_grad=False)[0]
-    expected = fastconv.reference.conv2d_backward(g, x, w)[0]
+    got, got_weight, _ = fastconv.conv2d_backward(g, x, w, needs_bias_grad=False)
+    expected, expected_weight, _ = fastconv.reference.conv2d_backward(g, x, w)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # and its weight gradient, on the blocked kernel reading x in place
+    assert fastconv.explain("conv2d_backward", g, x, w)["kernels"][1]["algorithm"] == "direct"
+    np.testing.assert_allclose(got_weight, expected_weight, rtol=1e-4, atol=1e-3)

@@ -395,17 +395,21 @@ def test_blocked_forms_apply_relu_and_keep_non_finite_values(form, dtype, rng, m
     fastconv.clear_plans()
 
 
+@pytest.mark.parametrize("padding", [1, 0])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("images_per_block", [1, 2, 5])
-def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, stride, monkeypatch,
-                                                         rng):
+def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, stride, padding,
+                                                         monkeypatch, rng):
     # GRAD_WEIGHT_BLOCK_BYTES decides how many images are packed at once; the blocks after
-    # the first add to the gradient (5 images in blocks of 2: 2 + 2 + 1)
+    # the first add to the gradient (5 images in blocks of 2: 2 + 2 + 1). Unpadded at a
+    # row stride or none, the kernel reads each block's planes of x in place
     x, w, _ = _blocked_case((5, 6, 9, 11), (10, 3, 3, 3), np.float64, rng)
-    kwargs = dict(padding=1, groups=2, stride=stride)
+    strides = (stride, 1) if padding == 0 else (stride, stride)
+    kwargs = dict(padding=padding, groups=2, stride=strides)
+    assert blocked.in_place(((padding, padding),) * 2, strides) == (padding == 0)
     g = rng.standard_normal(fastconv.conv2d(x, w, **kwargs).shape)
-    per_image = blocked._grad_weight_layout(x.shape, g.shape, w.shape, (stride, stride),
-                                            ((1, 1), (1, 1)), (1, 1), 2, 8)[7]
+    per_image = blocked._grad_weight_layout(x.shape, g.shape, w.shape, strides,
+                                            ((padding, padding),) * 2, (1, 1), 2, 8)[7]
     monkeypatch.setattr(blocked, "GRAD_WEIGHT_BLOCK_BYTES", per_image * images_per_block * 8)
     calls = []
     real = blocked._conv2d_grad_weight_blocked

@@ -32,7 +32,9 @@ def _choose_conv(op, weight_shape, problem):
        (one GEMM on the input), unless the convolution that runs has
        ``AUTO_1X1_BLOCKED_MIN_EXPANSION`` times more filters than channels per group or
        the call needs at most ``AUTO_1X1_BLOCKED_MAX_WORK`` multiply-adds (stride 1,
-       not grad_weight); the blocked kernel for any other strided grad_weight;
+       not grad_weight), or, for grad_weight, the layer has fewer filters than channels
+       per group and no padding and column stride (the blocked kernel reads ``x`` in
+       place); the blocked kernel for any other strided grad_weight;
        im2col for strided layers of more than deep channels and layers of more than
        ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
@@ -125,6 +127,11 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
         depth = out_channels // groups if op == "conv2d_grad_input" else group_channels
         work = n_img * out_h * out_w * out_channels * group_channels
         expansion, small = config.AUTO_1X1_BLOCKED_MIN_EXPANSION, config.AUTO_1X1_BLOCKED_MAX_WORK
+        if (op == "conv2d_grad_weight" and filters < group_channels
+                and blocked.in_place(problem["padding"], stride)):
+            return "direct", (f"a 1x1 weight gradient with K/groups = {filters} < C/groups = "
+                              f"{group_channels}, unpadded: the register-blocked kernel reads "
+                              f"x in place and beats im2col's GEMM there")
         if op == "conv2d_grad_weight" or stride != (1, 1) or (filters < expansion * depth
                                                                and work > small):
             return "im2col", (f"a 1x1 layer with min(C, K)/groups = {narrow} >= "

@@ -480,16 +480,19 @@ def _pack_plane(x, source, n, channel, pad_top, pad_left, row_len, phase_len, st
 @kernel(parallel=True)
 def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, grad_weight,
                                 groups, pad_top, pad_left, row_len, phase_len, stride_h,
-                                stride_w, n_rows, vectors, n_splits, n_tile_chunks, accumulate):
+                                stride_w, n_rows, vectors, n_splits, n_tile_chunks, accumulate,
+                                in_place):
     """grad_weight[k, c, r, s] (+)= sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, c, i * sh
     + r * dh, j * sw + s * dw] over the images of ``x`` (``grads``: their grad_out,
     C-contiguous and flat), packed first: ``xs[n, c]`` the padded input planes, a padded row
     every ``row_len`` values, dealt into ``stride_w`` column phases of ``phase_len``
     (:func:`_pack_plane`), so that output ``(i, j)`` reads every tap at a constant offset
-    from ``i * stride_h * row_len + j``; ``gt[n]`` the output gradient, each group's filters
-    padded with zeros to blocks of ``vectors`` vectors and stored block by block, in a block
-    position by position (a block's filters of one position consecutive; transposed a square
-    of lanes at a time), so that a task reads its block's gradient in order. ``taps`` rows
+    from ``i * stride_h * row_len + j`` (``in_place``: no padding and a column stride of
+    1, where ``xs`` is ``x`` itself and nothing is copied); ``gt[n]`` the output
+    gradient, each group's filters padded with zeros to blocks of ``vectors`` vectors and
+    stored block by block, in a block position by position (a block's filters of one
+    position consecutive; transposed a square of lanes at a time), so that a task reads
+    its block's gradient in order. ``taps`` rows
     are tiles of 12 consecutive taps of a filter, in the order of its flat gradient
     (channel, row, column), as offsets in the group's planes (the last tile padded with taps
     at offset 0, their sums dropped). A task of the second loop computes one of
@@ -514,8 +517,9 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
     for task in prange(n_img * (channels + squares)):
         n, q = task // (channels + squares), task % (channels + squares)
         if q < channels:
-            _pack_plane(x, x_source, n, q, pad_top, pad_left, row_len, phase_len, stride_w,
-                        n_rows, xs[n, q])
+            if not in_place:
+                _pack_plane(x, x_source, n, q, pad_top, pad_left, row_len, phase_len,
+                            stride_w, n_rows, xs[n, q])
             continue
         g, k0 = (q - channels) // (padded_k // lanes), (q - channels) % (padded_k // lanes) * lanes
         count = max(0, min(lanes, per_group - k0))
@@ -657,6 +661,8 @@ def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, stride, padding, 
     row_len = stride_w * phase_len
     n_rows = (out_h - 1) * stride_h + dilation_h * (kh - 1) + 1  # the rows outputs read
     x_plane = n_rows * row_len
+    if in_place(padding, stride):  # the planes of x as they are
+        x_plane = x_shape[2] * width
     per_group = out_channels // groups
     vectors = 1 if per_group <= lanes else 2
     padded_k = -(-per_group // (vectors * lanes)) * vectors * lanes
@@ -706,6 +712,13 @@ def conv2d_grad_weight_blocked(x, grad_out, grad_weight, stride, padding, dilati
                               padding, dilation, groups)(x, grad_out, grad_weight)
 
 
+def in_place(padding, stride) -> bool:
+    """Whether the blocked weight gradient reads ``x``'s planes as they are: no padding
+    and a column stride of 1 (1x1 layers, valid convolutions), where its packed planes
+    would be a copy of them."""
+    return stride[1] == 1 and all(pad == 0 for pair in padding for pad in pair)
+
+
 def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, stride, padding, dilation,
                        groups: int):
     """:func:`conv2d_grad_weight_blocked` for one problem, its layout worked out once:
@@ -727,17 +740,21 @@ def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, stride, pad
     scalars = (groups, padding[0][0], padding[1][0], row_len, phase_len, stride[0], stride[1],
                n_rows, vectors)
 
+    unpacked = in_place(padding, stride)
+
     def run(x, grad_out, grad_weight) -> bool:
         finite = True
         for first, images in blocks:
-            xs = borrow((images, channels, x_plane), dtype)
+            block = x if images == n_img else x[first : first + images]
+            xs = (block.reshape(images, channels, x_plane) if unpacked
+                  else borrow((images, channels, x_plane), dtype))
             gt = borrow((images, out_h * out_w, groups * padded_k), dtype, "packed")
             partials = borrow((tasks, 12 * vectors * lanes), dtype, "partials")
-            block = x if images == n_img else x[first : first + images]
             grads = np.ascontiguousarray(
                 grad_out if images == n_img else grad_out[first : first + images]).reshape(-1)
             finite = kernel(block, grads, out_h, out_w, xs, gt, partials, taps, grad_weight,
-                            *scalars, min(n_splits, images), n_tile_chunks, first > 0)
+                            *scalars, min(n_splits, images), n_tile_chunks, first > 0,
+                            unpacked)
         return finite
 
     return run
