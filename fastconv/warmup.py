@@ -158,10 +158,9 @@ class _Helpers:
         self._processes: list[subprocess.Popen] = []
         self._threads = [threading.Thread(target=self._feed, daemon=True)
                          for _ in range(count)]
+        self._started = self._closed = False
 
     def __enter__(self) -> _Helpers:
-        self._env = dict(os.environ, FASTCONV_QUIET="1")
-        self._started = self._closed = False
         return self
 
     @contextlib.contextmanager
@@ -186,7 +185,7 @@ class _Helpers:
             thread.start()
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop()
+        self._end_all()
 
     def take(self) -> tuple | None:
         """The next step that no process has taken, or None."""
@@ -214,7 +213,7 @@ class _Helpers:
             thread.join()
         return {**self._helped, **dict.fromkeys(self._failed, 0.0)}
 
-    def _stop(self) -> None:
+    def _end_all(self) -> None:
         with self._lock:
             self._closed = True
             self._pending.clear()
@@ -232,7 +231,8 @@ class _Helpers:
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-c", _HELPER, str(Path(__file__).resolve())],
-                    env=self._env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    env=dict(os.environ, FASTCONV_QUIET="1"), stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL, text=True)
             except OSError:
                 return
@@ -261,8 +261,7 @@ class _Helpers:
                             self._failed.append(step)
                         else:
                             self._helped[step] = seconds
-                        if self._bar is not None:
-                            self._bar.update()
+                    self.count_done()
                 if not reply:  # the helper ended
                     return
         except (OSError, ValueError):  # a helper that died, or was stopped
