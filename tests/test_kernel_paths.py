@@ -458,6 +458,7 @@ BOUNDS_CHECKED = [
     "tests/test_kernel_paths.py::test_grad_input_non_finite_weight_stays_off_the_border",
     "tests/test_conv2d.py::test_matches_reference",
     "tests/test_simd.py::test_blocked_kernel_matches_reference",
+    "tests/test_simd.py::test_transposed_phases_in_one_call",
     "tests/test_simd.py::test_blocked_grad_weight_sums_over_blocks_of_images",
     "tests/test_simd.py::test_weave_row_puts_rows_together",
     "tests/test_pool.py::test_max_pool2d_matches_reference",

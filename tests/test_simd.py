@@ -314,6 +314,11 @@ BLOCKED_CASES = [
     ("s2_narrow", (2, 3, 6, 5), (8, 3, 3, 3), dict(stride=2, padding=(1, 3))),
     # padding beyond the kernel's reach: grad_input's phases read a slice of grad_output
     ("pad_beyond", (1, 4, 7, 7), (5, 4, 3, 3), dict(padding=3)),
+    # grad_input's phases alike (as many taps, one shape), in one call: 4 and 9 phases,
+    # dilated taps, odd phase planes
+    ("s2_4x4_fused", (2, 16, 14, 18), (8, 16, 4, 4), dict(stride=2, padding=1)),
+    ("s3_6x6_fused", (2, 16, 12, 15), (8, 16, 6, 6), dict(stride=3, padding=2)),
+    ("s2_dil3_fused", (1, 16, 20, 22), (8, 16, 4, 4), dict(stride=2, padding=3, dilation=3)),
 ]
 
 
@@ -367,6 +372,50 @@ def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng, alw
             assert_grads_close(grads, reference.conv2d_backward(g, x, w, **kwargs), dtype, g)
         finally:
             numba.set_num_threads(saved)
+
+
+#: conv_transpose2d layers whose phases run in one call of the blocked kernel, or not:
+#: (id, input shape, weight shape, kwargs, fused).
+FUSED_PHASE_CASES = [
+    ("4x4_s2_p1", (2, 24, 7, 9), (24, 16, 4, 4), dict(stride=2, padding=1), True),
+    # planes of two heights: a phase apiece
+    ("4x4_s2_p1_op1", (2, 24, 7, 9), (24, 16, 4, 4),
+     dict(stride=2, padding=1, output_padding=1), False),
+    ("6x6_s3_p3", (2, 8, 5, 6), (8, 32, 6, 6), dict(stride=3, padding=3), True),
+    ("6x6_s3_p2", (2, 8, 5, 6), (8, 32, 6, 6), dict(stride=3, padding=2), False),
+    ("2x2_s2", (1, 16, 8, 8), (16, 16, 2, 2), dict(stride=2), True),
+    ("4x4_s2_p3_dil2", (2, 16, 6, 7), (16, 16, 4, 4), dict(stride=2, padding=3, dilation=3),
+     True),
+    # every phase's taps, but 12 filters: not whole blocks of a vector
+    ("4x4_s2_k12", (1, 16, 6, 6), (16, 12, 4, 4), dict(stride=2, padding=1), False),
+]
+
+
+@pytest.mark.parametrize("budget", [1, 3000, None], ids=["rows", "bands", "default"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape, wshape, kwargs, fused", [c[1:] for c in FUSED_PHASE_CASES],
+                         ids=[c[0] for c in FUSED_PHASE_CASES])
+def test_transposed_phases_in_one_call(shape, wshape, kwargs, fused, dtype, budget, rng,
+                                       always_parallel, monkeypatch):
+    # conv_transpose2d at a stride runs the phases of its output as one call where they are
+    # alike (each phase's filters on their own taps and shift of one padded input) and a
+    # call apiece where not; bands of one row to the whole plane, on every split of the
+    # tasks, a strided input, with the bias, equal to the reference
+    if budget is not None:
+        monkeypatch.setattr(fastconv.config, "DIRECT_TILE_BYTES", budget)
+    seen = []
+    real = blocked._fused_phases_runner
+    monkeypatch.setattr(blocked, "_fused_phases_runner",
+                        lambda *args: seen.append(args) or real(*args))
+    x = rng.standard_normal((shape[0], shape[1], shape[2], 2 * shape[3])).astype(dtype)
+    x = x[..., ::2]  # not contiguous
+    w = rng.standard_normal(wshape).astype(dtype)
+    b = rng.standard_normal(wshape[1]).astype(dtype)
+    expected = reference.conv_transpose2d(x, w, b, **kwargs)
+    for _ in range(2):  # the plan's first call and a later one
+        y = fastconv.conv_transpose2d(x, w, b, **kwargs, algorithm="direct")
+        assert_close(y, expected, dtype)
+    assert bool(seen) == fused
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -33,9 +33,13 @@ in each of which every tap is again a constant shift of the positions.
 grad_input (:func:`conv2d_grad_input_blocked`) is the same kernel on the
 flipped, channel-swapped filters, packed as they are read: at stride 1 one
 convolution of grad_output; at a stride, one stride-1 convolution per phase of
-the input with the taps that reach that phase, each into a contiguous plane of its
-own, which :func:`_weave_phases` then writes into grad_input in one pass (two
-stride-2 column phases on SIMD vectors, :func:`.strips.weave_row`).
+the input with the taps that reach that phase (packed straight from the weight),
+each into a contiguous plane of its own, which :func:`_weave_phases` then writes
+into grad_input in one pass (two stride-2 column phases on SIMD vectors,
+:func:`.strips.weave_row`). Where the phases are alike (as many taps, planes of
+one shape: conv_transpose2d's 4x4 stride-2 layers), they run as one call, each
+phase's filters a run of blocks with taps of their own on one padded copy of
+grad_output (:func:`_fused_phases_runner`).
 
 The weight gradient (:func:`conv2d_grad_weight_blocked`) packs, per block of
 images, the padded input planes (at a column stride dealt into their column
@@ -108,38 +112,42 @@ def _pack_filter_block(weight, packed, g, b):
 
 
 @kernel()
-def _pack_flipped_block(weight, packed, g, b):
+def _pack_flipped_block(weight, packed, g, b, tap_map):
     """One block of the filters :func:`_pack_filter_block` makes of
     :func:`.identities.transpose_flip` (weight, groups), read from ``weight`` itself:
     grad_input's stride-1 convolution, whose filter ``b * 8 + kk`` of group g is input
     channel ``b * 8 + kk`` of ``weight``, its channels ``weight``'s filters, its taps
-    reversed."""
+    reversed. ``tap_map`` ``(sets, T)``: the filters are ``sets`` runs of ``weight``'s
+    input channels, run ``s`` on the taps ``tap_map[s]`` of ``weight``'s ``R * S``
+    (row-major), a strided grad_input's phases; ``[[0 .. R * S - 1]]`` for all of them."""
     out_channels, group_channels, kh, kw = weight.shape
     groups, _, _, block = packed.shape
+    n_sets, taps = tap_map.shape
     per_group = out_channels // groups  # the channels of that convolution, per group
-    taps = kh * kw
-    src = weight.reshape(out_channels, group_channels * taps)
+    size = kh * kw
+    src = weight.reshape(out_channels, group_channels * size)
     dst = packed[g, b]
-    full = min(block, group_channels - b * block)
+    full = min(block, n_sets * group_channels - b * block)
     if full < block:
         dst[:, :] = 0
-    first = b * block * taps
     for k in range(per_group):
-        # the block's channels of filter k: full * taps values in a row; the packed
-        # (taps, block) square of channel k in a row too
-        row = src[g * per_group + k, first : first + full * taps]
+        # the block's channels of filter k, each read at its set's taps; the packed
+        # (taps, block) square of channel k in a row
+        row = src[g * per_group + k]
         square = dst[k * taps : (k + 1) * taps]
         for kk in range(full):
+            f = b * block + kk
+            at, tap_set = (f % group_channels) * size, f // group_channels
             for t in range(taps):
-                square[taps - 1 - t, kk] = row[kk * taps + t]
+                square[taps - 1 - t, kk] = row[at + tap_map[tap_set, t]]
 
 
 @kernel()
-def _pack_block(weight, packed, g, b, flipped):
+def _pack_block(weight, packed, g, b, flipped, tap_map):
     """Block ``b`` of group g of the packed filters: :func:`_pack_flipped_block` if
     ``flipped``, else :func:`_pack_filter_block`."""
     if flipped:
-        _pack_flipped_block(weight, packed, g, b)
+        _pack_flipped_block(weight, packed, g, b, tap_map)
     else:
         _pack_filter_block(weight, packed, g, b)
 
@@ -187,7 +195,7 @@ IN_TASKS, FLIPPED, BY_FILTERS = 1, 2, 4
 @kernel(parallel=True)
 def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packing, pad_top,
                             pad_left, stride_h, stride_w, pitch, phase_rows, kw, dilation_h,
-                            dilation_w, band, plane, k_runs, scratch):
+                            dilation_w, shifts, tap_map, band, plane, k_runs, scratch):
     """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
     * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
     :func:`fastconv.activations.floor`), ``band`` output rows per task.
@@ -200,7 +208,12 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     transposed convolution this is (grad_input), packed flipped
     (:func:`_pack_flipped_block`);
     such a weight is scanned first, and one that is not all finite returns False with
-    nothing written (the padding's zeros would meet its Inf). Otherwise returns True."""
+    nothing written (the padding's zeros would meet its Inf). Otherwise returns True.
+    ``shifts``: ``(sets, 2)``, the filters in ``sets`` equal runs of blocks, set ``s``
+    reading its taps ``shifts[s]`` (rows, columns) further on in the padded input: the
+    phases of a strided grad_input in one call (:func:`grad_input_runner`); a
+    convolution's one set is ``[[0, 0]]``. ``tap_map``: which of a flipped weight's
+    taps each set's are (:func:`_pack_flipped_block`)."""
     n_img, channels = x.shape[0], x.shape[1]
     groups, n_blocks = packed.shape[0], packed.shape[1]
     flipped = packing & FLIPPED != 0
@@ -208,10 +221,10 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
         return False
     if packing & IN_TASKS:
         for block in prange(groups * n_blocks):
-            _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped)
+            _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped, tap_map)
     else:
         for block in range(groups * n_blocks):
-            _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped)
+            _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped, tap_map)
     group_channels = channels // groups
     out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     x_flat, out_flat = strips.flat(x), strips.flat(out)  # rows by offset, not by view
@@ -232,11 +245,16 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     spare = n_blocked * lanes
     unit_stride = stride_h == 1 and stride_w == 1
     n_taps = packed.shape[2] // group_channels
-    taps = np.empty(n_taps, np.intp)  # tap (r, s): its phase, then its shift in the phase
-    for t in range(n_taps):
-        row, col = (t // kw) * dilation_h, (t % kw) * dilation_w
-        phase = (row % stride_h) * stride_w + col % stride_w
-        taps[t] = (phase * phase_rows + row // stride_h) * pitch + col // stride_w
+    n_sets = shifts.shape[0]
+    set_blocks = n_blocks // n_sets
+    # per set, tap (r, s): its phase, then its shift in the phase
+    taps = np.empty((n_sets, n_taps), np.intp)
+    for tap_set in range(n_sets):
+        for t in range(n_taps):
+            row = (t // kw) * dilation_h + shifts[tap_set, 0]
+            col = (t % kw) * dilation_w + shifts[tap_set, 1]
+            phase = (row % stride_h) * stride_w + col % stride_w
+            taps[tap_set, t] = (phase * phase_rows + row // stride_h) * pitch + col // stride_w
     for chunk in prange(n_chunks):
         strip = scratch[chunk, :strip_len]
         sums = scratch[chunk, strip_len:]
@@ -272,12 +290,13 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
             weights = packed[g]
             for b in range(run * per_run, min(n_blocks, (run + 1) * per_run)):
                 block_weights = weights[b].reshape(-1)
+                block_taps = taps[b // set_blocks]
                 n_k = min(block, per_group - b * block)
                 k0 = g * per_group + b * block
                 if by_filters:
                     for q in range(0, count, BLOCK_Q):
                         positions_x_filters(strip, block_weights, sums, q * lanes,
-                                            offsets, q, plane, group_channels, taps)
+                                            offsets, q, plane, group_channels, block_taps)
                     # bias and floor on each output's vector of filters, then squares of
                     # outputs x filters transposed into the planes
                     shift = simd.load_first(bias, k0, n_k) if has_bias else simd.zeros(sums)
@@ -290,7 +309,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                                          out, n, k0, i_first * out_w + q, spare)
                 else:
                     weights_x_run(strip, block_weights, sums, np.int64(0), n_positions, plane,
-                                  group_channels, taps, sums_pitch)
+                                  group_channels, block_taps, sums_pitch)
                     for kk in range(n_k):
                         offset = bias[k0 + kk] if has_bias else 0
                         for i in range(rows):
@@ -431,23 +450,38 @@ def conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups: int,
 
 
 def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dilation,
-                   groups: int, activation: str | None = None, *, flipped: bool = False):
+                   groups: int, activation: str | None = None, *, flipped: bool = False,
+                   shifts: tuple[tuple[int, int], ...] = ((0, 0),), tap_map=None):
     """:func:`conv2d_blocked` for one problem, its layout worked out once (for this
     thread count and scratch budget): ``run(x, weight, bias, out)``, ``bias`` an array
     of the filters' count or None. What a cached plan of :func:`fastconv.conv2d` keeps. With
     ``flipped``, ``weight_shape`` is the convolution's and ``run`` takes the weight of
     its transposed convolution (grad_input), packed flipped; it returns
-    False, having written nothing, for a weight that is not all finite."""
+    False, having written nothing, for a weight that is not all finite; ``tap_map``
+    (``(sets, R * S)``, default all taps in order) says which of that weight's taps each
+    set of filters has (:func:`_pack_flipped_block`). ``shifts``: the
+    filters in that many equal sets, set ``s`` reading the input ``shifts[s]`` (rows,
+    columns) further on (see :func:`_conv2d_forward_blocked`; stride 1, one group):
+    ``padding`` must then pad the input for every set."""
     dtype = np.dtype(dtype)
+    filters, channels, kh, kw = weight_shape
+    # the layout sees the kernel that covers every set's taps
+    reach_h = max(r for r, _ in shifts) + dilation[0] * (kh - 1) + 1
+    reach_w = max(c for _, c in shifts) + dilation[1] * (kw - 1) + 1
+    covering = ((filters, channels, kh, kw), dilation) if len(shifts) == 1 else (
+        (filters, channels, reach_h, reach_w), (1, 1))
     packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing = (
-        _forward_layout(tuple(x_shape), tuple(out_shape), tuple(weight_shape), stride, padding,
-                        dilation, groups, dtype.itemsize, threads.count(),
+        _forward_layout(tuple(x_shape), tuple(out_shape), covering[0], stride, padding,
+                        covering[1], groups, dtype.itemsize, threads.count(),
                         config.DIRECT_TILE_BYTES, strips.band_rows, FORWARD_FORM))
+    packed_shape = (*packed_shape[:2], channels * kh * kw, packed_shape[3])
     kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
     floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
     (top, _), (left, _) = padding
     scalars = (packing | (FLIPPED if flipped else 0), top, left, stride[0], stride[1], pitch,
-               phase_rows, weight_shape[3], dilation[0], dilation[1], band, plane, k_runs)
+               phase_rows, kw, dilation[0], dilation[1], np.array(shifts, np.intp),
+               np.arange(kh * kw, dtype=np.intp)[None] if tap_map is None else tap_map, band,
+               plane, k_runs)
 
     def run(x, weight, bias, out) -> bool:
         return kernel(x, weight, borrow(packed_shape, dtype, "packed"),
@@ -819,10 +853,13 @@ def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilati
 
 
 @kernel()
-def _weave_phases(planes, starts, heights, widths, row_phase, col_phase, woven, grad_in):
+def _weave_phases(planes, starts, heights, widths, row_phase, col_phase, woven, image_planes,
+                  grad_in):
     """grad_in[n, c, y, x] = the value of phase ``(a, b) = (row_phase[y, 0], col_phase[x,
     0])`` at ``(i, j) = (row_phase[y, 1], col_phase[x, 1])``, which is ``planes[starts[a,
-    b] + ((n * C + c) * heights[a] + i) * widths[b] + j]``. ``woven``: columns 0 and 1
+    b] + ((n * image_planes + c) * heights[a] + i) * widths[b] + j]`` (``image_planes``:
+    C, each phase's planes apart; or, the phases of one call, planes ``(n, phase, c)``,
+    C times the phases, the phases ``C * h * w`` apart). ``woven``: columns 0 and 1
     are the first of two stride-2 column phases, whose rows :func:`.strips.weave_row`
     puts together on vectors. On the calling thread: on two threads it took 0.07 instead
     of 0.10 ms on a (8, 64, 32, 32) grad_input, and its parallel twin would add about
@@ -830,8 +867,9 @@ def _weave_phases(planes, starts, heights, widths, row_phase, col_phase, woven, 
     n_img, channels, height, width = grad_in.shape
     target = strips.flat(grad_in)
     first, second = col_phase[0, 0], col_phase[min(1, width - 1), 0]
-    for plane in range(n_img * channels):
-        n, c = plane // channels, plane % channels
+    for index in range(n_img * channels):
+        n, c = index // channels, index % channels
+        plane = n * image_planes + c
         for y in range(height):
             a, i = row_phase[y, 0], row_phase[y, 1]
             if woven:
@@ -843,19 +881,6 @@ def _weave_phases(planes, starts, heights, widths, row_phase, col_phase, woven, 
                 b, j = col_phase[x, 0], col_phase[x, 1]
                 grad_in[n, c, y, x] = planes[starts[a, b] + (plane * heights[a] + i) * widths[b]
                                              + j]
-
-
-@kernel()
-def _taps_of(weight, taps, out):
-    """out[q * T + t] = weight[q * R * S + taps[t]] for every filter and channel ``q``
-    (flat arrays): a phase's ``T`` taps of the weight, copied (a quarter of a (128, 64,
-    4, 4) weight: 32 us; numpy's copy of the same strided view, 66 us)."""
-    n_taps = taps.size
-    count = out.size // n_taps
-    size = weight.size // count  # R * S
-    for q in range(count):
-        for t in range(n_taps):
-            out[q * n_taps + t] = weight[q * size + taps[t]]
 
 
 def _phase_maps(phases, size, shape):
@@ -878,7 +903,8 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
     grad_in: conv_transpose2d's) is added as each phase stores its outputs. At a stride,
     each phase is computed into a
     C-contiguous plane of its own (the kernel's stores on vectors) and
-    :func:`_weave_phases` then writes ``grad_in`` from them in one pass."""
+    :func:`_weave_phases` then writes ``grad_in`` from them in one pass; where the phases
+    are alike (:func:`_phases_fuse`), all of them in one kernel call."""
     dtype = np.dtype(dtype)
     whole = stride == (1, 1)
     n_img, channels, height, width = grad_in_shape
@@ -889,9 +915,13 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
     row_phase, heights, row_of = _phase_maps([rows for rows, _ in phases], height, stride[0])
     col_phase, widths, col_of = _phase_maps([cols for _, cols in phases], width, stride[1])
     starts = np.zeros((len(heights), len(widths)), np.intp)
-    # per phase: (where its plane starts, its shape, its taps of the weight, grad_out's
-    # crop, its forward runner)
-    steps: list[tuple[int, Any, Any, Any, Any]] = []
+    woven = stride[1] == 2 and len(widths) == 2 and width >= 2
+    if not whole and _phases_fuse(phases, grad_out_shape, channels, groups, dtype):
+        return _fused_phases_runner(phases, grad_out_shape, weight_shape, grad_in_shape, dtype,
+                                    starts, row_of, col_of, (row_phase, col_phase, woven))
+    # per phase: (where its plane starts, its shape, grad_out's crop, its forward runner,
+    # which packs the phase's taps of the weight)
+    steps: list[tuple[int, Any, Any, Any]] = []
     total = 0
     for rows, cols in phases:
         y0, count_h, taps_h, step_h, lo_h, hi_h, top, bottom = rows
@@ -900,12 +930,8 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
         starts[row_of[y0], col_of[x0]] = total
         step_at, total = total, total + n_img * channels * count_h * count_w
         if not taps_h or not taps_w:
-            steps.append((step_at, shape, None, None, None))
+            steps.append((step_at, shape, None, None))
             continue
-        taps = None
-        if len(taps_h) < kh or len(taps_w) < kw:
-            taps = (np.array([r * kw + c for r in taps_h for c in taps_w], np.intp),
-                    (weight_shape[0], weight_shape[1], len(taps_h), len(taps_w)))
         crop = None
         if (lo_h, hi_h, lo_w, hi_w) != (0, grad_out_shape[2], 0, grad_out_shape[3]):
             crop = (every, every, slice(lo_h, hi_h), slice(lo_w, hi_w))
@@ -913,42 +939,99 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
             (*grad_out_shape[:2], hi_h - lo_h, hi_w - lo_w),
             (channels, weight_shape[0] // groups, len(taps_h), len(taps_w)),
             shape, dtype, (1, 1), ((top, bottom), (left, right)), (step_h, step_w), groups,
-            flipped=True)
-        steps.append((step_at, shape, taps, crop, forward))
+            flipped=True,
+            tap_map=np.array([[r * kw + c for r in taps_h for c in taps_w]], np.intp))
+        steps.append((step_at, shape, crop, forward))
     heights_a, widths_a = np.array(heights, np.intp), np.array(widths, np.intp)
-    woven = stride[1] == 2 and len(widths) == 2 and width >= 2
-    if whole and steps[0][2] is None and steps[0][4] is not None:
+    if whole and steps[0][3] is not None:
         # stride 1: one phase, every tap, written into grad_in itself (the common case:
         # nothing to borrow or weave per call)
-        crop, forward = steps[0][3], steps[0][4]
+        crop, forward = steps[0][2], steps[0][3]
 
         def run_whole(grad_out, weight, grad_in, bias=None) -> bool:
             source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
             return forward(source, weight, bias, grad_in)
 
         return run_whole
-    # per phase: (its plane in the phases' buffer, its shape, taps, crop, forward runner)
-    phase_steps = [(slice(at, at + math.prod(shape)), shape, taps, crop, forward)
-                   for at, shape, taps, crop, forward in steps]
+    # per phase: (its plane in the phases' buffer, its shape, crop, forward runner)
+    phase_steps = [(slice(at, at + math.prod(shape)), shape, crop, forward)
+                   for at, shape, crop, forward in steps]
 
     def run(grad_out, weight, grad_in, bias=None) -> bool:
         planes = workspace.borrow((0 if whole else total,), dtype, "phases")
-        for where, shape, taps, crop, forward in phase_steps:
+        for where, shape, crop, forward in phase_steps:
             target = grad_in if whole else planes[where].reshape(shape)
             if forward is None:
                 target[...] = 0 if bias is None else bias[:, None, None]
                 continue
-            # the phase's taps packed from a contiguous array, which they read in order
-            sub = weight
-            if taps is not None:
-                sub = workspace.borrow(taps[1], dtype, "taps")
-                _taps_of(weight.reshape(-1), taps[0], sub.reshape(-1))
             source = grad_out if crop is None else np.ascontiguousarray(grad_out[crop])
-            if not forward(source, sub, bias, target):
+            if not forward(source, weight, bias, target):
                 return False
         if not whole:
             _weave_phases(planes, starts, heights_a, widths_a, row_phase, col_phase, woven,
-                          grad_in)
+                          channels, grad_in)
+        return True
+
+    return run
+
+
+def _phases_fuse(phases, grad_out_shape, channels: int, groups: int, dtype) -> bool:
+    """Whether the phases of a strided grad_input run as one kernel call: one group, at
+    least two phases, every phase with taps, all of one shape, as many taps on the same
+    dilation, none cropping grad_out, and the channels of grad_input (each phase's
+    filters) whole blocks of the packed filters in either form."""
+    if groups != 1 or len(phases) < 2 or channels % max(BLOCK_K, 64 // dtype.itemsize):
+        return False
+    for axis, size in ((0, grad_out_shape[2]), (1, grad_out_shape[3])):
+        kinds = {(p[axis][1], len(p[axis][2]), p[axis][3]) for p in phases}
+        if len(kinds) != 1 or any(not p[axis][2] or p[axis][4:6] != (0, size)
+                                  for p in phases):
+            return False
+    return True
+
+
+def _fused_phases_runner(phases, grad_out_shape, weight_shape, grad_in_shape, dtype, starts,
+                         row_of, col_of, weave):
+    """The phases of :func:`grad_input_runner` in one call of the blocked kernel: the
+    filters of every phase side by side (``phases * channels`` of them, each phase's
+    packed from its taps of the weight, ``tap_map`` of :func:`_pack_flipped_block`),
+    grad_out padded once for all of them, each phase's filters reading it from a shift
+    of their own (``shifts`` of :func:`_conv2d_forward_blocked`), the phases' planes
+    ``(n, phase, c)`` woven into grad_in. Saves each phase's copy of grad_out into the
+    strips and its fork of the threads."""
+    n_img, channels, _, _ = grad_in_shape
+    kw = weight_shape[3]
+    n_sets = len(phases)
+    rows0, cols0 = phases[0]
+    count_h, count_w, dilation = rows0[1], cols0[1], (rows0[3], cols0[3])
+    top = max(rows[6] for rows, _ in phases)
+    bottom = max(rows[7] for rows, _ in phases)
+    left = max(cols[6] for _, cols in phases)
+    # a set that pads more on the right than the rest reads on into the next row's left
+    # padding: zeros in every row of a strip (after its last row, the strip's overrun)
+    right = max(0, max(cols[7] for _, cols in phases) - left)
+    shifts = tuple((top - rows[6], left - cols[6]) for rows, cols in phases)
+    tap_map = np.array([[r * kw + c for r in rows[2] for c in cols[2]]
+                        for rows, cols in phases], np.intp)
+    plane = channels * count_h * count_w
+    for s, (rows, cols) in enumerate(phases):
+        starts[row_of[rows[0]], col_of[cols[0]]] = s * plane
+    planes_shape = (n_img, n_sets * channels, count_h, count_w)
+    forward = forward_runner(grad_out_shape,
+                             (n_sets * channels, weight_shape[0], len(rows0[2]), len(cols0[2])),
+                             planes_shape, dtype, (1, 1), ((top, bottom), (left, right)),
+                             dilation, 1, flipped=True, shifts=shifts, tap_map=tap_map)
+    heights = np.full(len(set(row_of.values())), count_h, np.intp)
+    widths = np.full(len(set(col_of.values())), count_w, np.intp)
+    row_phase, col_phase, woven = weave
+
+    def run(grad_out, weight, grad_in, bias=None) -> bool:
+        planes = workspace.borrow(planes_shape, dtype, "phases")
+        if not forward(grad_out, weight, None if bias is None else np.tile(bias, n_sets),
+                       planes):
+            return False
+        _weave_phases(planes.reshape(-1), starts, heights, widths, row_phase, col_phase, woven,
+                      n_sets * channels, grad_in)
         return True
 
     return run
