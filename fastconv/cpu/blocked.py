@@ -162,28 +162,23 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
     ``u < pitch``; zeros outside the image. In a phase, every tap of a strided
     convolution is again a run of consecutive positions shifted by a constant. Rows
     are dealt by :func:`.strips.deal_phases` (at stride 2 on SIMD vectors; ``source``:
-    :func:`.strips.flat` (x))."""
-    height, width = x.shape[2], x.shape[3]
+    :func:`.strips.flat` (x)), which writes the image's columns only: the padding
+    columns stay zero from the buffer's first clearing (the caller's), and rows outside
+    the image are written with zeros (a per-row bound on the columns, two divisions a
+    phase, took most of the time of a 56-wide row's deal)."""
+    height = x.shape[2]
     for a in range(stride_h):
         for q in range(n_rows):
             row = first + q * stride_h + a
-            inside = 0 <= row < height
-            for b in range(stride_w):
-                dst = at + ((a * stride_w + b) * n_rows + q) * pitch
-                # the phase's columns inside the image: u_first <= u < u_last
-                u_first = min(pitch, max(0, (pad_left - b + stride_w - 1) // stride_w))
-                u_last = max(u_first, min(pitch,
-                                          (width + pad_left - b + stride_w - 1) // stride_w))
-                if not inside:
-                    u_first = u_last = pitch
-                for u in range(u_first):
-                    buffer[dst + u] = 0
-                for u in range(u_last, pitch):
-                    buffer[dst + u] = 0
-            if inside:
+            if 0 <= row < height:
                 strips.deal_phases(source, x, n, channel, row, buffer,
                                    at + (a * stride_w * n_rows + q) * pitch, n_rows * pitch,
                                    stride_w, pad_left)
+                continue
+            for b in range(stride_w):
+                dst = at + ((a * stride_w + b) * n_rows + q) * pitch
+                for u in range(pitch):
+                    buffer[dst + u] = 0
 
 
 #: The bits of :func:`_conv2d_forward_blocked`'s ``packing``: filters packed by parallel
