@@ -156,19 +156,31 @@ AUTO_WINOGRAD_MIN_TILES: int = _env_int("AUTO_WINOGRAD_MIN_TILES", 128)
 #: layers of up to 64 -> 128 channels; im2col wins on 128 -> 256 channels at stride 2).
 AUTO_BLOCKED_MAX_CHANNELS: int = _env_int("AUTO_BLOCKED_MAX_CHANNELS", 64)
 
-#: ... Winograd is chosen over them for 3x3 stride-1 layers of at least
-#: AUTO_BLOCKED_MAX_CHANNELS channels when min(C, K)/groups * H_out * W_out is at
-#: least this (Winograd wins from 64 channels on 28x28 and 256 channels on 14x14;
-#: for grad_weight it ties there with the blocked kernel and loses below: 1.32 against
-#: 1.05 ms on 64 channels 20x20, 2.68 against 1.93 ms on 128 channels 14x14, N8).
-AUTO_WINOGRAD_MIN_CHANNEL_PLANE: int = _env_int("AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 64 * 28 * 28)
+#: ... Winograd is chosen over them for the conv2d and grad_input of 3x3 stride-1
+#: layers of at least AUTO_BLOCKED_MAX_CHANNELS channels when min(C, K)/groups * H_out
+#: * W_out is at least this and the layer has AUTO_WINOGRAD_DEEP_MIN_TILES 4x4 output
+#: tiles (measured on its vector transforms and micro-kernel products, N8, ms
+#: Winograd / blocked: 128 channels 7x7 0.60 / 0.87, grad_input 0.61 / 0.81; 64
+#: channels 14x14 0.53 / 0.68; 64 channels 7x7, under the limit, 0.26 / 0.24; 256
+#: channels 7x7 at N1, 4 tiles, 1.63 / 0.48);
+AUTO_WINOGRAD_MIN_CHANNEL_PLANE: int = _env_int("AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 128 * 7 * 7)
+AUTO_WINOGRAD_DEEP_MIN_TILES: int = _env_int("AUTO_WINOGRAD_DEEP_MIN_TILES", 32)
 
-#: ... and im2col for layers of more than AUTO_BLOCKED_SMALL_PLANE_CHANNELS channels
-#: whose output positions are under this percentage of the positions the blocked
-#: kernel computes (the padded row pitch's junk columns and the last vector's overrun:
-#: 76 % on 7x7 images, where im2col ran 1.2x faster from 256 channels on and 1.07x
-#: slower at 128; 80 % on 8x8, 87 % on 14x14).
-AUTO_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_BLOCKED_MIN_USE_PERCENT", 80)
+#: ... and for their grad_weight when min(C, K)/groups * H_out * W_out is at least this:
+#: Winograd's weight gradient ties with the blocked kernel from 64 channels on 28x28
+#: and 256 on 14x14 and loses below (1.32 against 1.05 ms on 64 channels 20x20, 3.07
+#: against 2.72 ms on 128 channels 14x14, 1.12 against 0.78 on 128 channels 7x7, N8).
+AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE: int = _env_int(
+    "AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE", 64 * 28 * 28)
+
+#: ... and im2col for the conv2d of layers of more than AUTO_BLOCKED_SMALL_PLANE_CHANNELS
+#: channels whose output positions are under this percentage of the positions the
+#: blocked kernel computes (the padded row pitch's junk columns and the last vector's
+#: overrun: 50 % on 4x4 images, where im2col ran 1.6x faster on 512 channels; 76 % on
+#: 7x7, where the blocked kernel ran 1.07x faster from 256 channels on; 80 % on 8x8,
+#: 87 % on 14x14). Their grad_input and grad_weight stay on the blocked kernels, 1.1-1.9x
+#: faster than im2col's on 4x4 and 7x7 planes of 256-512 channels.
+AUTO_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_BLOCKED_MIN_USE_PERCENT", 65)
 AUTO_BLOCKED_SMALL_PLANE_CHANNELS: int = _env_int("AUTO_BLOCKED_SMALL_PLANE_CHANNELS", 128)
 
 #: ... except stride-1 1x1 layers (not grad_weight) that stay on the blocked kernel: those

@@ -83,11 +83,15 @@ AUTO_CHOICES = [
     ("grouped_c64_g2", (1, 64, 6, 6), (8, 32, 3, 3), dict(padding="same", groups=2), "direct"),
     ("grouped_c64_k32_g2", (32, 64, 6, 6), (32, 32, 3, 3), dict(padding=1, groups=2),
      "direct"),
-    # ... but Winograd from 64 channels on 28x28 (min(C, K) * H_out * W_out >= 64 * 28 * 28),
+    # ... but Winograd from 64 channels with min(C, K) * H_out * W_out >= 128 * 7 * 7 on
+    # at least 32 tiles,
     ("c64_k64_3x3_28", (2, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "winograd"),
-    # ... and im2col on deep layers where the blocked kernel wastes half its positions
-    ("c256_3x3_7x7", (2, 256, 7, 7), (256, 256, 3, 3), dict(padding=1), "im2col"),
+    ("c128_3x3_7x7_n8", (8, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), "winograd"),
+    ("c64_3x3_7x7_n8", (8, 64, 7, 7), (64, 64, 3, 3), dict(padding=1), "direct"),
     ("c128_3x3_7x7", (2, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), "direct"),
+    ("c256_3x3_7x7", (2, 256, 7, 7), (256, 256, 3, 3), dict(padding=1), "direct"),
+    # ... and im2col on deep layers where the blocked kernel wastes half its positions
+    ("c256_3x3_4x4", (2, 256, 4, 4), (256, 256, 3, 3), dict(padding=1), "im2col"),
     # ... and im2col on 1x1 layers of >= 64 channels (beyond AUTO_1X1_BLOCKED_MAX_WORK
     # multiply-adds, without a 4x expansion) and strided layers of more
     ("c64_k64_1x1", (8, 64, 32, 32), (64, 64, 1, 1), {}, "im2col"),
@@ -152,17 +156,23 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
     monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 64 * 28 * 28 + 1)
     assert dispatch.select("conv2d", "cpu", "auto", **deep)[0] == "direct"
     assert dispatch.select("conv2d_grad_input", "cpu", "auto", **deep)[0] == "direct"
-    small = dict(_problem((256, 256, 3, 3)), input_shape=(8, 256, 7, 7))
-    assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "im2col"
-    monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 70)
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 128 * 7 * 7)
+    small = dict(_problem((256, 256, 3, 3)), input_shape=(8, 256, 7, 7))  # 32 tiles
+    for op in ("conv2d", "conv2d_grad_input"):
+        assert dispatch.select(op, "cpu", "auto", **small)[0] == "winograd"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_DEEP_MIN_TILES", 33)
     assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "direct"
-    monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 80)
+    # the small-plane rule: the conv2d only, under its percentage of outputs (76 % on 7x7)
+    monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 77)
+    assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "im2col"
+    assert dispatch.select("conv2d_grad_input", "cpu", "auto", **small)[0] == "direct"
     monkeypatch.setattr(config, "AUTO_BLOCKED_SMALL_PLANE_CHANNELS", 256)
     assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "direct"
-    # grad_weight has the same limit (the blocked kernel ties with Winograd there)
-    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "direct"
-    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 64 * 28 * 28)
+    # grad_weight has a limit of its own (the blocked kernel ties with Winograd there)
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **small)[0] == "direct"
     assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "winograd"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE", 64 * 28 * 28 + 1)
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "direct"
     # a grad_weight whose packed image exceeds the direct scratch: Winograd by channels and
     # tiles
     large = dict(deep, input_shape=(8, 64, 256, 256))

@@ -28,15 +28,17 @@ def _choose_conv(op, weight_shape, problem):
        ``blocked.GRAD_WEIGHT_BLOCK_BYTES``), the register-blocked direct
        kernels, except, with ``deep = AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when
        it fits, min(C, K)/groups >= deep and min(C, K)/groups * H_out * W_out >=
-       ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE``; im2col for 1x1 layers of >= deep channels
+       ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` on at least ``AUTO_WINOGRAD_DEEP_MIN_TILES``
+       4x4 output tiles (grad_weight: ``AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE``,
+       any tiles); im2col for 1x1 layers of >= deep channels
        (one GEMM on the input), unless the convolution that runs has
        ``AUTO_1X1_BLOCKED_MIN_EXPANSION`` times more filters than channels per group or
        the call needs at most ``AUTO_1X1_BLOCKED_MAX_WORK`` multiply-adds (stride 1,
        not grad_weight), or, for grad_weight, the layer has fewer filters than channels
        per group and no padding and column stride (the blocked kernel reads ``x`` in
        place); the blocked kernel for any other strided grad_weight;
-       im2col for strided layers of more than deep channels and layers of more than
-       ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
+       im2col for strided layers of more than deep channels and the conv2d of layers of
+       more than ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
        are outputs;
     3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
@@ -116,12 +118,21 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     plane_h, plane_w = (height, width) if op == "conv2d_grad_input" else (out_h, out_w)
     channel_plane = narrow * out_h * out_w
     deep = config.AUTO_BLOCKED_MAX_CHANNELS
-    limit = config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE
-    if fits and narrow >= deep and channel_plane >= limit:
+    tiles = n_img * -(-out_h // 4) * -(-out_w // 4)
+    if op == "conv2d_grad_weight":
+        limit, name = (config.AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE,
+                       "AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE")
+        few = 0
+    else:
+        limit, name = config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE"
+        few = config.AUTO_WINOGRAD_DEEP_MIN_TILES
+    if fits and narrow >= deep and channel_plane >= limit and tiles >= few:
         return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= {deep} "
                             f"and min(C, K)/groups * H_out * W_out = {channel_plane} >= "
-                            f"AUTO_WINOGRAD_MIN_CHANNEL_PLANE = {limit}: Winograd's fewer "
-                            f"multiply-adds pay for its transforms")
+                            f"{name} = {limit}" + (
+                                f" on {tiles} >= AUTO_WINOGRAD_DEEP_MIN_TILES = {few} tiles"
+                                if few else "") +
+                            ": Winograd's fewer multiply-adds pay for its transforms")
     if narrow >= deep and kh * kw == 1:
         # the convolution that runs: its filters and channels per group
         depth = out_channels // groups if op == "conv2d_grad_input" else group_channels
@@ -152,7 +163,7 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     use = blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize, stride[1],
                               width + left + right)
     small = config.AUTO_BLOCKED_SMALL_PLANE_CHANNELS
-    if narrow > small and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
+    if op == "conv2d" and narrow > small and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
         return "im2col", (f"min(C, K)/groups = {narrow} > AUTO_BLOCKED_SMALL_PLANE_CHANNELS = "
                           f"{small} on a {plane_h}x{plane_w} plane, where only {use} % < "
                           f"AUTO_BLOCKED_MIN_USE_PERCENT = {config.AUTO_BLOCKED_MIN_USE_PERCENT} "
