@@ -130,9 +130,22 @@ def _pack_flipped_block(weight, packed, g, b, tap_map):
     full = min(block, n_sets * group_channels - b * block)
     if full < block:
         dst[:, :] = 0
+    if n_sets == 1 and taps == size:
+        # every tap in order (grad_input at stride 1): read as they lie, twice as fast as
+        # through the map (a 256 x 256 x 3 x 3 weight, one thread: 0.39 against 0.84 ms)
+        first = b * block * taps
+        for k in range(per_group):
+            # the block's channels of filter k: full * taps values in a row; the packed
+            # (taps, block) square of channel k in a row too
+            row = src[g * per_group + k, first : first + full * taps]
+            square = dst[k * taps : (k + 1) * taps]
+            for kk in range(full):
+                for t in range(taps):
+                    square[taps - 1 - t, kk] = row[kk * taps + t]
+        return
     for k in range(per_group):
-        # the block's channels of filter k, each read at its set's taps; the packed
-        # (taps, block) square of channel k in a row
+        # the block's channels of filter k, each read at its set's taps (slower than
+        # the reads in order above)
         row = src[g * per_group + k]
         square = dst[k * taps : (k + 1) * taps]
         for kk in range(full):
