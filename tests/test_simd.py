@@ -293,6 +293,8 @@ BLOCKED_CASES = [
     ("k20_5x5", (3, 6, 12, 12), (20, 6, 5, 5), {}),
     ("groups2", (2, 8, 9, 7), (12, 4, 3, 3), dict(padding=1, groups=2)),
     ("k9_1x1", (2, 7, 10, 9), (9, 7, 1, 1), {}),
+    # no padding columns, padding rows
+    ("k12_3x1", (2, 5, 9, 11), (12, 5, 3, 1), dict(padding=(1, 0))),
     # no padding columns (the strip's rows one run), padding rows
     ("k12_3x1", (2, 5, 9, 11), (12, 5, 3, 1), dict(padding=(1, 0))),
     ("asym_2x4", (2, 3, 17, 30), (17, 3, 2, 4), dict(padding=((1, 0), (3, 2)))),
