@@ -295,8 +295,6 @@ BLOCKED_CASES = [
     ("k9_1x1", (2, 7, 10, 9), (9, 7, 1, 1), {}),
     # no padding columns, padding rows
     ("k12_3x1", (2, 5, 9, 11), (12, 5, 3, 1), dict(padding=(1, 0))),
-    # no padding columns (the strip's rows one run), padding rows
-    ("k12_3x1", (2, 5, 9, 11), (12, 5, 3, 1), dict(padding=(1, 0))),
     ("asym_2x4", (2, 3, 17, 30), (17, 3, 2, 4), dict(padding=((1, 0), (3, 2)))),
     ("wide_64x64", (2, 8, 64, 64), (16, 8, 3, 3), dict(padding=1)),
     # grad_weight: dilated columns (a run per tap), two blocks of filters

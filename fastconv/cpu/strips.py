@@ -46,12 +46,8 @@ def _padded_rows(buffer, at, x, n, channel, first, n_rows, pad_left, pitch, clea
     height, width = x.shape[2], x.shape[3]
     inside_first = max(0, -first)
     inside_last = max(inside_first, min(n_rows, height - first))
-    if pitch == width:  # no padding columns: the rows are one run in x and in the buffer
-        copy_rows(source, x, n, channel, first + inside_first, inside_last - inside_first,
-                  buffer, at + inside_first * pitch)
-    else:
-        for q in range(inside_first, inside_last):
-            copy_row(source, x, n, channel, first + q, buffer, at + q * pitch + pad_left)
+    for q in range(inside_first, inside_last):
+        copy_row(source, x, n, channel, first + q, buffer, at + q * pitch + pad_left)
     if clear:
         for q in range(n_rows):
             if q < inside_first or q >= inside_last:
@@ -110,41 +106,6 @@ def _copy_row(source, x, n, channel, row, buffer, at):
     if simd.vectors_fit(source, buffer):
         return _copy_vectors
     return _copy_loop
-
-
-def copy_rows(source, x, n, channel, row, rows, buffer, at):
-    """``buffer[at : at + rows * W] = x[n, channel, row : row + rows]``, the rows one after
-    another: as one run on :mod:`.simd` vectors when ``x`` is C-contiguous (an unpadded
-    plane's strip: a 1x1 layer's on 14x14 took 14 row copies, a fifth of the call);
-    else value by value."""
-
-
-def _copy_rows_vectors(source, x, n, channel, row, rows, buffer, at):
-    count = rows * x.shape[3]
-    if count <= 0:
-        return
-    lanes = simd.lanes(buffer)
-    src = row_start(x, n, channel, row)
-    if count < lanes:
-        simd.store_first(buffer, at, simd.load_first(source, src, count), count)
-        return
-    for j in range(0, count - lanes, lanes):
-        simd.store(buffer, at + j, simd.load(source, src + j))
-    simd.store(buffer, at + count - lanes, simd.load(source, src + count - lanes))
-
-
-def _copy_rows_loop(source, x, n, channel, row, rows, buffer, at):
-    width = x.shape[3]
-    for q in range(rows):
-        for j in range(width):
-            buffer[at + q * width + j] = x[n, channel, row + q, j]
-
-
-@overload(copy_rows, inline="always", jit_options=jit_options())
-def _copy_rows(source, x, n, channel, row, rows, buffer, at):
-    if simd.vectors_fit(source, buffer):
-        return _copy_rows_vectors
-    return _copy_rows_loop
 
 
 def deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
