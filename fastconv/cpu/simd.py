@@ -317,6 +317,16 @@ def _shuffle(mask):
     return codegen
 
 
+def _interleave_mask(lanes: int, width: int, high: bool) -> list[int]:
+    """The shuffle mask of :func:`interleave` (``block = width``)."""
+    first, mask = width if high else 0, []
+    for lane in range(lanes):
+        group, within = divmod(lane, 2 * width)
+        source = group * 2 * width + first + within % width
+        mask.append(source if within < width else lanes + source)
+    return mask
+
+
 @intrinsic(prefer_literal=True)
 def interleave(typingctx, a, b, block, high):
     """Blocks of ``block`` lanes taken in turn from ``a`` and ``b``: the lower half of
@@ -326,13 +336,7 @@ def interleave(typingctx, a, b, block, high):
             and isinstance(high, types.BooleanLiteral)
             and 1 <= block.literal_value <= a.lanes // 2):
         return None
-    width, first = block.literal_value, block.literal_value if high.literal_value else 0
-    mask = []
-    for lane in range(a.lanes):
-        group, within = divmod(lane, 2 * width)
-        source = group * 2 * width + first + within % width
-        mask.append(source if within < width else a.lanes + source)
-
+    mask = _interleave_mask(a.lanes, block.literal_value, high.literal_value)
     return a(a, b, block, high), _shuffle(mask)
 
 
@@ -586,16 +590,6 @@ def _transpose_8(src, first, stride, count, dst, dst_first, dst_stride):
     store(dst, dst_first + 6 * dst_stride, r6)
     store(dst, dst_first + 7 * dst_stride, r7)
 
-
-
-def _interleave_mask(lanes: int, width: int, high: bool) -> list[int]:
-    """The shuffle mask of :func:`interleave` (``block = width``)."""
-    first, mask = width if high else 0, []
-    for lane in range(lanes):
-        group, within = divmod(lane, 2 * width)
-        source = group * 2 * width + first + within % width
-        mask.append(source if within < width else lanes + source)
-    return mask
 
 
 @intrinsic
