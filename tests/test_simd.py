@@ -293,6 +293,10 @@ BLOCKED_CASES = [
     ("k20_5x5", (3, 6, 12, 12), (20, 6, 5, 5), {}),
     ("groups2", (2, 8, 9, 7), (12, 4, 3, 3), dict(padding=1, groups=2)),
     ("k9_1x1", (2, 7, 10, 9), (9, 7, 1, 1), {}),
+    # unpadded 1x1 layers read in place: several images and groups (each task's run starts
+    # further into x), the last task on a copy
+    ("k16_1x1_n3_g2", (3, 8, 5, 5), (16, 4, 1, 1), dict(groups=2)),
+    ("k24_1x1_n4", (4, 16, 9, 7), (24, 16, 1, 1), {}),
     # no padding columns, padding rows
     ("k12_3x1", (2, 5, 9, 11), (12, 5, 3, 1), dict(padding=(1, 0))),
     ("asym_2x4", (2, 3, 17, 30), (17, 3, 2, 4), dict(padding=((1, 0), (3, 2)))),

@@ -4,7 +4,9 @@ grad_input at any stride, grad_weight at stride 1).
 
 The input is laid out as in :mod:`.direct`: a task copies the padded input
 rows of a band of output rows, every channel of its group, onto the padded row
-pitch ``W_pad``, so output ``(i, j)`` of the band sits at ``p = i * W_pad + j``
+pitch ``W_pad`` (an unpadded stride-1 1x1 layer's C-contiguous input is already
+so laid out and is read in place, but for the last task, whose last vector
+would read past the end of the input), so output ``(i, j)`` of the band sits at ``p = i * W_pad + j``
 and tap ``(r, s)`` reads ``strip[c, p + r * dh * W_pad + s * dw]``. Every tap is
 then the same run of consecutive positions shifted by a constant, which is what
 :func:`.microkernels.weights_x_positions` needs: it keeps 8 filters x 48
@@ -196,8 +198,22 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
 
 #: The bits of :func:`_conv2d_forward_blocked`'s ``packing``: filters packed by parallel
 #: tasks; the weight of a transposed convolution, packed flipped; the sums computed by
-#: filters (:func:`.microkernels.positions_x_filters`, filters packed a vector to a block).
-IN_TASKS, FLIPPED, BY_FILTERS = 1, 2, 4
+#: filters (:func:`.microkernels.positions_x_filters`, filters packed a vector to a block);
+#: a C-contiguous input of an unpadded stride-1 1x1 convolution read in place (see
+#: :func:`forward_runner`).
+IN_TASKS, FLIPPED, BY_FILTERS, IN_PLACE = 1, 2, 4, 8
+
+
+def _flat_or(flat, strip):
+    """``flat`` (:func:`.strips.flat` (x)) where it is one run of values, else ``strip``:
+    what a task of :func:`_conv2d_forward_blocked` reads in place."""
+
+
+@overload(_flat_or, inline="always", jit_options=jit_options())
+def _flat_or_overload(flat, strip):
+    if flat.ndim == 1 and flat.layout == "C" and flat.dtype == strip.dtype:
+        return lambda flat, strip: flat
+    return lambda flat, strip: strip
 
 
 @kernel(parallel=True)
@@ -236,6 +252,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     group_channels = channels // groups
     out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
     x_flat, out_flat = strips.flat(x), strips.flat(out)  # rows by offset, not by view
+    x_source, x_plane = _flat_or(x_flat, scratch[0]), x.shape[2] * x.shape[3]
     per_group = out_channels // groups
     per_run = (n_blocks + k_runs - 1) // k_runs
     n_bands = (out_h + band - 1) // band
@@ -279,7 +296,13 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
             rows = min(band, out_h - i_first)
             first = i_first * stride_h - pad_top
             n_rows = rows + phase_rows - band
-            if copy != last_copy or first != last_first or n_rows != last_rows:
+            # an unpadded 1x1 layer's input read in place, its channels x_plane apart, but
+            # for the task whose last vector would read past the end of x
+            in_place = (packing & IN_PLACE != 0 and not by_filters
+                        and not (copy == n_img * groups - 1 and i_first + rows == out_h))
+            if in_place:
+                pass
+            elif copy != last_copy or first != last_first or n_rows != last_rows:
                 for c in range(group_channels):
                     if unit_stride:
                         _padded_rows(strip, c * plane, x, n, g * group_channels + c, first,
@@ -316,8 +339,14 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                         store_by_filters(sums, q * lanes, min(lanes, count - q), n_k, out_flat,
                                          out, n, k0, i_first * out_w + q, spare)
                 else:
-                    weights_x_run(strip, block_weights, sums, np.int64(0), n_positions, plane,
-                                  group_channels, block_taps, sums_pitch)
+                    if in_place:  # (the run's first position offsets its sums too)
+                        weights_x_run(x_source[(n * channels + g * group_channels) * x_plane
+                                               + i_first * out_w:],
+                                      block_weights, sums, np.int64(0), n_positions, x_plane,
+                                      group_channels, block_taps, sums_pitch)
+                    else:
+                        weights_x_run(strip, block_weights, sums, np.int64(0), n_positions,
+                                      plane, group_channels, block_taps, sums_pitch)
                     for kk in range(n_k):
                         offset = bias[k0 + kk] if has_bias else 0
                         for i in range(rows):
@@ -491,9 +520,17 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
                np.arange(kh * kw, dtype=np.intp)[None] if tap_map is None else tap_map, band,
                plane, k_runs)
 
+    # an unpadded stride-1 1x1 convolution by positions reads a C-contiguous x in place
+    # (no copy of its planes into the strips)
+    whole_planes = (kh == kw == 1 and stride == (1, 1) and padding == ((0, 0), (0, 0))
+                    and len(shifts) == 1 and not packing & BY_FILTERS)
+    bits, rest = scalars[0], scalars[1:]
+    bits_in_place = bits | IN_PLACE if whole_planes else bits
+
     def run(x, weight, bias, out) -> bool:
         return kernel(x, weight, borrow(packed_shape, dtype, "packed"),
-                      no_bias if bias is None else bias, bias is not None, floor, out, *scalars,
+                      no_bias if bias is None else bias, bias is not None, floor, out,
+                      bits_in_place if x.flags.c_contiguous else bits, *rest,
                       borrow(scratch_shape, dtype))
 
     return run
