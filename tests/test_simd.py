@@ -297,6 +297,8 @@ BLOCKED_CASES = [
     # further into x), the last task on a copy
     ("k16_1x1_n3_g2", (3, 8, 5, 5), (16, 4, 1, 1), dict(groups=2)),
     ("k24_1x1_n4", (4, 16, 9, 7), (24, 16, 1, 1), {}),
+    # ... and planes so small that a task's last vector reaches the next images' planes
+    ("k16_1x1_g4_2x2", (3, 4, 2, 2), (16, 1, 1, 1), dict(groups=4)),
     # no padding columns, padding rows
     ("k12_3x1", (2, 5, 9, 11), (12, 5, 3, 1), dict(padding=(1, 0))),
     ("asym_2x4", (2, 3, 17, 30), (17, 3, 2, 4), dict(padding=((1, 0), (3, 2)))),

@@ -5,8 +5,8 @@ grad_input at any stride, grad_weight at stride 1).
 The input is laid out as in :mod:`.direct`: a task copies the padded input
 rows of a band of output rows, every channel of its group, onto the padded row
 pitch ``W_pad`` (an unpadded stride-1 1x1 layer's C-contiguous input is already
-so laid out and is read in place, but for the last task, whose last vector
-would read past the end of the input), so output ``(i, j)`` of the band sits at ``p = i * W_pad + j``
+so laid out and is read in place, but for a task whose last vector would read
+past the end of the input), so output ``(i, j)`` of the band sits at ``p = i * W_pad + j``
 and tap ``(r, s)`` reads ``strip[c, p + r * dh * W_pad + s * dw]``. Every tap is
 then the same run of consecutive positions shifted by a constant, which is what
 :func:`.microkernels.weights_x_positions` needs: it keeps 8 filters x 48
@@ -296,10 +296,13 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
             rows = min(band, out_h - i_first)
             first = i_first * stride_h - pad_top
             n_rows = rows + phase_rows - band
+            n_positions = (rows - 1) * pitch + out_w
             # an unpadded 1x1 layer's input read in place, its channels x_plane apart, but
-            # for the task whose last vector would read past the end of x
+            # for a task whose last vector would read past the end of x
+            at = (n * channels + g * group_channels) * x_plane + i_first * out_w
             in_place = (packing & IN_PLACE != 0 and not by_filters
-                        and not (copy == n_img * groups - 1 and i_first + rows == out_h))
+                        and at + (group_channels - 1) * x_plane + n_positions + lanes
+                        <= x_source.size)
             if in_place:
                 pass
             elif copy != last_copy or first != last_first or n_rows != last_rows:
@@ -312,7 +315,6 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                         _phase_rows(strip, c * plane, x, x_flat, n, g * group_channels + c,
                                     first, phase_rows, pad_left, pitch, stride_h, stride_w)
                 last_copy, last_first, last_rows = copy, first, n_rows
-            n_positions = (rows - 1) * pitch + out_w
             count = rows * out_w
             if by_filters and count != last_count:
                 for q in range(n_blocked):
@@ -340,10 +342,9 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                                          out, n, k0, i_first * out_w + q, spare)
                 else:
                     if in_place:  # (the run's first position offsets its sums too)
-                        weights_x_run(x_source[(n * channels + g * group_channels) * x_plane
-                                               + i_first * out_w:],
-                                      block_weights, sums, np.int64(0), n_positions, x_plane,
-                                      group_channels, block_taps, sums_pitch)
+                        weights_x_run(x_source[at:], block_weights, sums, np.int64(0),
+                                      n_positions, x_plane, group_channels, block_taps,
+                                      sums_pitch)
                     else:
                         weights_x_run(strip, block_weights, sums, np.int64(0), n_positions,
                                       plane, group_channels, block_taps, sums_pitch)
