@@ -337,13 +337,13 @@ def _blocked_case(shape, wshape, dtype, rng):
     return x, w, b
 
 
-@pytest.fixture(params=["packed in tasks", "by positions, packed on one thread",
-                        "by filters"])
+@pytest.fixture(params=["packed in tasks", "by positions on the pitch, packed on one thread",
+                        "by filters", "by positions, dense"])
 def always_parallel(request, monkeypatch):
     """Small calls run the parallel kernels too (not their serial twins), so the cases
     cover the tasks' splits of images, runs and bands on more than one thread; the
     forward's filters packed by parallel tasks, or on the calling thread; its sums in the
-    form it chooses, or by positions, or by filters."""
+    form it chooses, or by positions (on the padded row pitch, or dense), or by filters."""
     monkeypatch.setattr(fastconv.cpu.threads, "SERIAL_MAX_WORK", 0)
     monkeypatch.setattr(blocked, "GRAD_WEIGHT_SERIAL_MAX_WORK", 0)
     monkeypatch.setattr(blocked, "FORWARD_SERIAL_MAX_WORK", 0)
@@ -351,6 +351,8 @@ def always_parallel(request, monkeypatch):
                         1 << 62 if "one thread" in request.param else 0)
     monkeypatch.setattr(blocked, "FORWARD_FORM", {"by filters": "filters"}.get(
         request.param, "positions" if "by positions" in request.param else None))
+    monkeypatch.setattr(blocked, "DENSE_FORM", True if "dense" in request.param else
+                        False if "pitch" in request.param else None)
     blocked._forward_layout.cache_clear()
     blocked._grad_weight_layout.cache_clear()
     fastconv.clear_plans()
@@ -424,6 +426,25 @@ def test_transposed_phases_in_one_call(shape, wshape, kwargs, fused, dtype, budg
         y = fastconv.conv_transpose2d(x, w, b, **kwargs, algorithm="direct")
         assert_close(y, expected, dtype)
     assert bool(seen) == fused
+
+
+def test_dense_layout_where_junk_columns_cost():
+    # the dense strips (copies per column shift, no junk columns computed) where they save
+    # at least DENSE_MIN_SAVING_PERCENT % of the vectors at stride 1 with enough work per
+    # copy: 3x3 on 28x28 (pitch 30) and 14x14, not 56x56 (4 %), strided or few filters
+    assert blocked.dense_pays(28, 28, 30, 16, (1, 1), 64 * 3)
+    assert blocked.dense_pays(14, 14, 16, 16, (1, 1), 256 * 3)
+    assert not blocked.dense_pays(56, 56, 58, 16, (1, 1), 64 * 3)
+    assert not blocked.dense_pays(28, 28, 29, 16, (2, 2), 128 * 9 // 6)
+    assert not blocked.dense_pays(28, 28, 30, 16, (1, 1), 16 * 3)
+    assert not blocked.dense_pays(28, 28, 28, 16, (1, 1), 64 * 3)  # no junk columns
+    # the layout takes the rule: C32 -> 64 on 28x28 dense, on 56x56 on the pitch
+    for side, dense in ((28, True), (56, False)):
+        packing = blocked._forward_layout(
+            (2, 32, side, side), (2, 64, side, side), (64, 32, 3, 3), (1, 1),
+            ((1, 1), (1, 1)), (1, 1), 1, 4, 2, fastconv.config.DIRECT_TILE_BYTES,
+            fastconv.cpu.strips.band_rows, None, None)[8]
+        assert bool(packing & blocked.DENSE) == dense
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

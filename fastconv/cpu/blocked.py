@@ -18,6 +18,11 @@ run two vectors at a time (:func:`.microkernels.weights_x_pair`), then one
 (:func:`.microkernels.weights_x_vector`); positions past the band and the ``W_pad -
 W_out`` junk columns of each row are computed and dropped when the sums are written
 out with the bias (:func:`.epilogue.store_row`, which applies the activation's floor).
+Where that junk is a larger share of the vectors (:func:`dense_pays`: 3x3 layers on
+28x28 and 14x14 planes, conv_transpose2d's phases), the strip is laid out dense
+instead: each channel's rows copied once per column shift of the taps onto the
+output's own row pitch (:func:`_column_copies`), where tap ``(r, s)`` of output ``p
+= i * W_out + j`` is value ``p + r * W_out`` of copy ``s``, and no junk is computed.
 Where that junk and the padding of the last block of 8 filters would be more of the
 work than the padding of a vector of filters (:func:`by_filters`: few filters on a
 small plane), the sums run by filters instead: the filters packed a vector to a
@@ -196,12 +201,40 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
                     buffer[dst + u] = 0
 
 
+@kernel()
+def _column_copies(strip, copies, at, slots, phases, phase_rows, n_rows, pitch, out_w,
+                   n_shift):
+    """The dense layout of a channel's strip (its ``phases`` phases of ``phase_rows`` rows
+    on ``pitch``): per phase, ``n_shift`` copies of its first ``n_rows`` rows on the
+    output's row pitch ``out_w`` from ``copies[at]`` on, copy ``s`` from column ``s`` on,
+    so that tap ``(r, s)`` of output ``(i, j)`` is value ``i * out_w + j`` of its phase's
+    copy ``s`` shifted by ``r`` rows: every position computed is an output (on ``pitch``
+    the ``pitch - out_w`` junk columns of each row are computed too). Copy ``s``'s row
+    ``q`` is the ``out_w`` values from column ``s`` of the strip's row ``q``, read on into
+    the next row past its end, as the taps on ``pitch`` read. Only the copies the taps
+    read are made, one after another: ``slots[phase * n_shift + s]`` (-1: not read)."""
+    lanes = simd.lanes(strip)
+    for phase in range(phases):
+        for s in range(n_shift):
+            slot = slots[phase * n_shift + s]
+            if slot < 0:
+                continue
+            src0 = phase * phase_rows * pitch + s
+            dst0 = at + slot * phase_rows * out_w
+            for q in range(n_rows):
+                src, dst = src0 + q * pitch, dst0 + q * out_w
+                # whole vectors: the last one's overrun is the next row's start (written
+                # after it) or the plane's overrun
+                for j in range(0, out_w, lanes):
+                    simd.store(copies, dst + j, simd.load(strip, src + j))
+
+
 #: The bits of :func:`_conv2d_forward_blocked`'s ``packing``: filters packed by parallel
 #: tasks; the weight of a transposed convolution, packed flipped; the sums computed by
 #: filters (:func:`.microkernels.positions_x_filters`, filters packed a vector to a block);
 #: a C-contiguous input of an unpadded stride-1 1x1 convolution read in place (see
 #: :func:`forward_runner`).
-IN_TASKS, FLIPPED, BY_FILTERS, IN_PLACE = 1, 2, 4, 8
+IN_TASKS, FLIPPED, BY_FILTERS, IN_PLACE, DENSE = 1, 2, 4, 8, 16
 
 
 def _flat_or(flat, strip):
@@ -219,7 +252,8 @@ def _flat_or_overload(flat, strip):
 @kernel(parallel=True)
 def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packing, pad_top,
                             pad_left, stride_h, stride_w, pitch, phase_rows, kw, dilation_h,
-                            dilation_w, shifts, tap_map, band, plane, k_runs, scratch):
+                            dilation_w, shifts, tap_map, band, plane, n_shift, dense_plane, k_runs,
+                            scratch):
     """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
     * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
     :func:`fastconv.activations.floor`), ``band`` output rows per task.
@@ -261,11 +295,15 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     lanes = 64 // x.itemsize
     block = packed.shape[3]  # filters in one packed block
     by_filters = packing & BY_FILTERS != 0
-    strip_len = group_channels * plane
+    dense = packing & DENSE != 0
+    pos_pitch = out_w if dense else pitch  # from one output row's positions to the next
+    # dense: one channel's strip at a time, made into that channel's copies
+    strip_len = plane if dense else group_channels * plane
+    dense_len = group_channels * dense_plane
     # the sums of a block of filters: rows of positions of BLOCK_K filters (sums_pitch
     # apart), or by filters, a vector of filters per output (n_blocked of them), and a
     # spare square for a partial square's transpose
-    sums_pitch = ((band - 1) * pitch + out_w + lanes - 1) // lanes * lanes
+    sums_pitch = ((band - 1) * pos_pitch + out_w + lanes - 1) // lanes * lanes
     n_blocked = -(-(band * out_w) // BLOCK_Q) * BLOCK_Q
     spare = n_blocked * lanes
     unit_stride = stride_h == 1 and stride_w == 1
@@ -274,16 +312,37 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     set_blocks = n_blocks // n_sets
     # per set, tap (r, s): its phase, then its shift in the phase
     taps = np.empty((n_sets, n_taps), np.intp)
+    # dense: per (phase, column shift), its copy's place among the copies read, or -1
+    slots = np.full(stride_h * stride_w * n_shift, -1, np.intp)
+    if dense:
+        for tap_set in range(n_sets):
+            for t in range(n_taps):
+                col = (t % kw) * dilation_w + shifts[tap_set, 1]
+                row = (t // kw) * dilation_h + shifts[tap_set, 0]
+                slots[((row % stride_h) * stride_w + col % stride_w) * n_shift
+                      + col // stride_w] = 0
+        n_copies = 0
+        for q in range(slots.size):
+            if slots[q] == 0:
+                slots[q] = n_copies
+                n_copies += 1
     for tap_set in range(n_sets):
         for t in range(n_taps):
             row = (t // kw) * dilation_h + shifts[tap_set, 0]
             col = (t % kw) * dilation_w + shifts[tap_set, 1]
             phase = (row % stride_h) * stride_w + col % stride_w
-            taps[tap_set, t] = (phase * phase_rows + row // stride_h) * pitch + col // stride_w
+            if dense:
+                taps[tap_set, t] = ((slots[phase * n_shift + col // stride_w] * phase_rows
+                                     + row // stride_h) * out_w)
+            else:
+                taps[tap_set, t] = ((phase * phase_rows + row // stride_h) * pitch
+                                    + col // stride_w)
     for chunk in prange(n_chunks):
         strip = scratch[chunk, :strip_len]
-        sums = scratch[chunk, strip_len:]
+        copies = scratch[chunk, strip_len : strip_len + dense_len]
+        sums = scratch[chunk, strip_len + dense_len :]
         strip[:] = 0
+        copies[:] = 0
         # where the by-filters blocks' outputs are in the strip (0 past the band's last)
         offsets = np.zeros(n_blocked if by_filters else 0, np.intp)
         last_copy, last_first, last_rows, last_count = -1, 0, 0, -1
@@ -296,7 +355,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
             rows = min(band, out_h - i_first)
             first = i_first * stride_h - pad_top
             n_rows = rows + phase_rows - band
-            n_positions = (rows - 1) * pitch + out_w
+            n_positions = (rows - 1) * pos_pitch + out_w
             # an unpadded 1x1 layer's input read in place, its channels x_plane apart, but
             # for a task whose last vector would read past the end of x
             at = (n * channels + g * group_channels) * x_plane + i_first * out_w
@@ -307,13 +366,18 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                 pass
             elif copy != last_copy or first != last_first or n_rows != last_rows:
                 for c in range(group_channels):
+                    at = 0 if dense else c * plane
                     if unit_stride:
-                        _padded_rows(strip, c * plane, x, n, g * group_channels + c, first,
+                        _padded_rows(strip, at, x, n, g * group_channels + c, first,
                                      n_rows, pad_left, pitch,
                                      first != last_first or n_rows != last_rows, x_flat)
                     else:
-                        _phase_rows(strip, c * plane, x, x_flat, n, g * group_channels + c,
+                        _phase_rows(strip, at, x, x_flat, n, g * group_channels + c,
                                     first, phase_rows, pad_left, pitch, stride_h, stride_w)
+                    if dense:
+                        _column_copies(strip, copies, c * dense_plane, slots,
+                                       stride_h * stride_w, phase_rows, n_rows, pitch, out_w,
+                                       n_shift)
                 last_copy, last_first, last_rows = copy, first, n_rows
             count = rows * out_w
             if by_filters and count != last_count:
@@ -345,13 +409,16 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                         weights_x_run(x_source[at:], block_weights, sums, np.int64(0),
                                       n_positions, x_plane, group_channels, block_taps,
                                       sums_pitch)
+                    elif dense:
+                        weights_x_run(copies, block_weights, sums, np.int64(0), n_positions,
+                                      dense_plane, group_channels, block_taps, sums_pitch)
                     else:
                         weights_x_run(strip, block_weights, sums, np.int64(0), n_positions,
                                       plane, group_channels, block_taps, sums_pitch)
                     for kk in range(n_k):
                         offset = bias[k0 + kk] if has_bias else 0
                         for i in range(rows):
-                            store_row(sums, kk * sums_pitch + i * pitch, out_flat, out, n,
+                            store_row(sums, kk * sums_pitch + i * pos_pitch, out_flat, out, n,
                                       k0 + kk, i_first + i, offset, floor)
     return True
 
@@ -374,9 +441,41 @@ def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int,
     return 100 * out_h * out_w // (-(-computed // lanes) * lanes)
 
 
+#: When the blocked forward lays its strips out dense (:func:`dense_pays`): the least
+#: percentage of the vectors of positions on the padded row pitch it must save, and the
+#: fewest multiply-adds per position and channel (filters per group x taps) per copy
+#: of the strip. Measured on two threads, float32, N8, pitch / dense, ms: C32 -> 64
+#: 3x3 p1 on 28x28 (7.5 % fewer vectors, 192 per copy) 1.15 / 1.09; C256 -> 256 on
+#: 14x14 (7 %, 768) 9.6 / 9.1; conv_transpose2d C128 16x16 -> 64 4x4 s2 (its fused
+#: phases: 6 %, 768) 2.80 / 2.71; C16 -> 16 on 28x28 (7.5 %, 48) 0.176 / 0.166-0.184;
+#: a stride-2 grad_input's phases (C64 28x28 -> 128, 64 or 128 per copy) 1.77 / 1.90;
+#: C64 -> 128 3x3 s2 on 56x56 (4 %, its phases' copies) 4.55 / 4.89.
+DENSE_MIN_SAVING_PERCENT = 5
+DENSE_MIN_WORK_PER_COPY = 160
+
+
+def dense_pays(out_h: int, out_w: int, pitch: int, lanes: int, stride=(1, 1),
+               work_per_copy: int = DENSE_MIN_WORK_PER_COPY) -> bool:
+    """Whether the blocked forward lays its strips out dense (:func:`_column_copies`):
+    at stride 1, where the positions on the output's own row pitch take at least
+    :data:`DENSE_MIN_SAVING_PERCENT` % fewer vectors than on the padded pitch for a whole
+    plane, and each copy of the strip serves at least :data:`DENSE_MIN_WORK_PER_COPY`
+    multiply-adds per position and channel (``work_per_copy``). The copies cost a pass
+    over the strip per column shift of the taps, which a plane whose junk columns are a
+    few percent of its positions, or a convolution of few filters and taps, does not win
+    back."""
+    if stride != (1, 1) or work_per_copy < DENSE_MIN_WORK_PER_COPY:
+        return False
+    on_pitch = -(-((out_h - 1) * pitch + out_w) // lanes)
+    dense = -(-(out_h * out_w) // lanes)
+    return 100 * (on_pitch - dense) >= DENSE_MIN_SAVING_PERCENT * on_pitch
+
+
 #: The blocked forward's form, for tests: None chooses by :func:`by_filters`; "positions"
 #: or "filters" forces one.
 FORWARD_FORM: str | None = None
+#: The dense layout for tests and measurement: None where it applies, False never.
+DENSE_FORM: bool | None = None
 
 
 #: How much more of the filters form's multiply-adds must be outputs' than the positions
@@ -412,7 +511,7 @@ def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dila
 
 @functools.lru_cache(maxsize=512)
 def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation, groups,
-                    itemsize, n_threads, budget, band_rows, form):
+                    itemsize, n_threads, budget, band_rows, form, dense_form):
     """Everything the blocked forward kernel needs besides its arrays, for one problem:
     (packed filters' shape, band, pitch, phase rows, plane, k_runs, scratch shape,
     serial, packing). Cached: the thread count, the scratch budget, the band rule and
@@ -434,29 +533,48 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     # a band of b rows: per channel (b + reach) rows of each phase and the overrun of the
     # last block of positions; the sums: BLOCK_K rows, or by filters a vector per output
     # (up to a whole block of 12) and a spare square for the transposes
+    # dense: the positions on the output's own row pitch, each phase's strip copied once
+    # per column shift of its taps (no junk columns computed)
+    n_shift = dilation[1] * (kw - 1) // stride[1] + 1
+    # the copies a dense strip makes: the (row phase, column phase, shift) of each tap
+    copies = len({(r * dilation[0] % stride[0], s * dilation[1] % stride[1],
+                   s * dilation[1] // stride[1]) for r in range(kh) for s in range(kw)})
+    dense = not filters_form and (dense_form if dense_form is not None else dense_pays(
+        out_h, out_w, pitch, lanes, stride, per_group * kh * kw // copies))
+    pos_pitch = out_w if dense else pitch
     if filters_form:
         sums_fixed, sums_row = lanes * (out_w + BLOCK_Q + lanes), lanes * out_w
     else:
-        sums_fixed, sums_row = BLOCK_K * (pitch + step), BLOCK_K * pitch
-    band = band_rows(out_h, channels * (phases * (1 + reach) * pitch + step) + sums_fixed,
-                     channels * phases * pitch + sums_row, itemsize)
+        sums_fixed, sums_row = BLOCK_K * (pos_pitch + step), BLOCK_K * pos_pitch
+    if dense:  # a channel's strip, every channel's copies
+        fixed = phases * (1 + reach) * pitch + step + channels * (copies * (1 + reach) * out_w
+                                                                  + step)
+        per_row = phases * pitch + channels * copies * out_w
+    else:
+        fixed, per_row = channels * (phases * (1 + reach) * pitch + step), channels * phases * pitch
+    band = band_rows(out_h, fixed + sums_fixed, per_row + sums_row, itemsize)
     phase_rows = band + reach
     plane = phases * phase_rows * pitch + step
+    dense_plane = copies * phase_rows * out_w + step if dense else 0
     units = n_img * groups * -(-out_h // band)
     k_runs = max(1, min(n_blocks, -(-n_threads // units)))
     chunks = max(1, min(n_threads, units * k_runs))
     if filters_form:
         sums = (-(-(band * out_w) // BLOCK_Q) * BLOCK_Q + lanes) * lanes
     else:
-        sums = BLOCK_K * -(-((band - 1) * pitch + out_w) // lanes) * lanes
+        sums = BLOCK_K * -(-((band - 1) * pos_pitch + out_w) // lanes) * lanes
     serial = chunks == 1 or n_img * out_h * out_w * filters * channels * kh * kw <= max(
         threads.SERIAL_MAX_WORK, FORWARD_SERIAL_MAX_WORK)
     packing = IN_TASKS if not serial and groups * n_blocks * block * channels * kh * kw >= (
         PACK_TASKS_MIN_VALUES) else 0
     if filters_form:
         packing |= BY_FILTERS
+    if dense:
+        packing |= DENSE
     return ((groups, n_blocks, channels * kh * kw, block), band, pitch, phase_rows, plane,
-            k_runs, (chunks, channels * plane + sums), serial, packing)
+            k_runs, (chunks, (plane if dense else channels * plane) + channels * dense_plane
+                     + sums), serial, packing,
+            n_shift, dense_plane)
 
 
 #: Most multiply-adds of a blocked forward call run on the calling thread. Waking the
@@ -508,10 +626,12 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     reach_w = max(c for _, c in shifts) + dilation[1] * (kw - 1) + 1
     covering = ((filters, channels, kh, kw), dilation) if len(shifts) == 1 else (
         (filters, channels, reach_h, reach_w), (1, 1))
-    packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing = (
+    (packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing,
+     n_shift, dense_plane) = (
         _forward_layout(tuple(x_shape), tuple(out_shape), covering[0], stride, padding,
                         covering[1], groups, dtype.itemsize, threads.count(),
-                        config.DIRECT_TILE_BYTES, strips.band_rows, FORWARD_FORM))
+                        config.DIRECT_TILE_BYTES, strips.band_rows, FORWARD_FORM,
+                        DENSE_FORM))
     packed_shape = (*packed_shape[:2], channels * kh * kw, packed_shape[3])
     kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
     floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
@@ -519,7 +639,7 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     scalars = (packing | (FLIPPED if flipped else 0), top, left, stride[0], stride[1], pitch,
                phase_rows, kw, dilation[0], dilation[1], np.array(shifts, np.intp),
                np.arange(kh * kw, dtype=np.intp)[None] if tap_map is None else tap_map, band,
-               plane, k_runs)
+               plane, n_shift, dense_plane, k_runs)
 
     # an unpadded stride-1 1x1 convolution by positions reads a C-contiguous x in place
     # (no copy of its planes into the strips)
