@@ -176,10 +176,13 @@ AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE: int = _env_int(
 #: ... and im2col for the conv2d of layers of more than AUTO_BLOCKED_SMALL_PLANE_CHANNELS
 #: channels whose output positions are under this percentage of the positions the
 #: blocked kernel computes (the padded row pitch's junk columns and the last vector's
-#: overrun: 50 % on 4x4 images, where im2col ran 1.6x faster on 512 channels; 76 % on
-#: 7x7, where the blocked kernel ran 1.07x faster from 256 channels on; 80 % on 8x8,
-#: 87 % on 14x14). Their grad_input and grad_weight stay on the blocked kernels, 1.1-1.9x
-#: faster than im2col's on 4x4 and 7x7 planes of 256-512 channels.
+#: overrun, or on the dense layout where it pays the last vector's: 56 % on 3x3 images,
+#: where im2col ran 1.17x faster on 256 channels; 76 % on 7x7, where the blocked kernel
+#: ran 1.07x faster from 256 channels on; 100 % on 4x4 and 8x8 on the dense layout
+#: (4x4, 512 channels: 3.8 ms against im2col's 4.6-5.1; 50 % on the padded pitch, where
+#: im2col had run 1.6x faster); 93 % on 14x14). Their grad_input and grad_weight stay on
+#: the blocked kernels, 1.1-1.9x faster than im2col's on 3x3 to 7x7 planes of 256-512
+#: channels.
 AUTO_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_BLOCKED_MIN_USE_PERCENT", 65)
 AUTO_BLOCKED_SMALL_PLANE_CHANNELS: int = _env_int("AUTO_BLOCKED_SMALL_PLANE_CHANNELS", 128)
 

@@ -91,7 +91,9 @@ AUTO_CHOICES = [
     ("c128_3x3_7x7", (2, 128, 7, 7), (128, 128, 3, 3), dict(padding=1), "direct"),
     ("c256_3x3_7x7", (2, 256, 7, 7), (256, 256, 3, 3), dict(padding=1), "direct"),
     # ... and im2col on deep layers where the blocked kernel wastes half its positions
-    ("c256_3x3_4x4", (2, 256, 4, 4), (256, 256, 3, 3), dict(padding=1), "im2col"),
+    # (3x3 planes: 9 of a vector's 16); 4x4 planes fill a vector on the dense layout
+    ("c256_3x3_3x3", (2, 256, 3, 3), (256, 256, 3, 3), dict(padding=1), "im2col"),
+    ("c256_3x3_4x4", (2, 256, 4, 4), (256, 256, 3, 3), dict(padding=1), "direct"),
     # ... and im2col on 1x1 layers of >= 64 channels (beyond AUTO_1X1_BLOCKED_MAX_WORK
     # multiply-adds, without a 4x expansion) and strided layers of more
     ("c64_k64_1x1", (8, 64, 32, 32), (64, 64, 1, 1), {}, "im2col"),

@@ -430,14 +430,15 @@ def test_transposed_phases_in_one_call(shape, wshape, kwargs, fused, dtype, budg
 
 def test_dense_layout_where_junk_columns_cost():
     # the dense strips (copies per column shift, no junk columns computed) where they save
-    # at least DENSE_MIN_SAVING_PERCENT % of the vectors at stride 1 with enough work per
-    # copy: 3x3 on 28x28 (pitch 30) and 14x14, not 56x56 (4 %), strided or few filters
-    assert blocked.dense_pays(28, 28, 30, 16, (1, 1), 64 * 3)
-    assert blocked.dense_pays(14, 14, 16, 16, (1, 1), 256 * 3)
-    assert not blocked.dense_pays(56, 56, 58, 16, (1, 1), 64 * 3)
-    assert not blocked.dense_pays(28, 28, 29, 16, (2, 2), 128 * 9 // 6)
-    assert not blocked.dense_pays(28, 28, 30, 16, (1, 1), 16 * 3)
-    assert not blocked.dense_pays(28, 28, 28, 16, (1, 1), 64 * 3)  # no junk columns
+    # at least DENSE_MIN_SAVING_PERCENT % of the vectors with enough work per copy: 3x3 on
+    # 28x28 (pitch 30) and 14x14, not 56x56 or layer f (4 %) or few filters
+    assert blocked.dense_pays(28, 28, 30, 16, 64 * 3)
+    assert blocked.dense_pays(14, 14, 16, 16, 256 * 3)
+    assert blocked.dense_pays(14, 14, 15, 16, 256 * 9 // 6)  # 3x3 s2, 28x28 -> 14x14
+    assert not blocked.dense_pays(56, 56, 58, 16, 64 * 3)
+    assert not blocked.dense_pays(28, 28, 29, 16, 128 * 9 // 6)  # layer f: 4 % fewer
+    assert not blocked.dense_pays(28, 28, 30, 16, 16 * 3)
+    assert not blocked.dense_pays(28, 28, 28, 16, 64 * 3)  # no junk columns
     # the layout takes the rule: C32 -> 64 on 28x28 dense, on 56x56 on the pitch
     for side, dense in ((28, True), (56, False)):
         packing = blocked._forward_layout(

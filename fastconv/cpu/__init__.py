@@ -40,7 +40,7 @@ def _choose_conv(op, weight_shape, problem):
        im2col for strided layers of more than deep channels and the conv2d of layers of
        more than ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
-       are outputs;
+       are outputs (on its dense layout where that pays, :func:`.blocked.use_percent`);
     3. direct when one output needs at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds
        (too little depth for a GEMM), except grad_weight of a layer with more than one
        channel per group, whose im2col GEMM reduces over N * H * W and wins there;
@@ -160,8 +160,12 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     if narrow > deep and stride != (1, 1):
         return "im2col", (f"stride {stride} with min(C, K)/groups = {narrow} > "
                           f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: deep enough for im2col's GEMM")
+    # the convolution that runs at stride 1 (or conv2d's): its positions on the dense
+    # layout's pitch where that pays
+    work_per_copy = (filters * kh * kw // blocked.dense_copies(kh, kw, stride, dilation)
+                     if op == "conv2d" or stride == (1, 1) else 0)
     use = blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize, stride[1],
-                              width + left + right)
+                              width + left + right, work_per_copy)
     small = config.AUTO_BLOCKED_SMALL_PLANE_CHANNELS
     if op == "conv2d" and narrow > small and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
         return "im2col", (f"min(C, K)/groups = {narrow} > AUTO_BLOCKED_SMALL_PLANE_CHANNELS = "
@@ -171,7 +175,7 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     detail = f"{use} % of its positions are outputs"
     if op == "conv2d" and blocked.by_filters(out_h, out_w, filters, group_channels * kh * kw, kw,
                                              dilation[1], itemsize, stride[1],
-                                             width + left + right):
+                                             width + left + right, work_per_copy):
         detail = (f"its sums by filters, 12 outputs x a vector of filters, where by positions "
                   f"only {use} % would be outputs")
     return "direct", (f"{filters} >= {blocked.MIN_GROUP_K} filters per group: the "

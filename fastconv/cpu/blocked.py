@@ -431,14 +431,25 @@ def applies(weight_shape, stride, groups: int) -> bool:
 
 
 def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int,
-                stride_w: int = 1, width: int = 0) -> int:
+                stride_w: int = 1, width: int = 0, work_per_copy: int = 0) -> int:
     """The percentage of the positions computed on a whole plane that are outputs (the
-    rest are the junk columns of the row pitch and the last block's overrun); ``width``
-    is the padded input width (needed with a stride)."""
+    rest are the junk columns of the row pitch and the last vector's overrun); ``width``
+    is the padded input width (needed with a stride). With ``work_per_copy`` (filters
+    per group x taps per copy of a dense strip, :func:`dense_copies`), on the output's
+    own pitch where the dense layout pays (:func:`dense_pays`)."""
     lanes = 64 // itemsize
     pitch = out_w + dilation_w * (kw - 1) if stride_w == 1 else -(-width // stride_w)
     computed = (out_h - 1) * pitch + out_w
+    if work_per_copy and dense_pays(out_h, out_w, pitch, lanes, work_per_copy):
+        computed = out_h * out_w
     return 100 * out_h * out_w // (-(-computed // lanes) * lanes)
+
+
+def dense_copies(kh: int, kw: int, stride, dilation) -> int:
+    """How many copies of a channel's strip the dense layout makes: one per (row phase,
+    column phase, column shift in the phase) of the taps."""
+    return len({(r * dilation[0] % stride[0], s * dilation[1] % stride[1],
+                 s * dilation[1] // stride[1]) for r in range(kh) for s in range(kw)})
 
 
 #: When the blocked forward lays its strips out dense (:func:`dense_pays`): the least
@@ -454,17 +465,16 @@ DENSE_MIN_SAVING_PERCENT = 5
 DENSE_MIN_WORK_PER_COPY = 160
 
 
-def dense_pays(out_h: int, out_w: int, pitch: int, lanes: int, stride=(1, 1),
-               work_per_copy: int = DENSE_MIN_WORK_PER_COPY) -> bool:
+def dense_pays(out_h: int, out_w: int, pitch: int, lanes: int, work_per_copy: int) -> bool:
     """Whether the blocked forward lays its strips out dense (:func:`_column_copies`):
-    at stride 1, where the positions on the output's own row pitch take at least
+    where the positions on the output's own row pitch take at least
     :data:`DENSE_MIN_SAVING_PERCENT` % fewer vectors than on the padded pitch for a whole
     plane, and each copy of the strip serves at least :data:`DENSE_MIN_WORK_PER_COPY`
     multiply-adds per position and channel (``work_per_copy``). The copies cost a pass
-    over the strip per column shift of the taps, which a plane whose junk columns are a
-    few percent of its positions, or a convolution of few filters and taps, does not win
-    back."""
-    if stride != (1, 1) or work_per_copy < DENSE_MIN_WORK_PER_COPY:
+    over the strip per column shift of the taps (at a stride, per column phase and
+    shift), which a plane whose junk columns are a few percent of its positions, or a
+    convolution of few filters and taps, does not win back."""
+    if work_per_copy < DENSE_MIN_WORK_PER_COPY:
         return False
     on_pitch = -(-((out_h - 1) * pitch + out_w) // lanes)
     dense = -(-(out_h * out_w) // lanes)
@@ -491,18 +501,21 @@ BY_FILTERS_MAX_BYTES = 64 << 10
 
 
 def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dilation_w: int,
-               itemsize: int, stride_w: int = 1, width: int = 0) -> bool:
+               itemsize: int, stride_w: int = 1, width: int = 0, work_per_copy: int = 0) -> bool:
     """Whether the blocked forward computes its sums by filters (a vector of a group's
     filters x 12 outputs, :func:`.microkernels.positions_x_filters`) rather than by
     positions (8 filters x vectors of positions on the row pitch): where at least
     :data:`BY_FILTERS_MIN_GAIN` times more of its multiply-adds are outputs' (counting
     the positions form's junk columns and its last block of 8 filters' padding, and the
-    filters form's last vector's padding) and a vector of filters' packed weights
-    (``depth`` = C/groups * R * S of them) fit in :data:`BY_FILTERS_MAX_BYTES`."""
+    filters form's last vector's padding; ``work_per_copy``: as for :func:`use_percent`,
+    the positions on the dense layout's pitch where it pays) and a vector of filters'
+    packed weights (``depth`` = C/groups * R * S of them) fit in
+    :data:`BY_FILTERS_MAX_BYTES`."""
     if FORWARD_FORM is not None:
         return FORWARD_FORM == "filters"
     lanes = 64 // itemsize
-    positions = use_percent(out_h, out_w, kw, dilation_w, itemsize, stride_w, width) * (
+    positions = use_percent(out_h, out_w, kw, dilation_w, itemsize, stride_w, width,
+                            work_per_copy) * (
         per_group / (-(-per_group // BLOCK_K) * BLOCK_K))
     filters = 100 * per_group / (-(-per_group // lanes) * lanes)
     return (filters >= BY_FILTERS_MIN_GAIN * positions
@@ -526,21 +539,21 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     lanes = 64 // itemsize
     step = BLOCK_P * lanes
     per_group = filters // groups
+    # dense: the positions on the output's own row pitch, each channel's strip copied once
+    # per (phase and) column shift of its taps (no junk columns computed)
+    copies = dense_copies(kh, kw, stride, dilation)
+    work_per_copy = per_group * kh * kw // copies
     filters_form = by_filters(out_h, out_w, per_group, channels * kh * kw, kw, dilation[1],
-                              itemsize, stride[1], width + left + right)
+                              itemsize, stride[1], width + left + right,
+                              0 if dense_form is False else work_per_copy)
     block = lanes if filters_form else BLOCK_K
     n_blocks = -(-per_group // block)
     # a band of b rows: per channel (b + reach) rows of each phase and the overrun of the
     # last block of positions; the sums: BLOCK_K rows, or by filters a vector per output
     # (up to a whole block of 12) and a spare square for the transposes
-    # dense: the positions on the output's own row pitch, each phase's strip copied once
-    # per column shift of its taps (no junk columns computed)
     n_shift = dilation[1] * (kw - 1) // stride[1] + 1
-    # the copies a dense strip makes: the (row phase, column phase, shift) of each tap
-    copies = len({(r * dilation[0] % stride[0], s * dilation[1] % stride[1],
-                   s * dilation[1] // stride[1]) for r in range(kh) for s in range(kw)})
     dense = not filters_form and (dense_form if dense_form is not None else dense_pays(
-        out_h, out_w, pitch, lanes, stride, per_group * kh * kw // copies))
+        out_h, out_w, pitch, lanes, work_per_copy))
     pos_pitch = out_w if dense else pitch
     if filters_form:
         sums_fixed, sums_row = lanes * (out_w + BLOCK_Q + lanes), lanes * out_w
