@@ -46,7 +46,8 @@ into grad_input in one pass (two stride-2 column phases on SIMD vectors,
 :func:`.strips.weave_row`). Where the phases are alike (as many taps, planes of
 one shape: conv_transpose2d's 4x4 stride-2 layers), they run as one call, each
 phase's filters a run of blocks with taps of their own on one padded copy of
-grad_output (:func:`_fused_phases_runner`).
+grad_output, each phase's outputs stored straight into its rows and columns of
+grad_input (:func:`_fused_phases_runner`, :func:`_store_woven`).
 
 The weight gradient (:func:`conv2d_grad_weight_blocked`) packs, per block of
 images, the padded input planes (at a column stride dealt into their column
@@ -229,12 +230,40 @@ def _column_copies(strip, copies, at, slots, phases, phase_rows, n_rows, pitch, 
                     simd.store(copies, dst + j, simd.load(strip, src + j))
 
 
+@kernel()
+def _store_woven(sums, sums_pitch, pos_pitch, n_k, rows, out_w, bias, has_bias, floor, woven,
+                 weave, tap_set, c0, n, k0, i_first):
+    """The sums of a block of ``n_k`` filters (set ``tap_set``'s channels ``c0 ..``) over
+    ``rows`` output rows of its phase plane, stored with the bias and the floor into the
+    rows ``i * weave[s, 2] + weave[s, 0]`` and columns ``j * weave[s, 3] + weave[s, 1]``
+    of ``woven`` (C-contiguous) that are inside it: the weave of a strided grad_input's
+    phases done by the stores."""
+    channels, height, width = woven.shape[1], woven.shape[2], woven.shape[3]
+    flat = woven.reshape(woven.size)
+    y0, x0 = weave[tap_set, 0], weave[tap_set, 1]
+    step_y, step_x = weave[tap_set, 2], weave[tap_set, 3]
+    count = min(out_w, (width - x0 + step_x - 1) // step_x)
+    for kk in range(n_k):
+        offset = bias[k0 + kk] if has_bias else 0
+        for i in range(rows):
+            y = (i_first + i) * step_y + y0
+            if y >= height:
+                break
+            src = kk * sums_pitch + i * pos_pitch
+            dst = ((n * channels + c0 + kk) * height + y) * width + x0
+            for j in range(count):
+                value = sums[src + j] + offset
+                flat[dst + j * step_x] = floor if value < floor else value
+
+
 #: The bits of :func:`_conv2d_forward_blocked`'s ``packing``: filters packed by parallel
 #: tasks; the weight of a transposed convolution, packed flipped; the sums computed by
 #: filters (:func:`.microkernels.positions_x_filters`, filters packed a vector to a block);
 #: a C-contiguous input of an unpadded stride-1 1x1 convolution read in place (see
-#: :func:`forward_runner`).
-IN_TASKS, FLIPPED, BY_FILTERS, IN_PLACE, DENSE = 1, 2, 4, 8, 16
+#: :func:`forward_runner`); the strips laid out dense (:func:`_column_copies`); each set's
+#: outputs stored into the rows and columns of its phase of ``woven`` (a strided
+#: grad_input's phases in one call, :func:`_fused_phases_runner`).
+IN_TASKS, FLIPPED, BY_FILTERS, IN_PLACE, DENSE, WOVEN = 1, 2, 4, 8, 16, 32
 
 
 def _flat_or(flat, strip):
@@ -250,8 +279,9 @@ def _flat_or_overload(flat, strip):
 
 
 @kernel(parallel=True)
-def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packing, pad_top,
-                            pad_left, stride_h, stride_w, pitch, phase_rows, kw, dilation_h,
+def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven, weave,
+                            packing, pad_top, pad_left, stride_h, stride_w, pitch, phase_rows,
+                            kw, dilation_h,
                             dilation_w, shifts, tap_map, band, plane, n_shift, dense_plane, k_runs,
                             scratch):
     """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
@@ -271,7 +301,11 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
     reading its taps ``shifts[s]`` (rows, columns) further on in the padded input: the
     phases of a strided grad_input in one call (:func:`grad_input_runner`); a
     convolution's one set is ``[[0, 0]]``. ``tap_map``: which of a flipped weight's
-    taps each set's are (:func:`_pack_flipped_block`)."""
+    taps each set's are (:func:`_pack_flipped_block`). With bit :data:`WOVEN` (by
+    positions only), set ``s``'s output ``(k, i, j)`` goes to ``woven[n, k - s * K / sets,
+    i * weave[s, 2] + weave[s, 0], j * weave[s, 3] + weave[s, 1]]`` where that is inside
+    ``woven`` (C-contiguous), and ``out`` (whose shape gives the sets' planes) is not
+    written."""
     n_img, channels = x.shape[0], x.shape[1]
     groups, n_blocks = packed.shape[0], packed.shape[1]
     flipped = packing & FLIPPED != 0
@@ -415,6 +449,12 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, packi
                     else:
                         weights_x_run(strip, block_weights, sums, np.int64(0), n_positions,
                                       plane, group_channels, block_taps, sums_pitch)
+                    if packing & WOVEN:
+                        _store_woven(sums, sums_pitch, pos_pitch, n_k, rows, out_w, bias,
+                                     has_bias, floor, woven, weave, b // set_blocks,
+                                     k0 - b // set_blocks * (per_group // n_sets), n, k0,
+                                     i_first)
+                        continue
                     for kk in range(n_k):
                         offset = bias[k0 + kk] if has_bias else 0
                         for i in range(rows):
@@ -620,7 +660,8 @@ def conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups: int,
 
 def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dilation,
                    groups: int, activation: str | None = None, *, flipped: bool = False,
-                   shifts: tuple[tuple[int, int], ...] = ((0, 0),), tap_map=None):
+                   shifts: tuple[tuple[int, int], ...] = ((0, 0),), tap_map=None,
+                   weave=None):
     """:func:`conv2d_blocked` for one problem, its layout worked out once (for this
     thread count and scratch budget): ``run(x, weight, bias, out)``, ``bias`` an array
     of the filters' count or None. What a cached plan of :func:`fastconv.conv2d` keeps. With
@@ -631,7 +672,11 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     set of filters has (:func:`_pack_flipped_block`). ``shifts``: the
     filters in that many equal sets, set ``s`` reading the input ``shifts[s]`` (rows,
     columns) further on (see :func:`_conv2d_forward_blocked`; stride 1, one group):
-    ``padding`` must then pad the input for every set."""
+    ``padding`` must then pad the input for every set. ``weave`` (``(sets, 4)``: first
+    row, first column, row step, column step): where the sums run by positions, ``run``
+    also takes ``target``, a C-contiguous array into whose rows and columns each set's
+    outputs are stored (``out`` then only gives the planes' shape and is not written),
+    and ``run.woven`` is True."""
     dtype = np.dtype(dtype)
     filters, channels, kh, kw = weight_shape
     # the layout sees the kernel that covers every set's taps
@@ -659,15 +704,24 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     whole_planes = (kh == kw == 1 and stride == (1, 1) and padding == ((0, 0), (0, 0))
                     and len(shifts) == 1 and not packing & BY_FILTERS)
     bits, rest = scalars[0], scalars[1:]
+    woven = weave is not None and not packing & BY_FILTERS
     bits_in_place = bits | IN_PLACE if whole_planes else bits
+    weave = np.asarray(weave if woven else _NO_WEAVE, np.intp)
 
-    def run(x, weight, bias, out) -> bool:
+    def run(x, weight, bias, out, target=None) -> bool:
+        woven_bit = 0 if target is None else WOVEN
         return kernel(x, weight, borrow(packed_shape, dtype, "packed"),
                       no_bias if bias is None else bias, bias is not None, floor, out,
-                      bits_in_place if x.flags.c_contiguous else bits, *rest,
+                      out if target is None else target, weave,
+                      (bits_in_place if x.flags.c_contiguous else bits) | woven_bit, *rest,
                       borrow(scratch_shape, dtype))
 
+    run.woven = woven  # type: ignore[attr-defined]
     return run
+
+
+#: The ``weave`` of a call that stores into ``out`` itself.
+_NO_WEAVE = np.zeros((1, 4), np.intp)
 
 
 @kernel()
@@ -1097,7 +1151,8 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
     woven = stride[1] == 2 and len(widths) == 2 and width >= 2
     if not whole and _phases_fuse(phases, grad_out_shape, channels, groups, dtype):
         return _fused_phases_runner(phases, grad_out_shape, weight_shape, grad_in_shape, dtype,
-                                    starts, row_of, col_of, (row_phase, col_phase, woven))
+                                    starts, row_of, col_of,
+                                    (row_phase, col_phase, woven, stride))
     # per phase: (where its plane starts, its shape, grad_out's crop, its forward runner,
     # which packs the phase's taps of the weight)
     steps: list[tuple[int, Any, Any, Any]] = []
@@ -1175,9 +1230,11 @@ def _fused_phases_runner(phases, grad_out_shape, weight_shape, grad_in_shape, dt
     filters of every phase side by side (``phases * channels`` of them, each phase's
     packed from its taps of the weight, ``tap_map`` of :func:`_pack_flipped_block`),
     grad_out padded once for all of them, each phase's filters reading it from a shift
-    of their own (``shifts`` of :func:`_conv2d_forward_blocked`), the phases' planes
-    ``(n, phase, c)`` woven into grad_in. Saves each phase's copy of grad_out into the
-    strips and its fork of the threads."""
+    of their own (``shifts`` of :func:`_conv2d_forward_blocked`), each phase's outputs
+    stored straight into its rows and columns of grad_in (:func:`_store_woven`; by
+    filters, or into a grad_in that is not C-contiguous, into planes ``(n, phase, c)``
+    that :func:`_weave_phases` then weaves). Saves each phase's copy of grad_out into
+    the strips and its fork of the threads, and the weave's pass over grad_in."""
     n_img, channels, _, _ = grad_in_shape
     kw = weight_shape[3]
     n_sets = len(phases)
@@ -1196,18 +1253,23 @@ def _fused_phases_runner(phases, grad_out_shape, weight_shape, grad_in_shape, dt
     for s, (rows, cols) in enumerate(phases):
         starts[row_of[rows[0]], col_of[cols[0]]] = s * plane
     planes_shape = (n_img, n_sets * channels, count_h, count_w)
+    row_phase, col_phase, woven, stride = weave
+    # each phase's rows and columns of grad_in: its first, then every stride-th
     forward = forward_runner(grad_out_shape,
                              (n_sets * channels, weight_shape[0], len(rows0[2]), len(cols0[2])),
                              planes_shape, dtype, (1, 1), ((top, bottom), (left, right)),
-                             dilation, 1, flipped=True, shifts=shifts, tap_map=tap_map)
+                             dilation, 1, flipped=True, shifts=shifts, tap_map=tap_map,
+                             weave=[(rows[0], cols[0], *stride) for rows, cols in phases])
     heights = np.full(len(set(row_of.values())), count_h, np.intp)
     widths = np.full(len(set(col_of.values())), count_w, np.intp)
-    row_phase, col_phase, woven = weave
 
     def run(grad_out, weight, grad_in, bias=None) -> bool:
+        # (where the stores weave, the planes only give the kernel their shape)
         planes = workspace.borrow(planes_shape, dtype, "phases")
-        if not forward(grad_out, weight, None if bias is None else np.tile(bias, n_sets),
-                       planes):
+        tiled = None if bias is None else np.tile(bias, n_sets)
+        if forward.woven and grad_in.flags.c_contiguous:
+            return forward(grad_out, weight, tiled, planes, grad_in)
+        if not forward(grad_out, weight, tiled, planes):
             return False
         _weave_phases(planes.reshape(-1), starts, heights, widths, row_phase, col_phase, woven,
                       n_sets * channels, grad_in)
