@@ -175,6 +175,27 @@ def test_masked_load_and_store_touch_only_the_first_lanes(dtype, count, rng):
 
 
 @numba.njit
+def _store_parity(src, dst, at, parity, count):
+    simd.store_parity(dst, at, simd.load(src, 0), parity, count)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 16, 20])
+@pytest.mark.parametrize("parity", [0, 1])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_store_parity_writes_its_lanes_only(dtype, parity, count, rng):
+    # the even or the odd lanes below count, nothing else, up to the array's end
+    lanes = 64 // np.dtype(dtype).itemsize
+    src = rng.standard_normal(lanes).astype(dtype)
+    for at in (3, 40 - min(count, lanes)):
+        dst = np.full(40, -7.0, dtype)
+        _store_parity(src, dst, at, parity, count)
+        expected = np.full(40, -7.0, dtype)
+        lanes_written = [m for m in range(min(count, lanes)) if m % 2 == parity]
+        expected[[at + m for m in lanes_written]] = src[lanes_written]
+        np.testing.assert_array_equal(dst, expected)
+
+
+@numba.njit
 def _store_rows(src, pitch, out, offset, floor):
     target = strips.flat(out)
     for k in range(out.shape[1]):
@@ -569,6 +590,7 @@ rng = np.random.default_rng(0)
 worst = 0.0
 for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
                                        ((1, 16, 16, 16), (32, 16, 3, 3), 1, 1),
+                                       ((1, 32, 14, 14), (64, 32, 3, 3), 1, 1),  # dense
                                        ((1, 16, 16, 16), (32, 16, 3, 3), 1, 2),
                                        ((1, 3, 9, 71), (8, 3, 3, 3), 1, 2)]:
     for dtype in (np.float32, np.float64):
@@ -586,6 +608,14 @@ for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
                                          w.astype(np.float64), padding=padding, stride=stride)
         for got, want in zip(grads, refs):
             worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+# conv_transpose2d's phases in one call, stored into their columns by parity
+for dtype in (np.float32, np.float64):
+    x = rng.standard_normal((2, 16, 6, 7)).astype(dtype)
+    w = rng.standard_normal((16, 16, 4, 4)).astype(dtype)
+    y = fastconv.conv_transpose2d(x, w, stride=2, padding=1, algorithm="direct")
+    ref = reference.conv_transpose2d(x.astype(np.float64), w.astype(np.float64), stride=2,
+                                     padding=1)
+    worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
 # Winograd's transforms on vectors (a tile count that leaves a tail), and its gradients
 for dtype in (np.float32, np.float64):
     x = rng.standard_normal((2, 16, 13, 22)).astype(dtype)

@@ -243,14 +243,34 @@ def _store_woven(sums, sums_pitch, pos_pitch, n_k, rows, out_w, bias, has_bias, 
     y0, x0 = weave[tap_set, 0], weave[tap_set, 1]
     step_y, step_x = weave[tap_set, 2], weave[tap_set, 3]
     count = min(out_w, (width - x0 + step_x - 1) // step_x)
+    lanes = simd.lanes(sums)
+    low = simd.splat(floor, sums)
+    paired = step_x == 2 and x0 < 2
     for kk in range(n_k):
         offset = bias[k0 + kk] if has_bias else 0
+        shift = simd.splat(offset, sums)
         for i in range(rows):
             y = (i_first + i) * step_y + y0
             if y >= height:
                 break
             src = kk * sums_pitch + i * pos_pitch
-            dst = ((n * channels + c0 + kk) * height + y) * width + x0
+            row = ((n * channels + c0 + kk) * height + y) * width
+            if paired:
+                # a vector of the phase's values doubled (weave) and stored into its
+                # parity's lanes of two vectors of the row
+                for j in range(0, count, lanes):
+                    value = simd.maximum(simd.add(simd.load_first(sums, src + j,
+                                                                  min(lanes, count - j)),
+                                                  shift), low)
+                    # the lanes within the row and this phase's count of columns
+                    at, end = row + 2 * j, min(width - 2 * j, 2 * (count - j))
+                    simd.store_parity(flat, at, simd.weave(value, value, False), x0,
+                                      min(lanes, end))
+                    if end > lanes:
+                        simd.store_parity(flat, at + lanes, simd.weave(value, value, True), x0,
+                                          min(lanes, end - lanes))
+                continue
+            dst = row + x0
             for j in range(count):
                 value = sums[src + j] + offset
                 flat[dst + j * step_x] = floor if value < floor else value

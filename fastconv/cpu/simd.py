@@ -196,6 +196,39 @@ def _store_first(typingctx, array, index, value, count):
 
 
 @intrinsic
+def _store_parity(typingctx, array, index, value, parity, count):
+    if (not _contiguous_1d(array) or not isinstance(index, types.Integer)
+            or value != _vector_of(array.dtype) or not isinstance(parity, types.Integer)
+            or not isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lanes, bits = value.lanes, value.dtype.bitwidth
+        pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1],
+                                   signature.args[1], value)
+        first = _first_mask(builder, lanes, args[4], signature.args[4], context)
+        odd = context.cast(builder, args[3], signature.args[3], types.int32)
+        lane_parity = ir.Constant(ir.VectorType(ir.IntType(32), lanes),
+                                  [lane % 2 for lane in range(lanes)])
+        wanted = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(lane_parity.type, ir.Undefined), odd,
+                                   ir.Constant(ir.IntType(32), 0)),
+            ir.Constant(lane_parity.type, ir.Undefined),
+            ir.Constant(lane_parity.type, [0] * lanes))
+        mask = builder.and_(first, builder.icmp_signed("==", lane_parity, wanted))
+        vector_type = context.get_value_type(value)
+        align = ir.Constant(ir.IntType(32), bits // 8)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(),
+                                                            align.type, mask.type]),
+            f"llvm.masked.store.v{lanes}f{bits}.p0v{lanes}f{bits}")
+        builder.call(function, [args[2], pointer, align, mask])
+        return context.get_dummy_value()
+
+    return types.none(array, index, value, parity, count), codegen
+
+
+@intrinsic
 def splat(typingctx, scalar, like):
     """``scalar`` (cast to ``like``'s dtype) in every lane of a vector of ``like``'s dtype
     (``like``: an array or a vector)."""
@@ -437,12 +470,23 @@ def store_first(array, index, value, count):
     _store_first(array, index, value, count)
 
 
+@register_jitable(**jit_options())
+def store_parity(array, index, value, parity, count):
+    """``array[index + m] = value[m]`` for the lanes ``m < count`` of parity ``parity`` (0:
+    the even lanes, 1: the odd ones), nothing else written (a masked store): with
+    :func:`weave` (v, v, ...), a stride-2 phase's values put into their columns of a row
+    whose other phase is written by another store."""
+    if _CHECK:
+        _check_first(array, index, count)
+    _store_parity(array, index, value, parity, count)
+
+
 if not _CHECK:
     # unchecked, the accesses are the intrinsics themselves: a call of a jitable per
     # access cost its typing at every call site (the checked forms above stay for
     # NUMBA_BOUNDSCHECK=1)
     load, broadcast, store = _load, _broadcast, _store  # noqa: F811
-    load_first, store_first = _load_first, _store_first  # noqa: F811
+    load_first, store_first, store_parity = _load_first, _store_first, _store_parity  # noqa: F811
 
 
 @register_jitable(**jit_options())
