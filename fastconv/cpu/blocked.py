@@ -231,6 +231,19 @@ def _column_copies(strip, copies, at, slots, phases, phase_rows, n_rows, pitch, 
 
 
 @kernel()
+def _store_rows(sums, sums_pitch, pos_pitch, n_k, rows, bias, has_bias, floor, out_flat, out,
+                n, k0, i_first):
+    """The sums of a block of ``n_k`` filters over ``rows`` output rows (``pos_pitch``
+    apart, the filters ``sums_pitch`` apart) stored with the bias and the floor into
+    ``out[n, k0 + kk, i_first + i]`` (:func:`.epilogue.store_row`)."""
+    for kk in range(n_k):
+        offset = bias[k0 + kk] if has_bias else 0
+        for i in range(rows):
+            store_row(sums, kk * sums_pitch + i * pos_pitch, out_flat, out, n, k0 + kk,
+                      i_first + i, offset, floor)
+
+
+@kernel()
 def _store_woven(sums, sums_pitch, pos_pitch, n_k, rows, out_w, bias, has_bias, floor, woven,
                  weave, tap_set, c0, n, k0, i_first):
     """The sums of a block of ``n_k`` filters (set ``tap_set``'s channels ``c0 ..``) over
@@ -474,12 +487,9 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
                                      has_bias, floor, woven, weave, b // set_blocks,
                                      k0 - b // set_blocks * (per_group // n_sets), n, k0,
                                      i_first)
-                        continue
-                    for kk in range(n_k):
-                        offset = bias[k0 + kk] if has_bias else 0
-                        for i in range(rows):
-                            store_row(sums, kk * sums_pitch + i * pos_pitch, out_flat, out, n,
-                                      k0 + kk, i_first + i, offset, floor)
+                    else:
+                        _store_rows(sums, sums_pitch, pos_pitch, n_k, rows, bias, has_bias,
+                                    floor, out_flat, out, n, k0, i_first)
     return True
 
 
