@@ -132,16 +132,33 @@ def _store(typingctx, array, index, value):
     return types.none(array, index, value), codegen
 
 
+def _splat_i32(builder, lanes, value, value_type, context):
+    """``value`` (an integer of ``value_type``) as int32 in every lane of an LLVM
+    ``<lanes x i32>``."""
+    vector = ir.VectorType(ir.IntType(32), lanes)
+    n = context.cast(builder, value, value_type, types.int32)
+    return builder.shuffle_vector(
+        builder.insert_element(ir.Constant(vector, ir.Undefined), n,
+                               ir.Constant(ir.IntType(32), 0)),
+        ir.Constant(vector, ir.Undefined), ir.Constant(vector, [0] * lanes))
+
+
 def _first_mask(builder, lanes, count, count_type, context):
     """The lanes ``< count`` as an LLVM ``<lanes x i1>`` mask."""
-    n = context.cast(builder, count, count_type, types.int32)
     index = ir.Constant(ir.VectorType(ir.IntType(32), lanes), list(range(lanes)))
-    limit = builder.shuffle_vector(
-        builder.insert_element(ir.Constant(ir.VectorType(ir.IntType(32), lanes), ir.Undefined),
-                               n, ir.Constant(ir.IntType(32), 0)),
-        ir.Constant(ir.VectorType(ir.IntType(32), lanes), ir.Undefined),
-        ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-    return builder.icmp_signed("<", index, limit)
+    return builder.icmp_signed("<", index, _splat_i32(builder, lanes, count, count_type, context))
+
+
+def _masked_store_ir(builder, vector_type, value, pointer, mask, bits):
+    """``llvm.masked.store`` of ``value`` (a vector of ``bits``-bit floats) at ``pointer``,
+    the lanes of ``mask``."""
+    lanes = vector_type.count
+    align = ir.Constant(ir.IntType(32), bits // 8)
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(),
+                                                        align.type, mask.type]),
+        f"llvm.masked.store.v{lanes}f{bits}.p0v{lanes}f{bits}")
+    builder.call(function, [value, pointer, align, mask])
 
 
 def _masked_access(context, builder, signature, args, vector, store):
@@ -154,15 +171,11 @@ def _masked_access(context, builder, signature, args, vector, store):
                                signature.args[1], vector)
     vector_type = context.get_value_type(vector)
     mask = _first_mask(builder, vector.lanes, args[count_at], signature.args[count_at], context)
+    if store:
+        _masked_store_ir(builder, vector_type, args[2], pointer, mask, vector.dtype.bitwidth)
+        return context.get_dummy_value()
     align = ir.Constant(ir.IntType(32), vector.dtype.bitwidth // 8)
     suffix = f"v{vector.lanes}f{vector.dtype.bitwidth}.p0v{vector.lanes}f{vector.dtype.bitwidth}"
-    if store:
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(),
-                                                            align.type, mask.type]),
-            f"llvm.masked.store.{suffix}")
-        builder.call(function, [args[2], pointer, align, mask])
-        return context.get_dummy_value()
     function = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vector_type, [vector_type.as_pointer(), align.type,
                                                       mask.type, vector_type]),
@@ -203,26 +216,16 @@ def _store_parity(typingctx, array, index, value, parity, count):
         return None
 
     def codegen(context, builder, signature, args):
-        lanes, bits = value.lanes, value.dtype.bitwidth
+        lanes = value.lanes
         pointer = _element_pointer(context, builder, signature.args[0], args[0], args[1],
                                    signature.args[1], value)
         first = _first_mask(builder, lanes, args[4], signature.args[4], context)
-        odd = context.cast(builder, args[3], signature.args[3], types.int32)
         lane_parity = ir.Constant(ir.VectorType(ir.IntType(32), lanes),
                                   [lane % 2 for lane in range(lanes)])
-        wanted = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(lane_parity.type, ir.Undefined), odd,
-                                   ir.Constant(ir.IntType(32), 0)),
-            ir.Constant(lane_parity.type, ir.Undefined),
-            ir.Constant(lane_parity.type, [0] * lanes))
+        wanted = _splat_i32(builder, lanes, args[3], signature.args[3], context)
         mask = builder.and_(first, builder.icmp_signed("==", lane_parity, wanted))
-        vector_type = context.get_value_type(value)
-        align = ir.Constant(ir.IntType(32), bits // 8)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vector_type, vector_type.as_pointer(),
-                                                            align.type, mask.type]),
-            f"llvm.masked.store.v{lanes}f{bits}.p0v{lanes}f{bits}")
-        builder.call(function, [args[2], pointer, align, mask])
+        _masked_store_ir(builder, context.get_value_type(value), args[2], pointer, mask,
+                         value.dtype.bitwidth)
         return context.get_dummy_value()
 
     return types.none(array, index, value, parity, count), codegen
