@@ -314,9 +314,8 @@ def _flat_or_overload(flat, strip):
 @kernel(parallel=True)
 def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven, weave,
                             packing, pad_top, pad_left, stride_h, stride_w, pitch, phase_rows,
-                            kw, dilation_h,
-                            dilation_w, shifts, tap_map, band, plane, n_shift, dense_plane, k_runs,
-                            scratch):
+                            kw, dilation_h, dilation_w, shifts, tap_map, band, plane, n_shift,
+                            dense_plane, k_runs, scratch):
     """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
     * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
     :func:`fastconv.activations.floor`), ``band`` output rows per task.
@@ -334,7 +333,10 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     reading its taps ``shifts[s]`` (rows, columns) further on in the padded input: the
     phases of a strided grad_input in one call (:func:`grad_input_runner`); a
     convolution's one set is ``[[0, 0]]``. ``tap_map``: which of a flipped weight's
-    taps each set's are (:func:`_pack_flipped_block`). With bit :data:`WOVEN` (by
+    taps each set's are (:func:`_pack_flipped_block`). With bit :data:`DENSE`, a task
+    makes each channel's strip into up to ``n_shift`` copies per phase on the output's
+    row pitch, ``dense_plane`` values a channel (:func:`_column_copies`), and reads those
+    instead. With bit :data:`WOVEN` (by
     positions only), set ``s``'s output ``(k, i, j)`` goes to ``woven[n, k - s * K / sets,
     i * weave[s, 2] + weave[s, 0], j * weave[s, 3] + weave[s, 1]]`` where that is inside
     ``woven`` (C-contiguous), and ``out`` (whose shape gives the sets' planes) is not
