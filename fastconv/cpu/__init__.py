@@ -162,7 +162,7 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
                           f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: deep enough for im2col's GEMM")
     # the convolution that runs at stride 1 (or conv2d's): its positions on the dense
     # layout's pitch where that pays
-    work_per_copy = (filters * kh * kw // blocked.dense_copies(kh, kw, stride, dilation)
+    work_per_copy = (blocked.dense_work_per_copy(filters, kh, kw, stride, dilation)
                      if op == "conv2d" or stride == (1, 1) else 0)
     use = blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize, stride[1],
                               width + left + right, work_per_copy)

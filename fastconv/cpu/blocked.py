@@ -524,6 +524,12 @@ def dense_copies(kh: int, kw: int, stride, dilation) -> int:
                  s * dilation[1] // stride[1]) for r in range(kh) for s in range(kw)})
 
 
+def dense_work_per_copy(per_group: int, kh: int, kw: int, stride, dilation) -> int:
+    """The multiply-adds per position and channel that each copy of a dense strip serves
+    (filters per group x taps / :func:`dense_copies`): what :func:`dense_pays` weighs."""
+    return per_group * kh * kw // dense_copies(kh, kw, stride, dilation)
+
+
 #: When the blocked forward lays its strips out dense (:func:`dense_pays`): the least
 #: percentage of the vectors of positions on the padded row pitch it must save, and the
 #: fewest multiply-adds per position and channel (filters per group x taps) per copy
@@ -599,8 +605,8 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
                     itemsize, n_threads, budget, band_rows, form, dense_form):
     """Everything the blocked forward kernel needs besides its arrays, for one problem:
     (packed filters' shape, band, pitch, phase rows, plane, k_runs, scratch shape,
-    serial, packing). Cached: the thread count, the scratch budget, the band rule and
-    the forced form are part of the key."""
+    serial, packing, n_shift, dense_plane). Cached: the thread count, the scratch
+    budget, the band rule and the forced forms are part of the key."""
     n_img, _, _, width = x_shape
     filters, channels, kh, kw = filters_shape  # of the convolution that runs, all groups
     out_h, out_w = out_shape[2], out_shape[3]
@@ -614,7 +620,7 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     # dense: the positions on the output's own row pitch, each channel's strip copied once
     # per (phase and) column shift of its taps (no junk columns computed)
     copies = dense_copies(kh, kw, stride, dilation)
-    work_per_copy = per_group * kh * kw // copies
+    work_per_copy = dense_work_per_copy(per_group, kh, kw, stride, dilation)
     filters_form = by_filters(out_h, out_w, per_group, channels * kh * kw, kw, dilation[1],
                               itemsize, stride[1], width + left + right,
                               0 if dense_form is False else work_per_copy)
