@@ -4,17 +4,21 @@
 
 Times, on the calling thread (one core), float32:
 
-- peak: a loop of 24 independent 16-lane fused multiply-adds on registers (no memory),
+- peak: a loop of 12 independent vector fused multiply-adds on registers (no memory),
   the most this core issues;
-- weights_x_positions: one call of the forward micro-kernel (8 filters x 48 positions)
+- weights_x_positions: one call of the forward micro-kernel (8 filters x 3 vectors of
+  positions, 48 in float32 on 512-bit vectors, 24 on 256-bit ones)
   over 32 channels x 9 taps of a 3x3 layer's strip, all in L1 (about 28 KB);
-- weights_x_pair: its two-vector tail (8 filters x 32 positions), same strip;
-- weights_x_vector: its one-vector tail (8 filters x 16 positions), same strip;
-- positions_x_filters: the forward by filters (12 outputs of the 8x8 plane x 16
-  filters), same strip;
-- taps_x_filters: grad_weight's micro-kernel (12 taps x 32 filters) over 4 images of
-  an 8x8 plane (padded to 10x10);
-- taps_x_vector: its one-vector form (12 taps x 16 filters), same images.
+- weights_x_pair: its two-vector tail (8 filters x 2 vectors), same strip;
+- weights_x_vector: its one-vector tail (8 filters x 1 vector), same strip;
+- positions_x_filters: the forward by filters (12 outputs of the 8x8 plane x a vector
+  of filters), same strip;
+- taps_x_filters: grad_weight's micro-kernel (12 taps x 2 vectors of filters) over 4
+  images of an 8x8 plane (padded to 10x10);
+- taps_x_vector: its one-vector form (12 taps x 1 vector of filters), same images.
+
+The vectors are the width fastconv builds for (``FASTCONV_SIMD_BITS``; by default 512
+bits on AVX-512, 256 elsewhere).
 
 Prints GFLOP/s (2 flops per multiply-add per lane) and the fraction of the peak.
 Each timed call runs the micro-kernel 1000 times from compiled code, so Python's call
@@ -35,11 +39,12 @@ from fastconv.cpu import microkernels, simd
 
 @numba.njit(fastmath=True)
 def _peak(like, steps):
-    """24 chains of fused multiply-adds on registers: 24 * 16 * 2 flops per step."""
+    """12 chains of fused multiply-adds on registers: 12 * lanes * 2 flops per step (12
+    chains cover the multiply-add's latency on both units, and fit in AVX2's 16
+    registers as in AVX-512's 32)."""
     v = simd.splat(1.0000001, like)
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros(like)
-    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = simd.zeros(like)
-    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = simd.zeros(like)
+    b0 = b1 = b2 = b3 = simd.zeros(like)
     for _ in range(steps):
         a0, a1, a2, a3 = (simd.fma(v, a0, v), simd.fma(v, a1, v), simd.fma(v, a2, v),
                           simd.fma(v, a3, v))
@@ -47,14 +52,8 @@ def _peak(like, steps):
                           simd.fma(v, a7, v))
         b0, b1, b2, b3 = (simd.fma(v, b0, v), simd.fma(v, b1, v), simd.fma(v, b2, v),
                           simd.fma(v, b3, v))
-        b4, b5, b6, b7 = (simd.fma(v, b4, v), simd.fma(v, b5, v), simd.fma(v, b6, v),
-                          simd.fma(v, b7, v))
-        c0, c1, c2, c3 = (simd.fma(v, c0, v), simd.fma(v, c1, v), simd.fma(v, c2, v),
-                          simd.fma(v, c3, v))
-        c4, c5, c6, c7 = (simd.fma(v, c4, v), simd.fma(v, c5, v), simd.fma(v, c6, v),
-                          simd.fma(v, c7, v))
     total = simd.add(simd.add(simd.add(a0, a1), simd.add(a2, a3)), simd.add(a4, a5))
-    for q in (a6, a7, b0, b1, b2, b3, b4, b5, b6, b7, c0, c1, c2, c3, c4, c5, c6, c7):
+    for q in (a6, a7, b0, b1, b2, b3):
         total = simd.add(total, q)
     simd.store(like, 0, total)
 
@@ -116,10 +115,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.5)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    lanes = 16
+    lanes = simd.WIDTH_BYTES // 4
     scratch = np.zeros(lanes, np.float32)
     steps = 200_000
-    peak = _rate(lambda: _peak(scratch, steps), steps * 24 * lanes * 2.0, args.seconds)
+    peak = _rate(lambda: _peak(scratch, steps), steps * 12 * lanes * 2.0, args.seconds)
 
     depth, pitch = 32, 10 * 10 + 48  # an 8x8 plane padded to 10x10, and the block's overrun
     taps = np.array([r * 10 + s for r in range(3) for s in range(3)], np.intp)
@@ -129,11 +128,11 @@ def main() -> None:
     per_step = depth * taps.size * 8 * 2.0
     reps = 1000  # calls per timed call: Python's call into Numba stays out of the rate
     forward = _rate(lambda: _forward(strip, weights, sums, pitch, depth, taps, reps),
-                    reps * per_step * 48, args.seconds)
+                    reps * per_step * 3 * lanes, args.seconds)
     pair = _rate(lambda: _pair(strip, weights, sums, pitch, depth, taps, reps),
-                 reps * per_step * 32, args.seconds)
+                 reps * per_step * 2 * lanes, args.seconds)
     tail = _rate(lambda: _tail(strip, weights, sums, pitch, depth, taps, reps),
-                 reps * per_step * 16, args.seconds)
+                 reps * per_step * lanes, args.seconds)
     weights = rng.standard_normal(depth * taps.size * lanes).astype(np.float32)
     offsets = np.array([q // 8 * 10 + q % 8 for q in range(12)], np.intp)
     by_filters = _rate(lambda: _by_filters(strip, weights, sums, offsets, pitch, depth, taps,
@@ -153,8 +152,8 @@ def main() -> None:
                                  step, reps // 10)
         rates.append(_rate(call,
                            reps // 10 * images * 64 * 12 * step * 2.0, args.seconds))
-    print(f"one core, float32, numba {numba.__version__}, "
-          f"LLVM CPU {numba.config.CPU_NAME or 'host'}")
+    print(f"one core, float32, {simd.WIDTH_BITS}-bit vectors ({lanes} lanes), "
+          f"numba {numba.__version__}, LLVM CPU {numba.config.CPU_NAME or 'host'}")
     print(f"{'kernel':<22}{'GFLOP/s':>10}{'of peak':>10}")
     for name, rate in [("peak (FMA loop)", peak), ("weights_x_positions", forward),
                        ("weights_x_pair", pair), ("weights_x_vector", tail),

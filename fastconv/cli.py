@@ -527,9 +527,12 @@ def _cpu_features() -> str:
         found = "unknown"
     else:
         found = " ".join(name for name in _SIMD_FEATURES if features.get(name)) or "none"
+    from .cpu import simd
+
     target = numba.config.CPU_NAME
     compiles = f"; numba compiles for {target} (NUMBA_CPU_NAME)" if target else ""
-    return f"CPU features: {found} (LLVM: {host}){compiles}"
+    return (f"CPU features: {found} (LLVM: {host}){compiles}; kernels on "
+            f"{simd.WIDTH_BITS}-bit vectors")
 
 
 def _threads() -> list[str]:

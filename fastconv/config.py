@@ -81,6 +81,15 @@ FASTMATH: frozenset[str] = (
     else frozenset()
 )
 
+#: Bits in one of the CPU kernels' SIMD vectors: 0 lets fastconv choose from the CPU
+#: Numba compiles for (512 where it has AVX-512, whose 32 registers hold a micro-kernel's
+#: blocks of 512-bit sums; 256 elsewhere, sized for AVX2's 16 registers), 256 or 512
+#: force one (either runs on any CPU: LLVM splits a vector wider than the machine's).
+SIMD_BITS: int = _env_int("SIMD_BITS", 0, minimum=0, maximum=512)
+if SIMD_BITS not in (0, 256, 512) and "SIMD_BITS" not in _PROBLEMS:
+    _refuse("SIMD_BITS", f"FASTCONV_SIMD_BITS must be 0, 256 or 512, got "
+            f"{os.environ['FASTCONV_SIMD_BITS']!r}")
+
 # --- CPU kernel tiling ---------------------------------------------------------
 
 #: Bytes of the per-thread im2col buffer: a tile of whole output rows whose

@@ -205,6 +205,7 @@ def test_info_reports_a_part_that_fails_in_one_line(monkeypatch, capsys):
     ("CACHE", "maybe", "must be 0 or 1 (or false/true, no/yes, off/on), got 'maybe'"),
     ("DIRECT_BLOCK_K", "0", "must be >= 1, got '0'"),
     ("IM2COL_TILE_BYTES", "1MB", "must be an integer >= 1, got '1MB'"),
+    ("SIMD_BITS", "300", "must be 0, 256 or 512, got '300'"),
 ])
 @pytest.mark.parametrize("args", [("info",), ("bench", "--quick", "--layers", "a"),
                                   ("demo", "--quick")], ids=lambda args: args[0])

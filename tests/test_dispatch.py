@@ -15,6 +15,7 @@ import pytest
 
 import fastconv
 from fastconv import config, dispatch, reference
+from fastconv.cpu import blocked
 from tests import background
 from tests.cases import (
     CONV2D_CASES,
@@ -164,8 +165,11 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
         assert dispatch.select(op, "cpu", "auto", **small)[0] == "winograd"
     monkeypatch.setattr(config, "AUTO_WINOGRAD_DEEP_MIN_TILES", 33)
     assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "direct"
-    # the small-plane rule: the conv2d only, under its percentage of outputs (76 % on 7x7)
-    monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", 77)
+    # the small-plane rule: the conv2d only, under its percentage of outputs (on 7x7: 76 %
+    # with 16-float vectors)
+    use = blocked.use_percent(7, 7, 3, 1, 4, 1, 9,
+                              blocked.dense_work_per_copy(256, 3, 3, (1, 1), (1, 1)))
+    monkeypatch.setattr(config, "AUTO_BLOCKED_MIN_USE_PERCENT", use + 1)
     assert dispatch.select("conv2d", "cpu", "auto", **small)[0] == "im2col"
     assert dispatch.select("conv2d_grad_input", "cpu", "auto", **small)[0] == "direct"
     monkeypatch.setattr(config, "AUTO_BLOCKED_SMALL_PLANE_CHANNELS", 256)

@@ -26,9 +26,11 @@ def disk_cache() -> bool:
     Numba keys its cache by signature and CPU, not by compile flags: a kernel
     cached with ``parallel=True`` would be loaded as it is under
     ``FASTCONV_PARALLEL=0``, ``FASTCONV_FASTMATH=0`` or ``NUMBA_BOUNDSCHECK=1``.
-    So only the default flags are cached; other settings compile in memory."""
+    Nor by the vector width the kernels are built for, which follows the CPU's features
+    unless ``FASTCONV_SIMD_BITS`` forces one. So only the default flags are cached; other
+    settings compile in memory."""
     return (config.CACHE and config.PARALLEL and config.FASTMATH == _DEFAULT_FASTMATH
-            and not numba.config.BOUNDSCHECK)
+            and not numba.config.BOUNDSCHECK and not config.SIMD_BITS)
 
 
 def jit_options() -> dict[str, Any]:

@@ -361,7 +361,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     n_bands = (out_h + band - 1) // band
     n_tasks = n_img * groups * k_runs * n_bands
     n_chunks = scratch.shape[0]
-    lanes = 64 // x.itemsize
+    lanes = simd.WIDTH_BYTES // x.itemsize
     block = packed.shape[3]  # filters in one packed block
     by_filters = packing & BY_FILTERS != 0
     dense = packing & DENSE != 0
@@ -509,7 +509,7 @@ def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int,
     is the padded input width (needed with a stride). With ``work_per_copy`` (filters
     per group x taps per copy of a dense strip, :func:`dense_copies`), on the output's
     own pitch where the dense layout pays (:func:`dense_pays`)."""
-    lanes = 64 // itemsize
+    lanes = simd.WIDTH_BYTES // itemsize
     pitch = out_w + dilation_w * (kw - 1) if stride_w == 1 else -(-width // stride_w)
     computed = (out_h - 1) * pitch + out_w
     if work_per_copy and dense_pays(out_h, out_w, pitch, lanes, work_per_copy):
@@ -588,10 +588,17 @@ def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dila
     filters form's last vector's padding; ``work_per_copy``: as for :func:`use_percent`,
     the positions on the dense layout's pitch where it pays) and a vector of filters'
     packed weights (``depth`` = C/groups * R * S of them) fit in
-    :data:`BY_FILTERS_MAX_BYTES`."""
+    :data:`BY_FILTERS_MAX_BYTES`. Never on 256-bit vectors (:data:`.simd.WIDE` False):
+    there the filters form's kernel, in blocks of 6 outputs that AVX2's 16 registers
+    hold, is bound by its broadcasts (58 % of a Zen 2 core's peak against the positions
+    form's 97 %), and lost on every layer measured (two threads, by positions / by
+    filters: LeNet's C6 12x12 -> 16 5x5 265 / 471 us, C1 28x28 -> 6 5x5 196 / 395 us,
+    C32 -> 64 8x8 3x3 658 / 1775 us at batch 32)."""
     if FORWARD_FORM is not None:
         return FORWARD_FORM == "filters"
-    lanes = 64 // itemsize
+    if not simd.WIDE:
+        return False
+    lanes = simd.WIDTH_BYTES // itemsize
     positions = use_percent(out_h, out_w, kw, dilation_w, itemsize, stride_w, width,
                             work_per_copy) * (
         per_group / (-(-per_group // BLOCK_K) * BLOCK_K))
@@ -614,7 +621,7 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     phases = stride[0] * stride[1]
     pitch = -(-(width + left + right) // stride[1])
     reach = dilation[0] * (kh - 1) // stride[0]  # phase rows below a band's last row
-    lanes = 64 // itemsize
+    lanes = simd.WIDTH_BYTES // itemsize
     step = BLOCK_P * lanes
     per_group = filters // groups
     # dense: the positions on the output's own row pitch, each channel's strip copied once
@@ -960,7 +967,7 @@ def _grad_weight_layout(x_shape, grad_out_shape, weight_shape, stride, padding, 
     out_h, out_w = grad_out_shape[2], grad_out_shape[3]
     out_channels, group_channels, kh, kw = weight_shape
     (stride_h, stride_w), (dilation_h, dilation_w) = stride, dilation
-    lanes = 64 // itemsize
+    lanes = simd.WIDTH_BYTES // itemsize
     # a padded row dealt into stride_w column phases of phase_len values each
     phase_len = -(-(width + sum(padding[1])) // stride_w)
     row_len = stride_w * phase_len
@@ -1036,7 +1043,7 @@ def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, stride, pad
         GRAD_WEIGHT_BLOCK_BYTES)
     n_img, channels = x_shape[0], x_shape[1]
     out_h, out_w = grad_out_shape[2], grad_out_shape[3]
-    lanes = 64 // dtype.itemsize
+    lanes = simd.WIDTH_BYTES // dtype.itemsize
     tasks = groups * (padded_k // (vectors * lanes)) * taps.shape[0] * n_splits
     # small calls on the calling thread: waking the pool costs more than the work
     kernel = _conv2d_grad_weight_blocked.serial if serial else _conv2d_grad_weight_blocked
@@ -1252,7 +1259,8 @@ def _phases_fuse(phases, grad_out_shape, channels: int, groups: int, dtype) -> b
     least two phases, every phase with taps, all of one shape, as many taps on the same
     dilation, none cropping grad_out, and the channels of grad_input (each phase's
     filters) whole blocks of the packed filters in either form."""
-    if groups != 1 or len(phases) < 2 or channels % max(BLOCK_K, 64 // dtype.itemsize):
+    block = max(BLOCK_K, simd.WIDTH_BYTES // dtype.itemsize)
+    if groups != 1 or len(phases) < 2 or channels % block:
         return False
     for axis, size in ((0, grad_out_shape[2]), (1, grad_out_shape[3])):
         kinds = {(p[axis][1], len(p[axis][2]), p[axis][3]) for p in phases}

@@ -10,9 +10,13 @@ instead of at the speed of the loads and stores of an accumulator array.
 positions, 48 in float32): per reduction step it loads three vectors of input,
 broadcasts eight weights and issues 24 fused multiply-adds, so 24 of the 32
 AVX-512 registers hold sums and no step waits on another's result. On this
-project's AVX-512 machine it runs at about one core's peak from L1 (see
-benchmarks/RESULTS.md); on an AVX2 CPU LLVM splits each vector in two and the
-block spills some sums, correct but slower. :func:`weights_x_pair` and
+project's AVX-512 machines it runs at about one core's peak from L1 (see
+benchmarks/RESULTS.md). On a CPU without AVX-512 the vectors are 256 bits
+(:mod:`.simd`) and 24 sums do not fit in AVX2's 16 registers: there
+``weights_x_positions`` is two blocks of four filters x three vectors
+(:func:`_half_x_positions`: 12 sums, three loads and four broadcasts per step), and
+``taps_x_filters`` two blocks of six taps (94 % and 91 % of a Zen 2 core's peak,
+against 30-40 % for the spilling blocks of 24). :func:`weights_x_pair` and
 :func:`weights_x_vector` are the same block two and one vector wide, for the last
 positions of a plane (two one-vector calls are bound by their broadcasts: one load
 and eight broadcasts per eight multiply-adds).
@@ -46,7 +50,7 @@ BLOCK_P = 3
 
 
 @kernel()
-def weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch):
+def _weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch):
     """Block of sums by a reduction over ``depth`` planes and ``taps``:
 
         out[kk * out_pitch + first + p]
@@ -95,7 +99,7 @@ def weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pit
 
 
 @kernel()
-def weights_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch):
+def _weights_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch):
     """:func:`weights_x_positions` for two vectors of positions (32 in float32): a
     plane's last positions when more than one vector of them is left. Sixteen sums in
     registers: two loads and eight broadcasts per step, so it stays bound by the
@@ -159,8 +163,8 @@ def weights_x_vector(source, weights, out, first, pitch, depth, taps, out_pitch)
 
 
 @kernel()
-def taps_x_filters(source, grads, out, taps, first_image, n_images, source_image, out_h, out_w,
-                   pitch, grads_first, grads_image, grads_step):
+def _taps_x_filters(source, grads, out, taps, first_image, n_images, source_image, out_h, out_w,
+                    pitch, grads_first, grads_image, grads_step):
     """Block of 12 taps x 2 vectors of filters, each a sum over positions:
 
         out[(t * 2 + v) * lanes + l]
@@ -219,6 +223,108 @@ def taps_x_filters(source, grads, out, taps, first_image, n_images, source_image
 
 
 @kernel()
+def _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, half, count):
+    """:func:`weights_x_positions`' sums of the four filters ``half * 4 + kk`` (``kk < 4``)
+    for ``count`` (2 or 3) vectors of positions: 12 sums, three loads and four
+    broadcasts per step, what AVX2's 16 registers hold."""
+    lanes = simd.lanes(source)
+    n_taps = taps.size
+    a00 = a01 = a02 = a10 = a11 = a12 = simd.zeros(source)
+    a20 = a21 = a22 = a30 = a31 = a32 = simd.zeros(source)
+    third = 2 * lanes if count > 2 else lanes  # the second vector again for a pair
+    for c in range(depth):
+        plane = c * pitch + first
+        for t in range(n_taps):
+            at = plane + taps[t]
+            x0 = simd.load(source, at)
+            x1 = simd.load(source, at + lanes)
+            x2 = simd.load(source, at + third)
+            w = (c * n_taps + t) * 8 + half * 4
+            v = simd.splat(weights[w], source)
+            a00, a01, a02 = simd.fma(v, x0, a00), simd.fma(v, x1, a01), simd.fma(v, x2, a02)
+            v = simd.splat(weights[w + 1], source)
+            a10, a11, a12 = simd.fma(v, x0, a10), simd.fma(v, x1, a11), simd.fma(v, x2, a12)
+            v = simd.splat(weights[w + 2], source)
+            a20, a21, a22 = simd.fma(v, x0, a20), simd.fma(v, x1, a21), simd.fma(v, x2, a22)
+            v = simd.splat(weights[w + 3], source)
+            a30, a31, a32 = simd.fma(v, x0, a30), simd.fma(v, x1, a31), simd.fma(v, x2, a32)
+    for kk, (b0, b1, b2) in enumerate(((a00, a01, a02), (a10, a11, a12), (a20, a21, a22),
+                                       (a30, a31, a32))):
+        at = (half * 4 + kk) * out_pitch + first
+        simd.store(out, at, b0)
+        simd.store(out, at + lanes, b1)
+        if count > 2:
+            simd.store(out, at + 2 * lanes, b2)
+
+
+@kernel()
+def _halves_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch):
+    """:func:`_weights_x_positions` as two blocks of four filters."""
+    for half in range(2):
+        _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, half, 3)
+
+
+@kernel()
+def _halves_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch):
+    """:func:`_weights_x_pair` as two blocks of four filters."""
+    for half in range(2):
+        _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, half, 2)
+
+
+@kernel()
+def _six_taps_x_filters(source, grads, out, taps, first_image, n_images, source_image, out_h,
+                        out_w, pitch, grads_first, grads_image, grads_step, half):
+    """:func:`taps_x_filters`' sums of the six taps ``half * 6 + t`` (``t < 6``): 12 sums,
+    two loads and six broadcasts per position, what AVX2's 16 registers hold."""
+    lanes = simd.lanes(source)
+    base = half * 6
+    t0, t1, t2 = taps[base], taps[base + 1], taps[base + 2]
+    t3, t4, t5 = taps[base + 3], taps[base + 4], taps[base + 5]
+    a00 = a01 = a10 = a11 = a20 = a21 = simd.zeros(source)
+    a30 = a31 = a40 = a41 = a50 = a51 = simd.zeros(source)
+    for n in range(first_image, first_image + n_images):
+        for i in range(out_h):
+            x = n * source_image + i * pitch
+            g = grads_first + n * grads_image + i * out_w * grads_step
+            for _ in range(out_w):
+                v0, v1 = simd.load(grads, g), simd.load(grads, g + lanes)
+                b = simd.broadcast(source, x + t0)
+                a00, a01 = simd.fma(b, v0, a00), simd.fma(b, v1, a01)
+                b = simd.broadcast(source, x + t1)
+                a10, a11 = simd.fma(b, v0, a10), simd.fma(b, v1, a11)
+                b = simd.broadcast(source, x + t2)
+                a20, a21 = simd.fma(b, v0, a20), simd.fma(b, v1, a21)
+                b = simd.broadcast(source, x + t3)
+                a30, a31 = simd.fma(b, v0, a30), simd.fma(b, v1, a31)
+                b = simd.broadcast(source, x + t4)
+                a40, a41 = simd.fma(b, v0, a40), simd.fma(b, v1, a41)
+                b = simd.broadcast(source, x + t5)
+                a50, a51 = simd.fma(b, v0, a50), simd.fma(b, v1, a51)
+                x += 1
+                g += grads_step
+    for t, acc in enumerate((a00, a01, a10, a11, a20, a21, a30, a31, a40, a41, a50, a51)):
+        simd.store(out, (2 * base + t) * lanes, acc)
+
+
+@kernel()
+def _halves_taps_x_filters(source, grads, out, taps, first_image, n_images, source_image, out_h,
+                           out_w, pitch, grads_first, grads_image, grads_step):
+    """:func:`_taps_x_filters` as two blocks of six taps."""
+    for half in range(2):
+        _six_taps_x_filters(source, grads, out, taps, first_image, n_images, source_image,
+                            out_h, out_w, pitch, grads_first, grads_image, grads_step, half)
+
+
+#: The blocks of 24 sums where the registers hold them (AVX-512), else their halves.
+if simd.WIDE:
+    weights_x_positions, weights_x_pair = _weights_x_positions, _weights_x_pair
+    taps_x_filters = _taps_x_filters
+else:
+    weights_x_positions, weights_x_pair = _halves_x_positions, _halves_x_pair
+    taps_x_filters = _halves_taps_x_filters
+
+
+@kernel()
 def taps_x_vector(source, grads, out, taps, first_image, n_images, source_image, out_h, out_w,
                   pitch, grads_first, grads_image, grads_step):
     """:func:`taps_x_filters` one vector of filters wide: ``out[t * lanes + l]`` (12 sums
@@ -256,7 +362,7 @@ BLOCK_Q = 12
 
 
 @kernel()
-def positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth, taps):
+def _positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth, taps):
     """Block of 12 output positions x one vector of filters (``lanes``, 16 in float32),
     the forward's other way round:
 
@@ -297,6 +403,47 @@ def positions_x_filters(source, weights, out, at_out, offsets, first, pitch, dep
             w += lanes
     for q, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, aa, ab)):
         simd.store(out, at_out + q * lanes, acc)
+
+
+@kernel()
+def _six_positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth, taps,
+                             half):
+    """:func:`positions_x_filters`' sums of the six positions ``half * 6 + q`` (``q < 6``):
+    with 16 registers LLVM spilled the block of 12, whose 12 broadcasts it hoists above
+    the multiply-adds (26 % of a Zen 2 core's peak)."""
+    lanes = simd.lanes(source)
+    n_taps = taps.size
+    base = first + half * 6
+    o0, o1, o2 = offsets[base], offsets[base + 1], offsets[base + 2]
+    o3, o4, o5 = offsets[base + 3], offsets[base + 4], offsets[base + 5]
+    a0 = a1 = a2 = a3 = a4 = a5 = simd.zeros(source)
+    w = 0
+    for c in range(depth):
+        plane = c * pitch
+        for t in range(n_taps):
+            at = plane + taps[t]
+            v = simd.load(weights, w)
+            a0 = simd.fma(simd.broadcast(source, at + o0), v, a0)
+            a1 = simd.fma(simd.broadcast(source, at + o1), v, a1)
+            a2 = simd.fma(simd.broadcast(source, at + o2), v, a2)
+            a3 = simd.fma(simd.broadcast(source, at + o3), v, a3)
+            a4 = simd.fma(simd.broadcast(source, at + o4), v, a4)
+            a5 = simd.fma(simd.broadcast(source, at + o5), v, a5)
+            w += lanes
+    for q, acc in enumerate((a0, a1, a2, a3, a4, a5)):
+        simd.store(out, at_out + (half * 6 + q) * lanes, acc)
+
+
+@kernel()
+def _halves_positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth,
+                                taps):
+    """:func:`_positions_x_filters` as two blocks of six positions."""
+    for half in range(2):
+        _six_positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth,
+                                 taps, half)
+
+
+positions_x_filters = _positions_x_filters if simd.WIDE else _halves_positions_x_filters
 
 
 @kernel()

@@ -1,12 +1,17 @@
-"""Explicit SIMD vectors for Numba kernels: a 512-bit vector of float32 or float64.
+"""Explicit SIMD vectors for Numba kernels: float32 or float64 vectors of the target's width.
 
 Numba's auto-vectoriser follows LLVM's preferences for the host CPU, and some
 AVX-512 CPUs (LLVM's ``rocketlake``, ``skylake-avx512``, ...) prefer 256-bit
 vectors, so every plain loop there runs at half the machine's width. A value of
 LLVM type ``<16 x float>`` (``<8 x double>``) is one zmm register on an AVX-512
-CPU whatever the preference, and two ymm (AVX2) or four xmm (NEON, SSE)
-registers elsewhere: the same code runs everywhere and is full width where the
-machine has it. Nothing here changes Numba's process-wide target.
+CPU whatever the preference. Where the CPU Numba compiles for has no AVX-512 the
+vectors are 256 bits (``<8 x float>``, one ymm register of AVX2): LLVM would
+split a 512-bit vector into two, and the micro-kernels' blocks of 24 sums, sized
+for AVX-512's 32 registers, would then spill out of AVX2's 16 (the blocked
+forward ran at a third of its speed on a Zen 2). ``FASTCONV_SIMD_BITS`` forces
+either width; both run on any CPU (LLVM splits a vector wider than the
+machine's, into four xmm registers on SSE or NEON). Nothing here changes
+Numba's process-wide target.
 
 Inside a kernel::
 
@@ -25,23 +30,50 @@ Inside a kernel::
     r = weave(e, o, False)    # e[0], o[0], e[1], o[1], ... of the first halves (True: second)
     transpose(a, i, m, count, b, j, n)  # a block of lanes x lanes values, rows to columns
 
-``lanes(a)`` is 16 for float32 and 8 for float64. The loads and stores are
-unaligned and unchecked; under ``NUMBA_BOUNDSCHECK=1`` (read when this module is
-imported) they raise IndexError for a vector that does not lie within the array.
+``lanes(a)`` is 16 for float32 and 8 for float64 at 512 bits, 8 and 4 at 256.
+The loads and stores are unaligned and unchecked; under ``NUMBA_BOUNDSCHECK=1``
+(read when this module is imported) they raise IndexError for a vector that does
+not lie within the array.
 """
 
 from __future__ import annotations
 
 import numba
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_jitable, register_model
 
+from .. import config
 from ._jit import jit_options
 
-#: Bits in one vector.
-WIDTH_BITS = 512
+
+def _target_bits() -> int:
+    """Bits in one vector for the CPU Numba compiles for: ``FASTCONV_SIMD_BITS`` where
+    set, else 512 where the target has AVX-512F and 256 elsewhere. The target's features
+    are Numba's: ``NUMBA_CPU_FEATURES`` where set, else the host's (a ``NUMBA_CPU_NAME``
+    given with ``NUMBA_CPU_FEATURES=""`` compiles for that CPU's own features, which LLVM
+    does not list: 256 bits, right on any CPU)."""
+    if config.SIMD_BITS:
+        return config.SIMD_BITS
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        try:
+            features = llvm.get_host_cpu_features().flatten()
+        except RuntimeError:  # LLVM cannot read them on every platform
+            features = ""
+    return 512 if "+avx512f" in features.split(",") else 256
+
+
+#: Bits in one vector: 512 on AVX-512 (a vector is one of 32 registers), 256 elsewhere
+#: (one of AVX2's 16 registers; two of NEON's 32).
+WIDTH_BITS = _target_bits()
+#: Bytes in one vector.
+WIDTH_BYTES = WIDTH_BITS // 8
+#: Whether a micro-kernel's block of 24 sums fits in the vector registers (32 of them on
+#: AVX-512); where it does not, :mod:`.microkernels` splits the blocks in halves.
+WIDE = WIDTH_BITS == 512
 
 _CHECK = bool(numba.config.BOUNDSCHECK)
 
@@ -418,7 +450,7 @@ def lanes(typingctx, array):
 
 @register_jitable(**jit_options())
 def _check(array, index):
-    if index < 0 or index + 64 // array.itemsize > array.size:
+    if index < 0 or index + WIDTH_BYTES // array.itemsize > array.size:
         raise IndexError("simd vector outside the array")
 
 
@@ -450,7 +482,7 @@ def store(array, index, value):
 
 @register_jitable(**jit_options())
 def _check_first(array, index, count):
-    if count > 0 and (index < 0 or index + min(count, 64 // array.itemsize) > array.size):
+    if count > 0 and (index < 0 or index + min(count, WIDTH_BYTES // array.itemsize) > array.size):
         raise IndexError("simd vector outside the array")
 
 
@@ -493,150 +525,15 @@ if not _CHECK:
 
 
 @register_jitable(**jit_options())
-def _transpose_16(src, first, stride, count, dst, dst_first, dst_stride):
-    zero = zeros(src)
-    r0 = load(src, first) if 0 < count else zero
-    r1 = load(src, first + 1 * stride) if 1 < count else zero
-    r2 = load(src, first + 2 * stride) if 2 < count else zero
-    r3 = load(src, first + 3 * stride) if 3 < count else zero
-    r4 = load(src, first + 4 * stride) if 4 < count else zero
-    r5 = load(src, first + 5 * stride) if 5 < count else zero
-    r6 = load(src, first + 6 * stride) if 6 < count else zero
-    r7 = load(src, first + 7 * stride) if 7 < count else zero
-    r8 = load(src, first + 8 * stride) if 8 < count else zero
-    r9 = load(src, first + 9 * stride) if 9 < count else zero
-    r10 = load(src, first + 10 * stride) if 10 < count else zero
-    r11 = load(src, first + 11 * stride) if 11 < count else zero
-    r12 = load(src, first + 12 * stride) if 12 < count else zero
-    r13 = load(src, first + 13 * stride) if 13 < count else zero
-    r14 = load(src, first + 14 * stride) if 14 < count else zero
-    r15 = load(src, first + 15 * stride) if 15 < count else zero
-    r0, r8 = (interleave(r0, r8, 8, False),
-             interleave(r0, r8, 8, True))
-    r1, r9 = (interleave(r1, r9, 8, False),
-             interleave(r1, r9, 8, True))
-    r2, r10 = (interleave(r2, r10, 8, False),
-              interleave(r2, r10, 8, True))
-    r3, r11 = (interleave(r3, r11, 8, False),
-              interleave(r3, r11, 8, True))
-    r4, r12 = (interleave(r4, r12, 8, False),
-              interleave(r4, r12, 8, True))
-    r5, r13 = (interleave(r5, r13, 8, False),
-              interleave(r5, r13, 8, True))
-    r6, r14 = (interleave(r6, r14, 8, False),
-              interleave(r6, r14, 8, True))
-    r7, r15 = (interleave(r7, r15, 8, False),
-              interleave(r7, r15, 8, True))
-    r0, r4 = (interleave(r0, r4, 4, False),
-             interleave(r0, r4, 4, True))
-    r1, r5 = (interleave(r1, r5, 4, False),
-             interleave(r1, r5, 4, True))
-    r2, r6 = (interleave(r2, r6, 4, False),
-             interleave(r2, r6, 4, True))
-    r3, r7 = (interleave(r3, r7, 4, False),
-             interleave(r3, r7, 4, True))
-    r8, r12 = (interleave(r8, r12, 4, False),
-              interleave(r8, r12, 4, True))
-    r9, r13 = (interleave(r9, r13, 4, False),
-              interleave(r9, r13, 4, True))
-    r10, r14 = (interleave(r10, r14, 4, False),
-               interleave(r10, r14, 4, True))
-    r11, r15 = (interleave(r11, r15, 4, False),
-               interleave(r11, r15, 4, True))
-    r0, r2 = (interleave(r0, r2, 2, False),
-             interleave(r0, r2, 2, True))
-    r1, r3 = (interleave(r1, r3, 2, False),
-             interleave(r1, r3, 2, True))
-    r4, r6 = (interleave(r4, r6, 2, False),
-             interleave(r4, r6, 2, True))
-    r5, r7 = (interleave(r5, r7, 2, False),
-             interleave(r5, r7, 2, True))
-    r8, r10 = (interleave(r8, r10, 2, False),
-              interleave(r8, r10, 2, True))
-    r9, r11 = (interleave(r9, r11, 2, False),
-              interleave(r9, r11, 2, True))
-    r12, r14 = (interleave(r12, r14, 2, False),
-               interleave(r12, r14, 2, True))
-    r13, r15 = (interleave(r13, r15, 2, False),
-               interleave(r13, r15, 2, True))
-    r0, r1 = (interleave(r0, r1, 1, False),
-             interleave(r0, r1, 1, True))
-    r2, r3 = (interleave(r2, r3, 1, False),
-             interleave(r2, r3, 1, True))
-    r4, r5 = (interleave(r4, r5, 1, False),
-             interleave(r4, r5, 1, True))
-    r6, r7 = (interleave(r6, r7, 1, False),
-             interleave(r6, r7, 1, True))
-    r8, r9 = (interleave(r8, r9, 1, False),
-             interleave(r8, r9, 1, True))
-    r10, r11 = (interleave(r10, r11, 1, False),
-               interleave(r10, r11, 1, True))
-    r12, r13 = (interleave(r12, r13, 1, False),
-               interleave(r12, r13, 1, True))
-    r14, r15 = (interleave(r14, r15, 1, False),
-               interleave(r14, r15, 1, True))
-    _store(dst, dst_first, r0)
-    store(dst, dst_first + 1 * dst_stride, r1)
-    store(dst, dst_first + 2 * dst_stride, r2)
-    store(dst, dst_first + 3 * dst_stride, r3)
-    store(dst, dst_first + 4 * dst_stride, r4)
-    store(dst, dst_first + 5 * dst_stride, r5)
-    store(dst, dst_first + 6 * dst_stride, r6)
-    store(dst, dst_first + 7 * dst_stride, r7)
-    store(dst, dst_first + 8 * dst_stride, r8)
-    store(dst, dst_first + 9 * dst_stride, r9)
-    store(dst, dst_first + 10 * dst_stride, r10)
-    store(dst, dst_first + 11 * dst_stride, r11)
-    store(dst, dst_first + 12 * dst_stride, r12)
-    store(dst, dst_first + 13 * dst_stride, r13)
-    store(dst, dst_first + 14 * dst_stride, r14)
-    store(dst, dst_first + 15 * dst_stride, r15)
-
-
-@register_jitable(**jit_options())
-def _transpose_8(src, first, stride, count, dst, dst_first, dst_stride):
-    zero = zeros(src)
-    r0 = load(src, first) if 0 < count else zero
-    r1 = load(src, first + 1 * stride) if 1 < count else zero
-    r2 = load(src, first + 2 * stride) if 2 < count else zero
-    r3 = load(src, first + 3 * stride) if 3 < count else zero
-    r4 = load(src, first + 4 * stride) if 4 < count else zero
-    r5 = load(src, first + 5 * stride) if 5 < count else zero
-    r6 = load(src, first + 6 * stride) if 6 < count else zero
-    r7 = load(src, first + 7 * stride) if 7 < count else zero
-    r0, r4 = (interleave(r0, r4, 4, False),
-             interleave(r0, r4, 4, True))
-    r1, r5 = (interleave(r1, r5, 4, False),
-             interleave(r1, r5, 4, True))
-    r2, r6 = (interleave(r2, r6, 4, False),
-             interleave(r2, r6, 4, True))
-    r3, r7 = (interleave(r3, r7, 4, False),
-             interleave(r3, r7, 4, True))
-    r0, r2 = (interleave(r0, r2, 2, False),
-             interleave(r0, r2, 2, True))
-    r1, r3 = (interleave(r1, r3, 2, False),
-             interleave(r1, r3, 2, True))
-    r4, r6 = (interleave(r4, r6, 2, False),
-             interleave(r4, r6, 2, True))
-    r5, r7 = (interleave(r5, r7, 2, False),
-             interleave(r5, r7, 2, True))
-    r0, r1 = (interleave(r0, r1, 1, False),
-             interleave(r0, r1, 1, True))
-    r2, r3 = (interleave(r2, r3, 1, False),
-             interleave(r2, r3, 1, True))
-    r4, r5 = (interleave(r4, r5, 1, False),
-             interleave(r4, r5, 1, True))
-    r6, r7 = (interleave(r6, r7, 1, False),
-             interleave(r6, r7, 1, True))
-    _store(dst, dst_first, r0)
-    store(dst, dst_first + 1 * dst_stride, r1)
-    store(dst, dst_first + 2 * dst_stride, r2)
-    store(dst, dst_first + 3 * dst_stride, r3)
-    store(dst, dst_first + 4 * dst_stride, r4)
-    store(dst, dst_first + 5 * dst_stride, r5)
-    store(dst, dst_first + 6 * dst_stride, r6)
-    store(dst, dst_first + 7 * dst_stride, r7)
-
+def _transpose_checked(src, first, stride, count, dst, dst_first, dst_stride):
+    """:func:`transpose` with each of its loads and stores checked as :func:`load` and
+    :func:`store` are (``NUMBA_BOUNDSCHECK=1``)."""
+    n = lanes(src)
+    for r in range(min(count, n)):
+        _check(src, first + r * stride)
+    for q in range(n):
+        _check(dst, dst_first + q * dst_stride)
+    _transpose_block(src, first, stride, count, dst, dst_first, dst_stride)
 
 
 @intrinsic
@@ -714,9 +611,7 @@ def transpose(src, first, stride, count, dst, dst_first, dst_stride):
 def _transpose(src, first, stride, count, dst, dst_first, dst_stride):
     if not _contiguous_1d(src):
         return None
-    if not _CHECK:
-        return _transpose_unchecked
-    return {16: _transpose_16, 8: _transpose_8}[WIDTH_BITS // src.dtype.bitwidth]
+    return _transpose_checked if _CHECK else _transpose_unchecked
 
 
 def _transpose_unchecked(src, first, stride, count, dst, dst_first, dst_stride):

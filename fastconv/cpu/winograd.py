@@ -555,7 +555,8 @@ def _conv2d_winograd(x, packed, conv_weight, bias, out, padding, groups, gemm,
     max_tiles = rows_per_block * tiles_w
     m_rows = groups * packed.shape[2] * BLOCK_K
     scratch = workspace.borrow(
-        (n_chunks, buffer_size(channels, m_rows, max_tiles, _pitch(max_tiles, 64 // x.itemsize))),
+        (n_chunks, buffer_size(channels, m_rows, max_tiles,
+                               _pitch(max_tiles, simd.WIDTH_BYTES // x.itemsize))),
         x.dtype)
     has_bias = bias is not None
     nonfinite = np.zeros((n_img, tiles_h), np.bool_)
