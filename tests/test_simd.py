@@ -4,6 +4,7 @@ compiled for a CPU without AVX-512."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -454,24 +455,40 @@ def test_transposed_phases_in_one_call(shape, wshape, kwargs, fused, dtype, budg
     assert bool(seen) == fused
 
 
-def test_dense_layout_where_junk_columns_cost():
+def test_dense_layout_where_junk_columns_cost(monkeypatch):
     # the dense strips (copies per column shift, no junk columns computed) where they save
-    # at least DENSE_MIN_SAVING_PERCENT % of the vectors with enough work per copy: 3x3 on
-    # 28x28 (pitch 30) and 14x14, not 56x56 or layer f (4 %) or few filters
-    assert blocked.dense_pays(28, 28, 30, 16, 64 * 3)
-    assert blocked.dense_pays(14, 14, 16, 16, 256 * 3)
-    assert blocked.dense_pays(14, 14, 15, 16, 256 * 9 // 6)  # 3x3 s2, 28x28 -> 14x14
-    assert not blocked.dense_pays(56, 56, 58, 16, 64 * 3)
-    assert not blocked.dense_pays(28, 28, 29, 16, 128 * 9 // 6)  # layer f: 4 % fewer
-    assert not blocked.dense_pays(28, 28, 30, 16, 16 * 3)
-    assert not blocked.dense_pays(28, 28, 28, 16, 64 * 3)  # no junk columns
-    # the layout takes the rule: C32 -> 64 on 28x28 dense, on 56x56 on the pitch
-    for side, dense in ((28, True), (56, False)):
+    # at least DENSE_MIN_SAVING_PERCENT % of the vectors with enough work per copy and the
+    # caches suit them: 3x3 on 28x28 (pitch 30) and 14x14, not 56x56 or layer f (4 %) or
+    # few filters or strips the caches do not hold
+    assert blocked.dense_pays(28, 28, 30, 16, 64 * 3, True)
+    assert blocked.dense_pays(14, 14, 16, 16, 256 * 3, True)
+    assert blocked.dense_pays(14, 14, 15, 16, 256 * 9 // 6, True)  # 3x3 s2, 28x28 -> 14x14
+    assert not blocked.dense_pays(14, 14, 16, 16, 256 * 3, False)
+    assert not blocked.dense_pays(56, 56, 58, 16, 64 * 3, True)
+    assert not blocked.dense_pays(28, 28, 29, 16, 128 * 9 // 6, True)  # layer f: 4 % fewer
+    assert not blocked.dense_pays(28, 28, 30, 16, 16 * 3, True)
+    assert not blocked.dense_pays(28, 28, 28, 16, 64 * 3, True)  # no junk columns
+    # the caches: a plane's dense strip within the L2, a block's reads within the L1
+    # wherever they are on the pitch (32 KiB and 1 MiB, 256-bit vectors: 24 positions)
+    monkeypatch.setattr(blocked, "L1_BYTES", 32 << 10)
+    monkeypatch.setattr(blocked, "L2_BYTES", 1 << 20)
+    monkeypatch.setattr(blocked.simd, "WIDTH_BYTES", 32)
+    fits = functools.partial(blocked.dense_fits, stride=(1, 1), dilation=(1, 1), itemsize=4)
+    assert fits(32, 3, 3, out_h=28, out_w=28)  # 301 KB; a block's reads 10 and 28 KB
+    assert not fits(128, 3, 3, out_h=28, out_w=28)  # 1.2 MB of strip
+    assert fits(256, 3, 3, out_h=7, out_w=7)  # a block's reads 80 and 221 KB: neither fits
+    assert not fits(128, 2, 2, out_h=16, out_w=16)  # 25 KB on the pitch, 49 KB dense
+    # the layout takes the rule: C32 -> 64 on 28x28 (301 KB of dense strip) dense with a
+    # 1 MiB L2, on the pitch with 256 KiB; on 56x56 on the pitch
+    for side, l2, dense in ((28, 1 << 20, True), (28, 256 << 10, False), (56, 1 << 20, False)):
+        monkeypatch.setattr(blocked, "L2_BYTES", l2)
+        blocked._forward_layout.cache_clear()
         packing = blocked._forward_layout(
             (2, 32, side, side), (2, 64, side, side), (64, 32, 3, 3), (1, 1),
             ((1, 1), (1, 1)), (1, 1), 1, 4, 2, fastconv.config.DIRECT_TILE_BYTES,
             fastconv.cpu.strips.band_rows, None, None)[8]
         assert bool(packing & blocked.DENSE) == dense
+    blocked._forward_layout.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -164,8 +164,10 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     # layout's pitch where that pays
     work_per_copy = (blocked.dense_work_per_copy(filters, kh, kw, stride, dilation)
                      if op == "conv2d" or stride == (1, 1) else 0)
+    depth = out_channels // groups if op == "conv2d_grad_input" else group_channels
+    fits = blocked.dense_fits(depth, kh, kw, stride, dilation, plane_h, plane_w, itemsize)
     use = blocked.use_percent(plane_h, plane_w, kw, dilation[1], itemsize, stride[1],
-                              width + left + right, work_per_copy)
+                              width + left + right, work_per_copy, fits)
     small = config.AUTO_BLOCKED_SMALL_PLANE_CHANNELS
     if op == "conv2d" and narrow > small and use < config.AUTO_BLOCKED_MIN_USE_PERCENT:
         return "im2col", (f"min(C, K)/groups = {narrow} > AUTO_BLOCKED_SMALL_PLANE_CHANNELS = "
@@ -175,7 +177,7 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     detail = f"{use} % of its positions are outputs"
     if op == "conv2d" and blocked.by_filters(out_h, out_w, filters, group_channels * kh * kw, kw,
                                              dilation[1], itemsize, stride[1],
-                                             width + left + right, work_per_copy):
+                                             width + left + right, work_per_copy, fits):
         detail = (f"its sums by filters, 12 outputs x a vector of filters, where by positions "
                   f"only {use} % would be outputs")
     return "direct", (f"{filters} >= {blocked.MIN_GROUP_K} filters per group: the "

@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -503,16 +504,18 @@ def applies(weight_shape, stride, groups: int) -> bool:
 
 
 def use_percent(out_h: int, out_w: int, kw: int, dilation_w: int, itemsize: int,
-                stride_w: int = 1, width: int = 0, work_per_copy: int = 0) -> int:
+                stride_w: int = 1, width: int = 0, work_per_copy: int = 0,
+                fits: bool = True) -> int:
     """The percentage of the positions computed on a whole plane that are outputs (the
     rest are the junk columns of the row pitch and the last vector's overrun); ``width``
     is the padded input width (needed with a stride). With ``work_per_copy`` (filters
-    per group x taps per copy of a dense strip, :func:`dense_copies`), on the output's
-    own pitch where the dense layout pays (:func:`dense_pays`)."""
+    per group x taps per copy of a dense strip, :func:`dense_copies`) and ``fits``
+    (:func:`dense_fits`), on the output's own pitch where the dense layout pays
+    (:func:`dense_pays`)."""
     lanes = simd.WIDTH_BYTES // itemsize
     pitch = out_w + dilation_w * (kw - 1) if stride_w == 1 else -(-width // stride_w)
     computed = (out_h - 1) * pitch + out_w
-    if work_per_copy and dense_pays(out_h, out_w, pitch, lanes, work_per_copy):
+    if work_per_copy and dense_pays(out_h, out_w, pitch, lanes, work_per_copy, fits):
         computed = out_h * out_w
     return 100 * out_h * out_w // (-(-computed // lanes) * lanes)
 
@@ -522,6 +525,26 @@ def dense_copies(kh: int, kw: int, stride, dilation) -> int:
     column phase, column shift in the phase) of the taps."""
     return len({(r * dilation[0] % stride[0], s * dilation[1] % stride[1],
                  s * dilation[1] // stride[1]) for r in range(kh) for s in range(kw)})
+
+
+def dense_fits(channels: int, kh: int, kw: int, stride, dilation, out_h: int, out_w: int,
+               itemsize: int, block_taps: tuple[int, int] | None = None) -> bool:
+    """Whether the dense layout's strips suit the caches: a whole plane's strip
+    (``channels`` per group times :func:`dense_copies` planes of the output's size) fits
+    in one core's L2 (:data:`L2_BYTES`), and the values one block of positions reads over
+    its reduction (a vector run per tap and channel, where on the padded pitch the taps
+    of a row share one run) fit in the L1 (:data:`L1_BYTES`) wherever they do on the
+    pitch. ``block_taps``: the rows and columns of a block of filters' own taps where
+    they are fewer than the kernel's (sets of filters on shifts of their own, see
+    :func:`forward_runner`). Dense strips read from memory, or a block's reduction
+    pushed out of the L1, cost more than the junk columns they save."""
+    step = BLOCK_P * simd.WIDTH_BYTES // itemsize
+    strip = channels * dense_copies(kh, kw, stride, dilation) * out_h * out_w * itemsize
+    rows, cols = block_taps or (kh, kw)
+    dense_block = channels * rows * cols * step * itemsize
+    pitch_block = channels * rows * min(stride[1], cols) * (
+        step + dilation[1] * (cols - 1) // stride[1]) * itemsize
+    return strip <= L2_BYTES and (dense_block <= L1_BYTES or pitch_block > L1_BYTES)
 
 
 def dense_work_per_copy(per_group: int, kh: int, kw: int, stride, dilation) -> int:
@@ -538,21 +561,52 @@ def dense_work_per_copy(per_group: int, kh: int, kw: int, stride, dilation) -> i
 #: 14x14 (7 %, 768) 9.6 / 9.1; conv_transpose2d C128 16x16 -> 64 4x4 s2 (its fused
 #: phases: 6 %, 768) 2.80 / 2.71; C16 -> 16 on 28x28 (7.5 %, 48) 0.176 / 0.166-0.184;
 #: a stride-2 grad_input's phases (C64 28x28 -> 128, 64 or 128 per copy) 1.77 / 1.90;
-#: C64 -> 128 3x3 s2 on 56x56 (4 %, its phases' copies) 4.55 / 4.89.
+#: C64 -> 128 3x3 s2 on 56x56 (4 %, its phases' copies) 4.55 / 4.89. That was a Zen 4
+#: (1 MiB of L2 per core, 512-bit vectors). On a Zen 2 (512 KiB, 256-bit vectors) the
+#: dense strips lost where a plane's outgrew the L2 (float32, N8, direct, pitch / dense,
+#: ms: C128 -> 128 on 28x28, 1.2 MB of dense strip, 12.3 / 16.0; C256 -> 256 on 14x14,
+#: 602 KB, 12.7 / 16.1) and where a block's reads fit the L1 on the pitch but not dense
+#: (conv_transpose2d's phases, 2x2 taps over 128 channels, 25 / 49 KB: 4.51 / 5.17; one
+#: thread, a C128 -> 256 2x2 layer on 17x17: 7.24 / 7.94), and won elsewhere (C256 ->
+#: 256 on 7x7, 150 KB, 4.24 / 3.92; C512 -> 512 on 4x4 8.99 / 6.75; C32 -> 64 on 8x8
+#: at N32 0.604 / 0.564): :func:`dense_fits`.
 DENSE_MIN_SAVING_PERCENT = 5
 DENSE_MIN_WORK_PER_COPY = 160
 
 
-def dense_pays(out_h: int, out_w: int, pitch: int, lanes: int, work_per_copy: int) -> bool:
+def _cache_bytes(level: int, default: int) -> int:
+    """One core's data (or unified) cache of ``level`` in bytes, from Linux's sysfs;
+    ``default`` where it cannot be read."""
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for index in sorted(root.glob("index*")):
+            if ((index / "level").read_text().strip() == str(level)
+                    and (index / "type").read_text().strip() in ("Unified", "Data")):
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return default
+
+
+#: One core's L1 data cache and L2 cache (:func:`dense_fits`).
+L1_BYTES = _cache_bytes(1, 32 << 10)
+L2_BYTES = _cache_bytes(2, 1 << 20)
+
+
+def dense_pays(out_h: int, out_w: int, pitch: int, lanes: int, work_per_copy: int,
+               fits: bool) -> bool:
     """Whether the blocked forward lays its strips out dense (:func:`_column_copies`):
     where the positions on the output's own row pitch take at least
     :data:`DENSE_MIN_SAVING_PERCENT` % fewer vectors than on the padded pitch for a whole
-    plane, and each copy of the strip serves at least :data:`DENSE_MIN_WORK_PER_COPY`
-    multiply-adds per position and channel (``work_per_copy``). The copies cost a pass
+    plane, each copy of the strip serves at least :data:`DENSE_MIN_WORK_PER_COPY`
+    multiply-adds per position and channel (``work_per_copy``), and its strips suit the
+    caches (``fits``, :func:`dense_fits`). The copies cost a pass
     over the strip per column shift of the taps (at a stride, per column phase and
     shift), which a plane whose junk columns are a few percent of its positions, or a
     convolution of few filters and taps, does not win back."""
-    if work_per_copy < DENSE_MIN_WORK_PER_COPY:
+    if work_per_copy < DENSE_MIN_WORK_PER_COPY or not fits:
         return False
     on_pitch = -(-((out_h - 1) * pitch + out_w) // lanes)
     dense = -(-(out_h * out_w) // lanes)
@@ -579,7 +633,8 @@ BY_FILTERS_MAX_BYTES = 64 << 10
 
 
 def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dilation_w: int,
-               itemsize: int, stride_w: int = 1, width: int = 0, work_per_copy: int = 0) -> bool:
+               itemsize: int, stride_w: int = 1, width: int = 0, work_per_copy: int = 0,
+               fits: bool = True) -> bool:
     """Whether the blocked forward computes its sums by filters (a vector of a group's
     filters x 12 outputs, :func:`.microkernels.positions_x_filters`) rather than by
     positions (8 filters x vectors of positions on the row pitch): where at least
@@ -600,7 +655,7 @@ def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dila
         return False
     lanes = simd.WIDTH_BYTES // itemsize
     positions = use_percent(out_h, out_w, kw, dilation_w, itemsize, stride_w, width,
-                            work_per_copy) * (
+                            work_per_copy, fits) * (
         per_group / (-(-per_group // BLOCK_K) * BLOCK_K))
     filters = 100 * per_group / (-(-per_group // lanes) * lanes)
     return (filters >= BY_FILTERS_MIN_GAIN * positions
@@ -609,11 +664,12 @@ def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dila
 
 @functools.lru_cache(maxsize=512)
 def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation, groups,
-                    itemsize, n_threads, budget, band_rows, form, dense_form):
+                    itemsize, n_threads, budget, band_rows, form, dense_form, block_taps=None):
     """Everything the blocked forward kernel needs besides its arrays, for one problem:
     (packed filters' shape, band, pitch, phase rows, plane, k_runs, scratch shape,
-    serial, packing, n_shift, dense_plane). Cached: the thread count, the scratch
-    budget, the band rule and the forced forms are part of the key."""
+    serial, packing, n_shift, dense_plane). ``block_taps``: as for :func:`dense_fits`.
+    Cached: the thread count, the scratch budget, the band rule and the forced forms are
+    part of the key."""
     n_img, _, _, width = x_shape
     filters, channels, kh, kw = filters_shape  # of the convolution that runs, all groups
     out_h, out_w = out_shape[2], out_shape[3]
@@ -628,9 +684,10 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     # per (phase and) column shift of its taps (no junk columns computed)
     copies = dense_copies(kh, kw, stride, dilation)
     work_per_copy = dense_work_per_copy(per_group, kh, kw, stride, dilation)
+    fits = dense_fits(channels, kh, kw, stride, dilation, out_h, out_w, itemsize, block_taps)
     filters_form = by_filters(out_h, out_w, per_group, channels * kh * kw, kw, dilation[1],
                               itemsize, stride[1], width + left + right,
-                              0 if dense_form is False else work_per_copy)
+                              0 if dense_form is False else work_per_copy, fits)
     block = lanes if filters_form else BLOCK_K
     n_blocks = -(-per_group // block)
     # a band of b rows: per channel (b + reach) rows of each phase and the overrun of the
@@ -638,7 +695,7 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     # (up to a whole block of 12) and a spare square for the transposes
     n_shift = dilation[1] * (kw - 1) // stride[1] + 1
     dense = not filters_form and (dense_form if dense_form is not None else dense_pays(
-        out_h, out_w, pitch, lanes, work_per_copy))
+        out_h, out_w, pitch, lanes, work_per_copy, fits))
     pos_pitch = out_w if dense else pitch
     if filters_form:
         sums_fixed, sums_row = lanes * (out_w + BLOCK_Q + lanes), lanes * out_w
@@ -734,7 +791,7 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
         _forward_layout(tuple(x_shape), tuple(out_shape), covering[0], stride, padding,
                         covering[1], groups, dtype.itemsize, threads.count(),
                         config.DIRECT_TILE_BYTES, strips.band_rows, FORWARD_FORM,
-                        DENSE_FORM))
+                        DENSE_FORM, None if len(shifts) == 1 else (kh, kw)))
     packed_shape = (*packed_shape[:2], channels * kh * kw, packed_shape[3])
     kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
     floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
