@@ -15,9 +15,10 @@ benchmarks/RESULTS.md). On a CPU without AVX-512 the vectors are 256 bits
 (:mod:`.simd`) and 24 sums do not fit in AVX2's 16 registers: there
 ``weights_x_positions`` is two blocks of four filters x three vectors
 (:func:`_half_x_positions`: 12 sums, three loads and four broadcasts per step), and
-``taps_x_filters`` two blocks of six taps (94 % and 91 % of a Zen 2 core's peak,
-against 30-40 % for the spilling blocks of 24). :func:`weights_x_pair` and
-:func:`weights_x_vector` are the same block two and one vector wide, for the last
+``taps_x_filters`` two blocks of six taps (94-98 % and 91-94 % of a Zen 2 core's
+peak, against 57 % and 31 % for the blocks of 24 on 512-bit vectors, which spill).
+:func:`weights_x_pair` and :func:`weights_x_vector` are the same block two and one
+vector wide, for the last
 positions of a plane (two one-vector calls are bound by their broadcasts: one load
 and eight broadcasts per eight multiply-adds).
 
