@@ -18,9 +18,8 @@ benchmarks/RESULTS.md). On a CPU without AVX-512 the vectors are 256 bits
 ``taps_x_filters`` two blocks of six taps (94-98 % and 91-94 % of a Zen 2 core's
 peak, against 57 % and 31 % for the blocks of 24 on 512-bit vectors, which spill).
 :func:`weights_x_pair` and :func:`weights_x_vector` are the same block two and one
-vector wide, for the last
-positions of a plane (two one-vector calls are bound by their broadcasts: one load
-and eight broadcasts per eight multiply-adds).
+vector wide, for the last positions of a plane (two one-vector calls are bound by
+their broadcasts: one load and eight broadcasts per eight multiply-adds).
 
 :func:`taps_x_filters` is the weight gradient's block, the other way round:
 the output gradient packed position-major so that a vector holds 32 filters
