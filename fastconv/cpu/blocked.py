@@ -644,11 +644,12 @@ def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dila
     the positions on the dense layout's pitch where it pays) and a vector of filters'
     packed weights (``depth`` = C/groups * R * S of them) fit in
     :data:`BY_FILTERS_MAX_BYTES`. Never on 256-bit vectors (:data:`.simd.WIDE` False):
-    there the filters form's kernel, in blocks of 6 outputs that AVX2's 16 registers
-    hold, is bound by its broadcasts (58 % of a Zen 2 core's peak against the positions
-    form's 97 %), and lost on every layer measured (two threads, by positions / by
-    filters: LeNet's C6 12x12 -> 16 5x5 265 / 471 us, C1 28x28 -> 6 5x5 196 / 395 us,
-    C32 -> 64 8x8 3x3 658 / 1775 us at batch 32)."""
+    there the filters form's block of 12 outputs spills out of AVX2's 16 registers (26 %
+    of a Zen 2 core's peak against the positions form's 97 %), and even in blocks of 6
+    outputs, which fit but are bound by their broadcasts (58 %), it lost on every layer
+    measured (two threads, by positions / by filters in blocks of 6: LeNet's C6 12x12 ->
+    16 5x5 265 / 471 us, C1 28x28 -> 6 5x5 196 / 395 us, C32 -> 64 8x8 3x3 658 / 1775 us
+    at batch 32). Forced (:data:`FORWARD_FORM`) it runs the block of 12 at any width."""
     if FORWARD_FORM is not None:
         return FORWARD_FORM == "filters"
     if not simd.WIDE:

@@ -362,7 +362,7 @@ BLOCK_Q = 12
 
 
 @kernel()
-def _positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth, taps):
+def positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth, taps):
     """Block of 12 output positions x one vector of filters (``lanes``, 16 in float32),
     the forward's other way round:
 
@@ -403,47 +403,6 @@ def _positions_x_filters(source, weights, out, at_out, offsets, first, pitch, de
             w += lanes
     for q, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, aa, ab)):
         simd.store(out, at_out + q * lanes, acc)
-
-
-@kernel()
-def _six_positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth, taps,
-                             half):
-    """:func:`positions_x_filters`' sums of the six positions ``half * 6 + q`` (``q < 6``):
-    with 16 registers LLVM spilled the block of 12, whose 12 broadcasts it hoists above
-    the multiply-adds (26 % of a Zen 2 core's peak)."""
-    lanes = simd.lanes(source)
-    n_taps = taps.size
-    base = first + half * 6
-    o0, o1, o2 = offsets[base], offsets[base + 1], offsets[base + 2]
-    o3, o4, o5 = offsets[base + 3], offsets[base + 4], offsets[base + 5]
-    a0 = a1 = a2 = a3 = a4 = a5 = simd.zeros(source)
-    w = 0
-    for c in range(depth):
-        plane = c * pitch
-        for t in range(n_taps):
-            at = plane + taps[t]
-            v = simd.load(weights, w)
-            a0 = simd.fma(simd.broadcast(source, at + o0), v, a0)
-            a1 = simd.fma(simd.broadcast(source, at + o1), v, a1)
-            a2 = simd.fma(simd.broadcast(source, at + o2), v, a2)
-            a3 = simd.fma(simd.broadcast(source, at + o3), v, a3)
-            a4 = simd.fma(simd.broadcast(source, at + o4), v, a4)
-            a5 = simd.fma(simd.broadcast(source, at + o5), v, a5)
-            w += lanes
-    for q, acc in enumerate((a0, a1, a2, a3, a4, a5)):
-        simd.store(out, at_out + (half * 6 + q) * lanes, acc)
-
-
-@kernel()
-def _halves_positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth,
-                                taps):
-    """:func:`_positions_x_filters` as two blocks of six positions."""
-    for half in range(2):
-        _six_positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth,
-                                 taps, half)
-
-
-positions_x_filters = _positions_x_filters if simd.WIDE else _halves_positions_x_filters
 
 
 @kernel()
