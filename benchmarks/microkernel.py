@@ -61,19 +61,19 @@ def _peak(like, steps):
 @numba.njit
 def _forward(strip, weights, sums, pitch, depth, taps, reps):
     for _ in range(reps):
-        microkernels.weights_x_positions(strip, weights, sums, 0, pitch, depth, taps, 96)
+        microkernels.weights_x_positions(strip, weights, sums, 0, pitch, depth, taps, 96, False)
 
 
 @numba.njit
 def _pair(strip, weights, sums, pitch, depth, taps, reps):
     for _ in range(reps):
-        microkernels.weights_x_pair(strip, weights, sums, 0, pitch, depth, taps, 96)
+        microkernels.weights_x_pair(strip, weights, sums, 0, pitch, depth, taps, 96, False)
 
 
 @numba.njit
 def _tail(strip, weights, sums, pitch, depth, taps, reps):
     for _ in range(reps):
-        microkernels.weights_x_vector(strip, weights, sums, 0, pitch, depth, taps, 96)
+        microkernels.weights_x_vector(strip, weights, sums, 0, pitch, depth, taps, 96, False)
 
 
 @numba.njit

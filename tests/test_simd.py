@@ -273,7 +273,8 @@ def test_micro_kernel_is_its_formula(dtype, rng):
     source = rng.standard_normal(depth * pitch + step + 30).astype(dtype)
     weights = rng.standard_normal(depth * taps.size * microkernels.BLOCK_K).astype(dtype)
     out = np.full(microkernels.BLOCK_K * out_pitch + step, 7.0, dtype)
-    microkernels.weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch)
+    microkernels.weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch,
+                                     False)
     w = weights.reshape(depth, taps.size, microkernels.BLOCK_K)
     p = np.arange(step)
     for kk in range(microkernels.BLOCK_K):
@@ -283,6 +284,54 @@ def test_micro_kernel_is_its_formula(dtype, rng):
         tolerance = 1e-5 if dtype == np.float32 else 1e-12  # sums of 12 terms near 1
         np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance)
         assert out[kk * out_pitch + first - 1] == 7.0  # nothing before the block
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("count_vectors", [3, 7, 8, 10], ids=lambda v: f"{v}vectors")
+def test_micro_kernels_in_passes_go_on_from_their_sums(count_vectors, dtype, rng):
+    # weights_x_run over 5 planes in passes of 2 (2, 2, 1), each pass going on from the
+    # last's sums (the blocks of three vectors, the pair and the one-vector tail), equals
+    # one pass: the same multiply-adds in the same order
+    lanes = simd.WIDTH_BYTES // np.dtype(dtype).itemsize
+    depth, pitch, out_pitch = 5, 12 * lanes, 11 * lanes
+    count = count_vectors * lanes - 3
+    taps = np.array([0, 1, 2 * lanes + 3], np.intp)
+    source = rng.standard_normal(depth * pitch + 4 * lanes).astype(dtype)
+    weights = rng.standard_normal(depth * taps.size * microkernels.BLOCK_K).astype(dtype)
+    whole, passes = (np.full(microkernels.BLOCK_K * out_pitch, 7.0, dtype) for _ in range(2))
+    microkernels.weights_x_run(source, weights, whole, 0, count, pitch, depth, taps, out_pitch,
+                               depth)
+    microkernels.weights_x_run(source, weights, passes, 0, count, pitch, depth, taps, out_pitch,
+                               2)
+    sums = whole.reshape(microkernels.BLOCK_K, out_pitch)[:, :count]
+    np.testing.assert_array_equal(passes.reshape(microkernels.BLOCK_K, out_pitch)[:, :count],
+                                  sums)
+    w = weights.reshape(depth, taps.size, microkernels.BLOCK_K)
+    p = np.arange(count)
+    expected = np.stack([sum(w[c, t, kk] * source[c * pitch + taps[t] + p]
+                             for c in range(depth) for t in range(taps.size))
+                         for kk in range(microkernels.BLOCK_K)])
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(sums, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_reduction_passes_keep_a_blocks_reads_in_the_l1(monkeypatch):
+    # channels per pass: a block's cache lines per channel within a quarter of the L1, at
+    # least MIN_PASS, in equal passes; a 1x1 layer's channels in one pass (256-bit
+    # vectors, float32: 24 positions a block, 32 KiB of L1)
+    monkeypatch.setattr(blocked, "L1_BYTES", 32 << 10)
+    monkeypatch.setattr(blocked.simd, "WIDTH_BYTES", 32)
+    blocked.channels_per_pass.cache_clear()
+    three = (0, 1, 2)
+    rows = tuple(r * 58 + s for r in range(3) for s in three)  # 3x3 on a pitch of 58
+    assert blocked.channels_per_pass((rows,), 64, 4) == 16  # 7 lines: 18 a pass, 4 passes
+    assert blocked.channels_per_pass((rows,), 18, 4) == 18
+    phases = tuple(p * 841 + r * 29 + s for p in range(4) for r in range(2) for s in range(2))
+    assert blocked.channels_per_pass((phases,), 64, 4) == 8  # 16 lines: the fewest, 8
+    assert blocked.channels_per_pass((phases,), 20, 4) == 7  # 7, 7, 6
+    assert blocked.channels_per_pass(((0,),), 256, 4) == 256
+    assert blocked.channels_per_pass(((0,), rows), 64, 4) == 16  # the set that reads most
+    blocked.channels_per_pass.cache_clear()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -409,6 +458,34 @@ def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng, alw
             assert_grads_close(grads, reference.conv2d_backward(g, x, w, **kwargs), dtype, g)
         finally:
             numba.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape, wshape, kwargs", [
+    c[1:] for c in BLOCKED_CASES if c[0] in ("k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused")],
+    ids=["k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused"])
+@pytest.mark.parametrize("dense", [False, True], ids=["pitch", "dense"])
+def test_blocked_reduction_in_uneven_passes(shape, wshape, kwargs, dense, dtype, rng,
+                                            monkeypatch):
+    # the blocked forward's reduction in passes of three channels (the last of one or
+    # two), forward and gradients, on the pitch and dense, equal to the reference
+    monkeypatch.setattr(blocked, "MIN_PASS", 3)
+    monkeypatch.setattr(blocked, "L1_BYTES", 64)
+    monkeypatch.setattr(blocked, "FORWARD_FORM", "positions")
+    monkeypatch.setattr(blocked, "DENSE_FORM", dense)
+    blocked.channels_per_pass.cache_clear()
+    blocked._forward_layout.cache_clear()
+    fastconv.clear_plans()
+    x, w, b = _blocked_case(shape, wshape, dtype, rng)
+    expected = reference.conv2d(x, w, b, **kwargs)
+    y = fastconv.conv2d(x, w, b, **kwargs, algorithm="direct")
+    assert_close(y, expected, dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    grads = fastconv.conv2d_backward(g, x, w, **kwargs, algorithm="direct")
+    assert_grads_close(grads, reference.conv2d_backward(g, x, w, **kwargs), dtype, g)
+    blocked.channels_per_pass.cache_clear()
+    blocked._forward_layout.cache_clear()
+    fastconv.clear_plans()
 
 
 #: conv_transpose2d layers whose phases run in one call of the blocked kernel, or not:

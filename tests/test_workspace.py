@@ -35,7 +35,7 @@ BUDGETS = [1, 400, 1200, 3000, 5000]
 KERNEL_TABLE = [(direct, "_conv2d_forward_direct", 5, -2),
                 (direct, "_conv2d_grad_input_direct", 2, -2),
                 (direct, "_conv2d_grad_weight_direct", 1, -2),
-                (blocked, "_conv2d_forward_blocked", 6, -6)]
+                (blocked, "_conv2d_forward_blocked", 6, -7)]
 KERNELS = [name for _, name, _, _ in KERNEL_TABLE]
 
 THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})

@@ -11,7 +11,11 @@ and tap ``(r, s)`` reads ``strip[c, p + r * dh * W_pad + s * dw]``. Every tap is
 then the same run of consecutive positions shifted by a constant, which is what
 :func:`.microkernels.weights_x_positions` needs: it keeps 8 filters x 48
 positions (float32; 24 in float64) of sums in registers over all channels and
-taps of the group and stores them once. The filters are packed per call
+taps of the group and stores them once; over many channels, in passes of a few
+channels each (:func:`channels_per_pass`), each pass going on from the last one's
+sums, so that what a block of positions reads of those channels stays in the L1 for
+the next block, which reads the same rows at the next positions. The filters are
+packed per call
 (``(groups, blocks of 8, channels * taps, 8)``, zeros past the last filter; in
 parallel tasks, a block each, when there are many). The last positions of a band
 run two vectors at a time (:func:`.microkernels.weights_x_pair`), then one
@@ -315,8 +319,8 @@ def _flat_or_overload(flat, strip):
 @kernel(parallel=True)
 def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven, weave,
                             packing, pad_top, pad_left, stride_h, stride_w, pitch, phase_rows,
-                            kw, dilation_h, dilation_w, shifts, tap_map, band, plane, n_shift,
-                            dense_plane, k_runs, scratch):
+                            taps, slots, tap_map, band, plane, n_shift, dense_plane, k_runs,
+                            per_pass, scratch):
     """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
     * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
     :func:`fastconv.activations.floor`), ``band`` output rows per task.
@@ -330,14 +334,15 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     (:func:`_pack_flipped_block`);
     such a weight is scanned first, and one that is not all finite returns False with
     nothing written (the padding's zeros would meet its Inf). Otherwise returns True.
-    ``shifts``: ``(sets, 2)``, the filters in ``sets`` equal runs of blocks, set ``s``
-    reading its taps ``shifts[s]`` (rows, columns) further on in the padded input: the
-    phases of a strided grad_input in one call (:func:`grad_input_runner`); a
-    convolution's one set is ``[[0, 0]]``. ``tap_map``: which of a flipped weight's
+    ``taps``: ``(sets, R * S)``, where in a channel's strip each tap of each set of
+    filters reads (:func:`_tap_table`), the filters in ``sets`` equal runs of blocks;
+    ``slots``: the dense copies' places (the same). ``tap_map``: which of a flipped weight's
     taps each set's are (:func:`_pack_flipped_block`). With bit :data:`DENSE`, a task
     makes each channel's strip into up to ``n_shift`` copies per phase on the output's
     row pitch, ``dense_plane`` values a channel (:func:`_column_copies`), and reads those
-    instead. With bit :data:`WOVEN` (by
+    instead. ``per_pass``: channels per pass of the reduction
+    (:func:`.microkernels.weights_x_run`, :func:`channels_per_pass`). With bit
+    :data:`WOVEN` (by
     positions only), set ``s``'s output ``(k, i, j)`` goes to ``woven[n, k - s * K / sets,
     i * weave[s, 2] + weave[s, 0], j * weave[s, 3] + weave[s, 1]]`` where that is inside
     ``woven`` (C-contiguous), and ``out`` (whose shape gives the sets' planes) is not
@@ -377,36 +382,8 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     n_blocked = -(-(band * out_w) // BLOCK_Q) * BLOCK_Q
     spare = n_blocked * lanes
     unit_stride = stride_h == 1 and stride_w == 1
-    n_taps = packed.shape[2] // group_channels
-    n_sets = shifts.shape[0]
+    n_sets = taps.shape[0]
     set_blocks = n_blocks // n_sets
-    # per set, tap (r, s): its phase, then its shift in the phase
-    taps = np.empty((n_sets, n_taps), np.intp)
-    # dense: per (phase, column shift), its copy's place among the copies read, or -1
-    slots = np.full(stride_h * stride_w * n_shift, -1, np.intp)
-    if dense:
-        for tap_set in range(n_sets):
-            for t in range(n_taps):
-                col = (t % kw) * dilation_w + shifts[tap_set, 1]
-                row = (t // kw) * dilation_h + shifts[tap_set, 0]
-                slots[((row % stride_h) * stride_w + col % stride_w) * n_shift
-                      + col // stride_w] = 0
-        n_copies = 0
-        for q in range(slots.size):
-            if slots[q] == 0:
-                slots[q] = n_copies
-                n_copies += 1
-    for tap_set in range(n_sets):
-        for t in range(n_taps):
-            row = (t // kw) * dilation_h + shifts[tap_set, 0]
-            col = (t % kw) * dilation_w + shifts[tap_set, 1]
-            phase = (row % stride_h) * stride_w + col % stride_w
-            if dense:
-                taps[tap_set, t] = ((slots[phase * n_shift + col // stride_w] * phase_rows
-                                     + row // stride_h) * out_w)
-            else:
-                taps[tap_set, t] = ((phase * phase_rows + row // stride_h) * pitch
-                                    + col // stride_w)
     for chunk in prange(n_chunks):
         strip = scratch[chunk, :strip_len]
         copies = scratch[chunk, strip_len : strip_len + dense_len]
@@ -478,13 +455,14 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
                     if in_place:  # (the run's first position offsets its sums too)
                         weights_x_run(x_source[at:], block_weights, sums, np.int64(0),
                                       n_positions, x_plane, group_channels, block_taps,
-                                      sums_pitch)
+                                      sums_pitch, per_pass)
                     elif dense:
                         weights_x_run(copies, block_weights, sums, np.int64(0), n_positions,
-                                      dense_plane, group_channels, block_taps, sums_pitch)
+                                      dense_plane, group_channels, block_taps, sums_pitch,
+                                      per_pass)
                     else:
                         weights_x_run(strip, block_weights, sums, np.int64(0), n_positions,
-                                      plane, group_channels, block_taps, sums_pitch)
+                                      plane, group_channels, block_taps, sums_pitch, per_pass)
                     if packing & WOVEN:
                         _store_woven(sums, sums_pitch, pos_pitch, n_k, rows, out_w, bias,
                                      has_bias, floor, woven, weave, b // set_blocks,
@@ -733,6 +711,69 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
             n_shift, dense_plane)
 
 
+def _tap_table(kh: int, kw: int, stride, dilation, shifts, phase_rows: int, pitch: int,
+               out_w: int, n_shift: int, dense: bool):
+    """Where in a channel's strip each tap reads, for :func:`_conv2d_forward_blocked`:
+    ``taps[s, t]``, the offset of tap ``t = r * S + c`` of the filters of set ``s``
+    from its output's position (the set reads its taps ``shifts[s]`` (rows, columns)
+    further on in the padded input: the phases of a strided grad_input in one call,
+    :func:`grad_input_runner`; a convolution's one set is ``(0, 0)``): its phase's
+    rows, then its row and column shift in the phase, on ``pitch``, or dense, on the
+    output's ``out_w`` in its copy. ``slots[phase * n_shift + shift]``: that copy's
+    place among the copies a dense strip makes (-1: not read; all -1 but dense)."""
+    stride_h, stride_w = stride
+    places = [[(r * dilation[0] + row_shift, c * dilation[1] + col_shift)
+               for r in range(kh) for c in range(kw)] for row_shift, col_shift in shifts]
+    slots = np.full(stride_h * stride_w * n_shift, -1, np.intp)
+    if dense:
+        read = sorted({((row % stride_h) * stride_w + col % stride_w) * n_shift
+                       + col // stride_w for tap_set in places for row, col in tap_set})
+        slots[read] = np.arange(len(read))
+    taps = np.empty((len(shifts), kh * kw), np.intp)
+    for s, tap_set in enumerate(places):
+        for t, (row, col) in enumerate(tap_set):
+            phase = (row % stride_h) * stride_w + col % stride_w
+            if dense:
+                taps[s, t] = (slots[phase * n_shift + col // stride_w] * phase_rows
+                              + row // stride_h) * out_w
+            else:
+                taps[s, t] = (phase * phase_rows + row // stride_h) * pitch + col // stride_w
+    return taps, slots
+
+
+#: One pass of the blocked forward's reduction (:func:`channels_per_pass`) reads, per
+#: block of positions, at most this share of the L1 (1 / 4): what it reads then stays
+#: there for the next blocks, which read the same rows at the next positions. Measured
+#: on a Zen 2 (32 KiB L1d, 256-bit vectors), float32, N8, two threads, the passes'
+#: channels against all in one, GFLOP/s alternating in one process: C64 -> 128 3x3 s2 on
+#: 56x56 (eleven 64-byte lines a channel per block) 8: 135, 16: 128, all: 123; C64 -> 64
+#: 3x3 on 56x56 (six lines) 8: 168, 16: 167, all: 157; C128 -> 128 on 28x28 and C256 ->
+#: 256 on 14x14 within 3 % from 16 channels a pass to all.
+PASS_L1_SHARE = 4
+#: Fewest channels in a pass: each pass loads and stores its block's sums once more.
+MIN_PASS = 8
+
+
+@functools.lru_cache(maxsize=512)
+def channels_per_pass(taps: tuple[tuple[int, ...], ...], channels: int, itemsize: int) -> int:
+    """Channels per pass of the blocked forward's reduction over a block of positions
+    (:func:`.microkernels.weights_x_run`): as many as keep the cache lines one block
+    reads in a channel (three vectors from each of a set's ``taps``, the offsets of
+    :func:`_tap_table`; the set that reads most) within ``L1_BYTES /``
+    :data:`PASS_L1_SHARE`, at least :data:`MIN_PASS`, split into equal passes. A set
+    of one tap (a 1x1 layer) reads nothing again at the next positions: all its channels
+    go in one pass (in passes of 64, N8 C256 -> 64 on 14x14 ran 3 % slower)."""
+    if max(len(tap_set) for tap_set in taps) == 1:
+        return channels
+    step = BLOCK_P * simd.WIDTH_BYTES // itemsize
+    line = 64 // itemsize
+    lines = max(len({v // line for o in tap_set for v in (*range(o, o + step, line), o + step - 1)})
+                for tap_set in taps)
+    most = max(MIN_PASS, L1_BYTES // PASS_L1_SHARE // (lines * 64))
+    passes = -(-channels // most)
+    return -(-channels // passes)
+
+
 #: Most multiply-adds of a blocked forward call run on the calling thread. Waking the
 #: pool for a call of one image costs more than the second thread gives below it
 #: (measured on two threads, calling thread alone / both: C32->64 8x8 3x3 at 1.18M
@@ -797,10 +838,14 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
     floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
     (top, _), (left, _) = padding
+    taps, slots = _tap_table(kh, kw, stride, dilation, shifts, phase_rows, pitch, out_shape[3],
+                             n_shift, packing & DENSE != 0)
+    per_pass = channels_per_pass(tuple(tuple(int(o) for o in row) for row in taps), channels,
+                                 dtype.itemsize)
     scalars = (packing | (FLIPPED if flipped else 0), top, left, stride[0], stride[1], pitch,
-               phase_rows, kw, dilation[0], dilation[1], np.array(shifts, np.intp),
+               phase_rows, taps, slots,
                np.arange(kh * kw, dtype=np.intp)[None] if tap_map is None else tap_map, band,
-               plane, n_shift, dense_plane, k_runs)
+               plane, n_shift, dense_plane, k_runs, per_pass)
 
     # an unpadded stride-1 1x1 convolution by positions reads a C-contiguous x in place
     # (no copy of its planes into the strips)

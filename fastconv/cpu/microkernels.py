@@ -19,7 +19,9 @@ benchmarks/RESULTS.md). On a CPU without AVX-512 the vectors are 256 bits
 peak, against 57 % and 31 % for the blocks of 24 on 512-bit vectors, which spill).
 :func:`weights_x_pair` and :func:`weights_x_vector` are the same block two and one
 vector wide, for the last positions of a plane (two one-vector calls are bound by
-their broadcasts: one load and eight broadcasts per eight multiply-adds).
+their broadcasts: one load and eight broadcasts per eight multiply-adds). Each can
+start from the sums already stored (``accumulate``): :func:`weights_x_run` runs a
+reduction over many planes in passes of a few planes over all the positions.
 
 :func:`taps_x_filters` is the weight gradient's block, the other way round:
 the output gradient packed position-major so that a vector holds 32 filters
@@ -50,7 +52,18 @@ BLOCK_P = 3
 
 
 @kernel()
-def _weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch):
+def _row_of_sums(out, first, out_pitch, row, count):
+    """The ``count`` (2 or 3) vectors of sums of filter ``row`` at ``first`` (a pair's
+    third is its second again): where a pass of a micro-kernel over the next planes
+    of a reduction starts."""
+    lanes = simd.lanes(out)
+    at = row * out_pitch + first
+    return (simd.load(out, at), simd.load(out, at + lanes),
+            simd.load(out, at + (2 * lanes if count > 2 else lanes)))
+
+
+@kernel()
+def _weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate):
     """Block of sums by a reduction over ``depth`` planes and ``taps``:
 
         out[kk * out_pitch + first + p]
@@ -60,11 +73,22 @@ def _weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pi
     for ``kk < 8`` and ``p < 3 * lanes``. ``source`` holds ``depth`` planes
     ``pitch`` apart; ``taps`` are offsets within a plane (a convolution's taps on
     its padded row pitch make every output position ``p`` read ``source`` at
-    ``p`` plus a constant, so three consecutive vectors serve every tap)."""
+    ``p`` plus a constant, so three consecutive vectors serve every tap). With
+    ``accumulate``, the sums start from what ``out`` holds (the next planes of a
+    reduction split in passes, :func:`weights_x_run`), else from zero."""
     lanes = simd.lanes(source)
     n_taps = taps.size
     a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = simd.zeros(source)
     a40 = a41 = a42 = a50 = a51 = a52 = a60 = a61 = a62 = a70 = a71 = a72 = simd.zeros(source)
+    if accumulate:
+        a00, a01, a02 = _row_of_sums(out, first, out_pitch, 0, 3)
+        a10, a11, a12 = _row_of_sums(out, first, out_pitch, 1, 3)
+        a20, a21, a22 = _row_of_sums(out, first, out_pitch, 2, 3)
+        a30, a31, a32 = _row_of_sums(out, first, out_pitch, 3, 3)
+        a40, a41, a42 = _row_of_sums(out, first, out_pitch, 4, 3)
+        a50, a51, a52 = _row_of_sums(out, first, out_pitch, 5, 3)
+        a60, a61, a62 = _row_of_sums(out, first, out_pitch, 6, 3)
+        a70, a71, a72 = _row_of_sums(out, first, out_pitch, 7, 3)
     for c in range(depth):
         plane = c * pitch + first
         for t in range(n_taps):
@@ -99,7 +123,7 @@ def _weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pi
 
 
 @kernel()
-def _weights_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch):
+def _weights_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate):
     """:func:`weights_x_positions` for two vectors of positions (32 in float32): a
     plane's last positions when more than one vector of them is left. Sixteen sums in
     registers: two loads and eight broadcasts per step, so it stays bound by the
@@ -108,6 +132,15 @@ def _weights_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch):
     n_taps = taps.size
     a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = simd.zeros(source)
     a40 = a41 = a50 = a51 = a60 = a61 = a70 = a71 = simd.zeros(source)
+    if accumulate:
+        a00, a01, _ = _row_of_sums(out, first, out_pitch, 0, 2)
+        a10, a11, _ = _row_of_sums(out, first, out_pitch, 1, 2)
+        a20, a21, _ = _row_of_sums(out, first, out_pitch, 2, 2)
+        a30, a31, _ = _row_of_sums(out, first, out_pitch, 3, 2)
+        a40, a41, _ = _row_of_sums(out, first, out_pitch, 4, 2)
+        a50, a51, _ = _row_of_sums(out, first, out_pitch, 5, 2)
+        a60, a61, _ = _row_of_sums(out, first, out_pitch, 6, 2)
+        a70, a71, _ = _row_of_sums(out, first, out_pitch, 7, 2)
     for c in range(depth):
         plane = c * pitch + first
         for t in range(n_taps):
@@ -139,12 +172,17 @@ def _weights_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch):
 
 
 @kernel()
-def weights_x_vector(source, weights, out, first, pitch, depth, taps, out_pitch):
+def weights_x_vector(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate):
     """:func:`weights_x_positions` for one vector of positions (``lanes``, 16 in
     float32): the tail of a plane, where a block of three would mostly compute positions
     past its end. Eight sums in registers: one load and eight broadcasts per step."""
     n_taps = taps.size
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = simd.zeros(source)
+    if accumulate:
+        a0, a1 = simd.load(out, first), simd.load(out, out_pitch + first)
+        a2, a3 = simd.load(out, 2 * out_pitch + first), simd.load(out, 3 * out_pitch + first)
+        a4, a5 = simd.load(out, 4 * out_pitch + first), simd.load(out, 5 * out_pitch + first)
+        a6, a7 = simd.load(out, 6 * out_pitch + first), simd.load(out, 7 * out_pitch + first)
     for c in range(depth):
         plane = c * pitch + first
         for t in range(n_taps):
@@ -223,7 +261,8 @@ def _taps_x_filters(source, grads, out, taps, first_image, n_images, source_imag
 
 
 @kernel()
-def _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, half, count):
+def _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate,
+                      half, count):
     """:func:`weights_x_positions`' sums of the four filters ``half * 4 + kk`` (``kk < 4``)
     for ``count`` (2 or 3) vectors of positions: 12 sums, three loads and four
     broadcasts per step, what AVX2's 16 registers hold."""
@@ -231,6 +270,11 @@ def _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch
     n_taps = taps.size
     a00 = a01 = a02 = a10 = a11 = a12 = simd.zeros(source)
     a20 = a21 = a22 = a30 = a31 = a32 = simd.zeros(source)
+    if accumulate:
+        a00, a01, a02 = _row_of_sums(out, first, out_pitch, half * 4, count)
+        a10, a11, a12 = _row_of_sums(out, first, out_pitch, half * 4 + 1, count)
+        a20, a21, a22 = _row_of_sums(out, first, out_pitch, half * 4 + 2, count)
+        a30, a31, a32 = _row_of_sums(out, first, out_pitch, half * 4 + 3, count)
     third = 2 * lanes if count > 2 else lanes  # the second vector again for a pair
     for c in range(depth):
         plane = c * pitch + first
@@ -258,17 +302,19 @@ def _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch
 
 
 @kernel()
-def _halves_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch):
+def _halves_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate):
     """:func:`_weights_x_positions` as two blocks of four filters."""
     for half in range(2):
-        _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, half, 3)
+        _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate,
+                          half, 3)
 
 
 @kernel()
-def _halves_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch):
+def _halves_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate):
     """:func:`_weights_x_pair` as two blocks of four filters."""
     for half in range(2):
-        _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, half, 2)
+        _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate,
+                          half, 2)
 
 
 @kernel()
@@ -406,20 +452,31 @@ def positions_x_filters(source, weights, out, at_out, offsets, first, pitch, dep
 
 
 @kernel()
-def weights_x_run(source, weights, out, first, count, pitch, depth, taps, out_pitch):
+def weights_x_run(source, weights, out, first, count, pitch, depth, taps, out_pitch, chunk):
     """:func:`weights_x_positions` over the ``count`` positions from ``first``: blocks of
     three vectors, then the last positions two vectors (:func:`weights_x_pair`), then one
     (:func:`weights_x_vector`) at a time. The last vector may run past ``count``: its
-    source values must be readable and its sums may be dropped."""
+    source values must be readable and its sums may be dropped. The reduction runs in
+    passes of ``chunk`` planes over all the positions, each pass adding to the sums of
+    the last: a block's reads of a few planes stay in L1 from one block of positions to
+    the next, where those of all the planes would not (:func:`.blocked.chunk_channels`).
+    The sums are the same either way (each pass goes on from where the last stopped)."""
     lanes = simd.lanes(source)
     step = BLOCK_P * lanes
-    for p in range(0, count - step + 1, step):
-        weights_x_positions(source, weights, out, first + p, pitch, depth, taps, out_pitch)
-    p = count // step * step
-    while p < count:
-        if count - p > lanes:
-            weights_x_pair(source, weights, out, first + p, pitch, depth, taps, out_pitch)
-            p += 2 * lanes
-        else:
-            weights_x_vector(source, weights, out, first + p, pitch, depth, taps, out_pitch)
-            p += lanes
+    n_taps = taps.size
+    for c0 in range(0, depth, chunk):
+        planes = source[c0 * pitch :]
+        block = weights[c0 * n_taps * BLOCK_K :]
+        n = min(chunk, depth - c0)
+        more = c0 > 0
+        for p in range(0, count - step + 1, step):
+            weights_x_positions(planes, block, out, first + p, pitch, n, taps, out_pitch, more)
+        p = count // step * step
+        while p < count:
+            if count - p > lanes:
+                weights_x_pair(planes, block, out, first + p, pitch, n, taps, out_pitch, more)
+                p += 2 * lanes
+            else:
+                weights_x_vector(planes, block, out, first + p, pitch, n, taps, out_pitch,
+                                 more)
+                p += lanes

@@ -391,7 +391,8 @@ def _products(packed, v, m, e, groups, group_channels, n_tiles, pitch, taps):
             base_m = (e * m_rows + (g * n_kblocks + b) * BLOCK_K) * pitch
             # the micro-kernels read V at c * pitch + taps[0] + first, write M at first
             taps[0] = (e * channels + g * group_channels) * pitch - base_m
-            weights_x_run(v, weights, m, base_m, n_tiles, pitch, group_channels, taps, pitch)
+            weights_x_run(v, weights, m, base_m, n_tiles, pitch, group_channels, taps, pitch,
+                          group_channels)
 
 
 @kernel(parallel=True)
