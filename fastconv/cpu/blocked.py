@@ -746,9 +746,10 @@ def _tap_table(kh: int, kw: int, stride, dilation, shifts, phase_rows: int, pitc
 #: there for the next blocks, which read the same rows at the next positions. Measured
 #: on a Zen 2 (32 KiB L1d, 256-bit vectors), float32, N8, two threads, the passes'
 #: channels against all in one, GFLOP/s alternating in one process: C64 -> 128 3x3 s2 on
-#: 56x56 (eleven 64-byte lines a channel per block) 8: 135, 16: 128, all: 123; C64 -> 64
-#: 3x3 on 56x56 (six lines) 8: 168, 16: 167, all: 157; C128 -> 128 on 28x28 and C256 ->
-#: 256 on 14x14 within 3 % from 16 channels a pass to all.
+#: 56x56 (13 64-byte lines a channel per block) 8: 135, 16: 128, all: 123; C64 -> 64
+#: 3x3 on 56x56 (7 lines) 8: 168, 16: 167, all: 157; C128 -> 128 on 28x28 and C256 ->
+#: 256 on 14x14 within 3 % from 16 channels a pass to all (benchmarks/RESULTS.md, "The
+#: reduction in passes of a few channels").
 PASS_L1_SHARE = 4
 #: Fewest channels in a pass: each pass loads and stores its block's sums once more.
 MIN_PASS = 8

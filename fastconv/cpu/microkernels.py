@@ -456,12 +456,12 @@ def weights_x_run(source, weights, out, first, count, pitch, depth, taps, out_pi
     """:func:`weights_x_positions` over the ``count`` positions from ``first``: blocks of
     three vectors, then the last positions two vectors (:func:`weights_x_pair`), then one
     (:func:`weights_x_vector`) at a time. The last vector may run past ``count``: its
-    source values must be readable and its sums may be dropped. The
-    reduction runs in passes of ``chunk`` planes over all the positions, each pass adding
-    to the sums of the last: a block's reads of a few planes stay in L1 from one block of
-    positions to the next, where those of all the planes would not
-    (:func:`.blocked.channels_per_pass`). The sums are the same either way (each pass goes
-    on from where the last stopped)."""
+    source values must be readable and its sums may be dropped. The reduction runs in
+    passes of ``chunk`` planes over all the positions, each pass adding to the sums of
+    the last: a block's reads of a few planes stay in L1 from one block of positions to
+    the next, where those of all the planes would not (:func:`.blocked.channels_per_pass`).
+    Each pass goes on from where the last stopped: the same multiply-adds in the same
+    order."""
     lanes = simd.lanes(source)
     step = BLOCK_P * lanes
     n_taps = taps.size
