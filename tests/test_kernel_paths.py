@@ -460,6 +460,8 @@ BOUNDS_CHECKED = [
     "tests/test_simd.py::test_blocked_kernel_matches_reference",
     "tests/test_simd.py::test_transposed_phases_in_one_call",
     "tests/test_simd.py::test_blocked_grad_weight_sums_over_blocks_of_images",
+    "tests/test_simd.py::test_blocked_reduction_in_uneven_passes",
+    "tests/test_simd.py::test_micro_kernels_in_passes_go_on_from_their_sums",
     "tests/test_simd.py::test_weave_row_puts_rows_together",
     "tests/test_pool.py::test_max_pool2d_matches_reference",
     "tests/test_pool.py::test_avg_pool2d_and_backward_match_reference",
