@@ -549,3 +549,41 @@ def test_winograd_matrices_compute_the_correlation_and_the_transforms_apply_them
     grads = rng.standard_normal((winograd.TILE, n))
     winograd._a_expand(*grads, *out, n, a_t)
     np.testing.assert_allclose(out, a_t.T @ grads, atol=1e-13)
+
+
+#: A fresh process, an empty cache: which of the blocked forward's helpers each form
+#: compiles (the form a call needs is made, and only its branches are typed).
+FORMS_PROBE = """
+import numpy as np
+import fastconv
+from fastconv.cpu import blocked, microkernels
+
+def compiled():
+    return (blocked.forward_kernel.cache_info().currsize, bool(blocked._phase_rows.signatures),
+            bool(microkernels.positions_x_filters.signatures))
+
+x, w = np.ones((2, 8, 10, 10), np.float32), np.ones((8, 8, 3, 3), np.float32)
+blocked.FORWARD_FORM = "positions"
+fastconv.conv2d(x, w, padding=1, algorithm="direct")
+print(*compiled())
+fastconv.conv2d(x, w, padding=1, stride=2, algorithm="direct")
+print(*compiled())
+blocked.FORWARD_FORM = "filters"
+fastconv.conv2d(x[:, :, 1:, 1:], w, padding=1, algorithm="direct")  # (not the plan above)
+print(*compiled())
+"""
+
+
+@background.command("forms-apart")
+def _forms_probe(scratch: Path) -> background.Command:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(scratch / "cache"), FASTCONV_QUIET="1")
+    return background.Command([sys.executable, "-c", FORMS_PROBE], env, ROOT)
+
+
+@pytest.mark.background("forms-apart")
+def test_each_form_of_the_blocked_forward_compiles_only_its_own_helpers():
+    # by positions at stride 1: neither the phase deal nor the by-filters block; at stride
+    # 2 a second form, with the deal; by filters a third, with its block
+    done = background.wait("forms-apart", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert done.stdout.split("\n")[:3] == ["1 False False", "2 True False", "3 True True"]
