@@ -26,8 +26,9 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64), *,
     2 and 4 filters, with and without indices) with each of its algorithms, both
     forms of each threaded kernel (the threaded one for large calls, its serial twin
     for small ones and for one Numba thread), and every form of the kernels made per
-    form (the blocked forward's by filters and by positions, at stride 1 and on
-    phases). No later call compiles a CPU kernel for these dtypes.
+    form that calls can meet here (the blocked forward's by positions, and by filters
+    on 512-bit vectors, each at stride 1 and on phases). No later call compiles a CPU
+    kernel for these dtypes.
 
     The first call of a kernel otherwise compiles it, which takes seconds; a
     later process loads the cached machine code in milliseconds. With Numba's disk

@@ -587,3 +587,19 @@ def test_each_form_of_the_blocked_forward_compiles_only_its_own_helpers():
     done = background.wait("forms-apart", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.split("\n")[:3] == ["1 False False", "2 True False", "3 True True"]
+
+
+def test_the_warm_up_compiles_the_forms_that_calls_meet(monkeypatch):
+    from fastconv.cpu import blocked, simd
+
+    # by positions at stride 1 and on phases everywhere; by filters only where the rule
+    # can pick it (512-bit vectors) or a test forces it
+    forms = blocked.forward_forms()
+    assert {(False, True), (False, False)} <= set(forms)
+    assert ((True, True) in forms) == ((True, False) in forms) == simd.WIDE
+    if not simd.WIDE:
+        assert not blocked.by_filters(8, 8, 16, 6 * 25, 5, 1, 4)  # LeNet's C6 -> 16 5x5
+    monkeypatch.setattr(blocked, "FORWARD_FORM", "filters")
+    assert blocked.forward_forms() == ((True, True), (True, False))
+    monkeypatch.setattr(blocked, "FORWARD_FORM", "positions")
+    assert blocked.forward_forms() == ((False, True), (False, False))

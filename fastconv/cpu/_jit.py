@@ -19,9 +19,9 @@ THREADED: list[tuple[str, str, Any]] = []
 #: Set by :func:`run_serial_twins`: :func:`threaded` gives the serial twins from then on.
 _SERIAL_ONLY = False
 
-#: Kernels made at run time, one per form, as (the function that makes one, its forms'
-#: arguments): what :func:`compile_forms` compiles whole.
-FAMILIES: list[tuple[Any, tuple]] = []
+#: Kernels made at run time, one per form, as (the function that makes one, the function
+#: that lists the forms' arguments calls can meet): what :func:`compile_forms` compiles.
+FAMILIES: list[tuple[Any, Any]] = []
 
 # one line on stderr before the first kernel that really compiles (fastconv._notice)
 _notice.install()
@@ -110,7 +110,7 @@ def compile_forms() -> None:
     call with the same argument types may run another. Their twins are
     :func:`compile_twins`' to compile."""
     for make, forms in FAMILIES:
-        made = [make(*form) for form in forms]
+        made = [make(*form) for form in forms()]
         signatures = {signature for kernel in made for twin in (kernel, kernel.serial)
                       for signature in twin.signatures}
         for kernel in made:

@@ -169,6 +169,16 @@ def _pack_flipped_block(weight, packed, g, b, tap_map):
 
 
 @kernel()
+def _pack_block(weight, packed, g, b, flipped, tap_map):
+    """Block ``b`` of group g of the packed filters: :func:`_pack_flipped_block` if
+    ``flipped``, else :func:`_pack_filter_block`."""
+    if flipped:
+        _pack_flipped_block(weight, packed, g, b, tap_map)
+    else:
+        _pack_filter_block(weight, packed, g, b)
+
+
+@kernel()
 def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitch, stride_h,
                 stride_w):
     """The zero-padded plane ``x[n, channel]`` split into its ``stride_h * stride_w``
@@ -309,14 +319,14 @@ def _flat_or_overload(flat, strip):
 
 @functools.cache
 def forward_kernel(filters_form: bool, unit_stride: bool):
-    """The blocked forward kernel made for one form (:data:`FORWARD_FORMS`): the sums by
+    """The blocked forward kernel made for one form (:func:`forward_forms`): the sums by
     filters (:data:`BY_FILTERS`) or by positions, at stride 1 or on the phases of a
     stride. The form is fixed when the kernel is made, so Numba prunes the other forms'
     branches before it types the kernel, and a call compiles only the helpers its form
     runs: the demo's layers (by positions at stride 1) do not compile the by-filters
     blocks and their transposes nor the phase deal. Each form is a kernel of its own in
     Numba's disk cache (the index tells the closures apart by their values), with the
-    same arguments. Each form compiles the whole kernel again (1.6-1.7 s here), so
+    same arguments. Each form compiles the whole kernel again (1.6-1.7 s on a Zen 2), so
     what most calls of a model meet stays a bit of ``packing``, read at run time: the
     flipped weight of grad_input (a training step runs both), the dense strips and the
     woven stores (benchmarks/RESULTS.md, "The blocked forward in forms")."""
@@ -360,18 +370,12 @@ def forward_kernel(filters_form: bool, unit_stride: bool):
             return False
         if packing & IN_TASKS:
             for block in prange(groups * n_blocks):
-                if flipped:
-                    _pack_flipped_block(weight, packed, block // n_blocks, block % n_blocks,
-                                        tap_map)
-                else:
-                    _pack_filter_block(weight, packed, block // n_blocks, block % n_blocks)
+                _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped,
+                            tap_map)
         else:
             for block in range(groups * n_blocks):
-                if flipped:
-                    _pack_flipped_block(weight, packed, block // n_blocks, block % n_blocks,
-                                        tap_map)
-                else:
-                    _pack_filter_block(weight, packed, block // n_blocks, block % n_blocks)
+                _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped,
+                            tap_map)
         group_channels = channels // groups
         out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
         x_flat, out_flat = strips.flat(x), strips.flat(out)  # rows by offset, not by view
@@ -486,9 +490,17 @@ def forward_kernel(filters_form: bool, unit_stride: bool):
     return _conv2d_forward_blocked
 
 
-#: The forms of :func:`forward_kernel`: (by filters, stride 1).
-FORWARD_FORMS = ((False, True), (False, False), (True, True), (True, False))
-_jit.FAMILIES.append((forward_kernel, FORWARD_FORMS))
+def forward_forms() -> tuple[tuple[bool, bool], ...]:
+    """The forms of :func:`forward_kernel` (by filters, stride 1) that calls meet on this
+    CPU: by filters only on 512-bit vectors (:func:`by_filters`) or where
+    :data:`FORWARD_FORM` forces it; what :func:`fastconv.warmup` compiles."""
+    by: tuple[bool, ...] = (False, True) if simd.WIDE else (False,)
+    if FORWARD_FORM is not None:
+        by = (FORWARD_FORM == "filters",)
+    return tuple((filters, unit) for filters in by for unit in (True, False))
+
+
+_jit.FAMILIES.append((forward_kernel, forward_forms))
 
 
 def applies(weight_shape, stride, groups: int) -> bool:
