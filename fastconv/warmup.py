@@ -23,18 +23,16 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64), *,
            processes: int | None = None) -> dict[str, float]:
     """Compile (or load from the on-disk cache) every CPU kernel for ``dtypes``: the
     warm-up call of each op of :data:`fastconv.ops.TABLE` (tiny inputs, stride 1 and 2,
-    2 and 4 filters, with and without indices) with each of its algorithms, both
+    2 and 4 filters, with and without indices) with each of its algorithms, and both
     forms of each threaded kernel (the threaded one for large calls, its serial twin
-    for small ones and for one Numba thread), and every form of the kernels made per
-    form that calls can meet here (the blocked forward's by positions, and by filters
-    on 512-bit vectors, each at stride 1 and on phases). No later call compiles a CPU
-    kernel for these dtypes.
+    for small ones and for one Numba thread). No later call compiles a CPU kernel
+    for these dtypes.
 
     The first call of a kernel otherwise compiles it, which takes seconds; a
     later process loads the cached machine code in milliseconds. With Numba's disk
     cache on (the default settings), helper processes compile steps beside this one
     into the cache, and this process then loads what they compiled: on two cores
-    an empty cache filled in 57-62 % of the time of one process. Returns the
+    an empty cache filled in 57 % of the time of one process. Returns the
     seconds spent per ``"op/algorithm/dtype"`` (a helper's compile plus this
     process's load). When stderr is a terminal and tqdm is installed, a progress
     bar shows one step per ``"op/algorithm/dtype"`` (not with ``FASTCONV_QUIET=1``).
@@ -111,14 +109,13 @@ def _name(step: tuple[str, str, str]) -> str:
 def _run(step: tuple[str, str, str], bar: Any) -> float:
     """Seconds of the warm-up call of ``step`` (op, algorithm, dtype name) in this
     process, with the twins of the kernels it ran."""
-    from .cpu._jit import compile_forms, compile_twins
+    from .cpu._jit import compile_twins
 
     if bar is not None:
         bar.set_description(_name(step))  # what compiles now
     start = time.perf_counter()
     op_name, algorithm, dtype = step
     ops.TABLE[op_name].warm_up(functional, np.dtype(dtype), algorithm)
-    compile_forms()  # every form of each kernel made by forms that the call ran
     compile_twins()  # the serial or threaded twin of each kernel the call ran
     return time.perf_counter() - start
 

@@ -31,14 +31,12 @@ from tests.test_conv_backward import cases, make_grad_output, torch_conv2d_grads
 BUDGETS = [1, 400, 1200, 3000, 5000]
 
 #: The direct kernels: module, attribute name, the argument whose third dimension is the
-#: rows split into bands, and the position of ``band`` among the arguments. The blocked
-#: forward's attribute makes its kernels (one per form).
+#: rows split into bands, and the position of ``band`` among the arguments.
 KERNEL_TABLE = [(direct, "_conv2d_forward_direct", 5, -2),
                 (direct, "_conv2d_grad_input_direct", 2, -2),
                 (direct, "_conv2d_grad_weight_direct", 1, -2),
-                (blocked, "forward_kernel", 6, -7)]
+                (blocked, "_conv2d_forward_blocked", 6, -7)]
 KERNELS = [name for _, name, _, _ in KERNEL_TABLE]
-MADE = {"forward_kernel"}
 
 THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
 
@@ -47,24 +45,15 @@ THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
 def calls(monkeypatch):
     """Records ``(kernel name, rows or out_h, band, scratch rows)`` of every direct kernel call."""
     seen = []
-
-    def spy_on(kernel, name, rows_of, band_at):
-        def spy(*args):
-            seen.append((name, args[rows_of].shape[2], args[band_at], args[-1].shape[0]))
-            return kernel(*args)
-
-        spy.serial = spy  # one-task calls run the kernel's serial twin
-        return spy
-
     for module, name, rows_of, band_at in KERNEL_TABLE:
         real = getattr(module, name)
-        if name in MADE:  # spies on every kernel it makes
-            def make(*form, _real=real, _name=name, _rows_of=rows_of, _band_at=band_at):
-                return spy_on(_real(*form), _name, _rows_of, _band_at)
 
-            monkeypatch.setattr(module, name, make)
-        else:
-            monkeypatch.setattr(module, name, spy_on(real, name, rows_of, band_at))
+        def spy(*args, _real=real, _name=name, _rows_of=rows_of, _band_at=band_at):
+            seen.append((_name, args[_rows_of].shape[2], args[_band_at], args[-1].shape[0]))
+            return _real(*args)
+
+        spy.serial = spy  # one-task calls run the kernel's serial twin
+        monkeypatch.setattr(module, name, spy)
     return seen
 
 

@@ -16,13 +16,6 @@ _DEFAULT_FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 #: :func:`run_serial_twins` rebinds.
 THREADED: list[tuple[str, str, Any]] = []
 
-#: Set by :func:`run_serial_twins`: :func:`threaded` gives the serial twins from then on.
-_SERIAL_ONLY = False
-
-#: Kernels made at run time, one per form, as (the function that makes one, the function
-#: that lists the forms' arguments calls can meet): what :func:`compile_forms` compiles.
-FAMILIES: list[tuple[Any, Any]] = []
-
 # one line on stderr before the first kernel that really compiles (fastconv._notice)
 _notice.install()
 
@@ -86,37 +79,12 @@ def run_serial_twins() -> None:
     """Rebind every parallel kernel's module-level name to its serial twin, for the rest
     of this process: host code looks its kernels up by module global on every call, so
     from here on no call enters Numba's thread pool (a child forked after its parent
-    used GNU OpenMP, where a parallel kernel would kill the process). Kernels made at
-    run time are picked through :func:`threaded`, which from here on gives their twins."""
-    global _SERIAL_ONLY
-    _SERIAL_ONLY = True
+    used GNU OpenMP, where a parallel kernel would kill the process)."""
     for module_name, name, dispatcher in THREADED:
         twin = dispatcher.serial
         module = sys.modules.get(module_name)
         if module is not None and getattr(module, name, None) is dispatcher:
             setattr(module, name, twin)
-
-
-def threaded(dispatcher, serial: bool = False):
-    """``dispatcher`` (a kernel made at run time, which no module global names), or its
-    serial twin where ``serial`` is asked for or the process runs serial twins only
-    (:func:`run_serial_twins`)."""
-    return dispatcher.serial if serial or _SERIAL_ONLY else dispatcher
-
-
-def compile_forms() -> None:
-    """Compile every form of each family of :data:`FAMILIES` for each signature that any
-    of its forms has (:func:`fastconv.warmup`): a warm-up call runs one form, and a later
-    call with the same argument types may run another. Their twins are
-    :func:`compile_twins`' to compile."""
-    for make, forms in FAMILIES:
-        made = [make(*form) for form in forms()]
-        signatures = {signature for kernel in made for twin in (kernel, kernel.serial)
-                      for signature in twin.signatures}
-        for kernel in made:
-            for signature in signatures:
-                if signature not in kernel.signatures:
-                    kernel.compile(signature)
 
 
 def compile_twins() -> None:

@@ -84,7 +84,7 @@ from numba import prange
 from numba.extending import overload
 
 from .. import activations, config
-from . import _jit, simd, strips, threads, workspace
+from . import simd, strips, threads, workspace
 from ._jit import jit_options, kernel
 from .epilogue import store_by_filters, store_row
 from .finite import _nonfinite_in
@@ -294,20 +294,19 @@ def _store_woven(sums, sums_pitch, pos_pitch, n_k, rows, out_w, bias, has_bias, 
                 flat[dst + j * step_x] = floor if value < floor else value
 
 
-#: The bits of ``packing``: filters packed by parallel tasks; a C-contiguous input of an
-#: unpadded stride-1 1x1 convolution read in place (see :func:`forward_runner`); the
-#: weight of a transposed convolution, packed flipped; the strips laid out dense
-#: (:func:`_column_copies`); each set's outputs stored into the rows and columns of its
-#: phase of ``woven`` (a strided grad_input's phases in one call,
-#: :func:`_fused_phases_runner`), all read by the kernel at run time; and the sums
-#: computed by filters (:func:`.microkernels.positions_x_filters`, filters packed a vector
-#: to a block), the layout's choice of the kernel's form (:func:`forward_kernel`).
-IN_TASKS, IN_PLACE, FLIPPED, DENSE, WOVEN, BY_FILTERS = 1, 2, 4, 8, 16, 32
+#: The bits of :func:`_conv2d_forward_blocked`'s ``packing``: filters packed by parallel
+#: tasks; the weight of a transposed convolution, packed flipped; the sums computed by
+#: filters (:func:`.microkernels.positions_x_filters`, filters packed a vector to a block);
+#: a C-contiguous input of an unpadded stride-1 1x1 convolution read in place (see
+#: :func:`forward_runner`); the strips laid out dense (:func:`_column_copies`); each set's
+#: outputs stored into the rows and columns of its phase of ``woven`` (a strided
+#: grad_input's phases in one call, :func:`_fused_phases_runner`).
+IN_TASKS, FLIPPED, BY_FILTERS, IN_PLACE, DENSE, WOVEN = 1, 2, 4, 8, 16, 32
 
 
 def _flat_or(flat, strip):
     """``flat`` (:func:`.strips.flat` (x)) where it is one run of values, else ``strip``:
-    what a task of the blocked forward kernel (:func:`forward_kernel`) reads in place."""
+    what a task of :func:`_conv2d_forward_blocked` reads in place."""
 
 
 @overload(_flat_or, inline="always", jit_options=jit_options())
@@ -317,190 +316,162 @@ def _flat_or_overload(flat, strip):
     return lambda flat, strip: strip
 
 
-@functools.cache
-def forward_kernel(filters_form: bool, unit_stride: bool):
-    """The blocked forward kernel made for one form (:func:`forward_forms`): the sums by
-    filters (:data:`BY_FILTERS`) or by positions, at stride 1 or on the phases of a
-    stride. The form is fixed when the kernel is made, so Numba prunes the other forms'
-    branches before it types the kernel, and a call compiles only the helpers its form
-    runs: the demo's layers (by positions at stride 1) do not compile the by-filters
-    blocks and their transposes nor the phase deal. Each form is a kernel of its own in
-    Numba's disk cache (the index tells the closures apart by their values), with the
-    same arguments. Each form compiles the whole kernel again (1.6-1.7 s on a Zen 2), so
-    what most calls of a model meet stays a bit of ``packing``, read at run time: the
-    flipped weight of grad_input (a training step runs both), the dense strips and the
-    woven stores (benchmarks/RESULTS.md, "The blocked forward in forms")."""
-
-    @kernel(parallel=True)
-    def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven, weave,
-                                packing, pad_top, pad_left, stride_h, stride_w, pitch, phase_rows,
-                                taps, slots, tap_map, band, plane, n_shift, dense_plane, k_runs,
-                                per_pass, scratch):
-        """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
-        * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
-        :func:`fastconv.activations.floor`), ``band`` output rows per task, in the form
-        :func:`forward_kernel` was made for.
-        A channel's strip (``plane`` values) holds the band's input rows on ``pitch``: the
-        padded rows themselves with stride 1, else the ``sh * sw`` phases of
-        :func:`_phase_rows`, ``phase_rows`` rows each. ``packing``: bit :data:`IN_TASKS`,
-        the filters packed by parallel tasks, a block each (worth a second fork of the
-        threads only for many filters, :data:`PACK_TASKS_MIN_VALUES`), else on the calling
-        thread; bit :data:`IN_PLACE`, an unpadded 1x1 input read in place where it can be;
-        bit :data:`FLIPPED`, ``weight`` is the weight (or the taps of it) whose transposed
-        convolution this is (grad_input), packed flipped (:func:`_pack_flipped_block`);
-        such a weight is scanned first, and one that is not all finite returns False with
-        nothing written (the padding's zeros would meet its Inf). Otherwise returns True.
-        ``taps``: ``(sets, R * S)``, where in a channel's strip each tap of each set of
-        filters reads (:func:`_tap_table`), the filters in ``sets`` equal runs of blocks;
-        ``slots``: the dense copies' places (the same). ``tap_map``: which of a flipped
-        weight's taps each set's are (:func:`_pack_flipped_block`). Bit :data:`DENSE`: a task
-        makes each channel's strip into up to ``n_shift`` copies per phase on the output's
-        row pitch, ``dense_plane`` values a channel (:func:`_column_copies`), and reads
-        those instead. ``per_pass``: channels per pass of the reduction
-        (:func:`.microkernels.weights_x_run`, :func:`channels_per_pass`). Bit :data:`WOVEN` (by
-        positions only): set ``s``'s output ``(k, i, j)`` goes to ``woven[n, k - s * K /
-        sets, i * weave[s, 2] + weave[s, 0], j * weave[s, 3] + weave[s, 1]]`` where that
-        is inside ``woven`` (C-contiguous), and ``out`` (whose shape gives the sets'
-        planes) is not written."""
-        n_img, channels = x.shape[0], x.shape[1]
-        groups, n_blocks = packed.shape[0], packed.shape[1]
-        flipped = packing & FLIPPED != 0
-        dense, weaving = packing & DENSE != 0, packing & WOVEN != 0
-        if flipped and _nonfinite_in(weight.reshape(weight.size), np.int64(0), weight.size):
-            return False
-        if packing & IN_TASKS:
-            for block in prange(groups * n_blocks):
-                _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped,
-                            tap_map)
-        else:
-            for block in range(groups * n_blocks):
-                _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped,
-                            tap_map)
-        group_channels = channels // groups
-        out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
-        x_flat, out_flat = strips.flat(x), strips.flat(out)  # rows by offset, not by view
-        x_source, x_plane = _flat_or(x_flat, scratch[0]), x.shape[2] * x.shape[3]
-        per_group = out_channels // groups
-        per_run = (n_blocks + k_runs - 1) // k_runs
-        n_bands = (out_h + band - 1) // band
-        n_tasks = n_img * groups * k_runs * n_bands
-        n_chunks = scratch.shape[0]
-        lanes = simd.WIDTH_BYTES // x.itemsize
-        block = packed.shape[3]  # filters in one packed block
-        pos_pitch = out_w if dense else pitch  # from one output row's positions to the next
-        # dense: one channel's strip at a time, made into that channel's copies
-        strip_len = plane if dense else group_channels * plane
-        dense_len = group_channels * dense_plane
-        # the sums of a block of filters: rows of positions of BLOCK_K filters (sums_pitch
-        # apart), or by filters, a vector of filters per output (n_blocked of them), and a
-        # spare square for a partial square's transpose
-        sums_pitch = ((band - 1) * pos_pitch + out_w + lanes - 1) // lanes * lanes
-        n_blocked = -(-(band * out_w) // BLOCK_Q) * BLOCK_Q
-        spare = n_blocked * lanes
-        n_sets = taps.shape[0]
-        set_blocks = n_blocks // n_sets
-        for chunk in prange(n_chunks):
-            strip = scratch[chunk, :strip_len]
-            copies = scratch[chunk, strip_len : strip_len + dense_len]
-            sums = scratch[chunk, strip_len + dense_len :]
-            strip[:] = 0
-            copies[:] = 0
-            # where the by-filters blocks' outputs are in the strip (0 past the band's last)
-            offsets = np.zeros(n_blocked if filters_form else 0, np.intp)
-            last_copy, last_first, last_rows, last_count = -1, 0, 0, -1
-            for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
-                band_index = task % n_bands
-                run = (task // n_bands) % k_runs
-                copy = task // (n_bands * k_runs)  # (image, group): the strip it needs
-                n, g = copy // groups, copy % groups
-                i_first = band_index * band
-                rows = min(band, out_h - i_first)
-                first = i_first * stride_h - pad_top
-                n_rows = rows + phase_rows - band
-                n_positions = (rows - 1) * pos_pitch + out_w
-                # an unpadded 1x1 layer's input read in place, its channels x_plane apart, but
-                # for a task whose last vector would read past the end of x
-                at = (n * channels + g * group_channels) * x_plane + i_first * out_w
-                in_place = (packing & IN_PLACE != 0 and not filters_form
-                            and at + (group_channels - 1) * x_plane + n_positions + lanes
-                            <= x_source.size)
-                if in_place:
-                    pass
-                elif copy != last_copy or first != last_first or n_rows != last_rows:
-                    for c in range(group_channels):
-                        at = 0 if dense else c * plane
-                        if unit_stride:
-                            _padded_rows(strip, at, x, n, g * group_channels + c, first,
-                                         n_rows, pad_left, pitch,
-                                         first != last_first or n_rows != last_rows, x_flat)
-                        else:
-                            _phase_rows(strip, at, x, x_flat, n, g * group_channels + c,
-                                        first, phase_rows, pad_left, pitch, stride_h, stride_w)
-                        if dense:
-                            _column_copies(strip, copies, c * dense_plane, slots,
-                                           stride_h * stride_w, phase_rows, n_rows, pitch, out_w,
-                                           n_shift)
-                    last_copy, last_first, last_rows = copy, first, n_rows
-                count = rows * out_w
-                if filters_form and count != last_count:
-                    for q in range(n_blocked):
-                        offsets[q] = q // out_w * pitch + q % out_w if q < count else 0
-                    last_count = count
-                # what the sums by positions read
-                if in_place:  # (the run's first position offsets its sums too)
-                    source, source_plane = x_source[at:], x_plane
-                elif dense:
-                    source, source_plane = copies, dense_plane
-                else:
-                    source, source_plane = strip, plane
-                weights = packed[g]
-                for b in range(run * per_run, min(n_blocks, (run + 1) * per_run)):
-                    block_weights = weights[b].reshape(-1)
-                    block_taps = taps[b // set_blocks]
-                    n_k = min(block, per_group - b * block)
-                    k0 = g * per_group + b * block
-                    if filters_form:
-                        for q in range(0, count, BLOCK_Q):
-                            positions_x_filters(strip, block_weights, sums, q * lanes,
-                                                offsets, q, plane, group_channels, block_taps)
-                        # bias and floor on each output's vector of filters, then squares of
-                        # outputs x filters transposed into the planes
-                        shift = simd.load_first(bias, k0, n_k) if has_bias else simd.zeros(sums)
-                        low = simd.splat(floor, sums)
-                        for q in range(count):
-                            value = simd.add(simd.load(sums, q * lanes), shift)
-                            simd.store(sums, q * lanes, simd.maximum(value, low))
-                        for q in range(0, count, lanes):
-                            store_by_filters(sums, q * lanes, min(lanes, count - q), n_k,
-                                             out_flat, out, n, k0, i_first * out_w + q, spare)
+@kernel(parallel=True)
+def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven, weave,
+                            packing, pad_top, pad_left, stride_h, stride_w, pitch, phase_rows,
+                            taps, slots, tap_map, band, plane, n_shift, dense_plane, k_runs,
+                            per_pass, scratch):
+    """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
+    * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
+    :func:`fastconv.activations.floor`), ``band`` output rows per task.
+    A channel's strip (``plane`` values) holds the band's input rows on ``pitch``: the
+    padded rows themselves with stride 1, else the ``sh * sw`` phases of
+    :func:`_phase_rows`, ``phase_rows`` rows each. ``packing``: bit :data:`IN_TASKS`,
+    the filters packed by parallel tasks, a block each (worth a second fork of the
+    threads only for many filters, :data:`PACK_TASKS_MIN_VALUES`), else on the calling
+    thread; bit :data:`FLIPPED`, ``weight`` is the weight (or the taps of it) whose
+    transposed convolution this is (grad_input), packed flipped
+    (:func:`_pack_flipped_block`);
+    such a weight is scanned first, and one that is not all finite returns False with
+    nothing written (the padding's zeros would meet its Inf). Otherwise returns True.
+    ``taps``: ``(sets, R * S)``, where in a channel's strip each tap of each set of
+    filters reads (:func:`_tap_table`), the filters in ``sets`` equal runs of blocks;
+    ``slots``: the dense copies' places (the same). ``tap_map``: which of a flipped weight's
+    taps each set's are (:func:`_pack_flipped_block`). With bit :data:`DENSE`, a task
+    makes each channel's strip into up to ``n_shift`` copies per phase on the output's
+    row pitch, ``dense_plane`` values a channel (:func:`_column_copies`), and reads those
+    instead. ``per_pass``: channels per pass of the reduction
+    (:func:`.microkernels.weights_x_run`, :func:`channels_per_pass`). With bit
+    :data:`WOVEN` (by
+    positions only), set ``s``'s output ``(k, i, j)`` goes to ``woven[n, k - s * K / sets,
+    i * weave[s, 2] + weave[s, 0], j * weave[s, 3] + weave[s, 1]]`` where that is inside
+    ``woven`` (C-contiguous), and ``out`` (whose shape gives the sets' planes) is not
+    written."""
+    n_img, channels = x.shape[0], x.shape[1]
+    groups, n_blocks = packed.shape[0], packed.shape[1]
+    flipped = packing & FLIPPED != 0
+    if flipped and _nonfinite_in(weight.reshape(weight.size), np.int64(0), weight.size):
+        return False
+    if packing & IN_TASKS:
+        for block in prange(groups * n_blocks):
+            _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped, tap_map)
+    else:
+        for block in range(groups * n_blocks):
+            _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped, tap_map)
+    group_channels = channels // groups
+    out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    x_flat, out_flat = strips.flat(x), strips.flat(out)  # rows by offset, not by view
+    x_source, x_plane = _flat_or(x_flat, scratch[0]), x.shape[2] * x.shape[3]
+    per_group = out_channels // groups
+    per_run = (n_blocks + k_runs - 1) // k_runs
+    n_bands = (out_h + band - 1) // band
+    n_tasks = n_img * groups * k_runs * n_bands
+    n_chunks = scratch.shape[0]
+    lanes = simd.WIDTH_BYTES // x.itemsize
+    block = packed.shape[3]  # filters in one packed block
+    by_filters = packing & BY_FILTERS != 0
+    dense = packing & DENSE != 0
+    pos_pitch = out_w if dense else pitch  # from one output row's positions to the next
+    # dense: one channel's strip at a time, made into that channel's copies
+    strip_len = plane if dense else group_channels * plane
+    dense_len = group_channels * dense_plane
+    # the sums of a block of filters: rows of positions of BLOCK_K filters (sums_pitch
+    # apart), or by filters, a vector of filters per output (n_blocked of them), and a
+    # spare square for a partial square's transpose
+    sums_pitch = ((band - 1) * pos_pitch + out_w + lanes - 1) // lanes * lanes
+    n_blocked = -(-(band * out_w) // BLOCK_Q) * BLOCK_Q
+    spare = n_blocked * lanes
+    unit_stride = stride_h == 1 and stride_w == 1
+    n_sets = taps.shape[0]
+    set_blocks = n_blocks // n_sets
+    for chunk in prange(n_chunks):
+        strip = scratch[chunk, :strip_len]
+        copies = scratch[chunk, strip_len : strip_len + dense_len]
+        sums = scratch[chunk, strip_len + dense_len :]
+        strip[:] = 0
+        copies[:] = 0
+        # where the by-filters blocks' outputs are in the strip (0 past the band's last)
+        offsets = np.zeros(n_blocked if by_filters else 0, np.intp)
+        last_copy, last_first, last_rows, last_count = -1, 0, 0, -1
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+            band_index = task % n_bands
+            run = (task // n_bands) % k_runs
+            copy = task // (n_bands * k_runs)  # (image, group): the strip it needs
+            n, g = copy // groups, copy % groups
+            i_first = band_index * band
+            rows = min(band, out_h - i_first)
+            first = i_first * stride_h - pad_top
+            n_rows = rows + phase_rows - band
+            n_positions = (rows - 1) * pos_pitch + out_w
+            # an unpadded 1x1 layer's input read in place, its channels x_plane apart, but
+            # for a task whose last vector would read past the end of x
+            at = (n * channels + g * group_channels) * x_plane + i_first * out_w
+            in_place = (packing & IN_PLACE != 0 and not by_filters
+                        and at + (group_channels - 1) * x_plane + n_positions + lanes
+                        <= x_source.size)
+            if in_place:
+                pass
+            elif copy != last_copy or first != last_first or n_rows != last_rows:
+                for c in range(group_channels):
+                    at = 0 if dense else c * plane
+                    if unit_stride:
+                        _padded_rows(strip, at, x, n, g * group_channels + c, first,
+                                     n_rows, pad_left, pitch,
+                                     first != last_first or n_rows != last_rows, x_flat)
                     else:
-                        weights_x_run(source, block_weights, sums, np.int64(0), n_positions,
-                                      source_plane, group_channels, block_taps, sums_pitch,
+                        _phase_rows(strip, at, x, x_flat, n, g * group_channels + c,
+                                    first, phase_rows, pad_left, pitch, stride_h, stride_w)
+                    if dense:
+                        _column_copies(strip, copies, c * dense_plane, slots,
+                                       stride_h * stride_w, phase_rows, n_rows, pitch, out_w,
+                                       n_shift)
+                last_copy, last_first, last_rows = copy, first, n_rows
+            count = rows * out_w
+            if by_filters and count != last_count:
+                for q in range(n_blocked):
+                    offsets[q] = q // out_w * pitch + q % out_w if q < count else 0
+                last_count = count
+            weights = packed[g]
+            for b in range(run * per_run, min(n_blocks, (run + 1) * per_run)):
+                block_weights = weights[b].reshape(-1)
+                block_taps = taps[b // set_blocks]
+                n_k = min(block, per_group - b * block)
+                k0 = g * per_group + b * block
+                if by_filters:
+                    for q in range(0, count, BLOCK_Q):
+                        positions_x_filters(strip, block_weights, sums, q * lanes,
+                                            offsets, q, plane, group_channels, block_taps)
+                    # bias and floor on each output's vector of filters, then squares of
+                    # outputs x filters transposed into the planes
+                    shift = simd.load_first(bias, k0, n_k) if has_bias else simd.zeros(sums)
+                    low = simd.splat(floor, sums)
+                    for q in range(count):
+                        simd.store(sums, q * lanes,
+                                   simd.maximum(simd.add(simd.load(sums, q * lanes), shift), low))
+                    for q in range(0, count, lanes):
+                        store_by_filters(sums, q * lanes, min(lanes, count - q), n_k, out_flat,
+                                         out, n, k0, i_first * out_w + q, spare)
+                else:
+                    if in_place:  # (the run's first position offsets its sums too)
+                        weights_x_run(x_source[at:], block_weights, sums, np.int64(0),
+                                      n_positions, x_plane, group_channels, block_taps,
+                                      sums_pitch, per_pass)
+                    elif dense:
+                        weights_x_run(copies, block_weights, sums, np.int64(0), n_positions,
+                                      dense_plane, group_channels, block_taps, sums_pitch,
                                       per_pass)
-                        if weaving:
-                            _store_woven(sums, sums_pitch, pos_pitch, n_k, rows, out_w, bias,
-                                         has_bias, floor, woven, weave, b // set_blocks,
-                                         k0 - b // set_blocks * (per_group // n_sets), n, k0,
-                                         i_first)
-                        else:
-                            _store_rows(sums, sums_pitch, pos_pitch, n_k, rows, bias, has_bias,
-                                        floor, out_flat, out, n, k0, i_first)
-        return True
-
-    return _conv2d_forward_blocked
-
-
-def forward_forms() -> tuple[tuple[bool, bool], ...]:
-    """The forms of :func:`forward_kernel` (by filters, stride 1) that calls meet on this
-    CPU: by filters only on 512-bit vectors (:func:`by_filters`) or where
-    :data:`FORWARD_FORM` forces it; what :func:`fastconv.warmup` compiles."""
-    by: tuple[bool, ...] = (False, True) if simd.WIDE else (False,)
-    if FORWARD_FORM is not None:
-        by = (FORWARD_FORM == "filters",)
-    return tuple((filters, unit) for filters in by for unit in (True, False))
-
-
-_jit.FAMILIES.append((forward_kernel, forward_forms))
+                    else:
+                        weights_x_run(strip, block_weights, sums, np.int64(0), n_positions,
+                                      plane, group_channels, block_taps, sums_pitch, per_pass)
+                    if packing & WOVEN:
+                        _store_woven(sums, sums_pitch, pos_pitch, n_k, rows, out_w, bias,
+                                     has_bias, floor, woven, weave, b // set_blocks,
+                                     k0 - b // set_blocks * (per_group // n_sets), n, k0,
+                                     i_first)
+                    else:
+                        _store_rows(sums, sums_pitch, pos_pitch, n_k, rows, bias, has_bias,
+                                    floor, out_flat, out, n, k0, i_first)
+    return True
 
 
 def applies(weight_shape, stride, groups: int) -> bool:
@@ -742,7 +713,7 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
 
 def _tap_table(kh: int, kw: int, stride, dilation, shifts, phase_rows: int, pitch: int,
                out_w: int, n_shift: int, dense: bool):
-    """Where in a channel's strip each tap reads, for the blocked forward kernel:
+    """Where in a channel's strip each tap reads, for :func:`_conv2d_forward_blocked`:
     ``taps[s, t]``, the offset of tap ``t = r * S + c`` of the filters of set ``s``
     from its output's position (the set reads its taps ``shifts[s]`` (rows, columns)
     further on in the padded input: the phases of a strided grad_input in one call,
@@ -845,7 +816,7 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     (``(sets, R * S)``, default all taps in order) says which of that weight's taps each
     set of filters has (:func:`_pack_flipped_block`). ``shifts``: the
     filters in that many equal sets, set ``s`` reading the input ``shifts[s]`` (rows,
-    columns) further on (see :func:`forward_kernel`; stride 1, one group):
+    columns) further on (see :func:`_conv2d_forward_blocked`; stride 1, one group):
     ``padding`` must then pad the input for every set. ``weave`` (``(sets, 4)``: first
     row, first column, row step, column step): where the sums run by positions, ``run``
     also takes ``target``, a C-contiguous array into whose rows and columns each set's
@@ -865,6 +836,7 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
                         config.DIRECT_TILE_BYTES, strips.band_rows, FORWARD_FORM,
                         DENSE_FORM, None if len(shifts) == 1 else (kh, kw)))
     packed_shape = (*packed_shape[:2], channels * kh * kw, packed_shape[3])
+    kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
     floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
     (top, _), (left, _) = padding
     taps, slots = _tap_table(kh, kw, stride, dilation, shifts, phase_rows, pitch, out_shape[3],
@@ -884,7 +856,6 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     woven = weave is not None and not packing & BY_FILTERS
     bits_in_place = bits | IN_PLACE if whole_planes else bits
     weave = np.asarray(weave if woven else _NO_WEAVE, np.intp)
-    kernel = _jit.threaded(forward_kernel(packing & BY_FILTERS != 0, stride == (1, 1)), serial)
 
     def run(x, weight, bias, out, target=None) -> bool:
         woven_bit = 0 if target is None else WOVEN
@@ -1409,7 +1380,7 @@ def _fused_phases_runner(phases, grad_out_shape, weight_shape, grad_in_shape, dt
     filters of every phase side by side (``phases * channels`` of them, each phase's
     packed from its taps of the weight, ``tap_map`` of :func:`_pack_flipped_block`),
     grad_out padded once for all of them, each phase's filters reading it from a shift
-    of their own (``shifts`` of :func:`forward_runner`), each phase's outputs
+    of their own (``shifts`` of :func:`_conv2d_forward_blocked`), each phase's outputs
     stored straight into its rows and columns of grad_in (:func:`_store_woven`; by
     filters, or into a grad_in that is not C-contiguous, into planes ``(n, phase, c)``
     that :func:`_weave_phases` then weaves). Saves each phase's copy of grad_out into

@@ -42,8 +42,6 @@ pitch of 12 is two thirds outputs).
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import simd
 from ._jit import kernel
 
@@ -267,9 +265,7 @@ def _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch
                       half, count):
     """:func:`weights_x_positions`' sums of the four filters ``half * 4 + kk`` (``kk < 4``)
     for ``count`` (2 or 3) vectors of positions: 12 sums, three loads and four
-    broadcasts per step, what AVX2's 16 registers hold. The callers pass ``count`` as an
-    ``int64``, not a literal: Numba compiles a function again for each literal value of
-    an argument (0.4 s of the demo's compile)."""
+    broadcasts per step, what AVX2's 16 registers hold."""
     lanes = simd.lanes(source)
     n_taps = taps.size
     a00 = a01 = a02 = a10 = a11 = a12 = simd.zeros(source)
@@ -310,7 +306,7 @@ def _halves_x_positions(source, weights, out, first, pitch, depth, taps, out_pit
     """:func:`_weights_x_positions` as two blocks of four filters."""
     for half in range(2):
         _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate,
-                          half, np.int64(3))
+                          half, 3)
 
 
 @kernel()
@@ -318,7 +314,7 @@ def _halves_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch, a
     """:func:`_weights_x_pair` as two blocks of four filters."""
     for half in range(2):
         _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate,
-                          half, np.int64(2))
+                          half, 2)
 
 
 @kernel()
