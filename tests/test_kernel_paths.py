@@ -539,13 +539,24 @@ def test_winograd_matrices_compute_the_correlation_and_the_transforms_apply_them
     np.testing.assert_allclose(products, expected, atol=1e-15)
     rng = np.random.default_rng(0)
     n = 37
-    six = rng.standard_normal((winograd.ALPHA, n))
-    out = np.full((winograd.ALPHA, n), np.nan)
-    winograd._b_transform(*six, *out, n, b_t)
+    # the vectors at an offset and a step of their own in one buffer, as the kernels lay
+    # them out (rows of a block's tiles, planes of V)
+    at, step, dst_at, dst_step = 3, n + 5, 2, n + 9
+
+    def rows(count, first, pitch):
+        buffer = np.full(first + count * pitch, np.nan)
+        return buffer, buffer[first:].reshape(count, pitch)[:, :n]
+
+    src, six = rows(winograd.ALPHA, at, step)
+    six[:] = rng.standard_normal((winograd.ALPHA, n))
+    dst, out = rows(winograd.ALPHA, dst_at, dst_step)
+    winograd._b_transform(src, at, step, dst, dst_at, dst_step, n, b_t)
     np.testing.assert_allclose(out, b_t @ six, atol=1e-13)
-    four = np.full((winograd.TILE, n), np.nan)
-    winograd._a_transform(*six, *four, n, a_t, 0.5)
+    dst, four = rows(winograd.TILE, dst_at, dst_step)
+    winograd._a_transform(src, at, step, dst, dst_at, dst_step, n, a_t, 0.5)
     np.testing.assert_allclose(four, a_t @ six + 0.5, atol=1e-13)
-    grads = rng.standard_normal((winograd.TILE, n))
-    winograd._a_expand(*grads, *out, n, a_t)
+    src, grads = rows(winograd.TILE, at, step)
+    grads[:] = rng.standard_normal((winograd.TILE, n))
+    dst, out = rows(winograd.ALPHA, dst_at, dst_step)
+    winograd._a_expand(src, at, step, dst, dst_at, dst_step, n, a_t)
     np.testing.assert_allclose(out, a_t.T @ grads, atol=1e-13)

@@ -133,40 +133,50 @@ def _filter_transform(taps, g, transformed):
 
 
 @kernel()
-def _b_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, o4, o5, n, b_t):
-    """``o = B^T i`` on six vectors of length ``n``, one pass: explicit SIMD vectors
+def _b_transform(src, at, step, dst, dst_at, dst_step, n, b_t):
+    """``o = B^T i`` on six vectors of length ``n``, ``i_r = src[at + r * step :]`` and
+    ``o_r = dst[dst_at + r * dst_step :]`` (offsets, not views: a view per vector cost a
+    reference count's atomic increment and decrement, on a counter both threads share),
+    one pass: explicit SIMD vectors
     (:mod:`.simd`; LLVM does not vectorise the plain loop over twelve slices of one
     buffer, which would need more run-time overlap checks than it makes), then the last
     ``n % lanes`` values one by one. The coefficients are read from ``b_t`` so that
     they have the data's dtype (a float literal would promote float32 arithmetic to
     float64)."""
     half, one_half, two, five_halves = b_t[1, 2], b_t[0, 3], b_t[3, 3], b_t[1, 3]
-    lanes = simd.lanes(i0)
-    v_half, v_one_half = simd.splat(half, i0), simd.splat(one_half, i0)
-    v_two, v_five_halves = simd.splat(two, i0), simd.splat(five_halves, i0)
-    v_minus_half, v_minus_two = simd.splat(-half, i0), simd.splat(-two, i0)
-    v_minus_five_halves = simd.splat(-five_halves, i0)
+    lanes = simd.lanes(src)
+    v_half, v_one_half = simd.splat(half, src), simd.splat(one_half, src)
+    v_two, v_five_halves = simd.splat(two, src), simd.splat(five_halves, src)
+    v_minus_half, v_minus_two = simd.splat(-half, src), simd.splat(-two, src)
+    v_minus_five_halves = simd.splat(-five_halves, src)
     whole = n // lanes * lanes
     for t in range(0, whole, lanes):
-        a0, a1, a2 = simd.load(i0, t), simd.load(i1, t), simd.load(i2, t)
-        a3, a4, a5 = simd.load(i3, t), simd.load(i4, t), simd.load(i5, t)
+        i, o = at + t, dst_at + t
+        a0, a1, a2 = simd.load(src, i), simd.load(src, i + step), simd.load(src, i + 2 * step)
+        a3, a4 = simd.load(src, i + 3 * step), simd.load(src, i + 4 * step)
+        a5 = simd.load(src, i + 5 * step)
         d31, d42 = simd.sub(a3, a1), simd.sub(a4, a2)
-        simd.store(o0, t, simd.fma(v_one_half, d31, simd.fma(v_minus_two, a2, simd.add(a0, a4))))
-        simd.store(o1, t, simd.fma(v_five_halves, a3, simd.fma(v_half, a2, simd.sub(a4, a1))))
-        simd.store(o2, t, simd.fma(v_half, a3,
-                                   simd.fma(v_minus_five_halves, a2, simd.add(a4, a1))))
-        simd.store(o3, t, simd.fma(v_two, d31, d42))
-        simd.store(o4, t, simd.fma(v_minus_half, d31, d42))
-        simd.store(o5, t, simd.fma(v_one_half, d42, simd.fma(v_minus_two, a3, simd.add(a5, a1))))
+        simd.store(dst, o, simd.fma(v_one_half, d31,
+                                    simd.fma(v_minus_two, a2, simd.add(a0, a4))))
+        simd.store(dst, o + dst_step, simd.fma(v_five_halves, a3,
+                                               simd.fma(v_half, a2, simd.sub(a4, a1))))
+        simd.store(dst, o + 2 * dst_step, simd.fma(
+            v_half, a3, simd.fma(v_minus_five_halves, a2, simd.add(a4, a1))))
+        simd.store(dst, o + 3 * dst_step, simd.fma(v_two, d31, d42))
+        simd.store(dst, o + 4 * dst_step, simd.fma(v_minus_half, d31, d42))
+        simd.store(dst, o + 5 * dst_step, simd.fma(
+            v_one_half, d42, simd.fma(v_minus_two, a3, simd.add(a5, a1))))
     for t in range(whole, n):
-        a0, a1, a2, a3, a4, a5 = i0[t], i1[t], i2[t], i3[t], i4[t], i5[t]
+        i, o = at + t, dst_at + t
+        a0, a1, a2 = src[i], src[i + step], src[i + 2 * step]
+        a3, a4, a5 = src[i + 3 * step], src[i + 4 * step], src[i + 5 * step]
         d31, d42 = a3 - a1, a4 - a2
-        o0[t] = a0 + a4 - two * a2 + one_half * d31
-        o1[t] = a4 - a1 + half * a2 + five_halves * a3
-        o2[t] = a4 + a1 - five_halves * a2 + half * a3
-        o3[t] = d42 + two * d31
-        o4[t] = d42 - half * d31
-        o5[t] = a5 + a1 - two * a3 + one_half * d42
+        dst[o] = a0 + a4 - two * a2 + one_half * d31
+        dst[o + dst_step] = a4 - a1 + half * a2 + five_halves * a3
+        dst[o + 2 * dst_step] = a4 + a1 - five_halves * a2 + half * a3
+        dst[o + 3 * dst_step] = d42 + two * d31
+        dst[o + 4 * dst_step] = d42 - half * d31
+        dst[o + 5 * dst_step] = a5 + a1 - two * a3 + one_half * d42
 
 
 @kernel()
@@ -185,40 +195,45 @@ def _a_vectors(a_t, like):
 
 
 @kernel()
-def _a_transform(i0, i1, i2, i3, i4, i5, o0, o1, o2, o3, n, a_t, offset):
-    """``o = A^T i + offset`` on six vectors of length ``n``, one pass (SIMD vectors, then
-    the last values one by one, as :func:`_b_transform`)."""
+def _a_transform(src, at, step, dst, dst_at, dst_step, n, a_t, offset):
+    """``o = A^T i + offset`` on six vectors of length ``n`` (``i_r = src[at + r * step :]``,
+    ``o_r = dst[dst_at + r * dst_step :]``), one pass (SIMD vectors, then the last values
+    one by one, as :func:`_b_transform`)."""
     half, quarter, eighth, two, four, eight = _a_coefficients(a_t)
-    v_half, v_quarter, v_eighth, v_minus_two, v_four, v_minus_eight = _a_vectors(a_t, i0)
-    lanes = simd.lanes(i0)
-    v_offset = simd.splat(offset, i0)
+    v_half, v_quarter, v_eighth, v_minus_two, v_four, v_minus_eight = _a_vectors(a_t, src)
+    lanes = simd.lanes(src)
+    v_offset = simd.splat(offset, src)
     whole = n // lanes * lanes
     for t in range(0, whole, lanes):
-        a0, a1, a2 = simd.load(i0, t), simd.load(i1, t), simd.load(i2, t)
-        a3, a4, a5 = simd.load(i3, t), simd.load(i4, t), simd.load(i5, t)
+        i, o = at + t, dst_at + t
+        a0, a1, a2 = simd.load(src, i), simd.load(src, i + step), simd.load(src, i + 2 * step)
+        a3, a4 = simd.load(src, i + 3 * step), simd.load(src, i + 4 * step)
+        a5 = simd.load(src, i + 5 * step)
         plus12, minus12 = simd.add(a1, a2), simd.sub(a1, a2)
-        simd.store(o0, t, simd.add(simd.add(a0, plus12), simd.add(simd.add(a3, a4), v_offset)))
-        simd.store(o1, t, simd.fma(v_minus_two, a4,
-                                   simd.fma(v_half, a3, simd.add(minus12, v_offset))))
-        simd.store(o2, t, simd.fma(v_four, a4,
-                                   simd.fma(v_quarter, a3, simd.add(plus12, v_offset))))
-        simd.store(o3, t, simd.fma(v_minus_eight, a4, simd.fma(
+        simd.store(dst, o, simd.add(simd.add(a0, plus12),
+                                    simd.add(simd.add(a3, a4), v_offset)))
+        simd.store(dst, o + dst_step, simd.fma(v_minus_two, a4,
+                                               simd.fma(v_half, a3, simd.add(minus12, v_offset))))
+        simd.store(dst, o + 2 * dst_step, simd.fma(
+            v_four, a4, simd.fma(v_quarter, a3, simd.add(plus12, v_offset))))
+        simd.store(dst, o + 3 * dst_step, simd.fma(v_minus_eight, a4, simd.fma(
             v_eighth, a3, simd.add(simd.add(minus12, a5), v_offset))))
     for t in range(whole, n):
-        a1, a2, a3, a4 = i1[t], i2[t], i3[t], i4[t]
+        i, o = at + t, dst_at + t
+        a1, a2, a3, a4 = src[i + step], src[i + 2 * step], src[i + 3 * step], src[i + 4 * step]
         plus12, minus12 = a1 + a2, a1 - a2
-        o0[t] = i0[t] + plus12 + a3 + a4 + offset
-        o1[t] = minus12 + half * a3 - two * a4 + offset
-        o2[t] = plus12 + quarter * a3 + four * a4 + offset
-        o3[t] = minus12 + eighth * a3 - eight * a4 + i5[t] + offset
+        dst[o] = src[i] + plus12 + a3 + a4 + offset
+        dst[o + dst_step] = minus12 + half * a3 - two * a4 + offset
+        dst[o + 2 * dst_step] = plus12 + quarter * a3 + four * a4 + offset
+        dst[o + 3 * dst_step] = minus12 + eighth * a3 - eight * a4 + src[i + 5 * step] + offset
 
 
 @kernel()
-def _deal_tiles(padded, at, count, available, o0, o1, o2, o3, first, phases):
-    """``o_u[first + j] = padded[at + 4 * j + u]`` for ``j < count`` and ``u < phases`` (2
-    or 4; ``o2``, ``o3`` unused with 2): the column phases of tiles ``4 j .. 4 j + 3`` of
-    a row, ``4 * lanes`` values at a time by two rounds of :func:`.simd.deinterleave`
-    (masked loads and stores: ``available`` values of ``padded`` from ``at`` may be
+def _deal_tiles(padded, at, count, available, out, first, step, phases):
+    """``out[first + u * step + j] = padded[at + 4 * j + u]`` for ``j < count`` and ``u <
+    phases`` (2 or 4): the column phases of tiles ``4 j .. 4 j + 3`` of a row, ``4 *
+    lanes`` values at a time by two rounds of :func:`.simd.deinterleave` (masked loads,
+    stores of the first lanes: ``available`` values of ``padded`` from ``at`` may be
     read)."""
     lanes = simd.lanes(padded)
     for j in range(0, count, lanes):
@@ -229,11 +244,12 @@ def _deal_tiles(padded, at, count, available, o0, o1, o2, o3, first, phases):
         v3 = simd.load_first(padded, base + 3 * lanes, left - 3 * lanes)
         even0, even1 = simd.deinterleave(v0, v1, False), simd.deinterleave(v2, v3, False)
         odd0, odd1 = simd.deinterleave(v0, v1, True), simd.deinterleave(v2, v3, True)
-        simd.store_first(o0, first + j, simd.deinterleave(even0, even1, False), n)
-        simd.store_first(o1, first + j, simd.deinterleave(odd0, odd1, False), n)
+        o = first + j
+        simd.store_first(out, o, simd.deinterleave(even0, even1, False), n)
+        simd.store_first(out, o + step, simd.deinterleave(odd0, odd1, False), n)
         if phases == 4:
-            simd.store_first(o2, first + j, simd.deinterleave(even0, even1, True), n)
-            simd.store_first(o3, first + j, simd.deinterleave(odd0, odd1, True), n)
+            simd.store_first(out, o + 2 * step, simd.deinterleave(even0, even1, True), n)
+            simd.store_first(out, o + 3 * step, simd.deinterleave(odd0, odd1, True), n)
 
 
 def store_tiles(y, at, step, count, target, out, n, k, row, floor):
@@ -287,11 +303,11 @@ def _store_tiles(y, at, step, count, target, out, n, k, row, floor):
 
 
 @kernel()
-def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left, b_t, patches,
-                     half, v, pitch):
+def _input_transform(x, source, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left, b_t,
+                     patches, half, v, pitch):
     """V[a*6+b, c, t] = (B^T d B)[a, b] for the 6x6 input patch d of each tile t of the
     tile rows ``q_first <= q < q_last`` (V laid out ``(36, C, pitch)`` in ``v``, zeros in
-    the columns from ``n_tiles`` to ``pitch``):
+    the columns from ``n_tiles`` to ``pitch``; ``source``: :func:`.strips.flat` (x)):
     each input row is copied into a zero-bordered row (the first ``4 * tiles_w + 2``
     values of ``half``, free until the row pass) and split into its six column phases
     (tile j reads columns 4j .. 4j+5), then B^T is applied along the rows and the
@@ -305,45 +321,31 @@ def _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
         padded[k] = zero
     for k in range(pad_left + width, span):
         padded[k] = zero
-    inside = padded[pad_left : pad_left + width]
     for q in range(q_first, q_last):
         n = q // tiles_h
         top = (q % tiles_h) * TILE - pad_top
         first = (q - q_first) * tiles_w
         for a in range(ALPHA):
             row = top + a
-            # p[u][first + j] = x_padded[row, 4 j + u]: six phases of one row
-            at = a * ALPHA * n_tiles
-            p0, p1, p2 = patches[at:], patches[at + n_tiles :], patches[at + 2 * n_tiles :]
-            p3, p4, p5 = (patches[at + 3 * n_tiles :], patches[at + 4 * n_tiles :],
-                          patches[at + 5 * n_tiles :])
+            # patches[at + u * n_tiles + j] = x_padded[row, 4 j + u]: six phases of one row
+            at = a * ALPHA * n_tiles + first
             if row < 0 or row >= height:
-                for j in range(first, first + tiles_w):
-                    p0[j] = p1[j] = p2[j] = p3[j] = p4[j] = p5[j] = zero
+                for u in range(ALPHA):
+                    for j in range(tiles_w):
+                        patches[at + u * n_tiles + j] = zero
                 continue
-            source = x[n, c, row]
-            for k in range(width):
-                inside[k] = source[k]
+            strips.copy_row(source, x, n, c, row, padded, pad_left)
             # phases 4 and 5 are phases 0 and 1 of the row four columns on
-            _deal_tiles(padded, 0, tiles_w, span, p0, p1, p2, p3, first, 4)
-            _deal_tiles(padded, TILE, tiles_w, span - TILE, p4, p5, p4, p5, first, 2)
+            _deal_tiles(padded, 0, tiles_w, span, patches, at, n_tiles, 4)
+            _deal_tiles(padded, TILE, tiles_w, span - TILE, patches, at + 4 * n_tiles, n_tiles,
+                        2)
     # rows: half[a', u] = sum_a B^T[a', a] patches[a, u]; then columns
     for u in range(ALPHA):
-        src = patches[u * n_tiles :]
-        dst = half[u * n_tiles :]
-        step = ALPHA * n_tiles
-        _b_transform(src, src[step:], src[2 * step :], src[3 * step :],
-                     src[4 * step :], src[5 * step :], dst, dst[step:],
-                     dst[2 * step :], dst[3 * step :], dst[4 * step :],
-                     dst[5 * step :], n_tiles, b_t)
+        _b_transform(patches, u * n_tiles, ALPHA * n_tiles, half, u * n_tiles, ALPHA * n_tiles,
+                     n_tiles, b_t)
     for a in range(ALPHA):
-        src = half[a * ALPHA * n_tiles :]
-        dst = v[(a * ALPHA * channels + c) * pitch :]
-        step = channels * pitch
-        _b_transform(src, src[n_tiles:], src[2 * n_tiles :], src[3 * n_tiles :],
-                     src[4 * n_tiles :], src[5 * n_tiles :], dst, dst[step:],
-                     dst[2 * step :], dst[3 * step :], dst[4 * step :],
-                     dst[5 * step :], n_tiles, b_t)
+        _b_transform(half, a * ALPHA * n_tiles, n_tiles, v, (a * ALPHA * channels + c) * pitch,
+                     channels * pitch, n_tiles, b_t)
     if pitch > n_tiles:  # the products' last vectors read them: zeros, not stale values
         for e in range(ALPHA * ALPHA):
             at = (e * channels + c) * pitch
@@ -419,6 +421,7 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
     n_chunks = scratch.shape[0]
     e_count = ALPHA * ALPHA
     target = strips.flat(out)  # rows by offset, not by view
+    source = strips.flat(x)
     for chunk in prange(n_chunks):
         v, m, patches, half = _block_buffers(scratch[chunk], channels, m_rows, max_tiles,
                                              max_pitch)
@@ -430,8 +433,8 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
             pitch = _pitch(n_tiles, lanes)
             # input transform: V[a*6+b, c, t] = (B^T d B)[a, b] for the patch d of tile t
             for c in range(channels):
-                _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
-                                 b_t, patches, half, v, pitch)
+                _input_transform(x, source, c, q_first, q_last, tiles_h, tiles_w, pad_top,
+                                 pad_left, b_t, patches, half, v, pitch)
             # M[e] = U[e] @ V[e], per group
             for e in range(e_count):
                 _products(packed, v, m, e, groups, group_channels, n_tiles, pitch, taps)
@@ -442,18 +445,11 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
                 step = ALPHA * m_rows * pitch
                 row_k = (k // per_group) * n_kblocks * BLOCK_K + k % per_group
                 for b in range(ALPHA):
-                    src = m[(b * m_rows + row_k) * pitch :]
-                    dst = half[b * n_tiles :]
-                    _a_transform(src, src[step:], src[2 * step :], src[3 * step :],
-                                 src[4 * step :], src[5 * step :], dst, dst[ALPHA * n_tiles :],
-                                 dst[2 * ALPHA * n_tiles :], dst[3 * ALPHA * n_tiles :], n_tiles,
-                                 a_t, zero)
+                    _a_transform(m, (b * m_rows + row_k) * pitch, step, half, b * n_tiles,
+                                 ALPHA * n_tiles, n_tiles, a_t, zero)
                 for a in range(TILE):
-                    src = half[a * ALPHA * n_tiles :]
-                    dst = patches[a * TILE * n_tiles :]
-                    _a_transform(src, src[n_tiles:], src[2 * n_tiles :], src[3 * n_tiles :],
-                                 src[4 * n_tiles :], src[5 * n_tiles :], dst, dst[n_tiles:],
-                                 dst[2 * n_tiles :], dst[3 * n_tiles :], n_tiles, a_t, b_k)
+                    _a_transform(half, a * ALPHA * n_tiles, n_tiles, patches,
+                                 a * TILE * n_tiles, n_tiles, n_tiles, a_t, b_k)
                 full = out_w // TILE
                 for q in range(q_first, q_last):
                     n = q // tiles_h
@@ -632,32 +628,37 @@ def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilat
 
 
 @kernel()
-def _a_expand(i0, i1, i2, i3, o0, o1, o2, o3, o4, o5, n, a_t):
-    """``o = A i`` (A = (A^T)^T, 6x4) on four vectors of length ``n``, one pass (SIMD
-    vectors, then the last values one by one, as :func:`_b_transform`)."""
+def _a_expand(src, at, step, dst, dst_at, dst_step, n, a_t):
+    """``o = A i`` (A = (A^T)^T, 6x4) on four vectors of length ``n`` (``i_r = src[at + r *
+    step :]``, ``o_r = dst[dst_at + r * dst_step :]``), one pass (SIMD vectors, then the
+    last values one by one, as :func:`_b_transform`)."""
     half, quarter, eighth, two, four, eight = _a_coefficients(a_t)
-    v_half, v_quarter, v_eighth, v_minus_two, v_four, v_minus_eight = _a_vectors(a_t, i0)
-    lanes = simd.lanes(i0)
+    v_half, v_quarter, v_eighth, v_minus_two, v_four, v_minus_eight = _a_vectors(a_t, src)
+    lanes = simd.lanes(src)
     whole = n // lanes * lanes
     for t in range(0, whole, lanes):
-        y0, y1, y2, y3 = simd.load(i0, t), simd.load(i1, t), simd.load(i2, t), simd.load(i3, t)
+        i, o = at + t, dst_at + t
+        y0, y1 = simd.load(src, i), simd.load(src, i + step)
+        y2, y3 = simd.load(src, i + 2 * step), simd.load(src, i + 3 * step)
         even, odd = simd.add(y0, y2), simd.add(y1, y3)
-        simd.store(o0, t, y0)
-        simd.store(o1, t, simd.add(even, odd))
-        simd.store(o2, t, simd.sub(even, odd))
-        simd.store(o3, t, simd.fma(v_eighth, y3, simd.fma(v_quarter, y2, simd.fma(v_half, y1, y0))))
-        simd.store(o4, t, simd.fma(v_minus_eight, y3,
-                                   simd.fma(v_four, y2, simd.fma(v_minus_two, y1, y0))))
-        simd.store(o5, t, y3)
+        simd.store(dst, o, y0)
+        simd.store(dst, o + dst_step, simd.add(even, odd))
+        simd.store(dst, o + 2 * dst_step, simd.sub(even, odd))
+        simd.store(dst, o + 3 * dst_step, simd.fma(v_eighth, y3, simd.fma(
+            v_quarter, y2, simd.fma(v_half, y1, y0))))
+        simd.store(dst, o + 4 * dst_step, simd.fma(v_minus_eight, y3, simd.fma(
+            v_four, y2, simd.fma(v_minus_two, y1, y0))))
+        simd.store(dst, o + 5 * dst_step, y3)
     for t in range(whole, n):
-        y0, y1, y2, y3 = i0[t], i1[t], i2[t], i3[t]
+        i, o = at + t, dst_at + t
+        y0, y1, y2, y3 = src[i], src[i + step], src[i + 2 * step], src[i + 3 * step]
         even, odd = y0 + y2, y1 + y3
-        o0[t] = y0
-        o1[t] = even + odd
-        o2[t] = even - odd
-        o3[t] = y0 + half * y1 + quarter * y2 + eighth * y3
-        o4[t] = y0 - two * y1 + four * y2 - eight * y3
-        o5[t] = y3
+        dst[o] = y0
+        dst[o + dst_step] = even + odd
+        dst[o + 2 * dst_step] = even - odd
+        dst[o + 3 * dst_step] = y0 + half * y1 + quarter * y2 + eighth * y3
+        dst[o + 4 * dst_step] = y0 - two * y1 + four * y2 - eight * y3
+        dst[o + 5 * dst_step] = y3
 
 
 @kernel()
@@ -675,36 +676,26 @@ def _grad_output_transform(grad_out, source, k, q_first, q_last, tiles_h, tiles_
         first = (q - q_first) * tiles_w
         for a in range(TILE):
             row = (q % tiles_h) * TILE + a
-            y0 = patches[a * TILE * n_tiles + first :]
-            y1 = y0[n_tiles:]
-            y2 = y0[2 * n_tiles :]
-            y3 = y0[3 * n_tiles :]
+            at = a * TILE * n_tiles + first
             if row >= out_h:
-                for j in range(tiles_w):
-                    y0[j] = y1[j] = y2[j] = y3[j] = zero
+                for b in range(TILE):
+                    for j in range(tiles_w):
+                        patches[at + b * n_tiles + j] = zero
                 continue
-            _deal_tiles(source, strips.row_start(grad_out, n, k, row), full, out_w, y0, y1, y2,
-                        y3, 0, 4)
-            src = grad_out[n, k, row]
+            row_at = strips.row_start(grad_out, n, k, row)
+            _deal_tiles(source, row_at, full, out_w, patches, at, n_tiles, 4)
             for j in range(full, tiles_w):
                 for b in range(TILE):
                     column = TILE * j + b
-                    value = src[column] if column < out_w else zero
-                    patches[(a * TILE + b) * n_tiles + first + j] = value
+                    value = source[row_at + column] if column < out_w else zero
+                    patches[at + b * n_tiles + j] = value
     # rows: half[a', b] = sum_a A[a', a] dY[a, b]; then columns into Z
     for b in range(TILE):
-        src = patches[b * n_tiles :]
-        dst = half[b * n_tiles :]
-        step = TILE * n_tiles
-        _a_expand(src, src[step:], src[2 * step :], src[3 * step :], dst, dst[step:],
-                  dst[2 * step :], dst[3 * step :], dst[4 * step :], dst[5 * step :], n_tiles, a_t)
+        _a_expand(patches, b * n_tiles, TILE * n_tiles, half, b * n_tiles, TILE * n_tiles,
+                  n_tiles, a_t)
     for a in range(ALPHA):
-        src = half[a * TILE * n_tiles :]
-        dst = z[(a * ALPHA * out_channels + k) * n_tiles :]
-        step = out_channels * n_tiles
-        _a_expand(src, src[n_tiles:], src[2 * n_tiles :], src[3 * n_tiles :], dst, dst[step:],
-                  dst[2 * step :], dst[3 * step :], dst[4 * step :], dst[5 * step :], n_tiles,
-                  a_t)
+        _a_expand(half, a * TILE * n_tiles, n_tiles, z, (a * ALPHA * out_channels + k) * n_tiles,
+                  out_channels * n_tiles, n_tiles, a_t)
 
 
 @kernel(parallel=True)
@@ -725,6 +716,7 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
     n_chunks = scratch.shape[0]
     e_count = ALPHA * ALPHA
     source = strips.flat(grad_out)
+    x_source = strips.flat(x)
     for chunk in prange(n_chunks):
         saved_threads = set_blas_threads(1)
         v, z, patches, half = _block_buffers(scratch[chunk], channels, out_channels, max_tiles,
@@ -739,8 +731,8 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
             q_last = min(q_first + rows_per_block, n_tile_rows)
             n_tiles = (q_last - q_first) * tiles_w
             for c in range(channels):
-                _input_transform(x, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left,
-                                 b_t, patches, half, v, n_tiles)
+                _input_transform(x, x_source, c, q_first, q_last, tiles_h, tiles_w, pad_top,
+                                 pad_left, b_t, patches, half, v, n_tiles)
             for k in range(out_channels):
                 _grad_output_transform(grad_out, source, k, q_first, q_last, tiles_h, tiles_w,
                                        a_t, patches, half, z)
