@@ -261,3 +261,30 @@ def test_a_build_that_fails_leaves_nothing_to_reuse(monkeypatch, rng):
         winograd(x, w, b)
     monkeypatch.setattr(module, "_filter_transform", real)
     check(x, w, b, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_kept_flipped_filters_follow_a_weight_changed_in_place(dtype, rng):
+    # conv_transpose2d and grad_input on the blocked kernel pack the flipped weight once
+    # per weight where many filters are packed by tasks (blocked.forward_runner): every
+    # optimizer step in place must be seen, by both, from the one weight buffer
+    x = rng.standard_normal((2, 32, 8, 8)).astype(dtype)
+    w = (rng.standard_normal((32, 32, 4, 4)) / 8).astype(dtype)
+    b = rng.standard_normal(32).astype(dtype)
+    x3 = rng.standard_normal((2, 64, 16, 16)).astype(dtype)
+    w3 = (rng.standard_normal((32, 64, 3, 3)) / 8).astype(dtype)
+    g3 = rng.standard_normal((2, 32, 16, 16)).astype(dtype)
+    for _ in range(4):
+        y = fastconv.conv_transpose2d(x, w, b, stride=2, padding=1, algorithm="direct")
+        assert_close(y, reference.conv_transpose2d(x, w, b, stride=2, padding=1), dtype)
+        grad_x = fastconv.conv2d_backward(g3, x3, w3, padding=1, needs_weight_grad=False,
+                                          needs_bias_grad=False, algorithm="direct")[0]
+        assert_close(grad_x, reference.conv2d_backward(g3, x3, w3, padding=1)[0], dtype)
+        kinds = [key[0] for key in prepared._registry.mine().entries]
+        assert kinds.count("blocked flipped filters") == 2  # the two weights' packings
+        w -= np.asarray(0.1, dtype) * rng.standard_normal(w.shape).astype(dtype)
+        w3 -= np.asarray(0.1, dtype) * rng.standard_normal(w3.shape).astype(dtype)
+    w[0, 0, 0, 0] = np.inf  # not finite: the transposed convolution's own path, no stale use
+    y = fastconv.conv_transpose2d(x, w, b, stride=2, padding=1, algorithm="direct")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(
+        reference.conv_transpose2d(x, w, b, stride=2, padding=1)))

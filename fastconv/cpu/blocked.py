@@ -84,7 +84,7 @@ from numba import prange
 from numba.extending import overload
 
 from .. import activations, config
-from . import simd, strips, threads, workspace
+from . import prepared, simd, strips, threads, workspace
 from ._jit import jit_options, kernel
 from .epilogue import store_by_filters, store_row
 from .finite import _nonfinite_in
@@ -166,6 +166,15 @@ def _pack_flipped_block(weight, packed, g, b, tap_map):
             at, tap_set = (f % group_channels) * size, f // group_channels
             for t in range(taps):
                 dst[square - t, kk] = src[row, at + tap_map[tap_set, t]]
+
+
+@kernel(parallel=True)
+def _pack_flipped(weight, packed, tap_map):
+    """Every block of :func:`_pack_flipped_block`, a task each: the flipped filters that
+    :func:`forward_runner` keeps between calls."""
+    groups, n_blocks = packed.shape[0], packed.shape[1]
+    for block in prange(groups * n_blocks):
+        _pack_flipped_block(weight, packed, block // n_blocks, block % n_blocks, tap_map)
 
 
 @kernel()
@@ -300,8 +309,9 @@ def _store_woven(sums, sums_pitch, pos_pitch, n_k, rows, out_w, bias, has_bias, 
 #: a C-contiguous input of an unpadded stride-1 1x1 convolution read in place (see
 #: :func:`forward_runner`); the strips laid out dense (:func:`_column_copies`); each set's
 #: outputs stored into the rows and columns of its phase of ``woven`` (a strided
-#: grad_input's phases in one call, :func:`_fused_phases_runner`).
-IN_TASKS, FLIPPED, BY_FILTERS, IN_PLACE, DENSE, WOVEN = 1, 2, 4, 8, 16, 32
+#: grad_input's phases in one call, :func:`_fused_phases_runner`); the filters packed
+#: already (kept between calls, :func:`forward_runner`).
+IN_TASKS, FLIPPED, BY_FILTERS, IN_PLACE, DENSE, WOVEN, PACKED = 1, 2, 4, 8, 16, 32, 64
 
 
 def _flat_or(flat, strip):
@@ -331,8 +341,8 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     threads only for many filters, :data:`PACK_TASKS_MIN_VALUES`), else on the calling
     thread; bit :data:`FLIPPED`, ``weight`` is the weight (or the taps of it) whose
     transposed convolution this is (grad_input), packed flipped
-    (:func:`_pack_flipped_block`);
-    such a weight is scanned first, and one that is not all finite returns False with
+    (:func:`_pack_flipped_block`); bit :data:`PACKED`, ``packed`` holds them already;
+    a flipped weight is scanned first, and one that is not all finite returns False with
     nothing written (the padding's zeros would meet its Inf). Otherwise returns True.
     ``taps``: ``(sets, R * S)``, where in a channel's strip each tap of each set of
     filters reads (:func:`_tap_table`), the filters in ``sets`` equal runs of blocks;
@@ -352,7 +362,9 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     flipped = packing & FLIPPED != 0
     if flipped and _nonfinite_in(weight.reshape(weight.size), np.int64(0), weight.size):
         return False
-    if packing & IN_TASKS:
+    if packing & PACKED:
+        pass
+    elif packing & IN_TASKS:
         for block in prange(groups * n_blocks):
             _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped, tap_map)
     else:
@@ -843,10 +855,11 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
                              n_shift, packing & DENSE != 0)
     per_pass = channels_per_pass(tuple(tuple(int(o) for o in row) for row in taps), channels,
                                  dtype.itemsize)
+    if tap_map is None:
+        tap_map = np.arange(kh * kw, dtype=np.intp)[None]
     scalars = (packing | (FLIPPED if flipped else 0), top, left, stride[0], stride[1], pitch,
-               phase_rows, taps, slots,
-               np.arange(kh * kw, dtype=np.intp)[None] if tap_map is None else tap_map, band,
-               plane, n_shift, dense_plane, k_runs, per_pass)
+               phase_rows, taps, slots, tap_map, band, plane, n_shift, dense_plane, k_runs,
+               per_pass)
 
     # an unpadded stride-1 1x1 convolution by positions reads a C-contiguous x in place
     # (no copy of its planes into the strips)
@@ -856,12 +869,26 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     woven = weave is not None and not packing & BY_FILTERS
     bits_in_place = bits | IN_PLACE if whole_planes else bits
     weave = np.asarray(weave if woven else _NO_WEAVE, np.intp)
+    # a flipped weight's packing (grad_input's, conv_transpose2d's) reads it out of order:
+    # 5-6 % of conv_transpose2d's call and of a 1x1 grad_input's on a Zen 2. Where it is
+    # done by tasks (many filters), the packed filters are kept while the weight holds
+    # the same bytes (.prepared; a training step packs once per call, as before).
+    keep = flipped and bool(packing & IN_TASKS)
+    tap_key = (tap_map.shape, tap_map.tobytes())
+
+    def pack(weight, packed):
+        _pack_flipped(weight, packed, tap_map)
 
     def run(x, weight, bias, out, target=None) -> bool:
         woven_bit = 0 if target is None else WOVEN
-        return kernel(x, weight, borrow(packed_shape, dtype, "packed"),
-                      no_bias if bias is None else bias, bias is not None, floor, out,
-                      out if target is None else target, weave,
+        if keep:
+            packed = prepared.get("blocked flipped filters", weight, packed_shape, pack,
+                                  tap_key)
+            woven_bit |= PACKED
+        else:
+            packed = borrow(packed_shape, dtype, "packed")
+        return kernel(x, weight, packed, no_bias if bias is None else bias, bias is not None,
+                      floor, out, out if target is None else target, weave,
                       (bits_in_place if x.flags.c_contiguous else bits) | woven_bit, *rest,
                       borrow(scratch_shape, dtype))
 
