@@ -801,6 +801,13 @@ FORWARD_SERIAL_MAX_WORK = 1 << 21
 #: serially, 40.0 in tasks; C32->64 8x8 3x3: 18432 values, 39.7 -> 30.9 us in tasks).
 PACK_TASKS_MIN_VALUES = 8192
 
+#: Fewest packed values of a flipped weight that :func:`forward_runner` keeps between calls
+#: (:mod:`.prepared`): conv_transpose2d N8 C128 16x16 4x4 s2 (131072 values) 3.47-3.60 ->
+#: 3.28-3.45 ms kept (a Zen 2, alternating processes), where a 1x1 grad_input of 64 x 256
+#: (16384) read 0.416-0.422 -> 0.435-0.457 ms: its lookup and compare (25 us) cost more
+#: than its packing.
+KEEP_FLIPPED_MIN_VALUES = 1 << 16
+
 
 #: An empty bias per dtype, for calls without one.
 _NO_BIAS = {np.dtype(np.float32): np.zeros(0, np.float32),
@@ -870,10 +877,10 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     bits_in_place = bits | IN_PLACE if whole_planes else bits
     weave = np.asarray(weave if woven else _NO_WEAVE, np.intp)
     # a flipped weight's packing (grad_input's, conv_transpose2d's) reads it out of order:
-    # 5-6 % of conv_transpose2d's call and of a 1x1 grad_input's on a Zen 2. Where it is
-    # done by tasks (many filters), the packed filters are kept while the weight holds
-    # the same bytes (.prepared; a training step packs once per call, as before).
-    keep = flipped and bool(packing & IN_TASKS)
+    # 5-6 % of conv_transpose2d's call on a Zen 2. For many filters the packed filters
+    # are kept while the weight holds the same bytes (.prepared; a training step packs
+    # once per call, as before), where the packing costs more than the compare
+    kept_size = math.prod(packed_shape) if flipped else -1
     tap_key = (tap_map.shape, tap_map.tobytes())
 
     def pack(weight, packed):
@@ -881,7 +888,7 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
 
     def run(x, weight, bias, out, target=None) -> bool:
         woven_bit = 0 if target is None else WOVEN
-        if keep:
+        if kept_size >= KEEP_FLIPPED_MIN_VALUES:
             packed = prepared.get("blocked flipped filters", weight, packed_shape, pack,
                                   tap_key)
             woven_bit |= PACKED

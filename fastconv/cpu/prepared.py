@@ -25,6 +25,7 @@ into a scratch buffer per call, as without the cache. :func:`release`
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -88,7 +89,7 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
     still holds the same bytes, else built now. Read-only for the caller; valid until
     the next call of :func:`get` on this thread. Past the budget, the array is the
     workspace slot ``kind`` (:func:`.workspace.borrow`), which ``build`` must not borrow."""
-    value_bytes = int(np.prod(shape)) * weight.itemsize
+    value_bytes = math.prod(shape) * weight.itemsize  # (np.prod: 5 us more per call)
     if (value_bytes + weight.nbytes > config.PREPARED_WEIGHTS_BYTES
             or not weight.flags.c_contiguous):  # a copy per call would never be met again
         out = workspace.borrow(shape, weight.dtype, kind)  # build must not borrow slot kind
