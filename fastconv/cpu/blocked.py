@@ -149,6 +149,13 @@ def _pack_flipped_block(weight, packed, g, b, tap_map):
         # (indices, not a view of each row: a view's reference count is an atomic that
         # the tasks packing other blocks share, ten times the copy of a 1x1 weight's row)
         first = b * block * taps
+        if taps == 1:  # 1x1: filter k's values of the block's channels are the square's row
+            flat, dst_flat = weight.reshape(weight.size), dst.reshape(dst.size)
+            for k in range(per_group):
+                at, to = (g * per_group + k) * group_channels + first, k * block
+                for kk in range(full):
+                    dst_flat[to + kk] = flat[at + kk]
+            return
         for k in range(per_group):
             # the block's channels of filter k: full * taps values in a row; the packed
             # (taps, block) square of channel k in a row too
