@@ -146,8 +146,7 @@ def _pack_flipped_block(weight, packed, g, b, tap_map):
     if n_sets == 1 and taps == size:
         # every tap in order (grad_input at stride 1): read as they lie, twice as fast as
         # through the map (a 256 x 256 x 3 x 3 weight, one thread: 0.39 against 0.84 ms)
-        # (indices, not a view of each row: a view's reference count is an atomic that
-        # the tasks packing other blocks share, ten times the copy of a 1x1 weight's row)
+        # (indices, not a view of each row: no reference counting in the loops)
         first = b * block * taps
         if taps == 1:  # 1x1: filter k's values of the block's channels are the square's row
             flat, dst_flat = weight.reshape(weight.size), dst.reshape(dst.size)
@@ -894,16 +893,16 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
         _pack_flipped(weight, packed, tap_map)
 
     def run(x, weight, bias, out, target=None) -> bool:
-        woven_bit = 0 if target is None else WOVEN
+        call_bits = 0 if target is None else WOVEN
         if kept_size >= KEEP_FLIPPED_MIN_VALUES:
             packed = prepared.get("blocked flipped filters", weight, packed_shape, pack,
                                   tap_key)
-            woven_bit |= PACKED
+            call_bits |= PACKED
         else:
             packed = borrow(packed_shape, dtype, "packed")
         return kernel(x, weight, packed, no_bias if bias is None else bias, bias is not None,
                       floor, out, out if target is None else target, weave,
-                      (bits_in_place if x.flags.c_contiguous else bits) | woven_bit, *rest,
+                      (bits_in_place if x.flags.c_contiguous else bits) | call_bits, *rest,
                       borrow(scratch_shape, dtype))
 
     run.woven = woven  # type: ignore[attr-defined]
