@@ -123,10 +123,23 @@ def _warm_conv2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
 
 def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
     t = _Tiny(dtype)
-    return [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, **_ONLY_INPUT),
-             t.strided("conv2d_grad_input", a)
-             and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a, **_ONLY_INPUT))
-            for x, w, _, y1, y2 in t.convolutions()]
+    calls = [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, **_ONLY_INPUT),
+              t.strided("conv2d_grad_input", a)
+              and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a, **_ONLY_INPUT))
+             for x, w, _, y1, y2 in t.convolutions()]
+    if a == "direct":
+        # the direct kernel packs a large weight's flipped filters apart and keeps them
+        # between calls (cpu.blocked.KEEP_FLIPPED_MIN_VALUES): the tiny weights take that
+        # path here too, so that its packing kernel compiles now
+        from .cpu import blocked
+
+        saved, blocked.KEEP_FLIPPED_MIN_VALUES = blocked.KEEP_FLIPPED_MIN_VALUES, 0
+        try:
+            calls += [f.conv2d_backward(y1, x, w, padding=1, algorithm=a, **_ONLY_INPUT)
+                      for x, w, _, y1, _ in t.convolutions()]
+        finally:
+            blocked.KEEP_FLIPPED_MIN_VALUES = saved
+    return calls
 
 
 def _warm_conv2d_grad_weight(f: ModuleType, dtype: np.dtype, a: str) -> object:
