@@ -123,8 +123,11 @@ def _warm_conv2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
 
 def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
     t = _Tiny(dtype)
-    calls = [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, **_ONLY_INPUT),
-              t.strided("conv2d_grad_input", a)
+
+    def stride_one(x, w, y1):
+        return f.conv2d_backward(y1, x, w, padding=1, algorithm=a, **_ONLY_INPUT)
+
+    calls = [(stride_one(x, w, y1), t.strided("conv2d_grad_input", a)
               and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a, **_ONLY_INPUT))
              for x, w, _, y1, y2 in t.convolutions()]
     if a == "direct":
@@ -135,8 +138,7 @@ def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
 
         saved, blocked.KEEP_FLIPPED_MIN_VALUES = blocked.KEEP_FLIPPED_MIN_VALUES, 0
         try:
-            calls += [f.conv2d_backward(y1, x, w, padding=1, algorithm=a, **_ONLY_INPUT)
-                      for x, w, _, y1, _ in t.convolutions()]
+            calls += [stride_one(x, w, y1) for x, w, _, y1, _ in t.convolutions()]
         finally:
             blocked.KEEP_FLIPPED_MIN_VALUES = saved
     return calls

@@ -146,22 +146,16 @@ def _pack_flipped_block(weight, packed, g, b, tap_map):
     if n_sets == 1 and taps == size:
         # every tap in order (grad_input at stride 1): read as they lie, twice as fast as
         # through the map (a 256 x 256 x 3 x 3 weight, one thread: 0.39 against 0.84 ms)
-        # (indices, not a view of each row: no reference counting in the loops)
-        first = b * block * taps
-        if taps == 1:  # 1x1: filter k's values of the block's channels are the square's row
-            flat, dst_flat = weight.reshape(weight.size), dst.reshape(dst.size)
-            for k in range(per_group):
-                at, to = (g * per_group + k) * group_channels + first, k * block
-                for kk in range(full):
-                    dst_flat[to + kk] = flat[at + kk]
-            return
+        # (flat indices, not a view of each row: no reference counting in the loops)
+        flat, dst_flat = weight.reshape(weight.size), dst.reshape(dst.size)
         for k in range(per_group):
             # the block's channels of filter k: full * taps values in a row; the packed
-            # (taps, block) square of channel k in a row too
-            row, square = g * per_group + k, k * taps + taps - 1
+            # (taps, block) square of channel k in a row too, its taps reversed
+            at = (g * per_group + k) * group_channels * taps + b * block * taps
+            square = (k * taps + taps - 1) * block
             for kk in range(full):
                 for t in range(taps):
-                    dst[square - t, kk] = src[row, first + kk * taps + t]
+                    dst_flat[square - t * block + kk] = flat[at + kk * taps + t]
         return
     for k in range(per_group):
         # the block's channels of filter k, each read at its set's taps (slower than
