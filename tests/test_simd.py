@@ -18,7 +18,7 @@ import fastconv
 import fastconv.cpu.threads
 from fastconv import reference
 from fastconv.cpu import blocked, microkernels, simd, strips
-from fastconv.cpu.epilogue import store_row
+from fastconv.cpu.epilogue import store_row, store_run
 from tests import background
 from tests.cases import DTYPES
 from tests.gradients import assert_grads_close
@@ -206,6 +206,33 @@ def _store_rows(src, pitch, out, offset, floor):
     for k in range(out.shape[1]):
         for i in range(out.shape[2]):
             store_row(src, (k * out.shape[2] + i) * pitch, target, out, 0, k, i, offset, floor)
+
+
+@numba.njit
+def _store_run(src, at, out, k, i, count, offset, floor):
+    store_run(src, at, strips.flat(out), out, 0, k, i, count, offset, floor)
+
+
+@pytest.mark.parametrize("width", [3, 8, 14])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_run_store_goes_on_across_rows(width, dtype, layout, rng):
+    # rows stored as one run (sums on the output's own row pitch): from row i of plane k
+    # on, count values; a run shorter than a vector masked, a longer one ending in an
+    # overlapping vector; a strided output value by value. Nothing past the run written
+    src = rng.standard_normal(4 * 5 * width + 16).astype(dtype)
+    for i, count in ((0, 5 * width), (1, 3 * width), (2, 2), (4, width - 1)):
+        full = np.full((1, 3, 5, 2 * width), 9.0, dtype)
+        out = full[:, :, :, ::2] if layout == "strided" else np.full((1, 3, 5, width), 9.0,
+                                                                        dtype)
+        count = max(1, count)
+        _store_run(src, 7, out, 1, i, count, 0.5, 0.0)
+        expected = np.full((1, 3, 5, width), 9.0, dtype)
+        plane = expected[0, 1].reshape(-1)
+        plane[i * width : i * width + count] = np.maximum(src[7 : 7 + count] + dtype(0.5), 0)
+        np.testing.assert_array_equal(out, expected)
+        if layout == "strided":
+            assert (full[:, :, :, 1::2] == 9.0).all()
 
 
 @numba.njit

@@ -86,7 +86,7 @@ from numba.extending import overload
 from .. import activations, config
 from . import prepared, simd, strips, threads, workspace
 from ._jit import jit_options, kernel
-from .epilogue import store_by_filters, store_row
+from .epilogue import store_by_filters, store_row, store_run
 from .finite import _nonfinite_in
 from .microkernels import (
     BLOCK_K,
@@ -148,6 +148,16 @@ def _pack_flipped_block(weight, packed, g, b, tap_map):
         # through the map (a 256 x 256 x 3 x 3 weight, one thread: 0.39 against 0.84 ms)
         # (flat indices, not a view of each row: no reference counting in the loops)
         flat, dst_flat = weight.reshape(weight.size), dst.reshape(dst.size)
+        if taps == 1:  # a 1x1 weight: the block's channels of filter k are a run
+            lanes = simd.lanes(dst_flat)
+            for k in range(per_group):
+                at, square = (g * per_group + k) * group_channels + b * block, k * block
+                whole = full - full % lanes
+                for kk in range(0, whole, lanes):
+                    simd.store(dst_flat, square + kk, simd.load(flat, at + kk))
+                for kk in range(whole, full):
+                    dst_flat[square + kk] = flat[at + kk]
+            return
         for k in range(per_group):
             # the block's channels of filter k: full * taps values in a row; the packed
             # (taps, block) square of channel k in a row too, its taps reversed
@@ -249,9 +259,16 @@ def _store_rows(sums, sums_pitch, pos_pitch, n_k, rows, bias, has_bias, floor, o
                 n, k0, i_first):
     """The sums of a block of ``n_k`` filters over ``rows`` output rows (``pos_pitch``
     apart, the filters ``sums_pitch`` apart) stored with the bias and the floor into
-    ``out[n, k0 + kk, i_first + i]`` (:func:`.epilogue.store_row`)."""
+    ``out[n, k0 + kk, i_first + i]`` (:func:`.epilogue.store_row`); on the output's own
+    row pitch (dense strips, a 1x1 layer read in place) as one run of rows
+    (:func:`.epilogue.store_run`)."""
+    width = out.shape[3]
     for kk in range(n_k):
         offset = bias[k0 + kk] if has_bias else 0
+        if pos_pitch == width:
+            store_run(sums, kk * sums_pitch, out_flat, out, n, k0 + kk, i_first, rows * width,
+                      offset, floor)
+            continue
         for i in range(rows):
             store_row(sums, kk * sums_pitch + i * pos_pitch, out_flat, out, n, k0 + kk,
                       i_first + i, offset, floor)

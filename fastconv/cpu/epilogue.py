@@ -28,8 +28,13 @@ def store_row(src, at, target, out, n, k, i, offset, floor):
     row's stores)."""
 
 
-def _store_vectors(src, at, target, out, n, k, i, offset, floor):
-    count = out.shape[3]
+def store_run(src, at, target, out, n, k, i, count, offset, floor):
+    """:func:`store_row` for ``count`` values from the start of row ``i``, on across the
+    rows that follow (``src[at + q]`` to value ``q`` of the plane from there): the rows of a
+    plane whose sums lie on its own row pitch, stored as one run."""
+
+
+def _store_vectors(src, at, target, out, n, k, i, count, offset, floor):
     dst_at = row_start(out, n, k, i)
     lanes = simd.lanes(src)
     bias = simd.splat(offset, src)
@@ -41,22 +46,31 @@ def _store_vectors(src, at, target, out, n, k, i, offset, floor):
     for j in range(0, count - lanes, lanes):
         simd.store(target, dst_at + j,
                    simd.maximum(simd.add(simd.load(src, at + j), bias), low))
-    # the last vector ends the row, overlapping the one before where count % lanes
+    # the last vector ends the run, overlapping the one before where count % lanes
     last = count - lanes
     simd.store(target, dst_at + last, simd.maximum(simd.add(simd.load(src, at + last), bias), low))
 
 
-def _store_loop(src, at, target, out, n, k, i, offset, floor):
-    for j in range(out.shape[3]):
-        value = src[at + j] + offset
-        out[n, k, i, j] = floor if value < floor else value
+def _store_loop(src, at, target, out, n, k, i, count, offset, floor):
+    width = out.shape[3]
+    for q in range(0, count, width):
+        for j in range(min(width, count - q)):
+            value = src[at + q + j] + offset
+            out[n, k, i + q // width, j] = floor if value < floor else value
+
+
+@overload(store_run, inline="always", jit_options=jit_options())
+def _store_run(src, at, target, out, n, k, i, count, offset, floor):
+    if simd.vectors_fit(src, target):
+        return _store_vectors
+    return _store_loop
 
 
 @overload(store_row, inline="always", jit_options=jit_options())
 def _store_row(src, at, target, out, n, k, i, offset, floor):
-    if simd.vectors_fit(src, target):
-        return _store_vectors
-    return _store_loop
+    def impl(src, at, target, out, n, k, i, offset, floor):
+        store_run(src, at, target, out, n, k, i, out.shape[3], offset, floor)
+    return impl
 
 
 def store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
