@@ -18,7 +18,7 @@ import fastconv
 import fastconv.cpu.threads
 from fastconv import reference
 from fastconv.cpu import blocked, microkernels, simd, strips
-from fastconv.cpu.epilogue import store_row, store_run
+from fastconv.cpu.epilogue import store_row
 from tests import background
 from tests.cases import DTYPES
 from tests.gradients import assert_grads_close
@@ -205,12 +205,13 @@ def _store_rows(src, pitch, out, offset, floor):
     target = strips.flat(out)
     for k in range(out.shape[1]):
         for i in range(out.shape[2]):
-            store_row(src, (k * out.shape[2] + i) * pitch, target, out, 0, k, i, offset, floor)
+            store_row(src, (k * out.shape[2] + i) * pitch, target, out, 0, k, i, out.shape[3],
+                      offset, floor)
 
 
 @numba.njit
-def _store_run(src, at, out, k, i, count, offset, floor):
-    store_run(src, at, strips.flat(out), out, 0, k, i, count, offset, floor)
+def _store_run_of_rows(src, at, out, k, i, count, offset, floor):
+    store_row(src, at, strips.flat(out), out, 0, k, i, count, offset, floor)
 
 
 @pytest.mark.parametrize("width", [3, 8, 14])
@@ -226,7 +227,7 @@ def test_run_store_goes_on_across_rows(width, dtype, layout, rng):
         out = full[:, :, :, ::2] if layout == "strided" else np.full((1, 3, 5, width), 9.0,
                                                                         dtype)
         count = max(1, count)
-        _store_run(src, 7, out, 1, i, count, 0.5, 0.0)
+        _store_run_of_rows(src, 7, out, 1, i, count, 0.5, 0.0)
         expected = np.full((1, 3, 5, width), 9.0, dtype)
         plane = expected[0, 1].reshape(-1)
         plane[i * width : i * width + count] = np.maximum(src[7 : 7 + count] + dtype(0.5), 0)

@@ -86,7 +86,7 @@ from numba.extending import overload
 from .. import activations, config
 from . import prepared, simd, strips, threads, workspace
 from ._jit import jit_options, kernel
-from .epilogue import store_by_filters, store_row, store_run
+from .epilogue import store_by_filters, store_row
 from .finite import _nonfinite_in
 from .microkernels import (
     BLOCK_K,
@@ -260,18 +260,13 @@ def _store_rows(sums, sums_pitch, pos_pitch, n_k, rows, bias, has_bias, floor, o
     """The sums of a block of ``n_k`` filters over ``rows`` output rows (``pos_pitch``
     apart, the filters ``sums_pitch`` apart) stored with the bias and the floor into
     ``out[n, k0 + kk, i_first + i]`` (:func:`.epilogue.store_row`); on the output's own
-    row pitch (dense strips, a 1x1 layer read in place) as one run of rows
-    (:func:`.epilogue.store_run`)."""
-    width = out.shape[3]
+    row pitch (dense strips, a 1x1 layer read in place) as one run of rows."""
+    n_runs, run = (1, rows * out.shape[3]) if pos_pitch == out.shape[3] else (rows, out.shape[3])
     for kk in range(n_k):
         offset = bias[k0 + kk] if has_bias else 0
-        if pos_pitch == width:
-            store_run(sums, kk * sums_pitch, out_flat, out, n, k0 + kk, i_first, rows * width,
-                      offset, floor)
-            continue
-        for i in range(rows):
-            store_row(sums, kk * sums_pitch + i * pos_pitch, out_flat, out, n, k0 + kk,
-                      i_first + i, offset, floor)
+        for r in range(n_runs):
+            store_row(sums, kk * sums_pitch + r * pos_pitch, out_flat, out, n, k0 + kk,
+                      i_first + r, run, offset, floor)
 
 
 @kernel()

@@ -148,7 +148,8 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
                                   acc_len)
                     b = bias[k] if has_bias else zero
                     for i in range(rows):
-                        store_row(sums, i * pitch, out_flat, out, n, k, i_first + i, b, floor)
+                        store_row(sums, i * pitch, out_flat, out, n, k, i_first + i, out_w, b,
+                                  floor)
                 continue
             acc = scratch[chunk, strip_len : strip_len + n_k * acc_len]
             acc[:] = 0
@@ -199,7 +200,7 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
                 b = bias[k_first + kk] if has_bias else 0
                 for i in range(rows):
                     store_row(acc, kk * acc_len + i * pitch, out_flat, out, n, k_first + kk,
-                              i_first + i, b, floor)
+                              i_first + i, out_w, b, floor)
 
 
 #: Values of scratch after the sums: the one-pass kernels' last vector (16 float32).

@@ -21,17 +21,13 @@ from ._jit import jit_options
 from .strips import row_start
 
 
-def store_row(src, at, target, out, n, k, i, offset, floor):
-    """``out[n, k, i, j] = max(floor, src[at + j] + offset)`` for every ``j`` (``src``:
-    1-D contiguous; ``out``: 4-D; ``target``: :func:`.strips.flat` (out), taken once per
-    kernel call: a view of each row costs more, in reference counting, than a short
-    row's stores)."""
-
-
-def store_run(src, at, target, out, n, k, i, count, offset, floor):
-    """:func:`store_row` for ``count`` values from the start of row ``i``, on across the
-    rows that follow (``src[at + q]`` to value ``q`` of the plane from there): the rows of a
-    plane whose sums lie on its own row pitch, stored as one run."""
+def store_row(src, at, target, out, n, k, i, count, offset, floor):
+    """``out[n, k, i, j] = max(floor, src[at + j] + offset)`` for ``j < count``, where
+    ``count`` past the row's width goes on across the rows that follow (value ``q`` of
+    the plane from row ``i`` on: rows whose sums lie on the output's own row pitch,
+    stored as one run). ``src``: 1-D contiguous; ``out``: 4-D; ``target``:
+    :func:`.strips.flat` (out), taken once per kernel call: a view of each row costs
+    more, in reference counting, than a short row's stores."""
 
 
 def _store_vectors(src, at, target, out, n, k, i, count, offset, floor):
@@ -59,18 +55,11 @@ def _store_loop(src, at, target, out, n, k, i, count, offset, floor):
             out[n, k, i + q // width, j] = floor if value < floor else value
 
 
-@overload(store_run, inline="always", jit_options=jit_options())
-def _store_run(src, at, target, out, n, k, i, count, offset, floor):
+@overload(store_row, inline="always", jit_options=jit_options())
+def _store_row(src, at, target, out, n, k, i, count, offset, floor):
     if simd.vectors_fit(src, target):
         return _store_vectors
     return _store_loop
-
-
-@overload(store_row, inline="always", jit_options=jit_options())
-def _store_row(src, at, target, out, n, k, i, offset, floor):
-    def impl(src, at, target, out, n, k, i, offset, floor):
-        store_run(src, at, target, out, n, k, i, out.shape[3], offset, floor)
-    return impl
 
 
 def store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):

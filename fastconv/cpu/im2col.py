@@ -214,8 +214,8 @@ def _conv2d_forward_im2col(x, weight2d, bias, has_bias, floor, out, kh, kw, stri
                     b = bias[k_first + k] if has_bias else 0
                     at = k * ld + (n - n_first) * n_cols - row_first * pitch
                     for i in range(row_first, row_last):
-                        store_row(result, at + i * pitch, out_flat, out, n, k_first + k, i, b,
-                                  floor)
+                        store_row(result, at + i * pitch, out_flat, out, n, k_first + k, i,
+                                  out.shape[3], b, floor)
         set_blas_threads(saved_threads)
 
 
