@@ -21,7 +21,8 @@ parallel tasks, a block each, when there are many). The last positions of a band
 run two vectors at a time (:func:`.microkernels.weights_x_pair`), then one
 (:func:`.microkernels.weights_x_vector`); positions past the band and the ``W_pad -
 W_out`` junk columns of each row are computed and dropped when the sums are written
-out with the bias (:func:`.epilogue.store_row`, which applies the activation's floor).
+out with the bias (:func:`.epilogue.store_row`, which applies the activation's floor;
+without junk columns, a filter's rows in one run).
 Where that junk is a larger share of the vectors (:func:`dense_pays`: 3x3 layers on
 28x28 and 14x14 planes, conv_transpose2d's phases), the strip is laid out dense
 instead: each channel's rows copied once per column shift of the taps onto the
