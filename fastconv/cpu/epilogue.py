@@ -1,7 +1,7 @@
 """The store of a kernel's sums into its output: bias added, the activation's floor
 applied (``max(floor, sum + bias)``, see :func:`fastconv.activations.floor`), a row
 at a time, or a run of rows where the sums lie on the output's own row pitch (a run
-per filter: grad_input g's 1x1 layer read 8 % faster than row by row).
+per filter; see benchmarks/RESULTS.md, "Stores of whole planes").
 
 Every conv2d kernel that sums into scratch ends in this loop, so it is written once
 (:func:`store_row`). On contiguous rows it runs on :mod:`.simd` vectors: a row shorter
