@@ -116,9 +116,13 @@ _ONLY_INPUT = {"needs_weight_grad": False, "needs_bias_grad": False}
 
 def _warm_conv2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
     t = _Tiny(dtype)
-    return [(f.conv2d(x, w, b, padding=1, algorithm=a),
-             t.strided("conv2d", a) and f.conv2d(x, w, stride=2, padding=1, algorithm=a))
-            for x, w, b, _, _ in t.convolutions()]
+    calls = [(f.conv2d(x, w, b, padding=1, algorithm=a),
+              t.strided("conv2d", a) and f.conv2d(x, w, stride=2, padding=1, algorithm=a))
+             for x, w, b, _, _ in t.convolutions()]
+    # a depthwise layer at a stride (the direct algorithm's phases kernel)
+    depthwise = np.ones((2, 1, 3, 3), dtype)
+    return calls + [t.strided("conv2d", a)
+                    and f.conv2d(t.x, depthwise, stride=2, padding=1, groups=2, algorithm=a)]
 
 
 def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:

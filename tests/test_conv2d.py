@@ -446,3 +446,36 @@ def test_one_element_tuples_mean_both_axes_as_in_torch(kwargs, same, rng):
     for got, want in zip(fastconv.conv2d_backward(dy, x, w, **kwargs),
                          fastconv.conv2d_backward(dy, x, w, **same), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape, wshape, kwargs", [
+    ((3, 6, 25, 19), (12, 1, 3, 3), dict(stride=2, padding=1, groups=6)),
+    ((2, 4, 17, 21), (4, 1, 5, 5), dict(stride=(2, 3), padding=2, dilation=(2, 1), groups=4)),
+    ((2, 3, 30, 30), (3, 1, 7, 7), dict(stride=2, padding=((3, 1), (2, 3)), groups=3)),
+], ids=["3x3_s2_x2", "5x5_s23_dil21", "7x7_s2_asym"])
+def test_strided_depthwise_in_bands_on_threads(shape, wshape, kwargs, dtype, monkeypatch,
+                                                rng):
+    # the direct algorithm's strided depthwise kernel (the input's phases, each filter's
+    # taps in one pass): bands of 3 output rows, the last shorter, spread over every
+    # thread, with the bias and the ReLU floor; against the reference
+    from fastconv.cpu import strips, threads
+
+    bands = []
+
+    def three_rows(n_rows, fixed, per_row, item):
+        bands.append(min(n_rows, 3))
+        return bands[-1]
+
+    monkeypatch.setattr(strips, "band_rows", three_rows)
+    monkeypatch.setattr(threads, "SERIAL_MAX_WORK", 0)
+    fastconv.clear_plans()
+    x = rng.uniform(-1.0, 1.0, shape).astype(dtype)
+    w = rng.uniform(-1.0, 1.0, wshape).astype(dtype)
+    b = rng.uniform(-1.0, 1.0, wshape[0]).astype(dtype)
+    for activation in (None, "relu"):
+        y = fastconv.conv2d(x, w, b, **kwargs, algorithm="direct", activation=activation)
+        assert_close(y, reference.conv2d(x, w, b, **kwargs, activation=activation), dtype)
+        assert y.shape[2] % 3 != 0  # a last band shorter than the others
+    assert bands == [3, 3]  # the strided depthwise kernel ran, in bands
+    fastconv.clear_plans()

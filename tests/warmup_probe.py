@@ -25,6 +25,8 @@ CONVS = [
     ((4, 16, 24, 24), (16, 8, 3, 3), {"groups": 2, "padding": 1}),
     ((4, 32, 24, 24), (32, 1, 3, 3), {"groups": 32, "padding": 1}),
     ((4, 32, 24, 24), (32, 1, 5, 5), {"groups": 32, "padding": 2}),
+    ((4, 32, 24, 24), (32, 1, 3, 3), {"groups": 32, "stride": 2, "padding": 1}),
+    ((1, 4, 9, 9), (8, 1, 3, 3), {"groups": 4, "stride": 2}),
     ((2, 3, 9, 9), (2, 3, 5, 5), {"stride": 2}),
 ]
 #: conv_transpose2d: input shape, weight shape, stride
