@@ -208,23 +208,27 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
     ``u < pitch``; zeros outside the image. In a phase, every tap of a strided
     convolution is again a run of consecutive positions shifted by a constant. Rows
     are dealt by :func:`.strips.deal_phases` (at stride 2 on SIMD vectors; ``source``:
-    :func:`.strips.flat` (x)), which writes the image's columns only: the padding
-    columns stay zero from the buffer's first clearing (the caller's), and rows outside
-    the image are written with zeros (a per-row bound on the columns, two divisions a
-    phase, took most of the time of a 56-wide row's deal)."""
+    :func:`.strips.flat` (x)), a phase's rows inside the image in one call, which writes
+    the image's columns only: the padding columns stay zero from the buffer's first
+    clearing (the caller's), and rows outside the image are written with zeros (a
+    per-row bound on the columns, two divisions a phase, took most of the time of a
+    56-wide row's deal)."""
     height = x.shape[2]
     for a in range(stride_h):
+        # the phase's rows first + q * stride_h + a inside the image: q_lo <= q < q_hi
+        q_lo = min(n_rows, max(0, -((first + a) // stride_h)))
+        q_hi = max(q_lo, min(n_rows, -((first + a - height) // stride_h)))
+        if q_hi > q_lo:
+            strips.deal_phases(source, x, n, channel, first + q_lo * stride_h + a,
+                               q_hi - q_lo, stride_h, buffer,
+                               at + (a * stride_w * n_rows + q_lo) * pitch, pitch,
+                               n_rows * pitch, stride_w, pad_left)
         for q in range(n_rows):
-            row = first + q * stride_h + a
-            if 0 <= row < height:
-                strips.deal_phases(source, x, n, channel, row, buffer,
-                                   at + (a * stride_w * n_rows + q) * pitch, n_rows * pitch,
-                                   stride_w, pad_left)
-                continue
-            for b in range(stride_w):
-                dst = at + ((a * stride_w + b) * n_rows + q) * pitch
-                for u in range(pitch):
-                    buffer[dst + u] = 0
+            if q < q_lo or q >= q_hi:
+                for b in range(stride_w):
+                    dst = at + ((a * stride_w + b) * n_rows + q) * pitch
+                    for u in range(pitch):
+                        buffer[dst + u] = 0
 
 
 @kernel()
@@ -931,13 +935,13 @@ def _pack_plane(x, source, n, channel, pad_top, pad_left, row_len, phase_len, st
     :func:`.strips.flat` (x); rows copied (:func:`.strips.copy_row`) or dealt
     (:func:`.strips.deal_phases`: at stride 2 on vectors)."""
     dst[:] = 0
-    for i in range(min(x.shape[2], n_rows - pad_top)):
-        at = (pad_top + i) * row_len
-        if stride_w == 1:
-            strips.copy_row(source, x, n, channel, i, dst, at + pad_left)
-        else:
-            strips.deal_phases(source, x, n, channel, i, dst, at, phase_len, stride_w,
-                               pad_left)
+    inside = max(0, min(x.shape[2], n_rows - pad_top))
+    if stride_w == 1:
+        for i in range(inside):
+            strips.copy_row(source, x, n, channel, i, dst, (pad_top + i) * row_len + pad_left)
+    else:
+        strips.deal_phases(source, x, n, channel, 0, inside, 1, dst, pad_top * row_len,
+                           row_len, phase_len, stride_w, pad_left)
 
 
 @kernel(parallel=True)

@@ -108,82 +108,95 @@ def _copy_row(source, x, n, channel, row, buffer, at):
     return _copy_loop
 
 
-def deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
-    """``x[n, channel, row]`` dealt into the two stride-2 phases of its zero-padded row:
-    padded column ``2 * u + b`` at ``buffer[(first, second)[b] + u]``, for the image's
-    columns only (the padding is the caller's). ``source``: :func:`flat` (x). On
-    :mod:`.simd` vectors (two loads, two shuffles, two stores per ``2 * lanes`` values)
-    when ``x`` is C-contiguous; else value by value."""
+def deal_rows(source, x, n, channel, row, count, row_step, buffer, first, second, dst_step,
+              pad_left):
+    """Rows ``row + i * row_step`` (``i < count``) of ``x[n, channel]`` dealt into the two
+    stride-2 phases of their zero-padded rows: padded column ``2 * u + b`` of row ``i`` at
+    ``buffer[(first, second)[b] + i * dst_step + u]``, for the image's columns only (the
+    padding is the caller's). ``source``: :func:`flat` (x). On :mod:`.simd` vectors (two
+    loads, two shuffles, two stores per ``2 * lanes`` values) when ``x`` is C-contiguous;
+    else value by value. A run of rows a call: a call per row (its arrays passed field by
+    field, their reference counts taken) cost more than a short row's deal."""
 
 
-def _deal_vectors(source, x, n, channel, row, buffer, first, second, pad_left):
+def _deal_vectors(source, x, n, channel, row, count, row_step, buffer, first, second, dst_step,
+                  pad_left):
     width = x.shape[3]
     lanes = simd.lanes(buffer)
-    src = row_start(x, n, channel, row)
     # column c + 2m of a chunk starting at an even c: phase pad_left % 2, u = (c +
     # pad_left) // 2 + m; column c + 2m + 1: the other phase, u = (c + pad_left + 1) // 2 + m
-    even_at = second if pad_left % 2 else first
-    odd_at = first if pad_left % 2 else second
-    c = 0
-    while c + 2 * lanes <= width:
-        low, high = simd.load(source, src + c), simd.load(source, src + c + lanes)
-        simd.store(buffer, even_at + (c + pad_left) // 2, simd.deinterleave(low, high, False))
-        simd.store(buffer, odd_at + (c + pad_left + 1) // 2, simd.deinterleave(low, high, True))
-        c += 2 * lanes
-    if c < width:  # the row's last values, masked
-        count = width - c
-        low = simd.load_first(source, src + c, min(lanes, count))
-        high = simd.load_first(source, src + c + lanes, count - lanes)
-        simd.store_first(buffer, even_at + (c + pad_left) // 2,
-                         simd.deinterleave(low, high, False), (count + 1) // 2)
-        simd.store_first(buffer, odd_at + (c + pad_left + 1) // 2,
-                         simd.deinterleave(low, high, True), count // 2)
+    even_first = second if pad_left % 2 else first
+    odd_first = first if pad_left % 2 else second
+    whole = width - width % (2 * lanes)
+    tail = width - whole
+    for i in range(count):
+        src = row_start(x, n, channel, row + i * row_step)
+        even_at = even_first + i * dst_step + (pad_left + 0) // 2
+        odd_at = odd_first + i * dst_step + (pad_left + 1) // 2
+        for c in range(0, whole, 2 * lanes):
+            low, high = simd.load(source, src + c), simd.load(source, src + c + lanes)
+            simd.store(buffer, even_at + c // 2, simd.deinterleave(low, high, False))
+            simd.store(buffer, odd_at + c // 2, simd.deinterleave(low, high, True))
+        if tail:  # the row's last values, masked
+            low = simd.load_first(source, src + whole, min(lanes, tail))
+            high = simd.load_first(source, src + whole + lanes, tail - lanes)
+            simd.store_first(buffer, even_at + whole // 2,
+                             simd.deinterleave(low, high, False), (tail + 1) // 2)
+            simd.store_first(buffer, odd_at + whole // 2,
+                             simd.deinterleave(low, high, True), tail // 2)
 
 
-def _deal_loop(source, x, n, channel, row, buffer, first, second, pad_left):
-    for col in range(x.shape[3]):
-        padded = col + pad_left
-        buffer[(second if padded % 2 else first) + padded // 2] = x[n, channel, row, col]
+def _deal_loop(source, x, n, channel, row, count, row_step, buffer, first, second, dst_step,
+               pad_left):
+    for i in range(count):
+        for col in range(x.shape[3]):
+            padded = col + pad_left
+            buffer[(second if padded % 2 else first) + i * dst_step + padded // 2] = x[
+                n, channel, row + i * row_step, col]
 
 
-@overload(deal_row, jit_options=jit_options())
-def _deal_row(source, x, n, channel, row, buffer, first, second, pad_left):
+@overload(deal_rows, jit_options=jit_options())
+def _deal_rows(source, x, n, channel, row, count, row_step, buffer, first, second, dst_step,
+               pad_left):
     if simd.vectors_fit(source, buffer):
         return _deal_vectors
     return _deal_loop
 
 
-def deal_phases(source, x, n, channel, row, buffer, at, step, stride, pad_left):
-    """``x[n, channel, row]`` dealt into the ``stride`` column phases of its zero-padded
-    row: padded column ``u * stride + b`` at ``buffer[at + b * step + u]``, for the
-    image's columns only (the padding is the caller's). ``source``: :func:`flat` (x).
-    At stride 2 on vectors (:func:`deal_row`); at other strides value by value.
-    Inlined into its callers' loops over rows: called (LLVM does not inline it, and its
-    arrays go field by field), it cost 10-15 ns a row, five to seven times a 32-wide
-    row's deal; without Numba's reference counts just as much."""
+def deal_phases(source, x, n, channel, row, count, row_step, buffer, at, dst_step, step, stride,
+                pad_left):
+    """Rows ``row + i * row_step`` (``i < count``) of ``x[n, channel]`` dealt into the
+    ``stride`` column phases of their zero-padded rows: padded column ``u * stride + b``
+    of row ``i`` at ``buffer[at + i * dst_step + b * step + u]``, for the image's columns
+    only (the padding is the caller's). ``source``: :func:`flat` (x). At stride 2 on
+    vectors (:func:`deal_rows`); at other strides value by value."""
 
 
-def _deal_phases_inline(source, x, n, channel, row, buffer, at, step, stride, pad_left):
+def _deal_phases_inline(source, x, n, channel, row, count, row_step, buffer, at, dst_step, step,
+                        stride, pad_left):
     if stride == 2:
-        deal_row(source, x, n, channel, row, buffer, at, at + step, pad_left)
+        deal_rows(source, x, n, channel, row, count, row_step, buffer, at, at + step, dst_step,
+                  pad_left)
         return
     width = x.shape[3]
-    for b in range(stride):
-        col = (b - pad_left) % stride  # the first image column of phase b
-        dst = at + b * step + (pad_left + col) // stride
-        for m in range((width - col + stride - 1) // stride):
-            buffer[dst + m] = x[n, channel, row, col + m * stride]
+    for i in range(count):
+        for b in range(stride):
+            col = (b - pad_left) % stride  # the first image column of phase b
+            dst = at + i * dst_step + b * step + (pad_left + col) // stride
+            for m in range((width - col + stride - 1) // stride):
+                buffer[dst + m] = x[n, channel, row + i * row_step, col + m * stride]
 
 
 @overload(deal_phases, inline="always", jit_options=jit_options())
-def _deal_phases(source, x, n, channel, row, buffer, at, step, stride, pad_left):
+def _deal_phases(source, x, n, channel, row, count, row_step, buffer, at, dst_step, step, stride,
+                 pad_left):
     return _deal_phases_inline
 
 
 def weave_row(target, out, n, channel, row, planes, even, odd):
     """``out[n, channel, row, 2 * m] = planes[even + m]`` and ``out[n, channel, row, 2 * m
     + 1] = planes[odd + m]``: a row put back together from its two stride-2 column
-    phases, the inverse of :func:`deal_row` (``target``: :func:`flat` (out); ``planes``:
+    phases, the inverse of :func:`deal_rows` (``target``: :func:`flat` (out); ``planes``:
     1-D contiguous). On :mod:`.simd` vectors (two loads, two shuffles, two stores per
     ``2 * lanes`` values) when ``out`` is C-contiguous; else value by value."""
 
