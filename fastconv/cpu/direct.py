@@ -158,7 +158,7 @@ def _conv2d_depthwise_phases(x, taps_w, bias, has_bias, floor, out, pad_top, pad
             n, c = task // (channels * n_bands), task // n_bands % channels
             i_first = task % n_bands * band
             rows = min(band, out_h - i_first)
-            blocked._phase_rows(strip, 0, x, x_flat, n, c, i_first * stride_h - pad_top,
+            blocked._phase_rows(strip, np.int64(0), x, x_flat, n, c, i_first * stride_h - pad_top,
                                 phase_rows, pad_left, pitch, stride_h, stride_w)
             for kk in range(per_group):
                 k = c * per_group + kk
@@ -209,7 +209,7 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
             n_rows = (rows - 1) * stride_h + window
             acc_len = (rows - 1) * pitch + out_w
             if one_pass:
-                _padded_rows(strip, 0, x, n, g, first, n_rows, pad_left, padded_w,
+                _padded_rows(strip, np.int64(0), x, n, g, first, n_rows, pad_left, padded_w,
                              first != last_first or n_rows != last_rows, x_flat)
                 last_first, last_rows = first, n_rows
                 # the strip and the sums, with the vector of slack the host leaves after them
@@ -231,8 +231,9 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
             acc = scratch[chunk, strip_len : strip_len + n_k * acc_len]
             acc[:] = 0
             for c in range(group_channels):
-                _padded_rows(strip, 0, x, n, g * group_channels + c, first, n_rows, pad_left,
-                             padded_w, first != last_first or n_rows != last_rows, x_flat)
+                _padded_rows(strip, np.int64(0), x, n, g * group_channels + c, first, n_rows,
+                             pad_left, padded_w, first != last_first or n_rows != last_rows,
+                             x_flat)
                 last_first, last_rows = first, n_rows
                 for kk in range(n_k):
                     a = acc[kk * acc_len : (kk + 1) * acc_len]
@@ -472,7 +473,7 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
                         first = i_first * stride_h - pad_top
                         n_rows = (rows - 1) * stride_h + window
                         for c in range(group_channels):
-                            _padded_rows(strip, 0, x, n, g * group_channels + c, first,
+                            _padded_rows(strip, np.int64(0), x, n, g * group_channels + c, first,
                                          n_rows, pad_left, padded_w,
                                          first != last_first or n_rows != last_rows, x_flat)
                             last_first, last_rows = first, n_rows

@@ -410,7 +410,7 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
             elif unit_stride:
                 _im2col_tile_unit_stride(x, n, g * group_channels, group_channels, kh, kw,
                                          row_first, row_last, out_w, pad_top, pad_left, pitch,
-                                         dilation_h, dilation_w, rows, col, 0, n_cols)
+                                         dilation_h, dilation_w, rows, col, np.int64(0), n_cols)
                 for k in range(per_group):
                     for i in range(row_first, row_last):
                         dst = pitched[k * n_cols + (i - row_first) * pitch :]

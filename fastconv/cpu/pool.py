@@ -472,12 +472,12 @@ def _avg_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
     rows x columns, see :func:`_window_sizes`)."""
     planes, height, width = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
-    row_lo, row_hi = _tap_ranges(kh, stride_h, pad_h, 1, height, out_h)
+    row_lo, row_hi = _tap_ranges(kh, stride_h, pad_h, np.int64(1), height, out_h)
     row_div, col_div = _divisors(height, width, out_h, out_w, kh, kw, stride_h, stride_w,
                                  pad_h, pad_w, count_include_pad, divisor_override, x.dtype)
     span = (out_w - 1) * stride_w + 1
-    length = _padded_row_length(out_w, stride_w, kw, 1, pad_w, width)
-    kind = _horizontal_kind(kw, stride_w, 1)
+    length = _padded_row_length(out_w, stride_w, kw, np.int64(1), pad_w, width)
+    kind = _horizontal_kind(kw, stride_w, np.int64(1))
     for p in prange(planes):
         column = np.zeros(length, x.dtype)  # the padding stays 0
         inner = column[pad_w : pad_w + width]
@@ -564,12 +564,12 @@ def _avg_pool2d_backward_direct(grad_out, grad_in, kh, kw, stride_h, stride_w, p
     that row to each of the window's input rows (the vertical sum)."""
     planes, height, width = grad_in.shape
     out_h, out_w = grad_out.shape[1], grad_out.shape[2]
-    row_lo, row_hi = _tap_ranges(kh, stride_h, pad_h, 1, height, out_h)
+    row_lo, row_hi = _tap_ranges(kh, stride_h, pad_h, np.int64(1), height, out_h)
     row_div, col_div = _divisors(height, width, out_h, out_w, kh, kw, stride_h, stride_w,
                                  pad_h, pad_w, count_include_pad, divisor_override,
                                  grad_in.dtype)
     span = (out_w - 1) * stride_w + 1
-    length = _padded_row_length(out_w, stride_w, kw, 1, pad_w, width)
+    length = _padded_row_length(out_w, stride_w, kw, np.int64(1), pad_w, width)
     for p in prange(planes):
         plane = grad_in[p]
         for h in range(height):

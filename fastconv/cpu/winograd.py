@@ -336,9 +336,9 @@ def _input_transform(x, source, c, q_first, q_last, tiles_h, tiles_w, pad_top, p
                 continue
             strips.copy_row(source, x, n, c, row, padded, pad_left)
             # phases 4 and 5 are phases 0 and 1 of the row four columns on
-            _deal_tiles(padded, 0, tiles_w, span, patches, at, n_tiles, 4)
-            _deal_tiles(padded, TILE, tiles_w, span - TILE, patches, at + 4 * n_tiles, n_tiles,
-                        2)
+            _deal_tiles(padded, np.int64(0), tiles_w, span, patches, at, n_tiles, 4)
+            _deal_tiles(padded, np.int64(TILE), tiles_w, span - TILE, patches, at + 4 * n_tiles,
+                        n_tiles, 2)
     # rows: half[a', u] = sum_a B^T[a', a] patches[a, u]; then columns
     for u in range(ALPHA):
         _b_transform(patches, u * n_tiles, ALPHA * n_tiles, half, u * n_tiles, ALPHA * n_tiles,
