@@ -453,12 +453,15 @@ def test_one_element_tuples_mean_both_axes_as_in_torch(kwargs, same, rng):
     ((3, 6, 25, 19), (12, 1, 3, 3), dict(stride=2, padding=1, groups=6)),
     ((2, 4, 17, 21), (4, 1, 5, 5), dict(stride=(2, 3), padding=2, dilation=(2, 1), groups=4)),
     ((2, 3, 30, 30), (3, 1, 7, 7), dict(stride=2, padding=((3, 1), (2, 3)), groups=3)),
-], ids=["3x3_s2_x2", "5x5_s23_dil21", "7x7_s2_asym"])
-def test_strided_depthwise_in_bands_on_threads(shape, wshape, kwargs, dtype, monkeypatch,
-                                                rng):
-    # the direct algorithm's strided depthwise kernel (the input's phases, each filter's
-    # taps in one pass): bands of 3 output rows, the last shorter, spread over every
-    # thread, with the bias and the ReLU floor; against the reference
+    # stride 1, any kernel but 3x3: its rows copied, each filter four vectors at a time
+    ((2, 5, 23, 29), (10, 1, 5, 5), dict(padding=2, groups=5)),
+    ((2, 3, 14, 40), (3, 1, 1, 7), dict(padding=(0, 6), dilation=(1, 2), groups=3)),
+], ids=["3x3_s2_x2", "5x5_s23_dil21", "7x7_s2_asym", "5x5_s1_x2", "1x7_s1_dil2"])
+def test_depthwise_phases_in_bands_on_threads(shape, wshape, kwargs, dtype, monkeypatch, rng):
+    # the direct algorithm's depthwise kernel for strided layers and kernels other than
+    # 3x3 (the input's rows, at a stride dealt into phases; each filter's taps in one
+    # pass): bands of 3 output rows, the last shorter, spread over every thread, with
+    # the bias and the ReLU floor; against the reference
     from fastconv.cpu import strips, threads
 
     bands = []
@@ -477,5 +480,5 @@ def test_strided_depthwise_in_bands_on_threads(shape, wshape, kwargs, dtype, mon
         y = fastconv.conv2d(x, w, b, **kwargs, algorithm="direct", activation=activation)
         assert_close(y, reference.conv2d(x, w, b, **kwargs, activation=activation), dtype)
         assert y.shape[2] % 3 != 0  # a last band shorter than the others
-    assert bands == [3, 3]  # the strided depthwise kernel ran, in bands
+    assert bands == [3, 3]  # the depthwise kernel ran, in bands
     fastconv.clear_plans()

@@ -21,15 +21,17 @@ band sits at ``i * W_pad + j`` and tap ``(r, s)`` reads
 out (grad_weight, whose sums run over them, recomputes a filter whose result is
 not all finite without them: see :func:`_conv2d_grad_weight_direct`).
 
-Depthwise 3x3 and 5x5 layers at stride 1 (one channel per group) compute each
-filter's sums in one pass over its taps instead (:func:`_taps_3x3`,
-:func:`_taps_5x5`: explicit 16-float vectors of :mod:`.simd`, 1.4-2x faster than a
-pass per kernel row over an accumulator), then store them with the bias. Depthwise
-layers at a stride (:func:`_conv2d_depthwise_phases`) split the band's input rows into
-their ``stride_h * stride_w`` phases first (:func:`.blocked._phase_rows`), in each of
-which every tap is again a shifted run of the positions, and sum each filter's taps
-in one pass at their offsets there (:func:`_taps_at`): on the strided taps of the
-loops below, a MobileNet's 3x3 stride-2 layers ran at a third of torch's speed.
+Depthwise layers (one channel per group) compute each filter's sums in one pass
+over its taps instead, on explicit vectors of :mod:`.simd`, then store them with the
+bias: 3x3 at stride 1 on the padded rows (:func:`_taps_3x3`, 1.4-2x faster than a
+pass per kernel row over an accumulator); any other kernel, and any kernel at a
+stride, in :func:`_conv2d_depthwise_phases`, which copies the band's input rows
+(at a stride, deals them into their ``stride_h * stride_w`` phases first,
+:func:`.blocked._phase_rows`, in each of which every tap is again a shifted run of the
+positions) and sums each filter's taps at their offsets there (:func:`_taps_at`, four
+vectors of positions at a time). On the loops below, a MobileNet's 3x3 stride-2 layers
+ran at a third of torch's speed, and 5x5 and 7x7 layers at 1.2-1.6x the time they take
+there.
 
 Bands keep each thread's scratch within ``config.DIRECT_TILE_BYTES`` whatever
 the image height (:func:`.strips.band_rows`); the default budget holds a whole plane of
@@ -82,22 +84,6 @@ def _taps_3x3(source, row_step, dw, w, sums, n):
 
 
 @kernel()
-def _taps_5x5(source, row_step, dw, w, sums, n):
-    """:func:`_taps_3x3` for a 5x5 filter: 25 taps per position, in one pass."""
-    lanes = simd.lanes(source)
-    for p in range(0, n, lanes):
-        a = simd.zeros(source)
-        for r in range(5):
-            q = p + r * row_step
-            a = simd.fma(simd.splat(w[r, 0], source), simd.load(source, q), a)
-            a = simd.fma(simd.splat(w[r, 1], source), simd.load(source, q + dw), a)
-            a = simd.fma(simd.splat(w[r, 2], source), simd.load(source, q + 2 * dw), a)
-            a = simd.fma(simd.splat(w[r, 3], source), simd.load(source, q + 3 * dw), a)
-            a = simd.fma(simd.splat(w[r, 4], source), simd.load(source, q + 4 * dw), a)
-        simd.store(sums, p, a)
-
-
-@kernel()
 def _taps_at(source, taps, w, sums, n):
     """sums[p] = sum_t w[t] * source[p + taps[t]] for p < n: one filter's taps at their
     own offsets in one channel's strip (a strided layer's phases), each position in one
@@ -122,11 +108,28 @@ def _taps_at(source, taps, w, sums, n):
             a = simd.fma(w8, simd.load(source, p + t8), a)
             simd.store(sums, p, a)
         return
-    for p in range(0, n, lanes):
+    # four vectors of positions at a time: four independent chains of multiply-adds
+    # (one chain waits on each multiply-add's latency) sharing each tap's broadcast
+    p = 0
+    while p + 3 * lanes < n:
+        a0 = a1 = a2 = a3 = simd.zeros(source)
+        for t in range(taps.size):
+            v, at = simd.broadcast(w, t), p + taps[t]
+            a0 = simd.fma(v, simd.load(source, at), a0)
+            a1 = simd.fma(v, simd.load(source, at + lanes), a1)
+            a2 = simd.fma(v, simd.load(source, at + 2 * lanes), a2)
+            a3 = simd.fma(v, simd.load(source, at + 3 * lanes), a3)
+        simd.store(sums, p, a0)
+        simd.store(sums, p + lanes, a1)
+        simd.store(sums, p + 2 * lanes, a2)
+        simd.store(sums, p + 3 * lanes, a3)
+        p += 4 * lanes
+    while p < n:
         a = simd.zeros(source)
         for t in range(taps.size):
             a = simd.fma(simd.broadcast(w, t), simd.load(source, p + taps[t]), a)
         simd.store(sums, p, a)
+        p += lanes
 
 
 @kernel(parallel=True)
@@ -188,9 +191,9 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
     pitch = padded_w if unit_stride else out_w
     window = dilation_h * (kh - 1) + 1  # input rows one output row reads
     strip_len = ((band - 1) * stride_h + window) * padded_w
-    # one channel per group, stride 1, 3x3 or 5x5 (depthwise layers): each filter's sums
-    # in one pass over its taps (not one pass per kernel row over an accumulator)
-    one_pass = group_channels == 1 and unit_stride and kh == kw and (kh == 3 or kh == 5)
+    # one channel per group, stride 1, 3x3 (depthwise layers): each filter's sums in one
+    # pass over its taps (not one pass per kernel row over an accumulator)
+    one_pass = group_channels == 1 and unit_stride and kh == 3 and kw == 3
     x_flat, out_flat = flat(x), flat(out)  # rows by offset, not by view
     for chunk in prange(n_chunks):
         strip = scratch[chunk, :strip_len]
@@ -217,12 +220,8 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
                 sums = source[strip_len:]
                 for kk in range(n_k):
                     k = k_first + kk
-                    if kh == 3:
-                        _taps_3x3(source, dilation_h * padded_w, dilation_w, weight[k, 0], sums,
-                                  acc_len)
-                    else:
-                        _taps_5x5(source, dilation_h * padded_w, dilation_w, weight[k, 0], sums,
-                                  acc_len)
+                    _taps_3x3(source, dilation_h * padded_w, dilation_w, weight[k, 0], sums,
+                              acc_len)
                     b = bias[k] if has_bias else zero
                     for i in range(rows):
                         store_row(sums, i * pitch, out_flat, out, n, k, i_first + i, out_w, b,
@@ -298,7 +297,7 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups, activ
         blocked.conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups,
                                activation=activation)
         return
-    if weight.shape[1] == 1 and stride != (1, 1):
+    if weight.shape[1] == 1 and (stride != (1, 1) or weight.shape[2:] != (3, 3)):
         _depthwise_phases(x, weight, bias, out, stride, padding, dilation, activation)
         return
     n_img, _, _, width = x.shape

@@ -174,6 +174,11 @@ def deal_phases(source, x, n, channel, row, count, row_step, buffer, at, dst_ste
 
 def _deal_phases_inline(source, x, n, channel, row, count, row_step, buffer, at, dst_step, step,
                         stride, pad_left):
+    if stride == 1:
+        for i in range(count):
+            copy_row(source, x, n, channel, row + i * row_step, buffer,
+                     at + i * dst_step + pad_left)
+        return
     if stride == 2:
         deal_rows(source, x, n, channel, row, count, row_step, buffer, at, at + step, dst_step,
                   pad_left)
