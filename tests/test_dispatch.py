@@ -68,6 +68,10 @@ AUTO_CHOICES = [
     # (id, input shape, weight shape, kwargs, expected kernel)
     ("depthwise_3x3", (1, 32, 10, 10), (32, 1, 3, 3), dict(padding=1, groups=32), "direct"),
     ("depthwise_x2_3x3", (1, 8, 9, 9), (16, 1, 3, 3), dict(stride=2, groups=8), "direct"),
+    # depthwise at any depth (49 taps > AUTO_DIRECT_MAX_DEPTH): one pass over the taps
+    ("depthwise_7x7", (8, 32, 14, 14), (32, 1, 7, 7), dict(padding=3, groups=32), "direct"),
+    ("depthwise_5x5_s2", (8, 32, 14, 14), (32, 1, 5, 5), dict(stride=2, padding=2, groups=32),
+     "direct"),
     ("c1_5x5", (2, 1, 12, 12), (6, 1, 5, 5), {}, "direct"),
     ("c3_3x3", (1, 3, 9, 9), (4, 3, 3, 3), dict(padding=1), "direct"),
     # depth 36 > AUTO_DIRECT_MAX_DEPTH, but 64 * 4 * 36 = 9216 <= AUTO_DIRECT_MAX_WORK
@@ -197,7 +201,12 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
     assert dispatch.select("conv2d", "cpu", "auto", **tiny)[0] == "im2col"
     monkeypatch.setattr(config, "AUTO_DIRECT_MAX_DEPTH", 0)
     depthwise = _problem((32, 1, 3, 3), groups=32)
-    assert dispatch.select("conv2d", "cpu", "auto", **depthwise)[0] == "im2col"
+    # depthwise layers run direct whatever their depth, but grad_input at a stride
+    for op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"):
+        assert dispatch.select(op, "cpu", "auto", **depthwise)[0] == "direct"
+    strided = dict(depthwise, stride=(2, 2))
+    assert dispatch.select("conv2d_grad_input", "cpu", "auto", **strided)[0] == "im2col"
+    assert dispatch.select("conv2d", "cpu", "auto", **strided)[0] == "direct"
     monkeypatch.setattr(config, "AUTO_DIRECT_MAX_DEPTH", 10**6)
     assert dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))[0] == "direct"
 

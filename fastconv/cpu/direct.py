@@ -86,9 +86,9 @@ def _taps_3x3(source, row_step, dw, w, sums, n):
 @kernel()
 def _taps_at(source, taps, w, sums, n):
     """sums[p] = sum_t w[t] * source[p + taps[t]] for p < n: one filter's taps at their
-    own offsets in one channel's strip (a strided layer's phases), each position in one
-    pass over them, a vector at a time; the last vector runs past ``n`` as in
-    :func:`_taps_3x3`."""
+    own offsets in one channel's strip (its padded rows, at a stride their phases), each
+    position in one pass over them, a vector at a time; the last vector runs past ``n``
+    as in :func:`_taps_3x3`."""
     lanes = simd.lanes(source)
     if taps.size == 9:  # a 3x3 filter: its weights and offsets held in registers
         w0, w1, w2 = simd.broadcast(w, 0), simd.broadcast(w, 1), simd.broadcast(w, 2)
