@@ -501,3 +501,43 @@ def test_winograd_refuses_strided_gradients():
                                          "conv2d_grad_input: winograd needs a 3x3 kernel, "
                                          "stride 1"):
         fastconv.conv2d_backward(dy, x, w, stride=2, padding=1, algorithm="winograd")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("wshape, kwargs", [
+    ((12, 1, 5, 5), dict(stride=2, padding=2, groups=6)),
+    ((6, 1, 7, 7), dict(stride=(2, 3), padding=((3, 1), (2, 3)), dilation=(1, 2), groups=6)),
+], ids=["5x5_s2_x2", "7x7_s23_dil12_asym"])
+def test_strided_depthwise_grad_input_on_the_spread_grid(wshape, kwargs, dtype, monkeypatch,
+                                                          rng):
+    # a depthwise layer's grad_input at a stride: grad_out spread on the stride's grid,
+    # then the stride-1 depthwise kernel, in bands of 3 rows on every thread; an Inf
+    # weight tap goes to the scatter loops instead (the spread's zeros would meet it)
+    from fastconv.cpu import identities, strips, threads
+
+    spreads = []
+    spread = identities.spread
+    monkeypatch.setattr(identities, "spread",
+                        lambda grad_out, stride: spreads.append(stride) or spread(grad_out,
+                                                                                  stride))
+    monkeypatch.setattr(strips, "band_rows", lambda n_rows, *_: min(n_rows, 3))
+    monkeypatch.setattr(threads, "SERIAL_MAX_WORK", 0)
+    fastconv.clear_plans()
+    x = rng.uniform(-1, 1, (2, 6, 23, 19)).astype(dtype)
+    w = rng.uniform(-1, 1, wshape).astype(dtype)
+    dy = rng.uniform(-1, 1, reference.conv2d(x, w, **kwargs).shape).astype(dtype)
+    dy[1, 2, 3, 2] = np.nan
+    for weight in (w, np.where(np.arange(w.size).reshape(w.shape) == 8, np.inf, w)):
+        weight = weight.astype(dtype)
+        got = fastconv.conv2d_backward(dy, x, weight, **kwargs, algorithm="direct",
+                                       needs_weight_grad=False, needs_bias_grad=False)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = reference.conv2d_backward(dy, x, weight, **kwargs)[0]
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], **tolerance(dtype))
+    assert spreads == [kwargs["stride"] if isinstance(kwargs["stride"], tuple)
+                       else (kwargs["stride"],) * 2] * 2
+    fastconv.clear_plans()

@@ -42,9 +42,8 @@ def _choose_conv(op, weight_shape, problem):
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
        are outputs (on its dense layout where that pays, :func:`.blocked.use_percent`);
     3. direct for layers of one channel per group (depthwise, any kernel: conv2d and
-       grad_input sum each filter's taps in one pass, 4-6x faster than im2col's GEMMs of
-       one channel; grad_weight 1.1-3.9x), but grad_input at a stride (loops over the
-       strided taps); else direct when one output needs at most
+       grad_input sum each filter's taps in one pass, 2-6x faster than im2col's GEMMs of
+       one channel; grad_weight 1.1-3.9x); else direct when one output needs at most
        ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds (too little depth for a GEMM), except
        grad_weight of a layer with more than one channel per group, whose im2col GEMM
        reduces over N * H * W and wins there;
@@ -70,8 +69,7 @@ def _choose_conv(op, weight_shape, problem):
         choice = _blocked_rule(op, weight_shape, problem, narrow, fits)
         if choice is not None:
             return choice
-    if group_channels == 1 and (op != "conv2d_grad_input"
-                                or problem.get("stride", (1, 1)) == (1, 1)):
+    if group_channels == 1:
         return "direct", (f"one channel per group (depthwise): the direct kernel sums each "
                           f"filter's {depth} taps in one pass, where im2col's GEMM has one "
                           f"channel's columns to reduce")
