@@ -150,11 +150,16 @@ def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
 
 def _warm_conv2d_grad_weight(f: ModuleType, dtype: np.dtype, a: str) -> object:
     t = _Tiny(dtype)
-    return [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, needs_input_grad=False),
-             t.strided("conv2d_grad_weight", a)
-             and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a,
-                                   needs_input_grad=False))
-            for x, w, _, y1, y2 in t.convolutions()]
+    calls = [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, needs_input_grad=False),
+              t.strided("conv2d_grad_weight", a)
+              and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a,
+                                    needs_input_grad=False))
+             for x, w, _, y1, y2 in t.convolutions()]
+    if a == "direct":  # a depthwise layer: the dot products over each channel's strip
+        depthwise = np.ones((2, 1, 3, 3), dtype)
+        calls.append(f.conv2d_backward(t.y1, t.x, depthwise, padding=1, groups=2,
+                                       algorithm=a, needs_input_grad=False))
+    return calls
 
 
 def _warm_conv2d_grad_bias(f: ModuleType, dtype: np.dtype, a: str) -> object:

@@ -541,3 +541,50 @@ def test_strided_depthwise_grad_input_on_the_spread_grid(wshape, kwargs, dtype, 
     assert spreads == [kwargs["stride"] if isinstance(kwargs["stride"], tuple)
                        else (kwargs["stride"],) * 2] * 2
     fastconv.clear_plans()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("wshape, kwargs", [
+    ((6, 1, 3, 3), dict(padding=1, groups=6)),
+    ((12, 1, 3, 3), dict(stride=2, padding=1, groups=6)),
+    ((6, 1, 5, 5), dict(stride=(2, 3), padding=((2, 1), (0, 3)), dilation=(1, 2), groups=6)),
+    ((6, 1, 7, 7), dict(padding=3, groups=6)),
+], ids=["3x3_s1", "3x3_s2_x2", "5x5_s23_dil12_asym", "7x7_s1"])
+def test_depthwise_grad_weight_in_bands_on_threads(wshape, kwargs, dtype, monkeypatch, rng):
+    # a depthwise layer's weight gradient: each channel's strip (its phases at a stride)
+    # and each filter's output gradient on its pitch, every tap a dot product (a 3x3
+    # filter's nine at once), in bands of 3 rows, the last shorter, on every thread; a
+    # NaN in grad_output lands where the definition puts it, and an Inf input value
+    # (met by the junk columns' zeros) sends the call to the exact loops
+    from fastconv.cpu import direct, strips, threads
+
+    calls = []
+    fast = direct._depthwise_grad_weight
+    monkeypatch.setattr(direct, "_depthwise_grad_weight",
+                        lambda *args: calls.append(fast(*args)) or calls[-1])
+    monkeypatch.setattr(strips, "band_rows", lambda n_rows, *_: min(n_rows, 3))
+    monkeypatch.setattr(threads, "SERIAL_MAX_WORK", 0)
+    fastconv.clear_plans()
+    x = rng.uniform(-1, 1, (3, 6, 22, 19)).astype(dtype)
+    w = rng.uniform(-1, 1, wshape).astype(dtype)
+    dy = rng.uniform(-1, 1, reference.conv2d(x, w, **kwargs).shape).astype(dtype)
+    assert dy.shape[2] % 3 != 0
+    for case in ("finite", "nan_grad", "inf_input"):
+        if case == "nan_grad":
+            dy[1, 2, 3, 1] = np.nan
+        if case == "inf_input":
+            x[2, 4, 5, 6] = np.inf
+        got = fastconv.conv2d_backward(dy, x, w, **kwargs, algorithm="direct",
+                                       needs_input_grad=False, needs_bias_grad=False)[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = reference.conv2d_backward(dy, x, w, **kwargs)[1]
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite],
+                                   **sum_tolerance(dtype, dy.shape[0] * dy.shape[2]
+                                                   * dy.shape[3]))
+    assert calls[0] is True  # the finite call ran the dot products alone
+    assert len(calls) == 3
+    fastconv.clear_plans()

@@ -42,8 +42,9 @@ def _choose_conv(op, weight_shape, problem):
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
        are outputs (on its dense layout where that pays, :func:`.blocked.use_percent`);
     3. direct for layers of one channel per group (depthwise, any kernel: conv2d and
-       grad_input sum each filter's taps in one pass, 2-6x faster than im2col's GEMMs of
-       one channel; grad_weight 1.1-3.9x); else direct when one output needs at most
+       grad_input sum each filter's taps in one pass, grad_weight each tap's dot product
+       over each channel's strip: 2-10x faster than im2col's GEMMs of one channel); else
+       direct when one output needs at most
        ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds (too little depth for a GEMM), except
        grad_weight of a layer with more than one channel per group, whose im2col GEMM
        reduces over N * H * W and wins there;

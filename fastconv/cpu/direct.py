@@ -31,7 +31,11 @@ stride, in :func:`_conv2d_depthwise_phases`, which copies the band's input rows
 positions) and sums each filter's taps at their offsets there (:func:`_taps_at`, four
 vectors of positions at a time). On the loops below, a MobileNet's 3x3 stride-2 layers
 ran at a third of torch's speed, and 5x5 and 7x7 layers at 1.2-1.6x the time they take
-there.
+there. Their weight gradient runs on the same strips
+(:func:`_depthwise_grad_weight_phases`): each tap's sum is a dot product of the strip
+at the tap's offset with the filter's output gradient laid on the strip's pitch
+(:func:`_taps_dot`); their grad_input at a stride is the stride-1 kernel on the output
+gradient spread on the stride's grid (:func:`.identities.spread`).
 
 Bands keep each thread's scratch within ``config.DIRECT_TILE_BYTES`` whatever
 the image height (:func:`.strips.band_rows`); the default budget holds a whole plane of
@@ -132,6 +136,46 @@ def _taps_at(source, taps, w, sums, n):
         p += lanes
 
 
+@kernel()
+def _taps_dot(source, taps, grads, n, out):
+    """out[t] += sum_{p < n} grads[p] * source[p + taps[t]]: one band of a depthwise
+    filter's weight gradient, ``grads`` the band's output gradient on the strip's row
+    pitch (zeros in its junk columns, and from ``n`` for a vector's slack), ``source``
+    the channel's strip as :func:`_taps_at` reads it. A 3x3 filter's nine sums in
+    registers over one pass of the positions (a vector of ``grads`` loaded once for
+    the nine taps); other filters a tap at a time, two vectors of positions a step."""
+    lanes = simd.lanes(source)
+    if taps.size == 9:
+        t0, t1, t2, t3, t4 = taps[0], taps[1], taps[2], taps[3], taps[4]
+        t5, t6, t7, t8 = taps[5], taps[6], taps[7], taps[8]
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = simd.zeros(source)
+        for p in range(0, n, lanes):
+            g = simd.load(grads, p)
+            a0 = simd.fma(g, simd.load(source, p + t0), a0)
+            a1 = simd.fma(g, simd.load(source, p + t1), a1)
+            a2 = simd.fma(g, simd.load(source, p + t2), a2)
+            a3 = simd.fma(g, simd.load(source, p + t3), a3)
+            a4 = simd.fma(g, simd.load(source, p + t4), a4)
+            a5 = simd.fma(g, simd.load(source, p + t5), a5)
+            a6 = simd.fma(g, simd.load(source, p + t6), a6)
+            a7 = simd.fma(g, simd.load(source, p + t7), a7)
+            a8 = simd.fma(g, simd.load(source, p + t8), a8)
+        for t, acc in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8)):
+            out[t] += simd.total(acc)
+        return
+    for t in range(taps.size):
+        at = taps[t]
+        a0 = a1 = simd.zeros(source)
+        p = 0
+        while p + lanes < n:
+            a0 = simd.fma(simd.load(grads, p), simd.load(source, p + at), a0)
+            a1 = simd.fma(simd.load(grads, p + lanes), simd.load(source, p + at + lanes), a1)
+            p += 2 * lanes
+        if p < n:
+            a0 = simd.fma(simd.load(grads, p), simd.load(source, p + at), a0)
+        out[t] += simd.total(simd.add(a0, a1))
+
+
 @kernel(parallel=True)
 def _conv2d_depthwise_phases(x, taps_w, bias, has_bias, floor, out, pad_top, pad_left,
                              stride_h, stride_w, pitch, phase_rows, taps, band, scratch):
@@ -170,6 +214,47 @@ def _conv2d_depthwise_phases(x, taps_w, bias, has_bias, floor, out, pad_top, pad
                 for i in range(rows):
                     store_row(sums, i * pitch, out_flat, out, n, k, i_first + i, out_w, b,
                               floor)
+
+
+@kernel(parallel=True)
+def _depthwise_grad_weight_phases(x, grad_out, taps_gw, pad_top, pad_left, stride_h, stride_w,
+                                  pitch, phase_rows, taps, band, scratch):
+    """taps_gw[k, t] = sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, k // m, i*sh +
+    r*dh, j*sw + s*dw] (``t = r * S + s``) for a layer of one channel per group (``m`` =
+    K / C filters each): the strip of :func:`_conv2d_depthwise_phases` (a band's input
+    rows, at a stride dealt into their phases; tap ``t`` of output ``p = i * pitch + j``
+    at ``p + taps[t]``) and the band's rows of each filter's output gradient on the same
+    pitch (:func:`_taps_dot`). A task owns a channel and its filters, so each sum runs
+    over the images and bands in one fixed order. The junk columns' zeros meet input
+    values there (``0 * Inf = NaN``): the caller computes a result that is not all
+    finite again."""
+    n_img, channels = x.shape[0], x.shape[1]
+    out_channels, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
+    per_group = out_channels // channels
+    n_chunks = scratch.shape[0]
+    lanes = simd.WIDTH_BYTES // x.itemsize
+    strip_len = stride_h * stride_w * phase_rows * pitch + lanes
+    x_flat = flat(x)  # rows by offset, not by view
+    for chunk in prange(n_chunks):
+        strip = scratch[chunk, :strip_len]
+        pitched = scratch[chunk, strip_len:]
+        strip[:] = 0  # the padding columns stay zero: every band writes the same columns
+        pitched[:] = 0  # and so do the junk columns
+        for c in range(chunk * channels // n_chunks, (chunk + 1) * channels // n_chunks):
+            for kk in range(per_group):
+                taps_gw[c * per_group + kk] = 0
+            for n in range(n_img):
+                for i_first in range(0, out_h, band):
+                    rows = min(band, out_h - i_first)
+                    blocked._phase_rows(strip, np.int64(0), x, x_flat, n, c,
+                                        i_first * stride_h - pad_top, phase_rows, pad_left,
+                                        pitch, stride_h, stride_w)
+                    count = (rows - 1) * pitch + out_w
+                    for kk in range(per_group):
+                        k = c * per_group + kk
+                        _to_pitch(pitched, grad_out[n, k, i_first : i_first + rows], 0, pitch)
+                        pitched[count : count + lanes] = 0  # a taller band's rows
+                        _taps_dot(strip, taps, pitched, count, taps_gw[k])
 
 
 @kernel(parallel=True)
@@ -328,14 +413,17 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups, activ
     )
 
 
-def _depthwise_phases(x, weight, bias, out, stride, padding, dilation, activation):
-    """Host side of :func:`_conv2d_depthwise_phases` (one channel per group, a stride)."""
-    n_img, channels, _, width = x.shape
-    out_channels, _, kh, kw = weight.shape
-    out_h, out_w = out.shape[2], out.shape[3]
-    (top, _), (left, right) = padding
+def _phase_layout(x, kernel_size, out_hw, stride, padding, dilation):
+    """``(pitch, band, phase_rows, taps, strip)`` of the depthwise kernels' strips: a
+    band of ``band`` output rows reads ``phase_rows`` rows of each of the ``sh * sw``
+    phases of its input rows, ``pitch`` values each, ``strip`` values in all with a
+    vector of slack; output ``p = i * pitch + j`` reads tap ``t`` at ``p + taps[t]``
+    (:func:`.blocked._tap_table`). A band's phases and its rows of sums (or of output
+    gradient) on the pitch fill at most the scratch budget of :func:`.strips.band_rows`."""
+    (kh, kw), (out_h, out_w) = kernel_size, out_hw
+    (left, right) = padding[1]
     phases = stride[0] * stride[1]
-    pitch = -(-(width + left + right) // stride[1])
+    pitch = -(-(x.shape[3] + left + right) // stride[1])
     reach = dilation[0] * (kh - 1) // stride[0]  # phase rows below a band's last row
     lanes = simd.WIDTH_BYTES // x.itemsize
     # a band of b rows: (b + reach) rows of each phase, and the sums of b rows
@@ -344,10 +432,20 @@ def _depthwise_phases(x, weight, bias, out, stride, padding, dilation, activatio
     phase_rows = band + reach
     taps = np.ascontiguousarray(blocked._tap_table(kh, kw, stride, dilation, ((0, 0),),
                                                    phase_rows, pitch, out_w, 1, False)[0][0])
+    return pitch, band, phase_rows, taps, phases * phase_rows * pitch + lanes
+
+
+def _depthwise_phases(x, weight, bias, out, stride, padding, dilation, activation):
+    """Host side of :func:`_conv2d_depthwise_phases` (one channel per group)."""
+    n_img, channels = x.shape[:2]
+    out_channels, _, kh, kw = weight.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    top, left = padding[0][0], padding[1][0]
+    pitch, band, phase_rows, taps, strip = _phase_layout(x, (kh, kw), (out_h, out_w), stride,
+                                                         padding, dilation)
+    lanes = simd.WIDTH_BYTES // x.itemsize
     chunks = _chunks(n_img * channels * -(-out_h // band))
-    scratch = workspace.borrow(
-        (chunks, phases * phase_rows * pitch + lanes + (band - 1) * pitch + out_w + lanes),
-        x.dtype)
+    scratch = workspace.borrow((chunks, strip + (band - 1) * pitch + out_w + lanes), x.dtype)
     has_bias = bias is not None
     threads.serial_if_small(_conv2d_depthwise_phases, chunks, out, kh * kw)(
         x, np.ascontiguousarray(weight.reshape(out_channels, kh * kw)),
@@ -563,7 +661,31 @@ def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilatio
         if blocked.conv2d_grad_weight_blocked(x, grad_out, grad_weight, stride, padding,
                                               dilation, groups):
             return
+    if grad_weight.shape[1] == 1 and _depthwise_grad_weight(x, grad_out, grad_weight, stride,
+                                                            padding, dilation):
+        return
     _grad_weight_loops(x, grad_out, grad_weight, stride, padding, dilation, groups)
+
+
+def _depthwise_grad_weight(x, grad_out, grad_weight, stride, padding, dilation) -> bool:
+    """Host side of :func:`_depthwise_grad_weight_phases` (one channel per group); False,
+    with ``grad_weight`` written, where the result is not all finite (the exact loops
+    then compute it again)."""
+    channels = x.shape[1]
+    out_channels, _, kh, kw = grad_weight.shape
+    out_h, out_w = grad_out.shape[2:]
+    pitch, band, phase_rows, taps, strip = _phase_layout(x, (kh, kw), (out_h, out_w), stride,
+                                                         padding, dilation)
+    lanes = simd.WIDTH_BYTES // x.itemsize
+    chunks = _chunks(channels)
+    scratch = workspace.borrow((chunks, strip + band * pitch + lanes), x.dtype)
+    taps_gw = np.empty((out_channels, kh * kw), x.dtype)
+    threads.serial_if_small(_depthwise_grad_weight_phases, chunks, grad_weight,
+                            grad_out.shape[0] * out_h * out_w)(
+        x, grad_out, taps_gw, padding[0][0], padding[1][0], stride[0], stride[1], pitch,
+        phase_rows, taps, band, scratch)
+    grad_weight[...] = taps_gw.reshape(grad_weight.shape)
+    return all_finite(taps_gw)
 
 
 def _grad_weight_loops(x, grad_out, grad_weight, stride, padding, dilation, groups):
