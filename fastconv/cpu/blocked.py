@@ -220,12 +220,14 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
                                q_hi - q_lo, stride_h, buffer,
                                at + (a * stride_w * n_rows + q_lo) * pitch, pitch,
                                n_rows * pitch, stride_w, pad_left)
-        for q in range(n_rows):
-            if q < q_lo or q >= q_hi:
-                for b in range(stride_w):
-                    dst = at + ((a * stride_w + b) * n_rows + q) * pitch
-                    for u in range(pitch):
-                        buffer[dst + u] = 0
+        for b in range(stride_w if q_lo > 0 or q_hi < n_rows else 0):
+            # the rows outside the image: two runs of zeros (slices, which vectorise, where
+            # a loop over buffer[dst + u] checked each index for wraparound)
+            phase = at + (a * stride_w + b) * n_rows * pitch
+            if q_lo > 0:
+                buffer[phase : phase + q_lo * pitch] = 0
+            if q_hi < n_rows:
+                buffer[phase + q_hi * pitch : phase + n_rows * pitch] = 0
 
 
 @kernel()
