@@ -152,6 +152,17 @@ def tolerance(dtype: object) -> dict[str, float]:
     return TOLERANCES[np.dtype(dtype).type]
 
 
+def assert_same_pattern(actual, expected, **tol):
+    """NaN, +Inf and -Inf at the same positions, and close finite values elsewhere."""
+    for name, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        wrong = np.argwhere(test(actual) != test(expected))
+        assert wrong.size == 0, (
+            f"{name} at {len(wrong)} positions where the other has none or vice versa "
+            f"(e.g. {tuple(wrong[0])}): {test(actual).sum()} here, {test(expected).sum()} expected")
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(actual[finite], expected[finite], **tol)
+
+
 def make_inputs(case: Conv2dCase, dtype: object, rng: np.random.Generator):
     """Fresh random ``(x, w, b)`` for ``case`` in ``dtype``, uniform in [-1, 1]
     (``b`` is None for a case without bias)."""

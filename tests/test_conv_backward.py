@@ -25,6 +25,7 @@ from tests.cases import (
     CONV2D_CASES,
     DTYPES,
     Conv2dCase,
+    assert_same_pattern,
     expected_output_shape,
     explicit_padding,
     general_algorithms,
@@ -503,6 +504,20 @@ def test_winograd_refuses_strided_gradients():
         fastconv.conv2d_backward(dy, x, w, stride=2, padding=1, algorithm="winograd")
 
 
+def _depthwise_in_bands(shape, wshape, kwargs, dtype, monkeypatch, rng):
+    """``(x, w, dy)`` in [-1, 1] for a depthwise layer, with the direct kernels' bands set
+    to 3 output rows (the last one shorter) and every call on the threads."""
+    from fastconv.cpu import strips, threads
+
+    monkeypatch.setattr(strips, "band_rows", lambda n_rows, *_: min(n_rows, 3))
+    monkeypatch.setattr(threads, "SERIAL_MAX_WORK", 0)
+    fastconv.clear_plans()
+    x = rng.uniform(-1, 1, shape).astype(dtype)
+    w = rng.uniform(-1, 1, wshape).astype(dtype)
+    dy = rng.uniform(-1, 1, reference.conv2d(x, w, **kwargs).shape).astype(dtype)
+    return x, w, dy
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("wshape, kwargs", [
     ((12, 1, 5, 5), dict(stride=2, padding=2, groups=6)),
@@ -513,19 +528,15 @@ def test_strided_depthwise_grad_input_on_the_spread_grid(wshape, kwargs, dtype, 
     # a depthwise layer's grad_input at a stride: grad_out spread on the stride's grid,
     # then the stride-1 depthwise kernel, in bands of 3 rows on every thread; an Inf
     # weight tap goes to the scatter loops instead (the spread's zeros would meet it)
-    from fastconv.cpu import identities, strips, threads
+    from fastconv.cpu import identities
 
     spreads = []
     spread = identities.spread
     monkeypatch.setattr(identities, "spread",
                         lambda grad_out, stride: spreads.append(stride) or spread(grad_out,
                                                                                   stride))
-    monkeypatch.setattr(strips, "band_rows", lambda n_rows, *_: min(n_rows, 3))
-    monkeypatch.setattr(threads, "SERIAL_MAX_WORK", 0)
-    fastconv.clear_plans()
-    x = rng.uniform(-1, 1, (2, 6, 23, 19)).astype(dtype)
-    w = rng.uniform(-1, 1, wshape).astype(dtype)
-    dy = rng.uniform(-1, 1, reference.conv2d(x, w, **kwargs).shape).astype(dtype)
+    x, w, dy = _depthwise_in_bands((2, 6, 23, 19), wshape, kwargs, dtype, monkeypatch, rng)
+    assert x.shape[2] % 3 != 0  # grad_in's rows: the last band shorter
     dy[1, 2, 3, 2] = np.nan
     for weight in (w, np.where(np.arange(w.size).reshape(w.shape) == 8, np.inf, w)):
         weight = weight.astype(dtype)
@@ -534,10 +545,7 @@ def test_strided_depthwise_grad_input_on_the_spread_grid(wshape, kwargs, dtype, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             want = reference.conv2d_backward(dy, x, weight, **kwargs)[0]
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
-        finite = np.isfinite(want)
-        np.testing.assert_allclose(got[finite], want[finite], **tolerance(dtype))
+        assert_same_pattern(got, want, **tolerance(dtype))
     assert spreads == [kwargs["stride"] if isinstance(kwargs["stride"], tuple)
                        else (kwargs["stride"],) * 2] * 2
     fastconv.clear_plans()
@@ -556,19 +564,14 @@ def test_depthwise_grad_weight_in_bands_on_threads(wshape, kwargs, dtype, monkey
     # filter's nine at once), in bands of 3 rows, the last shorter, on every thread; a
     # NaN in grad_output lands where the definition puts it, and an Inf input value
     # (met by the junk columns' zeros) sends the call to the exact loops
-    from fastconv.cpu import direct, strips, threads
+    from fastconv.cpu import direct
 
     calls = []
     fast = direct._depthwise_grad_weight
     monkeypatch.setattr(direct, "_depthwise_grad_weight",
                         lambda *args: calls.append(fast(*args)) or calls[-1])
-    monkeypatch.setattr(strips, "band_rows", lambda n_rows, *_: min(n_rows, 3))
-    monkeypatch.setattr(threads, "SERIAL_MAX_WORK", 0)
-    fastconv.clear_plans()
-    x = rng.uniform(-1, 1, (3, 6, 22, 19)).astype(dtype)
-    w = rng.uniform(-1, 1, wshape).astype(dtype)
-    dy = rng.uniform(-1, 1, reference.conv2d(x, w, **kwargs).shape).astype(dtype)
-    assert dy.shape[2] % 3 != 0
+    x, w, dy = _depthwise_in_bands((3, 6, 22, 19), wshape, kwargs, dtype, monkeypatch, rng)
+    assert dy.shape[2] % 3 != 0  # grad_out's rows: the last band shorter
     for case in ("finite", "nan_grad", "inf_input"):
         if case == "nan_grad":
             dy[1, 2, 3, 1] = np.nan
@@ -579,12 +582,8 @@ def test_depthwise_grad_weight_in_bands_on_threads(wshape, kwargs, dtype, monkey
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             want = reference.conv2d_backward(dy, x, w, **kwargs)[1]
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
-        finite = np.isfinite(want)
-        np.testing.assert_allclose(got[finite], want[finite],
-                                   **sum_tolerance(dtype, dy.shape[0] * dy.shape[2]
-                                                   * dy.shape[3]))
+        assert_same_pattern(got, want, **sum_tolerance(dtype, dy.shape[0] * dy.shape[2]
+                                                       * dy.shape[3]))
     assert calls[0] is True  # the finite call ran the dot products alone
     assert len(calls) == 3
     fastconv.clear_plans()

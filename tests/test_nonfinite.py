@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from tests.cases import DTYPES, sum_tolerance, tolerance
+from tests.cases import DTYPES, assert_same_pattern, sum_tolerance, tolerance
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -144,17 +144,6 @@ def fastconv_result(op, result, x, w, b, dy, geometry, algorithm):
                      needs_weight_grad=result == "grad_weight", needs_bias_grad=False,
                      algorithm=algorithm, **geometry.kwargs)
     return grads[0] if result == "grad_input" else grads[1]
-
-
-def assert_same_pattern(actual, expected, **tol):
-    """NaN, +Inf and -Inf at the same positions, and close finite values elsewhere."""
-    for name, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
-        wrong = np.argwhere(test(actual) != test(expected))
-        assert wrong.size == 0, (
-            f"{name} at {len(wrong)} positions where the other has none or vice versa "
-            f"(e.g. {tuple(wrong[0])}): {test(actual).sum()} here, {test(expected).sum()} expected")
-    finite = np.isfinite(expected)
-    np.testing.assert_allclose(actual[finite], expected[finite], **tol)
 
 
 def _params():
