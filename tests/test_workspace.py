@@ -35,7 +35,9 @@ BUDGETS = [1, 400, 1200, 3000, 5000]
 KERNEL_TABLE = [(direct, "_conv2d_forward_direct", 5, -2),
                 (direct, "_conv2d_grad_input_direct", 2, -2),
                 (direct, "_conv2d_grad_weight_direct", 1, -2),
-                (blocked, "_conv2d_forward_blocked", 6, -7)]
+                (blocked, "_conv2d_forward_blocked", 6, -7),
+                (direct, "_conv2d_depthwise_phases", 5, -2),
+                (direct, "_depthwise_grad_weight_phases", 1, -2)]
 KERNELS = [name for _, name, _, _ in KERNEL_TABLE]
 
 THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
@@ -145,8 +147,10 @@ def test_budgets_give_many_unequal_bands(calls, monkeypatch, rng):
     # The budgets above do split planes: for every kernel, into one-row bands and into
     # bands of several rows with a shorter last one, with more tasks than threads.
     dtype = np.float32
-    # (5x5_s2_p2: 3 channels, too few for the blocked grad_input: the scatter kernel)
-    for case in cases("3x3_s2_p1", "5x5_c1_p2", "tall_input", "5x5_s2_p2"):
+    # (5x5_s2_p2: 3 channels, too few for the blocked grad_input: the scatter kernel;
+    # the depthwise ones: the phases kernels, forward and grad_weight)
+    for case in cases("3x3_s2_p1", "5x5_c1_p2", "tall_input", "5x5_s2_p2",
+                      "depthwise_5x5_dil12", "depthwise_x2_dil21_asym"):
         x, w, b = make_inputs(case, dtype, rng)
         g = make_grad_output(case, dtype, rng)
         for budget in [*BUDGETS, 600]:  # 600: bands of 7 of 15 rows for the scatter kernel
@@ -169,7 +173,8 @@ def test_default_budget_keeps_common_planes_whole(calls):
         y = fastconv.conv2d(x, w, padding=padding, groups=groups, algorithm="direct")
         fastconv.conv2d_backward(y, x, w, padding=padding, groups=groups, algorithm="direct")
     # 12 kernel calls less the two dense layers' grad_weight, which runs the blocked
-    # kernel over whole packed images (no bands)
+    # kernel over whole packed images (no bands); the depthwise layers' grad_weight is
+    # the phases kernel's
     assert len(calls) == 10
     assert all(band == rows for _, rows, band, _ in calls), calls
 
