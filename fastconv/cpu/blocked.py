@@ -931,16 +931,11 @@ def _pack_plane(x, source, n, channel, pad_top, pad_left, row_len, phase_len, st
     ``dst[t * row_len:]`` and, at a column stride, dealt into its ``stride_w`` column
     phases: padded column ``u`` at ``(u % stride_w) * phase_len + u // stride_w`` of its
     row. Rows from ``n_rows`` on (which no output reads) are left out. ``source``:
-    :func:`.strips.flat` (x); rows copied (:func:`.strips.copy_row`) or dealt
-    (:func:`.strips.deal_phases`: at stride 2 on vectors)."""
+    :func:`.strips.flat` (x); rows copied or dealt by :func:`.strips.deal_phases`."""
     dst[:] = 0
     inside = max(0, min(x.shape[2], n_rows - pad_top))
-    if stride_w == 1:
-        for i in range(inside):
-            strips.copy_row(source, x, n, channel, i, dst, (pad_top + i) * row_len + pad_left)
-    else:
-        strips.deal_phases(source, x, n, channel, 0, inside, 1, dst, pad_top * row_len,
-                           row_len, phase_len, stride_w, pad_left)
+    strips.deal_phases(source, x, n, channel, 0, inside, 1, dst, pad_top * row_len, row_len,
+                       phase_len, stride_w, pad_left)
 
 
 @kernel(parallel=True)
