@@ -549,7 +549,18 @@ def _threads() -> list[str]:
     except ValueError as error:  # numba's word for "no layer could be loaded"
         return [f"numba threads: none; threading layer: none could be loaded "
                 f"(requested: {requested}): {_one_line(error, kind=False)}"]
-    return [f"numba threads: {threads}; threading layer: {layer} (requested: {requested})"]
+    from . import config
+    from .cpu import threads as cpu_threads
+
+    if not config.PARALLEL:
+        runs = "1 part, on the calling thread (FASTCONV_PARALLEL=0)"
+    elif cpu_threads.on_numba_pool():
+        runs = (f"{threads} threads, on Numba's pool ({layer}; FASTCONV_NUMBA_POOL=0: on "
+                f"fastconv's worker threads)")
+    else:
+        runs = f"{threads} parts, on fastconv's worker threads (FASTCONV_NUMBA_POOL=0)"
+    return [f"numba threads: {threads}; threading layer: {layer} (requested: {requested})",
+            f"threaded kernels: {runs}"]
 
 
 #: numba.misc.numba_sysinfo.get_sysinfo()'s keys for each threading layer (the report of

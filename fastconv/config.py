@@ -69,8 +69,19 @@ def _env_int(name: str, default: int, minimum: int = 1, maximum: int | None = No
 #: them in milliseconds instead of compiling for seconds.
 CACHE: bool = _env_bool("CACHE", True)
 
-#: Run kernels on Numba's thread pool (``parallel=True`` and ``prange``).
+#: Run large calls of the kernels on several threads (``prange`` loops, split into parts:
+#: :func:`fastconv.cpu.threads.launch`); off, every kernel runs on the calling thread.
 PARALLEL: bool = _env_bool("PARALLEL", True)
+
+#: Run the threaded kernels on Numba's thread pool (TBB; their ``prange`` loops compiled
+#: with Numba's parallel passes, a second compile of each beside its serial twin). Off
+#: (``FASTCONV_NUMBA_POOL=0``), fastconv's worker threads run the serial twin on each
+#: part: nothing compiles twice (``fastconv.warmup(dtypes=(np.float32,))`` about 30 s
+#: against 66 s on a 2-core Zen 2 VM), but a threaded call starts its second thread
+#: 20-40 us later (trainer-sized calls 4-40 % slower there, layers of milliseconds 1-2 %;
+#: ``benchmarks/RESULTS.md``). ``import fastconv.torch`` runs them on PyTorch's OpenMP
+#: pool, where it can share that pool, whatever this says.
+NUMBA_POOL: bool = _env_bool("NUMBA_POOL", True)
 
 #: LLVM fast-math flags. Reassociation and contraction let the sums over a
 #: window vectorise; the flags that assume no NaN/Inf are left out on purpose

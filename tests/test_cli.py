@@ -180,6 +180,8 @@ def test_info_threading_lines():
     (threads,) = [line for line in result.stdout.splitlines()
                   if line.startswith("numba threads: ")]
     assert threads.endswith(" (requested: default)") and "threading layer: " in threads
+    assert any(line.startswith("threaded kernels: ") and "on Numba's pool (" in line
+               for line in result.stdout.splitlines())
     (layers,) = [line for line in result.stdout.splitlines()
                  if line.startswith("threading layers (numba -s): ")]
     assert [part.split()[0] for part in layers.split(": ", 1)[1].split(", ")] == [

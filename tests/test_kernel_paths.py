@@ -467,21 +467,23 @@ BOUNDS_CHECKED = [
     "tests/test_pool.py::test_avg_pool2d_and_backward_match_reference",
 ]
 
-#: A kernel made as fastconv makes them, indexing past its array inside a prange loop.
+#: A kernel made as fastconv makes them, indexing past its array inside a prange loop, in
+#: the part that a worker thread runs.
 OUT_OF_BOUNDS_PROBE = """
 import numpy as np
 from numba import prange
+from fastconv.cpu import threads
 from fastconv.cpu._jit import kernel
 
 @kernel(parallel=True)
-def read_past_the_end(a):
+def read_past_the_end(a, part, parts):
     total = 0.0
-    for i in prange(a.size + 1):
+    for i in prange(part * (a.size + 1) // parts, (part + 1) * (a.size + 1) // parts):
         total += a[i]
     return total
 
 try:
-    read_past_the_end(np.zeros(3))
+    threads.launch(read_past_the_end, 2, np.zeros(3))
 except IndexError:
     pass
 else:
@@ -491,11 +493,11 @@ else:
 
 def _bounds_env(scratch: Path) -> dict[str, str]:
     # NUMBA_BOUNDSCHECK=1 compiles every kernel with index checks, into a cache of its own
-    # (checked and unchecked machine code never share a cache). Kernels run serially
-    # (FASTCONV_PARALLEL=0): an IndexError raised inside a parallel prange body is lost.
-    # The thread count still sets the chunks that the host wrappers split the work into.
+    # (checked and unchecked machine code never share a cache). Threaded calls run in 3
+    # parts on fastconv's worker threads (FASTCONV_NUMBA_POOL=0), whose IndexError reaches
+    # the caller (one raised inside a prange body on Numba's pool would be lost).
     return dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(scratch / "cache"),
-                FASTCONV_PARALLEL="0", NUMBA_NUM_THREADS="3")
+                NUMBA_NUM_THREADS="3", FASTCONV_NUMBA_POOL="0")
 
 
 @background.command("bounds-probe")

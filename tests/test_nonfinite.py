@@ -264,7 +264,7 @@ def test_all_finite_scan(dtype, rng):
     """Every size around the scan's block, every chunk count, each non-finite value at
     the first, a middle and the last position (reassociation once folded a v - v test
     to 0 and missed every Inf)."""
-    from fastconv.cpu import finite
+    from fastconv.cpu import finite, threads
 
     values = rng.uniform(-1, 1, (3, 4, 5)).astype(dtype)
     # finite_values: a whole array, a contiguous view and a strided view
@@ -277,20 +277,29 @@ def test_all_finite_scan(dtype, rng):
                 view[(corner,) * view.ndim] = value
                 assert not finite.finite_values(view), (index, value, corner)
     # all_finite scans on the calling thread below 2 * _PARALLEL_MIN values, else in parallel
+
+    def any_nonfinite(data, n_chunks):
+        """The parallel scan in n_chunks parts, each of which sees only its chunk."""
+        parts = [finite._any_nonfinite.serial(data, n_chunks, part, n_chunks)
+                 for part in range(n_chunks)]
+        assert any(parts) == any(threads.launch(finite._any_nonfinite, n_chunks, data,
+                                                n_chunks))
+        return any(parts)
+
     block = finite._SCAN_BLOCK
     for size in (1, 2, 7, 33, block - 1, block, block + 1, 3 * block + 5,
                  2 * finite._PARALLEL_MIN + 5):
         data = rng.uniform(-1, 1, size).astype(dtype)
         assert finite.all_finite(data)
         for n_chunks in range(1, min(size, 4) + 1):
-            assert not finite._any_nonfinite(data, n_chunks)
+            assert not any_nonfinite(data, n_chunks)
         for value in (np.nan, np.inf, -np.inf):
             for position in {0, size // 2, size - 1}:
                 bad = data.copy()
                 bad[position] = value
                 assert not finite.all_finite(bad), (size, value, position)
                 for n_chunks in range(1, min(size, 4) + 1):
-                    assert finite._any_nonfinite(bad, n_chunks), (size, n_chunks, value, position)
+                    assert any_nonfinite(bad, n_chunks), (size, n_chunks, value, position)
     assert finite.all_finite(np.zeros(0, dtype))
     assert not finite.all_finite(np.full((2, 3, 4, 5), np.nan, dtype))
 

@@ -252,9 +252,10 @@ def test_a_build_that_fails_leaves_nothing_to_reuse(monkeypatch, rng):
 
     real = module._filter_transform
 
-    def interrupted(taps, g, transformed):
+    def interrupted(taps, g, transformed, part, parts):
         raise KeyboardInterrupt
 
+    interrupted.serial = interrupted  # what threads.launch runs, once per part
     monkeypatch.setattr(module, "_filter_transform", interrupted)
     w[0] += 1.0
     with pytest.raises(KeyboardInterrupt):

@@ -1,5 +1,6 @@
-"""Threads and processes: Numba's threading layer, fork and spawn workers, calls from
-several Python threads, and PyTorch's thread settings left alone.
+"""Threads and processes: fastconv's worker threads (:func:`fastconv.cpu.threads.launch`),
+Numba's threading layer, fork and spawn workers, calls from several Python threads, and
+PyTorch's thread settings left alone.
 
 Each process-level check runs in a fresh interpreter, since a threading layer, once
 started, stays for the life of a process.
@@ -16,9 +17,12 @@ import threading
 
 import numpy as np
 import pytest
+from numba import prange
 
 import fastconv
-from fastconv import reference
+from fastconv import config, reference
+from fastconv.cpu import threads as cpu_threads
+from fastconv.cpu._jit import kernel
 
 
 def _tbb_installed() -> bool:
@@ -37,11 +41,12 @@ def _run(code: str, timeout: float = 240, **env: str) -> subprocess.CompletedPro
                           text=True, timeout=timeout, env=environment)
 
 
-# A parent that runs a parallel kernel, then maps a conv2d over a pool of workers.
+# A parent that runs a threaded kernel, then maps a conv2d over a pool of workers (which
+# run it threaded too: 9.4M multiply-adds).
 _POOL = """
 import multiprocessing, numba, numpy as np, fastconv
-x = np.random.default_rng(0).random((2, 8, 24, 24), np.float32)
-w = np.random.default_rng(1).random((8, 8, 3, 3), np.float32)
+x = np.random.default_rng(0).random((4, 16, 32, 32), np.float32)
+w = np.random.default_rng(1).random((16, 16, 3, 3), np.float32)
 
 def work(algorithm):
     return fastconv.conv2d(x, w, padding=1, algorithm=algorithm)
@@ -155,7 +160,7 @@ def test_bridge_pool_serves_several_python_threads():
     # (and the bridge's) at once
     result = _run("""
         import threading, numpy as np, torch, numba, fastconv, fastconv.torch as fct
-        from fastconv import reference
+        from fastconv import config, reference
         rng = np.random.default_rng(0)
         x, w = rng.standard_normal((3, 8, 20, 20)), rng.standard_normal((8, 8, 3, 3))
         expected = reference.conv2d(x, w, None, 1, ((1, 1), (1, 1)), 1, 1)
@@ -296,3 +301,123 @@ def test_fork_while_another_thread_holds_the_workspace_lock():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0"]
+
+
+# --- fastconv's worker threads (FASTCONV_NUMBA_POOL=0) -------------------------------------
+
+
+@pytest.fixture
+def workers(monkeypatch):
+    """Threaded kernels on fastconv's worker threads in this test (not on Numba's pool, the
+    default, nor on PyTorch's, where a test module imported fastconv.torch)."""
+    monkeypatch.setattr(config, "NUMBA_POOL", False)
+    monkeypatch.setattr(cpu_threads, "_on_numba_pool", False)
+    assert not cpu_threads.on_numba_pool()
+
+
+@kernel(parallel=True)
+def _record_parts(marks, fail_at, part, parts):
+    """marks[i] = 1 + the part that ran i, for each i of the prange's share; IndexError
+    in the part whose share holds ``fail_at``."""
+    for i in prange(part * marks.size // parts, (part + 1) * marks.size // parts):
+        if i == fail_at:
+            raise IndexError("part failed")
+        marks[i] = part + 1
+    return part
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 5])
+def test_launch_runs_every_part_once(parts, workers):
+    marks = np.zeros(23, np.int64)
+    assert cpu_threads.launch(_record_parts, parts, marks, -1) == list(range(parts))
+    expected = np.concatenate([np.full((p + 1) * 23 // parts - p * 23 // parts, p + 1)
+                               for p in range(parts)])
+    np.testing.assert_array_equal(marks, expected)
+
+
+def test_launch_on_numba_pool_runs_the_threaded_kernel_once(monkeypatch):
+    monkeypatch.setattr(config, "NUMBA_POOL", True)
+    marks = np.zeros(23, np.int64)
+    assert cpu_threads.launch(_record_parts, 3, marks, -1) == [0]
+    assert (marks == 1).all()
+
+
+def test_launch_raises_a_workers_exception_and_goes_on(workers):
+    marks = np.zeros(12, np.int64)
+    with pytest.raises(IndexError, match="part failed"):
+        cpu_threads.launch(_record_parts, 3, marks, 9)  # in the last part, on a worker
+    with pytest.raises(IndexError, match="part failed"):
+        cpu_threads.launch(_record_parts, 3, marks, 0)  # in the calling thread's part
+    marks[:] = 0
+    assert cpu_threads.launch(_record_parts, 3, marks, -1) == [0, 1, 2]
+    assert (marks > 0).all()
+
+
+def test_launches_from_several_python_threads(workers):
+    # a launch that finds the workers busy runs its parts itself; all give the same sums
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    work = 4 * 16 * 32 * 32 * 16 * 9
+    assert work > cpu_threads.SERIAL_MAX_WORK * cpu_threads.WORKERS_SERIAL_FACTOR  # threaded
+    expected = fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    results, errors = [], []
+
+    def work_on():
+        try:
+            for _ in range(10):
+                results.append(fastconv.conv2d(x, w, padding=1, algorithm="direct"))
+        except BaseException as error:  # noqa: BLE001  (checked in the main thread)
+            errors.append(error)
+
+    callers = [threading.Thread(target=work_on) for _ in range(3)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=120)
+    assert not errors, errors
+    assert len(results) == 30
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+
+
+def test_out_of_bounds_in_a_worker_raises_under_boundscheck():
+    # NUMBA_BOUNDSCHECK=1 (part of CI's suite runs so, on the workers): a worker's
+    # IndexError reaches the caller, the process lives on
+    result = _run("""
+        import numpy as np
+        from numba import prange
+        from fastconv.cpu import threads
+        from fastconv.cpu._jit import kernel
+
+        @kernel(parallel=True)
+        def overrun(out, part, parts):
+            for i in prange(part * out.size // parts, (part + 1) * out.size // parts):
+                out[i + (part == parts - 1)] = 1.0
+
+        out = np.zeros(8)
+        try:
+            threads.launch(overrun, 2, out)
+        except IndexError:
+            print("IndexError")
+        print(out[:4].sum())
+    """, NUMBA_BOUNDSCHECK="1", FASTCONV_NUMBA_POOL="0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["IndexError", "4.0"]
+
+
+def test_workers_setting_compiles_no_threaded_kernel():
+    # FASTCONV_NUMBA_POOL=0: each part is the serial twin; the parallel form never compiles
+    result = _run("""
+        import numpy as np, fastconv
+        from fastconv.cpu import direct, threads
+        x = np.random.default_rng(0).random((4, 16, 32, 32), np.float32)
+        w = np.random.default_rng(1).random((3, 16, 3, 3), np.float32)
+        y = fastconv.conv2d(x, w, padding=1, algorithm="direct")
+        expected = fastconv.reference.conv2d(x, w, None, 1, ((1, 1), (1, 1)), 1, 1)
+        print(threads.on_numba_pool(), len(direct._conv2d_forward_direct.signatures),
+              len(direct._conv2d_forward_direct.serial.signatures),
+              np.allclose(y, expected, rtol=1e-4, atol=1e-4))
+    """, FASTCONV_NUMBA_POOL="0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "0", "1", "True"]

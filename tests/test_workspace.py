@@ -31,13 +31,14 @@ from tests.test_conv_backward import cases, make_grad_output, torch_conv2d_grads
 BUDGETS = [1, 400, 1200, 3000, 5000]
 
 #: The direct kernels: module, attribute name, the argument whose third dimension is the
-#: rows split into bands, and the position of ``band`` among the arguments.
-KERNEL_TABLE = [(direct, "_conv2d_forward_direct", 5, -2),
-                (direct, "_conv2d_grad_input_direct", 2, -2),
-                (direct, "_conv2d_grad_weight_direct", 1, -2),
-                (blocked, "_conv2d_forward_blocked", 6, -7),
-                (direct, "_conv2d_depthwise_phases", 5, -2),
-                (direct, "_depthwise_grad_weight_phases", 1, -2)]
+#: rows split into bands, and the position of ``band`` among the arguments (from the end:
+#: they end with ``scratch, part, parts``).
+KERNEL_TABLE = [(direct, "_conv2d_forward_direct", 5, -4),
+                (direct, "_conv2d_grad_input_direct", 2, -4),
+                (direct, "_conv2d_grad_weight_direct", 1, -4),
+                (blocked, "_conv2d_forward_blocked", 6, -9),
+                (direct, "_conv2d_depthwise_phases", 5, -4),
+                (direct, "_depthwise_grad_weight_phases", 1, -4)]
 KERNELS = [name for _, name, _, _ in KERNEL_TABLE]
 
 THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})
@@ -51,10 +52,12 @@ def calls(monkeypatch):
         real = getattr(module, name)
 
         def spy(*args, _real=real, _name=name, _rows_of=rows_of, _band_at=band_at):
-            seen.append((_name, args[_rows_of].shape[2], args[_band_at], args[-1].shape[0]))
-            return _real(*args)
+            if args[-2] == 0:  # part 0 (args end with scratch, part, parts): once a call
+                seen.append((_name, args[_rows_of].shape[2], args[_band_at],
+                             args[-3].shape[0]))
+            return _real.serial(*args)
 
-        spy.serial = spy  # one-task calls run the kernel's serial twin
+        spy.serial = spy  # threads.launch runs the serial twin, once per part
         monkeypatch.setattr(module, name, spy)
     return seen
 

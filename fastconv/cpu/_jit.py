@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import types
 from typing import Any
 
@@ -13,7 +12,7 @@ from .. import _notice, config
 _DEFAULT_FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
 #: Every parallel kernel as (module name, global name, dispatcher): what
-#: :func:`run_serial_twins` rebinds.
+#: :func:`compile_twins` compiles.
 THREADED: list[tuple[str, str, Any]] = []
 
 # one line on stderr before the first kernel that really compiles (fastconv._notice)
@@ -47,12 +46,13 @@ def jit_options() -> dict[str, Any]:
 def kernel(*, parallel: bool = False):
     """``numba.njit`` with fastconv's flags; ``parallel`` also needs ``config.PARALLEL``.
 
-    A parallel kernel also gets ``kernel.serial``: the same function compiled
-    without ``parallel`` (its ``prange`` loops run as plain loops), for calls whose
-    work is one task or a few microseconds, where waking the thread pool costs
-    more than the work (a 3x3 conv2d on (1, 4, 8, 8): 6.3 us parallel, 3.3 us
-    serial). The twin compiles on its first call only, under a name of its own,
-    so Numba's disk cache keeps the two apart."""
+    A parallel kernel takes ``part, parts`` last and runs share ``part`` of ``parts`` of
+    its ``prange`` loops (:func:`.threads.launch` calls it). It also gets
+    ``kernel.serial``: the same function compiled without ``parallel`` (its ``prange``
+    loops run as plain loops), which is what runs, once per part on fastconv's worker
+    threads or once for a small call; the kernel itself, with Numba's parallel passes,
+    compiles only where :func:`.threads.launch` runs on PyTorch's OpenMP pool. The twin
+    has a name of its own, so Numba's disk cache keeps the two apart."""
     options = dict(cache=disk_cache(), **jit_options())
 
     def decorate(function):
@@ -75,26 +75,14 @@ def kernel(*, parallel: bool = False):
     return decorate
 
 
-def run_serial_twins() -> None:
-    """Rebind every parallel kernel's module-level name to its serial twin, for the rest
-    of this process: host code looks its kernels up by module global on every call, so
-    from here on no call enters Numba's thread pool (a child forked after its parent
-    used GNU OpenMP, where a parallel kernel would kill the process)."""
-    for module_name, name, dispatcher in THREADED:
-        twin = dispatcher.serial
-        module = sys.modules.get(module_name)
-        if module is not None and getattr(module, name, None) is dispatcher:
-            setattr(module, name, twin)
-
-
-def compile_twins() -> None:
-    """Compile each parallel kernel's serial twin for every signature the kernel has, and
-    the kernel for every signature of its twin (:func:`fastconv.warmup`): small calls
-    run the twin and large ones the kernel, so a warm-up call of either size leaves
-    the other to compile on a later call."""
+def compile_twins(threaded: bool) -> None:
+    """Compile each parallel kernel for every signature its serial twin has, where
+    ``threaded`` (:func:`fastconv.warmup` beside PyTorch's OpenMP pool, where
+    :func:`.threads.launch` runs the threaded kernels; elsewhere it runs only the serial
+    twins, one call per part, and the warm-up's calls compiled them)."""
+    if not threaded:
+        return
     for _, _, dispatcher in THREADED:
-        twin = dispatcher.serial
-        for one, other in ((dispatcher, twin), (twin, dispatcher)):
-            for signature in one.signatures:
-                if signature not in other.signatures:
-                    other.compile(signature)
+        for signature in dispatcher.serial.signatures:
+            if signature not in dispatcher.signatures:
+                dispatcher.compile(signature)

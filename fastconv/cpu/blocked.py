@@ -176,15 +176,6 @@ def _pack_flipped_block(weight, packed, g, b, tap_map):
                 dst[square - t, kk] = src[row, at + tap_map[tap_set, t]]
 
 
-@kernel(parallel=True)
-def _pack_flipped(weight, packed, tap_map):
-    """Every block of :func:`_pack_flipped_block`, a task each: the flipped filters that
-    :func:`forward_runner` keeps between calls."""
-    groups, n_blocks = packed.shape[0], packed.shape[1]
-    for block in prange(groups * n_blocks):
-        _pack_flipped_block(weight, packed, block // n_blocks, block % n_blocks, tap_map)
-
-
 @kernel()
 def _pack_block(weight, packed, g, b, flipped, tap_map):
     """Block ``b`` of group g of the packed filters: :func:`_pack_flipped_block` if
@@ -193,6 +184,17 @@ def _pack_block(weight, packed, g, b, flipped, tap_map):
         _pack_flipped_block(weight, packed, g, b, tap_map)
     else:
         _pack_filter_block(weight, packed, g, b)
+
+
+@kernel(parallel=True)
+def _pack_blocks(weight, packed, flipped, tap_map, part, parts):
+    """Every block of :func:`_pack_block`, a task each: the filters of a large weight
+    packed before :func:`_conv2d_forward_blocked` runs (bit :data:`IN_TASKS`), and the
+    flipped filters that :func:`forward_runner` keeps between calls."""
+    groups, n_blocks = packed.shape[0], packed.shape[1]
+    n_tasks = groups * n_blocks
+    for block in prange(part * n_tasks // parts, (part + 1) * n_tasks // parts):
+        _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped, tap_map)
 
 
 @kernel()
@@ -346,17 +348,19 @@ def _flat_or_overload(flat, strip):
 def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven, weave,
                             packing, pad_top, pad_left, stride_h, stride_w, pitch, phase_rows,
                             taps, slots, tap_map, band, plane, n_shift, dense_plane, k_runs,
-                            per_pass, scratch):
+                            per_pass, scratch, part, parts):
     """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
     * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
     :func:`fastconv.activations.floor`), ``band`` output rows per task.
     A channel's strip (``plane`` values) holds the band's input rows on ``pitch``: the
     padded rows themselves with stride 1, else the ``sh * sw`` phases of
     :func:`_phase_rows`, ``phase_rows`` rows each. ``packing``: bit :data:`IN_TASKS`,
-    the filters packed by parallel tasks, a block each (worth a second fork of the
-    threads only for many filters, :data:`PACK_TASKS_MIN_VALUES`), else on the calling
-    thread; bit :data:`FLIPPED`, ``weight`` is the weight (or the taps of it) whose
-    transposed convolution this is (grad_input), packed flipped
+    the filters packed in parallel tasks, a block each (worth a second fork of the
+    threads only for many filters, :data:`PACK_TASKS_MIN_VALUES`); the caller packs them
+    so (:func:`_pack_blocks`), or on its thread before a call of several parts, and sets
+    :data:`PACKED`, else the call packs them first; bit :data:`FLIPPED`, ``weight`` is
+    the weight (or the taps of it) whose transposed convolution this is (grad_input),
+    packed flipped
     (:func:`_pack_flipped_block`); bit :data:`PACKED`, ``packed`` holds them already;
     a flipped weight is scanned first, and one that is not all finite returns False with
     nothing written (the padding's zeros would meet its Inf). Otherwise returns True.
@@ -378,12 +382,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     flipped = packing & FLIPPED != 0
     if flipped and _nonfinite_in(weight.reshape(weight.size), np.int64(0), weight.size):
         return False
-    if packing & PACKED:
-        pass
-    elif packing & IN_TASKS:
-        for block in prange(groups * n_blocks):
-            _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped, tap_map)
-    else:
+    if not packing & PACKED:  # (else kept from an earlier call, or packed by the caller)
         for block in range(groups * n_blocks):
             _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped, tap_map)
     group_channels = channels // groups
@@ -412,7 +411,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     unit_stride = stride_h == 1 and stride_w == 1
     n_sets = taps.shape[0]
     set_blocks = n_blocks // n_sets
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         strip = scratch[chunk, :strip_len]
         copies = scratch[chunk, strip_len : strip_len + dense_len]
         sums = scratch[chunk, strip_len + dense_len :]
@@ -871,7 +870,7 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
                         config.DIRECT_TILE_BYTES, strips.band_rows, FORWARD_FORM,
                         DENSE_FORM, None if len(shifts) == 1 else (kh, kw)))
     packed_shape = (*packed_shape[:2], channels * kh * kw, packed_shape[3])
-    kernel = _conv2d_forward_blocked.serial if serial else _conv2d_forward_blocked
+    n_parts = 1 if serial else min(scratch_shape[0], threads.count())
     floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
     (top, _), (left, _) = padding
     taps, slots = _tap_table(kh, kw, stride, dilation, shifts, phase_rows, pitch, out_shape[3],
@@ -899,8 +898,11 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     kept_size = math.prod(packed_shape) if flipped else -1
     tap_key = (tap_map.shape, tap_map.tobytes())
 
+    in_tasks = packing & IN_TASKS != 0
+    pack_parts = min(threads.count(), packed_shape[0] * packed_shape[1])
+
     def pack(weight, packed):
-        _pack_flipped(weight, packed, tap_map)
+        threads.launch(_pack_blocks, pack_parts, weight, packed, True, tap_map)
 
     def run(x, weight, bias, out, target=None) -> bool:
         call_bits = 0 if target is None else WOVEN
@@ -910,10 +912,19 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
             call_bits |= PACKED
         else:
             packed = borrow(packed_shape, dtype, "packed")
-        return kernel(x, weight, packed, no_bias if bias is None else bias, bias is not None,
-                      floor, out, out if target is None else target, weave,
-                      (bits_in_place if x.flags.c_contiguous else bits) | call_bits, *rest,
-                      borrow(scratch_shape, dtype))
+            if n_parts > 1 and (in_tasks or not threads.on_numba_pool()):
+                # packed before the parts run (each part reads every block), in tasks for
+                # many filters; one call of the threaded kernel packs them itself first
+                threads.launch(_pack_blocks, n_parts if in_tasks else 1, weight, packed,
+                               flipped, tap_map)
+                call_bits |= PACKED
+        args = (x, weight, packed, no_bias if bias is None else bias, bias is not None, floor,
+                out, out if target is None else target, weave,
+                (bits_in_place if x.flags.c_contiguous else bits) | call_bits, *rest,
+                borrow(scratch_shape, dtype))
+        if n_parts == 1:  # (threads.launch's first case, without its call)
+            return _conv2d_forward_blocked.serial(*args, 0, 1)
+        return all(threads.launch(_conv2d_forward_blocked, n_parts, *args))
 
     run.woven = woven  # type: ignore[attr-defined]
     return run
@@ -942,7 +953,7 @@ def _pack_plane(x, source, n, channel, pad_top, pad_left, row_len, phase_len, st
 def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, grad_weight,
                                 groups, pad_top, pad_left, row_len, phase_len, stride_h,
                                 stride_w, n_rows, vectors, n_splits, n_tile_chunks, accumulate,
-                                in_place):
+                                in_place, step, part, parts):
     """grad_weight[k, c, r, s] (+)= sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, c, i * sh
     + r * dh, j * sw + s * dw] over the images of ``x`` (``grads``: their grad_out,
     C-contiguous and flat), packed first: ``xs[n, c]`` the padded input planes, a padded row
@@ -959,9 +970,12 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
     at offset 0, their sums dropped). A task of the second loop computes one of
     ``n_tile_chunks`` chunks of tiles by one block of filters over one of ``n_splits``
     slices of the images into ``partials``; the third adds the slices in order.
-    ``accumulate`` adds to what ``grad_weight`` holds. Returns whether every value of
-    ``grad_weight`` is now finite (one scan at the end of this kernel: a numpy scan after
-    it, in a training step where its code is not in the caches, cost more)."""
+    ``accumulate`` adds to what ``grad_weight`` holds. ``step``: which of the three loops
+    runs (0, 1 or 2: each needs every part of the one before), or -1 for all three.
+    Returns whether every value of ``grad_weight`` is now finite (one scan at the end of
+    this kernel: a numpy scan after it, in a training step where its code is not in the
+    caches, cost more); a call of several parts returns True (the third loop, which
+    scans, runs as one part)."""
     n_img, channels, x_plane = xs.shape
     out_channels, group_channels, kh, kw = grad_weight.shape
     per_group = out_channels // groups
@@ -975,7 +989,8 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
     g_flat = gt.reshape(-1)
     squares = groups * (padded_k // lanes)  # lanes filters of a group, all positions
     x_source = strips.flat(x)  # rows by offset, not by view
-    for task in prange(n_img * (channels + squares)):
+    n_tasks = n_img * (channels + squares) if step <= 0 else 0
+    for task in prange(part * n_tasks // parts, (part + 1) * n_tasks // parts):
         n, q = task // (channels + squares), task % (channels + squares)
         if q < channels:
             if not in_place:
@@ -998,7 +1013,8 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
     chunk = -(-n_img // n_splits)
     per_chunk = -(-n_tiles // n_tile_chunks)
     pitch = stride_h * row_len  # from one output row to the next
-    for task in prange(groups * n_kblocks * n_tile_chunks * n_splits):
+    n_tasks = groups * n_kblocks * n_tile_chunks * n_splits if step in (-1, 1) else 0
+    for task in prange(part * n_tasks // parts, (part + 1) * n_tasks // parts):
         split = task % n_splits
         tiles = task // n_splits % n_tile_chunks
         kb = task // (n_splits * n_tile_chunks) % n_kblocks
@@ -1023,7 +1039,8 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
     gw = strips.flat(grad_weight)
     row = 12 * block  # a task's partial sums: (tap, filter)
     gw_filter = group_channels * kh * kw
-    for task in prange(groups * n_kblocks * n_tiles):
+    n_tasks = groups * n_kblocks * n_tiles if step in (-1, 2) else 0
+    for task in prange(part * n_tasks // parts, (part + 1) * n_tasks // parts):
         tile = task % n_tiles
         kb = (task // n_tiles) % n_kblocks
         g = task // (n_tiles * n_kblocks)
@@ -1046,7 +1063,7 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
                 if accumulate:
                     total += grad_weight[k0 + kk, c, r, s]
                 grad_weight[k0 + kk, c, r, s] = total
-    return _all_finite(gw, grad_weight)
+    return parts > 1 or _all_finite(gw, grad_weight)
 
 
 def _rows_of_filters(sums, block, n_k, first, pitch, n_taps, gw, accumulate):
@@ -1195,7 +1212,7 @@ def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, stride, pad
     lanes = simd.WIDTH_BYTES // dtype.itemsize
     tasks = groups * (padded_k // (vectors * lanes)) * taps.shape[0] * n_splits
     # small calls on the calling thread: waking the pool costs more than the work
-    kernel = _conv2d_grad_weight_blocked.serial if serial else _conv2d_grad_weight_blocked
+    n_parts = 1 if serial else threads.count()
     borrow = workspace.borrow
     blocks = [(first, min(per_block, n_img - first)) for first in range(0, n_img, per_block)]
     scalars = (groups, padding[0][0], padding[1][0], row_len, phase_len, stride[0], stride[1],
@@ -1213,9 +1230,18 @@ def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, stride, pad
             partials = borrow((tasks, 12 * vectors * lanes), dtype, "partials")
             grads = np.ascontiguousarray(
                 grad_out if images == n_img else grad_out[first : first + images]).reshape(-1)
-            finite = kernel(block, grads, out_h, out_w, xs, gt, partials, taps, grad_weight,
-                            *scalars, min(n_splits, images), n_tile_chunks, first > 0,
-                            unpacked)
+            args = (block, grads, out_h, out_w, xs, gt, partials, taps, grad_weight, *scalars,
+                    min(n_splits, images), n_tile_chunks, first > 0, unpacked)
+            kernel = _conv2d_grad_weight_blocked
+            if n_parts == 1:  # (threads.launch's first case, without its call)
+                finite = kernel.serial(*args, -1, 0, 1)
+            elif threads.on_numba_pool():  # one parallel call runs the three loops
+                finite = all(threads.launch(kernel, n_parts, *args, -1))
+            else:  # each loop needs every part of the one before; the sums, a short
+                # loop, run on this thread (and scan the result)
+                threads.launch(kernel, n_parts, *args, 0)
+                threads.launch(kernel, n_parts, *args, 1)
+                finite = kernel.serial(*args, 2, 0, 1)
         return finite
 
     return run

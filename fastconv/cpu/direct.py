@@ -178,7 +178,8 @@ def _taps_dot(source, taps, grads, n, out):
 
 @kernel(parallel=True)
 def _conv2d_depthwise_phases(x, taps_w, bias, has_bias, floor, out, pad_top, pad_left,
-                             stride_h, stride_w, pitch, phase_rows, taps, band, scratch):
+                             stride_h, stride_w, pitch, phase_rows, taps, band, scratch, part,
+                             parts):
     """out[n, k] = max(floor, bias[k] + sum_{r, s} w[k, r, s] * x_padded[n, k // m, i*sh +
     r*dh, j*sw + s*dw]) for a layer of one channel per group (``m`` = K / C filters each)
     at a stride: ``taps_w`` the weight as ``(K, R * S)``; a task, one image, one channel
@@ -196,7 +197,7 @@ def _conv2d_depthwise_phases(x, taps_w, bias, has_bias, floor, out, pad_top, pad
     # the phases and a vector of slack (the last vector's reads past the last position)
     strip_len = stride_h * stride_w * phase_rows * pitch + simd.WIDTH_BYTES // x.itemsize
     x_flat, out_flat = flat(x), flat(out)  # rows by offset, not by view
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         strip = scratch[chunk, :strip_len]
         sums = scratch[chunk, strip_len:]
         strip[:] = 0  # the padding columns stay zero: every task writes the same columns
@@ -218,7 +219,7 @@ def _conv2d_depthwise_phases(x, taps_w, bias, has_bias, floor, out, pad_top, pad
 
 @kernel(parallel=True)
 def _depthwise_grad_weight_phases(x, grad_out, taps_gw, pad_top, pad_left, stride_h, stride_w,
-                                  pitch, phase_rows, taps, band, scratch):
+                                  pitch, phase_rows, taps, band, scratch, part, parts):
     """taps_gw[k, t] = sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, k // m, i*sh +
     r*dh, j*sw + s*dw] (``t = r * S + s``) for a layer of one channel per group (``m`` =
     K / C filters each): the strip of :func:`_conv2d_depthwise_phases` (a band's input
@@ -235,7 +236,7 @@ def _depthwise_grad_weight_phases(x, grad_out, taps_gw, pad_top, pad_left, strid
     lanes = simd.WIDTH_BYTES // x.itemsize
     strip_len = stride_h * stride_w * phase_rows * pitch + lanes
     x_flat = flat(x)  # rows by offset, not by view
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         strip = scratch[chunk, :strip_len]
         pitched = scratch[chunk, strip_len:]
         strip[:] = 0  # the padding columns stay zero: every band writes the same columns
@@ -260,7 +261,7 @@ def _depthwise_grad_weight_phases(x, grad_out, taps_gw, pad_top, pad_left, strid
 @kernel(parallel=True)
 def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stride_w, pad_top,
                            pad_left, padded_w, dilation_h, dilation_w, groups, block_k, band,
-                           scratch):
+                           scratch, part, parts):
     """out[n, k] = max(floor, bias[k]
     + sum_{c, r, s} weight[k, c, r, s] * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]),
     ``band`` output rows per task (``floor``: :func:`fastconv.activations.floor`)."""
@@ -280,7 +281,7 @@ def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stri
     # pass over its taps (not one pass per kernel row over an accumulator)
     one_pass = group_channels == 1 and unit_stride and kh == 3 and kw == 3
     x_flat, out_flat = flat(x), flat(out)  # rows by offset, not by view
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         strip = scratch[chunk, :strip_len]
         strip[:] = 0
         zero = strip[0]  # a zero of the data's type (a literal 0 would promote to float64)
@@ -405,12 +406,11 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups, activ
         x.dtype,
     )
     has_bias = bias is not None
-    threads.serial_if_small(_conv2d_forward_direct, chunks, out, weight[0].size)(
-        x, weight, bias if has_bias else np.zeros(0, x.dtype), has_bias,
-        activations.floor(activation, x.dtype), out,
-        stride[0], stride[1], top, left, padded_w, dilation[0], dilation[1],
-        groups, block_k, band, scratch,
-    )
+    threads.launch(
+        _conv2d_forward_direct, threads.parts_for(chunks, out, weight[0].size), x, weight,
+        bias if has_bias else np.zeros(0, x.dtype), has_bias,
+        activations.floor(activation, x.dtype), out, stride[0], stride[1], top, left, padded_w,
+        dilation[0], dilation[1], groups, block_k, band, scratch)
 
 
 def _phase_layout(x, kernel_size, out_hw, stride, padding, dilation):
@@ -447,8 +447,9 @@ def _depthwise_phases(x, weight, bias, out, stride, padding, dilation, activatio
     chunks = _chunks(n_img * channels * -(-out_h // band))
     scratch = workspace.borrow((chunks, strip + (band - 1) * pitch + out_w + lanes), x.dtype)
     has_bias = bias is not None
-    threads.serial_if_small(_conv2d_depthwise_phases, chunks, out, kh * kw)(
-        x, np.ascontiguousarray(weight.reshape(out_channels, kh * kw)),
+    threads.launch(
+        _conv2d_depthwise_phases, threads.parts_for(chunks, out, kh * kw), x,
+        np.ascontiguousarray(weight.reshape(out_channels, kh * kw)),
         bias if has_bias else np.zeros(0, x.dtype), has_bias,
         activations.floor(activation, x.dtype), out, top, left, stride[0], stride[1], pitch,
         phase_rows, taps, band, scratch)
@@ -471,7 +472,7 @@ conv2d_direct.prepare = _prepare_conv2d  # type: ignore[attr-defined]
 
 @kernel(parallel=True)
 def _conv2d_grad_input_direct(grad_out, weight, grad_in, stride_h, stride_w, pad_top, pad_left,
-                              padded_w, dilation_h, dilation_w, groups, band, scratch):
+                              padded_w, dilation_h, dilation_w, groups, band, scratch, part, parts):
     """grad_in[n, c] = sum_{k, r, s, i, j} weight[k, c, r, s] * grad_out[n, k, i, j] sent to
     x_padded position (i*sh + r*dh, j*sw + s*dw), then cropped.
 
@@ -486,7 +487,7 @@ def _conv2d_grad_input_direct(grad_out, weight, grad_in, stride_h, stride_w, pad
     n_bands = (height + band - 1) // band
     n_tasks = n_img * channels * n_bands
     n_chunks = scratch.shape[0]
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
             n = task // (channels * n_bands)
             c_in = (task // n_bands) % channels
@@ -523,7 +524,8 @@ def _conv2d_grad_input_direct(grad_out, weight, grad_in, stride_h, stride_w, pad
 
 @kernel(parallel=True)
 def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad_top, pad_left,
-                               padded_w, dilation_h, dilation_w, groups, band, scratch):
+                               padded_w, dilation_h, dilation_w, groups, band, scratch, part,
+                               parts):
     """grad_weight[k, c, r, s]
     = sum_{n, i, j} grad_out[n, k, i, j] * x_padded[n, c_in, i*sh + r*dh, j*sw + s*dw].
 
@@ -548,7 +550,7 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
     window = dilation_h * (kh - 1) + 1  # input rows one output row reads
     strip_len = ((band - 1) * stride_h + window) * padded_w
     x_flat = flat(x)  # rows by offset, not by view
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         strip = scratch[chunk, :strip_len]
         pitched = scratch[chunk, strip_len:]
         strip[:] = 0
@@ -623,10 +625,10 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
     band = strips.band_rows(height, padded_w, padded_w, grad_in.itemsize)
     chunks = _chunks(n_img * channels * -(-height // band))
     scratch = workspace.borrow((chunks, band * padded_w), grad_in.dtype)
-    threads.serial_if_small(_conv2d_grad_input_direct, chunks, grad_out, weight[0].size)(
+    threads.launch(
+        _conv2d_grad_input_direct, threads.parts_for(chunks, grad_out, weight[0].size),
         grad_out, weight, grad_in, stride[0], stride[1], padding[0][0], padding[1][0], padded_w,
-        dilation[0], dilation[1], groups, band, scratch,
-    )
+        dilation[0], dilation[1], groups, band, scratch)
 
 
 def _prepare_grad_input(arrays, params):
@@ -680,10 +682,9 @@ def _depthwise_grad_weight(x, grad_out, grad_weight, stride, padding, dilation) 
     chunks = _chunks(channels)
     scratch = workspace.borrow((chunks, strip + band * pitch + lanes), x.dtype)
     taps_gw = np.empty((out_channels, kh * kw), x.dtype)
-    threads.serial_if_small(_depthwise_grad_weight_phases, chunks, grad_weight,
-                            grad_out.shape[0] * out_h * out_w)(
-        x, grad_out, taps_gw, padding[0][0], padding[1][0], stride[0], stride[1], pitch,
-        phase_rows, taps, band, scratch)
+    parts = threads.parts_for(chunks, grad_weight, grad_out.shape[0] * out_h * out_w)
+    threads.launch(_depthwise_grad_weight_phases, parts, x, grad_out, taps_gw, padding[0][0],
+                   padding[1][0], stride[0], stride[1], pitch, phase_rows, taps, band, scratch)
     grad_weight[...] = taps_gw.reshape(grad_weight.shape)
     return all_finite(taps_gw)
 
@@ -704,11 +705,11 @@ def _grad_weight_loops(x, grad_out, grad_weight, stride, padding, dilation, grou
     chunks = _chunks(grad_weight.shape[0])
     scratch = workspace.borrow(
         (chunks, ((band - 1) * stride[0] + window) * padded_w + pitched), x.dtype)
-    threads.serial_if_small(_conv2d_grad_weight_direct, chunks, grad_weight,
-                     grad_out.shape[0] * grad_out.shape[2] * grad_out.shape[3])(
-        x, grad_out, grad_weight, stride[0], stride[1], padding[0][0], padding[1][0], padded_w,
-        dilation[0], dilation[1], groups, band, scratch,
-    )
+    parts = threads.parts_for(chunks, grad_weight,
+                              grad_out.shape[0] * grad_out.shape[2] * grad_out.shape[3])
+    threads.launch(_conv2d_grad_weight_direct, parts, x, grad_out, grad_weight, stride[0],
+                   stride[1], padding[0][0], padding[1][0], padded_w, dilation[0], dilation[1],
+                   groups, band, scratch)
 
 
 def _prepare_grad_weight(arrays, params):

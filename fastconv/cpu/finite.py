@@ -42,12 +42,12 @@ def _nonfinite_in(flat, first, last):
 
 
 @kernel(parallel=True)
-def _any_nonfinite(flat, n_chunks):
+def _any_nonfinite(flat, n_chunks, part, parts):
     """Whether ``flat`` holds a NaN or an Inf: :func:`_nonfinite_in` on ``n_chunks`` equal
     chunks in parallel."""
     n = flat.shape[0]
     found = np.zeros(n_chunks, np.bool_)
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         found[chunk] = _nonfinite_in(flat, chunk * n // n_chunks, (chunk + 1) * n // n_chunks)
     return found.any()
 
@@ -59,7 +59,7 @@ def all_finite(array: np.ndarray) -> bool:
     n_chunks = min(threads.count(), flat.size // _PARALLEL_MIN)
     if n_chunks <= 1:
         return not _nonfinite_in(flat, 0, flat.size)
-    return not _any_nonfinite(flat, n_chunks)
+    return not any(threads.launch(_any_nonfinite, n_chunks, flat, n_chunks))
 
 
 @kernel()

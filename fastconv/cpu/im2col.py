@@ -147,7 +147,7 @@ def _im2col_tile_strided(x, n, c_first, group_channels, kh, kw, row_first, row_l
 @kernel(parallel=True)
 def _conv2d_forward_im2col(x, weight2d, bias, has_bias, floor, out, kh, kw, stride_h, stride_w,
                            pad_top, pad_left, pitch, phase_len, dilation_h, dilation_w, groups,
-                           tile_rows, tile_images, scratch, gemm, set_blas_threads):
+                           tile_rows, tile_images, scratch, gemm, set_blas_threads, part, parts):
     """out[n, g*Kg:(g+1)*Kg, tile] = weight2d[g] @ im2col(x[n, group g], tile), tile by tile.
 
     A tile is ``tile_rows`` output rows of one image, or ``tile_images`` whole
@@ -173,7 +173,7 @@ def _conv2d_forward_im2col(x, weight2d, bias, has_bias, floor, out, kh, kw, stri
                   and out_h == height and out_w == width and tile_images == 1)
     max_cols = tile_images * ((tile_rows - 1) * pitch + out_w)
     out_flat = flat(out)
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         saved_threads = set_blas_threads(1)
         col = scratch[chunk, : depth * max_cols]
         result = scratch[chunk, depth * max_cols : (depth + per_group) * max_cols]
@@ -269,14 +269,13 @@ def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activ
                ((tile_rows - 1) * stride[0] + dilation[0] * (kh - 1) + 1) * stride[1] * phase_len)
     scratch = workspace.borrow((n_chunks, (depth + per_group) * max_cols + rows), x.dtype)
     has_bias = bias is not None
-    _conv2d_forward_im2col(
-        x, weight.reshape(out_channels, depth), bias if has_bias else np.zeros(0, x.dtype),
-        has_bias, activations.floor(activation, x.dtype), out, kh, kw, stride[0], stride[1], top,
-        left, pitch, phase_len, dilation[0],
-        dilation[1],
-        groups, tile_rows, tile_images, scratch,
-        gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL,
-    )
+    threads.launch(
+        _conv2d_forward_im2col, threads.parts_for(n_chunks, out, depth), x,
+        weight.reshape(out_channels, depth),
+        bias if has_bias else np.zeros(0, x.dtype), has_bias,
+        activations.floor(activation, x.dtype), out, kh, kw, stride[0], stride[1], top, left,
+        pitch, phase_len, dilation[0], dilation[1], groups, tile_rows, tile_images, scratch,
+        gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL)
 
 
 @kernel()
@@ -311,7 +310,7 @@ def _col2im_tile(col, first_col, ld, grad_in, n, c_first, group_channels, kh, kw
 @kernel(parallel=True)
 def _conv2d_grad_input_col2im(grad_out, weight2d, grad_in, kh, kw, stride_h, stride_w, pad_top,
                               pad_left, dilation_h, dilation_w, groups, tile_rows, scratch, gemm,
-                              set_blas_threads):
+                              set_blas_threads, part, parts):
     """grad_in[n, group g] = col2im(weight2d[g]^T @ grad_out[n, g]), tile by tile.
 
     A task is one image and group, whose grad_in slice no other task touches,
@@ -325,7 +324,7 @@ def _conv2d_grad_input_col2im(grad_out, weight2d, grad_in, kh, kw, stride_h, str
     per_group = out_channels // groups
     n_tasks = n_img * groups
     n_chunks = scratch.shape[0]
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         saved_threads = set_blas_threads(1)
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
             n = task // groups
@@ -361,7 +360,7 @@ def _zero_junk_columns(matrix, n_rows, ld, tile_rows, pitch, out_w):
 @kernel(parallel=True)
 def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, stride_w, pad_top,
                                pad_left, pitch, dilation_h, dilation_w, groups, tile_rows, scratch,
-                               partial, gemm, set_blas_threads):
+                               partial, gemm, set_blas_threads, part, parts):
     """grad_weight2d[g] = sum_n grad_out[n, g] @ im2col(x[n, group g])^T.
 
     With stride 1 the columns are built on the padded row ``pitch`` as in the
@@ -387,7 +386,7 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
     plain_gemm = (kh == 1 and kw == 1 and unit_stride and pad_top == 0 and pad_left == 0
                   and out_h == height and out_w == width)
     max_cols = (tile_rows - 1) * pitch + out_w
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         saved_threads = set_blas_threads(1)
         sums = partial[chunk]
         sums[:] = 0
@@ -433,9 +432,16 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
             gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, per_group, depth, n_cols, 1.0,
                  a_ptr, lda, b_ptr, ldb, 1.0, blas.pointer(sums, g * per_group * depth), depth)
         set_blas_threads(saved_threads)
-    grad_weight2d[:] = 0
-    for chunk in range(n_chunks):
-        grad_weight2d += partial[chunk]
+    if parts == 1:  # else the caller adds them, once every part has ended
+        _add_partials(partial, grad_weight2d)
+
+
+@kernel()
+def _add_partials(partial, total):
+    """total = the sum of ``partial``'s first axis, in order."""
+    total[:] = 0
+    for chunk in range(partial.shape[0]):
+        total += partial[chunk]
 
 
 @register("conv2d_grad_input", "cpu", "im2col")
@@ -460,11 +466,12 @@ def conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilatio
     tile_rows, _ = tiling(depth, 0, n_img, out_h, out_w, grad_out.itemsize, 1, True)
     n_chunks = max(1, min(threads.count(), n_img * groups))
     scratch = workspace.borrow((n_chunks, depth * tile_rows * out_w), grad_out.dtype)
-    _conv2d_grad_input_col2im(
-        grad_out, weight.reshape(out_channels, depth), grad_in, kh, kw, stride[0], stride[1],
-        padding[0][0], padding[1][0], dilation[0], dilation[1], groups, tile_rows, scratch,
-        gemm if gemm is not None else blas.gemm_for(grad_out.dtype), blas.SET_THREADS_LOCAL,
-    )
+    threads.launch(
+        _conv2d_grad_input_col2im, threads.parts_for(n_chunks, grad_in, out_channels * kh * kw),
+        grad_out, weight.reshape(out_channels, depth),
+        grad_in, kh, kw, stride[0], stride[1], padding[0][0], padding[1][0], dilation[0],
+        dilation[1], groups, tile_rows, scratch,
+        gemm if gemm is not None else blas.gemm_for(grad_out.dtype), blas.SET_THREADS_LOCAL)
 
 
 @register("conv2d_grad_weight", "cpu", "im2col")
@@ -485,9 +492,12 @@ def conv2d_grad_weight_im2col(x, grad_out, grad_weight, stride, padding, dilatio
     rows = (tile_rows + dilation[0] * (kh - 1)) * pitch
     scratch = workspace.borrow((n_chunks, (depth + per_group) * max_cols + rows), x.dtype)
     partial = np.empty((n_chunks, out_channels, depth), x.dtype)
-    _conv2d_grad_weight_im2col(
-        x, grad_out, grad_weight.reshape(out_channels, depth), kh, kw, stride[0], stride[1],
-        padding[0][0], padding[1][0], pitch, dilation[0], dilation[1], groups, tile_rows,
-        scratch, partial, gemm if gemm is not None else blas.gemm_for(x.dtype),
-        blas.SET_THREADS_LOCAL,
-    )
+    grad_weight2d = grad_weight.reshape(out_channels, depth)
+    results = threads.launch(
+        _conv2d_grad_weight_im2col,
+        threads.parts_for(n_chunks, grad_weight, n_img * out_h * out_w), x, grad_out,
+        grad_weight2d, kh, kw, stride[0], stride[1], padding[0][0], padding[1][0], pitch,
+        dilation[0], dilation[1], groups, tile_rows, scratch, partial,
+        gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL)
+    if len(results) > 1:  # each part left its partial sums
+        _add_partials(partial, grad_weight2d)

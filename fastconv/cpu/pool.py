@@ -259,7 +259,7 @@ def _mean_triples(dst, column, count, row_divisor, col_divisors):
 
 @kernel(parallel=True)
 def _max_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
-                               dilation_h, dilation_w):
+                               dilation_h, dilation_w, part, parts):
     """out[p, i, j] = max over taps (r, s) of x[p, i*sh + r*dh - ph, j*sw + s*dw - pw] inside
     the input; NaN if the window holds one."""
     planes, height, width = x.shape
@@ -268,7 +268,7 @@ def _max_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
     span = (out_w - 1) * stride_w + 1
     length = _padded_row_length(out_w, stride_w, kw, dilation_w, pad_w, width)
     kind = _horizontal_kind(kw, stride_w, dilation_w)
-    for p in prange(planes):
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         column = np.full(length, -np.inf, x.dtype)  # the padding stays -inf
         inner = column[pad_w : pad_w + width]
         window_max = np.empty(span, x.dtype)
@@ -301,7 +301,7 @@ def _max_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
 
 @kernel(parallel=True)
 def _max_pool2d_indices_forward_direct(x, out, indices, kh, kw, stride_h, stride_w, pad_h,
-                                       pad_w, dilation_h, dilation_w, nowhere):
+                                       pad_w, dilation_h, dilation_w, nowhere, part, parts):
     """The forward pass above, carrying each maximum's flat position ``h * W + w``; see
     :func:`_wins`. The row buffers hold positions in the integer type of ``nowhere``,
     its largest value, which the padding carries so that it never wins a tie."""
@@ -311,7 +311,7 @@ def _max_pool2d_indices_forward_direct(x, out, indices, kh, kw, stride_h, stride
     span = (out_w - 1) * stride_w + 1
     length = _padded_row_length(out_w, stride_w, kw, dilation_w, pad_w, width)
     kind = _horizontal_kind(kw, stride_w, dilation_w)
-    for p in prange(planes):
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         column = np.full(length, -np.inf, x.dtype)
         column_at = np.full(length, nowhere)
         inner = column[pad_w : pad_w + width]
@@ -362,7 +362,7 @@ def _planes_of(array):
 
 
 @kernel(parallel=True)
-def _max_pool2d_2x2_forward(x4, out4):
+def _max_pool2d_2x2_forward(x4, out4, part, parts):
     """The most common max pooling, 2x2 / stride 2 / no padding with every window inside
     the input: one pass, no row buffers (the general kernel allocates two per plane,
     which costs more than pooling a small plane). NaN wins, as in the general kernel.
@@ -371,7 +371,7 @@ def _max_pool2d_2x2_forward(x4, out4):
     x, out = _planes_of(x4), _planes_of(out4)
     planes = x.shape[0]
     out_h, out_w = out.shape[1], out.shape[2]
-    for p in prange(planes):
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         for i in range(out_h):
             top = x[p, 2 * i]
             bottom = x[p, 2 * i + 1]
@@ -387,14 +387,14 @@ def _max_pool2d_2x2_forward(x4, out4):
 
 
 @kernel(parallel=True)
-def _max_pool2d_2x2_indices_forward(x4, out4, indices4):
+def _max_pool2d_2x2_indices_forward(x4, out4, indices4, part, parts):
     """:func:`_max_pool2d_2x2_forward` carrying each maximum's flat position ``h * W +
     w``: the four taps in PyTorch's row-major scan, ``take if v > best or isnan(v)``
     (no row buffers: the general kernel allocates four per plane). 4-D arrays."""
     x, out, indices = _planes_of(x4), _planes_of(out4), _planes_of(indices4)
     planes, width = x.shape[0], x.shape[2]
     out_h, out_w = out.shape[1], out.shape[2]
-    for p in prange(planes):
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         for i in range(out_h):
             top = x[p, 2 * i]
             bottom = x[p, 2 * i + 1]
@@ -466,7 +466,7 @@ max_pool2d_direct.prepare = (  # type: ignore[attr-defined]
 
 @kernel(parallel=True)
 def _avg_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
-                               count_include_pad, divisor_override):
+                               count_include_pad, divisor_override, part, parts):
     """out[p, i, j] = sum of the window's taps inside the input / divisor[i, j], where the
     divisor is ``divisor_override`` if non-zero, else PyTorch's window size (separable:
     rows x columns, see :func:`_window_sizes`)."""
@@ -478,7 +478,7 @@ def _avg_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
     span = (out_w - 1) * stride_w + 1
     length = _padded_row_length(out_w, stride_w, kw, np.int64(1), pad_w, width)
     kind = _horizontal_kind(kw, stride_w, np.int64(1))
-    for p in prange(planes):
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         column = np.zeros(length, x.dtype)  # the padding stays 0
         inner = column[pad_w : pad_w + width]
         window_sum = np.empty(span, x.dtype)
@@ -511,14 +511,14 @@ def _avg_pool2d_forward_direct(x, out, kh, kw, stride_h, stride_w, pad_h, pad_w,
 
 
 @kernel(parallel=True)
-def _avg_pool2d_2x2_forward(x4, out4, divisor):
+def _avg_pool2d_2x2_forward(x4, out4, divisor, part, parts):
     """The most common layer, 2x2 / stride 2 / no padding with every window inside
     the input: one pass, each output from its two input rows with constant offsets
     (LLVM vectorises the interleaved loads), no intermediate row buffer. 4-D arrays."""
     x, out = _planes_of(x4), _planes_of(out4)
     planes = x.shape[0]
     out_h, out_w = out.shape[1], out.shape[2]
-    for p in prange(planes):
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         for i in range(out_h):
             top = x[p, 2 * i]
             bottom = x[p, 2 * i + 1]
@@ -554,7 +554,7 @@ avg_pool2d_direct.prepare = (  # type: ignore[attr-defined]
 
 @kernel(parallel=True)
 def _avg_pool2d_backward_direct(grad_out, grad_in, kh, kw, stride_h, stride_w, pad_h, pad_w,
-                                count_include_pad, divisor_override):
+                                count_include_pad, divisor_override, part, parts):
     """grad_in[p] = sum over windows (i, j) of grad_out[p, i, j] / divisor[i, j] sent to every
     tap of the window inside the input.
 
@@ -570,7 +570,7 @@ def _avg_pool2d_backward_direct(grad_out, grad_in, kh, kw, stride_h, stride_w, p
                                  grad_in.dtype)
     span = (out_w - 1) * stride_w + 1
     length = _padded_row_length(out_w, stride_w, kw, np.int64(1), pad_w, width)
-    for p in prange(planes):
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         plane = grad_in[p]
         for h in range(height):
             for w in range(width):
@@ -622,7 +622,7 @@ def _first_bad(first_bad, per_plane):
 
 
 @kernel(parallel=True)
-def _scatter_direct(values, indices, out, accumulate):
+def _scatter_direct(values, indices, out, accumulate, part, parts):
     """out[p] = 0, then out[p, indices[p, k]] += values[p, k] (``accumulate``: max-pool's
     gradient, where a position that is the maximum of overlapping windows gets their sum)
     or = values[p, k] in order of k (unpooling: a repeated index keeps the value of the
@@ -632,8 +632,8 @@ def _scatter_direct(values, indices, out, accumulate):
     reduction code is not in the caches, a reduction over a few hundred values took
     5-14 us)."""
     planes, length = out.shape
-    first_bad = np.empty(planes, np.int64)
-    for p in prange(planes):
+    first_bad = np.full(planes, -1, np.int64)  # -1 too in the other parts' planes
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         plane = out[p]
         for q in range(length):
             plane[q] = 0
@@ -651,13 +651,13 @@ def _scatter_direct(values, indices, out, accumulate):
 
 
 @kernel(parallel=True)
-def _max_unpool2d_backward_direct(grad_out, indices, grad_in):
+def _max_unpool2d_backward_direct(grad_out, indices, grad_in, part, parts):
     """grad_in[p, k] = grad_out[p, indices[p, k]]: a gather, the transpose of the unpooling
     scatter. Returns the first out-of-range index as :func:`_scatter_direct` does (its
     value is 0)."""
     planes, length = grad_out.shape
-    first_bad = np.empty(planes, np.int64)
-    for p in prange(planes):
+    first_bad = np.full(planes, -1, np.int64)  # -1 too in the other parts' planes
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         dy = grad_out[p]
         where = indices[p]
         dx = grad_in[p]
@@ -690,7 +690,7 @@ def _scatter_runner(values_shape, out_shape, accumulate: bool):
     """``run(values, indices, out)`` of :func:`_scatter_direct` for one problem."""
     flat = _flat(values_shape)
     return _bound(_scatter_direct, math.prod(out_shape), (flat, flat, _flat(out_shape)),
-                  accumulate)
+                  accumulate, first_bad=True)
 
 
 max_pool2d_backward_direct.prepare = (  # type: ignore[attr-defined]
@@ -709,7 +709,7 @@ def max_unpool2d_backward_direct(grad_out, indices, grad_in):
 def _max_unpool2d_backward_runner(grad_out_shape, indices_shape):
     flat = _flat(indices_shape)
     return _bound(_max_unpool2d_backward_direct, math.prod(grad_out_shape),
-                  (_flat(grad_out_shape), flat, flat))
+                  (_flat(grad_out_shape), flat, flat), first_bad=True)
 
 
 max_unpool2d_backward_direct.prepare = (  # type: ignore[attr-defined]
@@ -717,11 +717,11 @@ max_unpool2d_backward_direct.prepare = (  # type: ignore[attr-defined]
 
 
 @kernel(parallel=True)
-def _repeat_unpool2d_forward_direct(x, out, scale_h, scale_w):
+def _repeat_unpool2d_forward_direct(x, out, scale_h, scale_w, part, parts):
     """out[p, i*sh + a, j*sw + b] = x[p, i, j]: each value fills a sh x sw block."""
     planes, height, width = x.shape
     out_w = out.shape[2]
-    for p in prange(planes):
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         for i in range(height):
             first = out[p, i * scale_h]
             values = x[p, i]
@@ -736,10 +736,10 @@ def _repeat_unpool2d_forward_direct(x, out, scale_h, scale_w):
 
 
 @kernel(parallel=True)
-def _repeat_unpool2d_backward_direct(grad_out, grad_in, scale_h, scale_w):
+def _repeat_unpool2d_backward_direct(grad_out, grad_in, scale_h, scale_w, part, parts):
     """grad_in[p, i, j] = sum of grad_out over the block it was copied to."""
     planes, height, width = grad_in.shape
-    for p in prange(planes):
+    for p in prange(part * planes // parts, (part + 1) * planes // parts):
         for i in range(height):
             total = grad_in[p, i]
             for j in range(width):
@@ -764,25 +764,35 @@ def repeat_unpool2d_backward_direct(grad_out, grad_in, scale):
            (_planes(grad_out.shape), _planes(grad_in.shape)), *scale)(grad_out, grad_in)
 
 
-#: Largest array (elements) a pooling kernel runs on without the thread pool: below it,
+#: Largest array (elements) a pooling kernel runs on the calling thread: below it,
 #: waking the pool costs more than the loops (max_pool2d 2x2 on (1, 4, 8, 8): 1.9 us
-#: parallel, 0.3 us serial; 16384 float32 values take a few microseconds to pool).
+#: parallel, 0.3 us serial; 16384 float32 values take a few microseconds to pool; on
+#: fastconv's worker threads, max_pool2d 3x3 stride 2 padding 1 on a Zen 2 VM: 4096
+#: values 19 us on one thread, 23 us on two; 16384: 52 against 41 us).
 SERIAL_MAX_ELEMENTS = 1 << 14
 
 
-def serial(size: int) -> bool:
-    """Whether a pooling call whose largest array has ``size`` values runs on the calling
-    thread: a small one, or any on one Numba thread (the threaded kernel would only
-    cost its own compilation: a plan is made for one thread count)."""
-    return size <= SERIAL_MAX_ELEMENTS or threads.count() == 1
+def parts(size: int) -> int:
+    """How many parts :func:`.threads.launch` splits a pooling call whose largest array
+    has ``size`` values into: one for a small call (waking the workers costs more than
+    the loops), else one per Numba thread."""
+    return 1 if size <= SERIAL_MAX_ELEMENTS else threads.count()
 
 
-def _bound(kernel, size: int, views: tuple | None, *scalars):
-    """``run(*arrays)``: ``kernel`` (its serial twin when the call's largest array has at
-    most :data:`SERIAL_MAX_ELEMENTS` values, ``size``, or Numba runs one thread) on the
-    C-contiguous arrays seen with the shapes ``views`` (None: as they are), then
-    ``scalars``."""
-    call = kernel.serial if serial(size) else kernel
+def _bound(kernel, size: int, views: tuple | None, *scalars, first_bad: bool = False):
+    """``run(*arrays)``: ``kernel`` in :func:`parts` (``size``) parts (:func:`.threads.launch`)
+    on the C-contiguous arrays seen with the shapes ``views`` (None: as they are), then
+    ``scalars``. Returns None, or with ``first_bad``, the first part's flat position of
+    an index out of range that found one, or -1 (see :func:`_scatter_direct`)."""
+    n_parts = parts(size)
+    if n_parts == 1:  # threads.launch's first case, without its call
+        call, scalars = kernel.serial, (*scalars, 0, 1)
+    elif first_bad:
+        def call(*args):
+            return next((at for at in threads.launch(kernel, n_parts, *args) if at >= 0), -1)
+    else:
+        def call(*args):
+            threads.launch(kernel, n_parts, *args)
     if views is None:  # a kernel that takes the 4-D arrays as they are
         def run(*arrays):
             return call(*arrays, *scalars)

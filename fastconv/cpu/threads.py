@@ -1,10 +1,31 @@
-"""Numba's threading layer: TBB where the ``tbb`` wheel is installed, PyTorch's
-OpenMP pool beside PyTorch.
+"""How kernels run on several threads: on Numba's thread pool (TBB where the ``tbb``
+wheel is installed; beside PyTorch, its OpenMP pool), or on fastconv's worker threads.
 
-Numba runs ``prange`` loops on one of three layers and, left to its default,
-takes the first that loads of TBB, OpenMP and workqueue. fastconv depends on
-the ``tbb`` wheel (where one is published: x86-64 Linux, Windows and macOS)
-because TBB is the one layer that is both fork-safe and thread-safe:
+A threaded kernel (``@kernel(parallel=True)``) takes ``part, parts`` last and runs share
+``part`` of each of its ``prange`` loops. :func:`launch` runs its ``parts`` shares: by
+default as one call of the kernel compiled with Numba's parallel passes (``part, parts =
+0, 1``: its ``prange`` loops on Numba's pool), a small call as its serial twin on the
+calling thread. With ``FASTCONV_NUMBA_POOL=0`` (:data:`fastconv.config.NUMBA_POOL`) the
+serial twin runs once per part instead, the first on the calling thread and the others
+on fastconv's worker threads (the kernels release the GIL): the parallel passes never
+compile, which took more than half of an empty cache's compile
+(``fastconv.warmup(dtypes=(np.float32,))`` 66 -> 30 s on a 2-core Zen 2 VM), but a
+call's second thread starts 20-40 us later than on TBB's pool, whose workers spin
+between loops (the Python thread must take the GIL to start its part).
+
+Beside PyTorch, two pools on the same cores fight: after each parallel op,
+PyTorch's GNU OpenMP workers spin for milliseconds waiting for the next one, and
+a fastconv kernel running then shares its cores with them (a training step
+through ``fastconv.torch`` ran at half speed). :func:`share_torch_pool`, called
+when ``fastconv.torch`` is imported, starts Numba's OpenMP layer on the OpenMP
+runtime PyTorch loaded, where :func:`launch` runs the threaded kernels (with
+``FASTCONV_NUMBA_POOL=0`` too), so both libraries run on one pool of threads: the
+spinning workers pick up fastconv's loops. It restores the two OpenMP settings Numba's start changes
+(the thread count and nesting), so PyTorch's settings stay as they were.
+
+Numba takes the first layer that loads of TBB, OpenMP and workqueue. fastconv
+depends on the ``tbb`` wheel (where one is published: x86-64 Linux, Windows and
+macOS) because TBB is the one layer that is both fork-safe and thread-safe:
 
 - GNU OpenMP kills a forked child that runs a parallel kernel after its parent
   did (``Terminating: fork() called from a process already using GNU OpenMP``),
@@ -17,20 +38,10 @@ dynamic loader does not search, so Numba's plain ``dlopen("libtbb.so.12")``
 fails and it silently falls back to OpenMP. :func:`load_tbb` loads the library
 by its full path first; Numba's own choice then finds it.
 
-Beside PyTorch, two pools on the same cores fight: after each parallel op,
-PyTorch's GNU OpenMP workers spin for milliseconds waiting for the next one, and
-a fastconv kernel running then shares its cores with them (a training step
-through ``fastconv.torch`` ran at half speed). :func:`share_torch_pool`, called
-when ``fastconv.torch`` is imported, starts Numba's OpenMP layer on the OpenMP
-runtime PyTorch loaded, so both libraries run on one pool of threads: the
-spinning workers pick up fastconv's loops. It restores the two OpenMP settings
-Numba's start changes (the thread count and nesting), so PyTorch's settings stay
-as they were.
-
-GNU OpenMP is not fork-safe, so in a child forked after its parent ran Numba's
-OpenMP layer (shared with PyTorch or asked for with ``NUMBA_THREADING_LAYER``),
-fastconv runs the serial twins of its kernels (:func:`fastconv.cpu._jit.run_serial_twins`):
-such workers compute on one thread each, as PyTorch's DataLoader workers do.
+In a child forked after its parent ran kernels on Numba's OpenMP layer (shared with
+PyTorch), every kernel runs on the calling thread: such workers compute on one thread
+each, as PyTorch's DataLoader workers do. A forked child starts worker threads of its
+own when it needs them (with ``FASTCONV_NUMBA_POOL=0``).
 
 An explicit ``NUMBA_THREADING_LAYER`` always wins, and a process whose Numba
 thread pool already started keeps its layer.
@@ -43,8 +54,13 @@ import importlib
 import importlib.metadata
 import os
 import sys
+import threading
 
 import numba
+import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from numba.np.ufunc import parallel as _parallel
 
 from .. import config
@@ -75,10 +91,14 @@ def load_tbb() -> str | None:
 
 
 def _after_fork_in_child() -> None:
+    global _pool, _one_thread
+    _pool = None  # the parent's workers do not exist here: new ones start on demand
     parallel = sys.modules.get("numba.np.ufunc.parallel")
-    if (config.PARALLEL and parallel is not None and parallel._is_initialized
+    if (on_numba_pool() and parallel is not None and parallel._is_initialized
             and parallel._threading_layer == "omp"):
-        _jit.run_serial_twins()
+        # GNU OpenMP's pool cannot be entered here: one thread each, as PyTorch's
+        # DataLoader workers compute
+        _one_thread = True
 
 
 class _DlInfo(ctypes.Structure):
@@ -141,7 +161,11 @@ def share_torch_pool() -> bool:
         process.omp_set_max_active_levels(levels)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-    return numba.threading_layer() == "omp"
+    shared = numba.threading_layer() == "omp"
+    if shared:
+        global _on_numba_pool
+        _on_numba_pool = True
+    return shared
 
 
 def count() -> int:
@@ -153,21 +177,189 @@ def count() -> int:
     return numba.get_num_threads()
 
 
-#: Most multiply-adds a convolution kernel runs without the thread pool: waking TBB's
-#: sleeping workers takes longer than such a call (a 3x3 grad_weight on (1, 4, 8, 8):
-#: 9.9 us on two threads, 5.2 us on one; 20 us when the workers had gone to sleep).
+#: Most multiply-adds a convolution kernel runs on the calling thread, on Numba's pool:
+#: waking TBB's sleeping workers takes longer than such a call (a 3x3 grad_weight on
+#: (1, 4, 8, 8): 9.9 us on two threads, 5.2 us on one; 20 us when the workers had gone
+#: to sleep).
 SERIAL_MAX_WORK = 1 << 16
+#: ... and on fastconv's worker threads, this many times as many: a worker starts later
+#: (the direct loops, 3 filters of 3x3 on a Zen 2 VM: 62208 multiply-adds 20 us on one
+#: thread, 48 us on two; 663552: 64 against 67 us; 2654208: 183 against 123 us).
+WORKERS_SERIAL_FACTOR = 16
 
 
-def serial_if_small(kernel, chunks: int, out, depth: int):
-    """``kernel``, or its serial twin when the call is one task or computes ``out`` (each
-    value ``depth`` multiply-adds) in few multiply-adds: the thread pool would only be
-    woken to wait."""
-    return kernel.serial if chunks == 1 or out.size * depth <= SERIAL_MAX_WORK else kernel
+def parts_for(chunks: int, out, depth: int) -> int:
+    """How many parts :func:`launch` splits a convolution kernel's ``chunks`` into: one
+    where the call computes ``out`` (each value ``depth`` multiply-adds) in few
+    multiply-adds (the workers would only be woken to wait), else one per chunk, at most
+    :func:`count`."""
+    limit = SERIAL_MAX_WORK if on_numba_pool() else SERIAL_MAX_WORK * WORKERS_SERIAL_FACTOR
+    if chunks == 1 or out.size * depth <= limit:
+        return 1
+    return min(chunks, count())
+
+
+def launch(kernel, parts: int, *args) -> list:
+    """Run ``kernel`` (a ``@kernel(parallel=True)`` function whose last two arguments,
+    ``part`` and ``parts``, say which share of each parallel loop a call runs) over all
+    its ``parts`` shares: the results of the calls, in order of part.
+
+    One part runs the serial twin on this thread. On Numba's pool (the default, and
+    PyTorch's OpenMP pool after :func:`share_torch_pool`) the threaded kernel runs once,
+    its ``prange`` loops on that pool (``part, parts = 0, 1``: one result). With
+    ``FASTCONV_NUMBA_POOL=0`` the serial twin runs once per part, the first part on this
+    thread and the others on worker threads of fastconv's own (:class:`_Pool`): the
+    kernels release the GIL, so the parts run at once, and no kernel compiles a second
+    time with Numba's parallel passes. An exception a part raises (e.g. an
+    ``IndexError`` with ``NUMBA_BOUNDSCHECK=1``, which a parallel loop on Numba's pool
+    would lose) is raised here once every part has ended."""
+    if parts <= 1 or _one_thread or kernel.serial is kernel:  # (FASTCONV_PARALLEL=0)
+        return [kernel.serial(*args, 0, 1)]
+    if _on_numba_pool or config.NUMBA_POOL:
+        return [kernel(*args, 0, 1)]
+    global _pool
+    if _pool is None:
+        _pool = _Pool()
+    return _pool.run(kernel.serial, args, parts)
+
+
+def on_numba_pool() -> bool:
+    """Whether :func:`launch` runs threaded kernels on Numba's pool (the default, and
+    beside PyTorch whatever ``FASTCONV_NUMBA_POOL`` says)."""
+    return _on_numba_pool or config.NUMBA_POOL
+
+
+class _Pool:
+    """Worker threads that each run one part of a :func:`launch` at a time; the calling
+    thread runs part 0 and waits for the others. A call that finds the pool taken by
+    another Python thread runs all its parts itself, in order (each part writes only
+    its own chunks' outputs and scratch rows, so the result is the same)."""
+
+    def __init__(self) -> None:
+        self._taken = threading.Lock()
+        self._workers: list[_Worker] = []
+
+    def run(self, function, args: tuple, parts: int) -> list:
+        if not self._taken.acquire(blocking=False):
+            return [function(*args, part, parts) for part in range(parts)]
+        try:
+            while len(self._workers) < parts - 1:
+                self._workers.append(_Worker())
+            workers = self._workers[: parts - 1]
+            for worker in workers:
+                if worker.busy():  # a call whose wait was interrupted (KeyboardInterrupt):
+                    worker.wait()  # it may still write buffers this call reuses
+            for part, worker in enumerate(workers, 1):
+                worker.start(function, args, part, parts)
+            results: list = [None] * parts
+            error: BaseException | None = None
+            try:
+                results[0] = function(*args, 0, parts)
+            except BaseException as raised:  # noqa: BLE001  (raised once the others end)
+                error = raised
+            for part, worker in enumerate(workers, 1):
+                results[part], failure = worker.wait()
+                if error is None:
+                    error = failure
+            if error is not None:
+                raise error
+            return results
+        finally:
+            self._taken.release()
+
+
+#: Loads of a worker's count of ended calls that the caller makes before it sleeps on the
+#: lock (about 1 ns each: some 50 us). A caller woken from sleep at the end made a
+#: threaded call of 30 us on two threads 3-4 us slower (a 2-core VM); a thread that
+#: spins keeps its core.
+SPINS = 50_000
+
+
+class _Worker:
+    """A daemon thread that runs one call at a time: :meth:`start` hands it a call,
+    :meth:`wait` its result and exception. A lock carries each hand-off (a released lock
+    wakes the one thread blocked on it), and counts of the calls started and ended let
+    the caller see the end before it sleeps: it spins on the count for :data:`SPINS`
+    loads (in compiled code, without the GIL) before it blocks on the lock. A wait
+    interrupted by a signal leaves its call to the next wait."""
+
+    def __init__(self) -> None:
+        self._go, self._done = threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._done.acquire()
+        self._started = 0
+        self._ended = np.zeros(1, np.int64)  # read without the GIL by _spin_until
+        self._call: tuple = ()
+        self._result: tuple = (None, None)
+        threading.Thread(target=self._loop, name="fastconv-worker", daemon=True).start()
+
+    def busy(self) -> bool:
+        """Whether a call started has not been waited for to its end."""
+        return bool(self._ended[0] < self._started)
+
+    def start(self, function, args: tuple, part: int, parts: int) -> None:
+        self._call = (function, args, part, parts)
+        self._started += 1
+        self._go.release()
+
+    def wait(self) -> tuple:
+        _spin_until(self._ended, 0, self._started, SPINS)
+        while True:
+            self._done.acquire()
+            if self._ended[0] >= self._started:  # else an earlier call's end: go on
+                break
+        result, self._result = self._result, (None, None)
+        return result
+
+    def _loop(self) -> None:
+        while True:
+            self._go.acquire()
+            function, args, part, parts = self._call
+            self._call = ()
+            try:
+                self._result = (function(*args, part, parts), None)
+            except BaseException as raised:  # noqa: BLE001  (handed to the caller)
+                self._result = (None, raised)
+            self._ended[0] += 1  # before the release: a waiter that wakes sees it
+            self._done.release()
+
+
+@intrinsic
+def _load_acquire(typingctx, array, index):
+    """``array[index]`` (int64, C-contiguous) read anew from memory on every call (an atomic
+    load with acquire ordering: a plain load in a loop is read once, before the loop)."""
+    signature = types.int64(array, index)
+
+    def codegen(context, builder, sig, args):
+        view = context.make_array(sig.args[0])(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, sig.args[0], view, [args[1]],
+                                           wraparound=False)
+        return builder.load_atomic(pointer, "acquire", 8)
+
+    return signature, codegen
+
+
+@_jit.kernel()
+def _spin_until(counts, at, value, spins):
+    """Whether ``counts[at]`` reached ``value`` within ``spins`` loads (the GIL released)."""
+    for _ in range(spins):
+        if _load_acquire(counts, at) >= value:
+            return True
+    return False
+
+
+#: The workers of :func:`launch` (started on its first threaded call; none after a fork).
+_pool: _Pool | None = None
+#: Whether :func:`launch` runs the threaded kernels on PyTorch's OpenMP pool
+#: (:func:`share_torch_pool`), whatever ``FASTCONV_NUMBA_POOL`` says.
+_on_numba_pool = False
+#: Whether every kernel runs on the calling thread (a child forked from a process that
+#: ran kernels on GNU OpenMP's pool).
+_one_thread = False
 
 
 load_tbb()
-# In a child forked after the parent started GNU OpenMP, any parallel kernel would kill
-# the process: the child runs the serial twins instead.
+# A forked child starts worker threads of its own; after a parent that ran kernels on GNU
+# OpenMP, where any parallel kernel would kill the child, it runs them on one thread.
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

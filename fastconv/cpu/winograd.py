@@ -107,7 +107,7 @@ def unsupported(*, weight_shape, stride, dilation, **_) -> str | None:
 
 
 @kernel(parallel=True)
-def _filter_transform(taps, g, transformed):
+def _filter_transform(taps, g, transformed, part, parts):
     """transformed[a * 6 + b, k, :] = sum_{r, s} G[a, r] G[b, s] taps[k, r * 3 + s, :]:
     ``G w G^T`` for every filter, vectorised over the input channels (``taps``
     is the weight laid out as ``(K, 9, C/groups)``). A task takes a block of
@@ -116,7 +116,8 @@ def _filter_transform(taps, g, transformed):
     collide in the cache)."""
     out_channels, group_channels = taps.shape[0], taps.shape[2]
     block = 8
-    for first in prange((out_channels + block - 1) // block):
+    n_blocks = (out_channels + block - 1) // block
+    for first in prange(part * n_blocks // parts, (part + 1) * n_blocks // parts):
         for a in range(ALPHA):
             for b in range(ALPHA):
                 for k in range(first * block, min((first + 1) * block, out_channels)):
@@ -399,7 +400,7 @@ def _products(packed, v, m, e, groups, group_channels, n_tiles, pitch, taps):
 
 @kernel(parallel=True)
 def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad_left, groups,
-                             rows_per_block, b_t, a_t, scratch, nonfinite):
+                             rows_per_block, b_t, a_t, scratch, nonfinite, part, parts):
     """out = max(floor, conv2d(x, weight, bias)) for a 3x3 stride-1 kernel, ``packed`` =
     its filter transform packed for :func:`_products` (:func:`transform_filters`); see
     the module docstring. ``nonfinite[q]`` (False on entry) is set where tile row
@@ -422,7 +423,7 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
     e_count = ALPHA * ALPHA
     target = strips.flat(out)  # rows by offset, not by view
     source = strips.flat(x)
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         v, m, patches, half = _block_buffers(scratch[chunk], channels, m_rows, max_tiles,
                                              max_pitch)
         taps = np.empty(1, np.intp)
@@ -491,22 +492,23 @@ def transform_filters(weight: np.ndarray, groups: int, flipped: bool = False) ->
         # (not the slot "winograd filters": packed is that slot's buffer past the budget)
         transformed = workspace.borrow((ALPHA * ALPHA, out_channels, group_channels),
                                        weight.dtype, "winograd unpacked")
-        _filter_transform(taps, G.astype(weight.dtype), transformed)
-        _pack_products(transformed, packed)
+        n_parts = threads.count()
+        threads.launch(_filter_transform, n_parts, taps, G.astype(weight.dtype), transformed)
+        threads.launch(_pack_products, n_parts, transformed, packed)
 
     kind = "winograd grad_input filters" if flipped else "winograd filters"
     return prepared.get(kind, weight, shape, build, groups)
 
 
 @kernel(parallel=True)
-def _pack_products(transformed, packed):
+def _pack_products(transformed, packed, part, parts):
     """packed[e, g, b, c * 8 + kk] = transformed[e, g * per_group + b * 8 + kk, c] (zero
     where ``b * 8 + kk >= per_group``): the layout :func:`_products` reads."""
     e_count, groups, n_kblocks = packed.shape[0], packed.shape[1], packed.shape[2]
     out_channels, group_channels = transformed.shape[1], transformed.shape[2]
     per_group = out_channels // groups
     zero = transformed[0, 0, 0] - transformed[0, 0, 0]
-    for e in prange(e_count):
+    for e in prange(part * e_count // parts, (part + 1) * e_count // parts):
         for g in range(groups):
             for b in range(n_kblocks):
                 dst = packed[e, g, b]
@@ -557,12 +559,12 @@ def _conv2d_winograd(x, packed, conv_weight, bias, out, padding, groups, gemm,
         x.dtype)
     has_bias = bias is not None
     nonfinite = np.zeros((n_img, tiles_h), np.bool_)
-    _conv2d_forward_winograd(
-        x, packed, bias if has_bias else np.zeros(0, x.dtype),
-        has_bias, activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
-        groups, rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype), scratch,
-        nonfinite.reshape(-1),
-    )
+    threads.launch(
+        _conv2d_forward_winograd, threads.parts_for(n_chunks, out, channels // groups * 9), x,
+        packed, bias if has_bias else np.zeros(0, x.dtype), has_bias,
+        activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0], groups,
+        rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype), scratch,
+        nonfinite.reshape(-1))
     for n, first, last in _runs(nonfinite):
         _recompute_tile_rows(x, conv_weight(), bias, out, n, first, last, padding, groups, gemm,
                              activation)
@@ -700,7 +702,7 @@ def _grad_output_transform(grad_out, source, k, q_first, q_last, tiles_h, tiles_
 
 @kernel(parallel=True)
 def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_per_block, b_t,
-                                 a_t, scratch, partial, gemm, set_blas_threads):
+                                 a_t, scratch, partial, gemm, set_blas_threads, part, parts):
     """partial[chunk, e, k, c] = sum over the chunk's tiles of Z[e, k, t] * V[e, c, t]:
     each thread sums its own blocks (race-free; the host adds the partial sums in a
     fixed order)."""
@@ -717,7 +719,7 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
     e_count = ALPHA * ALPHA
     source = strips.flat(grad_out)
     x_source = strips.flat(x)
-    for chunk in prange(n_chunks):
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         saved_threads = set_blas_threads(1)
         v, z, patches, half = _block_buffers(scratch[chunk], channels, out_channels, max_tiles,
                                              max_tiles)
@@ -749,11 +751,11 @@ def _conv2d_grad_weight_winograd(x, grad_out, pad_top, pad_left, groups, rows_pe
 
 
 @kernel(parallel=True)
-def _filter_transform_adjoint(partial, g, taps):
+def _filter_transform_adjoint(partial, g, taps, part, parts):
     """taps[k, r*3 + s, :] = sum_{a, b} G[a, r] G[b, s] sum_chunk partial[chunk, a*6+b, k, :]:
     ``G^T S G`` per filter, summed over the threads' partial sums in chunk order."""
     n_chunks, out_channels, group_channels = partial.shape[0], partial.shape[2], partial.shape[3]
-    for k in prange(out_channels):
+    for k in prange(part * out_channels // parts, (part + 1) * out_channels // parts):
         for r in range(3):
             for s in range(3):
                 dst = taps[k, r * 3 + s]
@@ -799,12 +801,14 @@ def conv2d_grad_weight_winograd(x, grad_out, grad_weight, stride, padding, dilat
         (n_chunks, buffer_size(channels, out_channels, max_tiles, max_tiles)), x.dtype)
     partial = workspace.borrow((n_chunks, ALPHA * ALPHA, out_channels, group_channels), x.dtype,
                                "winograd partial")
-    _conv2d_grad_weight_winograd(
-        x, np.ascontiguousarray(grad_out), padding[0][0], padding[1][0], groups, rows_per_block,
-        B_T.astype(x.dtype), A_T.astype(x.dtype), scratch, partial,
-        gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL)
+    parts = threads.parts_for(n_chunks, grad_weight, n_img * out_h * out_w)
+    threads.launch(
+        _conv2d_grad_weight_winograd, parts, x, np.ascontiguousarray(grad_out), padding[0][0],
+        padding[1][0], groups, rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype),
+        scratch, partial, gemm if gemm is not None else blas.gemm_for(x.dtype),
+        blas.SET_THREADS_LOCAL)
     taps = workspace.borrow((out_channels, 9, group_channels), x.dtype, "winograd taps")
-    _filter_transform_adjoint(partial, G.astype(x.dtype), taps)
+    threads.launch(_filter_transform_adjoint, n_threads, partial, G.astype(x.dtype), taps)
     grad_weight[...] = taps.transpose(0, 2, 1).reshape(grad_weight.shape)
     if not all_finite(grad_weight):
         im2col.conv2d_grad_weight_im2col(x, grad_out, grad_weight, stride, padding, dilation,
