@@ -23,11 +23,11 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64), *,
            processes: int | None = None) -> dict[str, float]:
     """Compile (or load from the on-disk cache) every CPU kernel for ``dtypes``: the
     warm-up call of each op of :data:`fastconv.ops.TABLE` (tiny inputs, stride 1 and 2,
-    2 and 4 filters, with and without indices) with each of its algorithms (each
-    threaded kernel as the plain loops its parts run on fastconv's worker threads, and
-    where the threaded kernels run on Numba's pool, beside PyTorch or with
-    ``FASTCONV_NUMBA_POOL=1``, as Numba's parallel kernel too). No later call compiles a
-    CPU kernel for these dtypes.
+    2 and 4 filters, with and without indices) with each of its algorithms, and both
+    forms of each threaded kernel (the threaded one for large calls, its serial twin
+    for small ones and for one Numba thread; with ``FASTCONV_NUMBA_POOL=0`` the twin
+    only, which runs on each thread). No later call compiles a CPU kernel for these
+    dtypes.
 
     The first call of a kernel otherwise compiles it, which takes seconds; a
     later process loads the cached machine code in milliseconds. With Numba's disk
@@ -109,7 +109,7 @@ def _name(step: tuple[str, str, str]) -> str:
 
 def _run(step: tuple[str, str, str], bar: Any) -> float:
     """Seconds of the warm-up call of ``step`` (op, algorithm, dtype name) in this
-    process (and on Numba's pool, the parallel form of each threaded kernel it ran)."""
+    process, with the twins of the kernels it ran (on Numba's pool)."""
     from .cpu import threads
     from .cpu._jit import compile_twins
 
@@ -118,7 +118,7 @@ def _run(step: tuple[str, str, str], bar: Any) -> float:
     start = time.perf_counter()
     op_name, algorithm, dtype = step
     ops.TABLE[op_name].warm_up(functional, np.dtype(dtype), algorithm)
-    compile_twins(threads.on_numba_pool())  # the threaded kernels, where calls run them
+    compile_twins(threads.on_numba_pool())  # the other twin of each kernel the call ran
     return time.perf_counter() - start
 
 
