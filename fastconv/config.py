@@ -76,9 +76,9 @@ PARALLEL: bool = _env_bool("PARALLEL", True)
 #: Run the threaded kernels on Numba's thread pool (TBB; their ``prange`` loops compiled
 #: with Numba's parallel passes, a second compile of each beside its serial twin). Off
 #: (``FASTCONV_NUMBA_POOL=0``), fastconv's worker threads run the serial twin on each
-#: part: nothing compiles twice (``fastconv.warmup(dtypes=(np.float32,))`` about 30 s
-#: against 66 s on a 2-core Zen 2 VM), but a threaded call starts its second thread
-#: 20-40 us later (trainer-sized calls 4-40 % slower there, layers of milliseconds 1-2 %;
+#: part: nothing compiles twice (``fastconv.warmup(dtypes=(np.float32,))`` 28-33 s
+#: against 66-74 s on a 2-core Zen 2 VM), but a threaded call starts its second thread
+#: 20-40 us later (trainer-sized calls 4-50 % slower there, layers of milliseconds 1-2 %;
 #: ``benchmarks/RESULTS.md``). ``import fastconv.torch`` runs them on PyTorch's OpenMP
 #: pool, where it can share that pool, whatever this says.
 NUMBA_POOL: bool = _env_bool("NUMBA_POOL", True)

@@ -9,7 +9,7 @@ calling thread. With ``FASTCONV_NUMBA_POOL=0`` (:data:`fastconv.config.NUMBA_POO
 serial twin runs once per part instead, the first on the calling thread and the others
 on fastconv's worker threads (the kernels release the GIL): the parallel passes never
 compile, which took more than half of an empty cache's compile
-(``fastconv.warmup(dtypes=(np.float32,))`` 66 -> 30 s on a 2-core Zen 2 VM), but a
+(``fastconv.warmup(dtypes=(np.float32,))`` 66-74 -> 28-33 s on a 2-core Zen 2 VM), but a
 call's second thread starts 20-40 us later than on TBB's pool, whose workers spin
 between loops (the Python thread must take the GIL to start its part).
 
