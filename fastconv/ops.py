@@ -135,6 +135,9 @@ def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
               and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a, **_ONLY_INPUT))
              for x, w, _, y1, y2 in t.convolutions()]
     if a == "direct":
+        # a depthwise layer at a stride (the direct algorithm's phase-by-phase kernel)
+        calls.append(f.conv2d_backward(t.y2, t.x, np.ones((2, 1, 3, 3), dtype), stride=2,
+                                       padding=1, groups=2, algorithm=a, **_ONLY_INPUT))
         # the direct kernel packs a large weight's flipped filters apart and keeps them
         # between calls (cpu.blocked.KEEP_FLIPPED_MIN_VALUES): the tiny weights take that
         # path here too, so that its packing kernel compiles now

@@ -520,25 +520,36 @@ def _depthwise_in_bands(shape, wshape, kwargs, dtype, monkeypatch, rng):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("wshape, kwargs", [
+    ((6, 1, 3, 3), dict(stride=2, padding=1, groups=6)),
     ((12, 1, 5, 5), dict(stride=2, padding=2, groups=6)),
     ((6, 1, 7, 7), dict(stride=(2, 3), padding=((3, 1), (2, 3)), dilation=(1, 2), groups=6)),
-], ids=["5x5_s2_x2", "7x7_s23_dil12_asym"])
-def test_strided_depthwise_grad_input_on_the_spread_grid(wshape, kwargs, dtype, monkeypatch,
-                                                          rng):
-    # a depthwise layer's grad_input at a stride: grad_out spread on the stride's grid,
-    # then the stride-1 depthwise kernel, in bands of 3 rows on every thread; an Inf
-    # weight tap goes to the scatter loops instead (the spread's zeros would meet it)
-    from fastconv.cpu import identities
+    ((12, 1, 2, 2), dict(stride=3, groups=6)),
+    ((6, 1, 3, 3), dict(stride=2, padding=1, dilation=2, groups=6)),
+    ((6, 1, 3, 3), dict(stride=2, padding=4, groups=6)),
+    ((6, 1, 3, 1), dict(stride=(2, 1), padding=(1, 0), groups=6)),
+    ((4, 1, 3, 3), dict(stride=2, padding=1)),
+], ids=["3x3_s2", "5x5_s2_x2", "7x7_s23_dil12_asym", "2x2_s3_x2_tapless_phase",
+        "3x3_s2_dil2_tapless_phases", "3x3_s2_pad4", "3x1_s21", "one_channel_4_filters"])
+def test_strided_depthwise_grad_input_phase_by_phase(wshape, kwargs, dtype, monkeypatch, rng):
+    # a layer of one channel per group at a stride: grad_input phase by phase of the
+    # input, each a stride-1 correlation of grad_out with the taps that reach it (none
+    # for some phases of a 2x2 kernel at stride 3 or a dilation of the stride), stored
+    # woven (stride 2), by rows (stride 1) or value by value (stride 3); in bands of 3
+    # rows on every thread; a NaN in grad_out lands where the definition puts it, and
+    # an Inf weight tap goes to the scatter loops instead (the strip's zeros would meet
+    # it)
+    from fastconv.cpu import direct
 
-    spreads = []
-    spread = identities.spread
-    monkeypatch.setattr(identities, "spread",
-                        lambda grad_out, stride: spreads.append(stride) or spread(grad_out,
-                                                                                  stride))
-    x, w, dy = _depthwise_in_bands((2, 6, 23, 19), wshape, kwargs, dtype, monkeypatch, rng)
+    calls = []
+    phases = direct._depthwise_grad_input
+    monkeypatch.setattr(direct, "_depthwise_grad_input",
+                        lambda *args: calls.append(args[1].shape) or phases(*args))
+    channels = kwargs.get("groups", 1)
+    x, w, dy = _depthwise_in_bands((2, channels, 23, 19), wshape, kwargs, dtype, monkeypatch,
+                                   rng)
     assert x.shape[2] % 3 != 0  # grad_in's rows: the last band shorter
-    dy[1, 2, 3, 2] = np.nan
-    for weight in (w, np.where(np.arange(w.size).reshape(w.shape) == 8, np.inf, w)):
+    dy[1, 0, 3, 2] = np.nan
+    for weight in (w, np.where(np.arange(w.size).reshape(w.shape) == 1, np.inf, w)):
         weight = weight.astype(dtype)
         got = fastconv.conv2d_backward(dy, x, weight, **kwargs, algorithm="direct",
                                        needs_weight_grad=False, needs_bias_grad=False)[0]
@@ -546,8 +557,7 @@ def test_strided_depthwise_grad_input_on_the_spread_grid(wshape, kwargs, dtype, 
             warnings.simplefilter("ignore", RuntimeWarning)
             want = reference.conv2d_backward(dy, x, weight, **kwargs)[0]
         assert_same_pattern(got, want, **tolerance(dtype))
-    assert spreads == [kwargs["stride"] if isinstance(kwargs["stride"], tuple)
-                       else (kwargs["stride"],) * 2] * 2
+    assert calls == [wshape]  # the finite weight only
     fastconv.clear_plans()
 
 

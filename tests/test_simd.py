@@ -137,13 +137,14 @@ def _weave_rows(planes, out, pitch):
         strips.weave_row(target, out, 0, 1, i, planes, 2 * i * pitch, (2 * i + 1) * pitch)
 
 
-@pytest.mark.parametrize("width", [1, 2, 7, 31, 32, 33, 70])
+@pytest.mark.parametrize("width", [1, 2, 7, 28, 31, 32, 33, 40, 45, 70])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 def test_weave_row_puts_rows_together(width, dtype, layout, rng):
     # two column phases of (width + 1) // 2 and width // 2 values back in one row:
-    # vectors of 2 * lanes values, the rest value by value; the plain loop on a
-    # strided output
+    # vectors of 2 * lanes values, a last pair that overlaps the one before, an odd
+    # row's last value by itself (rows under 2 * lanes value by value); the plain loop
+    # on a strided output
     pitch = (width + 1) // 2 + 3
     planes = rng.standard_normal(8 * pitch).astype(dtype)
     full = np.full((1, 2, 4, 2 * width), 9.0, dtype)

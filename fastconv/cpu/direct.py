@@ -34,8 +34,10 @@ ran at a third of torch's speed, and 5x5 and 7x7 layers at 1.2-1.6x the time the
 there. Their weight gradient runs on the same strips
 (:func:`_depthwise_grad_weight_phases`): each tap's sum is a dot product of the strip
 at the tap's offset with the filter's output gradient laid on the strip's pitch
-(:func:`_taps_dot`); their grad_input at a stride is the stride-1 kernel on the output
-gradient spread on the stride's grid (:func:`.identities.spread`).
+(:func:`_taps_dot`); their grad_input at a stride runs phase by phase of the input
+(:func:`_depthwise_grad_input_phases`): each phase a stride-1 correlation of the output
+gradient's strip with the taps that reach that phase, the phases' rows woven together
+as they are stored.
 
 Bands keep each thread's scratch within ``config.DIRECT_TILE_BYTES`` whatever
 the image height (:func:`.strips.band_rows`); the default budget holds a whole plane of
@@ -45,6 +47,8 @@ one output row per channel of the block).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import prange
@@ -259,6 +263,75 @@ def _depthwise_grad_weight_phases(x, grad_out, taps_gw, pad_top, pad_left, strid
 
 
 @kernel(parallel=True)
+def _depthwise_grad_input_phases(grad_out, taps_w, grad_in, first_row, pad_left, stride_h,
+                                 stride_w, pitch, strip_rows, taps, counts, band, floor,
+                                 scratch, part, parts):
+    """grad_in[n, c, a + i*sh, b + j*sw] = sum_{kk < m, t < counts[q]} taps_w[c*m + kk, q,
+    t] * grad_out_padded[n, c*m + kk] at tap ``taps[q, t]`` of position ``(i, j)``, ``q = a
+    * sw + b``: the grad_input of a layer of one channel per group (``m`` = K / C filters
+    each) at a stride, phase by phase of the input (rows ``a + i * sh``, columns ``b + j *
+    sw``), each phase a stride-1 correlation of grad_out with the taps that reach it
+    (:func:`_grad_input_phases`). A task, one image, one input channel and a band of
+    ``band`` rows of phase 0, copies each of its filters' grad_out rows into a strip
+    (``strip_rows`` rows from row ``i_first + first_row``, ``pad_left`` zero columns
+    before each row, on ``pitch``), where tap ``t`` of phase ``q`` of position ``p = i *
+    pitch + j`` is value ``p + taps[q, t]``, sums each phase's taps there in one pass
+    (:func:`_taps_at`) and stores the phases' rows woven together (two column phases on
+    vectors, :func:`.strips.weave_row`). ``floor``: -inf of the data's type."""
+    n_img, channels, in_h, in_w = grad_in.shape
+    per_group = grad_out.shape[1] // channels
+    n_bands = ((in_h + stride_h - 1) // stride_h + band - 1) // band
+    n_tasks = n_img * channels * n_bands
+    n_chunks = scratch.shape[0]
+    lanes = simd.WIDTH_BYTES // grad_out.itemsize
+    strip_len = strip_rows * pitch + lanes  # a vector of slack: the last vector's reads
+    plane = band * pitch + lanes  # a phase's sums, the last vector's stores past the rows
+    phases = stride_h * stride_w
+    one = np.int64(1)  # not a literal: _phase_rows compiles once (see _jit.jit_options)
+    source, target = flat(grad_out), flat(grad_in)  # rows by offset, not by view
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
+        strip = scratch[chunk, :strip_len]
+        sums = scratch[chunk, strip_len : strip_len + phases * plane]
+        extra = scratch[chunk, strip_len + phases * plane :]  # a filter's sums, m > 1
+        strip[:] = 0  # the padding columns stay zero: every task writes the same columns
+        zero = strip[0]  # a zero of the data's type
+        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+            n, c = task // (channels * n_bands), task // n_bands % channels
+            i_first = task % n_bands * band
+            for kk in range(per_group):
+                k = c * per_group + kk
+                blocked._phase_rows(strip, np.int64(0), grad_out, source, n, k,
+                                    i_first + first_row, strip_rows, pad_left, pitch, one, one)
+                for q in range(phases):
+                    rows = min(band, (in_h - q // stride_w + stride_h - 1) // stride_h - i_first)
+                    cols = (in_w - q % stride_w + stride_w - 1) // stride_w
+                    if rows <= 0 or cols <= 0:
+                        continue
+                    count, at = (rows - 1) * pitch + cols, q * plane
+                    if counts[q] == 0:  # no tap reaches the phase (a dilation of the stride)
+                        sums[at : at + count] = 0
+                    elif kk == 0:
+                        _taps_at(strip, taps[q, : counts[q]], taps_w[k, q, : counts[q]],
+                                 sums[at : at + plane], count)
+                    else:
+                        _taps_at(strip, taps[q, : counts[q]], taps_w[k, q, : counts[q]],
+                                 extra, count)
+                        for p in range(count):
+                            sums[at + p] += extra[p]
+            for a in range(stride_h):
+                for i in range(min(band, (in_h - a + stride_h - 1) // stride_h - i_first)):
+                    row, at = a + (i_first + i) * stride_h, a * stride_w * plane + i * pitch
+                    if stride_w == 1:
+                        store_row(sums, at, target, grad_in, n, c, row, in_w, zero, floor)
+                    elif stride_w == 2:
+                        strips.weave_row(target, grad_in, n, c, row, sums, at, at + plane)
+                    else:
+                        for col in range(in_w):
+                            grad_in[n, c, row, col] = sums[at + col % stride_w * plane
+                                                           + col // stride_w]
+
+
+@kernel(parallel=True)
 def _conv2d_forward_direct(x, weight, bias, has_bias, floor, out, stride_h, stride_w, pad_top,
                            pad_left, padded_w, dilation_h, dilation_w, groups, block_k, band,
                            scratch, part, parts):
@@ -455,6 +528,73 @@ def _depthwise_phases(x, weight, bias, out, stride, padding, dilation, activatio
         phase_rows, taps, band, scratch)
 
 
+def _axis_phases(size, kernel, stride, pad, dilation):
+    """Per phase ``a < stride`` of an input axis (positions ``a + i * stride``): the taps
+    ``r`` that reach it with the grad_out offset ``e`` each reads there (position ``i``
+    takes ``grad_out[i + e]``, ``a + pad - r * dilation = e * stride``), and the
+    phase's length."""
+    return [([(r, (a + pad - r * dilation) // stride) for r in range(kernel)
+              if (a + pad - r * dilation) % stride == 0], -(-(size - a) // stride))
+            for a in range(stride)]
+
+
+@functools.lru_cache(maxsize=256)
+def _grad_input_phases(in_hw, out_hw, kernel_size, stride, padding, dilation, itemsize,
+                       per_group):
+    """The layout of :func:`_depthwise_grad_input_phases` for these sizes: ``(first_row,
+    pad_left, pitch, strip_rows, band, taps, counts, index, scratch)``: phase ``q``'s
+    taps at ``taps[q, :counts[q]]``, the weight's values for them at ``index[q]`` of its
+    ``R * S`` (its other entries 0), ``scratch`` values per thread."""
+    rows = _axis_phases(in_hw[0], kernel_size[0], stride[0], padding[0][0], dilation[0])
+    cols = _axis_phases(in_hw[1], kernel_size[1], stride[1], padding[1][0], dilation[1])
+    row_offsets = [e for taps, _ in rows for _, e in taps] + [0]
+    col_offsets = [e for taps, _ in cols for _, e in taps] + [0]
+    top, left = min(row_offsets), min(col_offsets)  # <= 0: the strip's padding
+    pitch = max(max(length for _, length in cols) + max(col_offsets) - left, out_hw[1] - left)
+    lanes = simd.WIDTH_BYTES // itemsize
+    phases = stride[0] * stride[1]
+    sums = phases + (per_group > 1)
+    reach = max(row_offsets) - top  # strip rows below a band's last row
+    band = strips.band_rows(-(-in_hw[0] // stride[0]), (1 + reach + sums) * pitch
+                            + (2 + sums) * lanes, (1 + sums) * pitch, itemsize)
+    width = max(1, max(len(r) * len(c) for r, _ in rows for c, _ in cols))
+    taps = np.zeros((phases, width), np.int64)
+    index = np.zeros((phases, width), np.int64)
+    counts = np.zeros(phases, np.int64)
+    for a, (row_taps, _) in enumerate(rows):
+        for b, (col_taps, _) in enumerate(cols):
+            q = a * stride[1] + b
+            for r, e in row_taps:
+                for s, f in col_taps:
+                    taps[q, counts[q]] = (e - top) * pitch + f - left
+                    index[q, counts[q]] = r * kernel_size[1] + s
+                    counts[q] += 1
+    for array in (taps, index, counts):
+        array.flags.writeable = False
+    scratch = (band + reach) * pitch + lanes + sums * (band * pitch + lanes)
+    return top, -left, pitch, band + reach, band, taps, counts, index, scratch
+
+
+def _depthwise_grad_input(grad_out, weight, grad_in, stride, padding, dilation):
+    """Host side of :func:`_depthwise_grad_input_phases` (one channel per group, a finite
+    weight: the strip's zeros meet every tap)."""
+    n_img, channels, in_h, in_w = grad_in.shape
+    out_channels, _, kh, kw = weight.shape
+    first_row, pad_left, pitch, strip_rows, band, taps, counts, index, scratch = (
+        _grad_input_phases((in_h, in_w), grad_out.shape[2:], (kh, kw), stride, padding,
+                           dilation, grad_in.itemsize, out_channels // channels))
+    taps_w = np.ascontiguousarray(weight.reshape(out_channels, kh * kw)[:, index])
+    phase_rows = -(-in_h // stride[0])  # phase 0's rows, in bands
+    n_bands = -(-phase_rows // band)
+    chunks = _chunks(n_img * channels * n_bands)
+    depth = max(1, kh * kw * out_channels // (channels * len(counts)))  # taps per value
+    threads.launch(
+        _depthwise_grad_input_phases, threads.parts_for(chunks, grad_in, depth),
+        grad_out, taps_w, grad_in, first_row, pad_left, stride[0], stride[1], pitch, strip_rows,
+        taps, counts, band, activations.floor(None, grad_in.dtype),
+        workspace.borrow((chunks, scratch), grad_in.dtype))
+
+
 def _prepare_conv2d(arrays, params):
     """:func:`conv2d_direct`'s runner for a cached plan (``fastconv.functional``'s
     ``runner``): the blocked kernel's, its layout worked out once; None for the
@@ -600,9 +740,8 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
     """grad_in = conv_transpose2d(grad_out, weight): for a finite weight, the blocked kernel
     (at least 4 channels per group, any stride: :func:`.blocked.conv2d_grad_input_blocked`)
     or, with stride 1, the forward direct kernel on flipped weights (see
-    :mod:`.identities`; for a layer of one channel per group at a stride, on grad_out
-    spread on the stride's grid: the depthwise forward kernel on ``sh * sw`` times the
-    positions, 3-4x faster than the loops over strided taps); otherwise scatter loops.
+    :mod:`.identities`; a layer of one channel per group at a stride phase by phase of
+    the input, :func:`_depthwise_grad_input_phases`); otherwise scatter loops.
     (Those convolutions multiply every weight tap by the zero padding around grad_out,
     where the transposed convolution has no term: a NaN or Inf tap would put ``0 * Inf =
     NaN`` on the border.)"""
@@ -610,13 +749,13 @@ def conv2d_grad_input_direct(grad_out, weight, grad_in, stride, padding, dilatio
             grad_out, weight, grad_in, stride, padding, dilation, groups):
         # C/groups filters in that convolution: the blocked kernel, on the input's phases
         return
-    source, unit = grad_out, stride
-    if stride != (1, 1) and weight.shape[1] == 1:
-        source, unit = identities.spread(grad_out, stride), (1, 1)
+    if stride != (1, 1) and weight.shape[1] == 1 and all_finite(weight):
+        _depthwise_grad_input(grad_out, weight, grad_in, stride, padding, dilation)
+        return
     conv_pads = identities.grad_input_as_conv_padding(
-        grad_in.shape[2:], source.shape[2:], weight.shape[2:], unit, padding, dilation)
+        grad_in.shape[2:], grad_out.shape[2:], weight.shape[2:], stride, padding, dilation)
     if conv_pads is not None and all_finite(weight):
-        conv2d_direct(source, identities.transpose_flip(weight, groups), None, grad_in,
+        conv2d_direct(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
                       (1, 1), conv_pads, dilation, groups)
         return
     n_img, channels, height, width = grad_in.shape

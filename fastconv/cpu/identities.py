@@ -11,11 +11,11 @@ With ``y = conv2d(x, w)`` (stride s, padding (p0, p1), dilation d, kernel k per 
   to compute ``grad_x`` with their fast forward path and no scatter-add (the
   padding zeros would meet an Inf or NaN weight tap, 0 * Inf = NaN, where the
   scatter has no product at all).
-- With ``s > 1``, the same convolution of ``grad_y`` spread on the stride's grid
-  (``grad_y[i]`` at ``i*s``, zeros between: :func:`spread`), whose size
-  ``(n_y - 1)*s + 1`` stands for ``n_y`` in those pads: ``s*s`` times the
-  multiply-adds, most of them by zero, which pays only where the strided path
-  would be loops (depthwise layers).
+- With ``s > 1``, each phase ``a`` of ``grad_x`` (positions ``a + i*s``) is a
+  stride-1 correlation of ``grad_y`` with the taps ``r`` that reach it
+  (``a + p0 - r*d`` a multiple ``e*s``: position ``i`` takes ``w[r] * grad_y[i + e]``);
+  a phase that no tap reaches is zero. The blocked kernels and the depthwise
+  grad_input compute it so (:mod:`.blocked`, :mod:`.direct`).
 """
 
 from __future__ import annotations
@@ -33,16 +33,6 @@ def transpose_flip(weight: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4)).reshape(
         groups * group_channels, per_group, kh, kw
     )
-
-
-def spread(grad_out: np.ndarray, stride) -> np.ndarray:
-    """``grad_out`` (N, K, H, W) on the grid of ``stride``: value ``(i, j)`` at ``(i*sh,
-    j*sw)`` of a zero array of ``((H - 1)*sh + 1, (W - 1)*sw + 1)``."""
-    n_img, channels, height, width = grad_out.shape
-    out = np.zeros((n_img, channels, (height - 1) * stride[0] + 1, (width - 1) * stride[1] + 1),
-                   grad_out.dtype)
-    out[:, :, :: stride[0], :: stride[1]] = grad_out
-    return out
 
 
 @functools.lru_cache(maxsize=512)

@@ -203,7 +203,8 @@ def weave_row(target, out, n, channel, row, planes, even, odd):
     + 1] = planes[odd + m]``: a row put back together from its two stride-2 column
     phases, the inverse of :func:`deal_rows` (``target``: :func:`flat` (out); ``planes``:
     1-D contiguous). On :mod:`.simd` vectors (two loads, two shuffles, two stores per
-    ``2 * lanes`` values) when ``out`` is C-contiguous; else value by value."""
+    ``2 * lanes`` values; a row of at least ``2 * lanes`` values ends in a pair that
+    overlaps the one before) when ``out`` is C-contiguous; else value by value."""
 
 
 def _weave_vectors(target, out, n, channel, row, planes, even, odd):
@@ -216,6 +217,14 @@ def _weave_vectors(target, out, n, channel, row, planes, even, odd):
         simd.store(target, at + 2 * m, simd.weave(first, second, False))
         simd.store(target, at + 2 * m + lanes, simd.weave(first, second, True))
         m += lanes
+    if m > 0 and 2 * m < width - 1:
+        # the last pair of vectors ends at the row's last pair of columns, over columns
+        # the loop stored (a row of 28 left 12 of them to the values' loop)
+        m = width // 2 - lanes
+        first, second = simd.load(planes, even + m), simd.load(planes, odd + m)
+        simd.store(target, at + 2 * m, simd.weave(first, second, False))
+        simd.store(target, at + 2 * m + lanes, simd.weave(first, second, True))
+        m = width // 2
     for col in range(2 * m, width):
         target[at + col] = planes[(odd if col % 2 else even) + col // 2]
 
