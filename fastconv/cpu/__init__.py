@@ -41,13 +41,17 @@ def _choose_conv(op, weight_shape, problem):
        more than ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
        are outputs (on its dense layout where that pays, :func:`.blocked.use_percent`);
-    3. direct for layers of one channel per group (depthwise, any kernel: conv2d and
-       grad_input sum each filter's taps in one pass, grad_weight each tap's dot product
-       over each channel's strip: 2-10x faster than im2col's GEMMs of one channel); else
-       direct when one output needs at most
-       ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds (too little depth for a GEMM), except
-       grad_weight of a layer with more than one channel per group, whose im2col GEMM
-       reduces over N * H * W and wins there;
+    3. im2col for grad_input at a stride (the direct loops scatter each tap: 2.3-10x
+       slower on layers of 2-3 channels per group), except layers of one channel and
+       fewer than ``blocked.MIN_GROUP_K`` filters per group (depthwise ones: their
+       phases kernel sums each filter's strip, 1.3-2.4x faster than im2col with one or
+       two filters, 1.5-3x slower from four on); direct for layers of one channel per
+       group (depthwise, any kernel: conv2d and grad_input sum each filter's taps in
+       one pass, grad_weight each tap's dot product over each channel's strip: 2-10x
+       faster than im2col's GEMMs of one channel); else direct when one output needs
+       at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds (too little depth for a GEMM),
+       except grad_weight of a layer with more than one channel per group, whose im2col
+       GEMM reduces over N * H * W and wins there;
     4. Winograd for 3x3 stride-1 layers with at least ``AUTO_WINOGRAD_MIN_CHANNELS``
        channels on both sides and ``AUTO_WINOGRAD_MIN_TILES`` 4x4 tiles (fewer leave
        its blocks and transforms underused: im2col is up to 2x faster there);
@@ -70,6 +74,15 @@ def _choose_conv(op, weight_shape, problem):
         choice = _blocked_rule(op, weight_shape, problem, narrow, fits)
         if choice is not None:
             return choice
+    stride, per_group = problem.get("stride", (1, 1)), out_channels // groups
+    if op == "conv2d_grad_input" and stride != (1, 1) and (
+            group_channels > 1 or per_group >= blocked.MIN_GROUP_K):
+        return "im2col", (
+            f"grad_input at stride {stride} of {group_channels} channels and {per_group} "
+            f"filters per group, outside the register-blocked kernel: im2col's GEMM and "
+            f"col2im are 1.5-10x faster than the direct loops, which scatter each tap "
+            f"(or, with one channel per group, sum each filter's strip again from "
+            f"{blocked.MIN_GROUP_K} filters per group on)")
     if group_channels == 1:
         return "direct", (f"one channel per group (depthwise): the direct kernel sums each "
                           f"filter's {depth} taps in one pass, where im2col's GEMM has one "
