@@ -535,7 +535,12 @@ def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng
     """1x1 layers of 64+ channels run on im2col's one GEMM, except at stride 1 those
     whose convolution (grad_input: the transposed one) has AUTO_1X1_BLOCKED_MIN_EXPANSION
     times more filters than channels, and small calls; grad_weight where it has fewer
-    filters than channels (the blocked kernel reads x in place)."""
+    filters than channels (the blocked kernel reads x in place). The expanding conv2d
+    and the in-place grad_weight on 512-bit vectors only: on 256-bit ones im2col's GEMM
+    wins them too."""
+    from fastconv import cpu
+
+    monkeypatch.setattr(cpu, "_wide_vectors", lambda: True)
     def picks(n, c, size, k, stride=1):
         out = (size - 1) // stride + 1
         kernels = fastconv.explain(
@@ -555,6 +560,11 @@ def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng
     assert picks(8, 256, 56, 64, stride=2)[2] == "im2col"  # packed at a stride: one GEMM
     monkeypatch.setattr(config, "AUTO_1X1_BLOCKED_MIN_EXPANSION", 2)
     assert picks(8, 128, 28, 256)[0] == "direct"
+    monkeypatch.setattr(cpu, "_wide_vectors", lambda: False)
+    assert picks(8, 128, 28, 256) == ("im2col", "im2col", "im2col")
+    assert picks(8, 256, 56, 64) == ("im2col", "direct", "im2col")  # grad_input as before
+    assert picks(1, 256, 14, 64) == ("direct", "direct", "im2col")  # small: conv2d direct
+    monkeypatch.setattr(cpu, "_wide_vectors", lambda: True)
     # and the blocked kernel computes them
     x = rng.standard_normal((2, 64, 9, 11)).astype(np.float32)
     w = rng.standard_normal((256, 64, 1, 1)).astype(np.float32)
