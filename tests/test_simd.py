@@ -770,6 +770,18 @@ for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2)]:
         ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=padding,
                                groups=6)
         worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+# their grad_input at stride 2, phase by phase (two filters per group: sums added; rows
+# of 19 woven on vectors with a tail)
+for dtype in (np.float32, np.float64):
+    x = rng.standard_normal((2, 6, 13, 19)).astype(dtype)
+    w = rng.standard_normal((12, 1, 5, 5)).astype(dtype)
+    g = rng.standard_normal(reference.conv2d(x, w, padding=2, stride=2, groups=6).shape)
+    got = fastconv.conv2d_backward(g.astype(dtype), x, w, padding=2, stride=2, groups=6,
+                                   algorithm="direct", needs_weight_grad=False,
+                                   needs_bias_grad=False)[0]
+    want = reference.conv2d_backward(g, x.astype(np.float64), w.astype(np.float64),
+                                     padding=2, stride=2, groups=6)[0]
+    worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
 print(worst)
 """
 
