@@ -204,13 +204,22 @@ def weave_row(target, out, n, channel, row, planes, even, odd):
     phases, the inverse of :func:`deal_rows` (``target``: :func:`flat` (out); ``planes``:
     1-D contiguous). On :mod:`.simd` vectors (two loads, two shuffles, two stores per
     ``2 * lanes`` values; a row of at least ``2 * lanes`` values ends in a pair that
-    overlaps the one before) when ``out`` is C-contiguous; else value by value."""
+    overlaps the one before, a shorter one is masked loads and stores) when ``out`` is
+    C-contiguous; else value by value."""
 
 
 def _weave_vectors(target, out, n, channel, row, planes, even, odd):
     width = out.shape[3]
     lanes = simd.lanes(planes)
     at = row_start(out, n, channel, row)
+    if width < 2 * lanes:  # a short row: its phases' masked loads, woven, masked stores
+        first = simd.load_first(planes, even, (width + 1) // 2)
+        second = simd.load_first(planes, odd, width // 2)
+        simd.store_first(target, at, simd.weave(first, second, False), min(width, lanes))
+        if width > lanes:
+            simd.store_first(target, at + lanes, simd.weave(first, second, True),
+                             width - lanes)
+        return
     m = 0
     while 2 * (m + lanes) <= width:
         first, second = simd.load(planes, even + m), simd.load(planes, odd + m)
