@@ -528,14 +528,18 @@ def _depthwise_phases(x, weight, bias, out, stride, padding, dilation, activatio
         phase_rows, taps, band, scratch)
 
 
-def _axis_phases(size, kernel, stride, pad, dilation):
+def _axis_phases(size, out_size, kernel, stride, pad, dilation):
     """Per phase ``a < stride`` of an input axis (positions ``a + i * stride``): the taps
-    ``r`` that reach it with the grad_out offset ``e`` each reads there (position ``i``
-    takes ``grad_out[i + e]``, ``a + pad - r * dilation = e * stride``), and the
-    phase's length."""
-    return [([(r, (a + pad - r * dilation) // stride) for r in range(kernel)
-              if (a + pad - r * dilation) % stride == 0], -(-(size - a) // stride))
-            for a in range(stride)]
+    ``r`` that reach it (:func:`.blocked._phase_axis`) with the grad_out offset ``e`` each
+    reads there (position ``i`` takes ``grad_out[i + e]``, ``a + pad - r * dilation = e *
+    stride``), and the phase's length; no taps where none reads a row of grad_out."""
+    phases = [([], 0)] * stride
+    for residue in range(stride):
+        axis = blocked._phase_axis(size, out_size, kernel, stride, pad, dilation, residue)
+        if axis is not None:
+            first, count, taps = axis[:3]
+            phases[first] = ([(r, (first + pad - r * dilation) // stride) for r in taps], count)
+    return phases
 
 
 @functools.lru_cache(maxsize=256)
@@ -545,8 +549,10 @@ def _grad_input_phases(in_hw, out_hw, kernel_size, stride, padding, dilation, it
     pad_left, pitch, strip_rows, band, taps, counts, index, scratch)``: phase ``q``'s
     taps at ``taps[q, :counts[q]]``, the weight's values for them at ``index[q]`` of its
     ``R * S`` (its other entries 0), ``scratch`` values per thread."""
-    rows = _axis_phases(in_hw[0], kernel_size[0], stride[0], padding[0][0], dilation[0])
-    cols = _axis_phases(in_hw[1], kernel_size[1], stride[1], padding[1][0], dilation[1])
+    rows = _axis_phases(in_hw[0], out_hw[0], kernel_size[0], stride[0], padding[0][0],
+                        dilation[0])
+    cols = _axis_phases(in_hw[1], out_hw[1], kernel_size[1], stride[1], padding[1][0],
+                        dilation[1])
     row_offsets = [e for taps, _ in rows for _, e in taps] + [0]
     col_offsets = [e for taps, _ in cols for _, e in taps] + [0]
     top, left = min(row_offsets), min(col_offsets)  # <= 0: the strip's padding
