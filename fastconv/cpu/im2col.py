@@ -145,10 +145,14 @@ def _im2col_tile_strided(x, n, c_first, group_channels, kh, kw, row_first, row_l
 
 
 @kernel(parallel=True)
-def _conv2d_forward_im2col(x, weight2d, bias, has_bias, floor, out, kh, kw, stride_h, stride_w,
-                           pad_top, pad_left, pitch, phase_len, dilation_h, dilation_w, groups,
-                           tile_rows, tile_images, scratch, gemm, set_blas_threads, part, parts):
+def _conv2d_forward_im2col(x, weight2d, transposed, bias, has_bias, floor, out, kh, kw, stride_h,
+                           stride_w, pad_top, pad_left, pitch, phase_len, dilation_h, dilation_w,
+                           groups, tile_rows, tile_images, scratch, gemm, set_blas_threads, part,
+                           parts):
     """out[n, g*Kg:(g+1)*Kg, tile] = weight2d[g] @ im2col(x[n, group g], tile), tile by tile.
+    With ``transposed`` (a 1x1 layer's grad_input), ``weight2d`` is the weight whose
+    transpose this convolution's is, ``(groups * depth, Kg)``: the GEMM reads group ``g``'s
+    block of it transposed, where a copy of the transpose took a third of the call.
 
     A tile is ``tile_rows`` output rows of one image, or ``tile_images`` whole
     images side by side (small images, where one image is too narrow a GEMM).
@@ -161,9 +165,13 @@ def _conv2d_forward_im2col(x, weight2d, bias, has_bias, floor, out, kh, kw, stri
     """
     n_img, channels, height, width = x.shape
     out_channels, depth = weight2d.shape
+    if transposed:
+        out_channels, depth = weight2d.shape[1] * groups, weight2d.shape[0] // groups
     out_h, out_w = out.shape[2], out.shape[3]
     group_channels = channels // groups
     per_group = out_channels // groups
+    # group g's filters: rows g * Kg.. of weight2d, or transposed its columns of rows g * depth..
+    trans_a, lda = (blas.TRANS, per_group) if transposed else (blas.NO_TRANS, depth)
     n_tiles = (out_h + tile_rows - 1) // tile_rows
     n_image_blocks = (n_img + tile_images - 1) // tile_images
     n_tasks = n_image_blocks * groups * n_tiles
@@ -206,8 +214,8 @@ def _conv2d_forward_im2col(x, weight2d, bias, has_bias, floor, out, kh, kw, stri
                                              phase_len, rows, col, first_col, ld)
                 b_ptr = blas.pointer(col, 0)
                 ldb = ld
-            gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.NO_TRANS, per_group, ld, depth, 1.0,
-                 blas.pointer(weight2d, k_first * depth), depth, b_ptr, ldb, 0.0,
+            gemm(blas.ROW_MAJOR, trans_a, blas.NO_TRANS, per_group, ld, depth, 1.0,
+                 blas.pointer(weight2d, k_first * depth), lda, b_ptr, ldb, 0.0,
                  blas.pointer(result, 0), ld)
             for n in range(n_first, n_last):
                 for k in range(per_group):
@@ -247,10 +255,14 @@ def tiling(depth: int, per_group: int, n_img: int, out_h: int, pitch: int, item:
 
 @register("conv2d", "cpu", "im2col")
 def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation=None, *,
-                  gemm=None):
-    """Host side of im2col + GEMM; ``gemm`` overrides the BLAS function pointer (tests)."""
+                  gemm=None, transposed=False):
+    """Host side of im2col + GEMM; ``gemm`` overrides the BLAS function pointer (tests).
+    With ``transposed``, ``weight`` is a 1x1 weight ``(K, C/g, 1, 1)`` and the convolution
+    the one of its per-group transpose (a 1x1 layer's grad_input), read in place."""
     n_img, _, _, width = x.shape
     out_channels, group_channels, kh, kw = weight.shape
+    if transposed:
+        out_channels, group_channels = group_channels * groups, out_channels // groups
     out_h, out_w = out.shape[2], out.shape[3]
     depth = group_channels * kh * kw
     per_group = out_channels // groups
@@ -271,7 +283,7 @@ def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activ
     has_bias = bias is not None
     threads.launch(
         _conv2d_forward_im2col, threads.parts_for(n_chunks, out, depth), x,
-        weight.reshape(out_channels, depth),
+        weight.reshape(weight.shape[0], -1), transposed,
         bias if has_bias else np.zeros(0, x.dtype), has_bias,
         activations.floor(activation, x.dtype), out, kh, kw, stride[0], stride[1], top, left,
         pitch, phase_len, dilation[0], dilation[1], groups, tile_rows, tile_images, scratch,
@@ -448,7 +460,8 @@ def _add_partials(partial, total):
 def conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilation, groups, *,
                              gemm=None):
     """grad_in = conv_transpose2d(grad_out, weight): with stride 1 and a finite weight, the
-    forward im2col kernel on flipped weights (see :mod:`.identities`); otherwise GEMM +
+    forward im2col kernel on flipped weights (see :mod:`.identities`; a 1x1 weight read
+    transposed by the GEMM, not copied); otherwise GEMM +
     col2im. (That convolution multiplies every weight tap by the zero padding around
     grad_out, where the transposed convolution has no term: a NaN or Inf tap would put
     ``0 * Inf = NaN`` on the border.)"""
@@ -456,8 +469,10 @@ def conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilatio
     conv_pads = identities.grad_input_as_conv_padding(
         grad_in.shape[2:], grad_out.shape[2:], kernel_size, stride, padding, dilation)
     if conv_pads is not None and all_finite(weight):
-        conv2d_im2col(grad_out, identities.transpose_flip(weight, groups), None, grad_in,
-                      (1, 1), conv_pads, dilation, groups, gemm=gemm)
+        one_by_one = kernel_size == (1, 1) and weight.flags.c_contiguous
+        conv2d_im2col(grad_out, weight if one_by_one else identities.transpose_flip(weight, groups),
+                      None, grad_in, (1, 1), conv_pads, dilation, groups, gemm=gemm,
+                      transposed=one_by_one)
         return
     n_img, channels = grad_in.shape[:2]
     out_channels, group_channels, kh, kw = weight.shape
