@@ -291,7 +291,9 @@ def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Til
             patch.setattr(config, "DIRECT_TILE_BYTES", config.DIRECT_TILE_BYTES)
             patch.setattr(strips, "band_rows", band_rows)
         patch.setattr(config, "IM2COL_TILE_BYTES", 1)
-        patch.setattr(config, "IM2COL_MIN_COLUMNS", config.IM2COL_MIN_COLUMNS)
+        # (1: no plane is narrower, so the 1x1 weight gradient runs its tiles rather than
+        # gathering images, test_1x1_weight_gradient_gathers_images; tiling sets its own)
+        patch.setattr(config, "IM2COL_MIN_COLUMNS", 1)
         patch.setattr(config, "WINOGRAD_TILE_BYTES", 1)
         patch.setattr(config, "WINOGRAD_MIN_TILES", config.WINOGRAD_MIN_TILES)
         patch.setattr(config, "DIRECT_BLOCK_K", DIRECT_BLOCK_K)
@@ -388,6 +390,44 @@ def test_im2col_image_blocks_of_unequal_sizes(op, case):
     assert_matches(result, expected(case)[op], op, case, "reference")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_1x1_weight_gradient_gathers_images(n_threads, dtype):
+    # an unpadded 1x1 layer on small planes (and large sums): a chunk of the input channels
+    # per thread, over every image, each GEMM over the positions of a few images gathered
+    # side by side: 7 images of 5x6 three at a time (batches of 3, 3 and 1), 37 channels in
+    # chunks of unequal sizes; an Inf input value reaches only its channel's column
+    from fastconv.cpu import im2col
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (7, 37, 5, 6)).astype(dtype)
+    gy = rng.uniform(-1, 1, (7, 11, 5, 6)).astype(dtype)
+    w = rng.uniform(-1, 1, (11, 37, 1, 1)).astype(dtype)
+    x[5, 20, 2, 3] = np.inf
+    x_before, gy_before = x.copy(), gy.copy()
+    with pytest.MonkeyPatch.context() as patch, numba_threads(n_threads):
+        patch.setattr(config, "IM2COL_MIN_COLUMNS", 3 * 30 - 1)
+        patch.setattr(im2col, "GATHER_MIN_CHANNELS", 8)
+        patch.setattr(im2col, "L2_BYTES", 0)  # (the sums of real layers outgrow the L2)
+        assert im2col._gathered_images(x, gy, 1, 1, (1, 1), ((0, 0), (0, 0)), 1) == 3
+        _, grad_weight, _ = fastconv.conv2d_backward(gy, x, w, needs_input_grad=False,
+                                                     algorithm="im2col")
+        # conv_transpose2d's of gy by w (37 channels out): the same kernel on x as its
+        # grad_output and gy as its input
+        _, transposed, _ = fastconv.conv_transpose2d_backward(
+            x, gy, w, needs_input_grad=False, algorithm="im2col")
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(gy, gy_before)
+    oracle = reference.conv2d_backward(gy.astype(np.float64), x.astype(np.float64),
+                                       w.astype(np.float64))[1]
+    assert np.isinf(oracle[:, 20]).all() and np.isfinite(np.delete(oracle, 20, axis=1)).all()
+    tol = sum_tolerance(dtype, 7 * 30)
+    np.testing.assert_allclose(grad_weight, oracle, **tol)
+    oracle = reference.conv_transpose2d_backward(
+        x.astype(np.float64), gy.astype(np.float64), w.astype(np.float64))[1]
+    np.testing.assert_allclose(transposed, oracle, **tol)
+
+
 @pytest.mark.parametrize("value", [np.inf, np.nan], ids=["inf", "nan"])
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_grad_weight_non_finite_input_reaches_only_its_taps(algorithm, value):
@@ -454,6 +494,7 @@ def test_thread_counts_agree(tmp_path):
 BOUNDS_CHECKED = [
     "tests/test_kernel_paths.py::test_unequal_tiles_match_reference_and_torch",
     "tests/test_kernel_paths.py::test_im2col_image_blocks_of_unequal_sizes",
+    "tests/test_kernel_paths.py::test_1x1_weight_gradient_gathers_images",
     "tests/test_kernel_paths.py::test_grad_weight_non_finite_input_reaches_only_its_taps",
     "tests/test_kernel_paths.py::test_grad_input_non_finite_weight_stays_off_the_border",
     "tests/test_conv2d.py::test_matches_reference",

@@ -18,6 +18,7 @@ from .. import activations, config
 from ..dispatch import register
 from . import blas, identities, threads, workspace
 from ._jit import kernel
+from .blocked import L2_BYTES
 from .epilogue import store_row
 from .finite import all_finite
 from .strips import flat
@@ -372,8 +373,15 @@ def _zero_junk_columns(matrix, n_rows, ld, tile_rows, pitch, out_w):
 @kernel(parallel=True)
 def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, stride_w, pad_top,
                                pad_left, pitch, dilation_h, dilation_w, groups, tile_rows, scratch,
-                               partial, gemm, set_blas_threads, part, parts):
+                               partial, gathered, gemm, set_blas_threads, part, parts):
     """grad_weight2d[g] = sum_n grad_out[n, g] @ im2col(x[n, group g])^T.
+
+    With ``gathered`` > 0 (an unpadded stride-1 1x1 layer of one group on small planes,
+    C-contiguous), a chunk computes its share of ``grad_weight2d``'s columns (input
+    channels) over all the images, ``gathered`` images per GEMM: their planes of
+    ``grad_out`` and of its channels of ``x`` copied side by side in its scratch, so that
+    the GEMM's reduction runs over those images' positions at once (one image's few
+    positions per GEMM read and wrote the whole sum matrix per image); no partial sums.
 
     With stride 1 the columns are built on the padded row ``pitch`` as in the
     forward kernel, and the tile of grad_out is copied onto the same pitch. The
@@ -398,6 +406,32 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
     plain_gemm = (kh == 1 and kw == 1 and unit_stride and pad_top == 0 and pad_left == 0
                   and out_h == height and out_w == width)
     max_cols = (tile_rows - 1) * pitch + out_w
+    if gathered > 0:
+        x_flat, grad_flat = flat(x), flat(grad_out)
+        n_batches = (n_img + gathered - 1) // gathered
+        for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
+            saved_threads = set_blas_threads(1)
+            c_first, c_last = chunk * depth // n_chunks, (chunk + 1) * depth // n_chunks
+            for batch in range(n_batches):
+                n_first = batch * gathered
+                n_last = min(n_img, n_first + gathered)
+                total = (n_last - n_first) * plane
+                a = scratch[chunk, : out_channels * total]
+                b = scratch[chunk, out_channels * total : (out_channels + c_last - c_first) * total]
+                for n in range(n_first, n_last):
+                    at = (n - n_first) * plane
+                    for k in range(out_channels):
+                        src = (n * out_channels + k) * plane
+                        a[k * total + at : k * total + at + plane] = grad_flat[src : src + plane]
+                    for c in range(c_first, c_last):
+                        src = (n * channels + c) * plane
+                        dst = (c - c_first) * total + at
+                        b[dst : dst + plane] = x_flat[src : src + plane]
+                gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, out_channels, c_last - c_first,
+                     total, 1.0, blas.pointer(a, 0), total, blas.pointer(b, 0), total,
+                     1.0 if batch > 0 else 0.0, blas.pointer(grad_weight2d, c_first), depth)
+            set_blas_threads(saved_threads)
+        return
     for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         saved_threads = set_blas_threads(1)
         sums = partial[chunk]
@@ -500,19 +534,60 @@ def conv2d_grad_weight_im2col(x, grad_out, grad_weight, stride, padding, dilatio
     per_group = out_channels // groups
     (_, _), (left, right) = padding
     pitch = width + left + right if stride == (1, 1) else out_w
-    tile_rows, _ = tiling(depth, per_group, n_img, out_h, pitch, x.itemsize, 1, True)
-    n_tasks = n_img * groups * (-(-out_h // tile_rows))
-    n_chunks = max(1, min(threads.count(), n_tasks))
-    max_cols = (tile_rows - 1) * pitch + out_w
-    rows = (tile_rows + dilation[0] * (kh - 1)) * pitch
-    scratch = workspace.borrow((n_chunks, (depth + per_group) * max_cols + rows), x.dtype)
-    partial = np.empty((n_chunks, out_channels, depth), x.dtype)
+    plane = out_h * out_w
+    gathered = _gathered_images(x, grad_out, kh, kw, stride, padding, groups)
+    if gathered:
+        # chunks of the input channels, each over every image, gathered images at a time
+        n_chunks = max(1, min(threads.count(), depth // GATHER_MIN_CHANNELS))
+        tile_rows = out_h
+        scratch = workspace.borrow(
+            (n_chunks, (out_channels + -(-depth // n_chunks)) * gathered * plane), x.dtype)
+        partial = np.empty((n_chunks, 0, 0), x.dtype)
+    else:
+        tile_rows, _ = tiling(depth, per_group, n_img, out_h, pitch, x.itemsize, 1, True)
+        n_tasks = n_img * groups * (-(-out_h // tile_rows))
+        n_chunks = max(1, min(threads.count(), n_tasks))
+        max_cols = (tile_rows - 1) * pitch + out_w
+        rows = (tile_rows + dilation[0] * (kh - 1)) * pitch
+        scratch = workspace.borrow((n_chunks, (depth + per_group) * max_cols + rows), x.dtype)
+        partial = np.empty((n_chunks, out_channels, depth), x.dtype)
     grad_weight2d = grad_weight.reshape(out_channels, depth)
     results = threads.launch(
         _conv2d_grad_weight_im2col,
         threads.parts_for(n_chunks, grad_weight, n_img * out_h * out_w), x, grad_out,
         grad_weight2d, kh, kw, stride[0], stride[1], padding[0][0], padding[1][0], pitch,
-        dilation[0], dilation[1], groups, tile_rows, scratch, partial,
+        dilation[0], dilation[1], groups, tile_rows, scratch, partial, gathered,
         gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL)
-    if len(results) > 1:  # each part left its partial sums
+    if len(results) > 1 and not gathered:  # each part left its partial sums
         _add_partials(partial, grad_weight2d)
+
+
+#: Fewest input channels in a chunk of the gathered 1x1 weight gradient.
+GATHER_MIN_CHANNELS = 16
+#: The 1x1 weight gradient gathers images where a plane has at most this many positions
+#: and the sums (filters x channels) outgrow one core's L2, so that each image's GEMM
+#: reads and writes them from the L3. Measured on a Zen 2 (512 KiB L2), float32, two
+#: threads, per image / gathered (ms, alternating processes, glibc malloc without mmap;
+#: the VM's speed moved between the two hours): N8 C2048 -> 512 7x7 7.49-7.61 / 6.46-7.05,
+#: later 7.01-7.05 / 5.92-6.07; C512 -> 2048 7x7 7.47-8.33 / 7.30-7.43, 7.65-7.94 /
+#: 6.60-7.10; N4 C960 -> 320 7x7 1.22-1.32 / 1.05-1.06, 0.95-0.96 / 0.88-0.89; C320 ->
+#: 1280 7x7 1.66-1.73 / 1.54-1.67, 1.36-1.38 / 1.24-1.28; N32 C512 -> 512 4x4 2.73-2.82 /
+#: 2.64-2.65, 2.55-2.70 / 2.27. Where the sums fit in the L2 or the planes are
+#: larger, the copies cost more than the GEMMs gain: N8 C256 -> 64 14x14 0.72-0.75 /
+#: 0.83-0.86; C1024 -> 256 14x14 5.40-5.41 / 6.00-6.19; N32 C64 -> 128 8x8 0.36 / 0.45.
+GATHER_MAX_PLANE = 64
+
+
+def _gathered_images(x, grad_out, kh: int, kw: int, stride, padding, groups: int) -> int:
+    """Images per GEMM of the gathered 1x1 weight gradient (see
+    :func:`_conv2d_grad_weight_im2col`), 0 where it does not apply: an unpadded stride-1
+    1x1 layer of one group, both arrays C-contiguous, planes of at most
+    :data:`GATHER_MAX_PLANE` positions and sums larger than one core's L2 (as many
+    images as make ``IM2COL_MIN_COLUMNS`` columns)."""
+    plane = grad_out.shape[2] * grad_out.shape[3]
+    if ((kh, kw, stride, padding, groups) != (1, 1, (1, 1), ((0, 0), (0, 0)), 1)
+            or x.shape[0] < 2 or plane > GATHER_MAX_PLANE
+            or grad_out.shape[1] * x.shape[1] * x.itemsize <= L2_BYTES
+            or not (x.flags.c_contiguous and grad_out.flags.c_contiguous)):
+        return 0
+    return min(x.shape[0], -(-config.IM2COL_MIN_COLUMNS // plane))
