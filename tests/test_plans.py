@@ -190,16 +190,58 @@ def test_bad_indices_after_a_hit_are_still_reported(rng):
 
 
 def test_uncached_forms_give_the_same_results(rng):
-    """Numpy integers, nested lists and ``out=`` are not keyed: they take the full path."""
+    """Numpy integers and nested lists are not keyed: they take the full path."""
     x = rng.uniform(-1, 1, (1, 2, 7, 7)).astype(np.float32)
     w = rng.uniform(-1, 1, (3, 2, 3, 3)).astype(np.float32)
     expected = reference.conv2d(x, w, stride=2, padding=1)
     out = np.empty_like(expected)
     for call in (lambda: fastconv.conv2d(x, w, stride=np.int64(2), padding=1),
                  lambda: fastconv.conv2d(x.tolist(), w.astype(np.float64), stride=2, padding=1),
-                 lambda: fastconv.conv2d(x, w, stride=2, padding=1, out=out)):
-        np.testing.assert_allclose(call(), expected, **tolerance(np.float32))
+                 lambda: fastconv.conv2d(x, w, stride=2, padding=1, out=out.tolist())):
+        try:
+            result = call()
+        except TypeError as error:  # a list for out: refused as on every call
+            assert "out must be a numpy.ndarray" in str(error)
+            continue
+        np.testing.assert_allclose(result, expected, **tolerance(np.float32))
     assert len(plans.CACHE) == 0
+
+
+def test_out_is_keyed_and_checked_on_every_hit(rng):
+    """conv2d's ``out=`` is keyed like an input array; a hit still refuses a read-only
+    ``out`` and one that shares memory with an input, and fills a strided one."""
+    x = rng.uniform(-1, 1, (2, 3, 9, 8)).astype(np.float32)
+    w = rng.uniform(-1, 1, (4, 3, 3, 3)).astype(np.float32)
+    b = rng.uniform(-1, 1, 4).astype(np.float32)
+    expected = reference.conv2d(x, w, b, padding=1)
+    out = np.empty_like(expected)
+    for result in _twice(lambda: fastconv.conv2d(x, w, b, padding=1, out=out)):
+        assert result is out
+        np.testing.assert_allclose(out, expected, **tolerance(np.float32))
+    assert plans.CACHE.hits == 1 and len(plans.CACHE) == 1
+    out.flags.writeable = False
+    refused = _error(lambda: fastconv.conv2d(x, w, b, padding=1, out=out))
+    assert refused == (ValueError, "out must be writeable, got a read-only array")
+    # an out inside one buffer with the input: where they overlap, refused, else written
+    buffer = np.zeros(x.size + expected.size + 64, np.float32)
+    inside = buffer[: x.size].reshape(x.shape)
+    inside[...] = x
+    apart = buffer[x.size : x.size + expected.size].reshape(expected.shape)
+    overlapping = buffer[x.size - 8 : x.size - 8 + expected.size].reshape(expected.shape)
+    for _ in range(2):
+        assert fastconv.conv2d(inside, w, b, padding=1, out=apart) is apart
+        np.testing.assert_allclose(apart, expected, **tolerance(np.float32))
+        refused = _error(lambda: fastconv.conv2d(inside, w, b, padding=1, out=overlapping))
+        assert refused == (ValueError, "out must not share memory with an input")
+        np.testing.assert_array_equal(inside, x)
+    # a strided out and one image (no batch axis) in its own out
+    strided = np.zeros((*expected.shape[:3], 2 * expected.shape[3]), np.float32)[..., ::2]
+    single = np.zeros(expected.shape[1:], np.float32)
+    for _ in range(2):
+        assert fastconv.conv2d(x, w, b, padding=1, out=strided) is strided
+        np.testing.assert_allclose(strided, expected, **tolerance(np.float32))
+        assert fastconv.conv2d(x[1], w, b, padding=1, out=single) is single
+        np.testing.assert_allclose(single, expected[1], **tolerance(np.float32))
 
 
 # --- threads, bound, clearing, fork ------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import activations, dispatch, plans, shapes
-from .._checks import check_rank, check_size, positive_int
+from .._checks import check_out, check_rank, check_size, positive_int
 from ..placement import HOST, Host, placement
 from ..plans import param
 from ..shapes import Padding, TransposedPadding
@@ -211,7 +211,7 @@ def conv2d(
      [51.0, 81.0, 90.0, 63.0], [42.0, 66.0, 72.0, 50.0]]
     """
     try:  # plans.key's tuple, built inline: this is the per-call cost of every hit
-        problem = None if out is not None or device is not None else (
+        problem = None if device is not None else (
             "conv2d", algorithm if type(algorithm) is str else param(algorithm),
             type(input), input.shape, input.strides, input.dtype,
             type(weight), weight.shape, weight.strides, weight.dtype,
@@ -220,23 +220,27 @@ def conv2d(
             padding if type(padding) is int else param(padding),
             dilation if type(dilation) is int else param(dilation),
             groups if type(groups) is int else param(groups),
-            activation if activation is None else param(activation), *plans.state())
+            activation if activation is None else param(activation),
+            *((None,) if out is None else (type(out), out.shape, out.strides, out.dtype)),
+            *plans.state())
     except plans.NOT_KEYED:
         problem = None
     plan = plans.get(problem)
     if plan is None:
-        problem = plans.cacheable(problem, (input, weight, bias))
+        problem = plans.cacheable(problem, (input, weight, bias, out))
         plan = plans.put(problem, _conv2d_plan(problem is not None, input, weight, bias, stride,
                                                padding, dilation, groups, algorithm, out, device,
                                                activation))
-    return plan(input, weight, bias)
+    return plan(input, weight, bias, out)
 
 
 def _conv2d_plan(cacheable, input, weight, bias, stride, padding, dilation, groups, algorithm,
                  out, device, activation):
     """Check a conv2d call, choose its kernel and return the plan that runs it on the
-    arrays: ``plan(input, weight, bias)``. A ``cacheable`` plan (host ndarrays, no
-    ``out``) takes any arrays of the same key; another runs once, on these."""
+    arrays: ``plan(input, weight, bias, out)``. A ``cacheable`` plan (host ndarrays, an
+    ``out`` of one too or None) takes any arrays of the same key (and checks what the key
+    cannot hold: that ``out`` is writeable and shares no memory with an input); another
+    runs once, on these."""
     activation = activations.check(activation)
     place = placement(device, input=input, weight=weight, bias=bias, out=out)
     with place.active():
@@ -267,23 +271,40 @@ def _conv2d_plan(cacheable, input, weight, bias, stride, padding, dilation, grou
         if cacheable and not empty_sum:
             x_ready, w_ready = x.flags.c_contiguous, w.flags.c_contiguous
             b_ready = b is None or b.flags.c_contiguous
+            out_ready = out is not None and out.flags.c_contiguous
+            result_shape = geo.result_shape(shape4)
 
-            def plan(input, weight, bias):
+            def plan(input, weight, bias, out):
                 x4 = as_batched(input, unbatched, x_ready)
                 weight = weight if w_ready else np.ascontiguousarray(weight)
                 bias = bias if b_ready else np.ascontiguousarray(bias)
-                target = np.empty(shape4, dtype)
+                if out is None:
+                    target = np.empty(shape4, dtype)
+                else:
+                    if not out.flags.writeable or _may_overlap(out, input, weight, bias):
+                        check_out(out, result_shape, dtype, (input, weight, bias))
+                    target = out.reshape(shape4) if out_ready else np.empty(shape4, dtype)
                 if shape4[0]:
                     run(x4, weight, bias, target)
-                return target[0] if unbatched else target
+                if out is None:
+                    return target[0] if unbatched else target
+                if not out_ready:
+                    out[...] = target[0] if unbatched else target
+                return out
         else:
             x4, w, b = geo.x4, place.contiguous(w), place.contiguous(b)
 
-            def plan(_input, _weight, _bias):
+            def plan(_input, _weight, _bias, _out):
                 return place.run(lambda target: run(x4, w, b, target), shape4, dtype, unbatched,
                                  out)
 
         return described(plan, ("conv2d", choice), cacheable=cacheable and not empty_sum)
+
+
+def _may_overlap(out: np.ndarray, *inputs: np.ndarray | None) -> bool:
+    """Whether ``out``'s memory bounds meet an input's (:func:`numpy.may_share_memory`: a
+    cached plan's cheap test; where it says yes, :func:`.check_out`'s exact one decides)."""
+    return any(other is not None and np.may_share_memory(out, other) for other in inputs)
 
 
 def _needs(**flags: object) -> tuple[bool, ...]:
