@@ -206,8 +206,9 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
     n_rows`` at ``buffer[at + (a * stride_w + b) * n_rows * pitch + q * pitch + u]``,
     ``u < pitch``; zeros outside the image. In a phase, every tap of a strided
     convolution is again a run of consecutive positions shifted by a constant. Rows
-    are dealt by :func:`.strips.deal_phases` (at stride 2 on SIMD vectors; ``source``:
-    :func:`.strips.flat` (x)), a phase's rows inside the image in one call, which writes
+    are dealt by :func:`.strips.deal_rows` at a column stride of 2 (on SIMD vectors),
+    copied by :func:`.strips.copy_row` at 1, else dealt by :func:`.strips.deal_phases`
+    (``source``: :func:`.strips.flat` (x)), a phase's rows inside the image in one call, which writes
     the image's columns only: the padding columns stay zero from the buffer's first
     clearing (the caller's), and rows outside the image are written with zeros (a
     per-row bound on the columns, two divisions a phase, took most of the time of a
@@ -217,11 +218,21 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
         # the phase's rows first + q * stride_h + a inside the image: q_lo <= q < q_hi
         q_lo = min(n_rows, max(0, -((first + a) // stride_h)))
         q_hi = max(q_lo, min(n_rows, -((first + a - height) // stride_h)))
-        if q_hi > q_lo:
+        # (deal_rows and copy_row themselves at strides 2 and 1: through deal_phases' inlined
+        # branches a 14x14 plane's stride-2 deal took 270 against 210 ns, a 7x7 plane's
+        # stride-1 copy 100 against 75 ns, one thread of a Zen 2)
+        dst = at + (a * stride_w * n_rows + q_lo) * pitch
+        if q_hi > q_lo and stride_w == 2:
+            strips.deal_rows(source, x, n, channel, first + q_lo * stride_h + a, q_hi - q_lo,
+                             stride_h, buffer, dst, dst + n_rows * pitch, pitch, pad_left)
+        elif q_hi > q_lo and stride_w == 1:
+            for q in range(q_hi - q_lo):
+                strips.copy_row(source, x, n, channel, first + (q_lo + q) * stride_h + a,
+                                buffer, dst + q * pitch + pad_left)
+        elif q_hi > q_lo:
             strips.deal_phases(source, x, n, channel, first + q_lo * stride_h + a,
-                               q_hi - q_lo, stride_h, buffer,
-                               at + (a * stride_w * n_rows + q_lo) * pitch, pitch,
-                               n_rows * pitch, stride_w, pad_left)
+                               q_hi - q_lo, stride_h, buffer, dst, pitch, n_rows * pitch,
+                               stride_w, pad_left)
         for b in range(stride_w if q_lo > 0 or q_hi < n_rows else 0):
             # the rows outside the image: two runs of zeros (slices, which vectorise, where
             # a loop over buffer[dst + u] checked each index for wraparound)
