@@ -564,16 +564,18 @@ def test_strided_depthwise_grad_input_phase_by_phase(wshape, kwargs, dtype, monk
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("wshape, kwargs", [
     ((6, 1, 3, 3), dict(padding=1, groups=6)),
+    ((6, 1, 3, 3), dict(stride=(2, 1), padding=((2, 0), (1, 1)), dilation=(1, 2), groups=6)),
     ((12, 1, 3, 3), dict(stride=2, padding=1, groups=6)),
     ((6, 1, 5, 5), dict(stride=(2, 3), padding=((2, 1), (0, 3)), dilation=(1, 2), groups=6)),
     ((6, 1, 7, 7), dict(padding=3, groups=6)),
-], ids=["3x3_s1", "3x3_s2_x2", "5x5_s23_dil12_asym", "7x7_s1"])
+], ids=["3x3_s1", "3x3_s21_dil12_asym", "3x3_s2_x2", "5x5_s23_dil12_asym", "7x7_s1"])
 def test_depthwise_grad_weight_in_bands_on_threads(wshape, kwargs, dtype, monkeypatch, rng):
     # a depthwise layer's weight gradient: each channel's strip (its phases at a stride)
     # and each filter's output gradient on its pitch, every tap a dot product (a 3x3
-    # filter's nine at once), in bands of 3 rows, the last shorter, on every thread; a
-    # NaN in grad_output lands where the definition puts it, and an Inf input value
-    # (met by the junk columns' zeros) sends the call to the exact loops
+    # filter's nine at once, of one filter a channel in registers over every image and
+    # band: 3x3_s1, 3x3_s21_dil12_asym), in bands of 3 rows, the last shorter, on every
+    # thread; a NaN in grad_output lands where the definition puts it, and an Inf input
+    # value (met by the junk columns' zeros) sends the call to the exact loops
     from fastconv.cpu import direct
 
     calls = []
