@@ -43,12 +43,8 @@ def jit_options() -> dict[str, Any]:
                 no_cpython_wrapper=False)
 
 
-def kernel(*, parallel: bool = False, inline: bool = False):
+def kernel(*, parallel: bool = False):
     """``numba.njit`` with fastconv's flags; ``parallel`` also needs ``config.PARALLEL``.
-    ``inline``: a helper called per plane or row of a kernel's loops, inlined into its
-    callers (Numba's ``inline="always"``): a compiled call takes and drops a reference to
-    each array it is passed, atomically, about 60 ns for a call with four arrays on a
-    Zen 2, as long as a 7x7 plane's nine taps.
 
     A parallel kernel takes ``part, parts`` last and runs share ``part`` of ``parts`` of
     its ``prange`` loops (:func:`.threads.launch` calls it). It also gets
@@ -60,8 +56,6 @@ def kernel(*, parallel: bool = False, inline: bool = False):
     never compiles). The twin has a name of its own, so Numba's disk cache keeps the
     two apart."""
     options = dict(cache=disk_cache(), **jit_options())
-    if inline:
-        options["inline"] = "always"
 
     def decorate(function):
         threaded = parallel and config.PARALLEL

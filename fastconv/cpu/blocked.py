@@ -197,7 +197,7 @@ def _pack_blocks(weight, packed, flipped, tap_map, part, parts):
         _pack_block(weight, packed, block // n_blocks, block % n_blocks, flipped, tap_map)
 
 
-@kernel(inline=True)
+@kernel()
 def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitch, stride_h,
                 stride_w):
     """The zero-padded plane ``x[n, channel]`` split into its ``stride_h * stride_w``

@@ -91,7 +91,7 @@ def _taps_3x3(source, row_step, dw, w, sums, n):
         simd.store(sums, p, a)
 
 
-@kernel(inline=True)
+@kernel()
 def _taps_at(source, taps, w, sums, n):
     """sums[p] = sum_t w[t] * source[p + taps[t]] for p < n: one filter's taps at their
     own offsets in one channel's strip (its padded rows, at a stride their phases), each
@@ -140,7 +140,7 @@ def _taps_at(source, taps, w, sums, n):
         p += lanes
 
 
-@kernel(inline=True)
+@kernel()
 def _taps_dot(source, taps, grads, n, out):
     """out[t] += sum_{p < n} grads[p] * source[p + taps[t]]: one band of a depthwise
     filter's weight gradient, ``grads`` the band's output gradient on the strip's row
@@ -180,7 +180,7 @@ def _taps_dot(source, taps, grads, n, out):
         out[t] += simd.total(simd.add(a0, a1))
 
 
-@kernel(inline=True)
+@kernel()
 def _taps_dot9(source, taps, grads, n, sums):
     """:func:`_taps_dot` of a 3x3 filter onto ``sums``, its nine taps' vectors of sums,
     returned: a channel's sums held in registers from one image to the next and added up

@@ -177,8 +177,8 @@ def _deal_loop(source, x, n, channel, row, count, row_step, buffer, first, secon
 @overload(deal_rows, jit_options=jit_options())
 def _deal_rows(source, x, n, channel, row, count, row_step, buffer, first, second, dst_step,
                pad_left):
-    # (not inlined: inlined into _phase_rows, itself inlined, its loops made Numba warn of
-    # a variable not in scope)
+    # (not inlined: inlined into an inlined caller, its loops made Numba warn of a
+    # variable not in scope)
     if simd.vectors_fit(source, buffer):
         return _deal_vectors
     return _deal_loop
