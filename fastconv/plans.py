@@ -24,12 +24,12 @@ what a miss would refuse:
   on or off, and Numba's thread count.
 
 Calls with ``device=`` or GPU arrays are not cached (their placement does work per
-call). conv2d's ``out=`` is keyed as an array argument; its plan checks per call what
-a key cannot hold (that ``out`` is writeable and shares no memory with an input). The cache is bounded (``FASTCONV_PLAN_CACHE_SIZE``
-plans, least recently used dropped first, as a second-chance clock
-approximates it: a hit marks its plan instead of moving it), thread-safe, emptied in a child
-process after ``fork`` and by :func:`clear`, which ``fastconv.clear_plans()``
-calls.
+call). conv2d's ``out=`` is keyed as an array argument; its plan checks per call what a
+key cannot hold (that ``out`` is writeable and shares no memory with an input). The
+cache is bounded (``FASTCONV_PLAN_CACHE_SIZE`` plans, least recently used dropped first,
+as a second-chance clock approximates it: a hit marks its plan instead of moving it),
+thread-safe, emptied in a child process after ``fork`` and by :func:`clear`, which
+``fastconv.clear_plans()`` calls.
 """
 
 from __future__ import annotations

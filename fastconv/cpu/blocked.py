@@ -208,11 +208,11 @@ def _phase_rows(buffer, at, x, source, n, channel, first, n_rows, pad_left, pitc
     convolution is again a run of consecutive positions shifted by a constant. Rows
     are dealt by :func:`.strips.deal_rows` at a column stride of 2 (on SIMD vectors),
     copied by :func:`.strips.copy_row` at 1, else dealt by :func:`.strips.deal_phases`
-    (``source``: :func:`.strips.flat` (x)), a phase's rows inside the image in one call, which writes
-    the image's columns only: the padding columns stay zero from the buffer's first
-    clearing (the caller's), and rows outside the image are written with zeros (a
-    per-row bound on the columns, two divisions a phase, took most of the time of a
-    56-wide row's deal)."""
+    (``source``: :func:`.strips.flat` (x)), a phase's rows inside the image in one call,
+    which writes the image's columns only: the padding columns stay zero from the
+    buffer's first clearing (the caller's), and rows outside the image are written with
+    zeros (a per-row bound on the columns, two divisions a phase, took most of the time
+    of a 56-wide row's deal)."""
     height = x.shape[2]
     for a in range(stride_h):
         # the phase's rows first + q * stride_h + a inside the image: q_lo <= q < q_hi
