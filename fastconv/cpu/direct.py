@@ -256,25 +256,13 @@ def _depthwise_grad_weight_phases(x, grad_out, taps_gw, pad_top, pad_left, strid
         pitched = scratch[chunk, strip_len:]
         strip[:] = 0  # the padding columns stay zero: every band writes the same columns
         pitched[:] = 0  # and so do the junk columns
+        # a 3x3 filter, one a channel: its nine sums in registers over every image and band
+        in_registers = taps.size == 9 and per_group == 1
         for c in range(chunk * channels // n_chunks, (chunk + 1) * channels // n_chunks):
-            if taps.size == 9 and per_group == 1:  # the nine sums in registers throughout
-                z = simd.zeros(strip)
-                sums = (z, z, z, z, z, z, z, z, z)
-                for n in range(n_img):
-                    for i_first in range(0, out_h, band):
-                        rows = min(band, out_h - i_first)
-                        blocked._phase_rows(strip, np.int64(0), x, x_flat, n, c,
-                                            i_first * stride_h - pad_top, phase_rows, pad_left,
-                                            pitch, stride_h, stride_w)
-                        count = (rows - 1) * pitch + out_w
-                        _to_pitch(pitched, grad_out[n, c, i_first : i_first + rows], 0, pitch)
-                        pitched[count : count + lanes] = 0  # a taller band's rows
-                        sums = _taps_dot9(strip, taps, pitched, count, sums)
-                for t, acc in enumerate(sums):
-                    taps_gw[c, t] = simd.total(acc)
-                continue
             for kk in range(per_group):
                 taps_gw[c * per_group + kk] = 0
+            z = simd.zeros(strip)
+            sums = (z, z, z, z, z, z, z, z, z)
             for n in range(n_img):
                 for i_first in range(0, out_h, band):
                     rows = min(band, out_h - i_first)
@@ -286,7 +274,13 @@ def _depthwise_grad_weight_phases(x, grad_out, taps_gw, pad_top, pad_left, strid
                         k = c * per_group + kk
                         _to_pitch(pitched, grad_out[n, k, i_first : i_first + rows], 0, pitch)
                         pitched[count : count + lanes] = 0  # a taller band's rows
-                        _taps_dot(strip, taps, pitched, count, taps_gw[k])
+                        if in_registers:
+                            sums = _taps_dot9(strip, taps, pitched, count, sums)
+                        else:
+                            _taps_dot(strip, taps, pitched, count, taps_gw[k])
+            if in_registers:
+                for t, acc in enumerate(sums):
+                    taps_gw[c, t] = simd.total(acc)
 
 
 @kernel(parallel=True)
