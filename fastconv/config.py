@@ -73,14 +73,12 @@ CACHE: bool = _env_bool("CACHE", True)
 #: :func:`fastconv.cpu.threads.launch`); off, every kernel runs on the calling thread.
 PARALLEL: bool = _env_bool("PARALLEL", True)
 
-#: Run the threaded kernels on Numba's thread pool (TBB; their ``prange`` loops compiled
-#: with Numba's parallel passes, a second compile of each beside its serial twin). Off
-#: (``FASTCONV_NUMBA_POOL=0``), fastconv's worker threads run the serial twin on each
-#: part: nothing compiles twice (``fastconv.warmup(dtypes=(np.float32,))`` 28-33 s
-#: against 66-74 s on a 2-core Zen 2 VM), but a threaded call starts its second thread
-#: 20-40 us later (trainer-sized calls 4-50 % slower there, layers of milliseconds 1-2 %;
-#: ``benchmarks/RESULTS.md``). ``import fastconv.torch`` runs them on PyTorch's OpenMP
-#: pool, where it can share that pool, whatever this says.
+#: Run the threaded kernels' parts on Numba's thread pool (TBB), each a call of the
+#: compiled kernel from a small parallel loop. Off (``FASTCONV_NUMBA_POOL=0``), on
+#: fastconv's worker threads, whose second thread starts 20-40 us later (trainer-sized
+#: calls 4-50 % slower on a 2-core Zen 2 VM, layers of milliseconds 1-2 %;
+#: ``benchmarks/RESULTS.md``), and no parallel loop compiles. ``import fastconv.torch``
+#: runs them on PyTorch's OpenMP pool, where it can share that pool, whatever this says.
 NUMBA_POOL: bool = _env_bool("NUMBA_POOL", True)
 
 #: LLVM fast-math flags. Reassociation and contraction let the sums over a

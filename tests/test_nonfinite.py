@@ -280,7 +280,7 @@ def test_all_finite_scan(dtype, rng):
 
     def any_nonfinite(data, n_chunks):
         """The parallel scan in n_chunks parts, each of which sees only its chunk."""
-        parts = [finite._any_nonfinite.serial(data, n_chunks, part, n_chunks)
+        parts = [finite._any_nonfinite(data, n_chunks, part, n_chunks)
                  for part in range(n_chunks)]
         assert any(parts) == any(threads.launch(finite._any_nonfinite, n_chunks, data,
                                                 n_chunks))

@@ -255,7 +255,7 @@ def test_a_build_that_fails_leaves_nothing_to_reuse(monkeypatch, rng):
     def interrupted(taps, g, transformed, part, parts):
         raise KeyboardInterrupt
 
-    interrupted.serial = interrupted  # what threads.launch runs, once per part
+    interrupted.threaded = False  # threads.launch calls it as one part
     monkeypatch.setattr(module, "_filter_transform", interrupted)
     w[0] += 1.0
     with pytest.raises(KeyboardInterrupt):

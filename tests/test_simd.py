@@ -445,7 +445,7 @@ def _blocked_case(shape, wshape, dtype, rng):
 @pytest.fixture(params=["packed in tasks", "by positions on the pitch, packed on one thread",
                         "by filters", "by positions, dense"])
 def always_parallel(request, monkeypatch):
-    """Small calls run the parallel kernels too (not their serial twins), so the cases
+    """Small calls run their kernels in parts too (not as one part on this thread), so the cases
     cover the tasks' splits of images, runs and bands on more than one thread; the
     forward's filters packed by parallel tasks, or on the calling thread; its sums in the
     form it chooses, or by positions (on the padded row pitch, or dense), or by filters."""
@@ -646,9 +646,9 @@ def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, stride
         step, part = args[-3], args[-2]
         if part == 0 and step <= 0:  # once a block (its first loop, or all three)
             calls.append(args[0].shape[0])
-        return real.serial(*args)
+        return real(*args)
 
-    spy.serial = spy  # threads.launch runs the serial twin, once per part and loop
+    spy.threaded = False  # threads.launch calls it as one part, once per loop
     monkeypatch.setattr(blocked, "_conv2d_grad_weight_blocked", spy)
     _, gw, _ = fastconv.conv2d_backward(g, x, w, **kwargs, algorithm="direct")
     assert calls == [min(images_per_block, 5 - first) for first in range(0, 5, images_per_block)]

@@ -95,7 +95,7 @@ def test_spawned_workers_after_a_parallel_call(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="GNU OpenMP is the Linux layer")
 def test_forked_workers_under_gnu_openmp_run_serial_kernels(tmp_path):
     # Numba's OpenMP layer kills a child that enters a parallel kernel after its parent
-    # did: fastconv's children run the kernels' serial twins instead
+    # did: fastconv's children run every kernel on the calling thread instead
     result = _run_pool("fork", tmp_path, NUMBA_THREADING_LAYER="omp")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", "omp"]
@@ -333,8 +333,18 @@ def _record_parts(marks, fail_at, part, parts):
     return part
 
 
+@pytest.fixture(params=["Numba's pool", "workers"])
+def either_pool(request, monkeypatch):
+    """Threaded kernels on Numba's pool (parts called through their address from a
+    parallel loop), then on fastconv's worker threads."""
+    on_numba = request.param == "Numba's pool"
+    monkeypatch.setattr(config, "NUMBA_POOL", on_numba)
+    monkeypatch.setattr(cpu_threads, "_on_numba_pool", False)
+    assert cpu_threads.on_numba_pool() == on_numba
+
+
 @pytest.mark.parametrize("parts", [1, 2, 3, 5])
-def test_launch_runs_every_part_once(parts, workers):
+def test_launch_runs_every_part_once(parts, either_pool):
     marks = np.zeros(23, np.int64)
     assert cpu_threads.launch(_record_parts, parts, marks, -1) == list(range(parts))
     expected = np.concatenate([np.full((p + 1) * 23 // parts - p * 23 // parts, p + 1)
@@ -342,11 +352,37 @@ def test_launch_runs_every_part_once(parts, workers):
     np.testing.assert_array_equal(marks, expected)
 
 
-def test_launch_on_numba_pool_runs_the_threaded_kernel_once(monkeypatch):
+@kernel(parallel=True)
+def _fill_parts(marks, part, parts):
+    """:func:`_record_parts` without a result."""
+    for i in prange(part * marks.size // parts, (part + 1) * marks.size // parts):
+        marks[i] = part + 1
+
+
+def test_launch_on_numba_pool_calls_the_one_compiled_kernel(monkeypatch):
+    # the parts run from a small parallel loop, through the kernel's address: the kernel
+    # compiles once, for its signature, and never with Numba's parallel passes
     monkeypatch.setattr(config, "NUMBA_POOL", True)
     marks = np.zeros(23, np.int64)
-    assert cpu_threads.launch(_record_parts, 3, marks, -1) == [0]
-    assert (marks == 1).all()
+    assert cpu_threads.launch(_record_parts, 3, marks, -1) == [0, 1, 2]
+    assert cpu_threads.launch(_fill_parts, 4, marks) == [None] * 4
+    np.testing.assert_array_equal(marks, np.repeat([1, 2, 3, 4], [5, 6, 6, 6]))
+    assert len(_record_parts.signatures) == len(_fill_parts.signatures) == 1
+    floats = np.zeros(5)  # another signature: an entry of its own
+    assert cpu_threads.launch(_record_parts, 2, floats, -1) == [0, 1]
+    np.testing.assert_array_equal(floats, [1, 1, 2, 2, 2])
+    assert len(_record_parts.signatures) == 2
+
+
+def test_launch_raises_a_parts_exception_on_numba_pool_and_goes_on(monkeypatch):
+    monkeypatch.setattr(config, "NUMBA_POOL", True)
+    marks = np.zeros(12, np.int64)
+    for fail_at in (9, 0):  # in the last part, in the first
+        with pytest.raises(IndexError, match="part failed"):
+            cpu_threads.launch(_record_parts, 3, marks, fail_at)
+    marks[:] = 0
+    assert cpu_threads.launch(_record_parts, 3, marks, -1) == [0, 1, 2]
+    assert (marks > 0).all()
 
 
 def test_launch_raises_a_workers_exception_and_goes_on(workers):
@@ -385,8 +421,11 @@ def test_out_of_bounds_in_a_worker_raises_under_boundscheck():
     assert result.stdout.split() == ["IndexError", "4.0"]
 
 
-def test_workers_setting_compiles_no_threaded_kernel():
-    # FASTCONV_NUMBA_POOL=0: each part is the serial twin; the parallel form never compiles
+@pytest.mark.parametrize("numba_pool", ["1", "0"])
+def test_threaded_kernels_compile_once(numba_pool):
+    # a threaded kernel compiles once per signature, with or without Numba's pool: on the
+    # pool its parts run from a small parallel loop (compiled once per signature); with
+    # FASTCONV_NUMBA_POOL=0 on worker threads, and no loop compiles
     result = _run("""
         import numpy as np, fastconv
         from fastconv.cpu import direct, threads
@@ -394,9 +433,10 @@ def test_workers_setting_compiles_no_threaded_kernel():
         w = np.random.default_rng(1).random((3, 16, 3, 3), np.float32)
         y = fastconv.conv2d(x, w, padding=1, algorithm="direct")
         expected = fastconv.reference.conv2d(x, w, None, 1, ((1, 1), (1, 1)), 1, 1)
+        launchers = threads._run_parts.signatures
         print(threads.on_numba_pool(), len(direct._conv2d_forward_direct.signatures),
-              len(direct._conv2d_forward_direct.serial.signatures),
-              np.allclose(y, expected, rtol=1e-4, atol=1e-4))
-    """, FASTCONV_NUMBA_POOL="0")
+              len(launchers), np.allclose(y, expected, rtol=1e-4, atol=1e-4))
+    """, FASTCONV_NUMBA_POOL=numba_pool)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "0", "1", "True"]
+    pool = numba_pool == "1"
+    assert result.stdout.split() == [str(pool), "1", "1" if pool else "0", "True"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 from typing import Any
 
 import numba
@@ -11,8 +10,8 @@ from .. import _notice, config
 
 _DEFAULT_FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
-#: Every parallel kernel as (module name, global name, dispatcher): what
-#: :func:`compile_twins` compiles.
+#: Every threaded kernel as (module name, global name, dispatcher): whose signatures
+#: :func:`.threads.compile_launchers` compiles the launchers for.
 THREADED: list[tuple[str, str, Any]] = []
 
 # one line on stderr before the first kernel that really compiles (fastconv._notice)
@@ -44,51 +43,22 @@ def jit_options() -> dict[str, Any]:
 
 
 def kernel(*, parallel: bool = False):
-    """``numba.njit`` with fastconv's flags; ``parallel`` also needs ``config.PARALLEL``.
+    """``numba.njit`` with fastconv's flags.
 
-    A parallel kernel takes ``part, parts`` last and runs share ``part`` of ``parts`` of
-    its ``prange`` loops (:func:`.threads.launch` calls it). It also gets
-    ``kernel.serial``: the same function compiled without ``parallel`` (its ``prange``
-    loops run as plain loops), for calls whose work is one task or a few microseconds,
-    where waking the thread pool costs more than the work (a 3x3 conv2d on (1, 4, 8, 8):
-    6.3 us parallel, 3.3 us serial), and for each part on fastconv's worker threads
-    (``FASTCONV_NUMBA_POOL=0``, where the kernel itself, with Numba's parallel passes,
-    never compiles). The twin has a name of its own, so Numba's disk cache keeps the
-    two apart."""
+    A threaded kernel (``parallel=True``, which also needs ``config.PARALLEL``) takes
+    ``part, parts`` last and runs share ``part`` of ``parts`` of its ``prange`` loops;
+    :func:`.threads.launch` runs its shares, each a call of this one compiled function
+    (its ``prange`` loops run as plain loops). It is never compiled with Numba's parallel
+    passes: they compiled each threaded kernel a second time, the loop bodies typed and
+    optimised again as functions of their own, more than half of an empty cache's
+    compile. ``kernel.threaded`` says which kernels are threaded (:data:`THREADED`)."""
     options = dict(cache=disk_cache(), **jit_options())
 
     def decorate(function):
-        threaded = parallel and config.PARALLEL
-        dispatcher = numba.njit(parallel=threaded, **options)(function)
-        if threaded:
-            twin = types.FunctionType(function.__code__, function.__globals__,
-                                      function.__name__ + "_serial", function.__defaults__,
-                                      function.__closure__)
-            twin.__qualname__ = function.__qualname__ + "_serial"
-            twin.__module__ = function.__module__
-            twin.__doc__ = function.__doc__
-            dispatcher.serial = numba.njit(parallel=False, **options)(twin)
-            dispatcher.serial.serial = dispatcher.serial
+        dispatcher = numba.njit(**options)(function)
+        dispatcher.threaded = parallel and config.PARALLEL
+        if dispatcher.threaded:
             THREADED.append((function.__module__, function.__name__, dispatcher))
-        else:
-            dispatcher.serial = dispatcher
         return dispatcher
 
     return decorate
-
-
-def compile_twins(threaded: bool) -> None:
-    """Where ``threaded`` (:func:`.threads.launch` runs threaded kernels on Numba's pool),
-    compile each parallel kernel's serial twin for every signature the kernel has, and
-    the kernel for every signature of its twin (:func:`fastconv.warmup`): small calls
-    run the twin and large ones the kernel, so a warm-up call of either size leaves the
-    other to compile on a later call. Elsewhere (fastconv's worker threads) every call
-    runs the twin, which the warm-up's calls compiled."""
-    if not threaded:
-        return
-    for _, _, dispatcher in THREADED:
-        twin = dispatcher.serial
-        for one, other in ((dispatcher, twin), (twin, dispatcher)):
-            for signature in one.signatures:
-                if signature not in other.signatures:
-                    other.compile(signature)

@@ -923,9 +923,8 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
             call_bits |= PACKED
         else:
             packed = borrow(packed_shape, dtype, "packed")
-            if n_parts > 1 and (in_tasks or not threads.on_numba_pool()):
-                # packed before the parts run (each part reads every block), in tasks for
-                # many filters; one call of the threaded kernel packs them itself first
+            if n_parts > 1:  # packed before the parts run (each reads every block), in
+                # tasks for many filters
                 threads.launch(_pack_blocks, n_parts if in_tasks else 1, weight, packed,
                                flipped, tap_map)
                 call_bits |= PACKED
@@ -934,7 +933,7 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
                 (bits_in_place if x.flags.c_contiguous else bits) | call_bits, *rest,
                 borrow(scratch_shape, dtype))
         if n_parts == 1:  # (threads.launch's first case, without its call)
-            return _conv2d_forward_blocked.serial(*args, 0, 1)
+            return _conv2d_forward_blocked(*args, 0, 1)
         return all(threads.launch(_conv2d_forward_blocked, n_parts, *args))
 
     run.woven = woven  # type: ignore[attr-defined]
@@ -1245,14 +1244,12 @@ def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, stride, pad
                     min(n_splits, images), n_tile_chunks, first > 0, unpacked)
             kernel = _conv2d_grad_weight_blocked
             if n_parts == 1:  # (threads.launch's first case, without its call)
-                finite = kernel.serial(*args, -1, 0, 1)
-            elif threads.on_numba_pool():  # one parallel call runs the three loops
-                finite = all(threads.launch(kernel, n_parts, *args, -1))
+                finite = kernel(*args, -1, 0, 1)
             else:  # each loop needs every part of the one before; the sums, a short
                 # loop, run on this thread (and scan the result)
                 threads.launch(kernel, n_parts, *args, 0)
                 threads.launch(kernel, n_parts, *args, 1)
-                finite = kernel.serial(*args, 2, 0, 1)
+                finite = kernel(*args, 2, 0, 1)
         return finite
 
     return run
@@ -1326,8 +1323,9 @@ def _weave_phases(planes, starts, heights, widths, row_phase, col_phase, woven, 
     C times the phases, the phases ``C * h * w`` apart). ``woven``: columns 0 and 1
     are the first of two stride-2 column phases, whose rows :func:`.strips.weave_row`
     puts together on vectors. On the calling thread: on two threads it took 0.07 instead
-    of 0.10 ms on a (8, 64, 32, 32) grad_input, and its parallel twin would add about
-    two seconds to a cold compile."""
+    of 0.10 ms on a (8, 64, 32, 32) grad_input, and it would then have compiled a second
+    time with Numba's parallel passes (about two seconds; threaded kernels have run as
+    parts of one compiled function since, :mod:`.threads`)."""
     n_img, channels, height, width = grad_in.shape
     target = strips.flat(grad_in)
     first, second = col_phase[0, 0], col_phase[min(1, width - 1), 0]

@@ -786,7 +786,7 @@ def _bound(kernel, size: int, views: tuple | None, *scalars, first_bad: bool = F
     an index out of range that found one, or -1 (see :func:`_scatter_direct`)."""
     n_parts = parts(size)
     if n_parts == 1:  # threads.launch's first case, without its call
-        call, scalars = kernel.serial, (*scalars, 0, 1)
+        call, scalars = kernel, (*scalars, 0, 1)
     elif first_bad:
         def call(*args):
             return next((at for at in threads.launch(kernel, n_parts, *args) if at >= 0), -1)

@@ -42,7 +42,7 @@ def _prepare_grad_bias(arrays, params):
 
     def run(grad_out, grad_bias):
         if n_parts == 1:  # (threads.launch's first case, without its call)
-            _channel_sums.serial(grad_out, grad_bias, 0, 1)
+            _channel_sums(grad_out, grad_bias, 0, 1)
         else:
             threads.launch(_channel_sums, n_parts, grad_out, grad_bias)
         return False

@@ -2,16 +2,19 @@
 wheel is installed; beside PyTorch, its OpenMP pool), or on fastconv's worker threads.
 
 A threaded kernel (``@kernel(parallel=True)``) takes ``part, parts`` last and runs share
-``part`` of each of its ``prange`` loops. :func:`launch` runs its ``parts`` shares: by
-default as one call of the kernel compiled with Numba's parallel passes (``part, parts =
-0, 1``: its ``prange`` loops on Numba's pool), a small call as its serial twin on the
-calling thread. With ``FASTCONV_NUMBA_POOL=0`` (:data:`fastconv.config.NUMBA_POOL`) the
-serial twin runs once per part instead, the first on the calling thread and the others
-on fastconv's worker threads (the kernels release the GIL): the parallel passes never
-compile, which took more than half of an empty cache's compile
-(``fastconv.warmup(dtypes=(np.float32,))`` 66-74 -> 28-33 s on a 2-core Zen 2 VM), but a
-call's second thread starts 20-40 us later than on TBB's pool, whose workers spin
-between loops (the Python thread must take the GIL to start its part).
+``part`` of each of its ``prange`` loops; it is compiled once, as one plain function.
+:func:`launch` runs its ``parts`` shares: by default on Numba's thread pool, each share
+a call of the compiled kernel through its address from the parallel loop of
+:func:`_run_parts`, which is all that Numba's parallel passes compile (once per kernel
+signature, a fraction of a second); a small call as one part on the calling thread.
+Until 2026-12-06 each threaded kernel was compiled a second time with those passes, its
+loop bodies typed and optimised again as functions of their own:
+``fastconv.warmup(dtypes=(np.float32,))`` with an empty cache took 85 s on a 2-core Zen 2
+VM, 38 s without (``benchmarks/RESULTS.md``). With ``FASTCONV_NUMBA_POOL=0``
+(:data:`fastconv.config.NUMBA_POOL`) the first share runs on the calling thread and the
+others on fastconv's worker threads instead (the kernels release the GIL), whose second
+thread starts 20-40 us later than on TBB's pool, whose workers spin between loops (the
+Python thread must take the GIL to start its part).
 
 Beside PyTorch, two pools on the same cores fight: after each parallel op,
 PyTorch's GNU OpenMP workers spin for milliseconds waiting for the next one, and
@@ -59,6 +62,7 @@ import threading
 import numba
 import numpy as np
 from numba import types
+from numba._dispatcher import compute_fingerprint
 from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.ufunc import parallel as _parallel
@@ -204,23 +208,21 @@ def launch(kernel, parts: int, *args) -> list:
     ``part`` and ``parts``, say which share of each parallel loop a call runs) over all
     its ``parts`` shares: the results of the calls, in order of part.
 
-    One part runs the serial twin on this thread. On Numba's pool (the default, and
-    PyTorch's OpenMP pool after :func:`share_torch_pool`) the threaded kernel runs once,
-    its ``prange`` loops on that pool (``part, parts = 0, 1``: one result). With
-    ``FASTCONV_NUMBA_POOL=0`` the serial twin runs once per part, the first part on this
-    thread and the others on worker threads of fastconv's own (:class:`_Pool`): the
-    kernels release the GIL, so the parts run at once, and no kernel compiles a second
-    time with Numba's parallel passes. An exception a part raises (e.g. an
-    ``IndexError`` with ``NUMBA_BOUNDSCHECK=1``, which a parallel loop on Numba's pool
-    would lose) is raised here once every part has ended."""
-    if parts <= 1 or _one_thread or kernel.serial is kernel:  # (FASTCONV_PARALLEL=0)
-        return [kernel.serial(*args, 0, 1)]
-    if _on_numba_pool or config.NUMBA_POOL:
+    One part runs on this thread. On Numba's pool (the default, and PyTorch's OpenMP
+    pool after :func:`share_torch_pool`) each part is a call of the compiled kernel from
+    a parallel loop of :func:`_run_parts`, through its address (:func:`_on_pool`). With
+    ``FASTCONV_NUMBA_POOL=0`` the first part runs on this thread and the others on
+    worker threads of fastconv's own (:class:`_Pool`; the kernels release the GIL). Either
+    way an exception a part raises (e.g. an ``IndexError`` with ``NUMBA_BOUNDSCHECK=1``)
+    is raised here once every part has ended."""
+    if parts <= 1 or _one_thread or not kernel.threaded:  # (FASTCONV_PARALLEL=0)
         return [kernel(*args, 0, 1)]
+    if _on_numba_pool or config.NUMBA_POOL:
+        return _on_pool(kernel, args, parts)
     global _pool
     if _pool is None:
         _pool = _Pool()
-    return _pool.run(kernel.serial, args, parts)
+    return _pool.run(kernel, args, parts)
 
 
 def on_numba_pool() -> bool:
@@ -266,6 +268,105 @@ class _Pool:
             return results
         finally:
             self._taken.release()
+
+
+@intrinsic
+def _call_at(typingctx, address, returns, args, part, parts):
+    """``kernel(*args, part, parts)`` of the compiled kernel whose entry point (Numba's
+    calling convention) is at ``address`` and which returns the type of ``returns``
+    (None, a bool or an integer): ``(failed, result)``, the result as int64 (0 for
+    None). An exception of the kernel is not raised here (a parallel loop would lose
+    it): ``failed`` says the part raised one."""
+    argtypes = (*args.types, types.int64, types.int64)
+    outtype = types.UniTuple(types.int64, 2)
+
+    def codegen(context, builder, sig, llargs):
+        values = [builder.extract_value(llargs[2], i) for i in range(len(args))]
+        values += [context.cast(builder, value, type_, types.int64)
+                   for value, type_ in zip(llargs[3:], sig.args[3:], strict=True)]
+        pointer = context.call_conv.get_function_type(returns, argtypes).as_pointer()
+        status, result = context.call_conv.call_function(
+            builder, builder.inttoptr(llargs[0], pointer), returns, argtypes, values)
+        failed = context.cast(builder, status.is_error, types.boolean, types.int64)
+        value = (context.get_constant(types.int64, 0) if returns == types.none
+                 else context.cast(builder, result, returns, types.int64))
+        return context.make_tuple(builder, outtype, [failed, value])
+
+    return outtype(address, returns, args, part, parts), codegen
+
+
+@numba.njit(parallel=True, cache=_jit.disk_cache(), **_jit.jit_options())
+def _run_parts(address, returns, values, args, parts):
+    """Each part of the kernel at ``address`` (:func:`_call_at`) on Numba's pool: its
+    result in ``values[part]``, whether it raised in ``values[parts + part]``. (Read
+    in the caller: a read of an array after the loop, here, cost 2-4 us a call.)"""
+    for part in numba.prange(parts):
+        values[parts + part], values[part] = _call_at(address, returns, args, part, parts)
+
+
+#: (kernel, its arguments' fingerprint) -> (the compiled kernel's address, a value of
+#: the type it returns): :func:`_on_pool`'s look-up (Numba's own: one C call).
+_ENTRIES: dict = {}
+
+#: What :func:`_run_parts` takes for each type a threaded kernel may return.
+_RETURNS = {types.none: None, types.boolean: False, types.int64: 0}
+
+
+def _entry(kernel, args: tuple) -> tuple:
+    """:data:`_ENTRIES`' value for ``kernel`` called with ``args``, ``part, parts``
+    (compiled, or loaded from the disk cache, if it was not)."""
+    signature = (*(kernel.typeof_pyval(value) for value in args), types.int64, types.int64)
+    kernel.compile(signature)
+    compiled = kernel.overloads[signature]
+    address = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+    return address, _returns(kernel, compiled.signature.return_type)
+
+
+def _returns(kernel, type_):
+    """The value :func:`_run_parts` takes for a kernel returning ``type_``."""
+    type_ = types.unliteral(type_)
+    if type_ not in _RETURNS:
+        raise TypeError(f"threaded kernel {kernel.py_func.__name__} returns {type_}: "
+                        "threads.launch takes None, a bool or an int64")
+    return _RETURNS[type_]
+
+
+def _on_pool(kernel, args: tuple, parts: int) -> list:
+    """:func:`launch`'s parts on Numba's pool: the one compiled kernel for ``args``,
+    called through its address from :func:`_run_parts`, a small parallel loop compiled
+    once per kernel signature (the kernel is not compiled into it). A part that raised
+    runs again here, on this thread, to raise its exception."""
+    key = (kernel, compute_fingerprint(args))
+    entry = _ENTRIES.get(key)
+    if entry is None:
+        entry = _ENTRIES[key] = _entry(kernel, args)
+    address, returns = entry
+    values = np.empty(2 * parts, np.int64)
+    _run_parts(address, returns, values, args, parts)
+    results = values.tolist()
+    if any(results[parts:]):
+        failed = results.index(1, parts) - parts
+        kernel(*args, failed, parts)
+        raise RuntimeError(f"part {failed} of {kernel.py_func.__name__} failed on Numba's "
+                           "pool but not on the calling thread")
+    if returns is None:
+        return [None] * parts
+    return [type(returns)(value) for value in results[:parts]]
+
+
+def compile_launchers() -> None:
+    """Compile (or load) :func:`_run_parts` for every signature of every threaded kernel
+    (:func:`fastconv.warmup`: a warm-up call small enough to run on one thread leaves the
+    launcher of its kernel to compile on the first large call)."""
+    values = types.Array(types.int64, 1, "C")
+    for _, _, kernel in _jit.THREADED:
+        for signature in list(kernel.signatures):
+            returns = _returns(kernel, kernel.overloads[signature].signature.return_type)
+            args = types.BaseTuple.from_types(signature[:-2])
+            types_ = (types.int64, kernel.typeof_pyval(returns), values, args,
+                      types.int64)
+            if types_ not in _run_parts.signatures:
+                _run_parts.compile(types_)
 
 
 #: Loads of a worker's count of ended calls that the caller makes before it sleeps on the
