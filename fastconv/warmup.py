@@ -23,11 +23,11 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64), *,
            processes: int | None = None) -> dict[str, float]:
     """Compile (or load from the on-disk cache) every CPU kernel for ``dtypes``: the
     warm-up call of each op of :data:`fastconv.ops.TABLE` (tiny inputs, stride 1 and 2,
-    2 and 4 filters, with and without indices) with each of its algorithms, and for
-    each signature of each threaded kernel the small parallel loop that runs its parts
-    on Numba's pool (:func:`fastconv.cpu.threads.compile_launchers`; not with
-    ``FASTCONV_NUMBA_POOL=0``, whose worker threads call the kernel itself). No later
-    call compiles a CPU kernel for these dtypes.
+    2 and 4 filters, with and without indices) with each of its algorithms, and what
+    runs each threaded kernel's parts on Numba's pool (the one parallel loop, and a
+    small function per kernel signature: :func:`fastconv.cpu.threads.compile_launchers`;
+    not with ``FASTCONV_NUMBA_POOL=0``, whose worker threads call the kernel itself). No
+    later call compiles a CPU kernel for these dtypes.
 
     The first call of a kernel otherwise compiles it, which takes seconds; a
     later process loads the cached machine code in milliseconds. With Numba's disk

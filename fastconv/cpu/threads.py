@@ -4,9 +4,10 @@ wheel is installed; beside PyTorch, its OpenMP pool), or on fastconv's worker th
 A threaded kernel (``@kernel(parallel=True)``) takes ``part, parts`` last and runs share
 ``part`` of each of its ``prange`` loops; it is compiled once, as one plain function.
 :func:`launch` runs its ``parts`` shares: by default on Numba's thread pool, each share
-a call of the compiled kernel through its address from the parallel loop of
-:func:`_run_parts`, which is all that Numba's parallel passes compile (once per kernel
-signature, a fraction of a second); a small call as one part on the calling thread.
+a call of the compiled kernel through its address from the one parallel loop of
+:func:`_run_trampolines`, all that Numba's parallel passes compile (a small function
+for each kernel signature, :func:`_run_parts`, hands it the arguments); a small call as
+one part on the calling thread.
 Until 2026-12-06 each threaded kernel was compiled a second time with those passes, its
 loop bodies typed and optimised again as functions of their own:
 ``fastconv.warmup(dtypes=(np.float32,))`` with an empty cache took 85 s on a 2-core Zen 2
@@ -61,6 +62,7 @@ import threading
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import types
 from numba._dispatcher import compute_fingerprint
 from numba.core import cgutils
@@ -270,42 +272,132 @@ class _Pool:
             self._taken.release()
 
 
+_I64 = llvm_ir.IntType(64)
+#: ``void trampoline(kernel address, arguments, part, parts, out)``: what
+#: :func:`_run_trampolines` calls for each part (:func:`_parts_on_pool` writes one for
+#: each signature of the kernels).
+_TRAMPOLINE = llvm_ir.FunctionType(llvm_ir.VoidType(), [
+    _I64, llvm_ir.IntType(8).as_pointer(), _I64, _I64, _I64.as_pointer()])
+
+
 @intrinsic
-def _call_at(typingctx, address, returns, args, part, parts):
-    """``kernel(*args, part, parts)`` of the compiled kernel whose entry point (Numba's
-    calling convention) is at ``address`` and which returns the type of ``returns``
-    (None, a bool or an integer): ``(failed, result)``, the result as int64 (0 for
-    None). An exception of the kernel is not raised here (a parallel loop would lose
-    it): ``failed`` says the part raised one."""
-    argtypes = (*args.types, types.int64, types.int64)
-    outtype = types.UniTuple(types.int64, 2)
+def _call_trampoline(typingctx, trampoline, kernel, arguments, out, part, parts):
+    """``trampoline(kernel, arguments, part, parts, out)`` (:data:`_TRAMPOLINE`), all
+    given as addresses or integers."""
 
     def codegen(context, builder, sig, llargs):
-        values = [builder.extract_value(llargs[2], i) for i in range(len(args))]
-        values += [context.cast(builder, value, type_, types.int64)
-                   for value, type_ in zip(llargs[3:], sig.args[3:], strict=True)]
-        pointer = context.call_conv.get_function_type(returns, argtypes).as_pointer()
-        status, result = context.call_conv.call_function(
-            builder, builder.inttoptr(llargs[0], pointer), returns, argtypes, values)
-        failed = context.cast(builder, status.is_error, types.boolean, types.int64)
-        value = (context.get_constant(types.int64, 0) if returns == types.none
-                 else context.cast(builder, result, returns, types.int64))
-        return context.make_tuple(builder, outtype, [failed, value])
+        values = [context.cast(builder, value, type_, types.int64)
+                  for value, type_ in zip(llargs, sig.args, strict=True)]
+        function = builder.inttoptr(values[0], _TRAMPOLINE.as_pointer())
+        arguments = builder.inttoptr(values[2], _TRAMPOLINE.args[1])
+        out = builder.inttoptr(values[3], _TRAMPOLINE.args[4])
+        builder.call(function, [values[1], arguments, values[4], values[5], out])
+        return context.get_dummy_value()
 
-    return outtype(address, returns, args, part, parts), codegen
+    return types.none(trampoline, kernel, arguments, out, part, parts), codegen
 
 
 @numba.njit(parallel=True, cache=_jit.disk_cache(), **_jit.jit_options())
-def _run_parts(address, returns, values, args, parts):
-    """Each part of the kernel at ``address`` (:func:`_call_at`) on Numba's pool: its
-    result in ``values[part]``, whether it raised in ``values[parts + part]``. (Read
-    in the caller: a read of an array after the loop, here, cost 2-4 us a call.)"""
+def _run_trampolines(trampoline, kernel, arguments, out, parts):
+    """Each part of a kernel through its trampoline (:func:`_call_trampoline`) on
+    Numba's pool: the one parallel loop that runs every threaded kernel, compiled once."""
     for part in numba.prange(parts):
-        values[parts + part], values[part] = _call_at(address, returns, args, part, parts)
+        _call_trampoline(trampoline, kernel, arguments, out, part, parts)
 
 
-#: (kernel, its arguments' fingerprint) -> (the compiled kernel's address, a value of
-#: the type it returns): :func:`_on_pool`'s look-up (Numba's own: one C call).
+_RUNNER_TYPES = (types.int64,) * 5
+
+
+@intrinsic
+def _parts_on_pool(typingctx, runner, kernel, returns, values, args, parts):
+    """Runs ``kernel(*args, part, parts)`` for every part from :func:`_run_trampolines`
+    (compiled at ``runner``): ``args`` stored in a struct on this stack, and a trampoline
+    written for their types that loads them and calls the compiled kernel at ``kernel``
+    (Numba's calling convention; it returns the type of ``returns``: None, a bool or an
+    integer), then writes its result as int64 to ``values[part]`` (0 for None) and
+    whether it raised to ``values[parts + part]`` (its exception is not raised there: a
+    parallel loop would lose it). The arrays go to the kernel borrowed, without their
+    memory records, as in a parallel loop of Numba's: each view a kernel takes of an
+    array would otherwise add and drop a reference on it, an atomic on a line both
+    threads write (Winograd's filter adjoint ran 4.7x slower so)."""
+    argtypes = (*args.types, types.int64, types.int64)
+
+    def codegen(context, builder, sig, llargs):
+        struct = llvm_ir.LiteralStructType([context.get_value_type(t) for t in args.types])
+        slot = cgutils.alloca_once(builder, struct)
+        for i, type_ in enumerate(args.types):
+            value = builder.extract_value(llargs[4], i)
+            if isinstance(type_, types.Array):  # borrowed: no reference counts in the parts
+                array = context.make_array(type_)(context, builder, value)
+                array.meminfo = cgutils.get_null_value(array.meminfo.type)
+                array.parent = cgutils.get_null_value(array.parent.type)
+                value = array._getvalue()
+            builder.store(value, cgutils.gep_inbounds(builder, slot, 0, i))
+        trampoline = cgutils.get_or_insert_function(builder.module, _TRAMPOLINE,
+                                                    "fastconv.threads.trampoline")
+        if trampoline.is_declaration:
+            _write_trampoline(context, trampoline, struct, returns, argtypes)
+        view = context.make_array(sig.args[3])(context, builder, llargs[3])
+        count = context.cast(builder, llargs[5], sig.args[5], types.int64)
+        call = [builder.ptrtoint(trampoline, _I64), llargs[1],
+                builder.ptrtoint(slot, _I64), builder.ptrtoint(view.data, _I64), count]
+        function = builder.inttoptr(llargs[0], context.call_conv.get_function_type(
+            types.none, _RUNNER_TYPES).as_pointer())
+        status, _ = context.call_conv.call_function(builder, function, types.none,
+                                                    _RUNNER_TYPES, call)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return types.none(runner, kernel, returns, values, args, parts), codegen
+
+
+def _write_trampoline(context, trampoline, struct, returns, argtypes) -> None:
+    """The body of :func:`_parts_on_pool`'s trampoline (:data:`_TRAMPOLINE`)."""
+    trampoline.linkage = "internal"
+    builder = llvm_ir.IRBuilder(trampoline.append_basic_block("entry"))
+    kernel, arguments, part, parts, out = trampoline.args
+    slot = builder.bitcast(arguments, struct.as_pointer())
+    values = [builder.load(cgutils.gep_inbounds(builder, slot, 0, i))
+              for i in range(len(struct.elements))] + [part, parts]
+    function = builder.inttoptr(kernel, context.call_conv.get_function_type(
+        returns, argtypes).as_pointer())
+    status, result = context.call_conv.call_function(builder, function, returns, argtypes,
+                                                     values)
+    value = (context.get_constant(types.int64, 0) if returns == types.none
+             else context.cast(builder, result, returns, types.int64))
+    builder.store(value, builder.gep(out, [part]))
+    builder.store(builder.zext(status.is_error, _I64), builder.gep(out, [builder.add(part, parts)]))
+    builder.ret_void()
+
+
+@numba.njit(cache=_jit.disk_cache(), **_jit.jit_options())
+def _run_parts(runner, kernel, returns, values, args, parts):
+    """:func:`_parts_on_pool` (one compile per kernel signature: a small function)."""
+    _parts_on_pool(runner, kernel, returns, values, args, parts)
+
+
+#: The address of :func:`_run_trampolines`' compiled loop, once compiled or loaded.
+_runner: int | None = None
+
+
+def _runner_address() -> int:
+    global _runner
+    if _runner is None:
+        _run_trampolines.compile(_RUNNER_TYPES)
+        _runner = _address(_run_trampolines, _RUNNER_TYPES)
+    return _runner
+
+
+def _address(kernel, signature) -> int:
+    """Where the compiled ``kernel`` for ``signature`` starts (Numba's calling convention)."""
+    compiled = kernel.overloads[signature]
+    return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+
+
+#: (kernel, its arguments' fingerprint) -> (:func:`_run_trampolines`' address, the
+#: compiled kernel's, a value of the type it returns): :func:`_on_pool`'s look-up
+#: (Numba's own: one C call).
 _ENTRIES: dict = {}
 
 #: What :func:`_run_parts` takes for each type a threaded kernel may return.
@@ -317,9 +409,8 @@ def _entry(kernel, args: tuple) -> tuple:
     (compiled, or loaded from the disk cache, if it was not)."""
     signature = (*(kernel.typeof_pyval(value) for value in args), types.int64, types.int64)
     kernel.compile(signature)
-    compiled = kernel.overloads[signature]
-    address = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
-    return address, _returns(kernel, compiled.signature.return_type)
+    returns = _returns(kernel, kernel.overloads[signature].signature.return_type)
+    return _runner_address(), _address(kernel, signature), returns
 
 
 def _returns(kernel, type_):
@@ -333,16 +424,17 @@ def _returns(kernel, type_):
 
 def _on_pool(kernel, args: tuple, parts: int) -> list:
     """:func:`launch`'s parts on Numba's pool: the one compiled kernel for ``args``,
-    called through its address from :func:`_run_parts`, a small parallel loop compiled
-    once per kernel signature (the kernel is not compiled into it). A part that raised
-    runs again here, on this thread, to raise its exception."""
+    called through its address by :func:`_run_parts` (a small function compiled once
+    per kernel signature) from the parallel loop of :func:`_run_trampolines` (compiled
+    once); the kernel is compiled into neither. A part that raised runs again here, on
+    this thread, to raise its exception."""
     key = (kernel, compute_fingerprint(args))
     entry = _ENTRIES.get(key)
     if entry is None:
         entry = _ENTRIES[key] = _entry(kernel, args)
-    address, returns = entry
+    runner, address, returns = entry
     values = np.empty(2 * parts, np.int64)
-    _run_parts(address, returns, values, args, parts)
+    _run_parts(runner, address, returns, values, args, parts)
     results = values.tolist()
     if any(results[parts:]):
         failed = results.index(1, parts) - parts
@@ -355,15 +447,16 @@ def _on_pool(kernel, args: tuple, parts: int) -> list:
 
 
 def compile_launchers() -> None:
-    """Compile (or load) :func:`_run_parts` for every signature of every threaded kernel
-    (:func:`fastconv.warmup`: a warm-up call small enough to run on one thread leaves the
-    launcher of its kernel to compile on the first large call)."""
+    """Compile (or load) :func:`_run_trampolines`, and :func:`_run_parts` for every
+    signature of every threaded kernel (:func:`fastconv.warmup`: a warm-up call small
+    enough to run on one thread leaves these to compile on the first large call)."""
     values = types.Array(types.int64, 1, "C")
+    _runner_address()
     for _, _, kernel in _jit.THREADED:
         for signature in list(kernel.signatures):
             returns = _returns(kernel, kernel.overloads[signature].signature.return_type)
             args = types.BaseTuple.from_types(signature[:-2])
-            types_ = (types.int64, kernel.typeof_pyval(returns), values, args,
+            types_ = (types.int64, types.int64, kernel.typeof_pyval(returns), values, args,
                       types.int64)
             if types_ not in _run_parts.signatures:
                 _run_parts.compile(types_)
