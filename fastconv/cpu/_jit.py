@@ -22,11 +22,12 @@ def disk_cache() -> bool:
     """Whether compiled kernels go to Numba's disk cache.
 
     Numba keys its cache by signature and CPU, not by compile flags: a kernel
-    cached with ``parallel=True`` would be loaded as it is under
-    ``FASTCONV_PARALLEL=0``, ``FASTCONV_FASTMATH=0`` or ``NUMBA_BOUNDSCHECK=1``.
-    Nor by the vector width the kernels are built for, which follows the CPU's features
-    unless ``FASTCONV_SIMD_BITS`` forces one. So only the default flags are cached; other
-    settings compile in memory."""
+    cached with fast-math would be loaded as it is under ``FASTCONV_FASTMATH=0`` or
+    ``NUMBA_BOUNDSCHECK=1``. Nor by the vector width the kernels are built for, which
+    follows the CPU's features unless ``FASTCONV_SIMD_BITS`` forces one. So only the
+    default flags are cached; other settings compile in memory. (``FASTCONV_PARALLEL=0``
+    too, from when threaded kernels compiled with Numba's parallel passes: its kernels
+    are the same now, and it stays off the cache as before.)"""
     return (config.CACHE and config.PARALLEL and config.FASTMATH == _DEFAULT_FASTMATH
             and not numba.config.BOUNDSCHECK and not config.SIMD_BITS)
 

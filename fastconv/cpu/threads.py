@@ -211,8 +211,9 @@ def launch(kernel, parts: int, *args) -> list:
     its ``parts`` shares: the results of the calls, in order of part.
 
     One part runs on this thread. On Numba's pool (the default, and PyTorch's OpenMP
-    pool after :func:`share_torch_pool`) each part is a call of the compiled kernel from
-    a parallel loop of :func:`_run_parts`, through its address (:func:`_on_pool`). With
+    pool after :func:`share_torch_pool`) each part is a call of the compiled kernel
+    through its address from the parallel loop of :func:`_run_trampolines`
+    (:func:`_on_pool`). With
     ``FASTCONV_NUMBA_POOL=0`` the first part runs on this thread and the others on
     worker threads of fastconv's own (:class:`_Pool`; the kernels release the GIL). Either
     way an exception a part raises (e.g. an ``IndexError`` with ``NUMBA_BOUNDSCHECK=1``)
