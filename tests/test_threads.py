@@ -424,8 +424,8 @@ def test_out_of_bounds_in_a_worker_raises_under_boundscheck():
 @pytest.mark.parametrize("numba_pool", ["1", "0"])
 def test_threaded_kernels_compile_once(numba_pool):
     # a threaded kernel compiles once per signature, with or without Numba's pool: on the
-    # pool its parts run from a small parallel loop (compiled once per signature); with
-    # FASTCONV_NUMBA_POOL=0 on worker threads, and no loop compiles
+    # pool its parts run from one parallel loop, handed the arguments by _run_parts
+    # (compiled once per signature); with FASTCONV_NUMBA_POOL=0 on worker threads
     result = _run("""
         import numpy as np, fastconv
         from fastconv.cpu import direct, threads
