@@ -10,9 +10,9 @@ from .. import _notice, config
 
 _DEFAULT_FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
-#: Every threaded kernel as (module name, global name, dispatcher): whose signatures
+#: Every threaded kernel's dispatcher: whose signatures
 #: :func:`.threads.compile_launchers` compiles the launchers for.
-THREADED: list[tuple[str, str, Any]] = []
+THREADED: list[Any] = []
 
 # one line on stderr before the first kernel that really compiles (fastconv._notice)
 _notice.install()
@@ -59,7 +59,7 @@ def kernel(*, parallel: bool = False):
         dispatcher = numba.njit(**options)(function)
         dispatcher.threaded = parallel and config.PARALLEL
         if dispatcher.threaded:
-            THREADED.append((function.__module__, function.__name__, dispatcher))
+            THREADED.append(dispatcher)
         return dispatcher
 
     return decorate

@@ -453,7 +453,7 @@ def compile_launchers() -> None:
     enough to run on one thread leaves these to compile on the first large call)."""
     values = types.Array(types.int64, 1, "C")
     _runner_address()
-    for _, _, kernel in _jit.THREADED:
+    for kernel in _jit.THREADED:
         for signature in list(kernel.signatures):
             returns = _returns(kernel, kernel.overloads[signature].signature.return_type)
             args = types.BaseTuple.from_types(signature[:-2])
