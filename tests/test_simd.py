@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,27 @@ def test_loads_and_stores_are_unaligned_and_exact(rng):
     lanes = simd.WIDTH_BYTES // src.itemsize
     np.testing.assert_array_equal(dst[4 : 4 + lanes], src[3 : 3 + lanes])
     assert not dst[:4].any() and not dst[4 + lanes :].any()
+
+
+@numba.njit
+def _prefetched_copy(src, dst, far):
+    simd.prefetch(src, far)  # past the array's end: a hint reads nothing, cannot fault
+    simd.prefetch(src, -far)
+    simd.prefetch(src, 1)
+    simd.store(dst, 0, simd.load(src, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_prefetch_is_a_hint_that_changes_nothing(dtype, rng):
+    src = rng.standard_normal(40).astype(dtype)
+    dst = np.zeros(40, dtype)
+    _prefetched_copy(src, dst, 1 << 20)
+    lanes = simd.WIDTH_BYTES // src.itemsize
+    np.testing.assert_array_equal(dst[:lanes], src[1 : 1 + lanes])
+    assert not dst[lanes:].any()
+    if platform.machine() in ("x86_64", "AMD64"):
+        for asm in _prefetched_copy.inspect_asm().values():  # one a dtype so far
+            assert asm.count("prefetcht0") == 3
 
 
 @numba.njit
@@ -675,6 +697,10 @@ def read(a, i):
     simd.store(a, 0, simd.load(a, i))
 
 @numba.njit
+def hint(a, i):
+    simd.prefetch(a, i)
+
+@numba.njit
 def spread(a, i):
     simd.store(a, 0, simd.broadcast(a, i))
 
@@ -696,6 +722,8 @@ for i, count in ((n + 2, 3), (-1, 2)):
         first(a, i, count)
     except IndexError as error:
         print("IndexError", error)
+hint(a, n + 100)  # a prefetch is never checked: it cannot fault
+hint(a, -100)
 spread(a, n + 3)
 for bad in (n + 4, -1):
     try:

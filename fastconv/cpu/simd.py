@@ -21,6 +21,7 @@ Inside a kernel::
     store_first(a, i, v, n)   # a[i : i + n] = the first n lanes of v (nothing past them)
     w = splat(a[k], a)        # a[k] in every lane (the second argument gives the width)
     w = broadcast(a, k)       # the same, read unchecked (checked as load is)
+    prefetch(a, i)            # a hint: a[i]'s cache line into the L1 (never checked)
     acc = fma(w, v, acc)      # w * v + acc, lane by lane, one rounding
     d = sub(v, w)             # v - w (add(v, w): v + w)
     acc = zeros(a)            # a zero vector of a's dtype
@@ -374,6 +375,30 @@ def _broadcast(typingctx, array, index):
         return _splat_ir(context, builder, vector, builder.load(builder.gep(ary.data, [i])))
 
     return vector(array, index), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Ask for the cache line of ``array[index]`` in the L1 (a hint, ``llvm.prefetch``:
+    ``prefetcht0`` on x86). Unchecked under ``NUMBA_BOUNDSCHECK=1`` too: a prefetch
+    of an address outside the array reads nothing and cannot fault."""
+    if not _contiguous_1d(array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i = context.cast(builder, args[1], signature.args[1], types.intp)
+        pointer = builder.bitcast(builder.gep(ary.data, [i]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        # a read, kept in every level of the caches, of data
+        builder.call(function, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3),
+                                ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, index), codegen
 
 
 @intrinsic
