@@ -38,13 +38,20 @@ def jit_options() -> dict[str, Any]:
     compile flags of its caller, so helpers compiled with the kernels' flags are
     compiled once, not again for each caller with other flags (an ``@overload``
     defaults to no Python wrapper, a kernel has one: that difference alone compiled
-    the 16 x 16 transpose twice, 0.5-0.8 s)."""
+    the 16 x 16 transpose twice, 0.5-0.8 s). ``forceinline`` is set, False, so that a
+    helper first compiled inside an inlined kernel (:func:`kernel`'s ``inline``) does not
+    inherit it from that compile, as Numba's unset flags do."""
     return dict(fastmath=set(config.FASTMATH), nogil=True, error_model="numpy",
-                no_cpython_wrapper=False)
+                no_cpython_wrapper=False, forceinline=False)
 
 
-def kernel(*, parallel: bool = False):
+def kernel(*, parallel: bool = False, inline: bool = False):
     """``numba.njit`` with fastconv's flags.
+
+    ``inline``: the kernel's callers get its code, not a call (LLVM's ``alwaysinline``,
+    Numba's ``forceinline``): for the micro-kernels' blocks, called once per block of
+    positions with four arrays passed field by field (some 35 arguments), a call cost
+    as much as a tenth of the block's multiply-adds (see :mod:`.microkernels`).
 
     A threaded kernel (``parallel=True``, which also needs ``config.PARALLEL``) takes
     ``part, parts`` last and runs share ``part`` of ``parts`` of its ``prange`` loops;
@@ -53,7 +60,7 @@ def kernel(*, parallel: bool = False):
     passes: they compiled each threaded kernel a second time, the loop bodies typed and
     optimised again as functions of their own, more than half of an empty cache's
     compile. ``kernel.threaded`` says which kernels are threaded (:data:`THREADED`)."""
-    options = dict(cache=disk_cache(), **jit_options())
+    options = dict(cache=disk_cache(), **{**jit_options(), "forceinline": inline})
 
     def decorate(function):
         dispatcher = numba.njit(**options)(function)

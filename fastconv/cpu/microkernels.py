@@ -15,7 +15,8 @@ benchmarks/RESULTS.md). On a CPU without AVX-512 the vectors are 256 bits
 (:mod:`.simd`) and 24 sums do not fit in AVX2's 16 registers: there
 ``weights_x_positions`` is two blocks of four filters x three vectors
 (:func:`_half_x_positions`: 12 sums, three loads and four broadcasts per step, and a
-prefetch of the tap's line two blocks on, :data:`PREFETCH_BLOCKS`), and
+prefetch of the tap's line two blocks on, :data:`PREFETCH_BLOCKS`; inlined into
+:func:`weights_x_run`, see :func:`_halves_x_positions`), and
 ``taps_x_filters`` two blocks of six taps (94-98 % and 91-94 % of a Zen 2 core's
 peak, against 57 % and 31 % for the blocks of 24 on 512-bit vectors, which spill).
 :func:`weights_x_pair` and :func:`weights_x_vector` are the same block two and one
@@ -271,7 +272,7 @@ def _taps_x_filters(source, grads, out, taps, first_image, n_images, source_imag
         simd.store(out, t * lanes, acc)
 
 
-@kernel()
+@kernel(inline=True)
 def _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate,
                       half, count):
     """:func:`weights_x_positions`' sums of the four filters ``half * 4 + kk`` (``kk < 4``)
@@ -316,15 +317,28 @@ def _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch
             simd.store(out, at + 2 * lanes, b2)
 
 
-@kernel()
+@kernel(inline=True)
 def _halves_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate):
-    """:func:`_weights_x_positions` as two blocks of four filters."""
+    """:func:`_weights_x_positions` as two blocks of four filters.
+
+    These blocks (and the pair's) are inlined into their caller, :func:`weights_x_run`:
+    called, each took its four arrays field by field, some 35 arguments, once per block of
+    positions and pass of channels, where a pass of 8 channels of 3x3 taps is 72 steps of
+    12 multiply-adds a half. Measured on a Zen 2, float32, the blocked forward against the
+    calls (min ms, alternating processes, three runs each, two threads): N8 C64 56x56 ->
+    K128 3x3 s2 p1 5.59-5.78 against 6.30-6.33; C128 -> 128 on 28x28 3x3 p1 10.49-10.54
+    against 11.05-11.19; C64 -> 64 on 56x56 10.25-10.50 against 10.97-11.19; 7x7 s2 C3 ->
+    64 on 224x224 11.00-11.03 against 11.42-11.68; one thread, the strided layer
+    79.4-79.8 against 69.9-71.6 GFLOP/s. The 512-bit blocks stay calls: with 512-bit
+    vectors forced on the Zen 2 (``FASTCONV_SIMD_BITS=512``, where they spill) inlining
+    them was no faster (C128 -> 128 42.2 against 35.3-38.4 ms); not yet measured on an
+    AVX-512 CPU."""
     for half in range(2):
         _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate,
                           half, 3)
 
 
-@kernel()
+@kernel(inline=True)
 def _halves_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate):
     """:func:`_weights_x_pair` as two blocks of four filters."""
     for half in range(2):
