@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numba
+from numba.core.caching import NullCache
 
 from .. import _notice, config
 
@@ -30,6 +34,40 @@ def disk_cache() -> bool:
     are the same now, and it stays off the cache as before.)"""
     return (config.CACHE and config.PARALLEL and config.FASTMATH == _DEFAULT_FASTMATH
             and not numba.config.BOUNDSCHECK and not config.SIMD_BITS)
+
+
+@functools.cache
+def package_fingerprint() -> bytes:
+    """sha256 of every ``.py`` file of the installed fastconv package (paths and contents,
+    in path order): what :func:`package_stamped` adds to each kernel's cache stamp."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.digest()
+
+
+def package_stamped(dispatcher):
+    """``dispatcher`` (a Numba dispatcher, not yet compiled; usable as a decorator) with
+    its cache index stamped by the whole package's sources (:func:`package_fingerprint`)
+    as well as its own file's.
+
+    Numba checks a cached function against its own source file only, but a kernel's
+    cached machine code holds every kernel it calls, inlined or linked in, from other
+    files too: edit ``microkernels.py`` and the cached ``blocked`` forward would go on
+    running the old micro-kernels (it did, in a measurement here), and so would an
+    editable install after a ``git pull`` that changed only a callee's file. With the
+    package's stamp any change to any of its files recompiles every kernel once. On a
+    Numba whose cache is laid out otherwise, the kernel compiles in memory instead."""
+    if isinstance(getattr(dispatcher, "_cache", None), NullCache):
+        return dispatcher  # (the disk cache is off)
+    try:
+        index = dispatcher._cache._cache_file
+        index._source_stamp = (index._source_stamp, package_fingerprint())
+    except AttributeError:
+        dispatcher._cache = NullCache()
+    return dispatcher
 
 
 def jit_options() -> dict[str, Any]:
@@ -63,7 +101,7 @@ def kernel(*, parallel: bool = False, inline: bool = False):
     options = dict(cache=disk_cache(), **{**jit_options(), "forceinline": inline})
 
     def decorate(function):
-        dispatcher = numba.njit(**options)(function)
+        dispatcher = package_stamped(numba.njit(**options)(function))
         dispatcher.threaded = parallel and config.PARALLEL
         if dispatcher.threaded:
             THREADED.append(dispatcher)

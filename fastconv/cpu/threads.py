@@ -298,6 +298,7 @@ def _call_trampoline(typingctx, trampoline, kernel, arguments, out, part, parts)
     return types.none(trampoline, kernel, arguments, out, part, parts), codegen
 
 
+@_jit.package_stamped
 @numba.njit(parallel=True, cache=_jit.disk_cache(), **_jit.jit_options())
 def _run_trampolines(trampoline, kernel, arguments, out, parts):
     """Each part of a kernel through its trampoline (:func:`_call_trampoline`) on
@@ -372,6 +373,7 @@ def _write_trampoline(context, trampoline, struct, returns, argtypes) -> None:
     builder.ret_void()
 
 
+@_jit.package_stamped
 @numba.njit(cache=_jit.disk_cache(), **_jit.jit_options())
 def _run_parts(runner, kernel, returns, values, args, parts):
     """:func:`_parts_on_pool` (one compile per kernel signature: a small function)."""

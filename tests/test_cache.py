@@ -1,0 +1,89 @@
+"""Numba's disk cache of the kernels follows every source file of the package
+(fastconv.cpu._jit.package_stamped), not only the kernel's own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+from numba.core.caching import NullCache
+
+import fastconv
+from fastconv.cpu import _jit
+
+# a kernel of winograd.py that compiles in a fraction of a second, and whether it was
+# loaded from the cache (a hit) or compiled (a miss)
+PITCH = """
+import fastconv
+from fastconv.cpu import winograd
+assert fastconv.__file__.startswith({root!r}), fastconv.__file__
+assert winograd._pitch(5, 8) == 8
+stats = winograd._pitch.stats
+print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))
+"""
+
+
+def _pitch_compiles(root: Path, cache_dir: Path) -> str:
+    """"hits misses" of the kernel's first call in a new process that imports the
+    package at ``root`` with fastconv's default settings and its disk cache at
+    ``cache_dir``."""
+    environment = {name: value for name, value in os.environ.items()
+                   if not name.startswith("FASTCONV_")
+                   and name not in ("NUMBA_BOUNDSCHECK", "NUMBA_DISABLE_JIT")}
+    environment.update(PYTHONPATH=str(root), NUMBA_CACHE_DIR=str(cache_dir))
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PITCH.format(root=str(root)))],
+        capture_output=True, text=True, timeout=300, check=False, env=environment, cwd=root)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_an_edit_to_another_file_of_the_package_recompiles_a_cached_kernel(tmp_path):
+    # a cached kernel holds the code of what it calls from other files, so an edit to a
+    # callee's file (here microkernels.py, which winograd.py imports) must not leave it
+    # running from the cache
+    root = tmp_path / "src"
+    shutil.copytree(Path(fastconv.__file__).parent, root / "fastconv",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / "cache"
+    assert _pitch_compiles(root, cache) == "0 1"  # cold: compiled
+    assert _pitch_compiles(root, cache) == "1 0"  # loaded from the cache
+    callee = root / "fastconv" / "cpu" / "microkernels.py"
+    callee.write_text(callee.read_text() + "\n# an edit\n")
+    assert _pitch_compiles(root, cache) == "0 1"  # compiled again
+    assert _pitch_compiles(root, cache) == "1 0"
+
+
+def test_the_fingerprint_covers_every_source_file_of_the_package():
+    root = Path(fastconv.__file__).parent
+    files = sorted(root.rglob("*.py"))
+    assert root / "cpu" / "microkernels.py" in files and root / "config.py" in files
+    assert len(_jit.package_fingerprint()) == 32  # sha256
+
+
+def test_a_numba_without_the_expected_cache_layout_compiles_in_memory():
+    class Cache:  # a cache with no index file where package_stamped looks
+        pass
+
+    dispatcher = types.SimpleNamespace(_cache=Cache())
+    assert _jit.package_stamped(dispatcher) is dispatcher
+    assert isinstance(dispatcher._cache, NullCache)
+    off = types.SimpleNamespace(_cache=NullCache())  # the disk cache off: left alone
+    before = off._cache
+    assert _jit.package_stamped(off)._cache is before
+
+
+def test_the_kernels_cache_indexes_carry_the_package_stamp():
+    from fastconv.cpu import threads, winograd
+
+    if not _jit.disk_cache():
+        pytest.skip("these settings compile in memory: no cache to stamp")
+    for dispatcher in (winograd._pitch, threads._run_parts, threads._run_trampolines):
+        stamp = dispatcher._cache._cache_file._source_stamp
+        assert stamp[1] == _jit.package_fingerprint()
