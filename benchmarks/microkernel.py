@@ -11,8 +11,8 @@ Times, on the calling thread (one core), float32:
   over 32 channels x 9 taps of a 3x3 layer's strip, all in L1 (about 28 KB);
 - weights_x_pair: its two-vector tail (8 filters x 2 vectors), same strip;
 - weights_x_vector: its one-vector tail (8 filters x 1 vector), same strip;
-- positions_x_filters: the forward by filters (12 outputs of the 8x8 plane x a vector
-  of filters), same strip;
+- positions_x_filters: the forward by filters (outputs of the 8x8 plane x vectors of
+  filters: 12 x one vector on 512-bit vectors, 3 x four on 256-bit ones), same strip;
 - taps_x_filters: grad_weight's micro-kernel (12 taps x 2 vectors of filters) over 4
   images of an 8x8 plane (padded to 10x10);
 - taps_x_vector: its one-vector form (12 taps x 1 vector of filters), same images.
@@ -79,8 +79,8 @@ def _tail(strip, weights, sums, pitch, depth, taps, reps):
 @numba.njit
 def _by_filters(strip, weights, sums, offsets, pitch, depth, taps, reps):
     for _ in range(reps):
-        microkernels.positions_x_filters(strip, weights, sums, 0, offsets, 0, pitch, depth,
-                                         taps)
+        microkernels.positions_x_filters(strip, weights, sums, 0, offsets, 0, pitch, 0, depth,
+                                         taps, False)
 
 
 @numba.njit
@@ -133,11 +133,13 @@ def main() -> None:
                  reps * per_step * 2 * lanes, args.seconds)
     tail = _rate(lambda: _tail(strip, weights, sums, pitch, depth, taps, reps),
                  reps * per_step * lanes, args.seconds)
-    weights = rng.standard_normal(depth * taps.size * lanes).astype(np.float32)
+    block = microkernels.FILTER_VECTORS * lanes
+    weights = rng.standard_normal(depth * taps.size * block).astype(np.float32)
     offsets = np.array([q // 8 * 10 + q % 8 for q in range(12)], np.intp)
     by_filters = _rate(lambda: _by_filters(strip, weights, sums, offsets, pitch, depth, taps,
                                            reps),
-                       reps * depth * taps.size * lanes * 2.0 * 12, args.seconds)
+                       reps * depth * taps.size * block * 2.0 * microkernels.BLOCK_Q,
+                       args.seconds)
 
     images, source_image = 4, 10 * 10 + lanes
     source = rng.standard_normal(images * source_image + 64).astype(np.float32)

@@ -502,6 +502,8 @@ BOUNDS_CHECKED = [
     "tests/test_simd.py::test_transposed_phases_in_one_call",
     "tests/test_simd.py::test_blocked_grad_weight_sums_over_blocks_of_images",
     "tests/test_simd.py::test_blocked_reduction_in_uneven_passes",
+    "tests/test_simd.py::test_blocked_reduction_by_filters_in_uneven_passes",
+    "tests/test_simd.py::test_micro_kernel_by_filters_is_its_formula",
     "tests/test_simd.py::test_micro_kernels_in_passes_go_on_from_their_sums",
     "tests/test_simd.py::test_weave_row_puts_rows_together",
     "tests/test_conv_backward.py::test_strided_depthwise_grad_input_phase_by_phase"

@@ -386,25 +386,33 @@ def test_reduction_passes_keep_a_blocks_reads_in_the_l1(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_micro_kernel_by_filters_is_its_formula(dtype, rng):
+@pytest.mark.parametrize("accumulate", [False, True], ids=["first pass", "next pass"])
+def test_micro_kernel_by_filters_is_its_formula(accumulate, dtype, rng):
+    # BLOCK_Q positions x FILTER_VECTORS vectors of filters, over channels c0 .. c0 + depth
+    # (a pass of the reduction), adding to the sums there or not
     lanes = simd.WIDTH_BYTES // np.dtype(dtype).itemsize
-    q = microkernels.BLOCK_Q
-    depth, pitch, first, at_out = 3, 100, 2, 5
+    q, block = microkernels.BLOCK_Q, microkernels.FILTER_VECTORS * lanes
+    c0, depth, pitch, first, at_out = 1, 3, 100, 2, 5
     taps = np.array([0, 1, 11, 23], np.intp)
     offsets = np.array([9, 9, 0, 3, 40, 41, 42, 50, 51, 52, 60, 70, 71, 1], np.intp)
-    source = rng.standard_normal(depth * pitch + 100).astype(dtype)
-    weights = rng.standard_normal(depth * taps.size * lanes).astype(dtype)
-    out = np.full(at_out + (q + 1) * lanes, 7.0, dtype)
-    microkernels.positions_x_filters(source, weights, out, at_out, offsets, first, pitch, depth,
-                                     taps)
-    w = weights.reshape(depth, taps.size, lanes)
+    source = rng.standard_normal((c0 + depth) * pitch + 100).astype(dtype)
+    weights = rng.standard_normal((c0 + depth) * taps.size * block).astype(dtype)
+    out = rng.standard_normal(at_out + (q + 1) * block).astype(dtype)
+    before = out.copy()
+    microkernels.positions_x_filters(source, weights, out, at_out, offsets, first, pitch, c0,
+                                     depth, taps, accumulate)
+    w = weights.reshape(c0 + depth, taps.size, block)
     for p in range(q):
         expected = sum(w[c, t] * source[c * pitch + taps[t] + offsets[first + p]]
-                       for c in range(depth) for t in range(taps.size))
-        got = out[at_out + p * lanes : at_out + (p + 1) * lanes]
+                       for c in range(c0, c0 + depth) for t in range(taps.size))
+        at = at_out + p * block
+        if accumulate:
+            expected = expected + before[at : at + block]
+        got = out[at : at + block]
         tol = 1e-5 if dtype == np.float32 else 1e-12  # sums of 12 terms of about 1
         np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
-    assert (out[:at_out] == 7.0).all() and (out[at_out + q * lanes :] == 7.0).all()
+    assert (out[:at_out] == before[:at_out]).all()
+    assert (out[at_out + q * block :] == before[at_out + q * block :]).all()
 
 
 # --- the blocked direct convolution -------------------------------------------------------
@@ -617,6 +625,62 @@ def test_dense_layout_where_junk_columns_cost(monkeypatch):
             fastconv.cpu.strips.band_rows, None, None)[8]
         assert bool(packing & blocked.DENSE) == dense
     blocked._forward_layout.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape, wshape, kwargs", [
+    c[1:] for c in BLOCKED_CASES if c[0] in ("k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused")],
+    ids=["k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused"])
+def test_blocked_reduction_by_filters_in_uneven_passes(shape, wshape, kwargs, dtype, rng,
+                                                       monkeypatch):
+    # the by-filters form's reduction in passes of a few channels (its packed filters per
+    # pass capped: two channels a pass on 256-bit vectors, the last of one), forward and
+    # gradients, on one thread and on several (uneven tasks: 40 filters in blocks of 32)
+    lanes = simd.WIDTH_BYTES // np.dtype(dtype).itemsize
+    block = microkernels.FILTER_VECTORS * lanes
+    monkeypatch.setattr(blocked, "FILTERS_PASS_BYTES",
+                        2 * wshape[2] * wshape[3] * block * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(blocked, "FORWARD_FORM", "filters")
+    monkeypatch.setattr(fastconv.cpu.threads, "SERIAL_MAX_WORK", 0)
+    monkeypatch.setattr(blocked, "FORWARD_SERIAL_MAX_WORK", 0)
+    blocked._forward_layout.cache_clear()
+    fastconv.clear_plans()
+    if not simd.WIDE:
+        assert blocked.filters_per_pass(wshape[2] * wshape[3], 5, block,
+                                        np.dtype(dtype).itemsize) == 2  # 2, 2, 1
+    x, w, b = _blocked_case(shape, wshape, dtype, rng)
+    expected = reference.conv2d(x, w, b, **kwargs)
+    y = fastconv.conv2d(x, w, b, **kwargs, algorithm="direct")
+    assert_close(y, expected, dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    grads = fastconv.conv2d_backward(g, x, w, **kwargs, algorithm="direct")
+    assert_grads_close(grads, reference.conv2d_backward(g, x, w, **kwargs), dtype, g)
+    blocked._forward_layout.cache_clear()
+    fastconv.clear_plans()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("out_hw, filters, channels, kernel, stride, expected", [
+    ((28, 28), 128, 128, 3, 1, "filters on 256 bits"),  # 7 % junk columns on the pitch
+    ((28, 28), 128, 64, 3, 2, "positions"),  # stride 2: 4 % junk columns on the phases
+    ((4, 4), 32, 16, 3, 1, "filters"),  # the demo's second layer: a third junk
+    ((56, 56), 64, 64, 3, 1, "positions"),  # 3 % junk: the positions form
+    ((8, 8), 16, 6, 5, 1, "filters on 512 bits"),  # LeNet: half a block of 32 filters
+    ((24, 24), 6, 1, 5, 1, "positions"),  # 6 filters: most of either block padding
+])
+def test_by_filters_chooses_the_form_with_more_outputs(out_hw, filters, channels, kernel,
+                                                       stride, expected, dtype):
+    out_h, out_w = out_hw
+    width = (out_w - 1) * stride + kernel
+    args = (out_h, out_w, filters, channels * kernel * kernel, kernel, 1,
+            np.dtype(dtype).itemsize, stride, width)
+    wide = "512" in expected
+    want = expected.startswith("filters") and (simd.WIDE == wide or "bits" not in expected)
+    if dtype == np.float64 and expected == "filters on 512 bits":
+        pytest.skip("float64's 8-lane vectors: a block of 8 filters, not 16")
+    assert blocked.by_filters(*args) == want, (expected, simd.WIDTH_BITS)
+    assert blocked.by_filters(*args, form="positions") is False
+    assert blocked.by_filters(*args, form="filters") is True
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -28,11 +28,14 @@ Where that junk is a larger share of the vectors (:func:`dense_pays`: 3x3 layers
 instead: each channel's rows copied once per column shift of the taps onto the
 output's own row pitch (:func:`_column_copies`), where tap ``(r, s)`` of output ``p
 = i * W_out + j`` is value ``p + r * W_out`` of copy ``s``, and no junk is computed.
-Where that junk and the padding of the last block of 8 filters would be more of the
-work than the padding of a vector of filters (:func:`by_filters`: few filters on a
-small plane), the sums run by filters instead: the filters packed a vector to a
-block, :func:`.microkernels.positions_x_filters` computes 12 real outputs x a
-vector of filters at a time, each output's vector of filters gets the bias and the
+Where that junk and the padding of the last block of 8 filters would be enough more
+of the work than the padding of a block of filters (:func:`by_filters`: few filters on
+a small plane on 512-bit vectors; on 256-bit ones, 32 or more filters on planes of
+28x28 and smaller), the sums run by filters instead: the filters packed a block of
+vectors to a block, :func:`.microkernels.positions_x_filters` computes a few real
+outputs x a block of filters at a time (12 x 16 on 512-bit vectors, 3 x 32 on 256-bit
+ones, float32; there in passes of channels whose packed filters stay in the L1,
+:func:`filters_per_pass`), each output's vectors of filters get the bias and the
 floor, and squares of outputs x filters are transposed into the planes
 (:func:`.epilogue.store_by_filters`).
 
@@ -93,6 +96,7 @@ from .microkernels import (
     BLOCK_K,
     BLOCK_P,
     BLOCK_Q,
+    FILTER_VECTORS,
     positions_x_filters,
     taps_x_filters,
     taps_x_vector,
@@ -382,7 +386,8 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     makes each channel's strip into up to ``n_shift`` copies per phase on the output's
     row pitch, ``dense_plane`` values a channel (:func:`_column_copies`), and reads those
     instead. ``per_pass``: channels per pass of the reduction
-    (:func:`.microkernels.weights_x_run`, :func:`channels_per_pass`). With bit
+    (:func:`.microkernels.weights_x_run`, :func:`channels_per_pass`; by filters
+    :func:`filters_per_pass`). With bit
     :data:`WOVEN` (by
     positions only), set ``s``'s output ``(k, i, j)`` goes to ``woven[n, k - s * K / sets,
     i * weave[s, 2] + weave[s, 0], j * weave[s, 3] + weave[s, 1]]`` where that is inside
@@ -418,7 +423,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     # spare square for a partial square's transpose
     sums_pitch = ((band - 1) * pos_pitch + out_w + lanes - 1) // lanes * lanes
     n_blocked = -(-(band * out_w) // BLOCK_Q) * BLOCK_Q
-    spare = n_blocked * lanes
+    spare = n_blocked * block
     unit_stride = stride_h == 1 and stride_w == 1
     n_sets = taps.shape[0]
     set_blocks = n_blocks // n_sets
@@ -476,19 +481,26 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
                 n_k = min(block, per_group - b * block)
                 k0 = g * per_group + b * block
                 if by_filters:
-                    for q in range(0, count, BLOCK_Q):
-                        positions_x_filters(strip, block_weights, sums, q * lanes,
-                                            offsets, q, plane, group_channels, block_taps)
-                    # bias and floor on each output's vector of filters, then squares of
+                    for c0 in range(0, group_channels, per_pass):
+                        depth = min(per_pass, group_channels - c0)
+                        for q in range(0, count, BLOCK_Q):
+                            positions_x_filters(strip, block_weights, sums, q * block, offsets,
+                                                q, plane, c0, depth, block_taps, c0 > 0)
+                    # bias and floor on each output's vectors of filters, then squares of
                     # outputs x filters transposed into the planes
-                    shift = simd.load_first(bias, k0, n_k) if has_bias else simd.zeros(sums)
                     low = simd.splat(floor, sums)
-                    for q in range(count):
-                        simd.store(sums, q * lanes,
-                                   simd.maximum(simd.add(simd.load(sums, q * lanes), shift), low))
-                    for q in range(0, count, lanes):
-                        store_by_filters(sums, q * lanes, min(lanes, count - q), n_k, out_flat,
-                                         out, n, k0, i_first * out_w + q, spare)
+                    for f in range(0, n_k, lanes):
+                        n_f = min(lanes, n_k - f)
+                        shift = (simd.load_first(bias, k0 + f, n_f) if has_bias
+                                 else simd.zeros(sums))
+                        for q in range(count):
+                            at = q * block + f
+                            simd.store(sums, at,
+                                       simd.maximum(simd.add(simd.load(sums, at), shift), low))
+                        for q in range(0, count, lanes):
+                            store_by_filters(sums, q * block + f, block, min(lanes, count - q),
+                                             n_f, out_flat, out, n, k0 + f,
+                                             i_first * out_w + q, spare)
                 else:
                     if in_place:  # (the run's first position offsets its sums too)
                         weights_x_run(x_source[at:], block_weights, sums, np.int64(0),
@@ -636,45 +648,60 @@ FORWARD_FORM: str | None = None
 DENSE_FORM: bool | None = None
 
 
-#: How much more of the filters form's multiply-adds must be outputs' than the positions
-#: form's for :func:`by_filters` to choose it, and the most bytes of one block's packed
-#: filters (read from cache once per 12 outputs, where the positions form reads 8 filters'
-#: once per 48). Measured on two threads, by positions / by filters, float32: LeNet's C6
-#: 12x12 -> 16 5x5 (1.5 times more outputs) 163 / 131 us, C6 14x14 -> 16 121 / 102 us
-#: (1.44), C32 14x14 -> 32 5x5 (1.31, 51 KB of filters) 488 / 426 us; C32 -> 64 8x8 3x3
-#: (1.25) 477 / 472 us at batch 32, 41.7 / 42.8 us at batch 1; C16 -> 32 16x16 3x3 (1.13)
-#: 34.5 / 37.2 us at batch 1; C256 -> 256 7x7 3x3 (1.31, 147 KB) 3.01 / 3.23 ms.
+#: On 512-bit vectors, how much more of the filters form's multiply-adds must be
+#: outputs' than the positions form's for :func:`by_filters` to choose it, and the most
+#: bytes of one block's packed filters (read from cache once per 12 outputs, where the
+#: positions form reads 8 filters' once per 48). Measured on two threads, by positions /
+#: by filters, float32: LeNet's C6 12x12 -> 16 5x5 (1.5 times more outputs) 163 / 131
+#: us, C6 14x14 -> 16 121 / 102 us (1.44), C32 14x14 -> 32 5x5 (1.31, 51 KB of filters)
+#: 488 / 426 us; C32 -> 64 8x8 3x3 (1.25) 477 / 472 us at batch 32, 41.7 / 42.8 us at
+#: batch 1; C16 -> 32 16x16 3x3 (1.13) 34.5 / 37.2 us at batch 1; C256 -> 256 7x7 3x3
+#: (1.31, 147 KB) 3.01 / 3.23 ms.
 BY_FILTERS_MIN_GAIN = 1.3
 BY_FILTERS_MAX_BYTES = 64 << 10
+#: On 256-bit vectors, how many times more of the by-filters form's multiply-adds must
+#: be outputs' than of the positions form's for :func:`by_filters` to choose it: between
+#: the layers measured (:func:`by_filters`) that lost or tied (1.02-1.04 times more; they
+#: ran 0.90-1.02x) and those that gained (C128 -> 128 on 28x28, 1.075 times more: 1.07x).
+BY_FILTERS_MIN_GAIN_256 = 1.06
 
 
 def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dilation_w: int,
                itemsize: int, stride_w: int = 1, width: int = 0, work_per_copy: int = 0,
-               fits: bool = True) -> bool:
-    """Whether the blocked forward computes its sums by filters (a vector of a group's
-    filters x 12 outputs, :func:`.microkernels.positions_x_filters`) rather than by
-    positions (8 filters x vectors of positions on the row pitch): where at least
-    :data:`BY_FILTERS_MIN_GAIN` times more of its multiply-adds are outputs' (counting
-    the positions form's junk columns and its last block of 8 filters' padding, and the
-    filters form's last vector's padding; ``work_per_copy``: as for :func:`use_percent`,
-    the positions on the dense layout's pitch where it pays) and a vector of filters'
-    packed weights (``depth`` = C/groups * R * S of them) fit in
-    :data:`BY_FILTERS_MAX_BYTES`. Never on 256-bit vectors (:data:`.simd.WIDE` False):
-    there the filters form's block of 12 outputs spills out of AVX2's 16 registers (26 %
-    of a Zen 2 core's peak against the positions form's 97 %), and even in blocks of 6
-    outputs, which fit but are bound by their broadcasts (58 %), it lost on every layer
-    measured (two threads, by positions / by filters in blocks of 6: LeNet's C6 12x12 ->
-    16 5x5 265 / 471 us, C1 28x28 -> 6 5x5 196 / 395 us, C32 -> 64 8x8 3x3 658 / 1775 us
-    at batch 32). Forced (:data:`FORWARD_FORM`) it runs the block of 12 at any width."""
-    if FORWARD_FORM is not None:
-        return FORWARD_FORM == "filters"
-    if not simd.WIDE:
-        return False
+               fits: bool = True, form: str | None = None) -> bool:
+    """Whether the blocked forward computes its sums by filters (a group's filters a block
+    of vectors at a time x a few outputs, :func:`.microkernels.positions_x_filters`)
+    rather than by positions (8 filters x vectors of positions on the row pitch): where
+    enough more of its multiply-adds are outputs' (counting the positions form's junk
+    columns and its last block of 8 filters' padding, and the filters form's last
+    block's padding; ``work_per_copy``: as for :func:`use_percent`, the positions on the
+    dense layout's pitch where it pays). ``form`` (default :data:`FORWARD_FORM`):
+    "filters" or "positions" forces one.
+
+    On 512-bit vectors (12 outputs x 16 filters, float32) at least
+    :data:`BY_FILTERS_MIN_GAIN` times more, and a vector of filters' packed weights
+    (``depth`` = C/groups * R * S of them) within :data:`BY_FILTERS_MAX_BYTES`. On 256-bit
+    vectors (3 outputs x 32 filters) at least :data:`BY_FILTERS_MIN_GAIN_256` times more:
+    there the two forms' kernels run about alike per multiply-add (measured on a Zen 3,
+    two threads, by filters / by positions: N8 C64 56x56 -> 128 3x3 s2 p1 0.99-1.04, C64
+    -> 64 3x3 p1 1.00, N8 C32 112x112 -> 64 3x3 s2 0.94, 7x7 s2 C3 -> 64 on 224x224
+    0.89-0.92) and the filters form wins where the positions form computes more junk:
+    C128 -> 128 on 28x28 1.07, C256 -> 256 on 14x14 1.10-1.11, C512 -> 512 on 7x7 1.06,
+    N32 C32 -> 32 14x14 5x5 1.21, C128 -> 256 on 28x28 3x3 s2 1.08-1.11, C256 -> 512 on
+    14x14 s2 1.07, N32 C16 -> 32 on 16x16 1.00-1.06, on 4x4 (the demo's second layer)
+    1.35-1.44; and loses where its block of 32 filters is mostly padding (LeNet's C6 12x12
+    -> 16 5x5 0.73, C1 28x28 -> 6 5x5 0.34, C1 8x8 -> 16 3x3 0.77)."""
+    form = FORWARD_FORM if form is None else form
+    if form is not None:
+        return form == "filters"
     lanes = simd.WIDTH_BYTES // itemsize
+    block = FILTER_VECTORS * lanes
     positions = use_percent(out_h, out_w, kw, dilation_w, itemsize, stride_w, width,
                             work_per_copy, fits) * (
         per_group / (-(-per_group // BLOCK_K) * BLOCK_K))
-    filters = 100 * per_group / (-(-per_group // lanes) * lanes)
+    filters = 100 * per_group / (-(-per_group // block) * block)
+    if not simd.WIDE:
+        return filters >= BY_FILTERS_MIN_GAIN_256 * positions
     return (filters >= BY_FILTERS_MIN_GAIN * positions
             and depth * lanes * itemsize <= BY_FILTERS_MAX_BYTES)
 
@@ -704,8 +731,8 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     fits = dense_fits(channels, kh, kw, stride, dilation, out_h, out_w, itemsize, block_taps)
     filters_form = by_filters(out_h, out_w, per_group, channels * kh * kw, kw, dilation[1],
                               itemsize, stride[1], width + left + right,
-                              0 if dense_form is False else work_per_copy, fits)
-    block = lanes if filters_form else BLOCK_K
+                              0 if dense_form is False else work_per_copy, fits, form)
+    block = FILTER_VECTORS * lanes if filters_form else BLOCK_K
     n_blocks = -(-per_group // block)
     # a band of b rows: per channel (b + reach) rows of each phase and the overrun of the
     # last block of positions; the sums: BLOCK_K rows, or by filters a vector per output
@@ -715,7 +742,7 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
         out_h, out_w, pitch, lanes, work_per_copy, fits))
     pos_pitch = out_w if dense else pitch
     if filters_form:
-        sums_fixed, sums_row = lanes * (out_w + BLOCK_Q + lanes), lanes * out_w
+        sums_fixed, sums_row = block * (out_w + BLOCK_Q) + lanes * lanes, block * out_w
     else:
         sums_fixed, sums_row = BLOCK_K * (pos_pitch + step), BLOCK_K * pos_pitch
     if dense:  # a channel's strip, every channel's copies
@@ -732,7 +759,7 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     k_runs = max(1, min(n_blocks, -(-n_threads // units)))
     chunks = max(1, min(n_threads, units * k_runs))
     if filters_form:
-        sums = (-(-(band * out_w) // BLOCK_Q) * BLOCK_Q + lanes) * lanes
+        sums = -(-(band * out_w) // BLOCK_Q) * BLOCK_Q * block + lanes * lanes
     else:
         sums = BLOCK_K * -(-((band - 1) * pos_pitch + out_w) // lanes) * lanes
     serial = chunks == 1 or n_img * out_h * out_w * filters * channels * kh * kw <= max(
@@ -813,6 +840,27 @@ def channels_per_pass(taps: tuple[tuple[int, ...], ...], channels: int, itemsize
     return -(-channels // passes)
 
 
+#: Bytes of packed filters one pass of the by-filters reduction reads (taps x a block of
+#: filters per channel) on 256-bit vectors, so that they stay in the L1 over all the
+#: positions while the input streams past. Measured on a Zen 3 core (32 KB L1), N8 C64
+#: 56x56 -> K128 3x3 s2 p1 by blocks of 3 positions x 32 filters: passes of 8 and 16
+#: channels (9 and 18 KB) 92 GFLOP/s, all 64 (73 KB) 53.
+FILTERS_PASS_BYTES = 18 << 10
+
+
+def filters_per_pass(n_taps: int, channels: int, block: int, itemsize: int) -> int:
+    """Channels per pass of the blocked forward's reduction by filters
+    (:func:`.microkernels.positions_x_filters`): on 256-bit vectors as many as keep a
+    pass's packed filters within :data:`FILTERS_PASS_BYTES`, split into equal passes;
+    on 512-bit vectors all of them (one pass, as measured when that form was chosen:
+    its filters are at most :data:`BY_FILTERS_MAX_BYTES`)."""
+    if simd.WIDE:
+        return channels
+    most = max(1, FILTERS_PASS_BYTES // (n_taps * block * itemsize))
+    passes = -(-channels // most)
+    return -(-channels // passes)
+
+
 #: Most multiply-adds of a blocked forward call run on the calling thread. Waking the
 #: pool for a call of one image costs more than the second thread gives below it
 #: (measured on two threads, calling thread alone / both: C32->64 8x8 3x3 at 1.18M
@@ -874,20 +922,31 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     reach_w = max(c for _, c in shifts) + dilation[1] * (kw - 1) + 1
     covering = ((filters, channels, kh, kw), dilation) if len(shifts) == 1 else (
         (filters, channels, reach_h, reach_w), (1, 1))
-    (packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing,
-     n_shift, dense_plane) = (
-        _forward_layout(tuple(x_shape), tuple(out_shape), covering[0], stride, padding,
-                        covering[1], groups, dtype.itemsize, threads.count(),
-                        config.DIRECT_TILE_BYTES, strips.band_rows, FORWARD_FORM,
-                        DENSE_FORM, None if len(shifts) == 1 else (kh, kw)))
+    form = FORWARD_FORM
+    while True:
+        (packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing,
+         n_shift, dense_plane) = (
+            _forward_layout(tuple(x_shape), tuple(out_shape), covering[0], stride, padding,
+                            covering[1], groups, dtype.itemsize, threads.count(),
+                            config.DIRECT_TILE_BYTES, strips.band_rows, form,
+                            DENSE_FORM, None if len(shifts) == 1 else (kh, kw)))
+        # each set of filters must be whole blocks (the blocks of 8 of the positions form
+        # are, :func:`_phases_fuse`; a vector or more of filters by filters may not be)
+        if (len(shifts) == 1 or not packing & BY_FILTERS
+                or filters // len(shifts) % packed_shape[3] == 0):
+            break
+        form = "positions"
     packed_shape = (*packed_shape[:2], channels * kh * kw, packed_shape[3])
     n_parts = 1 if serial else min(scratch_shape[0], threads.count())
     floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
     (top, _), (left, _) = padding
     taps, slots = _tap_table(kh, kw, stride, dilation, shifts, phase_rows, pitch, out_shape[3],
                              n_shift, packing & DENSE != 0)
-    per_pass = channels_per_pass(tuple(tuple(int(o) for o in row) for row in taps), channels,
-                                 dtype.itemsize)
+    if packing & BY_FILTERS:
+        per_pass = filters_per_pass(kh * kw, channels, packed_shape[3], dtype.itemsize)
+    else:
+        per_pass = channels_per_pass(tuple(tuple(int(o) for o in row) for row in taps),
+                                     channels, dtype.itemsize)
     if tap_map is None:
         tap_map = np.arange(kh * kw, dtype=np.intp)[None]
     scalars = (packing | (FLIPPED if flipped else 0), top, left, stride[0], stride[1], pitch,
@@ -1442,9 +1501,9 @@ def _phases_fuse(phases, grad_out_shape, channels: int, groups: int, dtype) -> b
     """Whether the phases of a strided grad_input run as one kernel call: one group, at
     least two phases, every phase with taps, all of one shape, as many taps on the same
     dilation, none cropping grad_out, and the channels of grad_input (each phase's
-    filters) whole blocks of the packed filters in either form."""
-    block = max(BLOCK_K, simd.WIDTH_BYTES // dtype.itemsize)
-    if groups != 1 or len(phases) < 2 or channels % block:
+    filters) whole blocks of 8 filters (the positions form's blocks: where the by-filters
+    blocks would straddle two phases, the call runs by positions, :func:`forward_runner`)."""
+    if groups != 1 or len(phases) < 2 or channels % BLOCK_K:
         return False
     for axis, size in ((0, grad_out_shape[2]), (1, grad_out_shape[3])):
         kinds = {(p[axis][1], len(p[axis][2]), p[axis][3]) for p in phases}

@@ -63,11 +63,12 @@ def _store_row(src, at, target, out, n, k, i, count, offset, floor):
     return _store_loop
 
 
-def store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
-    """``out[n, k0 + kk]``'s plane, flat, ``[first + q] = src[at + q * lanes + kk]`` for
+def store_by_filters(src, at, stride, count, n_k, target, out, n, k0, first, spare):
+    """``out[n, k0 + kk]``'s plane, flat, ``[first + q] = src[at + q * stride + kk]`` for
     ``q < count <= lanes``, ``kk < n_k <= lanes``: a square of sums computed by filters
-    (position-major: a vector of filters per output; bias and floor already applied)
-    written transposed into the planes of ``out``. ``target``: :func:`.strips.flat`
+    (position-major: a vector of filters per output, ``stride`` values from one output's
+    filters to the next's; bias and floor already applied) written transposed into the
+    planes of ``out``. ``target``: :func:`.strips.flat`
     (out). Into a C-contiguous ``out``, one :func:`.simd.transpose` into ``src`` itself,
     ``lanes * lanes`` values from offset ``spare`` on (clear of the sums), and a vector
     store per filter, masked for fewer than ``lanes`` outputs (one call site of the
@@ -75,11 +76,11 @@ def store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
     into a strided ``out``, value by value."""
 
 
-def _square_vectors(src, at, count, n_k, target, out, n, k0, first, spare):
+def _square_vectors(src, at, stride, count, n_k, target, out, n, k0, first, spare):
     lanes = simd.lanes(src)
     plane = out.shape[2] * out.shape[3]
     dst = row_start(out, n, k0, 0) + first
-    simd.transpose(src, at, lanes, count, src, spare, lanes)
+    simd.transpose(src, at, stride, count, src, spare, lanes)
     if count == lanes:
         for kk in range(n_k):
             simd.store(target, dst + kk * plane, simd.load(src, spare + kk * lanes))
@@ -89,17 +90,16 @@ def _square_vectors(src, at, count, n_k, target, out, n, k0, first, spare):
                              count)
 
 
-def _square_loop(src, at, count, n_k, target, out, n, k0, first, spare):
-    lanes = simd.lanes(src)
+def _square_loop(src, at, stride, count, n_k, target, out, n, k0, first, spare):
     width = out.shape[3]
     for kk in range(n_k):
         for q in range(count):
             i, j = divmod(first + q, width)
-            out[n, k0 + kk, i, j] = src[at + q * lanes + kk]
+            out[n, k0 + kk, i, j] = src[at + q * stride + kk]
 
 
 @overload(store_by_filters, inline="always", jit_options=jit_options())
-def _store_by_filters(src, at, count, n_k, target, out, n, k0, first, spare):
+def _store_by_filters(src, at, stride, count, n_k, target, out, n, k0, first, spare):
     if simd.vectors_fit(src, target):
         return _square_vectors
     return _square_loop
