@@ -519,6 +519,18 @@ def test_blocked_kernel_matches_reference(shape, wshape, kwargs, dtype, rng, alw
             numba.set_num_threads(saved)
 
 
+def _direct_matches_reference(shape, wshape, kwargs, dtype, rng) -> None:
+    """conv2d and its three gradients by the direct algorithm on a blocked case, against
+    the reference."""
+    x, w, b = _blocked_case(shape, wshape, dtype, rng)
+    expected = reference.conv2d(x, w, b, **kwargs)
+    y = fastconv.conv2d(x, w, b, **kwargs, algorithm="direct")
+    assert_close(y, expected, dtype)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    grads = fastconv.conv2d_backward(g, x, w, **kwargs, algorithm="direct")
+    assert_grads_close(grads, reference.conv2d_backward(g, x, w, **kwargs), dtype, g)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape, wshape, kwargs", [
     c[1:] for c in BLOCKED_CASES if c[0] in ("k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused")],
@@ -535,13 +547,7 @@ def test_blocked_reduction_in_uneven_passes(shape, wshape, kwargs, dense, dtype,
     blocked.channels_per_pass.cache_clear()
     blocked._forward_layout.cache_clear()
     fastconv.clear_plans()
-    x, w, b = _blocked_case(shape, wshape, dtype, rng)
-    expected = reference.conv2d(x, w, b, **kwargs)
-    y = fastconv.conv2d(x, w, b, **kwargs, algorithm="direct")
-    assert_close(y, expected, dtype)
-    g = rng.standard_normal(y.shape).astype(dtype)
-    grads = fastconv.conv2d_backward(g, x, w, **kwargs, algorithm="direct")
-    assert_grads_close(grads, reference.conv2d_backward(g, x, w, **kwargs), dtype, g)
+    _direct_matches_reference(shape, wshape, kwargs, dtype, rng)
     blocked.channels_per_pass.cache_clear()
     blocked._forward_layout.cache_clear()
     fastconv.clear_plans()
@@ -648,13 +654,7 @@ def test_blocked_reduction_by_filters_in_uneven_passes(shape, wshape, kwargs, dt
     if not simd.WIDE:
         assert blocked.filters_per_pass(wshape[2] * wshape[3], 5, block,
                                         np.dtype(dtype).itemsize) == 2  # 2, 2, 1
-    x, w, b = _blocked_case(shape, wshape, dtype, rng)
-    expected = reference.conv2d(x, w, b, **kwargs)
-    y = fastconv.conv2d(x, w, b, **kwargs, algorithm="direct")
-    assert_close(y, expected, dtype)
-    g = rng.standard_normal(y.shape).astype(dtype)
-    grads = fastconv.conv2d_backward(g, x, w, **kwargs, algorithm="direct")
-    assert_grads_close(grads, reference.conv2d_backward(g, x, w, **kwargs), dtype, g)
+    _direct_matches_reference(shape, wshape, kwargs, dtype, rng)
     blocked._forward_layout.cache_clear()
     fastconv.clear_plans()
 
