@@ -419,7 +419,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     strip_len = plane if dense else group_channels * plane
     dense_len = group_channels * dense_plane
     # the sums of a block of filters: rows of positions of BLOCK_K filters (sums_pitch
-    # apart), or by filters, a vector of filters per output (n_blocked of them), and a
+    # apart), or by filters, a block of filters per output (n_blocked of them), and a
     # spare square for a partial square's transpose
     sums_pitch = ((band - 1) * pos_pitch + out_w + lanes - 1) // lanes * lanes
     n_blocked = -(-(band * out_w) // BLOCK_Q) * BLOCK_Q
@@ -735,8 +735,9 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     block = FILTER_VECTORS * lanes if filters_form else BLOCK_K
     n_blocks = -(-per_group // block)
     # a band of b rows: per channel (b + reach) rows of each phase and the overrun of the
-    # last block of positions; the sums: BLOCK_K rows, or by filters a vector per output
-    # (up to a whole block of 12) and a spare square for the transposes
+    # last block of positions; the sums: BLOCK_K rows, or by filters a block of filters
+    # per output (up to a whole block of BLOCK_Q outputs) and a spare square of lanes x
+    # lanes for the transposes
     n_shift = dilation[1] * (kw - 1) // stride[1] + 1
     dense = not filters_form and (dense_form if dense_form is not None else dense_pays(
         out_h, out_w, pitch, lanes, work_per_copy, fits))
