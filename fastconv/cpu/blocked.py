@@ -923,20 +923,18 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     reach_w = max(c for _, c in shifts) + dilation[1] * (kw - 1) + 1
     covering = ((filters, channels, kh, kw), dilation) if len(shifts) == 1 else (
         (filters, channels, reach_h, reach_w), (1, 1))
+    # each set of filters must be whole blocks: the positions form's blocks of 8 are
+    # (:func:`_phases_fuse`), the by-filters form's may straddle two sets
     form = FORWARD_FORM
-    while True:
-        (packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing,
-         n_shift, dense_plane) = (
-            _forward_layout(tuple(x_shape), tuple(out_shape), covering[0], stride, padding,
-                            covering[1], groups, dtype.itemsize, threads.count(),
-                            config.DIRECT_TILE_BYTES, strips.band_rows, form,
-                            DENSE_FORM, None if len(shifts) == 1 else (kh, kw)))
-        # each set of filters must be whole blocks (the blocks of 8 of the positions form
-        # are, :func:`_phases_fuse`; a vector or more of filters by filters may not be)
-        if (len(shifts) == 1 or not packing & BY_FILTERS
-                or filters // len(shifts) % packed_shape[3] == 0):
-            break
+    if len(shifts) > 1 and filters // len(shifts) % (
+            FILTER_VECTORS * simd.WIDTH_BYTES // dtype.itemsize):
         form = "positions"
+    (packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing,
+     n_shift, dense_plane) = (
+        _forward_layout(tuple(x_shape), tuple(out_shape), covering[0], stride, padding,
+                        covering[1], groups, dtype.itemsize, threads.count(),
+                        config.DIRECT_TILE_BYTES, strips.band_rows, form,
+                        DENSE_FORM, None if len(shifts) == 1 else (kh, kw)))
     packed_shape = (*packed_shape[:2], channels * kh * kw, packed_shape[3])
     n_parts = 1 if serial else min(scratch_shape[0], threads.count())
     floor, no_bias, borrow = activations.floor(activation, dtype), _NO_BIAS[dtype], workspace.borrow
@@ -1438,7 +1436,7 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
     col_phase, widths, col_of = _phase_maps([cols for _, cols in phases], width, stride[1])
     starts = np.zeros((len(heights), len(widths)), np.intp)
     woven = stride[1] == 2 and len(widths) == 2 and width >= 2
-    if not whole and _phases_fuse(phases, grad_out_shape, channels, groups, dtype):
+    if not whole and _phases_fuse(phases, grad_out_shape, channels, groups):
         return _fused_phases_runner(phases, grad_out_shape, weight_shape, grad_in_shape, dtype,
                                     starts, row_of, col_of,
                                     (row_phase, col_phase, woven, stride))
@@ -1498,7 +1496,7 @@ def grad_input_runner(grad_out_shape, weight_shape, grad_in_shape, dtype, stride
     return run
 
 
-def _phases_fuse(phases, grad_out_shape, channels: int, groups: int, dtype) -> bool:
+def _phases_fuse(phases, grad_out_shape, channels: int, groups: int) -> bool:
     """Whether the phases of a strided grad_input run as one kernel call: one group, at
     least two phases, every phase with taps, all of one shape, as many taps on the same
     dilation, none cropping grad_out, and the channels of grad_input (each phase's
