@@ -91,6 +91,8 @@ CASES = [
     P("5x5_s2_depthwise_x2", 2, 4, 14, 13, 8, 5, 5, stride=(2, 2), padding=pad(2), groups=4),
     P("1x1", 3, 5, 10, 9, 4, 1, 1),
     P("1x1_s2", 2, 4, 13, 10, 5, 1, 1, stride=(2, 2)),
+    P("1x1_s32_p1_dil2", 3, 5, 22, 13, 7, 1, 1, stride=(3, 2), padding=((1, 0), (1, 2)),
+      dilation=(2, 2)),
 ]
 CASE_IDS = [case.id for case in CASES]
 

@@ -6,7 +6,9 @@ rows) and ``p`` the output positions. The columns are built one tile of
 whole output rows at a time into a per-thread buffer that stays in L2, and
 the GEMM runs on it at once, on that thread, with BLAS held to one thread.
 A 1x1, stride-1, unpadded convolution is already a GEMM on the input and
-builds no columns.
+builds no columns; a 1x1 one at a stride copies each input it reads once into
+its columns (the split into column phases pays only where taps share inputs: a
+ResNet shortcut, C64 -> 128 at stride 2 on 56x56, ran 3.3 ms split, 1.0 ms not).
 """
 
 from __future__ import annotations
@@ -208,6 +210,10 @@ def _conv2d_forward_im2col(x, weight2d, transposed, bias, has_bias, floor, out, 
                                                  row_first, row_last, out_w, pad_top, pad_left,
                                                  pitch, dilation_h, dilation_w, rows, col,
                                                  first_col, ld)
+                    elif kh * kw == 1:  # each input read once: no phases to split
+                        _im2col_tile(x, n, g * group_channels, group_channels, kh, kw,
+                                     row_first, row_last, out_w, stride_h, stride_w, pad_top,
+                                     pad_left, dilation_h, dilation_w, col, first_col, ld)
                     else:
                         _im2col_tile_strided(x, n, g * group_channels, group_channels, kh, kw,
                                              row_first, row_last, out_w, stride_h, stride_w,
