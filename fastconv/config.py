@@ -190,6 +190,14 @@ AUTO_WINOGRAD_DEEP_MIN_TILES: int = _env_int("AUTO_WINOGRAD_DEEP_MIN_TILES", 32)
 #: against 2.72 ms on 128 channels 14x14, 1.12 against 0.78 on 128 channels 7x7, N8).
 AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE: int = _env_int(
     "AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE", 64 * 28 * 28)
+#: ... on at least this many 4x4 output tiles: its fixed costs (the transformed sums of
+#: K x C x 36 values per thread, added and transformed back) grow with the channels as
+#: its products do, and pay from about a hundred tiles (a Zen 3, two threads, ms
+#: Winograd / blocked: 256 channels 14x14 at N1, 16 tiles, 7.86 / 3.53; at N2 8.53 / 4.70;
+#: at N4, 64 tiles, 7.39-9.11 / 5.89-7.90; at N8, 128 tiles, 11.18-11.56 / 11.07-11.57;
+#: 128 channels 28x28 at N1, 49 tiles, 2.30 / 1.78; at N2, 98 tiles, 2.00-2.54 /
+#: 2.72-2.93).
+AUTO_WINOGRAD_GRAD_WEIGHT_MIN_TILES: int = _env_int("AUTO_WINOGRAD_GRAD_WEIGHT_MIN_TILES", 80)
 
 #: ... and im2col for the conv2d of layers of more than AUTO_BLOCKED_SMALL_PLANE_CHANNELS
 #: channels whose output positions are under this percentage of the positions the

@@ -181,6 +181,13 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
     # grad_weight has a limit of its own (the blocked kernel ties with Winograd there)
     assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **small)[0] == "direct"
     assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "winograd"
+    # ... and its own fewest tiles: 2 * 7 * 7 = 98 tiles on 28x28 at N2, 16 at N1 on 14x14
+    two = dict(deep, input_shape=(2, 64, 28, 28))
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **two)[0] == "winograd"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_GRAD_WEIGHT_MIN_TILES", 99)
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **two)[0] == "direct"
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **dict(
+        _problem((256, 256, 3, 3)), input_shape=(1, 256, 14, 14)))[0] == "direct"
     monkeypatch.setattr(config, "AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE", 64 * 28 * 28 + 1)
     assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **deep)[0] == "direct"
     # a grad_weight whose packed image exceeds the direct scratch: Winograd by channels and

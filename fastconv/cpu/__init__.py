@@ -29,8 +29,8 @@ def _choose_conv(op, weight_shape, problem):
        kernels, except, with ``deep = AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when
        it fits, min(C, K)/groups >= deep and min(C, K)/groups * H_out * W_out >=
        ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` on at least ``AUTO_WINOGRAD_DEEP_MIN_TILES``
-       4x4 output tiles (grad_weight: ``AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE``,
-       any tiles); im2col for 1x1 layers of >= deep channels
+       4x4 output tiles (grad_weight: ``AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE`` on
+       ``AUTO_WINOGRAD_GRAD_WEIGHT_MIN_TILES``); im2col for 1x1 layers of >= deep channels
        (one GEMM on the input), unless the convolution that runs has
        ``AUTO_1X1_BLOCKED_MIN_EXPANSION`` times more filters than channels per group
        (conv2d: on 512-bit vectors only, :func:`_wide_vectors`) or the call needs at
@@ -150,17 +150,16 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     if op == "conv2d_grad_weight":
         limit, name = (config.AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE,
                        "AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE")
-        few = 0
+        few, few_name = (config.AUTO_WINOGRAD_GRAD_WEIGHT_MIN_TILES,
+                         "AUTO_WINOGRAD_GRAD_WEIGHT_MIN_TILES")
     else:
         limit, name = config.AUTO_WINOGRAD_MIN_CHANNEL_PLANE, "AUTO_WINOGRAD_MIN_CHANNEL_PLANE"
-        few = config.AUTO_WINOGRAD_DEEP_MIN_TILES
+        few, few_name = config.AUTO_WINOGRAD_DEEP_MIN_TILES, "AUTO_WINOGRAD_DEEP_MIN_TILES"
     if fits and narrow >= deep and channel_plane >= limit and tiles >= few:
         return "winograd", (f"a 3x3 stride-1 layer with min(C, K)/groups = {narrow} >= {deep} "
                             f"and min(C, K)/groups * H_out * W_out = {channel_plane} >= "
-                            f"{name} = {limit}" + (
-                                f" on {tiles} >= AUTO_WINOGRAD_DEEP_MIN_TILES = {few} tiles"
-                                if few else "") +
-                            ": Winograd's fewer multiply-adds pay for its transforms")
+                            f"{name} = {limit} on {tiles} >= {few_name} = {few} tiles: "
+                            f"Winograd's fewer multiply-adds pay for its transforms")
     if narrow >= deep and kh * kw == 1:
         # the convolution that runs: its filters and channels per group
         depth = out_channels // groups if op == "conv2d_grad_input" else group_channels
