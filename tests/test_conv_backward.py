@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 
 import fastconv
-from fastconv import config, reference
+from fastconv import config, reference, shapes
 from tests.cases import (
     CASE_IDS,
     CONV2D_CASES,
@@ -516,6 +516,50 @@ def _depthwise_in_bands(shape, wshape, kwargs, dtype, monkeypatch, rng):
     w = rng.uniform(-1, 1, wshape).astype(dtype)
     dy = rng.uniform(-1, 1, reference.conv2d(x, w, **kwargs).shape).astype(dtype)
     return x, w, dy
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("wshape, kwargs", [
+    ((6, 1, 3, 3), dict(padding=1, groups=6)),
+    ((12, 1, 5, 5), dict(padding=2, groups=6)),
+    ((6, 1, 3, 3), dict(padding=((2, 0), (1, 3)), dilation=2, groups=6)),
+], ids=["3x3_s1", "5x5_s1_x2", "3x3_dil2_asym"])
+def test_depthwise_grad_weight_stacks_small_planes(wshape, kwargs, dtype, monkeypatch, rng):
+    # stride 1, whole planes in one band: two images' planes one after the other in a
+    # strip (5 images: groups of 2, 2 and 1), one pass of the dot products over both, the
+    # rows between them zeros of grad_output, on every thread; a NaN in grad_output lands
+    # where the definition puts it, and an Inf input value sends the call to the exact
+    # loops (the zeros between the planes meet it)
+    from fastconv.cpu import direct, threads
+
+    monkeypatch.setattr(threads, "SERIAL_MAX_WORK", 0)
+    fastconv.clear_plans()
+    x = rng.uniform(-1, 1, (5, 6, 7, 8)).astype(dtype)
+    w = rng.uniform(-1, 1, wshape).astype(dtype)
+    dy = rng.uniform(-1, 1, reference.conv2d(x, w, **kwargs).shape).astype(dtype)
+    dilation = shapes.pair(kwargs.get("dilation", 1), "dilation")
+    padding = shapes.padding2d(kwargs["padding"], x.shape[2:], wshape[2:], (1, 1), dilation)
+    strip = direct._phase_layout(x, wshape[2:], dy.shape[2:], (1, 1), padding, dilation)[4]
+    monkeypatch.setattr(direct, "DEPTHWISE_STACK_BYTES", 2 * 2 * strip * x.itemsize + 1)
+    images = []
+    launch = threads.launch
+    monkeypatch.setattr(threads, "launch", lambda kernel, *args: (
+        images.append(args[-2]) if kernel is direct._depthwise_grad_weight_phases else None,
+        launch(kernel, *args))[1])
+    for case in ("finite", "nan_grad", "inf_input"):
+        if case == "nan_grad":
+            dy[1, 2, 3, 1] = np.nan
+        if case == "inf_input":
+            x[4, 4, 5, 6] = np.inf
+        got = fastconv.conv2d_backward(dy, x, w, **kwargs, algorithm="direct",
+                                       needs_input_grad=False, needs_bias_grad=False)[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = reference.conv2d_backward(dy, x, w, **kwargs)[1]
+        assert_same_pattern(got, want, **sum_tolerance(dtype, dy.shape[0] * dy.shape[2]
+                                                       * dy.shape[3]))
+    assert images == [2, 2, 2]
+    fastconv.clear_plans()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -514,6 +514,7 @@ BOUNDS_CHECKED = [
     "[5x5_s2_x2-float64]",
     "tests/test_conv_backward.py::test_depthwise_grad_weight_in_bands_on_threads"
     "[3x3_s21_dil12_asym-float64]",
+    "tests/test_conv_backward.py::test_depthwise_grad_weight_stacks_small_planes",
     "tests/test_pool.py::test_max_pool2d_matches_reference",
     "tests/test_pool.py::test_avg_pool2d_and_backward_match_reference",
 ]
