@@ -504,6 +504,25 @@ def test_winograd_refuses_strided_gradients():
         fastconv.conv2d_backward(dy, x, w, stride=2, padding=1, algorithm="winograd")
 
 
+def _depthwise_grad_weight_matches(x, w, dy, kwargs, dtype, *, inf_at):
+    """The direct weight gradient of a depthwise layer against the reference: finite, then
+    with a NaN in ``dy`` (it lands where the definition puts it), then also an Inf in
+    ``x`` at ``inf_at`` (met by the zeros of the strips' junk columns and rows: the call
+    goes to the exact loops)."""
+    for case in ("finite", "nan_grad", "inf_input"):
+        if case == "nan_grad":
+            dy[1, 2, 3, 1] = np.nan
+        if case == "inf_input":
+            x[inf_at] = np.inf
+        got = fastconv.conv2d_backward(dy, x, w, **kwargs, algorithm="direct",
+                                       needs_input_grad=False, needs_bias_grad=False)[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = reference.conv2d_backward(dy, x, w, **kwargs)[1]
+        assert_same_pattern(got, want, **sum_tolerance(dtype, dy.shape[0] * dy.shape[2]
+                                                       * dy.shape[3]))
+
+
 def _depthwise_in_bands(shape, wshape, kwargs, dtype, monkeypatch, rng):
     """``(x, w, dy)`` in [-1, 1] for a depthwise layer, with the direct kernels' bands set
     to 3 output rows (the last one shorter) and every call on the threads."""
@@ -546,18 +565,7 @@ def test_depthwise_grad_weight_stacks_small_planes(wshape, kwargs, dtype, monkey
     monkeypatch.setattr(threads, "launch", lambda kernel, *args: (
         images.append(args[-2]) if kernel is direct._depthwise_grad_weight_phases else None,
         launch(kernel, *args))[1])
-    for case in ("finite", "nan_grad", "inf_input"):
-        if case == "nan_grad":
-            dy[1, 2, 3, 1] = np.nan
-        if case == "inf_input":
-            x[4, 4, 5, 6] = np.inf
-        got = fastconv.conv2d_backward(dy, x, w, **kwargs, algorithm="direct",
-                                       needs_input_grad=False, needs_bias_grad=False)[1]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            want = reference.conv2d_backward(dy, x, w, **kwargs)[1]
-        assert_same_pattern(got, want, **sum_tolerance(dtype, dy.shape[0] * dy.shape[2]
-                                                       * dy.shape[3]))
+    _depthwise_grad_weight_matches(x, w, dy, kwargs, dtype, inf_at=(4, 4, 5, 6))
     assert images == [2, 2, 2]
     fastconv.clear_plans()
 
@@ -628,18 +636,7 @@ def test_depthwise_grad_weight_in_bands_on_threads(wshape, kwargs, dtype, monkey
                         lambda *args: calls.append(fast(*args)) or calls[-1])
     x, w, dy = _depthwise_in_bands((3, 6, 22, 19), wshape, kwargs, dtype, monkeypatch, rng)
     assert dy.shape[2] % 3 != 0  # grad_out's rows: the last band shorter
-    for case in ("finite", "nan_grad", "inf_input"):
-        if case == "nan_grad":
-            dy[1, 2, 3, 1] = np.nan
-        if case == "inf_input":
-            x[2, 4, 5, 6] = np.inf
-        got = fastconv.conv2d_backward(dy, x, w, **kwargs, algorithm="direct",
-                                       needs_input_grad=False, needs_bias_grad=False)[1]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            want = reference.conv2d_backward(dy, x, w, **kwargs)[1]
-        assert_same_pattern(got, want, **sum_tolerance(dtype, dy.shape[0] * dy.shape[2]
-                                                       * dy.shape[3]))
+    _depthwise_grad_weight_matches(x, w, dy, kwargs, dtype, inf_at=(2, 4, 5, 6))
     assert calls[0] is True  # the finite call ran the dot products alone
     assert len(calls) == 3
     fastconv.clear_plans()
