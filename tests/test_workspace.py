@@ -32,13 +32,14 @@ BUDGETS = [1, 400, 1200, 3000, 5000]
 
 #: The direct kernels: module, attribute name, the argument whose third dimension is the
 #: rows split into bands, and the position of ``band`` among the arguments (from the end:
-#: they end with ``scratch, part, parts``).
+#: they end with ``scratch, part, parts``; the depthwise weight gradient's with ``band,
+#: images, scratch, part, parts``).
 KERNEL_TABLE = [(direct, "_conv2d_forward_direct", 5, -4),
                 (direct, "_conv2d_grad_input_direct", 2, -4),
                 (direct, "_conv2d_grad_weight_direct", 1, -4),
                 (blocked, "_conv2d_forward_blocked", 6, -9),
                 (direct, "_conv2d_depthwise_phases", 5, -4),
-                (direct, "_depthwise_grad_weight_phases", 1, -4)]
+                (direct, "_depthwise_grad_weight_phases", 1, -5)]
 KERNELS = [name for _, name, _, _ in KERNEL_TABLE]
 
 THREAD_COUNTS = sorted({1, numba.config.NUMBA_NUM_THREADS})

@@ -282,7 +282,7 @@ def _depthwise_grad_weight_phases(x, grad_out, taps_gw, pad_top, pad_left, strid
                         for q in range(n_here):
                             _to_pitch(pitched, grad_out[n_first + q, k, i_first : i_first + rows],
                                       q * plane, pitch)
-                        pitched[count : count + lanes] = 0  # a taller band's rows
+                        pitched[count : count + lanes] = 0  # a taller band's or group's rows
                         if in_registers:
                             sums = _taps_dot9(strip, taps, pitched, count, sums)
                         else:
