@@ -133,7 +133,7 @@ def main() -> None:
                  reps * per_step * 2 * lanes, args.seconds)
     tail = _rate(lambda: _tail(strip, weights, sums, pitch, depth, taps, reps),
                  reps * per_step * lanes, args.seconds)
-    block = microkernels.FILTER_VECTORS * lanes
+    block = microkernels.filters_block(np.dtype(np.float32).itemsize)
     weights = rng.standard_normal(depth * taps.size * block).astype(np.float32)
     offsets = np.array([q // 8 * 10 + q % 8 for q in range(12)], np.intp)
     by_filters = _rate(lambda: _by_filters(strip, weights, sums, offsets, pitch, depth, taps,

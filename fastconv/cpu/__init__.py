@@ -211,9 +211,9 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     if op == "conv2d" and blocked.by_filters(out_h, out_w, filters, group_channels * kh * kw, kw,
                                              dilation[1], itemsize, stride[1],
                                              width + left + right, work_per_copy, fits):
-        block = blocked.FILTER_VECTORS * simd.WIDTH_BYTES // itemsize
-        detail = (f"its sums by filters, {blocked.BLOCK_Q} outputs x {block} filters at a "
-                  f"time, where by positions only {use} % would be outputs")
+        detail = (f"its sums by filters, {blocked.BLOCK_Q} outputs x "
+                  f"{blocked.filters_block(itemsize)} filters at a time, where by positions "
+                  f"only {use} % would be outputs")
     return "direct", (f"{filters} >= {blocked.MIN_GROUP_K} filters per group: the "
                       f"register-blocked direct kernel ({detail})")
 

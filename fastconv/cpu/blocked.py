@@ -96,7 +96,7 @@ from .microkernels import (
     BLOCK_K,
     BLOCK_P,
     BLOCK_Q,
-    FILTER_VECTORS,
+    filters_block,
     positions_x_filters,
     taps_x_filters,
     taps_x_vector,
@@ -695,7 +695,7 @@ def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dila
     if form is not None:
         return form == "filters"
     lanes = simd.WIDTH_BYTES // itemsize
-    block = FILTER_VECTORS * lanes
+    block = filters_block(itemsize)
     positions = use_percent(out_h, out_w, kw, dilation_w, itemsize, stride_w, width,
                             work_per_copy, fits) * (
         per_group / (-(-per_group // BLOCK_K) * BLOCK_K))
@@ -732,7 +732,7 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     filters_form = by_filters(out_h, out_w, per_group, channels * kh * kw, kw, dilation[1],
                               itemsize, stride[1], width + left + right,
                               0 if dense_form is False else work_per_copy, fits, form)
-    block = FILTER_VECTORS * lanes if filters_form else BLOCK_K
+    block = filters_block(itemsize) if filters_form else BLOCK_K
     n_blocks = -(-per_group // block)
     # a band of b rows: per channel (b + reach) rows of each phase and the overrun of the
     # last block of positions; the sums: BLOCK_K rows, or by filters a block of filters
@@ -926,8 +926,7 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     # each set of filters must be whole blocks: the positions form's blocks of 8 are
     # (:func:`_phases_fuse`), the by-filters form's may straddle two sets
     form = FORWARD_FORM
-    if len(shifts) > 1 and filters // len(shifts) % (
-            FILTER_VECTORS * simd.WIDTH_BYTES // dtype.itemsize):
+    if len(shifts) > 1 and filters // len(shifts) % filters_block(dtype.itemsize):
         form = "positions"
     (packed_shape, band, pitch, phase_rows, plane, k_runs, scratch_shape, serial, packing,
      n_shift, dense_plane) = (

@@ -548,6 +548,12 @@ else:
     BLOCK_Q, FILTER_VECTORS = 3, 4
 
 
+def filters_block(itemsize: int) -> int:
+    """Filters in one block of :func:`positions_x_filters` for items of ``itemsize``
+    bytes: :data:`FILTER_VECTORS` vectors of the target's width."""
+    return FILTER_VECTORS * simd.WIDTH_BYTES // itemsize
+
+
 @kernel()
 def weights_x_run(source, weights, out, first, count, pitch, depth, taps, out_pitch, chunk):
     """:func:`weights_x_positions` over the ``count`` positions from ``first``: blocks of
