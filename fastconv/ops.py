@@ -119,10 +119,13 @@ def _warm_conv2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
     calls = [(f.conv2d(x, w, b, padding=1, algorithm=a),
               t.strided("conv2d", a) and f.conv2d(x, w, stride=2, padding=1, algorithm=a))
              for x, w, b, _, _ in t.convolutions()]
-    # a depthwise layer at a stride (the direct algorithm's phases kernel)
+    # a depthwise layer at a stride (the direct algorithm's phases kernel), and at stride 1
+    # keeping its size (direct: on whole planes)
     depthwise = np.ones((2, 1, 3, 3), dtype)
     return calls + [t.strided("conv2d", a)
-                    and f.conv2d(t.x, depthwise, stride=2, padding=1, groups=2, algorithm=a)]
+                    and f.conv2d(t.x, depthwise, stride=2, padding=1, groups=2, algorithm=a),
+                    a == "direct" and f.conv2d(t.x, depthwise, padding=1, groups=2,
+                                               algorithm=a)]
 
 
 def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
@@ -158,10 +161,13 @@ def _warm_conv2d_grad_weight(f: ModuleType, dtype: np.dtype, a: str) -> object:
               and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a,
                                     needs_input_grad=False))
              for x, w, _, y1, y2 in t.convolutions()]
-    if a == "direct":  # a depthwise layer: the dot products over each channel's strip
+    if a == "direct":
+        # depthwise layers: keeping their size, on whole planes; smaller, the dot products
+        # over each channel's strip
         depthwise = np.ones((2, 1, 3, 3), dtype)
-        calls.append(f.conv2d_backward(t.y1, t.x, depthwise, padding=1, groups=2,
-                                       algorithm=a, needs_input_grad=False))
+        calls += [f.conv2d_backward(y, t.x, depthwise, padding=padding, groups=2,
+                                    algorithm=a, needs_input_grad=False)
+                  for y, padding in ((t.y1, 1), (t.y1[:, :, 1:-1, 1:-1], 0))]
     return calls
 
 

@@ -26,6 +26,7 @@ Inside a kernel::
     d = sub(v, w)             # v - w (add(v, w): v + w)
     acc = zeros(a)            # a zero vector of a's dtype
     acc = maximum(acc, zeros(a))
+    v = keep(v, m)            # v's lanes where m's bits are all set, zeros elsewhere
     s = total(acc)            # the sum of the lanes
     e = deinterleave(v, w, False)  # the even lanes of v, then of w (True: the odd)
     r = weave(e, o, False)    # e[0], o[0], e[1], o[1], ... of the first halves (True: second)
@@ -462,6 +463,23 @@ def maximum(typingctx, a, b):
         return _call_intrinsic(context, builder, a, "maximum", args)
 
     return a(a, b), codegen
+
+
+@intrinsic
+def keep(typingctx, a, mask):
+    """``a`` where ``mask``'s lanes have every bit set, +0.0 where they are all zero (a
+    bitwise and: exact whatever ``a`` holds, where ``a * 0`` would give NaN for an Inf).
+    ``mask``: a vector of ``a``'s type, loaded from an array of such lanes (e.g.
+    ``np.array([-1, 0], np.int32).view(np.float32)``)."""
+    if not (isinstance(a, Vector) and a == mask):
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = ir.VectorType(ir.IntType(a.dtype.bitwidth), a.lanes)
+        value, keep_bits = (builder.bitcast(v, bits) for v in args)
+        return builder.bitcast(builder.and_(value, keep_bits), args[0].type)
+
+    return a(a, mask), codegen
 
 
 @intrinsic
