@@ -90,7 +90,7 @@ def jit_options() -> dict[str, Any]:
                 no_cpython_wrapper=False, no_cfunc_wrapper=True, forceinline=False)
 
 
-def kernel(*, parallel: bool = False, inline: bool = False):
+def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True):
     """``numba.njit`` with fastconv's flags.
 
     ``inline``: the kernel's callers get its code, not a call (LLVM's ``alwaysinline``,
@@ -104,8 +104,17 @@ def kernel(*, parallel: bool = False, inline: bool = False):
     (its ``prange`` loops run as plain loops). It is never compiled with Numba's parallel
     passes: they compiled each threaded kernel a second time, the loop bodies typed and
     optimised again as functions of their own, more than half of an empty cache's
-    compile. ``kernel.threaded`` says which kernels are threaded (:data:`THREADED`)."""
+    compile. ``kernel.threaded`` says which kernels are threaded (:data:`THREADED`).
+
+    ``counted=False``: no reference counting in the function (Numba's ``_nrt=False``; it
+    may then allocate nothing). Numba takes and drops a reference to each array argument
+    in the callee, atomic operations that stay in the caller's loop even where the
+    callee is inlined: for a helper called once per plane (a depthwise layer's
+    :func:`.direct._plane_taps`) they took most of the time (a C960 7x7 layer on one
+    thread of a Zen 3: 0.92 against 0.32 ms without)."""
     options = dict(cache=disk_cache(), **{**jit_options(), "forceinline": inline})
+    if not counted:
+        options["_nrt"] = False
 
     def decorate(function):
         dispatcher = package_stamped(numba.njit(**options)(function))

@@ -29,7 +29,7 @@ computes each filter on the plane's own row pitch, a filter column's sums zeroed
 they read across a row's border (:func:`.simd.keep` of a mask), each plane stored as one
 run (:func:`_conv2d_depthwise_planes`; its weight gradient
 :func:`_depthwise_planes_grad_weight`, with grad_input through the flipped forward:
-0.47-0.89 of the time of the banded kernels below on MobileNet's 3x3 layers). Else, 3x3
+0.45-0.89 of the time of the banded kernels below on MobileNet's 3x3 layers). Else, 3x3
 at stride 1 on the padded rows (:func:`_taps_3x3`, 1.4-2x faster than a
 pass per kernel row over an accumulator); any other kernel, and any kernel at a
 stride, in :func:`_conv2d_depthwise_phases`, which copies the band's input rows
@@ -368,7 +368,7 @@ def _depthwise_grad_input_phases(grad_out, taps_w, grad_in, first_row, pad_left,
                                                            + col // stride_w]
 
 
-@kernel(inline=True)
+@kernel(inline=True, counted=False)
 def _plane_taps(strip, front, taps, masks, w, at, target, dst, hw, bias, low):
     """``target[dst + p] = max(low, bias + sum_s keep(sum_r w[at + r * S + s] *
     strip[front + p + taps[s, r]], masks[s * M + p]))`` for ``p < hw`` (``M = masks.size //
@@ -422,7 +422,7 @@ def _plane_taps(strip, front, taps, masks, w, at, target, dst, hw, bias, low):
         p = min(p + lanes, last)
 
 
-@kernel(inline=True)
+@kernel(inline=True, counted=False)
 def _plane_into_strip(source, at, strip, front, hw):
     """``strip[front : front + hw] = source[at : at + hw]`` on vectors, the last one
     ending the plane (``hw >= lanes``)."""
@@ -746,15 +746,15 @@ def _depthwise_phases(x, weight, bias, out, stride, padding, dilation, activatio
 #: (:func:`_conv2d_depthwise_planes`, :func:`_depthwise_planes_grad_weight`) where a
 #: plane is at least a vector and at most these bytes: 3x3 filters, and larger ones. (A
 #: Zen 3, two threads, alternating in one process against the banded kernels, forward,
-#: grad_input, grad_weight with the bias gradient: 3x3 on N8 C960 7x7 0.86, 0.79, 0.47
-#: of the time, C576 14x14 0.77, 0.80, 0.53, C144 56x56 0.85, 0.90, 0.89, C96 112x112 at
-#: N2 0.90, 0.95, 0.89 but C32 at N4 0.99-1.03; 5x5 on N8 C672 7x7 0.56, 0.56, 0.65 and
-#: N16 C64 11x11 0.79, 0.73, 0.73, but 10x10 1.00, 1.05, 0.66 and C200 12x12 1.19, 1.04,
-#: 0.72, C144 28x28 1.42-1.65: a larger filter's taps, column by column, each weight
-#: broadcast for one vector of positions, fall behind the banded kernel's four vectors a
-#: broadcast.)
+#: grad_input, grad_weight with the bias gradient, time on planes / time on bands: 3x3
+#: on N8 C960 7x7 0.45, 0.47, 0.45, C576 14x14 0.61, 0.63, 0.52, C144 28x28 0.86, 0.87,
+#: 0.72, 56x56 0.81, 0.86, 0.89, N8 C32 64x64 1.06, 1.01, 0.99, C32 112x112 at N4
+#: 1.00, 0.99, 1.04; 5x5 on N8 C960 7x7 0.64, 0.65, 0.70, N16 C64 11x11 0.82, 0.79,
+#: 0.75, N8 C200 12x12 0.90, 0.89, 0.75, but C576 14x14 1.05, 1.04, 0.92 and C144 28x28
+#: 1.40-1.47: a larger filter's taps, column by column, each weight broadcast for one
+#: vector of positions, fall behind the banded kernel's four vectors a broadcast.)
 DEPTHWISE_PLANE_BYTES = 16 * 1024
-DEPTHWISE_WIDE_PLANE_BYTES = 512
+DEPTHWISE_WIDE_PLANE_BYTES = 640
 
 
 def _on_planes(x, kernel_size, stride, padding, dilation) -> bool:
