@@ -64,6 +64,7 @@ CASES = {
     "3x3_7x9": ((5, 6, 7, 9), (6, 1, 3, 3), dict(padding=1, groups=6)),
     "3x3_dil2_x2": ((3, 5, 9, 8), (10, 1, 3, 3), dict(padding=2, dilation=2, groups=5)),
     "5x5_7x7": ((3, 7, 7, 7), (7, 1, 5, 5), dict(padding=2, groups=7)),
+    "5x5_11x13_x2": ((3, 4, 11, 13), (8, 1, 5, 5), dict(padding=2, groups=4)),
     "5x3_dil12_x3": ((2, 3, 6, 10), (9, 1, 5, 3), dict(padding=(2, 2), dilation=(1, 2),
                                                       groups=3)),
     "3x3_one_vector": ((3, 5, 2, None), (5, 1, 3, 3), dict(padding=1, groups=5)),

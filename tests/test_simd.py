@@ -853,8 +853,10 @@ for dtype in (np.float32, np.float64):
                                      w.astype(np.float64), padding=1)
     for got, want in zip(grads[:2], refs[:2]):
         worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
-# the one-pass depthwise kernels (3x3 and 5x5, a vector of tail)
-for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2)]:
+# the one-pass depthwise kernels (3x3 and 5x5, a vector of tail): on whole planes where
+# the padding keeps the size (and the weight gradient there), on bands where it does not
+for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2), ((6, 1, 3, 3), 0),
+                        ((6, 1, 5, 5), 0)]:
     for dtype in (np.float32, np.float64):
         x = rng.standard_normal((2, 6, 13, 19)).astype(dtype)
         w = rng.standard_normal(wshape).astype(dtype)
@@ -862,6 +864,12 @@ for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2)]:
         ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=padding,
                                groups=6)
         worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+        g = rng.standard_normal(y.shape).astype(dtype)
+        got = fastconv.conv2d_backward(g, x, w, padding=padding, groups=6, algorithm="direct",
+                                       needs_input_grad=False, needs_bias_grad=False)[1]
+        want = reference.conv2d_backward(g.astype(np.float64), x.astype(np.float64),
+                                         w.astype(np.float64), padding=padding, groups=6)[1]
+        worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
 # their grad_input at stride 2, phase by phase (two filters per group: sums added; rows
 # of 19 woven on vectors with a tail)
 for dtype in (np.float32, np.float64):

@@ -374,8 +374,9 @@ def _plane_taps(strip, front, taps, masks, w, at, target, dst, hw, bias, low):
     strip[front + p + taps[s, r]], masks[s * M + p]))`` for ``p < hw`` (``M = masks.size //
     S``): one filter over a channel's plane laid on its own row pitch in ``strip``, column
     by column of the filter (a column's taps read the row before's or after's values at
-    the plane's left or right border, where its mask zeroes the column's sum). The last
-    vector ends the plane, overlapping the one before (``hw >= lanes``). A 3x3 filter's
+    the plane's left or right border, where its mask zeroes the column's sum), four
+    vectors of positions a step for a larger filter on a plane of as many. The last vector
+    (step) ends the plane, overlapping the one before (``hw >= lanes``). A 3x3 filter's
     middle column is not masked: its mask is all set (the padding is symmetric,
     :func:`_on_planes`)."""
     lanes = simd.lanes(strip)
@@ -407,6 +408,33 @@ def _plane_taps(strip, front, taps, masks, w, at, target, dst, hw, bias, low):
             if p == last:
                 return
             p = min(p + lanes, last)
+    # larger filters: four vectors of positions a step, each weight broadcast once for
+    # them (the last step ends the plane, overlapping the one before), then one at a time
+    # on planes of fewer positions
+    block = 4 * lanes
+    while hw >= block:
+        q = front + p
+        a0, a1, a2, a3 = bias, bias, bias, bias
+        for s in range(kw):
+            c0 = c1 = c2 = c3 = simd.zeros(strip)
+            for r in range(kh):
+                v, t = simd.broadcast(w, at + r * kw + s), q + taps[s, r]
+                c0 = simd.fma(v, simd.load(strip, t), c0)
+                c1 = simd.fma(v, simd.load(strip, t + lanes), c1)
+                c2 = simd.fma(v, simd.load(strip, t + 2 * lanes), c2)
+                c3 = simd.fma(v, simd.load(strip, t + 3 * lanes), c3)
+            m = s * pitch + p
+            a0 = simd.add(a0, simd.keep(c0, simd.load(masks, m)))
+            a1 = simd.add(a1, simd.keep(c1, simd.load(masks, m + lanes)))
+            a2 = simd.add(a2, simd.keep(c2, simd.load(masks, m + 2 * lanes)))
+            a3 = simd.add(a3, simd.keep(c3, simd.load(masks, m + 3 * lanes)))
+        simd.store(target, dst + p, simd.maximum(a0, low))
+        simd.store(target, dst + p + lanes, simd.maximum(a1, low))
+        simd.store(target, dst + p + 2 * lanes, simd.maximum(a2, low))
+        simd.store(target, dst + p + 3 * lanes, simd.maximum(a3, low))
+        if p == hw - block:
+            return
+        p = min(p + block, hw - block)
     while True:
         q = front + p
         a = bias
@@ -531,13 +559,24 @@ def _depthwise_planes_grad_weight(x, grad_out, taps_gw, taps, masks, front, scra
                     at = (n * out_channels + k) * hw
                     for s in range(kw):
                         for r in range(kh):
-                            acc = simd.zeros(strip)
-                            for p in range(0, hw, lanes):
-                                g = (simd.load(g_flat, at + p) if p < whole
-                                     else simd.load_first(g_flat, at + p, hw - p))
-                                acc = simd.fma(simd.keep(g, simd.load(masks, s * pitch + p)),
-                                               simd.load(strip, front + p + taps[s, r]), acc)
-                            taps_gw[k, r * kw + s] += simd.total(acc)
+                            # two chains of multiply-adds (one waits on each one's latency)
+                            t, m = front + taps[s, r], s * pitch
+                            acc0 = acc1 = simd.zeros(strip)
+                            p = 0
+                            while p + 2 * lanes <= whole:
+                                acc0 = simd.fma(simd.keep(simd.load(g_flat, at + p),
+                                                          simd.load(masks, m + p)),
+                                                simd.load(strip, t + p), acc0)
+                                acc1 = simd.fma(simd.keep(simd.load(g_flat, at + p + lanes),
+                                                          simd.load(masks, m + p + lanes)),
+                                                simd.load(strip, t + p + lanes), acc1)
+                                p += 2 * lanes
+                            for q in range(p, hw, lanes):
+                                g = (simd.load(g_flat, at + q) if q < whole
+                                     else simd.load_first(g_flat, at + q, hw - q))
+                                acc0 = simd.fma(simd.keep(g, simd.load(masks, m + q)),
+                                                simd.load(strip, t + q), acc0)
+                            taps_gw[k, r * kw + s] += simd.total(simd.add(acc0, acc1))
 
 
 @kernel(parallel=True)
@@ -749,12 +788,11 @@ def _depthwise_phases(x, weight, bias, out, stride, padding, dilation, activatio
 #: grad_input, grad_weight with the bias gradient, time on planes / time on bands: 3x3
 #: on N8 C960 7x7 0.45, 0.47, 0.45, C576 14x14 0.61, 0.63, 0.52, C144 28x28 0.86, 0.87,
 #: 0.72, 56x56 0.81, 0.86, 0.89, N8 C32 64x64 1.06, 1.01, 0.99, C32 112x112 at N4
-#: 1.00, 0.99, 1.04; 5x5 on N8 C960 7x7 0.64, 0.65, 0.70, N16 C64 11x11 0.82, 0.79,
-#: 0.75, N8 C200 12x12 0.90, 0.89, 0.75, but C576 14x14 1.05, 1.04, 0.92 and C144 28x28
-#: 1.40-1.47: a larger filter's taps, column by column, each weight broadcast for one
-#: vector of positions, fall behind the banded kernel's four vectors a broadcast.)
+#: 1.00, 0.99, 1.04; 5x5 on N8 C960 7x7 0.43, 0.42, 0.80, C576 14x14 0.72, 0.71, 0.79,
+#: N32 C64 8x8 0.51, 0.54, 0.68, N8 C144 28x28 0.89, 0.85, 0.97, but 56x56 1.04, 1.05,
+#: 1.21.)
 DEPTHWISE_PLANE_BYTES = 16 * 1024
-DEPTHWISE_WIDE_PLANE_BYTES = 640
+DEPTHWISE_WIDE_PLANE_BYTES = 4 * 1024
 
 
 def _on_planes(x, kernel_size, stride, padding, dilation) -> bool:
