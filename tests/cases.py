@@ -285,3 +285,12 @@ def relayout(array: np.ndarray, layout: str, rng) -> np.ndarray:
     if array.ndim > 1:
         assert not view.flags.c_contiguous
     return view
+
+
+def no_whole_planes(monkeypatch) -> None:
+    """Stride-1 depthwise layers on the direct algorithm's banded kernels, not on whole
+    planes (see tests/test_depthwise_planes.py): for tests of the banded kernels."""
+    from fastconv.cpu import direct
+
+    monkeypatch.setattr(direct, "DEPTHWISE_PLANE_BYTES", 0)
+    monkeypatch.setattr(direct, "DEPTHWISE_WIDE_PLANE_BYTES", 0)

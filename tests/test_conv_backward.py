@@ -30,6 +30,7 @@ from tests.cases import (
     explicit_padding,
     general_algorithms,
     make_inputs,
+    no_whole_planes,
     relayout,
     sum_tolerance,
     supports,
@@ -523,15 +524,6 @@ def _depthwise_grad_weight_matches(x, w, dy, kwargs, dtype, *, inf_at):
                                                        * dy.shape[3]))
 
 
-def _no_whole_planes(monkeypatch):
-    """Stride-1 depthwise layers on the banded kernels, not on whole planes (see
-    tests/test_depthwise_planes.py)."""
-    from fastconv.cpu import direct
-
-    monkeypatch.setattr(direct, "DEPTHWISE_PLANE_BYTES", 0)
-    monkeypatch.setattr(direct, "DEPTHWISE_WIDE_PLANE_BYTES", 0)
-
-
 def _depthwise_in_bands(shape, wshape, kwargs, dtype, monkeypatch, rng):
     """``(x, w, dy)`` in [-1, 1] for a depthwise layer, with the direct kernels' bands set
     to 3 output rows (the last one shorter) and every call on the threads."""
@@ -539,7 +531,7 @@ def _depthwise_in_bands(shape, wshape, kwargs, dtype, monkeypatch, rng):
 
     monkeypatch.setattr(strips, "band_rows", lambda n_rows, *_: min(n_rows, 3))
     monkeypatch.setattr(threads, "SERIAL_MAX_WORK", 0)
-    _no_whole_planes(monkeypatch)
+    no_whole_planes(monkeypatch)
     fastconv.clear_plans()
     x = rng.uniform(-1, 1, shape).astype(dtype)
     w = rng.uniform(-1, 1, wshape).astype(dtype)
@@ -562,7 +554,7 @@ def test_depthwise_grad_weight_stacks_small_planes(wshape, kwargs, dtype, monkey
     from fastconv.cpu import direct, threads
 
     monkeypatch.setattr(threads, "SERIAL_MAX_WORK", 0)
-    _no_whole_planes(monkeypatch)
+    no_whole_planes(monkeypatch)
     fastconv.clear_plans()
     x = rng.uniform(-1, 1, (5, 6, 7, 8)).astype(dtype)
     w = rng.uniform(-1, 1, wshape).astype(dtype)

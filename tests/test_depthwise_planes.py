@@ -153,6 +153,25 @@ def test_other_depthwise_layers_stay_on_the_banded_kernels(kwargs, shape, launch
     assert launched == []
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transposed_output_padding_stays_on_the_banded_kernels(dtype, launched, rng):
+    # conv_transpose2d with output_padding: its backward's grad_input and grad_weight are
+    # conv2d and conv2d_grad_weight of the output gradient, whose "same" padding keeps
+    # the size, with the input one row and column short of it (a weight gradient on whole
+    # planes read the output gradient on the wrong pitch; found by the fuzz test)
+    x = rng.uniform(-1, 1, (2, 4, 5, 6)).astype(dtype)
+    w = rng.uniform(-1, 1, (4, 1, 3, 3)).astype(dtype)  # conv2d's: 2 filters per channel
+    kwargs = dict(stride=1, padding=2, output_padding=1, groups=2, dilation=2)
+    y = fastconv.conv_transpose2d(x, w, **kwargs, algorithm="direct")
+    dy = rng.uniform(-1, 1, y.shape).astype(dtype)
+    got = fastconv.conv_transpose2d_backward(dy, x, w, **kwargs, algorithm="direct")
+    want = reference.conv_transpose2d_backward(dy, x, w, **kwargs)
+    np.testing.assert_allclose(got[0], want[0], **tolerance(dtype))
+    sums = sum_tolerance(dtype, dy.shape[0] * dy.shape[2] * dy.shape[3])
+    np.testing.assert_allclose(got[1], want[1], **sums)
+    assert "_depthwise_planes_grad_weight" not in launched
+
+
 def test_plane_budget_sends_larger_planes_to_the_bands(monkeypatch, launched, rng):
     x, w, b, _ = _inputs((2, 3, 12, 12), (3, 1, 3, 3), np.float32, rng)
     monkeypatch.setattr(direct, "DEPTHWISE_PLANE_BYTES", 12 * 12 * 4 - 1)

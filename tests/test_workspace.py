@@ -21,7 +21,7 @@ import pytest
 import fastconv
 from fastconv import config, reference
 from fastconv.cpu import blocked, direct, workspace
-from tests.cases import CASE_IDS, CONV2D_CASES, DTYPES, make_inputs
+from tests.cases import CASE_IDS, CONV2D_CASES, DTYPES, make_inputs, no_whole_planes
 from tests.gradients import assert_grads_close
 from tests.test_conv2d import assert_close, torch_conv2d
 from tests.test_conv_backward import cases, make_grad_output, torch_conv2d_grads
@@ -88,7 +88,8 @@ def direct_all(x, w, b, g, kwargs):
 
 def _assert_bands_match_reference(x, w, b, g, kwargs, dtype, monkeypatch, threads):
     """The direct kernels under every band budget and thread count give the reference's
-    forward and gradients."""
+    forward and gradients (depthwise layers on the banded kernels, not on whole planes)."""
+    no_whole_planes(monkeypatch)
     expected_y = reference.conv2d(x, w, b, **kwargs)
     expected_grads = reference.conv2d_backward(g, x, w, **kwargs)
     for n_threads in THREAD_COUNTS:
@@ -152,7 +153,8 @@ def test_budgets_give_many_unequal_bands(calls, monkeypatch, rng):
     # bands of several rows with a shorter last one, with more tasks than threads.
     dtype = np.float32
     # (5x5_s2_p2: 3 channels, too few for the blocked grad_input: the scatter kernel;
-    # the depthwise ones: the phases kernels, forward and grad_weight)
+    # the depthwise ones: the phases kernels, forward and grad_weight, not whole planes)
+    no_whole_planes(monkeypatch)
     for case in cases("3x3_s2_p1", "5x5_c1_p2", "tall_input", "5x5_s2_p2",
                       "depthwise_5x5_dil12", "depthwise_x2_dil21_asym"):
         x, w, b = make_inputs(case, dtype, rng)

@@ -48,8 +48,9 @@ def _choose_conv(op, weight_shape, problem):
        phases kernel sums each filter's strip, 1.3-2.4x faster than im2col with one or
        two filters, 1.5-3x slower from four on); direct for layers of one channel per
        group (depthwise, any kernel: conv2d and grad_input sum each filter's taps in
-       one pass, grad_weight each tap's dot product over each channel's strip: 2-10x
-       faster than im2col's GEMMs of one channel); else direct when one output needs
+       one pass, grad_weight each tap's dot product over each channel's strip, on whole
+       planes where the padding keeps the size of small planes: 2-10x faster than
+       im2col's GEMMs of one channel); else direct when one output needs
        at most ``AUTO_DIRECT_MAX_DEPTH`` multiply-adds (too little depth for a GEMM),
        except grad_weight of a layer with more than one channel per group, whose im2col
        GEMM reduces over N * H * W and wins there;

@@ -705,7 +705,7 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups, activ
                                activation=activation)
         return
     if (weight.shape[1] == 1 and out.flags.c_contiguous
-            and _on_planes(x, weight.shape[2:], stride, padding, dilation)
+            and _on_planes(x, out.shape[2:], weight.shape[2:], stride, padding, dilation)
             and all_finite(weight)):
         _depthwise_planes(x, weight, bias, out, dilation, activation)
         return
@@ -795,16 +795,18 @@ DEPTHWISE_PLANE_BYTES = 16 * 1024
 DEPTHWISE_WIDE_PLANE_BYTES = 4 * 1024
 
 
-def _on_planes(x, kernel_size, stride, padding, dilation) -> bool:
+def _on_planes(x, out_hw, kernel_size, stride, padding, dilation) -> bool:
     """Whether a layer of one channel per group runs on whole planes: stride 1, an odd
-    kernel, padding ``dilation * (R - 1) / 2`` on every side (the output keeps the
-    input's size), a C-contiguous ``x`` of planes within :data:`DEPTHWISE_PLANE_BYTES`
-    (3x3) or :data:`DEPTHWISE_WIDE_PLANE_BYTES`."""
+    kernel, padding ``dilation * (R - 1) / 2`` on every side and an output (``out_hw``)
+    of the input's size (a weight gradient from conv_transpose2d's backward can have
+    fewer rows: its output_padding), a C-contiguous ``x`` of planes within
+    :data:`DEPTHWISE_PLANE_BYTES` (3x3) or :data:`DEPTHWISE_WIDE_PLANE_BYTES`."""
     (kh, kw), (dh, dw) = kernel_size, dilation
     plane = x.shape[2] * x.shape[3] * x.itemsize
     budget = DEPTHWISE_PLANE_BYTES if kh == kw == 3 else DEPTHWISE_WIDE_PLANE_BYTES
     return (stride == (1, 1) and kh % 2 == 1 and kw % 2 == 1
             and padding == ((dh * (kh - 1) // 2,) * 2, (dw * (kw - 1) // 2,) * 2)
+            and tuple(out_hw) == x.shape[2:]
             and simd.WIDTH_BYTES <= plane <= budget and x.flags.c_contiguous)
 
 
@@ -1148,7 +1150,8 @@ def _depthwise_grad_weight(x, grad_out, grad_weight, stride, padding, dilation) 
     channels = x.shape[1]
     out_channels, _, kh, kw = grad_weight.shape
     out_h, out_w = grad_out.shape[2:]
-    if grad_out.flags.c_contiguous and _on_planes(x, (kh, kw), stride, padding, dilation):
+    if grad_out.flags.c_contiguous and _on_planes(x, (out_h, out_w), (kh, kw), stride, padding,
+                                                  dilation):
         taps, masks, front, strip = _plane_layout(x.shape[2], x.shape[3], (kh, kw), dilation,
                                                   x.dtype)
         chunks = _chunks(channels)
