@@ -384,7 +384,7 @@ def _plane_taps(strip, front, taps, masks, w, at, target, dst, hw, bias, low):
     pitch = masks.size // kw
     last = hw - lanes
     p = 0
-    if kh == 3 and kw == 3:  # the weights, offsets and the border columns' masks in registers
+    if kh == 3 and kw == 3:  # the weights and offsets in registers
         w00, w01, w02 = simd.broadcast(w, at), simd.broadcast(w, at + 1), simd.broadcast(w, at + 2)
         w10, w11, w12 = (simd.broadcast(w, at + 3), simd.broadcast(w, at + 4),
                          simd.broadcast(w, at + 5))
@@ -531,7 +531,7 @@ def _depthwise_planes_grad_weight(x, grad_out, taps_gw, taps, masks, front, scra
                     for p in range(0, hw, lanes):
                         g = (simd.load(g_flat, at + p) if p < whole
                              else simd.load_first(g_flat, at + p, hw - p))
-                        g0 = simd.keep(g, simd.load(masks, p))  # (the middle column's: all set)
+                        g0 = simd.keep(g, simd.load(masks, p))  # (the middle column: unmasked)
                         g2 = simd.keep(g, simd.load(masks, 2 * pitch + p))
                         q = front + p
                         a00 = simd.fma(g0, simd.load(strip, q + t00), a00)

@@ -5,26 +5,59 @@ from __future__ import annotations
 import math
 
 from numba import prange
+from numba.extending import overload
 
 from ..dispatch import register
 from . import threads
-from ._jit import kernel
+from ._jit import jit_options, kernel
 from .pool import parts
+from .strips import flat
+
+
+@kernel(counted=False)
+def _plane_sum(values, at, count):
+    """The sum of ``values[at : at + count]`` (float64 accumulation). The view of the
+    plane is taken without reference counts: a view per plane in the kernel cost more
+    than a small plane's sum (a C960 7x7 bias gradient 0.096 against 0.036 ms, two
+    threads of a Zen 3; the same loop over offsets into the flat array, without a view,
+    was not vectorised)."""
+    plane = values[at : at + count]
+    partial = 0.0
+    for p in range(count):
+        partial += plane[p]
+    return partial
+
+
+def _plane_total(source, grad_out, n, k):
+    """The float64 sum of ``grad_out[n, k]``; ``source``: :func:`.strips.flat` (grad_out)."""
+
+
+def _total_of_flat(source, grad_out, n, k):
+    plane = grad_out.shape[2] * grad_out.shape[3]
+    return _plane_sum(source, (n * grad_out.shape[1] + k) * plane, plane)
+
+
+def _total_of_view(source, grad_out, n, k):
+    partial = 0.0
+    for value in grad_out[n, k].flat:
+        partial += value
+    return partial
+
+
+@overload(_plane_total, inline="always", jit_options=jit_options())
+def _plane_total_overload(source, grad_out, n, k):
+    return _total_of_flat if source.ndim == 1 else _total_of_view
 
 
 @kernel(parallel=True)
 def _channel_sums(grad_out, sums, part, parts):
     """sums[k] = sum_{n, i, j} grad_out[n, k, i, j], one channel per task, in a fixed order."""
     n_img, channels = grad_out.shape[0], grad_out.shape[1]
-    plane = grad_out.shape[2] * grad_out.shape[3]
+    source = flat(grad_out)  # planes by offset, not by view (a C-contiguous grad_out)
     for k in prange(part * channels // parts, (part + 1) * channels // parts):
         total = 0.0
         for n in range(n_img):
-            values = grad_out[n, k].reshape(plane)
-            partial = 0.0
-            for p in range(plane):
-                partial += values[p]
-            total += partial
+            total += _plane_total(source, grad_out, n, k)
         sums[k] = total
 
 
