@@ -2,12 +2,13 @@
 and ``_depthwise_planes_grad_weight``): stride 1, an odd kernel, padding that keeps the
 input's size, planes from one vector to ``DEPTHWISE_PLANE_BYTES``.
 
-Each case runs on every thread (``SERIAL_MAX_WORK`` 0) with task counts that do not divide
-evenly, records that the whole-plane kernels really ran (forward, grad_input through the
-flipped forward, grad_weight), and compares every result with the reference and, in
-float64, with PyTorch. The masks that zero a filter column's sums at a row's border are
-checked with NaN and Inf inputs (the forward is exact there); an Inf weight tap and an
-Inf input value in the weight gradient go to the other kernels, as their docstrings say.
+Each case runs on every thread (``SERIAL_MAX_WORK`` 0), most with odd task counts (images
+x channels) that two threads share unevenly, records that the whole-plane kernels
+really ran (forward, grad_input through the flipped forward, grad_weight), and compares
+every result with the reference and, in float64, with PyTorch. The masks that zero a
+filter column's sums at a row's border are checked with NaN and Inf inputs (the forward
+is exact there); an Inf weight tap and an Inf input value in the weight gradient go to
+the other kernels, as their docstrings say.
 """
 
 from __future__ import annotations
