@@ -704,8 +704,7 @@ def conv2d_direct(x, weight, bias, out, stride, padding, dilation, groups, activ
         blocked.conv2d_blocked(x, weight, bias, out, stride, padding, dilation, groups,
                                activation=activation)
         return
-    if (weight.shape[1] == 1 and out.flags.c_contiguous
-            and _on_planes(x, out.shape[2:], weight.shape[2:], stride, padding, dilation)
+    if (weight.shape[1] == 1 and _on_planes(x, out, weight.shape[2:], stride, padding, dilation)
             and all_finite(weight)):
         _depthwise_planes(x, weight, bias, out, dilation, activation)
         return
@@ -795,19 +794,21 @@ DEPTHWISE_PLANE_BYTES = 16 * 1024
 DEPTHWISE_WIDE_PLANE_BYTES = 4 * 1024
 
 
-def _on_planes(x, out_hw, kernel_size, stride, padding, dilation) -> bool:
+def _on_planes(x, out, kernel_size, stride, padding, dilation) -> bool:
     """Whether a layer of one channel per group runs on whole planes: stride 1, an odd
-    kernel, padding ``dilation * (R - 1) / 2`` on every side and an output (``out_hw``)
-    of the input's size (a weight gradient from conv_transpose2d's backward can have
-    fewer rows: its output_padding), a C-contiguous ``x`` of planes within
-    :data:`DEPTHWISE_PLANE_BYTES` (3x3) or :data:`DEPTHWISE_WIDE_PLANE_BYTES`."""
+    kernel, padding ``dilation * (R - 1) / 2`` on every side and an output (``out``: the
+    output or the output gradient) of the input's size (a weight gradient from
+    conv_transpose2d's backward can have fewer rows: its output_padding), ``x`` and
+    ``out`` C-contiguous, planes within :data:`DEPTHWISE_PLANE_BYTES` (3x3) or
+    :data:`DEPTHWISE_WIDE_PLANE_BYTES`."""
     (kh, kw), (dh, dw) = kernel_size, dilation
     plane = x.shape[2] * x.shape[3] * x.itemsize
     budget = DEPTHWISE_PLANE_BYTES if kh == kw == 3 else DEPTHWISE_WIDE_PLANE_BYTES
     return (stride == (1, 1) and kh % 2 == 1 and kw % 2 == 1
             and padding == ((dh * (kh - 1) // 2,) * 2, (dw * (kw - 1) // 2,) * 2)
-            and tuple(out_hw) == x.shape[2:]
-            and simd.WIDTH_BYTES <= plane <= budget and x.flags.c_contiguous)
+            and out.shape[2:] == x.shape[2:]
+            and simd.WIDTH_BYTES <= plane <= budget
+            and x.flags.c_contiguous and out.flags.c_contiguous)
 
 
 @functools.lru_cache(maxsize=64)
@@ -1144,41 +1145,37 @@ DEPTHWISE_STACK_BYTES = 16 * 1024
 
 
 def _depthwise_grad_weight(x, grad_out, grad_weight, stride, padding, dilation) -> bool:
-    """Host side of :func:`_depthwise_grad_weight_phases` (one channel per group); False,
-    with ``grad_weight`` written, where the result is not all finite (the exact loops
-    then compute it again)."""
+    """Host side of :func:`_depthwise_planes_grad_weight` where the layer runs on whole
+    planes (:func:`_on_planes`), else of :func:`_depthwise_grad_weight_phases` (one
+    channel per group); False, with ``grad_weight`` written, where the result is not all
+    finite (the exact loops then compute it again)."""
     channels = x.shape[1]
     out_channels, _, kh, kw = grad_weight.shape
     out_h, out_w = grad_out.shape[2:]
-    if grad_out.flags.c_contiguous and _on_planes(x, (out_h, out_w), (kh, kw), stride, padding,
-                                                  dilation):
+    chunks = _chunks(channels)
+    parts = threads.parts_for(chunks, grad_weight, grad_out.shape[0] * out_h * out_w)
+    taps_gw = np.empty((out_channels, kh * kw), x.dtype)
+    if _on_planes(x, grad_out, (kh, kw), stride, padding, dilation):
         taps, masks, front, strip = _plane_layout(x.shape[2], x.shape[3], (kh, kw), dilation,
                                                   x.dtype)
-        chunks = _chunks(channels)
-        taps_gw = np.empty((out_channels, kh * kw), x.dtype)
-        threads.launch(_depthwise_planes_grad_weight,
-                       threads.parts_for(chunks, grad_weight, grad_out.shape[0] * out_h * out_w),
-                       x, grad_out, taps_gw, taps, masks, front,
-                       workspace.borrow((chunks, strip), x.dtype))
-        grad_weight[...] = taps_gw.reshape(grad_weight.shape)
-        return all_finite(taps_gw)
-    pitch, band, phase_rows, taps, strip = _phase_layout(x, (kh, kw), (out_h, out_w), stride,
-                                                         padding, dilation)
-    lanes = simd.WIDTH_BYTES // x.itemsize
-    chunks = _chunks(channels)
-    # small planes: several images' planes in one strip, one pass of the dot products
-    images = 1
-    if stride == (1, 1) and band == out_h:
-        images = max(1, min(x.shape[0], DEPTHWISE_STACK_BYTES // (2 * strip * x.itemsize)))
-    plane = phase_rows * pitch
-    scratch = workspace.borrow(
-        (chunks, (strip - lanes) * images + lanes + (images - 1) * plane + band * pitch + lanes),
-        x.dtype)
-    taps_gw = np.empty((out_channels, kh * kw), x.dtype)
-    parts = threads.parts_for(chunks, grad_weight, grad_out.shape[0] * out_h * out_w)
-    threads.launch(_depthwise_grad_weight_phases, parts, x, grad_out, taps_gw, padding[0][0],
-                   padding[1][0], stride[0], stride[1], pitch, phase_rows, taps, band, images,
-                   scratch)
+        threads.launch(_depthwise_planes_grad_weight, parts, x, grad_out, taps_gw, taps, masks,
+                       front, workspace.borrow((chunks, strip), x.dtype))
+    else:
+        pitch, band, phase_rows, taps, strip = _phase_layout(x, (kh, kw), (out_h, out_w),
+                                                             stride, padding, dilation)
+        lanes = simd.WIDTH_BYTES // x.itemsize
+        # small planes: several images' planes in one strip, one pass of the dot products
+        images = 1
+        if stride == (1, 1) and band == out_h:
+            images = max(1, min(x.shape[0], DEPTHWISE_STACK_BYTES // (2 * strip * x.itemsize)))
+        plane = phase_rows * pitch
+        scratch = workspace.borrow(
+            (chunks,
+             (strip - lanes) * images + lanes + (images - 1) * plane + band * pitch + lanes),
+            x.dtype)
+        threads.launch(_depthwise_grad_weight_phases, parts, x, grad_out, taps_gw,
+                       padding[0][0], padding[1][0], stride[0], stride[1], pitch, phase_rows,
+                       taps, band, images, scratch)
     grad_weight[...] = taps_gw.reshape(grad_weight.shape)
     return all_finite(taps_gw)
 
