@@ -368,8 +368,9 @@ def test_micro_kernels_in_passes_go_on_from_their_sums(count_vectors, dtype, rng
 
 def test_reduction_passes_keep_a_blocks_reads_in_the_l1(monkeypatch):
     # channels per pass: a block's cache lines per channel within a quarter of the L1, at
-    # least MIN_PASS, in equal passes; a 1x1 layer's channels in one pass (256-bit
-    # vectors, float32: 24 positions a block, 32 KiB of L1)
+    # least MIN_PASS, in equal passes (256-bit vectors, float32: 24 positions a block,
+    # 32 KiB of L1); a 1x1 layer's too (two lines: 64 a pass), but on 512-bit vectors,
+    # where its channels go in one pass
     monkeypatch.setattr(blocked, "L1_BYTES", 32 << 10)
     monkeypatch.setattr(blocked.simd, "WIDTH_BYTES", 32)
     blocked.channels_per_pass.cache_clear()
@@ -380,8 +381,12 @@ def test_reduction_passes_keep_a_blocks_reads_in_the_l1(monkeypatch):
     phases = tuple(p * 841 + r * 29 + s for p in range(4) for r in range(2) for s in range(2))
     assert blocked.channels_per_pass((phases,), 64, 4) == 8  # 16 lines: the fewest, 8
     assert blocked.channels_per_pass((phases,), 20, 4) == 7  # 7, 7, 6
-    assert blocked.channels_per_pass(((0,),), 256, 4) == 256
+    assert blocked.channels_per_pass(((0,),), 256, 4) == 64
+    assert blocked.channels_per_pass(((0,),), 100, 4) == 50
     assert blocked.channels_per_pass(((0,), rows), 64, 4) == 16  # the set that reads most
+    monkeypatch.setattr(blocked.simd, "WIDTH_BYTES", 64)
+    blocked.channels_per_pass.cache_clear()
+    assert blocked.channels_per_pass(((0,),), 256, 4) == 256
     blocked.channels_per_pass.cache_clear()
 
 
@@ -533,8 +538,9 @@ def _direct_matches_reference(shape, wshape, kwargs, dtype, rng) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape, wshape, kwargs", [
-    c[1:] for c in BLOCKED_CASES if c[0] in ("k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused")],
-    ids=["k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused"])
+    c[1:] for c in BLOCKED_CASES
+    if c[0] in ("k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused", "k24_1x1_n4", "k16_1x1_n3_g2")],
+    ids=["k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused", "k24_1x1_n4", "k16_1x1_n3_g2"])
 @pytest.mark.parametrize("dense", [False, True], ids=["pitch", "dense"])
 def test_blocked_reduction_in_uneven_passes(shape, wshape, kwargs, dense, dtype, rng,
                                             monkeypatch):
@@ -635,8 +641,9 @@ def test_dense_layout_where_junk_columns_cost(monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape, wshape, kwargs", [
-    c[1:] for c in BLOCKED_CASES if c[0] in ("k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused")],
-    ids=["k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused"])
+    c[1:] for c in BLOCKED_CASES
+    if c[0] in ("k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused", "k24_1x1_n4", "k16_1x1_n3_g2")],
+    ids=["k40_n3", "s2_k32", "s23_5x5", "s2_4x4_fused", "k24_1x1_n4", "k16_1x1_n3_g2"])
 def test_blocked_reduction_by_filters_in_uneven_passes(shape, wshape, kwargs, dtype, rng,
                                                        monkeypatch):
     # the by-filters form's reduction in passes of a few channels (its packed filters per
