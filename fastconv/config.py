@@ -225,6 +225,21 @@ AUTO_BLOCKED_SMALL_PLANE_CHANNELS: int = _env_int("AUTO_BLOCKED_SMALL_PLANE_CHAN
 AUTO_1X1_BLOCKED_MIN_EXPANSION: int = _env_int("AUTO_1X1_BLOCKED_MIN_EXPANSION", 4)
 AUTO_1X1_BLOCKED_MAX_WORK: int = _env_int("AUTO_1X1_BLOCKED_MAX_WORK", 1 << 23, minimum=0)
 
+#: ... except, on 256-bit vectors, the conv2d of strided layers of at most this many
+#: channels (min(C, K)/groups) on at least AUTO_STRIDED_BLOCKED_MIN_POSITIONS output
+#: positions a plane, which stays on the blocked kernel (by filters, or on its phases
+#: by positions). Measured on a Zen 3 (AVX2), float32, 3x3 stride 2 padding 1, N8 unless
+#: said, two threads, best ms blocked / im2col: C96 -> 192 on 28x28 3.22-3.41 / 3.76,
+#: on 14x14 0.96 / 1.11; C128 -> 128 on 56x56 12.6 / 13.9, on 28x28 2.97 / 3.92; C128 ->
+#: 256 on 28x28 5.62-5.89 / 6.09-6.33 (at N1 0.88 / 1.53, at N32 22.3 / 26.0, 5x5 14.7
+#: / 16.0), on 14x14 1.80 / 1.85; C160 -> 320 on 28x28 8.88 / 9.23, on 14x14 2.48 /
+#: 2.71; C192 -> 192 on 28x28 6.66 / 7.62, C192 -> 384 on 14x14 3.77 / 3.99; from 256
+#: channels im2col ties or wins (C256 -> 512 on 14x14 6.30-6.72 / 6.19-6.60, C512 ->
+#: 512 on 14x14 15.5 / 13.7), and on 4x4 outputs below that too (C128 -> 256 on 8x8
+#: 0.94 / 0.72). On 512-bit vectors, unmeasured since the rule above was, im2col.
+AUTO_STRIDED_BLOCKED_MAX_CHANNELS: int = _env_int("AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 192)
+AUTO_STRIDED_BLOCKED_MIN_POSITIONS: int = _env_int("AUTO_STRIDED_BLOCKED_MIN_POSITIONS", 49)
+
 #: Fewest multiply-adds (N * K * H_out * W_out * C/groups * R * S) for which ``auto``
 #: runs a strided layer's grad_input (and conv_transpose2d) on the blocked kernel, a
 #: stride-1 convolution per phase of the input: each phase is a call of its own, so

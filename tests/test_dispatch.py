@@ -538,6 +538,46 @@ def test_strided_gradients_on_the_blocked_kernels(monkeypatch):
     assert choice["algorithm"] == "direct"
 
 
+def test_strided_conv2d_of_up_to_192_channels_stays_blocked_on_256_bit_vectors(
+        monkeypatch, rng):
+    """Strided layers of more than AUTO_BLOCKED_MAX_CHANNELS channels run on im2col,
+    except, on 256-bit vectors, the conv2d of those of at most
+    AUTO_STRIDED_BLOCKED_MAX_CHANNELS channels with at least
+    AUTO_STRIDED_BLOCKED_MIN_POSITIONS outputs a plane (not their grad_input)."""
+    from fastconv import cpu
+
+    def picks(n, c, size, k, stride=2):
+        x = np.ones((n, c, size, size), np.float32)
+        w = np.ones((k, c, 3, 3), np.float32)
+        out = (size - 1) // stride + 1
+        g = np.ones((n, k, out, out), np.float32)
+        kernels = fastconv.explain("conv2d_backward", g, x, w, stride=stride,
+                                   padding=1)["kernels"]
+        return (fastconv.explain("conv2d", x, w, stride=stride, padding=1)["algorithm"],
+                kernels[0]["algorithm"])
+
+    monkeypatch.setattr(cpu, "_wide_vectors", lambda: False)
+    assert picks(8, 128, 28, 256) == ("direct", "im2col")  # ResNet-18's 128 -> 256
+    assert picks(8, 192, 14, 384) == ("direct", "im2col")  # 7x7 outputs
+    assert picks(8, 256, 14, 512) == ("im2col", "im2col")  # 256 channels
+    assert picks(8, 128, 8, 256) == ("im2col", "im2col")  # 4x4 outputs
+    assert picks(8, 64, 56, 128) == ("direct", "direct")  # up to 64 channels, as before
+    monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 64)
+    assert picks(8, 128, 28, 256)[0] == "im2col"
+    monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 192)
+    monkeypatch.setattr(cpu, "_wide_vectors", lambda: True)
+    assert picks(8, 128, 28, 256) == ("im2col", "im2col")
+    # and the blocked kernel computes such a layer (odd sizes: a phase plane's tail)
+    monkeypatch.setattr(cpu, "_wide_vectors", lambda: False)
+    x = rng.standard_normal((2, 72, 15, 17)).astype(np.float32)
+    w = rng.standard_normal((80, 72, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(80).astype(np.float32)
+    assert fastconv.explain("conv2d", x, w, b, stride=2, padding=1)["algorithm"] == "direct"
+    np.testing.assert_allclose(fastconv.conv2d(x, w, b, stride=2, padding=1),
+                               fastconv.reference.conv2d(x, w, b, stride=2, padding=1),
+                               **sum_tolerance(np.float32, 72 * 9))
+
+
 def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng):
     """1x1 layers of 64+ channels run on im2col's one GEMM, except at stride 1 those
     whose convolution (grad_input: the transposed one) has AUTO_1X1_BLOCKED_MIN_EXPANSION

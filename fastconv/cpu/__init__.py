@@ -38,7 +38,10 @@ def _choose_conv(op, weight_shape, problem):
        or, for grad_weight on 512-bit vectors, the layer has fewer filters than
        channels per group and no padding and column stride (the blocked kernel reads
        ``x`` in place); the blocked kernel for any other strided grad_weight;
-       im2col for strided layers of more than deep channels and the conv2d of layers of
+       im2col for strided layers of more than deep channels (but, on 256-bit vectors,
+       the conv2d of those of at most ``AUTO_STRIDED_BLOCKED_MAX_CHANNELS`` on at
+       least ``AUTO_STRIDED_BLOCKED_MIN_POSITIONS`` output positions a plane) and the
+       conv2d of layers of
        more than ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
        ``AUTO_BLOCKED_MIN_USE_PERCENT`` % of the positions the blocked kernel computes
        are outputs (on its dense layout where that pays, :func:`.blocked.use_percent`);
@@ -120,6 +123,17 @@ def _wide_vectors() -> bool:
     return simd.WIDTH_BYTES >= 64
 
 
+def _strided_stays_blocked(op, narrow: int, positions: int) -> bool:
+    """Whether the conv2d of a strided layer deeper than ``AUTO_BLOCKED_MAX_CHANNELS``
+    stays on the blocked kernel: on 256-bit vectors, up to
+    ``AUTO_STRIDED_BLOCKED_MAX_CHANNELS`` channels on at least
+    ``AUTO_STRIDED_BLOCKED_MIN_POSITIONS`` output positions a plane (measured:
+    :mod:`fastconv.config`)."""
+    return (op == "conv2d" and not _wide_vectors()
+            and narrow <= config.AUTO_STRIDED_BLOCKED_MAX_CHANNELS
+            and positions >= config.AUTO_STRIDED_BLOCKED_MIN_POSITIONS)
+
+
 def _blocked_rule(op, weight_shape, problem, narrow, fits):
     """Rule 2 of :func:`_choose_conv`: ``(name, reason)``, or None when the blocked kernel
     does not apply."""
@@ -192,8 +206,18 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
                           f"per group: the register-blocked weight gradient (12 taps x a "
                           f"block of filters; im2col's strided columns cost more)")
     if narrow > deep and stride != (1, 1):
-        return "im2col", (f"stride {stride} with min(C, K)/groups = {narrow} > "
-                          f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: deep enough for im2col's GEMM")
+        if not _strided_stays_blocked(op, narrow, out_h * out_w):
+            return "im2col", (f"stride {stride} with min(C, K)/groups = {narrow} > "
+                              f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: deep enough for im2col's "
+                              f"GEMM")
+        strided = (f"stride {stride} with min(C, K)/groups = {narrow} <= "
+                   f"AUTO_STRIDED_BLOCKED_MAX_CHANNELS = "
+                   f"{config.AUTO_STRIDED_BLOCKED_MAX_CHANNELS} on {out_h * out_w} >= "
+                   f"AUTO_STRIDED_BLOCKED_MIN_POSITIONS = "
+                   f"{config.AUTO_STRIDED_BLOCKED_MIN_POSITIONS} outputs a plane "
+                   f"({simd.WIDTH_BYTES * 8}-bit vectors), ")
+    else:
+        strided = ""
     # the convolution that runs at stride 1 (or conv2d's): its positions on the dense
     # layout's pitch where that pays
     work_per_copy = (blocked.dense_work_per_copy(filters, kh, kw, stride, dilation)
@@ -215,7 +239,7 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
         detail = (f"its sums by filters, {blocked.BLOCK_Q} outputs x "
                   f"{blocked.filters_block(itemsize)} filters at a time, where by positions "
                   f"only {use} % would be outputs")
-    return "direct", (f"{filters} >= {blocked.MIN_GROUP_K} filters per group: the "
+    return "direct", (f"{strided}{filters} >= {blocked.MIN_GROUP_K} filters per group: the "
                       f"register-blocked direct kernel ({detail})")
 
 
