@@ -290,3 +290,32 @@ def test_kept_flipped_filters_follow_a_weight_changed_in_place(dtype, rng, monke
     y = fastconv.conv_transpose2d(x, w, b, stride=2, padding=1, algorithm="direct")
     np.testing.assert_array_equal(np.isnan(y), np.isnan(
         reference.conv_transpose2d(x, w, b, stride=2, padding=1)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_kept_forward_filters_follow_a_weight_changed_in_place(dtype, rng, monkeypatch):
+    # conv2d on the blocked kernel packs a large weight's filters once per weight
+    # (blocked.KEEP_MIN_VALUES; here all), by positions and by filters, at stride 1 and
+    # 2: every optimizer step in place must be seen, and two weights of one shape swapped
+    # into the same calls keep their own packings
+    monkeypatch.setattr(blocked, "KEEP_MIN_VALUES", 0)
+    x = rng.standard_normal((2, 16, 12, 12)).astype(dtype)
+    w = (rng.standard_normal((40, 16, 3, 3)) / 8).astype(dtype)
+    other = (rng.standard_normal((40, 16, 3, 3)) / 8).astype(dtype)
+    b = rng.standard_normal(40).astype(dtype)
+    for _ in range(4):
+        for form in ("positions", "filters"):
+            monkeypatch.setattr(blocked, "FORWARD_FORM", form)
+            blocked._forward_layout.cache_clear()
+            fastconv.clear_plans()
+            for weight in (w, other):
+                for stride in (1, 2):
+                    y = fastconv.conv2d(x, weight, b, stride=stride, padding=1,
+                                        algorithm="direct")
+                    assert_close(y, reference.conv2d(x, weight, b, stride=stride, padding=1),
+                                 dtype)
+        kinds = [key[0] for key in prepared._registry.mine().entries]
+        assert kinds.count("blocked filters") >= 2
+        w -= np.asarray(0.1, dtype) * rng.standard_normal(w.shape).astype(dtype)
+    blocked._forward_layout.cache_clear()
+    fastconv.clear_plans()

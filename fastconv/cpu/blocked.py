@@ -888,6 +888,13 @@ PACK_TASKS_MIN_VALUES = 8192
 #: (16384) read 0.416-0.422 -> 0.435-0.457 ms: its lookup and compare (25 us) cost more
 #: than its packing.
 KEEP_FLIPPED_MIN_VALUES = 1 << 16
+#: ... and of a forward weight (packed in order, about half as costly a value): from
+#: 2^17 values. Measured on a Zen 3, float32, two threads, best ms, packing alone /
+#: the whole call: C256 -> 256 3x3 on 14x14 at N1 (589824 values) 0.27 / 1.73 (16 %),
+#: C192 -> 384 3x3 s2 on 14x14 (663552) 0.28 / 3.86, C128 -> 256 3x3 s2 on 28x28
+#: (294912) 0.13 / 6.23, C128 -> 128 3x3 on 28x28 (147456) 0.067 / 10.9, the compare
+#: that replaces it about a third of the packing.
+KEEP_MIN_VALUES = 1 << 17
 
 
 #: An empty bias per dtype, for calls without one.
@@ -966,23 +973,24 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
     bits_in_place = bits | IN_PLACE if whole_planes else bits
     weave = np.asarray(weave if woven else _NO_WEAVE, np.intp)
     # a flipped weight's packing (grad_input's, conv_transpose2d's) reads it out of order:
-    # 5-6 % of conv_transpose2d's call on a Zen 2. For many filters the packed filters
-    # are kept while the weight holds the same bytes (.prepared; a training step packs
-    # once per call, as before), where the packing costs more than the compare
-    kept_size = math.prod(packed_shape) if flipped else -1
+    # 5-6 % of conv_transpose2d's call on a Zen 2; a forward weight's, in order, up to 16 %
+    # of a deep layer's call at a batch of one. For many filters the packed filters are
+    # kept while the weight holds the same bytes (.prepared; a training step packs once
+    # per call, as before), where the packing costs more than the compare
+    kept_size = math.prod(packed_shape)  # (the bounds read at each call: the warm-up's)
+    kept_kind = "blocked flipped filters" if flipped else "blocked filters"
     tap_key = (tap_map.shape, tap_map.tobytes())
 
     in_tasks = packing & IN_TASKS != 0
     pack_parts = min(threads.count(), packed_shape[0] * packed_shape[1])
 
     def pack(weight, packed):
-        threads.launch(_pack_blocks, pack_parts, weight, packed, True, tap_map)
+        threads.launch(_pack_blocks, pack_parts, weight, packed, flipped, tap_map)
 
     def run(x, weight, bias, out, target=None) -> bool:
         call_bits = 0 if target is None else WOVEN
-        if kept_size >= KEEP_FLIPPED_MIN_VALUES:
-            packed = prepared.get("blocked flipped filters", weight, packed_shape, pack,
-                                  tap_key)
+        if kept_size >= (KEEP_FLIPPED_MIN_VALUES if flipped else KEEP_MIN_VALUES):
+            packed = prepared.get(kept_kind, weight, packed_shape, pack, tap_key)
             call_bits |= PACKED
         else:
             packed = borrow(packed_shape, dtype, "packed")

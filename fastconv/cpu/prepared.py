@@ -4,9 +4,10 @@ Winograd multiplies by transformed filters (``G w G^T``, four times the
 weight's size). Transforming them on every call costs as much as a tenth of a
 deep layer's convolution, and writing them afresh evicts the cache the products
 then need (measured on a 256-channel 14x14 layer: 9.8 -> 7.7 ms per call with
-the transform kept). The direct kernel keeps a large flipped weight's packed
-filters the same way (grad_input's and conv_transpose2d's, whose packing reads the
-weight out of order: :data:`.blocked.KEEP_FLIPPED_MIN_VALUES`). A layer at inference
+the transform kept). The direct kernel keeps a large weight's packed filters the
+same way (grad_input's and conv_transpose2d's flipped ones, whose packing reads the
+weight out of order, :data:`.blocked.KEEP_FLIPPED_MIN_VALUES`, and the forward's,
+:data:`.blocked.KEEP_MIN_VALUES`). A layer at inference
 calls with the same weight every time; a training step changes it between calls.
 
 :func:`get` keeps a prepared array per weight buffer (its address, layout and
