@@ -23,7 +23,7 @@ from ._jit import kernel
 from .blocked import L2_BYTES
 from .epilogue import store_row
 from .finite import all_finite
-from .strips import flat
+from .strips import copy_run, flat
 from .windows import valid_range
 
 
@@ -427,12 +427,11 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
                 for n in range(n_first, n_last):
                     at = (n - n_first) * plane
                     for k in range(out_channels):
-                        src = (n * out_channels + k) * plane
-                        a[k * total + at : k * total + at + plane] = grad_flat[src : src + plane]
+                        copy_run(grad_flat, (n * out_channels + k) * plane, a, k * total + at,
+                                 plane)
                     for c in range(c_first, c_last):
-                        src = (n * channels + c) * plane
-                        dst = (c - c_first) * total + at
-                        b[dst : dst + plane] = x_flat[src : src + plane]
+                        copy_run(x_flat, (n * channels + c) * plane, b,
+                                 (c - c_first) * total + at, plane)
                 gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, out_channels, c_last - c_first,
                      total, 1.0, blas.pointer(a, 0), total, blas.pointer(b, 0), total,
                      1.0 if batch > 0 else 0.0, blas.pointer(grad_weight2d, c_first), depth)

@@ -63,6 +63,30 @@ def row_start(array, n, channel, row):
     return ((n * array.shape[1] + channel) * array.shape[2] + row) * array.shape[3]
 
 
+def copy_run(source, src, buffer, at, count):
+    """``buffer[at : at + count] = source[src : src + count]`` on :mod:`.simd` vectors
+    (both 1-D contiguous, apart): a run shorter than a vector in one masked vector, else
+    whole vectors, the last one ending the run (overlapping the one before: a masked tail
+    slows the loop, see :mod:`.epilogue`). (A slice assignment between arrays would do
+    it too, but compiles Numba's shape-mismatch message: string formatting, 3.7 s of the
+    warm-up's compile for one kernel.)"""
+
+
+@overload(copy_run, inline="always", jit_options=jit_options())
+def _copy_run(source, src, buffer, at, count):
+    def impl(source, src, buffer, at, count):
+        lanes = simd.lanes(buffer)
+        if count < lanes:
+            if count > 0:
+                simd.store_first(buffer, at, simd.load_first(source, src, count), count)
+            return
+        for j in range(0, count - lanes, lanes):
+            simd.store(buffer, at + j, simd.load(source, src + j))
+        simd.store(buffer, at + count - lanes, simd.load(source, src + count - lanes))
+
+    return impl
+
+
 def flat(x):
     """``x.reshape(x.size)`` if ``x`` is C-contiguous, else ``x`` itself: what
     :func:`copy_row` copies from. Taken once per kernel call: a reshape per row costs
@@ -83,17 +107,7 @@ def copy_row(source, x, n, channel, row, buffer, at):
 
 
 def _copy_vectors(source, x, n, channel, row, buffer, at):
-    width = x.shape[3]
-    lanes = simd.lanes(buffer)
-    src = row_start(x, n, channel, row)
-    if width < lanes:  # one masked vector
-        simd.store_first(buffer, at, simd.load_first(source, src, width), width)
-        return
-    for j in range(0, width - lanes, lanes):
-        simd.store(buffer, at + j, simd.load(source, src + j))
-    # the last vector ends the row (overlapping the one before: a masked tail slows the
-    # loop, see .epilogue)
-    simd.store(buffer, at + width - lanes, simd.load(source, src + width - lanes))
+    copy_run(source, row_start(x, n, channel, row), buffer, at, x.shape[3])
 
 
 def _copy_loop(source, x, n, channel, row, buffer, at):
