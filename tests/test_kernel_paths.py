@@ -392,23 +392,27 @@ def test_im2col_image_blocks_of_unequal_sizes(op, case):
     assert_matches(result, expected(case)[op], op, case, "reference")
 
 
+@pytest.mark.parametrize("plane", [(5, 6), (1, 3)], ids=["5x6", "1x3"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
-def test_1x1_weight_gradient_gathers_images(n_threads, dtype):
+def test_1x1_weight_gradient_gathers_images(n_threads, dtype, plane):
     # an unpadded 1x1 layer on small planes (and large sums): a chunk of the input channels
     # per thread, over every image, each GEMM over the positions of a few images gathered
-    # side by side: 7 images of 5x6 three at a time (batches of 3, 3 and 1), 37 channels in
-    # chunks of unequal sizes; an Inf input value reaches only its channel's column
+    # side by side: 7 images three at a time (batches of 3, 3 and 1), 37 channels in
+    # chunks of unequal sizes; an Inf input value reaches only its channel's column. The
+    # gathered planes are copied on vectors: 5x6, whole vectors and an overlapping last
+    # one; 1x3, fewer values than a vector (masked)
     from fastconv.cpu import im2col
 
     rng = np.random.default_rng(7)
-    x = rng.uniform(-1, 1, (7, 37, 5, 6)).astype(dtype)
-    gy = rng.uniform(-1, 1, (7, 11, 5, 6)).astype(dtype)
+    x = rng.uniform(-1, 1, (7, 37, *plane)).astype(dtype)
+    gy = rng.uniform(-1, 1, (7, 11, *plane)).astype(dtype)
     w = rng.uniform(-1, 1, (11, 37, 1, 1)).astype(dtype)
-    x[5, 20, 2, 3] = np.inf
+    x[5, 20, plane[0] // 2, plane[1] // 2] = np.inf
     x_before, gy_before = x.copy(), gy.copy()
+    positions = plane[0] * plane[1]
     with pytest.MonkeyPatch.context() as patch, numba_threads(n_threads):
-        patch.setattr(config, "IM2COL_MIN_COLUMNS", 3 * 30 - 1)
+        patch.setattr(config, "IM2COL_MIN_COLUMNS", 3 * positions - 1)
         patch.setattr(im2col, "GATHER_MIN_CHANNELS", 8)
         patch.setattr(im2col, "L2_BYTES", 0)  # (the sums of real layers outgrow the L2)
         assert im2col._gathered_images(x, gy, 1, 1, (1, 1), ((0, 0), (0, 0)), 1) == 3
@@ -423,7 +427,7 @@ def test_1x1_weight_gradient_gathers_images(n_threads, dtype):
     oracle = reference.conv2d_backward(gy.astype(np.float64), x.astype(np.float64),
                                        w.astype(np.float64))[1]
     assert np.isinf(oracle[:, 20]).all() and np.isfinite(np.delete(oracle, 20, axis=1)).all()
-    tol = sum_tolerance(dtype, 7 * 30)
+    tol = sum_tolerance(dtype, 7 * positions)
     np.testing.assert_allclose(grad_weight, oracle, **tol)
     oracle = reference.conv_transpose2d_backward(
         x.astype(np.float64), gy.astype(np.float64), w.astype(np.float64))[1]
