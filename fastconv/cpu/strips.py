@@ -68,8 +68,8 @@ def copy_run(source, src, buffer, at, count):
     (both 1-D contiguous, apart): a run shorter than a vector in one masked vector, else
     whole vectors, the last one ending the run (overlapping the one before: a masked tail
     slows the loop, see :mod:`.epilogue`). (A slice assignment between arrays would do
-    it too, but compiles Numba's shape-mismatch message: string formatting, 3.7 s of the
-    warm-up's compile for one kernel.)"""
+    it too, but compiles Numba's shape-mismatch message: string formatting, about 4 s of
+    the warm-up's compile for one kernel.)"""
 
 
 @overload(copy_run, inline="always", jit_options=jit_options())
