@@ -87,3 +87,75 @@ def test_the_kernels_cache_indexes_carry_the_package_stamp():
     for dispatcher in (winograd._pitch, threads._run_parts, threads._run_trampolines):
         stamp = dispatcher._cache._cache_file._source_stamp
         assert stamp[1] == _jit.package_fingerprint()
+
+
+# kernels of a module of their own: a helper (no Python wrapper) and an entry that calls
+# it, both calling ``min`` (whose compile Numba keys by the caller's flags)
+HELPERS = """
+from fastconv.cpu._jit import kernel
+
+@kernel()
+def twice(x):
+    return 2 * min(x, 100)
+
+@kernel(entry=True)
+def twice_plus_one(x):
+    return twice(x) + min(x, 1)
+"""
+
+FIRST = """
+import collections
+from numba.core import event
+import helpers
+
+compiles = collections.Counter()
+
+class Listener(event.Listener):
+    def on_start(self, e):
+        compiles[e.data["dispatcher"].py_func.__qualname__] += 1
+
+    def on_end(self, e):
+        pass
+
+event.register("numba:compile", Listener())
+assert helpers.twice_plus_one(3) == 7
+for function, wrapped in ((helpers.twice, False), (helpers.twice_plus_one, True)):
+    (compiled,) = function.overloads.values()
+    address = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_cpython_wrapper_name)
+    assert (address != 0) == wrapped, function
+assert max(compiles.values()) == 1, compiles
+print(sorted(name for name in compiles if "min" in name))
+"""
+
+SECOND = """
+import helpers
+assert helpers.twice_plus_one(3) == 7
+assert sum(helpers.twice_plus_one.stats.cache_hits.values()) == 1
+assert helpers.twice(4) == 8  # from Python: a twin with a Python wrapper
+assert helpers.twice(5) == 10
+print(type(helpers.twice).__name__)
+"""
+
+
+def _run(code: str, directory: Path, cache_dir: Path) -> str:
+    environment = {name: value for name, value in os.environ.items()
+                   if not name.startswith("FASTCONV_")
+                   and name not in ("NUMBA_BOUNDSCHECK", "NUMBA_DISABLE_JIT")}
+    environment.update(PYTHONPATH=os.pathsep.join([str(directory), *sys.path]),
+                       NUMBA_CACHE_DIR=str(cache_dir))
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                            text=True, timeout=300, check=False, env=environment, cwd=directory)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_helpers_compile_without_a_python_wrapper_and_python_calls_get_a_twin(tmp_path):
+    # only the functions Python calls get Numba's Python wrapper (jit_options); every
+    # function has the same flags, so ``min`` compiles once for both; a helper called
+    # from Python, in a process that loaded it from the disk cache without a wrapper,
+    # runs a twin compiled with one (a twin read from the helper's cache entries would
+    # call address 0: a segfault, as a first version of this did)
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    cache = tmp_path / "cache"
+    assert _run(FIRST, tmp_path, cache).count("min") == 1
+    assert _run(SECOND, tmp_path, cache) == "_HelperDispatcher"

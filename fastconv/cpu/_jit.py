@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numba
+from numba.core import lowering
 from numba.core.caching import NullCache
+from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.compiler_machinery import register_pass
+from numba.core.registry import CPUDispatcher
+from numba.core.typed_passes import NativeLowering
 
 from .. import _notice, config
 
@@ -85,12 +90,27 @@ def jit_options() -> dict[str, Any]:
     ``cfunc`` use would call; the threads call a kernel's own native function
     (:mod:`.threads`). Without them the demo's first forward and backward compiled in a
     median 22.5 s against 25.1 s (five alternating pairs, empty caches, faster in four;
-    ranges 20.8-27.4 and 22.1-26.0 s; LLVM's share a median 10.7 against 12.1 s)."""
+    ranges 20.8-27.4 and 22.1-26.0 s; LLVM's share a median 10.7 against 12.1 s).
+
+    ``no_cpython_wrapper``: nor a Python wrapper (the code that unboxes each argument
+    from a Python object), but for the functions Python calls: the threaded kernels and
+    those made with :func:`kernel`'s ``entry``, whose pipeline (:class:`EntryCompiler`)
+    builds it regardless of the flag, so that every function has the same flags (which
+    Numba's cache of a helper's compiles is keyed by; a wrapper flag set apart compiled
+    the transpose, ``min``, ``max`` and more twice). Before, each of the ~150 helpers and
+    every ``@overload`` had one that nothing called. Without them (the kernels' machine
+    code the same), with empty caches and each pair run at once, one process per core of
+    a 2-core Zen 3 VM whose speed drifts by a third between minutes: the demo's first
+    forward and backward 5-22 % faster in seven of seven pairs (22.4-29.6 s against
+    28.7-33.8 s), the warm-up in one process 5-10 % in four of four (82.8-108.9 s against
+    86.8-115.2 s); ``benchmarks/RESULTS.md``, "Python wrappers for the functions Python
+    calls only"."""
     return dict(fastmath=set(config.FASTMATH), nogil=True, error_model="numpy",
-                no_cpython_wrapper=False, no_cfunc_wrapper=True, forceinline=False)
+                no_cpython_wrapper=True, no_cfunc_wrapper=True, forceinline=False)
 
 
-def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True):
+def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True,
+           entry: bool = False):
     """``numba.njit`` with fastconv's flags.
 
     ``inline``: the kernel's callers get its code, not a call (LLVM's ``alwaysinline``,
@@ -111,16 +131,83 @@ def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True
     in the callee, atomic operations that stay in the caller's loop even where the
     callee is inlined: for a helper called once per plane (a depthwise layer's
     :func:`.direct._plane_taps`) they took most of the time (a C960 7x7 layer on one
-    thread of a Zen 3: 0.92 against 0.32 ms without)."""
+    thread of a Zen 3: 0.92 against 0.32 ms without).
+
+    ``entry``: Python calls it (beside any kernel that does), so it gets a Python wrapper,
+    as a threaded kernel does. Any other kernel is a helper, compiled without one
+    (:func:`jit_options`), and a call from Python runs a twin of it compiled with one
+    (:class:`_HelperDispatcher`: tests, the REPL)."""
     options = dict(cache=disk_cache(), **{**jit_options(), "forceinline": inline})
     if not counted:
         options["_nrt"] = False
 
     def decorate(function):
-        dispatcher = package_stamped(numba.njit(**options)(function))
+        if parallel or entry:
+            dispatcher = package_stamped(numba.njit(pipeline_class=EntryCompiler,
+                                                    **options)(function))
+        else:
+            dispatcher = package_stamped(_helper(function, options))
         dispatcher.threaded = parallel and config.PARALLEL
         if dispatcher.threaded:
             THREADED.append(dispatcher)
         return dispatcher
 
     return decorate
+
+
+class _EntryLower(lowering.Lower):
+    def lower(self):
+        """The function, then its Python wrapper (the GIL released, as :func:`jit_options`
+        has it), which ``no_cpython_wrapper`` leaves out otherwise."""
+        super().lower()
+        self.create_cpython_wrapper(release_gil=True)
+
+
+@register_pass(mutates_CFG=True, analysis_only=False)
+class _EntryLowering(NativeLowering):
+    _name = "fastconv_entry_lowering"
+
+    @property
+    def lowering_class(self):
+        return _EntryLower
+
+
+class EntryCompiler(CompilerBase):
+    """Numba's nopython pipeline, lowered with a Python wrapper (:func:`kernel`'s
+    ``entry``; ``numba.njit(pipeline_class=EntryCompiler, **jit_options())`` for a
+    function Python calls outside :func:`kernel`)."""
+
+    def define_pipelines(self):
+        pipeline = DefaultPassBuilder.define_nopython_pipeline(self.state)
+        pipeline.passes = [(_EntryLowering if pass_ is NativeLowering else pass_, about)
+                           for pass_, about in pipeline.passes]
+        pipeline.finalize()
+        return [pipeline]
+
+
+class _HelperDispatcher(CPUDispatcher):
+    """A kernel that only other kernels call: its compiled code has no Python wrapper to
+    run (:func:`jit_options`). A call from Python compiles and runs a twin with one,
+    outside the disk cache, whose entries for the function are the helper's (wrapperless)
+    ones."""
+
+    def __call__(self, *args, **kwargs):
+        twin = self.__dict__.get("_fastconv_twin")
+        if twin is None:
+            twin = self._fastconv_twin = numba.njit(
+                pipeline_class=EntryCompiler,
+                **{**self._fastconv_options, "cache": False})(self.py_func)
+        return twin(*args, **kwargs)
+
+
+def _helper(function, options: dict[str, Any]) -> Any:
+    """What ``numba.njit(**options)(function)`` makes, as a :class:`_HelperDispatcher`."""
+    if numba.config.DISABLE_JIT:
+        return numba.njit(**options)(function)
+    targetoptions = {key: value for key, value in options.items() if key != "cache"}
+    dispatcher = _HelperDispatcher(py_func=function, locals={},
+                                   targetoptions={**targetoptions, "nopython": True})
+    dispatcher._fastconv_options = options
+    if options["cache"]:
+        dispatcher.enable_caching()
+    return dispatcher

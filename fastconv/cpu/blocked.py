@@ -1384,7 +1384,7 @@ def conv2d_grad_input_blocked(grad_out, weight, grad_in, stride, padding, dilati
                              stride, padding, dilation, groups)(grad_out, weight, grad_in)
 
 
-@kernel()
+@kernel(entry=True)
 def _weave_phases(planes, starts, heights, widths, row_phase, col_phase, woven, image_planes,
                   grad_in):
     """grad_in[n, c, y, x] = the value of phase ``(a, b) = (row_phase[y, 0], col_phase[x,

@@ -24,7 +24,7 @@ _SCAN_BLOCK = 4096
 _PARALLEL_MIN = 16 * _SCAN_BLOCK
 
 
-@kernel()
+@kernel(entry=True)
 def _nonfinite_in(flat, first, last):
     """Whether ``flat[first:last]`` holds a NaN or an Inf. A sum that meets one is NaN or
     +-Inf in any order of addition, so each block is summed as one vectorised loop (a

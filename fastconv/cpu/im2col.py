@@ -487,7 +487,7 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
         _add_partials(partial, grad_weight2d)
 
 
-@kernel()
+@kernel(entry=True)
 def _add_partials(partial, total):
     """total = the sum of ``partial``'s first axis, in order."""
     total[:] = 0

@@ -374,7 +374,7 @@ def _write_trampoline(context, trampoline, struct, returns, argtypes) -> None:
 
 
 @_jit.package_stamped
-@numba.njit(cache=_jit.disk_cache(), **_jit.jit_options())
+@numba.njit(cache=_jit.disk_cache(), pipeline_class=_jit.EntryCompiler, **_jit.jit_options())
 def _run_parts(runner, kernel, returns, values, args, parts):
     """:func:`_parts_on_pool` (one compile per kernel signature: a small function)."""
     _parts_on_pool(runner, kernel, returns, values, args, parts)
@@ -536,7 +536,7 @@ def _load_acquire(typingctx, array, index):
     return signature, codegen
 
 
-@_jit.kernel()
+@_jit.kernel(entry=True)
 def _spin_until(counts, at, value, spins):
     """Whether ``counts[at]`` reached ``value`` within ``spins`` loads (the GIL released)."""
     for _ in range(spins):

@@ -372,7 +372,7 @@ def buffer_size(channels: int, m_rows: int, max_tiles: int, max_pitch: int) -> i
     return ALPHA * ALPHA * ((channels + m_rows) * max_pitch + 2 * max_tiles)
 
 
-@kernel()
+@kernel(entry=True)
 def _pitch(n_tiles, lanes):
     """V's and M's row length for ``n_tiles`` tiles: whole vectors of ``lanes``."""
     return (n_tiles + lanes - 1) // lanes * lanes
