@@ -152,9 +152,9 @@ def _run(code: str, directory: Path, cache_dir: Path) -> str:
 def test_helpers_compile_without_a_python_wrapper_and_python_calls_get_a_twin(tmp_path):
     # only the functions Python calls get Numba's Python wrapper (jit_options); every
     # function has the same flags, so ``min`` compiles once for both; a helper called
-    # from Python, in a process that loaded it from the disk cache without a wrapper,
-    # runs a twin compiled with one (a twin read from the helper's cache entries would
-    # call address 0: a segfault, as a first version of this did)
+    # from Python, where the disk cache holds it without a wrapper, runs a twin compiled
+    # with one (a twin that read the helper's cache entry would call address 0: a
+    # segfault, as a first version of this did)
     (tmp_path / "helpers.py").write_text(HELPERS)
     cache = tmp_path / "cache"
     assert _run(FIRST, tmp_path, cache).count("min") == 1
