@@ -97,7 +97,7 @@ def jit_options() -> dict[str, Any]:
     those made with :func:`kernel`'s ``entry``, whose pipeline (:class:`EntryCompiler`)
     builds it regardless of the flag, so that every function has the same flags (which
     Numba's cache of a helper's compiles is keyed by; a wrapper flag set apart compiled
-    the transpose, ``min``, ``max`` and more twice). Before, each of the ~150 helpers and
+    the transpose, ``min``, ``max`` and more twice). Before, each of the 72 helper kernels and
     every ``@overload`` had one that nothing called. Without them (the kernels' machine
     code the same), with empty caches and each pair run at once, one process per core of
     a 2-core Zen 3 VM whose speed drifts by a third between minutes: the demo's first
