@@ -94,7 +94,7 @@ def jit_options() -> dict[str, Any]:
 
     ``no_cpython_wrapper``: nor a Python wrapper (the code that unboxes each argument
     from a Python object), but for the functions Python calls: the threaded kernels and
-    those made with :func:`kernel`'s ``entry``, whose pipeline (:class:`EntryCompiler`)
+    those made with :func:`kernel`'s ``entry``, whose pipeline (:class:`_EntryCompiler`)
     builds it regardless of the flag, so that every function has the same flags (which
     Numba's cache of a helper's compiles is keyed by; a wrapper flag set apart compiled
     the transpose, ``min``, ``max`` and more twice). Before, each of the 72 helper kernels and
@@ -143,8 +143,7 @@ def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True
 
     def decorate(function):
         if parallel or entry:
-            dispatcher = package_stamped(numba.njit(pipeline_class=EntryCompiler,
-                                                    **options)(function))
+            dispatcher = package_stamped(_entry(function, options))
         else:
             dispatcher = package_stamped(_helper(function, options))
         dispatcher.threaded = parallel and config.PARALLEL
@@ -172,10 +171,8 @@ class _EntryLowering(NativeLowering):
         return _EntryLower
 
 
-class EntryCompiler(CompilerBase):
-    """Numba's nopython pipeline, lowered with a Python wrapper (:func:`kernel`'s
-    ``entry``; ``numba.njit(pipeline_class=EntryCompiler, **jit_options())`` for a
-    function Python calls outside :func:`kernel`)."""
+class _EntryCompiler(CompilerBase):
+    """Numba's nopython pipeline, lowered with a Python wrapper (:func:`_entry`)."""
 
     def define_pipelines(self):
         pipeline = DefaultPassBuilder.define_nopython_pipeline(self.state)
@@ -183,6 +180,12 @@ class EntryCompiler(CompilerBase):
                            for pass_, about in pipeline.passes]
         pipeline.finalize()
         return [pipeline]
+
+
+def _entry(function, options: dict[str, Any]):
+    """``numba.njit(**options)(function)`` with a Python wrapper: a function Python calls
+    (:func:`kernel`'s ``parallel`` and ``entry``, a helper's twin)."""
+    return numba.njit(pipeline_class=_EntryCompiler, **options)(function)
 
 
 class _HelperDispatcher(CPUDispatcher):
@@ -194,9 +197,8 @@ class _HelperDispatcher(CPUDispatcher):
     def __call__(self, *args, **kwargs):
         twin = self.__dict__.get("_fastconv_twin")
         if twin is None:
-            twin = self._fastconv_twin = numba.njit(
-                pipeline_class=EntryCompiler,
-                **{**self._fastconv_options, "cache": False})(self.py_func)
+            twin = self._fastconv_twin = _entry(self.py_func,
+                                                {**self._fastconv_options, "cache": False})
         return twin(*args, **kwargs)
 
 

@@ -373,8 +373,7 @@ def _write_trampoline(context, trampoline, struct, returns, argtypes) -> None:
     builder.ret_void()
 
 
-@_jit.package_stamped
-@numba.njit(cache=_jit.disk_cache(), pipeline_class=_jit.EntryCompiler, **_jit.jit_options())
+@_jit.kernel(entry=True)
 def _run_parts(runner, kernel, returns, values, args, parts):
     """:func:`_parts_on_pool` (one compile per kernel signature: a small function)."""
     _parts_on_pool(runner, kernel, returns, values, args, parts)
