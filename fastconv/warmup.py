@@ -23,11 +23,11 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64), *,
            processes: int | None = None) -> dict[str, float]:
     """Compile (or load from the on-disk cache) every CPU kernel for ``dtypes``: the
     warm-up call of each op of :data:`fastconv.ops.TABLE` (tiny inputs, stride 1 and 2,
-    2 and 4 filters, with and without indices) with each of its algorithms, and what
-    runs each threaded kernel's parts on Numba's pool (the one parallel loop, and a
-    small function per kernel signature: :func:`fastconv.cpu.threads.compile_launchers`;
-    not with ``FASTCONV_NUMBA_POOL=0``, whose worker threads call the kernel itself). No
-    later call compiles a CPU kernel for these dtypes.
+    2 and 4 filters, with and without indices) with each of its algorithms, and the one
+    parallel loop that runs every threaded kernel's parts on Numba's pool
+    (:func:`fastconv.cpu.threads.compile_runner`; not with ``FASTCONV_NUMBA_POOL=0``,
+    whose worker threads call the kernel itself). No later call compiles a CPU kernel for
+    these dtypes.
 
     The first call of a kernel otherwise compiles it, which takes seconds; a
     later process loads the cached machine code in milliseconds. With Numba's disk
@@ -109,7 +109,7 @@ def _name(step: tuple[str, str, str]) -> str:
 
 def _run(step: tuple[str, str, str], bar: Any) -> float:
     """Seconds of the warm-up call of ``step`` (op, algorithm, dtype name) in this
-    process, with the launchers of the threaded kernels it ran (on Numba's pool)."""
+    process, with the parallel loop of the threaded kernels (on Numba's pool)."""
     from .cpu import threads
 
     if bar is not None:
@@ -118,7 +118,7 @@ def _run(step: tuple[str, str, str], bar: Any) -> float:
     op_name, algorithm, dtype = step
     ops.TABLE[op_name].warm_up(functional, np.dtype(dtype), algorithm)
     if threads.on_numba_pool():  # (a tiny call runs its threaded kernels on one thread)
-        threads.compile_launchers()
+        threads.compile_runner()
     return time.perf_counter() - start
 
 

@@ -80,11 +80,11 @@ def test_a_numba_without_the_expected_cache_layout_compiles_in_memory():
 
 
 def test_the_kernels_cache_indexes_carry_the_package_stamp():
-    from fastconv.cpu import threads, winograd
+    from fastconv.cpu import direct, threads, winograd
 
     if not _jit.disk_cache():
         pytest.skip("these settings compile in memory: no cache to stamp")
-    for dispatcher in (winograd._pitch, threads._run_parts, threads._run_trampolines):
+    for dispatcher in (winograd._pitch, direct._conv2d_forward_direct, threads._run_trampolines):
         stamp = dispatcher._cache._cache_file._source_stamp
         assert stamp[1] == _jit.package_fingerprint()
 
@@ -159,3 +159,38 @@ def test_helpers_compile_without_a_python_wrapper_and_python_calls_get_a_twin(tm
     cache = tmp_path / "cache"
     assert _run(FIRST, tmp_path, cache).count("min") == 1
     assert _run(SECOND, tmp_path, cache) == "_HelperDispatcher"
+
+
+# a threaded kernel of a module of its own, returning a bool per part
+THREADED = """
+from numba import prange
+from fastconv.cpu._jit import kernel
+
+@kernel(parallel=True)
+def fill(out, value, part, parts):
+    for i in prange(part * out.size // parts, (part + 1) * out.size // parts):
+        out[i] = value + part
+    return part % 2 == 0
+"""
+
+ON_THE_POOL = """
+import numpy as np
+from fastconv import config
+from fastconv.cpu import threads
+import threaded
+
+config.NUMBA_POOL = True
+out = np.zeros(10)
+print(threads.launch(threaded.fill, 3, out, 1.5), out.tolist() == [1.5] * 3 + [2.5] * 3 + [3.5] * 4,
+      sum(threaded.fill.stats.cache_hits.values()), sum(threaded.fill.stats.cache_misses.values()))
+"""
+
+
+def test_a_threaded_kernel_runs_its_parts_on_the_pool_from_the_disk_cache(tmp_path):
+    # the launching entry that runs the parts on Numba's pool (threads.add_launching_wrapper)
+    # compiles with the kernel, into its cache entry: a process that loads the kernel
+    # from the cache compiles nothing more to run the parts
+    (tmp_path / "threaded.py").write_text(THREADED)
+    cache = tmp_path / "cache"
+    assert _run(ON_THE_POOL, tmp_path, cache) == "[True, False, True] True 0 1"
+    assert _run(ON_THE_POOL, tmp_path, cache) == "[True, False, True] True 1 0"

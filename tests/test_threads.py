@@ -422,21 +422,37 @@ def test_out_of_bounds_in_a_worker_raises_under_boundscheck():
 
 
 @pytest.mark.parametrize("numba_pool", ["1", "0"])
-def test_threaded_kernels_compile_once(numba_pool):
+def test_threaded_kernels_compile_once(numba_pool, tmp_path):
     # a threaded kernel compiles once per signature, with or without Numba's pool: on the
-    # pool its parts run from one parallel loop, handed the arguments by _run_parts
-    # (compiled once per signature); with FASTCONV_NUMBA_POOL=0 on worker threads
+    # pool its parts run from one parallel loop (compiled once), handed the arguments by
+    # the kernel's own launching entry (compiled with it); with FASTCONV_NUMBA_POOL=0 on
+    # worker threads
     result = _run("""
+        import collections
         import numpy as np, fastconv
+        from numba.core import event
         from fastconv.cpu import direct, threads
+
+        compiled, twice = collections.Counter(), collections.Counter()
+
+        class Listener(event.Listener):
+            def on_start(self, e):
+                function = e.data["dispatcher"].py_func
+                compiled[function.__name__] += 1
+                twice[function, str(e.data["args"])] += 1
+
+            def on_end(self, e):
+                pass
+
+        event.register("numba:compile", Listener())
         x = np.random.default_rng(0).random((4, 16, 32, 32), np.float32)
         w = np.random.default_rng(1).random((3, 16, 3, 3), np.float32)
         y = fastconv.conv2d(x, w, padding=1, algorithm="direct")
         expected = fastconv.reference.conv2d(x, w, None, 1, ((1, 1), (1, 1)), 1, 1)
-        launchers = threads._run_parts.signatures
         print(threads.on_numba_pool(), len(direct._conv2d_forward_direct.signatures),
-              len(launchers), np.allclose(y, expected, rtol=1e-4, atol=1e-4))
-    """, FASTCONV_NUMBA_POOL=numba_pool)
+              compiled["_conv2d_forward_direct"], compiled["_run_trampolines"],
+              max(twice.values()), np.allclose(y, expected, rtol=1e-4, atol=1e-4))
+    """, FASTCONV_NUMBA_POOL=numba_pool, NUMBA_CACHE_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr
     pool = numba_pool == "1"
-    assert result.stdout.split() == [str(pool), "1", "1" if pool else "0", "True"]
+    assert result.stdout.split() == [str(pool), "1", "1", "1" if pool else "0", "1", "True"]

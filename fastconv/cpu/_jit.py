@@ -19,10 +19,6 @@ from .. import _notice, config
 
 _DEFAULT_FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
-#: Every threaded kernel's dispatcher: whose signatures
-#: :func:`.threads.compile_launchers` compiles the launchers for.
-THREADED: list[Any] = []
-
 # one line on stderr before the first kernel that really compiles (fastconv._notice)
 _notice.install()
 
@@ -124,7 +120,9 @@ def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True
     (its ``prange`` loops run as plain loops). It is never compiled with Numba's parallel
     passes: they compiled each threaded kernel a second time, the loop bodies typed and
     optimised again as functions of their own, more than half of an empty cache's
-    compile. ``kernel.threaded`` says which kernels are threaded (:data:`THREADED`).
+    compile. Its Python wrapper calls it through a launching entry
+    (:func:`.threads.add_launching_wrapper`), compiled and cached with it, that also runs
+    all its parts on Numba's pool. ``kernel.threaded`` says which kernels are threaded.
 
     ``counted=False``: no reference counting in the function (Numba's ``_nrt=False``; it
     may then allocate nothing). Numba takes and drops a reference to each array argument
@@ -142,13 +140,12 @@ def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True
         options["_nrt"] = False
 
     def decorate(function):
+        threaded = parallel and config.PARALLEL
         if parallel or entry:
-            dispatcher = package_stamped(_entry(function, options))
+            dispatcher = package_stamped(_entry(function, options, threaded))
         else:
             dispatcher = package_stamped(_helper(function, options))
-        dispatcher.threaded = parallel and config.PARALLEL
-        if dispatcher.threaded:
-            THREADED.append(dispatcher)
+        dispatcher.threaded = threaded
         return dispatcher
 
     return decorate
@@ -162,6 +159,16 @@ class _EntryLower(lowering.Lower):
         self.create_cpython_wrapper(release_gil=True)
 
 
+class _ThreadedLower(lowering.Lower):
+    def lower(self):
+        """The function, then its Python wrapper through a launching entry that runs its
+        parts on Numba's pool (:func:`.threads.add_launching_wrapper`)."""
+        from . import threads
+
+        super().lower()
+        threads.add_launching_wrapper(self)
+
+
 @register_pass(mutates_CFG=True, analysis_only=False)
 class _EntryLowering(NativeLowering):
     _name = "fastconv_entry_lowering"
@@ -171,21 +178,40 @@ class _EntryLowering(NativeLowering):
         return _EntryLower
 
 
+@register_pass(mutates_CFG=True, analysis_only=False)
+class _ThreadedLowering(NativeLowering):
+    _name = "fastconv_threaded_lowering"
+
+    @property
+    def lowering_class(self):
+        return _ThreadedLower
+
+
 class _EntryCompiler(CompilerBase):
     """Numba's nopython pipeline, lowered with a Python wrapper (:func:`_entry`)."""
 
+    lowering_pass: type = _EntryLowering
+
     def define_pipelines(self):
         pipeline = DefaultPassBuilder.define_nopython_pipeline(self.state)
-        pipeline.passes = [(_EntryLowering if pass_ is NativeLowering else pass_, about)
+        pipeline.passes = [(self.lowering_pass if pass_ is NativeLowering else pass_, about)
                            for pass_, about in pipeline.passes]
         pipeline.finalize()
         return [pipeline]
 
 
-def _entry(function, options: dict[str, Any]):
+class _ThreadedCompiler(_EntryCompiler):
+    """... lowered with a Python wrapper that can launch the function's parts
+    (:func:`kernel`'s ``parallel``)."""
+
+    lowering_pass = _ThreadedLowering
+
+
+def _entry(function, options: dict[str, Any], threaded: bool = False):
     """``numba.njit(**options)(function)`` with a Python wrapper: a function Python calls
-    (:func:`kernel`'s ``parallel`` and ``entry``, a helper's twin)."""
-    return numba.njit(pipeline_class=_EntryCompiler, **options)(function)
+    (:func:`kernel`'s ``parallel`` (``threaded``) and ``entry``, a helper's twin)."""
+    compiler = _ThreadedCompiler if threaded else _EntryCompiler
+    return numba.njit(pipeline_class=compiler, **options)(function)
 
 
 class _HelperDispatcher(CPUDispatcher):

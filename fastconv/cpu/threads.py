@@ -5,9 +5,9 @@ A threaded kernel (``@kernel(parallel=True)``) takes ``part, parts`` last and ru
 ``part`` of each of its ``prange`` loops; it is compiled once, as one plain function.
 :func:`launch` runs its ``parts`` shares: by default on Numba's thread pool, each share
 a call of the compiled kernel through its address from the one parallel loop of
-:func:`_run_trampolines`, all that Numba's parallel passes compile (a small function
-for each kernel signature, :func:`_run_parts`, hands it the arguments); a small call as
-one part on the calling thread.
+:func:`_run_trampolines`, all that Numba's parallel passes compile (the kernel's own
+launching entry, compiled with it, hands it the arguments:
+:func:`add_launching_wrapper`); a small call as one part on the calling thread.
 Until 2026-12-06 each threaded kernel was compiled a second time with those passes, its
 loop bodies typed and optimised again as functions of their own:
 ``fastconv.warmup(dtypes=(np.float32,))`` with an empty cache took 85 s on a 2-core Zen 2
@@ -64,8 +64,8 @@ import numba
 import numpy as np
 from llvmlite import ir as llvm_ir
 from numba import types
-from numba._dispatcher import compute_fingerprint
 from numba.core import cgutils
+from numba.core.callwrapper import PyCallWrapper
 from numba.extending import intrinsic
 from numba.np.ufunc import parallel as _parallel
 
@@ -275,8 +275,8 @@ class _Pool:
 
 _I64 = llvm_ir.IntType(64)
 #: ``void trampoline(kernel address, arguments, part, parts, out)``: what
-#: :func:`_run_trampolines` calls for each part (:func:`_parts_on_pool` writes one for
-#: each signature of the kernels).
+#: :func:`_run_trampolines` calls for each part (:func:`add_launching_wrapper` writes one
+#: for each signature of the kernels).
 _TRAMPOLINE = llvm_ir.FunctionType(llvm_ir.VoidType(), [
     _I64, llvm_ir.IntType(8).as_pointer(), _I64, _I64, _I64.as_pointer()])
 
@@ -310,58 +310,92 @@ def _run_trampolines(trampoline, kernel, arguments, out, parts):
 _RUNNER_TYPES = (types.int64,) * 5
 
 
-@intrinsic
-def _parts_on_pool(typingctx, runner, kernel, returns, values, args, parts):
-    """Runs ``kernel(*args, part, parts)`` for every part from :func:`_run_trampolines`
-    (compiled at ``runner``): ``args`` stored in a struct on this stack, and a trampoline
-    written for their types that loads them and calls the compiled kernel at ``kernel``
-    (Numba's calling convention; it returns the type of ``returns``: None, a bool or an
-    integer), then writes its result as int64 to ``values[part]`` (0 for None) and
-    whether it raised to ``values[parts + part]`` (its exception is not raised there: a
-    parallel loop would lose it). The arrays go to the kernel borrowed, without their
-    memory records, as in a parallel loop of Numba's: each view a kernel takes of an
-    array would otherwise add and drop a reference on it, an atomic on a line both
-    threads write (Winograd's filter adjoint ran 4.7x slower so)."""
-    argtypes = (*args.types, types.int64, types.int64)
+def add_launching_wrapper(lower) -> None:
+    """Give the threaded kernel that ``lower`` (Numba's lowering, done) made its Python
+    wrapper, which calls it through a launching entry written here, in the kernel's own
+    library, so that it compiles and caches with the kernel:
 
-    def codegen(context, builder, sig, llargs):
-        struct = llvm_ir.LiteralStructType([context.get_value_type(t) for t in args.types])
+    - ``kernel(*args, part, parts)`` with ``part >= 0`` runs that part (a plain call);
+    - ``kernel(*args, -1, control)`` runs every part on Numba's pool: ``control`` is the
+      address of int64s ``[runner, parts, results...]`` (:func:`_on_pool`). The entry
+      stores ``args`` in a struct on its stack and calls the parallel loop of
+      :func:`_run_trampolines` (compiled at ``runner``) with a trampoline, written here
+      for the kernel's types, that loads them and calls the kernel for a part, then
+      writes its result as int64 to ``results[part]`` (0 for None) and whether it raised
+      to ``results[parts + part]`` (its exception is not raised there: a parallel loop
+      would lose it); the entry returns the zero of the kernel's type. The arrays go to
+      the parts borrowed, without their memory records, as in a parallel loop of
+      Numba's: each view a kernel takes of an array would otherwise add and drop a
+      reference on it, an atomic on a line both threads write (Winograd's filter adjoint
+      ran 4.7x slower so).
+
+    Until 2026-12-07 a small function compiled apart for each kernel signature,
+    ``_run_parts``, took the arguments from Python and wrote the struct: 28 compiles in
+    :func:`fastconv.warmup` (``benchmarks/RESULTS.md``, "Threaded kernels launch their
+    own parts")."""
+    context, fndesc = lower.context, lower.fndesc
+    restype, argtypes = fndesc.restype, tuple(fndesc.argtypes)
+    module = context.create_module("fastconv_launching_wrapper")
+    function_type = context.call_conv.get_function_type(restype, argtypes)
+    kernel = llvm_ir.Function(module, function_type, fndesc.llvm_func_name)
+    entry = llvm_ir.Function(module, function_type, "fastconv.launching_entry")
+    entry.linkage = "internal"
+    _write_launching_entry(context, entry, kernel, restype, argtypes)
+    PyCallWrapper(context, module, entry, fndesc, lower.env, call_helper=lower.call_helper,
+                  release_gil=True).build()
+    lower.library.add_ir_module(module)
+
+
+def _write_launching_entry(context, entry, kernel, restype, argtypes) -> None:
+    """The body of :func:`add_launching_wrapper`'s entry."""
+    call_conv = context.call_conv
+    builder = llvm_ir.IRBuilder(entry.append_basic_block("entry"))
+    args = call_conv.decode_arguments(builder, argtypes, entry)
+    part = context.cast(builder, args[-2], argtypes[-2], types.int64)
+    on_pool = builder.icmp_signed("<", part, llvm_ir.Constant(_I64, 0))
+    with builder.if_then(on_pool, likely=False):
+        control = builder.inttoptr(context.cast(builder, args[-1], argtypes[-1], types.int64),
+                                   _I64.as_pointer())
+        struct = llvm_ir.LiteralStructType([context.get_value_type(t) for t in argtypes[:-2]])
         slot = cgutils.alloca_once(builder, struct)
-        for i, type_ in enumerate(args.types):
-            value = builder.extract_value(llargs[4], i)
+        for i, type_ in enumerate(argtypes[:-2]):
+            value = args[i]
             if isinstance(type_, types.Array):  # borrowed: no reference counts in the parts
                 array = context.make_array(type_)(context, builder, value)
                 array.meminfo = cgutils.get_null_value(array.meminfo.type)
                 array.parent = cgutils.get_null_value(array.parent.type)
                 value = array._getvalue()
             builder.store(value, cgutils.gep_inbounds(builder, slot, 0, i))
-        trampoline = cgutils.get_or_insert_function(builder.module, _TRAMPOLINE,
-                                                    "fastconv.threads.trampoline")
-        if trampoline.is_declaration:
-            _write_trampoline(context, trampoline, struct, returns, argtypes)
-        view = context.make_array(sig.args[3])(context, builder, llargs[3])
-        count = context.cast(builder, llargs[5], sig.args[5], types.int64)
-        call = [builder.ptrtoint(trampoline, _I64), llargs[1],
-                builder.ptrtoint(slot, _I64), builder.ptrtoint(view.data, _I64), count]
-        function = builder.inttoptr(llargs[0], context.call_conv.get_function_type(
+        trampoline = llvm_ir.Function(entry.module, _TRAMPOLINE, "fastconv.trampoline")
+        _write_trampoline(context, trampoline, struct, restype, argtypes)
+        runner = builder.load(control)
+        count = builder.load(builder.gep(control, [llvm_ir.Constant(_I64, 1)]))
+        results = builder.gep(control, [llvm_ir.Constant(_I64, 2)])
+        call = [builder.ptrtoint(trampoline, _I64), builder.ptrtoint(kernel, _I64),
+                builder.ptrtoint(slot, _I64), builder.ptrtoint(results, _I64), count]
+        function = builder.inttoptr(runner, call_conv.get_function_type(
             types.none, _RUNNER_TYPES).as_pointer())
-        status, _ = context.call_conv.call_function(builder, function, types.none,
-                                                    _RUNNER_TYPES, call)
+        status, _ = call_conv.call_function(builder, function, types.none, _RUNNER_TYPES, call)
         with cgutils.if_unlikely(builder, status.is_error):
-            context.call_conv.return_status_propagate(builder, status)
-        return context.get_dummy_value()
-
-    return types.none(runner, kernel, returns, values, args, parts), codegen
+            call_conv.return_status_propagate(builder, status)
+        call_conv.return_value(builder, context.get_return_value(
+            builder, restype, context.get_constant_null(restype)))
+    status, value = call_conv.call_function(builder, kernel, restype, argtypes, args)
+    with cgutils.if_unlikely(builder, status.is_error):
+        call_conv.return_status_propagate(builder, status)
+    call_conv.return_value(builder, context.get_return_value(builder, restype, value))
 
 
 def _write_trampoline(context, trampoline, struct, returns, argtypes) -> None:
-    """The body of :func:`_parts_on_pool`'s trampoline (:data:`_TRAMPOLINE`)."""
+    """The body of :func:`add_launching_wrapper`'s trampoline (:data:`_TRAMPOLINE`)."""
     trampoline.linkage = "internal"
     builder = llvm_ir.IRBuilder(trampoline.append_basic_block("entry"))
     kernel, arguments, part, parts, out = trampoline.args
     slot = builder.bitcast(arguments, struct.as_pointer())
     values = [builder.load(cgutils.gep_inbounds(builder, slot, 0, i))
-              for i in range(len(struct.elements))] + [part, parts]
+              for i in range(len(struct.elements))] + [
+        context.cast(builder, value, types.int64, type_)
+        for value, type_ in zip((part, parts), argtypes[-2:], strict=True)]
     function = builder.inttoptr(kernel, context.call_conv.get_function_type(
         returns, argtypes).as_pointer())
     status, result = context.call_conv.call_function(builder, function, returns, argtypes,
@@ -373,12 +407,6 @@ def _write_trampoline(context, trampoline, struct, returns, argtypes) -> None:
     builder.ret_void()
 
 
-@_jit.kernel(entry=True)
-def _run_parts(runner, kernel, returns, values, args, parts):
-    """:func:`_parts_on_pool` (one compile per kernel signature: a small function)."""
-    _parts_on_pool(runner, kernel, returns, values, args, parts)
-
-
 #: The address of :func:`_run_trampolines`' compiled loop, once compiled or loaded.
 _runner: int | None = None
 
@@ -387,81 +415,76 @@ def _runner_address() -> int:
     global _runner
     if _runner is None:
         _run_trampolines.compile(_RUNNER_TYPES)
-        _runner = _address(_run_trampolines, _RUNNER_TYPES)
+        compiled = _run_trampolines.overloads[_RUNNER_TYPES]
+        _runner = compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
     return _runner
 
 
-def _address(kernel, signature) -> int:
-    """Where the compiled ``kernel`` for ``signature`` starts (Numba's calling convention)."""
-    compiled = kernel.overloads[signature]
-    return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
-
-
-#: (kernel, its arguments' fingerprint) -> (:func:`_run_trampolines`' address, the
-#: compiled kernel's, a value of the type it returns): :func:`_on_pool`'s look-up
-#: (Numba's own: one C call).
-_ENTRIES: dict = {}
-
-#: What :func:`_run_parts` takes for each type a threaded kernel may return.
+#: What :func:`_on_pool` returns per part for each type a threaded kernel may return.
 _RETURNS = {types.none: None, types.boolean: False, types.int64: 0}
 
-
-def _entry(kernel, args: tuple) -> tuple:
-    """:data:`_ENTRIES`' value for ``kernel`` called with ``args``, ``part, parts``
-    (compiled, or loaded from the disk cache, if it was not)."""
-    signature = (*(kernel.typeof_pyval(value) for value in args), types.int64, types.int64)
-    kernel.compile(signature)
-    returns = _returns(kernel, kernel.overloads[signature].signature.return_type)
-    return _runner_address(), _address(kernel, signature), returns
+#: This thread's ``control`` of :func:`add_launching_wrapper`'s entry (an int64 array) and
+#: its address.
+_local = threading.local()
 
 
-def _returns(kernel, type_):
-    """The value :func:`_run_parts` takes for a kernel returning ``type_``."""
-    type_ = types.unliteral(type_)
+def _control(parts: int) -> tuple[np.ndarray, int]:
+    """This thread's control array for ``parts`` parts (:func:`add_launching_wrapper`),
+    its runner set, and its address."""
+    control = getattr(_local, "control", None)
+    if control is None or control[0].size < 2 + 2 * parts:
+        array = np.zeros(2 + 2 * max(parts, 64), np.int64)
+        array[0] = _runner_address()
+        control = _local.control = (array, array.ctypes.data)
+    return control
+
+
+def _returns(kernel, args: tuple):
+    """The value :func:`_on_pool` takes for what ``kernel`` returns when called with
+    ``args``, ``part, parts`` (one look-up where its compiled signatures agree)."""
+    known = kernel.__dict__.get("_fastconv_returns")
+    if known is not None and known[0] == len(kernel.overloads):
+        return known[1]
+    returned = {compiled.signature.return_type for compiled in kernel.overloads.values()}
+    agree = len(returned) == 1
+    if not agree:  # (none of fastconv's kernels)
+        signature = (*(kernel.typeof_pyval(value) for value in args), types.int64, types.int64)
+        returned = {kernel.overloads[signature].signature.return_type}
+    type_ = types.unliteral(returned.pop())
     if type_ not in _RETURNS:
         raise TypeError(f"threaded kernel {kernel.py_func.__name__} returns {type_}: "
                         "threads.launch takes None, a bool or an int64")
+    if agree:
+        kernel._fastconv_returns = (len(kernel.overloads), _RETURNS[type_])
     return _RETURNS[type_]
 
 
 def _on_pool(kernel, args: tuple, parts: int) -> list:
-    """:func:`launch`'s parts on Numba's pool: the one compiled kernel for ``args``,
-    called through its address by :func:`_run_parts` (a small function compiled once
-    per kernel signature) from the parallel loop of :func:`_run_trampolines` (compiled
-    once); the kernel is compiled into neither. A part that raised runs again here, on
-    this thread, to raise its exception."""
-    key = (kernel, compute_fingerprint(args))
-    entry = _ENTRIES.get(key)
-    if entry is None:
-        entry = _ENTRIES[key] = _entry(kernel, args)
-    runner, address, returns = entry
-    values = np.empty(2 * parts, np.int64)
-    _run_parts(runner, address, returns, values, args, parts)
-    results = values.tolist()
+    """:func:`launch`'s parts on Numba's pool: the kernel's launching entry
+    (:func:`add_launching_wrapper`) runs them from the parallel loop of
+    :func:`_run_trampolines` (compiled once), each a call of the one compiled kernel
+    through its address. A part that raised runs again here, on this thread, to raise
+    its exception."""
+    control, address = _control(parts)
+    control[1] = parts
+    kernel(*args, -1, address)
+    results = control[2:2 + 2 * parts].tolist()
     if any(results[parts:]):
         failed = results.index(1, parts) - parts
         kernel(*args, failed, parts)
         raise RuntimeError(f"part {failed} of {kernel.py_func.__name__} failed on Numba's "
                            "pool but not on the calling thread")
+    returns = _returns(kernel, args)
     if returns is None:
         return [None] * parts
     return [type(returns)(value) for value in results[:parts]]
 
 
-def compile_launchers() -> None:
-    """Compile (or load) :func:`_run_trampolines`, and :func:`_run_parts` for every
-    signature of every threaded kernel (:func:`fastconv.warmup`: a warm-up call small
-    enough to run on one thread leaves these to compile on the first large call)."""
-    values = types.Array(types.int64, 1, "C")
+def compile_runner() -> None:
+    """Compile (or load) :func:`_run_trampolines`, the parallel loop that runs every
+    threaded kernel's parts on Numba's pool (:func:`fastconv.warmup`: a warm-up call small
+    enough to run on one thread leaves it to compile on the first large call)."""
     _runner_address()
-    for kernel in _jit.THREADED:
-        for signature in list(kernel.signatures):
-            returns = _returns(kernel, kernel.overloads[signature].signature.return_type)
-            args = types.BaseTuple.from_types(signature[:-2])
-            types_ = (types.int64, types.int64, kernel.typeof_pyval(returns), values, args,
-                      types.int64)
-            if types_ not in _run_parts.signatures:
-                _run_parts.compile(types_)
 
 
 #: Loads of a worker's count of ended calls that the caller makes before it sleeps on the
