@@ -105,6 +105,31 @@ def jit_options() -> dict[str, Any]:
                 no_cpython_wrapper=True, no_cfunc_wrapper=True, forceinline=False)
 
 
+def uncounted_options() -> dict[str, Any]:
+    """:func:`jit_options` without reference counting (Numba's ``_nrt=False``): for a
+    helper that allocates nothing and is called from helpers compiled so
+    (:func:`inlined_options`). Set, not inherited: a helper whose ``_nrt`` is unset takes
+    its caller's, and would compile once for each."""
+    return {**jit_options(), "_nrt": False}
+
+
+def inlined_options() -> dict[str, Any]:
+    """:func:`uncounted_options` for an ``@overload`` that LLVM inlines into every caller
+    (``forceinline``, as :func:`kernel`'s ``inline`` and ``counted=False``): a row's copy
+    or store called in a loop, without the reference counts on its array arguments that
+    a call takes and that stay in the loop where the call is inlined (``strips.deal_phases``
+    called so dealt a stride-2 row in 30 ns, inlined without them in 15).
+
+    Until 2026-12-07 these were ``@overload(..., inline="always")``, which Numba inlines
+    as its own IR: it ran its front end over the helper again at every call site's
+    typing (80 times in the demo's first step) and inlined and retyped it into the
+    caller, about a tenth of the demo's compile (``benchmarks/RESULTS.md``, "Helpers
+    inlined by LLVM, not by Numba"). What such a helper calls compiles once more, for
+    its flags (Numba keys a helper's compiles by its caller's): small functions here
+    (``row_start``, ``min``, the unchecked transpose)."""
+    return {**uncounted_options(), "forceinline": True}
+
+
 def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True,
            entry: bool = False):
     """``numba.njit`` with fastconv's flags.

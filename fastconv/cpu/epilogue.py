@@ -18,7 +18,7 @@ from __future__ import annotations
 from numba.extending import overload
 
 from . import simd
-from ._jit import jit_options
+from ._jit import inlined_options
 from .strips import row_start
 
 
@@ -56,7 +56,7 @@ def _store_loop(src, at, target, out, n, k, i, count, offset, floor):
             out[n, k, i + q // width, j] = floor if value < floor else value
 
 
-@overload(store_row, inline="always", jit_options=jit_options())
+@overload(store_row, jit_options=inlined_options())
 def _store_row(src, at, target, out, n, k, i, count, offset, floor):
     if simd.vectors_fit(src, target):
         return _store_vectors
@@ -98,7 +98,7 @@ def _square_loop(src, at, stride, count, n_k, target, out, n, k0, first, spare):
             out[n, k0 + kk, i, j] = src[at + q * stride + kk]
 
 
-@overload(store_by_filters, inline="always", jit_options=jit_options())
+@overload(store_by_filters, jit_options=inlined_options())
 def _store_by_filters(src, at, stride, count, n_k, target, out, n, k0, first, spare):
     if simd.vectors_fit(src, target):
         return _square_vectors

@@ -9,7 +9,7 @@ from numba.extending import overload
 
 from ..dispatch import register
 from . import threads
-from ._jit import jit_options, kernel
+from ._jit import inlined_options, kernel
 from .pool import parts
 from .strips import flat
 
@@ -44,7 +44,7 @@ def _total_of_view(source, grad_out, n, k):
     return partial
 
 
-@overload(_plane_total, inline="always", jit_options=jit_options())
+@overload(_plane_total, jit_options=inlined_options())
 def _plane_total_overload(source, grad_out, n, k):
     return _total_of_flat if source.ndim == 1 else _total_of_view
 

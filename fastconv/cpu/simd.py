@@ -52,7 +52,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, overload, register_jitable, register_model
 
 from .. import config
-from ._jit import jit_options
+from ._jit import jit_options, uncounted_options
 
 
 def _target_bits() -> int:
@@ -733,7 +733,7 @@ def transpose(src, first, stride, count, dst, dst_first, dst_stride):
     lanes, 16 loads, 64 two-vector shuffles and 16 stores."""
 
 
-@overload(transpose, jit_options=jit_options())
+@overload(transpose, jit_options=uncounted_options())
 def _transpose(src, first, stride, count, dst, dst_first, dst_stride):
     if not _contiguous_1d(src):
         return None

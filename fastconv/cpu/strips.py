@@ -11,7 +11,7 @@ from numba.extending import overload, register_jitable
 
 from .. import config
 from . import simd
-from ._jit import jit_options, kernel
+from ._jit import inlined_options, jit_options, kernel, uncounted_options
 
 
 def band_rows(n_rows: int, fixed: int, per_row: int, item: int) -> int:
@@ -56,7 +56,7 @@ def _padded_rows(buffer, at, x, n, channel, first, n_rows, pad_left, pitch, clea
                     buffer[dst + j] = 0
 
 
-@register_jitable(**jit_options())
+@register_jitable(**uncounted_options())
 def row_start(array, n, channel, row):
     """Where row ``array[n, channel, row]`` of a C-contiguous 4-D array starts in
     :func:`flat` (array)."""
@@ -72,7 +72,7 @@ def copy_run(source, src, buffer, at, count):
     the warm-up's compile for one kernel.)"""
 
 
-@overload(copy_run, inline="always", jit_options=jit_options())
+@overload(copy_run, jit_options=inlined_options())
 def _copy_run(source, src, buffer, at, count):
     def impl(source, src, buffer, at, count):
         lanes = simd.lanes(buffer)
@@ -115,7 +115,7 @@ def _copy_loop(source, x, n, channel, row, buffer, at):
         buffer[at + j] = x[n, channel, row, j]
 
 
-@overload(copy_row, inline="always", jit_options=jit_options())
+@overload(copy_row, jit_options=inlined_options())
 def _copy_row(source, x, n, channel, row, buffer, at):
     if simd.vectors_fit(source, buffer):
         return _copy_vectors
@@ -188,7 +188,7 @@ def _deal_loop(source, x, n, channel, row, count, row_step, buffer, first, secon
                 n, channel, row + i * row_step, col]
 
 
-@overload(deal_rows, jit_options=jit_options())
+@overload(deal_rows, jit_options=uncounted_options())
 def _deal_rows(source, x, n, channel, row, count, row_step, buffer, first, second, dst_step,
                pad_left):
     # (not inlined: inlined into an inlined caller, its loops made Numba warn of a
@@ -227,6 +227,9 @@ def _deal_phases_inline(source, x, n, channel, row, count, row_step, buffer, at,
                 buffer[dst + m] = x[n, channel, row + i * row_step, col + m * stride]
 
 
+# (Numba's inlining, not LLVM's (inlined_options): a helper compiled with other flags
+# than its callers' makes Numba compile what it calls again, for those flags; from here,
+# deal_rows and copy_row, about 0.9 s of the demo's first step)
 @overload(deal_phases, inline="always", jit_options=jit_options())
 def _deal_phases(source, x, n, channel, row, count, row_step, buffer, at, dst_step, step, stride,
                  pad_left):
@@ -278,7 +281,7 @@ def _weave_loop(target, out, n, channel, row, planes, even, odd):
         out[n, channel, row, col] = planes[(odd if col % 2 else even) + col // 2]
 
 
-@overload(weave_row, inline="always", jit_options=jit_options())
+@overload(weave_row, jit_options=inlined_options())
 def _weave_row(target, out, n, channel, row, planes, even, odd):
     if simd.vectors_fit(target, planes):
         return _weave_vectors

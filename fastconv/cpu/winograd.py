@@ -60,7 +60,7 @@ from numba.extending import overload
 from .. import activations, config
 from ..dispatch import register
 from . import blas, identities, im2col, prepared, simd, strips, threads, workspace
-from ._jit import jit_options, kernel
+from ._jit import inlined_options, kernel
 from .finite import all_finite
 from .microkernels import BLOCK_K, weights_x_run
 
@@ -296,7 +296,7 @@ def _store_tiles_loop(y, at, step, count, target, out, n, k, row, floor):
     return total
 
 
-@overload(store_tiles, inline="always", jit_options=jit_options())
+@overload(store_tiles, jit_options=inlined_options())
 def _store_tiles(y, at, step, count, target, out, n, k, row, floor):
     if simd.vectors_fit(y, target):
         return _store_tiles_vectors
