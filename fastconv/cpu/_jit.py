@@ -165,7 +165,8 @@ def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True
         options["_nrt"] = False
 
     def decorate(function):
-        threaded = parallel and config.PARALLEL
+        # (under NUMBA_DISABLE_JIT a threaded kernel is its Python function: one part)
+        threaded = parallel and config.PARALLEL and not numba.config.DISABLE_JIT
         if parallel or entry:
             dispatcher = package_stamped(_entry(function, options, threaded))
         else:
