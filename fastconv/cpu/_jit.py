@@ -179,38 +179,34 @@ def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True
 
 class _EntryLower(lowering.Lower):
     def lower(self):
-        """The function, then its Python wrapper (the GIL released, as :func:`jit_options`
-        has it), which ``no_cpython_wrapper`` leaves out otherwise."""
+        """The function, then its Python wrapper, which ``no_cpython_wrapper`` leaves out
+        otherwise."""
         super().lower()
+        self.add_wrapper()
+
+    def add_wrapper(self):
+        """Numba's Python wrapper (the GIL released, as :func:`jit_options` has it)."""
         self.create_cpython_wrapper(release_gil=True)
 
 
-class _ThreadedLower(lowering.Lower):
-    def lower(self):
-        """The function, then its Python wrapper through a launching entry that runs its
-        parts on Numba's pool (:func:`.threads.add_launching_wrapper`)."""
+class _ThreadedLower(_EntryLower):
+    def add_wrapper(self):
+        """A Python wrapper through a launching entry that also runs the function's parts
+        on Numba's pool (:func:`.threads.add_launching_wrapper`)."""
         from . import threads
 
-        super().lower()
         threads.add_launching_wrapper(self)
 
 
-@register_pass(mutates_CFG=True, analysis_only=False)
-class _EntryLowering(NativeLowering):
-    _name = "fastconv_entry_lowering"
-
-    @property
-    def lowering_class(self):
-        return _EntryLower
+def _lowering_pass(name: str, lower_class: type) -> type:
+    """Numba's lowering pass, lowering with ``lower_class`` (registered as ``name``)."""
+    pass_ = type(name, (NativeLowering,), {
+        "_name": name, "lowering_class": property(lambda self: lower_class)})
+    return register_pass(mutates_CFG=True, analysis_only=False)(pass_)
 
 
-@register_pass(mutates_CFG=True, analysis_only=False)
-class _ThreadedLowering(NativeLowering):
-    _name = "fastconv_threaded_lowering"
-
-    @property
-    def lowering_class(self):
-        return _ThreadedLower
+_EntryLowering = _lowering_pass("fastconv_entry_lowering", _EntryLower)
+_ThreadedLowering = _lowering_pass("fastconv_threaded_lowering", _ThreadedLower)
 
 
 class _EntryCompiler(CompilerBase):
