@@ -77,7 +77,7 @@ def _row_of_sums(out, first, out_pitch, row, count):
             simd.load(out, at + (2 * lanes if count > 2 else lanes)))
 
 
-@kernel()
+@kernel(inline=True)
 def _weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate):
     """Block of sums by a reduction over ``depth`` planes and ``taps``:
 
@@ -137,7 +137,7 @@ def _weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pi
         simd.store(out, at + 2 * lanes, b2)
 
 
-@kernel()
+@kernel(inline=True)
 def _weights_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate):
     """:func:`weights_x_positions` for two vectors of positions (32 in float32): a
     plane's last positions when more than one vector of them is left. Sixteen sums in
@@ -332,10 +332,15 @@ def _halves_x_positions(source, weights, out, first, pitch, depth, taps, out_pit
     K128 3x3 s2 p1 5.59-5.78 against 6.30-6.33; C128 -> 128 on 28x28 3x3 p1 10.49-10.54
     against 11.05-11.19; C64 -> 64 on 56x56 10.25-10.50 against 10.97-11.19; 7x7 s2 C3 ->
     64 on 224x224 11.00-11.03 against 11.42-11.68; one thread, the strided layer
-    79.4-79.8 against 69.9-71.6 GFLOP/s. The 512-bit blocks stay calls: with 512-bit
-    vectors forced on the Zen 2 (``FASTCONV_SIMD_BITS=512``, where they spill) inlining
-    them was no faster (C128 -> 128 42.2 against 35.3-38.4 ms); not yet measured on an
-    AVX-512 CPU."""
+    79.4-79.8 against 69.9-71.6 GFLOP/s. The 512-bit blocks (:func:`_weights_x_positions`,
+    :func:`_weights_x_pair`) are inlined too: on a Zen 4 (AVX-512), float32, one thread,
+    both versions at once one per core, min ms of two pairs, against them as calls: N8 C64
+    56x56 -> K128 3x3 s2 p1 9.28-9.57 against 9.62-9.84, 7x7 s2 C3 -> 64 on 224x224
+    18.78-18.92 against 19.24-19.38, C128 -> 128 3x3 p1 on 28x28 (direct) 17.96-18.09
+    against 18.37-18.44, conv_transpose2d 4x4 s2 C128 -> 64 on 16x16 5.27-5.34 against
+    5.58-5.78 (the demo's first compile the same, 14.62 and 13.81 s against 15.20 and
+    13.95). (With 512-bit vectors forced on the Zen 2, where they spill, inlining them
+    was no faster.)"""
     for half in range(2):
         _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch, accumulate,
                           half, 3)
