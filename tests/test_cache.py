@@ -161,6 +161,49 @@ def test_helpers_compile_without_a_python_wrapper_and_python_calls_get_a_twin(tm
     assert _run(SECOND, tmp_path, cache) == "_HelperDispatcher"
 
 
+# an entry of a second module calling the helper of HELPERS
+OTHER = """
+from fastconv.cpu._jit import kernel
+import helpers
+
+@kernel(entry=True)
+def thrice_minus_one(x):
+    return helpers.twice(x) + x - 1
+"""
+
+NO_MACHINE_CODE = """
+import helpers
+assert helpers.twice_plus_one(3) == 7
+for function, pending in ((helpers.twice, True), (helpers.twice_plus_one, False)):
+    (compiled,) = function.overloads.values()
+    assert getattr(compiled.library, "_pending", False) == pending, function
+print(helpers.twice_plus_one(10))
+"""
+
+NEW_CALLER = """
+import helpers, other
+assert other.thrice_minus_one(4) == 11
+assert other.thrice_minus_one(70) == 209  # (min(70, 100) * 2 + 69)
+assert sum(helpers.twice.stats.cache_hits.values()) == 1
+assert sum(helpers.twice.stats.cache_misses.values()) == 0
+(compiled,) = helpers.twice.overloads.values()
+assert compiled.library._pending  # loaded as IR, still no machine code
+print(other.thrice_minus_one(5))
+"""
+
+
+def test_helpers_make_no_machine_code_and_a_new_caller_links_them_from_the_cache(tmp_path):
+    # a helper's library is linked into its callers' and never run: it is compiled to
+    # optimised IR only (_jit._HelperLibrary) and cached as that IR; a later process
+    # that compiles a new caller of it loads it from the cache as that IR, again without
+    # machine code (_jit._HelperCache), and links it
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    (tmp_path / "other.py").write_text(OTHER)
+    cache = tmp_path / "cache"
+    assert _run(NO_MACHINE_CODE, tmp_path, cache) == "21"
+    assert _run(NEW_CALLER, tmp_path, cache) == "14"
+
+
 # a threaded kernel of a module of its own, returning a bool per part
 THREADED = """
 from numba import prange

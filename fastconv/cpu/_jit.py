@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numba
+from llvmlite import binding as llvm
 from numba.core import lowering
-from numba.core.caching import NullCache
-from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.caching import CompileResultCacheImpl, FunctionCache, NullCache
+from numba.core.codegen import JITCodeLibrary
+from numba.core.compiler import CompilerBase, CompileResult, DefaultPassBuilder, _LowerResult
 from numba.core.compiler_machinery import register_pass
 from numba.core.registry import CPUDispatcher
 from numba.core.typed_passes import NativeLowering
@@ -158,8 +160,9 @@ def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True
 
     ``entry``: Python calls it (beside any kernel that does), so it gets a Python wrapper,
     as a threaded kernel does. Any other kernel is a helper, compiled without one
-    (:func:`jit_options`), and a call from Python runs a twin of it compiled with one
-    (:class:`_HelperDispatcher`: tests, the REPL)."""
+    (:func:`jit_options`) and without machine code of its own (:class:`_HelperLibrary`:
+    its callers run it in theirs), and a call from Python runs a twin of it compiled
+    with both (:class:`_HelperDispatcher`: tests, the REPL)."""
     options = dict(cache=disk_cache(), **{**jit_options(), "forceinline": inline})
     if not counted:
         options["_nrt"] = False
@@ -236,11 +239,140 @@ def _entry(function, options: dict[str, Any], threaded: bool = False):
     return numba.njit(pipeline_class=compiler, **options)(function)
 
 
+class _HelperLibrary(JITCodeLibrary):
+    """A helper kernel's code library, made into machine code only when something asks
+    for its machine code.
+
+    Numba makes every compiled function's library into machine code at once (to hand
+    its address to Python). A helper's is never run: its callers link its optimised IR
+    into their own library (inlined or called there) and run that. Without the helpers'
+    own machine code, on a 2-core Zen 4 VM with empty caches, each pair run at once one
+    process per core: the demo's first forward and backward 9-18 % shorter in four of
+    four pairs (13.69-15.73 s against 16.12-17.03), the warm-up in one process 7-9 % in
+    two of two (42.4 and 48.0 s against 46.7 and 51.4), with helper processes (run one
+    after the other) a median 26.4 s against 27.8 over seven pairs
+    (``benchmarks/RESULTS.md``, "Helpers without machine code of their own"). The disk
+    cache keeps a helper as its optimised IR (Numba's ``bitcode`` form) instead of its
+    object code, and a later process that compiles a new caller loads it as that, again
+    without machine code (:class:`_HelperCache`)."""
+
+    _pending = False  # finalized, its machine code not yet made
+
+    @classmethod
+    def from_bitcode(cls, codegen, name: str, bitcode: bytes) -> _HelperLibrary:
+        """A finalized library of the optimised IR :meth:`serialize_using_object_code`
+        kept."""
+        library = cls(codegen, name)
+        library.enable_object_caching()
+        library._final_module = llvm.parse_bitcode(bitcode)
+        library._finalize_final_module()
+        return library
+
+    def _finalize_final_module(self):
+        """The library ready to link (its IR optimised, its symbols checked), without
+        the machine code, which :meth:`_emit` makes."""
+        self._verify_declare_only_symbols()
+        self._finalized = self._pending = True
+
+    def _emit(self):
+        if self._pending:
+            self._pending = False
+            super()._finalize_final_module()
+
+    def get_pointer_to_function(self, name):
+        self._ensure_finalized()
+        self._emit()
+        return super().get_pointer_to_function(name)
+
+    def serialize_using_object_code(self):
+        """The cache's form of the library: its optimised IR unless its machine code was
+        made."""
+        self._ensure_finalized()
+        return self.serialize_using_bitcode() if self._pending else (
+            super().serialize_using_object_code())
+
+
+def _placeholder(fndesc, env, library):
+    """The entry point of a helper's compile result: a compiled function's usual type,
+    with no address (Python never calls a helper's own code, :class:`_HelperDispatcher`);
+    callers find the helper's library through it."""
+    from numba import _dynfunc
+
+    return _dynfunc.make_function(fndesc.lookup_module(), fndesc.qualname.split(".")[-1],
+                                  f"helper {fndesc.qualname!r}", 0, env, (library,))
+
+
+class _HelperCacheImpl(CompileResultCacheImpl):
+    def rebuild(self, target_context, payload):
+        """A helper cached as its optimised IR loaded as a :class:`_HelperLibrary`, without
+        machine code (Numba's loader would make it); anything else as Numba loads it."""
+        libdata = payload[0]
+        if len(payload) != 9 or libdata[1] != "bitcode":
+            return super().rebuild(target_context, payload)
+        (_, fndesc, env, signature, objectmode, lifted, typeann, reload_init,
+         referenced_envs) = payload
+        for function in reload_init:
+            function()
+        library = _HelperLibrary.from_bitcode(target_context.codegen(), libdata[0], libdata[2])
+        return CompileResult(
+            target_context=target_context, typing_context=target_context.typing_context,
+            library=library, environment=env, entry_point=_placeholder(fndesc, env, library),
+            fndesc=fndesc, type_annotation=typeann, signature=signature, objectmode=objectmode,
+            lifted=lifted, typing_error=None, call_helper=None, metadata=None,
+            reload_init=reload_init, referenced_envs=referenced_envs)
+
+
+class _HelperCache(FunctionCache):
+    """Numba's disk cache of a function, loading helpers without machine code
+    (:class:`_HelperLibrary`)."""
+
+    _impl_class = _HelperCacheImpl
+
+
+class _HelperLowering(NativeLowering):
+    """Numba's lowering pass, for a helper: its library a :class:`_HelperLibrary`, and no
+    machine code made at the end (Numba's pass finishes by taking the function's
+    address, which makes it). The compiled function's entry point, which Python never
+    calls (:class:`_HelperDispatcher`), is a placeholder of the usual type with no
+    address; callers find the function's library through it as usual."""
+
+    _name = "fastconv_helper_lowering"
+
+    def run_pass(self, state):
+        if state.library is None:
+            state.library = _HelperLibrary(state.targetctx.codegen(),
+                                           state.func_id.func_qualname)
+            state.library.enable_object_caching()
+        flags = state.flags
+        compiled = flags.no_compile
+        flags.no_compile = True  # lowered only: Numba's pass then leaves out the address
+        try:
+            super().run_pass(state)
+        finally:
+            flags.no_compile = compiled
+        lowered, library = state["cr"], state.library
+        fndesc = lowered.fndesc
+        entry = _placeholder(fndesc, lowered.env, library)
+        state.targetctx.insert_user_function(entry, fndesc, [library])
+        state.reload_init.extend(library._reload_init)
+        state["cr"] = _LowerResult(fndesc, lowered.call_helper, cfunc=entry, env=lowered.env)
+        return True
+
+
+register_pass(mutates_CFG=True, analysis_only=False)(_HelperLowering)
+
+
+class _HelperCompiler(_EntryCompiler):
+    """Numba's nopython pipeline, lowered without machine code (:class:`_HelperLowering`)."""
+
+    lowering_pass = _HelperLowering
+
+
 class _HelperDispatcher(CPUDispatcher):
     """A kernel that only other kernels call: its compiled code has no Python wrapper to
-    run (:func:`jit_options`). A call from Python compiles and runs a twin with one,
-    outside the disk cache, whose entries for the function are the helper's (wrapperless)
-    ones."""
+    run (:func:`jit_options`), nor machine code (:class:`_HelperLibrary`). A call from
+    Python compiles and runs a twin with both, outside the disk cache, whose entries for
+    the function are the helper's ones."""
 
     def __call__(self, *args, **kwargs):
         twin = self.__dict__.get("_fastconv_twin")
@@ -256,8 +388,9 @@ def _helper(function, options: dict[str, Any]) -> Any:
         return numba.njit(**options)(function)
     targetoptions = {key: value for key, value in options.items() if key != "cache"}
     dispatcher = _HelperDispatcher(py_func=function, locals={},
-                                   targetoptions={**targetoptions, "nopython": True})
+                                   targetoptions={**targetoptions, "nopython": True},
+                                   pipeline_class=_HelperCompiler)
     dispatcher._fastconv_options = options
     if options["cache"]:
-        dispatcher.enable_caching()
+        dispatcher._cache = _HelperCache(function)
     return dispatcher
