@@ -67,12 +67,12 @@ PREFETCH_BLOCKS = 2
 
 
 @kernel()
-def _row_of_sums(out, first, out_pitch, row, count):
-    """The ``count`` (2 or 3) vectors of sums of filter ``row`` at ``first`` (a pair's
-    third is its second again): where a pass of a micro-kernel over the next planes
-    of a reduction starts."""
+def _row_of_sums(out, at, count):
+    """The ``count`` (2 or 3) vectors of sums at ``at``, a filter's row of a block (a
+    pair's third is its second again): where a pass of a micro-kernel over the next
+    planes of a reduction starts. (``at`` is worked out by the caller: a literal row
+    number here compiled the function once per row, 16 compiles in the demo.)"""
     lanes = simd.lanes(out)
-    at = row * out_pitch + first
     return (simd.load(out, at), simd.load(out, at + lanes),
             simd.load(out, at + (2 * lanes if count > 2 else lanes)))
 
@@ -96,14 +96,14 @@ def _weights_x_positions(source, weights, out, first, pitch, depth, taps, out_pi
     a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = a30 = a31 = a32 = simd.zeros(source)
     a40 = a41 = a42 = a50 = a51 = a52 = a60 = a61 = a62 = a70 = a71 = a72 = simd.zeros(source)
     if accumulate:
-        a00, a01, a02 = _row_of_sums(out, first, out_pitch, 0, 3)
-        a10, a11, a12 = _row_of_sums(out, first, out_pitch, 1, 3)
-        a20, a21, a22 = _row_of_sums(out, first, out_pitch, 2, 3)
-        a30, a31, a32 = _row_of_sums(out, first, out_pitch, 3, 3)
-        a40, a41, a42 = _row_of_sums(out, first, out_pitch, 4, 3)
-        a50, a51, a52 = _row_of_sums(out, first, out_pitch, 5, 3)
-        a60, a61, a62 = _row_of_sums(out, first, out_pitch, 6, 3)
-        a70, a71, a72 = _row_of_sums(out, first, out_pitch, 7, 3)
+        a00, a01, a02 = _row_of_sums(out, first, 3)
+        a10, a11, a12 = _row_of_sums(out, first + out_pitch, 3)
+        a20, a21, a22 = _row_of_sums(out, first + 2 * out_pitch, 3)
+        a30, a31, a32 = _row_of_sums(out, first + 3 * out_pitch, 3)
+        a40, a41, a42 = _row_of_sums(out, first + 4 * out_pitch, 3)
+        a50, a51, a52 = _row_of_sums(out, first + 5 * out_pitch, 3)
+        a60, a61, a62 = _row_of_sums(out, first + 6 * out_pitch, 3)
+        a70, a71, a72 = _row_of_sums(out, first + 7 * out_pitch, 3)
     for c in range(depth):
         plane = c * pitch + first
         for t in range(n_taps):
@@ -148,14 +148,14 @@ def _weights_x_pair(source, weights, out, first, pitch, depth, taps, out_pitch, 
     a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = simd.zeros(source)
     a40 = a41 = a50 = a51 = a60 = a61 = a70 = a71 = simd.zeros(source)
     if accumulate:
-        a00, a01, _ = _row_of_sums(out, first, out_pitch, 0, 2)
-        a10, a11, _ = _row_of_sums(out, first, out_pitch, 1, 2)
-        a20, a21, _ = _row_of_sums(out, first, out_pitch, 2, 2)
-        a30, a31, _ = _row_of_sums(out, first, out_pitch, 3, 2)
-        a40, a41, _ = _row_of_sums(out, first, out_pitch, 4, 2)
-        a50, a51, _ = _row_of_sums(out, first, out_pitch, 5, 2)
-        a60, a61, _ = _row_of_sums(out, first, out_pitch, 6, 2)
-        a70, a71, _ = _row_of_sums(out, first, out_pitch, 7, 2)
+        a00, a01, _ = _row_of_sums(out, first, 2)
+        a10, a11, _ = _row_of_sums(out, first + out_pitch, 2)
+        a20, a21, _ = _row_of_sums(out, first + 2 * out_pitch, 2)
+        a30, a31, _ = _row_of_sums(out, first + 3 * out_pitch, 2)
+        a40, a41, _ = _row_of_sums(out, first + 4 * out_pitch, 2)
+        a50, a51, _ = _row_of_sums(out, first + 5 * out_pitch, 2)
+        a60, a61, _ = _row_of_sums(out, first + 6 * out_pitch, 2)
+        a70, a71, _ = _row_of_sums(out, first + 7 * out_pitch, 2)
     for c in range(depth):
         plane = c * pitch + first
         for t in range(n_taps):
@@ -286,10 +286,10 @@ def _half_x_positions(source, weights, out, first, pitch, depth, taps, out_pitch
     a00 = a01 = a02 = a10 = a11 = a12 = simd.zeros(source)
     a20 = a21 = a22 = a30 = a31 = a32 = simd.zeros(source)
     if accumulate:
-        a00, a01, a02 = _row_of_sums(out, first, out_pitch, half * 4, count)
-        a10, a11, a12 = _row_of_sums(out, first, out_pitch, half * 4 + 1, count)
-        a20, a21, a22 = _row_of_sums(out, first, out_pitch, half * 4 + 2, count)
-        a30, a31, a32 = _row_of_sums(out, first, out_pitch, half * 4 + 3, count)
+        a00, a01, a02 = _row_of_sums(out, first + half * 4 * out_pitch, count)
+        a10, a11, a12 = _row_of_sums(out, first + (half * 4 + 1) * out_pitch, count)
+        a20, a21, a22 = _row_of_sums(out, first + (half * 4 + 2) * out_pitch, count)
+        a30, a31, a32 = _row_of_sums(out, first + (half * 4 + 3) * out_pitch, count)
     third = 2 * lanes if count > 2 else lanes  # the second vector again for a pair
     # the block of positions PREFETCH_BLOCKS on: its three vectors of a tap begin in two
     # cache lines, one prefetched by each half
