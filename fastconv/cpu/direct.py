@@ -1033,8 +1033,8 @@ def _conv2d_grad_weight_direct(x, grad_out, grad_weight, stride_h, stride_w, pad
                         rows = min(band, out_h - i_first)
                         pitched_len = (rows - 1) * padded_w + out_w
                         if not exact:
-                            _to_pitch(pitched, grad_out[n, k, i_first : i_first + rows], 0,
-                                      padded_w)
+                            _to_pitch(pitched, grad_out[n, k, i_first : i_first + rows],
+                                      np.int64(0), padded_w)
                         first = i_first * stride_h - pad_top
                         n_rows = (rows - 1) * stride_h + window
                         for c in range(group_channels):

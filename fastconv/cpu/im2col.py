@@ -477,7 +477,7 @@ def _conv2d_grad_weight_im2col(x, grad_out, grad_weight2d, kh, kw, stride_h, str
             else:
                 _im2col_tile(x, n, g * group_channels, group_channels, kh, kw, row_first,
                              row_last, out_w, stride_h, stride_w, pad_top, pad_left,
-                             dilation_h, dilation_w, col, 0, n_cols)
+                             dilation_h, dilation_w, col, np.int64(0), n_cols)
                 b_ptr = blas.pointer(col, 0)
                 ldb = n_cols
             gemm(blas.ROW_MAJOR, blas.NO_TRANS, blas.TRANS, per_group, depth, n_cols, 1.0,
