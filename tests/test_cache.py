@@ -204,6 +204,48 @@ def test_helpers_make_no_machine_code_and_a_new_caller_links_them_from_the_cache
     assert _run(NEW_CALLER, tmp_path, cache) == "14"
 
 
+# a helper that calls a C function through ctypes, whose address Numba's code holds as a
+# dynamic global (a machine code that no later process may load)
+DYNAMIC = """
+import ctypes
+from fastconv.cpu._jit import kernel
+
+labs = ctypes.CDLL(None).labs
+labs.restype, labs.argtypes = ctypes.c_long, [ctypes.c_long]
+
+@kernel()
+def magnitude(x):
+    return labs(x)
+
+@kernel(entry=True)
+def magnitude_plus_one(x):
+    return magnitude(x) + 1
+"""
+
+DYNAMIC_RUN = """
+import warnings
+import dynamic
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    assert dynamic.magnitude_plus_one(-4) == 5
+(compiled,) = dynamic.magnitude.overloads.values()
+refused = [w for w in caught if "dynamic globals" in str(w.message)]
+print(compiled.library.has_dynamic_globals, len(refused) >= 2,
+      sum(dynamic.magnitude.stats.cache_hits.values()))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="labs from the process's own C library")
+def test_a_helper_with_dynamic_globals_is_not_cached(tmp_path):
+    # a helper without machine code still lists its dynamic globals, so that Numba's
+    # cache refuses it (as it refuses its caller) instead of keeping an address that
+    # means nothing in the next process
+    (tmp_path / "dynamic.py").write_text(DYNAMIC)
+    cache = tmp_path / "cache"
+    assert _run(DYNAMIC_RUN, tmp_path, cache) == "True True 0"
+    assert _run(DYNAMIC_RUN, tmp_path, cache) == "True True 0"
+
+
 # a threaded kernel of a module of its own, returning a bool per part
 THREADED = """
 from numba import prange

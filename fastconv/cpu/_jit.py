@@ -269,14 +269,17 @@ class _HelperLibrary(JITCodeLibrary):
         return library
 
     def _finalize_final_module(self):
-        """The library ready to link (its IR optimised, its symbols checked), without
-        the machine code, which :meth:`_emit` makes."""
+        """The library ready to link (its IR optimised, its symbols checked, its dynamic
+        globals listed: Numba's cache refuses a function that has any), without the
+        machine code, which :meth:`_emit` makes."""
+        self._finalize_dynamic_globals()
         self._verify_declare_only_symbols()
         self._finalized = self._pending = True
 
     def _emit(self):
         if self._pending:
             self._pending = False
+            self._dynamic_globals.clear()  # (listed again)
             super()._finalize_final_module()
 
     def get_pointer_to_function(self, name):
