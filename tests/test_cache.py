@@ -194,9 +194,9 @@ print(other.thrice_minus_one(5))
 
 def test_helpers_make_no_machine_code_and_a_new_caller_links_them_from_the_cache(tmp_path):
     # a helper's library is linked into its callers' and never run: it is compiled to
-    # optimised IR only (_jit._HelperLibrary) and cached as that IR; a later process
+    # optimised IR only (_pipelines.HelperLibrary) and cached as that IR; a later process
     # that compiles a new caller of it loads it from the cache as that IR, again without
-    # machine code (_jit._HelperCache), and links it
+    # machine code (_pipelines.HelperCache), and links it
     (tmp_path / "helpers.py").write_text(HELPERS)
     (tmp_path / "other.py").write_text(OTHER)
     cache = tmp_path / "cache"

@@ -1,4 +1,5 @@
-"""The one place that turns :mod:`fastconv.config` into Numba decorators."""
+"""The one place that turns :mod:`fastconv.config` into Numba decorators (their compile
+pipelines: :mod:`._pipelines`)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numba
-from llvmlite import binding as llvm
-from numba.core import lowering
-from numba.core.caching import CompileResultCacheImpl, FunctionCache, NullCache
-from numba.core.codegen import JITCodeLibrary
-from numba.core.compiler import CompilerBase, CompileResult, DefaultPassBuilder, _LowerResult
-from numba.core.compiler_machinery import register_pass
+from numba.core.caching import NullCache
 from numba.core.registry import CPUDispatcher
-from numba.core.typed_passes import NativeLowering
 
 from .. import _notice, config
+from ._pipelines import EntryCompiler, HelperCache, HelperCompiler, ThreadedCompiler
 
 _DEFAULT_FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
 
@@ -92,7 +88,7 @@ def jit_options() -> dict[str, Any]:
 
     ``no_cpython_wrapper``: nor a Python wrapper (the code that unboxes each argument
     from a Python object), but for the functions Python calls: the threaded kernels and
-    those made with :func:`kernel`'s ``entry``, whose pipeline (:class:`_EntryCompiler`)
+    those made with :func:`kernel`'s ``entry``, whose pipeline (:class:`._pipelines.EntryCompiler`)
     builds it regardless of the flag, so that every function has the same flags (which
     Numba's cache of a helper's compiles is keyed by; a wrapper flag set apart compiled
     the transpose, ``min``, ``max`` and more twice). Before, each of the 72 helper kernels and
@@ -160,7 +156,7 @@ def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True
 
     ``entry``: Python calls it (beside any kernel that does), so it gets a Python wrapper,
     as a threaded kernel does. Any other kernel is a helper, compiled without one
-    (:func:`jit_options`) and without machine code of its own (:class:`_HelperLibrary`:
+    (:func:`jit_options`) and without machine code of its own (:class:`._pipelines.HelperLibrary`:
     its callers run it in theirs), and a call from Python runs a twin of it compiled
     with both (:class:`_HelperDispatcher`: tests, the REPL)."""
     options = dict(cache=disk_cache(), **{**jit_options(), "forceinline": inline})
@@ -180,200 +176,16 @@ def kernel(*, parallel: bool = False, inline: bool = False, counted: bool = True
     return decorate
 
 
-class _EntryLower(lowering.Lower):
-    def lower(self):
-        """The function, then its Python wrapper, which ``no_cpython_wrapper`` leaves out
-        otherwise."""
-        super().lower()
-        self.add_wrapper()
-
-    def add_wrapper(self):
-        """Numba's Python wrapper (the GIL released, as :func:`jit_options` has it)."""
-        self.create_cpython_wrapper(release_gil=True)
-
-
-class _ThreadedLower(_EntryLower):
-    def add_wrapper(self):
-        """A Python wrapper through a launching entry that also runs the function's parts
-        on Numba's pool (:func:`.threads.add_launching_wrapper`)."""
-        from . import threads
-
-        threads.add_launching_wrapper(self)
-
-
-def _lowering_pass(name: str, lower_class: type) -> type:
-    """Numba's lowering pass, lowering with ``lower_class`` (registered as ``name``)."""
-    pass_ = type(name, (NativeLowering,), {
-        "_name": name, "lowering_class": property(lambda self: lower_class)})
-    return register_pass(mutates_CFG=True, analysis_only=False)(pass_)
-
-
-_EntryLowering = _lowering_pass("fastconv_entry_lowering", _EntryLower)
-_ThreadedLowering = _lowering_pass("fastconv_threaded_lowering", _ThreadedLower)
-
-
-class _EntryCompiler(CompilerBase):
-    """Numba's nopython pipeline, lowered with a Python wrapper (:func:`_entry`)."""
-
-    lowering_pass: type = _EntryLowering
-
-    def define_pipelines(self):
-        pipeline = DefaultPassBuilder.define_nopython_pipeline(self.state)
-        pipeline.passes = [(self.lowering_pass if pass_ is NativeLowering else pass_, about)
-                           for pass_, about in pipeline.passes]
-        pipeline.finalize()
-        return [pipeline]
-
-
-class _ThreadedCompiler(_EntryCompiler):
-    """... lowered with a Python wrapper that can launch the function's parts
-    (:func:`kernel`'s ``parallel``)."""
-
-    lowering_pass = _ThreadedLowering
-
-
 def _entry(function, options: dict[str, Any], threaded: bool = False):
     """``numba.njit(**options)(function)`` with a Python wrapper: a function Python calls
     (:func:`kernel`'s ``parallel`` (``threaded``) and ``entry``, a helper's twin)."""
-    compiler = _ThreadedCompiler if threaded else _EntryCompiler
+    compiler = ThreadedCompiler if threaded else EntryCompiler
     return numba.njit(pipeline_class=compiler, **options)(function)
-
-
-class _HelperLibrary(JITCodeLibrary):
-    """A helper kernel's code library, made into machine code only when something asks
-    for its machine code.
-
-    Numba makes every compiled function's library into machine code at once (to hand
-    its address to Python). A helper's is never run: its callers link its optimised IR
-    into their own library (inlined or called there) and run that. Without the helpers'
-    own machine code, on a 2-core Zen 4 VM with empty caches, each pair run at once one
-    process per core: the demo's first forward and backward 9-18 % shorter in four of
-    four pairs (13.69-15.73 s against 16.12-17.03), the warm-up in one process 7-9 % in
-    two of two (42.4 and 48.0 s against 46.7 and 51.4), with helper processes (run one
-    after the other) a median 26.4 s against 27.8 over seven pairs
-    (``benchmarks/RESULTS.md``, "Helpers without machine code of their own"). The disk
-    cache keeps a helper as its optimised IR (Numba's ``bitcode`` form) instead of its
-    object code, and a later process that compiles a new caller loads it as that, again
-    without machine code (:class:`_HelperCache`)."""
-
-    _pending = False  # finalized, its machine code not yet made
-
-    @classmethod
-    def from_bitcode(cls, codegen, name: str, bitcode: bytes) -> _HelperLibrary:
-        """A finalized library of the optimised IR :meth:`serialize_using_object_code`
-        kept."""
-        library = cls(codegen, name)
-        library.enable_object_caching()
-        library._final_module = llvm.parse_bitcode(bitcode)
-        library._finalize_final_module()
-        return library
-
-    def _finalize_final_module(self):
-        """The library ready to link (its IR optimised, its symbols checked, its dynamic
-        globals listed: Numba's cache refuses a function that has any), without the
-        machine code, which :meth:`_emit` makes."""
-        self._finalize_dynamic_globals()
-        self._verify_declare_only_symbols()
-        self._finalized = self._pending = True
-
-    def _emit(self):
-        if self._pending:
-            self._pending = False
-            self._dynamic_globals.clear()  # (listed again)
-            super()._finalize_final_module()
-
-    def get_pointer_to_function(self, name):
-        self._ensure_finalized()
-        self._emit()
-        return super().get_pointer_to_function(name)
-
-    def serialize_using_object_code(self):
-        """The cache's form of the library: its optimised IR unless its machine code was
-        made."""
-        self._ensure_finalized()
-        return self.serialize_using_bitcode() if self._pending else (
-            super().serialize_using_object_code())
-
-
-def _placeholder(fndesc, env, library):
-    """The entry point of a helper's compile result: a compiled function's usual type,
-    with no address (Python never calls a helper's own code, :class:`_HelperDispatcher`);
-    callers find the helper's library through it."""
-    from numba import _dynfunc
-
-    return _dynfunc.make_function(fndesc.lookup_module(), fndesc.qualname.split(".")[-1],
-                                  f"helper {fndesc.qualname!r}", 0, env, (library,))
-
-
-class _HelperCacheImpl(CompileResultCacheImpl):
-    def rebuild(self, target_context, payload):
-        """A helper cached as its optimised IR loaded as a :class:`_HelperLibrary`, without
-        machine code (Numba's loader would make it); anything else as Numba loads it."""
-        libdata = payload[0]
-        if len(payload) != 9 or libdata[1] != "bitcode":
-            return super().rebuild(target_context, payload)
-        (_, fndesc, env, signature, objectmode, lifted, typeann, reload_init,
-         referenced_envs) = payload
-        for function in reload_init:
-            function()
-        library = _HelperLibrary.from_bitcode(target_context.codegen(), libdata[0], libdata[2])
-        return CompileResult(
-            target_context=target_context, typing_context=target_context.typing_context,
-            library=library, environment=env, entry_point=_placeholder(fndesc, env, library),
-            fndesc=fndesc, type_annotation=typeann, signature=signature, objectmode=objectmode,
-            lifted=lifted, typing_error=None, call_helper=None, metadata=None,
-            reload_init=reload_init, referenced_envs=referenced_envs)
-
-
-class _HelperCache(FunctionCache):
-    """Numba's disk cache of a function, loading helpers without machine code
-    (:class:`_HelperLibrary`)."""
-
-    _impl_class = _HelperCacheImpl
-
-
-class _HelperLowering(NativeLowering):
-    """Numba's lowering pass, for a helper: its library a :class:`_HelperLibrary`, and no
-    machine code made at the end (Numba's pass finishes by taking the function's
-    address, which makes it). The compiled function's entry point, which Python never
-    calls (:class:`_HelperDispatcher`), is a placeholder of the usual type with no
-    address; callers find the function's library through it as usual."""
-
-    _name = "fastconv_helper_lowering"
-
-    def run_pass(self, state):
-        if state.library is None:
-            state.library = _HelperLibrary(state.targetctx.codegen(),
-                                           state.func_id.func_qualname)
-            state.library.enable_object_caching()
-        flags = state.flags
-        compiled = flags.no_compile
-        flags.no_compile = True  # lowered only: Numba's pass then leaves out the address
-        try:
-            super().run_pass(state)
-        finally:
-            flags.no_compile = compiled
-        lowered, library = state["cr"], state.library
-        fndesc = lowered.fndesc
-        entry = _placeholder(fndesc, lowered.env, library)
-        state.targetctx.insert_user_function(entry, fndesc, [library])
-        state.reload_init.extend(library._reload_init)
-        state["cr"] = _LowerResult(fndesc, lowered.call_helper, cfunc=entry, env=lowered.env)
-        return True
-
-
-register_pass(mutates_CFG=True, analysis_only=False)(_HelperLowering)
-
-
-class _HelperCompiler(_EntryCompiler):
-    """Numba's nopython pipeline, lowered without machine code (:class:`_HelperLowering`)."""
-
-    lowering_pass = _HelperLowering
 
 
 class _HelperDispatcher(CPUDispatcher):
     """A kernel that only other kernels call: its compiled code has no Python wrapper to
-    run (:func:`jit_options`), nor machine code (:class:`_HelperLibrary`). A call from
+    run (:func:`jit_options`), nor machine code (:class:`._pipelines.HelperLibrary`). A call from
     Python compiles and runs a twin with both, outside the disk cache, whose entries for
     the function are the helper's ones."""
 
@@ -392,8 +204,8 @@ def _helper(function, options: dict[str, Any]) -> Any:
     targetoptions = {key: value for key, value in options.items() if key != "cache"}
     dispatcher = _HelperDispatcher(py_func=function, locals={},
                                    targetoptions={**targetoptions, "nopython": True},
-                                   pipeline_class=_HelperCompiler)
+                                   pipeline_class=HelperCompiler)
     dispatcher._fastconv_options = options
     if options["cache"]:
-        dispatcher._cache = _HelperCache(function)
+        dispatcher._cache = HelperCache(function)
     return dispatcher
