@@ -178,7 +178,7 @@ class _HelperLowering(NativeLowering):
     def run_pass(self, state):
         if state.library is None:
             state.library = HelperLibrary(state.targetctx.codegen(),
-                                           state.func_id.func_qualname)
+                                          state.func_id.func_qualname)
             state.library.enable_object_caching()
         flags = state.flags
         compiled = flags.no_compile
