@@ -67,7 +67,9 @@ def time_call(benchmark):
 
     The warm-up (:func:`fastconv.bench.warm_up`: two calls and 0.2 s at least) keeps
     the JIT compilation, or the cache load, out of the timing, and lets the other
-    library's spinning thread pool go idle (torch and Numba share this process).
+    library's spinning thread pool go idle (torch and Numba share this process; for
+    timings free of each other's threads run ``-k torch`` and ``-k "not torch"`` apart,
+    or ``python -m fastconv bench``, which times torch in a process of its own).
     The timing itself is pytest-benchmark's: its calibration picks the rounds and
     iterations, and ``--benchmark-max-time``, ``--benchmark-min-rounds``,
     ``--benchmark-warmup`` (on top of this warm-up) and the rest apply."""

@@ -147,6 +147,11 @@ def parser() -> argparse.ArgumentParser:
         help="Numba threads for the run, and as many for torch (default: Numba's, "
         "NUMBA_NUM_THREADS)",
     )
+    run.add_argument(
+        "--torch-here", action="store_true",
+        help="time torch in this process, after each cell's warm-up (default: in a process "
+        "of its own, so that neither library's idle threads spin beside the other's timings)",
+    )
     run.add_argument("--quick", action="store_true", help="a smoke test: 1-2 timed calls per cell")
     run.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu",
@@ -423,8 +428,12 @@ def _bench(args: argparse.Namespace) -> int:
     with _progress(_cells(cases, implementations, args.device)) as progress:
         side = bench.GpuSide() if args.device == "cuda" else None
         rows = bench.run_cases(cases, implementations, quick=args.quick, repeat=repeat,
-                               progress=progress, side=side)
+                               progress=progress, side=side,
+                               torch_process=not args.torch_here)
     machine = bench.machine_info(args.device)
+    if args.device == "cpu" and any(row.impl == "torch" for row in rows):
+        machine["torch_process"] = "this" if args.torch_here else "own"
+        machine["torch_threads"] = machine["numba_threads"]
     compile_times = None
     if args.compile:
         print("timing compilation, empty cache", file=sys.stderr, flush=True)

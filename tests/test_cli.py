@@ -286,6 +286,8 @@ def test_bench_quick(tmp_path):
         assert "torch/auto per op:" in result.stdout
         (auto,) = [row for row in rows if row["impl"] == "auto" and not row["reduced"]]
         assert auto["vs_torch"] > 0
+        assert document["machine"]["torch_process"] == "own"
+        assert "threads, a process of its own)" in result.stdout
 
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="--plot needs matplotlib")
@@ -363,6 +365,42 @@ def test_the_library_leaves_the_allocator_alone_in_a_fresh_process():
                             timeout=600, check=False, env=_environment())
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "system default"
+
+
+_TORCH_ROWS = """
+import sys
+from fastconv import bench
+rows = bench.run_cases([bench.conv2d_case(bench.select_layers("a")[0])], ["auto", "torch"],
+                       quick=True, torch_process={own})
+torch_row, = [row for row in rows if row.impl == "torch"]
+auto_row, = [row for row in rows if row.impl == "auto" and not row.reduced]
+assert torch_row.median_ms > 0 and torch_row.calls == 2 and torch_row.algorithm == "torch"
+assert auto_row.vs_torch == torch_row.median_ms / auto_row.median_ms
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+@pytest.mark.parametrize("own", [True, False])
+def test_torch_is_timed_in_a_process_of_its_own(own):
+    """By default the CPU suites time torch in a child process: this one never imports
+    torch, so no torch thread can spin beside fastconv's timings."""
+    result = subprocess.run([sys.executable, "-c", _TORCH_ROWS.format(own=own)],
+                            capture_output=True, text=True, timeout=600, check=False,
+                            env=_environment())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(not own)]
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+def test_the_torch_process_says_what_failed_and_goes_on():
+    layer = bench.select_layers("a")[0]
+    bad = bench.conv2d_case(bench.Layer("bad", 1, 3, 8, 8, 4, 3, groups=2))
+    with bench.TorchProcess(threads=1) as process:
+        with pytest.raises(RuntimeError, match="torch failed on conv2d:bad in its own process"):
+            process.time(bad, quick=True)
+        timing = process.time(bench.conv2d_case(layer), repeat=3)
+    assert timing.calls == 3 and 0 < timing.min_s <= timing.median_s
 
 
 def test_bench_sets_the_allocator(monkeypatch, capsys, _allocator_untouched):

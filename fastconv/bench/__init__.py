@@ -9,6 +9,8 @@
   ``auto`` and ``torch`` run on a case;
 - :mod:`~fastconv.bench.timing`: the one timing rule (CPU and GPU alike), the
   allocator set-up and the compile times;
+- :mod:`~fastconv.bench.torch_process`: torch timed in a process of its own, as the
+  CPU suites do by default;
 - :mod:`~fastconv.bench.suite`: the runner (:func:`run_cases`; :func:`run` for layers,
   :func:`run_ops` for the op suite) and its rows;
 - :mod:`~fastconv.bench.gpu`: the GPU side (:func:`run_gpu`: the table at batch 64,
@@ -21,7 +23,7 @@ The rates are GFLOP/s for the conv ops and GB/s (bytes of the arrays read and
 written) for the others; "torch/auto" is torch's median over auto's. No function here
 changes the process: :func:`configure_allocator` is for the command line and the timed
 pytest benchmarks to call. numba is imported inside functions only, and torch only
-when torch is benchmarked.
+when torch is benchmarked (by the CPU suites in a process of their own, by default).
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ from .timing import (
     warm_compile_time,
     warm_up,
 )
+from .torch_process import TorchProcess
 
 #: The op suite's specs by op (the name tests/test_ops.py checks them by).
 _OP_SPECS = OP_SPECS
@@ -157,7 +160,8 @@ __all__ = [
     "OP_SPECS", "POOL_SHAPE", "POOL_WINDOWS", "QUICK_CALLS", "SPECS", "TOLERANCE",
     "TRANSPOSE_LAYER", "UNPOOL_SHAPE", "WARMUP_S", "WIDTH", "Bound", "Calls", "Comparison",
     "CompileTiming", "GpuSide", "HostSide", "Layer", "OpCase", "OpRow", "OpSpec", "Row",
-    "Timing", "Window", "algorithm_of", "all_implementation_names", "batches", "bind",
+    "Timing", "TorchProcess", "Window", "algorithm_of", "all_implementation_names", "batches",
+    "bind",
     "calls_for", "case_implementations", "cold_compile_time", "compare", "compile_time",
     "configure_allocator", "conv2d_case", "count_cells", "custom_layer", "document",
     "format_csv", "format_markdown", "format_op_table", "format_rows", "format_table",

@@ -203,8 +203,10 @@ def _threads(count: Any) -> str:
 
 
 def _machine_lines(machine: dict[str, Any]) -> list[str]:
-    torch_threads = (f" ({_threads(machine['torch_threads'])})" if machine.get("torch_threads")
-                     else "")
+    where = {"own": ", a process of its own", "this": ", this process"}.get(
+        machine.get("torch_process", ""), "")
+    torch_threads = (f" ({_threads(machine['torch_threads'])}{where})"
+                     if machine.get("torch_threads") else "")
     lines = [
         f"CPU: {machine['cpu']}, {machine['cores']} cores; numba {machine['numba']} "
         f"({_threads(machine['numba_threads'])}, {machine['threading_layer']} layer); "

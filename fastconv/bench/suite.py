@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .cases import CONV2D_CASES, LAYERS, OP_CASES, Layer, OpCase, conv2d_case
 from .implementations import HostSide, bind, probe, refusal
-from .timing import BUDGET_S, time_cell
+from .timing import BUDGET_S, Timing, time_cell
+from .torch_process import TorchProcess
 
 
 @dataclass
@@ -115,6 +117,7 @@ def run_cases(
     budget_s: float = BUDGET_S,
     progress: Callable[[str], None] | None = None,
     side: Any = None,
+    torch_process: bool = True,
 ) -> list[Row]:
     """Time ``implementations`` (default: all available on each case) on ``cases``; cases
     whose op this fastconv lacks, and algorithms that cannot run a case (:func:`refusal`),
@@ -125,8 +128,42 @@ def run_cases(
     is about to be timed. ``side`` places the inputs (default: host memory;
     :class:`fastconv.bench.gpu.GpuSide`: a GPU's, where each result is also checked
     against torch's).
+
+    ``torch_process``: on the host, time torch in a process of its own
+    (:class:`~fastconv.bench.torch_process.TorchProcess`, started at the first torch
+    cell, with as many threads as Numba), so that neither library's idle thread pool
+    spins beside the other's timings; False: in this process, after the warm-up. On a
+    GPU torch always runs here (it gives the results fastconv's are checked against).
     """
     side = HostSide() if side is None else side
+    with ExitStack() as stack:
+        own: list[TorchProcess] = []
+
+        def torch_timing(case: OpCase) -> Timing:
+            if not own:
+                import numba
+
+                own.append(stack.enter_context(TorchProcess(numba.get_num_threads())))
+            return own[0].time(case, quick=quick, repeat=repeat, budget_s=budget_s)
+
+        separate = torch_process and isinstance(side, HostSide)
+        return _run(cases, implementations, side, quick=quick, repeat=repeat,
+                    budget_s=budget_s, progress=progress,
+                    torch_timing=torch_timing if separate else None)
+
+
+def _run(
+    cases: Iterable[OpCase],
+    implementations: Sequence[str] | None,
+    side: Any,
+    *,
+    quick: bool,
+    repeat: int | None,
+    budget_s: float,
+    progress: Callable[[str], None] | None,
+    torch_timing: Callable[[OpCase], Timing] | None,
+) -> list[Row]:
+    """:func:`run_cases`, with torch's cells timed by ``torch_timing`` where given."""
 
     def tell(message: str) -> None:
         if progress is not None:
@@ -147,6 +184,10 @@ def run_cases(
                 if refused is not None:
                     tell(f"{case.id} {name}: not timed, {refused}")
                     continue
+                if name == "torch" and torch_timing is not None:
+                    timing = torch_timing(case)
+                    timed.append(_row(case, reduced, name, name, timing, bound.work, side))
+                    continue
                 fn = bound.prepare(name)
                 error = first_call_s = None
                 if expected is not None and name != "torch":
@@ -163,16 +204,21 @@ def run_cases(
                 called = (first_call_s is not None) + (name == "auto")
                 timing = time_cell(fn, name, quick=quick, repeat=repeat, budget_s=budget_s,
                                    sync=side.sync, called=called)
-                timed.append(Row(
-                    op=case.op, case=case.name, batch=case.batch, reduced=reduced, impl=name,
-                    algorithm=algorithm, median_ms=timing.median_s * 1e3,
-                    min_ms=timing.min_s * 1e3, calls=timing.calls,
-                    rate=bound.work / timing.median_s / 1e9, unit=case.unit,
-                    device=side.device, error=error, first_call_s=first_call_s,
-                ))
+                timed.append(_row(case, reduced, name, algorithm, timing, bound.work, side,
+                                  error=error, first_call_s=first_call_s))
             _versus_torch(timed)
             rows.extend(timed)
     return rows
+
+
+def _row(case: OpCase, reduced: bool, impl: str, algorithm: str, timing: Timing, work: float,
+         side: Any, *, error: float | None = None, first_call_s: float | None = None) -> Row:
+    return Row(
+        op=case.op, case=case.name, batch=case.batch, reduced=reduced, impl=impl,
+        algorithm=algorithm, median_ms=timing.median_s * 1e3, min_ms=timing.min_s * 1e3,
+        calls=timing.calls, rate=work / timing.median_s / 1e9, unit=case.unit,
+        device=side.device, error=error, first_call_s=first_call_s,
+    )
 
 
 def run(
@@ -183,6 +229,7 @@ def run(
     repeat: int | None = None,
     budget_s: float = BUDGET_S,
     progress: Callable[[str], None] | None = None,
+    torch_process: bool = True,
 ) -> list[Row]:
     """Time ``implementations`` (default: all available) on conv2d of ``layers``
     (:func:`run_cases` on their conv2d cases); algorithms that cannot run a layer
@@ -190,7 +237,7 @@ def run(
     (that is :func:`fastconv.bench.configure_allocator`, for the command line)."""
     cases = [conv2d_case(layer) for layer in layers]
     return run_cases(cases, implementations, quick=quick, repeat=repeat, budget_s=budget_s,
-                     progress=progress)
+                     progress=progress, torch_process=torch_process)
 
 
 def run_ops(
@@ -201,10 +248,12 @@ def run_ops(
     repeat: int | None = None,
     budget_s: float = BUDGET_S,
     progress: Callable[[str], None] | None = None,
+    torch_process: bool = True,
 ) -> list[Row]:
     """:func:`run_cases` on ``cases`` (default: the op suite, :data:`OP_CASES`)."""
     return run_cases(OP_CASES if cases is None else cases, implementations, quick=quick,
-                     repeat=repeat, budget_s=budget_s, progress=progress)
+                     repeat=repeat, budget_s=budget_s, progress=progress,
+                     torch_process=torch_process)
 
 
 def count_cells(cases: Iterable[OpCase], implementations: Sequence[str] | None = None,
