@@ -224,6 +224,16 @@ AUTO_BLOCKED_SMALL_PLANE_CHANNELS: int = _env_int("AUTO_BLOCKED_SMALL_PLANE_CHAN
 #: 0.94-1.04x, where im2col stays).
 AUTO_1X1_BLOCKED_MIN_EXPANSION: int = _env_int("AUTO_1X1_BLOCKED_MIN_EXPANSION", 4)
 AUTO_1X1_BLOCKED_MAX_WORK: int = _env_int("AUTO_1X1_BLOCKED_MAX_WORK", 1 << 23, minimum=0)
+#: ... but not, on 512-bit vectors (where they were measured), on planes where under this
+#: percentage of the positions the blocked kernel computes are outputs (7x7: 49 of 64
+#: float32 positions, 76 %), which go to im2col
+#: whatever their expansion and size (measured on a Zen 4 VM, 2 threads, ms blocked /
+#: im2col: 160 -> 960 on 7x7 at N8 0.91-1.17 / 0.73-0.80, at N1 0.24 / 0.19, 512 ->
+#: 2048 at N8 6.4-7.4 / 5.2-6.1, at N2 1.87 / 1.29, at N1 0.90-1.25 / 0.68 (im2col's
+#: GEMM split by filters over the threads there), the grad_input of 2048 -> 512 at N8
+#: 5.9-6.1 / 5.6, at N1 1.27 / 0.92; on 14x14, 94 %, they tie: 256 -> 1024 at N8 5.2 /
+#: 4.8, 96 -> 576 1.20 / 1.11, the grad_input of 1024 -> 256 4.5 / 4.6).
+AUTO_1X1_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_1X1_BLOCKED_MIN_USE_PERCENT", 90)
 
 #: ... except, on 256-bit vectors, the conv2d of strided layers of at most this many
 #: channels (min(C, K)/groups) on at least AUTO_STRIDED_BLOCKED_MIN_POSITIONS output

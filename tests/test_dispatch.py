@@ -584,7 +584,8 @@ def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng
     times more filters than channels, and small calls; grad_weight where it has fewer
     filters than channels (the blocked kernel reads x in place). The expanding conv2d
     and the in-place grad_weight on 512-bit vectors only: on 256-bit ones im2col's GEMM
-    wins them too."""
+    wins them too. Not on planes where the blocked kernel's last vectors would be mostly
+    past the outputs (7x7), where im2col wins (AUTO_1X1_BLOCKED_MIN_USE_PERCENT)."""
     from fastconv import cpu
 
     monkeypatch.setattr(cpu, "_wide_vectors", lambda: True)
@@ -603,6 +604,10 @@ def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng
     assert picks(8, 128, 28, 256) == ("im2col", "im2col", "im2col")  # 2x: one GEMM
     assert picks(1, 256, 14, 64) == ("direct", "direct", "direct")  # 3.2M multiply-adds
     assert picks(8, 256, 14, 64) == ("im2col", "direct", "direct")  # layer g
+    assert picks(8, 256, 14, 1024)[0] == "direct"  # 14x14: 94 % of its positions are outputs
+    assert picks(8, 160, 7, 960)[0] == "im2col"  # 7x7: 76 %, whatever the expansion...
+    assert picks(1, 160, 7, 960)[0] == "im2col"  # ... and the work
+    assert picks(8, 960, 7, 160)[1] == "im2col"  # the same for grad_input
     assert picks(8, 64, 56, 256, stride=2)[0] == "im2col"
     assert picks(8, 256, 56, 64, stride=2)[2] == "im2col"  # packed at a stride: one GEMM
     monkeypatch.setattr(config, "AUTO_1X1_BLOCKED_MIN_EXPANSION", 2)
@@ -613,16 +618,16 @@ def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng
     assert picks(1, 256, 14, 64) == ("direct", "direct", "im2col")  # small: conv2d direct
     monkeypatch.setattr(cpu, "_wide_vectors", lambda: True)
     # and the blocked kernel computes them
-    x = rng.standard_normal((2, 64, 9, 11)).astype(np.float32)
+    x = rng.standard_normal((2, 64, 12, 12)).astype(np.float32)
     w = rng.standard_normal((256, 64, 1, 1)).astype(np.float32)
     b = rng.standard_normal(256).astype(np.float32)
     assert fastconv.explain("conv2d", x, w, b)["algorithm"] == "direct"
     np.testing.assert_allclose(fastconv.conv2d(x, w, b), fastconv.reference.conv2d(x, w, b),
                                rtol=1e-4, atol=1e-4)
     # grad_input of 256 -> 64 channels: its transposed convolution expands 64 -> 256
-    x = rng.standard_normal((2, 256, 9, 11)).astype(np.float32)
+    x = rng.standard_normal((2, 256, 12, 12)).astype(np.float32)
     w = rng.standard_normal((64, 256, 1, 1)).astype(np.float32)
-    g = rng.standard_normal((2, 64, 9, 11)).astype(np.float32)
+    g = rng.standard_normal((2, 64, 12, 12)).astype(np.float32)
     assert fastconv.explain("conv2d_backward", g, x, w)["kernels"][0]["algorithm"] == "direct"
     got, got_weight, _ = fastconv.conv2d_backward(g, x, w, needs_bias_grad=False)
     expected, expected_weight, _ = fastconv.reference.conv2d_backward(g, x, w)

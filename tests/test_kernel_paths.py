@@ -392,6 +392,57 @@ def test_im2col_image_blocks_of_unequal_sizes(op, case):
     assert_matches(result, expected(case)[op], op, case, "reference")
 
 
+#: One image of layers deeper than a GEMM per thread: ``(id, (n, c, h, w), weight shape,
+#: padding, groups)``; their filters (72, 100, 64 per group) split into runs of 32-40.
+SPLIT_CASES = [
+    ("1x1_plain", (1, 40, 5, 6), (72, 40, 1, 1), 0, 1),
+    ("3x3_p1", (1, 6, 7, 9), (100, 6, 3, 3), 1, 1),
+    ("1x1_groups2", (1, 8, 6, 6), (128, 4, 1, 1), 0, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=[c[0] for c in SPLIT_CASES])
+def test_im2col_splits_the_filters_of_a_single_image_over_threads(case, dtype):
+    # one tile per group and fewer tiles than threads: each tile's GEMM is split into runs
+    # of filters, a task each (runs of whole vectors but the last); the bias and the ReLU
+    # are stored by each run; a 1x1 layer's grad_input reads the weight transposed. The
+    # split is forced to at least 2 (the grouped case has as many tasks as two threads),
+    # and filter_blocks' own choice checked where there are threads to split over
+    from fastconv.cpu import im2col
+
+    _, shape, w_shape, p, groups = case
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, shape).astype(dtype)
+    w = rng.uniform(-1, 1, w_shape).astype(dtype)
+    b = rng.uniform(-1, 1, w_shape[0]).astype(dtype)
+    splits = []
+
+    def spy(*args):
+        splits.append(real(*args))
+        return max(2, splits[-1])
+
+    real = im2col.filter_blocks
+    with pytest.MonkeyPatch.context() as patch, numba_threads(2):
+        patch.setattr(im2col, "filter_blocks", spy)
+        y = fastconv.conv2d(x, w, b, padding=p, groups=groups, algorithm="im2col",
+                            activation="relu")
+        gy = rng.uniform(-1, 1, y.shape).astype(dtype)
+        gx, _, _ = fastconv.conv2d_backward(gy, x, w, padding=p, groups=groups,
+                                            needs_weight_grad=False, needs_bias_grad=False,
+                                            algorithm="im2col")
+    import numba
+
+    assert len(splits) == 2, splits  # conv2d's and grad_input's GEMMs
+    if numba.get_num_threads() >= 2 and groups == 1:
+        assert splits[0] >= 2, splits
+    wide = [a.astype(np.float64) for a in (x, w, b, gy)]
+    oracle = np.maximum(reference.conv2d(*wide[:3], padding=p, groups=groups), 0)
+    np.testing.assert_allclose(y, oracle, **sum_tolerance(dtype, w[0].size))
+    oracle = reference.conv2d_backward(wide[3], wide[0], wide[1], padding=p, groups=groups)[0]
+    np.testing.assert_allclose(gx, oracle, **sum_tolerance(dtype, w_shape[0] * 9))
+
+
 @pytest.mark.parametrize("plane", [(5, 6), (1, 3)], ids=["5x6", "1x3"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_threads", [1, 2, 3])

@@ -35,6 +35,8 @@ def _choose_conv(op, weight_shape, problem):
        ``AUTO_1X1_BLOCKED_MIN_EXPANSION`` times more filters than channels per group
        (conv2d: on 512-bit vectors only, :func:`_wide_vectors`) or the call needs at
        most ``AUTO_1X1_BLOCKED_MAX_WORK`` multiply-adds (stride 1, not grad_weight),
+       and on 512-bit vectors at least ``AUTO_1X1_BLOCKED_MIN_USE_PERCENT`` % of the
+       positions it computes are outputs (not on 7x7 planes),
        or, for grad_weight on 512-bit vectors, the layer has fewer filters than
        channels per group and no padding and column stride (the blocked kernel reads
        ``x`` in place); the blocked kernel for any other strided grad_weight;
@@ -187,7 +189,9 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
                               f"{group_channels}, unpadded: the register-blocked kernel reads "
                               f"x in place and beats im2col's GEMM there")
         narrow_wins = op != "conv2d_grad_input" and not wide  # measured on a Zen 2's AVX2
-        if op == "conv2d_grad_weight" or stride != (1, 1) or (
+        use = blocked.use_percent(out_h, out_w, 1, 1, itemsize)  # read in place
+        small_plane = wide and use < config.AUTO_1X1_BLOCKED_MIN_USE_PERCENT
+        if op == "conv2d_grad_weight" or stride != (1, 1) or small_plane or (
                 (filters < expansion * depth or narrow_wins) and work > small):
             return "im2col", (f"a 1x1 layer with min(C, K)/groups = {narrow} >= "
                               f"AUTO_BLOCKED_MAX_CHANNELS = {deep}: one GEMM on the input "
@@ -195,7 +199,12 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
                                            f"where the layer expands or the weight gradient "
                                            f"would read x in place: 1.07-1.37x faster than "
                                            f"the register-blocked kernel there)"
-                                           if narrow_wins else ""))
+                                           if narrow_wins else "")
+                              + (f"; on a {out_h}x{out_w} plane only {use} % < "
+                                 f"AUTO_1X1_BLOCKED_MIN_USE_PERCENT = "
+                                 f"{config.AUTO_1X1_BLOCKED_MIN_USE_PERCENT} % of the "
+                                 f"blocked kernel's positions would be outputs"
+                                 if small_plane else ""))
         why = (f"whose convolution has {filters} filters >= AUTO_1X1_BLOCKED_MIN_EXPANSION = "
                f"{expansion} x {depth} channels per group" if filters >= expansion * depth
                else f"of {work} <= AUTO_1X1_BLOCKED_MAX_WORK = {small} multiply-adds")

@@ -150,8 +150,8 @@ def _im2col_tile_strided(x, n, c_first, group_channels, kh, kw, row_first, row_l
 @kernel(parallel=True)
 def _conv2d_forward_im2col(x, weight2d, transposed, bias, has_bias, floor, out, kh, kw, stride_h,
                            stride_w, pad_top, pad_left, pitch, phase_len, dilation_h, dilation_w,
-                           groups, tile_rows, tile_images, scratch, gemm, set_blas_threads, part,
-                           parts):
+                           groups, tile_rows, tile_images, k_blocks, scratch, gemm,
+                           set_blas_threads, part, parts):
     """out[n, g*Kg:(g+1)*Kg, tile] = weight2d[g] @ im2col(x[n, group g], tile), tile by tile.
     With ``transposed`` (a 1x1 layer's grad_input), ``weight2d`` is the weight whose
     transpose this convolution's is, ``(groups * depth, Kg)``: the GEMM reads group ``g``'s
@@ -161,7 +161,9 @@ def _conv2d_forward_im2col(x, weight2d, transposed, bias, has_bias, floor, out, 
     images side by side (small images, where one image is too narrow a GEMM).
     Each thread builds the tile's columns in its slice of ``scratch``, runs
     the GEMM into scratch too, and stores the result with the bias added, clamped from
-    below at ``floor`` (:func:`fastconv.activations.floor`).
+    below at ``floor`` (:func:`fastconv.activations.floor`). Where there are fewer tiles
+    than threads (a batch of one), each tile's filters are split into ``k_blocks`` runs,
+    a task each (:func:`filter_blocks`; the columns are then built once per run).
     Output row ``i`` of a tile starts at column ``(i - row_first) * pitch``:
     ``pitch`` is the padded width for stride 1 (:func:`_im2col_tile_unit_stride`)
     and ``out_w`` otherwise.
@@ -177,7 +179,7 @@ def _conv2d_forward_im2col(x, weight2d, transposed, bias, has_bias, floor, out, 
     trans_a, lda = (blas.TRANS, per_group) if transposed else (blas.NO_TRANS, depth)
     n_tiles = (out_h + tile_rows - 1) // tile_rows
     n_image_blocks = (n_img + tile_images - 1) // tile_images
-    n_tasks = n_image_blocks * groups * n_tiles
+    n_tasks = n_image_blocks * groups * n_tiles * k_blocks
     n_chunks = scratch.shape[0]
     unit_stride = stride_h == 1 and stride_w == 1
     plain_gemm = (kh == 1 and kw == 1 and unit_stride and pad_top == 0 and pad_left == 0
@@ -189,7 +191,11 @@ def _conv2d_forward_im2col(x, weight2d, transposed, bias, has_bias, floor, out, 
         col = scratch[chunk, : depth * max_cols]
         result = scratch[chunk, depth * max_cols : (depth + per_group) * max_cols]
         rows = scratch[chunk, (depth + per_group) * max_cols :]
-        for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+        for split_task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
+            task, kb = split_task // k_blocks, split_task % k_blocks
+            # this task's filters of the group: [k_lo, k_hi), runs of whole vectors
+            k_lo = kb * per_group // k_blocks // 16 * 16
+            k_hi = per_group if kb == k_blocks - 1 else (kb + 1) * per_group // k_blocks // 16 * 16
             n_first = (task // (groups * n_tiles)) * tile_images
             n_last = min(n_first + tile_images, n_img)
             g = (task // n_tiles) % groups
@@ -221,11 +227,13 @@ def _conv2d_forward_im2col(x, weight2d, transposed, bias, has_bias, floor, out, 
                                              phase_len, rows, col, first_col, ld)
                 b_ptr = blas.pointer(col, 0)
                 ldb = ld
-            gemm(blas.ROW_MAJOR, trans_a, blas.NO_TRANS, per_group, ld, depth, 1.0,
-                 blas.pointer(weight2d, k_first * depth), lda, b_ptr, ldb, 0.0,
-                 blas.pointer(result, 0), ld)
+            # filter k_lo's row of weight2d, or (transposed) its column
+            a_at = k_first * depth + (k_lo if transposed else k_lo * depth)
+            gemm(blas.ROW_MAJOR, trans_a, blas.NO_TRANS, k_hi - k_lo, ld, depth, 1.0,
+                 blas.pointer(weight2d, a_at), lda, b_ptr, ldb, 0.0,
+                 blas.pointer(result, k_lo * ld), ld)
             for n in range(n_first, n_last):
-                for k in range(per_group):
+                for k in range(k_lo, k_hi):
                     b = bias[k_first + k] if has_bias else 0
                     at = k * ld + (n - n_first) * n_cols - row_first * pitch
                     for i in range(row_first, row_last):
@@ -260,6 +268,24 @@ def tiling(depth: int, per_group: int, n_img: int, out_h: int, pitch: int, item:
     return tile_rows, tile_images
 
 
+def filter_blocks(n_tasks: int, per_group: int, n_threads: int) -> int:
+    """Runs of filters each tile's GEMM is split into: one where the tiles keep every
+    thread busy, else enough for the threads, each run at least
+    :data:`MIN_FILTERS_PER_TASK` filters (a batch of one image of a deep layer: one
+    tile, one GEMM on one thread, otherwise).
+
+    >>> filter_blocks(8, 256, 2), filter_blocks(1, 2048, 2), filter_blocks(1, 48, 2)
+    (1, 2, 1)
+    """
+    if n_tasks >= n_threads:
+        return 1
+    return max(1, min(-(-n_threads // n_tasks), per_group // MIN_FILTERS_PER_TASK))
+
+
+#: Fewest filters a task's share of a split GEMM has (:func:`filter_blocks`).
+MIN_FILTERS_PER_TASK = 32
+
+
 @register("conv2d", "cpu", "im2col")
 def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation=None, *,
                   gemm=None, transposed=False):
@@ -280,6 +306,8 @@ def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activ
     tile_rows, tile_images = tiling(depth, per_group, n_img, out_h, pitch, x.itemsize, n_threads,
                                     plain_gemm)
     n_tasks = -(-n_img // tile_images) * groups * (-(-out_h // tile_rows))
+    k_blocks = filter_blocks(n_tasks, per_group, n_threads)
+    n_tasks *= k_blocks
     n_chunks = max(1, min(n_threads, n_tasks))
     max_cols = tile_images * ((tile_rows - 1) * pitch + out_w)
     # input rows a tile reads: padded rows, or (stride > 1) rows split into column phases
@@ -293,8 +321,8 @@ def conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activ
         weight.reshape(weight.shape[0], -1), transposed,
         bias if has_bias else np.zeros(0, x.dtype), has_bias,
         activations.floor(activation, x.dtype), out, kh, kw, stride[0], stride[1], top, left,
-        pitch, phase_len, dilation[0], dilation[1], groups, tile_rows, tile_images, scratch,
-        gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL)
+        pitch, phase_len, dilation[0], dilation[1], groups, tile_rows, tile_images, k_blocks,
+        scratch, gemm if gemm is not None else blas.gemm_for(x.dtype), blas.SET_THREADS_LOCAL)
 
 
 @kernel()
