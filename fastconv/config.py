@@ -235,7 +235,7 @@ AUTO_1X1_BLOCKED_MAX_WORK: int = _env_int("AUTO_1X1_BLOCKED_MAX_WORK", 1 << 23, 
 #: 4.8, 96 -> 576 1.20 / 1.11, the grad_input of 1024 -> 256 4.5 / 4.6).
 AUTO_1X1_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_1X1_BLOCKED_MIN_USE_PERCENT", 90)
 
-#: ... except, on 256-bit vectors, the conv2d of strided layers of at most this many
+#: ... except the conv2d of strided layers of at most this many
 #: channels (min(C, K)/groups) on at least AUTO_STRIDED_BLOCKED_MIN_POSITIONS output
 #: positions a plane, which stays on the blocked kernel (by filters, or on its phases
 #: by positions). Measured on a Zen 3 (AVX2), float32, 3x3 stride 2 padding 1, N8 unless
@@ -246,7 +246,11 @@ AUTO_1X1_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_1X1_BLOCKED_MIN_USE_PERCE
 #: 2.71; C192 -> 192 on 28x28 6.66 / 7.62, C192 -> 384 on 14x14 3.77 / 3.99; from 256
 #: channels im2col ties or wins (C256 -> 512 on 14x14 6.30-6.72 / 6.19-6.60, C512 ->
 #: 512 on 14x14 15.5 / 13.7), and on 4x4 outputs below that too (C128 -> 256 on 8x8
-#: 0.94 / 0.72). On 512-bit vectors, unmeasured since the rule above was, im2col.
+#: 0.94 / 0.72). On 512-bit vectors (a Zen 4 VM, two threads, one run, ms blocked /
+#: im2col): C96 -> 192 on 28x28 3.27 / 3.82, C128 -> 128 on 56x56 12.3 / 14.2, C128 ->
+#: 256 on 28x28 5.72 / 6.67 (at N1 0.92 / 1.04), on 16x16 1.79 / 2.23, C192 -> 384 on
+#: 14x14 3.97 / 3.77; from 256 channels im2col again (C256 -> 512 on 14x14 7.10 / 6.13;
+#: C256 -> 256 on 28x28 12.7 / 13.9, left to im2col).
 AUTO_STRIDED_BLOCKED_MAX_CHANNELS: int = _env_int("AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 192)
 AUTO_STRIDED_BLOCKED_MIN_POSITIONS: int = _env_int("AUTO_STRIDED_BLOCKED_MIN_POSITIONS", 49)
 

@@ -538,12 +538,11 @@ def test_strided_gradients_on_the_blocked_kernels(monkeypatch):
     assert choice["algorithm"] == "direct"
 
 
-def test_strided_conv2d_of_up_to_192_channels_stays_blocked_on_256_bit_vectors(
-        monkeypatch, rng):
+def test_strided_conv2d_of_up_to_192_channels_stays_blocked(monkeypatch, rng):
     """Strided layers of more than AUTO_BLOCKED_MAX_CHANNELS channels run on im2col,
-    except, on 256-bit vectors, the conv2d of those of at most
-    AUTO_STRIDED_BLOCKED_MAX_CHANNELS channels with at least
-    AUTO_STRIDED_BLOCKED_MIN_POSITIONS outputs a plane (not their grad_input)."""
+    except the conv2d of those of at most AUTO_STRIDED_BLOCKED_MAX_CHANNELS channels with
+    at least AUTO_STRIDED_BLOCKED_MIN_POSITIONS outputs a plane (not their grad_input),
+    on 256-bit and 512-bit vectors alike."""
     from fastconv import cpu
 
     def picks(n, c, size, k, stride=2):
@@ -556,19 +555,19 @@ def test_strided_conv2d_of_up_to_192_channels_stays_blocked_on_256_bit_vectors(
         return (fastconv.explain("conv2d", x, w, stride=stride, padding=1)["algorithm"],
                 kernels[0]["algorithm"])
 
-    monkeypatch.setattr(cpu, "_wide_vectors", lambda: False)
-    assert picks(8, 128, 28, 256) == ("direct", "im2col")  # ResNet-18's 128 -> 256
-    assert picks(8, 192, 14, 384) == ("direct", "im2col")  # 7x7 outputs
-    assert picks(8, 256, 14, 512) == ("im2col", "im2col")  # 256 channels
-    assert picks(8, 128, 8, 256) == ("im2col", "im2col")  # 4x4 outputs
-    assert picks(8, 64, 56, 128) == ("direct", "direct")  # up to 64 channels, as before
-    monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 64)
-    assert picks(8, 128, 28, 256)[0] == "im2col"
-    monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 192)
-    monkeypatch.setattr(cpu, "_wide_vectors", lambda: True)
-    assert picks(8, 128, 28, 256) == ("im2col", "im2col")
+    for wide in (False, True):
+        monkeypatch.setattr(cpu, "_wide_vectors", lambda wide=wide: wide)
+        assert picks(8, 128, 28, 256) == ("direct", "im2col")  # ResNet-18's 128 -> 256
+        assert picks(1, 128, 28, 256) == ("direct", "im2col")  # one image: direct too
+        assert picks(8, 192, 14, 384) == ("direct", "im2col")  # 7x7 outputs
+        assert picks(8, 256, 14, 512) == ("im2col", "im2col")  # 256 channels
+        assert picks(8, 128, 8, 256) == ("im2col", "im2col")  # 4x4 outputs
+        assert picks(8, 64, 56, 128) == ("direct", "direct")  # up to 64 channels, as before
+        monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 64)
+        assert picks(8, 128, 28, 256)[0] == "im2col"
+        monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 192)
+    monkeypatch.undo()
     # and the blocked kernel computes such a layer (odd sizes: a phase plane's tail)
-    monkeypatch.setattr(cpu, "_wide_vectors", lambda: False)
     x = rng.standard_normal((2, 72, 15, 17)).astype(np.float32)
     w = rng.standard_normal((80, 72, 3, 3)).astype(np.float32)
     b = rng.standard_normal(80).astype(np.float32)

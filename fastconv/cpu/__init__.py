@@ -40,8 +40,8 @@ def _choose_conv(op, weight_shape, problem):
        or, for grad_weight on 512-bit vectors, the layer has fewer filters than
        channels per group and no padding and column stride (the blocked kernel reads
        ``x`` in place); the blocked kernel for any other strided grad_weight;
-       im2col for strided layers of more than deep channels (but, on 256-bit vectors,
-       the conv2d of those of at most ``AUTO_STRIDED_BLOCKED_MAX_CHANNELS`` on at
+       im2col for strided layers of more than deep channels (but the conv2d of those
+       of at most ``AUTO_STRIDED_BLOCKED_MAX_CHANNELS`` on at
        least ``AUTO_STRIDED_BLOCKED_MIN_POSITIONS`` output positions a plane) and the
        conv2d of layers of
        more than ``AUTO_BLOCKED_SMALL_PLANE_CHANNELS`` channels where under
@@ -127,11 +127,10 @@ def _wide_vectors() -> bool:
 
 def _strided_stays_blocked(op, narrow: int, positions: int) -> bool:
     """Whether the conv2d of a strided layer deeper than ``AUTO_BLOCKED_MAX_CHANNELS``
-    stays on the blocked kernel: on 256-bit vectors, up to
-    ``AUTO_STRIDED_BLOCKED_MAX_CHANNELS`` channels on at least
-    ``AUTO_STRIDED_BLOCKED_MIN_POSITIONS`` output positions a plane (measured:
-    :mod:`fastconv.config`)."""
-    return (op == "conv2d" and not _wide_vectors()
+    stays on the blocked kernel: up to ``AUTO_STRIDED_BLOCKED_MAX_CHANNELS`` channels on
+    at least ``AUTO_STRIDED_BLOCKED_MIN_POSITIONS`` output positions a plane (measured on
+    256-bit and 512-bit vectors: :mod:`fastconv.config`)."""
+    return (op == "conv2d"
             and narrow <= config.AUTO_STRIDED_BLOCKED_MAX_CHANNELS
             and positions >= config.AUTO_STRIDED_BLOCKED_MIN_POSITIONS)
 
@@ -223,8 +222,7 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
                    f"AUTO_STRIDED_BLOCKED_MAX_CHANNELS = "
                    f"{config.AUTO_STRIDED_BLOCKED_MAX_CHANNELS} on {out_h * out_w} >= "
                    f"AUTO_STRIDED_BLOCKED_MIN_POSITIONS = "
-                   f"{config.AUTO_STRIDED_BLOCKED_MIN_POSITIONS} outputs a plane "
-                   f"({simd.WIDTH_BYTES * 8}-bit vectors), ")
+                   f"{config.AUTO_STRIDED_BLOCKED_MIN_POSITIONS} outputs a plane, ")
     else:
         strided = ""
     # the convolution that runs at stride 1 (or conv2d's): its positions on the dense
