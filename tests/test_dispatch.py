@@ -607,6 +607,8 @@ def test_deep_1x1_layers_that_expand_stay_on_the_blocked_kernel(monkeypatch, rng
     assert picks(8, 160, 7, 960)[0] == "im2col"  # 7x7: 76 %, whatever the expansion...
     assert picks(1, 160, 7, 960)[0] == "im2col"  # ... and the work
     assert picks(8, 960, 7, 160)[1] == "im2col"  # the same for grad_input
+    assert picks(8, 2048, 7, 512)[2] == "im2col"  # im2col gathers 7x7 planes' images...
+    assert picks(1, 2048, 7, 512)[2] == "im2col"  # ... one image's too
     assert picks(8, 64, 56, 256, stride=2)[0] == "im2col"
     assert picks(8, 256, 56, 64, stride=2)[2] == "im2col"  # packed at a stride: one GEMM
     monkeypatch.setattr(config, "AUTO_1X1_BLOCKED_MIN_EXPANSION", 2)

@@ -485,6 +485,27 @@ def test_1x1_weight_gradient_gathers_images(n_threads, dtype, plane):
     np.testing.assert_allclose(transposed, oracle, **tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_1x1_weight_gradient_of_one_image_splits_its_channels(dtype):
+    # a batch of one on a small plane: the gathered path (one image a GEMM), its 40
+    # channels in chunks over the threads (not one GEMM on one thread)
+    from fastconv.cpu import im2col
+
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-1, 1, (1, 40, 5, 7)).astype(dtype)
+    gy = rng.uniform(-1, 1, (1, 24, 5, 7)).astype(dtype)
+    w = np.zeros((24, 40, 1, 1), dtype)
+    with pytest.MonkeyPatch.context() as patch, numba_threads(2):
+        patch.setattr(im2col, "GATHER_MIN_CHANNELS", 8)
+        patch.setattr(im2col, "L2_BYTES", 0)
+        assert im2col._gathered_images(x, gy, 1, 1, (1, 1), ((0, 0), (0, 0)), 1) == 1
+        _, grad_weight, _ = fastconv.conv2d_backward(gy, x, w, needs_input_grad=False,
+                                                     needs_bias_grad=False, algorithm="im2col")
+    oracle = reference.conv2d_backward(gy.astype(np.float64), x.astype(np.float64),
+                                       w.astype(np.float64))[1]
+    np.testing.assert_allclose(grad_weight, oracle, **sum_tolerance(dtype, 35))
+
+
 @pytest.mark.parametrize("value", [np.inf, np.nan], ids=["inf", "nan"])
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_grad_weight_non_finite_input_reaches_only_its_taps(algorithm, value):

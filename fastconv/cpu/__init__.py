@@ -39,7 +39,9 @@ def _choose_conv(op, weight_shape, problem):
        positions it computes are outputs (not on 7x7 planes),
        or, for grad_weight on 512-bit vectors, the layer has fewer filters than
        channels per group and no padding and column stride (the blocked kernel reads
-       ``x`` in place); the blocked kernel for any other strided grad_weight;
+       ``x`` in place) and is not one whose images im2col gathers
+       (:func:`.im2col.gathers`: 7x7 planes and large sums, where its GEMMs win); the
+       blocked kernel for any other strided grad_weight;
        im2col for strided layers of more than deep channels (but the conv2d of those
        of at most ``AUTO_STRIDED_BLOCKED_MAX_CHANNELS`` on at
        least ``AUTO_STRIDED_BLOCKED_MIN_POSITIONS`` output positions a plane) and the
@@ -183,10 +185,13 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
         expansion, small = config.AUTO_1X1_BLOCKED_MIN_EXPANSION, config.AUTO_1X1_BLOCKED_MAX_WORK
         wide = _wide_vectors()
         if (op == "conv2d_grad_weight" and filters < group_channels and wide
-                and blocked.in_place(problem["padding"], stride)):
+                and blocked.in_place(problem["padding"], stride)
+                and not (groups == 1 and im2col.gathers(out_h * out_w, filters * group_channels,
+                                                        itemsize))):
             return "direct", (f"a 1x1 weight gradient with K/groups = {filters} < C/groups = "
                               f"{group_channels}, unpadded: the register-blocked kernel reads "
-                              f"x in place and beats im2col's GEMM there")
+                              f"x in place and beats im2col's GEMM there (im2col gathers "
+                              f"the images of smaller planes and wins there)")
         narrow_wins = op != "conv2d_grad_input" and not wide  # measured on a Zen 2's AVX2
         use = blocked.use_percent(out_h, out_w, 1, 1, itemsize)  # read in place
         small_plane = wide and use < config.AUTO_1X1_BLOCKED_MIN_USE_PERCENT
