@@ -254,6 +254,24 @@ AUTO_1X1_BLOCKED_MIN_USE_PERCENT: int = _env_int("AUTO_1X1_BLOCKED_MIN_USE_PERCE
 AUTO_STRIDED_BLOCKED_MAX_CHANNELS: int = _env_int("AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 192)
 AUTO_STRIDED_BLOCKED_MIN_POSITIONS: int = _env_int("AUTO_STRIDED_BLOCKED_MIN_POSITIONS", 49)
 
+#: ``direct``'s weight gradient runs as dot products over the positions
+#: (:mod:`fastconv.cpu.fewtaps`) instead of on the blocked kernel for layers of one group
+#: with at most this many taps per filter (C x R x S: a first layer's 3 x 3x3 = 27) and
+#: fewer filters than a vector's lanes or an image's grad_output larger than one core's
+#: L2 (:func:`fastconv.cpu.fewtaps.pays`). Measured on a Zen 4 VM, two threads, ms dot
+#: products / blocked: VGG's first layer (N2 C3 -> 64 3x3 on 224x224) 2.50 / 4.34-7.87,
+#: MobileNetV2's (N8 C3 -> 32 3x3 s2) 1.70 / 1.89-2.78, LeNet's first (N64 C1 -> 6 5x5 on
+#: 28x28) 0.22 / 0.28, at N4 0.027 / 0.034; the blocked kernel wins where grad_output
+#: stays in cache or the taps are more: N32 C3 -> 16 3x3 on 32x32 0.313 / 0.288, N8 C4
+#: -> 32 3x3 on 56x56 (36 taps) 0.44 / 0.37, C3 -> 32 5x5 on 64x64 (75) 1.20 / 0.92.
+AUTO_FEW_TAPS_MAX: int = _env_int("AUTO_FEW_TAPS_MAX", 32, minimum=0)
+#: ... on at least this many multiply-adds (N * K * H_out * W_out * taps): the dot
+#: products' fixed cost is larger than the blocked kernel's or the loops' (through
+#: ``conv2d_backward``, us dot products / before: LeNet's first layer at N4, 346K
+#: multiply-adds, 47.9 / 34.6; at N8, 691K, 61 / 62; at N16 87 / 116; at N64 243 / 393;
+#: N4 C2 -> 8 3x3 on 32x32, 590K, 48 / 52; N2 C2 -> 2 3x3 on 6x6 11.9 / 9.4).
+AUTO_FEW_TAPS_MIN_WORK: int = _env_int("AUTO_FEW_TAPS_MIN_WORK", 1 << 19, minimum=0)
+
 #: Fewest multiply-adds (N * K * H_out * W_out * C/groups * R * S) for which ``auto``
 #: runs a strided layer's grad_input (and conv_transpose2d) on the blocked kernel, a
 #: stride-1 convolution per phase of the input: each phase is a call of its own, so

@@ -155,12 +155,20 @@ def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
 
 
 def _warm_conv2d_grad_weight(f: ModuleType, dtype: np.dtype, a: str) -> object:
+    from . import config
+
     t = _Tiny(dtype)
-    calls = [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, needs_input_grad=False),
-              t.strided("conv2d_grad_weight", a)
-              and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a,
-                                    needs_input_grad=False))
-             for x, w, _, y1, y2 in t.convolutions()]
+    # direct's dot products for few taps (cpu.fewtaps) take these tiny calls of 2 filters
+    # and 18 taps too, so that they compile now
+    saved, config.AUTO_FEW_TAPS_MIN_WORK = config.AUTO_FEW_TAPS_MIN_WORK, 0
+    try:
+        calls = [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, needs_input_grad=False),
+                  t.strided("conv2d_grad_weight", a)
+                  and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a,
+                                        needs_input_grad=False))
+                 for x, w, _, y1, y2 in t.convolutions()]
+    finally:
+        config.AUTO_FEW_TAPS_MIN_WORK = saved
     if a == "direct":
         # depthwise layers: keeping their size, on whole planes; smaller, the dot products
         # over each channel's strip
@@ -168,6 +176,10 @@ def _warm_conv2d_grad_weight(f: ModuleType, dtype: np.dtype, a: str) -> object:
         calls += [f.conv2d_backward(y, t.x, depthwise, padding=padding, groups=2,
                                     algorithm=a, needs_input_grad=False)
                   for y, padding in ((t.y1, 1), (t.y1[:, :, 1:-1, 1:-1], 0))]
+        # the loops take 2 filters of more taps than AUTO_FEW_TAPS_MAX (36 against 32)
+        x4 = t.convolutions()[1][0]
+        calls.append(f.conv2d_backward(t.y1, x4, np.ones((2, 4, 3, 3), dtype), padding=1,
+                                       algorithm=a, needs_input_grad=False))
     return calls
 
 

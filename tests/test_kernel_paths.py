@@ -506,6 +506,66 @@ def test_1x1_weight_gradient_of_one_image_splits_its_channels(dtype):
     np.testing.assert_allclose(grad_weight, oracle, **sum_tolerance(dtype, 35))
 
 
+#: Weight gradients of few taps per filter (``fastconv.cpu.fewtaps``): ``(id, (n, c, h, w),
+#: (k, r, s), stride, padding, dilation)``; 5 and 7 filters and 18-27 taps leave partial
+#: blocks of 4 filters and 6 taps.
+FEW_TAPS_CASES = [
+    ("3x3_p1", (3, 3, 13, 11), (7, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    ("3x3_s2_asym", (2, 3, 14, 17), (5, 3, 3), (2, 2), ((0, 2), (1, 0)), (1, 1)),
+    ("3x2_s21_dil2", (2, 3, 15, 12), (9, 3, 2), (2, 1), ((2, 1), (1, 1)), (2, 2)),
+    ("5x5_1ch", (4, 1, 12, 19), (6, 5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FEW_TAPS_CASES, ids=[c[0] for c in FEW_TAPS_CASES])
+def test_few_taps_weight_gradient_in_unequal_bands(case, dtype):
+    # dot products over bands of output rows of unequal sizes (3 rows and a remainder),
+    # the bands of every image shared unequally by the threads; direct takes this path
+    # (as auto does) for an image's grad_output larger than the L2, here of 0 bytes (and
+    # any work); an
+    # Inf in grad_output gives the exact loops' result (the padding multiplied as zeros
+    # would make NaNs)
+    from fastconv.cpu import fewtaps
+
+    _, shape, (k, r, s), stride, padding, dilation = case
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, shape).astype(dtype)
+    w = np.zeros((k, shape[1], r, s), dtype)
+    out = [shapes.output_length(n, q, t, p, d) for n, q, t, p, d in zip(
+        shape[2:], (r, s), stride, padding, dilation, strict=True)]
+    gy = rng.uniform(-1, 1, (shape[0], k, *out)).astype(dtype)
+    wide = [a.astype(np.float64) for a in (gy, x, w)]
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    oracle = reference.conv2d_backward(*wide, **kwargs)[1]
+    calls = []
+    real = fewtaps.conv2d_grad_weight_few_taps
+    with pytest.MonkeyPatch.context() as patch, numba_threads(2):
+        patch.setattr(fewtaps, "L2_BYTES", 0)
+        patch.setattr(config, "AUTO_FEW_TAPS_MIN_WORK", 0)
+        assert fewtaps.pays(gy.shape, w.shape, 1, x.itemsize)
+        patch.setattr(fewtaps, "BAND_POSITIONS", 3 * out[1])
+        patch.setattr(fewtaps, "conv2d_grad_weight_few_taps",
+                      lambda *args: calls.append(1) or real(*args))
+        _, grad_weight, _ = fastconv.conv2d_backward(gy, x, w, **kwargs, needs_input_grad=False,
+                                                     needs_bias_grad=False, algorithm="direct")
+        assert calls and out[0] % 3
+        np.testing.assert_allclose(grad_weight, oracle,
+                                   **sum_tolerance(dtype, shape[0] * out[0] * out[1]))
+        gy[1, k - 1, out[0] // 2, 0] = np.inf
+        x_before, gy_before = x.copy(), gy.copy()
+        _, grad_weight, _ = fastconv.conv2d_backward(gy, x, w, **kwargs, needs_input_grad=False,
+                                                     needs_bias_grad=False, algorithm="direct")
+    np.testing.assert_array_equal(x, x_before)
+    np.testing.assert_array_equal(gy, gy_before)
+    with np.errstate(invalid="ignore"):  # the reference's grad_input: Inf * 0
+        oracle = reference.conv2d_backward(gy.astype(np.float64), *wide[1:], **kwargs)[1]
+    np.testing.assert_array_equal(np.isfinite(grad_weight), np.isfinite(oracle))
+    finite = np.isfinite(oracle)
+    np.testing.assert_allclose(grad_weight[finite], oracle[finite],
+                               **sum_tolerance(dtype, shape[0] * out[0] * out[1]))
+
+
 @pytest.mark.parametrize("value", [np.inf, np.nan], ids=["inf", "nan"])
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_grad_weight_non_finite_input_reaches_only_its_taps(algorithm, value):

@@ -28,6 +28,9 @@ CONVS = [
     ((4, 32, 24, 24), (32, 1, 3, 3), {"groups": 32, "stride": 2, "padding": 1}),
     ((1, 4, 9, 9), (8, 1, 3, 3), {"groups": 4, "stride": 2}),
     ((2, 3, 9, 9), (2, 3, 5, 5), {"stride": 2}),
+    # few taps per filter: direct's weight gradient as dot products (cpu.fewtaps)
+    ((8, 3, 32, 32), (4, 3, 3, 3), {"padding": 1}),
+    ((8, 3, 64, 64), (4, 3, 3, 3), {"stride": 2, "padding": 1}),
 ]
 #: conv_transpose2d: input shape, weight shape, stride
 TRANSPOSED = [((8, 128, 16, 16), (128, 64, 4, 4), 2), ((2, 4, 5, 5), (4, 4, 3, 3), 1)]

@@ -12,7 +12,7 @@ from ..dispatch import register, register_chooser
 
 # importing registers the kernels; threads makes TBB loadable before a kernel starts
 # Numba's thread pool
-from . import blocked, direct, im2col, pool, reductions, simd, threads, winograd  # noqa: F401
+from . import blocked, direct, fewtaps, im2col, pool, reductions, simd, threads, winograd  # noqa: F401
 
 
 def _choose_conv(op, weight_shape, problem):
@@ -26,7 +26,9 @@ def _choose_conv(op, weight_shape, problem):
        grad_weight, and for grad_input stride 1 or at least ``AUTO_PHASES_MIN_WORK``
        multiply-adds (grad_weight: also one image's packed planes within
        ``blocked.GRAD_WEIGHT_BLOCK_BYTES``), the register-blocked direct
-       kernels, except, with ``deep = AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when
+       kernels (grad_weight with at most ``AUTO_FEW_TAPS_MAX`` taps per filter, few
+       filters or large planes: dot products over the positions, :func:`.fewtaps.pays`),
+       except, with ``deep = AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when
        it fits, min(C, K)/groups >= deep and min(C, K)/groups * H_out * W_out >=
        ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` on at least ``AUTO_WINOGRAD_DEEP_MIN_TILES``
        4x4 output tiles (grad_weight: ``AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE`` on
@@ -156,6 +158,15 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
             * out_channels * group_channels * kh * kw < config.AUTO_PHASES_MIN_WORK):
         return None
     itemsize = np.dtype(problem.get("dtype", np.float32)).itemsize
+    if op == "conv2d_grad_weight" and fewtaps.pays((n_img, out_channels, out_h, out_w),
+                                                   weight_shape, groups, itemsize):
+        return "direct", (f"{group_channels * kh * kw} <= AUTO_FEW_TAPS_MAX = "
+                          f"{config.AUTO_FEW_TAPS_MAX} taps per filter with "
+                          + (f"{out_channels} filters, fewer than a vector's lanes"
+                             if out_channels < simd.WIDTH_BYTES // itemsize else
+                             "an image's grad_output larger than one core's L2")
+                          + ": dot products of grad_output's rows with the input's tap rows "
+                          "(no transposes of grad_output)")
     if op == "conv2d_grad_weight" and not blocked.grad_weight_applies(
             problem["input_shape"], (n_img, out_channels, out_h, out_w), weight_shape, stride,
             problem["padding"], dilation, groups, itemsize):

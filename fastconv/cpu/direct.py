@@ -63,7 +63,7 @@ from numba import prange
 
 from .. import activations, config
 from ..dispatch import register
-from . import blocked, identities, simd, strips, threads, workspace
+from . import blocked, fewtaps, identities, simd, strips, threads, workspace
 from ._jit import kernel
 from .epilogue import store_row
 from .finite import all_finite, finite_values
@@ -1121,8 +1121,14 @@ conv2d_grad_input_direct.prepare = _prepare_grad_input  # type: ignore[attr-defi
 
 @register("conv2d_grad_weight", "cpu", "direct")
 def conv2d_grad_weight_direct(x, grad_out, grad_weight, stride, padding, dilation, groups):
-    """grad_weight = correlation of x with grad_out, by loops: the blocked kernel of
-    :mod:`.blocked` where it applies (its result computed again here if not all finite)."""
+    """grad_weight = correlation of x with grad_out, by loops: the dot products of
+    :mod:`.fewtaps` where they pay, else the blocked kernel of :mod:`.blocked` where it
+    applies (their result computed again here if not all finite)."""
+    if fewtaps.pays(grad_out.shape, grad_weight.shape, groups, x.itemsize):
+        if not fewtaps.conv2d_grad_weight_few_taps(x, grad_out, grad_weight, stride, padding,
+                                                   dilation):
+            _grad_weight_loops(x, grad_out, grad_weight, stride, padding, dilation, groups)
+        return
     if blocked.grad_weight_applies(x.shape, grad_out.shape, grad_weight.shape, stride, padding,
                                    dilation, groups, x.itemsize):
         if blocked.conv2d_grad_weight_blocked(x, grad_out, grad_weight, stride, padding,
@@ -1204,10 +1210,18 @@ def _grad_weight_loops(x, grad_out, grad_weight, stride, padding, dilation, grou
 
 
 def _prepare_grad_weight(arrays, params):
-    """:func:`conv2d_grad_weight_direct`'s runner for a cached plan: the blocked kernel's
-    where it applies (the loops again for a result that is not all finite)."""
+    """:func:`conv2d_grad_weight_direct`'s runner for a cached plan: the dot products of
+    :mod:`.fewtaps` where they pay, else the blocked kernel's where it applies (the loops
+    again for a result that is not all finite)."""
     (x_shape, dtype), (grad_out_shape, _), (w_shape, _) = arrays
     stride, padding, dilation, groups = params
+    if fewtaps.pays(grad_out_shape, w_shape, groups, dtype.itemsize):
+        def run_dots(x, grad_out, grad_weight):
+            if not fewtaps.conv2d_grad_weight_few_taps(x, grad_out, grad_weight, stride,
+                                                       padding, dilation):
+                _grad_weight_loops(x, grad_out, grad_weight, *params)
+
+        return run_dots
     if not blocked.grad_weight_applies(x_shape, grad_out_shape, w_shape, stride, padding,
                                        dilation, groups, dtype.itemsize):
         return None
