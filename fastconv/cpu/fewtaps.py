@@ -38,6 +38,13 @@ DOT_TAPS = 6
 BAND_POSITIONS = 1024
 
 @kernel(inline=True)
+def _times_taps(y, x0, x1, x2, x3, x4, x5, a0, a1, a2, a3, a4, a5):
+    """``a0 + y * x0``, ..., ``a5 + y * x5``: one filter's vector against 6 taps'."""
+    return (simd.fma(y, x0, a0), simd.fma(y, x1, a1), simd.fma(y, x2, a2),
+            simd.fma(y, x3, a3), simd.fma(y, x4, a4), simd.fma(y, x5, a5))
+
+
+@kernel(inline=True)
 def _dots(grad, rows, col, t0, ld, taps, count, sums, at):
     """``sums[at + v * lanes:]`` += the lane sums, over positions ``[0, count)`` of the
     band, of 4 filters x 6 taps: filter ``rows[f]``'s row of ``grad`` (``rows``: its
@@ -64,18 +71,14 @@ def _dots(grad, rows, col, t0, ld, taps, count, sums, at):
         x3 = simd.load_first(col, c3 + p, m)
         x4 = simd.load_first(col, c4 + p, m)
         x5 = simd.load_first(col, c5 + p, m)
-        y = simd.load_first(grad, g0 + p, m)
-        a00, a01, a02 = simd.fma(y, x0, a00), simd.fma(y, x1, a01), simd.fma(y, x2, a02)
-        a03, a04, a05 = simd.fma(y, x3, a03), simd.fma(y, x4, a04), simd.fma(y, x5, a05)
-        y = simd.load_first(grad, g1 + p, m)
-        a10, a11, a12 = simd.fma(y, x0, a10), simd.fma(y, x1, a11), simd.fma(y, x2, a12)
-        a13, a14, a15 = simd.fma(y, x3, a13), simd.fma(y, x4, a14), simd.fma(y, x5, a15)
-        y = simd.load_first(grad, g2 + p, m)
-        a20, a21, a22 = simd.fma(y, x0, a20), simd.fma(y, x1, a21), simd.fma(y, x2, a22)
-        a23, a24, a25 = simd.fma(y, x3, a23), simd.fma(y, x4, a24), simd.fma(y, x5, a25)
-        y = simd.load_first(grad, g3 + p, m)
-        a30, a31, a32 = simd.fma(y, x0, a30), simd.fma(y, x1, a31), simd.fma(y, x2, a32)
-        a33, a34, a35 = simd.fma(y, x3, a33), simd.fma(y, x4, a34), simd.fma(y, x5, a35)
+        a00, a01, a02, a03, a04, a05 = _times_taps(
+            simd.load_first(grad, g0 + p, m), x0, x1, x2, x3, x4, x5, a00, a01, a02, a03, a04, a05)
+        a10, a11, a12, a13, a14, a15 = _times_taps(
+            simd.load_first(grad, g1 + p, m), x0, x1, x2, x3, x4, x5, a10, a11, a12, a13, a14, a15)
+        a20, a21, a22, a23, a24, a25 = _times_taps(
+            simd.load_first(grad, g2 + p, m), x0, x1, x2, x3, x4, x5, a20, a21, a22, a23, a24, a25)
+        a30, a31, a32, a33, a34, a35 = _times_taps(
+            simd.load_first(grad, g3 + p, m), x0, x1, x2, x3, x4, x5, a30, a31, a32, a33, a34, a35)
     for v, acc in enumerate((a00, a01, a02, a03, a04, a05, a10, a11, a12, a13, a14, a15,
                              a20, a21, a22, a23, a24, a25, a30, a31, a32, a33, a34, a35)):
         i = at + v * lanes
