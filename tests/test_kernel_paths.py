@@ -507,13 +507,14 @@ def test_1x1_weight_gradient_of_one_image_splits_its_channels(dtype):
 
 
 #: Weight gradients of few taps per filter (``fastconv.cpu.fewtaps``): ``(id, (n, c, h, w),
-#: (k, r, s), stride, padding, dilation)``; 5 and 7 filters and 18-27 taps leave partial
-#: blocks of 4 filters and 6 taps.
+#: (k, r, s), stride, padding, dilation)``; 2-9 filters and 5-27 taps leave partial
+#: blocks of 4 filters and 6 taps (2 filters: fewer than the blocked kernel takes).
 FEW_TAPS_CASES = [
     ("3x3_p1", (3, 3, 13, 11), (7, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
     ("3x3_s2_asym", (2, 3, 14, 17), (5, 3, 3), (2, 2), ((0, 2), (1, 0)), (1, 1)),
     ("3x2_s21_dil2", (2, 3, 15, 12), (9, 3, 2), (2, 1), ((2, 1), (1, 1)), (2, 2)),
     ("5x5_1ch", (4, 1, 12, 19), (6, 5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    ("1x1_2_filters", (3, 5, 10, 9), (2, 1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)),
 ]
 
 

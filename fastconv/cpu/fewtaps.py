@@ -141,8 +141,8 @@ def _add_lanes(sums, grad_weight):
     for k in range(out_channels):
         for t in range(taps):
             at = (((k // 4) * t_blocks + t // 6) * 24 + (k % 4) * 6 + t % 6) * lanes
-            total = sums[0, at] * 0
-            for chunk in range(sums.shape[0]):
+            total = simd.total(simd.load(sums[0], at))
+            for chunk in range(1, sums.shape[0]):
                 total += simd.total(simd.load(sums[chunk], at))
             grad_weight[k, t] = total
 
