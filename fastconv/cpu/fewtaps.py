@@ -30,12 +30,14 @@ from ._jit import kernel
 from .blocked import L2_BYTES
 from .im2col import _im2col_tile, _im2col_tile_strided
 
-#: Filters and taps whose sums one step keeps in vectors (4 x 6 = 24 of them).
+#: Filters and taps whose sums one step keeps in vectors (4 x 6 = 24 of them; the
+#: kernels below are written for these).
 DOT_FILTERS = 4
 DOT_TAPS = 6
 #: Output positions a task's band aims at: its columns (taps x positions) and
 #: grad_output's rows stay in the L2 while every block of filters and taps goes over them.
 BAND_POSITIONS = 1024
+
 
 @kernel(inline=True)
 def _times_taps(y, x0, x1, x2, x3, x4, x5, a0, a1, a2, a3, a4, a5):
