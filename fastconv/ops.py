@@ -155,21 +155,21 @@ def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:
 
 
 def _warm_conv2d_grad_weight(f: ModuleType, dtype: np.dtype, a: str) -> object:
-    from . import config
-
     t = _Tiny(dtype)
-    # direct's dot products for few taps (cpu.fewtaps) take these tiny calls of 2 filters
-    # and 18 taps too, so that they compile now
-    saved, config.AUTO_FEW_TAPS_MIN_WORK = config.AUTO_FEW_TAPS_MIN_WORK, 0
-    try:
-        calls = [(f.conv2d_backward(y1, x, w, padding=1, algorithm=a, needs_input_grad=False),
-                  t.strided("conv2d_grad_weight", a)
-                  and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a,
-                                        needs_input_grad=False))
-                 for x, w, _, y1, y2 in t.convolutions()]
-    finally:
-        config.AUTO_FEW_TAPS_MIN_WORK = saved
+    calls: list[object] = [
+        (f.conv2d_backward(y1, x, w, padding=1, algorithm=a, needs_input_grad=False),
+         t.strided("conv2d_grad_weight", a)
+         and f.conv2d_backward(y2, x, w, stride=2, padding=1, algorithm=a,
+                               needs_input_grad=False))
+        for x, w, _, y1, y2 in t.convolutions()]
     if a == "direct":
+        # direct's dot products for few taps (cpu.fewtaps), which take larger calls than
+        # these, called as direct calls them, at stride 1 and 2 (no plan is left behind)
+        from .cpu import fewtaps
+
+        calls += [fewtaps.conv2d_grad_weight_few_taps(t.x, y, np.empty_like(t.w), (s, s),
+                                                      ((1, 1), (1, 1)), (1, 1))
+                  for y, s in ((t.y1, 1), (t.y2, 2))]
         # depthwise layers: keeping their size, on whole planes; smaller, the dot products
         # over each channel's strip
         depthwise = np.ones((2, 1, 3, 3), dtype)
