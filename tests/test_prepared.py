@@ -80,6 +80,33 @@ def test_a_change_of_one_value_or_of_a_zero_sign_is_seen(dtype, rng):
     assert prepared.kept_bytes() > 0
 
 
+
+@pytest.mark.parametrize("with_memcmp", [True, False], ids=["memcmp", "numpy"])
+@pytest.mark.parametrize("dtype,size", [(np.float32, 7), (np.float32, 1 << 16), (np.float64, 5)])
+def test_the_compare_sees_every_bit(with_memcmp, dtype, size, monkeypatch, rng):
+    """prepared.same_bytes (memcmp, or numpy's compare of words where ctypes has none):
+    one changed bit anywhere, -0.0 against 0.0 and NaN payloads are changes; equal bits,
+    NaNs included, are not; an odd count of float32 (no 8-byte words) too."""
+    if not with_memcmp:
+        monkeypatch.setattr(prepared, "_MEMCMP", None)
+    elif prepared._MEMCMP is None:
+        pytest.skip("no memcmp through ctypes here")
+    a = rng.standard_normal(size).astype(dtype)
+    a[size // 2] = np.nan
+    b = a.copy()
+    assert prepared.same_bytes(a, b)
+    bits = b.view(f"u{b.itemsize}")
+    for at in (0, size // 2, size - 1):
+        for bit in (0, 8 * b.itemsize - 1):
+            bits[at] ^= bits.dtype.type(1) << bits.dtype.type(bit)  # (the NaN's payload too)
+            assert not prepared.same_bytes(a, b)
+            bits[at] ^= bits.dtype.type(1) << bits.dtype.type(bit)
+            assert prepared.same_bytes(a, b)
+    a[0], b[0] = 0.0, -0.0
+    assert not prepared.same_bytes(a, b)
+    assert prepared.same_bytes(a, a.copy())
+
+
 def test_weights_of_one_shape_keep_their_own_transforms(rng):
     x, w1, b = layer(np.float64, rng)
     w2 = rng.standard_normal(w1.shape)

@@ -13,7 +13,8 @@ calls with the same weight every time; a training step changes it between calls.
 :func:`get` keeps a prepared array per weight buffer (its address, layout and
 dtype) together with a copy of the weight's bytes it was built from, and
 returns the kept array only while the weight holds exactly those bytes (a
-compare, about a hundredth of the transform); otherwise it rebuilds in place. A
+compare, :func:`same_bytes`: about a hundredth of the transform, but a fifth of a
+batch-1 call of a deep layer, whose weight is large for its work); otherwise it rebuilds in place. A
 weight found changed on :data:`CHANGING` calls in a row (a training loop) is
 rebuilt on every call without the compare and the copy, and compared again
 every :data:`CHANGING_CHECK` calls, so that training pays what it paid without
@@ -28,6 +29,7 @@ into a scratch buffer per call, as without the cache. :func:`release`
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -79,10 +81,36 @@ class _Kept:
 _registry: PerThread[_Kept] = PerThread(_Kept)
 
 
-def _bits(array: np.ndarray) -> np.ndarray:
-    """``array``'s bytes as unsigned integers of its item size (a compare of bits: -0.0 is
-    not 0.0, and a NaN equals itself)."""
-    return array.reshape(-1).view(f"u{array.itemsize}")
+def _memcmp() -> Callable[..., int] | None:
+    """The C library's ``memcmp`` (the process's own symbols on POSIX, ``msvcrt`` on
+    Windows), or None where ctypes cannot find it."""
+    try:
+        function = ctypes.CDLL(None).memcmp
+    except (AttributeError, OSError, TypeError):
+        try:
+            function = ctypes.cdll.msvcrt.memcmp
+        except (AttributeError, OSError):
+            return None
+    function.restype = ctypes.c_int
+    function.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+    return function
+
+
+_MEMCMP = _memcmp()
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two C-contiguous arrays of one size hold the same bytes (a compare of bits:
+    -0.0 is not 0.0, and a NaN equals itself). The C library's ``memcmp``, one pass over
+    both without a temporary: numpy's ``array_equal`` on the weight's bits as ``uint32``
+    writes a boolean per value and reduces it, 0.72 ms of a 2.4 ms call at inference on a
+    C512 3x3 layer at batch 1 (9.4 MB of weight) against 0.24 ms for ``memcmp`` alone
+    (Zen 4). Without it, ``array_equal`` on the widest unsigned words the size allows."""
+    assert a.flags.c_contiguous and b.flags.c_contiguous and a.nbytes == b.nbytes
+    if _MEMCMP is not None:
+        return _MEMCMP(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+    word = 8 if a.nbytes % 8 == 0 else a.itemsize
+    return bool(np.array_equal(a.reshape(-1).view(f"u{word}"), b.reshape(-1).view(f"u{word}")))
 
 
 def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
@@ -112,7 +140,7 @@ def get(kind: str, weight: np.ndarray, shape: tuple[int, ...],
             entry.stale = True
             build(weight, entry.value)
             return entry.value
-        if not entry.stale and np.array_equal(_bits(entry.source), _bits(weight)):
+        if not entry.stale and same_bytes(entry.source, weight):
             entry.changes = 0
             return entry.value
         # a periodic compare (or a change): compare again on the next call, which finds
