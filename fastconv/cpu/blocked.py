@@ -361,15 +361,17 @@ def _flat_or_overload(flat, strip):
 
 @kernel(parallel=True)
 def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven, weave,
-                            packing, pad_top, pad_left, stride_h, stride_w, pitch, phase_rows,
+                            packing, pad_top, pad_left, stride, pitch, phase_rows,
                             taps, slots, tap_map, band, plane, n_shift, dense_plane, k_runs,
                             per_pass, scratch, part, parts):
     """out[n, k] = max(floor, bias[k] + sum_{c, r, s} weight[k, c, r, s]
     * x_padded[n, c, i*sh + r*dh, j*sw + s*dw]) (``floor``: the activation's, see
     :func:`fastconv.activations.floor`), ``band`` output rows per task.
     A channel's strip (``plane`` values) holds the band's input rows on ``pitch``: the
-    padded rows themselves with stride 1, else the ``sh * sw`` phases of
-    :func:`_phase_rows`, ``phase_rows`` rows each. ``packing``: bit :data:`IN_TASKS`,
+    padded rows themselves with stride 1 (``stride`` None), else (``stride`` the tuple
+    ``(sh, sw)``) the ``sh * sw`` phases of :func:`_phase_rows`, ``phase_rows`` rows
+    each. None is a type of its own to Numba, which leaves the phases' code out of the
+    stride-1 kernel it compiles for it (:func:`forward_runner`). ``packing``: bit :data:`IN_TASKS`,
     the filters packed in parallel tasks, a block each (worth a second fork of the
     threads only for many filters, :data:`PACK_TASKS_MIN_VALUES`); the caller packs them
     so (:func:`_pack_blocks`), or on its thread before a call of several parts, and sets
@@ -424,7 +426,10 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
     sums_pitch = ((band - 1) * pos_pitch + out_w + lanes - 1) // lanes * lanes
     n_blocked = -(-(band * out_w) // BLOCK_Q) * BLOCK_Q
     spare = n_blocked * block
-    unit_stride = stride_h == 1 and stride_w == 1
+    if stride is None:
+        stride_h = stride_w = 1
+    else:
+        stride_h, stride_w = stride
     n_sets = taps.shape[0]
     set_blocks = n_blocks // n_sets
     for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
@@ -457,7 +462,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
             elif copy != last_copy or first != last_first or n_rows != last_rows:
                 for c in range(group_channels):
                     at = 0 if dense else c * plane
-                    if unit_stride:
+                    if stride is None:
                         _padded_rows(strip, at, x, n, g * group_channels + c, first,
                                      n_rows, pad_left, pitch,
                                      first != last_first or n_rows != last_rows, x_flat)
@@ -960,7 +965,11 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
                                      channels, dtype.itemsize)
     if tap_map is None:
         tap_map = np.arange(kh * kw, dtype=np.intp)[None]
-    scalars = (packing | (FLIPPED if flipped else 0), top, left, stride[0], stride[1], pitch,
+    # stride 1 as None: a kernel compiled without the phases' code (a stride-1 layer's
+    # first call compiles 1-2 s less of it, measured with the demo's layers on a Zen 4)
+    unit = tuple(stride) == (1, 1)
+    scalars = (packing | (FLIPPED if flipped else 0), top, left,
+               None if unit else (int(stride[0]), int(stride[1])), pitch,
                phase_rows, taps, slots, tap_map, band, plane, n_shift, dense_plane, k_runs,
                per_pass)
 
