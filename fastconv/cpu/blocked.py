@@ -1032,7 +1032,8 @@ def _pack_plane(x, source, n, channel, pad_top, pad_left, row_len, phase_len, st
     ``dst[t * row_len:]`` and, at a column stride, dealt into its ``stride_w`` column
     phases: padded column ``u`` at ``(u % stride_w) * phase_len + u // stride_w`` of its
     row. Rows from ``n_rows`` on (which no output reads) are left out. ``source``:
-    :func:`.strips.flat` (x); rows copied or dealt by :func:`.strips.deal_phases`."""
+    :func:`.strips.flat` (x); rows copied or dealt by :func:`.strips.deal_phases`
+    (``stride_w`` None: 1, the dealing's code left out of the compiled kernel)."""
     dst[:] = 0
     inside = max(0, min(x.shape[2], n_rows - pad_top))
     strips.deal_phases(source, x, n, channel, 0, inside, 1, dst, pad_top * row_len, row_len,
@@ -1048,13 +1049,13 @@ def _conv2d_grad_weight_blocked(x, grads, out_h, out_w, xs, gt, partials, taps, 
     + r * dh, j * sw + s * dw] over the images of ``x`` (``grads``: their grad_out,
     C-contiguous and flat), packed first: ``xs[n, c]`` the padded input planes, a padded row
     every ``row_len`` values, dealt into ``stride_w`` column phases of ``phase_len``
-    (:func:`_pack_plane`), so that output ``(i, j)`` reads every tap at a constant offset
-    from ``i * stride_h * row_len + j`` (``in_place``: no padding and a column stride of
-    1, where ``xs`` is ``x`` itself and nothing is copied); ``gt[n]`` the output
-    gradient, each group's filters padded with zeros to blocks of ``vectors`` vectors and
-    stored block by block, in a block position by position (a block's filters of one
-    position consecutive; transposed a square of lanes at a time), so that a task reads
-    its block's gradient in order. ``taps`` rows
+    (:func:`_pack_plane`; ``stride_w`` None for 1), so that output ``(i, j)`` reads every
+    tap at a constant offset from ``i * stride_h * row_len + j`` (``in_place``: no
+    padding and a column stride of 1, where ``xs`` is ``x`` itself and nothing is
+    copied); ``gt[n]`` the output gradient, each group's filters padded with zeros to
+    blocks of ``vectors`` vectors and stored block by block, in a block position by
+    position (a block's filters of one position consecutive; transposed a square of lanes
+    at a time), so that a task reads its block's gradient in order. ``taps`` rows
     are tiles of 12 consecutive taps of a filter, in the order of its flat gradient
     (channel, row, column), as offsets in the group's planes (the last tile padded with taps
     at offset 0, their sums dropped). A task of the second loop computes one of
@@ -1305,8 +1306,10 @@ def grad_weight_runner(x_shape, grad_out_shape, weight_shape, dtype, stride, pad
     n_parts = 1 if serial else threads.count()
     borrow = workspace.borrow
     blocks = [(first, min(per_block, n_img - first)) for first in range(0, n_img, per_block)]
-    scalars = (groups, padding[0][0], padding[1][0], row_len, phase_len, stride[0], stride[1],
-               n_rows, vectors)
+    # a column stride of 1 as None: the kernel compiled for it leaves out the columns'
+    # dealing (:func:`_pack_plane`)
+    scalars = (groups, padding[0][0], padding[1][0], row_len, phase_len, stride[0],
+               None if stride[1] == 1 else int(stride[1]), n_rows, vectors)
 
     unpacked = in_place(padding, stride)
 

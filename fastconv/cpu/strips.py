@@ -7,6 +7,7 @@ into a strip on the padded row pitch, so no tap ever indexes outside the input;
 
 from __future__ import annotations
 
+from numba.core import types
 from numba.extending import overload, register_jitable
 
 from .. import config
@@ -204,7 +205,9 @@ def deal_phases(source, x, n, channel, row, count, row_step, buffer, at, dst_ste
     ``stride`` column phases of their zero-padded rows: padded column ``u * stride + b``
     of row ``i`` at ``buffer[at + i * dst_step + b * step + u]``, for the image's columns
     only (the padding is the caller's). ``source``: :func:`flat` (x). At stride 2 on
-    vectors (:func:`deal_rows`); at other strides value by value."""
+    vectors (:func:`deal_rows`); at other strides value by value. ``stride`` None: 1,
+    known as Numba compiles the caller, whose code then holds only the rows' copies
+    (:func:`copy_row`)."""
 
 
 def _deal_phases_inline(source, x, n, channel, row, count, row_step, buffer, at, dst_step, step,
@@ -227,12 +230,20 @@ def _deal_phases_inline(source, x, n, channel, row, count, row_step, buffer, at,
                 buffer[dst + m] = x[n, channel, row + i * row_step, col + m * stride]
 
 
+def _copy_rows_inline(source, x, n, channel, row, count, row_step, buffer, at, dst_step, step,
+                      stride, pad_left):
+    for i in range(count):
+        copy_row(source, x, n, channel, row + i * row_step, buffer, at + i * dst_step + pad_left)
+
+
 # (Numba's inlining, not LLVM's (inlined_options): a helper compiled with other flags
 # than its callers' makes Numba compile what it calls again, for those flags; from here,
 # deal_rows and copy_row, about 0.9 s of the demo's first step)
 @overload(deal_phases, inline="always", jit_options=jit_options())
 def _deal_phases(source, x, n, channel, row, count, row_step, buffer, at, dst_step, step, stride,
                  pad_left):
+    if isinstance(stride, types.NoneType):
+        return _copy_rows_inline
     return _deal_phases_inline
 
 
