@@ -392,11 +392,15 @@ def test_reduction_passes_keep_a_blocks_reads_in_the_l1(monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("accumulate", [False, True], ids=["first pass", "next pass"])
-def test_micro_kernel_by_filters_is_its_formula(accumulate, dtype, rng):
-    # BLOCK_Q positions x FILTER_VECTORS vectors of filters, over channels c0 .. c0 + depth
-    # (a pass of the reduction), adding to the sums there or not
+@pytest.mark.parametrize("tail", [False, True], ids=["block", "tail"])
+def test_micro_kernel_by_filters_is_its_formula(tail, accumulate, dtype, rng):
+    # BLOCK_Q (or for a run's last positions TAIL_Q) positions x FILTER_VECTORS vectors of
+    # filters, over channels c0 .. c0 + depth (a pass of the reduction), adding to the sums
+    # there or not
     lanes = simd.WIDTH_BYTES // np.dtype(dtype).itemsize
-    q, block = microkernels.BLOCK_Q, microkernels.FILTER_VECTORS * lanes
+    q = microkernels.TAIL_Q if tail else microkernels.BLOCK_Q
+    kernel = microkernels.tail_x_filters if tail else microkernels.positions_x_filters
+    block = microkernels.FILTER_VECTORS * lanes
     c0, depth, pitch, first, at_out = 1, 3, 100, 2, 5
     taps = np.array([0, 1, 11, 23], np.intp)
     offsets = np.array([9, 9, 0, 3, 40, 41, 42, 50, 51, 52, 60, 70, 71, 1], np.intp)
@@ -404,8 +408,7 @@ def test_micro_kernel_by_filters_is_its_formula(accumulate, dtype, rng):
     weights = rng.standard_normal((c0 + depth) * taps.size * block).astype(dtype)
     out = rng.standard_normal(at_out + (q + 1) * block).astype(dtype)
     before = out.copy()
-    microkernels.positions_x_filters(source, weights, out, at_out, offsets, first, pitch, c0,
-                                     depth, taps, accumulate)
+    kernel(source, weights, out, at_out, offsets, first, pitch, c0, depth, taps, accumulate)
     w = weights.reshape(c0 + depth, taps.size, block)
     for p in range(q):
         expected = sum(w[c, t] * source[c * pitch + taps[t] + offsets[first + p]]
@@ -668,12 +671,15 @@ def test_blocked_reduction_by_filters_in_uneven_passes(shape, wshape, kwargs, dt
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("out_hw, filters, channels, kernel, stride, expected", [
-    ((28, 28), 128, 128, 3, 1, "filters on 256 bits"),  # 7 % junk columns on the pitch
+    ((28, 28), 128, 128, 3, 1, "filters"),  # 7 % junk columns on the pitch, 1152 deep
     ((28, 28), 128, 64, 3, 2, "positions"),  # stride 2: 4 % junk columns on the phases
     ((4, 4), 32, 16, 3, 1, "filters"),  # the demo's second layer: a third junk
     ((56, 56), 64, 64, 3, 1, "positions"),  # 3 % junk: the positions form
     ((8, 8), 16, 6, 5, 1, "filters on 512 bits"),  # LeNet: half a block of 32 filters
     ((24, 24), 6, 1, 5, 1, "positions"),  # 6 filters: most of either block padding
+    ((7, 7), 512, 512, 3, 1, "filters"),  # a quarter junk, 4608 deep
+    ((32, 32), 32, 16, 3, 1, "filters on 256 bits"),  # 6 % junk, but 144 deep
+    ((10, 10), 64, 256, 1, 1, "positions"),  # 11 % junk on 512 bits, but one tap
 ])
 def test_by_filters_chooses_the_form_with_more_outputs(out_hw, filters, channels, kernel,
                                                        stride, expected, dtype):
@@ -685,9 +691,9 @@ def test_by_filters_chooses_the_form_with_more_outputs(out_hw, filters, channels
     want = expected.startswith("filters") and (simd.WIDE == wide or "bits" not in expected)
     if dtype == np.float64 and expected == "filters on 512 bits":
         pytest.skip("float64's 8-lane vectors: a block of 8 filters, not 16")
-    assert blocked.by_filters(*args) == want, (expected, simd.WIDTH_BITS)
-    assert blocked.by_filters(*args, form="positions") is False
-    assert blocked.by_filters(*args, form="filters") is True
+    assert blocked.by_filters(*args, taps=kernel * kernel) == want, (expected, simd.WIDTH_BITS)
+    assert blocked.by_filters(*args, form="positions", taps=kernel * kernel) is False
+    assert blocked.by_filters(*args, form="filters", taps=kernel * kernel) is True
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

@@ -258,7 +258,8 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
     detail = f"{use} % of its positions are outputs"
     if op == "conv2d" and blocked.by_filters(out_h, out_w, filters, group_channels * kh * kw, kw,
                                              dilation[1], itemsize, stride[1],
-                                             width + left + right, work_per_copy, fits):
+                                             width + left + right, work_per_copy, fits,
+                                             taps=kh * kw):
         detail = (f"its sums by filters, {blocked.BLOCK_Q} outputs x "
                   f"{blocked.filters_block(itemsize)} filters at a time, where by positions "
                   f"only {use} % would be outputs")

@@ -96,8 +96,10 @@ from .microkernels import (
     BLOCK_K,
     BLOCK_P,
     BLOCK_Q,
+    TAIL_Q,
     filters_block,
     positions_x_filters,
+    tail_x_filters,
     taps_x_filters,
     taps_x_vector,
     weights_x_run,
@@ -475,6 +477,7 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
                                        n_shift)
                 last_copy, last_first, last_rows = copy, first, n_rows
             count = rows * out_w
+            whole = count - count % BLOCK_Q  # (by filters: the rest in blocks of TAIL_Q)
             if by_filters and count != last_count:
                 for q in range(n_blocked):
                     offsets[q] = q // out_w * pitch + q % out_w if q < count else 0
@@ -488,9 +491,12 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
                 if by_filters:
                     for c0 in range(0, group_channels, per_pass):
                         depth = min(per_pass, group_channels - c0)
-                        for q in range(0, count, BLOCK_Q):
+                        for q in range(0, whole, BLOCK_Q):
                             positions_x_filters(strip, block_weights, sums, q * block, offsets,
                                                 q, plane, c0, depth, block_taps, c0 > 0)
+                        for q in range(whole, count, TAIL_Q):
+                            tail_x_filters(strip, block_weights, sums, q * block, offsets, q,
+                                           plane, c0, depth, block_taps, c0 > 0)
                     # bias and floor on each output's vectors of filters, then squares of
                     # outputs x filters transposed into the planes
                     low = simd.splat(floor, sums)
@@ -654,16 +660,28 @@ DENSE_FORM: bool | None = None
 
 
 #: On 512-bit vectors, how much more of the filters form's multiply-adds must be
-#: outputs' than the positions form's for :func:`by_filters` to choose it, and the most
-#: bytes of one block's packed filters (read from cache once per 12 outputs, where the
-#: positions form reads 8 filters' once per 48). Measured on two threads, by positions /
-#: by filters, float32: LeNet's C6 12x12 -> 16 5x5 (1.5 times more outputs) 163 / 131
-#: us, C6 14x14 -> 16 121 / 102 us (1.44), C32 14x14 -> 32 5x5 (1.31, 51 KB of filters)
-#: 488 / 426 us; C32 -> 64 8x8 3x3 (1.25) 477 / 472 us at batch 32, 41.7 / 42.8 us at
-#: batch 1; C16 -> 32 16x16 3x3 (1.13) 34.5 / 37.2 us at batch 1; C256 -> 256 7x7 3x3
-#: (1.31, 147 KB) 3.01 / 3.23 ms.
+#: outputs' than the positions form's for :func:`by_filters` to choose it. Measured on
+#: two threads of an AVX-512 Xeon, by positions / by filters, float32: LeNet's C6 12x12 ->
+#: 16 5x5 (1.5 times more outputs) 163 / 131 us, C6 14x14 -> 16 121 / 102 us (1.44), C32
+#: 14x14 -> 32 5x5 (1.31) 488 / 426 us; C32 -> 64 8x8 3x3 (1.25) 477 / 472 us at batch 32,
+#: 41.7 / 42.8 us at batch 1; C16 -> 32 16x16 3x3 (1.13) 34.5 / 37.2 us at batch 1.
 BY_FILTERS_MIN_GAIN = 1.3
-BY_FILTERS_MAX_BYTES = 64 << 10
+#: ... and for a reduction of at least :data:`BY_FILTERS_MIN_DEPTH` multiply-adds per
+#: output (C/groups x R x S, more than one tap), from this many times more: since a run's
+#: last outputs take blocks of 4 (:data:`.microkernels.TAIL_Q`), not of 12. Measured on a
+#: Zen 4, two threads, float32, by positions / by filters (ms, the better of two runs;
+#: the ratio of outputs in brackets): N8 C512 3x3 on 7x7 11.58 / 10.05 (1.32), at N1
+#: 1.84 / 1.73, N8 C256 on 7x7 2.79 / 2.45; on 14x14 (1.06) N8 C256 9.19 / 8.51, N1 1.25 /
+#: 1.14, C128 2.31 / 2.11, C64 -> 128 1.18 / 1.13; on 28x28 (1.09) C128 8.94 / 8.44; N32
+#: C32 -> 48 5x5 on 14x14 (1.06) 2.41 / 2.22; C256 -> 512 3x3 s2 on 14x14 (1.32) 5.81 /
+#: 5.04; grad_input (the flipped weight's forward) of N8 C512 on 7x7 12.27 / 10.13, C256
+#: on 14x14 9.36 / 8.39, C128 on 28x28 9.10 / 8.67. Lost or tied: C16 -> 32 on 32x32
+#: (1.06, 144 deep) 1.51 / 1.68, C64 -> 64 on 56x56 (1.04) 8.71 / 8.76, C64 -> 128 3x3 s2
+#: on 56x56 (1.04) 4.57 / 5.29, C256 -> 64 1x1 on 14x14 (1.06, one tap) 0.29 / 0.33, and
+#: where the positions form's dense layout leaves no junk (C64 -> 64 16x16 and 28x28, C128
+#: -> 256 16x16: 0.94-0.97).
+BY_FILTERS_MIN_GAIN_DEEP = 1.06
+BY_FILTERS_MIN_DEPTH = 256
 #: On 256-bit vectors, how many times more of the by-filters form's multiply-adds must
 #: be outputs' than of the positions form's for :func:`by_filters` to choose it: between
 #: the layers measured (:func:`by_filters`) that lost or tied (1.02-1.04 times more; they
@@ -673,7 +691,7 @@ BY_FILTERS_MIN_GAIN_256 = 1.06
 
 def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dilation_w: int,
                itemsize: int, stride_w: int = 1, width: int = 0, work_per_copy: int = 0,
-               fits: bool = True, form: str | None = None) -> bool:
+               fits: bool = True, form: str | None = None, taps: int = 1) -> bool:
     """Whether the blocked forward computes its sums by filters (a group's filters a block
     of vectors at a time x a few outputs, :func:`.microkernels.positions_x_filters`)
     rather than by positions (8 filters x vectors of positions on the row pitch): where
@@ -684,8 +702,9 @@ def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dila
     "filters" or "positions" forces one.
 
     On 512-bit vectors (12 outputs x 16 filters, float32) at least
-    :data:`BY_FILTERS_MIN_GAIN` times more, and a vector of filters' packed weights
-    (``depth`` = C/groups * R * S of them) within :data:`BY_FILTERS_MAX_BYTES`. On 256-bit
+    :data:`BY_FILTERS_MIN_GAIN` times more, or :data:`BY_FILTERS_MIN_GAIN_DEEP` times
+    more for a reduction (``depth`` = C/groups * R * S, over ``taps`` = R * S > 1 taps)
+    of at least :data:`BY_FILTERS_MIN_DEPTH`. On 256-bit
     vectors (3 outputs x 32 filters) at least :data:`BY_FILTERS_MIN_GAIN_256` times more:
     there the two forms' kernels run about alike per multiply-add (measured on a Zen 3,
     two threads, by filters / by positions: N8 C64 56x56 -> 128 3x3 s2 p1 0.99-1.04, C64
@@ -699,7 +718,6 @@ def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dila
     form = FORWARD_FORM if form is None else form
     if form is not None:
         return form == "filters"
-    lanes = simd.WIDTH_BYTES // itemsize
     block = filters_block(itemsize)
     positions = use_percent(out_h, out_w, kw, dilation_w, itemsize, stride_w, width,
                             work_per_copy, fits) * (
@@ -707,8 +725,8 @@ def by_filters(out_h: int, out_w: int, per_group: int, depth: int, kw: int, dila
     filters = 100 * per_group / (-(-per_group // block) * block)
     if not simd.WIDE:
         return filters >= BY_FILTERS_MIN_GAIN_256 * positions
-    return (filters >= BY_FILTERS_MIN_GAIN * positions
-            and depth * lanes * itemsize <= BY_FILTERS_MAX_BYTES)
+    deep = depth >= BY_FILTERS_MIN_DEPTH and taps > 1
+    return filters >= (BY_FILTERS_MIN_GAIN_DEEP if deep else BY_FILTERS_MIN_GAIN) * positions
 
 
 @functools.lru_cache(maxsize=512)
@@ -736,7 +754,8 @@ def _forward_layout(x_shape, out_shape, filters_shape, stride, padding, dilation
     fits = dense_fits(channels, kh, kw, stride, dilation, out_h, out_w, itemsize, block_taps)
     filters_form = by_filters(out_h, out_w, per_group, channels * kh * kw, kw, dilation[1],
                               itemsize, stride[1], width + left + right,
-                              0 if dense_form is False else work_per_copy, fits, form)
+                              0 if dense_form is False else work_per_copy, fits, form,
+                              taps=kh * kw)
     block = filters_block(itemsize) if filters_form else BLOCK_K
     n_blocks = -(-per_group // block)
     # a band of b rows: per channel (b + reach) rows of each phase and the overrun of the

@@ -484,6 +484,37 @@ def _twelve_x_filters(source, weights, out, at_out, offsets, first, pitch, c0, d
         simd.store(out, at_out + q * lanes, acc)
 
 
+@kernel()
+def _four_x_filters(source, weights, out, at_out, offsets, first, pitch, c0, depth, taps,
+                    accumulate):
+    """:func:`_twelve_x_filters` for the last positions of a run (:data:`TAIL_Q`): 4
+    positions x one vector of filters. Four chains of multiply-adds wait on their
+    latency (four steps each), so a step of 4 sums takes about as long as one of 12 at
+    the peak: what a run of ``12 m + r`` positions then costs is that of ``12 m + 4 *
+    ceil(r / 4)``, not ``12 (m + 1)`` (an 8x8 plane: 64 against 72, a 7x7 one 52
+    against 60)."""
+    lanes = simd.lanes(source)
+    n_taps = taps.size
+    o0, o1 = offsets[first], offsets[first + 1]
+    o2, o3 = offsets[first + 2], offsets[first + 3]
+    a0 = a1 = a2 = a3 = simd.zeros(source)
+    if accumulate:
+        a0, a1 = simd.load(out, at_out), simd.load(out, at_out + lanes)
+        a2, a3 = simd.load(out, at_out + 2 * lanes), simd.load(out, at_out + 3 * lanes)
+    w = c0 * n_taps * lanes
+    for c in range(c0, c0 + depth):
+        for t in range(n_taps):
+            at = c * pitch + taps[t]
+            v = simd.load(weights, w)
+            a0, a1 = (simd.fma(simd.broadcast(source, at + o0), v, a0),
+                      simd.fma(simd.broadcast(source, at + o1), v, a1))
+            a2, a3 = (simd.fma(simd.broadcast(source, at + o2), v, a2),
+                      simd.fma(simd.broadcast(source, at + o3), v, a3))
+            w += lanes
+    for q, acc in enumerate((a0, a1, a2, a3)):
+        simd.store(out, at_out + q * lanes, acc)
+
+
 @kernel(inline=True)
 def _three_x_filter_vectors(source, weights, out, at_out, offsets, first, pitch, c0, depth,
                             taps, accumulate):
@@ -544,13 +575,15 @@ def _three_x_filter_vectors(source, weights, out, at_out, offsets, first, pitch,
 #: with ``accumulate``). The positions are any (``offsets``), so a plane narrower than a
 #: vector computes no junk columns, and at a stride each input value is read where it
 #: lies. 512-bit vectors: 12 positions x 16 filters (float32, :func:`_twelve_x_filters`);
-#: 256-bit: 3 x 32 (:func:`_three_x_filter_vectors`).
+#: 256-bit: 3 x 32 (:func:`_three_x_filter_vectors`). ``tail_x_filters``, the same for
+#: :data:`TAIL_Q` positions, runs a run's last positions after its whole blocks: on
+#: 512-bit vectors 4 (:func:`_four_x_filters`), on 256-bit the block itself (3).
 if simd.WIDE:
-    positions_x_filters = _twelve_x_filters
-    BLOCK_Q, FILTER_VECTORS = 12, 1
+    positions_x_filters, tail_x_filters = _twelve_x_filters, _four_x_filters
+    BLOCK_Q, TAIL_Q, FILTER_VECTORS = 12, 4, 1
 else:
-    positions_x_filters = _three_x_filter_vectors
-    BLOCK_Q, FILTER_VECTORS = 3, 4
+    positions_x_filters = tail_x_filters = _three_x_filter_vectors
+    BLOCK_Q, TAIL_Q, FILTER_VECTORS = 3, 3, 4
 
 
 def filters_block(itemsize: int) -> int:
