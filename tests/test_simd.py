@@ -679,6 +679,8 @@ def test_blocked_reduction_by_filters_in_uneven_passes(shape, wshape, kwargs, dt
     ((24, 24), 6, 1, 5, 1, "positions"),  # 6 filters: most of either block padding
     ((7, 7), 512, 512, 3, 1, "filters"),  # a quarter junk, 4608 deep
     ((32, 32), 32, 16, 3, 1, "filters on 256 bits"),  # 6 % junk, but 144 deep
+    ((28, 28), 32, 32, 3, 1, "filters on 256 bits"),  # 8 % junk, but 288 deep
+    ((14, 14), 96, 96, 3, 1, "filters"),  # 6 % junk, 864 deep
     ((10, 10), 64, 256, 1, 1, "positions"),  # 11 % junk on 512 bits, but one tap
 ])
 def test_by_filters_chooses_the_form_with_more_outputs(out_hw, filters, channels, kernel,

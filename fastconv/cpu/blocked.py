@@ -674,14 +674,16 @@ BY_FILTERS_MIN_GAIN = 1.3
 #: 1.84 / 1.73, N8 C256 on 7x7 2.79 / 2.45; on 14x14 (1.06) N8 C256 9.19 / 8.51, N1 1.25 /
 #: 1.14, C128 2.31 / 2.11, C64 -> 128 1.18 / 1.13; on 28x28 (1.09) C128 8.94 / 8.44; N32
 #: C32 -> 48 5x5 on 14x14 (1.06) 2.41 / 2.22; C256 -> 512 3x3 s2 on 14x14 (1.32) 5.81 /
-#: 5.04; grad_input (the flipped weight's forward) of N8 C512 on 7x7 12.27 / 10.13, C256
-#: on 14x14 9.36 / 8.39, C128 on 28x28 9.10 / 8.67. Lost or tied: C16 -> 32 on 32x32
-#: (1.06, 144 deep) 1.51 / 1.68, C64 -> 64 on 56x56 (1.04) 8.71 / 8.76, C64 -> 128 3x3 s2
-#: on 56x56 (1.04) 4.57 / 5.29, C256 -> 64 1x1 on 14x14 (1.06, one tap) 0.29 / 0.33, and
-#: where the positions form's dense layout leaves no junk (C64 -> 64 16x16 and 28x28, C128
-#: -> 256 16x16: 0.94-0.97).
+#: 5.04; C96 on 14x14 (864 deep) 1.46 / 1.30; grad_input (the flipped weight's forward)
+#: of N8 C512 on 7x7 12.27 / 10.13, C256 on 14x14 9.36 / 8.39, C128 on 28x28 9.10 / 8.67.
+#: Tied: C128 -> 64 on 28x28 4.65 / 4.64. Lost, less deep: 576, C64 -> 32 on 28x28 1.22 /
+#: 1.41 (but C64 -> 128 on 14x14 1.18 / 1.13), 288, C32 -> 32 on 28x28 0.64 / 0.82, C32 ->
+#: 64 on 32x32 1.53 / 1.95; 144, C16 -> 32 on 32x32 1.51 / 1.68; nearer than 1.06: C64
+#: -> 64 on 56x56 (1.04) 8.71 / 8.76, C64 -> 128 3x3 s2 on 56x56 (1.04) 4.57 / 5.29; one
+#: tap: C256 -> 64 1x1 on 14x14 (1.06) 0.29 / 0.33; where the positions form's dense
+#: layout leaves no junk (C64 -> 64 16x16 and 28x28, C128 -> 256 16x16: 0.94-0.97).
 BY_FILTERS_MIN_GAIN_DEEP = 1.06
-BY_FILTERS_MIN_DEPTH = 256
+BY_FILTERS_MIN_DEPTH = 768
 #: On 256-bit vectors, how many times more of the by-filters form's multiply-adds must
 #: be outputs' than of the positions form's for :func:`by_filters` to choose it: between
 #: the layers measured (:func:`by_filters`) that lost or tied (1.02-1.04 times more; they
