@@ -449,6 +449,8 @@ BLOCKED_CASES = [
     # grad_weight: dilated columns (a run per tap), two blocks of filters
     ("dil_w2", (2, 4, 10, 12), (20, 4, 3, 3), dict(padding=2, dilation=(1, 2))),
     ("k40_n3", (3, 5, 9, 10), (40, 5, 3, 3), dict(padding=1)),
+    # grad_weight: blocks of one vector of filters, several per group (grad_weight_vectors)
+    ("k48_s2_groups2", (2, 8, 12, 12), (96, 4, 3, 3), dict(stride=2, padding=1, groups=2)),
     # strided: the input split into stride_h * stride_w phases
     ("s2_k32", (2, 16, 16, 16), (32, 16, 3, 3), dict(stride=2, padding=1)),
     ("s23_5x5", (3, 6, 13, 12), (16, 6, 5, 5), dict(stride=(2, 3), padding=2)),
@@ -755,6 +757,14 @@ def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, stride
     assert calls == [min(images_per_block, 5 - first) for first in range(0, 5, images_per_block)]
     _, expected, _ = reference.conv2d_backward(g, x, w, **kwargs)
     assert_close(gw, expected, np.float64)
+
+
+@pytest.mark.parametrize("per_group, lanes, vectors", [
+    (8, 16, 1), (16, 16, 1), (20, 16, 2), (32, 16, 2), (40, 16, 1), (48, 16, 1), (64, 16, 2),
+    (80, 16, 1), (96, 16, 2), (20, 8, 1), (24, 8, 1), (32, 8, 2), (48, 8, 2)])
+def test_weight_gradient_blocks_of_two_vectors_only_where_they_pad_no_more(per_group, lanes,
+                                                                            vectors):
+    assert blocked.grad_weight_vectors(per_group, lanes) == vectors
 
 
 def test_blocked_kernel_needs_four_filters_per_group():
