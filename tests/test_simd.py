@@ -759,6 +759,39 @@ def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, stride
     assert_close(gw, expected, np.float64)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf], ids=["finite", "nan", "inf"])
+def test_blocked_weight_gradient_sums_stored_in_parts(bad, dtype, rng, monkeypatch):
+    # the third loop (each task's sums stored into the gradient's rows) run by every
+    # thread, then the result scanned apart: the reference's values, and a non-finite
+    # input's NaN and Inf where the definition puts them (the exact loops' result)
+    monkeypatch.setattr(blocked, "GRAD_WEIGHT_PARALLEL_SUMS_MIN", 0)
+    monkeypatch.setattr(blocked, "GRAD_WEIGHT_SERIAL_MAX_WORK", 0)
+    x, w, _ = _blocked_case((3, 6, 9, 11), (40, 6, 3, 3), dtype, rng)
+    per_image = blocked._grad_weight_layout(x.shape, (3, 40, 9, 11), w.shape, (1, 1),
+                                            ((1, 1), (1, 1)), (1, 1), 1, x.itemsize)[7]
+    # a block per image (the later ones add to the gradient)
+    monkeypatch.setattr(blocked, "GRAD_WEIGHT_BLOCK_BYTES", per_image * x.itemsize)
+    blocked._grad_weight_layout.cache_clear()
+    fastconv.clear_plans()
+    stored = []
+    real = blocked.all_finite
+    monkeypatch.setattr(blocked, "all_finite", lambda a: stored.append(a.shape) or real(a))
+    if bad is not None:
+        x[1, 2, 4, 5] = bad
+    g = rng.standard_normal(fastconv.conv2d(x, w, padding=1).shape).astype(dtype)
+    _, gw, _ = fastconv.conv2d_backward(g, x, w, padding=1, algorithm="direct")
+    _, expected, _ = reference.conv2d_backward(g, x, w, padding=1)
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(expected))
+    np.testing.assert_array_equal(np.isposinf(gw), np.isposinf(expected))
+    finite = np.isfinite(expected)
+    assert_close(gw[finite], expected[finite], dtype)
+    # (scanned after each block; with one thread the calling thread stores and scans)
+    assert stored == ([w.shape] * 3 if fastconv.cpu.threads.count() > 1 else [])
+    blocked._grad_weight_layout.cache_clear()
+    fastconv.clear_plans()
+
+
 @pytest.mark.parametrize("per_group, lanes, vectors", [
     (8, 16, 1), (16, 16, 1), (20, 16, 2), (32, 16, 2), (40, 16, 1), (48, 16, 1), (64, 16, 2),
     (80, 16, 1), (96, 16, 2), (20, 8, 1), (24, 8, 1), (32, 8, 2), (48, 8, 2)])
