@@ -761,17 +761,22 @@ def test_blocked_grad_weight_sums_over_blocks_of_images(images_per_block, stride
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("bad", [None, np.nan, np.inf], ids=["finite", "nan", "inf"])
-def test_blocked_weight_gradient_sums_stored_in_parts(bad, dtype, rng, monkeypatch):
-    # the third loop (each task's sums stored into the gradient's rows) run by every
-    # thread, then the result scanned apart: the reference's values, and a non-finite
-    # input's NaN and Inf where the definition puts them (the exact loops' result)
+@pytest.mark.parametrize("slices", [False, True], ids=["a block per image", "slices"])
+def test_blocked_weight_gradient_sums_stored_in_parts(slices, bad, dtype, rng, monkeypatch):
+    # the third loop (the slices' sums added, stored into the gradient's rows) run by
+    # every thread, then the result scanned apart: the reference's values, and a
+    # non-finite input's NaN and Inf where the definition puts them (the exact loops'
+    # result); blocks of one image (one slice each), or one block in slices of an image
     monkeypatch.setattr(blocked, "GRAD_WEIGHT_PARALLEL_SUMS_MIN", 0)
     monkeypatch.setattr(blocked, "GRAD_WEIGHT_SERIAL_MAX_WORK", 0)
     x, w, _ = _blocked_case((3, 6, 9, 11), (40, 6, 3, 3), dtype, rng)
-    per_image = blocked._grad_weight_layout(x.shape, (3, 40, 9, 11), w.shape, (1, 1),
-                                            ((1, 1), (1, 1)), (1, 1), 1, x.itemsize)[7]
-    # a block per image (the later ones add to the gradient)
-    monkeypatch.setattr(blocked, "GRAD_WEIGHT_BLOCK_BYTES", per_image * x.itemsize)
+    args = (x.shape, (3, 40, 9, 11), w.shape, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, x.itemsize)
+    per_image = blocked._grad_weight_layout(*args)[7]
+    if slices:  # one block, a slice per image (a cache budget that fits one image's)
+        monkeypatch.setattr(fastconv.config, "DIRECT_TILE_BYTES", 1)
+        assert blocked._grad_weight_layout(*args, 2, 1, 1 << 30)[8:10] == (3, 3)
+    else:  # a block per image (the later ones add to the gradient)
+        monkeypatch.setattr(blocked, "GRAD_WEIGHT_BLOCK_BYTES", per_image * x.itemsize)
     blocked._grad_weight_layout.cache_clear()
     fastconv.clear_plans()
     stored = []
@@ -787,7 +792,8 @@ def test_blocked_weight_gradient_sums_stored_in_parts(bad, dtype, rng, monkeypat
     finite = np.isfinite(expected)
     assert_close(gw[finite], expected[finite], dtype)
     # (scanned after each block; with one thread the calling thread stores and scans)
-    assert stored == ([w.shape] * 3 if fastconv.cpu.threads.count() > 1 else [])
+    blocks = 1 if slices else 3
+    assert stored == ([w.shape] * blocks if fastconv.cpu.threads.count() > 1 else [])
     blocked._grad_weight_layout.cache_clear()
     fastconv.clear_plans()
 
