@@ -798,12 +798,16 @@ def test_blocked_weight_gradient_sums_stored_in_parts(slices, bad, dtype, rng, m
     fastconv.clear_plans()
 
 
-@pytest.mark.parametrize("per_group, lanes, vectors", [
-    (8, 16, 1), (16, 16, 1), (20, 16, 2), (32, 16, 2), (40, 16, 1), (48, 16, 1), (64, 16, 2),
-    (80, 16, 1), (96, 16, 2), (20, 8, 1), (24, 8, 1), (32, 8, 2), (48, 8, 2)])
-def test_weight_gradient_blocks_of_two_vectors_only_where_they_pad_no_more(per_group, lanes,
-                                                                            vectors):
-    assert blocked.grad_weight_vectors(per_group, lanes) == vectors
+@pytest.mark.parametrize("per_group, lanes, wide, narrow", [
+    (8, 16, 1, 1), (16, 16, 1, 1), (20, 16, 2, 2), (32, 16, 2, 2), (40, 16, 1, 2),
+    (48, 16, 1, 2), (64, 16, 2, 2), (80, 16, 1, 2), (96, 16, 2, 2), (20, 8, 1, 2),
+    (24, 8, 1, 2), (32, 8, 2, 2), (48, 8, 2, 2), (8, 8, 1, 1)])
+def test_weight_gradient_blocks_of_two_vectors_where_they_pad_no_more(per_group, lanes, wide,
+                                                                       narrow, monkeypatch):
+    # on 512-bit vectors; on 256-bit ones two vectors for more than one vector of filters
+    for is_wide, vectors in ((True, wide), (False, narrow)):
+        monkeypatch.setattr(blocked.simd, "WIDE", is_wide)
+        assert blocked.grad_weight_vectors(per_group, lanes) == vectors
 
 
 def test_blocked_kernel_needs_four_filters_per_group():

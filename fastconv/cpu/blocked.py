@@ -1242,19 +1242,22 @@ GRAD_WEIGHT_BLOCK_BYTES = 32 << 20
 
 
 def grad_weight_vectors(per_group: int, lanes: int) -> int:
-    """Vectors of filters per block of the blocked weight gradient: two
-    (:func:`.microkernels.taps_x_filters`) where blocks of two pad the group's filters to
-    no more than blocks of one do, else one (:func:`.microkernels.taps_x_vector`). The
-    one-vector block (12 sums, 13 loads per 12 multiply-adds) ran as fast as the pair
-    where both compute the same filters, and faster where the pair computes zeros:
-    measured on a Zen 4, two threads, float32, blocks of two / of one (ms): N32 C32 ->
-    48 5x5 on 14x14 3.04-3.07 / 2.28-2.38 (a quarter of the pair's filters padding),
-    N8 C64 -> 48 3x3 on 28x28 2.21-2.79 / 1.64-2.23, C128 -> 128 on 28x28 8.49-8.94 /
-    8.47-8.68, N1 C256 on 14x14 1.66-1.68 / 1.67-2.05."""
+    """Vectors of filters per block of the blocked weight gradient: one
+    (:func:`.microkernels.taps_x_vector`) for at most a vector of filters, else two
+    (:func:`.microkernels.taps_x_filters`), but on 512-bit vectors one where blocks of two
+    would pad the group's filters more than blocks of one. There the one-vector block
+    (12 sums, 13 loads per 12 multiply-adds) ran as fast as the pair where both compute
+    the same filters, and faster where the pair computes zeros: measured on a Zen 4, two
+    threads, float32, blocks of two / of one (ms): N32 C32 -> 48 5x5 on 14x14 3.04-3.07 /
+    2.28-2.38 (a quarter of the pair's filters padding), N8 C64 -> 48 3x3 on 28x28
+    2.21-2.79 / 1.64-2.23, C128 -> 128 on 28x28 8.49-8.94 / 8.47-8.68, N1 C256 on 14x14
+    1.66-1.68 / 1.67-2.05. On 256-bit vectors (the same Zen 4 running them,
+    ``FASTCONV_SIMD_BITS=256``) it lost: C64 -> 40 on 28x28 1.70 / 2.07-2.09."""
     pair = 2 * lanes
-    if per_group > lanes and -(-per_group // pair) * pair == -(-per_group // lanes) * lanes:
-        return 2
-    return 1
+    if per_group <= lanes or (
+            simd.WIDE and -(-per_group // pair) * pair > -(-per_group // lanes) * lanes):
+        return 1
+    return 2
 
 
 @functools.lru_cache(maxsize=512)
