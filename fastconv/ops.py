@@ -180,6 +180,11 @@ def _warm_conv2d_grad_weight(f: ModuleType, dtype: np.dtype, a: str) -> object:
         x4 = t.convolutions()[1][0]
         calls.append(f.conv2d_backward(t.y1, x4, np.ones((2, 4, 3, 3), dtype), padding=1,
                                        algorithm=a, needs_input_grad=False))
+        # a large weight's gradient is scanned by the threads (blocked's
+        # GRAD_WEIGHT_PARALLEL_SUMS_MIN)
+        from .cpu import finite
+
+        calls.append(finite.warm(dtype))
     return calls
 
 

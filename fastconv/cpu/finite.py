@@ -62,6 +62,12 @@ def all_finite(array: np.ndarray) -> bool:
     return not any(threads.launch(_any_nonfinite, n_chunks, flat, n_chunks))
 
 
+def warm(dtype) -> bool:
+    """:func:`all_finite` on zeros of ``dtype``, enough of them for its threaded scan where
+    there are threads (:func:`fastconv.warmup`)."""
+    return all_finite(np.zeros(threads.count() * _PARALLEL_MIN, dtype))
+
+
 @kernel()
 def finite_values(values):
     """Whether ``values`` (an array of any shape and layout) holds no NaN and no Inf: a
