@@ -1252,7 +1252,8 @@ def grad_weight_vectors(per_group: int, lanes: int) -> int:
     2.28-2.38 (a quarter of the pair's filters padding), N8 C64 -> 48 3x3 on 28x28
     2.21-2.79 / 1.64-2.23, C128 -> 128 on 28x28 8.49-8.94 / 8.47-8.68, N1 C256 on 14x14
     1.66-1.68 / 1.67-2.05. On 256-bit vectors (the same Zen 4 running them,
-    ``FASTCONV_SIMD_BITS=256``) it lost: C64 -> 40 on 28x28 1.70 / 2.07-2.09."""
+    ``FASTCONV_SIMD_BITS=256``) it was mixed: C64 -> 40 on 28x28 1.70 / 2.07-2.09, N32 C32
+    -> 20 5x5 1.63-1.98 / 1.53-1.55."""
     pair = 2 * lanes
     if per_group <= lanes or (
             simd.WIDE and -(-per_group // pair) * pair > -(-per_group // lanes) * lanes):
