@@ -104,6 +104,9 @@ def test_the_compare_sees_every_bit(with_memcmp, dtype, size, monkeypatch, rng):
             assert prepared.same_bytes(a, b)
     a[0], b[0] = 0.0, -0.0
     assert not prepared.same_bytes(a, b)
+    assert not prepared.same_bytes(a, a[:-1].copy())  # (never read past the shorter)
+    if size > 2:
+        assert not prepared.same_bytes(a[::2], b[::2].copy())  # (not contiguous)
     assert prepared.same_bytes(a, a.copy())
 
 
