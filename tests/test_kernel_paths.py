@@ -508,14 +508,56 @@ def test_1x1_weight_gradient_of_one_image_splits_its_channels(dtype):
 
 #: Weight gradients of few taps per filter (``fastconv.cpu.fewtaps``): ``(id, (n, c, h, w),
 #: (k, r, s), stride, padding, dilation)``; 2-9 filters and 5-27 taps leave partial
-#: blocks of 4 filters and 6 taps (2 filters: fewer than the blocked kernel takes).
+#: blocks of 4 filters and 6 taps (2 filters: fewer than the blocked kernel takes); strides
+#: 1-3 (the input rows copied, dealt into 2 or 3 column phases), dilation, padding on one
+#: side only.
 FEW_TAPS_CASES = [
     ("3x3_p1", (3, 3, 13, 11), (7, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
     ("3x3_s2_asym", (2, 3, 14, 17), (5, 3, 3), (2, 2), ((0, 2), (1, 0)), (1, 1)),
     ("3x2_s21_dil2", (2, 3, 15, 12), (9, 3, 2), (2, 1), ((2, 1), (1, 1)), (2, 2)),
     ("5x5_1ch", (4, 1, 12, 19), (6, 5, 5), (1, 1), ((0, 0), (0, 0)), (1, 1)),
     ("1x1_2_filters", (3, 5, 10, 9), (2, 1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    # rows of more than a vector of positions (whole vectors, then the row's masked tail)
+    ("3x3_p1_wide", (2, 3, 10, 37), (5, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    ("3x3_s2_wide", (2, 2, 13, 70), (6, 3, 3), (2, 2), ((1, 1), (1, 1)), (1, 1)),
+    ("2x3_s3_dil2", (2, 2, 23, 61), (4, 2, 3), (3, 3), ((2, 0), (3, 1)), (2, 2)),
 ]
+
+
+#: ``fastconv.cpu.fewtaps.reason``'s cases: ``(id, grad_out shape, weight shape, groups, L2
+#: bytes, the reason's start or None)``
+FEW_TAPS_RULE = [
+    ("27_taps_in_the_l2", (32, 16, 32, 32), (16, 3, 3, 3), 1, 1 << 20, "27 <= AUTO_FEW_TAPS_ANY"),
+    ("32_taps_in_the_l2", (32, 64, 32, 32), (64, 32, 1, 1), 1, 1 << 20, None),
+    ("32_taps_beyond_the_l2", (32, 64, 32, 32), (64, 32, 1, 1), 1, 1 << 16,
+     "32 <= AUTO_FEW_TAPS_MAX = 32 taps per filter with an image's grad_output larger"),
+    ("32_taps_4_filters", (32, 4, 32, 32), (4, 32, 1, 1), 1, 1 << 20,
+     "32 <= AUTO_FEW_TAPS_MAX = 32 taps per filter with 4 filters"),
+    ("36_taps", (32, 4, 32, 32), (4, 4, 3, 3), 1, 0, None),
+    ("2_groups", (32, 16, 32, 32), (16, 3, 3, 3), 2, 0, None),
+    ("too_little_work", (2, 16, 8, 8), (16, 3, 3, 3), 1, 0, None),
+]
+
+
+@pytest.mark.parametrize("case", FEW_TAPS_RULE, ids=[c[0] for c in FEW_TAPS_RULE])
+def test_few_taps_rule(case, monkeypatch):
+    # up to AUTO_FEW_TAPS_ANY_SIZE_MAX taps the dot products whatever the size; up to
+    # AUTO_FEW_TAPS_MAX only with few filters or grad_output beyond the L2; the chooser
+    # says why (explain)
+    from fastconv.cpu import fewtaps
+
+    _, grad_shape, w_shape, groups, l2, expected = case
+    monkeypatch.setattr(fewtaps, "L2_BYTES", l2)
+    why = fewtaps.reason(grad_shape, w_shape, groups, 4)
+    assert (why is None) if expected is None else why.startswith(expected)
+    assert fewtaps.pays(grad_shape, w_shape, groups, 4) == (why is not None)
+    if groups == 1:
+        x = np.zeros((grad_shape[0], w_shape[1], *grad_shape[2:]), np.float32)
+        padding = (w_shape[2] - 1) // 2
+        kernels = fastconv.explain("conv2d_backward", np.zeros(grad_shape, np.float32), x,
+                                   np.zeros(w_shape, np.float32), padding=padding,
+                                   needs_input_grad=False)["kernels"]
+        assert (kernels[0]["reason"] == why) == (why is not None)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

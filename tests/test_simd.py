@@ -950,6 +950,20 @@ for dtype in (np.float32, np.float64):
     want = reference.conv2d_backward(g, x.astype(np.float64), w.astype(np.float64),
                                      padding=2, stride=2, groups=6)[0]
     worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+# the weight gradient's dot products for few taps (rows of 35 and 69 positions: whole
+# vectors and a masked tail, at stride 2 on the rows dealt into their phases)
+from fastconv.cpu import fewtaps
+for stride in (1, 2):
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((2, 3, 9, 69)).astype(dtype)
+        w = np.zeros((6, 3, 3, 3), dtype)
+        g = rng.standard_normal(reference.conv2d(x, w, padding=1, stride=stride).shape)
+        got = np.zeros_like(w)
+        fewtaps.conv2d_grad_weight_few_taps(x, g.astype(dtype), got, (stride, stride),
+                                            ((1, 1), (1, 1)), (1, 1))
+        want = reference.conv2d_backward(g, x.astype(np.float64), w.astype(np.float64),
+                                         padding=1, stride=stride)[1]
+        worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
 print(worst)
 """
 

@@ -158,15 +158,11 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
             * out_channels * group_channels * kh * kw < config.AUTO_PHASES_MIN_WORK):
         return None
     itemsize = np.dtype(problem.get("dtype", np.float32)).itemsize
-    if op == "conv2d_grad_weight" and fewtaps.pays((n_img, out_channels, out_h, out_w),
-                                                   weight_shape, groups, itemsize):
-        return "direct", (f"{group_channels * kh * kw} <= AUTO_FEW_TAPS_MAX = "
-                          f"{config.AUTO_FEW_TAPS_MAX} taps per filter with "
-                          + (f"{out_channels} filters, fewer than a vector's lanes"
-                             if out_channels < simd.WIDTH_BYTES // itemsize else
-                             "an image's grad_output larger than one core's L2")
-                          + ": dot products of grad_output's rows with the input's tap rows "
-                          "(no transposes of grad_output)")
+    if op == "conv2d_grad_weight":
+        why = fewtaps.reason((n_img, out_channels, out_h, out_w), weight_shape, groups,
+                             itemsize)
+        if why is not None:
+            return "direct", why
     if op == "conv2d_grad_weight" and not blocked.grad_weight_applies(
             problem["input_shape"], (n_img, out_channels, out_h, out_w), weight_shape, stride,
             problem["padding"], dilation, groups, itemsize):

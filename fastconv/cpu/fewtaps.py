@@ -25,10 +25,9 @@ import numpy as np
 from numba import prange
 
 from .. import config
-from . import simd, threads, workspace
+from . import simd, strips, threads, workspace
 from ._jit import kernel
 from .blocked import L2_BYTES
-from .im2col import _im2col_tile, _im2col_tile_strided
 
 #: Filters and taps whose sums one step keeps in vectors (4 x 6 = 24 of them; the
 #: kernels below are written for these).
@@ -47,40 +46,47 @@ def _times_taps(y, x0, x1, x2, x3, x4, x5, a0, a1, a2, a3, a4, a5):
 
 
 @kernel(inline=True)
-def _dots(grad, rows, col, t0, ld, taps, count, sums, at):
-    """``sums[at + v * lanes:]`` += the lane sums, over positions ``[0, count)`` of the
-    band, of 4 filters x 6 taps: filter ``rows[f]``'s row of ``grad`` (``rows``: its
-    first position's index; a filter past the last reuses filter 0's row) times tap ``t0 +
-    j``'s row of ``col`` (leading dimension ``ld``; a tap at or past ``taps`` reuses tap
-    ``t0``'s row). Sum ``f * 6 + j`` is vector ``v``."""
-    c0 = t0 * ld
-    c1 = (t0 + 1 if t0 + 1 < taps else t0) * ld
-    c2 = (t0 + 2 if t0 + 2 < taps else t0) * ld
-    c3 = (t0 + 3 if t0 + 3 < taps else t0) * ld
-    c4 = (t0 + 4 if t0 + 4 < taps else t0) * ld
-    c5 = (t0 + 5 if t0 + 5 < taps else t0) * ld
-    g0, g1, g2, g3 = rows[0], rows[1], rows[2], rows[3]
+def _dots(grad, rows, src, taps_at, t0, taps, n_rows, out_w, pitch, sums, at):
+    """``sums[at + v * lanes:]`` += the lane sums, over the band's ``n_rows`` output rows
+    of ``out_w`` positions, of 4 filters x 6 taps: filter ``f``'s gradient at ``grad[rows[f]
+    + i * out_w + j]`` (a filter past the last reuses filter 0's row) times tap ``t0 + u``'s
+    input at ``src[taps_at[t0 + u] + i * pitch + j]`` (a tap at or past ``taps`` reuses
+    tap ``t0``) for output row ``i`` and column ``j``. Sum ``f * 6 + u`` is vector ``v``."""
+    c0 = taps_at[t0]
+    c1 = taps_at[t0 + 1] if t0 + 1 < taps else c0
+    c2 = taps_at[t0 + 2] if t0 + 2 < taps else c0
+    c3 = taps_at[t0 + 3] if t0 + 3 < taps else c0
+    c4 = taps_at[t0 + 4] if t0 + 4 < taps else c0
+    c5 = taps_at[t0 + 5] if t0 + 5 < taps else c0
     a00 = a01 = a02 = a03 = a04 = a05 = simd.zeros(sums)
     a10 = a11 = a12 = a13 = a14 = a15 = simd.zeros(sums)
     a20 = a21 = a22 = a23 = a24 = a25 = simd.zeros(sums)
     a30 = a31 = a32 = a33 = a34 = a35 = simd.zeros(sums)
     lanes = simd.lanes(sums)
-    for p in range(0, count, lanes):
-        m = count - p  # the last step's masked loads read its m positions, zeros after
-        x0 = simd.load_first(col, c0 + p, m)
-        x1 = simd.load_first(col, c1 + p, m)
-        x2 = simd.load_first(col, c2 + p, m)
-        x3 = simd.load_first(col, c3 + p, m)
-        x4 = simd.load_first(col, c4 + p, m)
-        x5 = simd.load_first(col, c5 + p, m)
-        a00, a01, a02, a03, a04, a05 = _times_taps(
-            simd.load_first(grad, g0 + p, m), x0, x1, x2, x3, x4, x5, a00, a01, a02, a03, a04, a05)
-        a10, a11, a12, a13, a14, a15 = _times_taps(
-            simd.load_first(grad, g1 + p, m), x0, x1, x2, x3, x4, x5, a10, a11, a12, a13, a14, a15)
-        a20, a21, a22, a23, a24, a25 = _times_taps(
-            simd.load_first(grad, g2 + p, m), x0, x1, x2, x3, x4, x5, a20, a21, a22, a23, a24, a25)
-        a30, a31, a32, a33, a34, a35 = _times_taps(
-            simd.load_first(grad, g3 + p, m), x0, x1, x2, x3, x4, x5, a30, a31, a32, a33, a34, a35)
+    for i in range(n_rows):
+        g0, g1, g2, g3 = rows[0] + i * out_w, rows[1] + i * out_w, rows[2] + i * out_w, (
+            rows[3] + i * out_w)
+        row = i * pitch
+        for p in range(0, out_w, lanes):
+            m = out_w - p  # the row's last step's masked loads read its m positions
+            x0 = simd.load_first(src, c0 + row + p, m)
+            x1 = simd.load_first(src, c1 + row + p, m)
+            x2 = simd.load_first(src, c2 + row + p, m)
+            x3 = simd.load_first(src, c3 + row + p, m)
+            x4 = simd.load_first(src, c4 + row + p, m)
+            x5 = simd.load_first(src, c5 + row + p, m)
+            a00, a01, a02, a03, a04, a05 = _times_taps(
+                simd.load_first(grad, g0 + p, m), x0, x1, x2, x3, x4, x5, a00, a01, a02, a03,
+                a04, a05)
+            a10, a11, a12, a13, a14, a15 = _times_taps(
+                simd.load_first(grad, g1 + p, m), x0, x1, x2, x3, x4, x5, a10, a11, a12, a13,
+                a14, a15)
+            a20, a21, a22, a23, a24, a25 = _times_taps(
+                simd.load_first(grad, g2 + p, m), x0, x1, x2, x3, x4, x5, a20, a21, a22, a23,
+                a24, a25)
+            a30, a31, a32, a33, a34, a35 = _times_taps(
+                simd.load_first(grad, g3 + p, m), x0, x1, x2, x3, x4, x5, a30, a31, a32, a33,
+                a34, a35)
     for v, acc in enumerate((a00, a01, a02, a03, a04, a05, a10, a11, a12, a13, a14, a15,
                              a20, a21, a22, a23, a24, a25, a30, a31, a32, a33, a34, a35)):
         i = at + v * lanes
@@ -92,8 +98,12 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
                           dilation_h, dilation_w, band_rows, phase_len, scratch, part, parts):
     """Each chunk's ``sums[chunk]`` (blocks of 4 filters x 6 taps of vectors, zeroed here)
     over its bands: a band is ``band_rows`` output rows of one image, the chunks take
-    the ``N * bands`` bands in turn."""
-    n_img, channels = x.shape[0], x.shape[1]
+    the ``N * bands`` bands in turn. A band's input rows (every channel's) are copied
+    zero-padded into the chunk's ``scratch``, at a column stride dealt into their column
+    phases (:func:`.strips.deal_phases`; ``stride_w`` None for 1, the dealing's code
+    left out), so that every tap of an output row is a contiguous run of it, read in
+    place by :func:`_dots`."""
+    n_img, channels, height = x.shape[0], x.shape[1], x.shape[2]
     out_channels, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
     taps = channels * kh * kw
     plane = out_h * out_w
@@ -104,33 +114,39 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
     k_blocks = (out_channels + 3) // 4
     block = 24 * simd.lanes(sums)
     grad = grad_out.reshape(-1)
+    source = strips.flat(x)
+    columns = 1 if stride_w is None else stride_w
+    row_len = columns * phase_len
+    in_rows = (band_rows - 1) * stride_h + dilation_h * (kh - 1) + 1  # a band's input rows
+    channel_len = in_rows * row_len
     rows = np.empty(4, np.int64)
+    taps_at = np.empty(taps, np.int64)  # where each tap of a band's first position is
+    for t in range(taps):
+        c, r, s = t // (kh * kw), t // kw % kh, t % kw
+        taps_at[t] = (c * channel_len + r * dilation_h * row_len
+                      + (s * dilation_w) % columns * phase_len + (s * dilation_w) // columns)
     for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         mine = sums[chunk]
         mine[:] = 0
-        col = scratch[chunk, : taps * band_rows * out_w]
-        rows_buffer = scratch[chunk, taps * band_rows * out_w :]
+        dealt = scratch[chunk, : channels * channel_len]
         for task in range(chunk * n_tasks // n_chunks, (chunk + 1) * n_tasks // n_chunks):
             n = task // n_bands
             row_first = (task % n_bands) * band_rows
-            row_last = min(row_first + band_rows, out_h)
-            count = (row_last - row_first) * out_w
-            if stride_w == 1:
-                _im2col_tile(x, n, np.int64(0), channels, kh, kw, row_first, row_last, out_w,
-                             stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-                             col, np.int64(0), count)
-            else:  # each input row dealt into its column phases first: contiguous copies
-                _im2col_tile_strided(x, n, np.int64(0), channels, kh, kw, row_first, row_last,
-                                     out_w, stride_h, stride_w, pad_top, pad_left, dilation_h,
-                                     dilation_w, phase_len, rows_buffer, col, np.int64(0),
-                                     count)
+            n_rows = min(band_rows, out_h - row_first)
+            first = row_first * stride_h - pad_top  # the band's first input row
+            inside = max(0, min(height, first + in_rows) - max(0, first))
+            dealt[:] = 0
+            for c in range(channels):
+                strips.deal_phases(source, x, n, c, max(0, first), inside, 1, dealt,
+                                   c * channel_len + max(0, -first) * row_len, row_len,
+                                   phase_len, stride_w, pad_left)
             for kb in range(k_blocks):
                 for f in range(4):
                     k = kb * 4 + f if kb * 4 + f < out_channels else 0
                     rows[f] = (n * out_channels + k) * plane + row_first * out_w
                 for tb in range(t_blocks):
-                    _dots(grad, rows, col, tb * 6, count, taps, count, mine,
-                          (kb * t_blocks + tb) * block)
+                    _dots(grad, rows, dealt, taps_at, tb * 6, taps, n_rows, out_w,
+                          stride_h * row_len, mine, (kb * t_blocks + tb) * block)
 
 
 @kernel(entry=True)
@@ -149,24 +165,49 @@ def _add_lanes(sums, grad_weight):
             grad_weight[k, t] = total
 
 
-def pays(grad_out_shape, weight_shape, groups: int, itemsize: int) -> bool:
-    """Whether ``direct`` computes this weight gradient here rather than on the blocked
-    kernel: one group, at most ``AUTO_FEW_TAPS_MAX`` taps per filter, at least
-    ``AUTO_FEW_TAPS_MIN_WORK`` multiply-adds (its fixed cost is larger), and either fewer
-    filters than a vector has lanes (most of the blocked kernel's vectors of filters would
-    be padding) or an image's grad_output larger than one core's L2 (its transposes then
-    go to memory). Measured: :data:`fastconv.config.AUTO_FEW_TAPS_MAX`.
+def reason(grad_out_shape, weight_shape, groups: int, itemsize: int) -> str | None:
+    """Why ``direct`` computes this weight gradient here rather than on the blocked
+    kernel, or None where it does not: one group, at least ``AUTO_FEW_TAPS_MIN_WORK``
+    multiply-adds (its fixed cost is larger), and at most ``AUTO_FEW_TAPS_ANY_SIZE_MAX``
+    taps per filter, or up to ``AUTO_FEW_TAPS_MAX`` where the blocked kernel is slow:
+    fewer filters than a vector has lanes (most of its vectors of filters would be
+    padding) or an image's grad_output larger than one core's L2 (its transposes then go
+    to memory). Measured: :data:`fastconv.config.AUTO_FEW_TAPS_MAX`.
 
-    >>> pays((2, 64, 224, 224), (64, 3, 3, 3), 1, 4), pays((32, 16, 32, 32), (16, 3, 3, 3), 1, 4)
-    (True, False)
+    >>> reason((32, 16, 32, 32), (16, 3, 3, 3), 1, 4) is not None
+    True
+    >>> reason((32, 64, 32, 32), (64, 32, 1, 1), 1, 4) is None  # 32 taps, in the L2
+    True
     """
     out_channels, channels, kh, kw = weight_shape
     lanes = simd.WIDTH_BYTES // itemsize
     taps = channels * kh * kw
     outputs = out_channels * grad_out_shape[2] * grad_out_shape[3]
-    return (groups == 1 and taps <= config.AUTO_FEW_TAPS_MAX
-            and grad_out_shape[0] * outputs * taps >= config.AUTO_FEW_TAPS_MIN_WORK
-            and (out_channels < lanes or outputs * itemsize > L2_BYTES))
+    if (groups != 1 or taps > config.AUTO_FEW_TAPS_MAX
+            or grad_out_shape[0] * outputs * taps < config.AUTO_FEW_TAPS_MIN_WORK):
+        return None
+    start = f"{taps} <= AUTO_FEW_TAPS_"
+    if taps <= config.AUTO_FEW_TAPS_ANY_SIZE_MAX:
+        why = f"ANY_SIZE_MAX = {config.AUTO_FEW_TAPS_ANY_SIZE_MAX} taps per filter"
+    elif out_channels < lanes:
+        why = (f"MAX = {config.AUTO_FEW_TAPS_MAX} taps per filter with {out_channels} "
+               "filters, fewer than a vector's lanes")
+    elif outputs * itemsize > L2_BYTES:
+        why = (f"MAX = {config.AUTO_FEW_TAPS_MAX} taps per filter with an image's "
+               "grad_output larger than one core's L2")
+    else:
+        return None
+    return (start + why + ": dot products of grad_output's rows with the input's tap rows "
+            "(no transposes of grad_output)")
+
+
+def pays(grad_out_shape, weight_shape, groups: int, itemsize: int) -> bool:
+    """Whether ``direct`` computes this weight gradient here (:func:`reason`).
+
+    >>> pays((2, 64, 224, 224), (64, 3, 3, 3), 1, 4), pays((2, 64, 8, 8), (64, 3, 3, 3), 1, 4)
+    (True, False)
+    """
+    return reason(grad_out_shape, weight_shape, groups, itemsize) is not None
 
 
 def conv2d_grad_weight_few_taps(x, grad_out, grad_weight, stride, padding, dilation) -> bool:
@@ -182,15 +223,16 @@ def conv2d_grad_weight_few_taps(x, grad_out, grad_weight, stride, padding, dilat
     lanes = simd.WIDTH_BYTES // x.itemsize
     blocks = -(-out_channels // DOT_FILTERS) * -(-taps // DOT_TAPS)
     sums = np.empty((n_chunks, blocks * DOT_FILTERS * DOT_TAPS * lanes), x.dtype)
-    # at a column stride, the input rows of a band dealt into their column phases
-    phase_len = -(-((out_w - 1) * stride[1] + dilation[1] * (kw - 1) + 1) // stride[1])
-    dealt = ((band_rows - 1) * stride[0] + dilation[0] * (kh - 1) + 1) * stride[1] * phase_len
-    scratch = workspace.borrow((n_chunks, taps * band_rows * out_w + dealt), x.dtype)
+    # a band's input rows, zero-padded, at a column stride dealt into their column phases
+    # (each phase_len long: every padded column of a row, as strips.deal_phases writes)
+    phase_len = -(-(x.shape[3] + padding[1][0] + padding[1][1]) // stride[1])
+    in_rows = (band_rows - 1) * stride[0] + dilation[0] * (kh - 1) + 1
+    scratch = workspace.borrow((n_chunks, channels * in_rows * stride[1] * phase_len), x.dtype)
     threads.launch(_few_taps_grad_weight,
                    threads.parts_for(n_chunks, grad_weight, n_img * out_h * out_w),
-                   x, np.ascontiguousarray(grad_out), sums, kh, kw, stride[0], stride[1],
-                   padding[0][0], padding[1][0], dilation[0], dilation[1], band_rows, phase_len,
-                   scratch)
+                   x, np.ascontiguousarray(grad_out), sums, kh, kw, stride[0],
+                   None if stride[1] == 1 else stride[1], padding[0][0], padding[1][0],
+                   dilation[0], dilation[1], band_rows, phase_len, scratch)
     flat = grad_weight.reshape(out_channels, taps)
     _add_lanes(sums, flat)
     return bool(np.isfinite(flat).all())
