@@ -887,8 +887,10 @@ def filters_per_pass(n_taps: int, channels: int, block: int, itemsize: int) -> i
     """Channels per pass of the blocked forward's reduction by filters
     (:func:`.microkernels.positions_x_filters`): on 256-bit vectors as many as keep a
     pass's packed filters within :data:`FILTERS_PASS_BYTES`, split into equal passes;
-    on 512-bit vectors all of them (one pass, as measured when that form was chosen:
-    its filters are at most :data:`BY_FILTERS_MAX_BYTES`)."""
+    on 512-bit vectors all of them (one pass, as measured when that form was chosen; on
+    deep layers too, where passes within 9-36 KB of packed filters measured alike: C256
+    -> 512 3x3 s2 on 14x14, C512 3x3 on 7x7 and C256 on 14x14, N8, and N1 C512 on 7x7, a
+    Zen 4, 2026-12-07)."""
     if simd.WIDE:
         return channels
     most = max(1, FILTERS_PASS_BYTES // (n_taps * block * itemsize))
