@@ -261,22 +261,23 @@ AUTO_STRIDED_BLOCKED_MIN_POSITIONS: int = _env_int("AUTO_STRIDED_BLOCKED_MIN_POS
 #: kernel is slow (:func:`fastconv.cpu.fewtaps.reason`). Measured on a Zen 4 VM, two
 #: threads, float32, ms dot products / blocked, with the dot products reading the input
 #: rows in place (2026-12-07): MobileNetV2's first layer (N8 C3 -> 32 3x3 s2 on 224x224)
-#: 1.15 / 1.81 (2.17 for the dot products on im2col's columns before), VGG's first (N2 C3
-#: -> 64 3x3 on 224x224) 2.18 / 4.09, LeNet's first (N64 C1 -> 6 5x5 on 28x28) 0.140 /
-#: 0.383, N32 C3 -> 16 3x3 on 32x32 (grad_output within the L2) 0.188 / 0.254, 1x1 layers
-#: N8 C16 -> 64 on 56x56 0.40 / 0.50, C24 -> 144 1.19 / 1.33; float64 and 256-bit vectors
-#: alike (MobileNetV2's first 3.06 / 5.91 and 1.27 / 2.04).
+#: 1.15-1.17 / 1.69-1.81 (2.17 for the dot products on im2col's columns before), VGG's
+#: first (N2 C3 -> 64 3x3 on 224x224) 2.18 / 4.09-4.16, LeNet's first (N64 C1 -> 6 5x5 on
+#: 28x28) 0.140-0.145 / 0.341-0.383, N32 C3 -> 16 3x3 on 32x32 (grad_output within the
+#: L2) 0.19 / 0.23-0.25, 1x1 layers (read in place) N8 C16 -> 64 on 56x56 0.32 / 0.49,
+#: C24 -> 144 0.97 / 1.24; float64 and 256-bit vectors alike (MobileNetV2's first 3.06 /
+#: 5.91 and 1.27 / 2.04).
 AUTO_FEW_TAPS_ANY_SIZE_MAX: int = _env_int("AUTO_FEW_TAPS_ANY_SIZE_MAX", 27, minimum=0)
 #: ... and up to this many taps where the filters are fewer than a vector's lanes or an
 #: image's grad_output is larger than one core's L2 (the blocked kernel's transposes of
-#: it then go to memory); from 28 taps on, where neither holds, the blocked kernel won
-#: or tied: N8 C32 -> 64 1x1 on 56x56 0.81 / 0.69, N8 C2 -> 64 4x4 s2 on 56x56 0.208 /
-#: 0.202 (on 256-bit vectors 0.78 / 0.68 and 0.218 / 0.210), beside N8 C32 -> 32 1x1 on
-#: 28x28 0.128 / 0.147; 36 taps (N8 C4 -> 32 3x3 on 56x56) 0.37 / 0.34. Measured before
-#: the dot products read the input in place (a Zen 4, ms dot products / blocked): VGG's
-#: first layer (N2 C3 -> 64 3x3 on 224x224) 2.50 / 4.34-7.87, MobileNetV2's (N8 C3 -> 32
-#: 3x3 s2) 1.70 / 1.89-2.78, N8 C4 -> 32 3x3 on 56x56 (36 taps) 0.44 / 0.37, C3 -> 32 5x5
-#: on 64x64 (75) 1.20 / 0.92.
+#: it then go to memory); from 28 taps on, where neither holds, the two were within
+#: about 10 % of each other, either way: N8 C2 -> 64 4x4 s2 on 56x56 0.21 / 0.20, N8 C32
+#: -> 128 1x1 on 28x28 0.35 / 0.34, N8 C32 -> 64 1x1 on 56x56 0.64-0.81 / 0.69-0.73 (on
+#: 256-bit vectors 0.69-0.78 / 0.68-0.70); 36 taps (N8 C4 -> 32 3x3 on 56x56) 0.37 /
+#: 0.34. Measured before the dot products read the input in place (a Zen 4, ms dot
+#: products / blocked): VGG's first layer (N2 C3 -> 64 3x3 on 224x224) 2.50 / 4.34-7.87,
+#: MobileNetV2's (N8 C3 -> 32 3x3 s2) 1.70 / 1.89-2.78, N8 C4 -> 32 3x3 on 56x56 (36 taps)
+#: 0.44 / 0.37, C3 -> 32 5x5 on 64x64 (75) 1.20 / 0.92.
 AUTO_FEW_TAPS_MAX: int = _env_int("AUTO_FEW_TAPS_MAX", 32, minimum=0)
 #: ... on at least this many multiply-adds (N * K * H_out * W_out * taps): the dot
 #: products' fixed cost is larger than the blocked kernel's or the loops' (through

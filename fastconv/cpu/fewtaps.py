@@ -45,6 +45,11 @@ def _times_taps(y, x0, x1, x2, x3, x4, x5, a0, a1, a2, a3, a4, a5):
             simd.fma(y, x3, a3), simd.fma(y, x4, a4), simd.fma(y, x5, a5))
 
 
+#: The empty ``x_flat`` of :func:`_few_taps_grad_weight` (not in place), per dtype.
+_NO_ROWS = {np.dtype(np.float32): np.zeros(0, np.float32),
+            np.dtype(np.float64): np.zeros(0, np.float64)}
+
+
 @kernel(inline=True)
 def _dots(grad, rows, src, taps_at, t0, taps, n_rows, out_w, pitch, sums, at):
     """``sums[at + v * lanes:]`` += the lane sums, over the band's ``n_rows`` output rows
@@ -95,14 +100,17 @@ def _dots(grad, rows, src, taps_at, t0, taps, n_rows, out_w, pitch, sums, at):
 
 @kernel(parallel=True)
 def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top, pad_left,
-                          dilation_h, dilation_w, band_rows, phase_len, scratch, part, parts):
+                          dilation_h, dilation_w, band_rows, phase_len, x_flat, scratch,
+                          part, parts):
     """Each chunk's ``sums[chunk]`` (blocks of 4 filters x 6 taps of vectors, zeroed here)
     over its bands: a band is ``band_rows`` output rows of one image, the chunks take
     the ``N * bands`` bands in turn. A band's input rows (every channel's) are copied
     zero-padded into the chunk's ``scratch``, at a column stride dealt into their column
     phases (:func:`.strips.deal_phases`; ``stride_w`` None for 1, the dealing's code
     left out), so that every tap of an output row is a contiguous run of it, read in
-    place by :func:`_dots`."""
+    place by :func:`_dots`. ``x_flat``: ``x`` itself, flat, for an unpadded 1x1 layer at
+    stride 1, whose taps are its channels' planes, each band one run of them, read
+    where they are (else empty)."""
     n_img, channels, height = x.shape[0], x.shape[1], x.shape[2]
     out_channels, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
     taps = channels * kh * kw
@@ -121,6 +129,9 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
     channel_len = in_rows * row_len
     rows = np.empty(4, np.int64)
     taps_at = np.empty(taps, np.int64)  # where each tap of a band's first position is
+    in_place = x_flat.size > 0
+    here = np.empty(taps, np.int64)  # (in place: where each tap's run is in x)
+    x_plane = height * x.shape[3]
     for t in range(taps):
         c, r, s = t // (kh * kw), t // kw % kh, t % kw
         taps_at[t] = (c * channel_len + r * dilation_h * row_len
@@ -134,19 +145,27 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
             row_first = (task % n_bands) * band_rows
             n_rows = min(band_rows, out_h - row_first)
             first = row_first * stride_h - pad_top  # the band's first input row
-            inside = max(0, min(height, first + in_rows) - max(0, first))
-            dealt[:] = 0
-            for c in range(channels):
-                strips.deal_phases(source, x, n, c, max(0, first), inside, 1, dealt,
-                                   c * channel_len + max(0, -first) * row_len, row_len,
-                                   phase_len, stride_w, pad_left)
+            if in_place:  # the band's rows of every channel: one run each, in x
+                for t in range(taps):
+                    here[t] = (n * channels + t) * x_plane + row_first * out_w
+            else:
+                inside = max(0, min(height, first + in_rows) - max(0, first))
+                dealt[:] = 0
+                for c in range(channels):
+                    strips.deal_phases(source, x, n, c, max(0, first), inside, 1, dealt,
+                                       c * channel_len + max(0, -first) * row_len, row_len,
+                                       phase_len, stride_w, pad_left)
             for kb in range(k_blocks):
                 for f in range(4):
                     k = kb * 4 + f if kb * 4 + f < out_channels else 0
                     rows[f] = (n * out_channels + k) * plane + row_first * out_w
                 for tb in range(t_blocks):
-                    _dots(grad, rows, dealt, taps_at, tb * 6, taps, n_rows, out_w,
-                          stride_h * row_len, mine, (kb * t_blocks + tb) * block)
+                    if in_place:  # (one row of all the band's positions)
+                        _dots(grad, rows, x_flat, here, tb * 6, taps, 1, n_rows * out_w, 0,
+                              mine, (kb * t_blocks + tb) * block)
+                    else:
+                        _dots(grad, rows, dealt, taps_at, tb * 6, taps, n_rows, out_w,
+                              stride_h * row_len, mine, (kb * t_blocks + tb) * block)
 
 
 @kernel(entry=True)
@@ -227,12 +246,17 @@ def conv2d_grad_weight_few_taps(x, grad_out, grad_weight, stride, padding, dilat
     # (each phase_len long: every padded column of a row, as strips.deal_phases writes)
     phase_len = -(-(x.shape[3] + padding[1][0] + padding[1][1]) // stride[1])
     in_rows = (band_rows - 1) * stride[0] + dilation[0] * (kh - 1) + 1
-    scratch = workspace.borrow((n_chunks, channels * in_rows * stride[1] * phase_len), x.dtype)
+    # an unpadded 1x1 layer at stride 1 reads x's rows where they are: no copies
+    in_place = (kh == kw == 1 and tuple(stride) == (1, 1) and x.flags.c_contiguous
+                and all(pad == 0 for pair in padding for pad in pair))
+    scratch = workspace.borrow(
+        (n_chunks, 0 if in_place else channels * in_rows * stride[1] * phase_len), x.dtype)
     threads.launch(_few_taps_grad_weight,
                    threads.parts_for(n_chunks, grad_weight, n_img * out_h * out_w),
                    x, np.ascontiguousarray(grad_out), sums, kh, kw, stride[0],
                    None if stride[1] == 1 else stride[1], padding[0][0], padding[1][0],
-                   dilation[0], dilation[1], band_rows, phase_len, scratch)
+                   dilation[0], dilation[1], band_rows, phase_len,
+                   x.reshape(-1) if in_place else _NO_ROWS[x.dtype], scratch)
     flat = grad_weight.reshape(out_channels, taps)
     _add_lanes(sums, flat)
     return bool(np.isfinite(flat).all())
