@@ -26,8 +26,9 @@ def _choose_conv(op, weight_shape, problem):
        grad_weight, and for grad_input stride 1 or at least ``AUTO_PHASES_MIN_WORK``
        multiply-adds (grad_weight: also one image's packed planes within
        ``blocked.GRAD_WEIGHT_BLOCK_BYTES``), the register-blocked direct
-       kernels (grad_weight with at most ``AUTO_FEW_TAPS_MAX`` taps per filter, few
-       filters or large planes: dot products over the positions, :func:`.fewtaps.pays`),
+       kernels (grad_weight with at most ``AUTO_FEW_TAPS_ANY_SIZE_MAX`` taps per filter,
+       or ``AUTO_FEW_TAPS_MAX`` with few filters or large planes: dot products over the
+       positions, :func:`.fewtaps.reason`),
        except, with ``deep = AUTO_BLOCKED_MAX_CHANNELS`` (64): Winograd when
        it fits, min(C, K)/groups >= deep and min(C, K)/groups * H_out * W_out >=
        ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` on at least ``AUTO_WINOGRAD_DEEP_MIN_TILES``
