@@ -111,8 +111,9 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
     over its bands: a band is ``band_rows`` output rows of one image, the chunks take
     the ``N * bands`` bands in turn. A band's input rows (every channel's) are copied
     zero-padded into the chunk's ``scratch``, at a column stride dealt into their column
-    phases (:func:`.strips.deal_phases`; ``stride_w`` None for 1, the dealing's code
-    left out), so that every tap of an output row is a contiguous run of it, read in
+    phases (:func:`.strips.deal_phases`; one kernel for every stride: compiled for stride
+    1 apart, as :mod:`.blocked` does, it compiled :func:`_dots` twice, 1.5 s more of an
+    empty cache's warm-up), so that every tap of an output row is a contiguous run of it, read in
     place by :func:`_dots`. ``x_flat``: ``x`` itself, flat, for an unpadded 1x1 layer at
     stride 1, whose taps are its channels' planes, each band one run of them, read
     where they are (else empty)."""
@@ -128,8 +129,7 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
     block = 24 * simd.lanes(sums)
     grad = grad_out.reshape(-1)
     source = strips.flat(x)
-    columns = 1 if stride_w is None else stride_w
-    row_len = columns * phase_len
+    row_len = stride_w * phase_len
     in_rows = (band_rows - 1) * stride_h + dilation_h * (kh - 1) + 1  # a band's input rows
     channel_len = in_rows * row_len
     rows = np.empty(4, np.int64)
@@ -140,7 +140,7 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
     for t in range(taps):
         c, r, s = t // (kh * kw), t // kw % kh, t % kw
         taps_at[t] = (c * channel_len + r * dilation_h * row_len
-                      + (s * dilation_w) % columns * phase_len + (s * dilation_w) // columns)
+                      + (s * dilation_w) % stride_w * phase_len + (s * dilation_w) // stride_w)
     for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         mine = sums[chunk]
         mine[:] = 0
@@ -157,20 +157,26 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
                 inside = max(0, min(height, first + in_rows) - max(0, first))
                 dealt[:] = 0
                 for c in range(channels):
-                    strips.deal_phases(source, x, n, c, max(0, first), inside, 1, dealt,
-                                       c * channel_len + max(0, -first) * row_len, row_len,
-                                       phase_len, stride_w, pad_left)
+                    at = c * channel_len + max(0, -first) * row_len
+                    if stride_w == 1:
+                        for i in range(inside):
+                            strips.copy_row(source, x, n, c, max(0, first) + i, dealt,
+                                            at + i * row_len + pad_left)
+                    else:
+                        strips.deal_phases(source, x, n, c, max(0, first), inside, 1, dealt,
+                                           at, row_len, phase_len, stride_w, pad_left)
+            # (in place: the band's positions as one row; one call of _dots, whose code
+            # is inlined at each call)
+            src, at, n_runs, run, pitch = ((x_flat, here, 1, n_rows * out_w, 0) if in_place
+                                           else (dealt, taps_at, n_rows, out_w,
+                                                 stride_h * row_len))
             for kb in range(k_blocks):
                 for f in range(4):
                     k = kb * 4 + f if kb * 4 + f < out_channels else 0
                     rows[f] = (n * out_channels + k) * plane + row_first * out_w
                 for tb in range(t_blocks):
-                    if in_place:  # (one row of all the band's positions)
-                        _dots(grad, rows, x_flat, here, tb * 6, taps, 1, n_rows * out_w, 0,
-                              mine, (kb * t_blocks + tb) * block)
-                    else:
-                        _dots(grad, rows, dealt, taps_at, tb * 6, taps, n_rows, out_w,
-                              stride_h * row_len, mine, (kb * t_blocks + tb) * block)
+                    _dots(grad, rows, src, at, tb * 6, taps, n_runs, run, pitch, mine,
+                          (kb * t_blocks + tb) * block)
 
 
 @kernel(entry=True)
@@ -258,8 +264,8 @@ def conv2d_grad_weight_few_taps(x, grad_out, grad_weight, stride, padding, dilat
         (n_chunks, 0 if in_place else channels * in_rows * stride[1] * phase_len), x.dtype)
     threads.launch(_few_taps_grad_weight,
                    threads.parts_for(n_chunks, grad_weight, n_img * out_h * out_w),
-                   x, np.ascontiguousarray(grad_out), sums, kh, kw, stride[0],
-                   None if stride[1] == 1 else stride[1], padding[0][0], padding[1][0],
+                   x, np.ascontiguousarray(grad_out), sums, kh, kw, stride[0], stride[1],
+                   padding[0][0], padding[1][0],
                    dilation[0], dilation[1], band_rows, phase_len,
                    x.reshape(-1) if in_place else _NO_ROWS[x.dtype], scratch)
     flat = grad_weight.reshape(out_channels, taps)
