@@ -44,10 +44,11 @@ BAND_POSITIONS = 1024
 
 
 @kernel(inline=True)
-def _times_taps(y, x0, x1, x2, x3, x4, x5, a0, a1, a2, a3, a4, a5):
-    """``a0 + y * x0``, ..., ``a5 + y * x5``: one filter's vector against 6 taps'."""
-    return (simd.fma(y, x0, a0), simd.fma(y, x1, a1), simd.fma(y, x2, a2),
-            simd.fma(y, x3, a3), simd.fma(y, x4, a4), simd.fma(y, x5, a5))
+def _times_taps(y, x, a):
+    """``a[u] + y * x[u]`` for the 6 taps ``u``: one filter's vector against 6 taps' (tuples
+    of vectors, the sums kept in registers)."""
+    return (simd.fma(y, x[0], a[0]), simd.fma(y, x[1], a[1]), simd.fma(y, x[2], a[2]),
+            simd.fma(y, x[3], a[3]), simd.fma(y, x[4], a[4]), simd.fma(y, x[5], a[5]))
 
 
 #: The empty ``x_flat`` of :func:`_few_taps_grad_weight` (not in place), per dtype.
@@ -68,10 +69,8 @@ def _dots(grad, rows, src, taps_at, t0, taps, n_rows, out_w, pitch, sums, at):
     c3 = taps_at[t0 + 3] if t0 + 3 < taps else c0
     c4 = taps_at[t0 + 4] if t0 + 4 < taps else c0
     c5 = taps_at[t0 + 5] if t0 + 5 < taps else c0
-    a00 = a01 = a02 = a03 = a04 = a05 = simd.zeros(sums)
-    a10 = a11 = a12 = a13 = a14 = a15 = simd.zeros(sums)
-    a20 = a21 = a22 = a23 = a24 = a25 = simd.zeros(sums)
-    a30 = a31 = a32 = a33 = a34 = a35 = simd.zeros(sums)
+    zero = simd.zeros(sums)
+    f0 = f1 = f2 = f3 = (zero, zero, zero, zero, zero, zero)  # each filter's 6 sums
     lanes = simd.lanes(sums)
     for i in range(n_rows):
         g0, g1, g2, g3 = rows[0] + i * out_w, rows[1] + i * out_w, rows[2] + i * out_w, (
@@ -79,26 +78,14 @@ def _dots(grad, rows, src, taps_at, t0, taps, n_rows, out_w, pitch, sums, at):
         row = i * pitch
         for p in range(0, out_w, lanes):
             m = out_w - p  # the row's last step's masked loads read its m positions
-            x0 = simd.load_first(src, c0 + row + p, m)
-            x1 = simd.load_first(src, c1 + row + p, m)
-            x2 = simd.load_first(src, c2 + row + p, m)
-            x3 = simd.load_first(src, c3 + row + p, m)
-            x4 = simd.load_first(src, c4 + row + p, m)
-            x5 = simd.load_first(src, c5 + row + p, m)
-            a00, a01, a02, a03, a04, a05 = _times_taps(
-                simd.load_first(grad, g0 + p, m), x0, x1, x2, x3, x4, x5, a00, a01, a02, a03,
-                a04, a05)
-            a10, a11, a12, a13, a14, a15 = _times_taps(
-                simd.load_first(grad, g1 + p, m), x0, x1, x2, x3, x4, x5, a10, a11, a12, a13,
-                a14, a15)
-            a20, a21, a22, a23, a24, a25 = _times_taps(
-                simd.load_first(grad, g2 + p, m), x0, x1, x2, x3, x4, x5, a20, a21, a22, a23,
-                a24, a25)
-            a30, a31, a32, a33, a34, a35 = _times_taps(
-                simd.load_first(grad, g3 + p, m), x0, x1, x2, x3, x4, x5, a30, a31, a32, a33,
-                a34, a35)
-    for v, acc in enumerate((a00, a01, a02, a03, a04, a05, a10, a11, a12, a13, a14, a15,
-                             a20, a21, a22, a23, a24, a25, a30, a31, a32, a33, a34, a35)):
+            x = (simd.load_first(src, c0 + row + p, m), simd.load_first(src, c1 + row + p, m),
+                 simd.load_first(src, c2 + row + p, m), simd.load_first(src, c3 + row + p, m),
+                 simd.load_first(src, c4 + row + p, m), simd.load_first(src, c5 + row + p, m))
+            f0 = _times_taps(simd.load_first(grad, g0 + p, m), x, f0)
+            f1 = _times_taps(simd.load_first(grad, g1 + p, m), x, f1)
+            f2 = _times_taps(simd.load_first(grad, g2 + p, m), x, f2)
+            f3 = _times_taps(simd.load_first(grad, g3 + p, m), x, f3)
+    for v, acc in enumerate((*f0, *f1, *f2, *f3)):
         i = at + v * lanes
         simd.store(sums, i, simd.add(simd.load(sums, i), acc))
 
