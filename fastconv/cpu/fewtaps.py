@@ -143,15 +143,10 @@ def _few_taps_grad_weight(x, grad_out, sums, kh, kw, stride_h, stride_w, pad_top
             else:
                 inside = max(0, min(height, first + in_rows) - max(0, first))
                 dealt[:] = 0
-                for c in range(channels):
-                    at = c * channel_len + max(0, -first) * row_len
-                    if stride_w == 1:
-                        for i in range(inside):
-                            strips.copy_row(source, x, n, c, max(0, first) + i, dealt,
-                                            at + i * row_len + pad_left)
-                    else:
-                        strips.deal_phases(source, x, n, c, max(0, first), inside, 1, dealt,
-                                           at, row_len, phase_len, stride_w, pad_left)
+                for c in range(channels):  # (at stride 1 the rows copied)
+                    strips.deal_phases(source, x, n, c, max(0, first), inside, 1, dealt,
+                                       c * channel_len + max(0, -first) * row_len, row_len,
+                                       phase_len, stride_w, pad_left)
             # (in place: the band's positions as one row; one call of _dots, whose code
             # is inlined at each call)
             src, at, n_runs, run, pitch = ((x_flat, here, 1, n_rows * out_w, 0) if in_place

@@ -205,13 +205,20 @@ def deal_phases(source, x, n, channel, row, count, row_step, buffer, at, dst_ste
     ``stride`` column phases of their zero-padded rows: padded column ``u * stride + b``
     of row ``i`` at ``buffer[at + i * dst_step + b * step + u]``, for the image's columns
     only (the padding is the caller's). ``source``: :func:`flat` (x). At stride 2 on
-    vectors (:func:`deal_rows`); at other strides value by value. A stride of 1 is passed
-    as None, known as Numba compiles the caller, whose code then holds only the rows'
-    copies on vectors (:func:`copy_row`)."""
+    vectors (:func:`deal_rows`); at other strides value by value; at stride 1 the rows
+    copied on vectors (:func:`copy_row`). A stride of 1 passed as None is known as Numba
+    compiles the caller, whose code then holds only the rows' copies (the blocked
+    kernels); an integer stride takes every branch (:mod:`.fewtaps`, one kernel for every
+    stride)."""
 
 
 def _deal_phases_inline(source, x, n, channel, row, count, row_step, buffer, at, dst_step, step,
                         stride, pad_left):
+    if stride == 1:
+        for i in range(count):
+            copy_row(source, x, n, channel, row + i * row_step, buffer,
+                     at + i * dst_step + pad_left)
+        return
     if stride == 2:
         deal_rows(source, x, n, channel, row, count, row_step, buffer, at, at + step, dst_step,
                   pad_left)
