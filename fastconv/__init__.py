@@ -24,7 +24,7 @@ from .functional import (
 )
 from .shapes import Padding, conv_output_size, receptive_field
 from .tune import autotune_enabled, set_autotune
-from .warmup import warmup
+from .warmup import warmup, warmup_backward
 
 __version__ = "0.1.0"
 
@@ -96,6 +96,7 @@ __all__ = [
     "receptive_field",
     "Padding",
     "warmup",
+    "warmup_backward",
     "release_workspace",
     "__version__",
 ]

@@ -43,6 +43,7 @@ from typing import Any, TextIO, cast
 import numpy as np
 
 from . import nn
+from .warmup import warmup_backward
 
 #: The test split is always the same, whatever ``seed`` (which sets the
 #: initialisation and the batch order), so runs with different seeds compare.
@@ -358,13 +359,18 @@ def _output_folder(out_dir: str | Path) -> Path:
 
 def _compile(model: nn.Sequential, x: np.ndarray, y: np.ndarray) -> float:
     """Seconds of a first forward and backward pass, which compiles every kernel a
-    training step runs (or loads it from Numba's cache); gradients are reset after."""
+    training step runs (or loads it from Numba's cache; the backward's compiled by a
+    helper process meanwhile, :func:`fastconv.warmup_backward`); gradients are reset
+    after."""
     from .dispatch import available_algorithms
 
     available_algorithms("conv2d")  # imports Numba and the kernels: not compilation
     start = time.perf_counter()
     loss_fn = nn.CrossEntropyLoss()
-    loss_fn(model(x), y)
+    # the backward's kernels compile in a helper process beside the forward's here
+    with warmup_backward(model, x.shape, x.dtype):
+        logits = model(x)
+    loss_fn(logits, y)
     model.backward(loss_fn.backward(), needs_input_grad=False)
     seconds = time.perf_counter() - start
     model.zero_grad()

@@ -132,6 +132,21 @@ class Module:
                  needs_input_grad: bool = True) -> np.ndarray | None:
         raise NotImplementedError
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of what :meth:`forward` returns for an input of ``input_shape``,
+        worked out without running it (a ValueError where forward would reject that
+        shape); NotImplementedError for a layer that cannot tell. What
+        :func:`fastconv.warmup_backward` walks a model with."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not give its output shape ahead of a forward")
+
+    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Run, on zeros, the CPU kernels of this layer's backward that its forward does not
+        run (weight and bias gradients, a pooling's gradient) after a forward of an input
+        of ``input_shape`` and ``dtype``, so that Numba compiles them into its disk cache:
+        a helper process of :func:`fastconv.warmup_backward`. Nothing for a layer whose
+        backward runs no kernel of its own."""
+
     def params(self) -> dict[str, np.ndarray]:
         """The trainable arrays by name (``{}`` for a layer without parameters)."""
         return {}
@@ -318,6 +333,32 @@ def _device(device: str | None) -> dict[str, Any]:
     return {} if device is None else {"device": device}
 
 
+def _image_shape(input_shape: object, channels: int | None = None) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of ints, ``(N, C, H, W)`` or ``(C, H, W)`` (with ``C ==
+    channels`` where given), or a ValueError / TypeError naming what it should be."""
+    shape = _shape(input_shape)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"input_shape must be (N, C, H, W) or (C, H, W), got {shape}")
+    if channels is not None and shape[-3] != channels:
+        raise ValueError(f"input_shape must have C={channels} channels, got {shape}")
+    return shape
+
+
+def _shape(input_shape: object) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of non-negative ints, or a TypeError."""
+    if not isinstance(input_shape, (tuple, list)) or not all(
+            isinstance(n, numbers.Integral) and not isinstance(n, bool) and int(n) >= 0
+            for n in input_shape):
+        raise TypeError(f"input_shape must be a tuple of non-negative ints, got {input_shape!r}")
+    return tuple(int(n) for n in input_shape)
+
+
+def _on_host(device: str | None) -> bool:
+    """Whether a layer with this ``device`` runs its ops on the CPU with host arrays
+    (None follows the data, which a warm-up makes on the host)."""
+    return device is None or device == "cpu"
+
+
 class _Parametrised(Module):
     """A layer with a ``weight`` and an optional ``bias``, initialised as PyTorch does:
     ``kaiming_uniform_(a=sqrt(5))`` gives ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for the
@@ -476,6 +517,20 @@ class Conv2d(_ConvLayer):
     def _args(self) -> tuple:
         return self.stride, self.padding, self.dilation, self.groups
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = _image_shape(input_shape, self.in_channels)
+        size = shapes.conv_output_size(shape[-2:], self.kernel_size, self.stride,
+                                       self.padding, self.dilation)  # type: ignore[call-overload]
+        return (*shape[:-3], self.out_channels, *size)
+
+    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if _on_host(self.device):  # (the input gradient: the forward's kernel, or the model's)
+            dtype = self.weight.dtype
+            _conv.conv2d_backward(
+                np.zeros(self.output_shape(input_shape), dtype), np.zeros(input_shape, dtype),
+                self.weight, *self._args(), needs_input_grad=False,
+                needs_bias_grad=self.bias is not None, algorithm=self.algorithm)
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._saved = None  # a backward after a forward that raises must not see the last one
         x = self._check_input(x)
@@ -552,6 +607,27 @@ class ConvTranspose2d(_ConvLayer):
 
     def _args(self) -> tuple:
         return self.stride, self.padding, self.output_padding, self.groups, self.dilation
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """As :meth:`Module.output_shape`, without :meth:`forward`'s ``output_size``."""
+        shape = _image_shape(input_shape, self.in_channels)
+        pads = shapes.padding2d(self.padding, shape[-2:], self.kernel_size,  # type: ignore[arg-type]
+                                self.stride, self.dilation)
+        size = tuple(shapes.transposed_output_length(
+            shape[a - 2], self.kernel_size[a], self.stride[a], pads[a], self.dilation[a],
+            self.output_padding[a]) for a in range(2))
+        if min(size) <= 0:
+            raise ValueError(f"input_shape {shape} gives an output of {size}: the padding "
+                             f"{pads} crops more than the input spreads to")
+        return (*shape[:-3], self.out_channels, *size)
+
+    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if _on_host(self.device):
+            dtype = self.weight.dtype
+            _conv.conv_transpose2d_backward(
+                np.zeros(self.output_shape(input_shape), dtype), np.zeros(input_shape, dtype),
+                self.weight, *self._args(), needs_input_grad=False,
+                needs_bias_grad=self.bias is not None, algorithm=self.algorithm)
 
     def forward(self, x: np.ndarray, output_size: tuple[int, ...] | None = None) -> np.ndarray:
         """The transposed convolution of ``x``; ``output_size`` ``(H_out, W_out)`` (or a
@@ -672,6 +748,21 @@ class MaxPool2d(Module, Generic[_PoolOutput]):
         return _pool.max_pool2d_backward(grad_output, indices, input_shape,
                                          algorithm=self.algorithm, **_device(self.device))
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """As :meth:`Module.output_shape`: the pooled output's (the indices have it too)."""
+        shape = _image_shape(input_shape)
+        window = _pool._window((shape[-2], shape[-1]), self.kernel_size, self.stride,
+                               self.padding, self.dilation, self.ceil_mode, "input_shape")
+        return (*shape[:-2], *window.out_size)
+
+    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if _on_host(self.device):  # (the forward again, for its indices)
+            y, indices = _pool.max_pool2d(np.zeros(input_shape, dtype), self.kernel_size,
+                                          self.stride, self.padding, self.dilation,
+                                          self.ceil_mode, True, algorithm=self.algorithm)
+            _pool.max_pool2d_backward(np.zeros_like(y), indices, tuple(input_shape),
+                                      algorithm=self.algorithm)
+
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
                 f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
@@ -729,6 +820,18 @@ class AvgPool2d(Module):
         return _pool.avg_pool2d_backward(grad_output, input_shape, *self._args(),
                                          algorithm=self.algorithm, **_device(self.device))
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = _image_shape(input_shape)
+        window = _pool._window((shape[-2], shape[-1]), self.kernel_size, self.stride,
+                               self.padding, 1, self.ceil_mode, "input_shape")
+        return (*shape[:-2], *window.out_size)
+
+    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if _on_host(self.device):
+            _pool.avg_pool2d_backward(np.zeros(self.output_shape(input_shape), dtype),
+                                      tuple(input_shape), *self._args(),
+                                      algorithm=self.algorithm)
+
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
@@ -784,6 +887,13 @@ class MaxUnpool2d(Module):
         return _pool.max_unpool2d_backward(grad_output, indices, algorithm=self.algorithm,
                                            **_device(self.device))
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """As :meth:`Module.output_shape`, without :meth:`forward`'s ``output_size``."""
+        shape = _image_shape(input_shape)
+        size = shapes.unpool_output_size(shape[-2:], self.kernel_size, self.stride,
+                                         self.padding)
+        return (*shape[:-2], *size)
+
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
@@ -824,6 +934,15 @@ class RepeatUnpool2d(Module):
         return _pool.repeat_unpool2d_backward(grad_output, self.scale, algorithm=self.algorithm,
                                               **_device(self.device))
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = _image_shape(input_shape)
+        return (*shape[:-2], shape[-2] * self.scale[0], shape[-1] * self.scale[1])
+
+    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if _on_host(self.device):
+            _pool.repeat_unpool2d_backward(np.zeros(self.output_shape(input_shape), dtype),
+                                           self.scale, algorithm=self.algorithm)
+
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
 
@@ -850,6 +969,9 @@ class ReLU(Module):
         mask, dtype = self._saved_for_backward()
         grad_output = _check_grad(grad_output, mask.shape, dtype)
         return _relu_grad(grad_output, mask) if needs_input_grad else None
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return _shape(input_shape)
 
 
 class Flatten(Module):
@@ -878,6 +1000,13 @@ class Flatten(Module):
         input_shape, shape, dtype = self._saved_for_backward()
         grad_output = _check_grad(grad_output, shape, dtype)
         return grad_output.reshape(input_shape) if needs_input_grad else None
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = _shape(input_shape)
+        if len(shape) < 2:
+            raise ValueError(
+                f"input_shape must have at least 2 dimensions (N, d1, ...), got {shape}")
+        return (shape[0], math.prod(shape[1:]))
 
 
 class Linear(_Parametrised):
@@ -928,6 +1057,13 @@ class Linear(_Parametrised):
         grad_bias = grad_output.sum(axis=0) if self.bias is not None else None
         self._accumulate(grad_output.T @ x, grad_bias)
         return grad_output @ self.weight if needs_input_grad else None
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = _shape(input_shape)
+        if len(shape) != 2 or shape[1] != self.in_features:
+            raise ValueError(f"input_shape must be (N, in_features) = (N, {self.in_features}), "
+                             f"got {shape}")
+        return (shape[0], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}"
@@ -998,6 +1134,25 @@ class Sequential(Module):
             # an array: needs_input_grad is True
             grad = cast(np.ndarray, layer.backward(grad))
         return self.layers[0].backward(grad, needs_input_grad=needs_input_grad)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = _shape(input_shape)
+        for index, layer in enumerate(self.layers):
+            if not callable(getattr(layer, "output_shape", None)):
+                raise NotImplementedError(
+                    f"layer {index} ({type(layer).__name__}) has no output_shape")
+            shape = layer.output_shape(shape)
+        return shape
+
+    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        shape = _shape(input_shape)
+        for layer in self.layers:  # (a layer of another kind: its kernels compile at its call)
+            if isinstance(layer, Module):
+                layer._compile_backward(shape, dtype)
+            try:
+                shape = layer.output_shape(shape)
+            except (AttributeError, NotImplementedError):
+                return  # the shapes after it are not known: those layers compile at their call
 
     def params(self) -> dict[str, np.ndarray]:
         return {f"{i}.{name}": array for i, layer in enumerate(self.layers)

@@ -88,6 +88,164 @@ def warmup(dtypes: Iterable[object] = (np.float32, np.float64), *,
     return {_name(step): timings[_name(step)] for step in steps}
 
 
+def warmup_backward(model: Any, input_shape: tuple[int, ...],
+                    dtype: object = np.float32) -> BackgroundCompile:
+    """Start compiling, in a helper process, the CPU kernels that ``model.backward`` runs
+    after a forward of an input of ``input_shape`` and that the forward does not (the
+    weight and bias gradients, the poolings' gradients), while this process goes on,
+    typically to compile the forward by running it; returns at once.
+
+    A model's first training step compiles its kernels one after the other on one core
+    (the forward's, then the backward's). The helper, started once this process has
+    spent :data:`SLOW_STEP_S` on (the forward's compile) after this call, runs each
+    layer's backward kernels on zeros of its shapes (:meth:`~fastconv.nn.Module.output_shape`),
+    without the input gradients, which the forward's kernels mostly compute, so that
+    Numba compiles them into its disk cache beside the forward's compile here; the
+    backward then loads them. ``make demo``'s first forward and backward on two cores:
+    7.5-9.8 s against 13.0-13.2 s without (``benchmarks/RESULTS.md``). Call
+    :meth:`BackgroundCompile.wait` (or leave its ``with`` block) before the backward: a
+    kernel the helper has not finished is otherwise compiled here as well; the wait
+    also covers the helper's start (about a second) and its run of the backward on
+    zeros, which for a large batch is not free. Without Numba's disk cache
+    (``FASTCONV_CACHE=0``, ``NUMBA_BOUNDSCHECK=1``, ...) or with one core, nothing starts
+    and the backward compiles its kernels as before.
+
+    Args:
+        model: a :mod:`fastconv.nn` layer or :class:`~fastconv.nn.Sequential`; the layers
+            from one that cannot give its output shape
+            (:meth:`~fastconv.nn.Module.output_shape`) on compile at their first call.
+        input_shape: the forward's input shape, ``(N, C, H, W)`` for a convolutional
+            model; the batch size matters (it picks the kernels).
+        dtype: float32 or float64, the input's.
+
+    >>> import numpy as np
+    >>> from fastconv import nn, warmup_backward
+    >>> model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, rng=np.random.default_rng(0)),
+    ...                       nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10))
+    >>> x = np.zeros((8, 1, 8, 8), np.float32)
+    >>> with warmup_backward(model, x.shape):
+    ...     y = model(x)  # this process compiles the forward meanwhile
+    >>> model.backward(np.ones_like(y)).shape  # loads what the helper compiled
+    (8, 1, 8, 8)
+    """
+    from .nn import Module
+
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a fastconv.nn layer or Sequential, got "
+                        f"{type(model).__name__}")
+    try:
+        given = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError:
+        given = None
+    if given not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    try:  # a shape the forward would reject is the caller's error, raised here
+        model.output_shape(input_shape)
+    except NotImplementedError:
+        pass  # (the helper compiles the layers before the one that cannot tell)
+    from .cpu._jit import disk_cache
+
+    if not disk_cache() or _cores() < 2:
+        return BackgroundCompile(None)
+    import pickle
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("wb", suffix=".pickle", delete=False) as handoff:
+        try:
+            pickle.dump((model, tuple(input_shape), given.name), handoff)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            handoff.close()
+            os.unlink(handoff.name)
+            return BackgroundCompile(None)
+    return BackgroundCompile(handoff.name)
+
+
+class BackgroundCompile:
+    """The helper process of :func:`warmup_backward`, started :data:`SLOW_STEP_S` after
+    it is made unless :meth:`wait` comes first (a forward whose kernels load from the
+    disk cache is over by then, and the backward's load as fast: nothing to help with).
+    A context manager that waits when its block ends."""
+
+    def __init__(self, handoff: str | None) -> None:
+        self._handoff = handoff  # the pickled (model, input shape, dtype); None: no helper
+        self._process: subprocess.Popen | None = None
+        self._done: bool | None = None
+        self._lock = threading.Lock()
+        self._timer = None
+        if handoff is not None:
+            self._timer = threading.Timer(SLOW_STEP_S, self._start)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._done is not None or self._handoff is None:
+                return  # (waited for already)
+            try:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-c", _BACKWARD_HELPER, str(Path(__file__).resolve()),
+                     self._handoff], env=dict(os.environ, FASTCONV_QUIET="1"),
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, text=True)
+            except OSError:
+                self._process = None
+
+    def wait(self) -> bool:
+        """Block until the helper has ended; whether it ran and compiled every kernel it
+        was given (False where none started, or it failed: what is missing then compiles
+        at its first call, as without a helper)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            if self._done is None:
+                self._done = self._finish()
+        return self._done
+
+    def _finish(self) -> bool:
+        process = self._process
+        reply: list[str] = []
+        if process is not None and process.stdout is not None:
+            with contextlib.suppress(OSError, ValueError):
+                reply = process.stdout.read().split()
+            process.wait()
+            process.stdout.close()
+        if self._handoff is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._handoff)  # (the helper removes it once read)
+        return reply == ["done"]
+
+    def __enter__(self) -> BackgroundCompile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.wait()
+
+
+#: The helper of :func:`warmup_backward`: given this file's path (another fastconv on
+#: its path ends it at once) and the pickled model, input shape and dtype, it runs the
+#: model's backward kernels on zeros and says ``done`` (``failed`` on an error).
+_BACKWARD_HELPER = ("import sys; from fastconv.warmup import _serve_backward; "
+                    "_serve_backward(*sys.argv[1:])")
+
+
+def _serve_backward(expected: str, handoff: str) -> None:
+    """The helper process of :func:`warmup_backward` (see :data:`_BACKWARD_HELPER`)."""
+    if str(Path(__file__).resolve()) != expected:
+        return
+    import pickle
+
+    try:
+        with open(handoff, "rb") as file:
+            model, input_shape, dtype = pickle.load(file)
+        with contextlib.suppress(OSError):
+            os.unlink(handoff)
+        model._compile_backward(input_shape, np.dtype(dtype))
+    except Exception:  # noqa: BLE001 - the parent compiles what is missing itself
+        print("failed", flush=True)
+    else:
+        print("done", flush=True)
+
+
 #: Most processes :func:`warmup` compiles in by default (each holds several hundred MB).
 MAX_PROCESSES = 4
 
