@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import numbers
@@ -173,6 +174,8 @@ class BackgroundCompile:
         self._lock = threading.Lock()
         self._timer = None
         if handoff is not None:
+            # (removed by the helper once read, or in wait(); here if neither runs)
+            atexit.register(_remove, handoff)
             self._timer = threading.Timer(SLOW_STEP_S, self._start)
             self._timer.daemon = True
             self._timer.start()
@@ -210,8 +213,7 @@ class BackgroundCompile:
             process.wait()
             process.stdout.close()
         if self._handoff is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._handoff)  # (the helper removes it once read)
+            _remove(self._handoff)  # (the helper removes it once read)
         return reply == ["done"]
 
     def __enter__(self) -> BackgroundCompile:
@@ -219,6 +221,12 @@ class BackgroundCompile:
 
     def __exit__(self, *exc_info: object) -> None:
         self.wait()
+
+
+def _remove(path: str) -> None:
+    """Remove the file at ``path`` if it is there."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 #: The helper of :func:`warmup_backward`: given this file's path (another fastconv on
@@ -237,8 +245,7 @@ def _serve_backward(expected: str, handoff: str) -> None:
     try:
         with open(handoff, "rb") as file:
             model, input_shape, dtype = pickle.load(file)
-        with contextlib.suppress(OSError):
-            os.unlink(handoff)
+        _remove(handoff)
         model._compile_backward(input_shape, np.dtype(dtype))
     except Exception:  # noqa: BLE001 - the parent compiles what is missing itself
         print("failed", flush=True)

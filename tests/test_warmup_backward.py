@@ -161,6 +161,21 @@ def test_warmup_backward_without_the_disk_cache_starts_nothing(monkeypatch):
     assert ahead.wait() is False
 
 
+def test_a_wait_before_the_helper_starts_starts_none_and_leaves_no_file(monkeypatch):
+    # a forward whose kernels load from the cache ends before the helper would start
+    from fastconv.cpu import _jit
+
+    warmup_module = sys.modules["fastconv.warmup"]
+    monkeypatch.setattr(_jit, "disk_cache", lambda: True)
+    monkeypatch.setattr(warmup_module, "_cores", lambda: 2)
+    monkeypatch.setattr(warmup_module, "SLOW_STEP_S", 60.0)
+    ahead = warmup_backward(nn.Conv2d(1, 2, 3), (1, 1, 8, 8))
+    handoff = ahead._handoff
+    assert handoff is not None and os.path.exists(handoff)
+    assert ahead.wait() is False
+    assert ahead._process is None and not os.path.exists(handoff)
+
+
 # A model whose backward runs kernels of its own (the weight gradient, the pooling's, the
 # bias sums): after the helper, its backward compiles nothing, and its gradients are the
 # same as those of a model that compiled them itself.
