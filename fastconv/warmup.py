@@ -146,7 +146,7 @@ def warmup_backward(model: Any, input_shape: tuple[int, ...],
         pass  # (the helper compiles the layers before the one that cannot tell)
     from .cpu._jit import disk_cache
 
-    if not disk_cache() or _cores() < 2:
+    if not disk_cache() or _cores() < 2 or not _compiles_backward(model):
         return BackgroundCompile(None)
     import pickle
     import tempfile
@@ -159,6 +159,18 @@ def warmup_backward(model: Any, input_shape: tuple[int, ...],
             os.unlink(handoff.name)
             return BackgroundCompile(None)
     return BackgroundCompile(handoff.name)
+
+
+def _compiles_backward(model: Any) -> bool:
+    """Whether a layer of ``model`` (nested Sequentials too) runs backward kernels of its
+    own on the CPU: else a helper would have nothing to compile (a model of Linear
+    layers, or one whose layers all run on a GPU)."""
+    from .nn import Module, Sequential, _on_host, _walk
+
+    layers = _walk(model.layers) if isinstance(model, Sequential) else [("", model)]
+    return any(type(layer)._compile_backward is not Module._compile_backward
+               and not isinstance(layer, Sequential)
+               and _on_host(getattr(layer, "device", None)) for _, layer in layers)
 
 
 class BackgroundCompile:

@@ -176,6 +176,27 @@ def test_a_wait_before_the_helper_starts_starts_none_and_leaves_no_file(monkeypa
     assert ahead._process is None and not os.path.exists(handoff)
 
 
+@pytest.mark.parametrize("model", [
+    nn.Sequential(nn.Flatten(), nn.Linear(48, 2), nn.ReLU()),
+    nn.Sequential(nn.Conv2d(3, 4, 3, device="cuda"), nn.Sequential(nn.ReLU())),
+    nn.ReLU(),
+], ids=["dense", "on a GPU", "relu"])
+def test_a_model_without_backward_kernels_on_the_cpu_starts_no_helper(model, monkeypatch):
+    from fastconv.cpu import _jit
+
+    warmup_module = sys.modules["fastconv.warmup"]
+    monkeypatch.setattr(_jit, "disk_cache", lambda: True)
+    monkeypatch.setattr(warmup_module, "_cores", lambda: 2)
+    monkeypatch.setattr(warmup_module, "SLOW_STEP_S", 60.0)
+    ahead = warmup_backward(model, (2, 3, 4, 4))
+    assert ahead._handoff is None and ahead.wait() is False
+    # where such a layer is deep in a nested Sequential, one is prepared
+    nested = nn.Sequential(nn.ReLU(), nn.Sequential(nn.MaxPool2d(2)))
+    ahead = warmup_backward(nested, (2, 3, 4, 4))
+    assert ahead._handoff is not None
+    assert ahead.wait() is False  # (waited for before it started)
+
+
 # A model whose backward runs kernels of its own (the weight gradient, the pooling's, the
 # bias sums): after the helper, its backward compiles nothing, and its gradients are the
 # same as those of a model that compiled them itself.
