@@ -103,7 +103,7 @@ def warmup_backward(model: Any, input_shape: tuple[int, ...],
     without the input gradients, which the forward's kernels mostly compute, so that
     Numba compiles them into its disk cache beside the forward's compile here; the
     backward then loads them. ``make demo``'s first forward and backward on two cores:
-    7.5-9.8 s against 13.0-13.2 s without (``benchmarks/RESULTS.md``). Call
+    6.9-7.4 s against 10.6-11.3 s without (``benchmarks/RESULTS.md``). Call
     :meth:`BackgroundCompile.wait` (or leave its ``with`` block) before the backward: a
     kernel the helper has not finished is otherwise compiled here as well; the wait
     also covers the helper's start (about a second) and its run of the backward on
