@@ -611,14 +611,8 @@ class ConvTranspose2d(_ConvLayer):
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """As :meth:`Module.output_shape`, without :meth:`forward`'s ``output_size``."""
         shape = _image_shape(input_shape, self.in_channels)
-        pads = shapes.padding2d(self.padding, shape[-2:], self.kernel_size,  # type: ignore[arg-type]
-                                self.stride, self.dilation)
-        size = tuple(shapes.transposed_output_length(
-            shape[a - 2], self.kernel_size[a], self.stride[a], pads[a], self.dilation[a],
-            self.output_padding[a]) for a in range(2))
-        if min(size) <= 0:
-            raise ValueError(f"input_shape {shape} gives an output of {size}: the padding "
-                             f"{pads} crops more than the input spreads to")
+        *_, size = _conv.transposed_size((shape[-2], shape[-1]), self.kernel_size, self.stride,
+                                         self.padding, self.output_padding, self.dilation)
         return (*shape[:-3], self.out_channels, *size)
 
     def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:

@@ -70,10 +70,10 @@ def test_max_unpool2d_output_shape_is_its_default_size():
        kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        pad=st.one_of(st.integers(0, 2), st.sampled_from(["same", "valid"])),
-       dilation=st.integers(1, 2), ceil_mode=st.booleans(),
+       dilation=st.integers(1, 2), ceil_mode=st.booleans(), extra=st.integers(0, 2),
        batched=st.booleans())
 def test_output_shape_agrees_with_forward_on_random_layers(kind, size, kernel, stride, pad,
-                                                           dilation, ceil_mode, batched):
+                                                           dilation, ceil_mode, extra, batched):
     """The shape forward gives, or a ValueError where forward raises one."""
     if kind == "conv":
         try:
@@ -83,7 +83,8 @@ def test_output_shape_agrees_with_forward_on_random_layers(kind, size, kernel, s
     elif isinstance(pad, str):
         return
     elif kind == "transposed":
-        layer = nn.ConvTranspose2d(2, 3, kernel, stride, pad, dilation=dilation)
+        layer = nn.ConvTranspose2d(2, 3, kernel, stride, pad, output_padding=extra,
+                                   dilation=dilation)
     elif kind == "max":
         if 2 * pad > min(kernel):
             return  # (the layer itself refuses such a padding)
@@ -112,6 +113,8 @@ def test_output_shape_agrees_with_forward_on_random_layers(kind, size, kernel, s
     (nn.Linear(7, 3), (5, 6), ValueError, r"\(N, 7\), got \(5, 6\)"),
     (nn.Flatten(), (5,), ValueError, "at least 2 dimensions"),
     (nn.ConvTranspose2d(2, 2, 3, padding=3), (1, 2, 1, 1), ValueError, "crops more"),
+    (nn.ConvTranspose2d(2, 2, 3, output_padding=1), (1, 2, 5, 5), ValueError,
+     "output_padding must be smaller than stride or dilation"),
 ])
 def test_output_shape_rejects_what_forward_would(layer, shape, error, match):
     with pytest.raises(error, match=match):

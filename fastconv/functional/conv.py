@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -482,10 +482,27 @@ def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, di
             "padding of conv_transpose2d must be an int, a pair (pad_h, pad_w) or "
             f"((top, bottom), (left, right)), got {padding!r}"
         )
-    kernel_size = w.shape[2:]
+    stride2, pads, dilation2, out_size = transposed_size(
+        (height, width), tuple(w.shape[2:]), stride, padding, output_padding, dilation,
+        output_size)
+    out_channels = w.shape[1] * groups
+    check_size((n_img, out_channels, *out_size), w.dtype.itemsize, "conv_transpose2d's output",
+               "check stride, dilation, output_padding and output_size")
+    return _ConvGeometry(place.batched(x), unbatched, tuple(w.shape), stride2, pads, dilation2,
+                         groups, out_channels, out_size)
+
+
+def transposed_size(in_size: tuple[int, int], kernel_size: tuple[int, int], stride: object,
+                    padding: object, output_padding: object, dilation: object,
+                    output_size: Any = None) -> tuple:
+    """A transposed convolution's ``(stride, padding, dilation, (H_out, W_out))``, normalised,
+    from an input of spatial ``in_size``, or the ValueError :func:`conv_transpose2d` raises:
+    what it and :meth:`fastconv.nn.ConvTranspose2d.output_shape` both compute."""
+    height, width = in_size
     stride2 = shapes.pair(stride, "stride")
     dilation2 = shapes.pair(dilation, "dilation")
-    pads = shapes.padding2d(padding, (height, width), kernel_size, stride2, dilation2)
+    pads = shapes.padding2d(padding, (height, width), kernel_size,  # type: ignore[arg-type]
+                            stride2, dilation2)
     extra = shapes.pair(output_padding, "output_padding", minimum=0)
     smallest = [shapes.transposed_output_length(n, k, s, p, d)
                 for n, s, p, d, k in zip((height, width), stride2, pads, dilation2, kernel_size,
@@ -514,11 +531,7 @@ def _transpose_geometry(place, x, w, stride, padding, output_padding, groups, di
             f"the {(smallest[0] + sum(pads[0]), smallest[1] + sum(pads[1]))} values the "
             f"input of size {(height, width)} spreads to"
         )
-    out_channels = w.shape[1] * groups
-    check_size((n_img, out_channels, *out_size), w.dtype.itemsize, "conv_transpose2d's output",
-               "check stride, dilation, output_padding and output_size")
-    return _ConvGeometry(place.batched(x), unbatched, tuple(w.shape), stride2, pads, dilation2,
-                         groups, out_channels, out_size)
+    return stride2, pads, dilation2, out_size
 
 
 def conv_transpose2d(
