@@ -403,6 +403,8 @@ class _ConvLayer(_Parametrised):
 
     activation: str | None = None
     output_padding: tuple[int, int] = (0, 0)
+    #: the functional op of the layer's gradients (its arguments: the layer's ``_args()``)
+    _backward_op: Any
 
     def _init_window(self, in_channels: object, out_channels: object, kernel_size: object,
                      stride: object, padding: object, dilation: object, groups: object,
@@ -439,6 +441,18 @@ class _ConvLayer(_Parametrised):
                 f"or ({self.in_channels}, H, W), got shape {shape}")
         _check_input_dtype(x, self, self.weight.dtype)
         return x
+
+    def _args(self) -> tuple:
+        """The functional ops' arguments after the arrays (each layer type's own)."""
+        raise NotImplementedError
+
+    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if _on_host(self.device):  # (not the input gradient: the forward's kernel at stride 1)
+            dtype = self.weight.dtype
+            self._backward_op(
+                np.zeros(self.output_shape(input_shape), dtype), np.zeros(input_shape, dtype),
+                self.weight, *self._args(), needs_input_grad=False,
+                needs_bias_grad=self.bias is not None, algorithm=self.algorithm)
 
     def extra_repr(self) -> str:
         parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -514,6 +528,8 @@ class Conv2d(_ConvLayer):
         r, s = self.kernel_size
         self._init_parameters((k, c // g, r, s), k, c // g * r * s, bias, dtype, rng)
 
+    _backward_op = staticmethod(_conv.conv2d_backward)
+
     def _args(self) -> tuple:
         return self.stride, self.padding, self.dilation, self.groups
 
@@ -523,13 +539,6 @@ class Conv2d(_ConvLayer):
                                        self.padding, self.dilation)  # type: ignore[call-overload]
         return (*shape[:-3], self.out_channels, *size)
 
-    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
-        if _on_host(self.device):  # (the input gradient: the forward's kernel, or the model's)
-            dtype = self.weight.dtype
-            _conv.conv2d_backward(
-                np.zeros(self.output_shape(input_shape), dtype), np.zeros(input_shape, dtype),
-                self.weight, *self._args(), needs_input_grad=False,
-                needs_bias_grad=self.bias is not None, algorithm=self.algorithm)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._saved = None  # a backward after a forward that raises must not see the last one
@@ -605,6 +614,8 @@ class ConvTranspose2d(_ConvLayer):
         r, s = self.kernel_size
         self._init_parameters((c, k // g, r, s), k, k // g * r * s, bias, dtype, rng)
 
+    _backward_op = staticmethod(_conv.conv_transpose2d_backward)
+
     def _args(self) -> tuple:
         return self.stride, self.padding, self.output_padding, self.groups, self.dilation
 
@@ -615,13 +626,6 @@ class ConvTranspose2d(_ConvLayer):
                                          self.padding, self.output_padding, self.dilation)
         return (*shape[:-3], self.out_channels, *size)
 
-    def _compile_backward(self, input_shape: tuple[int, ...], dtype: np.dtype) -> None:
-        if _on_host(self.device):
-            dtype = self.weight.dtype
-            _conv.conv_transpose2d_backward(
-                np.zeros(self.output_shape(input_shape), dtype), np.zeros(input_shape, dtype),
-                self.weight, *self._args(), needs_input_grad=False,
-                needs_bias_grad=self.bias is not None, algorithm=self.algorithm)
 
     def forward(self, x: np.ndarray, output_size: tuple[int, ...] | None = None) -> np.ndarray:
         """The transposed convolution of ``x``; ``output_size`` ``(H_out, W_out)`` (or a

@@ -57,6 +57,13 @@ def test_output_shape_is_the_forward_s(layer, shape):
     assert layer.output_shape(list(shape)) == layer.output_shape(shape)
 
 
+@pytest.mark.parametrize(("layer", "shape"), LAYERS, ids=lambda v: repr(v).split("(")[0])
+def test_each_layer_runs_its_backward_kernels_on_zeros(layer, shape):
+    # what a helper of warmup_backward calls, for every layer type (the conv layers' op
+    # is their class's _backward_op)
+    layer._compile_backward(shape, np.dtype(np.float32))
+
+
 def test_max_unpool2d_output_shape_is_its_default_size():
     pool, unpool = nn.MaxPool2d(3, stride=2, padding=1, return_indices=True), nn.MaxUnpool2d(
         3, stride=2, padding=1)
