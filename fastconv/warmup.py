@@ -168,7 +168,10 @@ def _compiles_backward(model: Any) -> bool:
     from .nn import Module, Sequential, _on_host, _walk
 
     layers = _walk(model.layers) if isinstance(model, Sequential) else [("", model)]
-    return any(type(layer)._compile_backward is not Module._compile_backward
+    # (a layer of its own kind, not a Module, has no _compile_backward: its kernels compile
+    # at its call)
+    return any(getattr(type(layer), "_compile_backward", Module._compile_backward)
+               is not Module._compile_backward
                and not isinstance(layer, Sequential)
                and _on_host(getattr(layer, "device", None)) for _, layer in layers)
 

@@ -186,6 +186,16 @@ def test_a_wait_before_the_helper_starts_starts_none_and_leaves_no_file(monkeypa
     assert ahead._process is None and not os.path.exists(handoff)
 
 
+class Duck:
+    """A layer of its own kind, not a Module (picklable: at module level)."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad, needs_input_grad=True):
+        return grad
+
+
 @pytest.mark.parametrize("model", [
     nn.Sequential(nn.Flatten(), nn.Linear(48, 2), nn.ReLU()),
     nn.Sequential(nn.Conv2d(3, 4, 3, device="cuda"), nn.Sequential(nn.ReLU())),
@@ -200,8 +210,9 @@ def test_a_model_without_backward_kernels_on_the_cpu_starts_no_helper(model, mon
     monkeypatch.setattr(warmup_module, "SLOW_STEP_S", 60.0)
     ahead = warmup_backward(model, (2, 3, 4, 4))
     assert ahead._handoff is None and ahead.wait() is False
-    # where such a layer is deep in a nested Sequential, one is prepared
-    nested = nn.Sequential(nn.ReLU(), nn.Sequential(nn.MaxPool2d(2)))
+    # where such a layer is deep in a nested Sequential, one is prepared (a layer of
+    # another kind before it, without _compile_backward, left to compile at its call)
+    nested = nn.Sequential(Duck(), nn.ReLU(), nn.Sequential(nn.MaxPool2d(2)))
     ahead = warmup_backward(nested, (2, 3, 4, 4))
     assert ahead._handoff is not None
     assert ahead.wait() is False  # (waited for before it started)
