@@ -163,6 +163,18 @@ AUTO_WINOGRAD_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_MIN_CHANNELS", 16)
 #: ceil(W / 4): with fewer (a CIFAR layer at batch 4) im2col was up to 2x faster.
 AUTO_WINOGRAD_MIN_TILES: int = _env_int("AUTO_WINOGRAD_MIN_TILES", 128)
 
+#: conv2d of 4x4 stride-2 layers (conv_transpose2d's grad_input, a DCGAN discriminator's
+#: layers): Winograd F(4x4, 2x2) on the stride phases (``fastconv.cpu.winograd_s2``) is
+#: chosen when min(C, K) is at least this and the layer has at least
+#: AUTO_WINOGRAD_STRIDED_MIN_TILES 4x4 output tiles (measured on a Zen 4, two threads,
+#: ms Winograd / blocked: C64 -> 128 32x32 at N8, 128 tiles, 1.82 / 2.58; C16 -> 32
+#: 64x64, 0.57 / 0.73; C128 -> 256 16x16, 32 tiles, 2.24 / 2.87; at N2 0.47 / 0.69;
+#: C3 -> 64 64x64 at N32, 1.47 / 1.16; at N1, 16 tiles, 0.54 / 0.39; C256 -> 512 8x8,
+#: 8 tiles, 8.1 / 3.6). Its 3x3 stride-2 form (1.44x fewer multiplies instead of 2.56x)
+#: lost to the blocked kernel on every layer measured, so auto leaves 3x3 layers alone.
+AUTO_WINOGRAD_STRIDED_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_CHANNELS", 16)
+AUTO_WINOGRAD_STRIDED_MIN_TILES: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_TILES", 32)
+
 #: The register-blocked direct kernels (``fastconv.cpu.blocked``: conv2d and grad_weight
 #: at any stride, grad_input at stride 1 and, from AUTO_PHASES_MIN_WORK on, at a
 #: stride; at least 4 filters per group) are chosen by

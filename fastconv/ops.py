@@ -102,13 +102,14 @@ class _Tiny:
                 (x4, w4, np.ones(4, dtype), np.ones((2, 4, 6, 6), dtype),
                  np.ones((2, 4, 3, 3), dtype)))
 
-    def strided(self, op: str, algorithm: str) -> bool:
-        """Whether ``algorithm`` of ``op`` takes stride 2 (Winograd does not)."""
+    def strided(self, op: str, algorithm: str, groups: int = 1) -> bool:
+        """Whether ``algorithm`` of ``op`` takes stride 2 with ``groups`` (Winograd: the
+        conv2d of one group only)."""
         from . import dispatch
 
         return dispatch.unsupported_reason(op, "cpu", algorithm, weight_shape=self.w.shape,
                                            stride=(2, 2), padding=((1, 1), (1, 1)),
-                                           dilation=(1, 1)) is None
+                                           dilation=(1, 1), groups=groups) is None
 
 
 _ONLY_INPUT = {"needs_weight_grad": False, "needs_bias_grad": False}
@@ -122,7 +123,7 @@ def _warm_conv2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
     # a depthwise layer at a stride (the direct algorithm's phases kernel), and at stride 1
     # keeping its size (direct: on whole planes)
     depthwise = np.ones((2, 1, 3, 3), dtype)
-    return calls + [t.strided("conv2d", a)
+    return calls + [t.strided("conv2d", a, groups=2)
                     and f.conv2d(t.x, depthwise, stride=2, padding=1, groups=2, algorithm=a),
                     a == "direct" and f.conv2d(t.x, depthwise, padding=1, groups=2,
                                                algorithm=a)]

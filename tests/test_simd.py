@@ -153,6 +153,21 @@ def test_deinterleave_and_weave_are_inverse_shuffles(dtype, rng):
 
 
 @numba.njit
+def _shifted(a, out):
+    lanes = simd.lanes(a)
+    simd.store(out, 0, simd.shift_in(simd.load(a, 0), simd.load(a, lanes)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_shift_in_moves_lanes_down_and_takes_the_next_vectors_first(dtype, rng):
+    lanes = simd.WIDTH_BYTES // np.dtype(dtype).itemsize
+    a = rng.standard_normal(2 * lanes).astype(dtype)
+    out = np.zeros(lanes, dtype)
+    _shifted(a, out)
+    np.testing.assert_array_equal(out, a[1 : lanes + 1])
+
+
+@numba.njit
 def _weave_rows(planes, out, pitch):
     target = strips.flat(out)
     for i in range(out.shape[2]):

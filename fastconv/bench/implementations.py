@@ -394,7 +394,7 @@ def refusal(case: Layer | OpCase, impl: str, device: str = "cpu") -> str | None:
 
     >>> from fastconv.bench import LAYERS
     >>> refusal(LAYERS[1], "winograd")  # doctest: +ELLIPSIS
-    "algorithm 'winograd' cannot compute this conv2d: winograd needs a 3x3 kernel, ..."
+    "algorithm 'winograd' cannot compute this conv2d: winograd needs a 3x3 kernel with ..."
     >>> refusal(LAYERS[2], "winograd"), refusal(LAYERS[1], "auto")
     (None, None)
     """

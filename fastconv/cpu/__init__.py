@@ -12,7 +12,18 @@ from ..dispatch import register, register_chooser
 
 # importing registers the kernels; threads makes TBB loadable before a kernel starts
 # Numba's thread pool
-from . import blocked, direct, fewtaps, im2col, pool, reductions, simd, threads, winograd  # noqa: F401
+from . import (  # noqa: F401
+    blocked,
+    direct,
+    fewtaps,
+    im2col,
+    pool,
+    reductions,
+    simd,
+    threads,
+    winograd,
+    winograd_s2,
+)
 
 
 def _choose_conv(op, weight_shape, problem):
@@ -20,7 +31,10 @@ def _choose_conv(op, weight_shape, problem):
     "Per-call cost"), in order; returns ``(name, reason)``:
 
     1. direct when the whole call needs at most ``AUTO_DIRECT_MAX_WORK`` multiply-adds
-       (a GEMM's packing costs more);
+       (a GEMM's packing costs more); for conv2d, Winograd F(4x4, 2x2) on the stride
+       phases for 4x4 stride-2 layers of at least ``AUTO_WINOGRAD_STRIDED_MIN_CHANNELS``
+       channels on both sides and ``AUTO_WINOGRAD_STRIDED_MIN_TILES`` 4x4 output tiles
+       (:mod:`.winograd_s2`);
     2. with at least ``blocked.MIN_GROUP_K`` filters per group in the convolution
        that runs (K/groups; C/groups for grad_input), any stride for conv2d and
        grad_weight, and for grad_input stride 1 or at least ``AUTO_PHASES_MIN_WORK``
@@ -79,7 +93,17 @@ def _choose_conv(op, weight_shape, problem):
                           f"too few to pay for a GEMM's packing")
     groups = problem.get("groups", 1)
     narrow = min(group_channels, out_channels // groups)
+    if op == "conv2d" and shape and _winograd_strided(weight_shape, problem, narrow):
+        tiles = _output_tiles(weight_shape, problem)
+        return "winograd", (f"a 4x4 stride-2 layer with min(C, K) = {narrow} >= "
+                            f"AUTO_WINOGRAD_STRIDED_MIN_CHANNELS = "
+                            f"{config.AUTO_WINOGRAD_STRIDED_MIN_CHANNELS} on {tiles} >= "
+                            f"AUTO_WINOGRAD_STRIDED_MIN_TILES = "
+                            f"{config.AUTO_WINOGRAD_STRIDED_MIN_TILES} 4x4 output tiles: "
+                            f"F(4x4, 2x2) on its stride phases, 2.56x fewer multiplies")
+    # F(4x4, 3x3): 3x3 stride-1 layers (conv2d's Winograd also takes stride 2, below)
     fits = ("winograd" in dispatch.available_algorithms(op)
+            and problem.get("stride", (1, 1)) == (1, 1)
             and dispatch.unsupported_reason(op, "cpu", "winograd", weight_shape=weight_shape,
                                             **problem) is None)
     if shape:
@@ -122,6 +146,28 @@ def _choose_conv(op, weight_shape, problem):
     if depth <= config.AUTO_DIRECT_MAX_DEPTH:
         why = "grad_weight's GEMM reduces over N*H*W, " + why
     return "im2col", f"C/groups*R*S = {depth} multiply-adds per output; {why}"
+
+
+def _output_tiles(weight_shape, problem) -> int:
+    """4x4 output tiles of a conv2d: N * ceil(H_out / 4) * ceil(W_out / 4)."""
+    n_img, _, height, width = problem["input_shape"]
+    (top, bottom), (left, right) = problem["padding"]
+    stride, dilation = problem["stride"], problem["dilation"]
+    out_h = (height + top + bottom - dilation[0] * (weight_shape[2] - 1) - 1) // stride[0] + 1
+    out_w = (width + left + right - dilation[1] * (weight_shape[3] - 1) - 1) // stride[1] + 1
+    return n_img * -(-out_h // 4) * -(-out_w // 4)
+
+
+def _winograd_strided(weight_shape, problem, narrow: int) -> bool:
+    """Whether auto takes a conv2d to F(4x4, 2x2) on its stride phases: a 4x4 kernel at
+    stride 2 that it computes, min(C, K) and output tiles enough
+    (``AUTO_WINOGRAD_STRIDED_*``, :mod:`fastconv.config`)."""
+    return (weight_shape[2:] == (4, 4) and problem.get("stride") == (2, 2)
+            and winograd_s2.unsupported(weight_shape=weight_shape, stride=problem["stride"],
+                                        dilation=problem.get("dilation", (1, 1)),
+                                        groups=problem.get("groups", 1)) is None
+            and narrow >= config.AUTO_WINOGRAD_STRIDED_MIN_CHANNELS
+            and _output_tiles(weight_shape, problem) >= config.AUTO_WINOGRAD_STRIDED_MIN_TILES)
 
 
 def _wide_vectors() -> bool:

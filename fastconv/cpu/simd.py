@@ -545,6 +545,16 @@ def deinterleave(typingctx, a, b, odd):
     return a(a, b, odd), _shuffle(mask)
 
 
+@intrinsic
+def shift_in(typingctx, a, b):
+    """``a``'s lanes from the second on, then ``b``'s first lane: ``a`` moved one lane
+    down, ``b`` shifted in (the values one position on, of a run split over two
+    vectors)."""
+    if not (isinstance(a, Vector) and a == b):
+        return None
+    return a(a, b), _shuffle(list(range(1, a.lanes + 1)))
+
+
 @intrinsic(prefer_literal=True)
 def weave(typingctx, a, b, high):
     """The lanes of ``a`` and ``b`` in turn, ``a[m], b[m]`` for the first half of ``m``

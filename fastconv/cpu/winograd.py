@@ -59,7 +59,7 @@ from numba.extending import overload
 
 from .. import activations, config
 from ..dispatch import register
-from . import blas, identities, im2col, prepared, simd, strips, threads, workspace
+from . import blas, identities, im2col, prepared, simd, strips, threads, winograd_s2, workspace
 from ._jit import inlined_options, kernel
 from .finite import all_finite
 from .microkernels import BLOCK_K, weights_x_run
@@ -523,13 +523,31 @@ def _pack_products(transformed, packed, part, parts):
                             dst[c * BLOCK_K + kk] = zero
 
 
-@register("conv2d", "cpu", "winograd", unsupported=unsupported)
+def unsupported_forward(*, weight_shape, stride, dilation, groups=1, **_) -> str | None:
+    """Why neither F(4x4, 3x3) nor F(4x4, 2x2) on the stride phases (:mod:`.winograd_s2`)
+    can compute this conv2d, or None if one can."""
+    if (unsupported(weight_shape=weight_shape, stride=stride, dilation=dilation) is None
+            or winograd_s2.unsupported(weight_shape=weight_shape, stride=stride,
+                                       dilation=dilation, groups=groups) is None):
+        return None
+    return (f"winograd needs a 3x3 kernel with stride 1, or a 3x3 or 4x4 kernel with stride 2 "
+            f"and groups 1, and dilation 1; got kernel {tuple(weight_shape[2:])}, stride "
+            f"{stride}, dilation {dilation}, groups {groups}")
+
+
+@register("conv2d", "cpu", "winograd", unsupported=unsupported_forward)
 def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, activation=None, *,
                     gemm=None):
-    """Host side of Winograd F(4x4, 3x3); arguments as normalised by :func:`fastconv.conv2d`.
+    """Host side of Winograd F(4x4, 3x3), and at stride 2 of F(4x4, 2x2) on the stride
+    phases (:func:`.winograd_s2.conv2d`); arguments as normalised by
+    :func:`fastconv.conv2d`.
 
     A NaN or Inf in the weight or bias sends the call to im2col; tile rows whose
     outputs are not all finite are recomputed by im2col (see the module docstring)."""
+    if stride != (1, 1):
+        winograd_s2.conv2d(x, weight, bias, out, stride, padding, dilation, groups, activation,
+                           gemm=gemm)
+        return
     if not (all_finite(weight) and (bias is None or all_finite(bias))):
         im2col.conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation,
                              gemm=gemm)

@@ -1,0 +1,419 @@
+"""Winograd F(4x4, 2x2) on the stride phases: 3x3 and 4x4 convolutions at stride 2.
+
+A stride-2 convolution reads each input phase (even or odd rows, even or odd
+columns) with a kernel of at most 2x2 taps: with ``r = 2 q + p``,
+
+    y[k, i, j] = sum_{c, p_r, p_c} sum_{q_r, q_c} P[c, p_r, p_c][i + q_r, j + q_c]
+                 * w[k, c, 2 q_r + p_r, 2 q_c + p_c]
+
+where ``P[c, p_r, p_c][a, b] = x_padded[c, 2 a + p_r, 2 b + p_c]`` (taps past the
+kernel's edge are zero). That is a stride-1 2x2 convolution over ``4 C`` channels,
+which Winograd F(4x4, 2x2) computes with 25 instead of 64 multiplies per 4x4
+output tile and channel: 6.25 C per output against 9 C for a 3x3 kernel summed
+directly (1.44x fewer) and 16 C for a 4x4 one (2.56x fewer, the 4x4 stride-2
+convolution of conv_transpose2d's grad_input).
+
+The phases are never stored: the input transform reads each input row of a tile
+row (ten rows per four output rows), deals its columns into their ten phases
+(``8 j + 2 u + p_c``: three rounds of :func:`.simd.deinterleave`) and transforms
+them, so the rest is :mod:`.winograd`'s forward with five points instead of six:
+the products on the register-tiled micro-kernels (:func:`.winograd._products`),
+the output transform and the stores of whole tiles (:func:`.winograd.store_tiles`).
+
+Interpolation points 0, 1, -1, 1/2 and infinity (:data:`B_T`, :data:`G`,
+:data:`A_T`). Rounding: in float32, 1.9e-6 of the output's rms and 3.5e-5 at most on
+a C64 -> 128 4x4 layer (N8, 32x32), against 5.6e-7 and 6.3e-6 for the direct kernel
+and 2.8e-7 and 2.2e-6 for PyTorch (``benchmarks/RESULTS.md``, "Stride-2 layers by
+Winograd on their phases").
+
+Non-finite values: the transforms mix a patch's values (a NaN would spread over
+whole tiles), so a weight or bias that is not all finite sends the call to
+im2col, and so does an output that is not all finite (the tile rows are checked
+as they are stored, as in :mod:`.winograd`): the whole call is then computed
+again by im2col, whose results keep the exact sum's pattern of NaN and Inf.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from .. import activations, config
+from . import im2col, prepared, simd, strips, threads, winograd, workspace
+from ._jit import kernel
+from .finite import all_finite
+from .microkernels import BLOCK_K
+
+TILE = 4
+ALPHA = 5
+
+#: F(4, 2) on the points 0, 1, -1, 1/2 and infinity (Toom-Cook): y = A^T [(G g) * (B^T d)].
+B_T = np.array([
+    [1, -2, -1, 2, 0],
+    [0, -1 / 2, 1 / 2, 1, 0],
+    [0, 1 / 2, -3 / 2, 1, 0],
+    [0, -1, 0, 1, 0],
+    [0, 1 / 2, -1, -1 / 2, 1],
+], dtype=np.float64)
+G = np.array([
+    [1, 0],
+    [1, 1],
+    [-1 / 3, 1 / 3],
+    [-8 / 3, -4 / 3],
+    [0, 1],
+], dtype=np.float64)
+A_T = np.array([
+    [1, 1, 1, 1, 0],
+    [0, 1, -1, 1 / 2, 0],
+    [0, 1, 1, 1 / 4, 0],
+    [0, 1, -1, 1 / 8, 1],
+], dtype=np.float64)
+
+#: input rows and columns one tile reads: 2 * (4 + 2 - 1)
+SPAN = 2 * ALPHA
+
+
+def unsupported(*, weight_shape, stride, dilation, groups=1, **_) -> str | None:
+    """Why Winograd on the stride phases cannot compute this conv2d, or None if it can."""
+    if (stride != (2, 2) or dilation != (1, 1) or groups != 1
+            or not all(3 <= r <= 4 for r in weight_shape[2:])):
+        return (f"winograd at stride 2 needs a 3x3 to 4x4 kernel, stride 2, dilation 1 and "
+                f"groups 1; got kernel {tuple(weight_shape[2:])}, stride {stride}, "
+                f"dilation {dilation}, groups {groups}")
+    return None
+
+
+@kernel()
+def _b_transform(src, at, step, dst, dst_at, dst_step, n, b_t):
+    """``o = B^T i`` on five vectors of length ``n`` (a whole number of :mod:`.simd`
+    vectors; ``i_r = src[at + r * step :]``, ``o_r = dst[dst_at + r * dst_step :]``).
+    The coefficients are read from ``b_t``, in the data's dtype."""
+    lanes = simd.lanes(src)
+    v_half, v_two = simd.splat(b_t[1, 2], src), simd.splat(b_t[0, 3], src)
+    v_minus_half = simd.splat(b_t[1, 1], src)
+    v_minus_three_halves = simd.splat(b_t[2, 2], src)
+    for t in range(0, n, lanes):
+        i, o = at + t, dst_at + t
+        a0, a1, a2 = simd.load(src, i), simd.load(src, i + step), simd.load(src, i + 2 * step)
+        a3, a4 = simd.load(src, i + 3 * step), simd.load(src, i + 4 * step)
+        d31 = simd.sub(a3, a1)
+        simd.store(dst, o, simd.fma(v_two, d31, simd.sub(a0, a2)))
+        simd.store(dst, o + dst_step, simd.fma(v_half, simd.sub(a2, a1), a3))
+        simd.store(dst, o + 2 * dst_step, simd.fma(v_minus_three_halves, a2,
+                                                   simd.fma(v_half, a1, a3)))
+        simd.store(dst, o + 3 * dst_step, d31)
+        simd.store(dst, o + 4 * dst_step, simd.fma(v_minus_half, d31, simd.sub(a4, a2)))
+
+
+@kernel()
+def _a_transform(src, at, step, dst, dst_at, dst_step, n, a_t, offset):
+    """``o = A^T i + offset`` on five vectors of length ``n`` (whole vectors, as
+    :func:`_b_transform`)."""
+    lanes = simd.lanes(src)
+    v_half, v_quarter = simd.splat(a_t[1, 3], src), simd.splat(a_t[2, 3], src)
+    v_eighth = simd.splat(a_t[3, 3], src)
+    v_offset = simd.splat(offset, src)
+    for t in range(0, n, lanes):
+        i, o = at + t, dst_at + t
+        a0, a1, a2 = simd.load(src, i), simd.load(src, i + step), simd.load(src, i + 2 * step)
+        a3, a4 = simd.load(src, i + 3 * step), simd.load(src, i + 4 * step)
+        plus12, minus12 = simd.add(a1, a2), simd.sub(a1, a2)
+        simd.store(dst, o, simd.add(simd.add(a0, plus12), simd.add(a3, v_offset)))
+        simd.store(dst, o + dst_step, simd.fma(v_half, a3, simd.add(minus12, v_offset)))
+        simd.store(dst, o + 2 * dst_step, simd.fma(v_quarter, a3, simd.add(plus12, v_offset)))
+        simd.store(dst, o + 3 * dst_step, simd.fma(v_eighth, a3, simd.add(
+            simd.add(minus12, a4), v_offset)))
+
+
+@kernel()
+def _span(tiles_w, pad_left, width):
+    """Values of the zero-bordered row: the ten phases of every tile, and the whole row."""
+    return max(2 * TILE * tiles_w + 2, pad_left + width)
+
+
+@kernel()
+def _deal_phases(padded, count, available, out, even, odd, step):
+    """The ten column phases of one zero-bordered row: ``out[even + u * step + j] =
+    padded[8 j + 2 u]`` and ``out[odd + u * step + j] = padded[8 j + 2 u + 1]`` for ``u <
+    5`` and ``j < count`` (``available`` values of ``padded`` may be read); ``8 * lanes``
+    values at a time by three rounds of :func:`.simd.deinterleave`, phases 8 and 9
+    (u = 4) those of 0 and 1 one tile on (:func:`.simd.shift_in`)."""
+    lanes = simd.lanes(padded)
+    zero = padded[0] - padded[0]
+    for j in range(0, count, lanes):
+        base, left, n = 8 * j, available - 8 * j, min(lanes, count - j)
+        v0 = simd.load_first(padded, base, left)
+        v1 = simd.load_first(padded, base + lanes, left - lanes)
+        v2 = simd.load_first(padded, base + 2 * lanes, left - 2 * lanes)
+        v3 = simd.load_first(padded, base + 3 * lanes, left - 3 * lanes)
+        v4 = simd.load_first(padded, base + 4 * lanes, left - 4 * lanes)
+        v5 = simd.load_first(padded, base + 5 * lanes, left - 5 * lanes)
+        v6 = simd.load_first(padded, base + 6 * lanes, left - 6 * lanes)
+        v7 = simd.load_first(padded, base + 7 * lanes, left - 7 * lanes)
+        # residues mod 2, then mod 4, then mod 8
+        e0, e1 = simd.deinterleave(v0, v1, False), simd.deinterleave(v2, v3, False)
+        e2, e3 = simd.deinterleave(v4, v5, False), simd.deinterleave(v6, v7, False)
+        o0, o1 = simd.deinterleave(v0, v1, True), simd.deinterleave(v2, v3, True)
+        o2, o3 = simd.deinterleave(v4, v5, True), simd.deinterleave(v6, v7, True)
+        r0a, r0b = simd.deinterleave(e0, e1, False), simd.deinterleave(e2, e3, False)
+        r1a, r1b = simd.deinterleave(o0, o1, False), simd.deinterleave(o2, o3, False)
+        r2a, r2b = simd.deinterleave(e0, e1, True), simd.deinterleave(e2, e3, True)
+        r3a, r3b = simd.deinterleave(o0, o1, True), simd.deinterleave(o2, o3, True)
+        p0, p1 = simd.deinterleave(r0a, r0b, False), simd.deinterleave(r1a, r1b, False)
+        simd.store_first(out, even + j, p0, n)
+        simd.store_first(out, odd + j, p1, n)
+        simd.store_first(out, even + step + j, simd.deinterleave(r2a, r2b, False), n)
+        simd.store_first(out, odd + step + j, simd.deinterleave(r3a, r3b, False), n)
+        simd.store_first(out, even + 2 * step + j, simd.deinterleave(r0a, r0b, True), n)
+        simd.store_first(out, odd + 2 * step + j, simd.deinterleave(r1a, r1b, True), n)
+        simd.store_first(out, even + 3 * step + j, simd.deinterleave(r2a, r2b, True), n)
+        simd.store_first(out, odd + 3 * step + j, simd.deinterleave(r3a, r3b, True), n)
+        # phases 8 and 9 of tile j: phases 0 and 1 of tile j + 1
+        next_at = base + 8 * lanes
+        next0 = padded[next_at] if next_at < available else zero
+        next1 = padded[next_at + 1] if next_at + 1 < available else zero
+        simd.store_first(out, even + 4 * step + j, simd.shift_in(p0, simd.splat(next0, p0)), n)
+        simd.store_first(out, odd + 4 * step + j, simd.shift_in(p1, simd.splat(next1, p1)), n)
+
+
+@kernel()
+def _input_transform(x, source, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left, b_t,
+                     patches, half, v, pitch):
+    """V[a*5+b, 4c + 2 p_r + p_c, t] = (B^T d B)[a, b] for the 5x5 patch ``d`` of phase
+    ``(p_r, p_c)`` of channel ``c`` under each tile ``t`` of the tile rows ``q_first <= q
+    < q_last`` (V laid out ``(25, 4 C, pitch)`` in ``v``). Tile ``(i, j)``'s patches
+    read input rows and columns ``8 i - pad .. 8 i - pad + 9``; each input row is
+    copied into a zero-bordered row (the first values of ``half``, free until the row
+    pass) and dealt into its ten column phases: ``patches[(2 p_r + p_c) * 25 * pitch +
+    (a * 5 + u) * pitch + t] = x_padded[8 i + 2 a + p_r, 8 j + 2 u + p_c]``. The
+    columns from ``n_tiles`` to ``pitch`` keep the zeros of :func:`_clear_tails`, so
+    the transforms run on whole vectors."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    depth = 4 * channels
+    zero = b_t[1, 0]
+    span = _span(tiles_w, pad_left, width)
+    padded = half[:span]
+    for k in range(pad_left):
+        padded[k] = zero
+    for k in range(pad_left + width, span):
+        padded[k] = zero
+    plane = ALPHA * ALPHA * pitch  # one phase's patches: (a, u, t)
+    for q in range(q_first, q_last):
+        n = q // tiles_h
+        top = (q % tiles_h) * 2 * TILE - pad_top
+        first = (q - q_first) * tiles_w
+        for rho in range(SPAN):
+            row = top + rho
+            at = 2 * (rho % 2) * plane + (rho // 2) * ALPHA * pitch + first
+            if row < 0 or row >= height:
+                for p_c in range(2):
+                    for u in range(ALPHA):
+                        for j in range(tiles_w):
+                            patches[at + p_c * plane + u * pitch + j] = zero
+                continue
+            strips.copy_row(source, x, n, c, row, padded, pad_left)
+            _deal_phases(padded, tiles_w, span, patches, at, at + plane, pitch)
+    for s in range(4):
+        base = s * plane
+        # rows: half[a', u] = sum_a B^T[a', a] patches[a, u]; then columns into V
+        for u in range(ALPHA):
+            _b_transform(patches, base + u * pitch, ALPHA * pitch, half, u * pitch,
+                         ALPHA * pitch, pitch, b_t)
+        for a in range(ALPHA):
+            _b_transform(half, a * ALPHA * pitch, pitch, v,
+                         (a * ALPHA * depth + 4 * c + s) * pitch, depth * pitch, pitch, b_t)
+
+
+@kernel()
+def _clear_tails(patches, n_tiles, pitch):
+    """Zeros in the columns ``n_tiles .. pitch`` of every row of the patches."""
+    zero = patches[0] - patches[0]
+    for r in range(4 * ALPHA * ALPHA):
+        for t in range(n_tiles, pitch):
+            patches[r * pitch + t] = zero
+
+
+@kernel()
+def _block_buffers(scratch, depth, m_rows, max_pitch):
+    """One thread's scratch: V ``(25, 4 C, pitch)``, M ``(25, m_rows, pitch)``, the
+    phases' patches ``(4, 25, pitch)`` and a work buffer of ``25 * pitch`` values and at
+    least the zero-bordered row's."""
+    e_count = ALPHA * ALPHA
+    v_end = e_count * depth * max_pitch
+    m_end = v_end + e_count * m_rows * max_pitch
+    p_end = m_end + 4 * e_count * max_pitch
+    return scratch[:v_end], scratch[v_end:m_end], scratch[m_end:p_end], scratch[p_end:]
+
+
+def buffer_size(depth: int, m_rows: int, max_pitch: int, span: int) -> int:
+    """Values of one thread's scratch for :func:`_block_buffers` (``span``: the
+    zero-bordered row's)."""
+    return ALPHA * ALPHA * (depth + m_rows + 4) * max_pitch + max(ALPHA * ALPHA * max_pitch,
+                                                                  span)
+
+
+@kernel(parallel=True)
+def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, rows_per_block,
+                    b_t, a_t, scratch, nonfinite, part, parts):
+    """out = max(floor, conv2d(x, weight, bias)) at stride 2, ``packed`` = the filter
+    transform of the weight's phases (:func:`transform_filters`); see the module
+    docstring. ``nonfinite[q]`` is set where tile row ``q`` has a NaN or Inf."""
+    n_img, channels = x.shape[0], x.shape[1]
+    depth = 4 * channels
+    out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    n_kblocks = packed.shape[2]
+    m_rows = n_kblocks * BLOCK_K
+    tiles_h = (out_h + TILE - 1) // TILE
+    tiles_w = (out_w + TILE - 1) // TILE
+    n_tile_rows = n_img * tiles_h
+    n_blocks = (n_tile_rows + rows_per_block - 1) // rows_per_block
+    lanes = simd.lanes(scratch)
+    max_pitch = winograd._pitch(rows_per_block * tiles_w, lanes)
+    n_chunks = scratch.shape[0]
+    e_count = ALPHA * ALPHA
+    target = strips.flat(out)
+    source = strips.flat(x)
+    zero = a_t[0, 4]
+    full = out_w // TILE
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
+        v, m, patches, half = _block_buffers(scratch[chunk], depth, m_rows, max_pitch)
+        taps = np.empty(1, np.intp)
+        for block in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):
+            q_first = block * rows_per_block
+            q_last = min(q_first + rows_per_block, n_tile_rows)
+            n_tiles = (q_last - q_first) * tiles_w
+            pitch = winograd._pitch(n_tiles, lanes)
+            _clear_tails(patches, n_tiles, pitch)
+            for c in range(channels):
+                _input_transform(x, source, c, q_first, q_last, tiles_h, tiles_w, pad_top,
+                                 pad_left, b_t, patches, half, v, pitch)
+            for e in range(e_count):
+                winograd._products(packed, v, m, e, 1, depth, n_tiles, pitch, taps)
+            for k in range(out_channels):
+                b_k = bias[k] if has_bias else zero
+                # rows: half[a', b] = sum_a A^T[a', a] M[a, b]; then columns, with the bias
+                for b in range(ALPHA):
+                    _a_transform(m, (b * m_rows + k) * pitch, ALPHA * m_rows * pitch, half,
+                                 b * pitch, ALPHA * pitch, pitch, a_t, zero)
+                for a in range(TILE):
+                    _a_transform(half, a * ALPHA * pitch, pitch, patches, a * TILE * pitch,
+                                 pitch, pitch, a_t, b_k)
+                for q in range(q_first, q_last):
+                    n = q // tiles_h
+                    total = zero
+                    for a in range(TILE):
+                        row = (q % tiles_h) * TILE + a
+                        if row >= out_h:
+                            break
+                        at = a * TILE * pitch + (q - q_first) * tiles_w
+                        total += winograd.store_tiles(patches, at, pitch, full, target, out,
+                                                      n, k, row, floor)
+                        for b in range(out_w - TILE * full):
+                            v0 = patches[at + b * pitch + full]
+                            out[n, k, row, TILE * full + b] = floor if v0 < floor else v0
+                            total += v0
+                    if not math.isfinite(total):
+                        nonfinite[q] = True
+
+
+@kernel(parallel=True)
+def _filter_transform(weight, g, packed, part, parts):
+    """packed[a*5+b, 0, k // 8, (4 c + 2 p_r + p_c) * 8 + k % 8] = (G w' G^T)[a, b] for the
+    phase ``w'[q_r, q_c] = w[k, c, 2 q_r + p_r, 2 q_c + p_c]`` of each filter (zero past
+    the kernel and past the last filter). A task takes a share of the channels; each
+    block of 8 filters of a channel is first copied out filter-minor, so that the loops
+    over the block's filters run on contiguous values."""
+    out_channels, channels, kh, kw = weight.shape
+    n_kblocks = packed.shape[2]
+    zero = g[0, 0] - g[0, 0]
+    for c in prange(part * channels // parts, (part + 1) * channels // parts):
+        taps = np.empty((4, 4, BLOCK_K), weight.dtype)
+        half = np.empty((ALPHA, 2, BLOCK_K), weight.dtype)  # G w' per phase
+        for kb in range(n_kblocks):
+            for r in range(4):
+                for s in range(4):
+                    for kk in range(BLOCK_K):
+                        k = kb * BLOCK_K + kk
+                        inside = r < kh and s < kw and k < out_channels
+                        taps[r, s, kk] = weight[k, c, r, s] if inside else zero
+            for p_r in range(2):
+                for p_c in range(2):
+                    d = 4 * c + 2 * p_r + p_c
+                    for a in range(ALPHA):
+                        g0, g1 = g[a, 0], g[a, 1]
+                        for q_c in range(2):
+                            top, bottom = taps[p_r, 2 * q_c + p_c], taps[2 + p_r, 2 * q_c + p_c]
+                            for kk in range(BLOCK_K):
+                                half[a, q_c, kk] = g0 * top[kk] + g1 * bottom[kk]
+                    for a in range(ALPHA):
+                        for b in range(ALPHA):
+                            dst = packed[a * ALPHA + b, 0, kb]
+                            g0, g1 = g[b, 0], g[b, 1]
+                            for kk in range(BLOCK_K):
+                                dst[d * BLOCK_K + kk] = g0 * half[a, 0, kk] + g1 * half[a, 1, kk]
+
+
+def transform_filters(weight: np.ndarray) -> np.ndarray:
+    """``U = G w' G^T`` of each filter's phases ``w'[c, p_r, p_c][q_r, q_c] = w[c, 2 q_r +
+    p_r, 2 q_c + p_c]`` (zero past the kernel), packed for :func:`.winograd._products` as
+    ``(25, 1, blocks, 4 C * 8)``; kept while ``weight`` holds the same bytes
+    (:mod:`.prepared`)."""
+    out_channels, channels = weight.shape[:2]
+    shape = (ALPHA * ALPHA, 1, -(-out_channels // BLOCK_K), 4 * channels * BLOCK_K)
+
+    def build(weight, packed):
+        threads.launch(_filter_transform, threads.count(), weight, G.astype(weight.dtype),
+                       packed)
+
+    return prepared.get("winograd stride-2 filters", weight, shape, build)
+
+
+def _rows_per_block(n_img, depth, out_channels, out_h, out_w, item, n_threads):
+    """Tile rows per block, as :func:`.winograd._rows_per_block` with this module's 25
+    points over ``depth = 4 C`` channels."""
+    tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
+    per_row = ALPHA * ALPHA * (depth + out_channels) * tiles_w * item
+    rows_per_block = max(1, config.WINOGRAD_TILE_BYTES // per_row,
+                         -(-config.WINOGRAD_MIN_TILES // tiles_w))
+    n_blocks = -(-(n_img * tiles_h) // rows_per_block)
+    n_blocks = -(-n_blocks // n_threads) * n_threads
+    return -(-(n_img * tiles_h) // n_blocks)
+
+
+def conv2d(x, weight, bias, out, stride, padding, dilation, groups, activation=None, *,
+           gemm=None):
+    """Host side of :func:`.winograd.conv2d_winograd` at stride 2; arguments as normalised
+    by :func:`fastconv.conv2d`. A weight or bias that is not all finite, or an output
+    tile row that is not, sends the call to im2col (see the module docstring)."""
+    if all_finite(weight) and (bias is None or all_finite(bias)):
+        packed = transform_filters(weight)
+        if _conv2d(x, packed, bias, out, padding, activation):
+            return
+    im2col.conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation,
+                         gemm=gemm)
+
+
+def _conv2d(x, packed, bias, out, padding, activation):
+    """The Winograd call; whether its outputs are all finite."""
+    n_img, channels = x.shape[:2]
+    out_channels, out_h, out_w = out.shape[1:]
+    tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
+    n_threads = threads.count()
+    rows_per_block = _rows_per_block(n_img, 4 * channels, out_channels, out_h, out_w,
+                                     x.itemsize, n_threads)
+    n_chunks = max(1, min(n_threads, -(-(n_img * tiles_h) // rows_per_block)))
+    max_pitch = winograd._pitch(rows_per_block * tiles_w, simd.WIDTH_BYTES // x.itemsize)
+    scratch = workspace.borrow(
+        (n_chunks, buffer_size(4 * channels, packed.shape[2] * BLOCK_K, max_pitch,
+                               _span(tiles_w, padding[1][0], x.shape[3]))),
+        x.dtype)
+    has_bias = bias is not None
+    nonfinite = np.zeros(n_img * tiles_h, np.bool_)
+    threads.launch(
+        _conv2d_forward, threads.parts_for(n_chunks, out, channels * 9), x, packed,
+        bias if has_bias else np.zeros(0, x.dtype), has_bias,
+        activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
+        rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype), scratch, nonfinite)
+    return not nonfinite.any()
