@@ -223,8 +223,9 @@ def sum_tolerance(dtype: object, n_terms: int) -> dict[str, float]:
 
 
 def supports(algorithm: str, case: Conv2dCase, op: str = "conv2d") -> bool:
-    """Whether ``algorithm`` computes ``case`` (Winograd: 3x3 kernels, stride and dilation 1
-    only; asking it for another problem is an error, tested in test_dispatch.py)."""
+    """Whether ``algorithm`` computes ``case`` (Winograd: 3x3 kernels at stride 1, and for
+    conv2d 3x3 and 4x4 kernels of one group at stride 2; dilation 1; asking it for another
+    problem is an error, tested in test_dispatch.py)."""
     import fastconv
     from fastconv import dispatch, shapes
 
@@ -236,7 +237,7 @@ def supports(algorithm: str, case: Conv2dCase, op: str = "conv2d") -> bool:
     padding = shapes.padding2d(case.padding, (case.h, case.w), kernel, stride, dilation)
     return dispatch.unsupported_reason(
         op, "cpu", algorithm, weight_shape=case.weight_shape, stride=stride, dilation=dilation,
-        padding=padding,
+        padding=padding, groups=case.groups,
     ) is None
 
 

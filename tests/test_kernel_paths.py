@@ -84,7 +84,8 @@ P = PathCase
 CASES = [
     P("3x3_p1", 3, 4, 17, 11, 5, 3, 3, padding=pad(1)),
     P("3x3_p2_groups2", 3, 4, 17, 10, 10, 3, 3, padding=pad(2), groups=2),
-    P("3x3_s2_p1", 2, 5, 16, 12, 4, 3, 3, stride=(2, 2), padding=pad(1)),
+    P("3x3_s2_p1", 3, 5, 20, 12, 4, 3, 3, stride=(2, 2), padding=pad(1)),
+    P("4x4_s2_p1", 3, 5, 20, 14, 7, 4, 4, stride=(2, 2), padding=pad(1)),
     P("3x3_s21_asym", 2, 4, 14, 11, 5, 3, 3, stride=(2, 1), padding=((0, 2), (1, 0))),
     P("3x3_dil2_groups2", 2, 8, 13, 12, 10, 3, 3, padding=pad(2), dilation=(2, 2), groups=2),
     P("5x5_p2", 2, 4, 14, 13, 5, 5, 5, padding=pad(2)),
@@ -115,7 +116,8 @@ def algorithms(op: str, case: PathCase) -> list[str]:
     kernel_op = OPS[op]
     # a transposed op has the geometry of its conv2d: the same weight array and arguments
     problem = dict(weight_shape=(case.k, case.c // case.groups, case.r, case.s),
-                   stride=case.stride, padding=case.padding, dilation=case.dilation)
+                   stride=case.stride, padding=case.padding, dilation=case.dilation,
+                   groups=case.groups)
     return [a for a in fastconv.available_algorithms(kernel_op) if a not in ("auto", "reference")
             and dispatch.unsupported_reason(kernel_op, "cpu", a, **problem) is None]
 
@@ -251,7 +253,7 @@ def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Til
     from fastconv.cpu import im2col, strips, winograd
 
     log: list[Tiling] = []
-    real_tiling, real_rows_per_block = im2col.tiling, winograd._rows_per_block
+    real_tiling, real_rows_per_block = im2col.tiling, winograd.block_rows
 
     def tiling(depth, per_group, n_img, out_h, pitch, item, n_threads, plain_gemm):
         wrapper = sys._getframe(1).f_code.co_name
@@ -270,10 +272,11 @@ def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Til
             log.append(Tiling(wrapper, tuple(tasks), min(threads, len(tasks)), tuple(per_task)))
         return tile_rows, tile_images
 
-    def rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads):
+    def rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads, **points):
         tiles_w = -(-out_w // winograd.TILE)
         patch.setattr(config, "WINOGRAD_MIN_TILES", (WINOGRAD_ROWS - 1) * tiles_w + 1)
-        rows = real_rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads)
+        rows = real_rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads,
+                                   **points)
         n_tile_rows = n_img * -(-out_h // winograd.TILE)
         tasks = [min(rows, n_tile_rows - first) for first in range(0, n_tile_rows, rows)]
         log.append(Tiling("winograd", tuple(tasks), min(n_threads, len(tasks))))
@@ -300,7 +303,7 @@ def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Til
         patch.setattr(config, "WINOGRAD_MIN_TILES", config.WINOGRAD_MIN_TILES)
         patch.setattr(config, "DIRECT_BLOCK_K", DIRECT_BLOCK_K)
         patch.setattr(im2col, "tiling", tiling)
-        patch.setattr(winograd, "_rows_per_block", rows_per_block)
+        patch.setattr(winograd, "block_rows", rows_per_block)
         yield log
 
 

@@ -304,6 +304,26 @@ def _store_tiles(y, at, step, count, target, out, n, k, row, floor):
 
 
 @kernel()
+def store_tile_row(y, at, step, target, out, n, k, top, floor):
+    """``out[n, k, top + a, 4 j + b] = max(floor, y[at + (4 a + b) * step + j])`` for the
+    tiles of one tile row (the rows and columns inside ``out``: whole tiles by
+    :func:`store_tiles`, a last partial tile value by value); returns the sum of the
+    stored values before the floor, NaN or +-Inf where any is (in any order of
+    addition)."""
+    out_h, out_w = out.shape[2], out.shape[3]
+    full = out_w // TILE
+    total = 0.0  # only its finiteness counts
+    for a in range(min(TILE, out_h - top)):
+        row, at_a = top + a, at + a * TILE * step
+        total += store_tiles(y, at_a, step, full, target, out, n, k, row, floor)
+        for b in range(out_w - TILE * full):
+            value = y[at_a + b * step + full]
+            out[n, k, row, TILE * full + b] = floor if value < floor else value
+            total += value
+    return total
+
+
+@kernel()
 def _input_transform(x, source, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left, b_t,
                      patches, half, v, pitch):
     """V[a*6+b, c, t] = (B^T d B)[a, b] for the 6x6 input patch d of each tile t of the
@@ -451,22 +471,9 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
                 for a in range(TILE):
                     _a_transform(half, a * ALPHA * n_tiles, n_tiles, patches,
                                  a * TILE * n_tiles, n_tiles, n_tiles, a_t, b_k)
-                full = out_w // TILE
                 for q in range(q_first, q_last):
-                    n = q // tiles_h
-                    # NaN or +-Inf if any stored value is (in any order of addition)
-                    total = zero
-                    for a in range(TILE):
-                        row = (q % tiles_h) * TILE + a
-                        if row >= out_h:
-                            break
-                        at = a * TILE * n_tiles + (q - q_first) * tiles_w
-                        total += store_tiles(patches, at, n_tiles, full, target, out, n, k, row,
-                                             floor)
-                        for b in range(out_w - TILE * full):
-                            v0 = patches[at + b * n_tiles + full]
-                            out[n, k, row, TILE * full + b] = floor if v0 < floor else v0
-                            total += v0
+                    total = store_tile_row(patches, (q - q_first) * tiles_w, n_tiles, target,
+                                           out, q // tiles_h, k, (q % tiles_h) * TILE, floor)
                     if not math.isfinite(total):
                         nonfinite[q] = True
 
@@ -523,7 +530,7 @@ def _pack_products(transformed, packed, part, parts):
                             dst[c * BLOCK_K + kk] = zero
 
 
-def unsupported_forward(*, weight_shape, stride, dilation, groups=1, **_) -> str | None:
+def unsupported_any_stride(*, weight_shape, stride, dilation, groups=1, **_) -> str | None:
     """Why neither F(4x4, 3x3) nor F(4x4, 2x2) on the stride phases (:mod:`.winograd_s2`)
     can compute this conv2d, or None if one can."""
     if (unsupported(weight_shape=weight_shape, stride=stride, dilation=dilation) is None
@@ -535,7 +542,7 @@ def unsupported_forward(*, weight_shape, stride, dilation, groups=1, **_) -> str
             f"{stride}, dilation {dilation}, groups {groups}")
 
 
-@register("conv2d", "cpu", "winograd", unsupported=unsupported_forward)
+@register("conv2d", "cpu", "winograd", unsupported=unsupported_any_stride)
 def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, activation=None, *,
                     gemm=None):
     """Host side of Winograd F(4x4, 3x3), and at stride 2 of F(4x4, 2x2) on the stride
@@ -566,8 +573,8 @@ def _conv2d_winograd(x, packed, conv_weight, bias, out, padding, groups, gemm,
     out_h, out_w = out.shape[2:]
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
     n_threads = threads.count()
-    rows_per_block = _rows_per_block(n_img, channels, out_channels, out_h, out_w, x.itemsize,
-                                     n_threads)
+    rows_per_block = block_rows(n_img, channels, out_channels, out_h, out_w, x.itemsize,
+                                n_threads)
     n_chunks = max(1, min(n_threads, -(-(n_img * tiles_h) // rows_per_block)))
     max_tiles = rows_per_block * tiles_w
     m_rows = groups * packed.shape[2] * BLOCK_K
@@ -789,11 +796,13 @@ def _filter_transform_adjoint(partial, g, taps, part, parts):
                                     dst[c] += coefficient * src[c]
 
 
-def _rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads):
-    """Tile rows per block: the byte budget, at least WINOGRAD_MIN_TILES tiles, and a
-    multiple of the thread count in blocks."""
+def block_rows(n_img, channels, out_channels, out_h, out_w, item, n_threads,
+                   points=ALPHA * ALPHA):
+    """Tile rows per block: the byte budget (``points`` transformed values per tile and
+    channel), at least WINOGRAD_MIN_TILES tiles, and a multiple of the thread count in
+    blocks."""
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
-    per_row = ALPHA * ALPHA * (channels + out_channels) * tiles_w * item
+    per_row = points * (channels + out_channels) * tiles_w * item
     rows_per_block = max(1, config.WINOGRAD_TILE_BYTES // per_row,
                          -(-config.WINOGRAD_MIN_TILES // tiles_w))
     n_blocks = -(-(n_img * tiles_h) // rows_per_block)
@@ -811,8 +820,8 @@ def conv2d_grad_weight_winograd(x, grad_out, grad_weight, stride, padding, dilat
     out_channels, group_channels = grad_weight.shape[:2]
     out_h, out_w = grad_out.shape[2:]
     n_threads = threads.count()
-    rows_per_block = _rows_per_block(n_img, channels, out_channels, out_h, out_w, x.itemsize,
-                                     n_threads)
+    rows_per_block = block_rows(n_img, channels, out_channels, out_h, out_w, x.itemsize,
+                                n_threads)
     n_chunks = max(1, min(n_threads, -(-(n_img * -(-out_h // TILE)) // rows_per_block)))
     max_tiles = rows_per_block * -(-out_w // TILE)
     scratch = workspace.borrow(

@@ -40,7 +40,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .. import activations, config
+from .. import activations
 from . import im2col, prepared, simd, strips, threads, winograd, workspace
 from ._jit import kernel
 from .finite import all_finite
@@ -276,7 +276,6 @@ def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, ro
     target = strips.flat(out)
     source = strips.flat(x)
     zero = a_t[0, 4]
-    full = out_w // TILE
     for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         v, m, patches, half = _block_buffers(scratch[chunk], depth, m_rows, max_pitch)
         taps = np.empty(1, np.intp)
@@ -301,19 +300,9 @@ def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, ro
                     _a_transform(half, a * ALPHA * pitch, pitch, patches, a * TILE * pitch,
                                  pitch, pitch, a_t, b_k)
                 for q in range(q_first, q_last):
-                    n = q // tiles_h
-                    total = zero
-                    for a in range(TILE):
-                        row = (q % tiles_h) * TILE + a
-                        if row >= out_h:
-                            break
-                        at = a * TILE * pitch + (q - q_first) * tiles_w
-                        total += winograd.store_tiles(patches, at, pitch, full, target, out,
-                                                      n, k, row, floor)
-                        for b in range(out_w - TILE * full):
-                            v0 = patches[at + b * pitch + full]
-                            out[n, k, row, TILE * full + b] = floor if v0 < floor else v0
-                            total += v0
+                    total = winograd.store_tile_row(patches, (q - q_first) * tiles_w, pitch,
+                                                    target, out, q // tiles_h, k,
+                                                    (q % tiles_h) * TILE, floor)
                     if not math.isfinite(total):
                         nonfinite[q] = True
 
@@ -370,18 +359,6 @@ def transform_filters(weight: np.ndarray) -> np.ndarray:
     return prepared.get("winograd stride-2 filters", weight, shape, build)
 
 
-def _rows_per_block(n_img, depth, out_channels, out_h, out_w, item, n_threads):
-    """Tile rows per block, as :func:`.winograd._rows_per_block` with this module's 25
-    points over ``depth = 4 C`` channels."""
-    tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
-    per_row = ALPHA * ALPHA * (depth + out_channels) * tiles_w * item
-    rows_per_block = max(1, config.WINOGRAD_TILE_BYTES // per_row,
-                         -(-config.WINOGRAD_MIN_TILES // tiles_w))
-    n_blocks = -(-(n_img * tiles_h) // rows_per_block)
-    n_blocks = -(-n_blocks // n_threads) * n_threads
-    return -(-(n_img * tiles_h) // n_blocks)
-
-
 def conv2d(x, weight, bias, out, stride, padding, dilation, groups, activation=None, *,
            gemm=None):
     """Host side of :func:`.winograd.conv2d_winograd` at stride 2; arguments as normalised
@@ -401,8 +378,8 @@ def _conv2d(x, packed, bias, out, padding, activation):
     out_channels, out_h, out_w = out.shape[1:]
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
     n_threads = threads.count()
-    rows_per_block = _rows_per_block(n_img, 4 * channels, out_channels, out_h, out_w,
-                                     x.itemsize, n_threads)
+    rows_per_block = winograd.block_rows(n_img, 4 * channels, out_channels, out_h, out_w,
+                                        x.itemsize, n_threads, points=ALPHA * ALPHA)
     n_chunks = max(1, min(n_threads, -(-(n_img * tiles_h) // rows_per_block)))
     max_pitch = winograd._pitch(rows_per_block * tiles_w, simd.WIDTH_BYTES // x.itemsize)
     scratch = workspace.borrow(
@@ -417,3 +394,4 @@ def _conv2d(x, packed, bias, out, padding, activation):
         activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
         rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype), scratch, nonfinite)
     return not nonfinite.any()
+
