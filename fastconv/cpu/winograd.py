@@ -59,7 +59,7 @@ from numba.extending import overload
 
 from .. import activations, config
 from ..dispatch import register
-from . import blas, identities, im2col, prepared, simd, strips, threads, winograd_s2, workspace
+from . import blas, identities, im2col, prepared, simd, strips, threads, workspace
 from ._jit import inlined_options, kernel
 from .finite import all_finite
 from .microkernels import BLOCK_K, weights_x_run
@@ -530,12 +530,20 @@ def _pack_products(transformed, packed, part, parts):
                             dst[c * BLOCK_K + kk] = zero
 
 
+def _strided():
+    """:mod:`.winograd_s2`, Winograd at stride 2, which builds on this module (imported
+    here, at the first call: a module-level import would make a cycle)."""
+    from . import winograd_s2
+
+    return winograd_s2
+
+
 def unsupported_any_stride(*, weight_shape, stride, dilation, groups=1, **_) -> str | None:
     """Why neither F(4x4, 3x3) nor F(4x4, 2x2) on the stride phases (:mod:`.winograd_s2`)
     can compute this conv2d, or None if one can."""
     if (unsupported(weight_shape=weight_shape, stride=stride, dilation=dilation) is None
-            or winograd_s2.unsupported(weight_shape=weight_shape, stride=stride,
-                                       dilation=dilation, groups=groups) is None):
+            or _strided().unsupported(weight_shape=weight_shape, stride=stride,
+                                      dilation=dilation, groups=groups) is None):
         return None
     return (f"winograd needs a 3x3 kernel with stride 1, or a 3x3 or 4x4 kernel with stride 2 "
             f"and groups 1, and dilation 1; got kernel {tuple(weight_shape[2:])}, stride "
@@ -552,8 +560,8 @@ def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, act
     A NaN or Inf in the weight or bias sends the call to im2col; tile rows whose
     outputs are not all finite are recomputed by im2col (see the module docstring)."""
     if stride != (1, 1):
-        winograd_s2.conv2d(x, weight, bias, out, stride, padding, dilation, groups, activation,
-                           gemm=gemm)
+        _strided().conv2d(x, weight, bias, out, stride, padding, dilation, groups, activation,
+                          gemm=gemm)
         return
     if not (all_finite(weight) and (bias is None or all_finite(bias))):
         im2col.conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation,

@@ -394,4 +394,3 @@ def _conv2d(x, packed, bias, out, padding, activation):
         activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
         rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype), scratch, nonfinite)
     return not nonfinite.any()
-
