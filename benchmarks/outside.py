@@ -44,6 +44,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("C64 5x5 on 28x28", "8,64,28,28,64,5,1,2"),
     ("grouped C128 3x3 groups 32 on 28x28", "8,128,28,28,128,3,1,1,32"),
     ("C3 -> 32 3x3 s2 on 224x224 (MobileNet's first)", "8,3,224,224,32,3,2,1"),
+    ("DCGAN-like C64 -> 128 4x4 s2 on 32x32", "8,64,32,32,128,4,2,1"),
 )
 
 OPS = ("conv2d", "grad_input", "grad_weight")
