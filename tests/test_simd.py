@@ -936,6 +936,14 @@ for dtype in (np.float32, np.float64):
                                      w.astype(np.float64), padding=1)
     for got, want in zip(grads[:2], refs[:2]):
         worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+# Winograd at stride 2 on the phases: the ten-phase deal of rows of 9 and of 42 tiles
+for dtype in (np.float32, np.float64):
+    for wshape, width in [((12, 8, 4, 4), 70), ((12, 8, 3, 3), 166)]:
+        x = rng.standard_normal((2, 8, 21, width)).astype(dtype)
+        w = rng.standard_normal(wshape).astype(dtype)
+        y = fastconv.conv2d(x, w, padding=1, stride=2, algorithm="winograd")
+        ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1, stride=2)
+        worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
 # the one-pass depthwise kernels (3x3 and 5x5, a vector of tail): on whole planes where
 # the padding keeps the size (and the weight gradient there), on bands where it does not
 for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2), ((6, 1, 3, 3), 0),

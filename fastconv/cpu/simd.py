@@ -30,6 +30,7 @@ Inside a kernel::
     s = total(acc)            # the sum of the lanes
     e = deinterleave(v, w, False)  # the even lanes of v, then of w (True: the odd)
     r = weave(e, o, False)    # e[0], o[0], e[1], o[1], ... of the first halves (True: second)
+    n = shift_in(v, w)        # v[1], v[2], ..., v[lanes - 1], w[0]: one position on
     transpose(a, i, m, count, b, j, n)  # a block of lanes x lanes values, rows to columns
 
 ``lanes(a)`` is 16 for float32 and 8 for float64 at 512 bits, 8 and 4 at 256.

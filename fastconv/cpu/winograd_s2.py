@@ -18,7 +18,7 @@ row (ten rows per four output rows), deals its columns into their ten phases
 (``8 j + 2 u + p_c``: three rounds of :func:`.simd.deinterleave`) and transforms
 them, so the rest is :mod:`.winograd`'s forward with five points instead of six:
 the products on the register-tiled micro-kernels (:func:`.winograd._products`),
-the output transform and the stores of whole tiles (:func:`.winograd.store_tiles`).
+the output transform and the stores of whole tiles (:func:`.winograd.store_tile_row`).
 
 Interpolation points 0, 1, -1, 1/2 and infinity (:data:`B_T`, :data:`G`,
 :data:`A_T`). Rounding: in float32, 1.9e-6 of the output's rms and 3.5e-5 at most on
