@@ -303,13 +303,14 @@ def _store_tiles(y, at, step, count, target, out, n, k, row, floor):
     return _store_tiles_loop
 
 
-@kernel()
+@kernel(counted=False)
 def store_tile_row(y, at, step, target, out, n, k, top, floor):
     """``out[n, k, top + a, 4 j + b] = max(floor, y[at + (4 a + b) * step + j])`` for the
     tiles of one tile row (the rows and columns inside ``out``: whole tiles by
     :func:`store_tiles`, a last partial tile value by value); returns the sum of the
     stored values before the floor, NaN or +-Inf where any is (in any order of
-    addition)."""
+    addition). Without reference counts: called per tile row and filter, its three
+    arrays' atomic increments and decrements would stay in the loop."""
     out_h, out_w = out.shape[2], out.shape[3]
     full = out_w // TILE
     total = 0.0  # only its finiteness counts
@@ -805,7 +806,7 @@ def _filter_transform_adjoint(partial, g, taps, part, parts):
 
 
 def block_rows(n_img, channels, out_channels, out_h, out_w, item, n_threads,
-                   points=ALPHA * ALPHA):
+               points=ALPHA * ALPHA):
     """Tile rows per block: the byte budget (``points`` transformed values per tile and
     channel), at least WINOGRAD_MIN_TILES tiles, and a multiple of the thread count in
     blocks."""
