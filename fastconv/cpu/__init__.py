@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import config, dispatch, ops
+from .. import config, dispatch, ops, shapes
 from ..dispatch import register, register_chooser
 
 # importing registers the kernels; threads makes TBB loadable before a kernel starts
@@ -151,10 +151,9 @@ def _choose_conv(op, weight_shape, problem):
 def _output_tiles(weight_shape, problem) -> int:
     """4x4 output tiles of a conv2d: N * ceil(H_out / 4) * ceil(W_out / 4)."""
     n_img, _, height, width = problem["input_shape"]
-    (top, bottom), (left, right) = problem["padding"]
-    stride, dilation = problem["stride"], problem["dilation"]
-    out_h = (height + top + bottom - dilation[0] * (weight_shape[2] - 1) - 1) // stride[0] + 1
-    out_w = (width + left + right - dilation[1] * (weight_shape[3] - 1) - 1) // stride[1] + 1
+    out_h, out_w = (shapes.output_length(size, weight_shape[2 + a], problem["stride"][a],
+                                         problem["padding"][a], problem["dilation"][a])
+                    for a, size in enumerate((height, width)))
     return n_img * -(-out_h // 4) * -(-out_w // 4)
 
 

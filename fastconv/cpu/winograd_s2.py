@@ -127,7 +127,7 @@ def _a_transform(src, at, step, dst, dst_at, dst_step, n, a_t, offset):
             simd.add(minus12, a4), v_offset)))
 
 
-@kernel()
+@kernel(entry=True)
 def _span(tiles_w, pad_left, width):
     """Values of the zero-bordered row: the ten phases of every tile, and the whole row."""
     return max(2 * TILE * tiles_w + 2, pad_left + width)
@@ -366,14 +366,15 @@ def conv2d(x, weight, bias, out, stride, padding, dilation, groups, activation=N
     tile row that is not, sends the call to im2col (see the module docstring)."""
     if all_finite(weight) and (bias is None or all_finite(bias)):
         packed = transform_filters(weight)
-        if _conv2d(x, packed, bias, out, padding, activation):
+        if _conv2d(x, packed, bias, out, padding, activation, math.prod(weight.shape[1:])):
             return
     im2col.conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation,
                          gemm=gemm)
 
 
-def _conv2d(x, packed, bias, out, padding, activation):
-    """The Winograd call; whether its outputs are all finite."""
+def _conv2d(x, packed, bias, out, padding, activation, depth):
+    """The Winograd call (``depth``: multiply-adds per output, C * R * S, for
+    :func:`.threads.parts_for`); whether its outputs are all finite."""
     n_img, channels = x.shape[:2]
     out_channels, out_h, out_w = out.shape[1:]
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
@@ -389,7 +390,7 @@ def _conv2d(x, packed, bias, out, padding, activation):
     has_bias = bias is not None
     nonfinite = np.zeros(n_img * tiles_h, np.bool_)
     threads.launch(
-        _conv2d_forward, threads.parts_for(n_chunks, out, channels * 9), x, packed,
+        _conv2d_forward, threads.parts_for(n_chunks, out, depth), x, packed,
         bias if has_bias else np.zeros(0, x.dtype), has_bias,
         activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
         rows_per_block, B_T.astype(x.dtype), A_T.astype(x.dtype), scratch, nonfinite)
