@@ -539,7 +539,6 @@ class Conv2d(_ConvLayer):
                                        self.padding, self.dilation)  # type: ignore[call-overload]
         return (*shape[:-3], self.out_channels, *size)
 
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._saved = None  # a backward after a forward that raises must not see the last one
         x = self._check_input(x)
@@ -625,7 +624,6 @@ class ConvTranspose2d(_ConvLayer):
         *_, size = _conv.transposed_size((shape[-2], shape[-1]), self.kernel_size, self.stride,
                                          self.padding, self.output_padding, self.dilation)
         return (*shape[:-3], self.out_channels, *size)
-
 
     def forward(self, x: np.ndarray, output_size: tuple[int, ...] | None = None) -> np.ndarray:
         """The transposed convolution of ``x``; ``output_size`` ``(H_out, W_out)`` (or a
