@@ -126,7 +126,10 @@ def _warm_conv2d(f: ModuleType, dtype: np.dtype, a: str) -> object:
     return calls + [t.strided("conv2d", a, groups=2)
                     and f.conv2d(t.x, depthwise, stride=2, padding=1, groups=2, algorithm=a),
                     a == "direct" and f.conv2d(t.x, depthwise, padding=1, groups=2,
-                                               algorithm=a)]
+                                               algorithm=a),
+                    # Winograd's 5x5 kernels (F(2x2, 5x5)), conv2d's and grad_input's
+                    a == "winograd" and f.conv2d(t.x, np.ones((2, 2, 5, 5), dtype), padding=2,
+                                                 algorithm=a)]
 
 
 def _warm_conv2d_grad_input(f: ModuleType, dtype: np.dtype, a: str) -> object:

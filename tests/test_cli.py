@@ -710,15 +710,16 @@ def test_refusals_are_decided_on_the_problems_fastconv_dispatches(monkeypatch, c
 
 
 def test_refused_cells_are_neither_timed_nor_benchmarks():
-    """winograd computes 3x3 stride-1 layers only: layer b (5x5) and grad_input on layer g
-    (1x1) are '-' cells of the tables and have no pytest benchmark."""
-    (layer_b,) = bench.select_layers("b")
-    assert "winograd needs a 3x3 kernel" in bench.refusal(layer_b, "winograd")
-    assert bench.refusal(layer_b, "auto") is None
+    """winograd computes 3x3 and 5x5 stride-1 layers and 3x3-4x4 stride-2 ones only: a 7x7
+    layer and grad_input on layer g (1x1) are '-' cells of the tables and have no pytest
+    benchmark."""
+    layer = bench.custom_layer("2,3,12,12,4,7", "x")
+    assert "winograd needs a 3x3 or 5x5 kernel" in bench.refusal(layer, "winograd")
+    assert bench.refusal(layer, "auto") is None
     ids = [id for id, *_ in bench.op_benchmarks(["grad_input"])]
     assert "grad_input-c-winograd" in ids
     assert "grad_input-g-winograd" not in ids
-    rows = bench.run([layer_b], ["winograd", "auto"], quick=True)
+    rows = bench.run([layer], ["winograd", "auto"], quick=True)
     assert [row.impl for row in rows] == ["auto"]
 
 

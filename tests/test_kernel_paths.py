@@ -88,7 +88,7 @@ CASES = [
     P("4x4_s2_p1", 3, 5, 20, 14, 7, 4, 4, stride=(2, 2), padding=pad(1)),
     P("3x3_s21_asym", 2, 4, 14, 11, 5, 3, 3, stride=(2, 1), padding=((0, 2), (1, 0))),
     P("3x3_dil2_groups2", 2, 8, 13, 12, 10, 3, 3, padding=pad(2), dilation=(2, 2), groups=2),
-    P("5x5_p2", 2, 4, 14, 13, 5, 5, 5, padding=pad(2)),
+    P("5x5_p2", 3, 4, 14, 13, 5, 5, 5, padding=pad(2)),
     P("5x5_s2_depthwise_x2", 2, 4, 14, 13, 8, 5, 5, stride=(2, 2), padding=pad(2), groups=4),
     P("1x1", 3, 5, 10, 9, 4, 1, 1),
     P("1x1_s2", 2, 4, 13, 10, 5, 1, 1, stride=(2, 2)),
@@ -273,11 +273,12 @@ def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Til
         return tile_rows, tile_images
 
     def rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads, **points):
-        tiles_w = -(-out_w // winograd.TILE)
+        tile = points.get("tile", winograd.TILE)  # (F(2x2, 5x5)'s tiles are 2x2)
+        tiles_w = -(-out_w // tile)
         patch.setattr(config, "WINOGRAD_MIN_TILES", (WINOGRAD_ROWS - 1) * tiles_w + 1)
         rows = real_rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads,
                                    **points)
-        n_tile_rows = n_img * -(-out_h // winograd.TILE)
+        n_tile_rows = n_img * -(-out_h // tile)
         tasks = [min(rows, n_tile_rows - first) for first in range(0, n_tile_rows, rows)]
         log.append(Tiling("winograd", tuple(tasks), min(n_threads, len(tasks))))
         return rows
@@ -691,6 +692,7 @@ BOUNDS_CHECKED = [
     "tests/test_simd.py::test_micro_kernels_in_passes_go_on_from_their_sums",
     "tests/test_simd.py::test_weave_row_puts_rows_together",
     "tests/test_winograd_s2.py",
+    "tests/test_winograd_5x5.py",
     "tests/test_conv_backward.py::test_strided_depthwise_grad_input_phase_by_phase"
     "[7x7_s23_dil12_asym-float32]",
     "tests/test_conv_backward.py::test_strided_depthwise_grad_input_phase_by_phase"

@@ -644,7 +644,7 @@ def test_algorithm_reaches_every_conv_op(rng, monkeypatch):
     assert {op: a for op, a in chosen if op != "conv2d_grad_bias"} == {
         "conv2d": "im2col", "conv2d_grad_input": "im2col", "conv2d_grad_weight": "im2col"}
     with pytest.raises(ValueError, match="winograd"):
-        nn.Conv2d(1, 1, 5, algorithm="winograd", rng=rng)(np.ones((1, 1, 6, 6), np.float32))
+        nn.Conv2d(1, 1, 7, algorithm="winograd", rng=rng)(np.ones((1, 1, 8, 8), np.float32))
 
 
 def test_device_is_passed_only_when_given(rng, monkeypatch):

@@ -944,6 +944,20 @@ for dtype in (np.float32, np.float64):
         y = fastconv.conv2d(x, w, padding=1, stride=2, algorithm="winograd")
         ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1, stride=2)
         worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+# Winograd F(2x2, 5x5): the pair deal of rows of 7 and of 35 tiles, and its grad_input
+for dtype in (np.float32, np.float64):
+    for n, width in [(5, 14), (2, 70)]:
+        x = rng.standard_normal((n, 8, 14, width)).astype(dtype)
+        w = rng.standard_normal((12, 8, 5, 5)).astype(dtype)
+        y = fastconv.conv2d(x, w, padding=2, algorithm="winograd")
+        ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=2)
+        worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+        g = rng.standard_normal(y.shape).astype(dtype)
+        got = fastconv.conv2d_backward(g, x, w, padding=2, algorithm="winograd",
+                                       needs_weight_grad=False, needs_bias_grad=False)[0]
+        want = reference.conv2d_backward(g.astype(np.float64), x.astype(np.float64),
+                                         w.astype(np.float64), padding=2)[0]
+        worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
 # the one-pass depthwise kernels (3x3 and 5x5, a vector of tail): on whole planes where
 # the padding keeps the size (and the weight gradient there), on bands where it does not
 for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2), ((6, 1, 3, 3), 0),

@@ -1214,7 +1214,7 @@ def bad_calls(requires_grad):
         "avg_padding": lambda: fct.avg_pool2d(ones(1, 1, 4, 4), 2, padding=2),
         "unpool_index_range": lambda: fct.max_unpool2d(ones(1, 1, 2, 2),
                                                        torch.full((1, 1, 2, 2), 99), 2),
-        "winograd_5x5": lambda: fct.conv2d(ones(1, 1, 6, 6), ones(1, 1, 5, 5),
+        "winograd_7x7": lambda: fct.conv2d(ones(1, 1, 8, 8), ones(1, 1, 7, 7),
                                            algorithm="winograd"),
         "unknown_algorithm": lambda: fct.avg_pool2d(ones(1, 1, 4, 4), 2, algorithm="fft"),
         "unpool_output_size": lambda: fct.max_unpool2d(ones(1, 1, 2, 2), indices, 2,

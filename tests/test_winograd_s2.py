@@ -128,7 +128,7 @@ def test_refuses_what_it_cannot_compute():
                             ((4, 2, 3, 3), {"stride": 2, "groups": 2}),
                             ((4, 4, 3, 3), {"stride": 2, "dilation": 2}),
                             ((4, 4, 2, 2), {"stride": 2})]:
-        with pytest.raises(ValueError, match=r"winograd needs a 3x3 kernel with stride 1, "
+        with pytest.raises(ValueError, match=r"winograd needs a 3x3 or 5x5 kernel with stride 1, "
                                              r"or a 3x3 or 4x4 kernel with stride 2"):
             fastconv.conv2d(x, np.zeros(w_shape, np.float32), **kwargs, algorithm="winograd")
 

@@ -393,9 +393,9 @@ def refusal(case: Layer | OpCase, impl: str, device: str = "cpu") -> str | None:
     ``benchmarks/``.
 
     >>> from fastconv.bench import LAYERS
-    >>> refusal(LAYERS[1], "winograd")  # doctest: +ELLIPSIS
-    "algorithm 'winograd' cannot compute this conv2d: winograd needs a 3x3 kernel with ..."
-    >>> refusal(LAYERS[2], "winograd"), refusal(LAYERS[1], "auto")
+    >>> refusal(LAYERS[8], "winograd")  # doctest: +ELLIPSIS
+    "algorithm 'winograd' cannot compute this conv2d: winograd needs a 3x3 or 5x5 kernel ..."
+    >>> refusal(LAYERS[2], "winograd"), refusal(LAYERS[8], "auto")
     (None, None)
     """
     if impl in ("reference", "torch"):

@@ -22,6 +22,7 @@ from . import (  # noqa: F401
     simd,
     threads,
     winograd,
+    winograd_5x5,
     winograd_s2,
 )
 
@@ -34,7 +35,10 @@ def _choose_conv(op, weight_shape, problem):
        (a GEMM's packing costs more); for conv2d, Winograd F(4x4, 2x2) on the stride
        phases for 4x4 stride-2 layers of at least ``AUTO_WINOGRAD_STRIDED_MIN_CHANNELS``
        channels on both sides and ``AUTO_WINOGRAD_STRIDED_MIN_TILES`` 4x4 output tiles
-       (:mod:`.winograd_s2`);
+       (:mod:`.winograd_s2`); for conv2d and grad_input, Winograd F(2x2, 5x5) for 5x5
+       stride-1 layers of at least ``AUTO_WINOGRAD_5X5_MIN_CHANNELS`` channels per group
+       on both sides and ``AUTO_WINOGRAD_5X5_MIN_TILES`` 2x2 output tiles
+       (:mod:`.winograd_5x5`);
     2. with at least ``blocked.MIN_GROUP_K`` filters per group in the convolution
        that runs (K/groups; C/groups for grad_input), any stride for conv2d and
        grad_weight, and for grad_input stride 1 or at least ``AUTO_PHASES_MIN_WORK``
@@ -101,6 +105,13 @@ def _choose_conv(op, weight_shape, problem):
                             f"AUTO_WINOGRAD_STRIDED_MIN_TILES = "
                             f"{config.AUTO_WINOGRAD_STRIDED_MIN_TILES} 4x4 output tiles: "
                             f"F(4x4, 2x2) on its stride phases, 2.56x fewer multiplies")
+    if shape and _winograd_5x5(op, weight_shape, problem, narrow):
+        tiles = _output_tiles(weight_shape, problem, 2)
+        return "winograd", (f"a 5x5 stride-1 layer with min(C, K)/groups = {narrow} >= "
+                            f"AUTO_WINOGRAD_5X5_MIN_CHANNELS = "
+                            f"{config.AUTO_WINOGRAD_5X5_MIN_CHANNELS} on {tiles} >= "
+                            f"AUTO_WINOGRAD_5X5_MIN_TILES = {config.AUTO_WINOGRAD_5X5_MIN_TILES}"
+                            f" 2x2 output tiles: F(2x2, 5x5), 2.78x fewer multiplies")
     # F(4x4, 3x3): 3x3 stride-1 layers (conv2d's Winograd also takes stride 2, below)
     fits = ("winograd" in dispatch.available_algorithms(op)
             and problem.get("stride", (1, 1)) == (1, 1)
@@ -148,13 +159,32 @@ def _choose_conv(op, weight_shape, problem):
     return "im2col", f"C/groups*R*S = {depth} multiply-adds per output; {why}"
 
 
-def _output_tiles(weight_shape, problem) -> int:
-    """4x4 output tiles of a conv2d: N * ceil(H_out / 4) * ceil(W_out / 4)."""
+def _output_tiles(weight_shape, problem, tile: int = 4) -> int:
+    """``tile`` x ``tile`` output tiles of a conv2d: N * ceil(H_out / tile) * ceil(W_out /
+    tile)."""
     n_img, _, height, width = problem["input_shape"]
     out_h, out_w = (shapes.output_length(size, weight_shape[2 + a], problem["stride"][a],
                                          problem["padding"][a], problem["dilation"][a])
                     for a, size in enumerate((height, width)))
-    return n_img * -(-out_h // 4) * -(-out_w // 4)
+    return n_img * -(-out_h // tile) * -(-out_w // tile)
+
+
+def _winograd_5x5(op, weight_shape, problem, narrow: int) -> bool:
+    """Whether auto takes a 5x5 conv2d or grad_input to F(2x2, 5x5): one it computes
+    (stride and dilation 1; grad_input: padding <= 4), min(C, K)/groups and 2x2 output
+    tiles enough (``AUTO_WINOGRAD_5X5_*``, :mod:`fastconv.config`)."""
+    if weight_shape[2:] != (5, 5) or op not in ("conv2d", "conv2d_grad_input"):
+        return False
+    stride, dilation = problem.get("stride", (1, 1)), problem.get("dilation", (1, 1))
+    if op == "conv2d":
+        reason = winograd_5x5.unsupported(weight_shape=weight_shape, stride=stride,
+                                          dilation=dilation)
+    else:
+        reason = winograd_5x5.unsupported_grad_input(
+            weight_shape=weight_shape, stride=stride, padding=problem["padding"],
+            dilation=dilation)
+    return (reason is None and narrow >= config.AUTO_WINOGRAD_5X5_MIN_CHANNELS
+            and _output_tiles(weight_shape, problem, 2) >= config.AUTO_WINOGRAD_5X5_MIN_TILES)
 
 
 def _winograd_strided(weight_shape, problem, narrow: int) -> bool:

@@ -108,13 +108,15 @@ def unsupported(*, weight_shape, stride, dilation, **_) -> str | None:
 
 @kernel(parallel=True)
 def _filter_transform(taps, g, transformed, part, parts):
-    """transformed[a * 6 + b, k, :] = sum_{r, s} G[a, r] G[b, s] taps[k, r * 3 + s, :]:
+    """transformed[a * 6 + b, k, :] = sum_{r, s} G[a, r] G[b, s] taps[k, r * R + s, :]:
     ``G w G^T`` for every filter, vectorised over the input channels (``taps``
-    is the weight laid out as ``(K, 9, C/groups)``). A task takes a block of
+    is the weight laid out as ``(K, R * R, C/groups)``, ``g`` is G, ``(6, R)``: 3x3
+    here, 5x5 for :mod:`.winograd_5x5`). A task takes a block of
     filters and writes one of the 36 planes of ``transformed`` at a time, so
     that it streams into one place, not 36 (their 4 KiB-aligned strides would
     collide in the cache)."""
     out_channels, group_channels = taps.shape[0], taps.shape[2]
+    size = g.shape[1]
     block = 8
     n_blocks = (out_channels + block - 1) // block
     for first in prange(part * n_blocks // parts, (part + 1) * n_blocks // parts):
@@ -124,11 +126,11 @@ def _filter_transform(taps, g, transformed, part, parts):
                     dst = transformed[a * ALPHA + b, k]
                     for c in range(group_channels):
                         dst[c] = 0
-                    for r in range(3):
-                        for s in range(3):
+                    for r in range(size):
+                        for s in range(size):
                             coefficient = g[a, r] * g[b, s]
                             if coefficient != 0:
-                                src = taps[k, r * 3 + s]
+                                src = taps[k, r * size + s]
                                 for c in range(group_channels):
                                     dst[c] += coefficient * src[c]
 
@@ -136,7 +138,17 @@ def _filter_transform(taps, g, transformed, part, parts):
 @kernel()
 def _b_transform(src, at, step, dst, dst_at, dst_step, n, b_t):
     """``o = B^T i`` on six vectors of length ``n``, ``i_r = src[at + r * step :]`` and
-    ``o_r = dst[dst_at + r * dst_step :]`` (offsets, not views: a view per vector cost a
+    ``o_r = dst[dst_at + r * dst_step :]``: :func:`b_transform_pairs` with ``odd = step``
+    and ``pair = 2 * step``."""
+    b_transform_pairs(src, at, step, 2 * step, dst, dst_at, dst_step, n, b_t)
+
+
+@kernel()
+def b_transform_pairs(src, at, odd, pair, dst, dst_at, dst_step, n, b_t):
+    """``o = B^T i`` on six vectors of length ``n``, ``i_r = src[at + (r % 2) * odd + (r //
+    2) * pair :]`` (rows in two interleaved planes ``odd`` apart, as
+    :mod:`.winograd_5x5` keeps a row's even and odd input rows) and ``o_r = dst[dst_at + r
+    * dst_step :]`` (offsets, not views: a view per vector cost a
     reference count's atomic increment and decrement, on a counter both threads share),
     one pass: explicit SIMD vectors
     (:mod:`.simd`; LLVM does not vectorise the plain loop over twelve slices of one
@@ -153,9 +165,9 @@ def _b_transform(src, at, step, dst, dst_at, dst_step, n, b_t):
     whole = n // lanes * lanes
     for t in range(0, whole, lanes):
         i, o = at + t, dst_at + t
-        a0, a1, a2 = simd.load(src, i), simd.load(src, i + step), simd.load(src, i + 2 * step)
-        a3, a4 = simd.load(src, i + 3 * step), simd.load(src, i + 4 * step)
-        a5 = simd.load(src, i + 5 * step)
+        a0, a1, a2 = simd.load(src, i), simd.load(src, i + odd), simd.load(src, i + pair)
+        a3, a4 = simd.load(src, i + odd + pair), simd.load(src, i + 2 * pair)
+        a5 = simd.load(src, i + odd + 2 * pair)
         d31, d42 = simd.sub(a3, a1), simd.sub(a4, a2)
         simd.store(dst, o, simd.fma(v_one_half, d31,
                                     simd.fma(v_minus_two, a2, simd.add(a0, a4))))
@@ -169,8 +181,8 @@ def _b_transform(src, at, step, dst, dst_at, dst_step, n, b_t):
             v_one_half, d42, simd.fma(v_minus_two, a3, simd.add(a5, a1))))
     for t in range(whole, n):
         i, o = at + t, dst_at + t
-        a0, a1, a2 = src[i], src[i + step], src[i + 2 * step]
-        a3, a4, a5 = src[i + 3 * step], src[i + 4 * step], src[i + 5 * step]
+        a0, a1, a2 = src[i], src[i + odd], src[i + pair]
+        a3, a4, a5 = src[i + odd + pair], src[i + 2 * pair], src[i + odd + 2 * pair]
         d31, d42 = a3 - a1, a4 - a2
         dst[o] = a0 + a4 - two * a2 + one_half * d31
         dst[o + dst_step] = a4 - a1 + half * a2 + five_halves * a3
@@ -479,12 +491,15 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
                         nonfinite[q] = True
 
 
-def transform_filters(weight: np.ndarray, groups: int, flipped: bool = False) -> np.ndarray:
+def transform_filters(weight: np.ndarray, groups: int, flipped: bool = False, *,
+                      g: np.ndarray = G, kind: str = "winograd") -> np.ndarray:
     """``U = G w G^T`` for every filter, packed for :func:`_products` as ``(36, groups,
     blocks, C/groups * 8)``: block ``b`` of group ``g`` holds its 8 filters' values
     channel by channel (zeros past the group's last filter). With ``flipped``, of the
     weight of grad_input's convolution (:func:`.identities.transpose_flip`) instead.
-    Kept for the next call while ``weight`` holds the same bytes (:mod:`.prepared`)."""
+    ``g``: G, ``(6, R)`` for an R x R kernel (:mod:`.winograd_5x5` passes its own, and its
+    ``kind`` to keep its transforms apart). Kept for the next call while ``weight`` holds
+    the same bytes (:mod:`.prepared`)."""
     out_channels = weight.shape[1] * groups if flipped else weight.shape[0]
     group_channels = weight.shape[0] // groups if flipped else weight.shape[1]
     per_group = out_channels // groups
@@ -494,18 +509,19 @@ def transform_filters(weight: np.ndarray, groups: int, flipped: bool = False) ->
         if flipped:
             weight = identities.transpose_flip(weight, groups)
         # reused across calls: a fresh buffer page-faults (5-10 MB for deep layers)
-        taps = workspace.borrow((out_channels, 9, group_channels), weight.dtype,
+        size = g.shape[1] * g.shape[1]
+        taps = workspace.borrow((out_channels, size, group_channels), weight.dtype,
                                 "winograd taps")
-        np.copyto(taps, weight.reshape(out_channels, group_channels, 9).transpose(0, 2, 1))
+        np.copyto(taps, weight.reshape(out_channels, group_channels, size).transpose(0, 2, 1))
         # (not the slot "winograd filters": packed is that slot's buffer past the budget)
         transformed = workspace.borrow((ALPHA * ALPHA, out_channels, group_channels),
                                        weight.dtype, "winograd unpacked")
         n_parts = threads.count()
-        threads.launch(_filter_transform, n_parts, taps, G.astype(weight.dtype), transformed)
+        threads.launch(_filter_transform, n_parts, taps, g.astype(weight.dtype), transformed)
         threads.launch(_pack_products, n_parts, transformed, packed)
 
-    kind = "winograd grad_input filters" if flipped else "winograd filters"
-    return prepared.get(kind, weight, shape, build, groups)
+    slot = f"{kind} grad_input filters" if flipped else f"{kind} filters"
+    return prepared.get(slot, weight, shape, build, groups)
 
 
 @kernel(parallel=True)
@@ -539,30 +555,41 @@ def _strided():
     return winograd_s2
 
 
+def _five():
+    """:mod:`.winograd_5x5`, F(2x2, 5x5), which builds on this module (imported at the
+    first call, as :func:`_strided`)."""
+    from . import winograd_5x5
+
+    return winograd_5x5
+
+
 def unsupported_any_stride(*, weight_shape, stride, dilation, groups=1, **_) -> str | None:
-    """Why neither F(4x4, 3x3) nor F(4x4, 2x2) on the stride phases (:mod:`.winograd_s2`)
-    can compute this conv2d, or None if one can."""
+    """Why none of F(4x4, 3x3), F(2x2, 5x5) (:mod:`.winograd_5x5`) and F(4x4, 2x2) on the
+    stride phases (:mod:`.winograd_s2`) can compute this conv2d, or None if one can."""
     if (unsupported(weight_shape=weight_shape, stride=stride, dilation=dilation) is None
+            or _five().unsupported(weight_shape=weight_shape, stride=stride,
+                                   dilation=dilation) is None
             or _strided().unsupported(weight_shape=weight_shape, stride=stride,
                                       dilation=dilation, groups=groups) is None):
         return None
-    return (f"winograd needs a 3x3 kernel with stride 1, or a 3x3 or 4x4 kernel with stride 2 "
-            f"and groups 1, and dilation 1; got kernel {tuple(weight_shape[2:])}, stride "
-            f"{stride}, dilation {dilation}, groups {groups}")
+    return (f"winograd needs a 3x3 or 5x5 kernel with stride 1, or a 3x3 or 4x4 kernel with "
+            f"stride 2 and groups 1, and dilation 1; got kernel {tuple(weight_shape[2:])}, "
+            f"stride {stride}, dilation {dilation}, groups {groups}")
 
 
 @register("conv2d", "cpu", "winograd", unsupported=unsupported_any_stride)
 def conv2d_winograd(x, weight, bias, out, stride, padding, dilation, groups, activation=None, *,
                     gemm=None):
-    """Host side of Winograd F(4x4, 3x3), and at stride 2 of F(4x4, 2x2) on the stride
-    phases (:func:`.winograd_s2.conv2d`); arguments as normalised by
-    :func:`fastconv.conv2d`.
+    """Host side of Winograd F(4x4, 3x3), of F(2x2, 5x5) for 5x5 kernels
+    (:func:`.winograd_5x5.conv2d`), and at stride 2 of F(4x4, 2x2) on the stride phases
+    (:func:`.winograd_s2.conv2d`); arguments as normalised by :func:`fastconv.conv2d`.
 
     A NaN or Inf in the weight or bias sends the call to im2col; tile rows whose
     outputs are not all finite are recomputed by im2col (see the module docstring)."""
-    if stride != (1, 1):
-        _strided().conv2d(x, weight, bias, out, stride, padding, dilation, groups, activation,
-                          gemm=gemm)
+    if stride != (1, 1) or weight.shape[2:] == (5, 5):
+        module = _strided() if stride != (1, 1) else _five()
+        module.conv2d(x, weight, bias, out, stride, padding, dilation, groups, activation,
+                      gemm=gemm)
         return
     if not (all_finite(weight) and (bias is None or all_finite(bias))):
         im2col.conv2d_im2col(x, weight, bias, out, stride, padding, dilation, groups, activation,
@@ -629,7 +656,11 @@ def _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, 
 
 def unsupported_grad_input(*, weight_shape, stride, padding, dilation, **_) -> str | None:
     """Why grad_input cannot be the Winograd convolution of grad_output (see
-    :mod:`.identities`), or None if it can."""
+    :mod:`.identities`; 5x5 kernels :func:`.winograd_5x5.unsupported_grad_input`), or None
+    if it can."""
+    if weight_shape[2:] == (5, 5):
+        return _five().unsupported_grad_input(weight_shape=weight_shape, stride=stride,
+                                              padding=padding, dilation=dilation)
     reason = unsupported(weight_shape=weight_shape, stride=stride, dilation=dilation)
     if reason is None and max(max(p) for p in padding) > 2:
         reason = f"winograd needs padding <= 2 for grad_input, got {padding}"
@@ -643,7 +674,11 @@ def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilat
 
     With a non-finite weight, im2col's grad_input instead: the convolution's zero
     padding would multiply the weight where the transposed convolution has no term
-    (0 * Inf = NaN)."""
+    (0 * Inf = NaN). 5x5 kernels by F(2x2, 5x5) (:func:`.winograd_5x5.conv2d_grad_input`)."""
+    if weight.shape[2:] == (5, 5):
+        _five().conv2d_grad_input(grad_out, weight, grad_in, stride, padding, dilation, groups,
+                                  gemm=gemm)
+        return
     if not all_finite(weight):
         im2col.conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilation,
                                         groups, gemm=gemm)
@@ -806,11 +841,11 @@ def _filter_transform_adjoint(partial, g, taps, part, parts):
 
 
 def block_rows(n_img, channels, out_channels, out_h, out_w, item, n_threads,
-               points=ALPHA * ALPHA):
-    """Tile rows per block: the byte budget (``points`` transformed values per tile and
-    channel), at least WINOGRAD_MIN_TILES tiles, and a multiple of the thread count in
-    blocks."""
-    tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
+               points=ALPHA * ALPHA, tile=TILE):
+    """Tile rows per block: the byte budget (``points`` transformed values per ``tile`` x
+    ``tile`` output tile and channel), at least WINOGRAD_MIN_TILES tiles, and a multiple
+    of the thread count in blocks."""
+    tiles_h, tiles_w = -(-out_h // tile), -(-out_w // tile)
     per_row = points * (channels + out_channels) * tiles_w * item
     rows_per_block = max(1, config.WINOGRAD_TILE_BYTES // per_row,
                          -(-config.WINOGRAD_MIN_TILES // tiles_w))
