@@ -176,16 +176,21 @@ AUTO_WINOGRAD_STRIDED_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_CH
 AUTO_WINOGRAD_STRIDED_MIN_TILES: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_TILES", 32)
 
 #: conv2d and grad_input of 5x5 stride-1 layers: Winograd F(2x2, 5x5)
-#: (``fastconv.cpu.winograd_5x5``) is chosen when min(C, K)/groups is at least this and
-#: the layer has at least AUTO_WINOGRAD_5X5_MIN_TILES 2x2 output tiles (measured on a
-#: Zen 4, two threads, ms Winograd / blocked, conv2d and grad_input: C64 28x28 at N8,
-#: 1568 tiles, 3.60 / 6.56 and 3.74 / 6.85; at N1, 196 tiles, 0.53 / 1.35 and 0.53 /
-#: 1.34; C32 -> 48 14x14 at N32, 1568 tiles, 1.77-1.93 / 2.27-2.46 and 1.89-2.13 /
-#: 2.26-2.36; C16 -> 32 32x32 at N8, 2048 tiles, 0.86 / 1.14 and 1.22 / 1.25; losing:
-#: C32 -> 48 14x14 at N1, 49 tiles, 0.12-0.15 / 0.17 and 0.13-0.20 / 0.11-0.16; C64
-#: 7x7 at N2, 32 tiles, 0.16-0.25 / 0.17-0.19; C16 14x14 at N8, 0.15 / 0.11; LeNet's
-#: C6 -> 16 on 12x12, 0.34 / 0.17).
-AUTO_WINOGRAD_5X5_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_5X5_MIN_CHANNELS", 32)
+#: (``fastconv.cpu.winograd_5x5``) is chosen when min(C, K)/groups is at least this,
+#: C * K / groups^2 at least AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS (the products per tile,
+#: against transforms that grow with C + K) and the layer has at least
+#: AUTO_WINOGRAD_5X5_MIN_TILES 2x2 output tiles (measured on a Zen 4, two threads, ms
+#: Winograd / blocked, conv2d and grad_input: C64 28x28 at N8, 1568 tiles, 3.60 / 6.56
+#: and 3.74 / 6.85; at N1, 196 tiles, 0.53 / 1.35 and 0.53 / 1.34; C32 -> 48 14x14 at
+#: N32, 1568 tiles, 1.77-1.93 / 2.27-2.46 and 1.89-2.13 / 2.26-2.36; C16 -> 32 32x32 at
+#: N8, 2048 tiles, 0.89-0.93 / 1.13-1.18 and 0.88-1.07 / 1.23-1.45; C24 -> 32 16x16 at
+#: N16, 0.82-0.92 / 0.98 and 0.83-0.89 / 1.03; even: C32 14x14 at N4, 196 tiles,
+#: 0.23-0.27 / 0.22-0.24 and 0.21-0.22 / 0.24-0.26; losing: C16 28x28 at N8 (256 channel
+#: pairs), 0.50-0.54 / 0.46-0.48 and 0.54-0.55 / 0.49-0.50; C32 -> 48 14x14 at N1, 49
+#: tiles, 0.12-0.15 / 0.17 and 0.13-0.20 / 0.11-0.16; C64 7x7 at N2, 32 tiles,
+#: 0.16-0.25 / 0.17-0.19; LeNet's C6 -> 16 on 12x12, 0.34 / 0.17).
+AUTO_WINOGRAD_5X5_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_5X5_MIN_CHANNELS", 16)
+AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS: int = _env_int("AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS", 512)
 AUTO_WINOGRAD_5X5_MIN_TILES: int = _env_int("AUTO_WINOGRAD_5X5_MIN_TILES", 128)
 
 #: The register-blocked direct kernels (``fastconv.cpu.blocked``: conv2d and grad_weight

@@ -162,11 +162,14 @@ def test_auto_takes_5x5_layers_with_channels_and_tiles_enough():
     for op in ("conv2d", "grad_input"):
         assert chosen((32, 32, 14, 14), (48, 32, 5, 5), op, padding=2) == "winograd"
         assert chosen((1, 64, 28, 28), (64, 64, 5, 5), op, padding=2) == "winograd"
-        # too few channels (LeNet's layers), too few tiles (one 14x14 image)
+        assert chosen((8, 16, 32, 32), (32, 16, 5, 5), op, padding=2) == "winograd"
+        # too few channels (LeNet's layers), too few channel pairs (16 x 16), too few
+        # tiles (one 14x14 image)
         assert chosen((64, 6, 12, 12), (16, 6, 5, 5), op, padding=2) != "winograd"
-        assert chosen((8, 16, 14, 14), (16, 16, 5, 5), op, padding=2) != "winograd"
+        assert chosen((8, 16, 28, 28), (16, 16, 5, 5), op, padding=2) != "winograd"
         assert chosen((1, 32, 14, 14), (48, 32, 5, 5), op, padding=2) != "winograd"
-    assert config.AUTO_WINOGRAD_5X5_MIN_CHANNELS == 32
+    assert config.AUTO_WINOGRAD_5X5_MIN_CHANNELS == 16
+    assert config.AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS == 512
     assert config.AUTO_WINOGRAD_5X5_MIN_TILES == 128
 
 

@@ -37,7 +37,8 @@ def _choose_conv(op, weight_shape, problem):
        channels on both sides and ``AUTO_WINOGRAD_STRIDED_MIN_TILES`` 4x4 output tiles
        (:mod:`.winograd_s2`); for conv2d and grad_input, Winograd F(2x2, 5x5) for 5x5
        stride-1 layers of at least ``AUTO_WINOGRAD_5X5_MIN_CHANNELS`` channels per group
-       on both sides and ``AUTO_WINOGRAD_5X5_MIN_TILES`` 2x2 output tiles
+       on both sides, ``AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS`` channels in times channels
+       out per group and ``AUTO_WINOGRAD_5X5_MIN_TILES`` 2x2 output tiles
        (:mod:`.winograd_5x5`);
     2. with at least ``blocked.MIN_GROUP_K`` filters per group in the convolution
        that runs (K/groups; C/groups for grad_input), any stride for conv2d and
@@ -107,9 +108,12 @@ def _choose_conv(op, weight_shape, problem):
                             f"F(4x4, 2x2) on its stride phases, 2.56x fewer multiplies")
     if shape and _winograd_5x5(op, weight_shape, problem, narrow):
         tiles = _output_tiles(weight_shape, problem, 2)
+        pairs = group_channels * (out_channels // groups)
         return "winograd", (f"a 5x5 stride-1 layer with min(C, K)/groups = {narrow} >= "
                             f"AUTO_WINOGRAD_5X5_MIN_CHANNELS = "
-                            f"{config.AUTO_WINOGRAD_5X5_MIN_CHANNELS} on {tiles} >= "
+                            f"{config.AUTO_WINOGRAD_5X5_MIN_CHANNELS}, C * K / groups^2 = "
+                            f"{pairs} >= AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS = "
+                            f"{config.AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS} on {tiles} >= "
                             f"AUTO_WINOGRAD_5X5_MIN_TILES = {config.AUTO_WINOGRAD_5X5_MIN_TILES}"
                             f" 2x2 output tiles: F(2x2, 5x5), 2.78x fewer multiplies")
     # F(4x4, 3x3): 3x3 stride-1 layers (conv2d's Winograd also takes stride 2, below)
@@ -171,9 +175,13 @@ def _output_tiles(weight_shape, problem, tile: int = 4) -> int:
 
 def _winograd_5x5(op, weight_shape, problem, narrow: int) -> bool:
     """Whether auto takes a 5x5 conv2d or grad_input to F(2x2, 5x5): one it computes
-    (stride and dilation 1; grad_input: padding <= 4), min(C, K)/groups and 2x2 output
-    tiles enough (``AUTO_WINOGRAD_5X5_*``, :mod:`fastconv.config`)."""
+    (stride and dilation 1; grad_input: padding <= 4), min(C, K)/groups, C * K /
+    groups^2 and 2x2 output tiles enough (``AUTO_WINOGRAD_5X5_*``,
+    :mod:`fastconv.config`)."""
     if weight_shape[2:] != (5, 5) or op not in ("conv2d", "conv2d_grad_input"):
+        return False
+    pairs = weight_shape[1] * (weight_shape[0] // problem.get("groups", 1))
+    if pairs < config.AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS:
         return False
     stride, dilation = problem.get("stride", (1, 1)), problem.get("dilation", (1, 1))
     if op == "conv2d":
