@@ -170,10 +170,22 @@ AUTO_WINOGRAD_MIN_TILES: int = _env_int("AUTO_WINOGRAD_MIN_TILES", 128)
 #: ms Winograd / blocked: C64 -> 128 32x32 at N8, 128 tiles, 1.82 / 2.58; C16 -> 32
 #: 64x64, 0.57 / 0.73; C128 -> 256 16x16, 32 tiles, 2.24 / 2.87; at N2 0.47 / 0.69;
 #: C3 -> 64 64x64 at N32, 1.47 / 1.16; at N1, 16 tiles, 0.54 / 0.39; C256 -> 512 8x8,
-#: 8 tiles, 8.1 / 3.6). Its 3x3 stride-2 form (1.44x fewer multiplies instead of 2.56x)
-#: lost to the blocked kernel on every layer measured, so auto leaves 3x3 layers alone.
+#: 8 tiles, 8.1 / 3.6).
 AUTO_WINOGRAD_STRIDED_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_CHANNELS", 16)
 AUTO_WINOGRAD_STRIDED_MIN_TILES: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_TILES", 32)
+
+#: Its 3x3 form (81 multiplies a tile and channel against 144 summed directly, 1.78x
+#: fewer: the phases of the middle row and column have one tap there) is chosen for 3x3
+#: stride-2 layers with min(C, K) at least this, at least AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE
+#: output positions an image and AUTO_WINOGRAD_STRIDED_MIN_TILES tiles (measured on a Zen
+#: 4, two threads, ms Winograd / blocked: C64 -> 128 56x56 at N8 (the suite's f) 4.39-4.57
+#: / 4.91; C128 -> 256 56x56 17.5 / 20.7; C64 -> 128 112x112 at N2 5.80 / 6.06; even:
+#: C128 -> 256 28x28 (14x14 out) 5.61 / 5.61; losing: C32 -> 64 56x56 1.84 / 1.50, C16 ->
+#: 32 64x64 0.59 / 0.47, C64 -> 128 28x28 2.12 / 1.55, C256 -> 512 14x14 7.7 / 5.5).
+AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS",
+                                                       64)
+AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE: int = _env_int("AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE",
+                                                    28 * 28)
 
 #: conv2d and grad_input of 5x5 stride-1 layers: Winograd F(2x2, 5x5)
 #: (``fastconv.cpu.winograd_5x5``) is chosen when min(C, K)/groups is at least this,

@@ -563,7 +563,9 @@ def test_strided_conv2d_of_up_to_192_channels_stays_blocked(monkeypatch, rng):
         assert picks(8, 192, 14, 384) == ("direct", "im2col")  # 7x7 outputs
         assert picks(8, 256, 14, 512) == ("im2col", "im2col")  # 256 channels
         assert picks(8, 128, 8, 256) == ("im2col", "im2col")  # 4x4 outputs
-        assert picks(8, 64, 56, 128) == ("direct", "direct")  # up to 64 channels, as before
+        assert picks(8, 32, 56, 64) == ("direct", "direct")  # up to 64 channels, as before
+        # (64 channels on 28x28 outputs: the conv2d by Winograd on the stride phases)
+        assert picks(8, 64, 56, 128) == ("winograd", "direct")
         monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 64)
         assert picks(8, 128, 28, 256)[0] == "im2col"
         monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 192)

@@ -133,18 +133,27 @@ def test_refuses_what_it_cannot_compute():
             fastconv.conv2d(x, np.zeros(w_shape, np.float32), **kwargs, algorithm="winograd")
 
 
-def test_auto_takes_4x4_stride_2_layers_with_channels_and_tiles_enough():
+def test_auto_takes_stride_2_layers_with_channels_and_tiles_enough():
     def chosen(x_shape, w_shape, **kwargs):
         x, w = np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32)
         return fastconv.explain(fastconv.conv2d, x, w, **kwargs)["algorithm"]
 
     assert chosen((8, 64, 32, 32), (128, 64, 4, 4), stride=2, padding=1) == "winograd"
-    # 3x3 at stride 2: fewer multiplies saved than its transforms cost here
-    assert chosen((8, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1) != "winograd"
-    # too few channels (an RGB first layer), too few tiles (a batch of one 16x16 output)
+    # 3x3 at stride 2 (the suite's f): from 64 channels on planes of 28x28 outputs
+    assert chosen((8, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1) == "winograd"
+    # too few channels (an RGB first layer; 3x3: 32), too few tiles (a batch of one 16x16
+    # output), 3x3 on a plane of 14x14 outputs, dilation or groups it does not compute
     assert chosen((8, 3, 64, 64), (64, 3, 4, 4), stride=2, padding=1) != "winograd"
+    assert chosen((8, 32, 56, 56), (64, 32, 3, 3), stride=2, padding=1) != "winograd"
     assert chosen((1, 64, 32, 32), (128, 64, 4, 4), stride=2, padding=1) != "winograd"
+    assert chosen((8, 64, 28, 28), (128, 64, 3, 3), stride=2, padding=1) != "winograd"
+    assert chosen((8, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=2,
+                  dilation=2) != "winograd"
+    assert chosen((8, 64, 56, 56), (128, 32, 3, 3), stride=2, padding=1,
+                  groups=2) != "winograd"
     assert config.AUTO_WINOGRAD_STRIDED_MIN_TILES == 32
+    assert config.AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS == 64
+    assert config.AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE == 28 * 28
 
 
 def test_conv_transpose2d_backward_grad_input_through_auto(rng):

@@ -34,7 +34,9 @@ def _choose_conv(op, weight_shape, problem):
     1. direct when the whole call needs at most ``AUTO_DIRECT_MAX_WORK`` multiply-adds
        (a GEMM's packing costs more); for conv2d, Winograd F(4x4, 2x2) on the stride
        phases for 4x4 stride-2 layers of at least ``AUTO_WINOGRAD_STRIDED_MIN_CHANNELS``
-       channels on both sides and ``AUTO_WINOGRAD_STRIDED_MIN_TILES`` 4x4 output tiles
+       channels on both sides and ``AUTO_WINOGRAD_STRIDED_MIN_TILES`` 4x4 output tiles,
+       and for 3x3 ones of at least ``AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS`` channels
+       and ``AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE`` output positions an image
        (:mod:`.winograd_s2`); for conv2d and grad_input, Winograd F(2x2, 5x5) for 5x5
        stride-1 layers of at least ``AUTO_WINOGRAD_5X5_MIN_CHANNELS`` channels per group
        on both sides, ``AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS`` channels in times channels
@@ -100,12 +102,21 @@ def _choose_conv(op, weight_shape, problem):
     narrow = min(group_channels, out_channels // groups)
     if op == "conv2d" and shape and _winograd_strided(weight_shape, problem, narrow):
         tiles = _output_tiles(weight_shape, problem)
-        return "winograd", (f"a 4x4 stride-2 layer with min(C, K) = {narrow} >= "
-                            f"AUTO_WINOGRAD_STRIDED_MIN_CHANNELS = "
-                            f"{config.AUTO_WINOGRAD_STRIDED_MIN_CHANNELS} on {tiles} >= "
-                            f"AUTO_WINOGRAD_STRIDED_MIN_TILES = "
-                            f"{config.AUTO_WINOGRAD_STRIDED_MIN_TILES} 4x4 output tiles: "
-                            f"F(4x4, 2x2) on its stride phases, 2.56x fewer multiplies")
+        if weight_shape[2:] == (4, 4):
+            return "winograd", (f"a 4x4 stride-2 layer with min(C, K) = {narrow} >= "
+                                f"AUTO_WINOGRAD_STRIDED_MIN_CHANNELS = "
+                                f"{config.AUTO_WINOGRAD_STRIDED_MIN_CHANNELS} on {tiles} >= "
+                                f"AUTO_WINOGRAD_STRIDED_MIN_TILES = "
+                                f"{config.AUTO_WINOGRAD_STRIDED_MIN_TILES} 4x4 output tiles: "
+                                f"F(4x4, 2x2) on its stride phases, 2.56x fewer multiplies")
+        return "winograd", (f"a 3x3 stride-2 layer with min(C, K) = {narrow} >= "
+                            f"AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS = "
+                            f"{config.AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS} and "
+                            f"{_output_plane(weight_shape, problem)} >= "
+                            f"AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE = "
+                            f"{config.AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE} output positions an "
+                            f"image on {tiles} 4x4 tiles: F(4x4, 2x2) on its stride phases, "
+                            f"1.78x fewer multiplies")
     if shape and _winograd_5x5(op, weight_shape, problem, narrow):
         tiles = _output_tiles(weight_shape, problem, 2)
         pairs = group_channels * (out_channels // groups)
@@ -166,11 +177,8 @@ def _choose_conv(op, weight_shape, problem):
 def _output_tiles(weight_shape, problem, tile: int = 4) -> int:
     """``tile`` x ``tile`` output tiles of a conv2d: N * ceil(H_out / tile) * ceil(W_out /
     tile)."""
-    n_img, _, height, width = problem["input_shape"]
-    out_h, out_w = (shapes.output_length(size, weight_shape[2 + a], problem["stride"][a],
-                                         problem["padding"][a], problem["dilation"][a])
-                    for a, size in enumerate((height, width)))
-    return n_img * -(-out_h // tile) * -(-out_w // tile)
+    out_h, out_w = _output_size(weight_shape, problem)
+    return problem["input_shape"][0] * -(-out_h // tile) * -(-out_w // tile)
 
 
 def _winograd_5x5(op, weight_shape, problem, narrow: int) -> bool:
@@ -198,13 +206,35 @@ def _winograd_5x5(op, weight_shape, problem, narrow: int) -> bool:
 def _winograd_strided(weight_shape, problem, narrow: int) -> bool:
     """Whether auto takes a conv2d to F(4x4, 2x2) on its stride phases: a 4x4 kernel at
     stride 2 that it computes, min(C, K) and output tiles enough
-    (``AUTO_WINOGRAD_STRIDED_*``, :mod:`fastconv.config`)."""
-    return (weight_shape[2:] == (4, 4) and problem.get("stride") == (2, 2)
-            and winograd_s2.unsupported(weight_shape=weight_shape, stride=problem["stride"],
-                                        dilation=problem.get("dilation", (1, 1)),
-                                        groups=problem.get("groups", 1)) is None
-            and narrow >= config.AUTO_WINOGRAD_STRIDED_MIN_CHANNELS
-            and _output_tiles(weight_shape, problem) >= config.AUTO_WINOGRAD_STRIDED_MIN_TILES)
+    (``AUTO_WINOGRAD_STRIDED_*``, :mod:`fastconv.config`), or a 3x3 one of more channels
+    on larger planes (``AUTO_WINOGRAD_STRIDED_3X3_*``)."""
+    if weight_shape[2:] not in ((3, 3), (4, 4)) or problem.get("stride") != (2, 2):
+        return False
+    if winograd_s2.unsupported(weight_shape=weight_shape, stride=problem["stride"],
+                               dilation=problem.get("dilation", (1, 1)),
+                               groups=problem.get("groups", 1)) is not None:
+        return False
+    if _output_tiles(weight_shape, problem) < config.AUTO_WINOGRAD_STRIDED_MIN_TILES:
+        return False
+    if weight_shape[2:] == (4, 4):
+        return narrow >= config.AUTO_WINOGRAD_STRIDED_MIN_CHANNELS
+    return (narrow >= config.AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS
+            and _output_plane(weight_shape, problem) >= config.AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE)
+
+
+def _output_plane(weight_shape, problem) -> int:
+    """H_out * W_out of a conv2d."""
+    out_h, out_w = _output_size(weight_shape, problem)
+    return out_h * out_w
+
+
+def _output_size(weight_shape, problem) -> tuple[int, int]:
+    """(H_out, W_out) of a conv2d."""
+    _, _, height, width = problem["input_shape"]
+    out_h, out_w = (shapes.output_length(size, weight_shape[2 + a], problem["stride"][a],
+                                         problem["padding"][a], problem["dilation"][a])
+                    for a, size in enumerate((height, width)))
+    return out_h, out_w
 
 
 def _wide_vectors() -> bool:

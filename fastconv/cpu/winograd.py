@@ -417,7 +417,17 @@ def _products(packed, v, m, e, groups, group_channels, n_tiles, pitch, taps):
     (:mod:`.microkernels`): for each block of 8 filters, 48 tiles at a time, then two or
     one vectors of them. ``packed[e, g, b]``: the block's filters, channel-major (8 per
     channel); M's rows are the groups' filters padded to blocks of 8, ``pitch`` apart;
-    V's rows ``pitch`` apart, whole vectors readable. ``taps``: a 1-element scratch."""
+    V's rows ``pitch`` apart, whole vectors readable. ``taps``: a 1-element scratch.
+    :func:`products_over` with every channel."""
+    products_over(packed, v, m, e, groups, group_channels, group_channels, n_tiles, pitch,
+                  taps)
+
+
+@kernel()
+def products_over(packed, v, m, e, groups, group_channels, used, n_tiles, pitch, taps):
+    """:func:`_products` over the first ``used`` of each group's ``group_channels`` rows
+    of V[e] (the others' products are zero: :mod:`.winograd_s2`'s phases whose kernel has
+    one tap along an axis, at the point infinity)."""
     n_kblocks = packed.shape[2]
     m_rows = groups * n_kblocks * BLOCK_K
     channels = groups * group_channels
@@ -427,8 +437,7 @@ def _products(packed, v, m, e, groups, group_channels, n_tiles, pitch, taps):
             base_m = (e * m_rows + (g * n_kblocks + b) * BLOCK_K) * pitch
             # the micro-kernels read V at c * pitch + taps[0] + first, write M at first
             taps[0] = (e * channels + g * group_channels) * pitch - base_m
-            weights_x_run(v, weights, m, base_m, n_tiles, pitch, group_channels, taps, pitch,
-                          group_channels)
+            weights_x_run(v, weights, m, base_m, n_tiles, pitch, used, taps, pitch, used)
 
 
 @kernel(parallel=True)
