@@ -20,6 +20,7 @@ out-of-bounds index in a kernel fails a test.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -236,6 +237,9 @@ class Tiling(NamedTuple):
     tasks: tuple[int, ...]
     chunks: int
     images_per_task: tuple[int, ...] = ()
+    #: tasks of each chunk where the kernel hands them out so (the Winograd forwards:
+    #: each chunk an equal share of the tile rows in blocks); else :func:`chunk_ranges`
+    per_chunk: tuple[int, ...] = ()
 
 
 def chunk_ranges(n_tasks: int, n_chunks: int) -> list[range]:
@@ -279,8 +283,19 @@ def forced_tiles(groups: int, *, images: int | None = None) -> Iterator[list[Til
         rows = real_rows_per_block(n_img, channels, out_channels, out_h, out_w, item, n_threads,
                                    **points)
         n_tile_rows = n_img * -(-out_h // tile)
-        tasks = [min(rows, n_tile_rows - first) for first in range(0, n_tile_rows, rows)]
-        log.append(Tiling("winograd", tuple(tasks), min(n_threads, len(tasks))))
+        if not points.get("aligned"):
+            tasks = [min(rows, n_tile_rows - first) for first in range(0, n_tile_rows, rows)]
+            log.append(Tiling("winograd", tuple(tasks), min(n_threads, len(tasks))))
+            return rows
+        # the forwards: chunk c takes tile rows [c * n / chunks, (c + 1) * n / chunks)
+        chunks = max(1, min(n_threads, -(-n_tile_rows // rows)))
+        shares = [range(c * n_tile_rows // chunks, (c + 1) * n_tile_rows // chunks)
+                  for c in range(chunks)]
+        blocks = [[min(rows, share.stop - first) for first in range(share.start, share.stop,
+                                                                     rows)]
+                  for share in shares]
+        log.append(Tiling("winograd", tuple(b for chunk in blocks for b in chunk), chunks,
+                          per_chunk=tuple(len(chunk) for chunk in blocks)))
         return rows
 
     real_band_rows = getattr(strips, "band_rows", None)
@@ -341,7 +356,12 @@ def assert_tiles_mixed(log: list[Tiling], algorithm: str, case: PathCase, *,
         assert len(set(sizes)) > 1, f"{case.id}: equal tiles {tiling}"
         if images or tiling.wrapper in ("conv2d_grad_input_im2col", "direct"):
             continue  # two image blocks; each task runs every tile of its image; bands
-        mixed = [len({sizes[t] for t in r}) > 1 for r in chunk_ranges(len(sizes), tiling.chunks)]
+        ranges = chunk_ranges(len(sizes), tiling.chunks)
+        if tiling.per_chunk:
+            ends = list(itertools.accumulate(tiling.per_chunk))
+            ranges = [range(end - count, end) for end, count in zip(ends, tiling.per_chunk,
+                                                                     strict=True)]
+        mixed = [len({sizes[t] for t in r}) > 1 for r in ranges]
         assert any(mixed), f"{case.id}: no chunk runs tiles of both sizes {tiling}"
 
 

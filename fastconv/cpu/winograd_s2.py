@@ -303,7 +303,6 @@ def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, kh
     tiles_h = (out_h + TILE - 1) // TILE
     tiles_w = (out_w + TILE - 1) // TILE
     n_tile_rows = n_img * tiles_h
-    n_blocks = (n_tile_rows + rows_per_block - 1) // rows_per_block
     lanes = simd.lanes(scratch)
     max_pitch = winograd._pitch(rows_per_block * tiles_w, lanes)
     n_chunks = scratch.shape[0]
@@ -314,9 +313,10 @@ def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, kh
     for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
         v, m, patches, half = _block_buffers(scratch[chunk], depth, m_rows, max_pitch)
         taps = np.empty(1, np.intp)
-        for block in range(chunk * n_blocks // n_chunks, (chunk + 1) * n_blocks // n_chunks):
-            q_first = block * rows_per_block
-            q_last = min(q_first + rows_per_block, n_tile_rows)
+        # the chunk's share of the tile rows, in blocks (winograd.block_rows)
+        last = (chunk + 1) * n_tile_rows // n_chunks
+        for q_first in range(chunk * n_tile_rows // n_chunks, last, rows_per_block):
+            q_last = min(q_first + rows_per_block, last)
             n_tiles = (q_last - q_first) * tiles_w
             pitch = winograd._pitch(n_tiles, lanes)
             _clear_tails(patches, n_tiles, pitch)
@@ -417,7 +417,8 @@ def _conv2d(x, packed, bias, out, padding, activation, kernel_size):
     tiles_h, tiles_w = -(-out_h // TILE), -(-out_w // TILE)
     n_threads = threads.count()
     rows_per_block = winograd.block_rows(n_img, 4 * channels, out_channels, out_h, out_w,
-                                        x.itemsize, n_threads, points=ALPHA * ALPHA)
+                                        x.itemsize, n_threads, points=ALPHA * ALPHA,
+                                        aligned=True)
     n_chunks = max(1, min(n_threads, -(-(n_img * tiles_h) // rows_per_block)))
     max_pitch = winograd._pitch(rows_per_block * tiles_w, simd.WIDTH_BYTES // x.itemsize)
     scratch = workspace.borrow(
