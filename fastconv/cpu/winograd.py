@@ -265,30 +265,36 @@ def _deal_tiles(padded, at, count, available, out, first, step, phases):
             simd.store_first(out, o + 3 * step, simd.deinterleave(odd0, odd1, True), n)
 
 
-def store_tiles(y, at, step, count, target, out, n, k, row, floor):
-    """``out[n, k, row, 4 j + b] = max(floor, y[at + b * step + j])`` for ``j < count``
-    (whole tiles; ``b < 4``) and the sum of those values before the floor (NaN or
-    +-Inf where any is). ``y``: 1-D contiguous; ``target``: :func:`.strips.flat` (out).
-    On :mod:`.simd` vectors (two rounds of :func:`.simd.weave`, ``4 * lanes`` values at
-    a time) where ``out`` is C-contiguous; else value by value."""
+def store_tiles(y, at, step, count, target, out, n, k, row, floor, tile):
+    """``out[n, k, row, tile * j + b] = max(floor, y[at + b * step + j])`` for ``j < count``
+    (whole tiles; ``b < tile``, 4 or 2: :mod:`.winograd_5x5`'s) and the sum of those
+    values before the floor (NaN or +-Inf where any is). ``y``: 1-D contiguous;
+    ``target``: :func:`.strips.flat` (out). On :mod:`.simd` vectors (rounds of
+    :func:`.simd.weave`, ``tile * lanes`` values at a time) where ``out`` is
+    C-contiguous; else value by value."""
 
 
-def _store_tiles_vectors(y, at, step, count, target, out, n, k, row, floor):
+def _store_tiles_vectors(y, at, step, count, target, out, n, k, row, floor, tile):
     lanes = simd.lanes(y)
     low = simd.splat(floor, y)
     sums = simd.zeros(y)
     dst = strips.row_start(out, n, k, row)
     for j in range(0, count, lanes):
         m = min(lanes, count - j)
+        left, at_j = tile * m, dst + tile * j
         v0, v1 = simd.load_first(y, at + j, m), simd.load_first(y, at + step + j, m)
+        if tile == 2:
+            sums = simd.add(sums, simd.add(v0, v1))
+            v0, v1 = simd.maximum(v0, low), simd.maximum(v1, low)
+            simd.store_first(target, at_j, simd.weave(v0, v1, False), left)
+            simd.store_first(target, at_j + lanes, simd.weave(v0, v1, True), left - lanes)
+            continue
         v2, v3 = simd.load_first(y, at + 2 * step + j, m), simd.load_first(y, at + 3 * step + j, m)
         sums = simd.add(sums, simd.add(simd.add(v0, v1), simd.add(v2, v3)))
         v0, v1 = simd.maximum(v0, low), simd.maximum(v1, low)
         v2, v3 = simd.maximum(v2, low), simd.maximum(v3, low)
         even_lo, even_hi = simd.weave(v0, v2, False), simd.weave(v0, v2, True)
         odd_lo, odd_hi = simd.weave(v1, v3, False), simd.weave(v1, v3, True)
-        left = TILE * m
-        at_j = dst + TILE * j
         simd.store_first(target, at_j, simd.weave(even_lo, odd_lo, False), left)
         simd.store_first(target, at_j + lanes, simd.weave(even_lo, odd_lo, True), left - lanes)
         simd.store_first(target, at_j + 2 * lanes, simd.weave(even_hi, odd_hi, False),
@@ -298,40 +304,40 @@ def _store_tiles_vectors(y, at, step, count, target, out, n, k, row, floor):
     return simd.total(sums)
 
 
-def _store_tiles_loop(y, at, step, count, target, out, n, k, row, floor):
+def _store_tiles_loop(y, at, step, count, target, out, n, k, row, floor, tile):
     total = 0.0  # only its finiteness counts
     for j in range(count):
-        for b in range(TILE):
+        for b in range(tile):
             value = y[at + b * step + j]
-            out[n, k, row, TILE * j + b] = floor if value < floor else value
+            out[n, k, row, tile * j + b] = floor if value < floor else value
             total += value
     return total
 
 
 @overload(store_tiles, jit_options=inlined_options())
-def _store_tiles(y, at, step, count, target, out, n, k, row, floor):
+def _store_tiles(y, at, step, count, target, out, n, k, row, floor, tile):
     if simd.vectors_fit(y, target):
         return _store_tiles_vectors
     return _store_tiles_loop
 
 
 @kernel(counted=False)
-def store_tile_row(y, at, step, target, out, n, k, top, floor):
-    """``out[n, k, top + a, 4 j + b] = max(floor, y[at + (4 a + b) * step + j])`` for the
-    tiles of one tile row (the rows and columns inside ``out``: whole tiles by
+def store_tile_row(y, at, step, target, out, n, k, top, floor, tile):
+    """``out[n, k, top + a, tile * j + b] = max(floor, y[at + (tile * a + b) * step + j])``
+    for the tiles of one tile row (the rows and columns inside ``out``: whole tiles by
     :func:`store_tiles`, a last partial tile value by value); returns the sum of the
     stored values before the floor, NaN or +-Inf where any is (in any order of
     addition). Without reference counts: called per tile row and filter, its three
     arrays' atomic increments and decrements would stay in the loop."""
     out_h, out_w = out.shape[2], out.shape[3]
-    full = out_w // TILE
+    full = out_w // tile
     total = 0.0  # only its finiteness counts
-    for a in range(min(TILE, out_h - top)):
-        row, at_a = top + a, at + a * TILE * step
-        total += store_tiles(y, at_a, step, full, target, out, n, k, row, floor)
-        for b in range(out_w - TILE * full):
+    for a in range(min(tile, out_h - top)):
+        row, at_a = top + a, at + a * tile * step
+        total += store_tiles(y, at_a, step, full, target, out, n, k, row, floor, tile)
+        for b in range(out_w - tile * full):
             value = y[at_a + b * step + full]
-            out[n, k, row, TILE * full + b] = floor if value < floor else value
+            out[n, k, row, tile * full + b] = floor if value < floor else value
             total += value
     return total
 
@@ -495,7 +501,8 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
                                  a * TILE * n_tiles, n_tiles, n_tiles, a_t, b_k)
                 for q in range(q_first, q_last):
                     total = store_tile_row(patches, (q - q_first) * tiles_w, n_tiles, target,
-                                           out, q // tiles_h, k, (q % tiles_h) * TILE, floor)
+                                           out, q // tiles_h, k, (q % tiles_h) * TILE, floor,
+                                           TILE)
                     if not math.isfinite(total):
                         nonfinite[q] = True
 

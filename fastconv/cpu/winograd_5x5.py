@@ -37,11 +37,10 @@ import math
 
 import numpy as np
 from numba import prange
-from numba.extending import overload
 
 from .. import activations
 from . import identities, im2col, simd, strips, threads, winograd, workspace
-from ._jit import inlined_options, kernel
+from ._jit import kernel
 from .finite import all_finite
 from .microkernels import BLOCK_K
 
@@ -185,65 +184,6 @@ def _input_transform(x, source, c, q_first, q_last, tiles_h, tiles_w, pad_top, p
                               (a * ALPHA * channels + c) * pitch, channels * pitch, pitch, b_t)
 
 
-def store_pairs(y, at, step, count, target, out, n, k, row, floor):
-    """``out[n, k, row, 2 j + b] = max(floor, y[at + b * step + j])`` for ``j < count``
-    (whole tiles; ``b < 2``) and the sum of those values before the floor (NaN or +-Inf
-    where any is). ``y``: 1-D contiguous; ``target``: :func:`.strips.flat` (out). On
-    :mod:`.simd` vectors (:func:`.simd.weave`, ``2 * lanes`` values at a time) where
-    ``out`` is C-contiguous; else value by value."""
-
-
-def _store_pairs_vectors(y, at, step, count, target, out, n, k, row, floor):
-    lanes = simd.lanes(y)
-    low = simd.splat(floor, y)
-    sums = simd.zeros(y)
-    dst = strips.row_start(out, n, k, row)
-    for j in range(0, count, lanes):
-        m = min(lanes, count - j)
-        v0, v1 = simd.load_first(y, at + j, m), simd.load_first(y, at + step + j, m)
-        sums = simd.add(sums, simd.add(v0, v1))
-        v0, v1 = simd.maximum(v0, low), simd.maximum(v1, low)
-        left = TILE * m
-        simd.store_first(target, dst + TILE * j, simd.weave(v0, v1, False), left)
-        simd.store_first(target, dst + TILE * j + lanes, simd.weave(v0, v1, True), left - lanes)
-    return simd.total(sums)
-
-
-def _store_pairs_loop(y, at, step, count, target, out, n, k, row, floor):
-    total = 0.0  # only its finiteness counts
-    for j in range(count):
-        for b in range(TILE):
-            value = y[at + b * step + j]
-            out[n, k, row, TILE * j + b] = floor if value < floor else value
-            total += value
-    return total
-
-
-@overload(store_pairs, jit_options=inlined_options())
-def _store_pairs(y, at, step, count, target, out, n, k, row, floor):
-    if simd.vectors_fit(y, target):
-        return _store_pairs_vectors
-    return _store_pairs_loop
-
-
-@kernel(counted=False)
-def _store_tile_row(y, at, step, target, out, n, k, top, floor):
-    """``out[n, k, top + a, 2 j + b] = max(floor, y[at + (2 a + b) * step + j])`` for the
-    tiles of one tile row (whole tiles by :func:`store_pairs`, a last odd column value by
-    value); the sum of the stored values before the floor (its finiteness counts)."""
-    out_h, out_w = out.shape[2], out.shape[3]
-    full = out_w // TILE
-    total = 0.0
-    for a in range(min(TILE, out_h - top)):
-        row, at_a = top + a, at + a * TILE * step
-        total += store_pairs(y, at_a, step, full, target, out, n, k, row, floor)
-        if out_w > TILE * full:
-            value = y[at_a + full]
-            out[n, k, row, TILE * full] = floor if value < floor else value
-            total += value
-    return total
-
-
 @kernel()
 def _block_buffers(scratch, channels, m_rows, max_pitch, plane, span):
     """One thread's scratch: V ``(36, C, pitch)``, M ``(36, m_rows, pitch)``, the dealt rows
@@ -318,8 +258,9 @@ def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, gr
                     _a_transform(half, a * ALPHA * pitch, pitch, rows, a * TILE * pitch,
                                  pitch, pitch, a_t, b_k)
                 for q in range(q_first, q_last):
-                    total = _store_tile_row(rows, (q - q_first) * tiles_w, pitch, target,
-                                            out, q // tiles_h, k, (q % tiles_h) * TILE, floor)
+                    total = winograd.store_tile_row(rows, (q - q_first) * tiles_w, pitch,
+                                                    target, out, q // tiles_h, k,
+                                                    (q % tiles_h) * TILE, floor, TILE)
                     if not math.isfinite(total):
                         nonfinite[q] = True
 

@@ -338,7 +338,7 @@ def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, kh
                 for q in range(q_first, q_last):
                     total = winograd.store_tile_row(patches, (q - q_first) * tiles_w, pitch,
                                                     target, out, q // tiles_h, k,
-                                                    (q % tiles_h) * TILE, floor)
+                                                    (q % tiles_h) * TILE, floor, TILE)
                     if not math.isfinite(total):
                         nonfinite[q] = True
 
