@@ -175,23 +175,34 @@ def test_conv_transpose2d_backward_grad_input_through_auto(rng):
 @st.composite
 def _problems(draw):
     n, c, k = draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 17))
-    r = draw(st.sampled_from([3, 4]))
+    # 3 or 4 taps along each axis (3x4 and 4x3 too: the products' prefixes differ there)
+    kh, kw = draw(st.sampled_from([3, 4])), draw(st.sampled_from([3, 4]))
     pads = [draw(st.integers(0, 3)) for _ in range(4)]
-    h = draw(st.integers(max(1, r - pads[0] - pads[1]), 40))
-    w = draw(st.integers(max(1, r - pads[2] - pads[3]), 80))
+    h = draw(st.integers(max(1, kh - pads[0] - pads[1]), 40))
+    w = draw(st.integers(max(1, kw - pads[2] - pads[3]), 80))
     dtype = draw(st.sampled_from(DTYPES))
-    return n, c, k, h, w, r, ((pads[0], pads[1]), (pads[2], pads[3])), dtype, draw(
+    return n, c, k, h, w, (kh, kw), ((pads[0], pads[1]), (pads[2], pads[3])), dtype, draw(
         st.integers(0, 2**32 - 1))
 
 
 @settings(max_examples=40, deadline=None)
 @given(_problems())
 def test_random_problems_match_torch(problem):
-    n, c, k, h, w, r, padding, dtype, seed = problem
+    n, c, k, h, w, (kh, kw), padding, dtype, seed = problem
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    weight = rng.standard_normal((k, c, r, r)).astype(dtype)
+    weight = rng.standard_normal((k, c, kh, kw)).astype(dtype)
     bias = rng.standard_normal(k).astype(dtype)
     got = fastconv.conv2d(x, weight, bias, stride=2, padding=padding, algorithm="winograd")
     np.testing.assert_allclose(got, torch_conv2d(x, weight, bias, stride=2, padding=padding),
-                               **_winograd_tolerance(dtype, c * r * r))
+                               **_winograd_tolerance(dtype, c * kh * kw))
+
+
+@pytest.mark.parametrize("kernel", [(3, 4), (4, 3)], ids=["3x4", "4x3"])
+def test_rectangular_kernels(kernel, rng):
+    # the products' prefixes at the point infinity differ by axis (winograd_s2._used)
+    x = rng.standard_normal((2, 5, 17, 19)).astype(np.float64)
+    weight = rng.standard_normal((6, 5, *kernel)).astype(np.float64)
+    got = fastconv.conv2d(x, weight, stride=2, padding=1, algorithm="winograd")
+    np.testing.assert_allclose(got, reference.conv2d(x, weight, stride=2, padding=1),
+                               rtol=1e-10, atol=1e-10)
