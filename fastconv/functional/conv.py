@@ -167,8 +167,8 @@ def conv2d(
             divide both. ``groups == C`` with ``K == C`` is depthwise.
         algorithm: ``"auto"`` (chosen by shape), or one of
             :func:`fastconv.available_algorithms` ``("conv2d")``:
-            ``"direct"``, ``"im2col"``, ``"winograd"`` (3x3 kernels at stride 1, or
-            3x3 and 4x4 kernels at stride 2 with one group; dilation 1; another
+            ``"direct"``, ``"im2col"``, ``"winograd"`` (3x3 and 5x5 kernels at stride
+            1, or 3x3 and 4x4 kernels at stride 2 with one group; dilation 1; another
             problem is a ValueError), ``"reference"``.
             On the GPU: ``"direct"``, ``"implicit_gemm"``, ``"reference"``.
         out: optional array of the output's shape and dtype to write into
