@@ -342,6 +342,20 @@ def store_tile_row(y, at, step, target, out, n, k, top, floor, tile):
     return total
 
 
+@kernel(counted=False)
+def store_block(y, step, target, out, k, q_first, q_last, tiles_h, tiles_w, floor, tile,
+                nonfinite):
+    """Filter ``k``'s outputs of the block of tile rows ``q_first <= q < q_last`` (tile row
+    ``q`` of the block at ``(q - q_first) * tiles_w`` in ``y``, its values ``step`` apart),
+    each by :func:`store_tile_row`; ``nonfinite[q]`` is set where tile row ``q``'s values
+    are not all finite. What each Winograd forward stores per filter and block."""
+    for q in range(q_first, q_last):
+        total = store_tile_row(y, (q - q_first) * tiles_w, step, target, out, q // tiles_h, k,
+                               (q % tiles_h) * tile, floor, tile)
+        if not math.isfinite(total):
+            nonfinite[q] = True
+
+
 @kernel()
 def _input_transform(x, source, c, q_first, q_last, tiles_h, tiles_w, pad_top, pad_left, b_t,
                      patches, half, v, pitch):
@@ -499,12 +513,8 @@ def _conv2d_forward_winograd(x, packed, bias, has_bias, floor, out, pad_top, pad
                 for a in range(TILE):
                     _a_transform(half, a * ALPHA * n_tiles, n_tiles, patches,
                                  a * TILE * n_tiles, n_tiles, n_tiles, a_t, b_k)
-                for q in range(q_first, q_last):
-                    total = store_tile_row(patches, (q - q_first) * tiles_w, n_tiles, target,
-                                           out, q // tiles_h, k, (q % tiles_h) * TILE, floor,
-                                           TILE)
-                    if not math.isfinite(total):
-                        nonfinite[q] = True
+                store_block(patches, n_tiles, target, out, k, q_first, q_last, tiles_h, tiles_w,
+                            floor, TILE, nonfinite)
 
 
 def transform_filters(weight: np.ndarray, groups: int, flipped: bool = False, *,

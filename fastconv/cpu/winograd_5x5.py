@@ -33,8 +33,6 @@ spread a NaN over whole tiles).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import prange
 
@@ -257,12 +255,8 @@ def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, gr
                 for a in range(TILE):
                     _a_transform(half, a * ALPHA * pitch, pitch, rows, a * TILE * pitch,
                                  pitch, pitch, a_t, b_k)
-                for q in range(q_first, q_last):
-                    total = winograd.store_tile_row(rows, (q - q_first) * tiles_w, pitch,
-                                                    target, out, q // tiles_h, k,
-                                                    (q % tiles_h) * TILE, floor, TILE)
-                    if not math.isfinite(total):
-                        nonfinite[q] = True
+                winograd.store_block(rows, pitch, target, out, k, q_first, q_last, tiles_h,
+                                     tiles_w, floor, TILE, nonfinite)
 
 
 def transform_filters(weight: np.ndarray, groups: int, flipped: bool = False) -> np.ndarray:

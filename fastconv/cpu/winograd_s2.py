@@ -22,7 +22,7 @@ row (ten rows per four output rows), deals its columns into their ten phases
 (``8 j + 2 u + p_c``: three rounds of :func:`.simd.deinterleave`) and transforms
 them, so the rest is :mod:`.winograd`'s forward with five points instead of six:
 the products on the register-tiled micro-kernels (:func:`.winograd.products_over`),
-the output transform and the stores of whole tiles (:func:`.winograd.store_tile_row`).
+the output transform and the stores of whole tiles (:func:`.winograd.store_block`).
 
 Interpolation points 0, 1, -1, 1/2 and infinity (:data:`B_T`, :data:`G`,
 :data:`A_T`). Rounding: in float32, 1.9e-6 of the output's rms and 3.5e-5 at most on
@@ -335,12 +335,8 @@ def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, kh
                 for a in range(TILE):
                     _a_transform(half, a * ALPHA * pitch, pitch, patches, a * TILE * pitch,
                                  pitch, pitch, a_t, b_k)
-                for q in range(q_first, q_last):
-                    total = winograd.store_tile_row(patches, (q - q_first) * tiles_w, pitch,
-                                                    target, out, q // tiles_h, k,
-                                                    (q % tiles_h) * TILE, floor, TILE)
-                    if not math.isfinite(total):
-                        nonfinite[q] = True
+                winograd.store_block(patches, pitch, target, out, k, q_first, q_last, tiles_h,
+                                     tiles_w, floor, TILE, nonfinite)
 
 
 @kernel(parallel=True)
