@@ -14,7 +14,7 @@ from fastconv.cpu import winograd, winograd_5x5
 from tests.cases import assert_same_pattern
 from tests.test_conv2d import torch_conv2d
 from tests.test_conv_backward import torch_conv2d_grads
-from tests.test_winograd_s2 import _winograd_tolerance
+from tests.test_winograd_s2 import _winograd_tolerance, assert_non_finite_forward
 
 DTYPES = [np.float32, np.float64]
 
@@ -111,17 +111,7 @@ def test_large_layer_on_both_threads_with_unequal_blocks(rng):
 @pytest.mark.parametrize("where", ["input", "weight", "bias"])
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_values_land_where_the_sum_puts_them(where, value, rng):
-    # a NaN or Inf would spread over whole tiles through the transforms: im2col
-    # recomputes the call, and the result has the exact sum's pattern
-    x = rng.standard_normal((2, 3, 18, 18)).astype(np.float32)
-    weight = rng.standard_normal((5, 3, 5, 5)).astype(np.float32)
-    bias = rng.standard_normal(5).astype(np.float32)
-    {"input": x[1, 2], "weight": weight[3, 1], "bias": bias}[where].flat[2] = value
-    got = fastconv.conv2d(x, weight, bias, padding=2, algorithm="winograd")
-    with np.errstate(invalid="ignore"):
-        expected = reference.conv2d(x, weight, bias, padding=2)
-    assert_same_pattern(got, expected, **_winograd_tolerance(np.float32, 75))
-    assert not np.isfinite(got).all()
+    x, weight, got = assert_non_finite_forward(where, value, rng, 5, padding=2)
     if where == "bias":
         return
     dy = rng.standard_normal(got.shape).astype(np.float32)

@@ -109,17 +109,24 @@ def test_large_layer_on_both_threads_with_unequal_blocks(rng):
 @pytest.mark.parametrize("where", ["input", "weight", "bias"])
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_values_land_where_the_sum_puts_them(where, value, rng):
-    # a NaN or Inf would spread over whole tiles through the transforms: im2col
-    # recomputes the call, and the result has the exact sum's pattern
+    assert_non_finite_forward(where, value, rng, 4, stride=2, padding=1)
+
+
+def assert_non_finite_forward(where, value, rng, size, **conv):
+    """A NaN or Inf would spread over whole tiles through the transforms: im2col
+    recomputes the call, and the result has the exact sum's pattern. ``value`` put in
+    ``where`` (the input, weight or bias) of a 3 -> 5 channel layer of ``size`` x ``size``
+    kernels on 18x18; returns ``(x, weight, output)``."""
     x = rng.standard_normal((2, 3, 18, 18)).astype(np.float32)
-    weight = rng.standard_normal((5, 3, 4, 4)).astype(np.float32)
+    weight = rng.standard_normal((5, 3, size, size)).astype(np.float32)
     bias = rng.standard_normal(5).astype(np.float32)
     {"input": x[1, 2], "weight": weight[3, 1], "bias": bias}[where].flat[2] = value
-    got = fastconv.conv2d(x, weight, bias, stride=2, padding=1, algorithm="winograd")
+    got = fastconv.conv2d(x, weight, bias, **conv, algorithm="winograd")
     with np.errstate(invalid="ignore"):
-        expected = reference.conv2d(x, weight, bias, stride=2, padding=1)
-    assert_same_pattern(got, expected, **_winograd_tolerance(np.float32, 48))
+        expected = reference.conv2d(x, weight, bias, **conv)
+    assert_same_pattern(got, expected, **_winograd_tolerance(np.float32, 3 * size * size))
     assert not np.isfinite(got).all()
+    return x, weight, got
 
 
 def test_refuses_what_it_cannot_compute():
