@@ -310,11 +310,13 @@ def _progress(total: int) -> Iterator[_Progress]:
         progress.close()
 
 
-def _cells(cases: Sequence, implementations: Sequence[str] | None, device: str = "cpu") -> int:
+def _cells(cases: Sequence, implementations: Sequence[str] | None, device: str = "cpu", *,
+           quick: bool = False, repeat: int | None = None, torch_apart: bool = False) -> int:
     """The cells that bench.run_cases announces on ``cases`` (the progress bar's total)."""
     from . import bench
 
-    return bench.count_cells(cases, implementations, device)
+    return bench.count_cells(cases, implementations, device, quick=quick, repeat=repeat,
+                             torch_apart=torch_apart)
 
 
 def _bench_cases(args: argparse.Namespace) -> list:
@@ -425,11 +427,13 @@ def _bench(args: argparse.Namespace) -> int:
     repeat = 1 if args.device == "cuda" and (args.quick or tiny) else args.repeat
     if args.device == "cuda":  # the GPU's batch, except for a layer given by --shape
         cases = bench.gpu_cases(cases, batch=None if args.shape else bench.GPU_BATCH, tiny=tiny)
-    with _progress(_cells(cases, implementations, args.device)) as progress:
+    torch_apart = args.device == "cpu" and not args.torch_here
+    with _progress(_cells(cases, implementations, args.device, quick=args.quick, repeat=repeat,
+                          torch_apart=torch_apart)) as progress:
         side = bench.GpuSide() if args.device == "cuda" else None
         rows = bench.run_cases(cases, implementations, quick=args.quick, repeat=repeat,
                                progress=progress, side=side,
-                               torch_process=not args.torch_here)
+                               torch_process=torch_apart)
     machine = bench.machine_info(args.device)
     if args.device == "cpu" and any(row.impl == "torch" for row in rows):
         machine["torch_process"] = "this" if args.torch_here else "own"

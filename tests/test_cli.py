@@ -750,3 +750,50 @@ def test_tune_usage_errors(arguments, message):
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_interleaves_rounds_with_torch_apart(monkeypatch):
+    """With torch in a process of its own, a case's cells are timed in ROUNDS interleaved
+    rounds on a share of the budget each, a cell the median of its rounds' medians; a
+    batch with the reference keeps one round; the progress total counts every round."""
+    order, medians = [], iter([1, 4, 2, 7, 3, 9, 5, 6, 8, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2])
+
+    def timed(name, budget_s):
+        order.append((name, budget_s))
+        return bench.Timing(next(medians) * 1e-3, 1e-4, 5)
+
+    class OwnProcess:
+        def __init__(self, threads):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            pass
+
+        def time(self, case, *, budget_s, **options):
+            return timed("torch", budget_s)
+
+    monkeypatch.setattr(bench.suite, "TorchProcess", OwnProcess)
+    monkeypatch.setattr(bench.suite, "time_cell",
+                        lambda fn, name, *, budget_s, **options: timed(name, budget_s))
+    cases = bench.select_cases("conv2d:b")
+    names = ["direct", "auto", "torch"]
+    announced = []
+    rows = bench.run_cases(cases, names, progress=announced.append)
+    rounds = bench.suite.ROUNDS
+    assert rounds == 3
+    assert order == [(name, bench.timing.BUDGET_S / rounds) for name in names] * rounds
+    by_impl = {row.impl: row for row in rows}
+    # direct: 1, 7, 5 -> 5; auto: 4, 3, 6 -> 4; torch: 2, 9, 8 -> 8
+    assert [by_impl[name].median_ms for name in names] == pytest.approx([5, 4, 8])
+    assert by_impl["auto"].calls == 15 and by_impl["auto"].vs_torch == pytest.approx(2)
+    assert len(announced) == cli._cells(cases, names, torch_apart=True) == 3 * rounds
+    # in one process, in quick mode, or beside the reference: one round
+    assert cli._cells(cases, names) == cli._cells(cases, names, quick=True,
+                                                  torch_apart=True) == 3
+    order.clear()
+    rows = bench.run_cases(cases, ["reference", "auto", "torch"], progress=announced.append)
+    assert [name for name, _ in order].count("reference") == 1
+    assert [name for name, _ in order].count("torch") == rounds  # the full batch's rounds

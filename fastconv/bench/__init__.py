@@ -20,7 +20,9 @@
 - :mod:`~fastconv.bench.machine`: what a timing depends on.
 
 The rates are GFLOP/s for the conv ops and GB/s (bytes of the arrays read and
-written) for the others; "torch/auto" is torch's median over auto's. No function here
+written) for the others; "torch/auto" is torch's median over auto's, both timed in the same
+three interleaved rounds where torch runs in a process of its own
+(:func:`~fastconv.bench.suite.rounds_for`). No function here
 changes the process: :func:`configure_allocator` is for the command line and the timed
 pytest benchmarks to call. numba is imported inside functions only, and torch only
 when torch is benchmarked (by the CPU suites in a process of their own, by default).

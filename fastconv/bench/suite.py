@@ -14,10 +14,11 @@ is the command line's and the pytest benchmarks' to call).
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .cases import CONV2D_CASES, LAYERS, OP_CASES, Layer, OpCase, conv2d_case
@@ -139,7 +140,7 @@ def run_cases(
     with ExitStack() as stack:
         own: list[TorchProcess] = []
 
-        def torch_timing(case: OpCase) -> Timing:
+        def torch_timing(case: OpCase, budget_s: float) -> Timing:
             if not own:
                 import numba
 
@@ -161,9 +162,11 @@ def _run(
     repeat: int | None,
     budget_s: float,
     progress: Callable[[str], None] | None,
-    torch_timing: Callable[[OpCase], Timing] | None,
+    torch_timing: Callable[[OpCase, float], Timing] | None,
 ) -> list[Row]:
-    """:func:`run_cases`, with torch's cells timed by ``torch_timing`` where given."""
+    """:func:`run_cases`, with torch's cells timed by ``torch_timing`` where given: a case
+    batch that has torch in a process of its own beside fastconv's implementations and no
+    reference is timed in :data:`ROUNDS` interleaved rounds (:func:`rounds_for`)."""
 
     def tell(message: str) -> None:
         if progress is not None:
@@ -177,16 +180,15 @@ def _run(
                 continue
             bound = bind(case, side=side)
             expected = side.expected(bound) if side.check else None
-            timed = []
+            cells: list[_Cell] = []
             for name in impls:
-                tell(f"{case.id} N={case.batch} {name}")
                 refused = refusal(case, name, side.device)
                 if refused is not None:
+                    tell(f"{case.id} N={case.batch} {name}")
                     tell(f"{case.id} {name}: not timed, {refused}")
                     continue
                 if name == "torch" and torch_timing is not None:
-                    timing = torch_timing(case)
-                    timed.append(_row(case, reduced, name, name, timing, bound.work, side))
+                    cells.append(_Cell(name, None, name))
                     continue
                 fn = bound.prepare(name)
                 error = first_call_s = None
@@ -195,6 +197,7 @@ def _run(
                     try:
                         result = fn()
                     except ValueError as refused_here:  # a kernel that does not take it
+                        tell(f"{case.id} N={case.batch} {name}")
                         tell(f"{case.id} {name}: not timed, {refused_here}")
                         continue
                     side.sync()
@@ -202,13 +205,79 @@ def _run(
                     error = side.error(result, expected)
                 algorithm = probe(case, name, fn)  # calls fn where name is auto
                 called = (first_call_s is not None) + (name == "auto")
-                timing = time_cell(fn, name, quick=quick, repeat=repeat, budget_s=budget_s,
-                                   sync=side.sync, called=called)
-                timed.append(_row(case, reduced, name, algorithm, timing, bound.work, side,
-                                  error=error, first_call_s=first_call_s))
+                cells.append(_Cell(name, fn, algorithm, called, error, first_call_s))
+            n_rounds = rounds_for([cell.name for cell in cells], torch_timing is not None,
+                                  quick=quick, repeat=repeat)
+            for round_ in range(n_rounds):
+                for cell in cells:
+                    tell(f"{case.id} N={case.batch} {cell.name}"
+                         + (f" (round {round_ + 1} of {n_rounds})" if n_rounds > 1 else ""))
+                    if cell.fn is None:
+                        assert torch_timing is not None
+                        cell.timings.append(torch_timing(case, budget_s / n_rounds))
+                        continue
+                    cell.timings.append(time_cell(
+                        cell.fn, cell.name, quick=quick, repeat=repeat,
+                        budget_s=budget_s / n_rounds, sync=side.sync,
+                        called=cell.called if round_ == 0 else 2))
+            timed = [_row(case, reduced, cell.name, cell.algorithm, combine(cell.timings),
+                          bound.work, side, error=cell.error, first_call_s=cell.first_call_s)
+                     for cell in cells]
             _versus_torch(timed)
             rows.extend(timed)
     return rows
+
+
+#: Interleaved rounds of a case's cells where torch runs in a process of its own
+#: (:func:`rounds_for`): each round times every implementation, torch's included, on a
+#: third of the cell's budget, and a cell is the median of its rounds' medians. The VM
+#: these figures come from changes speed by 10-40 % within a minute (benchmarks/RESULTS.md);
+#: timed one after the other, fastconv's cells and torch's could land on either side of
+#: such a change, where interleaved each side sees the same minutes.
+ROUNDS = 3
+
+
+def rounds_for(names: Sequence[str], torch_apart: bool, *, quick: bool = False,
+               repeat: int | None = None) -> int:
+    """Rounds in which a case's cells ``names`` are timed: :data:`ROUNDS` where torch is
+    among them and timed in a process of its own (``torch_apart``) beside one of fastconv's
+    implementations, without the reference (seconds a call: it keeps its one round);
+    one otherwise, and in quick mode or with a fixed ``repeat``.
+
+    >>> rounds_for(["auto", "direct", "torch"], True), rounds_for(["auto", "torch"], False)
+    (3, 1)
+    >>> rounds_for(["reference", "auto", "torch"], True), rounds_for(["torch"], True)
+    (1, 1)
+    """
+    if quick or repeat is not None or not torch_apart or "reference" in names:
+        return 1
+    return ROUNDS if "torch" in names and len(names) > 1 else 1
+
+
+def combine(timings: Sequence[Timing]) -> Timing:
+    """One cell from its rounds: the median of their medians, the least of their minima,
+    all their calls.
+
+    >>> combine([Timing(2.0, 1.0, 5), Timing(3.0, 1.5, 5), Timing(9.0, 0.5, 4)])
+    Timing(median_s=3.0, min_s=0.5, calls=14)
+    """
+    return Timing(statistics.median(t.median_s for t in timings),
+                  min(t.min_s for t in timings), sum(t.calls for t in timings))
+
+
+@dataclass
+class _Cell:
+    """An implementation to time on a case: ``fn`` (None: torch, in its own process),
+    what it ran (``algorithm``), calls already made (``called``), its error and first
+    call, and its rounds' timings."""
+
+    name: str
+    fn: Callable[[], object] | None
+    algorithm: str
+    called: int = 0
+    error: float | None = None
+    first_call_s: float | None = None
+    timings: list[Timing] = field(default_factory=list)
 
 
 def _row(case: OpCase, reduced: bool, impl: str, algorithm: str, timing: Timing, work: float,
@@ -257,12 +326,19 @@ def run_ops(
 
 
 def count_cells(cases: Iterable[OpCase], implementations: Sequence[str] | None = None,
-                device: str = "cpu") -> int:
-    """The cells :func:`run_cases` announces to ``progress`` on ``cases`` (refused ones
-    included)."""
-    return sum(len(impls) for case in cases
-               for *_, impls in batches(case, case_implementations(case, implementations,
-                                                                   device)))
+                device: str = "cpu", *, quick: bool = False, repeat: int | None = None,
+                torch_apart: bool = False) -> int:
+    """The cells :func:`run_cases` announces to ``progress`` on ``cases``: each refused one
+    once, each timed one once a round (:func:`rounds_for`; ``torch_apart``: torch timed in
+    a process of its own, as ``run_cases`` does on the host by default)."""
+    total = 0
+    for op_case in cases:
+        names = case_implementations(op_case, implementations, device)
+        for case, _, impls in batches(op_case, names):
+            timed = [name for name in impls if refusal(case, name, device) is None]
+            total += len(impls) - len(timed) + len(timed) * rounds_for(
+                timed, torch_apart, quick=quick, repeat=repeat)
+    return total
 
 
 def op_benchmarks(ops: Iterable[str]) -> list[tuple[str, OpCase, str, bool]]:

@@ -9,7 +9,11 @@ compile-time measurement.
   as many as fit in ``BUDGET_S`` seconds, at least ``MIN_CALLS`` and at most
   ``MAX_CALLS``, with the garbage collector paused. On a GPU each timed call ends by
   waiting for the device (``sync``), so a call's time is the time its result takes
-  to be ready, as a user's next step sees it.
+  to be ready, as a user's next step sees it. Where the CPU suites time torch in a
+  process of its own, a case's cells are timed in interleaved rounds, each on a share of
+  the budget, and a cell is the median of its rounds' medians
+  (:func:`fastconv.bench.suite.rounds_for`): both libraries then see the same minutes of
+  a machine whose speed drifts.
 - Every call allocates its output, as a user's call does, for fastconv and torch
   alike. :func:`configure_allocator` makes glibc keep freed memory, so that no
   library page-faults a fresh buffer on every call (benchmarks/RESULTS.md,
