@@ -9,8 +9,8 @@ than a vector as one masked load and store (a row of 8 outputs is one masked vec
 where a plain loop costs a scalar iteration per value), a longer one ending in a
 vector that overlaps the one before (a masked tail there measured 8x slower on a
 32-wide row: LLVM hoisted its mask and the loop lost more than the tail gained). On
-a strided output row it is the plain loop. ``llvm.maximum`` keeps NaN, as the loop's
-``floor if v < floor else v`` does.
+a strided output row it is the plain loop. :func:`.simd.maximum` is the loop's
+``floor if v < floor else v`` on vectors (one ``vmaxps``), keeping a NaN sum.
 """
 
 from __future__ import annotations
