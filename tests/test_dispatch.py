@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import config, dispatch, reference
+from fastconv import config, cpu, dispatch, reference
 from fastconv.cpu import blocked
 from tests import background
 from tests.cases import (
@@ -214,6 +214,51 @@ def test_auto_thresholds_are_read_from_config(monkeypatch):
             assert dispatch.select(op, "cpu", "auto", **problem)[0] == "direct"
     monkeypatch.setattr(config, "AUTO_DIRECT_MAX_DEPTH", 10**6)
     assert dispatch.select("conv2d", "cpu", "auto", **_problem((16, 64, 3, 3)))[0] == "direct"
+
+
+def test_narrow_3x3_layers_take_winograd_where_its_products_outweigh_its_transforms(
+        monkeypatch):
+    """3x3 stride-1 layers of 24-63 channels: Winograd for conv2d and grad_input with
+    enough channel pairs, or a plane large enough for their channels, on enough tiles;
+    the blocked kernel otherwise, and for grad_weight (a limit of its own)."""
+    def layer(n, c, k, size):
+        return dict(_problem((k, c, 3, 3)), input_shape=(n, c, size, size))
+
+    wins = [layer(8, 32, 128, 16), layer(8, 32, 64, 16), layer(8, 32, 32, 56),
+            layer(8, 24, 24, 28), layer(8, 48, 48, 14), layer(32, 32, 32, 16)]
+    losses = [layer(8, 32, 32, 14), layer(32, 32, 64, 8), layer(8, 16, 16, 56),
+              layer(32, 16, 32, 16), layer(16, 32, 64, 8), layer(1, 32, 32, 32)]
+    for op in ("conv2d", "conv2d_grad_input"):
+        assert [dispatch.select(op, "cpu", "auto", **p)[0] for p in wins] == ["winograd"] * 6
+        assert [dispatch.select(op, "cpu", "auto", **p)[0] for p in losses] == ["direct"] * 6
+    assert dispatch.select("conv2d_grad_weight", "cpu", "auto", **wins[2])[0] != "winograd"
+    # grouped: the channels per group count; 5x5 and strided layers have rules of their own
+    assert dispatch.select("conv2d", "cpu", "auto", **dict(
+        layer(8, 64, 64, 56), groups=4, weight_shape=(64, 16, 3, 3)))[0] == "direct"
+    assert dispatch.select("conv2d", "cpu", "auto", **dict(
+        layer(8, 128, 128, 28), groups=4, weight_shape=(128, 32, 3, 3)))[0] == "winograd"
+    assert dispatch.select("conv2d", "cpu", "auto", **dict(
+        layer(8, 32, 32, 56), stride=(2, 2)))[0] != "winograd"
+    def reason(problem):
+        problem = dict(problem)
+        return cpu._choose_conv("conv2d", problem.pop("weight_shape"), problem)[1]
+
+    assert "AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS = 2048" in reason(wins[0])
+    assert "AUTO_WINOGRAD_NARROW_MIN_CUBED_PLANE" in reason(wins[2])
+    # the thresholds are read from config
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_NARROW_MIN_CHANNELS", 16)
+    assert dispatch.select("conv2d", "cpu", "auto", **losses[2])[0] == "winograd"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_NARROW_MIN_PLANE", 8 * 8)
+    assert dispatch.select("conv2d", "cpu", "auto", **losses[1])[0] == "winograd"
+    pairs_only = layer(8, 32, 64, 14)  # 32^3 * 14 * 14 under the cubed plane's limit
+    assert dispatch.select("conv2d", "cpu", "auto", **pairs_only)[0] == "winograd"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS", 2049)
+    assert dispatch.select("conv2d", "cpu", "auto", **pairs_only)[0] == "direct"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_NARROW_MIN_CUBED_PLANE", 32 ** 3 * 56 * 56 + 1)
+    assert dispatch.select("conv2d", "cpu", "auto", **wins[2])[0] == "direct"
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_NARROW_MIN_CUBED_PLANE", 1)
+    monkeypatch.setattr(config, "AUTO_WINOGRAD_MIN_TILES", 10 ** 6)
+    assert dispatch.select("conv2d", "cpu", "auto", **wins[2])[0] == "direct"
 
 
 def test_chooser_sees_the_normalised_problem(monkeypatch, rng):

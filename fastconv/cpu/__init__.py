@@ -54,7 +54,9 @@ def _choose_conv(op, weight_shape, problem):
        it fits, min(C, K)/groups >= deep and min(C, K)/groups * H_out * W_out >=
        ``AUTO_WINOGRAD_MIN_CHANNEL_PLANE`` on at least ``AUTO_WINOGRAD_DEEP_MIN_TILES``
        4x4 output tiles (grad_weight: ``AUTO_WINOGRAD_GRAD_WEIGHT_MIN_CHANNEL_PLANE`` on
-       ``AUTO_WINOGRAD_GRAD_WEIGHT_MIN_TILES``); im2col for 1x1 layers of >= deep channels
+       ``AUTO_WINOGRAD_GRAD_WEIGHT_MIN_TILES``), and for the conv2d and grad_input of
+       3x3 stride-1 layers of fewer channels, where its products outweigh its transforms
+       (:func:`_winograd_narrow`); im2col for 1x1 layers of >= deep channels
        (one GEMM on the input), unless the convolution that runs has
        ``AUTO_1X1_BLOCKED_MIN_EXPANSION`` times more filters than channels per group
        (conv2d: on 512-bit vectors only, :func:`_wide_vectors`) or the call needs at
@@ -222,6 +224,31 @@ def _winograd_strided(weight_shape, problem, narrow: int) -> bool:
             and _output_plane(weight_shape, problem) >= config.AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE)
 
 
+def _winograd_narrow(narrow: int, pairs: int, plane: int, tiles: int) -> bool:
+    """Whether auto takes the conv2d or grad_input of a 3x3 stride-1 layer of fewer than
+    ``AUTO_BLOCKED_MAX_CHANNELS`` channels (min(C, K)/groups = ``narrow``, C * K /
+    groups^2 = ``pairs``, ``plane`` = H_out * W_out, ``tiles`` 4x4 output tiles) to
+    Winograd F(4x4, 3x3) rather than the blocked kernel: from
+    ``AUTO_WINOGRAD_NARROW_MIN_CHANNELS`` channels, ``AUTO_WINOGRAD_MIN_TILES`` tiles and
+    ``AUTO_WINOGRAD_NARROW_MIN_PLANE`` output positions an image on, with
+    ``AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS`` channel pairs or a plane of at least
+    ``AUTO_WINOGRAD_NARROW_MIN_CUBED_PLANE / narrow^3`` positions
+    (:mod:`fastconv.config`).
+
+    >>> _winograd_narrow(32, 32 * 64, 16 * 16, 128), _winograd_narrow(32, 32 * 32, 16 * 16, 512)
+    (True, True)
+    >>> _winograd_narrow(32, 32 * 32, 14 * 14, 128), _winograd_narrow(16, 16 * 16, 56 * 56, 392)
+    (False, False)
+    >>> _winograd_narrow(32, 32 * 64, 8 * 8, 128)
+    False
+    """
+    return (config.AUTO_WINOGRAD_NARROW_MIN_CHANNELS <= narrow < config.AUTO_BLOCKED_MAX_CHANNELS
+            and tiles >= config.AUTO_WINOGRAD_MIN_TILES
+            and plane >= config.AUTO_WINOGRAD_NARROW_MIN_PLANE
+            and (pairs >= config.AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS
+                 or narrow ** 3 * plane >= config.AUTO_WINOGRAD_NARROW_MIN_CUBED_PLANE))
+
+
 def _output_plane(weight_shape, problem) -> int:
     """H_out * W_out of a conv2d."""
     out_h, out_w = _output_size(weight_shape, problem)
@@ -299,6 +326,21 @@ def _blocked_rule(op, weight_shape, problem, narrow, fits):
                             f"and min(C, K)/groups * H_out * W_out = {channel_plane} >= "
                             f"{name} = {limit} on {tiles} >= {few_name} = {few} tiles: "
                             f"Winograd's fewer multiply-adds pay for its transforms")
+    pairs = group_channels * (out_channels // groups)
+    if (fits and (kh, kw) == (3, 3) and op != "conv2d_grad_weight"
+            and _winograd_narrow(narrow, pairs, out_h * out_w, tiles)):
+        return "winograd", (
+            f"a 3x3 stride-1 layer of {config.AUTO_WINOGRAD_NARROW_MIN_CHANNELS} <= "
+            f"min(C, K)/groups = {narrow} < {deep} channels with C * K "
+            f"/ groups^2 = {pairs} "
+            + (f">= AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS = "
+               f"{config.AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS}"
+               if pairs >= config.AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS else
+               f"and min(C, K)/groups^3 * H_out * W_out = {narrow ** 3 * out_h * out_w} >= "
+               f"AUTO_WINOGRAD_NARROW_MIN_CUBED_PLANE = "
+               f"{config.AUTO_WINOGRAD_NARROW_MIN_CUBED_PLANE}")
+            + f" on {tiles} >= AUTO_WINOGRAD_MIN_TILES = {config.AUTO_WINOGRAD_MIN_TILES} "
+              f"tiles of {out_h}x{out_w} planes: Winograd's products outweigh its transforms")
     if narrow >= deep and kh * kw == 1:
         # the convolution that runs: its filters and channels per group
         depth = out_channels // groups if op == "conv2d_grad_input" else group_channels
