@@ -914,10 +914,15 @@ PACK_TASKS_MIN_VALUES = 8192
 
 #: Fewest packed values of a flipped weight that :func:`forward_runner` keeps between calls
 #: (:mod:`.prepared`): conv_transpose2d N8 C128 16x16 4x4 s2 (131072 values) 3.47-3.60 ->
-#: 3.28-3.45 ms kept (a Zen 2, alternating processes), where a 1x1 grad_input of 64 x 256
-#: (16384) read 0.416-0.422 -> 0.435-0.457 ms: its lookup and compare (25 us) cost more
-#: than its packing.
-KEEP_FLIPPED_MIN_VALUES = 1 << 16
+#: 3.28-3.45 ms kept (a Zen 2, alternating processes). From 2^16 until 2026-12-07, when
+#: a 1x1 grad_input of 64 x 256 (16384 values) had read 0.416-0.422 -> 0.435-0.457 ms
+#: kept on a Zen 2, its lookup and numpy's compare (25 us) costing more than its
+#: packing; with the compare now ``memcmp``'s, on a Zen 4 (the suite's grad_input g, N8,
+#: two threads, best of alternating medians, packed per call / kept): 320 / 304 and 375
+#: / 347 us with the same weight, 322 / 303 and 365 / 353 with one changed every call
+#: (the compare stops at the first byte that differs; the packing is a launch of its own,
+#: 20-27 us of the call). As many values as the packing's own tasks start from.
+KEEP_FLIPPED_MIN_VALUES = PACK_TASKS_MIN_VALUES
 #: ... and of a forward weight (packed in order, about half as costly a value): from
 #: 2^17 values. Measured on a Zen 3, float32, two threads, best ms, packing alone /
 #: the whole call: C256 -> 256 3x3 on 14x14 at N1 (589824 values) 0.27 / 1.73 (16 %),
