@@ -226,33 +226,29 @@ AUTO_BLOCKED_MAX_CHANNELS: int = _env_int("AUTO_BLOCKED_MAX_CHANNELS", 64)
 AUTO_WINOGRAD_MIN_CHANNEL_PLANE: int = _env_int("AUTO_WINOGRAD_MIN_CHANNEL_PLANE", 128 * 7 * 7)
 AUTO_WINOGRAD_DEEP_MIN_TILES: int = _env_int("AUTO_WINOGRAD_DEEP_MIN_TILES", 32)
 
-#: ... and for the conv2d and grad_input of 3x3 stride-1 layers of fewer channels (at
-#: least AUTO_WINOGRAD_NARROW_MIN_CHANNELS per group on both sides, on
-#: AUTO_WINOGRAD_MIN_TILES tiles and planes of AUTO_WINOGRAD_NARROW_MIN_PLANE output
-#: positions) when C * K / groups^2 is at least
-#: AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS or min(C, K)/groups cubed times H_out * W_out
-#: at least AUTO_WINOGRAD_NARROW_MIN_CUBED_PLANE (32 channels on 16x16, 24 on 28x28: its
-#: products per tile grow as C * K, its transforms as C + K, and the blocked kernel's
-#: edges weigh more on small planes). Measured on a Zen 4, two
-#: threads, ms blocked / Winograd, conv2d and grad_input (the best of three alternating
-#: medians): C32 -> 64 16x16 at N8 0.409 / 0.300 and 0.422 / 0.355; C32 -> 128 16x16 0.851
-#: / 0.490 and 0.898 / 0.668; C32 56x56 at N8 2.32 / 1.34 and 2.33 /
-#: 1.38, at N1 0.308 / 0.232; C32 32x32 at N32 3.21 / 2.12, at N4 0.390 / 0.294; C32 28x28
-#: at N8 0.595 / 0.497; C32 20x20 0.372 / 0.341 and 0.379 / 0.326; C32 16x16 at N32 0.841 /
-#: 0.729 and 0.850 / 0.759; C40 16x16 at N8 0.370 / 0.278; C48 14x14 0.364 / 0.330; C24
-#: 28x28 0.373 / 0.345; C16 56x56 0.593 / 0.522, 64x64 0.767 / 0.665 (but see groups,
-#: below). Left on the blocked
-#: kernel: C32 14x14 at N8 0.214 / 0.230, C32 8x8 at N32 0.295 / 0.315, C24 14x14 at N16
-#: 0.228 / 0.297, C16 32x32 at N8 0.206 / 0.260, C16 16x16 at N32 0.219 / 0.338, C16 -> 32
-#: 16x16 at N32 0.422 / 0.482 and 0.432 / 0.588, C32 -> 64 8x8 at N16 (64 tiles) 0.248 /
-#: 0.233 and 0.257 / 0.284, C32 32x32 at N1 (64 tiles) 0.144 / 0.164; tied: C32 -> 48
-#: 14x14 at N8 0.308 / 0.302; C16 -> 64 28x28 0.631 / 0.476 and 0.659 / 0.692. Grouped,
-#: per group: 32 channels (C128 on 28x28 in 4 groups) 2.38 / 1.92, (C64 on 32x32 in 2)
-#: 1.57 / 1.15; 16 channels (C64 on 56x56 in 4 groups) 2.51 / 2.61, where C16 on 56x56
-#: in one won (above): from 24 channels on. On 8x8 planes the two swapped places from
-#: run to run (C32 -> 64 at N32, conv2d: 0.482 / 0.407, then 0.593 / 0.654 and 0.573 /
-#: 0.610; grad_input 0.490 / 0.492, 0.540 / 0.518; C64 -> 32 conv2d 0.528 / 0.504, 0.516
-#: / 0.507, 0.519 / 0.530, grad_input 0.541 / 0.417, 0.551 / 0.431): from 14x14 on.
+#: ... and for the conv2d and grad_input of 3x3 stride-1 layers of fewer channels (at least
+#: AUTO_WINOGRAD_NARROW_MIN_CHANNELS per group on both sides, on AUTO_WINOGRAD_MIN_TILES tiles and
+#: planes of AUTO_WINOGRAD_NARROW_MIN_PLANE output positions) when C * K / groups^2 is at least
+#: AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS or min(C, K)/groups cubed times H_out * W_out at least
+#: AUTO_WINOGRAD_NARROW_MIN_CUBED_PLANE (32 channels on 16x16, 24 on 28x28: its products per tile
+#: grow as C * K, its transforms as C + K, and the blocked kernel's edges weigh more on small
+#: planes). Measured on a Zen 4, two threads, ms blocked / Winograd, conv2d and grad_input (the best
+#: of three alternating medians): C32 -> 64 16x16 at N8 0.409 / 0.300 and 0.422 / 0.355; C32 -> 128
+#: 16x16 0.851 / 0.490 and 0.898 / 0.668; C32 56x56 at N8 2.32 / 1.34 and 2.33 / 1.38, at N1 0.308 /
+#: 0.232; C32 32x32 at N32 3.21 / 2.12, at N4 0.390 / 0.294; C32 28x28 at N8 0.595 / 0.497; C32
+#: 20x20 0.372 / 0.341 and 0.379 / 0.326; C32 16x16 at N32 0.841 / 0.729 and 0.850 / 0.759; C40
+#: 16x16 at N8 0.370 / 0.278; C48 14x14 0.364 / 0.330; C24 28x28 0.373 / 0.345; C16 56x56 0.593 /
+#: 0.522, 64x64 0.767 / 0.665 (but see groups, below). Left on the blocked kernel: C32 14x14 at N8
+#: 0.214 / 0.230, C32 8x8 at N32 0.295 / 0.315, C24 14x14 at N16 0.228 / 0.297, C16 32x32 at N8
+#: 0.206 / 0.260, C16 16x16 at N32 0.219 / 0.338, C16 -> 32 16x16 at N32 0.422 / 0.482 and 0.432 /
+#: 0.588, C32 -> 64 8x8 at N16 (64 tiles) 0.248 / 0.233 and 0.257 / 0.284, C32 32x32 at N1 (64
+#: tiles) 0.144 / 0.164; tied: C32 -> 48 14x14 at N8 0.308 / 0.302; C16 -> 64 28x28 0.631 / 0.476
+#: and 0.659 / 0.692. Grouped, per group: 32 channels (C128 on 28x28 in 4 groups) 2.38 / 1.92, (C64
+#: on 32x32 in 2) 1.57 / 1.15; 16 channels (C64 on 56x56 in 4 groups) 2.51 / 2.61, where C16 on
+#: 56x56 in one won (above): from 24 channels on. On 8x8 planes the two swapped places from run to
+#: run (C32 -> 64 at N32, conv2d: 0.482 / 0.407, then 0.593 / 0.654 and 0.573 / 0.610; grad_input
+#: 0.490 / 0.492, 0.540 / 0.518; C64 -> 32 conv2d 0.528 / 0.504, 0.516 / 0.507, 0.519 / 0.530,
+#: grad_input 0.541 / 0.417, 0.551 / 0.431): from 14x14 on.
 AUTO_WINOGRAD_NARROW_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_NARROW_MIN_CHANNELS", 24)
 AUTO_WINOGRAD_NARROW_MIN_PLANE: int = _env_int("AUTO_WINOGRAD_NARROW_MIN_PLANE", 14 * 14)
 AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS: int = _env_int("AUTO_WINOGRAD_NARROW_MIN_CHANNEL_PAIRS",
