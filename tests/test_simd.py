@@ -894,6 +894,12 @@ import numpy as np, fastconv
 from fastconv import reference
 rng = np.random.default_rng(0)
 worst = 0.0
+
+
+def error(got, want):
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
 for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
                                        ((1, 16, 16, 16), (32, 16, 3, 3), 1, 1),
                                        ((1, 32, 14, 14), (64, 32, 3, 3), 1, 1),  # dense
@@ -905,7 +911,7 @@ for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
         y = fastconv.conv2d(x, w, padding=padding, stride=stride, algorithm="direct")
         ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=padding,
                                stride=stride)
-        worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+        worst = max(worst, error(y, ref))
         # the gradients: grad_weight's broadcast kernel and its transposing shuffles
         g = rng.standard_normal(y.shape).astype(dtype)
         grads = fastconv.conv2d_backward(g, x, w, padding=padding, stride=stride,
@@ -913,7 +919,7 @@ for shape, wshape, padding, stride in [((2, 6, 12, 12), (20, 6, 5, 5), 0, 1),
         refs = reference.conv2d_backward(g.astype(np.float64), x.astype(np.float64),
                                          w.astype(np.float64), padding=padding, stride=stride)
         for got, want in zip(grads, refs):
-            worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+            worst = max(worst, error(got, want))
 # conv_transpose2d's phases in one call, stored into their columns by parity
 for dtype in (np.float32, np.float64):
     x = rng.standard_normal((2, 16, 6, 7)).astype(dtype)
@@ -921,21 +927,21 @@ for dtype in (np.float32, np.float64):
     y = fastconv.conv_transpose2d(x, w, stride=2, padding=1, algorithm="direct")
     ref = reference.conv_transpose2d(x.astype(np.float64), w.astype(np.float64), stride=2,
                                      padding=1)
-    worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+    worst = max(worst, error(y, ref))
 # Winograd's transforms on vectors (a tile count that leaves a tail), and its gradients
 for dtype in (np.float32, np.float64):
     x = rng.standard_normal((2, 16, 13, 22)).astype(dtype)
     w = rng.standard_normal((16, 16, 3, 3)).astype(dtype)
     y = fastconv.conv2d(x, w, padding=1, algorithm="winograd")
     ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1)
-    worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+    worst = max(worst, error(y, ref))
     g = rng.standard_normal(y.shape).astype(dtype)
     grads = fastconv.conv2d_backward(g, x, w, padding=1, algorithm="winograd",
                                      needs_bias_grad=False)
     refs = reference.conv2d_backward(g.astype(np.float64), x.astype(np.float64),
                                      w.astype(np.float64), padding=1)
     for got, want in zip(grads[:2], refs[:2]):
-        worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+        worst = max(worst, error(got, want))
 # Winograd at stride 2 on the phases: the ten-phase deal of rows of 9 and of 42 tiles
 for dtype in (np.float32, np.float64):
     for wshape, width in [((12, 8, 4, 4), 70), ((12, 8, 3, 3), 166)]:
@@ -943,7 +949,7 @@ for dtype in (np.float32, np.float64):
         w = rng.standard_normal(wshape).astype(dtype)
         y = fastconv.conv2d(x, w, padding=1, stride=2, algorithm="winograd")
         ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=1, stride=2)
-        worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+        worst = max(worst, error(y, ref))
 # Winograd F(2x2, 5x5): the pair deal of rows of 7 and of 35 tiles, and its grad_input
 for dtype in (np.float32, np.float64):
     for n, width in [(5, 14), (2, 70)]:
@@ -951,13 +957,13 @@ for dtype in (np.float32, np.float64):
         w = rng.standard_normal((12, 8, 5, 5)).astype(dtype)
         y = fastconv.conv2d(x, w, padding=2, algorithm="winograd")
         ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=2)
-        worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+        worst = max(worst, error(y, ref))
         g = rng.standard_normal(y.shape).astype(dtype)
         got = fastconv.conv2d_backward(g, x, w, padding=2, algorithm="winograd",
                                        needs_weight_grad=False, needs_bias_grad=False)[0]
         want = reference.conv2d_backward(g.astype(np.float64), x.astype(np.float64),
                                          w.astype(np.float64), padding=2)[0]
-        worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+        worst = max(worst, error(got, want))
 # the one-pass depthwise kernels (3x3 and 5x5, a vector of tail): on whole planes where
 # the padding keeps the size (and the weight gradient there), on bands where it does not
 for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2), ((6, 1, 3, 3), 0),
@@ -968,13 +974,13 @@ for wshape, padding in [((6, 1, 3, 3), 1), ((6, 1, 5, 5), 2), ((6, 1, 3, 3), 0),
         y = fastconv.conv2d(x, w, padding=padding, groups=6, algorithm="direct")
         ref = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=padding,
                                groups=6)
-        worst = max(worst, float(np.abs(y - ref).max() / np.abs(ref).max()))
+        worst = max(worst, error(y, ref))
         g = rng.standard_normal(y.shape).astype(dtype)
         got = fastconv.conv2d_backward(g, x, w, padding=padding, groups=6, algorithm="direct",
                                        needs_input_grad=False, needs_bias_grad=False)[1]
         want = reference.conv2d_backward(g.astype(np.float64), x.astype(np.float64),
                                          w.astype(np.float64), padding=padding, groups=6)[1]
-        worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+        worst = max(worst, error(got, want))
 # their grad_input at stride 2, phase by phase (two filters per group: sums added; rows
 # of 19 woven on vectors with a tail)
 for dtype in (np.float32, np.float64):
@@ -986,7 +992,7 @@ for dtype in (np.float32, np.float64):
                                    needs_bias_grad=False)[0]
     want = reference.conv2d_backward(g, x.astype(np.float64), w.astype(np.float64),
                                      padding=2, stride=2, groups=6)[0]
-    worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+    worst = max(worst, error(got, want))
 # the weight gradient's dot products for few taps (rows of 35 and 69 positions: whole
 # vectors and a masked tail, at stride 2 on the rows dealt into their phases)
 from fastconv.cpu import fewtaps
@@ -1000,7 +1006,7 @@ for stride in (1, 2):
                                             ((1, 1), (1, 1)), (1, 1))
         want = reference.conv2d_backward(g, x.astype(np.float64), w.astype(np.float64),
                                          padding=1, stride=stride)[1]
-        worst = max(worst, float(np.abs(got - want).max() / np.abs(want).max()))
+        worst = max(worst, error(got, want))
 print(worst)
 """
 
