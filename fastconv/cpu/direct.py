@@ -757,6 +757,9 @@ def _phase_layout(x, kernel_size, out_hw, stride, padding, dilation):
     phase_rows = band + reach
     taps = np.ascontiguousarray(blocked._tap_table(kh, kw, stride, dilation, ((0, 0),),
                                                    phase_rows, pitch, out_w, 1, False)[0][0])
+    # read-only as :func:`_grad_input_phases`' (cached) taps are: :func:`_taps_at`, which
+    # both reach, compiles once for the two (Numba types a read-only array apart)
+    taps.setflags(write=False)
     return pitch, band, phase_rows, taps, phases * phase_rows * pitch + lanes
 
 

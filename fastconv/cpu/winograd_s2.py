@@ -324,8 +324,10 @@ def _conv2d_forward(x, packed, bias, has_bias, floor, out, pad_top, pad_left, kh
                 _input_transform(x, source, c, q_first, q_last, tiles_h, tiles_w, pad_top,
                                  pad_left, b_t, patches, half, v, pitch)
             for e in range(e_count):
-                winograd.products_over(packed, v, m, e, 1, depth, _used(e, kh, kw, channels),
-                                       n_tiles, pitch, taps)
+                # (one group as an int64, not a literal: products_over compiles once for
+                # this kernel and winograd's)
+                winograd.products_over(packed, v, m, e, np.int64(1), depth,
+                                       _used(e, kh, kw, channels), n_tiles, pitch, taps)
             for k in range(out_channels):
                 b_k = bias[k] if has_bias else zero
                 # rows: half[a', b] = sum_a A^T[a', a] M[a, b]; then columns, with the bias
