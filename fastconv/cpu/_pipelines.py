@@ -7,6 +7,10 @@
 - :class:`HelperCompiler`: a helper (a function only other kernels call) is compiled to
   optimised IR, which its callers link and run, without machine code of its own
   (:class:`HelperLibrary`), and kept so in the disk cache (:class:`HelperCache`).
+
+Either way the function's code library is one of fastconv's (:class:`KernelLibrary`,
+:class:`HelperLibrary`), which optimises its module once, as a whole: Numba's also
+optimises each function as its IR joins the library.
 """
 
 from __future__ import annotations
@@ -18,6 +22,34 @@ from numba.core.codegen import JITCodeLibrary
 from numba.core.compiler import CompilerBase, CompileResult, DefaultPassBuilder, _LowerResult
 from numba.core.compiler_machinery import register_pass
 from numba.core.typed_passes import NativeLowering
+
+
+class KernelLibrary(JITCodeLibrary):
+    """The code library of a function fastconv compiles (a helper's is a
+    :class:`HelperLibrary`, one of these too): Numba's, without the optimisation of each
+    function as its IR joins the library (:meth:`_optimize_functions`).
+
+    Numba runs LLVM's function passes at full optimisation (``NUMBA_OPT``, 3) over each
+    function of a module as it is added to a library; at the end it links the library's
+    modules with its callees' and optimises the whole (a cheap pass that inlines, then
+    the full module pipeline, which runs those function passes again). Here the whole
+    module's optimisation runs alone, over every function once. On a 2-core Zen 4 VM,
+    empty caches, ``warmup(dtypes=(np.float32,), processes=1)`` took 51.2 and 52.1 s of
+    CPU against 56.0 and 56.4 s with the first round, alternating; the kernels ran as
+    fast (``benchmarks/RESULTS.md``, "Each function optimised once"). Only fastconv's
+    functions compile so: other Numba code in the process compiles as Numba's settings
+    say."""
+
+    def _optimize_functions(self, ll_module):
+        ll_module.data_layout = self._codegen._data_layout  # (what Numba's sets first)
+
+
+def _with_kernel_library(state) -> None:
+    """Give the compile in ``state`` a :class:`KernelLibrary` unless it has a library
+    (as Numba's lowering pass gives it one of its own)."""
+    if state.library is None:
+        state.library = KernelLibrary(state.targetctx.codegen(), state.func_id.func_qualname)
+        state.library.enable_object_caching()  # (serialised into the disk cache later)
 
 
 class _EntryLower(lowering.Lower):
@@ -42,9 +74,16 @@ class _ThreadedLower(_EntryLower):
 
 
 def _lowering_pass(name: str, lower_class: type) -> type:
-    """Numba's lowering pass, lowering with ``lower_class`` (registered as ``name``)."""
+    """Numba's lowering pass, lowering with ``lower_class`` into a :class:`KernelLibrary`
+    (registered as ``name``)."""
+
+    def run_pass(self, state):
+        _with_kernel_library(state)
+        return NativeLowering.run_pass(self, state)
+
     pass_ = type(name, (NativeLowering,), {
-        "_name": name, "lowering_class": property(lambda self: lower_class)})
+        "_name": name, "lowering_class": property(lambda self: lower_class),
+        "run_pass": run_pass})
     return register_pass(mutates_CFG=True, analysis_only=False)(pass_)
 
 
@@ -73,7 +112,7 @@ class ThreadedCompiler(EntryCompiler):
     lowering_pass = _ThreadedLowering
 
 
-class HelperLibrary(JITCodeLibrary):
+class HelperLibrary(KernelLibrary):
     """A helper kernel's code library, made into machine code only when something asks
     for its machine code.
 
