@@ -204,6 +204,44 @@ def test_helpers_make_no_machine_code_and_a_new_caller_links_them_from_the_cache
     assert _run(NEW_CALLER, tmp_path, cache) == "14"
 
 
+ONE_ROUND = """
+import numba
+from numba.core.codegen import JITCodeLibrary
+import helpers
+
+optimised = []  # the libraries that optimised each function as its IR joined them
+original = JITCodeLibrary._optimize_functions
+
+def recorded(self, module):
+    optimised.append(self)
+    return original(self, module)
+
+JITCodeLibrary._optimize_functions = recorded
+assert helpers.twice_plus_one(3) == 7
+
+@numba.njit
+def plain(x):
+    return 2 * x + 1
+
+assert plain(3) == 7
+libraries = [next(iter(function.overloads.values())).library
+             for function in (helpers.twice, helpers.twice_plus_one, plain)]
+print([type(library).__name__ for library in libraries],
+      [library in optimised for library in libraries])
+"""
+
+
+def test_fastconv_functions_are_optimised_once_and_other_numba_code_as_before(tmp_path):
+    # fastconv's helpers and entries compile into libraries of its own
+    # (_pipelines.KernelLibrary), which leave out Numba's round of function passes as
+    # each function's IR is added (the whole module's optimisation runs them once);
+    # a plain numba.njit function in the same process keeps Numba's library and both
+    # rounds
+    (tmp_path / "helpers.py").write_text(HELPERS)
+    assert _run(ONE_ROUND, tmp_path, tmp_path / "cache") == (
+        "['HelperLibrary', 'KernelLibrary', 'JITCodeLibrary'] [False, False, True]")
+
+
 # a helper that calls a C function through ctypes, whose address Numba's code holds as a
 # dynamic global (a machine code that no later process may load)
 DYNAMIC = """
