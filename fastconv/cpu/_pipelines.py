@@ -44,11 +44,12 @@ class KernelLibrary(JITCodeLibrary):
         ll_module.data_layout = self._codegen._data_layout  # (what Numba's sets first)
 
 
-def _with_kernel_library(state) -> None:
-    """Give the compile in ``state`` a :class:`KernelLibrary` unless it has a library
-    (as Numba's lowering pass gives it one of its own)."""
+def _with_library(state, library_class: type = KernelLibrary) -> None:
+    """Give the compile in ``state`` a library of ``library_class`` (a :class:`KernelLibrary`
+    or a :class:`HelperLibrary`) unless it has a library (as Numba's lowering pass gives
+    it one of its own)."""
     if state.library is None:
-        state.library = KernelLibrary(state.targetctx.codegen(), state.func_id.func_qualname)
+        state.library = library_class(state.targetctx.codegen(), state.func_id.func_qualname)
         state.library.enable_object_caching()  # (serialised into the disk cache later)
 
 
@@ -78,7 +79,7 @@ def _lowering_pass(name: str, lower_class: type) -> type:
     (registered as ``name``)."""
 
     def run_pass(self, state):
-        _with_kernel_library(state)
+        _with_library(state)
         return NativeLowering.run_pass(self, state)
 
     pass_ = type(name, (NativeLowering,), {
@@ -215,10 +216,7 @@ class _HelperLowering(NativeLowering):
     _name = "fastconv_helper_lowering"
 
     def run_pass(self, state):
-        if state.library is None:
-            state.library = HelperLibrary(state.targetctx.codegen(),
-                                          state.func_id.func_qualname)
-            state.library.enable_object_caching()
+        _with_library(state, HelperLibrary)
         flags = state.flags
         compiled = flags.no_compile
         flags.no_compile = True  # lowered only: Numba's pass then leaves out the address
