@@ -572,15 +572,17 @@ def test_strided_gradients_on_the_blocked_kernels(monkeypatch):
             stride=stride, padding=pad)["kernels"]
         return kernels[0]["algorithm"], kernels[1]["algorithm"]
 
-    # conv_transpose2d's backward-shaped layer: 537M multiply-adds
-    assert picks(8, 64, 32, 128, 4, 2, 1) == ("direct", "direct")
+    # conv_transpose2d's backward-shaped layer: 537M multiply-adds (its grad_input, 4x4
+    # of 64 channels and more, by Winograd on the phases of grad_input)
+    assert picks(8, 64, 32, 128, 4, 2, 1) == ("winograd", "direct")
+    assert picks(8, 64, 32, 128, 4, 2, 2) == ("direct", "direct")  # padding Winograd refuses
     # 32 -> 64 channels on 16x16 at batch 1: 1.2M multiply-adds
     assert picks(1, 32, 16, 64, 3, 2, 1) == ("im2col", "direct")
     monkeypatch.setattr(config, "AUTO_PHASES_MIN_WORK", 1 << 20)
     assert picks(1, 32, 16, 64, 3, 2, 1) == ("direct", "direct")
     assert picks(8, 256, 28, 512, 1, 2, 0)[1] == "im2col"  # a 1x1 layer: one GEMM
     x, w = np.ones((8, 128, 16, 16), np.float32), np.ones((128, 64, 4, 4), np.float32)
-    choice = fastconv.explain("conv_transpose2d", x, w, stride=2, padding=1)
+    choice = fastconv.explain("conv_transpose2d", x, w, stride=2, padding=2)
     assert choice["algorithm"] == "direct"
 
 
@@ -609,8 +611,9 @@ def test_strided_conv2d_of_up_to_192_channels_stays_blocked(monkeypatch, rng):
         assert picks(8, 256, 14, 512) == ("im2col", "im2col")  # 256 channels
         assert picks(8, 128, 8, 256) == ("im2col", "im2col")  # 4x4 outputs
         assert picks(8, 32, 56, 64) == ("direct", "direct")  # up to 64 channels, as before
-        # (64 channels on 28x28 outputs: the conv2d by Winograd on the stride phases)
-        assert picks(8, 64, 56, 128) == ("winograd", "direct")
+        # (64 channels on 28x28 outputs: by Winograd on the stride phases, grad_input on
+        # those of its own)
+        assert picks(8, 64, 56, 128) == ("winograd", "winograd")
         monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 64)
         assert picks(8, 128, 28, 256)[0] == "im2col"
         monkeypatch.setattr(config, "AUTO_STRIDED_BLOCKED_MAX_CHANNELS", 192)

@@ -712,6 +712,7 @@ BOUNDS_CHECKED = [
     "tests/test_simd.py::test_micro_kernels_in_passes_go_on_from_their_sums",
     "tests/test_simd.py::test_weave_row_puts_rows_together",
     "tests/test_winograd_s2.py",
+    "tests/test_winograd_s2_grad_input.py",
     "tests/test_winograd_5x5.py",
     "tests/test_conv_backward.py::test_strided_depthwise_grad_input_phase_by_phase"
     "[7x7_s23_dil12_asym-float32]",

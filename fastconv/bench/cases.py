@@ -324,9 +324,10 @@ class OpCase:
             return ()
         conv = self.layer.problem()
         if self.op == "conv_transpose2d":
-            # grad_input's kernel on the layer's output, with the transposed convolution's
-            # weight (C_in, C_out/groups, R, S): the layer's weight
-            return (("conv2d_grad_input", {**conv, "input_shape": self.layer.output_shape}),)
+            # grad_input's kernel, with the transposed convolution's weight (C_in,
+            # C_out/groups, R, S): the layer's weight, and the conv2d's input (the
+            # transposed convolution's output): the layer's input
+            return (("conv2d_grad_input", conv),)
         if self.op == "conv_transpose2d_backward":
             # grad_input is the layer's conv2d of grad_output, grad_weight its weight gradient
             return (("conv2d", conv), ("conv2d_grad_weight", conv))

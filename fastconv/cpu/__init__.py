@@ -37,7 +37,9 @@ def _choose_conv(op, weight_shape, problem):
        channels on both sides and ``AUTO_WINOGRAD_STRIDED_MIN_TILES`` 4x4 output tiles,
        and for 3x3 ones of at least ``AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS`` channels
        and ``AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE`` output positions an image
-       (:mod:`.winograd_s2`); for conv2d and grad_input, Winograd F(2x2, 5x5) for 5x5
+       (:mod:`.winograd_s2`), and by the same rules for the grad_input of such layers
+       (conv_transpose2d's forward) with a top and left padding of at most 1, F(4x4, 2x2)
+       on the phases of grad_input; for conv2d and grad_input, Winograd F(2x2, 5x5) for 5x5
        stride-1 layers of at least ``AUTO_WINOGRAD_5X5_MIN_CHANNELS`` channels per group
        on both sides, ``AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS`` channels in times channels
        out per group and ``AUTO_WINOGRAD_5X5_MIN_TILES`` 2x2 output tiles
@@ -102,23 +104,26 @@ def _choose_conv(op, weight_shape, problem):
                           f"too few to pay for a GEMM's packing")
     groups = problem.get("groups", 1)
     narrow = min(group_channels, out_channels // groups)
-    if op == "conv2d" and shape and _winograd_strided(weight_shape, problem, narrow):
+    if (op in ("conv2d", "conv2d_grad_input") and shape
+            and _winograd_strided(op, weight_shape, problem, narrow)):
         tiles = _output_tiles(weight_shape, problem)
+        phases = ("on its stride phases" if op == "conv2d"
+                  else "on the phases of its result (8x8 tiles of grad_input)")
         if weight_shape[2:] == (4, 4):
             return "winograd", (f"a 4x4 stride-2 layer with min(C, K) = {narrow} >= "
                                 f"AUTO_WINOGRAD_STRIDED_MIN_CHANNELS = "
                                 f"{config.AUTO_WINOGRAD_STRIDED_MIN_CHANNELS} on {tiles} >= "
                                 f"AUTO_WINOGRAD_STRIDED_MIN_TILES = "
                                 f"{config.AUTO_WINOGRAD_STRIDED_MIN_TILES} 4x4 output tiles: "
-                                f"F(4x4, 2x2) on its stride phases, 2.56x fewer multiplies")
+                                f"F(4x4, 2x2) {phases}, 2.56x fewer multiplies")
         return "winograd", (f"a 3x3 stride-2 layer with min(C, K) = {narrow} >= "
                             f"AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS = "
                             f"{config.AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS} and "
                             f"{_output_plane(weight_shape, problem)} >= "
                             f"AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE = "
                             f"{config.AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE} output positions an "
-                            f"image on {tiles} 4x4 tiles: F(4x4, 2x2) on its stride phases, "
-                            f"1.78x fewer multiplies")
+                            f"image on {tiles} 4x4 tiles: F(4x4, 2x2) {phases}, "
+                            f"{'1.78' if op == 'conv2d' else '1.44'}x fewer multiplies")
     if shape and _winograd_5x5(op, weight_shape, problem, narrow):
         tiles = _output_tiles(weight_shape, problem, 2)
         pairs = group_channels * (out_channels // groups)
@@ -205,16 +210,20 @@ def _winograd_5x5(op, weight_shape, problem, narrow: int) -> bool:
             and _output_tiles(weight_shape, problem, 2) >= config.AUTO_WINOGRAD_5X5_MIN_TILES)
 
 
-def _winograd_strided(weight_shape, problem, narrow: int) -> bool:
-    """Whether auto takes a conv2d to F(4x4, 2x2) on its stride phases: a 4x4 kernel at
-    stride 2 that it computes, min(C, K) and output tiles enough
+def _winograd_strided(op, weight_shape, problem, narrow: int) -> bool:
+    """Whether auto takes a conv2d to F(4x4, 2x2) on its stride phases, or a grad_input
+    (conv_transpose2d) to F(4x4, 2x2) on the phases of its result: a 4x4 kernel at
+    stride 2 that it computes, min(C, K) and conv2d output tiles enough
     (``AUTO_WINOGRAD_STRIDED_*``, :mod:`fastconv.config`), or a 3x3 one of more channels
     on larger planes (``AUTO_WINOGRAD_STRIDED_3X3_*``)."""
     if weight_shape[2:] not in ((3, 3), (4, 4)) or problem.get("stride") != (2, 2):
         return False
-    if winograd_s2.unsupported(weight_shape=weight_shape, stride=problem["stride"],
-                               dilation=problem.get("dilation", (1, 1)),
-                               groups=problem.get("groups", 1)) is not None:
+    unsupported = (winograd_s2.unsupported if op == "conv2d"
+                   else winograd_s2.unsupported_grad_input)
+    if unsupported(weight_shape=weight_shape, stride=problem["stride"],
+                   padding=problem.get("padding", ((0, 0), (0, 0))),
+                   dilation=problem.get("dilation", (1, 1)),
+                   groups=problem.get("groups", 1)) is not None:
         return False
     if _output_tiles(weight_shape, problem) < config.AUTO_WINOGRAD_STRIDED_MIN_TILES:
         return False

@@ -680,10 +680,15 @@ def _recompute_tile_rows(x, weight, bias, out, n, first, last, padding, groups, 
     out[n, :, r0:r1] = band[0]
 
 
-def unsupported_grad_input(*, weight_shape, stride, padding, dilation, **_) -> str | None:
+def unsupported_grad_input(*, weight_shape, stride, padding, dilation, groups=1,
+                           **_) -> str | None:
     """Why grad_input cannot be the Winograd convolution of grad_output (see
-    :mod:`.identities`; 5x5 kernels :func:`.winograd_5x5.unsupported_grad_input`), or None
-    if it can."""
+    :mod:`.identities`; 5x5 kernels :func:`.winograd_5x5.unsupported_grad_input`; at
+    stride 2 :func:`.winograd_s2.unsupported_grad_input`), or None if it can."""
+    if stride == (2, 2) and weight_shape[2:] != (5, 5):
+        return _strided().unsupported_grad_input(weight_shape=weight_shape, stride=stride,
+                                                 padding=padding, dilation=dilation,
+                                                 groups=groups)
     if weight_shape[2:] == (5, 5):
         return _five().unsupported_grad_input(weight_shape=weight_shape, stride=stride,
                                               padding=padding, dilation=dilation)
@@ -700,7 +705,13 @@ def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilat
 
     With a non-finite weight, im2col's grad_input instead: the convolution's zero
     padding would multiply the weight where the transposed convolution has no term
-    (0 * Inf = NaN). 5x5 kernels by F(2x2, 5x5) (:func:`.winograd_5x5.conv2d_grad_input`)."""
+    (0 * Inf = NaN). 5x5 kernels by F(2x2, 5x5) (:func:`.winograd_5x5.conv2d_grad_input`),
+    stride 2 by F(4x4, 2x2) on the phases of grad_in
+    (:func:`.winograd_s2.conv2d_grad_input`)."""
+    if stride != (1, 1):
+        _strided().conv2d_grad_input(grad_out, weight, grad_in, stride, padding, dilation,
+                                     groups, gemm=gemm)
+        return
     if weight.shape[2:] == (5, 5):
         _five().conv2d_grad_input(grad_out, weight, grad_in, stride, padding, dilation, groups,
                                   gemm=gemm)
@@ -714,6 +725,26 @@ def conv2d_grad_input_winograd(grad_out, weight, grad_in, stride, padding, dilat
     _conv2d_winograd(grad_out, transform_filters(weight, groups, flipped=True),
                      lambda: identities.transpose_flip(weight, groups), None, grad_in, conv_pads,
                      groups, gemm)
+
+
+def _prepare_grad_input(arrays, params):
+    """:func:`conv2d_grad_input_winograd`'s runner for a cached plan at stride 2, which
+    adds conv_transpose2d's bias as it stores (None elsewhere: the host function)."""
+    stride, padding, dilation, groups = params
+    if stride == (1, 1):
+        return None
+    strided = _strided()
+
+    def run(grad_out, weight, grad_in, bias=None):
+        """grad_in (+ ``bias``, conv_transpose2d's, added as the outputs are stored)."""
+        strided.conv2d_grad_input(grad_out, weight, grad_in, stride, padding, dilation, groups,
+                                  bias=bias)
+
+    run.adds_bias = True  # type: ignore[attr-defined]
+    return run
+
+
+conv2d_grad_input_winograd.prepare = _prepare_grad_input  # type: ignore[attr-defined]
 
 
 # --- the weight gradient ------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Winograd F(4x4, 2x2) on the stride phases: 3x3 and 4x4 convolutions at stride 2.
+"""Winograd F(4x4, 2x2) on the stride phases: 3x3 and 4x4 convolutions at stride 2, and
+their grad_input (conv_transpose2d's forward) on the phases of its result (the second
+half of this module: the same points and transforms, the phases on the other side).
 
 A stride-2 convolution reads each input phase (even or odd rows, even or odd
 columns) with a kernel of at most 2x2 taps: with ``r = 2 q + p``,
@@ -431,4 +433,303 @@ def _conv2d(x, packed, bias, out, padding, activation, kernel_size):
         activations.floor(activation, x.dtype), out, padding[0][0], padding[1][0],
         kernel_size[0], kernel_size[1], rows_per_block, B_T.astype(x.dtype),
         A_T.astype(x.dtype), scratch, nonfinite)
+    return not nonfinite.any()
+
+
+# --- grad_input (conv_transpose2d) on the phases of its result ------------------------------
+#
+# grad_input of a stride-2 convolution, gx[u] = sum_{i, r: 2 i + r = u + pad} w[r] gy[i]
+# (one axis shown), splits over the phases of gx: with u = 2 m + p, r = rho + 2 q where
+# rho = (p + pad) % 2, and delta = (p + pad) // 2,
+#
+#     gx[2 m + p] = sum_{t < 2} h[t] gy[m + delta - 1 + t],   h[t] = w[rho + 2 - 2 t]
+#
+# (zero past the kernel): each phase of gx is a stride-1 2x2 correlation of gy, which
+# F(4x4, 2x2) computes on the same 5x5 patches as the forward's phases (25 multiplies per
+# 4x4 tile of a phase against 64 summed directly for a 4x4 kernel). The four phases'
+# tiles are woven into 8x8 tiles of gx as they are stored.
+
+
+@kernel()
+def _grad_output_patches(grad_out, source, k, q_first, q_last, tiles_h, tiles_w, shift_r,
+                         padded, span, patches, pitch, zero):
+    """``patches[(a * 6 + u) * pitch + t] = grad_out[n, k, 4 i + shift_r + a, 4 j - 1 + u]``
+    (zero outside grad_out) for ``a, u < 6`` and tile ``t = (q - q_first) * tiles_w + j``
+    of each tile row ``q = n * tiles_h + i`` of the block: the 6x6 patches that hold the
+    5x5 ones of all four phases. Each row is copied into the zero-bordered ``padded``
+    (``span`` values, one zero first) and dealt into its six column phases
+    (:func:`.winograd._deal_tiles`)."""
+    out_h, out_w = grad_out.shape[2], grad_out.shape[3]
+    padded[0] = zero
+    for j in range(1 + out_w, span):
+        padded[j] = zero
+    for q in range(q_first, q_last):
+        n = q // tiles_h
+        top = (q % tiles_h) * TILE + shift_r
+        first = (q - q_first) * tiles_w
+        for a in range(ALPHA + 1):
+            row, at = top + a, a * (ALPHA + 1) * pitch + first
+            if row < 0 or row >= out_h:
+                for u in range(ALPHA + 1):
+                    for j in range(tiles_w):
+                        patches[at + u * pitch + j] = zero
+                continue
+            strips.copy_row(source, grad_out, n, k, row, padded, 1)
+            winograd._deal_tiles(padded, np.int64(0), tiles_w, span, patches, at, pitch, 4)
+            winograd._deal_tiles(padded, np.int64(TILE), tiles_w, span - TILE, patches,
+                                 at + 4 * pitch, pitch, 2)
+
+
+@kernel()
+def _woven_row(y, at, step, count, target, dst):
+    """``target[dst + 8 j + b] = y[at + b * step + j]`` for ``b < 8``, ``j < count``: three
+    rounds of :func:`.simd.weave`, ``8 * lanes`` values at a time; returns their sum (NaN or
+    +-Inf where any value is)."""
+    lanes = simd.lanes(y)
+    sums = simd.zeros(y)
+    for j in range(0, count, lanes):
+        m = min(lanes, count - j)
+        left, at_j, i = 8 * m, dst + 8 * j, at + j
+        u0, u1 = simd.load_first(y, i, m), simd.load_first(y, i + step, m)
+        u2, u3 = simd.load_first(y, i + 2 * step, m), simd.load_first(y, i + 3 * step, m)
+        u4, u5 = simd.load_first(y, i + 4 * step, m), simd.load_first(y, i + 5 * step, m)
+        u6, u7 = simd.load_first(y, i + 6 * step, m), simd.load_first(y, i + 7 * step, m)
+        sums = simd.add(sums, simd.add(simd.add(simd.add(u0, u1), simd.add(u2, u3)),
+                                       simd.add(simd.add(u4, u5), simd.add(u6, u7))))
+        # columns b and b + 4, then b, b + 2, b + 4, b + 6, then all eight in order
+        e0, e1 = simd.weave(u0, u4, False), simd.weave(u1, u5, False)
+        e2, e3 = simd.weave(u2, u6, False), simd.weave(u3, u7, False)
+        f0, f1 = simd.weave(e0, e2, False), simd.weave(e1, e3, False)
+        simd.store_first(target, at_j, simd.weave(f0, f1, False), left)
+        simd.store_first(target, at_j + lanes, simd.weave(f0, f1, True), left - lanes)
+        f0, f1 = simd.weave(e0, e2, True), simd.weave(e1, e3, True)
+        simd.store_first(target, at_j + 2 * lanes, simd.weave(f0, f1, False), left - 2 * lanes)
+        simd.store_first(target, at_j + 3 * lanes, simd.weave(f0, f1, True), left - 3 * lanes)
+        e0, e1 = simd.weave(u0, u4, True), simd.weave(u1, u5, True)
+        e2, e3 = simd.weave(u2, u6, True), simd.weave(u3, u7, True)
+        f0, f1 = simd.weave(e0, e2, False), simd.weave(e1, e3, False)
+        simd.store_first(target, at_j + 4 * lanes, simd.weave(f0, f1, False), left - 4 * lanes)
+        simd.store_first(target, at_j + 5 * lanes, simd.weave(f0, f1, True), left - 5 * lanes)
+        f0, f1 = simd.weave(e0, e2, True), simd.weave(e1, e3, True)
+        simd.store_first(target, at_j + 6 * lanes, simd.weave(f0, f1, False), left - 6 * lanes)
+        simd.store_first(target, at_j + 7 * lanes, simd.weave(f0, f1, True), left - 7 * lanes)
+    return simd.total(sums)
+
+
+@kernel(counted=False)
+def _store_woven_block(y, step, target, out, c, q_first, q_last, tiles_h, tiles_w, nonfinite):
+    """``out[n, c, 8 i + a, 8 j + b] = y[(8 a + b) * step + t]`` for tile ``t = (q - q_first)
+    * tiles_w + j`` of each tile row ``q = n * tiles_h + i`` of the block, inside ``out``
+    (C-contiguous; ``target``: its :func:`.strips.flat`); ``nonfinite[q]`` set where tile
+    row ``q``'s values are not all finite."""
+    out_h, out_w = out.shape[2], out.shape[3]
+    full = out_w // (2 * TILE)
+    for q in range(q_first, q_last):
+        n, top = q // tiles_h, (q % tiles_h) * 2 * TILE
+        first = (q - q_first) * tiles_w
+        total = 0.0
+        for a in range(min(2 * TILE, out_h - top)):
+            at = a * 2 * TILE * step + first
+            dst = strips.row_start(out, n, c, top + a)
+            total += _woven_row(y, at, step, full, target, dst)
+            for b in range(out_w - 2 * TILE * full):
+                value = y[at + b * step + full]
+                target[dst + 2 * TILE * full + b] = value
+                total += value
+        if not math.isfinite(total):
+            nonfinite[q] = True
+
+
+@kernel(parallel=True)
+def _conv2d_grad_input(grad_out, packed, bias, has_bias, grad_in, pad_top, pad_left,
+                       rows_per_block, b_t, a_t, scratch, nonfinite, part, parts):
+    """grad_in (+ ``bias``) of a stride-2 convolution with a kernel of at most 4x4 and
+    padding of at most 1 at the top and left, on the phases of grad_in (see above):
+    ``packed[s]`` the filter transform of phase ``s = 2 p_r + p_c``
+    (:func:`transform_phase_filters`). Per block of tile rows (8x8 tiles of grad_in, 4x4
+    of each phase) and phase: grad_out's patches transformed into V ``(25, K, pitch)``,
+    the products into that phase's M ``(25, C rows, pitch)``; then per channel the four
+    phases' output transforms into one 8x8 tile buffer, stored woven."""
+    n_img, depth = grad_out.shape[0], grad_out.shape[1]
+    channels, height, width = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
+    m_rows = packed.shape[3] * BLOCK_K
+    tiles_h = (height + 2 * TILE - 1) // (2 * TILE)
+    tiles_w = (width + 2 * TILE - 1) // (2 * TILE)
+    n_tile_rows = n_img * tiles_h
+    lanes = simd.lanes(scratch)
+    max_pitch = winograd._pitch(rows_per_block * tiles_w, lanes)
+    n_chunks = scratch.shape[0]
+    e_count = ALPHA * ALPHA
+    target = strips.flat(grad_in)
+    source = strips.flat(grad_out)
+    zero = a_t[0, 4]
+    span = max(TILE * tiles_w + 2, 1 + grad_out.shape[3])
+    phase_m = e_count * m_rows * max_pitch
+    for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
+        buffers = scratch[chunk]
+        v = buffers[: 4 * e_count * depth * max_pitch]
+        m = buffers[4 * e_count * depth * max_pitch :][: 4 * phase_m]
+        rest = buffers[4 * e_count * depth * max_pitch + 4 * phase_m :]
+        patches = rest[: 36 * max_pitch]  # 6x6 patches; then two row passes of 5x6
+        half = rest[36 * max_pitch :][: 60 * max_pitch]
+        tile = rest[96 * max_pitch :][: 4 * TILE * TILE * max_pitch]
+        padded = rest[(96 + 4 * TILE * TILE) * max_pitch :][:span]
+        taps = np.empty(1, np.intp)
+        last = (chunk + 1) * n_tile_rows // n_chunks
+        for q_first in range(chunk * n_tile_rows // n_chunks, last, rows_per_block):
+            q_last = min(q_first + rows_per_block, last)
+            n_tiles = (q_last - q_first) * tiles_w
+            pitch = winograd._pitch(n_tiles, lanes)
+            for r in range(36):  # zeros past the tiles: the transforms read them
+                for t in range(n_tiles, pitch):
+                    patches[r * pitch + t] = zero
+            for k in range(depth):
+                # the 6x6 patches from row and column -1 of each tile's; phase (p_r, p_c)'s
+                # 5x5 ones (p + pad) // 2 rows and columns on
+                _grad_output_patches(grad_out, source, k, q_first, q_last, tiles_h, tiles_w,
+                                     -1, padded, span, patches, pitch, zero)
+                for o_r in range(2):
+                    for u in range(ALPHA + 1):
+                        _b_transform(patches, (o_r * (ALPHA + 1) + u) * pitch,
+                                     (ALPHA + 1) * pitch, half,
+                                     (o_r * ALPHA * (ALPHA + 1) + u) * pitch,
+                                     (ALPHA + 1) * pitch, pitch, b_t)
+                for s in range(4):
+                    o_r, o_c = (s // 2 + pad_top) // 2, (s % 2 + pad_left) // 2
+                    for a in range(ALPHA):
+                        _b_transform(half, ((o_r * ALPHA + a) * (ALPHA + 1) + o_c) * pitch,
+                                     pitch, v, ((s * e_count + a * ALPHA) * depth + k) * pitch,
+                                     depth * pitch, pitch, b_t)
+            for s in range(4):
+                v_s = v[s * e_count * depth * pitch :]
+                m_s = m[s * e_count * m_rows * pitch :]
+                for e in range(e_count):
+                    winograd.products_over(packed[s], v_s, m_s, e, np.int64(1), depth, depth,
+                                           n_tiles, pitch, taps)
+            for c in range(channels):
+                b_c = bias[c] if has_bias else zero
+                for s in range(4):
+                    p_r, p_c = s // 2, s % 2
+                    base = s * e_count * m_rows * pitch
+                    # rows: half[a', b] = sum_a A^T[a', a] M[a, b]; columns into the 8x8
+                    # tile: phase (p_r, p_c)'s (a, b) at (2 a + p_r, 2 b + p_c)
+                    for b in range(ALPHA):
+                        _a_transform(m, base + (b * m_rows + c) * pitch,
+                                     ALPHA * m_rows * pitch, half, b * pitch, ALPHA * pitch,
+                                     pitch, a_t, zero)
+                    for a in range(TILE):
+                        _a_transform(half, a * ALPHA * pitch, pitch, tile,
+                                     ((2 * a + p_r) * 2 * TILE + p_c) * pitch, 2 * pitch,
+                                     pitch, a_t, b_c)
+                _store_woven_block(tile, pitch, target, grad_in, c, q_first, q_last, tiles_h,
+                                   tiles_w, nonfinite)
+
+
+@kernel(parallel=True)
+def _phase_filter_transform(weight, g, pad_top, pad_left, packed, part, parts):
+    """packed[s, a*5+b, 0, c // 8, k * 8 + c % 8] = (G h G^T)[a, b] for phase ``s = 2 p_r +
+    p_c`` of grad_input, ``h[t_r, t_c] = w[k, c, rho_r + 2 - 2 t_r, rho_c + 2 - 2 t_c]``
+    with ``rho = (p + pad) % 2`` (zero past the kernel and past the last channel). A
+    task takes a share of grad_out's channels ``k``."""
+    depth, channels, kh, kw = weight.shape
+    n_cblocks = packed.shape[3]
+    zero = g[0, 0] - g[0, 0]
+    for k in prange(part * depth // parts, (part + 1) * depth // parts):
+        h = np.empty((2, 2), weight.dtype)
+        half = np.empty((ALPHA, 2), weight.dtype)
+        for s in range(4):
+            rho_r, rho_c = (s // 2 + pad_top) % 2, (s % 2 + pad_left) % 2
+            for c in range(n_cblocks * BLOCK_K):
+                for t_r in range(2):
+                    for t_c in range(2):
+                        r, q = rho_r + 2 - 2 * t_r, rho_c + 2 - 2 * t_c
+                        h[t_r, t_c] = weight[k, c, r, q] if (
+                            c < channels and r < kh and q < kw) else zero
+                for a in range(ALPHA):
+                    for t_c in range(2):
+                        half[a, t_c] = g[a, 0] * h[0, t_c] + g[a, 1] * h[1, t_c]
+                for a in range(ALPHA):
+                    for b in range(ALPHA):
+                        packed[s, a * ALPHA + b, 0, c // BLOCK_K, k * BLOCK_K + c % BLOCK_K] = (
+                            g[b, 0] * half[a, 0] + g[b, 1] * half[a, 1])
+
+
+def transform_phase_filters(weight: np.ndarray, padding) -> np.ndarray:
+    """The filter transform of grad_input's four phases (:func:`_phase_filter_transform`),
+    ``(4, 25, 1, blocks of 8 channels, K * 8)``; kept while ``weight`` holds the same bytes
+    (:mod:`.prepared`), one per parity of the top and left padding."""
+    depth, channels = weight.shape[:2]
+    pad_top, pad_left = padding[0][0], padding[1][0]
+    shape = (4, ALPHA * ALPHA, 1, -(-channels // BLOCK_K), depth * BLOCK_K)
+
+    def build(weight, packed):
+        threads.launch(_phase_filter_transform, threads.count(), weight,
+                       G.astype(weight.dtype), pad_top % 2, pad_left % 2, packed)
+
+    return prepared.get(f"winograd stride-2 grad_input filters {pad_top % 2}{pad_left % 2}",
+                        weight, shape, build)
+
+
+def unsupported_grad_input(*, weight_shape, stride, padding, dilation, groups=1,
+                           **_) -> str | None:
+    """Why grad_input cannot run on Winograd F(4x4, 2x2) on the phases of its result, or
+    None if it can."""
+    reason = unsupported(weight_shape=weight_shape, stride=stride, dilation=dilation,
+                         groups=groups)
+    if reason is None and max(padding[0][0], padding[1][0]) > 1:
+        reason = (f"winograd at stride 2 needs a top and left padding of at most 1 for "
+                  f"grad_input, got {padding}")
+    return reason
+
+
+def conv2d_grad_input(grad_out, weight, grad_in, stride, padding, dilation, groups, *,
+                      gemm=None, bias=None):
+    """Host side of grad_input (+ ``bias``, conv_transpose2d's) at stride 2 on its phases;
+    a weight or bias that is not all finite, or a result with a NaN or Inf, is computed
+    (again) by im2col's grad_input, whose results keep the exact sum's NaN and Inf."""
+    if all_finite(weight) and (bias is None or all_finite(bias)):
+        packed = transform_phase_filters(weight, padding)
+        target = grad_in if grad_in.flags.c_contiguous else np.empty(grad_in.shape,
+                                                                     grad_in.dtype)
+        if _grad_input(np.ascontiguousarray(grad_out), packed, bias, target, padding):
+            if target is not grad_in:
+                grad_in[...] = target
+            return
+    im2col.conv2d_grad_input_im2col(grad_out, weight, grad_in, stride, padding, dilation,
+                                    groups, gemm=gemm)
+    if bias is not None:
+        grad_in += bias[:, None, None]
+
+
+def grad_input_buffer_size(depth: int, m_rows: int, max_pitch: int, span: int) -> int:
+    """Values of one thread's scratch for :func:`_conv2d_grad_input`: V, the four phases'
+    M, the patches (26 rows), the work rows, the 8x8 tile buffer and the zero-bordered
+    row."""
+    e_count = ALPHA * ALPHA
+    return (4 * e_count * (depth + m_rows) * max_pitch + (96 + 4 * TILE * TILE) * max_pitch
+            + span)
+
+
+def _grad_input(grad_out, packed, bias, grad_in, padding):
+    """The Winograd call; whether its results are all finite."""
+    n_img, depth = grad_out.shape[:2]
+    channels, height, width = grad_in.shape[1:]
+    tiles_h, tiles_w = -(-height // (2 * TILE)), -(-width // (2 * TILE))
+    n_threads = threads.count()
+    m_rows = packed.shape[3] * BLOCK_K
+    rows_per_block = winograd.block_rows(n_img, depth, 4 * m_rows, -(-height // 2),
+                                        -(-width // 2), grad_out.itemsize, n_threads,
+                                        points=ALPHA * ALPHA, aligned=True)
+    n_chunks = max(1, min(n_threads, -(-(n_img * tiles_h) // rows_per_block)))
+    max_pitch = winograd._pitch(rows_per_block * tiles_w, simd.WIDTH_BYTES // grad_out.itemsize)
+    span = max(TILE * tiles_w + 2, 1 + grad_out.shape[3])
+    scratch = workspace.borrow(
+        (n_chunks, grad_input_buffer_size(depth, m_rows, max_pitch, span)), grad_out.dtype)
+    has_bias = bias is not None
+    nonfinite = np.zeros(n_img * tiles_h, np.bool_)
+    threads.launch(
+        _conv2d_grad_input, threads.parts_for(n_chunks, grad_in, depth * 4), grad_out, packed,
+        bias if has_bias else np.zeros(0, grad_out.dtype), has_bias, grad_in, padding[0][0],
+        padding[1][0], rows_per_block, B_T.astype(grad_out.dtype), A_T.astype(grad_out.dtype),
+        scratch, nonfinite)
     return not nonfinite.any()

@@ -636,10 +636,11 @@ def _conv_transpose2d_plan(cacheable, input, weight, bias, stride, padding, outp
                 f"bias must have shape (C_out,) = ({geo.out_channels},), got {tuple(b.shape)}"
             )
         params = geo.params()
+        # conv2d's view of the problem: its input is this one's output
         choice = dispatch.choose(
             "conv2d_grad_input", place.device, algorithm,
             arrays=kernel_arrays(x.dtype, geo.x4.shape, w.shape, geo.out_shape), params=params,
-            **geo.problem())
+            **dict(geo.problem(), input_shape=geo.out_shape))
         run = runner(choice.kernel, kernel_arrays(x.dtype, geo.x4.shape, w.shape, geo.out_shape),
                      params)
         shape4, dtype, unbatched = geo.out_shape, x.dtype, geo.unbatched
