@@ -541,7 +541,7 @@ def _store_woven_block(y, step, target, out, c, q_first, q_last, tiles_h, tiles_
 
 
 @kernel(parallel=True)
-def _conv2d_grad_input(grad_out, packed, bias, has_bias, grad_in, pad_top, pad_left,
+def _conv2d_grad_input(grad_out, packed, bias, has_bias, grad_in, pad_top, pad_left, kh, kw,
                        rows_per_block, b_t, a_t, scratch, nonfinite, part, parts):
     """grad_in (+ ``bias``) of a stride-2 convolution with a kernel of at most 4x4 and
     padding of at most 1 at the top and left, on the phases of grad_in (see above):
@@ -603,9 +603,17 @@ def _conv2d_grad_input(grad_out, packed, bias, has_bias, grad_in, pad_top, pad_l
             for s in range(4):
                 v_s = v[s * e_count * depth * pitch :]
                 m_s = m[s * e_count * m_rows * pitch :]
+                # a phase with one tap along an axis (a 3-tap axis's, where rho = 1): its
+                # filters' transform is zero at the point 0 there (row 0 of G), and so are
+                # its products
+                one_r = kh == 3 and (s // 2 + pad_top) % 2 == 1
+                one_c = kw == 3 and (s % 2 + pad_left) % 2 == 1
                 for e in range(e_count):
-                    winograd.products_over(packed[s], v_s, m_s, e, np.int64(1), depth, depth,
-                                           n_tiles, pitch, taps)
+                    if (one_r and e < ALPHA) or (one_c and e % ALPHA == 0):
+                        m_s[e * m_rows * pitch : (e + 1) * m_rows * pitch] = zero
+                    else:
+                        winograd.products_over(packed[s], v_s, m_s, e, np.int64(1), depth,
+                                               depth, n_tiles, pitch, taps)
             for c in range(channels):
                 b_c = bias[c] if has_bias else zero
                 for s in range(4):
@@ -691,7 +699,8 @@ def conv2d_grad_input(grad_out, weight, grad_in, stride, padding, dilation, grou
         packed = transform_phase_filters(weight, padding)
         target = grad_in if grad_in.flags.c_contiguous else np.empty(grad_in.shape,
                                                                      grad_in.dtype)
-        if _grad_input(np.ascontiguousarray(grad_out), packed, bias, target, padding):
+        if _grad_input(np.ascontiguousarray(grad_out), packed, bias, target, padding,
+                       weight.shape[2:]):
             if target is not grad_in:
                 grad_in[...] = target
             return
@@ -710,8 +719,9 @@ def grad_input_buffer_size(depth: int, m_rows: int, max_pitch: int, span: int) -
             + span)
 
 
-def _grad_input(grad_out, packed, bias, grad_in, padding):
-    """The Winograd call; whether its results are all finite."""
+def _grad_input(grad_out, packed, bias, grad_in, padding, kernel_size):
+    """The Winograd call (``kernel_size``: ``(R, S)``); whether its results are all
+    finite."""
     n_img, depth = grad_out.shape[:2]
     channels, height, width = grad_in.shape[1:]
     tiles_h, tiles_w = -(-height // (2 * TILE)), -(-width // (2 * TILE))
@@ -730,6 +740,6 @@ def _grad_input(grad_out, packed, bias, grad_in, padding):
     threads.launch(
         _conv2d_grad_input, threads.parts_for(n_chunks, grad_in, depth * 4), grad_out, packed,
         bias if has_bias else np.zeros(0, grad_out.dtype), has_bias, grad_in, padding[0][0],
-        padding[1][0], rows_per_block, B_T.astype(grad_out.dtype), A_T.astype(grad_out.dtype),
+        padding[1][0], kernel_size[0], kernel_size[1], rows_per_block, B_T.astype(grad_out.dtype), A_T.astype(grad_out.dtype),
         scratch, nonfinite)
     return not nonfinite.any()
