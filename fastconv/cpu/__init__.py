@@ -123,7 +123,7 @@ def _choose_conv(op, weight_shape, problem):
                             f"AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE = "
                             f"{config.AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE} output positions an "
                             f"image on {tiles} 4x4 tiles: F(4x4, 2x2) {phases}, "
-                            f"{'1.78' if op == 'conv2d' else '1.44'}x fewer multiplies")
+                            f"1.78x fewer multiplies")
     if shape and _winograd_5x5(op, weight_shape, problem, narrow):
         tiles = _output_tiles(weight_shape, problem, 2)
         pairs = group_channels * (out_channels // groups)
