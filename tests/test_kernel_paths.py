@@ -709,6 +709,7 @@ BOUNDS_CHECKED = [
     "tests/test_simd.py::test_blocked_reduction_in_uneven_passes",
     "tests/test_simd.py::test_blocked_reduction_by_filters_in_uneven_passes",
     "tests/test_simd.py::test_micro_kernel_by_filters_is_its_formula",
+    "tests/test_simd.py::test_by_filters_reads_unpadded_inputs_in_place",
     "tests/test_simd.py::test_micro_kernels_in_passes_go_on_from_their_sums",
     "tests/test_simd.py::test_weave_row_puts_rows_together",
     "tests/test_winograd_s2.py",

@@ -687,6 +687,37 @@ def test_blocked_reduction_by_filters_in_uneven_passes(shape, wshape, kwargs, dt
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape, wshape, kwargs", [
+    ((3, 5, 13, 11), (12, 5, 3, 2), dict(dilation=(2, 1))),
+    ((2, 8, 9, 10), (16, 4, 5, 3), dict(groups=2)),
+    ((4, 6, 12, 12), (16, 6, 5, 5), {}),
+], ids=["dilated", "groups2", "lenet"])
+def test_by_filters_reads_unpadded_inputs_in_place(shape, wshape, kwargs, dtype, rng,
+                                                   monkeypatch):
+    # an unpadded stride-1 layer by filters reads x where it lies (each task's band from
+    # its first input row on, in bands of a row or two here, each image's groups further
+    # into x; the padded layers of the case table copy their strips as before)
+    monkeypatch.setattr(blocked, "FORWARD_FORM", "filters")
+    monkeypatch.setattr(fastconv.cpu.threads, "SERIAL_MAX_WORK", 0)
+    monkeypatch.setattr(blocked, "FORWARD_SERIAL_MAX_WORK", 0)
+    monkeypatch.setattr(fastconv.config, "DIRECT_TILE_BYTES", 1)
+    blocked._forward_layout.cache_clear()
+    fastconv.clear_plans()
+    x, w, b = _blocked_case(shape, wshape, dtype, rng)
+    out = reference.conv2d(x, w, b, **kwargs)
+    band = blocked._forward_layout(
+        x.shape, out.shape, wshape, (1, 1), ((0, 0), (0, 0)), kwargs.get("dilation", (1, 1)),
+        kwargs.get("groups", 1), x.itemsize, 2, 1, fastconv.cpu.strips.band_rows, "filters",
+        None)[1]
+    assert band < out.shape[2]
+    assert_close(fastconv.conv2d(x, w, b, **kwargs, algorithm="direct"), out, dtype)
+    assert_close(fastconv.conv2d(x, w, b, **kwargs, algorithm="direct", activation="relu"),
+                 np.maximum(out, 0), dtype)
+    blocked._forward_layout.cache_clear()
+    fastconv.clear_plans()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("out_hw, filters, channels, kernel, stride, expected", [
     ((28, 28), 128, 128, 3, 1, "filters"),  # 7 % junk columns on the pitch, 1152 deep
     ((28, 28), 128, 64, 3, 2, "positions"),  # stride 2: 4 % junk columns on the phases

@@ -455,12 +455,19 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
             first = i_first * stride_h - pad_top
             n_rows = rows + phase_rows - band
             n_positions = (rows - 1) * pos_pitch + out_w
-            # an unpadded 1x1 layer's input read in place, its channels x_plane apart, but
-            # for a task whose last vector would read past the end of x
-            at = (n * channels + g * group_channels) * x_plane + i_first * out_w
-            in_place = (packing & IN_PLACE != 0 and not by_filters
-                        and at + (group_channels - 1) * x_plane + n_positions + lanes
-                        <= x_source.size)
+            # an unpadded layer's input read in place, its channels x_plane apart: by
+            # positions a 1x1 layer's, but for a task whose last vector would read past
+            # the end of x; by filters (reads of single values, none past the image) a
+            # stride-1 layer's of any kernel, the band's input rows from row i_first on
+            if by_filters:
+                at = (n * channels + g * group_channels) * x_plane + i_first * x.shape[3]
+                in_place = packing & IN_PLACE != 0
+            else:
+                at = (n * channels + g * group_channels) * x_plane + i_first * out_w
+                in_place = (packing & IN_PLACE != 0
+                            and at + (group_channels - 1) * x_plane + n_positions + lanes
+                            <= x_source.size)
+            source_at = at
             if in_place:
                 pass
             elif copy != last_copy or first != last_first or n_rows != last_rows:
@@ -491,29 +498,24 @@ def _conv2d_forward_blocked(x, weight, packed, bias, has_bias, floor, out, woven
                 n_k = min(block, per_group - b * block)
                 k0 = g * per_group + b * block
                 if by_filters:
+                    source = x_source[source_at:] if in_place else strip
+                    apart = x_plane if in_place else plane  # from one channel to the next
                     for c0 in range(0, group_channels, per_pass):
                         depth = min(per_pass, group_channels - c0)
                         for q in range(0, whole, BLOCK_Q):
-                            positions_x_filters(strip, block_weights, sums, q * block, offsets,
-                                                q, plane, c0, depth, block_taps, c0 > 0)
+                            positions_x_filters(source, block_weights, sums, q * block, offsets,
+                                                q, apart, c0, depth, block_taps, c0 > 0)
                         for q in range(whole, count, TAIL_Q):
-                            tail_x_filters(strip, block_weights, sums, q * block, offsets, q,
-                                           plane, c0, depth, block_taps, c0 > 0)
-                    # bias and floor on each output's vectors of filters, then squares of
-                    # outputs x filters transposed into the planes
-                    low = simd.splat(floor, sums)
+                            tail_x_filters(source, block_weights, sums, q * block, offsets, q,
+                                           apart, c0, depth, block_taps, c0 > 0)
+                    # squares of outputs x filters transposed into the planes, with the
+                    # bias and floor
                     for f in range(0, n_k, lanes):
                         n_f = min(lanes, n_k - f)
-                        shift = (simd.load_first(bias, k0 + f, n_f) if has_bias
-                                 else simd.zeros(sums))
-                        for q in range(count):
-                            at = q * block + f
-                            simd.store(sums, at,
-                                       simd.maximum(simd.add(simd.load(sums, at), shift), low))
                         for q in range(0, count, lanes):
                             store_by_filters(sums, q * block + f, block, min(lanes, count - q),
                                              n_f, out_flat, out, n, k0 + f,
-                                             i_first * out_w + q, spare)
+                                             i_first * out_w + q, spare, bias, has_bias, floor)
                 else:
                     if in_place:  # (the run's first position offsets its sums too)
                         weights_x_run(x_source[at:], block_weights, sums, np.int64(0),
@@ -1003,10 +1005,10 @@ def forward_runner(x_shape, weight_shape, out_shape, dtype, stride, padding, dil
                phase_rows, taps, slots, tap_map, band, plane, n_shift, dense_plane, k_runs,
                per_pass)
 
-    # an unpadded stride-1 1x1 convolution by positions reads a C-contiguous x in place
-    # (no copy of its planes into the strips)
-    whole_planes = (kh == kw == 1 and stride == (1, 1) and padding == ((0, 0), (0, 0))
-                    and len(shifts) == 1 and not packing & BY_FILTERS)
+    # an unpadded stride-1 convolution reads a C-contiguous x in place (no copy of its
+    # planes into the strips): by positions a 1x1 one, by filters any
+    whole_planes = (stride == (1, 1) and padding == ((0, 0), (0, 0)) and len(shifts) == 1
+                    and (kh == kw == 1 or packing & BY_FILTERS != 0))
     bits, rest = scalars[0], scalars[1:]
     woven = weave is not None and not packing & BY_FILTERS
     bits_in_place = bits | IN_PLACE if whole_planes else bits
