@@ -740,6 +740,6 @@ def _grad_input(grad_out, packed, bias, grad_in, padding, kernel_size):
     threads.launch(
         _conv2d_grad_input, threads.parts_for(n_chunks, grad_in, depth * 4), grad_out, packed,
         bias if has_bias else np.zeros(0, grad_out.dtype), has_bias, grad_in, padding[0][0],
-        padding[1][0], kernel_size[0], kernel_size[1], rows_per_block, B_T.astype(grad_out.dtype), A_T.astype(grad_out.dtype),
-        scratch, nonfinite)
+        padding[1][0], kernel_size[0], kernel_size[1], rows_per_block,
+        B_T.astype(grad_out.dtype), A_T.astype(grad_out.dtype), scratch, nonfinite)
     return not nonfinite.any()
