@@ -713,6 +713,14 @@ def test_by_filters_reads_unpadded_inputs_in_place(shape, wshape, kwargs, dtype,
     assert_close(fastconv.conv2d(x, w, b, **kwargs, algorithm="direct"), out, dtype)
     assert_close(fastconv.conv2d(x, w, b, **kwargs, algorithm="direct", activation="relu"),
                  np.maximum(out, 0), dtype)
+    # grad_input of a layer padded by its kernel's reach: the flipped weight's unpadded
+    # convolution of grad_output, read in place the same way
+    dilation = kwargs.get("dilation", (1, 1))
+    full = dict(kwargs, padding=(dilation[0] * (wshape[2] - 1), dilation[1] * (wshape[3] - 1)))
+    g = rng.standard_normal(reference.conv2d(x, w, **full).shape).astype(dtype)
+    grad_input = fastconv.conv2d_backward(g, x, w, **full, algorithm="direct",
+                                          needs_weight_grad=False, needs_bias_grad=False)[0]
+    assert_close(grad_input, reference.conv2d_backward(g, x, w, **full)[0], dtype)
     blocked._forward_layout.cache_clear()
     fastconv.clear_plans()
 
