@@ -170,7 +170,13 @@ AUTO_WINOGRAD_MIN_TILES: int = _env_int("AUTO_WINOGRAD_MIN_TILES", 128)
 #: ms Winograd / blocked: C64 -> 128 32x32 at N8, 128 tiles, 1.82 / 2.58; C16 -> 32
 #: 64x64, 0.57 / 0.73; C128 -> 256 16x16, 32 tiles, 2.24 / 2.87; at N2 0.47 / 0.69;
 #: C3 -> 64 64x64 at N32, 1.47 / 1.16; at N1, 16 tiles, 0.54 / 0.39; C256 -> 512 8x8,
-#: 8 tiles, 8.1 / 3.6).
+#: 8 tiles, 8.1 / 3.6). The same rules (and the 3x3 ones below) take the grad_input of
+#: such layers, conv_transpose2d's forward, to F(4x4, 2x2) on the phases of grad_input,
+#: counting the conv2d's output tiles (ms Winograd / blocked, conv_transpose2d: C128 16x16
+#: -> C64 32x32 at N8, 128 tiles, 1.76 / 2.71; at N32 6.90 / 10.49; at N1, 16 tiles, 0.62
+#: / 0.55; C256 8x8 -> C128 16x16, 32 tiles, 1.94 / 2.76; C512 4x4 -> C256 8x8, 8 tiles,
+#: 8.05 / 4.12; grad_input of the suite's f 4.88 / 6.39, of C128 -> 256 on 28x28 5.82 /
+#: 6.07 against im2col's 5.48).
 AUTO_WINOGRAD_STRIDED_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_CHANNELS", 16)
 AUTO_WINOGRAD_STRIDED_MIN_TILES: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_TILES", 32)
 
