@@ -179,6 +179,15 @@ AUTO_WINOGRAD_MIN_TILES: int = _env_int("AUTO_WINOGRAD_MIN_TILES", 128)
 #: 6.07 against im2col's 5.48).
 AUTO_WINOGRAD_STRIDED_MIN_CHANNELS: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_CHANNELS", 16)
 AUTO_WINOGRAD_STRIDED_MIN_TILES: int = _env_int("AUTO_WINOGRAD_STRIDED_MIN_TILES", 32)
+#: ... and grad_input only from this many multiply-adds on, counted as the other rules
+#: count them (N * H * W * K * C * R * S on grad_input's planes): smaller calls ran
+#: 1.1-1.8x slower on it than on the blocked kernel (us blocked / Winograd,
+#: conv_transpose2d 4x4 s2: C16 8x8 -> 16 at N8, 8.4M, 65 / 120; C32 8x8 -> 16, 17M,
+#: 87 / 140; C16 16x16 -> 16 at N4, 17M, 118 / 136; C64 8x8 -> 32 at N8, 67M, 268 / 290;
+#: C64 16x16 -> 32 at N2, 67M, 215 / 256), larger ones gained or tied (C32 32x32 -> 16
+#: at N8, 268M, 0.762 / 0.756 ms; the suite's f grad_input at N1, 231M, 1.02 / 0.92 ms).
+AUTO_WINOGRAD_STRIDED_GRAD_INPUT_MIN_WORK: int = _env_int(
+    "AUTO_WINOGRAD_STRIDED_GRAD_INPUT_MIN_WORK", 1 << 27)
 
 #: Its 3x3 form (81 multiplies a tile and channel against 144 summed directly, 1.78x
 #: fewer: the phases of the middle row and column have one tap there) is chosen for 3x3

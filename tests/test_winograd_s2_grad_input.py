@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import reference
+from fastconv import config, reference
 from fastconv.cpu import winograd_s2
 from tests.cases import assert_same_pattern
 from tests.test_winograd_s2 import DTYPES, _winograd_tolerance
@@ -174,9 +174,12 @@ def test_auto_takes_it_where_it_measured_faster():
     assert chosen(ct, (8, 128, 16, 16), (128, 64, 4, 4)) == "winograd"
     assert chosen(ct, (32, 128, 16, 16), (128, 64, 4, 4)) == "winograd"
     assert chosen(ct, (8, 256, 8, 8), (256, 128, 4, 4)) == "winograd"
-    # too few tiles: a batch of one 32x32 result (16 tiles), 4x4 -> 8x8 inputs
+    # too few tiles: a batch of one 32x32 result (16 tiles), 4x4 -> 8x8 inputs; too
+    # little work (AUTO_WINOGRAD_STRIDED_GRAD_INPUT_MIN_WORK): 64 channels on 8x8 inputs
     assert chosen(ct, (1, 128, 16, 16), (128, 64, 4, 4)) != "winograd"
     assert chosen(ct, (8, 512, 4, 4), (512, 256, 4, 4)) != "winograd"
+    assert chosen(ct, (8, 64, 8, 8), (64, 32, 4, 4)) != "winograd"
+    assert config.AUTO_WINOGRAD_STRIDED_GRAD_INPUT_MIN_WORK == 1 << 27
     # a 3x3 stride-2 conv2d's grad_input (the suite's f) from 28x28 conv2d outputs on,
     # not on 14x14 ones
     assert chosen(backward, (8, 128, 28, 28), (8, 64, 56, 56), (128, 64, 3, 3),

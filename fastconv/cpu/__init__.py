@@ -5,6 +5,8 @@ Imported on first use by the dispatcher, never by ``import fastconv``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import config, dispatch, ops, shapes
@@ -38,8 +40,9 @@ def _choose_conv(op, weight_shape, problem):
        and for 3x3 ones of at least ``AUTO_WINOGRAD_STRIDED_3X3_MIN_CHANNELS`` channels
        and ``AUTO_WINOGRAD_STRIDED_3X3_MIN_PLANE`` output positions an image
        (:mod:`.winograd_s2`), and by the same rules for the grad_input of such layers
-       (conv_transpose2d's forward) with a top and left padding of at most 1, F(4x4, 2x2)
-       on the phases of grad_input; for conv2d and grad_input, Winograd F(2x2, 5x5) for 5x5
+       (conv_transpose2d's forward) with a top and left padding of at most 1 and at least
+       ``AUTO_WINOGRAD_STRIDED_GRAD_INPUT_MIN_WORK`` multiply-adds, F(4x4, 2x2) on the
+       phases of grad_input; for conv2d and grad_input, Winograd F(2x2, 5x5) for 5x5
        stride-1 layers of at least ``AUTO_WINOGRAD_5X5_MIN_CHANNELS`` channels per group
        on both sides, ``AUTO_WINOGRAD_5X5_MIN_CHANNEL_PAIRS`` channels in times channels
        out per group and ``AUTO_WINOGRAD_5X5_MIN_TILES`` 2x2 output tiles
@@ -215,7 +218,8 @@ def _winograd_strided(op, weight_shape, problem, narrow: int) -> bool:
     (conv_transpose2d) to F(4x4, 2x2) on the phases of its result: a 4x4 kernel at
     stride 2 that it computes, min(C, K) and conv2d output tiles enough
     (``AUTO_WINOGRAD_STRIDED_*``, :mod:`fastconv.config`), or a 3x3 one of more channels
-    on larger planes (``AUTO_WINOGRAD_STRIDED_3X3_*``)."""
+    on larger planes (``AUTO_WINOGRAD_STRIDED_3X3_*``); a grad_input also of
+    ``AUTO_WINOGRAD_STRIDED_GRAD_INPUT_MIN_WORK`` multiply-adds or more."""
     if weight_shape[2:] not in ((3, 3), (4, 4)) or problem.get("stride") != (2, 2):
         return False
     unsupported = (winograd_s2.unsupported if op == "conv2d"
@@ -226,6 +230,10 @@ def _winograd_strided(op, weight_shape, problem, narrow: int) -> bool:
                    groups=problem.get("groups", 1)) is not None:
         return False
     if _output_tiles(weight_shape, problem) < config.AUTO_WINOGRAD_STRIDED_MIN_TILES:
+        return False
+    n_img, _, height, width = problem["input_shape"]
+    if op == "conv2d_grad_input" and (n_img * height * width * math.prod(weight_shape)
+                                      < config.AUTO_WINOGRAD_STRIDED_GRAD_INPUT_MIN_WORK):
         return False
     if weight_shape[2:] == (4, 4):
         return narrow >= config.AUTO_WINOGRAD_STRIDED_MIN_CHANNELS
