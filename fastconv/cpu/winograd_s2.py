@@ -451,9 +451,9 @@ def _conv2d(x, packed, bias, out, padding, activation, kernel_size):
 
 
 @kernel()
-def _grad_output_patches(grad_out, source, k, q_first, q_last, tiles_h, tiles_w, shift_r,
-                         padded, span, patches, pitch, zero):
-    """``patches[(a * 6 + u) * pitch + t] = grad_out[n, k, 4 i + shift_r + a, 4 j - 1 + u]``
+def _grad_output_patches(grad_out, source, k, q_first, q_last, tiles_h, tiles_w, padded, span,
+                         patches, pitch, zero):
+    """``patches[(a * 6 + u) * pitch + t] = grad_out[n, k, 4 i - 1 + a, 4 j - 1 + u]``
     (zero outside grad_out) for ``a, u < 6`` and tile ``t = (q - q_first) * tiles_w + j``
     of each tile row ``q = n * tiles_h + i`` of the block: the 6x6 patches that hold the
     5x5 ones of all four phases. Each row is copied into the zero-bordered ``padded``
@@ -465,7 +465,7 @@ def _grad_output_patches(grad_out, source, k, q_first, q_last, tiles_h, tiles_w,
         padded[j] = zero
     for q in range(q_first, q_last):
         n = q // tiles_h
-        top = (q % tiles_h) * TILE + shift_r
+        top = (q % tiles_h) * TILE - 1
         first = (q - q_first) * tiles_w
         for a in range(ALPHA + 1):
             row, at = top + a, a * (ALPHA + 1) * pitch + first
@@ -540,6 +540,34 @@ def _store_woven_block(y, step, target, out, c, q_first, q_last, tiles_h, tiles_
             nonfinite[q] = True
 
 
+@kernel(entry=True)
+def _grad_output_span(tiles_w, width):
+    """Values of grad_input's zero-bordered row of grad_output: one zero, the row, and the
+    six column phases of every tile."""
+    return max(TILE * tiles_w + 2, 1 + width)
+
+
+#: Rows of ``max_pitch`` values in one thread's work buffers after V and M
+#: (:func:`_grad_input_buffers`): the 6x6 patches, the two row passes (5 x 6 each) and
+#: the 8x8 tile of the output transform.
+_PATCH_ROWS, _HALF_ROWS, _TILE_ROWS = 36, 60, 4 * TILE * TILE
+
+
+@kernel()
+def _grad_input_buffers(scratch, depth, m_rows, max_pitch, span):
+    """One thread's scratch: the four phases' V ``(4, 25, K, pitch)`` and M ``(4, 25,
+    m_rows, pitch)``, the patches, the row passes, the 8x8 tile buffer and the
+    zero-bordered row (:func:`grad_input_buffer_size` values)."""
+    e_count = ALPHA * ALPHA
+    v_end = 4 * e_count * depth * max_pitch
+    m_end = v_end + 4 * e_count * m_rows * max_pitch
+    p_end = m_end + _PATCH_ROWS * max_pitch
+    h_end = p_end + _HALF_ROWS * max_pitch
+    t_end = h_end + _TILE_ROWS * max_pitch
+    return (scratch[:v_end], scratch[v_end:m_end], scratch[m_end:p_end], scratch[p_end:h_end],
+            scratch[h_end:t_end], scratch[t_end : t_end + span])
+
+
 @kernel(parallel=True)
 def _conv2d_grad_input(grad_out, packed, bias, has_bias, grad_in, pad_top, pad_left, kh, kw,
                        rows_per_block, b_t, a_t, scratch, nonfinite, part, parts):
@@ -547,9 +575,10 @@ def _conv2d_grad_input(grad_out, packed, bias, has_bias, grad_in, pad_top, pad_l
     padding of at most 1 at the top and left, on the phases of grad_in (see above):
     ``packed[s]`` the filter transform of phase ``s = 2 p_r + p_c``
     (:func:`transform_phase_filters`). Per block of tile rows (8x8 tiles of grad_in, 4x4
-    of each phase) and phase: grad_out's patches transformed into V ``(25, K, pitch)``,
-    the products into that phase's M ``(25, C rows, pitch)``; then per channel the four
-    phases' output transforms into one 8x8 tile buffer, stored woven."""
+    of each phase): each channel of grad_out's 6x6 patches, cut into the four phases'
+    5x5 ones and transformed into their V ``(25, K, pitch)``; each phase's products into
+    its M ``(25, C rows, pitch)``; then per channel the four phases' output transforms
+    into one 8x8 tile buffer, stored woven."""
     n_img, depth = grad_out.shape[0], grad_out.shape[1]
     channels, height, width = grad_in.shape[1], grad_in.shape[2], grad_in.shape[3]
     m_rows = packed.shape[3] * BLOCK_K
@@ -563,31 +592,24 @@ def _conv2d_grad_input(grad_out, packed, bias, has_bias, grad_in, pad_top, pad_l
     target = strips.flat(grad_in)
     source = strips.flat(grad_out)
     zero = a_t[0, 4]
-    span = max(TILE * tiles_w + 2, 1 + grad_out.shape[3])
-    phase_m = e_count * m_rows * max_pitch
+    span = _grad_output_span(tiles_w, grad_out.shape[3])
     for chunk in prange(part * n_chunks // parts, (part + 1) * n_chunks // parts):
-        buffers = scratch[chunk]
-        v = buffers[: 4 * e_count * depth * max_pitch]
-        m = buffers[4 * e_count * depth * max_pitch :][: 4 * phase_m]
-        rest = buffers[4 * e_count * depth * max_pitch + 4 * phase_m :]
-        patches = rest[: 36 * max_pitch]  # 6x6 patches; then two row passes of 5x6
-        half = rest[36 * max_pitch :][: 60 * max_pitch]
-        tile = rest[96 * max_pitch :][: 4 * TILE * TILE * max_pitch]
-        padded = rest[(96 + 4 * TILE * TILE) * max_pitch :][:span]
+        v, m, patches, half, tile, padded = _grad_input_buffers(scratch[chunk], depth, m_rows,
+                                                                max_pitch, span)
         taps = np.empty(1, np.intp)
         last = (chunk + 1) * n_tile_rows // n_chunks
         for q_first in range(chunk * n_tile_rows // n_chunks, last, rows_per_block):
             q_last = min(q_first + rows_per_block, last)
             n_tiles = (q_last - q_first) * tiles_w
             pitch = winograd._pitch(n_tiles, lanes)
-            for r in range(36):  # zeros past the tiles: the transforms read them
+            for r in range(_PATCH_ROWS):  # zeros past the tiles: the transforms read them
                 for t in range(n_tiles, pitch):
                     patches[r * pitch + t] = zero
             for k in range(depth):
                 # the 6x6 patches from row and column -1 of each tile's; phase (p_r, p_c)'s
                 # 5x5 ones (p + pad) // 2 rows and columns on
                 _grad_output_patches(grad_out, source, k, q_first, q_last, tiles_h, tiles_w,
-                                     -1, padded, span, patches, pitch, zero)
+                                     padded, span, patches, pitch, zero)
                 for o_r in range(2):
                     for u in range(ALPHA + 1):
                         _b_transform(patches, (o_r * (ALPHA + 1) + u) * pitch,
@@ -711,12 +733,9 @@ def conv2d_grad_input(grad_out, weight, grad_in, stride, padding, dilation, grou
 
 
 def grad_input_buffer_size(depth: int, m_rows: int, max_pitch: int, span: int) -> int:
-    """Values of one thread's scratch for :func:`_conv2d_grad_input`: V, the four phases'
-    M, the patches (26 rows), the work rows, the 8x8 tile buffer and the zero-bordered
-    row."""
-    e_count = ALPHA * ALPHA
-    return (4 * e_count * (depth + m_rows) * max_pitch + (96 + 4 * TILE * TILE) * max_pitch
-            + span)
+    """Values of one thread's scratch for :func:`_grad_input_buffers`."""
+    return ((4 * ALPHA * ALPHA * (depth + m_rows) + _PATCH_ROWS + _HALF_ROWS + _TILE_ROWS)
+            * max_pitch + span)
 
 
 def _grad_input(grad_out, packed, bias, grad_in, padding, kernel_size):
@@ -732,7 +751,7 @@ def _grad_input(grad_out, packed, bias, grad_in, padding, kernel_size):
                                         points=ALPHA * ALPHA, aligned=True)
     n_chunks = max(1, min(n_threads, -(-(n_img * tiles_h) // rows_per_block)))
     max_pitch = winograd._pitch(rows_per_block * tiles_w, simd.WIDTH_BYTES // grad_out.itemsize)
-    span = max(TILE * tiles_w + 2, 1 + grad_out.shape[3])
+    span = _grad_output_span(tiles_w, grad_out.shape[3])
     scratch = workspace.borrow(
         (n_chunks, grad_input_buffer_size(depth, m_rows, max_pitch, span)), grad_out.dtype)
     has_bias = bias is not None
